@@ -1,0 +1,3 @@
+"""acexport: keeps a local directory filled with Liferay Analytics Cloud exports."""
+
+__version__ = "0.1.0"

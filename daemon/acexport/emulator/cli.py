@@ -1,0 +1,146 @@
+"""``acexport emulator``: its options, and serving until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from .app import EmulatorSettings, FaultSettings, make_app
+from .data import FORMATS
+from .jobs import QueueSettings
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def seconds(text: str) -> float:
+    """``1.5``, ``200ms``, ``30s``, ``15m``, ``24h`` or ``1d`` as seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 1.5, 200ms, 15m, 24h)")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"not a rate between 0 and 1: {text!r}")
+    return value
+
+
+def token_pair(text: str) -> tuple[str, str]:
+    name, sep, token = text.partition("=")
+    if not sep or not name or not token:
+        raise argparse.ArgumentTypeError(f"expected NAME=TOKEN, got {text.split('=')[0]!r}=...")
+    return name, token
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    parser.add_argument(
+        "--token",
+        action="append",
+        type=token_pair,
+        default=[],
+        metavar="NAME=TOKEN",
+        help="a workspace and its access token (repeatable); default demo=secret",
+    )
+    queue = parser.add_argument_group("processing")
+    queue.add_argument("--processing-time", type=seconds, default=5.0, metavar="DURATION")
+    queue.add_argument(
+        "--processing-per-1000",
+        type=seconds,
+        default=0.0,
+        metavar="DURATION",
+        help="extra processing time per 1000 records",
+    )
+    queue.add_argument(
+        "--expiry",
+        type=seconds,
+        default=86400.0,
+        metavar="DURATION",
+        help="how long ready data can be downloaded (default 24h)",
+    )
+    records = queue.add_mutually_exclusive_group()
+    records.add_argument("--records", type=int, default=100, help="records per window")
+    records.add_argument("--records-per-day", type=int, help="records per day of window")
+    queue.add_argument("--format", choices=FORMATS, default="ndjson")
+    queue.add_argument("--gzip", action="store_true", help="Content-Encoding: gzip when accepted")
+    queue.add_argument("--redirect", action="store_true", help="302 to a signed storage URL")
+    queue.add_argument("--seed", type=int, default=0)
+    queue.add_argument("--storage-dir", type=Path, help="where payloads are rendered (temp dir)")
+    faults = parser.add_argument_group("fault injection (rates are probabilities per request)")
+    faults.add_argument("--fail-rate", type=rate, default=0.0, help="500/503 answers")
+    faults.add_argument("--throttle-rate", type=rate, default=0.0, help="429 with Retry-After")
+    faults.add_argument("--retry-after", type=int, default=1, metavar="SECONDS")
+    faults.add_argument("--cut-rate", type=rate, default=0.0, help="connections cut mid-download")
+    faults.add_argument("--garbage-rate", type=rate, default=0.0, help="HTML pages, broken JSON")
+    faults.add_argument("--slow", type=int, metavar="BYTES_PER_S", help="cap download speed")
+
+
+def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
+    tokens = dict(args.token or [("demo", "secret")])
+    return EmulatorSettings(
+        tokens=tokens,
+        queue=QueueSettings(
+            processing_s=args.processing_time,
+            processing_per_1000_s=args.processing_per_1000,
+            expiry_s=args.expiry,
+            records=args.records,
+            records_per_day=args.records_per_day,
+            format=args.format,
+            seed=args.seed,
+        ),
+        faults=FaultSettings(
+            fail_rate=args.fail_rate,
+            throttle_rate=args.throttle_rate,
+            retry_after_s=args.retry_after,
+            cut_rate=args.cut_rate,
+            garbage_rate=args.garbage_rate,
+            slow_bytes_per_s=args.slow,
+        ),
+        gzip=args.gzip,
+        redirect=args.redirect,
+        storage_dir=args.storage_dir,
+    )
+
+
+async def serve(settings: EmulatorSettings, host: str, port: int) -> None:
+    runner = web.AppRunner(make_app(settings), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    assert site._server is not None
+    sockets = getattr(site._server, "sockets", [])
+    bound_port = sockets[0].getsockname()[1] if sockets else port
+    names = ", ".join(sorted(settings.tokens))
+    print(f"emulator listening on http://{host}:{bound_port} (workspaces: {names})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(settings, args.host, args.port))
+    except (ValueError, OSError) as exc:
+        print(f"acexport emulator: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,296 @@
+"""The emulated export queue: one FIFO per workspace, one job processed at a time.
+
+Job states are derived lazily from the clock (``Workspace.advance``) instead of
+timers: a job starts when it was created or when the job before it became
+ready, whichever is later, and is ready once its processing time has passed
+and its payload file exists. Nothing runs between requests, so the model is
+exact whatever the request rate, and tests can drive it with any clock.
+
+Payloads are rendered once, when the job is created, into a storage directory
+(as AC writes an export file to storage), by a single worker thread; serving
+is then a ``sendfile`` from disk, which keeps the emulator far faster than any
+client it serves.
+"""
+
+from __future__ import annotations
+
+import enum
+import gzip
+import hashlib
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .data import PayloadSpec, iter_blocks
+
+
+class JobState(enum.StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    READY = "READY"
+    EXPIRED = "EXPIRED"
+
+
+def iso_ms(epoch_s: float) -> str:
+    """AC's timestamp style: UTC, milliseconds, ``Z``."""
+    when = datetime.fromtimestamp(epoch_s, UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A rendered payload in storage."""
+
+    path: Path
+    gzip_path: Path | None
+    bytes: int
+    sha256: str
+    records: int
+
+
+@dataclass
+class Job:
+    id: str
+    workspace: str
+    type: str
+    spec: PayloadSpec
+    created_at: float
+    processing_s: float
+    expiry_s: float
+    rendering: Future[Artifact]
+    started_at: float | None = None
+    ready_at: float | None = None
+    rendered_at: float | None = None
+    requests: int = 0
+    downloads_started: int = 0
+    downloads_completed: int = 0
+
+    @property
+    def expires_at(self) -> float | None:
+        return None if self.ready_at is None else self.ready_at + self.expiry_s
+
+    def state(self, now: float) -> JobState:
+        if self.started_at is None or now < self.started_at:
+            return JobState.PENDING
+        if self.ready_at is None or now < self.ready_at:
+            return JobState.RUNNING
+        assert self.expires_at is not None
+        return JobState.READY if now < self.expires_at else JobState.EXPIRED
+
+    def artifact(self) -> Artifact:
+        return self.rendering.result()
+
+    def describe(self, now: float) -> dict[str, Any]:
+        artifact = self.rendering.result() if self.rendering.done() else None
+        return {
+            "id": self.id,
+            "workspace": self.workspace,
+            "type": self.type,
+            "fromDate": iso_ms(self.spec.from_ms / 1000),
+            "toDate": iso_ms(self.spec.to_ms / 1000),
+            "createdDate": iso_ms(self.created_at),
+            "state": self.state(now).value,
+            "timeline": {
+                "created": self.created_at,
+                "started": self.started_at,
+                "ready": self.ready_at,
+                "expires": self.expires_at,
+            },
+            "requests": self.requests,
+            "downloads_started": self.downloads_started,
+            "downloads_completed": self.downloads_completed,
+            "format": self.spec.format,
+            "records": artifact.records if artifact else None,
+            "bytes": artifact.bytes if artifact else None,
+            "sha256": artifact.sha256 if artifact else None,
+        }
+
+
+@dataclass
+class Workspace:
+    name: str
+    jobs: list[Job] = field(default_factory=list)
+    requests: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+    revoked: bool = False
+
+    def advance(self, now: float) -> None:
+        """Start and finish jobs, in order, up to ``now``."""
+        previous_ready = 0.0
+        for job in self.jobs:
+            if job.ready_at is not None:
+                previous_ready = job.ready_at
+                continue
+            if job.started_at is None:
+                job.started_at = max(job.created_at, previous_ready)
+            done_processing = job.started_at + job.processing_s
+            if now < done_processing or job.rendered_at is None:
+                return  # this job holds the workspace's single slot
+            job.ready_at = max(done_processing, job.rendered_at)
+            previous_ready = job.ready_at
+
+    def latest(self, type_: str, from_ms: int, to_ms: int) -> Job | None:
+        for job in reversed(self.jobs):
+            if (job.type, job.spec.from_ms, job.spec.to_ms) == (type_, from_ms, to_ms):
+                return job
+        return None
+
+    def max_unready(self) -> int:
+        """The largest number of jobs that were ever submitted but not ready at once."""
+        events: list[tuple[float, int]] = []
+        for job in self.jobs:
+            events.append((job.created_at, 1))
+            if job.ready_at is not None:
+                events.append((job.ready_at, -1))
+        # At equal times a job becoming ready counts before the next one arriving.
+        events.sort()
+        current = peak = 0
+        for _, delta in events:
+            current += delta
+            peak = max(peak, current)
+        return peak
+
+    def describe(self, now: float) -> dict[str, Any]:
+        states = [job.state(now).value for job in self.jobs]
+        return {
+            "requests": self.requests,
+            "jobs": len(self.jobs),
+            "by_state": {s.value: states.count(s.value) for s in JobState},
+            "max_unready": self.max_unready(),
+            "faults": dict(self.faults),
+            "revoked": self.revoked,
+        }
+
+
+class Storage:
+    """Renders payloads to files, one at a time, off the event loop."""
+
+    def __init__(self, directory: Path | None, gzip_copies: bool) -> None:
+        self._owned = directory is None
+        self.directory = directory or Path(tempfile.mkdtemp(prefix="acexport-emulator-"))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._gzip = gzip_copies
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="emulator-render")
+        self._lock = threading.Lock()
+
+    def render(self, job_id: str, spec: PayloadSpec, on_done: Callable[[], None]) -> Future[Artifact]:
+        future = self._executor.submit(self._render, job_id, spec)
+        future.add_done_callback(lambda _: on_done())
+        return future
+
+    def _render(self, job_id: str, spec: PayloadSpec) -> Artifact:
+        path = self.directory / f"{job_id}.json"
+        digest = hashlib.sha256()
+        size = 0
+        gz_path = path.with_name(path.name + ".gz") if self._gzip else None
+        # Level 1: AC's storage gzip is not what we measure, rendering speed is.
+        compressor = gzip.GzipFile(gz_path, "wb", compresslevel=1) if gz_path else None
+        try:
+            with path.open("wb") as out:
+                for block in iter_blocks(spec):
+                    out.write(block)
+                    digest.update(block)
+                    size += len(block)
+                    if compressor:
+                        compressor.write(block)
+        finally:
+            if compressor:
+                compressor.close()
+        return Artifact(path, gz_path, size, digest.hexdigest(), spec.records)
+
+    def discard(self, artifact: Artifact) -> None:
+        for path in (artifact.path, artifact.gzip_path):
+            if path is not None:
+                path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._owned:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    processing_s: float = 5.0
+    processing_per_1000_s: float = 0.0
+    expiry_s: float = 86400.0
+    records: int = 100
+    records_per_day: int | None = None
+    format: str = "ndjson"
+    seed: int = 0
+
+
+class ExportQueue:
+    """Every workspace's jobs; the single source of truth for the routes."""
+
+    def __init__(
+        self,
+        workspaces: list[str],
+        settings: QueueSettings,
+        storage: Storage,
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.clock = clock
+        self.workspaces = {name: Workspace(name) for name in workspaces}
+        self.jobs_by_id: dict[str, Job] = {}
+
+    def records_for(self, from_ms: int, to_ms: int) -> int:
+        if self.settings.records_per_day is None:
+            return self.settings.records
+        return round(self.settings.records_per_day * (to_ms - from_ms + 1) / 86_400_000)
+
+    def request(self, workspace: str, type_: str, from_ms: int, to_ms: int) -> Job:
+        """The job that answers a request, creating one if none is current."""
+        now = self.clock()
+        ws = self.workspaces[workspace]
+        ws.advance(now)
+        job = ws.latest(type_, from_ms, to_ms)
+        if job is None or job.state(now) is JobState.EXPIRED:
+            if job is not None:
+                self._discard(job)
+            job = self._create(ws, type_, from_ms, to_ms, now)
+        job.requests += 1
+        return job
+
+    def _create(self, ws: Workspace, type_: str, from_ms: int, to_ms: int, now: float) -> Job:
+        s = self.settings
+        records = self.records_for(from_ms, to_ms)
+        spec = PayloadSpec(ws.name, type_, from_ms, to_ms, records, s.seed, s.format)
+        job_id = uuid.uuid4().hex
+        processing = s.processing_s + s.processing_per_1000_s * records / 1000
+        job = Job(job_id, ws.name, type_, spec, now, processing, s.expiry_s, Future())
+        job.rendering = self.storage.render(job_id, spec, lambda: self._rendered(job))
+        ws.jobs.append(job)
+        self.jobs_by_id[job_id] = job
+        return job
+
+    def _rendered(self, job: Job) -> None:
+        # Called from the render thread; a float store is atomic under the GIL.
+        job.rendered_at = self.clock()
+
+    def _discard(self, job: Job) -> None:
+        if job.rendering.done() and job.rendering.exception() is None:
+            self.storage.discard(job.rendering.result())
+
+    def advance_all(self) -> float:
+        now = self.clock()
+        for ws in self.workspaces.values():
+            ws.advance(now)
+        return now
+
+    def describe(self) -> dict[str, Any]:
+        now = self.advance_all()
+        return {
+            "now": now,
+            "workspaces": {name: ws.describe(now) for name, ws in self.workspaces.items()},
+            "jobs": [job.describe(now) for ws in self.workspaces.values() for job in ws.jobs],
+        }
