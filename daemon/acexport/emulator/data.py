@@ -16,10 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from collections.abc import Iterator
 from typing import Any
 
 RECORD_TYPES = ("event", "identity", "individual", "membership", "page", "segment")
@@ -27,10 +27,44 @@ FORMATS = ("ndjson", "json")
 BLOCK_RECORDS = 2048
 _POOL_SIZE = 1024
 
-_GIVEN = ["Zoë", "José", "Łukasz", "Søren", "Ægir", "François", "Ana", "Mei", "Yūki",
-          "Σοφία", "Дмитрий", "李娜", "Priya", "Olúwaseun", "Ines", "Noah", "Björk", "Chloé"]
-_FAMILY = ["Müller", "García", "Nowak", "Kowalczyk", "Ødegaard", "Dubois", "Silva", "Tanaka",
-           "Παπαδόπουλος", "Иванов", "王", "Sharma", "Adébáyọ̀", "O'Brien", "Smith", "Nguyễn"]
+_GIVEN = [
+    "Zoë",
+    "José",
+    "Łukasz",
+    "Søren",
+    "Ægir",
+    "François",
+    "Ana",
+    "Mei",
+    "Yūki",
+    "Σοφία",
+    "Дмитрий",
+    "李娜",
+    "Priya",
+    "Olúwaseun",
+    "Ines",
+    "Noah",
+    "Björk",
+    "Chloé",
+]
+_FAMILY = [
+    "Müller",
+    "García",
+    "Nowak",
+    "Kowalczyk",
+    "Ødegaard",
+    "Dubois",
+    "Silva",
+    "Tanaka",
+    "Παπαδόπουλος",
+    "Иванов",
+    "王",
+    "Sharma",
+    "Adébáyọ̀",
+    "O'Brien",
+    "Smith",
+    "Nguyễn",
+]
 _JOBS = ["Data Engineer", "Marketing Lead", "CTO", "Product Owner", "Analyst", "Designer"]
 _COUNTRIES = ["DE", "ES", "PL", "DK", "FR", "BR", "JP", "GR", "UA", "CN", "IN", "NG", "US"]
 _APPS = {
@@ -40,10 +74,27 @@ _APPS = {
     "Form": ["formViewed", "formSubmitted", "fieldFocused"],
     "Document": ["documentPreviewed", "documentDownloaded"],
 }
-_TOPICS = ["Pricing", "Über uns", "Café menu", "Roadmap 2027", "Careers — Join us",
-           "Docs: Getting started", "Résumé tips", "Sustainability 🌱", "Contact", "Blog"]
-_SEGMENT_NAMES = ["Returning visitors", "Newsletter subscribers", "Käufer DACH",
-                  "Trial users", "Enterprise leads", "Mobile-only", "Événements 2026"]
+_TOPICS = [
+    "Pricing",
+    "Über uns",
+    "Café menu",
+    "Roadmap 2027",
+    "Careers — Join us",
+    "Docs: Getting started",
+    "Résumé tips",
+    "Sustainability 🌱",
+    "Contact",
+    "Blog",
+]
+_SEGMENT_NAMES = [
+    "Returning visitors",
+    "Newsletter subscribers",
+    "Käufer DACH",
+    "Trial users",
+    "Enterprise leads",
+    "Mobile-only",
+    "Événements 2026",
+]
 
 
 @dataclass(frozen=True)
@@ -176,9 +227,7 @@ def _base_id(spec: PayloadSpec, salt: str) -> int:
 @lru_cache(maxsize=1)
 def _times_of_day() -> tuple[bytes, ...]:
     """``b"THH:MM:SS"`` for every second of a day: a lookup beats strftime 10x."""
-    return tuple(
-        b"T%02d:%02d:%02d" % (s // 3600, s // 60 % 60, s % 60) for s in range(86400)
-    )
+    return tuple(b"T%02d:%02d:%02d" % (s // 3600, s // 60 % 60, s % 60) for s in range(86400))
 
 
 @lru_cache(maxsize=256)

@@ -180,7 +180,9 @@ class Storage:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="emulator-render")
         self._lock = threading.Lock()
 
-    def render(self, job_id: str, spec: PayloadSpec, on_done: Callable[[], None]) -> Future[Artifact]:
+    def render(
+        self, job_id: str, spec: PayloadSpec, on_done: Callable[[], None]
+    ) -> Future[Artifact]:
         future = self._executor.submit(self._render, job_id, spec)
         future.add_done_callback(lambda _: on_done())
         return future

@@ -1,0 +1,117 @@
+"""How fast the emulator serves a ready NDJSON export, with curl as the client.
+
+Figure: MB/s curl receives from `acexport emulator` for a large export.
+Baseline (same run): curl reading the same bytes from a local file (file://),
+i.e. what curl itself can swallow. Target: at least 300 MB/s from the emulator.
+
+    python bench/emulator_throughput.py [--records N] [--rounds R] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+TOKEN = "bench-token"
+WINDOW = "fromDate=2022-01-01T00:00:00.000Z&toDate=2022-01-01T23:59:59.999Z"
+TARGET_MB_S = 300.0
+
+
+def curl(url: str, *headers: str) -> tuple[int, float]:
+    args = ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download} %{time_total}"]
+    for header in headers:
+        args += ["-H", header]
+    out = subprocess.run([*args, url], check=True, capture_output=True, text=True).stdout
+    size, seconds = out.split()
+    return int(size), float(seconds)
+
+
+def wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request) as response:  # noqa: S310 - loopback
+            head = response.read(64)
+        if not head.startswith(b'{"fromDate"'):
+            return
+        time.sleep(0.5)
+    raise TimeoutError("export never became ready")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_500_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--types", default="event,page")
+    parser.add_argument("--quick", action="store_true", help="small export, 3 rounds")
+    args = parser.parse_args()
+    if args.quick:
+        args.records, args.rounds = 300_000, 3
+    if not shutil.which("curl"):
+        print("curl is required for this benchmark", file=sys.stderr)
+        return 2
+    storage = Path(tempfile.mkdtemp(prefix="acexport-bench-"))
+    emulator = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "acexport",
+            "emulator",
+            "--port",
+            "0",
+            "--token",
+            f"bench={TOKEN}",
+            "--processing-time",
+            "0",
+            "--records",
+            str(args.records),
+            "--storage-dir",
+            str(storage),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert emulator.stdout is not None
+        base = re.search(r"http://[\d.]+:\d+", emulator.stdout.readline())
+        assert base, "emulator did not start"
+        worst = float("inf")
+        for type_ in args.types.split(","):
+            url = f"{base.group(0)}/api/reports/export/{type_}?{WINDOW}"
+            wait_ready(url)
+            with urllib.request.urlopen(f"{base.group(0)}/_emulator/jobs") as response:  # noqa: S310
+                job = next(j for j in json.load(response)["jobs"] if j["type"] == type_)
+            served, local = [], []
+            for _ in range(args.rounds):
+                size, seconds = curl(url, f"Authorization: Bearer {TOKEN}")
+                assert size == job["bytes"], (size, job["bytes"])
+                served.append(size / seconds / 1e6)
+                size, seconds = curl(f"file://{storage}/{job['id']}.json")
+                local.append(size / seconds / 1e6)
+            rate = statistics.median(served)
+            worst = min(worst, rate)
+            print(
+                f"{type_:>10}: {job['bytes'] / 1e6:8.1f} MB  emulator {rate:7.0f} MB/s"
+                f"  | baseline curl file:// {statistics.median(local):7.0f} MB/s"
+                f"  (median of {args.rounds})"
+            )
+        verdict = "meets" if worst >= TARGET_MB_S else "MISSES"
+        print(f"slowest type {worst:.0f} MB/s {verdict} the {TARGET_MB_S:.0f} MB/s target")
+        return 0 if worst >= TARGET_MB_S else 1
+    finally:
+        emulator.terminate()
+        emulator.wait(timeout=30)
+        shutil.rmtree(storage, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

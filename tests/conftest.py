@@ -1,0 +1,117 @@
+"""Shared fixtures: the emulator on a real loopback socket, and library shims."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+from dataclasses import dataclass
+from typing import Any
+from unittest.mock import Mock
+
+import aiohttp
+import aioresponses.core
+import pytest
+from aiohttp import ClientResponse, web
+
+from acexport.emulator import EmulatorSettings, FaultSettings, QueueSettings, make_app
+
+
+class _CompatClientResponse(ClientResponse):
+    """aioresponses 0.7.9 builds responses without aiohttp 3.14's ``stream_writer``.
+
+    Upstream issue pnuckowski/aioresponses#289; drop this once a fixed release is out.
+    """
+
+    def __init__(self, *args: Any, stream_writer: Any = None, **kwargs: Any) -> None:
+        writer = stream_writer if stream_writer is not None else Mock(output_size=0)
+        super().__init__(*args, stream_writer=writer, **kwargs)
+
+
+aioresponses.core.ClientResponse = _CompatClientResponse  # type: ignore[misc]
+
+
+@dataclass
+class RunningEmulator:
+    """An emulator serving on 127.0.0.1; ``url`` is its base URL."""
+
+    url: str
+    app: web.Application
+    tokens: dict[str, str]
+
+    def export_url(self, type_: str) -> str:
+        return f"{self.url}/api/reports/export/{type_}"
+
+    async def jobs(self) -> dict[str, Any]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{self.url}/_emulator/jobs") as response,
+        ):
+            response.raise_for_status()
+            body: dict[str, Any] = await response.json()
+            return body
+
+    async def control(self, path: str, body: dict[str, Any]) -> None:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{self.url}/_emulator/{path}", json=body) as response,
+        ):
+            response.raise_for_status()
+
+
+EmulatorFactory = Callable[..., Awaitable[RunningEmulator]]
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[EmulatorFactory]:
+    """Start emulators with the given settings; each is stopped after the test.
+
+    Keyword arguments: ``tokens`` (workspace -> token), ``gzip``, ``redirect``,
+    ``faults`` (a FaultSettings) and any QueueSettings field.
+    """
+    runners: list[web.AppRunner] = []
+    server_errors = _ErrorRecords()
+    logging.getLogger("aiohttp").addHandler(server_errors)
+
+    async def start(
+        tokens: dict[str, str] | None = None,
+        gzip: bool = False,
+        redirect: bool = False,
+        faults: FaultSettings | None = None,
+        **queue: Any,
+    ) -> RunningEmulator:
+        tokens = tokens or {"acme": "acme-token"}
+        queue.setdefault("processing_s", 0.0)
+        settings = EmulatorSettings(
+            tokens=tokens,
+            queue=QueueSettings(**queue),
+            faults=faults or FaultSettings(),
+            gzip=gzip,
+            redirect=redirect,
+        )
+        app = make_app(settings)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        return RunningEmulator(f"http://127.0.0.1:{port}", app, tokens)
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+    logging.getLogger("aiohttp").removeHandler(server_errors)
+    assert not server_errors.records, "the emulator logged errors: " + "; ".join(
+        record.getMessage() for record in server_errors.records
+    )
+
+
+class _ErrorRecords(logging.Handler):
+    """Collects errors the server logs (a handler crash is not seen by the client)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)

@@ -1,0 +1,419 @@
+"""The emulator behaves like AC's export API, over a real loopback socket."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import pytest
+
+from acexport.emulator import FaultSettings
+from acexport.emulator.data import RECORD_TYPES
+from tests.conftest import EmulatorFactory, RunningEmulator
+
+DAY = {"fromDate": "2022-01-01T00:00:00.000Z", "toDate": "2022-01-01T23:59:59.999Z"}
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def ask(
+    session: aiohttp.ClientSession,
+    emu: RunningEmulator,
+    type_: str = "page",
+    token: str | None = "acme-token",  # noqa: S107 - the emulator's fake token
+    params: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> tuple[int, dict[str, str], bytes]:
+    headers = kwargs.pop("headers", {})
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    async with session.get(
+        emu.export_url(type_), params=DAY if params is None else params, headers=headers, **kwargs
+    ) as response:
+        return response.status, dict(response.headers), await response.read()
+
+
+async def wait_ready(session: aiohttp.ClientSession, emu: RunningEmulator, type_: str) -> bytes:
+    async with asyncio.timeout(10):
+        while True:
+            status, _, body = await ask(session, emu, type_)
+            assert status == 200
+            if not body.startswith(b'{"fromDate"'):
+                return body
+            await asyncio.sleep(0.02)
+
+
+async def test_first_request_pending_then_running_then_data(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """A new export answers the documented PENDING object, then RUNNING, then the data."""
+    emu = await emulator(processing_s=0.3)
+    status, _, body = await ask(session, emu)
+    first = json.loads(body)
+    assert status == 200
+    assert first["status"] == "PENDING"
+    assert first["type"] == "PAGE"
+    assert first["fromDate"] == DAY["fromDate"]
+    assert first["toDate"] == DAY["toDate"]
+    assert "come back later" in first["message"]
+    created = datetime.fromisoformat(first["createdDate"])
+    assert abs(created.timestamp() - time.time()) < 5
+    second = json.loads((await ask(session, emu))[2])
+    assert second["status"] == "RUNNING"
+    assert second["createdDate"] == first["createdDate"]
+    data = await wait_ready(session, emu, "page")
+    lines = data.decode().splitlines()
+    assert len(lines) == 100
+    assert all("metrics" in json.loads(line) for line in lines)
+
+
+async def test_one_job_processed_at_a_time_per_workspace(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """A second export stays PENDING while the first is processed, FIFO."""
+    emu = await emulator(processing_s=0.4)
+    await ask(session, emu, "page")
+    await asyncio.sleep(0.05)
+    assert json.loads((await ask(session, emu, "event"))[2])["status"] == "PENDING"
+    await wait_ready(session, emu, "page")
+    assert json.loads((await ask(session, emu, "event"))[2])["status"] == "RUNNING"
+    await wait_ready(session, emu, "event")
+    report = await emu.jobs()
+    page, event = report["jobs"]
+    assert event["timeline"]["started"] == pytest.approx(page["timeline"]["ready"])
+    assert report["workspaces"]["acme"]["max_unready"] == 2
+
+
+async def test_workspaces_are_processed_independently(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """Another workspace's job is not queued behind this workspace's job."""
+    emu = await emulator(tokens={"acme": "acme-token", "other": "other-token"}, processing_s=0.3)
+    await ask(session, emu, "page")
+    body = json.loads((await ask(session, emu, "page", token="other-token"))[2])
+    assert body["status"] == "PENDING"
+    await asyncio.sleep(0.05)
+    body = json.loads((await ask(session, emu, "page", token="other-token"))[2])
+    assert body["status"] == "RUNNING"
+
+
+async def test_expired_data_starts_a_new_job(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """After the download window the same request is PENDING again, with a new createdDate."""
+    emu = await emulator(processing_s=0.1, expiry_s=0.3)
+    first = json.loads((await ask(session, emu))[2])
+    await wait_ready(session, emu, "page")
+    await asyncio.sleep(0.35)
+    again = json.loads((await ask(session, emu))[2])
+    assert again["status"] == "PENDING"
+    assert again["createdDate"] > first["createdDate"]
+    states = [job["state"] for job in (await emu.jobs())["jobs"]]
+    assert states == ["EXPIRED", "RUNNING"]
+
+
+@pytest.mark.parametrize("token", [None, "wrong"])
+async def test_missing_or_unknown_token_is_401(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, token: str | None
+) -> None:
+    """No token or an unknown one gets a 401 JSON error and creates no job."""
+    emu = await emulator()
+    status, headers, body = await ask(session, emu, token=token)
+    assert status == 401
+    assert headers["Content-Type"].startswith("application/json")
+    assert "token" in json.loads(body)["error"]
+    assert (await emu.jobs())["jobs"] == []
+
+
+@pytest.mark.parametrize(
+    ("params", "parameter"),
+    [
+        ({"toDate": DAY["toDate"]}, "fromDate"),
+        ({"fromDate": DAY["fromDate"]}, "toDate"),
+        ({"fromDate": "yesterday", "toDate": DAY["toDate"]}, "fromDate"),
+        ({"fromDate": DAY["fromDate"], "toDate": "2022-13-01"}, "toDate"),
+        ({"fromDate": DAY["toDate"], "toDate": DAY["fromDate"]}, "fromDate"),
+    ],
+)
+async def test_bad_dates_are_400_naming_the_parameter(
+    emulator: EmulatorFactory,
+    session: aiohttp.ClientSession,
+    params: dict[str, str],
+    parameter: str,
+) -> None:
+    """Missing, non-ISO or reversed dates get a 400 naming the parameter."""
+    emu = await emulator()
+    status, _, body = await ask(session, emu, params=params)
+    assert status == 400
+    error = json.loads(body)
+    assert error["parameter"] == parameter
+    assert parameter in error["error"]
+
+
+async def test_unknown_type_is_404(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """An unknown export type is a 404 listing the known ones."""
+    emu = await emulator()
+    status, _, body = await ask(session, emu, type_="visits")
+    assert status == 404
+    assert json.loads(body)["types"] == list(RECORD_TYPES)
+
+
+async def test_data_is_deterministic_and_realistic(emulator: EmulatorFactory) -> None:
+    """Same workspace, type, window and seed give the same bytes; records look like AC's."""
+    first = await emulator(seed=7)
+    second = await emulator(seed=7)
+    other_seed = await emulator(seed=8)
+    expected_fields = {
+        "event": {"ownerId", "startTime", "applicationId", "eventId", "eventProperties"},
+        "identity": {"id", "individualId", "dataSourceId", "dataSourceIndividualPK"},
+        "individual": {"id", "demographics"},
+        "membership": {"segmentId", "individualId", "status", "dateFirstAdded", "dateChanged"},
+        "page": {"title", "url", "metrics"},
+        "segment": {"id", "name", "segmentType", "individualCount", "knownIndividualCount"},
+    }
+    async with aiohttp.ClientSession() as session:
+        for type_ in RECORD_TYPES:
+            payloads = []
+            for emu in (first, second, other_seed):
+                await ask(session, emu, type_)
+                payloads.append(await wait_ready(session, emu, type_))
+            assert payloads[0] == payloads[1]
+            assert payloads[0] != payloads[2]
+            records = [json.loads(line) for line in payloads[0].splitlines()]
+            assert len(records) == 100
+            assert len({r.get("id") for r in records}) == 100
+            for record in records:
+                assert expected_fields[type_] <= set(record)
+    text = payloads[0].decode()
+    assert not text.isascii()
+
+
+async def test_record_dates_lie_inside_the_window(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """Every record's timestamps fall inside the requested window."""
+    emu = await emulator(records=500)
+    await ask(session, emu, "event")
+    data = await wait_ready(session, emu, "event")
+    start = datetime(2022, 1, 1, tzinfo=UTC)
+    end = datetime(2022, 1, 2, tzinfo=UTC)
+    for line in data.splitlines():
+        when = datetime.fromisoformat(json.loads(line)["startTime"])
+        assert start <= when < end
+
+
+async def test_page_metrics_have_value_previous_and_trend(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """Page metrics carry value, previousValue and a classified trend."""
+    emu = await emulator(records=5)
+    await ask(session, emu, "page")
+    record = json.loads((await wait_ready(session, emu, "page")).splitlines()[0])
+    for name in ("viewsMetric", "visitorsMetric", "sessionsMetric", "bounceRateMetric"):
+        metric = record["metrics"][name]
+        assert set(metric) == {"value", "previousValue", "trend"}
+        assert metric["trend"]["trendClassification"] in {"POSITIVE", "NEGATIVE", "NEUTRAL"}
+
+
+async def test_records_per_day_scale_with_the_window(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """--records-per-day gives a 6-hour window a quarter of a day's records."""
+    emu = await emulator(records_per_day=400)
+    params = {"fromDate": "2022-01-01T00:00:00.000Z", "toDate": "2022-01-01T05:59:59.999Z"}
+    await ask(session, emu, "segment", params=params)
+    async with asyncio.timeout(5):
+        while True:
+            _, _, body = await ask(session, emu, "segment", params=params)
+            if not body.startswith(b'{"fromDate"'):
+                break
+    assert len(body.splitlines()) == 100
+
+
+async def test_json_array_format(emulator: EmulatorFactory, session: aiohttp.ClientSession) -> None:
+    """--format json serves one JSON array holding every record."""
+    emu = await emulator(format="json", records=5000)
+    await ask(session, emu, "individual")
+    data = await wait_ready(session, emu, "individual")
+    assert data.startswith(b"[")
+    assert len(json.loads(data)) == 5000
+
+
+async def test_inspection_reports_digest_timeline_and_requests(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """/_emulator/jobs lists each job's timeline, request count, bytes, sha256 and records."""
+    emu = await emulator(processing_s=0.1, records=300)
+    await ask(session, emu, "membership")
+    data = await wait_ready(session, emu, "membership")
+    report = await emu.jobs()
+    (job,) = report["jobs"]
+    assert job["workspace"] == "acme"
+    assert job["type"] == "membership"
+    assert job["state"] == "READY"
+    assert job["bytes"] == len(data)
+    assert job["sha256"] == hashlib.sha256(data).hexdigest()
+    assert job["records"] == 300
+    assert job["requests"] >= 2
+    assert job["downloads_completed"] == 1
+    timeline = job["timeline"]
+    assert timeline["created"] <= timeline["started"] < timeline["ready"] < timeline["expires"]
+    assert report["workspaces"]["acme"]["max_unready"] == 1
+
+
+async def test_gzip_when_the_client_accepts_it(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """--gzip serves Content-Encoding: gzip to clients that accept it, plain to others."""
+    emu = await emulator(gzip=True)
+    await ask(session, emu, "event")
+    plain = await wait_ready(session, emu, "event")
+    headers = {"Accept-Encoding": "gzip"}
+    status, response_headers, raw = await ask(
+        session, emu, "event", headers=headers, auto_decompress=False
+    )
+    assert status == 200
+    assert response_headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(raw) == plain
+    (job,) = (await emu.jobs())["jobs"]
+    assert job["sha256"] == hashlib.sha256(plain).hexdigest()
+    _, identity_headers, _ = await ask(
+        session, emu, "event", headers={"Accept-Encoding": "identity"}
+    )
+    assert "Content-Encoding" not in identity_headers
+
+
+async def test_redirect_to_signed_storage_on_another_origin(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """--redirect answers 302 to another origin whose signed URL needs and refuses a token."""
+    emu = await emulator(redirect=True)
+    await ask(session, emu, "page")
+    await asyncio.sleep(0.05)
+    status, headers, _ = await ask(session, emu, "page", allow_redirects=False)
+    assert status == 302
+    location = headers["Location"]
+    assert location.startswith("http://localhost:")
+    async with session.get(location) as response:
+        assert response.status == 200
+        data = await response.read()
+    (job,) = (await emu.jobs())["jobs"]
+    assert hashlib.sha256(data).hexdigest() == job["sha256"]
+    with_token = {"Authorization": "Bearer acme-token"}
+    async with session.get(location, headers=with_token) as response:
+        assert response.status == 400
+    forged = location[:-4] + ("0000" if not location.endswith("0000") else "1111")
+    async with session.get(forged) as response:
+        assert response.status == 403
+
+
+async def test_fail_rate_answers_5xx(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """--fail-rate 1 answers every request with a 500 or a 503 carrying Retry-After."""
+    emu = await emulator(faults=FaultSettings(fail_rate=1.0))
+    seen = set()
+    for _ in range(20):
+        status, headers, _ = await ask(session, emu)
+        seen.add(status)
+        if status == 503:
+            assert headers["Retry-After"] == "1"
+    assert seen == {500, 503}
+    report = await emu.jobs()
+    assert report["jobs"] == []
+    assert report["workspaces"]["acme"]["faults"] == {"fail": 20}
+
+
+async def test_throttle_rate_answers_429_with_retry_after(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """--throttle-rate 1 answers 429 with the configured Retry-After."""
+    emu = await emulator(faults=FaultSettings(throttle_rate=1.0, retry_after_s=3))
+    status, headers, _ = await ask(session, emu)
+    assert status == 429
+    assert headers["Retry-After"] == "3"
+
+
+async def test_garbage_rate_answers_html_or_broken_json(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """--garbage-rate 1 answers HTML pages or JSON that does not parse."""
+    emu = await emulator(faults=FaultSettings(garbage_rate=1.0))
+    kinds = set()
+    for _ in range(30):
+        status, headers, body = await ask(session, emu)
+        if headers["Content-Type"].startswith("text/html"):
+            assert b"<html" in body
+            kinds.add(f"html-{status}")
+        else:
+            with pytest.raises(json.JSONDecodeError):
+                json.loads(body)
+            kinds.add("json")
+    assert kinds == {"html-200", "html-502", "json"}
+
+
+async def test_cut_rate_closes_the_connection_mid_download(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """--cut-rate 1 sends fewer bytes than Content-Length and closes; Range resumes."""
+    emu = await emulator(records=20000)
+    await ask(session, emu, "page")
+    await asyncio.sleep(0.3)
+    await emu.control("faults", {"cut_rate": 1.0})
+    received = b""
+    cuts = 0
+    async with asyncio.timeout(20):
+        while True:
+            headers = {"Authorization": "Bearer acme-token", "Range": f"bytes={len(received)}-"}
+            try:
+                async with session.get(emu.export_url("page"), params=DAY, headers=headers) as r:
+                    assert r.status == 206
+                    async for chunk in r.content.iter_any():
+                        received += chunk
+                break
+            except aiohttp.ClientPayloadError:
+                cuts += 1
+            if cuts > 8:
+                await emu.control("faults", {"cut_rate": 0.0})
+    (job,) = (await emu.jobs())["jobs"]
+    assert cuts >= 1
+    assert hashlib.sha256(received).hexdigest() == job["sha256"]
+    assert (await emu.jobs())["workspaces"]["acme"]["faults"]["cut"] == cuts
+
+
+async def test_slow_caps_the_download_rate(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """--slow streams at roughly the configured bytes per second."""
+    emu = await emulator(records=100, faults=FaultSettings(slow_bytes_per_s=200_000))
+    await ask(session, emu, "page")
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    status, _, body = await ask(session, emu, "page")
+    elapsed = time.monotonic() - started
+    assert status == 200
+    assert elapsed >= len(body) / 200_000 * 0.8
+
+
+async def test_revoked_token_is_refused_until_restored(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """The control route revokes and restores a workspace's token."""
+    emu = await emulator()
+    await emu.control("workspaces/acme", {"revoked": True})
+    assert (await ask(session, emu))[0] == 401
+    await emu.control("workspaces/acme", {"revoked": False})
+    assert (await ask(session, emu))[0] == 200
