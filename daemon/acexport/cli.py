@@ -26,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from .emulator.cli import add_arguments as add_emulator_arguments
+    from .oneshot import add_arguments as add_export_arguments
+
+    export = commands.add_parser(
+        "export", help="export one ad-hoc range (polls, streams, verifies, commits)"
+    )
+    add_export_arguments(export)
 
     emulator = commands.add_parser(
         "emulator", help="run an emulated Analytics Cloud export API on loopback"
@@ -36,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "export":
+        from .oneshot import main as export_main
+
+        return export_main(args)
     if args.command == "emulator":
         from .emulator.cli import main as emulator_main
 

@@ -1,0 +1,283 @@
+"""The AC export API client: one request answers a status, a payload, or an error.
+
+It knows HTTP and AC's answers, nothing of files. Every failure is classified
+into ``errors``: the caller decides what to do with it, in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+from pydantic import SecretStr
+from yarl import URL
+
+from .errors import AuthError, RateLimited, RemoteRejected, TransientError
+from .windows import ExportWindow
+
+_PEEK_BYTES = 64 * 1024  # a status object is far smaller; data is usually far larger
+_MAX_REDIRECTS = 5
+_READ_BYTES = 4 * 1024 * 1024
+_TRANSIENT_4XX = {408, 425, 429}
+_DEFAULT_RETRY_AFTER_S = 30.0
+
+
+@dataclass(frozen=True)
+class ExportStatus:
+    """AC's answer while the export is not ready: PENDING, RUNNING, or something else."""
+
+    status: str
+    created_date: str | None
+    message: str | None
+
+
+@dataclass
+class Payload:
+    """A ready export's body, starting at byte ``offset`` of the whole payload."""
+
+    response: aiohttp.ClientResponse
+    prefix: bytes
+    offset: int
+    total_bytes: int | None
+    resumable: bool
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body, in chunks of up to 4 MiB; a cut connection is a TransientError."""
+        if self.prefix:
+            yield self.prefix
+        try:
+            while chunk := await self.response.content.read(_READ_BYTES):
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransientError(f"download cut: {_describe(exc)}") from None
+
+
+def origin(url: str | URL) -> tuple[str, str, int | None]:
+    """Scheme, host and port: a token is only ever sent back to the same origin."""
+    parsed = URL(url) if isinstance(url, str) else url
+    return parsed.scheme, (parsed.host or "").lower(), parsed.port
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Retry-After as seconds: an integer, or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def _excerpt(body: bytes) -> str:
+    text = body[:300].decode("utf-8", "replace").strip()
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return text
+    if isinstance(parsed, dict):
+        for key in ("message", "error", "title", "detail"):
+            if isinstance(parsed.get(key), str):
+                return str(parsed[key])
+    return text
+
+
+def as_status(body: bytes) -> ExportStatus | None:
+    """The status object AC answers while an export is not ready, if ``body`` is one."""
+    try:
+        parsed: Any = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("status"), str):
+        return None
+    # A one-record membership payload also has a "status"; a status object also
+    # has createdDate or message, which no record type has.
+    if "createdDate" not in parsed and "message" not in parsed:
+        return None
+    return ExportStatus(
+        status=parsed["status"].upper(),
+        created_date=parsed.get("createdDate"),
+        message=parsed.get("message"),
+    )
+
+
+async def _read_up_to(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
+class ExportClient:
+    """One workspace's view of ``GET /api/reports/export/{type}``."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: SecretStr) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._token = token
+        self._origin = origin(self._base)
+
+    def url(self, type_: str, window: ExportWindow) -> URL:
+        return URL(f"{self._base}/api/reports/export/{type_}").with_query(
+            fromDate=window.from_date, toDate=window.to_date
+        )
+
+    @asynccontextmanager
+    async def request(
+        self, type_: str, window: ExportWindow, *, range_start: int = 0
+    ) -> AsyncIterator[ExportStatus | Payload]:
+        """Ask once; yields the status or the payload (released on exit).
+
+        Raises AuthError, RemoteRejected, RateLimited or TransientError.
+        """
+        url = self.url(type_, window)
+        response = await self._get_following_redirects(url, range_start)
+        try:
+            yield await self._classify(response, type_, window, range_start)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransientError(f"reading AC's answer failed: {_describe(exc)}") from None
+        finally:
+            response.release()
+
+    async def _get_following_redirects(self, url: URL, range_start: int) -> aiohttp.ClientResponse:
+        for _ in range(_MAX_REDIRECTS + 1):
+            headers = {"Accept": "application/json, application/x-ndjson, */*"}
+            if origin(url) == self._origin:
+                headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
+            if range_start:
+                headers["Range"] = f"bytes={range_start}-"
+            try:
+                response = await self._session.get(url, headers=headers, allow_redirects=False)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise TransientError(
+                    f"cannot reach {url.scheme}://{url.host}: {_describe(exc)}"
+                ) from None
+            if response.status not in (301, 302, 303, 307, 308):
+                return response
+            location = response.headers.get("Location")
+            response.release()
+            if not location:
+                raise TransientError(f"redirect {response.status} without a Location")
+            url = url.join(URL(location))
+            if url.scheme not in ("http", "https"):
+                raise RemoteRejected(f"redirect to a non-HTTP URL scheme {url.scheme!r}")
+        raise TransientError(f"more than {_MAX_REDIRECTS} redirects")
+
+    async def _classify(
+        self,
+        response: aiohttp.ClientResponse,
+        type_: str,
+        window: ExportWindow,
+        range_start: int,
+    ) -> ExportStatus | Payload:
+        status = response.status
+        where = f"{response.url.scheme}://{response.url.host}"
+        if status in (401, 403):
+            raise AuthError(
+                f"AC answered {status} {response.reason}: the access token is missing, "
+                "expired or not allowed to export; renew it in Analytics Cloud settings"
+            )
+        if status == 429 or (status == 503 and "Retry-After" in response.headers):
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            when = "a pause" if retry_after is None else f"{retry_after:g}s"
+            raise RateLimited(
+                f"{where} answered {status}; retrying after {when}",
+                retry_after if retry_after is not None else _DEFAULT_RETRY_AFTER_S,
+            )
+        if status >= 500 or status in _TRANSIENT_4XX or status == 416:
+            raise TransientError(f"{where} answered {status} {response.reason}")
+        if status >= 400:
+            body = await _read_up_to(response, 4096)
+            raise RemoteRejected(f"AC rejected the {type_} export ({status}): {_excerpt(body)}")
+        if status not in (200, 206):
+            raise TransientError(f"{where} answered an unexpected {status} {response.reason}")
+        content_type = response.headers.get("Content-Type", "").lower()
+        prefix = await _read_up_to(response, _PEEK_BYTES)
+        if "text/html" in content_type or prefix.lstrip()[:1] == b"<":
+            raise TransientError(f"{where} answered an HTML page instead of data ({status})")
+        small = len(prefix) < _PEEK_BYTES and response.content.at_eof()
+        if small and status == 200 and prefix.lstrip().startswith(b"{"):
+            answer = as_status(prefix)
+            if answer is not None:
+                self._check_status_matches(prefix, type_, window)
+                return answer
+            if b'"status"' in prefix and b"\n" not in prefix.strip():
+                raise TransientError(f"{where} answered a malformed status: {_excerpt(prefix)}")
+        offset = 0
+        if status == 206:
+            offset = _content_range_start(response.headers.get("Content-Range"))
+            if offset != range_start:
+                raise TransientError(f"asked for byte {range_start}, got a range from {offset}")
+        total = response.content_length
+        encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
+        resumable = response.headers.get("Accept-Ranges", "").lower() == "bytes" and not encoded
+        return Payload(
+            response, prefix, offset, None if total is None else offset + total, resumable
+        )
+
+    @staticmethod
+    def _check_status_matches(body: bytes, type_: str, window: ExportWindow) -> None:
+        parsed = json.loads(body)
+        answered_type = str(parsed.get("type", type_)).lower()
+        if answered_type != type_:
+            raise TransientError(f"AC answered a status for type {answered_type!r}, not {type_!r}")
+        for key, expected in (("fromDate", window.start), ("toDate", window.to_date)):
+            value = parsed.get(key)
+            if not isinstance(value, str):
+                continue
+            try:
+                answered = datetime.fromisoformat(value)
+            except ValueError:
+                raise TransientError(f"AC answered a status with a malformed {key}") from None
+            wanted = (
+                expected if isinstance(expected, datetime) else datetime.fromisoformat(expected)
+            )
+            if abs((answered - wanted).total_seconds()) > 0.001:
+                raise TransientError(
+                    f"AC answered a status for {key}={value}, not the requested window"
+                )
+
+
+def _content_range_start(value: str | None) -> int:
+    try:
+        assert value is not None
+        unit, _, rest = value.partition(" ")
+        return int(rest.split("-", 1)[0]) if unit == "bytes" else -1
+    except (AssertionError, ValueError):
+        return -1
+
+
+def client_timeout(timeout_s: float) -> aiohttp.ClientTimeout:
+    """Per-connect and per-read limits; no total, since a download may take long."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+
+
+def new_session(timeout_s: float) -> aiohttp.ClientSession:
+    # A large read buffer lets one read hand the sink megabytes at a time.
+    return aiohttp.ClientSession(
+        timeout=client_timeout(timeout_s),
+        read_bufsize=_READ_BYTES,
+        max_line_size=16 * 1024,
+        max_field_size=16 * 1024,
+    )

@@ -1,0 +1,339 @@
+"""Settings: one TOML file plus ``ACEXPORT_`` environment overrides, validated once.
+
+Durations and zones are parsed here, at the edge, so the rest of the code sees
+``timedelta`` and ``ZoneInfo``. Every error names the file and the field, and
+never echoes a token.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import stat
+import string
+import tomllib
+from contextvars import ContextVar
+from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from .errors import ConfigError
+
+EXPORT_TYPES = ("event", "identity", "individual", "membership", "page", "segment")
+DEFAULT_CONFIG_PATHS = (Path("acexport.toml"), Path("/etc/acexport/config.toml"))
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_PATH_FIELDS = {"workspace", "type", "job", "from", "to"}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """``200ms``, ``1.5s``, ``90s``, ``15m``, ``6h``, ``1d`` (or a number of seconds)."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*", value)
+        if match:
+            return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    raise ValueError(f"not a duration: {value!r} (use e.g. 200ms, 1.5s, 15m, 6h, 1d)")
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _positive(value: timedelta, name: str) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError(f"{name} must be positive")
+    return value
+
+
+def zone_named(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (e.g. Europe/Berlin, UTC)") from None
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DaemonSettings(_Section):
+    state_dir: Path = Path("/var/lib/acexport")
+    output_dir: Path = Path("/var/lib/acexport/exports")
+    log_format: Literal["auto", "console", "json"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    listen: str = "127.0.0.1:9464"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value and not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}", value):
+            raise ValueError(f"expected HOST:PORT or an empty string, got {value!r}")
+        return value
+
+
+class HttpSettings(_Section):
+    poll_initial: Duration = timedelta(seconds=15)
+    poll_max: Duration = timedelta(minutes=5)
+    timeout: Duration = timedelta(seconds=60)
+    retry_initial: Duration = timedelta(seconds=1)
+    retry_max: Duration = timedelta(minutes=1)
+    max_attempts: int = Field(default=10, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> HttpSettings:
+        for name in ("poll_initial", "poll_max", "timeout", "retry_initial", "retry_max"):
+            _positive(getattr(self, name), name)
+        if self.poll_max < self.poll_initial:
+            raise ValueError("poll_max must not be smaller than poll_initial")
+        if self.retry_max < self.retry_initial:
+            raise ValueError("retry_max must not be smaller than retry_initial")
+        return self
+
+
+def check_path_template(template: str) -> str:
+    """Placeholders are known, and no rendering can leave the output directory."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"malformed template {template!r}: {exc}") from None
+    unknown = {name for name in fields if name not in _PATH_FIELDS}
+    if unknown:
+        raise ValueError(f"unknown placeholder(s) {sorted(unknown)}; use {sorted(_PATH_FIELDS)}")
+    sample = datetime(2022, 1, 1, tzinfo=UTC)
+    try:
+        rendered = render_path(template, "ws", "page", "job", sample, sample)
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise ValueError(f"template {template!r} does not render: {exc}") from None
+    if not rendered.parts:
+        raise ValueError("template renders to an empty path")
+    return template
+
+
+def render_path(
+    template: str, workspace: str, type_: str, job: str, start: datetime, end: datetime
+) -> PurePosixPath:
+    """The relative path of a data file; raises ValueError if it would escape."""
+    text = template.format(workspace=workspace, type=type_, job=job, **{"from": start, "to": end})
+    path = PurePosixPath(text)
+    if path.is_absolute() or ".." in path.parts or text.endswith("/"):
+        raise ValueError(f"path {text!r} must be relative, without '..', naming a file")
+    return path
+
+
+class OutputSettings(_Section):
+    path: str = (
+        "{workspace}/{type}/date={from:%Y-%m-%d}/{type}_{from:%Y%m%dT%H%M}_{to:%Y%m%dT%H%M}.jsonl"
+    )
+    compression: Literal["none", "gzip"] = "gzip"
+
+    _check_path = field_validator("path")(classmethod(lambda cls, v: check_path_template(v)))
+
+
+class WorkspaceSettings(_Section):
+    base_url: str = "https://analytics.liferay.com"
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    token_env: str | None = None
+    timezone: str = "UTC"
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            raise ValueError(f"{value!r} is not https: tokens must not travel in clear text")
+        if parts.query or parts.fragment:
+            raise ValueError("base_url must not carry a query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone_named(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> WorkspaceSettings:
+        given = [n for n in ("token", "token_file", "token_env") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of token_file, token_env or token (got {given or 'none'})"
+            )
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def read_token(self) -> SecretStr:
+        """The token, read now from its source (files are re-read on reload)."""
+        if self.token is not None:
+            value = self.token.get_secret_value()
+        elif self.token_env is not None:
+            if self.token_env not in os.environ:
+                raise ValueError(f"environment variable {self.token_env} is not set")
+            value = os.environ[self.token_env]
+        else:
+            assert self.token_file is not None
+            try:
+                value = self.token_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(
+                    f"cannot read token_file {self.token_file}: {exc.strerror}"
+                ) from None
+        value = value.strip()
+        if not value:
+            raise ValueError("the token is empty")
+        return SecretStr(value)
+
+
+_FILE_DATA: ContextVar[dict[str, Any] | None] = ContextVar("acexport_file_data", default=None)
+
+
+class Settings(BaseSettings):
+    """The whole configuration; build it with ``load_settings``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ACEXPORT_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    daemon: DaemonSettings = DaemonSettings()
+    http: HttpSettings = HttpSettings()
+    output: OutputSettings = OutputSettings()
+    workspaces: dict[str, WorkspaceSettings] = {}
+
+    @field_validator("workspaces")
+    @classmethod
+    def _names(cls, value: dict[str, WorkspaceSettings]) -> dict[str, WorkspaceSettings]:
+        for name in value:
+            if not _NAME.fullmatch(name):
+                raise ValueError(f"workspace name {name!r}: use letters, digits, '_', '.', '-'")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file; keyword arguments override both.
+        return init_settings, env_settings, InitSettingsSource(settings_cls, _FILE_DATA.get() or {})
+
+
+def find_config(explicit: str | None) -> Path | None:
+    """``--config``, then ``$ACEXPORT_CONFIG``, then the default locations."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("ACEXPORT_CONFIG"):
+        return Path(os.environ["ACEXPORT_CONFIG"])
+    return next((p for p in DEFAULT_CONFIG_PATHS if p.exists()), None)
+
+
+def _describe(error: ErrorDetails) -> str:
+    location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown field"
+    secret = any("token" in str(part) for part in error["loc"])
+    value = error.get("input")
+    shown = isinstance(value, str | int | float) and error["type"] != "extra_forbidden"
+    if shown and not secret and repr(value) not in message:
+        message += f" (got {value!r})"
+    return f"{location}: {message}"
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read, merge with the environment and validate; raises ConfigError."""
+    source = str(path) if path else "environment"
+    if any(name.startswith("ACEXPORT_") and name != "ACEXPORT_CONFIG" for name in os.environ):
+        source += " (with ACEXPORT_* environment overrides)"
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    token = _FILE_DATA.set(data)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        lines = [f"{source}: {_describe(e)}" for e in exc.errors(include_url=False)]
+        raise ConfigError("\n".join(lines)) from None
+    finally:
+        _FILE_DATA.reset(token)
+    return settings
+
+
+def resolve_tokens(settings: Settings, source: str) -> dict[str, SecretStr]:
+    """Every workspace's token, read now; a missing one is a ConfigError naming it."""
+    tokens = {}
+    for name, workspace in settings.workspaces.items():
+        try:
+            tokens[name] = workspace.read_token()
+        except ValueError as exc:
+            raise ConfigError(f"{source}: workspaces.{name}: {exc}") from None
+    return tokens
+
+
+def inline_token_warning(path: Path | None, settings: Settings) -> str | None:
+    """A warning if the file holds an inline token and others may read it."""
+    if path is None or not any(w.token for w in settings.workspaces.values()):
+        return None
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        return (
+            f"{path} holds an inline token and is readable by others "
+            f"(mode {stat.filemode(mode)}); chmod 600 it or use token_file"
+        )
+    return None

@@ -1,0 +1,56 @@
+"""The error hierarchy: each class says who must act, and is handled in one place.
+
+- ``ConfigError``: the operator must fix the configuration (exit 78).
+- ``AuthError``: a human must renew a token; retrying in a loop cannot help.
+- ``RemoteRejected``: AC refused the request itself (400/404): a bug or bad input.
+- ``ExportFailed``: AC reported the export failed (e.g. ``FAILED``) too many times.
+- ``TransientError``: worth retrying with backoff; ``RateLimited`` says when.
+- ``ExportExpired``: ready data was not fetched in time; the export is resubmitted.
+- ``SinkError``: the local disk refused (full, read-only); nothing half-written is left.
+"""
+
+from __future__ import annotations
+
+
+class AcexportError(Exception):
+    """Base of every error acexport raises on purpose."""
+
+
+class ConfigError(AcexportError):
+    """The configuration (file, environment or flags) is invalid."""
+
+
+class AuthError(AcexportError):
+    """AC answered 401/403: the token is missing, wrong, expired or lacks rights."""
+
+
+class RemoteRejected(AcexportError):
+    """AC rejected the request (400, 404, other 4xx); retrying the same request cannot help."""
+
+
+class ExportFailed(AcexportError):
+    """AC kept reporting an unexpected status (such as FAILED) for this export."""
+
+
+class TransientError(AcexportError):
+    """A failure that may pass: 5xx, timeouts, cut connections, proxy pages, bad bodies."""
+
+
+class RateLimited(TransientError):
+    """AC asked us to slow down (429/503 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PayloadError(TransientError):
+    """The downloaded data is cut short or not valid JSON/NDJSON/ZIP."""
+
+
+class ExportExpired(AcexportError):
+    """AC answered PENDING for an export it had ready: the 24-hour window passed."""
+
+
+class SinkError(AcexportError):
+    """Writing the data locally failed (disk full, permissions); the temp file is gone."""

@@ -1,0 +1,263 @@
+"""One export's life: submit, poll until ready, download, verify, commit.
+
+This is the only place that decides what an API error means for an export:
+auth and rejections end it, transient failures are retried with backoff
+(``Retry-After`` honoured), a cut download resumes where it can, and ready
+data that expired is resubmitted, never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from .api import ExportClient, ExportStatus, Payload
+from .errors import ExportFailed, PayloadError, RateLimited, TransientError
+from .polling import Backoff
+from .sink import Manifest, PayloadWriter, Sink
+from .windows import ExportWindow, iso_ms
+
+log = structlog.get_logger("acexport.export")
+
+_WAITING = ("PENDING", "RUNNING")
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What to export, and where its data file goes."""
+
+    workspace: str
+    type: str
+    window: ExportWindow
+    destination: Path
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How patiently to poll and retry."""
+
+    poll: Backoff
+    retry: Backoff
+    max_attempts: int = 10  # consecutive failed requests before the export fails
+    max_unknown_status: int = 3  # FAILED-like answers before giving up
+
+
+@dataclass
+class ExportOutcome:
+    manifest: Manifest
+    manifest_path: Path
+    requests: int
+    expired_resubmits: int
+    seconds_to_ready: float
+    seconds_total: float
+
+
+class ExportObserver:
+    """Hooks into an export's progress; every method is optional."""
+
+    async def status(self, answer: ExportStatus, next_poll_s: float) -> None:
+        """AC answered a status; the next poll is in ``next_poll_s``."""
+
+    async def ready(self) -> None:
+        """Data is ready: AC's slot for this workspace is free again."""
+
+    async def downloaded(self, received_bytes: int, total_bytes: int | None) -> None:
+        """Called as the download progresses."""
+
+
+@dataclass
+class _Attempt:
+    """Mutable state of one run_export call."""
+
+    requests: int = 0
+    failures: int = 0
+    unknown: int = 0
+    expired: int = 0
+    had_ready: bool = False
+    created_date: str | None = None
+    writer: PayloadWriter | None = None
+    offset: int = 0
+    resumable: bool = False
+    ready_at: float | None = None
+
+
+async def run_export(
+    spec: ExportSpec,
+    client: ExportClient,
+    sink: Sink,
+    timing: Timing,
+    observer: ExportObserver | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> ExportOutcome:
+    """Export one window of one type; raises the error that ended it."""
+    observer = observer or ExportObserver()
+    started = time.monotonic()
+    state = _Attempt()
+    polls = timing.poll.delays()
+    retries = timing.retry.delays()
+    with structlog.contextvars.bound_contextvars(
+        workspace=spec.workspace, type=spec.type, window=spec.window.from_date, attempt=0
+    ):
+        try:
+            while True:
+                state.requests += 1
+                structlog.contextvars.bind_contextvars(attempt=state.requests)
+                try:
+                    async with client.request(
+                        spec.type, spec.window, range_start=state.offset
+                    ) as answer:
+                        if isinstance(answer, ExportStatus):
+                            delay = await _on_status(answer, state, sink, timing, polls, retries)
+                            await observer.status(answer, delay)
+                        else:
+                            manifest_path, manifest = await _download(
+                                spec, answer, state, sink, observer
+                            )
+                            now = time.monotonic()
+                            return ExportOutcome(
+                                manifest=manifest,
+                                manifest_path=manifest_path,
+                                requests=state.requests,
+                                expired_resubmits=state.expired,
+                                seconds_to_ready=(state.ready_at or now) - started,
+                                seconds_total=now - started,
+                            )
+                except RateLimited as exc:
+                    delay = _count_failure(exc, state, timing)
+                    delay = max(delay, exc.retry_after_s)
+                except TransientError as exc:
+                    delay = _count_failure(exc, state, timing, next(retries))
+                    await _after_transient(exc, state, sink)
+                await sleep(delay)
+        finally:
+            if state.writer is not None:
+                # Shielded: a cancelled export must still leave no temp file behind.
+                await asyncio.shield(sink.discard(state.writer))
+
+
+def _count_failure(
+    exc: TransientError, state: _Attempt, timing: Timing, delay: float = 0.0
+) -> float:
+    state.failures += 1
+    if state.failures >= timing.max_attempts:
+        log.error("export_giving_up", failures=state.failures, error=str(exc))
+        raise exc
+    log.warning("export_retrying", error=str(exc), failures=state.failures, delay_s=round(delay, 3))
+    return delay
+
+
+async def _after_transient(exc: TransientError, state: _Attempt, sink: Sink) -> None:
+    """Keep a cut download for resuming if the server allows it, else start over."""
+    writer = state.writer
+    if writer is None:
+        return
+    if isinstance(exc, PayloadError) or not state.resumable:
+        await _drop_partial(state, sink)
+    else:
+        state.offset = writer.payload_bytes
+
+
+async def _drop_partial(state: _Attempt, sink: Sink) -> None:
+    if state.writer is not None:
+        await sink.discard(state.writer)
+    state.writer, state.offset = None, 0
+
+
+async def _on_status(
+    answer: ExportStatus,
+    state: _Attempt,
+    sink: Sink,
+    timing: Timing,
+    polls: Iterator[float],
+    retries: Iterator[float],
+) -> float:
+    # A partial download belongs to data AC no longer serves: start over when it is ready.
+    await _drop_partial(state, sink)
+    if answer.status in _WAITING:
+        state.failures = 0
+        if state.had_ready and answer.status == "PENDING":
+            state.expired += 1
+            state.had_ready = False
+            log.warning(
+                "export_expired_resubmitted",
+                created_date=answer.created_date,
+                detail="AC no longer had the ready data (download window passed); "
+                "it is being created again",
+            )
+        elif state.created_date and answer.created_date not in (None, state.created_date):
+            log.warning("export_restarted_by_ac", created_date=answer.created_date)
+        elif state.created_date is None:
+            log.info("export_submitted", created_date=answer.created_date, status=answer.status)
+        state.created_date = answer.created_date or state.created_date
+        return next(polls)
+    state.unknown += 1
+    log.warning("export_unexpected_status", status=answer.status, message=answer.message)
+    if state.unknown >= timing.max_unknown_status:
+        raise ExportFailed(
+            f"AC answered status {answer.status} {state.unknown} times: {answer.message or ''}"
+        )
+    return next(retries)
+
+
+async def _download(
+    spec: ExportSpec,
+    payload: Payload,
+    state: _Attempt,
+    sink: Sink,
+    observer: ExportObserver,
+) -> tuple[Path, Manifest]:
+    if not state.had_ready:
+        state.had_ready = True
+        state.ready_at = state.ready_at or time.monotonic()
+        log.info("export_ready", requests=state.requests)
+        await observer.ready()
+    if payload.offset != state.offset:
+        await _drop_partial(state, sink)  # the server sent it all again: start over
+    if state.writer is None:
+        state.writer = sink.new_writer()
+    state.resumable = payload.resumable
+    writer = state.writer
+
+    async def counted() -> AsyncIterator[bytes]:
+        received = payload.offset
+        async for chunk in payload.chunks():
+            yield chunk
+            received += len(chunk)
+            await observer.downloaded(received, payload.total_bytes)
+
+    await sink.receive(writer, counted())
+    summary = await sink.finish(writer)
+    state.writer = None
+    manifest = Manifest(
+        workspace=spec.workspace,
+        type=spec.type,
+        fromDate=spec.window.from_date,
+        toDate=spec.window.to_date,
+        createdDate=state.created_date,
+        downloadedAt=iso_ms(datetime.now(UTC)),
+        file=spec.destination.name,
+        records=summary.records,
+        payload_bytes=summary.payload_bytes,
+        payload_sha256=summary.payload_sha256,
+        format=summary.format,
+        compression=sink.compression,
+    )
+    try:
+        manifest_path = await sink.commit(summary, spec.destination, manifest)
+    except BaseException:
+        summary.path.unlink(missing_ok=True)
+        raise
+    log.info(
+        "export_done",
+        records=summary.records,
+        payload_bytes=summary.payload_bytes,
+        file=str(spec.destination),
+        requests=state.requests,
+    )
+    return manifest_path, manifest

@@ -1,0 +1,268 @@
+"""``acexport export``: one ad-hoc range, like AC's curl command but correct.
+
+It polls, streams, verifies and commits exactly as the daemon does; this
+module only turns command-line flags into an ``ExportSpec`` and shows progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+from pydantic import SecretStr
+
+from .api import ExportClient, ExportStatus, new_session
+from .config import (
+    EXPORT_TYPES,
+    Settings,
+    WorkspaceSettings,
+    find_config,
+    inline_token_warning,
+    load_settings,
+    render_path,
+    resolve_tokens,
+    zone_named,
+)
+from .errors import ConfigError
+from .export import ExportObserver, ExportSpec, Timing, run_export
+from .observability import configure_logging, register_secret
+from .polling import Backoff
+from .sink import Compression, Sink
+from .windows import ExportWindow, parse_bound
+
+log = structlog.get_logger("acexport.cli")
+
+
+class UsageError(Exception):
+    """Flags that do not fit together (exit 2)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="config file (default: $ACEXPORT_CONFIG, ./acexport.toml)")
+    source = parser.add_argument_group("workspace (from the config, or given here)")
+    source.add_argument("--workspace", help="a workspace of the config file")
+    source.add_argument("--base-url", help="AC base URL, without a config file")
+    source.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
+    source.add_argument("--token-file", type=Path, metavar="FILE", help="file holding the token")
+    source.add_argument("--timezone", help="zone for bare dates (default: workspace's, or UTC)")
+    parser.add_argument("--type", required=True, choices=EXPORT_TYPES)
+    parser.add_argument(
+        "--from",
+        dest="from_",
+        required=True,
+        metavar="ISO",
+        help="start: a date (its midnight) or a datetime",
+    )
+    parser.add_argument(
+        "--to",
+        required=True,
+        metavar="ISO",
+        help="end: a date (through that whole day) or an exclusive datetime",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="PATH|-",
+        help="data file, or - for stdout (default: the config's output layout)",
+    )
+    parser.add_argument(
+        "--compression",
+        choices=("none", "gzip"),
+        help="default: gzip if PATH ends in .gz, else the config's, none for -",
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    settings: Settings
+    workspace: str
+    base_url: str
+    token: SecretStr
+    spec: ExportSpec
+    temp_dir: Path
+    compression: Compression
+    to_stdout: bool
+
+
+def _plan(args: argparse.Namespace) -> _Plan:
+    config_path = find_config(args.config)
+    if args.base_url and args.workspace:
+        raise UsageError("give --workspace (from a config) or --base-url, not both")
+    if args.base_url and config_path is not None and args.config is None:
+        config_path = None  # an ad-hoc URL does not pick up a default config by accident
+    if args.workspace and config_path is None:
+        raise ConfigError("--workspace needs a config file: none given or found")
+    settings = load_settings(config_path) if config_path else Settings()
+    source = str(config_path or "command line")
+    warning = inline_token_warning(config_path, settings)
+    if warning:
+        log.warning("config_inline_token_readable", detail=warning)
+    if args.base_url:
+        if bool(args.token_env) == bool(args.token_file):
+            raise UsageError("--base-url needs exactly one of --token-env VAR or --token-file FILE")
+        try:
+            ws = WorkspaceSettings(
+                base_url=args.base_url,
+                token_env=args.token_env,
+                token_file=args.token_file,
+                timezone=args.timezone or "UTC",
+            )
+        except ValueError as exc:
+            raise ConfigError(f"command line: {exc}") from None
+        name = "adhoc"
+        try:
+            token = ws.read_token()
+        except ValueError as exc:
+            raise ConfigError(f"command line: {exc}") from None
+    else:
+        if not args.workspace:
+            if len(settings.workspaces) != 1:
+                raise UsageError("name the workspace with --workspace (or use --base-url)")
+            args.workspace = next(iter(settings.workspaces))
+        if args.workspace not in settings.workspaces:
+            known = ", ".join(sorted(settings.workspaces)) or "none"
+            raise ConfigError(f"{source}: no workspace {args.workspace!r} (known: {known})")
+        name = args.workspace
+        ws = settings.workspaces[name]
+        token = resolve_tokens(settings, source)[name]
+    register_secret(token.get_secret_value())
+    try:
+        zone = zone_named(args.timezone) if args.timezone else ws.zone
+        window = ExportWindow(
+            parse_bound(args.from_, zone, end=False), parse_bound(args.to, zone, end=True)
+        )
+    except ValueError as exc:
+        raise UsageError(f"--timezone/--from/--to: {exc}") from None
+
+    to_stdout = args.output == "-"
+    compression: Compression
+    if args.output and not to_stdout:
+        destination = Path(args.output).absolute()
+        compression = args.compression or ("gzip" if destination.suffix == ".gz" else "none")
+    elif to_stdout:
+        compression = args.compression or "none"
+        destination = Path(tempfile.gettempdir()) / f"acexport-{os.getpid()}.out"
+    elif config_path is None:
+        raise UsageError("--output is required without a config file")
+    else:
+        compression = args.compression or settings.output.compression
+        relative = render_path(
+            settings.output.path, name, args.type, "export", window.start, window.end
+        )
+        destination = (settings.daemon.output_dir / relative).absolute()
+        if compression == "gzip" and destination.suffix != ".gz":
+            destination = destination.with_name(destination.name + ".gz")
+    if config_path is not None:
+        temp_dir = settings.daemon.state_dir / "tmp"
+    else:
+        temp_dir = destination.parent if not to_stdout else Path(tempfile.gettempdir())
+    spec = ExportSpec(name, args.type, window, destination)
+    return _Plan(settings, name, ws.base_url, token, spec, temp_dir, compression, to_stdout)
+
+
+class _Progress(ExportObserver):
+    """One rewritten status line on a terminal."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._started = time.monotonic()
+        self._download_started: float | None = None
+        self._last_draw = 0.0
+
+    def _draw(self, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_draw >= 0.2:
+            self._last_draw = now
+            self._stream.write(f"\r\x1b[2K{text}")
+            self._stream.flush()
+
+    async def status(self, answer: ExportStatus, next_poll_s: float) -> None:
+        elapsed = time.monotonic() - self._started
+        self._draw(
+            f"{answer.status:<8} waited {elapsed:6.1f}s, next poll in {next_poll_s:5.1f}s", True
+        )
+
+    async def downloaded(self, received_bytes: int, total_bytes: int | None) -> None:
+        now = time.monotonic()
+        self._download_started = self._download_started or now
+        rate = received_bytes / max(now - self._download_started, 1e-3) / 1e6
+        total = f" of {total_bytes / 1e6:.1f}" if total_bytes else ""
+        self._draw(f"DOWNLOAD {received_bytes / 1e6:8.1f}{total} MB at {rate:6.1f} MB/s")
+
+    def close(self) -> None:
+        self._stream.write("\r\x1b[2K")
+        self._stream.flush()
+
+
+def timing_from(settings: Settings) -> Timing:
+    http = settings.http
+    return Timing(
+        poll=Backoff(http.poll_initial.total_seconds(), http.poll_max.total_seconds()),
+        retry=Backoff(http.retry_initial.total_seconds(), http.retry_max.total_seconds()),
+        max_attempts=http.max_attempts,
+    )
+
+
+async def _export(plan: _Plan, progress: _Progress | None) -> Path:
+    sink = Sink(plan.temp_dir, plan.compression)
+    sink.clean_stale(everything=False)
+    timeout = plan.settings.http.timeout.total_seconds()
+    try:
+        async with new_session(timeout) as session:
+            client = ExportClient(session, plan.base_url, plan.token)
+            outcome = await run_export(
+                plan.spec, client, sink, timing_from(plan.settings), progress
+            )
+    finally:
+        if progress:
+            progress.close()
+        sink.close()
+    return outcome.manifest_path
+
+
+def main(args: argparse.Namespace) -> int:
+    """Exit codes: 0 done, 1 the export failed, 2 usage, 78 configuration."""
+    from .errors import AcexportError
+
+    # A file-size limit must surface as an error we can report, not kill the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        plan = _plan(args)
+    except UsageError as exc:
+        print(f"acexport export: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"acexport: configuration error: {exc}", file=sys.stderr)
+        return 78
+    configure_logging(plan.settings.daemon.log_format, plan.settings.daemon.log_level)
+    show = not args.quiet and sys.stderr.isatty()
+    progress = _Progress(sys.stderr) if show else None
+    try:
+        manifest_path = asyncio.run(_export(plan, progress))
+    except KeyboardInterrupt:
+        print("acexport export: interrupted; nothing was written", file=sys.stderr)
+        return 1
+    except AcexportError as exc:
+        log.error("export_failed", error=str(exc), kind=type(exc).__name__)
+        return 1
+    if plan.to_stdout:
+        try:
+            with plan.spec.destination.open("rb") as data:
+                shutil.copyfileobj(data, sys.stdout.buffer, 1 << 20)
+            sys.stdout.buffer.flush()
+        finally:
+            plan.spec.destination.unlink(missing_ok=True)
+            manifest_path.unlink(missing_ok=True)
+    else:
+        print(manifest_path, file=sys.stderr if args.quiet else sys.stdout)
+    return 0

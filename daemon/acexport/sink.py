@@ -1,0 +1,460 @@
+"""From served bytes to a committed file: temp file -> verify -> fsync -> rename -> manifest.
+
+The payload is sniffed from its first bytes (never from a name): NDJSON passes
+through, a JSON array is split into NDJSON lines while streaming, a ZIP is
+spooled and its JSON/NDJSON members converted once complete. ``payload_*``
+fields describe the served bytes; the output is NDJSON, optionally gzip.
+
+Work on the bytes (hashing, conversion, compression, writing) runs in one
+worker thread, one chunk behind the network read, so disk and CPU overlap the
+download instead of adding to it. Nothing appears in the output tree until
+the file is complete and synced; the manifest, written last, marks completion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import uuid
+import zipfile
+import zlib
+from collections.abc import AsyncIterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from .errors import PayloadError, SinkError
+
+Compression = Literal["none", "gzip"]
+_GZIP_LEVEL = 1  # throughput first: level 1 still shrinks JSON 4-6x
+_MAX_RECORD_CHARS = 64 * 1024 * 1024  # one record bigger than this is not AC data
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The completion marker written beside each data file (design section 5).
+
+    Its camelCase field names are AC's, and the contract with readers of the output.
+    """
+
+    workspace: str
+    type: str
+    fromDate: str
+    toDate: str
+    createdDate: str | None
+    downloadedAt: str
+    file: str
+    records: int
+    payload_bytes: int
+    payload_sha256: str
+    format: str
+    compression: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+
+@dataclass(frozen=True)
+class PayloadSummary:
+    path: Path
+    records: int
+    payload_bytes: int
+    payload_sha256: str
+    format: str
+
+
+class _Output:
+    """The NDJSON output temp file, gzip-compressed or not."""
+
+    def __init__(self, path: Path, compression: Compression) -> None:
+        self.path = path
+        self._file: IO[bytes] = path.open("wb", buffering=0)
+        self._gzip = (
+            zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31) if compression == "gzip" else None
+        )
+
+    def write(self, data: bytes) -> None:
+        if self._gzip is not None:
+            data = self._gzip.compress(data)
+        if data:
+            self._file.write(data)
+
+    def close(self) -> None:
+        if self._gzip is not None:
+            self._file.write(self._gzip.flush())
+            self._gzip = None
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def discard(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+class _NdjsonPass:
+    """NDJSON through as it is; counts non-blank lines, checks the first and the last."""
+
+    def __init__(self, out: _Output) -> None:
+        self._out = out
+        self.records = 0
+        self._head: bytes | None = b""  # bytes of the first line until it is checked
+        self._tail = b""  # bytes after the last newline seen
+        self._last = b"\n"
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        self._out.write(data)
+        if self._head is not None:
+            self._head += data[:_MAX_RECORD_CHARS]
+            line, newline, _ = self._head.partition(b"\n")
+            if newline:
+                _check_record(line, "first")
+                self._head = None
+        newlines = data.count(b"\n")
+        blank = data.count(b"\n\n") + (1 if data[:1] == b"\n" and self._last == b"\n" else 0)
+        self.records += newlines - blank
+        cut = data.rfind(b"\n")
+        self._tail = self._tail + data if cut < 0 else data[cut + 1 :]
+        if len(self._tail) > _MAX_RECORD_CHARS:
+            raise PayloadError("a line longer than 64 MiB: this is not NDJSON")
+        self._last = data[-1:]
+
+    def finish(self) -> None:
+        if self._tail.strip():
+            _check_record(self._tail, "last")  # no final newline: it must still be whole
+            self._out.write(b"\n")
+            self.records += 1
+
+
+class _ArrayToNdjson:
+    """A streamed JSON array, one element per output line."""
+
+    def __init__(self, out: _Output) -> None:
+        self._out = out
+        self.records = 0
+        self._text = ""
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._decoder = json.JSONDecoder()
+        self._state = "open"  # open -> value -> comma -> ... -> done
+
+    def feed(self, data: bytes, final: bool = False) -> None:
+        self._text += self._utf8.decode(data, final)
+        lines: list[str] = []
+        text, pos, end = self._text, 0, len(self._text)
+        while True:
+            while pos < end and text[pos] in " \t\r\n":
+                pos += 1
+            if pos >= end:
+                break
+            char = text[pos]
+            if self._state == "open":
+                if char != "[":
+                    raise PayloadError("a JSON payload that is not an array")
+                self._state, pos = "first", pos + 1
+            elif self._state in ("first", "value"):
+                if char == "]" and self._state == "first":
+                    self._state, pos = "done", pos + 1
+                    continue
+                try:
+                    _, stop = self._decoder.raw_decode(text, pos)
+                except json.JSONDecodeError:
+                    break  # incomplete element: wait for more bytes (checked at the end)
+                if stop == end and not final:
+                    break  # a number at the buffer's end may go on
+                element = text[pos:stop]
+                # Raw newlines can only be whitespace between tokens in valid JSON.
+                lines.append(element.replace("\n", " ").replace("\r", " "))
+                self._state, pos = "comma", stop
+            elif self._state == "comma":
+                if char == ",":
+                    self._state, pos = "value", pos + 1
+                elif char == "]":
+                    self._state, pos = "done", pos + 1
+                else:
+                    raise PayloadError(f"unexpected {char!r} between JSON array elements")
+            else:
+                raise PayloadError("data after the end of the JSON array")
+        self._text = text[pos:]
+        if len(self._text) > _MAX_RECORD_CHARS:
+            raise PayloadError("a JSON array element larger than 64 MiB")
+        if lines:
+            self.records += len(lines)
+            self._out.write(("\n".join(lines) + "\n").encode("utf-8"))
+
+    def finish(self) -> None:
+        self.feed(b"", final=True)
+        if self._state != "done":
+            raise PayloadError("the JSON array ends early: the download was cut short")
+
+
+class _ZipSpool:
+    """ZIP needs its central directory, at the end: spool, then convert the members."""
+
+    def __init__(self, out: _Output, spool_path: Path) -> None:
+        self._out = out
+        self._spool_path = spool_path
+        self._spool: IO[bytes] = spool_path.open("wb")
+        self.records = 0
+
+    def feed(self, data: bytes) -> None:
+        self._spool.write(data)
+
+    def finish(self) -> None:
+        self._spool.close()
+        try:
+            with zipfile.ZipFile(self._spool_path) as archive:
+                for info in archive.infolist():
+                    if info.is_dir():
+                        continue
+                    with archive.open(info) as member:
+                        self.records += _convert_member(member, self._out, info.filename)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
+            raise PayloadError(f"the ZIP payload is damaged or cut short: {exc}") from None
+        finally:
+            self._spool_path.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        self._spool.close()
+        self._spool_path.unlink(missing_ok=True)
+
+
+def _convert_member(member: IO[bytes], out: _Output, name: str) -> int:
+    first = b""
+    while not first.lstrip(b" \t\r\n" + _BOM):
+        block = member.read(1 << 20)
+        if not block:
+            return 0
+        first += block
+    start = first.lstrip(b" \t\r\n").removeprefix(_BOM).lstrip(b" \t\r\n")[:1]
+    converter: _NdjsonPass | _ArrayToNdjson
+    if start == b"[":
+        converter = _ArrayToNdjson(out)
+    elif start == b"{":
+        converter = _NdjsonPass(out)
+    else:
+        raise PayloadError(f"ZIP member {name!r} is neither JSON nor JSON Lines")
+    block = first.removeprefix(_BOM)
+    while block:
+        converter.feed(block)
+        block = member.read(4 << 20)
+    converter.finish()
+    return converter.records
+
+
+def _check_record(line: bytes, which: str) -> None:
+    try:
+        json.loads(line)
+    except ValueError:
+        raise PayloadError(
+            f"the {which} line is not valid JSON: the data is damaged or cut short"
+        ) from None
+
+
+class PayloadWriter:
+    """One download's bytes: hashed as served, converted to the output temp file.
+
+    Its methods block; call them from one worker thread at a time.
+    """
+
+    def __init__(self, temp_dir: Path, compression: Compression) -> None:
+        stem = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._out = _Output(temp_dir / f"{stem}.part", compression)
+        self._spool_path = temp_dir / f"{stem}.spool"
+        self._sha = hashlib.sha256()
+        self.payload_bytes = 0
+        self._head = b""
+        self._converter: _NdjsonPass | _ArrayToNdjson | _ZipSpool | None = None
+        self.format = "unknown"
+
+    def feed(self, data: bytes) -> None:
+        self._sha.update(data)
+        self.payload_bytes += len(data)
+        if self._converter is None:
+            self._head += data
+            start = self._head.lstrip(b" \t\r\n").removeprefix(_BOM).lstrip(b" \t\r\n")
+            if len(start) < 4 and len(self._head) < 4096:
+                return  # too little to tell yet
+            self._converter = self._choose(start[:4])
+            data, self._head = self._head.lstrip(b" \t\r\n").removeprefix(_BOM), b""
+        self._converter.feed(data)
+
+    def _choose(self, magic: bytes) -> _NdjsonPass | _ArrayToNdjson | _ZipSpool:
+        if magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+            self.format = "zip"
+            return _ZipSpool(self._out, self._spool_path)
+        if magic.startswith(b"["):
+            self.format = "json"
+            return _ArrayToNdjson(self._out)
+        if magic.startswith(b"{"):
+            self.format = "ndjson"
+            return _NdjsonPass(self._out)
+        raise PayloadError(f"the payload is not JSON, JSON Lines or ZIP (starts {magic!r})")
+
+    def finish(self) -> PayloadSummary:
+        if self._converter is None:
+            if self._head.strip(b" \t\r\n" + _BOM):
+                self._converter = self._choose(self._head.strip()[:4])
+                self._converter.feed(self._head.strip())
+            else:
+                self.format = "ndjson"  # an export with no records
+        if self._converter is not None:
+            self._converter.finish()
+        self._out.close()
+        records = self._converter.records if self._converter else 0
+        return PayloadSummary(
+            self._out.path, records, self.payload_bytes, self._sha.hexdigest(), self.format
+        )
+
+    def discard(self) -> None:
+        if isinstance(self._converter, _ZipSpool):
+            self._converter.discard()
+        self._out.discard()
+        self._spool_path.unlink(missing_ok=True)
+
+
+def _sink_error(action: str, path: Path, exc: OSError) -> SinkError:
+    hint = " (disk full?)" if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ""
+    return SinkError(f"{action} {path} failed: {exc.strerror or exc}{hint}")
+
+
+class Sink:
+    """Writes payloads through temp files in ``temp_dir`` into their final place."""
+
+    def __init__(self, temp_dir: Path, compression: Compression) -> None:
+        self.temp_dir = temp_dir
+        self.compression = compression
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="acexport-sink")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    def prepare(self) -> None:
+        try:
+            self.temp_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _sink_error("creating", self.temp_dir, exc) from None
+
+    def new_writer(self) -> PayloadWriter:
+        self.prepare()
+        try:
+            return PayloadWriter(self.temp_dir, self.compression)
+        except OSError as exc:
+            raise _sink_error("creating a temp file in", self.temp_dir, exc) from None
+
+    async def _run(self, func: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+    async def receive(self, writer: PayloadWriter, chunks: AsyncIterable[bytes]) -> None:
+        """Feed ``chunks`` to ``writer``, one chunk behind the network."""
+        pending: asyncio.Future[Any] | None = None
+        try:
+            async for chunk in chunks:
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(self._run(writer.feed, chunk))
+            if pending is not None:
+                await pending
+                pending = None
+        except OSError as exc:
+            raise _sink_error("writing", self.temp_dir, exc) from None
+        finally:
+            if pending is not None:
+                # Let the thread finish the chunk it holds before anyone touches the writer.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(pending)
+
+    async def finish(self, writer: PayloadWriter) -> PayloadSummary:
+        try:
+            summary: PayloadSummary = await self._run(writer.finish)
+        except OSError as exc:
+            raise _sink_error("finishing", self.temp_dir, exc) from None
+        return summary
+
+    async def discard(self, writer: PayloadWriter) -> None:
+        await self._run(writer.discard)
+
+    async def commit(self, summary: PayloadSummary, destination: Path, manifest: Manifest) -> Path:
+        """Move the data into place, then write its manifest; returns the manifest path."""
+        path: Path = await self._run(_commit, summary.path, destination, manifest, self.temp_dir)
+        return path
+
+    def clean_stale(self, *, everything: bool) -> int:
+        """Remove temp files of crashed runs: all of them (lock holder) or of dead pids."""
+        removed = 0
+        if not self.temp_dir.is_dir():
+            return 0
+        for path in self.temp_dir.iterdir():
+            pid_text = path.name.split("-", 1)[0]
+            if not everything and (not pid_text.isdigit() or _alive(int(pid_text))):
+                continue
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+        return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _move(source: Path, destination: Path) -> None:
+    """Atomic rename; across filesystems, copy beside the target first, then rename."""
+    try:
+        source.replace(destination)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        staging = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
+        try:
+            with source.open("rb") as src, staging.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 4 << 20)
+                dst.flush()
+                os.fsync(dst.fileno())
+            staging.replace(destination)
+        finally:
+            staging.unlink(missing_ok=True)
+        source.unlink(missing_ok=True)
+    _fsync_dir(destination.parent)
+
+
+def _commit(data: Path, destination: Path, manifest: Manifest, temp_dir: Path) -> Path:
+    manifest_path = destination.with_name(destination.name + ".manifest.json")
+    staged = temp_dir / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.manifest"
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        _move(data, destination)
+        with staged.open("w", encoding="utf-8") as handle:
+            handle.write(manifest.to_json())
+            handle.flush()
+            os.fsync(handle.fileno())
+        _move(staged, manifest_path)
+    except OSError as exc:
+        staged.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
+        raise _sink_error("committing", destination, exc) from None
+    return manifest_path
