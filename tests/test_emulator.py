@@ -31,7 +31,7 @@ async def ask(
     session: aiohttp.ClientSession,
     emu: RunningEmulator,
     type_: str = "page",
-    token: str | None = "acme-token",  # noqa: S107 - the emulator's fake token
+    token: str | None = "acme-token",
     params: dict[str, str] | None = None,
     **kwargs: Any,
 ) -> tuple[int, dict[str, str], bytes]:

@@ -117,6 +117,14 @@ def as_status(body: bytes) -> ExportStatus | None:
     )
 
 
+def _parses(body: bytes) -> bool:
+    try:
+        json.loads(body)
+    except ValueError:
+        return False
+    return True
+
+
 async def _read_up_to(response: aiohttp.ClientResponse, limit: int) -> bytes:
     parts: list[bytes] = []
     size = 0
@@ -222,7 +230,7 @@ class ExportClient:
             if answer is not None:
                 self._check_status_matches(prefix, type_, window)
                 return answer
-            if b'"status"' in prefix and b"\n" not in prefix.strip():
+            if b'"status"' in prefix and b"\n" not in prefix.strip() and not _parses(prefix):
                 raise TransientError(f"{where} answered a malformed status: {_excerpt(prefix)}")
         offset = 0
         if status == 206:

@@ -124,6 +124,11 @@ def _plan(args: argparse.Namespace) -> _Plan:
             token = ws.read_token()
         except ValueError as exc:
             raise ConfigError(f"command line: {exc}") from None
+    elif config_path is None:
+        raise UsageError(
+            "no config file given or found ($ACEXPORT_CONFIG, ./acexport.toml, "
+            "/etc/acexport/config.toml): give --config, or --base-url with a token flag"
+        )
     else:
         if not args.workspace:
             if len(settings.workspaces) != 1:

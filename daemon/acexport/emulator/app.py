@@ -234,6 +234,8 @@ async def storage_route(request: web.Request) -> web.StreamResponse:
 async def _send_payload(emu: _Emulator, request: web.Request, job: Job) -> web.StreamResponse:
     artifact = job.artifact()
     job.downloads_started += 1
+    if request.http_range.start:
+        job.resumed_downloads += 1
     content_type = "application/json" if job.spec.format == "json" else "application/x-ndjson"
     cut = emu.rng.random() < emu.faults.cut_rate
     if cut or emu.faults.slow_bytes_per_s:
@@ -254,6 +256,7 @@ class _CountedFileResponse(web.FileResponse):
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         writer = await super().prepare(request)
         self._job.downloads_completed += 1
+        self._job.bytes_sent += self.content_length or 0
         return writer
 
 
@@ -298,6 +301,7 @@ async def _stream_file(
                 break
             await response.write(data)
             sent += len(data)
+            job.bytes_sent += len(data)
             if rate:
                 await asyncio.sleep(len(data) / rate)
     if cut_at is not None:

@@ -71,6 +71,8 @@ class Job:
     requests: int = 0
     downloads_started: int = 0
     downloads_completed: int = 0
+    bytes_sent: int = 0
+    resumed_downloads: int = 0  # downloads that asked for a Range from a byte > 0
 
     @property
     def expires_at(self) -> float | None:
@@ -106,6 +108,8 @@ class Job:
             "requests": self.requests,
             "downloads_started": self.downloads_started,
             "downloads_completed": self.downloads_completed,
+            "bytes_sent": self.bytes_sent,
+            "resumed_downloads": self.resumed_downloads,
             "format": self.spec.format,
             "records": artifact.records if artifact else None,
             "bytes": artifact.bytes if artifact else None,

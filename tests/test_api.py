@@ -1,0 +1,178 @@
+"""The API client's classification of AC's answers (aioresponses for edge cases)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import aiohttp
+import pytest
+from aioresponses import aioresponses
+from pydantic import SecretStr
+
+from acexport.api import ExportClient, ExportStatus, Payload, parse_retry_after
+from acexport.errors import AuthError, RateLimited, RemoteRejected, TransientError
+from acexport.windows import ExportWindow
+
+BASE = "https://ac.example.com"
+TOKEN = "api-test-token"
+WINDOW = ExportWindow(datetime(2022, 1, 1, tzinfo=UTC), datetime(2022, 1, 2, tzinfo=UTC))
+URL = re.compile(r"^https://ac\.example\.com/api/reports/export/page\?.*$")
+STATUS = {
+    "fromDate": "2022-01-01T00:00:00.000Z",
+    "createdDate": "2022-06-29T17:50:46.824Z",
+    "toDate": "2022-01-01T23:59:59.999Z",
+    "message": "A new data export file for this date range and type will be created.",
+    "type": "PAGE",
+    "status": "PENDING",
+}
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[ExportClient]:
+    async with aiohttp.ClientSession() as session:
+        yield ExportClient(session, BASE, SecretStr(TOKEN))
+
+
+async def answer(client: ExportClient) -> ExportStatus | Payload:
+    async with client.request("page", WINDOW) as result:
+        if isinstance(result, Payload):
+            body = b"".join([chunk async for chunk in result.chunks()])
+            result.prefix = body
+        return result
+
+
+async def test_status_object_is_recognised(client: ExportClient) -> None:
+    """The documented PENDING object is a status, with its createdDate."""
+    with aioresponses() as mocked:
+        mocked.get(URL, payload=STATUS)
+        result = await answer(client)
+    assert result == ExportStatus("PENDING", STATUS["createdDate"], STATUS["message"])
+
+
+async def test_request_carries_bearer_token_and_ms_dates(client: ExportClient) -> None:
+    """The request has the Bearer token and AC's millisecond UTC dates."""
+    with aioresponses() as mocked:
+        mocked.get(URL, payload=STATUS)
+        await answer(client)
+        ((_, url), calls) = next(iter(mocked.requests.items()))
+    assert calls[0].kwargs["headers"]["Authorization"] == f"Bearer {TOKEN}"
+    assert url.query["fromDate"] == "2022-01-01T00:00:00.000Z"
+    assert url.query["toDate"] == "2022-01-01T23:59:59.999Z"
+
+
+async def test_one_record_membership_payload_is_data_not_status(client: ExportClient) -> None:
+    """A small payload whose record has a 'status' field is still data."""
+    record = b'{"segmentId": "1", "individualId": "2", "status": "ACTIVE"}\n'
+    with aioresponses() as mocked:
+        mocked.get(URL, body=record)
+        result = await answer(client)
+    assert isinstance(result, Payload)
+    assert result.prefix == record
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_unauthorised_is_auth_error(client: ExportClient, status: int) -> None:
+    """401/403 raise AuthError telling a human to renew the token."""
+    with aioresponses() as mocked:
+        mocked.get(URL, status=status, payload={"error": "Unauthorized"})
+        with pytest.raises(AuthError, match="token"):
+            await answer(client)
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "expected"),
+    [(429, "7", 7.0), (503, "2", 2.0), (429, None, 30.0)],
+)
+async def test_throttling_honours_retry_after(
+    client: ExportClient, status: int, retry_after: str | None, expected: float
+) -> None:
+    """429 (and 503 with Retry-After) raise RateLimited carrying the delay."""
+    headers = {"Retry-After": retry_after} if retry_after else {}
+    with aioresponses() as mocked:
+        mocked.get(URL, status=status, headers=headers, body="slow down")
+        with pytest.raises(RateLimited) as caught:
+            await answer(client)
+    assert caught.value.retry_after_s == expected
+
+
+def test_retry_after_as_http_date() -> None:
+    """Retry-After may be an HTTP date; it becomes seconds from now."""
+    now = datetime(2022, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("Sat, 01 Jan 2022 12:00:09 GMT", now) == 9.0
+    assert parse_retry_after("garbage") is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"status": 500, "body": "oops"}, "500"),
+        ({"status": 502, "body": "<html>Bad Gateway</html>", "content_type": "text/html"}, "502"),
+        ({"status": 200, "body": "<html>Sign in</html>", "content_type": "text/html"}, "HTML"),
+        ({"status": 200, "body": '{"status": "RUNN'}, "malformed status"),
+    ],
+)
+async def test_server_errors_and_proxy_pages_are_transient(
+    client: ExportClient, kwargs: dict[str, object], fragment: str
+) -> None:
+    """5xx, HTML pages and broken status JSON are TransientError, with what was seen."""
+    with aioresponses() as mocked:
+        mocked.get(URL, **kwargs)  # type: ignore[arg-type]
+        with pytest.raises(TransientError, match=fragment):
+            await answer(client)
+
+
+async def test_connection_error_is_transient(client: ExportClient) -> None:
+    """A refused or reset connection is a TransientError naming the host, not the token."""
+    with aioresponses() as mocked:
+        mocked.get(URL, exception=aiohttp.ClientConnectionError("reset by peer"))
+        with pytest.raises(TransientError, match=r"ac\.example\.com") as caught:
+            await answer(client)
+    assert TOKEN not in str(caught.value)
+
+
+async def test_bad_request_is_rejected_with_acs_message(client: ExportClient) -> None:
+    """A 400 raises RemoteRejected quoting what AC said."""
+    with aioresponses() as mocked:
+        mocked.get(URL, status=400, payload={"message": "toDate must be after fromDate"})
+        with pytest.raises(RemoteRejected, match="toDate must be after fromDate"):
+            await answer(client)
+
+
+async def test_status_for_another_type_or_window_is_transient(client: ExportClient) -> None:
+    """A status that does not match the request (type or dates) is not trusted."""
+    with aioresponses() as mocked:
+        mocked.get(URL, payload={**STATUS, "type": "EVENT"})
+        mocked.get(URL, payload={**STATUS, "fromDate": "2021-01-01T00:00:00.000Z"})
+        with pytest.raises(TransientError, match="type"):
+            await answer(client)
+        with pytest.raises(TransientError, match="fromDate"):
+            await answer(client)
+
+
+async def test_redirect_to_another_origin_drops_the_token(client: ExportClient) -> None:
+    """Following a redirect to a storage host sends no Authorization header there."""
+    storage = "https://storage.example.net/blob/1?sig=abc"
+    with aioresponses() as mocked:
+        mocked.get(URL, status=302, headers={"Location": storage})
+        mocked.get(storage, body=b'{"id": 1}\n')
+        result = await answer(client)
+        calls = {str(url): c for (_, url), c in mocked.requests.items()}
+    assert isinstance(result, Payload)
+    assert (
+        "Authorization"
+        in calls[next(k for k in calls if "ac.example.com" in k)][0].kwargs["headers"]
+    )
+    assert "Authorization" not in calls[storage][0].kwargs["headers"]
+
+
+async def test_redirect_on_the_same_origin_keeps_the_token(client: ExportClient) -> None:
+    """A redirect that stays on AC's origin still authenticates."""
+    moved = f"{BASE}/files/1"
+    with aioresponses() as mocked:
+        mocked.get(URL, status=307, headers={"Location": "/files/1"})
+        mocked.get(moved, body=b'{"id": 1}\n')
+        await answer(client)
+        calls = {str(url): c for (_, url), c in mocked.requests.items()}
+    assert calls[moved][0].kwargs["headers"]["Authorization"] == f"Bearer {TOKEN}"

@@ -1,0 +1,190 @@
+"""Configuration: durations, validation errors naming file and field, token sources."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from acexport.config import (
+    inline_token_warning,
+    load_settings,
+    parse_duration,
+    render_path,
+    resolve_tokens,
+)
+from acexport.errors import ConfigError
+
+WORKSPACE = """
+[workspaces.acme]
+base_url = "https://analytics.example.com"
+token_env = "ACME_TOKEN"
+timezone = "Europe/Berlin"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("200ms", timedelta(milliseconds=200)),
+        ("1.5s", timedelta(seconds=1.5)),
+        ("90s", timedelta(seconds=90)),
+        ("15m", timedelta(minutes=15)),
+        ("6h", timedelta(hours=6)),
+        ("1d", timedelta(days=1)),
+        (30, timedelta(seconds=30)),
+    ],
+)
+def test_durations(text: str | int, expected: timedelta) -> None:
+    """Durations accept ms, s, m, h, d suffixes (and plain seconds)."""
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "5", "5x", "-1s", "1 week", "h"])
+def test_bad_durations(text: str) -> None:
+    """Anything else is rejected with the accepted forms in the message."""
+    with pytest.raises(ValueError, match="200ms"):
+        parse_duration(text)
+
+
+def test_defaults_and_environment_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ACEXPORT_ variables with __ nesting override the file."""
+    path = write(
+        tmp_path, '[daemon]\nstate_dir = "/from/file"\n[http]\npoll_max = "2m"\n' + WORKSPACE
+    )
+    monkeypatch.setenv("ACEXPORT_DAEMON__STATE_DIR", "/from/env")
+    monkeypatch.setenv("ACEXPORT_HTTP__POLL_INITIAL", "3s")
+    settings = load_settings(path)
+    assert settings.daemon.state_dir == Path("/from/env")
+    assert settings.http.poll_initial == timedelta(seconds=3)
+    assert settings.http.poll_max == timedelta(minutes=2)
+    assert settings.output.compression == "gzip"
+    assert settings.workspaces["acme"].zone.key == "Europe/Berlin"
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "fragment"),
+    [
+        ('[daemon]\nlog_format = "xml"\n', "daemon.log_format", "console"),
+        ("[daemon]\nbogus = 1\n", "daemon.bogus", "unknown field"),
+        ('[http]\ntimeout = "soon"\n', "http.timeout", "not a duration"),
+        ('[http]\npoll_initial = "10m"\npoll_max = "1m"\n', "http", "poll_max"),
+        ('[output]\ncompression = "zstd"\n', "output.compression", "gzip"),
+        ('[output]\npath = "{workspace}/{date}.jsonl"\n', "output.path", "unknown placeholder"),
+        ('[output]\npath = "../{workspace}/{type}.jsonl"\n', "output.path", "relative"),
+        ('[output]\npath = "/abs/{type}.jsonl"\n', "output.path", "relative"),
+        ('[output]\npath = "{from:%Y}/{type"\n', "output.path", "malformed"),
+        (
+            '[workspaces.acme]\ntoken_env = "X"\ntimezone = "Mars/Olympus"\n',
+            "timezone",
+            "unknown time zone",
+        ),
+        (
+            '[workspaces.acme]\ntoken_env = "X"\nbase_url = "http://analytics.example.com"\n',
+            "base_url",
+            "https",
+        ),
+        ('[workspaces.acme]\ntoken_env = "X"\nbase_url = "ftp://x"\n', "base_url", "http(s)"),
+        ('[workspaces.acme]\nbase_url = "https://x.example"\n', "workspaces.acme", "exactly one"),
+        (
+            '[workspaces.acme]\ntoken = "t0ken-value"\ntoken_env = "X"\n',
+            "workspaces.acme",
+            "exactly one",
+        ),
+        ('[workspaces."a/b"]\ntoken_env = "X"\n', "workspaces", "workspace name"),
+    ],
+)
+def test_invalid_config_names_file_and_field(
+    tmp_path: Path, text: str, field: str, fragment: str
+) -> None:
+    """Each invalid value is reported with the file path and the dotted field name."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert field in message
+    assert fragment in message
+
+
+def test_invalid_toml_names_the_file_and_line(tmp_path: Path) -> None:
+    """A TOML syntax error names the file and where."""
+    path = write(tmp_path, "[daemon\nstate_dir = 1\n")
+    with pytest.raises(ConfigError, match=r"config\.toml: not valid TOML.*line 1"):
+        load_settings(path)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    """A config path that does not exist is a ConfigError naming it."""
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(tmp_path / "absent.toml")
+
+
+def test_loopback_http_is_allowed(tmp_path: Path) -> None:
+    """Plain http is fine on loopback (the emulator), never elsewhere."""
+    path = write(
+        tmp_path, '[workspaces.acme]\ntoken_env = "X"\nbase_url = "http://127.0.0.1:8080/"\n'
+    )
+    assert load_settings(path).workspaces["acme"].base_url == "http://127.0.0.1:8080"
+
+
+def test_token_file_is_read_and_stripped(tmp_path: Path) -> None:
+    """A token file's trailing newline is stripped."""
+    token_file = tmp_path / "acme.token"
+    token_file.write_text("s3cr3t-token\n")
+    path = write(tmp_path, f'[workspaces.acme]\ntoken_file = "{token_file}"\n')
+    tokens = resolve_tokens(load_settings(path), str(path))
+    assert tokens["acme"].get_secret_value() == "s3cr3t-token"
+    assert "s3cr3t" not in repr(tokens)
+
+
+@pytest.mark.parametrize("case", ["missing-file", "unset-env", "empty-file"])
+def test_unusable_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """A token that cannot be read is a ConfigError naming the workspace."""
+    monkeypatch.delenv("ACME_TOKEN", raising=False)
+    token_file = tmp_path / "acme.token"
+    if case == "empty-file":
+        token_file.write_text("\n")
+    source = 'token_env = "ACME_TOKEN"' if case == "unset-env" else f'token_file = "{token_file}"'
+    path = write(tmp_path, f"[workspaces.acme]\n{source}\n")
+    with pytest.raises(ConfigError, match=r"workspaces\.acme"):
+        resolve_tokens(load_settings(path), str(path))
+
+
+def test_validation_errors_never_echo_tokens(tmp_path: Path) -> None:
+    """An error about a token field does not print the token."""
+    path = write(tmp_path, '[workspaces.acme]\ntoken = "super-secret-value"\ntoken_env = "X"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert "super-secret-value" not in str(caught.value)
+
+
+def test_inline_token_in_a_readable_file_is_warned_about(tmp_path: Path) -> None:
+    """A config file holding an inline token and readable by others gets a warning."""
+    path = write(tmp_path, '[workspaces.acme]\ntoken = "inline-token"\n')
+    settings = load_settings(path)
+    assert inline_token_warning(path, settings) is None
+    path.chmod(0o644)
+    assert "chmod 600" in (inline_token_warning(path, settings) or "")
+
+
+def test_default_path_template_is_hive_partitioned() -> None:
+    """The default layout puts a window under workspace/type/date=YYYY-MM-DD/."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from acexport.config import OutputSettings
+
+    berlin = ZoneInfo("Europe/Berlin")
+    start = datetime(2022, 3, 27, tzinfo=berlin)
+    end = datetime(2022, 3, 28, tzinfo=berlin)
+    path = render_path(OutputSettings().path, "acme", "page", "nightly", start, end)
+    assert str(path) == "acme/page/date=2022-03-27/page_20220327T0000_20220328T0000.jsonl"

@@ -1,0 +1,222 @@
+"""One export end to end against the emulator: faults, expiry, resume, auth, secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import io
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import structlog
+from pydantic import SecretStr
+
+from acexport.api import ExportClient, ExportStatus
+from acexport.emulator import FaultSettings
+from acexport.emulator.data import RECORD_TYPES
+from acexport.errors import AuthError
+from acexport.export import ExportObserver, ExportSpec, Timing, run_export
+from acexport.observability import configure_logging, register_secret
+from acexport.polling import Backoff
+from acexport.sink import Sink
+from acexport.windows import ExportWindow
+from tests.conftest import EmulatorFactory, RunningEmulator
+
+WINDOW = ExportWindow(datetime(2022, 1, 1, tzinfo=UTC), datetime(2022, 1, 2, tzinfo=UTC))
+FAST = Timing(poll=Backoff(0.02, 0.1), retry=Backoff(0.01, 0.05), max_attempts=40)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> None:
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+
+
+def spec_for(tmp_path: Path, type_: str, compression: str = "none") -> ExportSpec:
+    suffix = ".jsonl.gz" if compression == "gzip" else ".jsonl"
+    return ExportSpec("acme", type_, WINDOW, tmp_path / "out" / f"{type_}{suffix}")
+
+
+async def export(
+    emu: RunningEmulator,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    type_: str = "page",
+    *,
+    compression: str = "none",
+    token: str = "acme-token",
+    timing: Timing = FAST,
+    observer: ExportObserver | None = None,
+    **kwargs: Any,
+) -> Any:
+    sink = Sink(tmp_path / "tmp", compression)  # type: ignore[arg-type]
+    client = ExportClient(session, emu.url, SecretStr(token))
+    try:
+        return await run_export(
+            spec_for(tmp_path, type_, compression), client, sink, timing, observer, **kwargs
+        )
+    finally:
+        sink.close()
+
+
+def job_for(report: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(j for j in reversed(report["jobs"]) if j["type"] == type_ and j["state"] == "READY")
+
+
+async def test_every_type_survives_faults_redirects_gzip_and_json(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Under 5xx, 429, cuts, redirects, gzip and JSON arrays, every type arrives intact."""
+    faults = FaultSettings(fail_rate=0.2, throttle_rate=0.1, cut_rate=0.2, retry_after_s=0)
+    emu = await emulator(
+        redirect=True, gzip=True, format="json", records=3000, faults=faults, processing_s=0.05
+    )
+    for type_ in RECORD_TYPES:
+        outcome = await export(emu, session, tmp_path, type_, compression="gzip")
+        job = job_for(await emu.jobs(), type_)
+        assert outcome.manifest.payload_sha256 == job["sha256"]
+        assert outcome.manifest.records == job["records"] == 3000
+        assert outcome.manifest.format == "json"
+        lines = gzip.decompress(spec_for(tmp_path, type_, "gzip").destination.read_bytes())
+        assert len(lines.splitlines()) == 3000
+    report = await emu.jobs()
+    assert report["workspaces"]["acme"]["max_unready"] == 1
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+async def test_ndjson_output_holds_the_records_served(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The output file holds exactly the records the emulator served, as NDJSON."""
+    emu = await emulator(format="json", records=500)
+    outcome = await export(emu, session, tmp_path, "individual")
+    async with session.get(
+        emu.export_url("individual"),
+        params={"fromDate": WINDOW.from_date, "toDate": WINDOW.to_date},
+        headers={"Authorization": "Bearer acme-token"},
+    ) as response:
+        served = json.loads(await response.read())
+    written = [
+        json.loads(line)
+        for line in outcome.manifest_path.with_name("individual.jsonl").read_text().splitlines()
+    ]
+    assert written == served
+    manifest = json.loads(outcome.manifest_path.read_text())
+    assert manifest["fromDate"] == "2022-01-01T00:00:00.000Z"
+    assert manifest["toDate"] == "2022-01-01T23:59:59.999Z"
+    assert manifest["createdDate"].endswith("Z")
+    assert manifest["file"] == "individual.jsonl"
+
+
+async def test_cut_download_resumes_with_range(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A cut identity-encoded download resumes where it stopped instead of restarting."""
+    emu = await emulator(records=20000, faults=FaultSettings(cut_rate=1.0))
+
+    async def sleep(_: float) -> None:
+        await asyncio.sleep(0.01)
+        if (await emu.jobs())["workspaces"]["acme"]["faults"].get("cut"):
+            await emu.control("faults", {"cut_rate": 0.0})  # one cut, then let it through
+
+    outcome = await export(emu, session, tmp_path, "page", sleep=sleep)
+    job = job_for(await emu.jobs(), "page")
+    assert outcome.manifest.payload_sha256 == job["sha256"]
+    assert job["downloads_started"] == 2
+    assert job["resumed_downloads"] == 1  # the second asked for the rest, not all again
+    assert job["bytes_sent"] < 2 * job["bytes"]
+
+
+async def test_expired_ready_data_is_resubmitted(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """If ready data expires before it is fetched, the export is requested anew."""
+    emu = await emulator(records=2000, expiry_s=0.2, faults=FaultSettings(cut_rate=1.0))
+    slow = Timing(poll=Backoff(0.02, 0.05), retry=Backoff(0.3, 0.3), max_attempts=10)
+
+    class HealAfterExpiry(ExportObserver):
+        async def status(self, answer: ExportStatus, next_poll_s: float) -> None:
+            jobs = (await emu.jobs())["jobs"]
+            if any(job["state"] == "EXPIRED" for job in jobs):
+                await emu.control("faults", {"cut_rate": 0.0})
+
+    outcome = await export(
+        emu, session, tmp_path, "segment", timing=slow, observer=HealAfterExpiry()
+    )
+    assert outcome.expired_resubmits == 1
+    states = [job["state"] for job in (await emu.jobs())["jobs"]]
+    assert states == ["EXPIRED", "READY"]
+    assert outcome.manifest.payload_sha256 == job_for(await emu.jobs(), "segment")["sha256"]
+
+
+async def test_bad_token_fails_at_once(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A 401 ends the export with AuthError after one request, no retry loop."""
+    emu = await emulator()
+    with pytest.raises(AuthError):
+        await export(emu, session, tmp_path, token="not-the-token")
+    assert (await emu.jobs())["workspaces"]["acme"]["requests"] == 0
+    assert not (tmp_path / "out").exists()
+
+
+async def test_unknown_status_is_retried_then_fails(
+    session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A FAILED status is retried a bounded number of times, then reported with its message."""
+    from aioresponses import aioresponses
+
+    from acexport.errors import ExportFailed
+
+    url = "https://ac.example.com"
+    failed = {"status": "FAILED", "message": "export job crashed", "createdDate": "x"}
+    with aioresponses() as mocked:
+        mocked.get(
+            f"{url}/api/reports/export/page?fromDate={WINDOW.from_date}&toDate={WINDOW.to_date}",
+            payload=failed,
+            repeat=True,
+        )
+        sink = Sink(tmp_path, "none")
+        client = ExportClient(session, url, SecretStr("tkn-123"))
+        with pytest.raises(ExportFailed, match="export job crashed"):
+            await run_export(spec_for(tmp_path, "page"), client, sink, FAST)
+        sink.close()
+        assert len(next(iter(mocked.requests.values()))) == FAST.max_unknown_status
+
+
+async def test_token_appears_in_no_log_line(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """At debug level, through faults and a final auth failure, no line holds the token."""
+    token = "tok-" + "x7" * 20
+    emu = await emulator(
+        tokens={"acme": token},
+        redirect=True,
+        faults=FaultSettings(
+            fail_rate=0.3, throttle_rate=0.2, garbage_rate=0.2, cut_rate=0.3, retry_after_s=0
+        ),
+    )
+    stream = io.StringIO()
+    register_secret(token)
+    configure_logging("json", "debug", stream)
+    await export(emu, session, tmp_path, "event", token=token)
+    with pytest.raises(AuthError):
+        await export(emu, session, tmp_path, "page", token=token + "-revoked")
+    structlog.get_logger().error("probe", detail=f"Authorization: Bearer {token}")
+    output = stream.getvalue()
+    lines = output.splitlines()
+    assert len(lines) > 3
+    assert all(json.loads(line)["event"] for line in lines)
+    assert token not in output
+    assert "[REDACTED]" in output

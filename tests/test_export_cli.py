@@ -1,0 +1,239 @@
+"""`acexport export` as a user runs it: a subprocess against the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EmulatorFactory, RunningEmulator
+
+
+def write_config(tmp_path: Path, emu: RunningEmulator, compression: str = "gzip") -> Path:
+    config = tmp_path / "acexport.toml"
+    config.write_text(
+        f"""
+[daemon]
+state_dir = "{tmp_path / "state"}"
+output_dir = "{tmp_path / "exports"}"
+log_format = "json"
+
+[http]
+poll_initial = "50ms"
+poll_max = "200ms"
+retry_initial = "20ms"
+retry_max = "100ms"
+
+[output]
+compression = "{compression}"
+
+[workspaces.acme]
+base_url = "{emu.url}"
+token_env = "ACME_TOKEN"
+timezone = "Europe/Berlin"
+"""
+    )
+    return config
+
+
+async def run_cli(
+    *args: str, env: dict[str, str] | None = None, fsize_limit: int | None = None
+) -> tuple[int, bytes, str]:
+    def limit() -> None:
+        if fsize_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "acexport",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "ACME_TOKEN": "acme-token", **(env or {})},
+        preexec_fn=limit,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, stdout, stderr.decode()
+
+
+async def test_export_into_the_configured_layout(emulator: EmulatorFactory, tmp_path: Path) -> None:
+    """With a config, the file lands under the hive layout in the workspace's zone."""
+    emu = await emulator(records=50)
+    config = write_config(tmp_path, emu)
+    code, stdout, stderr = await run_cli(
+        "export",
+        "--config",
+        str(config),
+        "--workspace",
+        "acme",
+        "--type",
+        "page",
+        "--from",
+        "2022-03-27",
+        "--to",
+        "2022-03-27",
+    )
+    assert code == 0, stderr
+    data = tmp_path / "exports/acme/page/date=2022-03-27/page_20220327T0000_20220328T0000.jsonl.gz"
+    manifest = json.loads(Path(str(data) + ".manifest.json").read_text())
+    assert stdout.decode().strip() == str(data) + ".manifest.json"
+    assert manifest["fromDate"] == "2022-03-26T23:00:00.000Z"  # Berlin midnight, in UTC
+    assert manifest["toDate"] == "2022-03-27T21:59:59.999Z"  # a 23-hour DST day
+    assert manifest["records"] == 50
+    assert manifest["compression"] == "gzip"
+    assert list((tmp_path / "state" / "tmp").iterdir()) == []
+
+
+async def test_export_to_stdout(emulator: EmulatorFactory, tmp_path: Path) -> None:
+    """--output - writes verified NDJSON to stdout and leaves no file behind."""
+    emu = await emulator(records=40, format="json")
+    code, stdout, stderr = await run_cli(
+        "export",
+        "--base-url",
+        emu.url,
+        "--token-env",
+        "ACME_TOKEN",
+        "--type",
+        "segment",
+        "--from",
+        "2022-01-01",
+        "--to",
+        "2022-01-01",
+        "--output",
+        "-",
+    )
+    assert code == 0, stderr
+    records = [json.loads(line) for line in stdout.splitlines()]
+    assert len(records) == 40
+    assert all("segmentType" in r for r in records)
+    assert "acme-token" not in stderr
+
+
+async def test_disk_full_is_a_clear_error_and_leaves_nothing(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """A file-size limit mid-write gives a clear error, exit 1, and no partial files."""
+    emu = await emulator(records=20000)
+    config = write_config(tmp_path, emu, compression="none")
+    code, _, stderr = await run_cli(
+        "export",
+        "--config",
+        str(config),
+        "--type",
+        "page",
+        "--from",
+        "2022-01-01",
+        "--to",
+        "2022-01-01",
+        fsize_limit=1_000_000,
+    )
+    assert code == 1
+    failure = json.loads(stderr.strip().splitlines()[-1])
+    assert failure["event"] == "export_failed"
+    assert "disk full?" in failure["error"]
+    assert list((tmp_path / "state" / "tmp").iterdir()) == []
+    assert not (tmp_path / "exports").exists()
+
+
+async def test_bad_token_exits_1_naming_the_cause(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """A rejected token exits 1 with an auth error, and the token is not printed."""
+    emu = await emulator()
+    config = write_config(tmp_path, emu)
+    code, _, stderr = await run_cli(
+        "export",
+        "--config",
+        str(config),
+        "--type",
+        "page",
+        "--from",
+        "2022-01-01",
+        "--to",
+        "2022-01-01",
+        env={"ACME_TOKEN": "wrong-token-value"},
+    )
+    assert code == 1
+    assert "AuthError" in stderr
+    assert "wrong-token-value" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (
+            ["--type", "page", "--from", "2022-01-01", "--to", "2022-01-01"],
+            "give --config, or --base-url",
+        ),
+        (
+            ["--base-url", "http://127.0.0.1:1", "--type", "page", "--from", "x", "--to", "y"],
+            "exactly one of --token-env",
+        ),
+        (["--type", "visits", "--from", "2022-01-01", "--to", "2022-01-02"], "invalid choice"),
+        (
+            [
+                "--base-url",
+                "http://127.0.0.1:1",
+                "--token-env",
+                "ACME_TOKEN",
+                "--type",
+                "page",
+                "--from",
+                "someday",
+                "--to",
+                "2022-01-01",
+                "--output",
+                "-",
+            ],
+            "ISO 8601",
+        ),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path: Path, args: list[str], fragment: str) -> None:
+    """Flags that do not fit exit 2 with a message saying which."""
+    result = subprocess.run(
+        [sys.executable, "-m", "acexport", "export", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=30,
+        env={**os.environ, "ACEXPORT_CONFIG": "", "ACME_TOKEN": "t-123"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert fragment in result.stderr
+
+
+def test_config_errors_exit_78_naming_the_field(tmp_path: Path) -> None:
+    """An invalid config exits 78 (EX_CONFIG) naming the file and field."""
+    config = tmp_path / "bad.toml"
+    config.write_text('[workspaces.acme]\ntoken_env = "T"\ntimezone = "Nowhere/Land"\n')
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "acexport",
+            "export",
+            "--config",
+            str(config),
+            "--type",
+            "page",
+            "--from",
+            "2022-01-01",
+            "--to",
+            "2022-01-01",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 78
+    assert str(config) in result.stderr
+    assert "workspaces.acme.timezone" in result.stderr
