@@ -48,11 +48,12 @@ class Payload:
     resumable: bool
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body, in chunks of up to 4 MiB; a cut connection is a TransientError."""
+        """The body, chunk by chunk; a cut connection is a TransientError."""
         if self.prefix:
             yield self.prefix
         try:
-            while chunk := await self.response.content.read(_READ_BYTES):
+            # readany hands over aiohttp's buffered chunks as they are, without joining.
+            while chunk := await self.response.content.readany():
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientError(f"download cut: {_describe(exc)}") from None
