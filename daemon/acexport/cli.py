@@ -25,7 +25,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"acexport {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from .commands import add_config_argument
     from .emulator.cli import add_arguments as add_emulator_arguments
+
+    run = commands.add_parser("run", help="run the daemon (or --once: export what is due, exit)")
+    add_config_argument(run)
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="plan every job once, export all due windows, exit 0 if all worked",
+    )
+
+    backfill = commands.add_parser("backfill", help="export every window of a job in a range")
+    add_config_argument(backfill)
+    backfill.add_argument("--job", required=True)
+    backfill.add_argument("--from", dest="from_", required=True, metavar="DATE")
+    backfill.add_argument("--to", required=True, metavar="DATE", help="inclusive for a date")
+
+    status = commands.add_parser("status", help="what is exported, pending and failed")
+    add_config_argument(status)
+    status.add_argument("--json", action="store_true")
+
+    check = commands.add_parser("check-config", help="validate the config; show next looks")
+    add_config_argument(check)
     from .oneshot import add_arguments as add_export_arguments
 
     export = commands.add_parser(
@@ -42,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("run", "backfill", "status", "check-config"):
+        from . import commands as daemon_commands
+
+        handler = {
+            "run": daemon_commands.run,
+            "backfill": daemon_commands.backfill,
+            "status": daemon_commands.status,
+            "check-config": daemon_commands.check_config,
+        }[args.command]
+        return handler(args)
     if args.command == "export":
         from .oneshot import main as export_main
 

@@ -39,6 +39,8 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
+from .triggers import Trigger, parse_schedule
+from .windows import check_window_length
 
 EXPORT_TYPES = ("event", "identity", "individual", "membership", "page", "segment")
 DEFAULT_CONFIG_PATHS = (Path("acexport.toml"), Path("/etc/acexport/config.toml"))
@@ -95,6 +97,8 @@ class DaemonSettings(_Section):
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     listen: str = "127.0.0.1:9464"
+    stop_grace: Duration = timedelta(seconds=30)
+    pickup_interval: Duration = timedelta(seconds=5)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -227,6 +231,59 @@ class WorkspaceSettings(_Section):
         return SecretStr(value)
 
 
+ExportType = Literal["event", "identity", "individual", "membership", "page", "segment"]
+
+
+class JobSettings(_Section):
+    """A recurring export: which types of which workspace, in what windows, when."""
+
+    name: str
+    workspace: str
+    types: list[ExportType] = list(EXPORT_TYPES)  # type: ignore[arg-type]
+    schedule: str = "30 2 * * *"
+    window: Duration = timedelta(days=1)
+    lag: Duration = timedelta(hours=2)
+    catch_up: Duration = timedelta(days=7)
+    start: datetime | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.fullmatch(value):
+            raise ValueError(f"job name {value!r}: use letters, digits, '_', '.', '-'")
+        return value
+
+    @field_validator("types")
+    @classmethod
+    def _types(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one export type")
+        if len(set(value)) != len(value):
+            raise ValueError("a type is listed twice")
+        return value
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: timedelta) -> timedelta:
+        return check_window_length(value)
+
+    @field_validator("lag", "catch_up")
+    @classmethod
+    def _not_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("must not be negative")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        parse_schedule(value, ZoneInfo("UTC"), parse_duration)
+        return value
+
+    def trigger(self, zone: ZoneInfo) -> Trigger:
+        return parse_schedule(self.schedule, zone, parse_duration)
+
+
 _FILE_DATA: ContextVar[dict[str, Any] | None] = ContextVar("acexport_file_data", default=None)
 
 
@@ -241,6 +298,22 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     output: OutputSettings = OutputSettings()
     workspaces: dict[str, WorkspaceSettings] = {}
+    jobs: list[JobSettings] = []
+
+    @model_validator(mode="after")
+    def _jobs_fit(self) -> Settings:
+        seen: set[str] = set()
+        for index, job in enumerate(self.jobs):
+            where = f"jobs[{index}] ({job.name})"
+            if job.name in seen:
+                raise ValueError(f"{where}: the job name {job.name!r} is used twice")
+            seen.add(job.name)
+            if job.workspace not in self.workspaces:
+                known = ", ".join(sorted(self.workspaces)) or "none"
+                raise ValueError(
+                    f"{where}.workspace: unknown workspace {job.workspace!r} (known: {known})"
+                )
+        return self
 
     @field_validator("workspaces")
     @classmethod
@@ -272,8 +345,17 @@ def find_config(explicit: str | None) -> Path | None:
     return next((p for p in DEFAULT_CONFIG_PATHS if p.exists()), None)
 
 
-def _describe(error: ErrorDetails) -> str:
-    location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+def _describe(error: ErrorDetails, data: dict[str, Any]) -> str:
+    parts = [str(part) for part in error["loc"]]
+    if len(parts) >= 2 and parts[0] == "jobs" and parts[1].isdigit():
+        # jobs.3.window -> jobs[3] (nightly).window: name the job, not just its index.
+        index = int(parts[1])
+        raw = data.get("jobs")
+        jobs: list[Any] = raw if isinstance(raw, list) else []
+        entry = jobs[index] if index < len(jobs) else None
+        name = entry.get("name") if isinstance(entry, dict) else None
+        parts[:2] = [f"jobs[{index}]" + (f" ({name})" if name else "")]
+    location = ".".join(parts) or "(top level)"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown field"
@@ -305,7 +387,7 @@ def load_settings(path: Path | None) -> Settings:
     try:
         settings = Settings()
     except ValidationError as exc:
-        lines = [f"{source}: {_describe(e)}" for e in exc.errors(include_url=False)]
+        lines = [f"{source}: {_describe(e, data)}" for e in exc.errors(include_url=False)]
         raise ConfigError("\n".join(lines)) from None
     finally:
         _FILE_DATA.reset(token)

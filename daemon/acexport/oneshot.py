@@ -144,7 +144,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     try:
         zone = zone_named(args.timezone) if args.timezone else ws.zone
         window = ExportWindow(
-            parse_bound(args.from_, zone, end=False), parse_bound(args.to, zone, end=True)
+            parse_bound(args.from_, zone, end=False), parse_bound(args.to, zone, end=True), zone
         )
     except ValueError as exc:
         raise UsageError(f"--timezone/--from/--to: {exc}") from None
@@ -162,7 +162,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     else:
         compression = args.compression or settings.output.compression
         relative = render_path(
-            settings.output.path, name, args.type, "export", window.start, window.end
+            settings.output.path, name, args.type, "export", window.local_start, window.local_end
         )
         destination = (settings.daemon.output_dir / relative).absolute()
         if compression == "gzip" and destination.suffix != ".gz":

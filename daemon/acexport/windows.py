@@ -7,8 +7,10 @@ consecutive windows neither overlap nor leave a gap, DST days included.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 ONE_MS = timedelta(milliseconds=1)
@@ -22,16 +24,32 @@ def iso_ms(when: datetime) -> str:
 
 @dataclass(frozen=True, order=True)
 class ExportWindow:
-    """One export's period: ``start`` inclusive, ``end`` exclusive, both zone-aware."""
+    """One export's period: ``start`` inclusive, ``end`` exclusive, held in UTC.
+
+    Python compares and subtracts datetimes that share a zone by wall clock, which
+    is wrong across DST changes; so the bounds are kept in UTC, and ``zone`` (not
+    compared) only says how to show them (``local_start``, ``local_end``).
+    """
 
     start: datetime
     end: datetime
+    zone: tzinfo = field(default=UTC, compare=False)
 
     def __post_init__(self) -> None:
         if self.start.tzinfo is None or self.end.tzinfo is None:
             raise ValueError("window bounds must carry a time zone")
+        object.__setattr__(self, "start", self.start.astimezone(UTC))
+        object.__setattr__(self, "end", self.end.astimezone(UTC))
         if self.end <= self.start:
             raise ValueError(f"window end {self.end} is not after its start {self.start}")
+
+    @property
+    def local_start(self) -> datetime:
+        return self.start.astimezone(self.zone)
+
+    @property
+    def local_end(self) -> datetime:
+        return self.end.astimezone(self.zone)
 
     @property
     def from_date(self) -> str:
@@ -42,7 +60,7 @@ class ExportWindow:
         return iso_ms(self.end - ONE_MS)
 
     def __str__(self) -> str:
-        return f"{self.start.isoformat()}/{self.end.isoformat()}"
+        return f"{self.local_start.isoformat()}/{self.local_end.isoformat()}"
 
 
 def parse_bound(text: str, zone: ZoneInfo, *, end: bool) -> datetime:
@@ -66,3 +84,50 @@ def parse_bound(text: str, zone: ZoneInfo, *, end: bool) -> datetime:
             "2022-01-01T06:00:00Z)"
         ) from None
     return when.replace(tzinfo=zone) if when.tzinfo is None else when.astimezone(zone)
+
+
+DAY = timedelta(days=1)
+
+
+def check_window_length(length: timedelta) -> timedelta:
+    """Under a day it must divide a day; from a day on it must be whole days."""
+    if length <= timedelta(0):
+        raise ValueError("must be positive")
+    if length < DAY and DAY % length:
+        raise ValueError(f"{length} does not divide a day evenly (use e.g. 1h, 6h, 15m)")
+    if length >= DAY and length % DAY:
+        raise ValueError(f"{length} is over a day but not whole days (use e.g. 1d, 7d)")
+    return length
+
+
+def _boundaries_of(day: date, zone: ZoneInfo, length: timedelta) -> Iterator[datetime]:
+    """Window starts on a local calendar day, as UTC instants."""
+    if length >= DAY:
+        if day.toordinal() % (length // DAY) == 0:
+            yield datetime.combine(day, time(), zone).astimezone(UTC)
+        return
+    midnight = datetime.combine(day, time())
+    for k in range(DAY // length):
+        # Wall-clock boundaries: on DST days a boundary inside the skipped hour maps
+        # onto the next one (an empty window, dropped), a repeated hour makes one
+        # longer window. The windows stay contiguous either way.
+        yield (midnight + k * length).replace(tzinfo=zone).astimezone(UTC)
+
+
+def aligned_windows(
+    zone: ZoneInfo, length: timedelta, start: datetime, end: datetime
+) -> list[ExportWindow]:
+    """Every aligned window that lies wholly inside ``[start, end)``, oldest first."""
+    first_day = start.astimezone(zone).date() - timedelta(days=length // DAY + 1)
+    last_day = end.astimezone(zone).date() + timedelta(days=1)
+    instants: list[datetime] = []
+    day = first_day
+    while day <= last_day:
+        instants.extend(_boundaries_of(day, zone, length))
+        day += timedelta(days=1)
+    instants = sorted(set(instants))
+    windows = []
+    for left, right in pairwise(instants):
+        if left >= start and right <= end and right > left:
+            windows.append(ExportWindow(left, right, zone))
+    return windows

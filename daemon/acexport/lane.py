@@ -1,0 +1,233 @@
+"""A lane: one per access token, a FIFO of exports and AC's single processing slot.
+
+AC processes one export at a time per workspace, so a lane never has more than
+one export submitted-but-not-ready: it takes the slot before submitting and
+gives it back the moment the data is ready, so the next export is submitted
+while the previous one downloads. Lanes run independently: a rejected token
+stalls only its own lane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import structlog
+from pydantic import SecretStr
+
+from .api import ExportClient, ExportStatus
+from .config import Settings, render_path
+from .errors import AcexportError, AuthError
+from .export import ExportObserver, ExportSpec, Timing, run_export
+from .sink import Sink
+from .state import ExportRecord, StateStore
+
+log = structlog.get_logger("acexport.lane")
+
+
+@dataclass
+class LaneContext:
+    """What every lane shares: the HTTP session, the ledger, the sink, the settings."""
+
+    session: aiohttp.ClientSession
+    store: StateStore
+    sink: Sink
+    settings: Callable[[], Settings]
+    timing: Callable[[], Timing]
+
+
+def destination_for(settings: Settings, record: ExportRecord) -> Path:
+    ws = settings.workspaces[record.workspace]
+    window = record.window(ws.zone)
+    relative = render_path(
+        settings.output.path,
+        record.workspace,
+        record.type,
+        record.job,
+        window.local_start,
+        window.local_end,
+    )
+    path = settings.daemon.output_dir / relative
+    if settings.output.compression == "gzip" and path.suffix != ".gz":
+        path = path.with_name(path.name + ".gz")
+    return path
+
+
+class _SlotKeeper(ExportObserver):
+    """Records AC's answers and frees the lane's slot once data is ready."""
+
+    def __init__(self, lane: Lane, record: ExportRecord, release: Callable[[], None]) -> None:
+        self._lane = lane
+        self._record = record
+        self._release = release
+        self.created_date = record.created_date
+
+    async def status(self, answer: ExportStatus, next_poll_s: float) -> None:
+        self.created_date = answer.created_date or self.created_date
+
+    async def ready(self) -> None:
+        # Durable before the slot goes to the next export: after a crash, the
+        # ledger must not show two exports waiting on AC at once.
+        await asyncio.shield(self._lane.ctx.store.mark_ready(self._record.id, self.created_date))
+        self._release()
+
+
+class Lane:
+    """Exports for one token, submitted one at a time, downloaded as they become ready."""
+
+    def __init__(
+        self, key: str, token: SecretStr, ctx: LaneContext, max_in_flight: int = 3
+    ) -> None:
+        self.key = key
+        self.token = token
+        self.ctx = ctx
+        self._queue: asyncio.Queue[ExportRecord | None] = asyncio.Queue()
+        self._queued_ids: set[int] = set()
+        self._slot = asyncio.Semaphore(1)
+        self._capacity = asyncio.Semaphore(max_in_flight)
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+        self._worker: asyncio.Task[None] | None = None
+        self.auth_failure: str | None = None
+        self.succeeded = 0
+        self.failed = 0
+
+    # -- feeding ---------------------------------------------------------------
+    def enqueue(self, records: list[ExportRecord]) -> int:
+        """Add records not already queued or running here; returns how many were new."""
+        added = 0
+        for record in records:
+            if record.id in self._queued_ids or record.id in self._tasks or self._stopping:
+                continue
+            self._queued_ids.add(record.id)
+            self._queue.put_nowait(record)
+            added += 1
+        if added:
+            self._idle.clear()
+        return added
+
+    def clear_auth_failure(self) -> None:
+        self.auth_failure = None
+
+    @property
+    def depth(self) -> int:
+        return len(self._queued_ids)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    # -- running ---------------------------------------------------------------
+    def start(self) -> None:
+        self._worker = asyncio.create_task(self._run(), name=f"lane-{self.key}")
+
+    async def _run(self) -> None:
+        while True:
+            record = await self._queue.get()
+            if record is None or self._stopping:
+                return
+            await self._capacity.acquire()
+            needs_slot = record.state != "ready"  # ready data is fetched without the slot
+            if needs_slot:
+                await self._slot.acquire()
+            self._queued_ids.discard(record.id)
+            self._tasks[record.id] = asyncio.create_task(
+                self._execute(record, needs_slot), name=f"export-{record.id}"
+            )
+
+    async def _execute(self, record: ExportRecord, holds_slot: bool) -> None:
+        released = not holds_slot
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._slot.release()
+
+        try:
+            with structlog.contextvars.bound_contextvars(job=record.job, lane=self.key):
+                await self._export(record, release)
+        finally:
+            release()
+            self._capacity.release()
+            self._tasks.pop(record.id, None)
+            if not self._tasks and not self._queued_ids:
+                self._idle.set()
+
+    async def _export(self, record: ExportRecord, release: Callable[[], None]) -> None:
+        store = self.ctx.store
+        settings = self.ctx.settings()
+        if self.auth_failure:
+            self.failed += 1
+            await store.mark_failed(record.id, self.auth_failure)
+            return
+        ws = settings.workspaces.get(record.workspace)
+        if ws is None:
+            self.failed += 1
+            await store.mark_failed(record.id, "the workspace is no longer configured")
+            return
+        destination = destination_for(settings, record)
+        spec = ExportSpec(record.workspace, record.type, record.window(ws.zone), destination)
+        client = ExportClient(self.ctx.session, ws.base_url, self.token)
+        keeper = _SlotKeeper(self, record, release)
+        if record.state != "ready":
+            await store.mark_submitted(record.id)
+        try:
+            outcome = await run_export(spec, client, self.ctx.sink, self.ctx.timing(), keeper)
+        except AuthError as exc:
+            self.auth_failure = f"AuthError: {exc}"
+            self.failed += 1
+            log.error("lane_token_rejected", workspace=record.workspace, error=str(exc))
+            await asyncio.shield(store.mark_failed(record.id, self.auth_failure))
+            return
+        except AcexportError as exc:
+            self.failed += 1
+            log.error("export_failed", error=str(exc), kind=type(exc).__name__)
+            await asyncio.shield(store.mark_failed(record.id, f"{type(exc).__name__}: {exc}"))
+            return
+        self.succeeded += 1
+        manifest = outcome.manifest
+        await asyncio.shield(
+            store.mark_done(
+                record.id,
+                destination=str(destination),
+                records=manifest.records,
+                payload_bytes=manifest.payload_bytes,
+                payload_sha256=manifest.payload_sha256,
+                requests=outcome.requests,
+                created_date=manifest.createdDate,
+            )
+        )
+
+    # -- stopping --------------------------------------------------------------
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    def stop_taking_work(self) -> None:
+        self._stopping = True
+        self._queue.put_nowait(None)
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop submitting; give running exports ``grace_s`` to finish, then cancel them.
+
+        A cancelled export keeps its ledger row (submitted or ready), so the next
+        start resumes it instead of submitting it again.
+        """
+        self.stop_taking_work()
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        running = list(self._tasks.values())
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)

@@ -1,0 +1,313 @@
+"""The daemon: owns the state lock, ledger, HTTP session, lanes and scheduler.
+
+    async with Daemon(settings, config_path) as daemon:
+        await daemon.run_until_stopped()
+
+Resources are entered on one AsyncExitStack, so they close in reverse order
+whatever happens. Signals are the CLI's business: it calls ``request_stop``
+and ``request_reload``; the daemon itself is embeddable and testable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import fcntl
+import os
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+from zoneinfo import ZoneInfo
+
+import structlog
+from pydantic import SecretStr
+
+from .api import new_session
+from .config import JobSettings, Settings, load_settings, resolve_tokens
+from .errors import AcexportError, ConfigError
+from .export import Timing
+from .lane import Lane, LaneContext
+from .planner import due_windows
+from .polling import Backoff
+from .scheduler import Scheduler, utc_now
+from .sink import Sink
+from .state import ExportRecord, StateStore
+from .windows import ExportWindow
+
+log = structlog.get_logger("acexport.service")
+
+
+class RunState(enum.Enum):
+    STARTING = "starting"
+    STARTED = "started"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class StateDirLocked(AcexportError):
+    """Another acexport process runs on this state directory."""
+
+
+def timing_from(settings: Settings) -> Timing:
+    http = settings.http
+    return Timing(
+        poll=Backoff(http.poll_initial.total_seconds(), http.poll_max.total_seconds()),
+        retry=Backoff(http.retry_initial.total_seconds(), http.retry_max.total_seconds()),
+        max_attempts=http.max_attempts,
+    )
+
+
+def lock_path(state_dir: Path) -> Path:
+    return state_dir / "acexport.lock"
+
+
+def lock_holder(state_dir: Path) -> int | None:
+    """The pid holding the state directory's lock, or None if it is free."""
+    path = lock_path(state_dir)
+    try:
+        handle = path.open("r+")
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = handle.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
+
+
+def take_lock(state_dir: Path) -> IO[str]:
+    """Hold the state directory for this process; raises StateDirLocked naming the holder."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    handle = lock_path(state_dir).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StateDirLocked(f"another acexport (pid {holder}) is running on {state_dir}") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def lane_keys(settings: Settings, tokens: dict[str, SecretStr]) -> dict[str, str]:
+    """Workspace -> lane name; workspaces sharing a token share a lane (named for them)."""
+    by_token: dict[str, list[str]] = {}
+    for name in sorted(settings.workspaces):
+        by_token.setdefault(tokens[name].get_secret_value(), []).append(name)
+    return {name: "+".join(names) for names in by_token.values() for name in names}
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        config_path: Path | None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._settings = settings
+        self._config_path = config_path
+        self._clock = clock
+        self._tokens = resolve_tokens(settings, str(config_path or "environment"))
+        self._stack = AsyncExitStack()
+        self._lanes: dict[str, Lane] = {}
+        self._lane_of: dict[str, str] = {}
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self.state = RunState.STARTING
+        self._store: StateStore
+        self._ctx: LaneContext
+        self._scheduler = Scheduler(self._look, clock)
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def lanes(self) -> dict[str, Lane]:
+        return self._lanes
+
+    # -- lifecycle -------------------------------------------------------------
+    async def __aenter__(self) -> Daemon:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def _start(self) -> None:
+        daemon = self._settings.daemon
+        lock = take_lock(daemon.state_dir)
+        self._stack.callback(lock.close)
+        self._store = await StateStore.open(daemon.state_dir / "state.sqlite3")
+        self._stack.push_async_callback(self._store.close)
+        sink = Sink(daemon.state_dir / "tmp", self._settings.output.compression)
+        self._stack.callback(sink.close)
+        # We hold the lock: every temp file left is a crashed run's.
+        removed = await asyncio.to_thread(sink.clean_stale, everything=True)
+        if removed:
+            log.info("stale_temp_files_removed", count=removed)
+        session = new_session(self._settings.http.timeout.total_seconds())
+        await self._stack.enter_async_context(session)
+        self._ctx = LaneContext(
+            session=session,
+            store=self._store,
+            sink=sink,
+            settings=lambda: self._settings,
+            timing=lambda: timing_from(self._settings),
+        )
+        self._stack.push_async_callback(self._stop_lanes)
+        self._apply_lanes()
+        resumed = await self._store.active()
+        self._enqueue(resumed)
+        if resumed:
+            log.info("exports_resumed", count=len(resumed))
+        self.state = RunState.STARTED
+        log.info(
+            "daemon_started",
+            state_dir=str(daemon.state_dir),
+            pid=os.getpid(),
+            jobs=[job.name for job in self._settings.jobs],
+            lanes=sorted(self._lanes),
+        )
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.state = RunState.STOPPING
+        await self._scheduler.stop()
+        await self._stack.aclose()
+        self.state = RunState.STOPPED
+        log.info("daemon_stopped")
+
+    async def _stop_lanes(self) -> None:
+        grace = self._settings.daemon.stop_grace.total_seconds()
+        await asyncio.gather(*(lane.stop(grace) for lane in self._lanes.values()))
+
+    def request_stop(self) -> None:
+        """Stop taking work; ``run_until_stopped`` returns after the grace period."""
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    # -- lanes -----------------------------------------------------------------
+    def _apply_lanes(self) -> None:
+        self._lane_of = lane_keys(self._settings, self._tokens)
+        for workspace, key in self._lane_of.items():
+            if key not in self._lanes:
+                lane = Lane(key, self._tokens[workspace], self._ctx)
+                lane.start()
+                self._lanes[key] = lane
+            elif (
+                self._lanes[key].token.get_secret_value()
+                != self._tokens[workspace].get_secret_value()
+            ):
+                log.info("lane_token_changed", lane=key)
+                self._lanes[key].token = self._tokens[workspace]
+                self._lanes[key].clear_auth_failure()
+
+    def _enqueue(self, records: list[ExportRecord]) -> int:
+        added = 0
+        for record in records:
+            key = self._lane_of.get(record.workspace)
+            if key is None:
+                log.warning(
+                    "export_for_unknown_workspace", workspace=record.workspace, export_id=record.id
+                )
+                continue
+            added += self._lanes[key].enqueue([record])
+        return added
+
+    # -- planning --------------------------------------------------------------
+    async def _look(self, job: JobSettings) -> None:
+        zone = self._settings.workspaces[job.workspace].zone
+        windows = due_windows(job, zone, self._clock())
+        await self.plan(job, windows)
+
+    async def plan(self, job: JobSettings, windows: list[ExportWindow]) -> list[ExportRecord]:
+        records = await self._store.plan(job.name, job.workspace, job.types, windows)
+        lane = self._lanes[self._lane_of[job.workspace]]
+        if lane.auth_failure and any(r.state == "queued" for r in records):
+            lane.clear_auth_failure()  # a new look tries the token again
+        added = self._enqueue(records)
+        log.info("job_looked", job=job.name, due=len(windows) * len(job.types), queued=added)
+        return records
+
+    async def _pick_up(self) -> None:
+        """Adopt rows queued by someone else (``acexport backfill``)."""
+        self._enqueue(await self._store.active())
+
+    # -- running ---------------------------------------------------------------
+    def _scheduled_jobs(self) -> list[tuple[JobSettings, ZoneInfo]]:
+        return [(job, self._settings.workspaces[job.workspace].zone) for job in self._settings.jobs]
+
+    async def run_until_stopped(self) -> None:
+        self._scheduler.set_jobs(self._scheduled_jobs())
+        pickup = self._settings.daemon.pickup_interval.total_seconds()
+        while not self._stop.is_set():
+            waiters = [
+                asyncio.ensure_future(self._stop.wait()),
+                asyncio.ensure_future(self._reload.wait()),
+            ]
+            try:
+                await asyncio.wait(waiters, timeout=pickup, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+            if self._reload.is_set():
+                self._reload.clear()
+                self._apply_reload()
+            if not self._stop.is_set():
+                await self._pick_up()
+        log.info("daemon_stopping", grace_s=self._settings.daemon.stop_grace.total_seconds())
+
+    def _apply_reload(self) -> None:
+        try:
+            settings = load_settings(self._config_path)
+            tokens = resolve_tokens(settings, str(self._config_path or "environment"))
+            if settings.daemon.state_dir != self._settings.daemon.state_dir:
+                raise ConfigError("daemon.state_dir cannot change on reload; restart instead")
+        except ConfigError as exc:
+            log.error(
+                "config_reload_rejected",
+                error=str(exc),
+                detail="the previous configuration stays in force",
+            )
+            return
+        self._settings, self._tokens = settings, tokens
+        self._apply_lanes()
+        self._scheduler.set_jobs(self._scheduled_jobs())
+        log.info("config_reloaded", jobs=[job.name for job in settings.jobs])
+
+    async def run_once(self, jobs: list[JobSettings] | None = None) -> bool:
+        """Plan every job once (catch-up included), export all that is due; True if all worked."""
+        for job in jobs if jobs is not None else self._settings.jobs:
+            await self._look(job)
+        return await self.drain()
+
+    async def drain(self) -> bool:
+        """Wait until every lane is idle; True if nothing failed."""
+        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
+        idle: asyncio.Future[Any] = asyncio.ensure_future(
+            asyncio.gather(*(lane.wait_idle() for lane in self._lanes.values()))
+        )
+        await asyncio.wait([stop, idle], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not idle.done():
+            idle.cancel()
+            return False
+        return all(lane.failed == 0 for lane in self._lanes.values())

@@ -1,0 +1,251 @@
+"""The ledger: every planned export and where it is in its life, in SQLite.
+
+One row per (workspace, type, window). A row is ``queued`` when planned,
+``submitted`` once a request for it may have reached AC, ``ready`` once AC
+served data, ``done`` after the file and manifest are committed, ``failed``
+(with the reason) when an attempt gave up; failed rows are planned again at
+the next look. A window with a ``done`` row is never exported again.
+
+WAL mode lets ``acexport status`` read while the daemon writes. aiosqlite keeps
+every query off the event loop. The schema carries ``PRAGMA user_version``
+and is migrated forward on open.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from .windows import ExportWindow, iso_ms
+
+_MIGRATIONS: Sequence[str] = (
+    # version 1
+    """
+    CREATE TABLE exports (
+        id             INTEGER PRIMARY KEY,
+        workspace      TEXT NOT NULL,
+        type           TEXT NOT NULL,
+        window_start   TEXT NOT NULL,  -- UTC, ISO 8601 with milliseconds
+        window_end     TEXT NOT NULL,  -- exclusive
+        job            TEXT NOT NULL,
+        state          TEXT NOT NULL
+                       CHECK (state IN ('queued', 'submitted', 'ready', 'done', 'failed')),
+        attempts       INTEGER NOT NULL DEFAULT 0,
+        requests       INTEGER NOT NULL DEFAULT 0,
+        reason         TEXT,
+        created_date   TEXT,           -- AC's createdDate for the export
+        destination    TEXT,
+        records        INTEGER,
+        payload_bytes  INTEGER,
+        payload_sha256 TEXT,
+        planned_at     REAL NOT NULL,
+        submitted_at   REAL,
+        ready_at       REAL,
+        finished_at    REAL,
+        updated_at     REAL NOT NULL,
+        UNIQUE (workspace, type, window_start, window_end)
+    );
+    CREATE INDEX exports_by_state ON exports (state, workspace);
+    """,
+)
+
+ACTIVE = ("queued", "submitted", "ready")
+
+
+def _key(when: datetime) -> str:
+    return iso_ms(when)
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """One row of the ledger."""
+
+    id: int
+    job: str
+    workspace: str
+    type: str
+    start: datetime
+    end: datetime
+    state: str
+    attempts: int
+    requests: int
+    reason: str | None
+    created_date: str | None
+    destination: str | None
+    planned_at: float
+    submitted_at: float | None
+    ready_at: float | None
+    finished_at: float | None
+
+    def window(self, zone: Any = UTC) -> ExportWindow:
+        return ExportWindow(self.start, self.end, zone)
+
+    @classmethod
+    def from_row(cls, row: aiosqlite.Row) -> ExportRecord:
+        return cls(
+            id=row["id"],
+            job=row["job"],
+            workspace=row["workspace"],
+            type=row["type"],
+            start=_parse(row["window_start"]),
+            end=_parse(row["window_end"]),
+            state=row["state"],
+            attempts=row["attempts"],
+            requests=row["requests"],
+            reason=row["reason"],
+            created_date=row["created_date"],
+            destination=row["destination"],
+            planned_at=row["planned_at"],
+            submitted_at=row["submitted_at"],
+            ready_at=row["ready_at"],
+            finished_at=row["finished_at"],
+        )
+
+
+class StateStore:
+    """The ledger in ``<state_dir>/state.sqlite3``."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path, *, readonly: bool = False) -> StateStore:
+        if readonly:
+            db = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = await aiosqlite.connect(path)
+        db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA busy_timeout = 5000")
+        if not readonly:
+            await db.execute("PRAGMA journal_mode = WAL")
+            # FULL: a row marked done must survive a power cut as the file it describes does.
+            await db.execute("PRAGMA synchronous = FULL")
+            await cls._migrate(db)
+        return cls(db)
+
+    @staticmethod
+    async def _migrate(db: aiosqlite.Connection) -> None:
+        async with db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(_MIGRATIONS):
+            raise RuntimeError(
+                f"the state database is schema version {version}, newer than this "
+                f"acexport understands ({len(_MIGRATIONS)}); upgrade acexport"
+            )
+        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            await db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _one(self, sql: str, *args: Any) -> ExportRecord | None:
+        async with self._db.execute(sql, args) as cursor:
+            row = await cursor.fetchone()
+        return ExportRecord.from_row(row) if row else None
+
+    async def _all(self, sql: str, *args: Any) -> list[ExportRecord]:
+        async with self._db.execute(sql, args) as cursor:
+            rows = await cursor.fetchall()
+        return [ExportRecord.from_row(row) for row in rows]
+
+    async def plan(
+        self, job: str, workspace: str, types: Iterable[str], windows: Iterable[ExportWindow]
+    ) -> list[ExportRecord]:
+        """Record windows as queued (failed ones again); return every active row among them."""
+        now = time.time()
+        keys = [(workspace, t, _key(w.start), _key(w.end)) for t in types for w in windows]
+        if not keys:
+            return []
+        await self._db.executemany(
+            "INSERT OR IGNORE INTO exports (workspace, type, window_start, window_end, job, "
+            "state, planned_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+            [(*key, job, now, now) for key in keys],
+        )
+        await self._db.executemany(
+            "UPDATE exports SET state = 'queued', updated_at = ? WHERE workspace = ? AND "
+            "type = ? AND window_start = ? AND window_end = ? AND state = 'failed'",
+            [(now, *key) for key in keys],
+        )
+        await self._db.commit()
+        wanted = set(keys)
+        rows = await self._all(
+            "SELECT * FROM exports WHERE workspace = ? AND state IN ('queued', 'submitted', "
+            "'ready') ORDER BY window_start, type",
+            workspace,
+        )
+        return [r for r in rows if (r.workspace, r.type, _key(r.start), _key(r.end)) in wanted]
+
+    async def active(self) -> list[ExportRecord]:
+        """Rows still to finish: ready first, then submitted, then queued, oldest first."""
+        return await self._all(
+            "SELECT * FROM exports WHERE state IN ('queued', 'submitted', 'ready') ORDER BY "
+            "CASE state WHEN 'ready' THEN 0 WHEN 'submitted' THEN 1 ELSE 2 END, "
+            "window_start, id"
+        )
+
+    async def get(self, export_id: int) -> ExportRecord | None:
+        return await self._one("SELECT * FROM exports WHERE id = ?", export_id)
+
+    async def _update(self, export_id: int, **fields: Any) -> None:
+        fields["updated_at"] = time.time()
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        await self._db.execute(
+            f"UPDATE exports SET {assignments} WHERE id = ?",  # noqa: S608 - names are ours
+            (*fields.values(), export_id),
+        )
+        await self._db.commit()
+
+    async def mark_submitted(self, export_id: int) -> None:
+        await self._db.execute(
+            "UPDATE exports SET state = 'submitted', attempts = attempts + 1, reason = NULL, "
+            "submitted_at = COALESCE(submitted_at, ?), updated_at = ? WHERE id = ?",
+            (time.time(), time.time(), export_id),
+        )
+        await self._db.commit()
+
+    async def mark_ready(self, export_id: int, created_date: str | None) -> None:
+        await self._update(
+            export_id, state="ready", ready_at=time.time(), created_date=created_date
+        )
+
+    async def mark_done(
+        self,
+        export_id: int,
+        *,
+        destination: str,
+        records: int,
+        payload_bytes: int,
+        payload_sha256: str,
+        requests: int,
+        created_date: str | None,
+    ) -> None:
+        await self._update(
+            export_id,
+            state="done",
+            destination=destination,
+            records=records,
+            payload_bytes=payload_bytes,
+            payload_sha256=payload_sha256,
+            requests=requests,
+            created_date=created_date,
+            reason=None,
+            finished_at=time.time(),
+        )
+
+    async def mark_failed(self, export_id: int, reason: str) -> None:
+        await self._update(export_id, state="failed", reason=reason, finished_at=time.time())
+
+    async def all_rows(self) -> list[ExportRecord]:
+        return await self._all("SELECT * FROM exports ORDER BY job, window_start, type")

@@ -1,0 +1,61 @@
+"""A job's ``schedule`` as an APScheduler 3 trigger: when to look for due windows.
+
+Only the trigger arithmetic is used (``get_next_fire_time``); the daemon runs
+its own loop, so a missed look is never replayed: the planner's catch-up
+covers whatever was missed while the daemon was down.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+_EVERY = re.compile(r"\s*every\s+(.+?)\s*", re.IGNORECASE)
+
+
+class Trigger(Protocol):
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None: ...
+
+
+def parse_schedule(text: str, zone: ZoneInfo, every: Any = None) -> Trigger:
+    """``"30 2 * * *"`` (5-field cron) or ``"every 6h"``, in ``zone``.
+
+    ``every`` parses the duration after "every" (config's parser, passed in so
+    this module stays below config). Raises ValueError with what is wrong.
+    """
+    match = _EVERY.fullmatch(text)
+    if match:
+        if every is None:
+            raise ValueError("no duration parser given")
+        interval: timedelta = every(match.group(1))
+        if interval < timedelta(milliseconds=100):
+            raise ValueError(f"interval {match.group(1)!r} is shorter than 100ms")
+        # Anchored at a fixed local midnight so looks land on stable times of day.
+        anchor = datetime(2000, 1, 1, tzinfo=zone)
+        trigger: Trigger = IntervalTrigger(seconds=interval.total_seconds(), start_date=anchor)
+        return trigger
+    try:
+        return CronTrigger.from_crontab(text, timezone=zone)  # type: ignore[no-any-return]
+    except ValueError as exc:
+        raise ValueError(f"not a 5-field cron or 'every <duration>': {exc}") from None
+
+
+def next_looks(trigger: Trigger, now: datetime, count: int) -> list[datetime]:
+    looks: list[datetime] = []
+    previous = None
+    moment = now
+    while len(looks) < count:
+        fire = trigger.get_next_fire_time(previous, moment)
+        if fire is None:
+            break
+        looks.append(fire)
+        previous = fire
+        moment = fire + timedelta(microseconds=1)
+    return looks
