@@ -125,13 +125,17 @@ class StateStore:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             db = await aiosqlite.connect(path)
-        db.row_factory = aiosqlite.Row
-        await db.execute("PRAGMA busy_timeout = 5000")
-        if not readonly:
-            await db.execute("PRAGMA journal_mode = WAL")
-            # FULL: a row marked done must survive a power cut as the file it describes does.
-            await db.execute("PRAGMA synchronous = FULL")
-            await cls._migrate(db)
+        try:
+            db.row_factory = aiosqlite.Row
+            await db.execute("PRAGMA busy_timeout = 5000")
+            if not readonly:
+                await db.execute("PRAGMA journal_mode = WAL")
+                # FULL: a row marked done must survive a power cut as its file does.
+                await db.execute("PRAGMA synchronous = FULL")
+                await cls._migrate(db)
+        except BaseException:
+            await db.close()
+            raise
         return cls(db)
 
     @staticmethod

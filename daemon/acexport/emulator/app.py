@@ -299,7 +299,10 @@ async def _stream_file(
             data = await loop.run_in_executor(None, source.read, want)
             if not data:
                 break
-            await response.write(data)
+            try:
+                await response.write(data)
+            except ConnectionResetError:
+                raise asyncio.CancelledError from None  # the client went away: not our error
             sent += len(data)
             job.bytes_sent += len(data)
             if rate:

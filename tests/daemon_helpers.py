@@ -1,0 +1,122 @@
+"""Helpers for daemon tests: configs pointing at the emulator, subprocess control, checks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import RunningEmulator
+
+FAST_HTTP = """
+[http]
+poll_initial = "50ms"
+poll_max = "150ms"
+retry_initial = "20ms"
+retry_max = "100ms"
+max_attempts = 30
+"""
+
+
+def write_config(
+    tmp_path: Path,
+    emu: RunningEmulator,
+    jobs: str,
+    tokens: dict[str, str] | None = None,
+    extra: str = "",
+    name: str = "acexport.toml",
+) -> Path:
+    """A config with one workspace per emulator token (or ``tokens``) and the given jobs."""
+    workspaces = "".join(
+        f'\n[workspaces.{ws}]\nbase_url = "{emu.url}"\ntoken = "{token}"\n'
+        for ws, token in (tokens or emu.tokens).items()
+    )
+    path = tmp_path / name
+    path.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\noutput_dir = "{tmp_path / "exports"}"\n'
+        f'log_format = "json"\nstop_grace = "2s"\npickup_interval = "200ms"\n{extra}\n'
+        f"{FAST_HTTP}{workspaces}\n{jobs}"
+    )
+    path.chmod(0o600)
+    return path
+
+
+def job(name: str, workspace: str, **fields: object) -> str:
+    lines = [f'name = "{name}"', f'workspace = "{workspace}"']
+    lines += [f"{key} = {json.dumps(value)}" for key, value in fields.items()]
+    return "\n[[jobs]]\n" + "\n".join(lines) + "\n"
+
+
+class DaemonProcess:
+    """`acexport run` in a subprocess; its stderr (JSON log lines) is collected."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        assert process.stderr is not None
+        self._reader = asyncio.create_task(self._read(process.stderr))
+
+    @classmethod
+    async def start(cls, config: Path, *args: str) -> DaemonProcess:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "acexport",
+            "run",
+            "--config",
+            str(config),
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "ACEXPORT_CONFIG": ""},
+        )
+        return cls(process)
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        async for raw in stream:
+            text = raw.decode(errors="replace").rstrip("\n")
+            self.raw.append(text)
+            with contextlib.suppress(ValueError):
+                self.lines.append(json.loads(text))
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("event") == name]
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 30) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                if self.process.returncode is not None:
+                    raise AssertionError("daemon exited: " + "\n".join(self.raw[-20:]))
+                await asyncio.sleep(0.05)
+
+    def send(self, sig: signal.Signals) -> None:
+        self.process.send_signal(sig)
+
+    async def wait(self, timeout: float = 30) -> int:
+        code = await asyncio.wait_for(self.process.wait(), timeout)
+        await self._reader
+        return code
+
+
+def data_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".json"))
+
+
+def manifests(root: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("*.manifest.json"))]
+
+
+def emulator_sha(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:
+    """(workspace, type, fromDate) -> sha256 of the data the emulator served."""
+    return {
+        (j["workspace"], j["type"], j["fromDate"]): j["sha256"]
+        for j in report["jobs"]
+        if j["state"] == "READY"
+    }

@@ -1,0 +1,240 @@
+"""The daemon end to end against the emulator: run --once, lanes, signals, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+
+from acexport.emulator import FaultSettings
+from tests.conftest import EmulatorFactory
+from tests.daemon_helpers import (
+    DaemonProcess,
+    data_files,
+    emulator_sha,
+    job,
+    manifests,
+    write_config,
+)
+
+TOKENS = {"alpha": "alpha-token", "beta": "beta-token", "gamma": "gamma-token"}
+
+
+async def test_run_once_exports_every_window_once_and_reports_a_bad_token(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """3 workspaces x 6 types x 7 days, one bad token: 84 exports, exit 1, then nothing new."""
+    emu = await emulator(tokens=TOKENS, processing_s=0.03, records=30)
+    jobs = "".join(job(f"daily-{ws}", ws, catch_up="7d", lag="0s") for ws in TOKENS)
+    config = write_config(tmp_path, emu, jobs, tokens={**TOKENS, "gamma": "revoked-token"})
+    first = await DaemonProcess.start(config, "--once")
+    assert await first.wait(120) == 1
+    exported = manifests(tmp_path / "exports")
+    assert len(exported) == 84
+    assert Counter(m["workspace"] for m in exported) == {"alpha": 42, "beta": 42}
+    report = await emu.jobs()
+    served = emulator_sha(report)
+    for manifest in exported:
+        key = (manifest["workspace"], manifest["type"], manifest["fromDate"])
+        assert manifest["payload_sha256"] == served[key]
+    assert len(data_files(tmp_path / "exports")) == 84
+    rejected = first.events("lane_token_rejected")
+    assert rejected
+    assert rejected[0]["workspace"] == "gamma"
+    assert "revoked-token" not in "\n".join(first.raw)
+    assert report["workspaces"]["alpha"]["max_unready"] == 1
+    assert report["workspaces"]["beta"]["max_unready"] == 1
+
+    requests_before = {ws: report["workspaces"][ws]["requests"] for ws in ("alpha", "beta")}
+    second = await DaemonProcess.start(config, "--once")
+    assert await second.wait(60) == 1  # gamma still fails
+    after = await emu.jobs()
+    assert {ws: after["workspaces"][ws]["requests"] for ws in requests_before} == requests_before
+    assert len(manifests(tmp_path / "exports")) == 84
+
+
+async def test_lane_submits_the_next_export_as_soon_as_data_is_ready(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """10 exports of 2 s on one workspace: AC's slot is never idle for more than 0.5 s."""
+    emu = await emulator(tokens={"alpha": "alpha-token"}, processing_s=2.0, records=20)
+    jobs = job("hourly", "alpha", types=["page"], window="1h", catch_up="10h", lag="0s")
+    daemon = await DaemonProcess.start(write_config(tmp_path, emu, jobs), "--once")
+    assert await daemon.wait(120) == 0
+    timeline = sorted(
+        (j["timeline"] for j in (await emu.jobs())["jobs"]), key=lambda t: t["created"]
+    )
+    assert len(timeline) == 10
+    gaps = [nxt["created"] - cur["ready"] for cur, nxt in itertools.pairwise(timeline)]
+    assert max(gaps) <= 0.5, gaps
+    assert (await emu.jobs())["workspaces"]["alpha"]["max_unready"] == 1
+
+
+async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Killed with SIGKILL several times, the daemon still exports every window exactly once."""
+    emu = await emulator(
+        tokens={"alpha": "alpha-token", "beta": "beta-token"},
+        processing_s=0.25,
+        records=3000,
+        faults=FaultSettings(slow_bytes_per_s=4_000_000),
+    )
+    jobs = job("a", "alpha", catch_up="4d", lag="0s") + job("b", "beta", catch_up="4d", lag="0s")
+    config = write_config(tmp_path, emu, jobs)
+    rng = random.Random(4)
+    for _ in range(4):
+        daemon = await DaemonProcess.start(config)
+        await asyncio.sleep(rng.uniform(0.8, 2.0))
+        daemon.send(signal.SIGKILL)
+        assert await daemon.wait() == -signal.SIGKILL
+    final = await DaemonProcess.start(config, "--once")
+    assert await final.wait(180) == 0, "\n".join(final.raw[-20:])
+
+    exported = manifests(tmp_path / "exports")
+    assert len(exported) == 2 * 6 * 4
+    keys = Counter((m["workspace"], m["type"], m["fromDate"]) for m in exported)
+    assert set(keys.values()) == {1}
+    report = await emu.jobs()
+    served = emulator_sha(report)
+    for manifest in exported:
+        assert (
+            manifest["payload_sha256"]
+            == served[(manifest["workspace"], manifest["type"], manifest["fromDate"])]
+        )
+    everything = [p.name for p in (tmp_path / "exports").rglob("*") if p.is_file()]
+    assert not [name for name in everything if name.startswith(".") or name.endswith(".part")]
+    assert len(everything) == 2 * 2 * 6 * 4  # data + manifest, nothing else
+    assert list((tmp_path / "state" / "tmp").iterdir()) == []
+    for workspace in ("alpha", "beta"):
+        assert report["workspaces"][workspace]["max_unready"] == 1
+
+
+async def test_sighup_adds_a_job_and_a_broken_config_keeps_the_old_one(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """SIGHUP starts an added job without a restart; a broken config is rejected, jobs go on."""
+    emu = await emulator(tokens={"alpha": "alpha-token"}, processing_s=0.02, records=10)
+    first_job = job(
+        "pages", "alpha", types=["page"], catch_up="2d", lag="0s", schedule="every 300ms"
+    )
+    config = write_config(tmp_path, emu, first_job)
+    daemon = await DaemonProcess.start(config)
+    await daemon.wait_for(lambda: len(manifests(tmp_path / "exports")) == 2)
+
+    added = first_job + job("segments", "alpha", types=["segment"], catch_up="3d", lag="0s")
+    write_config(tmp_path, emu, added)
+    daemon.send(signal.SIGHUP)
+    await daemon.wait_for(lambda: len(manifests(tmp_path / "exports")) == 5)
+    assert daemon.events("config_reloaded")
+
+    config.write_text(config.read_text().replace('window = "1d"', "") + "\n[[jobs]]\nname = 3\n")
+    daemon.send(signal.SIGHUP)
+    await daemon.wait_for(lambda: bool(daemon.events("config_reload_rejected")))
+    rejected_at = len(daemon.lines)
+    await daemon.wait_for(
+        lambda: any(
+            line.get("event") == "job_looked" and line.get("job") == "pages"
+            for line in daemon.lines[rejected_at:]
+        )
+    )
+    assert "jobs[2]" in daemon.events("config_reload_rejected")[0]["error"]
+    daemon.send(signal.SIGTERM)
+    assert await daemon.wait() == 0
+
+
+async def test_sigterm_mid_download_leaves_no_partial_file_and_resumes(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """SIGTERM during a slow download: exit 0 in bounded time, nothing partial; restart resumes."""
+    emu = await emulator(
+        tokens={"alpha": "alpha-token"},
+        processing_s=0.05,
+        records=4000,
+        faults=FaultSettings(slow_bytes_per_s=500_000),
+    )
+    config = write_config(tmp_path, emu, job("p", "alpha", types=["page"], catch_up="1d", lag="0s"))
+    daemon = await DaemonProcess.start(config)
+    await daemon.wait_for(lambda: bool(daemon.events("export_ready")))
+    await asyncio.sleep(0.5)
+    daemon.send(signal.SIGTERM)
+    assert await daemon.wait(10) == 0
+    assert data_files(tmp_path / "exports") == []
+    assert list((tmp_path / "state" / "tmp").iterdir()) == []
+
+    await emu.control("faults", {"slow_bytes_per_s": None})
+    again = await DaemonProcess.start(config, "--once")
+    assert await again.wait(60) == 0
+    assert again.events("exports_resumed")
+    report = await emu.jobs()
+    assert len(report["jobs"]) == 1  # resumed the same AC export, did not submit a new one
+    assert manifests(tmp_path / "exports")[0]["payload_sha256"] == report["jobs"][0]["sha256"]
+
+
+async def test_second_daemon_on_the_same_state_dir_exits_naming_the_holder(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """One daemon per state directory: a second `run` exits 1 with the holder's pid."""
+    emu = await emulator(tokens={"alpha": "alpha-token"})
+    config = write_config(tmp_path, emu, job("p", "alpha", types=["page"], catch_up="0s"))
+    first = await DaemonProcess.start(config)
+    await first.wait_for(lambda: bool(first.events("daemon_started")))
+    second = await DaemonProcess.start(config)
+    assert await second.wait() == 1
+    assert f"pid {first.process.pid}" in "\n".join(second.raw)
+    first.send(signal.SIGTERM)
+    assert await first.wait() == 0
+
+
+async def test_backfill_runs_alone_or_hands_windows_to_the_daemon(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Without a daemon, backfill exports in the foreground; with one, the daemon does."""
+    emu = await emulator(tokens={"alpha": "alpha-token"}, processing_s=0.02, records=5)
+    config = write_config(tmp_path, emu, job("p", "alpha", types=["page"], catch_up="0s"))
+    alone = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "acexport",
+        "backfill",
+        "--config",
+        str(config),
+        "--job",
+        "p",
+        "--from",
+        "2022-01-01",
+        "--to",
+        "2022-01-03",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert await alone.wait() == 0
+    assert len(manifests(tmp_path / "exports")) == 3
+
+    daemon = await DaemonProcess.start(config)
+    await daemon.wait_for(lambda: bool(daemon.events("daemon_started")))
+    queued = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "acexport",
+        "backfill",
+        "--config",
+        str(config),
+        "--job",
+        "p",
+        "--from",
+        "2022-02-01",
+        "--to",
+        "2022-02-02",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await queued.communicate()
+    assert queued.returncode == 0
+    assert b"running daemon" in out
+    await daemon.wait_for(lambda: len(manifests(tmp_path / "exports")) == 5)
+    daemon.send(signal.SIGTERM)
+    assert await daemon.wait() == 0

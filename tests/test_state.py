@@ -1,0 +1,90 @@
+"""The SQLite ledger: idempotent planning, lifecycle, re-planning failures, migrations."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from acexport.state import StateStore
+from acexport.windows import ExportWindow
+
+DAY1 = ExportWindow(datetime(2022, 1, 1, tzinfo=UTC), datetime(2022, 1, 2, tzinfo=UTC))
+DAY2 = ExportWindow(datetime(2022, 1, 2, tzinfo=UTC), datetime(2022, 1, 3, tzinfo=UTC))
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> StateStore:
+    store = await StateStore.open(tmp_path / "state.sqlite3")
+    yield store  # type: ignore[misc]
+    await store.close()
+
+
+async def test_planning_twice_records_each_window_once(store: StateStore) -> None:
+    """Planning the same windows again adds no rows."""
+    first = await store.plan("nightly", "acme", ["page", "event"], [DAY1, DAY2])
+    again = await store.plan("nightly", "acme", ["page", "event"], [DAY1, DAY2])
+    assert len(first) == 4
+    assert [r.id for r in again] == [r.id for r in first]
+    assert len(await store.all_rows()) == 4
+
+
+async def test_done_windows_are_not_planned_again(store: StateStore) -> None:
+    """A done row is never returned for export again; a failed one is re-queued."""
+    done, failed = await store.plan("nightly", "acme", ["page"], [DAY1, DAY2])
+    await store.mark_submitted(done.id)
+    await store.mark_ready(done.id, "2022-06-29T17:50:46.824Z")
+    await store.mark_done(
+        done.id,
+        destination="/x",
+        records=1,
+        payload_bytes=2,
+        payload_sha256="ab",
+        requests=3,
+        created_date="c",
+    )
+    await store.mark_submitted(failed.id)
+    await store.mark_failed(failed.id, "AuthError: 401")
+    replanned = await store.plan("nightly", "acme", ["page"], [DAY1, DAY2])
+    assert [(r.id, r.state) for r in replanned] == [(failed.id, "queued")]
+    row = await store.get(failed.id)
+    assert row is not None
+    assert row.attempts == 1
+
+
+async def test_active_rows_resume_ready_then_submitted_then_queued(store: StateStore) -> None:
+    """After a restart, ready downloads come first, then the submitted export, then the queue."""
+    queued, submitted, ready = await store.plan(
+        "j", "acme", ["page"], [DAY1, DAY2, ExportWindow(DAY2.end, DAY2.end + timedelta(days=1))]
+    )
+    await store.mark_submitted(submitted.id)
+    await store.mark_submitted(ready.id)
+    await store.mark_ready(ready.id, None)
+    assert [r.id for r in await store.active()] == [ready.id, submitted.id, queued.id]
+
+
+async def test_readonly_reader_sees_the_writer(store: StateStore, tmp_path: Path) -> None:
+    """`status` opens the database read-only beside a running daemon (WAL)."""
+    await store.plan("j", "acme", ["page"], [DAY1])
+    reader = await StateStore.open(tmp_path / "state.sqlite3", readonly=True)
+    try:
+        assert len(await reader.all_rows()) == 1
+    finally:
+        await reader.close()
+
+
+async def test_schema_is_versioned_and_newer_is_refused(tmp_path: Path) -> None:
+    """The schema version is recorded; a database from a newer acexport is refused."""
+    path = tmp_path / "state.sqlite3"
+    store = await StateStore.open(path)
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.execute("PRAGMA user_version = 99")
+        db.commit()
+    with pytest.raises(RuntimeError, match="newer"):
+        await StateStore.open(path)
