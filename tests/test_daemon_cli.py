@@ -1,0 +1,75 @@
+"""`check-config` and `status` as an operator uses them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import EmulatorFactory
+from tests.daemon_helpers import DaemonProcess, job, write_config
+
+
+def acexport(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "acexport", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_config_rejects_a_bad_job_naming_it(tmp_path: Path) -> None:
+    """A bad cron exits 78 naming the job and the field."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[workspaces.acme]\ntoken_env = "HOME"\n'
+        '[[jobs]]\nname = "nightly"\nworkspace = "acme"\nschedule = "99 * * * *"\n'
+        '[[jobs]]\nname = "other"\nworkspace = "nobody"\n'
+    )
+    result = acexport("check-config", "--config", str(config))
+    assert result.returncode == 78
+    assert "jobs[0] (nightly).schedule" in result.stderr
+    result = acexport("check-config", "--config", str(config).replace("c.toml", "none.toml"))
+    assert result.returncode == 78
+
+
+def test_check_config_shows_next_looks_and_due_windows(tmp_path: Path) -> None:
+    """A valid config prints each job's next looks and the windows it would export now."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path}/state"\n'
+        '[workspaces.acme]\ntoken_env = "HOME"\ntimezone = "Europe/Berlin"\n'
+        '[[jobs]]\nname = "nightly"\nworkspace = "acme"\ntypes = ["page"]\ncatch_up = "3d"\n'
+    )
+    result = acexport("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "job nightly" in result.stdout
+    assert result.stdout.count("+01:00") + result.stdout.count("+02:00") >= 3
+    assert "would export now: 3 export(s) in 3 window(s)" in result.stdout
+
+
+async def test_status_reports_done_and_failed_windows(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """`status --json` shows per job what is done and what failed, with the reason."""
+    emu = await emulator(tokens={"alpha": "alpha-token", "beta": "beta-token"}, records=5)
+    jobs = job("a", "alpha", types=["page"], catch_up="2d", lag="0s") + job(
+        "b", "beta", types=["page"], catch_up="1d", lag="0s"
+    )
+    config = write_config(tmp_path, emu, jobs, tokens={"alpha": "alpha-token", "beta": "bad-token"})
+    daemon = await DaemonProcess.start(config, "--once")
+    assert await daemon.wait(60) == 1
+    result = subprocess.run(
+        [sys.executable, "-m", "acexport", "status", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    by_name = {j["name"]: j for j in report["jobs"]}
+    assert by_name["a"]["done"] == 2
+    assert by_name["a"]["last_exported"]
+    assert by_name["b"]["done"] == 0
+    assert "AuthError" in by_name["b"]["failed"][0]["reason"]
+    assert "bad-token" not in result.stdout
+    assert report["daemon_pid"] is None
