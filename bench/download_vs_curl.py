@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -23,6 +22,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from acexport.emulator.process import running_emulator
 
 TOKEN = "bench-token"
 DAY = ("2022-01-01", "fromDate=2022-01-01T00:00:00.000Z&toDate=2022-01-01T23:59:59.999Z")
@@ -56,14 +57,8 @@ def main() -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="acexport-bench-", dir=args.dir))
     records = args.size_mb * 1_000_000 // PAGE_RECORD_BYTES
-    emulator = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "acexport",
-            "emulator",
-            "--port",
-            "0",
+    try:
+        with running_emulator(
             "--token",
             f"bench={TOKEN}",
             "--processing-time",
@@ -72,86 +67,80 @@ def main() -> int:
             str(records),
             "--storage-dir",
             str(work / "storage"),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert emulator.stdout is not None
-        found = re.search(r"http://[\d.]+:\d+", emulator.stdout.readline())
-        assert found, "emulator did not start"
-        base = found.group(0)
-        url = f"{base}/api/reports/export/page?{DAY[1]}"
-        auth = f"Authorization: Bearer {TOKEN}"
-        while True:  # until ready: rendering a GiB takes a few seconds
-            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
-            with urllib.request.urlopen(request) as response:
-                if not response.read(64).startswith(b'{"fromDate"'):
-                    break
-            time.sleep(0.5)
-        with urllib.request.urlopen(f"{base}/_emulator/jobs") as response:
-            job = json.load(response)["jobs"][0]
-        env = {**os.environ, "BENCH_TOKEN": TOKEN}
-        suffix = ".jsonl.gz" if args.gzip else ".jsonl"
-        ours_cmd = [
-            sys.executable,
-            "-m",
-            "acexport",
-            "export",
-            "--base-url",
-            base,
-            "--token-env",
-            "BENCH_TOKEN",
-            "--type",
-            "page",
-            "--from",
-            DAY[0],
-            "--to",
-            DAY[0],
-            "--quiet",
-            "--output",
-            str(work / f"ours{suffix}"),
-        ]
-        curl_file = work / "curl.jsonl"
-        curl_cmd = ["curl", "-sf", "-H", auth, "-o", str(curl_file), url]
-        ours, curl_sync, curl_plain, rss = [], [], [], []
-        for _ in range(args.rounds):
-            seconds, peak = timed(ours_cmd, env)
-            ours.append(seconds)
-            rss.append(peak)
-            manifest = json.loads((work / f"ours{suffix}.manifest.json").read_text())
-            assert manifest["payload_sha256"] == job["sha256"], "acexport's data differs"
-            for path in work.glob("ours*"):
-                path.unlink()
-            started = time.perf_counter()
-            timed(curl_cmd)
-            subprocess.run(["sync", str(curl_file)], check=True)
-            curl_sync.append(time.perf_counter() - started)
-            curl_file.unlink()
-            curl_plain.append(timed(curl_cmd)[0])
-            curl_file.unlink()
-        ratio = statistics.median(ours) / statistics.median(curl_sync)
-        size_mb = job["bytes"] / 1e6
-        print(
-            f"payload {size_mb:.0f} MB, {args.rounds} alternating rounds, medians"
-            f"{', acexport writes gzip' if args.gzip else ''}:"
-        )
-        print(
-            f"  acexport export     {statistics.median(ours):6.2f} s "
-            f"({size_mb / statistics.median(ours):5.0f} MB/s)  peak RSS {max(rss) / 1024:.0f} MB"
-        )
-        print(
-            f"  curl -o && sync     {statistics.median(curl_sync):6.2f} s "
-            f"({size_mb / statistics.median(curl_sync):5.0f} MB/s)  <- baseline"
-        )
-        print(f"  curl -o (no sync)   {statistics.median(curl_plain):6.2f} s  (reference)")
-        print(f"  ratio acexport / (curl + sync) = {ratio:.2f}  (target <= 1.15)")
-        print(f"  peak RSS {max(rss) / 1024:.0f} MB  (target < 100 MB)")
-        return 0 if ratio <= 1.15 and max(rss) < 100 * 1024 else 1
+        ) as base:
+            return compare(base, work, args.rounds, args.gzip)
     finally:
-        emulator.terminate()
-        emulator.wait(timeout=60)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def compare(base: str, work: Path, rounds: int, gzip: bool) -> int:
+    url = f"{base}/api/reports/export/page?{DAY[1]}"
+    auth = f"Authorization: Bearer {TOKEN}"
+    while True:  # until ready: rendering a GiB takes a few seconds
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request) as response:
+            if not response.read(64).startswith(b'{"fromDate"'):
+                break
+        time.sleep(0.5)
+    with urllib.request.urlopen(f"{base}/_emulator/jobs") as response:
+        job = json.load(response)["jobs"][0]
+    env = {**os.environ, "BENCH_TOKEN": TOKEN}
+    suffix = ".jsonl.gz" if gzip else ".jsonl"
+    ours_cmd = [
+        sys.executable,
+        "-m",
+        "acexport",
+        "export",
+        "--base-url",
+        base,
+        "--token-env",
+        "BENCH_TOKEN",
+        "--type",
+        "page",
+        "--from",
+        DAY[0],
+        "--to",
+        DAY[0],
+        "--quiet",
+        "--output",
+        str(work / f"ours{suffix}"),
+    ]
+    curl_file = work / "curl.jsonl"
+    curl_cmd = ["curl", "-sf", "-H", auth, "-o", str(curl_file), url]
+    ours, curl_sync, curl_plain, rss = [], [], [], []
+    for _ in range(rounds):
+        seconds, peak = timed(ours_cmd, env)
+        ours.append(seconds)
+        rss.append(peak)
+        manifest = json.loads((work / f"ours{suffix}.manifest.json").read_text())
+        assert manifest["payload_sha256"] == job["sha256"], "acexport's data differs"
+        for path in work.glob("ours*"):
+            path.unlink()
+        started = time.perf_counter()
+        timed(curl_cmd)
+        subprocess.run(["sync", str(curl_file)], check=True)
+        curl_sync.append(time.perf_counter() - started)
+        curl_file.unlink()
+        curl_plain.append(timed(curl_cmd)[0])
+        curl_file.unlink()
+    ratio = statistics.median(ours) / statistics.median(curl_sync)
+    size_mb = job["bytes"] / 1e6
+    print(
+        f"payload {size_mb:.0f} MB, {rounds} alternating rounds, medians"
+        f"{', acexport writes gzip' if gzip else ''}:"
+    )
+    print(
+        f"  acexport export     {statistics.median(ours):6.2f} s "
+        f"({size_mb / statistics.median(ours):5.0f} MB/s)  peak RSS {max(rss) / 1024:.0f} MB"
+    )
+    print(
+        f"  curl -o && sync     {statistics.median(curl_sync):6.2f} s "
+        f"({size_mb / statistics.median(curl_sync):5.0f} MB/s)  <- baseline"
+    )
+    print(f"  curl -o (no sync)   {statistics.median(curl_plain):6.2f} s  (reference)")
+    print(f"  ratio acexport / (curl + sync) = {ratio:.2f}  (target <= 1.15)")
+    print(f"  peak RSS {max(rss) / 1024:.0f} MB  (target < 100 MB)")
+    return 0 if ratio <= 1.15 and max(rss) < 100 * 1024 else 1
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from acexport.emulator.process import running_emulator
 
 TYPES = ("event", "identity", "individual", "membership", "page", "segment")
 
@@ -22,38 +23,23 @@ TYPES = ("event", "identity", "individual", "membership", "page", "segment")
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="acexport-demo-"))
     out = Path("exports")
-    emulator = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "acexport",
-            "emulator",
-            "--port",
-            "0",
-            "--token",
-            "demo=demo-token",
-            "--processing-time",
-            "2",
-            "--records",
-            "500",
-            "--redirect",
-            "--gzip",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert emulator.stdout is not None
-        line = emulator.stdout.readline()
-        print(line.strip())
-        url = re.search(r"http://[\d.]+:\d+", line)
-        assert url, "the emulator did not start"
+    with running_emulator(
+        "--token",
+        "demo=demo-token",
+        "--processing-time",
+        "2",
+        "--records",
+        "500",
+        "--redirect",
+        "--gzip",
+    ) as url:
+        print(f"emulator listening on {url}")
         config = work / "demo.toml"
         config.write_text(
             f'[daemon]\nstate_dir = "{work}/state"\noutput_dir = "{out.absolute()}"\n'
             'log_format = "console"\n'
             '[http]\npoll_initial = "500ms"\npoll_max = "2s"\n'
-            f'[workspaces.demo]\nbase_url = "{url.group(0)}"\ntoken_env = "DEMO_TOKEN"\n'
+            f'[workspaces.demo]\nbase_url = "{url}"\ntoken_env = "DEMO_TOKEN"\n'
         )
         env = {**os.environ, "DEMO_TOKEN": "demo-token"}
         manifest = ""
@@ -88,16 +74,13 @@ def main() -> int:
             if result.returncode != 0:
                 return result.returncode
             manifest = result.stdout.strip()
-        print(f"\nmanifest {manifest}:")
-        print(Path(manifest).read_text())
-        data = Path(manifest.removesuffix(".manifest.json"))
-        first = gzip.decompress(data.read_bytes()).splitlines()[0]
-        print("first record:", json.dumps(json.loads(first), ensure_ascii=False)[:300], "...")
-        print(f"\nall exports are under ./{out}/ (hive layout: workspace/type/date=...)")
-        return 0
-    finally:
-        emulator.terminate()
-        emulator.wait(timeout=30)
+    print(f"\nmanifest {manifest}:")
+    print(Path(manifest).read_text())
+    data = Path(manifest.removesuffix(".manifest.json"))
+    first = gzip.decompress(data.read_bytes()).splitlines()[0]
+    print("first record:", json.dumps(json.loads(first), ensure_ascii=False)[:300], "...")
+    print(f"\nall exports are under ./{out}/ (hive layout: workspace/type/date=...)")
+    return 0
 
 
 if __name__ == "__main__":

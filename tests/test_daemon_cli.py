@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -58,18 +59,23 @@ async def test_status_reports_done_and_failed_windows(
     config = write_config(tmp_path, emu, jobs, tokens={"alpha": "alpha-token", "beta": "bad-token"})
     daemon = await DaemonProcess.start(config, "--once")
     assert await daemon.wait(60) == 1
-    result = subprocess.run(
-        [sys.executable, "-m", "acexport", "status", "--config", str(config), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    status = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "acexport",
+        "status",
+        "--config",
+        str(config),
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
     )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    stdout, _ = await status.communicate()
+    assert status.returncode == 0
+    report = json.loads(stdout)
     by_name = {j["name"]: j for j in report["jobs"]}
     assert by_name["a"]["done"] == 2
     assert by_name["a"]["last_exported"]
     assert by_name["b"]["done"] == 0
     assert "AuthError" in by_name["b"]["failed"][0]["reason"]
-    assert "bad-token" not in result.stdout
+    assert b"bad-token" not in stdout
     assert report["daemon_pid"] is None

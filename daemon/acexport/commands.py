@@ -83,12 +83,17 @@ def run(args: argparse.Namespace) -> int:
         return _config_error(exc)
 
 
-async def _run(settings: Settings, path: Path, once: bool) -> int:
+def _handle_signals(daemon: Daemon) -> None:
+    """SIGTERM/SIGINT stop taking work and end within the grace; SIGHUP reloads."""
     loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
+
+
+async def _run(settings: Settings, path: Path, once: bool) -> int:
     async with Daemon(settings, path) as daemon:
-        loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
-        loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
+        _handle_signals(daemon)
         if once:
             ok = await daemon.run_once()
             failed = sum(lane.failed for lane in daemon.lanes.values())
@@ -138,11 +143,9 @@ async def _backfill(settings: Settings, path: Path, job_name: str, windows: list
             f"(pid {holder}) will export them (see `acexport status`)"
         )
         return EXIT_OK
-    loop = asyncio.get_running_loop()
     try:
         async with Daemon(settings, path) as daemon:
-            loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
-            loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
+            _handle_signals(daemon)
             records = await daemon.plan(job, windows)
             progress = asyncio.create_task(_show_progress(daemon, len(records)))
             ok = await daemon.drain()

@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 
 from .api import ExportClient, ExportStatus, Payload
+from .config import HttpSettings
 from .errors import ExportFailed, PayloadError, RateLimited, TransientError
 from .polling import Backoff
 from .sink import Manifest, PayloadWriter, Sink
@@ -46,6 +47,14 @@ class Timing:
     retry: Backoff
     max_attempts: int = 10  # consecutive failed requests before the export fails
     max_unknown_status: int = 3  # FAILED-like answers before giving up
+
+    @classmethod
+    def from_settings(cls, http: HttpSettings) -> Timing:
+        return cls(
+            poll=Backoff(http.poll_initial.total_seconds(), http.poll_max.total_seconds()),
+            retry=Backoff(http.retry_initial.total_seconds(), http.retry_max.total_seconds()),
+            max_attempts=http.max_attempts,
+        )
 
 
 @dataclass

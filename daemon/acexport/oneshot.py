@@ -36,7 +36,6 @@ from .config import (
 from .errors import ConfigError
 from .export import ExportObserver, ExportSpec, Timing, run_export
 from .observability import configure_logging, register_secret
-from .polling import Backoff
 from .sink import Compression, Sink
 from .windows import ExportWindow, parse_bound
 
@@ -209,15 +208,6 @@ class _Progress(ExportObserver):
         self._stream.flush()
 
 
-def timing_from(settings: Settings) -> Timing:
-    http = settings.http
-    return Timing(
-        poll=Backoff(http.poll_initial.total_seconds(), http.poll_max.total_seconds()),
-        retry=Backoff(http.retry_initial.total_seconds(), http.retry_max.total_seconds()),
-        max_attempts=http.max_attempts,
-    )
-
-
 async def _export(plan: _Plan, progress: _Progress | None) -> Path:
     sink = Sink(plan.temp_dir, plan.compression)
     sink.clean_stale(everything=False)
@@ -226,7 +216,7 @@ async def _export(plan: _Plan, progress: _Progress | None) -> Path:
         async with new_session(timeout) as session:
             client = ExportClient(session, plan.base_url, plan.token)
             outcome = await run_export(
-                plan.spec, client, sink, timing_from(plan.settings), progress
+                plan.spec, client, sink, Timing.from_settings(plan.settings.http), progress
             )
     finally:
         if progress:

@@ -31,7 +31,6 @@ from .errors import AcexportError, ConfigError
 from .export import Timing
 from .lane import Lane, LaneContext
 from .planner import due_windows
-from .polling import Backoff
 from .scheduler import Scheduler, utc_now
 from .sink import Sink
 from .state import ExportRecord, StateStore
@@ -49,15 +48,6 @@ class RunState(enum.Enum):
 
 class StateDirLocked(AcexportError):
     """Another acexport process runs on this state directory."""
-
-
-def timing_from(settings: Settings) -> Timing:
-    http = settings.http
-    return Timing(
-        poll=Backoff(http.poll_initial.total_seconds(), http.poll_max.total_seconds()),
-        retry=Backoff(http.retry_initial.total_seconds(), http.retry_max.total_seconds()),
-        max_attempts=http.max_attempts,
-    )
 
 
 def lock_path(state_dir: Path) -> Path:
@@ -164,7 +154,7 @@ class Daemon:
             store=self._store,
             sink=sink,
             settings=lambda: self._settings,
-            timing=lambda: timing_from(self._settings),
+            timing=lambda: Timing.from_settings(self._settings.http),
         )
         self._stack.push_async_callback(self._stop_lanes)
         self._apply_lanes()
