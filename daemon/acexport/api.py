@@ -23,7 +23,7 @@ from .windows import ExportWindow
 
 _PEEK_BYTES = 64 * 1024  # a status object is far smaller; data is usually far larger
 _MAX_REDIRECTS = 5
-_READ_BYTES = 4 * 1024 * 1024
+_READ_BYTES = 1024 * 1024
 _TRANSIENT_4XX = {408, 425, 429}
 _DEFAULT_RETRY_AFTER_S = 30.0
 

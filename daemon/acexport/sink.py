@@ -37,7 +37,7 @@ Compression = Literal["none", "gzip"]
 _GZIP_LEVEL = 1  # throughput first: level 1 still shrinks JSON 4-6x
 _MAX_RECORD_CHARS = 64 * 1024 * 1024  # one record bigger than this is not AC data
 _BOM = b"\xef\xbb\xbf"
-_BATCH_BYTES = 4 * 1024 * 1024
+_BATCH_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
