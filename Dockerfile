@@ -1,21 +1,38 @@
-# syntax=docker/dockerfile:1
-# Build stage: a wheel of acexport and its dependencies.
+# acexport in a container: config at /etc/acexport/config.toml, state and exports in
+# /var/lib/acexport, tokens as files (Docker/Kubernetes secrets) via token_file.
+#
+#   docker build -t acexport .
+#   docker run -d --name acexport \
+#     -v "$PWD/config.toml:/etc/acexport/config.toml:ro" \
+#     -v acexport-data:/var/lib/acexport \
+#     --secret acme_token ... acexport
+
+# Build stage: wheels of acexport and its dependencies (compilers stay here).
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY daemon ./daemon
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
-# Runtime stage: no compilers, no sources, a non-root user.
+# Runtime stage: the wheels installed, no sources, no build tools, a non-root user.
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 --home-dir /var/lib/acexport acexport \
-    && mkdir -p /etc/acexport /var/lib/acexport \
-    && chown acexport /var/lib/acexport
+RUN useradd --system --uid 10001 --no-create-home --home-dir /var/lib/acexport acexport \
+    && mkdir -p /etc/acexport /var/lib/acexport/exports \
+    && chown -R acexport /var/lib/acexport
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index /wheels/* && rm -rf /wheels
-USER acexport
-VOLUME ["/var/lib/acexport"]
-ENV ACEXPORT_CONFIG=/etc/acexport/config.toml
+RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
+ENV ACEXPORT_CONFIG=/etc/acexport/config.toml \
+    ACEXPORT_DAEMON__STATE_DIR=/var/lib/acexport \
+    ACEXPORT_DAEMON__OUTPUT_DIR=/var/lib/acexport/exports \
+    ACEXPORT_DAEMON__LOG_FORMAT=json \
+    ACEXPORT_DAEMON__LISTEN=127.0.0.1:9464 \
+    PYTHONUNBUFFERED=1
+USER 10001
+WORKDIR /var/lib/acexport
+VOLUME ["/etc/acexport", "/var/lib/acexport"]
+# Python, not curl: the slim image has no curl, and this adds nothing to it.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=4)"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["acexport"]
 CMD ["run"]

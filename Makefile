@@ -16,16 +16,16 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check daemon tests bench scripts
-	$(VENV)/bin/ruff format --check daemon tests bench scripts
+	$(VENV)/bin/ruff check daemon tests bench
+	$(VENV)/bin/ruff format --check daemon tests bench
 	$(VENV)/bin/mypy --strict daemon
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix daemon tests bench scripts
-	$(VENV)/bin/ruff format daemon tests bench scripts
+	$(VENV)/bin/ruff check --fix daemon tests bench
+	$(VENV)/bin/ruff format daemon tests bench
 
 demo: $(STAMP)
-	$(PY) scripts/demo.py
+	$(VENV)/bin/acexport run --config config/demo.toml
 
 bench: $(STAMP)
 	$(PY) bench/emulator_throughput.py

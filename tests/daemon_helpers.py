@@ -40,8 +40,8 @@ def write_config(
     path = tmp_path / name
     path.write_text(
         f'[daemon]\nstate_dir = "{tmp_path / "state"}"\noutput_dir = "{tmp_path / "exports"}"\n'
-        f'log_format = "json"\nstop_grace = "2s"\npickup_interval = "200ms"\n{extra}\n'
-        f"{FAST_HTTP}{workspaces}\n{jobs}"
+        f'log_format = "json"\nstop_grace = "2s"\npickup_interval = "200ms"\nlisten = ""\n'
+        f"{extra}\n{FAST_HTTP}{workspaces}\n{jobs}"
     )
     path.chmod(0o600)
     return path

@@ -7,7 +7,7 @@ into ``errors``: the caller decides what to do with it, in one place.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -141,11 +141,18 @@ async def _read_up_to(response: aiohttp.ClientResponse, limit: int) -> bytes:
 class ExportClient:
     """One workspace's view of ``GET /api/reports/export/{type}``."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: SecretStr) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        token: SecretStr,
+        on_response: Callable[[int], None] | None = None,
+    ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
         self._token = token
         self._origin = origin(self._base)
+        self._on_response = on_response  # sees every HTTP status, for metrics
 
     def url(self, type_: str, window: ExportWindow) -> URL:
         return URL(f"{self._base}/api/reports/export/{type_}").with_query(
@@ -182,6 +189,8 @@ class ExportClient:
                 raise TransientError(
                     f"cannot reach {url.scheme}://{url.host}: {_describe(exc)}"
                 ) from None
+            if self._on_response is not None:
+                self._on_response(response.status)
             if response.status not in (301, 302, 303, 307, 308):
                 return response
             location = response.headers.get("Location")

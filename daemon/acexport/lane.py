@@ -23,6 +23,7 @@ from .api import ExportClient, ExportStatus
 from .config import Settings, render_path
 from .errors import AcexportError, AuthError
 from .export import ExportObserver, ExportSpec, Timing, run_export
+from .metrics import Health, Metrics
 from .sink import Sink
 from .state import ExportRecord, StateStore
 
@@ -31,13 +32,20 @@ log = structlog.get_logger("acexport.lane")
 
 @dataclass
 class LaneContext:
-    """What every lane shares: the HTTP session, the ledger, the sink, the settings."""
+    """What every lane shares: session, ledger, sink, settings, metrics, health."""
 
     session: aiohttp.ClientSession
     store: StateStore
     sink: Sink
     settings: Callable[[], Settings]
     timing: Callable[[], Timing]
+    base_url: Callable[[str], str]  # workspace -> URL (the embedded emulator's, for demos)
+    metrics: Metrics
+    health: Health
+
+
+# A lane whose last this-many exports all failed makes /healthz answer 503.
+FAILURES_BEFORE_UNHEALTHY = 5
 
 
 def destination_for(settings: Settings, record: ExportRecord) -> Path:
@@ -97,6 +105,7 @@ class Lane:
         self.auth_failure: str | None = None
         self.succeeded = 0
         self.failed = 0
+        self.consecutive_failures = 0
 
     # -- feeding ---------------------------------------------------------------
     def enqueue(self, records: list[ExportRecord]) -> int:
@@ -164,34 +173,44 @@ class Lane:
         store = self.ctx.store
         settings = self.ctx.settings()
         if self.auth_failure:
-            self.failed += 1
-            await store.mark_failed(record.id, self.auth_failure)
+            await self._failed(record, self.auth_failure)
             return
         ws = settings.workspaces.get(record.workspace)
         if ws is None:
-            self.failed += 1
-            await store.mark_failed(record.id, "the workspace is no longer configured")
+            await self._failed(record, "the workspace is no longer configured")
             return
         destination = destination_for(settings, record)
         spec = ExportSpec(record.workspace, record.type, record.window(ws.zone), destination)
-        client = ExportClient(self.ctx.session, ws.base_url, self.token)
+        responses = self.ctx.metrics.responses
         keeper = _SlotKeeper(self, record, release)
         if record.state != "ready":
             await store.mark_submitted(record.id)
         try:
+            client = ExportClient(
+                self.ctx.session,
+                self.ctx.base_url(record.workspace),
+                self.token,
+                on_response=lambda code: responses.labels(record.workspace, str(code)).inc(),
+            )
             outcome = await run_export(spec, client, self.ctx.sink, self.ctx.timing(), keeper)
         except AuthError as exc:
             self.auth_failure = f"AuthError: {exc}"
-            self.failed += 1
             log.error("lane_token_rejected", workspace=record.workspace, error=str(exc))
-            await asyncio.shield(store.mark_failed(record.id, self.auth_failure))
+            await self._failed(record, self.auth_failure)
             return
         except AcexportError as exc:
-            self.failed += 1
             log.error("export_failed", error=str(exc), kind=type(exc).__name__)
-            await asyncio.shield(store.mark_failed(record.id, f"{type(exc).__name__}: {exc}"))
+            await self._failed(record, f"{type(exc).__name__}: {exc}")
             return
-        self.succeeded += 1
+        self._count(record, "done")
+        self.consecutive_failures = 0
+        self.ctx.health.problems.pop(self.key, None)
+        metrics = self.ctx.metrics
+        metrics.payload_bytes.labels(record.workspace, record.type).inc(
+            outcome.manifest.payload_bytes
+        )
+        metrics.poll_requests.labels(record.workspace, record.type).inc(outcome.requests)
+        metrics.last_success.labels(record.job).set_to_current_time()
         manifest = outcome.manifest
         await asyncio.shield(
             store.mark_done(
@@ -204,6 +223,22 @@ class Lane:
                 created_date=manifest.createdDate,
             )
         )
+
+    def _count(self, record: ExportRecord, outcome: str) -> None:
+        if outcome == "done":
+            self.succeeded += 1
+        else:
+            self.failed += 1
+        self.ctx.metrics.exports.labels(record.workspace, record.type, outcome).inc()
+
+    async def _failed(self, record: ExportRecord, reason: str) -> None:
+        self._count(record, "failed")
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= FAILURES_BEFORE_UNHEALTHY:
+            self.ctx.health.problems[self.key] = (
+                f"the last {self.consecutive_failures} exports failed; last: {reason}"
+            )
+        await asyncio.shield(self.ctx.store.mark_failed(record.id, reason))
 
     # -- stopping --------------------------------------------------------------
     async def wait_idle(self) -> None:

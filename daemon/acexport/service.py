@@ -14,6 +14,7 @@ import asyncio
 import enum
 import fcntl
 import os
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import datetime
@@ -23,6 +24,7 @@ from typing import IO, Any
 from zoneinfo import ZoneInfo
 
 import structlog
+from aiohttp import web
 from pydantic import SecretStr
 
 from .api import new_session
@@ -30,6 +32,8 @@ from .config import JobSettings, Settings, load_settings, resolve_tokens
 from .errors import AcexportError, ConfigError
 from .export import Timing
 from .lane import Lane, LaneContext
+from .metrics import Health, Metrics, health_app
+from .notify import SystemdNotifier
 from .planner import due_windows
 from .scheduler import Scheduler, utc_now
 from .sink import Sink
@@ -117,6 +121,12 @@ class Daemon:
         self._store: StateStore
         self._ctx: LaneContext
         self._scheduler = Scheduler(self._look, clock)
+        self.metrics = Metrics()
+        self.metrics.watch_lanes(lambda: list(self._lanes.values()))
+        self.health = Health()
+        self._notifier = SystemdNotifier()
+        self._emulator_url: str | None = None
+        self.health_url: str | None = None
 
     @property
     def settings(self) -> Settings:
@@ -149,13 +159,18 @@ class Daemon:
             log.info("stale_temp_files_removed", count=removed)
         session = new_session(self._settings.http.timeout.total_seconds())
         await self._stack.enter_async_context(session)
+        await self._start_embedded_emulator()
         self._ctx = LaneContext(
             session=session,
             store=self._store,
             sink=sink,
             settings=lambda: self._settings,
             timing=lambda: Timing.from_settings(self._settings.http),
+            base_url=self._base_url,
+            metrics=self.metrics,
+            health=self.health,
         )
+        await self._start_health_server()
         self._stack.push_async_callback(self._stop_lanes)
         self._apply_lanes()
         resumed = await self._store.active()
@@ -163,6 +178,10 @@ class Daemon:
         if resumed:
             log.info("exports_resumed", count=len(resumed))
         self.state = RunState.STARTED
+        self._notifier.notify(ready=1, status=self._status_line())
+        if self._notifier.watchdog_interval_s:
+            task = asyncio.create_task(self._watchdog(self._notifier.watchdog_interval_s))
+            self._stack.callback(task.cancel)
         log.info(
             "daemon_started",
             state_dir=str(daemon.state_dir),
@@ -189,6 +208,8 @@ class Daemon:
 
     def request_stop(self) -> None:
         """Stop taking work; ``run_until_stopped`` returns after the grace period."""
+        self.health.stopping = True
+        self._notifier.notify(stopping=1, status="stopping: finishing running downloads")
         self._stop.set()
 
     def request_reload(self) -> None:
@@ -263,9 +284,18 @@ class Daemon:
                 self._apply_reload()
             if not self._stop.is_set():
                 await self._pick_up()
+                await self._refresh_backlog()
+                self._notifier.notify(status=self._status_line())
         log.info("daemon_stopping", grace_s=self._settings.daemon.stop_grace.total_seconds())
 
     def _apply_reload(self) -> None:
+        self._notifier.notify(reloading=1, monotonic_usec=time.monotonic_ns() // 1000)
+        try:
+            self._load_new_config()
+        finally:
+            self._notifier.notify(ready=1, status=self._status_line())
+
+    def _load_new_config(self) -> None:
         try:
             settings = load_settings(self._config_path)
             tokens = resolve_tokens(settings, str(self._config_path or "environment"))
@@ -282,6 +312,75 @@ class Daemon:
         self._apply_lanes()
         self._scheduler.set_jobs(self._scheduled_jobs())
         log.info("config_reloaded", jobs=[job.name for job in settings.jobs])
+
+    # -- embedded emulator, health, systemd ---------------------------------------
+    def _base_url(self, workspace: str) -> str:
+        ws = self._settings.workspaces[workspace]
+        if ws.emulator:
+            if self._emulator_url is None:
+                raise ConfigError(
+                    f"workspaces.{workspace}.emulator was added by a reload; "
+                    "restart to start the embedded emulator"
+                )
+            return self._emulator_url
+        return ws.base_url
+
+    async def _start_embedded_emulator(self) -> None:
+        names = [n for n, ws in self._settings.workspaces.items() if ws.emulator]
+        if not names:
+            return
+        from .emulator import EmulatorSettings, QueueSettings, make_app
+
+        settings = EmulatorSettings(
+            tokens={name: self._tokens[name].get_secret_value() for name in names},
+            queue=QueueSettings(processing_s=1.0, records=500, expiry_s=3600.0),
+            gzip=True,
+            redirect=True,
+        )
+        self._emulator_url = await self._serve(make_app(settings), "127.0.0.1", 0)
+        log.info("embedded_emulator_started", url=self._emulator_url, workspaces=names)
+
+    async def _serve(self, app: web.Application, host: str, port: int) -> str:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0]
+        return f"http://{host if ':' not in host else f'[{host}]'}:{bound[1]}"
+
+    async def _start_health_server(self) -> None:
+        listen = self._settings.daemon.listen
+        if not listen:
+            return
+        host, _, port = listen.rpartition(":")
+        try:
+            self.health_url = await self._serve(
+                health_app(self.health, self.metrics), host.strip("[]"), int(port)
+            )
+        except OSError as exc:
+            raise ConfigError(f"daemon.listen: cannot listen on {listen}: {exc.strerror}") from None
+        log.info("health_server_started", url=self.health_url)
+
+    async def _watchdog(self, interval_s: float) -> None:
+        # Sent from the event loop itself: a blocked loop stops the pings and systemd acts.
+        while True:
+            self._notifier.notify(watchdog=1)
+            await asyncio.sleep(interval_s)
+
+    def _status_line(self) -> str:
+        lanes = "; ".join(
+            f"{lane.key}: {lane.depth} queued, {lane.in_flight} running"
+            for lane in self._lanes.values()
+        )
+        return f"{len(self._settings.jobs)} jobs; {lanes or 'no lanes'}"
+
+    async def _refresh_backlog(self) -> None:
+        now = self._clock().timestamp()
+        oldest = await self._store.oldest_unfinished_by_job()
+        for job in self._settings.jobs:
+            end = oldest.get(job.name)
+            self.metrics.oldest_missing.labels(job.name).set(max(0.0, now - end) if end else 0)
 
     async def run_once(self, jobs: list[JobSettings] | None = None) -> bool:
         """Plan every job once (catch-up included), export all that is due; True if all worked."""

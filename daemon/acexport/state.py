@@ -251,5 +251,13 @@ class StateStore:
     async def mark_failed(self, export_id: int, reason: str) -> None:
         await self._update(export_id, state="failed", reason=reason, finished_at=time.time())
 
+    async def oldest_unfinished_by_job(self) -> dict[str, float]:
+        """Per job, the end (epoch seconds) of the oldest window not yet done."""
+        async with self._db.execute(
+            "SELECT job, MIN(window_end) FROM exports WHERE state != 'done' GROUP BY job"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {row[0]: _parse(row[1]).timestamp() for row in rows}
+
     async def all_rows(self) -> list[ExportRecord]:
         return await self._all("SELECT * FROM exports ORDER BY job, window_start, type")

@@ -1,0 +1,123 @@
+"""Prometheus metrics and the /healthz and /metrics HTTP endpoints.
+
+The daemon updates counters where things happen (lane, API client); gauges
+that describe the present (queue depths) are read from the lanes at scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+@dataclass
+class Health:
+    """What /healthz answers: healthy unless stopping or a lane keeps failing."""
+
+    stopping: bool = False
+    problems: dict[str, str] = field(default_factory=dict)
+
+    def report(self) -> tuple[int, dict[str, Any]]:
+        if self.stopping:
+            return 503, {"status": "stopping"}
+        if self.problems:
+            return 503, {"status": "failing", "problems": dict(self.problems)}
+        return 200, {"status": "ok"}
+
+
+class Metrics:
+    """Every metric acexport exports, on its own registry."""
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series add noise
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.exports = Counter(
+            "acexport_exports",
+            "Exports finished, by outcome.",
+            ["workspace", "type", "outcome"],
+            registry=r,
+        )
+        self.payload_bytes = Counter(
+            "acexport_payload_bytes",
+            "Bytes of payload downloaded.",
+            ["workspace", "type"],
+            registry=r,
+        )
+        self.poll_requests = Counter(
+            "acexport_requests",
+            "Requests made to AC for exports.",
+            ["workspace", "type"],
+            registry=r,
+        )
+        self.responses = Counter(
+            "acexport_ac_responses",
+            "HTTP status codes AC (or a proxy) answered.",
+            ["workspace", "code"],
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "acexport_last_success_timestamp_seconds",
+            "When a job last finished an export.",
+            ["job"],
+            registry=r,
+        )
+        self.oldest_missing = Gauge(
+            "acexport_oldest_missing_window_age_seconds",
+            "Age of the end of the oldest due window not yet exported (0 when none).",
+            ["job"],
+            registry=r,
+        )
+
+    def watch_lanes(self, lanes: Callable[[], Iterable[Any]]) -> None:
+        self.registry.register(_LaneCollector(lanes))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _LaneCollector(Collector):
+    def __init__(self, lanes: Callable[[], Iterable[Any]]) -> None:
+        self._lanes = lanes
+
+    def collect(self) -> Iterable[Metric]:
+        depth = GaugeMetricFamily(
+            "acexport_lane_queue_depth", "Exports waiting in a lane.", labels=["lane"]
+        )
+        in_flight = GaugeMetricFamily(
+            "acexport_lane_in_flight",
+            "Exports of a lane being polled or downloaded.",
+            labels=["lane"],
+        )
+        for lane in self._lanes():
+            depth.add_metric([lane.key], lane.depth)
+            in_flight.add_metric([lane.key], lane.in_flight)
+        return [depth, in_flight]
+
+
+def health_app(health: Health, metrics: Metrics) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        status, body = health.report()
+        return web.json_response(body, status=status)
+
+    async def metrics_route(_: web.Request) -> web.Response:
+        return web.Response(
+            body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
+        )
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_route)
+    return app
