@@ -238,3 +238,35 @@ async def test_backfill_runs_alone_or_hands_windows_to_the_daemon(
     await daemon.wait_for(lambda: len(manifests(tmp_path / "exports")) == 5)
     daemon.send(signal.SIGTERM)
     assert await daemon.wait() == 0
+
+
+async def test_full_disk_under_the_ledger_is_a_clear_error(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """If the state database cannot be written (file-size limit), run exits 1 saying so."""
+    import resource
+
+    emu = await emulator(tokens={"alpha": "alpha-token"}, records=2000)
+    config = write_config(tmp_path, emu, job("p", "alpha", types=["page"], catch_up="1d", lag="0s"))
+
+    def tiny_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "acexport",
+        "run",
+        "--once",
+        "--config",
+        str(config),
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=tiny_files,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    text = stderr.decode()
+    assert "Traceback" not in text
+    assert "state.sqlite3 failed" in text
+    assert "disk full?" in text
+    assert data_files(tmp_path / "exports") == []

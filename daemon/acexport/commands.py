@@ -19,10 +19,10 @@ from typing import Any
 import structlog
 
 from .config import Settings, find_config, inline_token_warning, load_settings, resolve_tokens
-from .errors import ConfigError
+from .errors import AcexportError, ConfigError
 from .observability import configure_logging, register_secret
 from .planner import due_windows
-from .service import Daemon, StateDirLocked, lock_holder
+from .service import Daemon, lock_holder
 from .state import StateStore
 from .triggers import next_looks
 from .windows import aligned_windows, parse_bound
@@ -70,17 +70,27 @@ def _config_error(exc: ConfigError) -> int:
 
 # -- run ----------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
+    _remember_early_signals()
     try:
         settings, path = _prepare(args)
     except ConfigError as exc:
         return _config_error(exc)
     try:
         return asyncio.run(_run(settings, path, args.once))
-    except StateDirLocked as exc:
-        print(f"acexport: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except ConfigError as exc:
         return _config_error(exc)
+    except AcexportError as exc:  # another daemon holds the directory, the ledger failed
+        print(f"acexport: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+_early_signals: set[int] = set()
+
+
+def _remember_early_signals() -> None:
+    """Until the daemon is up, note SIGTERM/SIGINT/SIGHUP instead of dying half-started."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda number, _: _early_signals.add(number))
 
 
 def _handle_signals(daemon: Daemon) -> None:
@@ -89,6 +99,11 @@ def _handle_signals(daemon: Daemon) -> None:
     loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
     loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
     loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
+    if _early_signals & {signal.SIGTERM, signal.SIGINT}:
+        daemon.request_stop()
+    elif signal.SIGHUP in _early_signals:
+        daemon.request_reload()
+    _early_signals.clear()
 
 
 async def _run(settings: Settings, path: Path, once: bool) -> int:
@@ -99,13 +114,14 @@ async def _run(settings: Settings, path: Path, once: bool) -> int:
             failed = sum(lane.failed for lane in daemon.lanes.values())
             done = sum(lane.succeeded for lane in daemon.lanes.values())
             log.info("run_once_finished", exported=done, failed=failed)
-            return EXIT_OK if ok else EXIT_FAILED
+            return EXIT_OK if ok and daemon.fatal_error is None else EXIT_FAILED
         await daemon.run_until_stopped()
-    return EXIT_OK
+    return EXIT_OK if daemon.fatal_error is None else EXIT_FAILED
 
 
 # -- backfill -----------------------------------------------------------------
 def backfill(args: argparse.Namespace) -> int:
+    _remember_early_signals()
     try:
         settings, path = _prepare(args)
     except ConfigError as exc:
@@ -126,7 +142,11 @@ def backfill(args: argparse.Namespace) -> int:
     if not windows:
         print("acexport backfill: no whole window lies in that range", file=sys.stderr)
         return EXIT_USAGE
-    return asyncio.run(_backfill(settings, path, job.name, windows))
+    try:
+        return asyncio.run(_backfill(settings, path, job.name, windows))
+    except AcexportError as exc:
+        print(f"acexport: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 async def _backfill(settings: Settings, path: Path, job_name: str, windows: list[Any]) -> int:
@@ -143,17 +163,13 @@ async def _backfill(settings: Settings, path: Path, job_name: str, windows: list
             f"(pid {holder}) will export them (see `acexport status`)"
         )
         return EXIT_OK
-    try:
-        async with Daemon(settings, path) as daemon:
-            _handle_signals(daemon)
-            records = await daemon.plan(job, windows)
-            progress = asyncio.create_task(_show_progress(daemon, len(records)))
-            ok = await daemon.drain()
-            progress.cancel()
-    except StateDirLocked as exc:
-        print(f"acexport: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK if ok else EXIT_FAILED
+    async with Daemon(settings, path) as daemon:
+        _handle_signals(daemon)
+        records = await daemon.plan(job, windows)
+        progress = asyncio.create_task(_show_progress(daemon, len(records)))
+        ok = await daemon.drain()
+        progress.cancel()
+    return EXIT_OK if ok and daemon.fatal_error is None else EXIT_FAILED
 
 
 async def _show_progress(daemon: Daemon, total: int) -> None:
@@ -179,7 +195,11 @@ def status(args: argparse.Namespace) -> int:
         settings, _ = _load(args)
     except ConfigError as exc:
         return _config_error(exc)
-    report = asyncio.run(_status_report(settings))
+    try:
+        report = asyncio.run(_status_report(settings))
+    except AcexportError as exc:
+        print(f"acexport: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK

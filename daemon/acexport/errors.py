@@ -7,6 +7,7 @@
 - ``TransientError``: worth retrying with backoff; ``RateLimited`` says when.
 - ``ExportExpired``: ready data was not fetched in time; the export is resubmitted.
 - ``SinkError``: the local disk refused (full, read-only); nothing half-written is left.
+- ``StateError``: the ledger cannot be written; the daemon stops rather than guess.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ class PayloadError(TransientError):
 
 class ExportExpired(AcexportError):
     """AC answered PENDING for an export it had ready: the 24-hour window passed."""
+
+
+class StateError(AcexportError):
+    """The state database cannot be read or written (disk full, corrupt, permissions)."""
 
 
 class SinkError(AcexportError):

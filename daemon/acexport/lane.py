@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from .api import ExportClient, ExportStatus
 from .config import Settings, render_path
-from .errors import AcexportError, AuthError
+from .errors import AcexportError, AuthError, StateError
 from .export import ExportObserver, ExportSpec, Timing, run_export
 from .metrics import Health, Metrics
 from .sink import Sink
@@ -42,6 +42,7 @@ class LaneContext:
     base_url: Callable[[str], str]  # workspace -> URL (the embedded emulator's, for demos)
     metrics: Metrics
     health: Health
+    fatal: Callable[[BaseException], None]  # the ledger failed: the daemon must stop
 
 
 # A lane whose last this-many exports all failed makes /healthz answer 503.
@@ -162,6 +163,8 @@ class Lane:
         try:
             with structlog.contextvars.bound_contextvars(job=record.job, lane=self.key):
                 await self._export(record, release)
+        except StateError as exc:
+            self.ctx.fatal(exc)
         finally:
             release()
             self._capacity.release()
@@ -193,6 +196,8 @@ class Lane:
                 on_response=lambda code: responses.labels(record.workspace, str(code)).inc(),
             )
             outcome = await run_export(spec, client, self.ctx.sink, self.ctx.timing(), keeper)
+        except StateError:
+            raise
         except AuthError as exc:
             self.auth_failure = f"AuthError: {exc}"
             log.error("lane_token_rejected", workspace=record.workspace, error=str(exc))

@@ -29,7 +29,7 @@ from pydantic import SecretStr
 
 from .api import new_session
 from .config import JobSettings, Settings, load_settings, resolve_tokens
-from .errors import AcexportError, ConfigError
+from .errors import AcexportError, ConfigError, StateError
 from .export import Timing
 from .lane import Lane, LaneContext
 from .metrics import Health, Metrics, health_app
@@ -127,6 +127,7 @@ class Daemon:
         self._notifier = SystemdNotifier()
         self._emulator_url: str | None = None
         self.health_url: str | None = None
+        self.fatal_error: BaseException | None = None
 
     @property
     def settings(self) -> Settings:
@@ -169,6 +170,7 @@ class Daemon:
             base_url=self._base_url,
             metrics=self.metrics,
             health=self.health,
+            fatal=self.fail,
         )
         await self._start_health_server()
         self._stack.push_async_callback(self._stop_lanes)
@@ -215,6 +217,13 @@ class Daemon:
     def request_reload(self) -> None:
         self._reload.set()
 
+    def fail(self, exc: BaseException) -> None:
+        """Something the daemon cannot work around (the ledger failed): stop, exit 1."""
+        if self.fatal_error is None:
+            self.fatal_error = exc
+            log.error("daemon_failing", error=str(exc), kind=type(exc).__name__)
+        self.request_stop()
+
     # -- lanes -----------------------------------------------------------------
     def _apply_lanes(self) -> None:
         self._lane_of = lane_keys(self._settings, self._tokens)
@@ -247,7 +256,10 @@ class Daemon:
     async def _look(self, job: JobSettings) -> None:
         zone = self._settings.workspaces[job.workspace].zone
         windows = due_windows(job, zone, self._clock())
-        await self.plan(job, windows)
+        try:
+            await self.plan(job, windows)
+        except StateError as exc:
+            self.fail(exc)
 
     async def plan(self, job: JobSettings, windows: list[ExportWindow]) -> list[ExportRecord]:
         records = await self._store.plan(job.name, job.workspace, job.types, windows)
@@ -283,8 +295,11 @@ class Daemon:
                 self._reload.clear()
                 self._apply_reload()
             if not self._stop.is_set():
-                await self._pick_up()
-                await self._refresh_backlog()
+                try:
+                    await self._pick_up()
+                    await self._refresh_backlog()
+                except StateError as exc:
+                    self.fail(exc)
                 self._notifier.notify(status=self._status_line())
         log.info("daemon_stopping", grace_s=self._settings.daemon.stop_grace.total_seconds())
 

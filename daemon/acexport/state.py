@@ -13,16 +13,43 @@ and is migrated forward on open.
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 
+from .errors import StateError
 from .windows import ExportWindow, iso_ms
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _describe_db_error(path: Path, exc: sqlite3.Error) -> StateError:
+    hint = " (disk full?)" if "disk" in str(exc) or "full" in str(exc) else ""
+    return StateError(f"the state database {path} failed: {exc}{hint}")
+
+
+def _state_errors(
+    method: Callable[Concatenate[StateStore, P], Awaitable[T]],
+) -> Callable[Concatenate[StateStore, P], Awaitable[T]]:
+    """sqlite3 errors become StateError naming the database (one place, every method)."""
+
+    @functools.wraps(method)
+    async def wrapper(store: StateStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(store, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise _describe_db_error(store.path, exc) from None
+
+    return wrapper
+
 
 _MIGRATIONS: Sequence[str] = (
     # version 1
@@ -115,11 +142,19 @@ class ExportRecord:
 class StateStore:
     """The ledger in ``<state_dir>/state.sqlite3``."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
+        self.path = path
 
     @classmethod
     async def open(cls, path: Path, *, readonly: bool = False) -> StateStore:
+        try:
+            return await cls._open(path, readonly)
+        except sqlite3.Error as exc:
+            raise _describe_db_error(path, exc) from None
+
+    @classmethod
+    async def _open(cls, path: Path, readonly: bool) -> StateStore:
         if readonly:
             db = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
         else:
@@ -136,7 +171,7 @@ class StateStore:
         except BaseException:
             await db.close()
             raise
-        return cls(db)
+        return cls(db, path)
 
     @staticmethod
     async def _migrate(db: aiosqlite.Connection) -> None:
@@ -164,6 +199,7 @@ class StateStore:
             rows = await cursor.fetchall()
         return [ExportRecord.from_row(row) for row in rows]
 
+    @_state_errors
     async def plan(
         self, job: str, workspace: str, types: Iterable[str], windows: Iterable[ExportWindow]
     ) -> list[ExportRecord]:
@@ -191,6 +227,7 @@ class StateStore:
         )
         return [r for r in rows if (r.workspace, r.type, _key(r.start), _key(r.end)) in wanted]
 
+    @_state_errors
     async def active(self) -> list[ExportRecord]:
         """Rows still to finish: ready first, then submitted, then queued, oldest first."""
         return await self._all(
@@ -199,6 +236,7 @@ class StateStore:
             "window_start, id"
         )
 
+    @_state_errors
     async def get(self, export_id: int) -> ExportRecord | None:
         return await self._one("SELECT * FROM exports WHERE id = ?", export_id)
 
@@ -211,6 +249,7 @@ class StateStore:
         )
         await self._db.commit()
 
+    @_state_errors
     async def mark_submitted(self, export_id: int) -> None:
         await self._db.execute(
             "UPDATE exports SET state = 'submitted', attempts = attempts + 1, reason = NULL, "
@@ -219,11 +258,13 @@ class StateStore:
         )
         await self._db.commit()
 
+    @_state_errors
     async def mark_ready(self, export_id: int, created_date: str | None) -> None:
         await self._update(
             export_id, state="ready", ready_at=time.time(), created_date=created_date
         )
 
+    @_state_errors
     async def mark_done(
         self,
         export_id: int,
@@ -248,9 +289,11 @@ class StateStore:
             finished_at=time.time(),
         )
 
+    @_state_errors
     async def mark_failed(self, export_id: int, reason: str) -> None:
         await self._update(export_id, state="failed", reason=reason, finished_at=time.time())
 
+    @_state_errors
     async def oldest_unfinished_by_job(self) -> dict[str, float]:
         """Per job, the end (epoch seconds) of the oldest window not yet done."""
         async with self._db.execute(
@@ -259,5 +302,6 @@ class StateStore:
             rows = await cursor.fetchall()
         return {row[0]: _parse(row[1]).timestamp() for row in rows}
 
+    @_state_errors
     async def all_rows(self) -> list[ExportRecord]:
         return await self._all("SELECT * FROM exports ORDER BY job, window_start, type")

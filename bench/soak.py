@@ -1,0 +1,338 @@
+"""Chaos soak: faults, kills, reloads, a full disk and a revoked token; nothing may be lost.
+
+Starts the emulator with every fault switched on (5xx, 429, cut connections,
+garbage answers, redirects, gzip, a short download window), queues a fixed set
+of windows with `acexport backfill`, then keeps `acexport run` going while at
+random moments it is sent SIGKILL, SIGTERM or SIGHUP, restarted under a tiny
+file-size limit (disk full), or has one workspace's token revoked and restored.
+At the end it exports what is left and checks, against the emulator's own
+record of what it served: every window exactly once, right sha256 and record
+count, no partial or temp file, never two unready exports per workspace, and
+no token in any log. One summary line; exit 0 only if nothing was lost.
+
+    python bench/soak.py            # ~8 workspaces x 6 types x 8 days, up to 10 min
+    python bench/soak.py --quick    # ~1 minute, run by the test suite
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from acexport.emulator.process import running_emulator
+
+TYPES = ("event", "identity", "individual", "membership", "page", "segment")
+
+
+def control(base: str, path: str, body: dict[str, Any]) -> None:
+    request = urllib.request.Request(
+        f"{base}/_emulator/{path}",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(request, timeout=10).close()
+
+
+def jobs_report(base: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{base}/_emulator/jobs", timeout=30) as response:
+        report: dict[str, Any] = json.load(response)
+    return report
+
+
+def write_config(work: Path, base: str, tokens: dict[str, str]) -> Path:
+    lines = [
+        "[daemon]",
+        f'state_dir = "{work / "state"}"',
+        f'output_dir = "{work / "exports"}"',
+        'log_format = "json"',
+        'listen = ""',
+        'stop_grace = "3s"',
+        'pickup_interval = "300ms"',
+        "[http]",
+        'poll_initial = "100ms"',
+        'poll_max = "400ms"',
+        'retry_initial = "50ms"',
+        'retry_max = "300ms"',
+        "max_attempts = 40",
+        'timeout = "10s"',
+    ]
+    for name, token in tokens.items():
+        (work / f"{name}.token").write_text(token + "\n")  # trailing newline: must be stripped
+        lines += [
+            f"[workspaces.{name}]",
+            f'base_url = "{base}"',
+            f'token_file = "{work / f"{name}.token"}"',
+            'timezone = "Europe/Berlin"',
+        ]
+    for name in tokens:
+        lines += [
+            "[[jobs]]",
+            f'name = "{name}-daily"',
+            f'workspace = "{name}"',
+            'schedule = "every 2s"',
+            'catch_up = "0s"',
+        ]
+    config = work / "acexport.toml"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+class Daemon:
+    """One `acexport run` incarnation, its log appended to a file."""
+
+    def __init__(self, config: Path, log: Path, fsize_limit: int | None = None) -> None:
+        def limit() -> None:
+            if fsize_limit is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
+
+        self._log = log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "acexport", "run", "--config", str(config)],
+            stdout=self._log,
+            stderr=self._log,
+            preexec_fn=limit,
+        )
+
+    def signal(self, sig: signal.Signals) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        if sig == signal.SIGHUP:
+            return None
+        try:
+            code = self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self._log.close()
+        return code
+
+
+def run_cli(*args: str, log: Path) -> int:
+    with log.open("ab") as out:
+        return subprocess.run(
+            [sys.executable, "-m", "acexport", *args],
+            stdout=out,
+            stderr=out,
+            timeout=600,
+            check=False,
+        ).returncode
+
+
+def main() -> int:  # noqa: C901, PLR0915 - a script that reads top to bottom
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="about a minute")
+    parser.add_argument("--workspaces", type=int, default=8)
+    parser.add_argument("--days", type=int, default=8)
+    parser.add_argument("--chaos-seconds", type=float, default=420, help="at most")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    if args.quick:
+        args.workspaces, args.days, args.chaos_seconds = 3, 3, 40
+    rng = random.Random(args.seed)
+    work = Path(tempfile.mkdtemp(prefix="acexport-soak-"))
+    log = work / "daemon.log"
+    tokens = {
+        f"ws{i}": f"soak-token-{i}-{rng.getrandbits(64):016x}" for i in range(args.workspaces)
+    }
+    emulator_args = [
+        "--processing-time",
+        "0.4",
+        "--records",
+        "2000",
+        "--expiry",
+        "4s",
+        "--redirect",
+        "--gzip",
+        "--fail-rate",
+        "0.08",
+        "--throttle-rate",
+        "0.05",
+        "--retry-after",
+        "0",
+        "--cut-rate",
+        "0.1",
+        "--garbage-rate",
+        "0.05",
+        "--seed",
+        str(args.seed),
+        "--storage-dir",
+        str(work / "storage"),
+    ]
+    for name, token in tokens.items():
+        emulator_args += ["--token", f"{name}={token}"]
+    injected: Counter[str] = Counter()
+    started = time.monotonic()
+    with running_emulator(*emulator_args) as base:
+        config = write_config(work, base, tokens)
+        daemon = Daemon(config, log)
+        time.sleep(1.5)  # the daemon holds the lock: backfill only queues
+        for name in tokens:
+            code = run_cli(
+                "backfill",
+                "--config",
+                str(config),
+                "--job",
+                f"{name}-daily",
+                "--from",
+                "2022-01-01",
+                "--to",
+                f"2022-01-{args.days:02d}",
+                log=log,
+            )
+            assert code == 0, f"backfill failed ({code}); see {log}"
+        deadline = time.monotonic() + args.chaos_seconds
+        revoked: str | None = None
+        expected_count = len(tokens) * len(TYPES) * args.days
+        exports = work / "exports"
+        # Chaos for as long as there is work left (or until the deadline).
+        while time.monotonic() < deadline and (
+            not exports.exists() or len(list(exports.rglob("*.manifest.json"))) < expected_count
+        ):
+            time.sleep(rng.uniform(0.5, 3.0))
+            action = rng.choices(
+                ["sigkill", "sigterm", "sighup", "revoke", "diskfull"], [4, 2, 2, 1.5, 1]
+            )[0]
+            if revoked:
+                control(base, f"workspaces/{revoked}", {"revoked": False})
+                revoked = None
+            if action == "sighup":
+                daemon.signal(signal.SIGHUP)
+                injected["sighup"] += 1
+                continue
+            if action == "revoke":
+                revoked = rng.choice(list(tokens))
+                control(base, f"workspaces/{revoked}", {"revoked": True})
+                injected["revoke"] += 1
+                continue
+            code = daemon.signal(signal.SIGKILL if action == "sigkill" else signal.SIGTERM)
+            if action == "sigterm" and code != 0:
+                injected["sigterm_nonzero_exit"] += 1
+            injected[action if action != "diskfull" else "sigkill"] += 1
+            limit = None
+            if action == "diskfull":
+                limit = 30_000  # any file past 30 kB fails: exports, WAL, temp files
+                injected["diskfull"] += 1
+            daemon = Daemon(config, log, fsize_limit=limit)
+            injected["restarts"] += 1
+        if revoked:
+            control(base, f"workspaces/{revoked}", {"revoked": False})
+        daemon.signal(signal.SIGTERM)
+        # Finish: failed windows are re-queued by a backfill; a foreground backfill
+        # exports them (faults still on), until nothing is left.
+        for _ in range(5):
+            codes = [
+                run_cli(
+                    "backfill",
+                    "--config",
+                    str(config),
+                    "--job",
+                    f"{name}-daily",
+                    "--from",
+                    "2022-01-01",
+                    "--to",
+                    f"2022-01-{args.days:02d}",
+                    log=log,
+                )
+                for name in tokens
+            ]
+            if not any(codes):
+                break
+        report = jobs_report(base)
+    elapsed = time.monotonic() - started
+
+    # -- verification against the emulator's record of what it served --
+    served: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for job in report["jobs"]:
+        if job["sha256"] is not None:
+            served.setdefault((job["workspace"], job["type"], job["fromDate"]), job)
+    manifests = [json.loads(p.read_text()) for p in (work / "exports").rglob("*.manifest.json")]
+    keys = Counter((m["workspace"], m["type"], m["fromDate"]) for m in manifests)
+    expected = {
+        (ws, t, f"2022-01-{day:02d}T00:00:00.000Z")
+        for ws in tokens
+        for t in TYPES
+        for day in range(1, args.days + 1)
+    }
+    # Berlin midnight is 23:00Z the day before.
+    expected = {
+        (ws, t, _berlin_midnight_utc(day))
+        for ws, t, day in ((ws, t, int(f[8:10])) for ws, t, f in expected)
+    }
+    lost = len(expected - set(keys))
+    duplicated = sum(count - 1 for count in keys.values() if count > 1)
+    corrupted = 0
+    for manifest in manifests:
+        job = served.get((manifest["workspace"], manifest["type"], manifest["fromDate"]))
+        if (
+            job is None
+            or manifest["payload_sha256"] != job["sha256"]
+            or (manifest["records"] != job["records"])
+        ):
+            corrupted += 1
+    files = [p for p in (work / "exports").rglob("*") if p.is_file()]
+    partial = [p for p in files if p.name.startswith(".") or p.suffix in (".part", ".tmp")]
+    orphans = [
+        p
+        for p in files
+        if not p.name.endswith(".manifest.json") and not Path(str(p) + ".manifest.json").exists()
+    ]
+    temp_left = (
+        list((work / "state" / "tmp").glob("*")) if (work / "state" / "tmp").exists() else []
+    )
+    logs = log.read_text(errors="replace")
+    leaks = sum(logs.count(token) for token in tokens.values())
+    max_unready = max(ws["max_unready"] for ws in report["workspaces"].values())
+    faults: Counter[str] = Counter()
+    for ws in report["workspaces"].values():
+        faults.update(ws["faults"])
+    ok = not (
+        lost
+        or duplicated
+        or corrupted
+        or leaks
+        or partial
+        or orphans
+        or temp_left
+        or max_unready > 1
+    )
+    print(
+        f"soak: windows={len(expected)} exports={len(manifests)} "
+        f"faults={dict(sorted(faults.items()))} injected={dict(sorted(injected.items()))} "
+        f"restarts={injected['restarts']} lost={lost} duplicated={duplicated} "
+        f"corrupted={corrupted} leaks={leaks} partial={len(partial) + len(orphans)} "
+        f"temp_left={len(temp_left)} max_unready={max_unready} seconds={elapsed:.0f} "
+        f"{'OK' if ok else 'FAILED'}"
+    )
+    if not ok or args.keep:
+        print(f"work directory kept: {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if ok else 1
+
+
+def _berlin_midnight_utc(day: int) -> str:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    midnight = datetime(2022, 1, day, tzinfo=ZoneInfo("Europe/Berlin"))
+    return midnight.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+if __name__ == "__main__":
+    os.environ.pop("ACEXPORT_CONFIG", None)
+    sys.exit(main())
