@@ -132,7 +132,7 @@ def run_cli(*args: str, log: Path) -> int:
         ).returncode
 
 
-def main() -> int:  # noqa: C901, PLR0915 - a script that reads top to bottom
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="about a minute")
     parser.add_argument("--workspaces", type=int, default=8)

@@ -29,4 +29,5 @@ def test_quick_soak_loses_duplicates_corrupts_and_leaks_nothing() -> None:
         "max_unready=1",
     ):
         assert clean in summary, summary
-    assert "restarts=" in summary and "restarts=0 " not in summary
+    assert "restarts=" in summary
+    assert "restarts=0 " not in summary
