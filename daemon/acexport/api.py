@@ -22,6 +22,7 @@ from .errors import AuthError, RateLimited, RemoteRejected, TransientError
 from .windows import ExportWindow
 
 _PEEK_BYTES = 64 * 1024  # a status object is far smaller; data is usually far larger
+_MAX_STATUS_BYTES = 1024 * 1024  # how far a suspiciously long status is read to check it
 _MAX_REDIRECTS = 5
 _READ_BYTES = 1024 * 1024
 _TRANSIENT_4XX = {408, 425, 429}
@@ -115,6 +116,16 @@ def as_status(body: bytes) -> ExportStatus | None:
         status=parsed["status"].upper(),
         created_date=parsed.get("createdDate"),
         message=parsed.get("message"),
+    )
+
+
+def _looks_like_big_status(prefix: bytes) -> bool:
+    """A single-line object with a status field, longer than a status ever is."""
+    return (
+        len(prefix) >= _PEEK_BYTES
+        and prefix.lstrip().startswith(b"{")
+        and b"\n" not in prefix
+        and b'"status"' in prefix
     )
 
 
@@ -234,6 +245,14 @@ class ExportClient:
         prefix = await _read_up_to(response, _PEEK_BYTES)
         if "text/html" in content_type or prefix.lstrip()[:1] == b"<":
             raise TransientError(f"{where} answered an HTML page instead of data ({status})")
+        if not prefix and status == 200:
+            # An export with no records is still a JSON document; an empty body is a
+            # broken answer, and taking it as data would mark a window done, empty.
+            raise TransientError(f"{where} answered 200 with an empty body")
+        if status == 200 and _looks_like_big_status(prefix):
+            prefix += await _read_up_to(response, _MAX_STATUS_BYTES)
+            if response.content.at_eof() and as_status(prefix) is not None:
+                raise TransientError(f"{where} answered an oversized status ({len(prefix)} bytes)")
         small = len(prefix) < _PEEK_BYTES and response.content.at_eof()
         if small and status == 200 and prefix.lstrip().startswith(b"{"):
             answer = as_status(prefix)

@@ -1,0 +1,238 @@
+"""The bad-input catalogue: configs, server answers and command lines that must fail well."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aioresponses import aioresponses
+from pydantic import SecretStr
+from structlog.testing import capture_logs
+
+from acexport.api import ExportClient
+from acexport.cli import main
+from acexport.errors import TransientError
+from acexport.export import ExportSpec, Timing, run_export
+from acexport.polling import Backoff
+from acexport.sink import Sink
+from acexport.windows import ExportWindow
+
+WS = '[workspaces.acme]\ntoken_env = "ACME_TOKEN"\n'
+JOB = '[[jobs]]\nname = "nightly"\nworkspace = "acme"\n'
+
+# (config text, the field the message must name)
+BAD_CONFIGS = [
+    ("[daemon]\nstate_dir = 5\n", "daemon.state_dir"),
+    ('[daemon]\nlog_level = "loud"\n', "daemon.log_level"),
+    ('[daemon]\nlog_format = "xml"\n', "daemon.log_format"),
+    ('[daemon]\nlisten = "everywhere"\n', "daemon.listen"),
+    ('[daemon]\nstop_grace = "soon"\n', "daemon.stop_grace"),
+    ('[daemon]\ncolour = "blue"\n', "daemon.colour"),
+    ("[nonsense]\nx = 1\n", "nonsense"),
+    ('[http]\npoll_initial = "-5s"\n', "http.poll_initial"),
+    ('[http]\npoll_max = "5 minutes"\n', "http.poll_max"),
+    ('[http]\ntimeout = "0s"\n', "http"),
+    ("[http]\nmax_attempts = 0\n", "http.max_attempts"),
+    ('[output]\ncompression = "brotli"\n', "output.compression"),
+    ('[output]\npath = "../../etc/{type}.jsonl"\n', "output.path"),
+    ('[output]\npath = "/var/tmp/{type}.jsonl"\n', "output.path"),
+    ('[output]\npath = "{workspace}/{month}.jsonl"\n', "output.path"),
+    ('[output]\npath = "{workspace}/{from:%Y}/"\n', "output.path"),
+    ('[workspaces.acme]\ntoken_env = "T"\ntimezone = "Europe/Berln"\n', "workspaces.acme.timezone"),
+    (
+        '[workspaces.acme]\ntoken_env = "T"\nbase_url = "http://ac.example.com"\n',
+        "workspaces.acme.base_url",
+    ),
+    ('[workspaces.acme]\ntoken_env = "T"\nbase_url = "not a url"\n', "workspaces.acme.base_url"),
+    ('[workspaces.acme]\ntimezone = "UTC"\n', "workspaces.acme"),
+    ('[workspaces.acme]\ntoken_file = "/nonexistent/token"\n', "workspaces.acme"),
+    ('[workspaces.acme]\ntoken_env = "ACEXPORT_TEST_UNSET_VAR"\n', "workspaces.acme"),
+    ('[workspaces."bad name"]\ntoken_env = "T"\n', "workspaces"),
+    (WS + JOB + 'schedule = "0 25 * * *"\n', "jobs[0] (nightly).schedule"),
+    (WS + JOB + 'schedule = "every fortnight"\n', "jobs[0] (nightly).schedule"),
+    (WS + JOB + 'window = "7h"\n', "jobs[0] (nightly).window"),
+    (WS + JOB + 'window = "36h"\n', "jobs[0] (nightly).window"),
+    (WS + JOB + 'lag = "-1h"\n', "jobs[0] (nightly).lag"),
+    (WS + JOB + 'catch_up = "a week"\n', "jobs[0] (nightly).catch_up"),
+    (WS + JOB + 'types = ["page", "visits"]\n', "jobs[0] (nightly).types"),
+    (WS + JOB + "types = []\n", "jobs[0] (nightly).types"),
+    (WS + JOB + 'types = ["page", "page"]\n', "jobs[0] (nightly).types"),
+    (WS + JOB + JOB, "nightly"),
+    (WS + '[[jobs]]\nname = "x"\nworkspace = "other"\n', "jobs[0] (x).workspace"),
+    (WS + '[[jobs]]\nworkspace = "acme"\n', "jobs[0].name"),
+    (WS + JOB + 'start = "yesterday"\n', "jobs[0] (nightly).start"),
+    ("[daemon\n", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "field"), BAD_CONFIGS)
+def test_bad_config_exits_78_naming_the_field(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    text: str,
+    field: str,
+) -> None:
+    """Each malformed config makes check-config exit 78 with the file and field named."""
+    monkeypatch.setenv("ACME_TOKEN", "t0ken-value")
+    monkeypatch.setenv("T", "t0ken-value")
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    assert main(["check-config", "--config", str(path)]) == 78
+    err = capsys.readouterr().err
+    assert str(path) in err
+    assert field in err
+
+
+def test_unreadable_token_file_exits_78(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A token file that cannot be read names the file and the reason."""
+    if os.geteuid() == 0:
+        token = tmp_path / "dir-not-file"
+        token.mkdir()  # root reads anything: a directory is unreadable as a file for everyone
+    else:
+        token = tmp_path / "token"
+        token.write_text("x")
+        token.chmod(0)
+    path = tmp_path / "config.toml"
+    path.write_text(f'[workspaces.acme]\ntoken_file = "{token}"\n')
+    assert main(["check-config", "--config", str(path)]) == 78
+    err = capsys.readouterr().err
+    assert "cannot read token_file" in err
+    assert str(token) in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["run", "--once", "--bogus"],
+        ["export", "--type", "page"],
+        ["backfill", "--job", "x"],
+        ["emulator", "--port", "eighty"],
+        ["emulator", "--token", "no-equals-sign"],
+        ["status", "--json", "extra"],
+    ],
+)
+def test_cli_misuse_exits_2_with_usage(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Unknown commands, flags and bad values exit 2 and print usage."""
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+# -- malformed server answers ---------------------------------------------------
+WINDOW = ExportWindow(datetime(2022, 1, 1, tzinfo=UTC), datetime(2022, 1, 2, tzinfo=UTC))
+URL = (
+    "https://ac.example.com/api/reports/export/page"
+    f"?fromDate={WINDOW.from_date}&toDate={WINDOW.to_date}"
+)
+GOOD_STATUS = {
+    "fromDate": WINDOW.from_date,
+    "toDate": WINDOW.to_date,
+    "type": "PAGE",
+    "status": "PENDING",
+    "createdDate": "2022-06-29T17:50:46.824Z",
+    "message": "later",
+}
+DATA = b'{"id": "1", "title": "Home"}\n{"id": "2", "title": "Pricing"}\n'
+
+BAD_ANSWERS = {
+    "empty-body": {"body": b""},
+    "truncated-json": {"body": b'{"fromDate": "2022-01-01T00:00:00.000Z", "status": "PEN'},
+    "html-200": {"body": b"<html><body>Please sign in</body></html>", "content_type": "text/html"},
+    "html-no-type": {"body": b"  <!DOCTYPE html><html></html>"},
+    "wrong-type": {"body": json.dumps({**GOOD_STATUS, "type": "SEGMENT"}).encode()},
+    "wrong-dates": {"body": json.dumps({**GOOD_STATUS, "toDate": "2022-01-05T00:00:00Z"}).encode()},
+    "bad-date-text": {"body": json.dumps({**GOOD_STATUS, "fromDate": "the first"}).encode()},
+    "status-502": {"status": 502, "body": b"Bad Gateway"},
+}
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    # A large read buffer: aioresponses feeds a body in one go and cannot pause.
+    async with aiohttp.ClientSession(read_bufsize=4 * 1024 * 1024) as s:
+        yield s
+
+
+@pytest.mark.parametrize("answer", list(BAD_ANSWERS), ids=list(BAD_ANSWERS))
+async def test_malformed_answer_is_retried_and_the_export_completes(
+    answer: str, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A bad answer is logged and retried after a backoff; the next good answers finish it."""
+    timing = Timing(poll=Backoff(0.001, 0.001), retry=Backoff(0.001, 0.001), max_attempts=5)
+    sink = Sink(tmp_path / "tmp", "none")
+    spec = ExportSpec("acme", "page", WINDOW, tmp_path / "out" / "page.jsonl")
+    client = ExportClient(session, "https://ac.example.com", SecretStr("tkn-1234"))
+    with aioresponses() as mocked, capture_logs() as logs:
+        options = {"content_type": "application/json", **BAD_ANSWERS[answer]}
+        mocked.get(URL, **options)  # type: ignore[arg-type]
+        mocked.get(URL, payload=GOOD_STATUS)
+        mocked.get(URL, body=DATA)
+        outcome = await run_export(spec, client, sink, timing)
+    sink.close()
+    assert outcome.manifest.records == 2
+    assert spec.destination.read_bytes() == DATA
+    retries = [entry for entry in logs if entry["event"] == "export_retrying"]
+    assert len(retries) == 1
+    assert "tkn-1234" not in json.dumps(logs, default=str)
+
+
+async def test_endless_bad_answers_give_up_after_max_attempts(
+    session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Bad answers forever end in a TransientError after max_attempts requests, not a loop."""
+    timing = Timing(poll=Backoff(0.001, 0.001), retry=Backoff(0.001, 0.001), max_attempts=4)
+    sink = Sink(tmp_path / "tmp", "none")
+    spec = ExportSpec("acme", "page", WINDOW, tmp_path / "out" / "page.jsonl")
+    client = ExportClient(session, "https://ac.example.com", SecretStr("tkn-1234"))
+    with aioresponses() as mocked:
+        mocked.get(URL, body=b"<html>down</html>", content_type="text/html", repeat=True)
+        with pytest.raises(TransientError):
+            await run_export(spec, client, sink, timing)
+        assert len(next(iter(mocked.requests.values()))) == 4
+    sink.close()
+    assert not spec.destination.exists()
+
+
+async def test_oversized_status_is_retried_not_taken_as_data(tmp_path: Path) -> None:
+    """A 300 kB status object (over a real socket) is a bad answer, not a one-record export."""
+    from aiohttp import web
+
+    answers = [
+        json.dumps({**GOOD_STATUS, "message": "x" * 300_000}).encode(),
+        json.dumps(GOOD_STATUS).encode(),
+        DATA,
+    ]
+
+    async def handler(_: web.Request) -> web.Response:
+        body = answers.pop(0) if len(answers) > 1 else answers[0]
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/api/reports/export/page", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    timing = Timing(poll=Backoff(0.001, 0.001), retry=Backoff(0.001, 0.001), max_attempts=5)
+    sink = Sink(tmp_path / "tmp", "none")
+    spec = ExportSpec("acme", "page", WINDOW, tmp_path / "out" / "page.jsonl")
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = ExportClient(session, base, SecretStr("tkn-1234"))
+            with capture_logs() as logs:
+                outcome = await run_export(spec, client, sink, timing)
+    finally:
+        sink.close()
+        await runner.cleanup()
+    assert outcome.manifest.records == 2
+    retry = next(entry for entry in logs if entry["event"] == "export_retrying")
+    assert "oversized status" in retry["error"]
