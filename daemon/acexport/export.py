@@ -20,7 +20,7 @@ import structlog
 from .api import ExportClient, ExportStatus, Payload
 from .config import HttpSettings
 from .errors import ExportFailed, PayloadError, RateLimited, TransientError
-from .polling import Backoff
+from .polling import Backoff, PollPlan
 from .sink import Manifest, PayloadWriter, Sink
 from .windows import ExportWindow, iso_ms
 
@@ -43,10 +43,11 @@ class ExportSpec:
 class Timing:
     """How patiently to poll and retry."""
 
-    poll: Backoff
+    poll: Backoff  # initial_s and max_s bound the PollPlan
     retry: Backoff
     max_attempts: int = 10  # consecutive failed requests before the export fails
     max_unknown_status: int = 3  # FAILED-like answers before giving up
+    expected_s: float | None = None  # how long this kind of export took before
 
     @classmethod
     def from_settings(cls, http: HttpSettings) -> Timing:
@@ -55,6 +56,9 @@ class Timing:
             retry=Backoff(http.retry_initial.total_seconds(), http.retry_max.total_seconds()),
             max_attempts=http.max_attempts,
         )
+
+    def plan(self) -> PollPlan:
+        return PollPlan(self.poll.initial_s, self.poll.max_s, self.expected_s)
 
 
 @dataclass
@@ -94,6 +98,7 @@ class _Attempt:
     offset: int = 0
     resumable: bool = False
     ready_at: float | None = None
+    submitted_at: float | None = None  # monotonic time of the first status answer
 
 
 async def run_export(
@@ -108,7 +113,7 @@ async def run_export(
     observer = observer or ExportObserver()
     started = time.monotonic()
     state = _Attempt()
-    polls = timing.poll.delays()
+    polls = timing.plan()
     retries = timing.retry.delays()
     with structlog.contextvars.bound_contextvars(
         workspace=spec.workspace, type=spec.type, window=spec.window.from_date, attempt=0
@@ -183,7 +188,7 @@ async def _on_status(
     state: _Attempt,
     sink: Sink,
     timing: Timing,
-    polls: Iterator[float],
+    polls: PollPlan,
     retries: Iterator[float],
 ) -> float:
     # A partial download belongs to data AC no longer serves: start over when it is ready.
@@ -193,6 +198,7 @@ async def _on_status(
         if state.had_ready and answer.status == "PENDING":
             state.expired += 1
             state.had_ready = False
+            state.submitted_at = time.monotonic()  # a new export: its clock starts again
             log.warning(
                 "export_expired_resubmitted",
                 created_date=answer.created_date,
@@ -204,7 +210,9 @@ async def _on_status(
         elif state.created_date is None:
             log.info("export_submitted", created_date=answer.created_date, status=answer.status)
         state.created_date = answer.created_date or state.created_date
-        return next(polls)
+        if state.submitted_at is None:
+            state.submitted_at = time.monotonic()
+        return polls.next_delay(time.monotonic() - state.submitted_at)
     state.unknown += 1
     log.warning("export_unexpected_status", status=answer.status, message=answer.message)
     if state.unknown >= timing.max_unknown_status:

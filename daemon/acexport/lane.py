@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
@@ -195,7 +195,9 @@ class Lane:
                 self.token,
                 on_response=lambda code: responses.labels(record.workspace, str(code)).inc(),
             )
-            outcome = await run_export(spec, client, self.ctx.sink, self.ctx.timing(), keeper)
+            expected = await store.expected_processing_s(record.workspace, record.type)
+            timing = replace(self.ctx.timing(), expected_s=expected)
+            outcome = await run_export(spec, client, self.ctx.sink, timing, keeper)
         except StateError:
             raise
         except AuthError as exc:

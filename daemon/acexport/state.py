@@ -294,6 +294,18 @@ class StateStore:
         await self._update(export_id, state="failed", reason=reason, finished_at=time.time())
 
     @_state_errors
+    async def expected_processing_s(self, workspace: str, type_: str) -> float | None:
+        """Median submit-to-ready time of the last five clean exports of this kind."""
+        async with self._db.execute(
+            "SELECT ready_at - submitted_at FROM exports WHERE workspace = ? AND type = ? "
+            "AND state = 'done' AND attempts = 1 AND ready_at IS NOT NULL "
+            "AND submitted_at IS NOT NULL ORDER BY finished_at DESC LIMIT 5",
+            (workspace, type_),
+        ) as cursor:
+            durations = sorted(row[0] for row in await cursor.fetchall() if row[0] > 0)
+        return durations[len(durations) // 2] if durations else None
+
+    @_state_errors
     async def oldest_unfinished_by_job(self) -> dict[str, float]:
         """Per job, the end (epoch seconds) of the oldest window not yet done."""
         async with self._db.execute(
