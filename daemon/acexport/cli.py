@@ -1,6 +1,7 @@
-"""The command line: argument parsing, signal handling and exit codes.
+"""The command line: argument parsing and dispatch to the commands.
 
-Subcommands import their implementation lazily so ``acexport --help`` stays fast.
+Only argparse is imported here; each command imports its implementation when
+it runs, so ``acexport --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -8,13 +9,56 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from . import __version__
+from . import EXPORT_TYPES, __version__
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 78  # sysexits EX_CONFIG: systemd's RestartPreventExitStatus= stops a restart loop
+
+
+def _add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        help="config file (default: $ACEXPORT_CONFIG, ./acexport.toml, /etc/acexport/config.toml)",
+    )
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_config_argument(parser)
+    source = parser.add_argument_group("workspace (from the config, or given here)")
+    source.add_argument("--workspace", help="a workspace of the config file")
+    source.add_argument("--base-url", help="AC base URL, without a config file")
+    source.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
+    source.add_argument("--token-file", type=Path, metavar="FILE", help="file holding the token")
+    source.add_argument("--timezone", help="zone for bare dates (default: workspace's, or UTC)")
+    parser.add_argument("--type", required=True, choices=EXPORT_TYPES)
+    parser.add_argument(
+        "--from",
+        dest="from_",
+        required=True,
+        metavar="ISO",
+        help="start: a date (its midnight) or a datetime",
+    )
+    parser.add_argument(
+        "--to",
+        required=True,
+        metavar="ISO",
+        help="end: a date (through that whole day) or an exclusive datetime",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="PATH|-",
+        help="data file, or - for stdout (default: the config's output layout)",
+    )
+    parser.add_argument(
+        "--compression",
+        choices=("none", "gzip"),
+        help="default: gzip if PATH ends in .gz, else the config's, none for -",
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress display")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,11 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"acexport {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from .commands import add_config_argument
     from .emulator.cli import add_arguments as add_emulator_arguments
 
     run = commands.add_parser("run", help="run the daemon (or --once: export what is due, exit)")
-    add_config_argument(run)
+    _add_config_argument(run)
     run.add_argument(
         "--once",
         action="store_true",
@@ -37,23 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     backfill = commands.add_parser("backfill", help="export every window of a job in a range")
-    add_config_argument(backfill)
+    _add_config_argument(backfill)
     backfill.add_argument("--job", required=True)
     backfill.add_argument("--from", dest="from_", required=True, metavar="DATE")
     backfill.add_argument("--to", required=True, metavar="DATE", help="inclusive for a date")
 
     status = commands.add_parser("status", help="what is exported, pending and failed")
-    add_config_argument(status)
+    _add_config_argument(status)
     status.add_argument("--json", action="store_true")
 
     check = commands.add_parser("check-config", help="validate the config; show next looks")
-    add_config_argument(check)
-    from .oneshot import add_arguments as add_export_arguments
-
+    _add_config_argument(check)
     export = commands.add_parser(
         "export", help="export one ad-hoc range (polls, streams, verifies, commits)"
     )
-    add_export_arguments(export)
+    _add_export_arguments(export)
 
     emulator = commands.add_parser(
         "emulator", help="run an emulated Analytics Cloud export API on loopback"

@@ -14,15 +14,18 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from .config import Settings, find_config, inline_token_warning, load_settings, resolve_tokens
 from .errors import AcexportError, ConfigError
+from .lock import lock_holder
 from .observability import configure_logging, register_secret
 from .planner import due_windows
-from .service import Daemon, lock_holder
+
+if TYPE_CHECKING:
+    from .service import Daemon
 from .state import StateStore
 from .triggers import next_looks
 from .windows import aligned_windows, parse_bound
@@ -30,13 +33,6 @@ from .windows import aligned_windows, parse_bound
 log = structlog.get_logger("acexport.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 78
-
-
-def add_config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        help="config file (default: $ACEXPORT_CONFIG, ./acexport.toml, /etc/acexport/config.toml)",
-    )
 
 
 def _load(args: argparse.Namespace) -> tuple[Settings, Path]:
@@ -107,6 +103,8 @@ def _handle_signals(daemon: Daemon) -> None:
 
 
 async def _run(settings: Settings, path: Path, once: bool) -> int:
+    from .service import Daemon  # the daemon's imports (aiohttp, ...) only when it runs
+
     async with Daemon(settings, path) as daemon:
         _handle_signals(daemon)
         if once:
@@ -163,6 +161,8 @@ async def _backfill(settings: Settings, path: Path, job_name: str, windows: list
             f"(pid {holder}) will export them (see `acexport status`)"
         )
         return EXIT_OK
+    from .service import Daemon
+
     async with Daemon(settings, path) as daemon:
         _handle_signals(daemon)
         records = await daemon.plan(job, windows)

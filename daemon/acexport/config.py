@@ -39,11 +39,11 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from . import EXPORT_TYPES
 from .errors import ConfigError
 from .triggers import Trigger, parse_schedule
 from .windows import check_window_length
 
-EXPORT_TYPES = ("event", "identity", "individual", "membership", "page", "segment")
 DEFAULT_CONFIG_PATHS = (Path("acexport.toml"), Path("/etc/acexport/config.toml"))
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _EMULATOR_SALT = secrets.token_hex(8)  # per process: demo tokens are not secrets to keep

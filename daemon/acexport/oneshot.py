@@ -23,7 +23,6 @@ from pydantic import SecretStr
 
 from .api import ExportClient, ExportStatus, new_session
 from .config import (
-    EXPORT_TYPES,
     Settings,
     WorkspaceSettings,
     find_config,
@@ -44,41 +43,6 @@ log = structlog.get_logger("acexport.cli")
 
 class UsageError(Exception):
     """Flags that do not fit together (exit 2)."""
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="config file (default: $ACEXPORT_CONFIG, ./acexport.toml)")
-    source = parser.add_argument_group("workspace (from the config, or given here)")
-    source.add_argument("--workspace", help="a workspace of the config file")
-    source.add_argument("--base-url", help="AC base URL, without a config file")
-    source.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
-    source.add_argument("--token-file", type=Path, metavar="FILE", help="file holding the token")
-    source.add_argument("--timezone", help="zone for bare dates (default: workspace's, or UTC)")
-    parser.add_argument("--type", required=True, choices=EXPORT_TYPES)
-    parser.add_argument(
-        "--from",
-        dest="from_",
-        required=True,
-        metavar="ISO",
-        help="start: a date (its midnight) or a datetime",
-    )
-    parser.add_argument(
-        "--to",
-        required=True,
-        metavar="ISO",
-        help="end: a date (through that whole day) or an exclusive datetime",
-    )
-    parser.add_argument(
-        "--output",
-        metavar="PATH|-",
-        help="data file, or - for stdout (default: the config's output layout)",
-    )
-    parser.add_argument(
-        "--compression",
-        choices=("none", "gzip"),
-        help="default: gzip if PATH ends in .gz, else the config's, none for -",
-    )
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress display")
 
 
 @dataclass(frozen=True)

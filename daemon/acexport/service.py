@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import fcntl
 import os
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -29,9 +28,10 @@ from pydantic import SecretStr
 
 from .api import new_session
 from .config import JobSettings, Settings, load_settings, resolve_tokens
-from .errors import AcexportError, ConfigError, StateError
+from .errors import ConfigError, StateError
 from .export import Timing
 from .lane import Lane, LaneContext
+from .lock import take_lock
 from .metrics import Health, Metrics, health_app
 from .notify import SystemdNotifier
 from .planner import due_windows
@@ -48,49 +48,6 @@ class RunState(enum.Enum):
     STARTED = "started"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-class StateDirLocked(AcexportError):
-    """Another acexport process runs on this state directory."""
-
-
-def lock_path(state_dir: Path) -> Path:
-    return state_dir / "acexport.lock"
-
-
-def lock_holder(state_dir: Path) -> int | None:
-    """The pid holding the state directory's lock, or None if it is free."""
-    path = lock_path(state_dir)
-    try:
-        handle = path.open("r+")
-    except FileNotFoundError:
-        return None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = handle.read().strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return None
-
-
-def take_lock(state_dir: Path) -> IO[str]:
-    """Hold the state directory for this process; raises StateDirLocked naming the holder."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    handle = lock_path(state_dir).open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise StateDirLocked(f"another acexport (pid {holder}) is running on {state_dir}") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
 
 
 def lane_keys(settings: Settings, tokens: dict[str, SecretStr]) -> dict[str, str]:

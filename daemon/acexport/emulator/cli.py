@@ -1,4 +1,8 @@
-"""``acexport emulator``: its options, and serving until interrupted."""
+"""``acexport emulator``: its options, and serving until interrupted.
+
+aiohttp and the app are imported only when serving, so ``acexport --help``
+does not pay for them.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,12 @@ import re
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aiohttp import web
-
-from .app import EmulatorSettings, FaultSettings, make_app
 from .data import FORMATS
-from .jobs import QueueSettings
+
+if TYPE_CHECKING:
+    from .app import EmulatorSettings
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -91,6 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
+    from .app import EmulatorSettings, FaultSettings
+    from .jobs import QueueSettings
+
     tokens = dict(args.token or [("demo", "secret")])
     return EmulatorSettings(
         tokens=tokens,
@@ -118,6 +125,10 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
 
 
 async def serve(settings: EmulatorSettings, host: str, port: int) -> None:
+    from aiohttp import web
+
+    from .app import make_app
+
     runner = web.AppRunner(make_app(settings), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
