@@ -295,11 +295,15 @@ class StateStore:
 
     @_state_errors
     async def expected_processing_s(self, workspace: str, type_: str) -> float | None:
-        """Median submit-to-ready time of the last five clean exports of this kind."""
+        """Median submit-to-ready time of the last five clean exports of this kind.
+
+        Ready rows count too: the previous export's time is known (and recorded)
+        before the next one is submitted, while it still downloads.
+        """
         async with self._db.execute(
             "SELECT ready_at - submitted_at FROM exports WHERE workspace = ? AND type = ? "
-            "AND state = 'done' AND attempts = 1 AND ready_at IS NOT NULL "
-            "AND submitted_at IS NOT NULL ORDER BY finished_at DESC LIMIT 5",
+            "AND state IN ('ready', 'done') AND attempts = 1 AND ready_at IS NOT NULL "
+            "AND submitted_at IS NOT NULL ORDER BY ready_at DESC LIMIT 5",
             (workspace, type_),
         ) as cursor:
             durations = sorted(row[0] for row in await cursor.fetchall() if row[0] > 0)

@@ -189,6 +189,8 @@ async def export_route(request: web.Request) -> web.StreamResponse:
     state = job.state(emu.queue.clock())
     if state is not JobState.READY:
         return web.json_response(_status_body(job, state))
+    if job.first_download_at is None:
+        job.first_download_at = emu.queue.clock()
     if emu.settings.redirect:
         raise web.HTTPFound(_storage_url(emu, request, job))
     return await _send_payload(emu, request, job)

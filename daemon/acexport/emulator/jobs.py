@@ -73,6 +73,7 @@ class Job:
     downloads_completed: int = 0
     bytes_sent: int = 0
     resumed_downloads: int = 0  # downloads that asked for a Range from a byte > 0
+    first_download_at: float | None = None  # when the client first asked for the ready data
 
     @property
     def expires_at(self) -> float | None:
@@ -104,6 +105,7 @@ class Job:
                 "started": self.started_at,
                 "ready": self.ready_at,
                 "expires": self.expires_at,
+                "first_download": self.first_download_at,
             },
             "requests": self.requests,
             "downloads_started": self.downloads_started,
