@@ -100,6 +100,7 @@ class Daemon:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
 
         self._log = log.open("ab")
+        self.exited_before = False
         self.process = subprocess.Popen(
             [sys.executable, "-m", "acexport", "run", "--config", str(config)],
             stdout=self._log,
@@ -108,7 +109,13 @@ class Daemon:
         )
 
     def signal(self, sig: signal.Signals) -> int | None:
-        if self.process.poll() is None:
+        """Send ``sig``; for SIGTERM/SIGKILL wait and return the exit code.
+
+        ``exited_before`` tells a process that had already ended (a daemon started on
+        a full disk exits 1 at once, by design) from one the signal ended.
+        """
+        self.exited_before = self.process.poll() is not None
+        if not self.exited_before:
             self.process.send_signal(sig)
         if sig == signal.SIGHUP:
             return None
@@ -220,7 +227,9 @@ def main() -> int:
                 injected["revoke"] += 1
                 continue
             code = daemon.signal(signal.SIGKILL if action == "sigkill" else signal.SIGTERM)
-            if action == "sigterm" and code != 0:
+            if daemon.exited_before:
+                injected[f"had_exited_{code}"] += 1
+            elif action == "sigterm" and code != 0:
                 injected["sigterm_nonzero_exit"] += 1
             injected[action if action != "diskfull" else "sigkill"] += 1
             limit = None
