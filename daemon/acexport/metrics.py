@@ -74,6 +74,11 @@ class Metrics:
             ["job"],
             registry=r,
         )
+        self.loop_lag_max = Gauge(
+            "acexport_event_loop_lag_max_seconds",
+            "The longest the event loop was late to wake a 50 ms timer, since start.",
+            registry=r,
+        )
         self.oldest_missing = Gauge(
             "acexport_oldest_missing_window_age_seconds",
             "Age of the end of the oldest due window not yet exported (0 when none).",

@@ -85,6 +85,7 @@ class Daemon:
         self._emulator_url: str | None = None
         self.health_url: str | None = None
         self.fatal_error: BaseException | None = None
+        self.loop_lag_max_s = 0.0
 
     @property
     def settings(self) -> Settings:
@@ -137,6 +138,8 @@ class Daemon:
         if resumed:
             log.info("exports_resumed", count=len(resumed))
         self.state = RunState.STARTED
+        lag = asyncio.create_task(self._measure_loop_lag(), name="loop-lag")
+        self._stack.callback(lag.cancel)
         self._notifier.notify(ready=1, status=self._status_line())
         if self._notifier.watchdog_interval_s:
             task = asyncio.create_task(self._watchdog(self._notifier.watchdog_interval_s))
@@ -159,7 +162,7 @@ class Daemon:
         await self._scheduler.stop()
         await self._stack.aclose()
         self.state = RunState.STOPPED
-        log.info("daemon_stopped")
+        log.info("daemon_stopped", loop_lag_max_ms=round(1000 * self.loop_lag_max_s, 1))
 
     async def _stop_lanes(self) -> None:
         grace = self._settings.daemon.stop_grace.total_seconds()
@@ -333,6 +336,18 @@ class Daemon:
         except OSError as exc:
             raise ConfigError(f"daemon.listen: cannot listen on {listen}: {exc.strerror}") from None
         log.info("health_server_started", url=self.health_url)
+
+    async def _measure_loop_lag(self) -> None:
+        """How late a 50 ms timer fires: a blocked event loop shows here first."""
+        loop = asyncio.get_running_loop()
+        self.loop_lag_max_s = 0.0
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.05)
+            lag = loop.time() - before - 0.05
+            if lag > self.loop_lag_max_s:
+                self.loop_lag_max_s = lag
+                self.metrics.loop_lag_max.set(lag)
 
     async def _watchdog(self, interval_s: float) -> None:
         # Sent from the event loop itself: a blocked loop stops the pings and systemd acts.

@@ -1,0 +1,111 @@
+"""Scale: many workspaces at once. Wall time, peak RSS, CPU and event-loop lag.
+
+Figure: `acexport run --once` over W workspaces x 6 types, one window each,
+1 s of processing per export: wall time, peak RSS, CPU seconds and the
+longest event-loop lag the daemon saw. Baseline: the ideal, 6 exports one
+after another per lane = 6 x 1 s, plus start-up measured in the same run
+(`acexport check-config`). Targets: within 3x the ideal, RSS < 300 MB,
+loop lag < 100 ms.
+
+    python bench/scale.py [--workspaces 1000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from acexport.emulator.process import running_emulator
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspaces", type=int, default=1000)
+    parser.add_argument("--processing", type=float, default=1.0)
+    parser.add_argument("--quick", action="store_true", help="100 workspaces")
+    args = parser.parse_args()
+    if args.quick:
+        args.workspaces = 100
+    work = Path(tempfile.mkdtemp(prefix="acexport-scale-"))
+    names = [f"w{i:04d}" for i in range(args.workspaces)]
+    lines = [
+        "[daemon]",
+        f'state_dir = "{work / "state"}"',
+        f'output_dir = "{work / "out"}"',
+        'log_format = "json"',
+        'listen = ""',
+        "[http]",
+        'poll_initial = "250ms"',
+        'poll_max = "2s"',
+        "[output]",
+        'compression = "none"',
+    ]
+    for name in names:
+        lines += [f"[workspaces.{name}]", 'base_url = "BASE"', f'token = "{name}-token"']
+    for name in names:
+        lines += [
+            "[[jobs]]",
+            f'name = "{name}"',
+            f'workspace = "{name}"',
+            'window = "1d"',
+            'catch_up = "1d"',
+            'lag = "0s"',
+        ]
+    tokens = [arg for name in names for arg in ("--token", f"{name}={name}-token")]
+    with running_emulator(
+        "--processing-time", str(args.processing), "--records", "20", *tokens
+    ) as base:
+        config = work / "scale.toml"
+        config.write_text("\n".join(lines).replace("BASE", base) + "\n")
+        config.chmod(0o600)
+        env = {**os.environ, "ACEXPORT_CONFIG": ""}
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "acexport", "check-config", "--config", str(config)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env=env,
+        )
+        startup = time.perf_counter() - started
+        log = work / "daemon.log"
+        with log.open("wb") as out:
+            started = time.perf_counter()
+            process = subprocess.Popen(
+                [sys.executable, "-m", "acexport", "run", "--once", "--config", str(config)],
+                stderr=out,
+                env=env,
+            )
+            _, status, usage = os.wait4(process.pid, 0)
+            wall = time.perf_counter() - started
+    exports = len(list((work / "out").rglob("*.manifest.json")))
+    stopped = [
+        json.loads(line) for line in log.read_text().splitlines() if '"daemon_stopped"' in line
+    ]
+    lag_ms = stopped[-1]["loop_lag_max_ms"] if stopped else float("nan")
+    ideal = 6 * args.processing + startup
+    rss_mb = usage.ru_maxrss / 1024
+    cpu = usage.ru_utime + usage.ru_stime
+    print(
+        f"{args.workspaces} workspaces x 6 types, 1 window, {args.processing:g} s processing: "
+        f"{exports} exports (exit {os.waitstatus_to_exitcode(status)})"
+    )
+    print(
+        f"  wall {wall:6.1f} s  vs ideal {ideal:.1f} s (6 x {args.processing:g} s + start-up "
+        f"{startup:.1f} s): {wall / ideal:.1f}x  (target <= 3x)"
+    )
+    print(
+        f"  peak RSS {rss_mb:.0f} MB (target < 300), CPU {cpu:.1f} s, "
+        f"event-loop lag max {lag_ms:.0f} ms (target < 100)"
+    )
+    ok = exports == 6 * args.workspaces and wall <= 3 * ideal and rss_mb < 300 and lag_ms < 100
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
