@@ -76,8 +76,18 @@ def main() -> int:
         log = work / "daemon.log"
         with log.open("wb") as out:
             started = time.perf_counter()
+            profiler = os.environ.get("BENCH_PROFILE", "").split()  # e.g. "py-spy record -o x --"
             process = subprocess.Popen(
-                [sys.executable, "-m", "acexport", "run", "--once", "--config", str(config)],
+                [
+                    *profiler,
+                    sys.executable,
+                    "-m",
+                    "acexport",
+                    "run",
+                    "--once",
+                    "--config",
+                    str(config),
+                ],
                 stderr=out,
                 env=env,
             )

@@ -76,7 +76,7 @@ class Metrics:
         )
         self.loop_lag_max = Gauge(
             "acexport_event_loop_lag_max_seconds",
-            "The longest the event loop was late to wake a 50 ms timer, since start.",
+            "The longest the event loop was late to wake a timer, since start.",
             registry=r,
         )
         self.oldest_missing = Gauge(

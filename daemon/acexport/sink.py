@@ -38,6 +38,7 @@ _GZIP_LEVEL = 1  # throughput first: level 1 still shrinks JSON 4-6x
 _MAX_RECORD_CHARS = 64 * 1024 * 1024  # one record bigger than this is not AC data
 _BOM = b"\xef\xbb\xbf"
 _BATCH_BYTES = 2 * 1024 * 1024
+_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -393,9 +394,11 @@ class Sink:
     def __init__(self, temp_dir: Path, compression: Compression) -> None:
         self.temp_dir = temp_dir
         self.compression = compression
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="acexport-sink")
+        # Several threads so one lane's fsync does not hold up another lane's download;
+        # one writer's batches still run one after another (``receive`` awaits each).
+        self._executor = ThreadPoolExecutor(_THREADS, thread_name_prefix="acexport-sink")
         # Hashing runs beside converting and writing: both release the GIL.
-        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="acexport-hash")
+        self._hasher = ThreadPoolExecutor(_THREADS, thread_name_prefix="acexport-hash")
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
