@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(VENV)/bin/acexport run --config config/demo.toml
 
 bench: $(STAMP)
-	$(PY) bench/emulator_throughput.py
+	$(PY) bench/run_all.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,55 @@
+"""Start-up: wall time of `acexport --help` and `acexport check-config`.
+
+Figure: median of --runs runs of each. Baseline (same run): `python -c pass`
+with the same interpreter, the floor any Python tool pays. Target: < 0.5 s.
+
+    python bench/startup.py [--runs 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def median_seconds(command: list[str], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="5 runs")
+    args = parser.parse_args()
+    if args.quick:
+        args.runs = 5
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "c.toml"
+        config.write_text(
+            (ROOT / "config" / "demo.toml").read_text().replace("./state/demo", f"{tmp}/state")
+        )
+        acexport = [sys.executable, "-m", "acexport"]
+        floor = median_seconds([sys.executable, "-c", "pass"], args.runs)
+        help_s = median_seconds([*acexport, "--help"], args.runs)
+        check_s = median_seconds([*acexport, "check-config", "--config", str(config)], args.runs)
+    print(
+        f"median of {args.runs}: acexport --help {help_s:.2f} s, acexport check-config "
+        f"{check_s:.2f} s (target < 0.5 s); baseline python -c pass {floor:.2f} s"
+    )
+    return 0 if help_s < 0.5 and check_s < 0.5 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
