@@ -31,6 +31,7 @@ from pydantic import SecretStr
 from acexport.api import ExportClient, new_session
 from acexport.emulator.process import running_emulator
 from acexport.export import ExportSpec, Timing, run_export
+from acexport.observability import configure_logging
 from acexport.polling import Backoff
 from acexport.sink import Sink
 from acexport.windows import ExportWindow
@@ -67,6 +68,7 @@ def ours(base: str, work: Path, exports: int) -> float:
 
 async def sequential(base: str, work: Path, exports: int) -> float:
     """One export after another, each downloaded before the next is submitted."""
+    configure_logging("json", "error")  # quiet: the figures are what this prints
     end = datetime(2022, 1, 2, tzinfo=UTC)
     timing = Timing(poll=Backoff(0.1, 1.0), retry=Backoff(0.1, 1.0))
     sink = Sink(work / "tmp", "none")
