@@ -139,6 +139,25 @@ def run_cli(*args: str, log: Path) -> int:
         ).returncode
 
 
+def backfill_every_job(config: Path, tokens: dict[str, str], days: int, log: Path) -> list[int]:
+    """Queue (or, with no daemon running, export) every job's fixed range of days."""
+    return [
+        run_cli(
+            "backfill",
+            "--config",
+            str(config),
+            "--job",
+            f"{name}-daily",
+            "--from",
+            "2022-01-01",
+            "--to",
+            f"2022-01-{days:02d}",
+            log=log,
+        )
+        for name in tokens
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="about a minute")
@@ -188,20 +207,8 @@ def main() -> int:
         config = write_config(work, base, tokens)
         daemon = Daemon(config, log)
         time.sleep(1.5)  # the daemon holds the lock: backfill only queues
-        for name in tokens:
-            code = run_cli(
-                "backfill",
-                "--config",
-                str(config),
-                "--job",
-                f"{name}-daily",
-                "--from",
-                "2022-01-01",
-                "--to",
-                f"2022-01-{args.days:02d}",
-                log=log,
-            )
-            assert code == 0, f"backfill failed ({code}); see {log}"
+        codes = backfill_every_job(config, tokens, args.days, log)
+        assert not any(codes), f"backfill failed ({codes}); see {log}"
         deadline = time.monotonic() + args.chaos_seconds
         revoked: str | None = None
         expected_count = len(tokens) * len(TYPES) * args.days
@@ -244,21 +251,7 @@ def main() -> int:
         # Finish: failed windows are re-queued by a backfill; a foreground backfill
         # exports them (faults still on), until nothing is left.
         for _ in range(5):
-            codes = [
-                run_cli(
-                    "backfill",
-                    "--config",
-                    str(config),
-                    "--job",
-                    f"{name}-daily",
-                    "--from",
-                    "2022-01-01",
-                    "--to",
-                    f"2022-01-{args.days:02d}",
-                    log=log,
-                )
-                for name in tokens
-            ]
+            codes = backfill_every_job(config, tokens, args.days, log)
             if not any(codes):
                 break
         report = jobs_report(base)
