@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from acexport.errors import PayloadError
-from acexport.sink import Manifest, PayloadWriter, Sink
+from acexport.payload import PayloadWriter
+from acexport.sink import Manifest, Sink
 
 RECORDS = [
     {"id": "1", "name": "Zoë \u2014 \U0001f331", "nested": {"a": [1, 2, {"b": None}]}},

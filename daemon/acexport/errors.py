@@ -5,7 +5,6 @@
 - ``RemoteRejected``: AC refused the request itself (400/404): a bug or bad input.
 - ``ExportFailed``: AC reported the export failed (e.g. ``FAILED``) too many times.
 - ``TransientError``: worth retrying with backoff; ``RateLimited`` says when.
-- ``ExportExpired``: ready data was not fetched in time; the export is resubmitted.
 - ``SinkError``: the local disk refused (full, read-only); nothing half-written is left.
 - ``StateError``: the ledger cannot be written; the daemon stops rather than guess.
 """
@@ -47,10 +46,6 @@ class RateLimited(TransientError):
 
 class PayloadError(TransientError):
     """The downloaded data is cut short or not valid JSON/NDJSON/ZIP."""
-
-
-class ExportExpired(AcexportError):
-    """AC answered PENDING for an export it had ready: the 24-hour window passed."""
 
 
 class StateError(AcexportError):

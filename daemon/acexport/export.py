@@ -20,8 +20,9 @@ import structlog
 from .api import ExportClient, ExportStatus, Payload
 from .config import HttpSettings
 from .errors import ExportFailed, PayloadError, RateLimited, TransientError
+from .payload import PayloadWriter
 from .polling import Backoff, PollPlan
-from .sink import Manifest, PayloadWriter, Sink
+from .sink import Manifest, Sink
 from .windows import ExportWindow, iso_ms
 
 log = structlog.get_logger("acexport.export")

@@ -35,7 +35,8 @@ from .config import (
 from .errors import ConfigError
 from .export import ExportObserver, ExportSpec, Timing, run_export
 from .observability import configure_logging, register_secret
-from .sink import Compression, Sink
+from .payload import Compression
+from .sink import Sink
 from .windows import ExportWindow, parse_bound
 
 log = structlog.get_logger("acexport.cli")
