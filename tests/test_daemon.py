@@ -270,3 +270,31 @@ async def test_full_disk_under_the_ledger_is_a_clear_error(
     assert "state.sqlite3 failed" in text
     assert "disk full?" in text
     assert data_files(tmp_path / "exports") == []
+
+
+async def test_ready_data_that_expired_while_down_is_resubmitted_holding_the_slot(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """A download interrupted long enough ago to have expired goes back through the slot."""
+    emu = await emulator(
+        tokens={"alpha": "alpha-token"},
+        processing_s=0.1,
+        records=3000,
+        expiry_s=1.0,
+        faults=FaultSettings(slow_bytes_per_s=300_000),
+    )
+    jobs = job("p", "alpha", types=["page"], window="1h", catch_up="2h", lag="0s")
+    config = write_config(tmp_path, emu, jobs, extra="")
+    config.write_text(config.read_text().replace("[http]\n", '[http]\ndownload_window = "1s"\n'))
+    daemon = await DaemonProcess.start(config)
+    # The first export is downloading (ready), the second has been submitted.
+    await daemon.wait_for(lambda: len(daemon.events("export_submitted")) == 2)
+    daemon.send(signal.SIGTERM)
+    assert await daemon.wait(10) == 0
+    await asyncio.sleep(1.5)  # the first export's ready data expires at AC
+    await emu.control("faults", {"slow_bytes_per_s": None})
+    again = await DaemonProcess.start(config, "--once")
+    assert await again.wait(60) == 0
+    assert len(manifests(tmp_path / "exports")) == 2
+    report = await emu.jobs()
+    assert report["workspaces"]["alpha"]["max_unready"] == 1

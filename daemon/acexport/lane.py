@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -143,13 +144,21 @@ class Lane:
             if record is None or self._stopping:
                 return
             await self._capacity.acquire()
-            needs_slot = record.state != "ready"  # ready data is fetched without the slot
+            needs_slot = not self._still_downloadable(record)
             if needs_slot:
                 await self._slot.acquire()
             self._queued_ids.discard(record.id)
             self._tasks[record.id] = asyncio.create_task(
                 self._execute(record, needs_slot), name=f"export-{record.id}"
             )
+
+    def _still_downloadable(self, record: ExportRecord) -> bool:
+        """Ready data AC still keeps is fetched without the slot; anything else needs it."""
+        if record.state != "ready" or record.ready_at is None:
+            return False
+        window = self.ctx.settings().http.download_window.total_seconds()
+        # A margin: the request must reach AC before the data expires.
+        return time.time() - record.ready_at < 0.9 * window
 
     async def _execute(self, record: ExportRecord, holds_slot: bool) -> None:
         released = not holds_slot
@@ -186,7 +195,7 @@ class Lane:
         spec = ExportSpec(record.workspace, record.type, record.window(ws.zone), destination)
         responses = self.ctx.metrics.responses
         keeper = _SlotKeeper(self, record, release)
-        if record.state != "ready":
+        if not self._still_downloadable(record):
             await store.mark_submitted(record.id)
         try:
             client = ExportClient(
