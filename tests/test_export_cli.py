@@ -56,7 +56,13 @@ async def run_cli(
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "ACME_TOKEN": "acme-token", **(env or {})},
+        # Without a config file, polling would start at the 15 s default.
+        env={
+            **os.environ,
+            "ACME_TOKEN": "acme-token",
+            "ACEXPORT_HTTP__POLL_INITIAL": "100ms",
+            **(env or {}),
+        },
         preexec_fn=limit,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
@@ -237,3 +243,39 @@ def test_config_errors_exit_78_naming_the_field(tmp_path: Path) -> None:
     assert result.returncode == 78
     assert str(config) in result.stderr
     assert "workspaces.acme.timezone" in result.stderr
+
+
+async def test_export_to_a_reader_that_stops_early(emulator: EmulatorFactory) -> None:
+    """`acexport export --output - | head` ends with a clear line, not a traceback."""
+    emu = await emulator(records=20000)
+    read_end, write_end = os.pipe()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "acexport",
+        "export",
+        "--base-url",
+        emu.url,
+        "--token-env",
+        "ACME_TOKEN",
+        "--type",
+        "page",
+        "--from",
+        "2022-01-01",
+        "--to",
+        "2022-01-01",
+        "--output",
+        "-",
+        stdout=write_end,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "ACME_TOKEN": "acme-token", "ACEXPORT_HTTP__POLL_INITIAL": "100ms"},
+    )
+    os.close(write_end)
+    reader = os.fdopen(read_end, "rb")
+    first = await asyncio.to_thread(reader.read, 100)
+    reader.close()  # like `head -c 100`
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert first.startswith(b'{"id"')
+    assert process.returncode == 1
+    assert b"stdout closed before all data was written" in stderr
+    assert b"Traceback" not in stderr

@@ -7,6 +7,7 @@ it runs, so ``acexport --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("status", "check-config"):
+        # Reports: `acexport status | head` should end quietly, as other Unix tools do.
+        # (Not for run or export: a SIGPIPE from a socket must not kill a download.)
+        previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        try:
+            return _dispatch(args)
+        finally:
+            signal.signal(signal.SIGPIPE, previous)
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("run", "backfill", "status", "check-config"):
         from . import commands as daemon_commands
 

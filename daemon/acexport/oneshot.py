@@ -220,6 +220,11 @@ def main(args: argparse.Namespace) -> int:
             with plan.spec.destination.open("rb") as data:
                 shutil.copyfileobj(data, sys.stdout.buffer, 1 << 20)
             sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            # The reader stopped early (`| head`): say so once, without a traceback.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            print("acexport export: stdout closed before all data was written", file=sys.stderr)
+            return 1
         finally:
             plan.spec.destination.unlink(missing_ok=True)
             manifest_path.unlink(missing_ok=True)
