@@ -7,6 +7,7 @@ processor before rendering, so no code path can log a token by accident.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -16,19 +17,37 @@ import structlog
 
 REDACTED = "[REDACTED]"
 _secrets: set[str] = set()
+_shortest = 0
 
 
 def register_secret(value: str) -> None:
     """Never print ``value``; short values are ignored (they would redact everything)."""
-    if len(value) >= 4:
+    global _shortest
+    if len(value) >= 4 and value not in _secrets:
         _secrets.add(value)
+        _shortest = min(map(len, _secrets))
+        _redact_cached.cache_clear()
 
 
 def redact(text: str) -> str:
+    # With a thousand workspaces, scanning every logged value for every token was
+    # the daemon's largest single cost: skip what is too short to hold one, and
+    # remember the short values that recur (names, types, dates).
+    if len(text) < _shortest:
+        return text
+    if len(text) <= 256:
+        return _redact_cached(text)
+    return _redact_uncached(text)
+
+
+def _redact_uncached(text: str) -> str:
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
     return text
+
+
+_redact_cached = functools.lru_cache(maxsize=8192)(_redact_uncached)
 
 
 def _redact_value(value: Any) -> Any:
