@@ -1,0 +1,42 @@
+"""Secret redaction: every value, short or long, cached or not, after late registration."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import structlog
+
+from acexport.observability import REDACTED, configure_logging, redact, register_secret
+
+
+def test_redaction_covers_short_long_and_late_secrets() -> None:
+    """A token is replaced wherever it appears, even in a value seen before it was known."""
+    register_secret("first-secret-token")
+    assert redact("x") == "x"
+    assert redact("Bearer first-secret-token") == f"Bearer {REDACTED}"
+    long_text = "y" * 1000 + "first-secret-token"
+    assert redact(long_text).endswith(REDACTED)
+    seen_before = "Bearer later-secret-token"
+    assert redact(seen_before) == seen_before  # not a secret yet: cached as is
+    register_secret("later-secret-token")
+    assert redact(seen_before) == f"Bearer {REDACTED}"  # the cache was cleared
+
+
+def test_log_lines_and_exceptions_are_redacted() -> None:
+    """Event values, nested values and formatted exceptions never show a token."""
+    register_secret("exception-token-value")
+    stream = io.StringIO()
+    configure_logging("json", "debug", stream)
+    log = structlog.get_logger()
+    log.info("nested", detail={"headers": ["Authorization: Bearer exception-token-value"]})
+    try:
+        raise RuntimeError("failed with exception-token-value")
+    except RuntimeError:
+        log.exception("crashed")
+    structlog.reset_defaults()
+    output = stream.getvalue()
+    assert "exception-token-value" not in output
+    lines = [json.loads(line) for line in output.splitlines()]
+    assert REDACTED in lines[0]["detail"]["headers"][0]
+    assert REDACTED in lines[1]["exception"]
