@@ -144,8 +144,7 @@ async def run_export(
                                 seconds_total=now - started,
                             )
                 except RateLimited as exc:
-                    delay = _count_failure(exc, state, timing)
-                    delay = max(delay, exc.retry_after_s)
+                    delay = _count_failure(exc, state, timing, exc.retry_after_s)
                 except TransientError as exc:
                     delay = _count_failure(exc, state, timing, next(retries))
                     await _after_transient(exc, state, sink)
@@ -156,9 +155,7 @@ async def run_export(
                 await asyncio.shield(sink.discard(state.writer))
 
 
-def _count_failure(
-    exc: TransientError, state: _Attempt, timing: Timing, delay: float = 0.0
-) -> float:
+def _count_failure(exc: TransientError, state: _Attempt, timing: Timing, delay: float) -> float:
     state.failures += 1
     if state.failures >= timing.max_attempts:
         log.error("export_giving_up", failures=state.failures, error=str(exc))
