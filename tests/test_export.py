@@ -220,3 +220,17 @@ async def test_token_appears_in_no_log_line(
     assert all(json.loads(line)["event"] for line in lines)
     assert token not in output
     assert "[REDACTED]" in output
+
+
+async def test_zip_payload_is_converted_to_ndjson(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A ZIP of JSON Lines (sniffed from its bytes) arrives as NDJSON; sha256 is the ZIP's."""
+    emu = await emulator(format="zip", records=2500, redirect=True)
+    outcome = await export(emu, session, tmp_path, "membership", compression="gzip")
+    job = job_for(await emu.jobs(), "membership")
+    assert outcome.manifest.format == "zip"
+    assert outcome.manifest.payload_sha256 == job["sha256"]
+    assert outcome.manifest.records == 2500
+    lines = gzip.decompress(spec_for(tmp_path, "membership", "gzip").destination.read_bytes())
+    assert len([json.loads(line) for line in lines.splitlines()]) == 2500

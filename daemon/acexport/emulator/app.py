@@ -238,7 +238,9 @@ async def _send_payload(emu: _Emulator, request: web.Request, job: Job) -> web.S
     job.downloads_started += 1
     if request.http_range.start:
         job.resumed_downloads += 1
-    content_type = "application/json" if job.spec.format == "json" else "application/x-ndjson"
+    content_type = {"json": "application/json", "zip": "application/zip"}.get(
+        job.spec.format, "application/x-ndjson"
+    )
     cut = emu.rng.random() < emu.faults.cut_rate
     if cut or emu.faults.slow_bytes_per_s:
         wants_gzip = "gzip" in request.headers.get("Accept-Encoding", "").lower()

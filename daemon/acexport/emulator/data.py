@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 RECORD_TYPES = ("event", "identity", "individual", "membership", "page", "segment")
-FORMATS = ("ndjson", "json")
+FORMATS = ("ndjson", "json", "zip")  # zip: one JSON Lines member, as some AC docs save it
 BLOCK_RECORDS = 2048
 _POOL_SIZE = 1024
 
@@ -287,7 +287,7 @@ def render_block(spec: PayloadSpec, index: int) -> bytes:
     stop = min(spec.records, start + BLOCK_RECORDS)
     last = index == spec.block_count - 1
     records = _records(spec, start, stop)
-    if spec.format == "ndjson":
+    if spec.format in ("ndjson", "zip"):  # storage zips the NDJSON blocks
         return b"\n".join(records) + b"\n" if records else b""
     if spec.records == 0:
         return b"[]\n"

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import threading
 import uuid
+import zipfile
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -194,6 +195,8 @@ class Storage:
         return future
 
     def _render(self, job_id: str, spec: PayloadSpec) -> Artifact:
+        if spec.format == "zip":
+            return self._render_zip(job_id, spec)
         path = self.directory / f"{job_id}.json"
         digest = hashlib.sha256()
         size = 0
@@ -212,6 +215,21 @@ class Storage:
             if compressor:
                 compressor.close()
         return Artifact(path, gz_path, size, digest.hexdigest(), spec.records)
+
+    def _render_zip(self, job_id: str, spec: PayloadSpec) -> Artifact:
+        path = self.directory / f"{job_id}.zip"
+        with (
+            zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive,
+            archive.open(f"{spec.type}.jsonl", "w", force_zip64=True) as member,
+        ):
+            for block in iter_blocks(spec):
+                member.write(block)
+        digest = hashlib.sha256()
+        with path.open("rb") as stored:
+            while chunk := stored.read(1 << 20):
+                digest.update(chunk)
+        # Already compressed: no gzip sibling.
+        return Artifact(path, None, path.stat().st_size, digest.hexdigest(), spec.records)
 
     def discard(self, artifact: Artifact) -> None:
         for path in (artifact.path, artifact.gzip_path):
