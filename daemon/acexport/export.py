@@ -68,8 +68,6 @@ class ExportOutcome:
     manifest_path: Path
     requests: int
     expired_resubmits: int
-    seconds_to_ready: float
-    seconds_total: float
 
 
 class ExportObserver:
@@ -98,7 +96,6 @@ class _Attempt:
     writer: PayloadWriter | None = None
     offset: int = 0
     resumable: bool = False
-    ready_at: float | None = None
     submitted_at: float | None = None  # monotonic time of the first status answer
 
 
@@ -112,7 +109,6 @@ async def run_export(
 ) -> ExportOutcome:
     """Export one window of one type; raises the error that ended it."""
     observer = observer or ExportObserver()
-    started = time.monotonic()
     state = _Attempt()
     polls = timing.plan()
     retries = timing.retry.delays()
@@ -134,14 +130,11 @@ async def run_export(
                             manifest_path, manifest = await _download(
                                 spec, answer, state, sink, observer
                             )
-                            now = time.monotonic()
                             return ExportOutcome(
                                 manifest=manifest,
                                 manifest_path=manifest_path,
                                 requests=state.requests,
                                 expired_resubmits=state.expired,
-                                seconds_to_ready=(state.ready_at or now) - started,
-                                seconds_total=now - started,
                             )
                 except RateLimited as exc:
                     delay = _count_failure(exc, state, timing, exc.retry_after_s)
@@ -229,7 +222,6 @@ async def _download(
 ) -> tuple[Path, Manifest]:
     if not state.had_ready:
         state.had_ready = True
-        state.ready_at = state.ready_at or time.monotonic()
         log.info("export_ready", requests=state.requests)
         await observer.ready()
     if payload.offset != state.offset:

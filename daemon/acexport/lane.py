@@ -26,7 +26,7 @@ from .errors import AcexportError, AuthError, StateError
 from .export import ExportObserver, ExportSpec, Timing, run_export
 from .metrics import Health, Metrics
 from .sink import Sink
-from .state import ExportRecord, StateStore
+from .state import ACTIVE, ExportRecord, StateStore
 
 log = structlog.get_logger("acexport.lane")
 
@@ -183,6 +183,11 @@ class Lane:
 
     async def _export(self, record: ExportRecord, release: Callable[[], None]) -> None:
         store = self.ctx.store
+        current = await store.get(record.id)
+        if current is None or current.state not in ACTIVE:
+            # Picked up from the ledger just as this process finished it: nothing to do.
+            return
+        record = current
         settings = self.ctx.settings()
         if self.auth_failure:
             await self._failed(record, self.auth_failure)
