@@ -176,3 +176,11 @@ async def test_redirect_on_the_same_origin_keeps_the_token(client: ExportClient)
         await answer(client)
         calls = {str(url): c for (_, url), c in mocked.requests.items()}
     assert calls[moved][0].kwargs["headers"]["Authorization"] == f"Bearer {TOKEN}"
+
+
+async def test_status_with_unknown_fields_is_still_a_status(client: ExportClient) -> None:
+    """Fields AC may add later (progress, ids) do not make a status look like data."""
+    with aioresponses() as mocked:
+        mocked.get(URL, payload={**STATUS, "status": "RUNNING", "progress": 0.4, "jobId": "x1"})
+        result = await answer(client)
+    assert result == ExportStatus("RUNNING", STATUS["createdDate"], STATUS["message"])
