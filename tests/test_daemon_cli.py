@@ -79,3 +79,17 @@ async def test_status_reports_done_and_failed_windows(
     assert "AuthError" in by_name["b"]["failed"][0]["reason"]
     assert b"bad-token" not in stdout
     assert report["daemon_pid"] is None
+
+
+def test_shipped_configs_are_valid() -> None:
+    """config/acexport.example.toml and config/demo.toml load without error."""
+    from acexport.config import load_settings
+
+    root = Path(__file__).resolve().parent.parent
+    example = load_settings(root / "config" / "acexport.example.toml")
+    assert [job.name for job in example.jobs] == ["nightly"]
+    assert example.workspaces["acme"].token_file is not None
+    demo = load_settings(root / "config" / "demo.toml")
+    assert all(ws.emulator for ws in demo.workspaces.values())
+    covered = {t for job in demo.jobs for t in job.types}
+    assert covered == {"event", "identity", "individual", "membership", "page", "segment"}
