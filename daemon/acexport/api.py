@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from yarl import URL
 
 from .errors import AuthError, RateLimited, RemoteRejected, TransientError
-from .windows import ExportWindow
+from .windows import ONE_MS, ExportWindow
 
 _PEEK_BYTES = 64 * 1024  # a status object is far smaller; data is usually far larger
 _MAX_STATUS_BYTES = 1024 * 1024  # how far a suspiciously long status is read to check it
@@ -100,12 +100,18 @@ def _excerpt(body: bytes) -> str:
     return text
 
 
-def as_status(body: bytes) -> ExportStatus | None:
-    """The status object AC answers while an export is not ready, if ``body`` is one."""
+_UNPARSABLE = object()
+
+
+def _load_json(body: bytes) -> Any:
     try:
-        parsed: Any = json.loads(body)
+        return json.loads(body)
     except ValueError:
-        return None
+        return _UNPARSABLE
+
+
+def as_status(parsed: Any) -> ExportStatus | None:
+    """The status object AC answers while an export is not ready, if ``parsed`` is one."""
     if not isinstance(parsed, dict) or not isinstance(parsed.get("status"), str):
         return None
     # A one-record membership payload also has a "status"; a status object also
@@ -127,14 +133,6 @@ def _looks_like_big_status(prefix: bytes) -> bool:
         and b"\n" not in prefix
         and b'"status"' in prefix
     )
-
-
-def _parses(body: bytes) -> bool:
-    try:
-        json.loads(body)
-    except ValueError:
-        return False
-    return True
 
 
 async def _read_up_to(response: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -251,15 +249,17 @@ class ExportClient:
             raise TransientError(f"{where} answered 200 with an empty body")
         if status == 200 and _looks_like_big_status(prefix):
             prefix += await _read_up_to(response, _MAX_STATUS_BYTES)
-            if response.content.at_eof() and as_status(prefix) is not None:
+            if response.content.at_eof() and as_status(_load_json(prefix)) is not None:
                 raise TransientError(f"{where} answered an oversized status ({len(prefix)} bytes)")
         small = len(prefix) < _PEEK_BYTES and response.content.at_eof()
         if small and status == 200 and prefix.lstrip().startswith(b"{"):
-            answer = as_status(prefix)
+            parsed = _load_json(prefix)
+            answer = as_status(parsed)
             if answer is not None:
-                self._check_status_matches(prefix, type_, window)
+                _check_status_matches(parsed, type_, window)
                 return answer
-            if b'"status"' in prefix and b"\n" not in prefix.strip() and not _parses(prefix):
+            unparsable = parsed is _UNPARSABLE
+            if unparsable and b'"status"' in prefix and b"\n" not in prefix.strip():
                 raise TransientError(f"{where} answered a malformed status: {_excerpt(prefix)}")
         offset = 0
         if status == 206:
@@ -273,27 +273,24 @@ class ExportClient:
             response, prefix, offset, None if total is None else offset + total, resumable
         )
 
-    @staticmethod
-    def _check_status_matches(body: bytes, type_: str, window: ExportWindow) -> None:
-        parsed = json.loads(body)
-        answered_type = str(parsed.get("type", type_)).lower()
-        if answered_type != type_:
-            raise TransientError(f"AC answered a status for type {answered_type!r}, not {type_!r}")
-        for key, expected in (("fromDate", window.start), ("toDate", window.to_date)):
-            value = parsed.get(key)
-            if not isinstance(value, str):
-                continue
-            try:
-                answered = datetime.fromisoformat(value)
-            except ValueError:
-                raise TransientError(f"AC answered a status with a malformed {key}") from None
-            wanted = (
-                expected if isinstance(expected, datetime) else datetime.fromisoformat(expected)
+
+def _check_status_matches(parsed: dict[str, Any], type_: str, window: ExportWindow) -> None:
+    """A status for another type or window is not ours to trust."""
+    answered_type = str(parsed.get("type", type_)).lower()
+    if answered_type != type_:
+        raise TransientError(f"AC answered a status for type {answered_type!r}, not {type_!r}")
+    for key, wanted in (("fromDate", window.start), ("toDate", window.end - ONE_MS)):
+        value = parsed.get(key)
+        if not isinstance(value, str):
+            continue
+        try:
+            answered = datetime.fromisoformat(value)
+        except ValueError:
+            raise TransientError(f"AC answered a status with a malformed {key}") from None
+        if answered.tzinfo is None or abs((answered - wanted).total_seconds()) > 0.001:
+            raise TransientError(
+                f"AC answered a status for {key}={value}, not the requested window"
             )
-            if abs((answered - wanted).total_seconds()) > 0.001:
-                raise TransientError(
-                    f"AC answered a status for {key}={value}, not the requested window"
-                )
 
 
 def _content_range_start(value: str | None) -> int:

@@ -26,7 +26,7 @@ from .planner import due_windows
 
 if TYPE_CHECKING:
     from .service import Daemon
-from .state import StateStore
+from .state import StateStore, ledger_path, read_rows
 from .triggers import next_looks
 from .windows import aligned_windows, parse_bound
 
@@ -151,7 +151,7 @@ async def _backfill(settings: Settings, path: Path, job_name: str, windows: list
     job = next(j for j in settings.jobs if j.name == job_name)
     holder = lock_holder(settings.daemon.state_dir)
     if holder is not None:
-        store = await StateStore.open(settings.daemon.state_dir / "state.sqlite3")
+        store = await StateStore.open(ledger_path(settings.daemon.state_dir))
         try:
             records = await store.plan(job.name, job.workspace, job.types, windows)
         finally:
@@ -219,14 +219,7 @@ def status(args: argparse.Namespace) -> int:
 
 
 async def _status_report(settings: Settings) -> dict[str, Any]:
-    db = settings.daemon.state_dir / "state.sqlite3"
-    rows = []
-    if db.exists():
-        store = await StateStore.open(db, readonly=True)
-        try:
-            rows = await store.all_rows()
-        finally:
-            await store.close()
+    rows = await read_rows(settings.daemon.state_dir)
     now = datetime.now(UTC)
     jobs = []
     for job in settings.jobs:
@@ -311,14 +304,7 @@ def check_config(args: argparse.Namespace) -> int:
 
 
 async def _done_keys(settings: Settings) -> set[tuple[str, str, str, str]]:
-    db = settings.daemon.state_dir / "state.sqlite3"
-    if not db.exists():
-        return set()
-    store = await StateStore.open(db, readonly=True)
-    try:
-        rows = await store.all_rows()
-    finally:
-        await store.close()
+    rows = await read_rows(settings.daemon.state_dir)
     return {
         (r.workspace, r.type, r.window().from_date, r.window().to_date)
         for r in rows

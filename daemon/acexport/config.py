@@ -42,7 +42,7 @@ from pydantic_settings import (
 from . import EXPORT_TYPES
 from .errors import ConfigError
 from .triggers import Trigger, parse_schedule
-from .windows import check_window_length
+from .windows import ExportWindow, check_window_length
 
 DEFAULT_CONFIG_PATHS = (Path("acexport.toml"), Path("/etc/acexport/config.toml"))
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -164,6 +164,24 @@ def render_path(
     path = PurePosixPath(text)
     if path.is_absolute() or ".." in path.parts or text.endswith("/"):
         raise ValueError(f"path {text!r} must be relative, without '..', naming a file")
+    return path
+
+
+def output_file(
+    settings: Settings,
+    workspace: str,
+    type_: str,
+    job: str,
+    window: ExportWindow,
+    compression: str,
+) -> Path:
+    """Where a window's data file goes: output_dir / path template (+ ".gz")."""
+    relative = render_path(
+        settings.output.path, workspace, type_, job, window.local_start, window.local_end
+    )
+    path = (settings.daemon.output_dir / relative).absolute()
+    if compression == "gzip" and path.suffix != ".gz":
+        path = path.with_name(path.name + ".gz")
     return path
 
 

@@ -14,14 +14,13 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import aiohttp
 import structlog
 from pydantic import SecretStr
 
 from .api import ExportClient, ExportStatus
-from .config import Settings, render_path
+from .config import Settings, output_file
 from .errors import AcexportError, AuthError, StateError
 from .export import ExportObserver, ExportSpec, Timing, run_export
 from .metrics import Health, Metrics
@@ -50,28 +49,13 @@ class LaneContext:
 FAILURES_BEFORE_UNHEALTHY = 5
 
 
-def destination_for(settings: Settings, record: ExportRecord) -> Path:
-    ws = settings.workspaces[record.workspace]
-    window = record.window(ws.zone)
-    relative = render_path(
-        settings.output.path,
-        record.workspace,
-        record.type,
-        record.job,
-        window.local_start,
-        window.local_end,
-    )
-    path = settings.daemon.output_dir / relative
-    if settings.output.compression == "gzip" and path.suffix != ".gz":
-        path = path.with_name(path.name + ".gz")
-    return path
-
-
 class _SlotKeeper(ExportObserver):
     """Records AC's answers and frees the lane's slot once data is ready."""
 
-    def __init__(self, lane: Lane, record: ExportRecord, release: Callable[[], None]) -> None:
-        self._lane = lane
+    def __init__(
+        self, store: StateStore, record: ExportRecord, release: Callable[[], None]
+    ) -> None:
+        self._store = store
         self._record = record
         self._release = release
         self.created_date = record.created_date
@@ -82,7 +66,7 @@ class _SlotKeeper(ExportObserver):
     async def ready(self) -> None:
         # Durable before the slot goes to the next export: after a crash, the
         # ledger must not show two exports waiting on AC at once.
-        await asyncio.shield(self._lane.ctx.store.mark_ready(self._record.id, self.created_date))
+        await asyncio.shield(self._store.mark_ready(self._record.id, self.created_date))
         self._release()
 
 
@@ -196,10 +180,18 @@ class Lane:
         if ws is None:
             await self._failed(record, "the workspace is no longer configured")
             return
-        destination = destination_for(settings, record)
-        spec = ExportSpec(record.workspace, record.type, record.window(ws.zone), destination)
+        window = record.window(ws.zone)
+        destination = output_file(
+            settings,
+            record.workspace,
+            record.type,
+            record.job,
+            window,
+            settings.output.compression,
+        )
+        spec = ExportSpec(record.workspace, record.type, window, destination)
         responses = self.ctx.metrics.responses
-        keeper = _SlotKeeper(self, record, release)
+        keeper = _SlotKeeper(store, record, release)
         if not self._still_downloadable(record):
             await store.mark_submitted(record.id)
         try:

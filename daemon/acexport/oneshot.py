@@ -28,11 +28,11 @@ from .config import (
     find_config,
     inline_token_warning,
     load_settings,
-    render_path,
+    output_file,
     resolve_tokens,
     zone_named,
 )
-from .errors import ConfigError
+from .errors import AcexportError, ConfigError
 from .export import ExportObserver, ExportSpec, Timing, run_export
 from .observability import configure_logging, register_secret
 from .payload import Compression
@@ -125,12 +125,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
         raise UsageError("--output is required without a config file")
     else:
         compression = args.compression or settings.output.compression
-        relative = render_path(
-            settings.output.path, name, args.type, "export", window.local_start, window.local_end
-        )
-        destination = (settings.daemon.output_dir / relative).absolute()
-        if compression == "gzip" and destination.suffix != ".gz":
-            destination = destination.with_name(destination.name + ".gz")
+        destination = output_file(settings, name, args.type, "export", window, compression)
     if config_path is not None:
         temp_dir = settings.daemon.state_dir / "tmp"
     else:
@@ -192,8 +187,6 @@ async def _export(plan: _Plan, progress: _Progress | None) -> Path:
 
 def main(args: argparse.Namespace) -> int:
     """Exit codes: 0 done, 1 the export failed, 2 usage, 78 configuration."""
-    from .errors import AcexportError
-
     # A file-size limit must surface as an error we can report, not kill the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:

@@ -37,7 +37,7 @@ from .notify import SystemdNotifier
 from .planner import due_windows
 from .scheduler import Scheduler, utc_now
 from .sink import Sink
-from .state import ExportRecord, StateStore
+from .state import ExportRecord, StateStore, ledger_path
 from .windows import ExportWindow
 
 log = structlog.get_logger("acexport.service")
@@ -108,7 +108,7 @@ class Daemon:
         daemon = self._settings.daemon
         lock = take_lock(daemon.state_dir)
         self._stack.callback(lock.close)
-        self._store = await StateStore.open(daemon.state_dir / "state.sqlite3")
+        self._store = await StateStore.open(ledger_path(daemon.state_dir))
         self._stack.push_async_callback(self._store.close)
         sink = Sink(daemon.state_dir / "tmp", self._settings.output.compression)
         self._stack.callback(sink.close)

@@ -85,6 +85,10 @@ _MIGRATIONS: Sequence[str] = (
 ACTIVE = ("queued", "submitted", "ready")
 
 
+def ledger_path(state_dir: Path) -> Path:
+    return state_dir / "state.sqlite3"
+
+
 def _key(when: datetime) -> str:
     return iso_ms(when)
 
@@ -324,3 +328,15 @@ class StateStore:
     @_state_errors
     async def all_rows(self) -> list[ExportRecord]:
         return await self._all("SELECT * FROM exports ORDER BY job, window_start, type")
+
+
+async def read_rows(state_dir: Path) -> list[ExportRecord]:
+    """Every ledger row, read-only (a daemon may be writing); none before the first run."""
+    path = ledger_path(state_dir)
+    if not path.exists():
+        return []
+    store = await StateStore.open(path, readonly=True)
+    try:
+        return await store.all_rows()
+    finally:
+        await store.close()

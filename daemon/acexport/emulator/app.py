@@ -129,7 +129,7 @@ def _inject_fault(emu: _Emulator, workspace: str) -> web.Response | None:
     counts = emu.queue.workspaces[workspace].faults
     rng = emu.rng
     if rng.random() < f.fail_rate:
-        counts["fail"] = counts.get("fail", 0) + 1
+        counts["fail"] += 1
         if rng.random() < 0.5:
             return _error(500, "Internal Server Error")
         return web.Response(
@@ -138,14 +138,14 @@ def _inject_fault(emu: _Emulator, workspace: str) -> web.Response | None:
             headers={"Retry-After": str(f.retry_after_s)},
         )
     if rng.random() < f.throttle_rate:
-        counts["throttle"] = counts.get("throttle", 0) + 1
+        counts["throttle"] += 1
         return web.json_response(
             {"status": 429, "error": "Too Many Requests"},
             status=429,
             headers={"Retry-After": str(f.retry_after_s)},
         )
     if rng.random() < f.garbage_rate:
-        counts["garbage"] = counts.get("garbage", 0) + 1
+        counts["garbage"] += 1
         kind = rng.randrange(3)
         if kind == 0:
             return web.Response(
@@ -313,7 +313,7 @@ async def _stream_file(
                 await asyncio.sleep(len(data) / rate)
     if cut_at is not None:
         counts = emu.queue.workspaces[job.workspace].faults
-        counts["cut"] = counts.get("cut", 0) + 1
+        counts["cut"] += 1
         assert request.transport is not None
         request.transport.close()  # short body: the client sees the cut
         raise asyncio.CancelledError

@@ -22,6 +22,7 @@ import tempfile
 import threading
 import uuid
 import zipfile
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -125,7 +126,7 @@ class Workspace:
     name: str
     jobs: list[Job] = field(default_factory=list)
     requests: int = 0
-    faults: dict[str, int] = field(default_factory=dict)
+    faults: Counter[str] = field(default_factory=Counter)
     revoked: bool = False
 
     def advance(self, now: float) -> None:
