@@ -66,7 +66,9 @@ async def emulator() -> AsyncIterator[EmulatorFactory]:
     """Start emulators with the given settings; each is stopped after the test.
 
     Keyword arguments: ``tokens`` (workspace -> token), ``gzip``, ``redirect``,
-    ``faults`` (a FaultSettings) and any QueueSettings field.
+    ``ranges``, ``auth_failure``, ``faults`` (a FaultSettings) and any QueueSettings
+    field. With none, it answers as the real service does (ZIP, chunked, 500 on a bad
+    token), with no processing time.
     """
     runners: list[web.AppRunner] = []
     server_errors = _ErrorRecords()
@@ -76,6 +78,8 @@ async def emulator() -> AsyncIterator[EmulatorFactory]:
         tokens: dict[str, str] | None = None,
         gzip: bool = False,
         redirect: bool = False,
+        ranges: bool = False,
+        auth_failure: int = 500,
         faults: FaultSettings | None = None,
         **queue: Any,
     ) -> RunningEmulator:
@@ -87,6 +91,8 @@ async def emulator() -> AsyncIterator[EmulatorFactory]:
             faults=faults or FaultSettings(),
             gzip=gzip,
             redirect=redirect,
+            ranges=ranges,
+            auth_failure=auth_failure,
         )
         app = make_app(settings)
         runner = web.AppRunner(app, access_log=None)

@@ -154,7 +154,7 @@ async def test_sigterm_mid_download_leaves_no_partial_file_and_resumes(
     emu = await emulator(
         tokens={"alpha": "alpha-token"},
         processing_s=0.05,
-        records=4000,
+        records=40000,  # about 1 MB of ZIP: two seconds at this rate
         faults=FaultSettings(slow_bytes_per_s=500_000),
     )
     config = write_config(tmp_path, emu, job("p", "alpha", types=["page"], catch_up="1d", lag="0s"))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import io
 import json
 import time
+import zipfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -44,20 +46,37 @@ async def ask(
         return response.status, dict(response.headers), await response.read()
 
 
-async def wait_ready(session: aiohttp.ClientSession, emu: RunningEmulator, type_: str) -> bytes:
+async def wait_ready_raw(
+    session: aiohttp.ClientSession, emu: RunningEmulator, type_: str, **kwargs: Any
+) -> bytes:
+    """The body of the first answer that is data, as served."""
     async with asyncio.timeout(10):
         while True:
-            status, _, body = await ask(session, emu, type_)
+            status, _, body = await ask(session, emu, type_, **kwargs)
             assert status == 200
             if not body.startswith(b'{"fromDate"'):
                 return body
             await asyncio.sleep(0.02)
 
 
+def unzip(body: bytes) -> bytes:
+    """The JSON Lines of a ZIP payload holding one member."""
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        (member,) = archive.namelist()
+        return archive.read(member)
+
+
+async def wait_ready(
+    session: aiohttp.ClientSession, emu: RunningEmulator, type_: str, **kwargs: Any
+) -> bytes:
+    """The JSON Lines of the first answer that is data (unzipped)."""
+    return unzip(await wait_ready_raw(session, emu, type_, **kwargs))
+
+
 async def test_first_request_pending_then_running_then_data(
     emulator: EmulatorFactory, session: aiohttp.ClientSession
 ) -> None:
-    """A new export answers the documented PENDING object, then RUNNING, then the data."""
+    """PENDING, then RUNNING with startedDate, then a chunked ZIP with no Content-Length."""
     emu = await emulator(processing_s=0.3)
     status, _, body = await ask(session, emu)
     first = json.loads(body)
@@ -66,16 +85,88 @@ async def test_first_request_pending_then_running_then_data(
     assert first["type"] == "PAGE"
     assert first["fromDate"] == DAY["fromDate"]
     assert first["toDate"] == DAY["toDate"]
-    assert "come back later" in first["message"]
+    assert "will be created" in first["message"]
+    assert "startedDate" not in first
     created = datetime.fromisoformat(first["createdDate"])
     assert abs(created.timestamp() - time.time()) < 5
     second = json.loads((await ask(session, emu))[2])
     assert second["status"] == "RUNNING"
     assert second["createdDate"] == first["createdDate"]
-    data = await wait_ready(session, emu, "page")
-    lines = data.decode().splitlines()
+    assert datetime.fromisoformat(second["startedDate"]) >= created
+    assert "being created" in second["message"]
+    raw = await wait_ready_raw(session, emu, "page", headers={"Range": "bytes=10-"})
+    status, headers, again = await ask(session, emu, headers={"Range": "bytes=10-"})
+    assert status == 200  # Range is ignored: the whole body again
+    assert again == raw
+    assert headers["Content-Type"] == "application/zip"
+    assert headers["Transfer-Encoding"] == "chunked"
+    assert "Content-Length" not in headers
+    assert "Accept-Ranges" not in headers
+    lines = unzip(raw).decode().splitlines()
     assert len(lines) == 100
-    assert all("metrics" in json.loads(line) for line in lines)
+    visit_fields = {"individualId", "canonicalUrl", "url", "title", "eventDate", "views"}
+    assert all(visit_fields <= set(json.loads(line)) for line in lines)
+
+
+async def test_second_request_while_pending_says_already_scheduled(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """A request for an export that waits in the queue gets the 'already scheduled' message."""
+    emu = await emulator(processing_s=0.5)
+    await ask(session, emu, "page")
+    await ask(session, emu, "event")
+    again = json.loads((await ask(session, emu, "event"))[2])
+    assert again["status"] == "PENDING"
+    assert "already scheduled" in again["message"]
+
+
+async def test_error_rate_answers_error_once_then_starts_a_new_export(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """A failed export answers ERROR (HTTP 200) once; the next request is a new PENDING export."""
+    emu = await emulator(processing_s=0.05, faults=FaultSettings(error_rate=1.0))
+    await ask(session, emu)
+    await asyncio.sleep(0.1)
+    status, _, body = await ask(session, emu)
+    failed = json.loads(body)
+    assert status == 200
+    assert failed["status"] == "ERROR"
+    assert "failed" in failed["message"]
+    await emu.control("faults", {"error_rate": 0.0})
+    retried = json.loads((await ask(session, emu))[2])
+    assert retried["status"] == "PENDING"
+    assert "last data export file" in retried["message"]
+    assert retried["createdDate"] > failed["createdDate"]
+    data = await wait_ready(session, emu, "page")
+    assert len(data.splitlines()) == 100
+    report = await emu.jobs()
+    assert [job["state"] for job in report["jobs"]] == ["ERROR", "READY"]
+    assert report["workspaces"]["acme"]["faults"] == {"error": 1}
+
+
+async def test_truncate_rate_ends_the_body_cleanly_but_early(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """--truncate-rate 1 ends a chunked ZIP cleanly before its central directory."""
+    emu = await emulator(records=5000, faults=FaultSettings(truncate_rate=1.0))
+    status, _, body = await ask(session, emu)
+    await asyncio.sleep(0.1)
+    status, _, body = await ask(session, emu)  # no exception: the end is clean
+    assert status == 200
+    (job,) = (await emu.jobs())["jobs"]
+    assert len(body) < job["bytes"]
+    with pytest.raises(zipfile.BadZipFile):
+        zipfile.ZipFile(io.BytesIO(body))
+    assert (await emu.jobs())["workspaces"]["acme"]["faults"]["truncate"] == 1
+
+
+async def test_zero_records_is_a_zip_with_an_empty_member(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """A window with no records is a valid ZIP holding one empty JSON Lines member."""
+    emu = await emulator(records=0)
+    await ask(session, emu)
+    assert await wait_ready(session, emu, "page") == b""
 
 
 async def test_one_job_processed_at_a_time_per_workspace(
@@ -124,51 +215,80 @@ async def test_expired_data_starts_a_new_job(
 
 
 @pytest.mark.parametrize("token", [None, "wrong"])
-async def test_missing_or_unknown_token_is_401(
+async def test_missing_or_unknown_token_is_a_500_error_page(
     emulator: EmulatorFactory, session: aiohttp.ClientSession, token: str | None
 ) -> None:
-    """No token or an unknown one gets a 401 JSON error and creates no job."""
+    """No token or an unknown one fails before the controller: a 500 HTML page, no job."""
     emu = await emulator()
     status, headers, body = await ask(session, emu, token=token)
-    assert status == 401
-    assert headers["Content-Type"].startswith("application/json")
-    assert "token" in json.loads(body)["error"]
+    assert status == 500
+    assert headers["Content-Type"].startswith("text/html")
+    assert b"<html>" in body
     assert (await emu.jobs())["jobs"] == []
 
 
+@pytest.mark.parametrize("code", [401, 403])
+async def test_auth_failure_status_can_be_chosen(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, code: int
+) -> None:
+    """--auth-failure 401|403 answers a bad token with that status instead."""
+    emu = await emulator(auth_failure=code)
+    status, _, body = await ask(session, emu, token="wrong")
+    assert status == code
+    assert "token" in json.loads(body)["error"]
+
+
 @pytest.mark.parametrize(
-    ("params", "parameter"),
+    ("params", "message"),
     [
-        ({"toDate": DAY["toDate"]}, "fromDate"),
-        ({"fromDate": DAY["fromDate"]}, "toDate"),
-        ({"fromDate": "yesterday", "toDate": DAY["toDate"]}, "fromDate"),
-        ({"fromDate": DAY["fromDate"], "toDate": "2022-13-01"}, "toDate"),
-        ({"fromDate": DAY["toDate"], "toDate": DAY["fromDate"]}, "fromDate"),
+        ({"toDate": DAY["toDate"]}, "ISO 8601"),
+        ({"fromDate": DAY["fromDate"]}, "ISO 8601"),
+        ({"fromDate": "yesterday", "toDate": DAY["toDate"]}, "ISO 8601"),
+        ({"fromDate": "2022-01-01", "toDate": DAY["toDate"]}, "ISO 8601"),
+        ({"fromDate": "2022-01-01T00:00:00Z", "toDate": DAY["toDate"]}, "ISO 8601"),
+        ({"fromDate": "2022-01-01T00:00:00.000+01:00", "toDate": DAY["toDate"]}, "ISO 8601"),
+        ({"fromDate": DAY["fromDate"], "toDate": "2022-13-01T00:00:00.000Z"}, "ISO 8601"),
+        ({"fromDate": DAY["toDate"], "toDate": DAY["fromDate"]}, "Wrong range date"),
     ],
 )
-async def test_bad_dates_are_400_naming_the_parameter(
+async def test_dates_are_parsed_strictly(
     emulator: EmulatorFactory,
     session: aiohttp.ClientSession,
     params: dict[str, str],
-    parameter: str,
+    message: str,
 ) -> None:
-    """Missing, non-ISO or reversed dates get a 400 naming the parameter."""
+    """Missing, bare, second-precision, offset or reversed dates get AC's 400 ERROR body."""
     emu = await emulator()
     status, _, body = await ask(session, emu, params=params)
     assert status == 400
     error = json.loads(body)
-    assert error["parameter"] == parameter
-    assert parameter in error["error"]
+    assert error["status"] == "ERROR"
+    assert message in error["message"]
+    assert (await emu.jobs())["jobs"] == []
 
 
-async def test_unknown_type_is_404(
+async def test_minutes_without_seconds_are_accepted(
     emulator: EmulatorFactory, session: aiohttp.ClientSession
 ) -> None:
-    """An unknown export type is a 404 listing the known ones."""
+    """``yyyy-MM-ddTHH:mm`` is the other form AC's formatter accepts."""
     emu = await emulator()
-    status, _, body = await ask(session, emu, type_="visits")
-    assert status == 404
-    assert json.loads(body)["types"] == list(RECORD_TYPES)
+    params = {"fromDate": "2022-01-01T00:00", "toDate": "2022-01-01T23:59"}
+    status, _, body = await ask(session, emu, params=params)
+    assert status == 200
+    assert json.loads(body)["toDate"] == "2022-01-01T23:59:00.000Z"
+
+
+@pytest.mark.parametrize("type_", ["visits", "Page", "PAGE"])
+async def test_unknown_or_miscased_type_is_400(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, type_: str
+) -> None:
+    """Types are case-sensitive; anything else is AC's 400 naming the six types."""
+    emu = await emulator()
+    status, _, body = await ask(session, emu, type_=type_)
+    assert status == 400
+    error = json.loads(body)
+    assert error["status"] == "ERROR"
+    assert all(f'"{name}"' in error["message"] for name in RECORD_TYPES)
 
 
 async def test_data_is_deterministic_and_realistic(emulator: EmulatorFactory) -> None:
@@ -181,7 +301,18 @@ async def test_data_is_deterministic_and_realistic(emulator: EmulatorFactory) ->
         "identity": {"id", "individualId", "dataSourceId", "dataSourceIndividualPK"},
         "individual": {"id", "demographics"},
         "membership": {"segmentId", "individualId", "status", "dateFirstAdded", "dateChanged"},
-        "page": {"title", "url", "metrics"},
+        "page": {
+            "individualId",
+            "canonicalUrl",
+            "url",
+            "title",
+            "eventDate",
+            "views",
+            "timeOnPage",
+            "sessionId",
+            "segmentNames",
+            "primaryKey",
+        },
         "segment": {"id", "name", "segmentType", "individualCount", "knownIndividualCount"},
     }
     async with aiohttp.ClientSession() as session:
@@ -194,7 +325,7 @@ async def test_data_is_deterministic_and_realistic(emulator: EmulatorFactory) ->
             assert payloads[0] != payloads[2]
             records = [json.loads(line) for line in payloads[0].splitlines()]
             assert len(records) == 100
-            assert len({r.get("id") for r in records}) == 100
+            assert len({r.get("id", r.get("primaryKey")) for r in records}) == 100
             for record in records:
                 assert expected_fields[type_] <= set(record)
     text = payloads[0].decode()
@@ -215,17 +346,21 @@ async def test_record_dates_lie_inside_the_window(
         assert start <= when < end
 
 
-async def test_page_metrics_have_value_previous_and_trend(
+async def test_page_records_are_visits(
     emulator: EmulatorFactory, session: aiohttp.ClientSession
 ) -> None:
-    """Page metrics carry value, previousValue and a classified trend."""
-    emu = await emulator(records=5)
+    """A page record is one visit: an individual, a page, a time and what happened."""
+    emu = await emulator(records=50)
     await ask(session, emu, "page")
-    record = json.loads((await wait_ready(session, emu, "page")).splitlines()[0])
-    for name in ("viewsMetric", "visitorsMetric", "sessionsMetric", "bounceRateMetric"):
-        metric = record["metrics"][name]
-        assert set(metric) == {"value", "previousValue", "trend"}
-        assert metric["trend"]["trendClassification"] in {"POSITIVE", "NEGATIVE", "NEUTRAL"}
+    records = [json.loads(line) for line in (await wait_ready(session, emu, "page")).splitlines()]
+    for visit in records:
+        assert visit["canonicalUrl"].startswith("https://")
+        assert visit["url"].startswith(visit["canonicalUrl"])
+        assert visit["views"] >= 1
+        assert visit["timeOnPage"] > 0
+        assert isinstance(visit["segmentNames"], list)
+        assert visit["eventDate"].endswith("Z")
+    assert len({visit["primaryKey"] for visit in records}) == 50
 
 
 async def test_records_per_day_scale_with_the_window(
@@ -235,11 +370,7 @@ async def test_records_per_day_scale_with_the_window(
     emu = await emulator(records_per_day=400)
     params = {"fromDate": "2022-01-01T00:00:00.000Z", "toDate": "2022-01-01T05:59:59.999Z"}
     await ask(session, emu, "segment", params=params)
-    async with asyncio.timeout(5):
-        while True:
-            _, _, body = await ask(session, emu, "segment", params=params)
-            if not body.startswith(b'{"fromDate"'):
-                break
+    body = await wait_ready(session, emu, "segment", params=params)
     assert len(body.splitlines()) == 100
 
 
@@ -247,7 +378,7 @@ async def test_json_array_format(emulator: EmulatorFactory, session: aiohttp.Cli
     """--format json serves one JSON array holding every record."""
     emu = await emulator(format="json", records=5000)
     await ask(session, emu, "individual")
-    data = await wait_ready(session, emu, "individual")
+    data = await wait_ready_raw(session, emu, "individual")
     assert data.startswith(b"[")
     assert len(json.loads(data)) == 5000
 
@@ -258,7 +389,7 @@ async def test_inspection_reports_digest_timeline_and_requests(
     """/_emulator/jobs lists each job's timeline, request count, bytes, sha256 and records."""
     emu = await emulator(processing_s=0.1, records=300)
     await ask(session, emu, "membership")
-    data = await wait_ready(session, emu, "membership")
+    data = await wait_ready_raw(session, emu, "membership")
     report = await emu.jobs()
     (job,) = report["jobs"]
     assert job["workspace"] == "acme"
@@ -278,9 +409,9 @@ async def test_gzip_when_the_client_accepts_it(
     emulator: EmulatorFactory, session: aiohttp.ClientSession
 ) -> None:
     """--gzip serves Content-Encoding: gzip to clients that accept it, plain to others."""
-    emu = await emulator(gzip=True)
+    emu = await emulator(gzip=True, format="ndjson")
     await ask(session, emu, "event")
-    plain = await wait_ready(session, emu, "event")
+    plain = await wait_ready_raw(session, emu, "event")
     headers = {"Accept-Encoding": "gzip"}
     status, response_headers, raw = await ask(
         session, emu, "event", headers=headers, auto_decompress=False
@@ -310,6 +441,7 @@ async def test_redirect_to_signed_storage_on_another_origin(
     async with session.get(location) as response:
         assert response.status == 200
         data = await response.read()
+    assert len(unzip(data).splitlines()) == 100
     (job,) = (await emu.jobs())["jobs"]
     assert hashlib.sha256(data).hexdigest() == job["sha256"]
     with_token = {"Authorization": "Bearer acme-token"}
@@ -368,8 +500,8 @@ async def test_garbage_rate_answers_html_or_broken_json(
 async def test_cut_rate_closes_the_connection_mid_download(
     emulator: EmulatorFactory, session: aiohttp.ClientSession
 ) -> None:
-    """--cut-rate 1 sends fewer bytes than Content-Length and closes; Range resumes."""
-    emu = await emulator(records=20000)
+    """--cut-rate 1 sends fewer bytes than Content-Length and closes; --range resumes."""
+    emu = await emulator(records=20000, format="ndjson", ranges=True)
     await ask(session, emu, "page")
     await asyncio.sleep(0.3)
     await emu.control("faults", {"cut_rate": 1.0})
@@ -414,6 +546,6 @@ async def test_revoked_token_is_refused_until_restored(
     """The control route revokes and restores a workspace's token."""
     emu = await emulator()
     await emu.control("workspaces/acme", {"revoked": True})
-    assert (await ask(session, emu))[0] == 401
+    assert (await ask(session, emu))[0] == 500
     await emu.control("workspaces/acme", {"revoked": False})
     assert (await ask(session, emu))[0] == 200

@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,14 @@ from typing import Any
 import aiohttp
 import pytest
 import structlog
+import structlog.testing
 from pydantic import SecretStr
 
 from acexport.api import ExportClient, ExportStatus
+from acexport.config import HttpSettings
 from acexport.emulator import FaultSettings
 from acexport.emulator.data import RECORD_TYPES
-from acexport.errors import AuthError
+from acexport.errors import AuthError, TransientError
 from acexport.export import ExportObserver, ExportSpec, Timing, run_export
 from acexport.observability import configure_logging, register_secret
 from acexport.polling import Backoff
@@ -74,13 +77,41 @@ def job_for(report: dict[str, Any], type_: str) -> dict[str, Any]:
     return next(j for j in reversed(report["jobs"]) if j["type"] == type_ and j["state"] == "READY")
 
 
+async def test_every_type_survives_the_real_protocol_with_ac_failures_and_truncation(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """ZIP bodies cut short, ERROR from AC and 500 outages: every type still arrives intact."""
+    faults = FaultSettings(error_rate=0.25, truncate_rate=0.2, fail_rate=0.1)
+    emu = await emulator(records=3000, faults=faults, processing_s=0.02)
+    for type_ in RECORD_TYPES:
+        outcome = await export(emu, session, tmp_path, type_, compression="gzip")
+        job = job_for(await emu.jobs(), type_)
+        assert outcome.manifest.payload_sha256 == job["sha256"]
+        assert outcome.manifest.records == job["records"] == 3000
+        assert outcome.manifest.format == "zip"
+        lines = gzip.decompress(spec_for(tmp_path, type_, "gzip").destination.read_bytes())
+        assert len(lines.splitlines()) == 3000
+    report = await emu.jobs()
+    counts = report["workspaces"]["acme"]["faults"]
+    assert counts["error"] >= 1
+    assert counts["truncate"] >= 1
+    assert report["workspaces"]["acme"]["max_unready"] == 1
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 async def test_every_type_survives_faults_redirects_gzip_and_json(
     emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     """Under 5xx, 429, cuts, redirects, gzip and JSON arrays, every type arrives intact."""
     faults = FaultSettings(fail_rate=0.2, throttle_rate=0.1, cut_rate=0.2, retry_after_s=0)
     emu = await emulator(
-        redirect=True, gzip=True, format="json", records=3000, faults=faults, processing_s=0.05
+        redirect=True,
+        gzip=True,
+        ranges=True,
+        format="json",
+        records=3000,
+        faults=faults,
+        processing_s=0.05,
     )
     for type_ in RECORD_TYPES:
         outcome = await export(emu, session, tmp_path, type_, compression="gzip")
@@ -122,8 +153,10 @@ async def test_ndjson_output_holds_the_records_served(
 async def test_cut_download_resumes_with_range(
     emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    """A cut identity-encoded download resumes where it stopped instead of restarting."""
-    emu = await emulator(records=20000, faults=FaultSettings(cut_rate=1.0))
+    """With --range, a cut identity-encoded download resumes where it stopped."""
+    emu = await emulator(
+        records=20000, format="ndjson", ranges=True, faults=FaultSettings(cut_rate=1.0)
+    )
 
     async def sleep(_: float) -> None:
         await asyncio.sleep(0.01)
@@ -160,39 +193,154 @@ async def test_expired_ready_data_is_resubmitted(
     assert outcome.manifest.payload_sha256 == job_for(await emu.jobs(), "segment")["sha256"]
 
 
-async def test_bad_token_fails_at_once(
+async def test_truncated_zip_is_downloaded_again_from_the_start(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A ZIP body that ends cleanly but early is fetched again whole, from the same AC export."""
+    emu = await emulator(records=5000, faults=FaultSettings(truncate_rate=1.0))
+
+    async def sleep(_: float) -> None:
+        await asyncio.sleep(0.01)
+        if (await emu.jobs())["workspaces"]["acme"]["faults"].get("truncate"):
+            await emu.control("faults", {"truncate_rate": 0.0})
+
+    outcome = await export(emu, session, tmp_path, "page", sleep=sleep)
+    (job,) = (await emu.jobs())["jobs"]  # one AC export: a short body is not a new export
+    assert outcome.manifest.payload_sha256 == job["sha256"]
+    assert job["downloads_started"] == 2
+    assert outcome.manifest.records == 5000
+
+
+async def test_zero_record_window_is_committed_empty(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A ZIP with an empty member is a done window: an empty gzip file and records 0."""
+    emu = await emulator(records=0)
+    outcome = await export(emu, session, tmp_path, "segment", compression="gzip")
+    assert outcome.manifest.records == 0
+    assert outcome.requests <= 3
+    destination = spec_for(tmp_path, "segment", "gzip").destination
+    assert gzip.decompress(destination.read_bytes()) == b""
+    assert json.loads(outcome.manifest_path.read_text())["records"] == 0
+
+
+async def test_dates_sent_pass_ac_strict_parser(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """fromDate/toDate are sent as yyyy-MM-ddTHH:mm:ss.SSSZ, which the strict parser accepts."""
+    from acexport.emulator.app import parse_strict_date
+
+    client = ExportClient(session, "https://ac.example.com", SecretStr("t"))
+    odd = ExportWindow(
+        datetime(2022, 3, 27, 1, 0, tzinfo=UTC), datetime(2022, 3, 27, 1, 0, 0, 5000, tzinfo=UTC)
+    )
+    for window in (WINDOW, odd):
+        query = client.url("page", window).query
+        for key in ("fromDate", "toDate"):
+            assert parse_strict_date(query[key]) is not None, query[key]
+            assert len(query[key]) == len("2022-01-01T00:00:00.000Z")
+    emu = await emulator(records=10)
+    outcome = await export(emu, session, tmp_path, "event")
+    assert outcome.manifest.records == 10
+
+
+async def test_bad_token_answered_401_fails_at_once(
     emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     """A 401 ends the export with AuthError after one request, no retry loop."""
-    emu = await emulator()
+    emu = await emulator(auth_failure=401)
     with pytest.raises(AuthError):
         await export(emu, session, tmp_path, token="not-the-token")
     assert (await emu.jobs())["workspaces"]["acme"]["requests"] == 0
     assert not (tmp_path / "out").exists()
 
 
-async def test_unknown_status_is_retried_then_fails(
+async def test_bad_token_answered_500_is_named_within_a_minute(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Only 500s to a token AC never accepted end, within about a minute, blaming the token."""
+    emu = await emulator()
+    waits: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)  # time is not spent, only counted
+
+    timing = Timing.from_settings(HttpSettings())  # the defaults an operator gets
+    with pytest.raises(AuthError, match="revoked AC token") as raised:
+        await export(emu, session, tmp_path, token="revoked", timing=timing, sleep=sleep)
+    assert "check the token" in str(raised.value)
+    assert sum(waits) <= 70
+    assert len(waits) < timing.max_attempts
+
+
+async def test_500s_to_a_token_that_worked_are_an_outage(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Once AC accepted the token, 500s are retried as an outage, not blamed on the token."""
+    emu = await emulator()
+    client = ExportClient(session, emu.url, SecretStr("acme-token"))
+    client.trust.proven = True
+    await emu.control("faults", {"fail_rate": 1.0})
+    sink = Sink(tmp_path / "tmp", "none")
+    calls = 0
+
+    async def sleep(_: float) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 15:
+            await emu.control("faults", {"fail_rate": 0.0})
+
+    try:
+        outcome = await run_export(spec_for(tmp_path, "page"), client, sink, FAST, sleep=sleep)
+    finally:
+        sink.close()
+    assert outcome.manifest.records == 100
+
+
+def _mocked_statuses(mocked: Any, answers: list[dict[str, Any]]) -> None:
+    url = "https://ac.example.com/api/reports/export/page"
+    for body in answers:
+        mocked.get(f"{url}?fromDate={WINDOW.from_date}&toDate={WINDOW.to_date}", payload=body)
+
+
+async def test_ac_errors_are_polled_through_then_fail_past_the_budget(
     session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    """A FAILED status is retried a bounded number of times, then reported with its message."""
+    """ERROR answers are AC restarting; past max_ac_failures in a row the export fails."""
     from aioresponses import aioresponses
 
     from acexport.errors import ExportFailed
 
-    url = "https://ac.example.com"
-    failed = {"status": "FAILED", "message": "export job crashed", "createdDate": "x"}
+    error = {"status": "ERROR", "message": "The last data export file failed.", "createdDate": "x"}
+    timing = replace(FAST, max_ac_failures=3)
     with aioresponses() as mocked:
-        mocked.get(
-            f"{url}/api/reports/export/page?fromDate={WINDOW.from_date}&toDate={WINDOW.to_date}",
-            payload=failed,
-            repeat=True,
-        )
+        _mocked_statuses(mocked, [error] * 3)
         sink = Sink(tmp_path, "none")
-        client = ExportClient(session, url, SecretStr("tkn-123"))
-        with pytest.raises(ExportFailed, match="export job crashed"):
-            await run_export(spec_for(tmp_path, "page"), client, sink, FAST)
+        client = ExportClient(session, "https://ac.example.com", SecretStr("tkn-123"))
+        with (
+            structlog.testing.capture_logs() as logs,
+            pytest.raises(ExportFailed, match=r"AC kept failing.*3 times"),
+        ):
+            await run_export(spec_for(tmp_path, "page"), client, sink, timing)
         sink.close()
-        assert len(next(iter(mocked.requests.values()))) == FAST.max_unknown_status
+    assert [e["event"] for e in logs].count("export_failed_at_ac") == 3
+
+
+async def test_unknown_status_is_a_transient_answer(
+    session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A status AC never sends is retried like any malformed answer, within max_attempts."""
+    from aioresponses import aioresponses
+
+    weird = {"status": "EXPLODED", "message": "?", "createdDate": "x"}
+    timing = replace(FAST, max_attempts=4)
+    with aioresponses() as mocked:
+        _mocked_statuses(mocked, [weird] * 4)
+        sink = Sink(tmp_path, "none")
+        client = ExportClient(session, "https://ac.example.com", SecretStr("tkn-123"))
+        with pytest.raises(TransientError, match="unknown status 'EXPLODED'"):
+            await run_export(spec_for(tmp_path, "page"), client, sink, timing)
+        sink.close()
 
 
 async def test_token_appears_in_no_log_line(
@@ -226,7 +374,7 @@ async def test_zip_payload_is_converted_to_ndjson(
     emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     """A ZIP of JSON Lines (sniffed from its bytes) arrives as NDJSON; sha256 is the ZIP's."""
-    emu = await emulator(format="zip", records=2500, redirect=True)
+    emu = await emulator(records=2500, redirect=True)
     outcome = await export(emu, session, tmp_path, "membership", compression="gzip")
     job = job_for(await emu.jobs(), "membership")
     assert outcome.manifest.format == "zip"

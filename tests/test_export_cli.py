@@ -275,7 +275,7 @@ async def test_export_to_a_reader_that_stops_early(emulator: EmulatorFactory) ->
     first = await asyncio.to_thread(reader.read, 100)
     reader.close()  # like `head -c 100`
     _, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert first.startswith(b'{"id"')
+    assert first.startswith(b'{"primaryKey"')
     assert process.returncode == 1
     assert b"stdout closed before all data was written" in stderr
     assert b"Traceback" not in stderr

@@ -18,7 +18,14 @@ import aiohttp
 from pydantic import SecretStr
 from yarl import URL
 
-from .errors import AuthError, RateLimited, RemoteRejected, TransientError
+from .errors import (
+    AuthError,
+    PayloadError,
+    RateLimited,
+    RemoteRejected,
+    ServerError,
+    TransientError,
+)
 from .windows import ONE_MS, ExportWindow
 
 _PEEK_BYTES = 64 * 1024  # a status object is far smaller; data is usually far larger
@@ -29,9 +36,20 @@ _TRANSIENT_4XX = {408, 425, 429}
 _DEFAULT_RETRY_AFTER_S = 30.0
 
 
+@dataclass
+class TokenTrust:
+    """Whether AC has accepted a token yet.
+
+    AC answers a bad token with an undocumented status, plausibly a 500; so 5xx
+    answers to a token that never worked point at the token, not at an outage.
+    """
+
+    proven: bool = False
+
+
 @dataclass(frozen=True)
 class ExportStatus:
-    """AC's answer while the export is not ready: PENDING, RUNNING, or something else."""
+    """AC's answer while the export is not ready: PENDING, RUNNING, ERROR (or unknown)."""
 
     status: str
     created_date: str | None
@@ -50,14 +68,20 @@ class Payload:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body, chunk by chunk; a cut connection is a TransientError."""
+        received = len(self.prefix)
         if self.prefix:
             yield self.prefix
         try:
             # readany hands over aiohttp's buffered chunks as they are, without joining.
             while chunk := await self.response.content.readany():
+                received += len(chunk)
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientError(f"download cut: {_describe(exc)}") from None
+        if received == 0 and self.offset == 0 and self.response.content_length != 0:
+            # AC's failure while streaming ends the body cleanly, possibly before any
+            # byte; only an explicit Content-Length: 0 (legacy raw bodies) is an empty export.
+            raise PayloadError("AC answered 200 with an empty body")
 
 
 def origin(url: str | URL) -> tuple[str, str, int | None]:
@@ -156,12 +180,14 @@ class ExportClient:
         base_url: str,
         token: SecretStr,
         on_response: Callable[[int], None] | None = None,
+        trust: TokenTrust | None = None,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
         self._token = token
         self._origin = origin(self._base)
         self._on_response = on_response  # sees every HTTP status, for metrics
+        self.trust = trust or TokenTrust()
 
     def url(self, type_: str, window: ExportWindow) -> URL:
         return URL(f"{self._base}/api/reports/export/{type_}").with_query(
@@ -187,7 +213,7 @@ class ExportClient:
 
     async def _get_following_redirects(self, url: URL, range_start: int) -> aiohttp.ClientResponse:
         for _ in range(_MAX_REDIRECTS + 1):
-            headers = {"Accept": "application/json, application/x-ndjson, */*"}
+            headers = {"Accept": "application/zip, application/json, application/x-ndjson, */*"}
             if origin(url) == self._origin:
                 headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
             if range_start:
@@ -200,6 +226,8 @@ class ExportClient:
                 ) from None
             if self._on_response is not None:
                 self._on_response(response.status)
+            if response.status < 400 and origin(url) == self._origin:
+                self.trust.proven = True  # AC's own origin accepted the token
             if response.status not in (301, 302, 303, 307, 308):
                 return response
             location = response.headers.get("Location")
@@ -220,6 +248,11 @@ class ExportClient:
     ) -> ExportStatus | Payload:
         status = response.status
         where = f"{response.url.scheme}://{response.url.host}"
+        from_ac = origin(response.url) == self._origin
+        if status in (401, 403) and not from_ac:
+            # A storage host reached by redirect never saw the token: its signed URL
+            # expired or is wrong. Asking AC again gets a fresh one.
+            raise TransientError(f"{where} (storage) answered {status} {response.reason}")
         if status in (401, 403):
             raise AuthError(
                 f"AC answered {status} {response.reason}: the access token is missing, "
@@ -232,7 +265,9 @@ class ExportClient:
                 f"{where} answered {status}; retrying after {when}",
                 retry_after if retry_after is not None else _DEFAULT_RETRY_AFTER_S,
             )
-        if status >= 500 or status in _TRANSIENT_4XX or status == 416:
+        if status >= 500:
+            raise ServerError(f"{where} answered {status} {response.reason}", status, from_ac)
+        if status in _TRANSIENT_4XX or status == 416:
             raise TransientError(f"{where} answered {status} {response.reason}")
         if status >= 400:
             body = await _read_up_to(response, 4096)
@@ -240,13 +275,14 @@ class ExportClient:
         if status not in (200, 206):
             raise TransientError(f"{where} answered an unexpected {status} {response.reason}")
         content_type = response.headers.get("Content-Type", "").lower()
+        encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
+        resumable = response.headers.get("Accept-Ranges", "").lower() == "bytes" and not encoded
+        if status == 200 and content_type.startswith("application/zip"):
+            # AC's data, said by its type: no need to look for a status in it.
+            return Payload(response, b"", 0, response.content_length, resumable)
         prefix = await _read_up_to(response, _PEEK_BYTES)
         if "text/html" in content_type or prefix.lstrip()[:1] == b"<":
             raise TransientError(f"{where} answered an HTML page instead of data ({status})")
-        if not prefix and status == 200:
-            # An export with no records is still a JSON document; an empty body is a
-            # broken answer, and taking it as data would mark a window done, empty.
-            raise TransientError(f"{where} answered 200 with an empty body")
         if status == 200 and _looks_like_big_status(prefix):
             prefix += await _read_up_to(response, _MAX_STATUS_BYTES)
             if response.content.at_eof() and as_status(_load_json(prefix)) is not None:
@@ -267,8 +303,6 @@ class ExportClient:
             if offset != range_start:
                 raise TransientError(f"asked for byte {range_start}, got a range from {offset}")
         total = response.content_length
-        encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
-        resumable = response.headers.get("Accept-Ranges", "").lower() == "bytes" and not encoded
         return Payload(
             response, prefix, offset, None if total is None else offset + total, resumable
         )

@@ -122,6 +122,9 @@ class HttpSettings(_Section):
     retry_initial: Duration = timedelta(seconds=1)
     retry_max: Duration = timedelta(minutes=1)
     max_attempts: int = Field(default=10, ge=1, le=1000)
+    # AC reporting ERROR (its export failed; it starts again) this many times in a row
+    # for one window ends the export.
+    max_ac_failures: int = Field(default=5, ge=1, le=1000)
     # How long AC keeps ready data. A ready export older than this (the daemon was
     # down) will be created anew by the next request, so it must hold the lane's slot.
     download_window: Duration = timedelta(hours=24)

@@ -3,8 +3,9 @@
 - ``ConfigError``: the operator must fix the configuration (exit 78).
 - ``AuthError``: a human must renew a token; retrying in a loop cannot help.
 - ``RemoteRejected``: AC refused the request itself (400/404): a bug or bad input.
-- ``ExportFailed``: AC reported the export failed (e.g. ``FAILED``) too many times.
-- ``TransientError``: worth retrying with backoff; ``RateLimited`` says when.
+- ``ExportFailed``: AC reported the export failed (status ``ERROR``) too many times in a row.
+- ``TransientError``: worth retrying with backoff; ``RateLimited`` says when,
+  ``ServerError`` is a 5xx (from AC itself, a bad token may be behind it).
 - ``SinkError``: the local disk refused (full, read-only); nothing half-written is left.
 - ``StateError``: the ledger cannot be written; the daemon stops rather than guess.
 """
@@ -21,7 +22,7 @@ class ConfigError(AcexportError):
 
 
 class AuthError(AcexportError):
-    """AC answered 401/403: the token is missing, wrong, expired or lacks rights."""
+    """The token is missing, wrong, expired or lacks rights (401/403, or only 500s)."""
 
 
 class RemoteRejected(AcexportError):
@@ -29,7 +30,7 @@ class RemoteRejected(AcexportError):
 
 
 class ExportFailed(AcexportError):
-    """AC kept reporting an unexpected status (such as FAILED) for this export."""
+    """AC kept failing to create this export (status ERROR, too many times in a row)."""
 
 
 class TransientError(AcexportError):
@@ -42,6 +43,15 @@ class RateLimited(TransientError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class ServerError(TransientError):
+    """A 5xx answer; ``from_ac`` when AC's own origin gave it (not a storage host)."""
+
+    def __init__(self, message: str, status: int, from_ac: bool) -> None:
+        super().__init__(message)
+        self.status = status
+        self.from_ac = from_ac
 
 
 class PayloadError(TransientError):

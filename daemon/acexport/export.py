@@ -2,7 +2,10 @@
 
 This is the only place that decides what an API error means for an export:
 auth and rejections end it, transient failures are retried with backoff
-(``Retry-After`` honoured), a cut download resumes where it can, and ready
+(``Retry-After`` honoured), a cut download resumes where it can, a download
+that ended early is fetched again, an ERROR from AC (its export failed; the
+next request starts a new one) is polled on within its own budget, 5xx
+answers to a token AC never accepted end as a suspected bad token, and ready
 data that expired is resubmitted, never skipped.
 """
 
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +22,7 @@ import structlog
 
 from .api import ExportClient, ExportStatus, Payload
 from .config import HttpSettings
-from .errors import ExportFailed, PayloadError, RateLimited, TransientError
+from .errors import AuthError, ExportFailed, PayloadError, RateLimited, ServerError, TransientError
 from .payload import PayloadWriter
 from .polling import Backoff, PollPlan
 from .sink import Manifest, Sink
@@ -28,6 +31,9 @@ from .windows import ExportWindow, iso_ms
 log = structlog.get_logger("acexport.export")
 
 _WAITING = ("PENDING", "RUNNING")
+# 5xx answers to a token AC never accepted are given this long (and max_attempts)
+# before the token is blamed: an expired or revoked token plausibly answers 500.
+SUSPECT_TOKEN_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -47,7 +53,7 @@ class Timing:
     poll: Backoff  # initial_s and max_s bound the PollPlan
     retry: Backoff
     max_attempts: int = 10  # consecutive failed requests before the export fails
-    max_unknown_status: int = 3  # FAILED-like answers before giving up
+    max_ac_failures: int = 5  # ERROR answers in a row before the export fails
     expected_s: float | None = None  # how long this kind of export took before
 
     @classmethod
@@ -56,6 +62,7 @@ class Timing:
             poll=Backoff(http.poll_initial.total_seconds(), http.poll_max.total_seconds()),
             retry=Backoff(http.retry_initial.total_seconds(), http.retry_max.total_seconds()),
             max_attempts=http.max_attempts,
+            max_ac_failures=http.max_ac_failures,
         )
 
     def plan(self) -> PollPlan:
@@ -89,7 +96,8 @@ class _Attempt:
 
     requests: int = 0
     failures: int = 0
-    unknown: int = 0
+    ac_failures: int = 0  # ERROR answers since the last data
+    suspect_waited_s: float = 0.0  # waited since 5xx answers to an unproven token began
     expired: int = 0
     had_ready: bool = False
     created_date: str | None = None
@@ -124,7 +132,7 @@ async def run_export(
                         spec.type, spec.window, range_start=state.offset
                     ) as answer:
                         if isinstance(answer, ExportStatus):
-                            delay = await _on_status(answer, state, sink, timing, polls, retries)
+                            delay = await _on_status(answer, state, sink, timing, polls)
                             await observer.status(answer, delay)
                         else:
                             manifest_path, manifest = await _download(
@@ -139,13 +147,33 @@ async def run_export(
                 except RateLimited as exc:
                     delay = _count_failure(exc, state, timing, exc.retry_after_s)
                 except TransientError as exc:
-                    delay = _count_failure(exc, state, timing, next(retries))
+                    delay = next(retries)
+                    if isinstance(exc, ServerError):
+                        _suspect_token(exc, state, timing, client.trust.proven, delay)
+                    delay = _count_failure(exc, state, timing, delay)
                     await _after_transient(exc, state, sink)
                 await sleep(delay)
         finally:
             if state.writer is not None:
                 # Shielded: a cancelled export must still leave no temp file behind.
                 await asyncio.shield(sink.discard(state.writer))
+
+
+def _suspect_token(
+    exc: ServerError, state: _Attempt, timing: Timing, proven: bool, delay: float
+) -> None:
+    """Blame the token when AC answered nothing but 5xx to a token it never accepted."""
+    if proven or not exc.from_ac:
+        state.suspect_waited_s = 0.0
+        return
+    exhausted = state.failures + 1 >= timing.max_attempts
+    if exhausted or state.suspect_waited_s + delay > SUSPECT_TOKEN_S:
+        log.error("export_token_suspected", failures=state.failures + 1, error=str(exc))
+        raise AuthError(
+            f"every request with this token failed with {exc.status} ({exc}); an expired or "
+            "revoked AC token answers this way — check the token"
+        )
+    state.suspect_waited_s += delay
 
 
 def _count_failure(exc: TransientError, state: _Attempt, timing: Timing, delay: float) -> float:
@@ -180,7 +208,6 @@ async def _on_status(
     sink: Sink,
     timing: Timing,
     polls: PollPlan,
-    retries: Iterator[float],
 ) -> float:
     # A partial download belongs to data AC no longer serves: start over when it is ready.
     await _drop_partial(state, sink)
@@ -204,13 +231,23 @@ async def _on_status(
         if state.submitted_at is None:
             state.submitted_at = time.monotonic()
         return polls.next_delay(time.monotonic() - state.submitted_at)
-    state.unknown += 1
-    log.warning("export_unexpected_status", status=answer.status, message=answer.message)
-    if state.unknown >= timing.max_unknown_status:
+    if answer.status == "ERROR":
+        return _on_ac_failure(answer, state, timing)
+    raise TransientError(f"AC answered an unknown status {answer.status!r}: {answer.message}")
+
+
+def _on_ac_failure(answer: ExportStatus, state: _Attempt, timing: Timing) -> float:
+    """AC's export failed; AC creates it anew on the next request, so ask again soon."""
+    state.ac_failures += 1
+    state.failures = 0
+    state.submitted_at = time.monotonic()  # the next request starts a new export
+    log.warning("export_failed_at_ac", message=answer.message, ac_failures=state.ac_failures)
+    if state.ac_failures >= timing.max_ac_failures:
         raise ExportFailed(
-            f"AC answered status {answer.status} {state.unknown} times: {answer.message or ''}"
+            f"AC kept failing to create this export ({state.ac_failures} times in a row): "
+            f"{answer.message or 'no message'}"
         )
-    return next(retries)
+    return timing.poll.initial_s
 
 
 async def _download(
@@ -220,6 +257,7 @@ async def _download(
     sink: Sink,
     observer: ExportObserver,
 ) -> tuple[Path, Manifest]:
+    state.ac_failures = 0
     if not state.had_ready:
         state.had_ready = True
         log.info("export_ready", requests=state.requests)

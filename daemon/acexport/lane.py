@@ -19,7 +19,7 @@ import aiohttp
 import structlog
 from pydantic import SecretStr
 
-from .api import ExportClient, ExportStatus
+from .api import ExportClient, ExportStatus, TokenTrust
 from .config import Settings, output_file
 from .errors import AcexportError, AuthError, StateError
 from .export import ExportObserver, ExportSpec, Timing, run_export
@@ -77,8 +77,8 @@ class Lane:
         self, key: str, token: SecretStr, ctx: LaneContext, max_in_flight: int = 3
     ) -> None:
         self.key = key
-        self.token = token
         self.ctx = ctx
+        self.token = token
         self._queue: asyncio.Queue[ExportRecord | None] = asyncio.Queue()
         self._queued_ids: set[int] = set()
         self._slot = asyncio.Semaphore(1)
@@ -106,6 +106,16 @@ class Lane:
         if added:
             self._idle.clear()
         return added
+
+    @property
+    def token(self) -> SecretStr:
+        return self._token
+
+    @token.setter
+    def token(self, token: SecretStr) -> None:
+        """A new token has yet to be accepted by AC (see ``TokenTrust``)."""
+        self._token = token
+        self.trust = TokenTrust()
 
     def clear_auth_failure(self) -> None:
         self.auth_failure = None
@@ -200,6 +210,7 @@ class Lane:
                 self.ctx.base_url(record.workspace),
                 self.token,
                 on_response=lambda code: responses.labels(record.workspace, str(code)).inc(),
+                trust=self.trust,
             )
             expected = await store.expected_processing_s(record.workspace, record.type)
             timing = replace(self.ctx.timing(), expected_s=expected)
@@ -209,6 +220,8 @@ class Lane:
         except AuthError as exc:
             self.auth_failure = f"AuthError: {exc}"
             log.error("lane_token_rejected", workspace=record.workspace, error=str(exc))
+            # No retry can help: /healthz names the token at once, not after five failures.
+            self.ctx.health.problems[self.key] = self.auth_failure
             await self._failed(record, self.auth_failure)
             return
         except AcexportError as exc:

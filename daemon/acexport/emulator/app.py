@@ -1,5 +1,27 @@
 """The emulator's HTTP surface: AC's export route, a storage route, and inspection.
 
+With default settings it answers as the real service does. The facts come from
+AC's open-source server code, ``ReportController.java`` and
+``ReportControllerResponseFactory.java`` (with its test) and
+``GroupInfoContextProvider.java`` under
+``modules/dxp/apps/osb/osb-faro/osb-faro-web/`` in liferay/liferay-portal, and
+from the "Exporting Data" page of the Analytics Cloud docs
+(learn.liferay.com, ``docs/analytics-cloud/latest/en/apis/exporting-data.md``):
+
+- types are case-sensitive, dates are parsed strictly as
+  ``yyyy-MM-dd'T'HH:mm[:ss.SSS'Z']``; anything else is a 400 with
+  ``{"message": ..., "status": "ERROR"}``;
+- status answers are 200 JSON: PENDING (three messages), RUNNING (with
+  ``startedDate``), and ERROR when the export failed (the next request starts
+  a new one);
+- data is ``application/zip`` streamed chunked, with no Content-Length and no
+  Range; a failure while streaming just ends the body early (``--truncate-rate``);
+- a bad token fails before the controller runs: a 500 error page by default.
+
+Content-Length with Range (``--range``), redirects to storage (``--redirect``),
+gzip encoding (``--gzip``), raw NDJSON or JSON-array bodies (``--format``),
+429/503 with Retry-After and cut connections are defensive extras, off unless asked.
+
 Routes:
   GET  /api/reports/export/{type}       AC's export API (Bearer token)
   GET  /_storage/{job}/{expires}/{sig}  signed, token-less download (``--redirect``)
@@ -15,8 +37,8 @@ import asyncio
 import hashlib
 import hmac
 import ipaddress
-import json
 import random
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -37,6 +59,8 @@ _READ_CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class FaultSettings:
+    error_rate: float = 0.0  # a finished export fails at AC (status ERROR)
+    truncate_rate: float = 0.0  # a download ends cleanly but early
     fail_rate: float = 0.0
     throttle_rate: float = 0.0
     retry_after_s: int = 1
@@ -52,6 +76,8 @@ class EmulatorSettings:
     faults: FaultSettings = field(default_factory=FaultSettings)
     gzip: bool = False
     redirect: bool = False
+    ranges: bool = False  # Content-Length and Range support (the real service has neither)
+    auth_failure: int = 500  # what a bad token answers: 500 as AC plausibly does, or 401/403
     storage_dir: Path | None = None
 
 
@@ -69,32 +95,42 @@ _EMULATOR = web.AppKey("emulator", _Emulator)
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
+    """An error of the emulator's own routes (inspection, storage)."""
     body = {"status": status, "error": message, **extra}
     return web.json_response(body, status=status)
 
 
-def _parse_date(name: str, value: str | None) -> int:
-    """Epoch milliseconds of an ISO 8601 query parameter."""
-    if not value:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"status": 400, "error": f"{name} is required", "parameter": name}),
-            content_type="application/json",
-        )
+def _ac_error(status: int, message: str) -> web.Response:
+    """An error as AC's controller writes it."""
+    return web.json_response({"message": message, "status": "ERROR"}, status=status)
+
+
+_TYPES_MESSAGE = (
+    'The "type" query parameter must be either "event", "identity", "individual", '
+    '"membership", "page" or "segment"'
+)
+_DATES_MESSAGE = (
+    "Both dates in range must be ISO 8601 compliant, for example: 2020-01-01T00:00:00.000Z"
+)
+# yyyy-MM-dd'T'HH:mm[:ss.SSS'Z'], as the controller's formatter parses it.
+_STRICT_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})\.(\d{3})Z)?")
+_AUTH_FAILURE_PAGE = (
+    "<!DOCTYPE html><html><head><title>Error 500</title></head><body>"
+    "<h1>Internal Server Error</h1><p>An error occurred while accessing the requested "
+    "resource.</p></body></html>"
+)
+
+
+def parse_strict_date(value: str | None) -> int | None:
+    """Epoch milliseconds of a date in AC's one accepted format, else None."""
+    match = _STRICT_DATE.fullmatch(value or "")
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, milli = (int(g or 0) for g in match.groups())
     try:
-        when = datetime.fromisoformat(value)
+        when = datetime(year, month, day, hour, minute, second, milli * 1000, tzinfo=UTC)
     except ValueError:
-        raise web.HTTPBadRequest(
-            text=json.dumps(
-                {
-                    "status": 400,
-                    "error": f"{name} is not an ISO 8601 date: {value!r}",
-                    "parameter": name,
-                }
-            ),
-            content_type="application/json",
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
+        return None
     return (when - _EPOCH) // timedelta(milliseconds=1)
 
 
@@ -105,22 +141,37 @@ def _is_loopback(request: web.Request) -> bool:
         return False
 
 
+_MESSAGES = {
+    "new": "A new data export file for this date range and type will be created. "
+    "Please come back later.",
+    "scheduled": "A data export file for this date range and type is already scheduled "
+    "to be created. Please come back later.",
+    "after_failure": "The last data export file for this date range and type failed. "
+    "A new data export file will be created. Please come back later.",
+    "running": "The data export file for this date range and type is being created. "
+    "Please come back later.",
+    "error": "The last data export file for this date range and type failed. A new data "
+    "export file will be created on the next request.",
+}
+
+
 def _status_body(job: Job, state: JobState) -> dict[str, Any]:
-    message = (
-        "A new data export file for this date range and type will be created. "
-        "Please come back later."
-        if state is JobState.PENDING
-        else "The data export file for this date range and type is being created. "
-        "Please come back later."
-    )
-    return {
+    if state is JobState.PENDING:
+        first = job.requests == 1
+        key = ("after_failure" if job.after_failure else "new") if first else "scheduled"
+    else:
+        key = "running" if state is JobState.RUNNING else "error"
+    body: dict[str, Any] = {
         "fromDate": iso_ms(job.spec.from_ms / 1000),
         "createdDate": iso_ms(job.created_at),
         "toDate": iso_ms(job.spec.to_ms / 1000),
-        "message": message,
+        "message": _MESSAGES[key],
         "type": job.type.upper(),
         "status": state.value,
     }
+    if state is JobState.RUNNING and job.started_at is not None:
+        body["startedDate"] = iso_ms(job.started_at)
+    return body
 
 
 def _inject_fault(emu: _Emulator, workspace: str) -> web.Response | None:
@@ -131,7 +182,7 @@ def _inject_fault(emu: _Emulator, workspace: str) -> web.Response | None:
     if rng.random() < f.fail_rate:
         counts["fail"] += 1
         if rng.random() < 0.5:
-            return _error(500, "Internal Server Error")
+            return _ac_error(500, "An internal problem happened when trying to reach our services")
         return web.Response(
             status=503,
             text="Service Unavailable",
@@ -167,26 +218,42 @@ def _inject_fault(emu: _Emulator, workspace: str) -> web.Response | None:
     return None
 
 
-async def export_route(request: web.Request) -> web.StreamResponse:
-    emu = request.app[_EMULATOR]
+def _authorize(emu: _Emulator, request: web.Request) -> str | web.Response:
+    """The workspace of the request's token, or the answer to a bad token."""
     auth = request.headers.get("Authorization", "")
     token = auth[7:] if auth.startswith("Bearer ") else ""
     workspace = emu.by_token.get(token)
-    if workspace is None or emu.queue.workspaces[workspace].revoked:
-        return _error(401, "Unauthorized: missing, unknown or revoked access token")
+    if workspace is not None and not emu.queue.workspaces[workspace].revoked:
+        return workspace
+    # AC rejects a bad token before its controller runs; the answer is undocumented.
+    if emu.settings.auth_failure == 500:
+        return web.Response(status=500, content_type="text/html", text=_AUTH_FAILURE_PAGE)
+    return _error(emu.settings.auth_failure, "missing, unknown or revoked access token")
+
+
+async def export_route(request: web.Request) -> web.StreamResponse:
+    emu = request.app[_EMULATOR]
+    workspace = _authorize(emu, request)
+    if isinstance(workspace, web.Response):
+        return workspace
     emu.queue.workspaces[workspace].requests += 1
     fault = _inject_fault(emu, workspace)
     if fault is not None:
         return fault
-    type_ = request.match_info["type"].lower()
+    type_ = request.match_info["type"]
     if type_ not in RECORD_TYPES:
-        return _error(404, f"unknown export type {type_!r}", types=list(RECORD_TYPES))
-    from_ms = _parse_date("fromDate", request.query.get("fromDate"))
-    to_ms = _parse_date("toDate", request.query.get("toDate"))
+        return _ac_error(400, _TYPES_MESSAGE)
+    from_ms = parse_strict_date(request.query.get("fromDate"))
+    to_ms = parse_strict_date(request.query.get("toDate"))
+    if from_ms is None or to_ms is None:
+        return _ac_error(400, _DATES_MESSAGE)
     if from_ms > to_ms:
-        return _error(400, "fromDate is after toDate", parameter="fromDate")
-    job = emu.queue.request(workspace, type_, from_ms, to_ms)
+        return _ac_error(400, "Wrong range date: fromDate must be before toDate")
+    fails = emu.rng.random() < emu.faults.error_rate
+    job = emu.queue.request(workspace, type_, from_ms, to_ms, fails)
     state = job.state(emu.queue.clock())
+    if state is JobState.ERROR:
+        emu.queue.workspaces[workspace].faults["error"] += 1
     if state is not JobState.READY:
         return web.json_response(_status_body(job, state))
     if job.first_download_at is None:
@@ -236,18 +303,31 @@ async def storage_route(request: web.Request) -> web.StreamResponse:
 async def _send_payload(emu: _Emulator, request: web.Request, job: Job) -> web.StreamResponse:
     artifact = job.artifact()
     job.downloads_started += 1
-    if request.http_range.start:
+    ranges = emu.settings.ranges
+    if ranges and request.http_range.start:
         job.resumed_downloads += 1
     content_type = {"json": "application/json", "zip": "application/zip"}.get(
         job.spec.format, "application/x-ndjson"
     )
-    cut = emu.rng.random() < emu.faults.cut_rate
-    if cut or emu.faults.slow_bytes_per_s:
-        wants_gzip = "gzip" in request.headers.get("Accept-Encoding", "").lower()
-        path = artifact.gzip_path if (artifact.gzip_path and wants_gzip) else artifact.path
-        return await _stream_file(emu, request, job, path, content_type, cut)
-    # sendfile; FileResponse serves the ``.gz`` sibling itself when the client accepts gzip.
-    return _CountedFileResponse(job, artifact.path, headers={"Content-Type": content_type})
+    wants_gzip = "gzip" in request.headers.get("Accept-Encoding", "").lower()
+    path = artifact.gzip_path if (artifact.gzip_path and wants_gzip) else artifact.path
+    rng = emu.rng
+    ending = _Ending(
+        cut=rng.random() < emu.faults.cut_rate,
+        truncate=not ranges and rng.random() < emu.faults.truncate_rate,
+    )
+    if ranges and not ending.cut and not emu.faults.slow_bytes_per_s:
+        # sendfile; FileResponse serves the ``.gz`` sibling itself when the client accepts it.
+        return _CountedFileResponse(job, artifact.path, headers={"Content-Type": content_type})
+    return await _stream_file(emu, request, job, path, content_type, ending)
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """How a streamed download ends early, if it does."""
+
+    cut: bool = False  # the connection is closed mid-body (a network failure)
+    truncate: bool = False  # the body ends cleanly, short (AC's failure while streaming)
 
 
 class _CountedFileResponse(web.FileResponse):
@@ -270,24 +350,51 @@ async def _stream_file(
     job: Job,
     path: Path,
     content_type: str,
-    cut: bool,
+    ending: _Ending,
 ) -> web.StreamResponse:
-    """Chunked sending for the faults that need control of every write."""
+    """Sent write by write: chunked as AC does, or with Content-Length and Range."""
     size = path.stat().st_size  # noqa: ASYNC240 - one stat of a local file, microseconds
     start, stop = 0, size
     status = 200
-    headers = {"Content-Type": content_type, "Accept-Ranges": "bytes"}
+    headers = {"Content-Type": content_type}
     if path.suffix == ".gz":
         headers["Content-Encoding"] = "gzip"
-    rng = request.http_range
-    if rng.start is not None and rng.start < size:
-        start, stop = rng.start, min(size, rng.stop if rng.stop is not None else size)
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    ranges = emu.settings.ranges
+    if ranges:
+        headers["Accept-Ranges"] = "bytes"
+        asked = request.http_range
+        if asked.start is not None and asked.start < size:
+            start, stop = asked.start, min(size, asked.stop if asked.stop is not None else size)
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
     response = web.StreamResponse(status=status, headers=headers)
-    response.content_length = stop - start
-    await response.prepare(request)
-    cut_at = emu.rng.randrange(start, stop) if cut and stop > start else None
+    if ranges:
+        response.content_length = stop - start
+    else:
+        response.enable_chunked_encoding()
+    early = ending.cut or ending.truncate
+    end_at = emu.rng.randrange(start, stop) if early and stop > start else stop
+    counts = emu.queue.workspaces[job.workspace].faults
+    try:
+        await response.prepare(request)
+        await _copy(emu, response, job, path, start, end_at)
+        if ending.cut and end_at < stop:
+            counts["cut"] += 1
+            assert request.transport is not None
+            request.transport.close()  # short body: the client sees the cut
+            raise asyncio.CancelledError
+        if ending.truncate and end_at < stop:
+            counts["truncate"] += 1
+        await response.write_eof()
+    except ConnectionResetError:
+        raise asyncio.CancelledError from None  # the client went away: not our error
+    job.downloads_completed += 1
+    return response
+
+
+async def _copy(
+    emu: _Emulator, response: web.StreamResponse, job: Job, path: Path, start: int, stop: int
+) -> None:
     rate = emu.faults.slow_bytes_per_s
     chunk = max(1, rate // 20) if rate else _READ_CHUNK
     loop = asyncio.get_running_loop()
@@ -295,31 +402,14 @@ async def _stream_file(
     with path.open("rb") as source:
         source.seek(start)
         while sent < stop:
-            want = min(chunk, stop - sent)
-            if cut_at is not None:
-                want = min(want, cut_at - sent)
-            if want == 0:
-                break
-            data = await loop.run_in_executor(None, source.read, want)
+            data = await loop.run_in_executor(None, source.read, min(chunk, stop - sent))
             if not data:
                 break
-            try:
-                await response.write(data)
-            except ConnectionResetError:
-                raise asyncio.CancelledError from None  # the client went away: not our error
+            await response.write(data)
             sent += len(data)
             job.bytes_sent += len(data)
             if rate:
                 await asyncio.sleep(len(data) / rate)
-    if cut_at is not None:
-        counts = emu.queue.workspaces[job.workspace].faults
-        counts["cut"] += 1
-        assert request.transport is not None
-        request.transport.close()  # short body: the client sees the cut
-        raise asyncio.CancelledError
-    await response.write_eof()
-    job.downloads_completed += 1
-    return response
 
 
 async def jobs_route(request: web.Request) -> web.Response:

@@ -80,12 +80,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     records = queue.add_mutually_exclusive_group()
     records.add_argument("--records", type=int, default=100, help="records per window")
     records.add_argument("--records-per-day", type=int, help="records per day of window")
-    queue.add_argument("--format", choices=FORMATS, default="ndjson")
-    queue.add_argument("--gzip", action="store_true", help="Content-Encoding: gzip when accepted")
-    queue.add_argument("--redirect", action="store_true", help="302 to a signed storage URL")
+    queue.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="zip",
+        help="payload format: zip as AC serves it (default), or legacy ndjson/json bodies",
+    )
+    queue.add_argument(
+        "--auth-failure",
+        type=int,
+        choices=(401, 403, 500),
+        default=500,
+        help="status a bad token gets (default 500, an error page, as AC plausibly answers)",
+    )
+    extras = parser.add_argument_group("defensive extras (not in the real service)")
+    extras.add_argument("--range", action="store_true", help="Content-Length and Range support")
+    extras.add_argument("--gzip", action="store_true", help="Content-Encoding: gzip when accepted")
+    extras.add_argument("--redirect", action="store_true", help="302 to a signed storage URL")
     queue.add_argument("--seed", type=int, default=0)
     queue.add_argument("--storage-dir", type=Path, help="where payloads are rendered (temp dir)")
     faults = parser.add_argument_group("fault injection (rates are probabilities per request)")
+    faults.add_argument(
+        "--error-rate", type=rate, default=0.0, help="exports that fail at AC (status ERROR)"
+    )
+    faults.add_argument(
+        "--truncate-rate", type=rate, default=0.0, help="downloads that end cleanly but early"
+    )
     faults.add_argument("--fail-rate", type=rate, default=0.0, help="500/503 answers")
     faults.add_argument("--throttle-rate", type=rate, default=0.0, help="429 with Retry-After")
     faults.add_argument("--retry-after", type=int, default=1, metavar="SECONDS")
@@ -111,6 +131,8 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
             seed=args.seed,
         ),
         faults=FaultSettings(
+            error_rate=args.error_rate,
+            truncate_rate=args.truncate_rate,
             fail_rate=args.fail_rate,
             throttle_rate=args.throttle_rate,
             retry_after_s=args.retry_after,
@@ -120,6 +142,8 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
         ),
         gzip=args.gzip,
         redirect=args.redirect,
+        ranges=args.range,
+        auth_failure=args.auth_failure,
         storage_dir=args.storage_dir,
     )
 

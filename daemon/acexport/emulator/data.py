@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 RECORD_TYPES = ("event", "identity", "individual", "membership", "page", "segment")
-FORMATS = ("ndjson", "json", "zip")  # zip: one JSON Lines member, as some AC docs save it
+FORMATS = ("zip", "ndjson", "json")  # zip (AC's): one JSON Lines member; the others are legacy
 BLOCK_RECORDS = 2048
 _POOL_SIZE = 1024
 
@@ -114,17 +114,6 @@ class PayloadSpec:
         return max(1, -(-self.records // BLOCK_RECORDS))
 
 
-def _metric(rng: random.Random, value: float) -> dict[str, Any]:
-    previous = round(value * rng.uniform(0.6, 1.4), 2)
-    change = 0.0 if previous == 0 else round((value - previous) / previous * 100, 2)
-    trend = "POSITIVE" if change > 0 else "NEGATIVE" if change < 0 else "NEUTRAL"
-    return {
-        "value": value,
-        "previousValue": previous,
-        "trend": {"percentage": change, "trendClassification": trend},
-    }
-
-
 def _fragment(type_: str, rng: random.Random) -> dict[str, Any]:
     """The per-type attributes that need not be unique per record."""
     if type_ == "event":
@@ -180,20 +169,17 @@ def _fragment(type_: str, rng: random.Random) -> dict[str, Any]:
     if type_ == "membership":
         return {"status": rng.choices(["ACTIVE", "INACTIVE"], [9, 1])[0]}
     if type_ == "page":
+        # AC's page export is visits: one row per visit of one individual to one page.
         topic = rng.choice(_TOPICS)
-        views = rng.randint(1, 50000)
+        path = f"/{rng.randint(1, 999)}/{topic[:3].lower()}"
         return {
+            "canonicalUrl": f"https://www.example.com{path}",
+            "url": f"https://www.example.com{path}?utm_source={rng.choice(['mail', 'ads', 'x'])}",
             "title": topic,
-            "url": f"https://www.example.com/{rng.randint(1, 999)}/{topic[:3].lower()}",
-            "metrics": {
-                "viewsMetric": _metric(rng, float(views)),
-                "visitorsMetric": _metric(rng, float(rng.randint(1, views))),
-                "sessionsMetric": _metric(rng, float(rng.randint(1, views))),
-                "bounceRateMetric": _metric(rng, round(rng.uniform(0, 1), 4)),
-                "avgTimeOnPageMetric": _metric(rng, round(rng.uniform(1, 600), 1)),
-                "entrancesMetric": _metric(rng, float(rng.randint(0, views))),
-                "exitRateMetric": _metric(rng, round(rng.uniform(0, 1), 4)),
-            },
+            "views": rng.choices([1, 2, 3, 5], [70, 20, 7, 3])[0],
+            "timeOnPage": rng.randint(1000, 600000),
+            "sessionId": f"{rng.getrandbits(64):016x}",
+            "segmentNames": rng.sample(_SEGMENT_NAMES, rng.randint(0, 3)),
         }
     if type_ == "segment":
         count = rng.randint(0, 100000)
@@ -244,7 +230,7 @@ _TEMPLATES = {
     "individual": b'{"id":"%d","dateCreated":"%s.%03dZ","dateModified":"%s.%03dZ",%s}',
     "membership": b'{"id":"%d","segmentId":"%d","individualId":"%d",'
     b'"dateFirstAdded":"%s.%03dZ","dateChanged":"%s.%03dZ",%s}',
-    "page": b'{"id":"%d","dateRecorded":"%s.%03dZ",%s}',
+    "page": b'{"primaryKey":"%d","individualId":"%d","eventDate":"%s.%03dZ",%s}',
     "segment": b'{"id":"%d","dateCreated":"%s.%03dZ",%s}',
 }
 
@@ -267,7 +253,7 @@ def _records(spec: PayloadSpec, start: int, stop: int) -> list[bytes]:
     indices = range(start, stop)
     frags = [pool[(i * 2654435761) % _POOL_SIZE] for i in indices]
     rows = zip(indices, seconds, millis, frags, strict=True)
-    if spec.type == "event":
+    if spec.type in ("event", "page"):
         return [template % (base + i, other + i * 7919 % 5000, s, m, f) for i, s, m, f in rows]
     if spec.type == "identity":
         return [template % (base + i, other + i, i + 1, i, s, m, f) for i, s, m, f in rows]

@@ -37,6 +37,7 @@ class JobState(enum.StrEnum):
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     READY = "READY"
+    ERROR = "ERROR"  # processing failed; answered once, then the next request starts anew
     EXPIRED = "EXPIRED"
 
 
@@ -67,6 +68,9 @@ class Job:
     processing_s: float
     expiry_s: float
     rendering: Future[Artifact]
+    fails: bool = False  # processing ends in ERROR instead of data (``--error-rate``)
+    after_failure: bool = False  # created because the export before it failed
+    error_reported: bool = False  # the client has been told about the failure
     started_at: float | None = None
     ready_at: float | None = None
     rendered_at: float | None = None
@@ -86,6 +90,8 @@ class Job:
             return JobState.PENDING
         if self.ready_at is None or now < self.ready_at:
             return JobState.RUNNING
+        if self.fails:
+            return JobState.ERROR
         assert self.expires_at is not None
         return JobState.READY if now < self.expires_at else JobState.EXPIRED
 
@@ -114,6 +120,7 @@ class Job:
             "downloads_completed": self.downloads_completed,
             "bytes_sent": self.bytes_sent,
             "resumed_downloads": self.resumed_downloads,
+            "after_failure": self.after_failure,
             "format": self.spec.format,
             "records": artifact.records if artifact else None,
             "bytes": artifact.bytes if artifact else None,
@@ -250,7 +257,7 @@ class QueueSettings:
     expiry_s: float = 86400.0
     records: int = 100
     records_per_day: int | None = None
-    format: str = "ndjson"
+    format: str = "zip"
     seed: int = 0
 
 
@@ -275,26 +282,40 @@ class ExportQueue:
             return self.settings.records
         return round(self.settings.records_per_day * (to_ms - from_ms + 1) / 86_400_000)
 
-    def request(self, workspace: str, type_: str, from_ms: int, to_ms: int) -> Job:
-        """The job that answers a request, creating one if none is current."""
+    def request(
+        self, workspace: str, type_: str, from_ms: int, to_ms: int, fails: bool = False
+    ) -> Job:
+        """The job that answers a request, creating one if none is current.
+
+        ``fails``: a job created by this request ends in ERROR (AC's export failed).
+        A failed job answers ERROR once; the request after that starts a new one.
+        """
         now = self.clock()
         ws = self.workspaces[workspace]
         ws.advance(now)
         job = ws.latest(type_, from_ms, to_ms)
-        if job is None or job.state(now) is JobState.EXPIRED:
+        state = None if job is None else job.state(now)
+        reported_error = state is JobState.ERROR and job is not None and job.error_reported
+        if job is None or state is JobState.EXPIRED or reported_error:
+            after_failure = state is JobState.ERROR
             if job is not None:
                 self._discard(job)
-            job = self._create(ws, type_, from_ms, to_ms, now)
+            job = self._create(ws, type_, from_ms, to_ms, now, fails)
+            job.after_failure = after_failure
+        elif state is JobState.ERROR:
+            job.error_reported = True
         job.requests += 1
         return job
 
-    def _create(self, ws: Workspace, type_: str, from_ms: int, to_ms: int, now: float) -> Job:
+    def _create(
+        self, ws: Workspace, type_: str, from_ms: int, to_ms: int, now: float, fails: bool
+    ) -> Job:
         s = self.settings
         records = self.records_for(from_ms, to_ms)
         spec = PayloadSpec(ws.name, type_, from_ms, to_ms, records, s.seed, s.format)
         job_id = uuid.uuid4().hex
         processing = s.processing_s + s.processing_per_1000_s * records / 1000
-        job = Job(job_id, ws.name, type_, spec, now, processing, s.expiry_s, Future())
+        job = Job(job_id, ws.name, type_, spec, now, processing, s.expiry_s, Future(), fails)
         job.rendering = self.storage.render(job_id, spec, lambda: self._rendered(job))
         ws.jobs.append(job)
         self.jobs_by_id[job_id] = job
