@@ -36,7 +36,7 @@ from acexport.polling import Backoff
 from acexport.sink import Sink
 from acexport.windows import ExportWindow
 
-PAGE_RECORD_BYTES = 985
+PAGE_RECORD_BYTES = 342  # the emulator's page (visit) records, on average
 
 
 def jobs(base: str) -> list[dict[str, Any]]:

@@ -1,7 +1,9 @@
 """Chaos soak: faults, kills, reloads, a full disk and a revoked token; nothing may be lost.
 
-Starts the emulator with every fault switched on (5xx, 429, cut connections,
-garbage answers, redirects, gzip, a short download window), queues a fixed set
+Starts the emulator speaking AC's real protocol (chunked ZIP, no Range, 500 on
+a revoked token) with every fault switched on (exports failing at AC with
+ERROR, bodies ending early, 5xx, 429, cut connections, garbage answers, a
+short download window), queues a fixed set
 of windows with `acexport backfill`, then keeps `acexport run` going while at
 random moments it is sent SIGKILL, SIGTERM or SIGHUP, restarted under a tiny
 file-size limit (disk full), or has one workspace's token revoked and restored.
@@ -10,7 +12,7 @@ record of what it served: every window exactly once, right sha256 and record
 count, no partial or temp file, never two unready exports per workspace, and
 no token in any log. One summary line; exit 0 only if nothing was lost.
 
-    python bench/soak.py            # ~8 workspaces x 6 types x 8 days, up to 10 min
+    python bench/soak.py            # 12 workspaces x 6 types x 14 days = 1,008 windows
     python bench/soak.py --quick    # ~1 minute, run by the test suite
 """
 
@@ -161,9 +163,9 @@ def backfill_every_job(config: Path, tokens: dict[str, str], days: int, log: Pat
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="about a minute")
-    parser.add_argument("--workspaces", type=int, default=8)
-    parser.add_argument("--days", type=int, default=8)
-    parser.add_argument("--chaos-seconds", type=float, default=420, help="at most")
+    parser.add_argument("--workspaces", type=int, default=12)
+    parser.add_argument("--days", type=int, default=14)
+    parser.add_argument("--chaos-seconds", type=float, default=900, help="at most")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
@@ -182,8 +184,10 @@ def main() -> int:
         "2000",
         "--expiry",
         "4s",
-        "--redirect",
-        "--gzip",
+        "--error-rate",
+        "0.25",
+        "--truncate-rate",
+        "0.2",
         "--fail-rate",
         "0.08",
         "--throttle-rate",

@@ -7,6 +7,7 @@ import itertools
 import random
 import signal
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -27,12 +28,14 @@ TOKENS = {"alpha": "alpha-token", "beta": "beta-token", "gamma": "gamma-token"}
 async def test_run_once_exports_every_window_once_and_reports_a_bad_token(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
-    """3 workspaces x 6 types x 7 days, one bad token: 84 exports, exit 1, then nothing new."""
+    """3 workspaces x 6 types x 7 days, a token answered with 500 pages: 84 exports, exit 1."""
     emu = await emulator(tokens=TOKENS, processing_s=0.03, records=30)
     jobs = "".join(job(f"daily-{ws}", ws, catch_up="7d", lag="0s") for ws in TOKENS)
     config = write_config(tmp_path, emu, jobs, tokens={**TOKENS, "gamma": "revoked-token"})
+    started = time.monotonic()
     first = await DaemonProcess.start(config, "--once")
     assert await first.wait(120) == 1
+    assert time.monotonic() - started < 90
     exported = manifests(tmp_path / "exports")
     assert len(exported) == 84
     assert Counter(m["workspace"] for m in exported) == {"alpha": 42, "beta": 42}
@@ -45,6 +48,8 @@ async def test_run_once_exports_every_window_once_and_reports_a_bad_token(
     rejected = first.events("lane_token_rejected")
     assert rejected
     assert rejected[0]["workspace"] == "gamma"
+    assert "check the token" in rejected[0]["error"]
+    assert len(first.events("export_token_suspected")) == 1  # the lane's queue fails at once
     assert "revoked-token" not in "\n".join(first.raw)
     assert report["workspaces"]["alpha"]["max_unready"] == 1
     assert report["workspaces"]["beta"]["max_unready"] == 1

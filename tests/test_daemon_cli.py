@@ -76,7 +76,9 @@ async def test_status_reports_done_and_failed_windows(
     assert by_name["a"]["done"] == 2
     assert by_name["a"]["last_exported"]
     assert by_name["b"]["done"] == 0
-    assert "AuthError" in by_name["b"]["failed"][0]["reason"]
+    reason = by_name["b"]["failed"][0]["reason"]
+    assert "AuthError" in reason
+    assert "revoked AC token" in reason  # AC answered the bad token with a 500 page
     assert b"bad-token" not in stdout
     assert report["daemon_pid"] is None
 

@@ -308,9 +308,8 @@ class Daemon:
 
         settings = EmulatorSettings(
             tokens={name: self._tokens[name].get_secret_value() for name in names},
+            # AC's real protocol (chunked ZIP, ERROR, 500 on a bad token), time made small.
             queue=QueueSettings(processing_s=1.0, records=500, expiry_s=3600.0),
-            gzip=True,
-            redirect=True,
         )
         self._emulator_url = await self._serve(make_app(settings), "127.0.0.1", 0)
         log.info("embedded_emulator_started", url=self._emulator_url, workspaces=names)
