@@ -279,3 +279,74 @@ async def test_export_to_a_reader_that_stops_early(emulator: EmulatorFactory) ->
     assert process.returncode == 1
     assert b"stdout closed before all data was written" in stderr
     assert b"Traceback" not in stderr
+
+
+USER_FILES = ("2022-01-01-report.csv", "12345-notes.txt", "999999999-abc.part")
+
+
+def _plant_user_files(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in USER_FILES:
+        (directory / name).write_text("keep me")
+
+
+async def test_export_without_config_touches_no_user_file(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Files beside --output or in $TMPDIR that start with digits and a dash are left alone."""
+    emu = await emulator(records=20)
+    out_dir, tmp_dir = tmp_path / "out", tmp_path / "tmpdir"
+    _plant_user_files(out_dir)
+    _plant_user_files(tmp_dir)
+    common = ["export", "--base-url", emu.url, "--token-env", "ACME_TOKEN", "--type", "page"]
+    window = ["--from", "2022-01-01", "--to", "2022-01-01"]
+    env = {"TMPDIR": str(tmp_dir)}
+    code, _, stderr = await run_cli(
+        *common, *window, "--output", str(out_dir / "p.jsonl"), env=env
+    )
+    assert code == 0, stderr
+    code, stdout, stderr = await run_cli(*common, *window, "--output", "-", env=env)
+    assert code == 0, stderr
+    assert len(stdout.splitlines()) == 20
+    assert sorted(p.name for p in tmp_dir.iterdir()) == sorted(USER_FILES)
+    expected = sorted([*USER_FILES, "p.jsonl", "p.jsonl.manifest.json"])
+    assert sorted(p.name for p in out_dir.iterdir()) == expected
+
+
+async def test_sigterm_during_export_leaves_no_part_file(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """`acexport export` stopped by SIGTERM mid-download exits 1 and leaves no temp file."""
+    from acexport.emulator import FaultSettings
+
+    emu = await emulator(records=40000, faults=FaultSettings(slow_bytes_per_s=300_000))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "acexport",
+        "export",
+        "--base-url",
+        emu.url,
+        "--token-env",
+        "ACME_TOKEN",
+        "--type",
+        "page",
+        "--from",
+        "2022-01-01",
+        "--to",
+        "2022-01-01",
+        "--output",
+        str(out_dir / "p.jsonl"),
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "ACME_TOKEN": "acme-token", "ACEXPORT_HTTP__POLL_INITIAL": "50ms"},
+    )
+    async with asyncio.timeout(20):
+        while not (await emu.jobs())["jobs"] or not (await emu.jobs())["jobs"][0]["bytes_sent"]:
+            await asyncio.sleep(0.05)
+    process.terminate()
+    _, stderr = await asyncio.wait_for(process.communicate(), 10)
+    assert process.returncode == 1
+    assert b"interrupted" in stderr
+    assert list(out_dir.iterdir()) == []  # no data, no .part, no private temp dir

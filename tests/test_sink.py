@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -10,13 +11,14 @@ import os
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from acexport.errors import PayloadError
-from acexport.payload import PayloadWriter
+from acexport.errors import PayloadError, SinkError
+from acexport.payload import PayloadSummary, PayloadWriter
 from acexport.sink import Manifest, Sink
 
 RECORDS = [
@@ -174,7 +176,8 @@ async def test_commit_places_file_then_manifest_and_leaves_no_temp(tmp_path: Pat
     await sink.receive(writer, _chunks(payload, 10))
     summary = await sink.finish(writer)
     destination = tmp_path / "out" / "acme" / "page.jsonl"
-    manifest_path = await sink.commit(summary, destination, _manifest(destination.name))
+    root = tmp_path / "out"
+    manifest_path = await sink.commit(summary, root, destination, _manifest(destination.name))
     sink.close()
     assert destination.read_bytes() == payload
     assert json.loads(manifest_path.read_text())["file"] == "page.jsonl"
@@ -185,8 +188,8 @@ async def test_commit_places_file_then_manifest_and_leaves_no_temp(tmp_path: Pat
 def test_stale_temp_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
     """Temp files of a crashed run are cleaned; a live process's are kept."""
     sink = Sink(tmp_path, "none")
-    dead = tmp_path / "999999999-abc.part"
-    mine = tmp_path / f"{os.getpid()}-def.part"
+    dead = tmp_path / "acexport-999999999-0123456789abcdef.part"
+    mine = tmp_path / f"acexport-{os.getpid()}-0123456789abcdef.spool"
     dead.write_bytes(b"x")
     mine.write_bytes(b"y")
     assert sink.clean_stale(everything=False) == 1
@@ -194,3 +197,79 @@ def test_stale_temp_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
     assert mine.exists()
     assert sink.clean_stale(everything=True) == 1
     sink.close()
+
+
+def test_cleanup_never_touches_names_acexport_did_not_make(tmp_path: Path) -> None:
+    """Files that merely start with digits and a dash (a user's) survive every cleanup."""
+    user_files = ["2022-01-01-report.csv", "12345-notes.txt", "999999999-abc.part", "acexport-1"]
+    for name in user_files:
+        (tmp_path / name).write_text("keep me")
+    sink = Sink(tmp_path, "none")
+    assert sink.clean_stale(everything=True) == 0
+    sink.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(user_files)
+
+
+async def _summary(sink: Sink) -> PayloadSummary:
+    writer = sink.new_writer()
+    await sink.receive(writer, _chunks(ndjson(RECORDS), 10))
+    return await sink.finish(writer)
+
+
+async def test_symlinked_directory_inside_the_output_tree_is_refused(tmp_path: Path) -> None:
+    """A link planted below the output root is not followed: nothing lands at its target."""
+    root, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    (root / "acme").symlink_to(elsewhere)
+    sink = Sink(tmp_path / "tmp", "none")
+    destination = root / "acme" / "page.jsonl"
+    with pytest.raises(SinkError, match="link"):
+        await sink.commit(await _summary(sink), root, destination, _manifest("page.jsonl"))
+    sink.close()
+    assert list(elsewhere.iterdir()) == []
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+async def test_a_linked_output_root_itself_is_allowed(tmp_path: Path) -> None:
+    """The configured root may be a link (e.g. /var/lib/acexport/exports -> /data)."""
+    real, root = tmp_path / "data", tmp_path / "out"
+    real.mkdir()
+    root.symlink_to(real)
+    sink = Sink(tmp_path / "tmp", "none")
+    destination = root / "acme" / "page.jsonl"
+    await sink.commit(await _summary(sink), root, destination, _manifest("page.jsonl"))
+    sink.close()
+    assert (real / "acme" / "page.jsonl").read_bytes() == ndjson(RECORDS)
+
+
+async def test_staging_across_filesystems_never_writes_through_a_planted_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cross-filesystem moves stage under an unguessable name, created O_EXCL|O_NOFOLLOW."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    root = tmp_path / "out"
+    root.mkdir()
+    # Plant links at every name the old scheme would have used.
+    for pid in range(os.getpid() - 2, os.getpid() + 3):
+        (root / f".page.jsonl.{pid}.tmp").symlink_to(victim)
+    real_replace = os.replace
+    calls = 0
+
+    def cross_device_first(src: Any, dst: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if kwargs.get("src_dir_fd") is None:  # the temp dir -> output tree rename
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "replace", cross_device_first)
+    sink = Sink(tmp_path / "tmp", "none")
+    destination = root / "page.jsonl"
+    await sink.commit(await _summary(sink), root, destination, _manifest("page.jsonl"))
+    sink.close()
+    assert victim.read_text() == "precious"
+    assert not destination.is_symlink()
+    assert destination.read_bytes() == ndjson(RECORDS)
+    assert calls >= 2

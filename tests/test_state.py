@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from acexport.state import StateStore
+from acexport.errors import StateError
+from acexport.state import StateStore, ledger_path
 from acexport.windows import ExportWindow
 
 DAY1 = ExportWindow(datetime(2022, 1, 1, tzinfo=UTC), datetime(2022, 1, 2, tzinfo=UTC))
@@ -86,5 +89,46 @@ async def test_schema_is_versioned_and_newer_is_refused(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         db.execute("PRAGMA user_version = 99")
         db.commit()
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(StateError, match=f"{path} is schema version 99, newer"):
         await StateStore.open(path)
+
+
+async def test_ledger_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    """The state dir is created 0700 and the ledger 0600 even under umask 000."""
+    from acexport.lock import take_lock
+
+    old = os.umask(0)
+    try:
+        state_dir = tmp_path / "state"
+        take_lock(state_dir).close()
+        store = await StateStore.open(ledger_path(state_dir))
+        await store.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(ledger_path(state_dir).stat().st_mode) == 0o600
+    assert stat.S_IMODE((state_dir / "acexport.lock").stat().st_mode) == 0o600
+
+
+def test_a_lock_file_that_is_a_link_is_refused_not_truncated(tmp_path: Path) -> None:
+    """A symlink planted as acexport.lock is refused; its target keeps its content."""
+    from acexport.lock import take_lock
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / "acexport.lock").symlink_to(victim)
+    with pytest.raises(StateError, match="symbolic link"):
+        take_lock(state_dir)
+    assert victim.read_text() == "precious"
+
+
+def test_malformed_database_is_not_called_a_full_disk(tmp_path: Path) -> None:
+    """'(disk full?)' is only added for writes that failed, not for a corrupt file."""
+    from acexport.state import _describe_db_error
+
+    corrupt = sqlite3.DatabaseError("database disk image is malformed")
+    assert "disk full" not in str(_describe_db_error(tmp_path / "x", corrupt))
+    full = sqlite3.OperationalError("database or disk is full")
+    assert "(disk full?)" in str(_describe_db_error(tmp_path / "x", full))

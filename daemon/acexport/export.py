@@ -38,12 +38,17 @@ SUSPECT_TOKEN_S = 60.0
 
 @dataclass(frozen=True)
 class ExportSpec:
-    """What to export, and where its data file goes."""
+    """What to export, and where its data file goes.
+
+    ``output_root``: the configured output directory; no link below it is followed.
+    None means the destination's own directory.
+    """
 
     workspace: str
     type: str
     window: ExportWindow
     destination: Path
+    output_root: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -294,7 +299,8 @@ async def _download(
         compression=sink.compression,
     )
     try:
-        manifest_path = await sink.commit(summary, spec.destination, manifest)
+        root = spec.output_root or spec.destination.parent
+        manifest_path = await sink.commit(summary, root, spec.destination, manifest)
     except BaseException:
         summary.path.unlink(missing_ok=True)
         raise

@@ -199,7 +199,8 @@ class Lane:
             window,
             settings.output.compression,
         )
-        spec = ExportSpec(record.workspace, record.type, window, destination)
+        root = settings.daemon.output_dir.absolute()
+        spec = ExportSpec(record.workspace, record.type, window, destination, root)
         responses = self.ctx.metrics.responses
         keeper = _SlotKeeper(store, record, release)
         if not self._still_downloadable(record):

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
 from typing import IO
 
-from .errors import AcexportError
+from .errors import AcexportError, StateError
+
+
+def make_state_dir(state_dir: Path) -> None:
+    """Create the state directory private to this user (0700), whatever the umask."""
+    try:
+        if not state_dir.is_dir():
+            state_dir.mkdir(parents=True, mode=0o700)
+            state_dir.chmod(0o700)  # exactly, whatever the umask: it holds in-flight data
+    except OSError as exc:
+        raise StateError(
+            f"cannot use the state directory {state_dir}: {exc.strerror or exc}"
+        ) from None
 
 
 class StateDirLocked(AcexportError):
@@ -18,11 +31,22 @@ def lock_path(state_dir: Path) -> Path:
     return state_dir / "acexport.lock"
 
 
+def _open_lock(path: Path, flags: int) -> IO[str]:
+    """The lock file, never through a symbolic link (which would be truncated)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StateError(f"{path} is a symbolic link; refusing to use it as the lock") from None
+        raise
+    return os.fdopen(fd, "r+")
+
+
 def lock_holder(state_dir: Path) -> int | None:
     """The pid holding the state directory's lock, or None if it is free."""
     path = lock_path(state_dir)
     try:
-        handle = path.open("r+")
+        handle = _open_lock(path, os.O_RDWR)
     except FileNotFoundError:
         return None
     with handle:
@@ -37,8 +61,12 @@ def lock_holder(state_dir: Path) -> int | None:
 
 def take_lock(state_dir: Path) -> IO[str]:
     """Hold the state directory for this process; raises StateDirLocked naming the holder."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    handle = lock_path(state_dir).open("a+")
+    make_state_dir(state_dir)
+    path = lock_path(state_dir)
+    try:
+        handle = _open_lock(path, os.O_RDWR | os.O_CREAT)
+    except OSError as exc:
+        raise StateError(f"cannot open the lock file {path}: {exc.strerror or exc}") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -14,7 +14,7 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -53,9 +53,10 @@ class _Plan:
     base_url: str
     token: SecretStr
     spec: ExportSpec
-    temp_dir: Path
+    temp_dir: Path | None  # None: a private one is made when the export starts
     compression: Compression
     to_stdout: bool
+    private_dir: Path | None = None
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
@@ -115,23 +116,40 @@ def _plan(args: argparse.Namespace) -> _Plan:
 
     to_stdout = args.output == "-"
     compression: Compression
+    root: Path | None = None
     if args.output and not to_stdout:
         destination = Path(args.output).absolute()
         compression = args.compression or ("gzip" if destination.suffix == ".gz" else "none")
     elif to_stdout:
         compression = args.compression or "none"
-        destination = Path(tempfile.gettempdir()) / f"acexport-{os.getpid()}.out"
+        destination = Path("out")  # inside the private temp dir, set when it exists
     elif config_path is None:
         raise UsageError("--output is required without a config file")
     else:
         compression = args.compression or settings.output.compression
         destination = output_file(settings, name, args.type, "export", window, compression)
-    if config_path is not None:
-        temp_dir = settings.daemon.state_dir / "tmp"
-    else:
-        temp_dir = destination.parent if not to_stdout else Path(tempfile.gettempdir())
-    spec = ExportSpec(name, args.type, window, destination)
+        root = settings.daemon.output_dir.absolute()
+    temp_dir = settings.daemon.state_dir / "tmp" if config_path is not None else None
+    spec = ExportSpec(name, args.type, window, destination, root)
     return _Plan(settings, name, ws.base_url, token, spec, temp_dir, compression, to_stdout)
+
+
+def _with_private_dir(plan: _Plan) -> _Plan:
+    """Without a state dir, temp files go to a directory of their own (removed at the end).
+
+    Beside the output file, so the final rename stays on one filesystem; in the
+    system's temp dir for stdout. No file of the user's is ever touched by cleanup.
+    """
+    if plan.temp_dir is not None:
+        return plan
+    if plan.to_stdout:
+        private = Path(tempfile.mkdtemp(prefix="acexport-export-"))
+        spec = replace(plan.spec, destination=private / "out")
+    else:
+        plan.spec.destination.parent.mkdir(parents=True, exist_ok=True)
+        private = Path(tempfile.mkdtemp(prefix=".acexport-", dir=plan.spec.destination.parent))
+        spec = plan.spec
+    return replace(plan, spec=spec, temp_dir=private, private_dir=private)
 
 
 class _Progress(ExportObserver):
@@ -169,8 +187,14 @@ class _Progress(ExportObserver):
 
 
 async def _export(plan: _Plan, progress: _Progress | None) -> Path:
+    assert plan.temp_dir is not None
+    # SIGTERM cancels like Ctrl-C does, so temp files are removed on the way out.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     sink = Sink(plan.temp_dir, plan.compression)
-    sink.clean_stale(everything=False)
+    if plan.private_dir is None:
+        sink.clean_stale(everything=False)
     timeout = plan.settings.http.timeout.total_seconds()
     try:
         async with new_session(timeout) as session:
@@ -198,11 +222,24 @@ def main(args: argparse.Namespace) -> int:
         print(f"acexport: configuration error: {exc}", file=sys.stderr)
         return 78
     configure_logging(plan.settings.daemon.log_format, plan.settings.daemon.log_level)
-    show = not args.quiet and sys.stderr.isatty()
+    try:
+        plan = _with_private_dir(plan)
+    except OSError as exc:
+        print(f"acexport export: cannot create a temp dir: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return _run(plan, args.quiet)
+    finally:
+        if plan.private_dir is not None:
+            shutil.rmtree(plan.private_dir, ignore_errors=True)
+
+
+def _run(plan: _Plan, quiet: bool) -> int:
+    show = not quiet and sys.stderr.isatty()
     progress = _Progress(sys.stderr) if show else None
     try:
         manifest_path = asyncio.run(_export(plan, progress))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("acexport export: interrupted; nothing was written", file=sys.stderr)
         return 1
     except AcexportError as exc:
@@ -218,9 +255,6 @@ def main(args: argparse.Namespace) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             print("acexport export: stdout closed before all data was written", file=sys.stderr)
             return 1
-        finally:
-            plan.spec.destination.unlink(missing_ok=True)
-            manifest_path.unlink(missing_ok=True)
     else:
-        print(manifest_path, file=sys.stderr if args.quiet else sys.stdout)
+        print(manifest_path, file=sys.stderr if quiet else sys.stdout)
     return 0

@@ -14,7 +14,8 @@ import ctypes
 import hashlib
 import json
 import os
-import uuid
+import re
+import secrets
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -28,6 +29,19 @@ Compression = Literal["none", "gzip"]
 _GZIP_LEVEL = 1  # throughput first: level 1 still shrinks JSON 4-6x
 _MAX_RECORD_CHARS = 64 * 1024 * 1024  # one record bigger than this is not AC data
 _BOM = b"\xef\xbb\xbf"
+# Every temp file acexport makes is named so, and only such names are ever cleaned up.
+TEMP_NAME = re.compile(r"acexport-(\d+)-[0-9a-f]{16}\.(part|spool|manifest)")
+
+
+def temp_stem() -> str:
+    """A fresh temp-file stem: this pid (for cleanup) and 64 unguessable bits."""
+    return f"acexport-{os.getpid()}-{secrets.token_hex(8)}"
+
+
+def create_new(path: Path, buffering: int = -1, dir_fd: int | None = None) -> IO[bytes]:
+    """Open a file that must not exist yet, never through a symbolic link."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.fdopen(os.open(path, flags, 0o666, dir_fd=dir_fd), "wb", buffering=buffering)
 
 
 @dataclass(frozen=True)
@@ -66,7 +80,7 @@ class _Output:
 
     def __init__(self, path: Path, compression: Compression) -> None:
         self.path = path
-        self._file: IO[bytes] = path.open("wb", buffering=0)
+        self._file: IO[bytes] = create_new(path, buffering=0)
         self._gzip = (
             zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31) if compression == "gzip" else None
         )
@@ -214,7 +228,7 @@ class _ZipSpool:
     def __init__(self, out: _Output, spool_path: Path) -> None:
         self._out = out
         self._spool_path = spool_path
-        self._spool: IO[bytes] = spool_path.open("wb")
+        self._spool: IO[bytes] = create_new(spool_path)
         self.records = 0
 
     def feed(self, data: bytes) -> None:
@@ -279,7 +293,7 @@ class PayloadWriter:
     """
 
     def __init__(self, temp_dir: Path, compression: Compression) -> None:
-        stem = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        stem = temp_stem()
         self._out = _Output(temp_dir / f"{stem}.part", compression)
         self._spool_path = temp_dir / f"{stem}.spool"
         self._sha = hashlib.sha256()

@@ -5,6 +5,10 @@ runs in worker threads, one batch behind the network read, so disk and CPU
 overlap the download instead of adding to it. Nothing appears in the output
 tree until the file is complete and synced; the manifest, written last, marks
 completion. Temp files of crashed runs are cleaned on the next start.
+
+Files are only ever created new (``O_EXCL|O_NOFOLLOW``, unguessable names),
+and directories below the output root are walked by file descriptor without
+following links, so a link planted in the output tree cannot redirect a write.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import shutil
-import uuid
 from collections.abc import AsyncIterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SinkError
-from .payload import Compression, PayloadSummary, PayloadWriter
+from .payload import TEMP_NAME, Compression, PayloadSummary, PayloadWriter, create_new, temp_stem
 
 _BATCH_BYTES = 2 * 1024 * 1024
 _THREADS = 4
@@ -145,19 +149,26 @@ class Sink:
     async def discard(self, writer: PayloadWriter) -> None:
         await self._run(writer.discard)
 
-    async def commit(self, summary: PayloadSummary, destination: Path, manifest: Manifest) -> Path:
-        """Move the data into place, then write its manifest; returns the manifest path."""
-        path: Path = await self._run(_commit, summary.path, destination, manifest, self.temp_dir)
+    async def commit(
+        self, summary: PayloadSummary, root: Path, destination: Path, manifest: Manifest
+    ) -> Path:
+        """Move the data into place under ``root``, then write its manifest.
+
+        Returns the manifest path. ``root`` may itself be a link; nothing below it is.
+        """
+        path: Path = await self._run(
+            _commit, summary.path, root, destination, manifest, self.temp_dir
+        )
         return path
 
     def clean_stale(self, *, everything: bool) -> int:
-        """Remove temp files of crashed runs: all of them (lock holder) or of dead pids."""
+        """Remove acexport's temp files of crashed runs: all (lock holder) or of dead pids."""
         removed = 0
         if not self.temp_dir.is_dir():
             return 0
         for path in self.temp_dir.iterdir():
-            pid_text = path.name.split("-", 1)[0]
-            if not everything and (not pid_text.isdigit() or _alive(int(pid_text))):
+            match = TEMP_NAME.fullmatch(path.name)
+            if match is None or (not everything and _alive(int(match.group(1)))):
                 continue
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -177,47 +188,80 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+class _LinkInOutputTree(OSError):
+    """A symbolic link (or non-directory) where the output tree needs a directory."""
+
+
+def _open_directory(root: Path, directory: Path) -> int:
+    """A descriptor of ``directory``, created as needed, reached from ``root`` without links."""
     try:
-        os.fsync(fd)
-    finally:
+        relative = directory.relative_to(root)
+    except ValueError:
+        raise _LinkInOutputTree(errno.EXDEV, f"{directory} is outside {root}") from None
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in relative.parts:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o777, dir_fd=fd)
+            try:
+                child = os.open(
+                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                )
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise _LinkInOutputTree(
+                    exc.errno, f"refusing {part!r} in the output tree: a link or not a directory"
+                ) from None
+            os.close(fd)
+            fd = child
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
 
 
-def _move(source: Path, destination: Path) -> None:
-    """Atomic rename; across filesystems, copy beside the target first, then rename."""
+def _place(source: Path, name: str, dir_fd: int) -> None:
+    """Rename ``source`` to ``name`` in ``dir_fd``; across filesystems, copy beside it first."""
     try:
-        source.replace(destination)
+        os.replace(source, name, dst_dir_fd=dir_fd)
+        return
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        staging = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
-        try:
-            with source.open("rb") as src, staging.open("wb") as dst:
-                shutil.copyfileobj(src, dst, 4 << 20)
-                dst.flush()
-                os.fsync(dst.fileno())
-            staging.replace(destination)
-        finally:
-            staging.unlink(missing_ok=True)
-        source.unlink(missing_ok=True)
-    _fsync_dir(destination.parent)
-
-
-def _commit(data: Path, destination: Path, manifest: Manifest, temp_dir: Path) -> Path:
-    manifest_path = destination.with_name(destination.name + ".manifest.json")
-    staged = temp_dir / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.manifest"
+    staging = f".{name}.{secrets.token_hex(8)}.tmp"
     try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        _move(data, destination)
-        with staged.open("w", encoding="utf-8") as handle:
-            handle.write(manifest.to_json())
+        with source.open("rb") as src, create_new(Path(staging), dir_fd=dir_fd) as dst:
+            shutil.copyfileobj(src, dst, 4 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(staging, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging, dir_fd=dir_fd)
+    source.unlink(missing_ok=True)
+
+
+def _commit(data: Path, root: Path, destination: Path, manifest: Manifest, temp_dir: Path) -> Path:
+    manifest_path = destination.with_name(destination.name + ".manifest.json")
+    staged = temp_dir / f"{temp_stem()}.manifest"
+    dir_fd: int | None = None
+    try:
+        dir_fd = _open_directory(root, destination.parent)
+        _place(data, destination.name, dir_fd)
+        os.fsync(dir_fd)  # the data's name is durable before a manifest claims it
+        with create_new(staged) as handle:
+            handle.write(manifest.to_json().encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
-        _move(staged, manifest_path)
+        _place(staged, manifest_path.name, dir_fd)
+        os.fsync(dir_fd)
     except OSError as exc:
         staged.unlink(missing_ok=True)
         data.unlink(missing_ok=True)
         raise _sink_error("committing", destination, exc) from None
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
     return manifest_path

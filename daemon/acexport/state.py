@@ -14,6 +14,7 @@ and is migrated forward on open.
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -31,8 +32,13 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+_FULL_DISK_CODES = {"SQLITE_FULL", "SQLITE_IOERR_WRITE", "SQLITE_IOERR_FSYNC"}
+
+
 def _describe_db_error(path: Path, exc: sqlite3.Error) -> StateError:
-    hint = " (disk full?)" if "disk" in str(exc) or "full" in str(exc) else ""
+    # Only a write that failed hints at a full disk ("disk image is malformed" does not).
+    code = getattr(exc, "sqlite_errorname", "")
+    hint = " (disk full?)" if code in _FULL_DISK_CODES or "full" in str(exc) else ""
     return StateError(f"the state database {path} failed: {exc}{hint}")
 
 
@@ -83,6 +89,16 @@ _MIGRATIONS: Sequence[str] = (
 )
 
 ACTIVE = ("queued", "submitted", "ready")
+
+
+def _create_private(path: Path) -> None:
+    """The ledger file, created 0600 whatever the umask (SQLite gives -wal/-shm its mode)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+    except OSError as exc:
+        raise StateError(f"cannot open the state database {path}: {exc.strerror or exc}") from None
 
 
 def ledger_path(state_dir: Path) -> Path:
@@ -152,6 +168,7 @@ class StateStore:
 
     @classmethod
     async def open(cls, path: Path, *, readonly: bool = False) -> StateStore:
+        """Open (or create, 0600) the ledger; every failure is a StateError naming it."""
         try:
             return await cls._open(path, readonly)
         except sqlite3.Error as exc:
@@ -162,7 +179,7 @@ class StateStore:
         if readonly:
             db = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(path)
             db = await aiosqlite.connect(path)
         try:
             db.row_factory = aiosqlite.Row
@@ -174,20 +191,20 @@ class StateStore:
                 # files are fsynced before their row says done. FULL cost an fsync per
                 # update and made the ledger the bottleneck at 1,000 lanes.
                 await db.execute("PRAGMA synchronous = NORMAL")
-                await cls._migrate(db)
+                await cls._migrate(db, path)
         except BaseException:
             await db.close()
             raise
         return cls(db, path)
 
     @staticmethod
-    async def _migrate(db: aiosqlite.Connection) -> None:
+    async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
         async with db.execute("PRAGMA user_version") as cursor:
             row = await cursor.fetchone()
         version = int(row[0]) if row else 0
         if version > len(_MIGRATIONS):
-            raise RuntimeError(
-                f"the state database is schema version {version}, newer than this "
+            raise StateError(
+                f"the state database {path} is schema version {version}, newer than this "
                 f"acexport understands ({len(_MIGRATIONS)}); upgrade acexport"
             )
         for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
