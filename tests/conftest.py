@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -49,6 +50,17 @@ class RunningEmulator:
             response.raise_for_status()
             body: dict[str, Any] = await response.json()
             return body
+
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20
+    ) -> dict[str, Any]:
+        """The first /_emulator/jobs report for which ``predicate`` holds."""
+        async with asyncio.timeout(timeout):
+            while True:
+                report = await self.jobs()
+                if predicate(report):
+                    return report
+                await asyncio.sleep(0.05)
 
     async def control(self, path: str, body: dict[str, Any]) -> None:
         async with (

@@ -342,9 +342,7 @@ async def test_sigterm_during_export_leaves_no_part_file(
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "ACME_TOKEN": "acme-token", "ACEXPORT_HTTP__POLL_INITIAL": "50ms"},
     )
-    async with asyncio.timeout(20):
-        while not (await emu.jobs())["jobs"] or not (await emu.jobs())["jobs"][0]["bytes_sent"]:
-            await asyncio.sleep(0.05)
+    await emu.wait_for(lambda report: any(job["bytes_sent"] for job in report["jobs"]))
     process.terminate()
     _, stderr = await asyncio.wait_for(process.communicate(), 10)
     assert process.returncode == 1
