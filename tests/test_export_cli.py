@@ -301,9 +301,7 @@ async def test_export_without_config_touches_no_user_file(
     common = ["export", "--base-url", emu.url, "--token-env", "ACME_TOKEN", "--type", "page"]
     window = ["--from", "2022-01-01", "--to", "2022-01-01"]
     env = {"TMPDIR": str(tmp_dir)}
-    code, _, stderr = await run_cli(
-        *common, *window, "--output", str(out_dir / "p.jsonl"), env=env
-    )
+    code, _, stderr = await run_cli(*common, *window, "--output", str(out_dir / "p.jsonl"), env=env)
     assert code == 0, stderr
     code, stdout, stderr = await run_cli(*common, *window, "--output", "-", env=env)
     assert code == 0, stderr
