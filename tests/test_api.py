@@ -184,3 +184,58 @@ async def test_status_with_unknown_fields_is_still_a_status(client: ExportClient
         mocked.get(URL, payload={**STATUS, "status": "RUNNING", "progress": 0.4, "jobId": "x1"})
         result = await answer(client)
     assert result == ExportStatus("RUNNING", STATUS["createdDate"], STATUS["message"])
+
+
+async def test_redirect_back_to_ac_after_leaving_it_gets_no_token(client: ExportClient) -> None:
+    """On AC -> storage -> AC, the last URL was chosen by storage: the token is not resent."""
+    storage = "https://storage.example.net/hop"
+    back = f"{BASE}/api/steal"
+    with aioresponses() as mocked:
+        mocked.get(URL, status=302, headers={"Location": storage})
+        mocked.get(storage, status=302, headers={"Location": back})
+        mocked.get(back, body=b'{"id": 1}\n')
+        await answer(client)
+        calls = {str(url): c for (_, url), c in mocked.requests.items()}
+    assert "Authorization" not in calls[back][0].kwargs["headers"]
+
+
+async def test_redirect_from_https_to_http_is_refused(client: ExportClient) -> None:
+    """A downgrade to cleartext is not followed, even without the token."""
+    with aioresponses() as mocked:
+        mocked.get(URL, status=302, headers={"Location": "http://storage.example.net/x"})
+        with pytest.raises(RemoteRejected, match="https to http"):
+            await answer(client)
+
+
+@pytest.mark.parametrize(
+    "location", ["http://user:pass@storage.example.net/x", "https://[::1/x", "https://:80/"]
+)
+async def test_unusable_redirect_targets_are_classified(
+    client: ExportClient, location: str
+) -> None:
+    """Credentials in the URL, a malformed URL or no host: an AC error, never a crash."""
+    with aioresponses() as mocked:
+        mocked.get(URL, status=302, headers={"Location": location})
+        with pytest.raises((RemoteRejected, TransientError)):
+            await answer(client)
+
+
+async def test_storage_403_asks_ac_again_instead_of_blaming_the_token(
+    client: ExportClient,
+) -> None:
+    """A 403 from the storage origin (an expired signed URL) is transient, not AuthError."""
+    storage = "https://storage.example.net/blob/1?sig=old"
+    with aioresponses() as mocked:
+        mocked.get(URL, status=302, headers={"Location": storage})
+        mocked.get(storage, status=403, body=b"<Error>Request has expired</Error>")
+        with pytest.raises(TransientError, match="storage"):
+            await answer(client)
+
+
+async def test_deeply_nested_status_body_is_classified(client: ExportClient) -> None:
+    """A 20,000-deep JSON value as a status body is a classified answer, not a crash."""
+    deep = b'{"status": "PENDING", "x": ' + b"[" * 20000 + b"]" * 20000 + b"}"
+    with aioresponses() as mocked:
+        mocked.get(URL, body=deep)
+        with pytest.raises(TransientError):
+            await answer(client)

@@ -67,6 +67,10 @@ BAD_CONFIGS = [
     (WS + '[[jobs]]\nworkspace = "acme"\n', "jobs[0].name"),
     (WS + JOB + 'start = "yesterday"\n', "jobs[0] (nightly).start"),
     ("[daemon\n", "not valid TOML"),
+    ('[daemon]\nstate_dir = ""\n', "daemon.state_dir"),
+    ('[output]\npath = "{workspace}/a\\u0000b.jsonl"\n', "output.path"),
+    ('[http]\nmax_payload = "lots"\n', "http.max_payload"),
+    (WS + JOB + '[output]\npath = "{type}_' + "x" * 250 + '.jsonl"\n', "output.path renders"),
 ]
 
 
@@ -104,6 +108,66 @@ def test_unreadable_token_file_exits_78(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert "cannot read token_file" in err
     assert str(token) in err
+
+
+def test_output_dir_that_is_a_file_exits_78(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """output_dir pointing at a regular file is a config error naming it, not a traceback."""
+    plain = tmp_path / "exports"
+    plain.write_text("not a directory")
+    path = tmp_path / "config.toml"
+    path.write_text(f'[daemon]\noutput_dir = "{plain}"\n')
+    assert main(["check-config", "--config", str(path)]) == 78
+    err = capsys.readouterr().err
+    assert "daemon.output_dir" in err
+    assert "not a directory" in err
+    assert "Traceback" not in err
+
+
+def test_malformed_json_override_exits_78_naming_the_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ACEXPORT_WORKSPACES='{' is named as invalid JSON, with exit 78."""
+    monkeypatch.setenv("ACEXPORT_WORKSPACES", "{")
+    path = tmp_path / "config.toml"
+    path.write_text("")
+    assert main(["check-config", "--config", str(path)]) == 78
+    assert "ACEXPORT_WORKSPACES is not valid JSON" in capsys.readouterr().err
+
+
+def test_multi_line_token_file_exits_78_without_showing_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A token file whose token holds a line break is refused at check-config."""
+    token = tmp_path / "token"
+    token.write_text("first-half\nsecond-half\n")
+    token.chmod(0o600)
+    path = tmp_path / "config.toml"
+    path.write_text(f'[workspaces.acme]\ntoken_file = "{token}"\n')
+    assert main(["check-config", "--config", str(path)]) == 78
+    err = capsys.readouterr().err
+    assert "workspaces.acme" in err
+    assert "line break" in err
+    assert "first-half" not in err
+
+
+def test_token_file_readable_by_others_is_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check-config names a token_file that group or others can read."""
+    token = tmp_path / "token"
+    token.write_text("a-token-value\n")
+    token.chmod(0o644)
+    path = tmp_path / "config.toml"
+    path.write_text(f'[workspaces.acme]\ntoken_file = "{token}"\n')
+    path.chmod(0o600)
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"token_file {token} is readable by others" in out
+    token.chmod(0o600)
+    assert main(["check-config", "--config", str(path)]) == 0
+    assert "warning" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from acexport.config import (
-    inline_token_warning,
     load_settings,
     parse_duration,
     render_path,
     resolve_tokens,
+    token_warnings,
 )
 from acexport.errors import ConfigError
 
@@ -171,9 +171,9 @@ def test_inline_token_in_a_readable_file_is_warned_about(tmp_path: Path) -> None
     """A config file holding an inline token and readable by others gets a warning."""
     path = write(tmp_path, '[workspaces.acme]\ntoken = "inline-token"\n')
     settings = load_settings(path)
-    assert inline_token_warning(path, settings) is None
+    assert token_warnings(path, settings) == []
     path.chmod(0o644)
-    assert "chmod 600" in (inline_token_warning(path, settings) or "")
+    assert "chmod 600" in token_warnings(path, settings)[0]
 
 
 def test_default_path_template_is_hive_partitioned() -> None:

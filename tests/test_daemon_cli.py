@@ -95,3 +95,33 @@ def test_shipped_configs_are_valid() -> None:
     assert all(ws.emulator for ws in demo.workspaces.values())
     covered = {t for job in demo.jobs for t in job.types}
     assert covered == {"event", "identity", "individual", "membership", "page", "segment"}
+
+
+def _run_once_config(tmp_path: Path) -> Path:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path}/state"\noutput_dir = "{tmp_path}/exports"\n'
+        'listen = ""\n[workspaces.acme]\ntoken_env = "HOME"\nbase_url = "http://127.0.0.1:9"\n'
+    )
+    return config
+
+
+def test_unusable_state_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """A lock that cannot be opened, or a ledger from a newer acexport: one line, exit 1."""
+    import sqlite3
+
+    config = _run_once_config(tmp_path)
+    (tmp_path / "state" / "acexport.lock").mkdir(parents=True)
+    result = acexport("run", "--once", "--config", str(config))
+    assert result.returncode == 1
+    assert f"cannot open the lock file {tmp_path}/state/acexport.lock" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    (tmp_path / "state" / "acexport.lock").rmdir()
+    ledger = tmp_path / "state" / "state.sqlite3"
+    with sqlite3.connect(ledger) as db:
+        db.execute("PRAGMA user_version = 99")
+    result = acexport("run", "--once", "--config", str(config))
+    assert result.returncode == 1
+    assert "schema version 99, newer than this acexport understands" in result.stderr
+    assert "Traceback" not in result.stderr

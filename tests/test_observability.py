@@ -40,3 +40,28 @@ def test_log_lines_and_exceptions_are_redacted() -> None:
     lines = [json.loads(line) for line in output.splitlines()]
     assert REDACTED in lines[0]["detail"]["headers"][0]
     assert REDACTED in lines[1]["exception"]
+
+
+def test_library_log_records_are_redacted_with_their_tracebacks() -> None:
+    """aiohttp/asyncio records go through redaction; JSON keeps the traceback, no internals."""
+    import logging
+
+    register_secret("stdlib-token-value")
+    for log_format in ("json", "console"):
+        stream = io.StringIO()
+        configure_logging(log_format, "info", stream)
+        library = logging.getLogger("aiohttp.client")
+        try:
+            raise ValueError("header had stdlib-token-value")
+        except ValueError:
+            library.exception("request failed for Bearer stdlib-token-value")
+        structlog.reset_defaults()
+        output = stream.getvalue()
+        assert "stdlib-token-value" not in output, log_format
+        assert "ValueError" in output, log_format  # the traceback is kept
+        if log_format == "json":
+            (line,) = [json.loads(text) for text in output.splitlines()]
+            assert REDACTED in line["exception"]
+            assert "_record" not in line
+            assert "_from_structlog" not in line
+    logging.getLogger().handlers.clear()

@@ -22,7 +22,7 @@ def simulate(plan: PollPlan, ready_at: float) -> tuple[int, float]:
 def test_with_history_few_requests_and_a_delay_under_5_percent(seconds: float) -> None:
     """Knowing the usual time: at most 12 requests, detected within 5% (or 1 s)."""
     for actual in (seconds * 0.9, seconds, seconds * 1.1):
-        plan = PollPlan(initial_s=1.0, max_s=300.0, expected_s=seconds, rng=random.Random(1))
+        plan = PollPlan(initial_s=1.0, max_s=3600.0, expected_s=seconds, rng=random.Random(1))
         requests, delay = simulate(plan, actual)
         assert requests <= 12, (seconds, actual, requests)
         assert delay <= max(0.05 * actual, 1.0), (seconds, actual, delay)
@@ -49,3 +49,9 @@ def test_poll_max_caps_every_wait() -> None:
     """No wait is ever longer than poll_max."""
     plan = PollPlan(initial_s=15.0, max_s=300.0)
     assert max(plan.next_delay(t) for t in range(0, 100_000, 500)) <= 300.0
+
+
+def test_poll_max_caps_waits_learned_from_history() -> None:
+    """A learned time of 15 days (a clock jump in the ledger) still waits at most poll_max."""
+    plan = PollPlan(initial_s=15.0, max_s=300.0, expected_s=1_296_000.0)
+    assert max(plan.next_delay(t) for t in range(0, 2_000_000, 10_000)) <= 300.0

@@ -132,3 +132,16 @@ def test_malformed_database_is_not_called_a_full_disk(tmp_path: Path) -> None:
     assert "disk full" not in str(_describe_db_error(tmp_path / "x", corrupt))
     full = sqlite3.OperationalError("database or disk is full")
     assert "(disk full?)" in str(_describe_db_error(tmp_path / "x", full))
+
+
+async def test_implausible_spans_are_not_learned(store: StateStore) -> None:
+    """A submit-to-ready span of 30 days (a wall-clock jump) is not a processing time."""
+    (record,) = await store.plan("job", "acme", ["page"], [DAY1])
+    await store.mark_submitted(record.id)
+    await store.mark_ready(record.id, None)
+    async with store._db.execute(
+        "UPDATE exports SET submitted_at = ready_at - 30 * 86400 WHERE id = ?", (record.id,)
+    ):
+        pass
+    await store._db.commit()
+    assert await store.expected_processing_s("acme", "page") is None

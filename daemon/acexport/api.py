@@ -111,17 +111,16 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-def _excerpt(body: bytes) -> str:
-    text = body[:300].decode("utf-8", "replace").strip()
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return text
+def _excerpt(body: bytes, limit: int = 200) -> str:
+    """A server's error text, short: its JSON message if it has one."""
+    text = body[:limit].decode("utf-8", "replace").strip()
+    parsed = _load_json(body)
     if isinstance(parsed, dict):
         for key in ("message", "error", "title", "detail"):
             if isinstance(parsed.get(key), str):
-                return str(parsed[key])
-    return text
+                text = str(parsed[key])
+                break
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 _UNPARSABLE = object()
@@ -130,7 +129,7 @@ _UNPARSABLE = object()
 def _load_json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # a 20k-deep value is no status either
         return _UNPARSABLE
 
 
@@ -203,40 +202,48 @@ class ExportClient:
         Raises AuthError, RemoteRejected, RateLimited or TransientError.
         """
         url = self.url(type_, window)
-        response = await self._get_following_redirects(url, range_start)
+        response, from_ac = await self._get_following_redirects(url, range_start)
         try:
-            yield await self._classify(response, type_, window, range_start)
+            yield await self._classify(response, type_, window, range_start, from_ac)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientError(f"reading AC's answer failed: {_describe(exc)}") from None
         finally:
             response.release()
 
-    async def _get_following_redirects(self, url: URL, range_start: int) -> aiohttp.ClientResponse:
+    async def _get_following_redirects(
+        self, url: URL, range_start: int
+    ) -> tuple[aiohttp.ClientResponse, bool]:
+        """The final answer, and whether it came from AC with the token sent.
+
+        The token goes only to AC's origin, and never again once a redirect has
+        left it (on A -> B -> A, B chose the last URL). https -> http is refused.
+        """
+        left_ac = False
         for _ in range(_MAX_REDIRECTS + 1):
+            at_ac = not left_ac and origin(url) == self._origin
             headers = {"Accept": "application/zip, application/json, application/x-ndjson, */*"}
-            if origin(url) == self._origin:
+            if at_ac:
                 headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
             if range_start:
                 headers["Range"] = f"bytes={range_start}-"
             try:
                 response = await self._session.get(url, headers=headers, allow_redirects=False)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 raise TransientError(
                     f"cannot reach {url.scheme}://{url.host}: {_describe(exc)}"
                 ) from None
             if self._on_response is not None:
                 self._on_response(response.status)
-            if response.status < 400 and origin(url) == self._origin:
+            if response.status < 400 and at_ac:
                 self.trust.proven = True  # AC's own origin accepted the token
             if response.status not in (301, 302, 303, 307, 308):
-                return response
+                return response, at_ac
             location = response.headers.get("Location")
             response.release()
             if not location:
                 raise TransientError(f"redirect {response.status} without a Location")
-            url = url.join(URL(location))
-            if url.scheme not in ("http", "https"):
-                raise RemoteRejected(f"redirect to a non-HTTP URL scheme {url.scheme!r}")
+            url = _redirect_target(url, location)
+            left_ac = left_ac or origin(url) != self._origin
         raise TransientError(f"more than {_MAX_REDIRECTS} redirects")
 
     async def _classify(
@@ -245,10 +252,10 @@ class ExportClient:
         type_: str,
         window: ExportWindow,
         range_start: int,
+        from_ac: bool,
     ) -> ExportStatus | Payload:
         status = response.status
         where = f"{response.url.scheme}://{response.url.host}"
-        from_ac = origin(response.url) == self._origin
         if status in (401, 403) and not from_ac:
             # A storage host reached by redirect never saw the token: its signed URL
             # expired or is wrong. Asking AC again gets a fresh one.
@@ -306,6 +313,24 @@ class ExportClient:
         return Payload(
             response, prefix, offset, None if total is None else offset + total, resumable
         )
+
+
+def _redirect_target(current: URL, location: str) -> URL:
+    """Where a redirect points, if it is safe to follow."""
+    try:
+        target = current.join(URL(location))
+        host = target.host
+    except ValueError:
+        raise TransientError("redirect to a malformed URL") from None
+    if target.scheme not in ("http", "https") or not host:
+        raise RemoteRejected(f"redirect to a non-HTTP URL (scheme {target.scheme!r})")
+    if current.scheme == "https" and target.scheme == "http":
+        raise RemoteRejected(
+            f"refusing a redirect from https to http://{host}: the data would travel in clear"
+        )
+    if target.user is not None or target.password is not None:
+        raise RemoteRejected(f"refusing a redirect to a URL with credentials (host {host})")
+    return target
 
 
 def _check_status_matches(parsed: dict[str, Any], type_: str, window: ExportWindow) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .config import Settings, find_config, inline_token_warning, load_settings, resolve_tokens
+from .config import Settings, find_config, load_settings, resolve_tokens, token_warnings
 from .errors import AcexportError, ConfigError
 from .lock import lock_holder
 from .observability import configure_logging, register_secret
@@ -51,9 +51,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Settings, Path]:
     for token in resolve_tokens(settings, str(path)).values():
         register_secret(token.get_secret_value())
     configure_logging(settings.daemon.log_format, settings.daemon.log_level)
-    warning = inline_token_warning(path, settings)
-    if warning:
-        log.warning("config_inline_token_readable", detail=warning)
+    for warning in token_warnings(path, settings):
+        log.warning("config_token_readable", detail=warning)
     # A file-size limit must surface as an error we can report, not kill the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     return settings, path
@@ -274,9 +273,8 @@ def check_config(args: argparse.Namespace) -> int:
         resolve_tokens(settings, str(path))
     except ConfigError as exc:
         return _config_error(exc)
-    warning = inline_token_warning(path, settings)
     print(f"{path}: valid; {len(settings.workspaces)} workspace(s), {len(settings.jobs)} job(s)")
-    if warning:
+    for warning in token_warnings(path, settings):
         print(f"warning: {warning}")
     done = asyncio.run(_done_keys(settings))
     now = datetime.now(UTC)

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     SecretStr,
@@ -37,6 +38,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from . import EXPORT_TYPES
@@ -102,6 +104,22 @@ class DaemonSettings(_Section):
     stop_grace: Duration = timedelta(seconds=30)
     pickup_interval: Duration = timedelta(seconds=5)
 
+    @field_validator("state_dir", "output_dir", mode="before")
+    @classmethod
+    def _a_path(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must name a directory, not be empty")
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain a NUL character")
+        return value
+
+    @field_validator("state_dir", "output_dir")
+    @classmethod
+    def _a_directory(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} exists and is not a directory")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
@@ -125,6 +143,10 @@ class HttpSettings(_Section):
     # AC reporting ERROR (its export failed; it starts again) this many times in a row
     # for one window ends the export.
     max_ac_failures: int = Field(default=5, ge=1, le=1000)
+    # Decoded bytes one export may have (``500MB``, ``1GiB`` or a byte count), and how
+    # much a gzip or ZIP body may expand: beyond either, the export fails, nothing kept.
+    max_payload: ByteSize = ByteSize(50 * 1024**3)
+    max_inflate_ratio: int = Field(default=200, ge=1)
     # How long AC keeps ready data. A ready export older than this (the daemon was
     # down) will be created anew by the next request, so it must hold the lane's slot.
     download_window: Duration = timedelta(hours=24)
@@ -142,6 +164,8 @@ class HttpSettings(_Section):
 
 def check_path_template(template: str) -> str:
     """Placeholders are known, and no rendering can leave the output directory."""
+    if "\x00" in template:
+        raise ValueError("the template contains a NUL character")
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
@@ -168,6 +192,23 @@ def render_path(
     if path.is_absolute() or ".." in path.parts or text.endswith("/"):
         raise ValueError(f"path {text!r} must be relative, without '..', naming a file")
     return path
+
+
+_NAME_MAX = 255  # bytes in one path component on Linux file systems
+
+
+def _check_name_lengths(template: str, job: JobSettings, where: str) -> None:
+    """Every rendered file name (with ``.gz.manifest.json``) fits the file system."""
+    sample = datetime(2022, 12, 31, 23, 59, tzinfo=UTC)
+    for type_ in job.types:
+        path = render_path(template, job.workspace, type_, job.name, sample, sample)
+        parts = [*path.parts[:-1], path.name + ".gz.manifest.json"]
+        longest = max(parts, key=lambda part: len(part.encode()))
+        if len(longest.encode()) > _NAME_MAX:
+            raise ValueError(
+                f"{where}: output.path renders a name of {len(longest.encode())} bytes "
+                f"({longest[:40]}...), longer than the file system's {_NAME_MAX}"
+            )
 
 
 def output_file(
@@ -260,6 +301,9 @@ class WorkspaceSettings(_Section):
         value = value.strip()
         if not value:
             raise ValueError("the token is empty")
+        if any(not char.isprintable() for char in value):
+            # It would be cut into a second header line, or refused by the HTTP client.
+            raise ValueError("the token contains a line break or another control character")
         return SecretStr(value)
 
 
@@ -345,6 +389,7 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"{where}.workspace: unknown workspace {job.workspace!r} (known: {known})"
                 )
+            _check_name_lengths(self.output.path, job, where)
         return self
 
     @field_validator("workspaces")
@@ -421,6 +466,11 @@ def load_settings(path: Path | None) -> Settings:
     except ValidationError as exc:
         lines = [f"{source}: {_describe(e, data)}" for e in exc.errors(include_url=False)]
         raise ConfigError("\n".join(lines)) from None
+    except SettingsError as exc:
+        # A malformed JSON override, e.g. ACEXPORT_WORKSPACES='{'.
+        found = re.search(r'field "(\w+)"', str(exc))
+        variable = f"ACEXPORT_{found.group(1).upper()}" if found else "an ACEXPORT_* variable"
+        raise ConfigError(f"{source}: {variable} is not valid JSON") from None
     finally:
         _FILE_DATA.reset(token)
     return settings
@@ -440,17 +490,30 @@ def resolve_tokens(settings: Settings, source: str) -> dict[str, SecretStr]:
     return tokens
 
 
-def inline_token_warning(path: Path | None, settings: Settings) -> str | None:
-    """A warning if the file holds an inline token and others may read it."""
-    if path is None or not any(w.token for w in settings.workspaces.values()):
-        return None
+def _readable_by_others(path: Path) -> int | None:
+    """The file's mode if group or others may read it, else None."""
     try:
         mode = path.stat().st_mode
     except OSError:
         return None
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
-        return (
-            f"{path} holds an inline token and is readable by others "
-            f"(mode {stat.filemode(mode)}); chmod 600 it or use token_file"
-        )
-    return None
+    return mode if mode & (stat.S_IRGRP | stat.S_IROTH) else None
+
+
+def token_warnings(path: Path | None, settings: Settings) -> list[str]:
+    """Warnings for token sources that others may read: the config file, token files."""
+    warnings = []
+    if path is not None and any(w.token for w in settings.workspaces.values()):
+        mode = _readable_by_others(path)
+        if mode is not None:
+            warnings.append(
+                f"{path} holds an inline token and is readable by others "
+                f"(mode {stat.filemode(mode)}); chmod 600 it or use token_file"
+            )
+    for name, workspace in settings.workspaces.items():
+        mode = None if workspace.token_file is None else _readable_by_others(workspace.token_file)
+        if mode is not None:
+            warnings.append(
+                f"workspaces.{name}.token_file {workspace.token_file} is readable by others "
+                f"(mode {stat.filemode(mode)}); chmod 600 it"
+            )
+    return warnings

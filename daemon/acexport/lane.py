@@ -24,6 +24,7 @@ from .config import Settings, output_file
 from .errors import AcexportError, AuthError, StateError
 from .export import ExportObserver, ExportSpec, Timing, run_export
 from .metrics import Health, Metrics
+from .observability import remote_text
 from .sink import Sink
 from .state import ACTIVE, ExportRecord, StateStore
 
@@ -165,7 +166,14 @@ class Lane:
 
         try:
             with structlog.contextvars.bound_contextvars(job=record.job, lane=self.key):
-                await self._export(record, release)
+                try:
+                    await self._export(record, release)
+                except StateError:
+                    raise
+                except Exception as exc:
+                    # A bug or an input nobody foresaw: still a recorded, visible failure.
+                    log.exception("export_crashed", kind=type(exc).__name__)
+                    await self._failed(record, f"unexpected {type(exc).__name__}: {exc}")
         except StateError as exc:
             self.ctx.fatal(exc)
         finally:
@@ -219,7 +227,7 @@ class Lane:
         except StateError:
             raise
         except AuthError as exc:
-            self.auth_failure = f"AuthError: {exc}"
+            self.auth_failure = remote_text(f"AuthError: {exc}")
             log.error("lane_token_rejected", workspace=record.workspace, error=str(exc))
             # No retry can help: /healthz names the token at once, not after five failures.
             self.ctx.health.problems[self.key] = self.auth_failure
@@ -259,6 +267,9 @@ class Lane:
         self.ctx.metrics.exports.labels(record.workspace, record.type, outcome).inc()
 
     async def _failed(self, record: ExportRecord, reason: str) -> None:
+        # Reasons carry server text: redacted and capped before the ledger, status and
+        # the unauthenticated /healthz see them.
+        reason = remote_text(reason)
         self._count(record, "failed")
         self.consecutive_failures += 1
         if self.consecutive_failures >= FAILURES_BEFORE_UNHEALTHY:

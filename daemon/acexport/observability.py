@@ -30,6 +30,7 @@ def register_secret(value: str) -> None:
 
 
 def redact(text: str) -> str:
+    """``text`` with every registered secret replaced by ``[REDACTED]``."""
     # With a thousand workspaces, scanning every logged value for every token was
     # the daemon's largest single cost: skip what is too short to hold one, and
     # remember the short values that recur (names, types, dates).
@@ -48,6 +49,17 @@ def _redact_uncached(text: str) -> str:
 
 
 _redact_cached = functools.lru_cache(maxsize=8192)(_redact_uncached)
+
+_MAX_REMOTE_TEXT = 500
+
+
+def remote_text(text: str) -> str:
+    """Text a server chose (an error body, a reason), fit to store or serve: redacted, capped.
+
+    Redaction runs before the cut, so a token straddling the cut cannot leak half of it.
+    """
+    text = redact(text)
+    return text if len(text) <= _MAX_REMOTE_TEXT else text[: _MAX_REMOTE_TEXT - 1] + "…"
 
 
 def _redact_value(value: Any) -> Any:
@@ -99,9 +111,17 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(stream)
+    # Records from aiohttp, asyncio and other libraries take the same road: their
+    # traceback becomes text, is redacted, and is rendered like our own lines.
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[_redact_processor, renderer], foreign_pre_chain=shared
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                _redact_processor,
+                renderer,
+            ],
+            foreign_pre_chain=shared,
         )
     )
     root = logging.getLogger()

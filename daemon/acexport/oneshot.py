@@ -26,10 +26,10 @@ from .config import (
     Settings,
     WorkspaceSettings,
     find_config,
-    inline_token_warning,
     load_settings,
     output_file,
     resolve_tokens,
+    token_warnings,
     zone_named,
 )
 from .errors import AcexportError, ConfigError
@@ -69,9 +69,8 @@ def _plan(args: argparse.Namespace) -> _Plan:
         raise ConfigError("--workspace needs a config file: none given or found")
     settings = load_settings(config_path) if config_path else Settings()
     source = str(config_path or "command line")
-    warning = inline_token_warning(config_path, settings)
-    if warning:
-        log.warning("config_inline_token_readable", detail=warning)
+    for warning in token_warnings(config_path, settings):
+        log.warning("config_token_readable", detail=warning)
     if args.base_url:
         if bool(args.token_env) == bool(args.token_file):
             raise UsageError("--base-url needs exactly one of --token-env VAR or --token-file FILE")
@@ -244,6 +243,9 @@ def _run(plan: _Plan, quiet: bool) -> int:
         return 1
     except AcexportError as exc:
         log.error("export_failed", error=str(exc), kind=type(exc).__name__)
+        return 1
+    except Exception as exc:
+        log.exception("export_crashed", kind=type(exc).__name__)
         return 1
     if plan.to_stdout:
         try:

@@ -194,6 +194,8 @@ class _ArrayToNdjson:
                     _, stop = self._decoder.raw_decode(text, pos)
                 except json.JSONDecodeError:
                     break  # incomplete element: wait for more bytes (checked at the end)
+                except RecursionError:
+                    raise PayloadError("a JSON array element nested too deeply") from None
                 if stop == end and not final:
                     break  # a number at the buffer's end may go on
                 element = text[pos:stop]
@@ -245,6 +247,9 @@ class _ZipSpool:
                         self.records += _convert_member(member, self._out, info.filename)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
             raise PayloadError(f"the ZIP payload is damaged or cut short: {exc}") from None
+        except (RuntimeError, NotImplementedError) as exc:
+            # zipfile's word for encrypted members and unknown compression methods.
+            raise PayloadError(f"the ZIP payload cannot be read: {exc}") from None
         finally:
             self._spool_path.unlink(missing_ok=True)
 
@@ -279,7 +284,7 @@ def _convert_member(member: IO[bytes], out: _Output, name: str) -> int:
 def _check_record(line: bytes, which: str) -> None:
     try:
         json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise PayloadError(
             f"the {which} line is not valid JSON: the data is damaged or cut short"
         ) from None

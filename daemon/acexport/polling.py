@@ -53,12 +53,16 @@ class PollPlan:
     rng: random.Random = field(default_factory=random.Random)
 
     def next_delay(self, elapsed_s: float) -> float:
+        """Never more than ``max_s``, whatever history says."""
+        return min(self.max_s, self._wanted(elapsed_s))
+
+    def _wanted(self, elapsed_s: float) -> float:
         expected = self.expected_s
         if expected:
             for mark in SPARSE_MARKS:
                 if elapsed_s < mark * expected - 1e-3:
                     return mark * expected - elapsed_s
             if elapsed_s < DENSE_UNTIL * expected:
-                return min(self.max_s, max(DENSE_STEP * expected, min(self.initial_s, 1.0)))
+                return max(DENSE_STEP * expected, min(self.initial_s, 1.0))
         delay = max(self.initial_s, GROWTH * elapsed_s)
-        return min(self.max_s, delay * (1 + self.rng.uniform(-0.1, 0.1)))
+        return delay * (1 + self.rng.uniform(-0.1, 0.1))

@@ -34,6 +34,7 @@ from .lane import Lane, LaneContext
 from .lock import take_lock
 from .metrics import Health, Metrics, health_app
 from .notify import SystemdNotifier
+from .observability import register_secret
 from .planner import due_windows
 from .scheduler import Scheduler, utc_now
 from .sink import Sink
@@ -69,6 +70,8 @@ class Daemon:
         self._config_path = config_path
         self._clock = clock
         self._tokens = resolve_tokens(settings, str(config_path or "environment"))
+        for token in self._tokens.values():
+            register_secret(token.get_secret_value())  # embedders need not remember to
         self._stack = AsyncExitStack()
         self._lanes: dict[str, Lane] = {}
         self._lane_of: dict[str, str] = {}
@@ -274,6 +277,8 @@ class Daemon:
         try:
             settings = load_settings(self._config_path)
             tokens = resolve_tokens(settings, str(self._config_path or "environment"))
+            for token in tokens.values():
+                register_secret(token.get_secret_value())  # rotated tokens too
             if settings.daemon.state_dir != self._settings.daemon.state_dir:
                 raise ConfigError("daemon.state_dir cannot change on reload; restart instead")
         except ConfigError as exc:

@@ -91,6 +91,9 @@ _MIGRATIONS: Sequence[str] = (
 ACTIVE = ("queued", "submitted", "ready")
 
 
+_PLAUSIBLE_SPAN_S = 86400.0
+
+
 def _create_private(path: Path) -> None:
     """The ledger file, created 0600 whatever the umask (SQLite gives -wal/-shm its mode)."""
     try:
@@ -330,7 +333,11 @@ class StateStore:
             "AND submitted_at IS NOT NULL ORDER BY ready_at DESC LIMIT 5",
             (workspace, type_),
         ) as cursor:
-            durations = sorted(row[0] for row in await cursor.fetchall() if row[0] > 0)
+            # Spans are wall-clock: one that a clock jump made negative or longer than
+            # AC keeps data (a day) is not a processing time.
+            durations = sorted(
+                row[0] for row in await cursor.fetchall() if 0 < row[0] < _PLAUSIBLE_SPAN_S
+            )
         return durations[len(durations) // 2] if durations else None
 
     @_state_errors
