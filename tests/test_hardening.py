@@ -1,0 +1,120 @@
+"""Hostile servers against the whole daemon: crashes recorded, echoed tokens never stored."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import structlog
+from aiohttp import web
+
+from acexport.config import load_settings
+from acexport.observability import configure_logging
+from acexport.state import read_rows
+from tests.daemon_helpers import FAST_HTTP, job
+
+
+@pytest.fixture
+async def echo_server() -> AsyncIterator[str]:
+    """An 'AC' that rejects every request, quoting the bearer token back in its message."""
+
+    async def reject(request: web.Request) -> web.Response:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        message = f"workspace not found for token {token} (see server log)"
+        return web.json_response({"message": message, "status": "ERROR"}, status=400)
+
+    app = web.Application()
+    app.router.add_get("/api/reports/export/{type}", reject)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+def _config(tmp_path: Path, base_url: str, token_file: Path) -> Path:
+    path = tmp_path / "acexport.toml"
+    path.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\noutput_dir = "{tmp_path / "exports"}"\n'
+        f'listen = "127.0.0.1:0"\nstop_grace = "2s"\n{FAST_HTTP}'
+        f'[workspaces.acme]\nbase_url = "{base_url}"\ntoken_file = "{token_file}"\n'
+        + job("daily", "acme", types=["page"], catch_up="6d", lag="0s")
+    )
+    path.chmod(0o600)
+    return path
+
+
+async def test_a_token_echoed_by_the_server_is_stored_and_served_nowhere(
+    echo_server: str, tmp_path: Path
+) -> None:
+    """The ledger, /healthz and the log get the server's message with the token redacted,
+    including a token that a reload rotated in."""
+    from acexport.service import Daemon
+
+    token_file = tmp_path / "token"
+    token_file.write_text("first-token-0123456789\n")
+    token_file.chmod(0o600)
+    path = _config(tmp_path, echo_server, token_file)
+    stream = io.StringIO()
+    configure_logging("json", "info", stream)
+    try:
+        async with Daemon(load_settings(path), path) as daemon, aiohttp.ClientSession() as http:
+            assert not await daemon.run_once()
+            token_file.write_text("rotated-token-9876543210\n")
+            daemon._load_new_config()  # what SIGHUP does
+            assert not await daemon.run_once()
+            assert daemon.health_url is not None
+            async with http.get(f"{daemon.health_url}/healthz") as response:
+                health = await response.text()
+    finally:
+        structlog.reset_defaults()
+    rows = await read_rows(tmp_path / "state")
+    reasons = [row.reason or "" for row in rows]
+    assert reasons
+    assert all("workspace not found for token [REDACTED]" in reason for reason in reasons)
+    assert all(len(reason) <= 500 for reason in reasons)
+    assert "[REDACTED]" in health
+    log = stream.getvalue()
+    assert "workspace not found" in log
+    for secret in ("first-token-0123456789", "rotated-token-9876543210"):
+        assert secret not in health
+        assert secret not in log
+        assert all(secret not in reason for reason in reasons)
+
+
+async def test_an_unexpected_exception_is_a_recorded_failure(
+    echo_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash nobody foresaw fails the export in the ledger and the metrics; run_once is False."""
+    import acexport.lane
+    from acexport.service import Daemon
+
+    async def crash(*args: object, **kwargs: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded while decoding a JSON object")
+
+    monkeypatch.setattr(acexport.lane, "run_export", crash)
+    token_file = tmp_path / "token"
+    token_file.write_text("some-token-value\n")
+    token_file.chmod(0o600)
+    path = _config(tmp_path, echo_server, token_file)
+    async with Daemon(load_settings(path), path) as daemon, aiohttp.ClientSession() as http:
+        with structlog.testing.capture_logs() as logs:
+            assert not await daemon.run_once()
+        assert daemon.health_url is not None
+        async with http.get(f"{daemon.health_url}/metrics") as response:
+            metrics = await response.text()
+        async with http.get(f"{daemon.health_url}/healthz") as response:
+            assert response.status == 503
+            problems = json.loads(await response.text())["problems"]
+    rows = await read_rows(tmp_path / "state")
+    assert len(rows) == 6
+    assert {row.state for row in rows} == {"failed"}
+    assert all(row.reason and "unexpected RecursionError" in row.reason for row in rows)
+    assert [entry["event"] for entry in logs].count("export_crashed") == 6
+    assert 'acexport_exports_total{outcome="failed",type="page",workspace="acme"} 6.0' in metrics
+    assert "RecursionError" in problems["acme"]
