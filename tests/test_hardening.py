@@ -118,3 +118,45 @@ async def test_an_unexpected_exception_is_a_recorded_failure(
     assert [entry["event"] for entry in logs].count("export_crashed") == 6
     assert 'acexport_exports_total{outcome="failed",type="page",workspace="acme"} 6.0' in metrics
     assert "RecursionError" in problems["acme"]
+
+
+async def test_gzip_bomb_over_http_is_refused_with_nothing_kept(tmp_path: Path) -> None:
+    """A Content-Encoding: gzip body that inflates past max_inflate_ratio fails the export."""
+    import gzip
+    from datetime import UTC, datetime
+
+    from pydantic import SecretStr
+
+    from acexport.api import ExportClient
+    from acexport.errors import PayloadTooLarge
+    from acexport.export import ExportSpec, Timing, run_export
+    from acexport.polling import Backoff
+    from acexport.sink import Sink
+    from acexport.windows import ExportWindow
+
+    bomb = gzip.compress(b'{"id": 1}\n' * 3_000_000, 9)  # 30 MB in about 60 kB
+
+    async def serve(request: web.Request) -> web.Response:
+        headers = {"Content-Encoding": "gzip", "Content-Type": "application/x-ndjson"}
+        return web.Response(body=bomb, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/api/reports/export/{type}", serve)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    window = ExportWindow(datetime(2022, 1, 1, tzinfo=UTC), datetime(2022, 1, 2, tzinfo=UTC))
+    spec = ExportSpec("acme", "page", window, tmp_path / "out" / "page.jsonl")
+    sink = Sink(tmp_path / "tmp", "none")
+    timing = Timing(poll=Backoff(0.01, 0.05), retry=Backoff(0.01, 0.05), max_attempts=3)
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = ExportClient(session, base, SecretStr("t0ken"), max_inflate_ratio=50)
+            with pytest.raises(PayloadTooLarge, match="inflates"):
+                await run_export(spec, client, sink, timing)
+    finally:
+        sink.close()
+        await runner.cleanup()
+    assert not (tmp_path / "out").exists()
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -273,3 +273,87 @@ async def test_staging_across_filesystems_never_writes_through_a_planted_link(
     assert not destination.is_symlink()
     assert destination.read_bytes() == ndjson(RECORDS)
     assert calls >= 2
+
+
+def _writer_result(tmp_path: Path, payload: bytes, **limits: int) -> PayloadSummary:
+    from acexport.payload import PayloadLimits
+
+    writer = PayloadWriter(tmp_path, "none", PayloadLimits(**limits))
+    try:
+        for start in range(0, len(payload), 1 << 20):
+            writer.feed(payload[start : start + (1 << 20)])
+        return writer.finish()
+    except BaseException:
+        writer.discard()
+        raise
+
+
+GOOD = b'{"id": "1", "title": "Caf\xc3\xa9"}\n'
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (GOOD * 1000 + b"<html><body>502 Bad Gateway</body></html>\n" + GOOD * 10, "line break"),
+        (GOOD * 1000 + b"\n" + GOOD, "line break"),
+        (GOOD * 1000 + b'{"id": "\xff\xfe"}\n' + GOOD, "UTF-8"),
+        (GOOD * 1000 + b'{"id": "\xc3' + b'"}\n', "UTF-8"),
+        (b'{"status": "PENDING", "message": "come back later", "createdDate": "x"}\n', "status"),
+        (b'[{"status": "RUNNING", "createdDate": "x", "message": "m"}]', "status"),
+    ],
+)
+def test_ndjson_is_checked_on_every_line(tmp_path: Path, payload: bytes, why: str) -> None:
+    """HTML or bad UTF-8 in the middle, or a lone status object, is never committed."""
+    with pytest.raises(PayloadError, match=why):
+        _writer_result(tmp_path, payload)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_one_record_membership_is_data(tmp_path: Path) -> None:
+    """A membership record has a status too (ACTIVE/INACTIVE): judged by shape, it is data."""
+    record = (
+        b'{"id": "1", "segmentId": "2", "individualId": "3", "status": "ACTIVE", '
+        b'"dateFirstAdded": "2022-01-01T00:00:00.000Z", "dateChanged": "2022-01-01T00:00:00.000Z"}'
+    )
+    assert _writer_result(tmp_path, record + b"\n").records == 1
+    assert _writer_result(tmp_path, b"[" + record + b"]").records == 1
+
+
+def test_endless_body_stops_at_max_payload(tmp_path: Path) -> None:
+    """Past http.max_payload the payload fails with PayloadTooLarge and nothing is kept."""
+    from acexport.errors import PayloadTooLarge
+
+    with pytest.raises(PayloadTooLarge, match="max_payload"):
+        _writer_result(tmp_path, GOOD * 100_000, max_bytes=1_000_000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _zip_of(member: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("page.jsonl", member)
+    return buffer.getvalue()
+
+
+def test_zip_bomb_is_refused_by_the_inflate_ratio(tmp_path: Path) -> None:
+    """A ZIP member inflating beyond max_inflate_ratio fails; nothing is kept."""
+    from acexport.errors import PayloadTooLarge
+
+    bomb = _zip_of(b"{}\n" * 10_000_000)  # 30 MB of records in about 30 kB
+    with pytest.raises(PayloadTooLarge, match="max_inflate_ratio"):
+        _writer_result(tmp_path, bomb, max_ratio=200)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_huge_whitespace_and_huge_lines_are_handled_in_linear_time(tmp_path: Path) -> None:
+    """96 MB of whitespace in a ZIP member, and a 40 MB line, are dealt with in one pass."""
+    import time
+
+    started = time.monotonic()
+    blank = _writer_result(tmp_path, _zip_of(b" " * 96_000_000), max_ratio=100_000)
+    assert blank.records == 0
+    long_line = b'{"x": "' + b"a" * 40_000_000 + b'"}\n'
+    assert _writer_result(tmp_path, _zip_of(long_line), max_ratio=100_000).records == 1
+    assert _writer_result(tmp_path, b"[" + long_line + b"]").records == 1
+    # Quadratic handling took 51 s for 192 MB; linear takes about a second here.
+    assert time.monotonic() - started < 30

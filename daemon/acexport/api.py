@@ -21,11 +21,14 @@ from yarl import URL
 from .errors import (
     AuthError,
     PayloadError,
+    PayloadTooLarge,
     RateLimited,
     RemoteRejected,
     ServerError,
     TransientError,
 )
+from .payload import INFLATE_SLACK_BYTES
+from .protocol import is_status_shaped
 from .windows import ONE_MS, ExportWindow
 
 _PEEK_BYTES = 64 * 1024  # a status object is far smaller; data is usually far larger
@@ -65,6 +68,17 @@ class Payload:
     offset: int
     total_bytes: int | None
     resumable: bool
+    max_inflate_ratio: int = 200
+
+    def _check_inflation(self) -> None:
+        """A Content-Encoding body may not expand without bound (a gzip bomb)."""
+        stream = self.response.content
+        wire = max(stream.total_raw_bytes, INFLATE_SLACK_BYTES)
+        if stream.total_bytes > self.max_inflate_ratio * wire:
+            raise PayloadTooLarge(
+                f"the {self.response.headers.get('Content-Encoding')} body inflates more than "
+                f"{self.max_inflate_ratio} times (http.max_inflate_ratio); nothing was kept"
+            )
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body, chunk by chunk; a cut connection is a TransientError."""
@@ -73,8 +87,11 @@ class Payload:
             yield self.prefix
         try:
             # readany hands over aiohttp's buffered chunks as they are, without joining.
+            encoded = "Content-Encoding" in self.response.headers
             while chunk := await self.response.content.readany():
                 received += len(chunk)
+                if encoded:
+                    self._check_inflation()
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientError(f"download cut: {_describe(exc)}") from None
@@ -135,11 +152,7 @@ def _load_json(body: bytes) -> Any:
 
 def as_status(parsed: Any) -> ExportStatus | None:
     """The status object AC answers while an export is not ready, if ``parsed`` is one."""
-    if not isinstance(parsed, dict) or not isinstance(parsed.get("status"), str):
-        return None
-    # A one-record membership payload also has a "status"; a status object also
-    # has createdDate or message, which no record type has.
-    if "createdDate" not in parsed and "message" not in parsed:
+    if not is_status_shaped(parsed):
         return None
     return ExportStatus(
         status=parsed["status"].upper(),
@@ -180,6 +193,7 @@ class ExportClient:
         token: SecretStr,
         on_response: Callable[[int], None] | None = None,
         trust: TokenTrust | None = None,
+        max_inflate_ratio: int = 200,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
@@ -187,6 +201,7 @@ class ExportClient:
         self._origin = origin(self._base)
         self._on_response = on_response  # sees every HTTP status, for metrics
         self.trust = trust or TokenTrust()
+        self._max_inflate_ratio = max_inflate_ratio
 
     def url(self, type_: str, window: ExportWindow) -> URL:
         return URL(f"{self._base}/api/reports/export/{type_}").with_query(
@@ -286,7 +301,9 @@ class ExportClient:
         resumable = response.headers.get("Accept-Ranges", "").lower() == "bytes" and not encoded
         if status == 200 and content_type.startswith("application/zip"):
             # AC's data, said by its type: no need to look for a status in it.
-            return Payload(response, b"", 0, response.content_length, resumable)
+            return Payload(
+                response, b"", 0, response.content_length, resumable, self._max_inflate_ratio
+            )
         prefix = await _read_up_to(response, _PEEK_BYTES)
         if "text/html" in content_type or prefix.lstrip()[:1] == b"<":
             raise TransientError(f"{where} answered an HTML page instead of data ({status})")
@@ -311,7 +328,12 @@ class ExportClient:
                 raise TransientError(f"asked for byte {range_start}, got a range from {offset}")
         total = response.content_length
         return Payload(
-            response, prefix, offset, None if total is None else offset + total, resumable
+            response,
+            prefix,
+            offset,
+            None if total is None else offset + total,
+            resumable,
+            self._max_inflate_ratio,
         )
 
 

@@ -43,6 +43,7 @@ from pydantic_settings import (
 
 from . import EXPORT_TYPES
 from .errors import ConfigError
+from .payload import PayloadLimits
 from .triggers import Trigger, parse_schedule
 from .windows import ExportWindow, check_window_length
 
@@ -150,6 +151,9 @@ class HttpSettings(_Section):
     # How long AC keeps ready data. A ready export older than this (the daemon was
     # down) will be created anew by the next request, so it must hold the lane's slot.
     download_window: Duration = timedelta(hours=24)
+
+    def payload_limits(self) -> PayloadLimits:
+        return PayloadLimits(int(self.max_payload), self.max_inflate_ratio)
 
     @model_validator(mode="after")
     def _ordered(self) -> HttpSettings:

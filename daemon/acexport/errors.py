@@ -6,6 +6,7 @@
 - ``ExportFailed``: AC reported the export failed (status ``ERROR``) too many times in a row.
 - ``TransientError``: worth retrying with backoff; ``RateLimited`` says when,
   ``ServerError`` is a 5xx (from AC itself, a bad token may be behind it).
+- ``PayloadTooLarge``: the payload passed a configured cap; nothing is kept.
 - ``SinkError``: the local disk refused (full, read-only); nothing half-written is left.
 - ``StateError``: the ledger cannot be written; the daemon stops rather than guess.
 """
@@ -56,6 +57,13 @@ class ServerError(TransientError):
 
 class PayloadError(TransientError):
     """The downloaded data is cut short or not valid JSON/NDJSON/ZIP."""
+
+
+class PayloadTooLarge(AcexportError):
+    """The payload passed http.max_payload or inflated beyond http.max_inflate_ratio.
+
+    Not transient: downloading it again would only do the same.
+    """
 
 
 class StateError(AcexportError):

@@ -220,6 +220,7 @@ class Lane:
                 self.token,
                 on_response=lambda code: responses.labels(record.workspace, str(code)).inc(),
                 trust=self.trust,
+                max_inflate_ratio=settings.http.max_inflate_ratio,
             )
             expected = await store.expected_processing_s(record.workspace, record.type)
             timing = replace(self.ctx.timing(), expected_s=expected)

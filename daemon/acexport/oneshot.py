@@ -191,13 +191,18 @@ async def _export(plan: _Plan, progress: _Progress | None) -> Path:
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    sink = Sink(plan.temp_dir, plan.compression)
+    sink = Sink(plan.temp_dir, plan.compression, plan.settings.http.payload_limits())
     if plan.private_dir is None:
         sink.clean_stale(everything=False)
     timeout = plan.settings.http.timeout.total_seconds()
     try:
         async with new_session(timeout) as session:
-            client = ExportClient(session, plan.base_url, plan.token)
+            client = ExportClient(
+                session,
+                plan.base_url,
+                plan.token,
+                max_inflate_ratio=plan.settings.http.max_inflate_ratio,
+            )
             outcome = await run_export(
                 plan.spec, client, sink, Timing.from_settings(plan.settings.http), progress
             )

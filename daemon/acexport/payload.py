@@ -9,10 +9,8 @@ Everything here blocks: the sink runs it in worker threads.
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -23,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal, cast
 
-from .errors import PayloadError
+from .errors import PayloadError, PayloadTooLarge
+from .records import ArrayToLines, NdjsonLines
 
 Compression = Literal["none", "gzip"]
 _GZIP_LEVEL = 1  # throughput first: level 1 still shrinks JSON 4-6x
-_MAX_RECORD_CHARS = 64 * 1024 * 1024  # one record bigger than this is not AC data
 _BOM = b"\xef\xbb\xbf"
+INFLATE_SLACK_BYTES = 64 * 1024
 # Every temp file acexport makes is named so, and only such names are ever cleaned up.
 TEMP_NAME = re.compile(r"acexport-(\d+)-[0-9a-f]{16}\.(part|spool|manifest)")
 
@@ -121,130 +120,37 @@ class _Output:
         self.path.unlink(missing_ok=True)
 
 
-class _NdjsonPass:
-    """NDJSON through as it is; counts non-blank lines, checks the first and the last."""
-
-    def __init__(self, out: _Output) -> None:
-        self._out = out
-        self.records = 0
-        self._head: bytes | None = b""  # bytes of the first line until it is checked
-        self._tail = b""  # bytes after the last newline seen
-
-    def feed(self, data: bytes) -> None:
-        self.feed_many([data])
-
-    def feed_many(self, chunks: list[bytes]) -> None:
-        self._out.write_many(chunks)
-        for data in chunks:
-            if data:
-                self._account(data)
-
-    def _account(self, data: bytes) -> None:
-        if self._head is not None:
-            self._head += data[:_MAX_RECORD_CHARS]
-            line, newline, _ = self._head.partition(b"\n")
-            if newline:
-                _check_record(line, "first")
-                self._head = None
-        # One record per line. Blank lines would count too: finding them costs a second
-        # scan that holds the GIL, and AC does not send them.
-        self.records += data.count(b"\n")
-        cut = data.rfind(b"\n")
-        self._tail = self._tail + data if cut < 0 else data[cut + 1 :]
-        if len(self._tail) > _MAX_RECORD_CHARS:
-            raise PayloadError("a line longer than 64 MiB: this is not NDJSON")
-
-    def finish(self) -> None:
-        if self._tail.strip():
-            _check_record(self._tail, "last")  # no final newline: it must still be whole
-            self._out.write(b"\n")
-            self.records += 1
-
-
-class _ArrayToNdjson:
-    """A streamed JSON array, one element per output line."""
-
-    def __init__(self, out: _Output) -> None:
-        self._out = out
-        self.records = 0
-        self._text = ""
-        self._utf8 = codecs.getincrementaldecoder("utf-8")()
-        self._decoder = json.JSONDecoder()
-        self._state = "open"  # open -> value -> comma -> ... -> done
-
-    def feed(self, data: bytes, final: bool = False) -> None:
-        self._text += self._utf8.decode(data, final)
-        lines: list[str] = []
-        text, pos, end = self._text, 0, len(self._text)
-        while True:
-            while pos < end and text[pos] in " \t\r\n":
-                pos += 1
-            if pos >= end:
-                break
-            char = text[pos]
-            if self._state == "open":
-                if char != "[":
-                    raise PayloadError("a JSON payload that is not an array")
-                self._state, pos = "first", pos + 1
-            elif self._state in ("first", "value"):
-                if char == "]" and self._state == "first":
-                    self._state, pos = "done", pos + 1
-                    continue
-                try:
-                    _, stop = self._decoder.raw_decode(text, pos)
-                except json.JSONDecodeError:
-                    break  # incomplete element: wait for more bytes (checked at the end)
-                except RecursionError:
-                    raise PayloadError("a JSON array element nested too deeply") from None
-                if stop == end and not final:
-                    break  # a number at the buffer's end may go on
-                element = text[pos:stop]
-                # Raw newlines can only be whitespace between tokens in valid JSON.
-                lines.append(element.replace("\n", " ").replace("\r", " "))
-                self._state, pos = "comma", stop
-            elif self._state == "comma":
-                if char == ",":
-                    self._state, pos = "value", pos + 1
-                elif char == "]":
-                    self._state, pos = "done", pos + 1
-                else:
-                    raise PayloadError(f"unexpected {char!r} between JSON array elements")
-            else:
-                raise PayloadError("data after the end of the JSON array")
-        self._text = text[pos:]
-        if len(self._text) > _MAX_RECORD_CHARS:
-            raise PayloadError("a JSON array element larger than 64 MiB")
-        if lines:
-            self.records += len(lines)
-            self._out.write(("\n".join(lines) + "\n").encode("utf-8"))
-
-    def finish(self) -> None:
-        self.feed(b"", final=True)
-        if self._state != "done":
-            raise PayloadError("the JSON array ends early: the download was cut short")
-
-
 class _ZipSpool:
     """ZIP needs its central directory, at the end: spool, then convert the members."""
 
-    def __init__(self, out: _Output, spool_path: Path) -> None:
+    def __init__(self, out: _Output, spool_path: Path, limits: PayloadLimits) -> None:
         self._out = out
         self._spool_path = spool_path
         self._spool: IO[bytes] = create_new(spool_path)
+        self._limits = limits
+        self._spooled = 0
         self.records = 0
 
-    def feed(self, data: bytes) -> None:
-        self._spool.write(data)
+    def feed_many(self, chunks: list[bytes]) -> None:
+        for data in chunks:
+            self._spool.write(data)
+            self._spooled += len(data)
 
     def finish(self) -> None:
         self._spool.close()
+        # Inflating may yield at most this much (zip bombs), with slack for tiny ZIPs.
+        budget = _Budget(
+            min(self._limits.max_bytes, self._limits.inflated_max(self._spooled)),
+            f"inflates beyond http.max_payload ({self._limits.max_bytes} bytes) or "
+            f"{self._limits.max_ratio} times its size (http.max_inflate_ratio)",
+        )
         try:
             with zipfile.ZipFile(self._spool_path) as archive:
                 for info in archive.infolist():
                     if info.is_dir():
                         continue
                     with archive.open(info) as member:
-                        self.records += _convert_member(member, self._out, info.filename)
+                        self.records += _convert_member(member, self._out, info.filename, budget)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
             raise PayloadError(f"the ZIP payload is damaged or cut short: {exc}") from None
         except (RuntimeError, NotImplementedError) as exc:
@@ -258,36 +164,56 @@ class _ZipSpool:
         self._spool_path.unlink(missing_ok=True)
 
 
-def _convert_member(member: IO[bytes], out: _Output, name: str) -> int:
-    first = b""
-    while not first.lstrip(b" \t\r\n" + _BOM):
+@dataclass
+class _Budget:
+    """Bytes that may still be produced; past them, ``PayloadTooLarge`` says why."""
+
+    left: int
+    why: str
+
+    def spend(self, size: int) -> None:
+        self.left -= size
+        if self.left < 0:
+            raise PayloadTooLarge(f"the payload {self.why}; nothing was kept")
+
+
+_WHITESPACE = b" \t\r\n"
+
+
+def _convert_member(member: IO[bytes], out: _Output, name: str, budget: _Budget) -> int:
+    """One ZIP member's JSON or JSON Lines into the output; returns its records."""
+    block = b""
+    while not block:  # skip leading whitespace block by block: linear however much there is
         block = member.read(1 << 20)
         if not block:
             return 0
-        first += block
-    start = first.lstrip(b" \t\r\n").removeprefix(_BOM).lstrip(b" \t\r\n")[:1]
-    converter: _NdjsonPass | _ArrayToNdjson
-    if start == b"[":
-        converter = _ArrayToNdjson(out)
-    elif start == b"{":
-        converter = _NdjsonPass(out)
+        budget.spend(len(block))
+        block = block.lstrip(_WHITESPACE).removeprefix(_BOM).lstrip(_WHITESPACE)
+    converter: NdjsonLines | ArrayToLines
+    if block.startswith(b"["):
+        converter = ArrayToLines(out.write_many)
+    elif block.startswith(b"{"):
+        converter = NdjsonLines(out.write_many)
     else:
         raise PayloadError(f"ZIP member {name!r} is neither JSON nor JSON Lines")
-    block = first.removeprefix(_BOM)
     while block:
-        converter.feed(block)
+        converter.feed_many([block])
         block = member.read(4 << 20)
+        budget.spend(len(block))
     converter.finish()
     return converter.records
 
 
-def _check_record(line: bytes, which: str) -> None:
-    try:
-        json.loads(line)
-    except (ValueError, RecursionError):
-        raise PayloadError(
-            f"the {which} line is not valid JSON: the data is damaged or cut short"
-        ) from None
+@dataclass(frozen=True)
+class PayloadLimits:
+    """How large a payload may be (decoded bytes), and how far a ZIP may inflate."""
+
+    max_bytes: int = 50 * 1024**3
+    max_ratio: int = 200
+
+    def inflated_max(self, compressed_bytes: int) -> int:
+        """What ``compressed_bytes`` may inflate to; small inputs get 64 KiB of slack."""
+        return self.max_ratio * max(compressed_bytes, INFLATE_SLACK_BYTES)
 
 
 class PayloadWriter:
@@ -297,14 +223,17 @@ class PayloadWriter:
     thread may hash a batch while another converts and writes it.
     """
 
-    def __init__(self, temp_dir: Path, compression: Compression) -> None:
+    def __init__(
+        self, temp_dir: Path, compression: Compression, limits: PayloadLimits | None = None
+    ) -> None:
         stem = temp_stem()
+        self._limits = limits or PayloadLimits()
         self._out = _Output(temp_dir / f"{stem}.part", compression)
         self._spool_path = temp_dir / f"{stem}.spool"
         self._sha = hashlib.sha256()
         self.payload_bytes = 0
         self._head = b""
-        self._converter: _NdjsonPass | _ArrayToNdjson | _ZipSpool | None = None
+        self._converter: NdjsonLines | ArrayToLines | _ZipSpool | None = None
         self.format = "unknown"
 
     def feed(self, data: bytes) -> None:
@@ -315,43 +244,44 @@ class PayloadWriter:
         for data in chunks:
             self._sha.update(data)
             self.payload_bytes += len(data)
+        if self.payload_bytes > self._limits.max_bytes:
+            raise PayloadTooLarge(
+                f"the payload is larger than http.max_payload ({self._limits.max_bytes} "
+                "bytes); nothing was kept"
+            )
 
     def convert(self, chunks: list[bytes]) -> None:
         index = 0
         while self._converter is None and index < len(chunks):
             self._head += chunks[index]
             index += 1
-            start = self._head.lstrip(b" \t\r\n").removeprefix(_BOM).lstrip(b" \t\r\n")
+            start = self._head.lstrip(_WHITESPACE).removeprefix(_BOM).lstrip(_WHITESPACE)
             if len(start) < 4 and len(self._head) < 4096:
                 continue  # too little to tell yet
             self._converter = self._choose(start[:4])
-            chunks = [self._head.lstrip(b" \t\r\n").removeprefix(_BOM), *chunks[index:]]
+            chunks = [self._head.lstrip(_WHITESPACE).removeprefix(_BOM), *chunks[index:]]
             index, self._head = 0, b""
-        if self._converter is None:
-            return
-        if isinstance(self._converter, _NdjsonPass):
+        if self._converter is not None:
             self._converter.feed_many(chunks[index:])
-        else:
-            for data in chunks[index:]:
-                self._converter.feed(data)
 
-    def _choose(self, magic: bytes) -> _NdjsonPass | _ArrayToNdjson | _ZipSpool:
+    def _choose(self, magic: bytes) -> NdjsonLines | ArrayToLines | _ZipSpool:
         if magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
             self.format = "zip"
-            return _ZipSpool(self._out, self._spool_path)
+            return _ZipSpool(self._out, self._spool_path, self._limits)
         if magic.startswith(b"["):
             self.format = "json"
-            return _ArrayToNdjson(self._out)
+            return ArrayToLines(self._out.write_many)
         if magic.startswith(b"{"):
             self.format = "ndjson"
-            return _NdjsonPass(self._out)
+            return NdjsonLines(self._out.write_many)
         raise PayloadError(f"the payload is not JSON, JSON Lines or ZIP (starts {magic!r})")
 
     def finish(self) -> PayloadSummary:
         if self._converter is None:
-            if self._head.strip(b" \t\r\n" + _BOM):
-                self._converter = self._choose(self._head.strip()[:4])
-                self._converter.feed(self._head.strip())
+            head = self._head.strip(_WHITESPACE + _BOM)
+            if head:
+                self._converter = self._choose(head[:4])
+                self._converter.feed_many([head])
             else:
                 self.format = "ndjson"  # an export with no records
         if self._converter is not None:

@@ -113,7 +113,11 @@ class Daemon:
         self._stack.callback(lock.close)
         self._store = await StateStore.open(ledger_path(daemon.state_dir))
         self._stack.push_async_callback(self._store.close)
-        sink = Sink(daemon.state_dir / "tmp", self._settings.output.compression)
+        sink = Sink(
+            daemon.state_dir / "tmp",
+            self._settings.output.compression,
+            self._settings.http.payload_limits(),
+        )
         self._stack.callback(sink.close)
         # We hold the lock: every temp file left is a crashed run's.
         removed = await asyncio.to_thread(sink.clean_stale, everything=True)

@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SinkError
-from .payload import TEMP_NAME, Compression, PayloadSummary, PayloadWriter, create_new, temp_stem
+from .payload import (
+    TEMP_NAME,
+    Compression,
+    PayloadLimits,
+    PayloadSummary,
+    PayloadWriter,
+    create_new,
+    temp_stem,
+)
 
 _BATCH_BYTES = 2 * 1024 * 1024
 _THREADS = 4
@@ -65,9 +73,12 @@ def _sink_error(action: str, path: Path, exc: OSError) -> SinkError:
 class Sink:
     """Writes payloads through temp files in ``temp_dir`` into their final place."""
 
-    def __init__(self, temp_dir: Path, compression: Compression) -> None:
+    def __init__(
+        self, temp_dir: Path, compression: Compression, limits: PayloadLimits | None = None
+    ) -> None:
         self.temp_dir = temp_dir
         self.compression = compression
+        self.limits = limits or PayloadLimits()
         # Several threads so one lane's fsync does not hold up another lane's download;
         # one writer's batches still run one after another (``receive`` awaits each).
         self._executor = ThreadPoolExecutor(_THREADS, thread_name_prefix="acexport-sink")
@@ -87,7 +98,7 @@ class Sink:
     def new_writer(self) -> PayloadWriter:
         self.prepare()
         try:
-            return PayloadWriter(self.temp_dir, self.compression)
+            return PayloadWriter(self.temp_dir, self.compression, self.limits)
         except OSError as exc:
             raise _sink_error("creating a temp file in", self.temp_dir, exc) from None
 

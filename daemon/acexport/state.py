@@ -32,13 +32,15 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-_FULL_DISK_CODES = {"SQLITE_FULL", "SQLITE_IOERR_WRITE", "SQLITE_IOERR_FSYNC"}
-
-
 def _describe_db_error(path: Path, exc: sqlite3.Error) -> StateError:
-    # Only a write that failed hints at a full disk ("disk image is malformed" does not).
-    code = getattr(exc, "sqlite_errorname", "")
-    hint = " (disk full?)" if code in _FULL_DISK_CODES or "full" in str(exc) else ""
+    # Only I/O that failed hints at a full disk ("disk image is malformed" does not).
+    code = getattr(exc, "sqlite_errorname", None) or ""
+    failed_io = code.startswith(("SQLITE_FULL", "SQLITE_IOERR"))
+    hint = (
+        " (disk full?)"
+        if failed_io or "disk I/O error" in str(exc) or "is full" in str(exc)
+        else ""
+    )
     return StateError(f"the state database {path} failed: {exc}{hint}")
 
 

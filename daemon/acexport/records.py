@@ -1,0 +1,229 @@
+"""Records as AC serves them, checked and turned into NDJSON lines, in linear time.
+
+``NdjsonLines`` passes JSON Lines through and checks every line at C speed:
+each line break must sit between ``}`` and ``{`` (so an HTML page or any other
+text in the middle is caught), the bytes must be UTF-8, and the first and last
+lines must parse. ``ArrayToLines`` splits a streamed JSON array into lines.
+Either refuses a payload that is one status-shaped object (see ``protocol``):
+that is AC saying "not ready", not a record.
+
+Everything here blocks and runs in a sink worker thread. Nothing is quadratic:
+partial lines are kept as lists of pieces, and an unfinished array element is
+only parsed again once its buffered text has doubled.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import Callable
+from typing import Any
+
+from .errors import PayloadError
+from .protocol import is_status_shaped
+
+Write = Callable[[list[bytes]], None]
+MAX_RECORD_BYTES = 64 * 1024 * 1024  # one record bigger than this is not AC data
+
+
+def _parse_record(line: bytes, which: str) -> Any:
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        raise PayloadError(
+            f"the {which} line is not valid JSON: the data is damaged or cut short"
+        ) from None
+
+
+def _refuse_lone_status(records: int, first: Any) -> None:
+    if records == 1 and is_status_shaped(first):
+        raise PayloadError("a status object was served as data (AC's export is not ready)")
+
+
+class _LineShape:
+    """Counts line breaks that do not sit between ``}`` (or ``}\\r``) and ``{``."""
+
+    def __init__(self) -> None:
+        self.breaks = 0
+        self.opened = 0  # breaks followed by "{"
+        self.closed = 0  # breaks preceded by "}" or "}\r"
+        self._last = b""  # the stream's last two bytes so far
+
+    def feed(self, data: bytes) -> int:
+        breaks = data.count(b"\n")
+        if breaks:
+            self.breaks += breaks
+            self.opened += data.count(b"\n{")
+            self.closed += data.count(b"}\n") + data.count(b"}\r\n")
+        # Pairs that straddle the previous chunk and this one.
+        last = self._last
+        self.opened += last.endswith(b"\n") and data.startswith(b"{")
+        self.closed += data.startswith(b"\n") and (last.endswith((b"}", b"}\r")))
+        self.closed += data.startswith(b"\r\n") and last.endswith(b"}")
+        self._last = (last + data[-2:])[-2:]
+        return breaks
+
+    def misplaced(self) -> int:
+        """Line breaks out of place, once the stream has ended."""
+        final_break = 1 if self._last.endswith(b"\n") else 0
+        return (self.breaks - final_break - self.opened) + (self.breaks - self.closed)
+
+
+class NdjsonLines:
+    """JSON Lines passed through as they are, every line checked."""
+
+    def __init__(self, write: Write) -> None:
+        self._write = write
+        self.records = 0
+        self._shape = _LineShape()
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._head: list[bytes] | None = []  # pieces of the first line until it is whole
+        self._tail: list[bytes] = []  # pieces after the last line break
+        self._tail_bytes = 0
+        self._first: Any = None
+
+    def feed_many(self, chunks: list[bytes]) -> None:
+        self._write(chunks)
+        for data in chunks:
+            if data:
+                self._account(data)
+
+    def _account(self, data: bytes) -> None:
+        self._check_utf8(data)
+        breaks = self._shape.feed(data)
+        self.records += breaks
+        if self._head is not None:
+            self._take_head(data)
+        if breaks:
+            rest = data[data.rfind(b"\n") + 1 :]
+            self._tail, self._tail_bytes = [rest], len(rest)
+        else:
+            self._tail.append(data)
+            self._tail_bytes += len(data)
+        if self._tail_bytes > MAX_RECORD_BYTES:
+            raise PayloadError("a line longer than 64 MiB: this is not NDJSON")
+
+    def _check_utf8(self, data: bytes) -> None:
+        # ASCII is UTF-8; only other chunks (or one finishing a split character) decode.
+        if data.isascii() and not self._utf8.getstate()[0]:
+            return
+        try:
+            self._utf8.decode(data)
+        except UnicodeDecodeError as exc:
+            raise PayloadError(f"the data is not valid UTF-8 ({exc.reason})") from None
+
+    def _take_head(self, data: bytes) -> None:
+        assert self._head is not None
+        cut = data.find(b"\n")
+        self._head.append(data if cut < 0 else data[:cut])
+        if cut >= 0:
+            self._first = _parse_record(b"".join(self._head), "first")
+            self._head = None
+        elif sum(map(len, self._head)) > MAX_RECORD_BYTES:
+            raise PayloadError("a line longer than 64 MiB: this is not NDJSON")
+
+    def finish(self) -> None:
+        try:
+            self._utf8.decode(b"", True)
+        except UnicodeDecodeError as exc:
+            raise PayloadError(f"the data is not valid UTF-8 ({exc.reason})") from None
+        tail = b"".join(self._tail)
+        if tail.strip():
+            last = _parse_record(tail, "last")  # no final line break: it must still be whole
+            self._write([b"\n"])
+            self.records += 1
+            if self._head is not None:
+                self._first, self._head = last, None
+        misplaced = self._shape.misplaced()
+        if misplaced:
+            raise PayloadError(
+                f"{misplaced} line break(s) of the NDJSON body are not between JSON objects "
+                "(an HTML page, blank lines or other text in the data)"
+            )
+        _refuse_lone_status(self.records, self._first)
+
+
+class ArrayToLines:
+    """A streamed JSON array, one element per output line."""
+
+    def __init__(self, write: Write) -> None:
+        self._write = write
+        self.records = 0
+        self._pending: list[str] = []  # decoded text not consumed yet
+        self._pending_chars = 0
+        self._parse_at = 0  # parse again once this much text is buffered (doubling)
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._decoder = json.JSONDecoder()
+        self._state = "open"  # open -> value -> comma -> ... -> done
+        self._first: Any = None
+
+    def feed_many(self, chunks: list[bytes]) -> None:
+        for data in chunks:
+            self.feed(data)
+
+    def feed(self, data: bytes, final: bool = False) -> None:
+        try:
+            piece = self._utf8.decode(data, final)
+        except UnicodeDecodeError as exc:
+            raise PayloadError(f"the data is not valid UTF-8 ({exc.reason})") from None
+        self._pending.append(piece)
+        self._pending_chars += len(piece)
+        if self._pending_chars < self._parse_at and not final:
+            return  # an element is still incomplete: wait until the text has doubled
+        text = "".join(self._pending)
+        lines, pos, complete = self._split(text, final)
+        rest = text[pos:]
+        self._pending, self._pending_chars = [rest], len(rest)
+        self._parse_at = 0 if complete else 2 * len(rest)
+        if len(rest) > MAX_RECORD_BYTES:
+            raise PayloadError("a JSON array element larger than 64 MiB")
+        if lines:
+            if self.records == 0:
+                self._first = _parse_record(lines[0].encode("utf-8"), "first")
+            self.records += len(lines)
+            self._write([("\n".join(lines) + "\n").encode("utf-8")])
+
+    def _split(self, text: str, final: bool) -> tuple[list[str], int, bool]:
+        """Elements found, where parsing stopped, and whether it stopped between elements."""
+        lines: list[str] = []
+        pos, end = 0, len(text)
+        while True:
+            while pos < end and text[pos] in " \t\r\n":
+                pos += 1
+            if pos >= end:
+                return lines, pos, True
+            char = text[pos]
+            if self._state == "open":
+                if char != "[":
+                    raise PayloadError("a JSON payload that is not an array")
+                self._state, pos = "first", pos + 1
+            elif self._state in ("first", "value"):
+                if char == "]" and self._state == "first":
+                    self._state, pos = "done", pos + 1
+                    continue
+                try:
+                    _, stop = self._decoder.raw_decode(text, pos)
+                except json.JSONDecodeError:
+                    return lines, pos, False  # incomplete: wait for more (checked at the end)
+                except RecursionError:
+                    raise PayloadError("a JSON array element nested too deeply") from None
+                if stop == end and not final:
+                    return lines, pos, False  # a number at the buffer's end may go on
+                # Raw line breaks can only be whitespace between tokens in valid JSON.
+                lines.append(text[pos:stop].replace("\n", " ").replace("\r", " "))
+                self._state, pos = "comma", stop
+            elif self._state == "comma":
+                if char == ",":
+                    self._state, pos = "value", pos + 1
+                elif char == "]":
+                    self._state, pos = "done", pos + 1
+                else:
+                    raise PayloadError(f"unexpected {char!r} between JSON array elements")
+            else:
+                raise PayloadError("data after the end of the JSON array")
+
+    def finish(self) -> None:
+        self.feed(b"", final=True)
+        if self._state != "done":
+            raise PayloadError("the JSON array ends early: the download was cut short")
+        _refuse_lone_status(self.records, self._first)
