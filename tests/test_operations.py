@@ -225,3 +225,52 @@ def test_dockerfile_passes_hadolint() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     for required in ("HEALTHCHECK", "STOPSIGNAL SIGTERM", "USER 10001", 'ENTRYPOINT ["acexport"]'):
         assert required in dockerfile
+
+
+async def test_idle_connections_to_the_health_port_starve_nothing(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """With 200 descriptors, 220 idle health connections: /healthz answers, exports finish,
+    and the log is not flooded."""
+    import resource
+
+    emu = await emulator(tokens={"alpha": "alpha-token"}, processing_s=0.02, records=50)
+    jobs = job("daily", "alpha", types=["page", "event"], catch_up="5d", lag="0s")
+    text = write_config(tmp_path, emu, jobs, extra='listen = "127.0.0.1:0"').read_text()
+    config = tmp_path / "guarded.toml"
+    config.write_text(text.replace('listen = ""\n', ""))
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "acexport",
+        "run",
+        "--config",
+        str(config),
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=few_descriptors,
+        env={**os.environ, "ACEXPORT_CONFIG": ""},
+    )
+    daemon = DaemonProcess(process)
+    await daemon.wait_for(lambda: bool(daemon.events("health_server_started")))
+    url = daemon.events("health_server_started")[0]["url"]
+    port = int(url.rsplit(":", 1)[1])
+    idle = []
+    for _ in range(220):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setblocking(False)
+        idle.append(sock)
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz") as response:
+            assert response.status == 200
+        await daemon.wait_for(lambda: len(daemon.events("export_done")) == 10, timeout=60)
+    finally:
+        for sock in idle:
+            sock.close()
+    daemon.send(signal.SIGTERM)
+    assert await daemon.wait() == 0
+    assert not daemon.events("export_failed")
+    assert len(daemon.raw) < 200, daemon.raw[-5:]

@@ -31,6 +31,7 @@ from .config import JobSettings, Settings, load_settings, resolve_tokens
 from .errors import ConfigError, StateError
 from .export import Timing
 from .lane import Lane, LaneContext
+from .listener import connection_cap, raise_fd_limit, serve_guarded
 from .lock import take_lock
 from .metrics import Health, Metrics, health_app
 from .notify import SystemdNotifier
@@ -337,13 +338,25 @@ class Daemon:
         if not listen:
             return
         host, _, port = listen.rpartition(":")
+        host = host.strip("[]")
+        runner = web.AppRunner(
+            health_app(self.health, self.metrics),
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=5.0,
+        )
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        cap = connection_cap(raise_fd_limit())
         try:
-            self.health_url = await self._serve(
-                health_app(self.health, self.metrics), host.strip("[]"), int(port)
-            )
+            server, _ = await serve_guarded(runner, host, int(port), cap)
         except OSError as exc:
             raise ConfigError(f"daemon.listen: cannot listen on {listen}: {exc.strerror}") from None
-        log.info("health_server_started", url=self.health_url)
+        self._stack.push_async_callback(server.wait_closed)
+        self._stack.callback(server.close)
+        bound = server.sockets[0].getsockname()[1]
+        self.health_url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
+        log.info("health_server_started", url=self.health_url, max_connections=cap)
 
     async def _measure_loop_lag(self, period_s: float = 0.25) -> None:
         """How late a timer fires: a blocked event loop shows here first.
