@@ -6,6 +6,7 @@ import errno
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import zipfile
@@ -357,3 +358,32 @@ def test_huge_whitespace_and_huge_lines_are_handled_in_linear_time(tmp_path: Pat
     assert _writer_result(tmp_path, b"[" + long_line + b"]").records == 1
     # Quadratic handling took 51 s for 192 MB; linear takes about a second here.
     assert time.monotonic() - started < 30
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(st.sampled_from([b'{"a": 1}', b'{"b": "x\\u00e9"}', b"{}"]), min_size=1),
+    crlf=st.booleans(),
+    cuts=st.lists(st.integers(0, 400), max_size=8),
+    bad=st.sampled_from([None, b"", b"<html>", b'"x"', b"\xff"]),
+)
+def test_line_checks_do_not_depend_on_chunking(
+    lines: list[bytes], crlf: bool, cuts: list[int], bad: bytes | None
+) -> None:
+    """However the bytes are cut into chunks, good NDJSON passes and a bad line is caught."""
+    from acexport.records import NdjsonLines
+
+    if bad is not None:
+        lines = [*lines[:1], bad, *lines[1:]]
+    newline = b"\r\n" if crlf else b"\n"
+    payload = newline.join(lines) + newline
+    edges = sorted({0, len(payload), *(c % (len(payload) + 1) for c in cuts)})
+    converter = NdjsonLines(lambda chunks: None)
+    try:
+        converter.feed_many([payload[a:b] for a, b in itertools.pairwise(edges)])
+        converter.finish()
+    except PayloadError:
+        assert bad is not None
+    else:
+        assert bad is None
+        assert converter.records == len(lines)

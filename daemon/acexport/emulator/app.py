@@ -386,7 +386,7 @@ async def _stream_file(
         if ending.truncate and end_at < stop:
             counts["truncate"] += 1
         await response.write_eof()
-    except ConnectionResetError:
+    except ConnectionError:  # reset, or aiohttp's "Connection lost" while draining
         raise asyncio.CancelledError from None  # the client went away: not our error
     job.downloads_completed += 1
     return response
