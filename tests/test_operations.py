@@ -255,22 +255,27 @@ async def test_idle_connections_to_the_health_port_starve_nothing(
         env={**os.environ, "ACEXPORT_CONFIG": ""},
     )
     daemon = DaemonProcess(process)
-    await daemon.wait_for(lambda: bool(daemon.events("health_server_started")))
-    url = daemon.events("health_server_started")[0]["url"]
-    port = int(url.rsplit(":", 1)[1])
-    idle = []
-    for _ in range(220):
-        sock = socket.create_connection(("127.0.0.1", port))
-        sock.setblocking(False)
-        idle.append(sock)
+    idle: list[socket.socket] = []
     try:
-        async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz") as response:
+        await daemon.wait_for(lambda: bool(daemon.events("health_server_started")))
+        url = daemon.events("health_server_started")[0]["url"]
+        port = int(url.rsplit(":", 1)[1])
+        for _ in range(220):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.setblocking(False)
+            idle.append(sock)
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.get(f"{url}/healthz") as response,
+        ):
             assert response.status == 200
         await daemon.wait_for(lambda: len(daemon.events("export_done")) == 10, timeout=60)
     finally:
         for sock in idle:
             sock.close()
-    daemon.send(signal.SIGTERM)
+        if process.returncode is None:
+            daemon.send(signal.SIGTERM)
     assert await daemon.wait() == 0
     assert not daemon.events("export_failed")
     assert len(daemon.raw) < 200, daemon.raw[-5:]
