@@ -64,7 +64,9 @@ class DaemonProcess:
         self._reader = asyncio.create_task(self._read(process.stderr))
 
     @classmethod
-    async def start(cls, config: Path, *args: str) -> DaemonProcess:
+    async def start(
+        cls, config: Path, *args: str, preexec_fn: Callable[[], None] | None = None
+    ) -> DaemonProcess:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -76,6 +78,7 @@ class DaemonProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "ACEXPORT_CONFIG": ""},
+            preexec_fn=preexec_fn,
         )
         return cls(process)
 

@@ -245,11 +245,11 @@ def test_config_errors_exit_78_naming_the_field(tmp_path: Path) -> None:
     assert "workspaces.acme.timezone" in result.stderr
 
 
-async def test_export_to_a_reader_that_stops_early(emulator: EmulatorFactory) -> None:
-    """`acexport export --output - | head` ends with a clear line, not a traceback."""
-    emu = await emulator(records=20000)
-    read_end, write_end = os.pipe()
-    process = await asyncio.create_subprocess_exec(
+async def spawn_page_export(
+    emu: RunningEmulator, output: str, stdout: int | None = None
+) -> asyncio.subprocess.Process:
+    """`acexport export` of the emulator's 2022-01-01 page window, without a config."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "acexport",
@@ -265,11 +265,18 @@ async def test_export_to_a_reader_that_stops_early(emulator: EmulatorFactory) ->
         "--to",
         "2022-01-01",
         "--output",
-        "-",
-        stdout=write_end,
+        output,
+        stdout=stdout,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "ACME_TOKEN": "acme-token", "ACEXPORT_HTTP__POLL_INITIAL": "100ms"},
+        env={**os.environ, "ACME_TOKEN": "acme-token", "ACEXPORT_HTTP__POLL_INITIAL": "50ms"},
     )
+
+
+async def test_export_to_a_reader_that_stops_early(emulator: EmulatorFactory) -> None:
+    """`acexport export --output - | head` ends with a clear line, not a traceback."""
+    emu = await emulator(records=20000)
+    read_end, write_end = os.pipe()
+    process = await spawn_page_export(emu, "-", stdout=write_end)
     os.close(write_end)
     reader = os.fdopen(read_end, "rb")
     first = await asyncio.to_thread(reader.read, 100)
@@ -320,26 +327,7 @@ async def test_sigterm_during_export_leaves_no_part_file(
     emu = await emulator(records=40000, faults=FaultSettings(slow_bytes_per_s=300_000))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "acexport",
-        "export",
-        "--base-url",
-        emu.url,
-        "--token-env",
-        "ACME_TOKEN",
-        "--type",
-        "page",
-        "--from",
-        "2022-01-01",
-        "--to",
-        "2022-01-01",
-        "--output",
-        str(out_dir / "p.jsonl"),
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "ACME_TOKEN": "acme-token", "ACEXPORT_HTTP__POLL_INITIAL": "50ms"},
-    )
+    process = await spawn_page_export(emu, str(out_dir / "p.jsonl"))
     await emu.wait_for(lambda report: any(job["bytes_sent"] for job in report["jobs"]))
     process.terminate()
     _, stderr = await asyncio.wait_for(process.communicate(), 10)

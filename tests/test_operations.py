@@ -243,18 +243,8 @@ async def test_idle_connections_to_the_health_port_starve_nothing(
     def few_descriptors() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
 
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "acexport",
-        "run",
-        "--config",
-        str(config),
-        stderr=asyncio.subprocess.PIPE,
-        preexec_fn=few_descriptors,
-        env={**os.environ, "ACEXPORT_CONFIG": ""},
-    )
-    daemon = DaemonProcess(process)
+    daemon = await DaemonProcess.start(config, preexec_fn=few_descriptors)
+    process = daemon.process
     idle: list[socket.socket] = []
     try:
         await daemon.wait_for(lambda: bool(daemon.events("health_server_started")))
