@@ -168,9 +168,13 @@ def main() -> int:
     parser.add_argument("--chaos-seconds", type=float, default=900, help="at most")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--processing-time", default="2", help="AC's time per export: long enough for chaos"
+    )
     args = parser.parse_args()
     if args.quick:
         args.workspaces, args.days, args.chaos_seconds = 3, 3, 40
+        args.processing_time = "0.4"
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="acexport-soak-"))
     log = work / "daemon.log"
@@ -179,7 +183,7 @@ def main() -> int:
     }
     emulator_args = [
         "--processing-time",
-        "0.4",
+        args.processing_time,
         "--records",
         "2000",
         "--expiry",
@@ -221,7 +225,7 @@ def main() -> int:
         while time.monotonic() < deadline and (
             not exports.exists() or len(list(exports.rglob("*.manifest.json"))) < expected_count
         ):
-            time.sleep(rng.uniform(0.5, 3.0))
+            time.sleep(rng.uniform(0.3, 1.5) if not args.quick else rng.uniform(0.5, 3.0))
             action = rng.choices(
                 ["sigkill", "sigterm", "sighup", "revoke", "diskfull"], [4, 2, 2, 1.5, 1]
             )[0]

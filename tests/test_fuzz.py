@@ -40,7 +40,7 @@ TIMING = Timing(
 
 @dataclass
 class Script:
-    """What the server answers, one entry per request (the last repeats)."""
+    """What the server answers, one entry per request, then 400."""
 
     answers: list[tuple[int, str, bytes]] = field(default_factory=list)
     served: int = 0
@@ -61,8 +61,12 @@ def server() -> Iterator[Server]:
     holder: dict[str, object] = {}
 
     async def answer(request: web.Request) -> web.Response:
-        index = min(script.served, len(script.answers) - 1)
+        index = script.served
         script.served += 1
+        if index >= len(script.answers):
+            # The script is over: a rejection ends an export still polling (PENDING forever
+            # is a valid answer, just not one a test can wait out).
+            return web.json_response({"message": "script over", "status": "ERROR"}, status=400)
         status, content_type, body = script.answers[index]
         return web.Response(status=status, body=body, headers={"Content-Type": content_type})
 

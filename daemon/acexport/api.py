@@ -269,60 +269,25 @@ class ExportClient:
         range_start: int,
         from_ac: bool,
     ) -> ExportStatus | Payload:
-        status = response.status
+        await _raise_for_error(response, type_, from_ac)
         where = f"{response.url.scheme}://{response.url.host}"
-        if status in (401, 403) and not from_ac:
-            # A storage host reached by redirect never saw the token: its signed URL
-            # expired or is wrong. Asking AC again gets a fresh one.
-            raise TransientError(f"{where} (storage) answered {status} {response.reason}")
-        if status in (401, 403):
-            raise AuthError(
-                f"AC answered {status} {response.reason}: the access token is missing, "
-                "expired or not allowed to export; renew it in Analytics Cloud settings"
-            )
-        if status == 429 or (status == 503 and "Retry-After" in response.headers):
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            when = "a pause" if retry_after is None else f"{retry_after:g}s"
-            raise RateLimited(
-                f"{where} answered {status}; retrying after {when}",
-                retry_after if retry_after is not None else _DEFAULT_RETRY_AFTER_S,
-            )
-        if status >= 500:
-            raise ServerError(f"{where} answered {status} {response.reason}", status, from_ac)
-        if status in _TRANSIENT_4XX or status == 416:
-            raise TransientError(f"{where} answered {status} {response.reason}")
-        if status >= 400:
-            body = await _read_up_to(response, 4096)
-            raise RemoteRejected(f"AC rejected the {type_} export ({status}): {_excerpt(body)}")
-        if status not in (200, 206):
-            raise TransientError(f"{where} answered an unexpected {status} {response.reason}")
         content_type = response.headers.get("Content-Type", "").lower()
         encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
         resumable = response.headers.get("Accept-Ranges", "").lower() == "bytes" and not encoded
-        if status == 200 and content_type.startswith("application/zip"):
+        if response.status == 200 and content_type.startswith("application/zip"):
             # AC's data, said by its type: no need to look for a status in it.
             return Payload(
                 response, b"", 0, response.content_length, resumable, self._max_inflate_ratio
             )
         prefix = await _read_up_to(response, _PEEK_BYTES)
         if "text/html" in content_type or prefix.lstrip()[:1] == b"<":
-            raise TransientError(f"{where} answered an HTML page instead of data ({status})")
-        if status == 200 and _looks_like_big_status(prefix):
-            prefix += await _read_up_to(response, _MAX_STATUS_BYTES)
-            if response.content.at_eof() and as_status(_load_json(prefix)) is not None:
-                raise TransientError(f"{where} answered an oversized status ({len(prefix)} bytes)")
-        small = len(prefix) < _PEEK_BYTES and response.content.at_eof()
-        if small and status == 200 and prefix.lstrip().startswith(b"{"):
-            parsed = _load_json(prefix)
-            answer = as_status(parsed)
+            raise TransientError(f"{where} answered an HTML page instead of data")
+        if response.status == 200:
+            prefix, answer = await _status_in(response, prefix, type_, window)
             if answer is not None:
-                _check_status_matches(parsed, type_, window)
                 return answer
-            unparsable = parsed is _UNPARSABLE
-            if unparsable and b'"status"' in prefix and b"\n" not in prefix.strip():
-                raise TransientError(f"{where} answered a malformed status: {_excerpt(prefix)}")
         offset = 0
-        if status == 206:
+        if response.status == 206:
             offset = _content_range_start(response.headers.get("Content-Range"))
             if offset != range_start:
                 raise TransientError(f"asked for byte {range_start}, got a range from {offset}")
@@ -335,6 +300,59 @@ class ExportClient:
             resumable,
             self._max_inflate_ratio,
         )
+
+
+async def _raise_for_error(response: aiohttp.ClientResponse, type_: str, from_ac: bool) -> None:
+    """Every answer that is neither a status nor data, as the error it means."""
+    status = response.status
+    where = f"{response.url.scheme}://{response.url.host}"
+    if status in (401, 403) and not from_ac:
+        # A storage host reached by redirect never saw the token: its signed URL
+        # expired or is wrong. Asking AC again gets a fresh one.
+        raise TransientError(f"{where} (storage) answered {status} {response.reason}")
+    if status in (401, 403):
+        raise AuthError(
+            f"AC answered {status} {response.reason}: the access token is missing, "
+            "expired or not allowed to export; renew it in Analytics Cloud settings"
+        )
+    if status == 429 or (status == 503 and "Retry-After" in response.headers):
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        when = "a pause" if retry_after is None else f"{retry_after:g}s"
+        raise RateLimited(
+            f"{where} answered {status}; retrying after {when}",
+            retry_after if retry_after is not None else _DEFAULT_RETRY_AFTER_S,
+        )
+    if status >= 500:
+        raise ServerError(f"{where} answered {status} {response.reason}", status, from_ac)
+    if status in _TRANSIENT_4XX or status == 416:
+        raise TransientError(f"{where} answered {status} {response.reason}")
+    if status >= 400:
+        body = await _read_up_to(response, 4096)
+        raise RemoteRejected(f"AC rejected the {type_} export ({status}): {_excerpt(body)}")
+    if status not in (200, 206):
+        raise TransientError(f"{where} answered an unexpected {status} {response.reason}")
+
+
+async def _status_in(
+    response: aiohttp.ClientResponse, prefix: bytes, type_: str, window: ExportWindow
+) -> tuple[bytes, ExportStatus | None]:
+    """The status a 200 answer holds, if it is one; the bytes read so far either way."""
+    where = f"{response.url.scheme}://{response.url.host}"
+    if _looks_like_big_status(prefix):
+        prefix += await _read_up_to(response, _MAX_STATUS_BYTES)
+        if response.content.at_eof() and as_status(_load_json(prefix)) is not None:
+            raise TransientError(f"{where} answered an oversized status ({len(prefix)} bytes)")
+    small = len(prefix) < _PEEK_BYTES and response.content.at_eof()
+    if small and prefix.lstrip().startswith(b"{"):
+        parsed = _load_json(prefix)
+        answer = as_status(parsed)
+        if answer is not None:
+            _check_status_matches(parsed, type_, window)
+            return prefix, answer
+        unparsable = parsed is _UNPARSABLE
+        if unparsable and b'"status"' in prefix and b"\n" not in prefix.strip():
+            raise TransientError(f"{where} answered a malformed status: {_excerpt(prefix)}")
+    return prefix, None
 
 
 def _redirect_target(current: URL, location: str) -> URL:

@@ -1,23 +1,19 @@
-"""The command line: argument parsing and dispatch to the commands.
+"""The command line: argument parsing and dispatch to ``commands/`` (one module each).
 
-Only argparse is imported here; each command imports its implementation when
-it runs, so ``acexport --help`` stays fast.
+Only argparse is imported here; each command's module is imported when it
+runs, so ``acexport --help`` stays fast. Exit codes: ``commands.ExitCode``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import EXPORT_TYPES, __version__
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 78  # sysexits EX_CONFIG: systemd's RestartPreventExitStatus= stops a restart loop
 
 
 def _add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -117,26 +113,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _dispatch(args)
 
 
+_COMMAND_MODULES = {
+    "run": "run",
+    "backfill": "backfill",
+    "status": "status",
+    "check-config": "check_config",
+    "export": "export",
+}
+
+
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command in ("run", "backfill", "status", "check-config"):
-        from . import commands as daemon_commands
-
-        handler = {
-            "run": daemon_commands.run,
-            "backfill": daemon_commands.backfill,
-            "status": daemon_commands.status,
-            "check-config": daemon_commands.check_config,
-        }[args.command]
-        return handler(args)
-    if args.command == "export":
-        from .oneshot import main as export_main
-
-        return export_main(args)
     if args.command == "emulator":
         from .emulator.cli import main as emulator_main
 
         return emulator_main(args)
-    return EXIT_USAGE
+    module = importlib.import_module(f".commands.{_COMMAND_MODULES[args.command]}", __package__)
+    code: int = module.main(args)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,7 +23,7 @@ import structlog
 from .api import ExportClient, ExportStatus, Payload
 from .config import HttpSettings
 from .errors import AuthError, ExportFailed, PayloadError, RateLimited, ServerError, TransientError
-from .payload import PayloadWriter
+from .payload import PayloadSummary, PayloadWriter
 from .polling import Backoff, PollPlan
 from .sink import Manifest, Sink
 from .windows import ExportWindow, iso_ms
@@ -284,20 +284,7 @@ async def _download(
     await sink.receive(writer, counted())
     summary = await sink.finish(writer)
     state.writer = None
-    manifest = Manifest(
-        workspace=spec.workspace,
-        type=spec.type,
-        fromDate=spec.window.from_date,
-        toDate=spec.window.to_date,
-        createdDate=state.created_date,
-        downloadedAt=iso_ms(datetime.now(UTC)),
-        file=spec.destination.name,
-        records=summary.records,
-        payload_bytes=summary.payload_bytes,
-        payload_sha256=summary.payload_sha256,
-        format=summary.format,
-        compression=sink.compression,
-    )
+    manifest = _manifest(spec, summary, state.created_date, sink.compression)
     try:
         root = spec.output_root or spec.destination.parent
         manifest_path = await sink.commit(summary, root, spec.destination, manifest)
@@ -312,3 +299,22 @@ async def _download(
         requests=state.requests,
     )
     return manifest_path, manifest
+
+
+def _manifest(
+    spec: ExportSpec, summary: PayloadSummary, created_date: str | None, compression: str
+) -> Manifest:
+    return Manifest(
+        workspace=spec.workspace,
+        type=spec.type,
+        fromDate=spec.window.from_date,
+        toDate=spec.window.to_date,
+        createdDate=created_date,
+        downloadedAt=iso_ms(datetime.now(UTC)),
+        file=spec.destination.name,
+        records=summary.records,
+        payload_bytes=summary.payload_bytes,
+        payload_sha256=summary.payload_sha256,
+        format=summary.format,
+        compression=compression,
+    )

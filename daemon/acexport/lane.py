@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import aiohttp
 import structlog
@@ -22,7 +23,7 @@ from pydantic import SecretStr
 from .api import ExportClient, ExportStatus, TokenTrust
 from .config import Settings, output_file
 from .errors import AcexportError, AuthError, StateError
-from .export import ExportObserver, ExportSpec, Timing, run_export
+from .export import ExportObserver, ExportOutcome, ExportSpec, Timing, run_export
 from .metrics import Health, Metrics
 from .observability import remote_text
 from .sink import Sink
@@ -200,31 +201,14 @@ class Lane:
             return
         window = record.window(ws.zone)
         destination = output_file(
-            settings,
-            record.workspace,
-            record.type,
-            record.job,
-            window,
-            settings.output.compression,
+            settings, record.workspace, record.type, record.job, window, settings.output.compression
         )
         root = settings.daemon.output_dir.absolute()
         spec = ExportSpec(record.workspace, record.type, window, destination, root)
-        responses = self.ctx.metrics.responses
-        keeper = _SlotKeeper(store, record, release)
         if not self._still_downloadable(record):
             await store.mark_submitted(record.id)
         try:
-            client = ExportClient(
-                self.ctx.session,
-                self.ctx.base_url(record.workspace),
-                self.token,
-                on_response=lambda code: responses.labels(record.workspace, str(code)).inc(),
-                trust=self.trust,
-                max_inflate_ratio=settings.http.max_inflate_ratio,
-            )
-            expected = await store.expected_processing_s(record.workspace, record.type)
-            timing = replace(self.ctx.timing(), expected_s=expected)
-            outcome = await run_export(spec, client, self.ctx.sink, timing, keeper)
+            outcome = await self._run_export(record, spec, settings, release)
         except StateError:
             raise
         except AuthError as exc:
@@ -238,18 +222,42 @@ class Lane:
             log.error("export_failed", error=str(exc), kind=type(exc).__name__)
             await self._failed(record, f"{type(exc).__name__}: {exc}")
             return
+        await self._succeeded(record, outcome, destination)
+
+    async def _run_export(
+        self,
+        record: ExportRecord,
+        spec: ExportSpec,
+        settings: Settings,
+        release: Callable[[], None],
+    ) -> ExportOutcome:
+        responses = self.ctx.metrics.responses
+        client = ExportClient(
+            self.ctx.session,
+            self.ctx.base_url(record.workspace),
+            self.token,
+            on_response=lambda code: responses.labels(record.workspace, str(code)).inc(),
+            trust=self.trust,
+            max_inflate_ratio=settings.http.max_inflate_ratio,
+        )
+        expected = await self.ctx.store.expected_processing_s(record.workspace, record.type)
+        timing = replace(self.ctx.timing(), expected_s=expected)
+        keeper = _SlotKeeper(self.ctx.store, record, release)
+        return await run_export(spec, client, self.ctx.sink, timing, keeper)
+
+    async def _succeeded(
+        self, record: ExportRecord, outcome: ExportOutcome, destination: Path
+    ) -> None:
         self._count(record, "done")
         self.consecutive_failures = 0
         self.ctx.health.problems.pop(self.key, None)
         metrics = self.ctx.metrics
-        metrics.payload_bytes.labels(record.workspace, record.type).inc(
-            outcome.manifest.payload_bytes
-        )
+        manifest = outcome.manifest
+        metrics.payload_bytes.labels(record.workspace, record.type).inc(manifest.payload_bytes)
         metrics.poll_requests.labels(record.workspace, record.type).inc(outcome.requests)
         metrics.last_success.labels(record.job).set_to_current_time()
-        manifest = outcome.manifest
         await asyncio.shield(
-            store.mark_done(
+            self.ctx.store.mark_done(
                 record.id,
                 destination=str(destination),
                 records=manifest.records,

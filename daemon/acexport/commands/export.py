@@ -21,8 +21,8 @@ from typing import TextIO
 import structlog
 from pydantic import SecretStr
 
-from .api import ExportClient, ExportStatus, new_session
-from .config import (
+from ..api import ExportClient, ExportStatus, new_session
+from ..config import (
     Settings,
     WorkspaceSettings,
     find_config,
@@ -32,18 +32,16 @@ from .config import (
     token_warnings,
     zone_named,
 )
-from .errors import AcexportError, ConfigError
-from .export import ExportObserver, ExportSpec, Timing, run_export
-from .observability import configure_logging, register_secret
-from .payload import Compression
-from .sink import Sink
-from .windows import ExportWindow, parse_bound
+from ..errors import AcexportError, ConfigError
+from ..export import ExportObserver, ExportSpec, Timing, run_export
+from ..observability import configure_logging, register_secret
+from ..payload import Compression
+from ..sink import Sink
+from ..windows import ExportWindow, parse_bound
+from . import ExitCode
+from .common import UsageError, exit_code_of
 
 log = structlog.get_logger("acexport.cli")
-
-
-class UsageError(Exception):
-    """Flags that do not fit together (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -68,42 +66,12 @@ def _plan(args: argparse.Namespace) -> _Plan:
     if args.workspace and config_path is None:
         raise ConfigError("--workspace needs a config file: none given or found")
     settings = load_settings(config_path) if config_path else Settings()
-    source = str(config_path or "command line")
     for warning in token_warnings(config_path, settings):
         log.warning("config_token_readable", detail=warning)
     if args.base_url:
-        if bool(args.token_env) == bool(args.token_file):
-            raise UsageError("--base-url needs exactly one of --token-env VAR or --token-file FILE")
-        try:
-            ws = WorkspaceSettings(
-                base_url=args.base_url,
-                token_env=args.token_env,
-                token_file=args.token_file,
-                timezone=args.timezone or "UTC",
-            )
-        except ValueError as exc:
-            raise ConfigError(f"command line: {exc}") from None
-        name = "adhoc"
-        try:
-            token = ws.read_token()
-        except ValueError as exc:
-            raise ConfigError(f"command line: {exc}") from None
-    elif config_path is None:
-        raise UsageError(
-            "no config file given or found ($ACEXPORT_CONFIG, ./acexport.toml, "
-            "/etc/acexport/config.toml): give --config, or --base-url with a token flag"
-        )
+        name, ws, token = _workspace_from_flags(args)
     else:
-        if not args.workspace:
-            if len(settings.workspaces) != 1:
-                raise UsageError("name the workspace with --workspace (or use --base-url)")
-            args.workspace = next(iter(settings.workspaces))
-        if args.workspace not in settings.workspaces:
-            known = ", ".join(sorted(settings.workspaces)) or "none"
-            raise ConfigError(f"{source}: no workspace {args.workspace!r} (known: {known})")
-        name = args.workspace
-        ws = settings.workspaces[name]
-        token = resolve_tokens(settings, source)[name]
+        name, ws, token = _workspace_from_config(args.workspace, settings, config_path)
     register_secret(token.get_secret_value())
     try:
         zone = zone_named(args.timezone) if args.timezone else ws.zone
@@ -112,25 +80,68 @@ def _plan(args: argparse.Namespace) -> _Plan:
         )
     except ValueError as exc:
         raise UsageError(f"--timezone/--from/--to: {exc}") from None
-
+    spec, compression = _destination(args, settings, config_path, name, window)
+    temp_dir = settings.daemon.state_dir / "tmp" if config_path is not None else None
     to_stdout = args.output == "-"
+    return _Plan(settings, name, ws.base_url, token, spec, temp_dir, compression, to_stdout)
+
+
+def _workspace_from_flags(args: argparse.Namespace) -> tuple[str, WorkspaceSettings, SecretStr]:
+    if bool(args.token_env) == bool(args.token_file):
+        raise UsageError("--base-url needs exactly one of --token-env VAR or --token-file FILE")
+    try:
+        ws = WorkspaceSettings(
+            base_url=args.base_url,
+            token_env=args.token_env,
+            token_file=args.token_file,
+            timezone=args.timezone or "UTC",
+        )
+        return "adhoc", ws, ws.read_token()
+    except ValueError as exc:
+        raise ConfigError(f"command line: {exc}") from None
+
+
+def _workspace_from_config(
+    wanted: str | None, settings: Settings, config_path: Path | None
+) -> tuple[str, WorkspaceSettings, SecretStr]:
+    if config_path is None:
+        raise UsageError(
+            "no config file given or found ($ACEXPORT_CONFIG, ./acexport.toml, "
+            "/etc/acexport/config.toml): give --config, or --base-url with a token flag"
+        )
+    if not wanted:
+        if len(settings.workspaces) != 1:
+            raise UsageError("name the workspace with --workspace (or use --base-url)")
+        wanted = next(iter(settings.workspaces))
+    if wanted not in settings.workspaces:
+        known = ", ".join(sorted(settings.workspaces)) or "none"
+        raise ConfigError(f"{config_path}: no workspace {wanted!r} (known: {known})")
+    return wanted, settings.workspaces[wanted], resolve_tokens(settings, str(config_path))[wanted]
+
+
+def _destination(
+    args: argparse.Namespace,
+    settings: Settings,
+    config_path: Path | None,
+    workspace: str,
+    window: ExportWindow,
+) -> tuple[ExportSpec, Compression]:
+    """Where the data goes: --output, stdout (a private temp file first), or the layout."""
     compression: Compression
     root: Path | None = None
-    if args.output and not to_stdout:
-        destination = Path(args.output).absolute()
-        compression = args.compression or ("gzip" if destination.suffix == ".gz" else "none")
-    elif to_stdout:
+    if args.output == "-":
         compression = args.compression or "none"
         destination = Path("out")  # inside the private temp dir, set when it exists
+    elif args.output:
+        destination = Path(args.output).absolute()
+        compression = args.compression or ("gzip" if destination.suffix == ".gz" else "none")
     elif config_path is None:
         raise UsageError("--output is required without a config file")
     else:
         compression = args.compression or settings.output.compression
-        destination = output_file(settings, name, args.type, "export", window, compression)
+        destination = output_file(settings, workspace, args.type, "export", window, compression)
         root = settings.daemon.output_dir.absolute()
-    temp_dir = settings.daemon.state_dir / "tmp" if config_path is not None else None
-    spec = ExportSpec(name, args.type, window, destination, root)
-    return _Plan(settings, name, ws.base_url, token, spec, temp_dir, compression, to_stdout)
+    return ExportSpec(workspace, args.type, window, destination, root), compression
 
 
 def _with_private_dir(plan: _Plan) -> _Plan:
@@ -214,23 +225,19 @@ async def _export(plan: _Plan, progress: _Progress | None) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Exit codes: 0 done, 1 the export failed, 2 usage, 78 configuration."""
     # A file-size limit must surface as an error we can report, not kill the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    try:
-        plan = _plan(args)
-    except UsageError as exc:
-        print(f"acexport export: {exc}", file=sys.stderr)
-        return 2
-    except ConfigError as exc:
-        print(f"acexport: configuration error: {exc}", file=sys.stderr)
-        return 78
+    return exit_code_of("export", lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    plan = _plan(args)
     configure_logging(plan.settings.daemon.log_format, plan.settings.daemon.log_level)
     try:
         plan = _with_private_dir(plan)
     except OSError as exc:
         print(f"acexport export: cannot create a temp dir: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     try:
         return _run(plan, args.quiet)
     finally:
@@ -245,13 +252,13 @@ def _run(plan: _Plan, quiet: bool) -> int:
         manifest_path = asyncio.run(_export(plan, progress))
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("acexport export: interrupted; nothing was written", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     except AcexportError as exc:
         log.error("export_failed", error=str(exc), kind=type(exc).__name__)
-        return 1
+        return ExitCode.FAILED
     except Exception as exc:
         log.exception("export_crashed", kind=type(exc).__name__)
-        return 1
+        return ExitCode.FAILED
     if plan.to_stdout:
         try:
             with plan.spec.destination.open("rb") as data:
@@ -261,7 +268,7 @@ def _run(plan: _Plan, quiet: bool) -> int:
             # The reader stopped early (`| head`): say so once, without a traceback.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             print("acexport export: stdout closed before all data was written", file=sys.stderr)
-            return 1
+            return ExitCode.FAILED
     else:
         print(manifest_path, file=sys.stderr if quiet else sys.stdout)
-    return 0
+    return ExitCode.OK

@@ -1,0 +1,107 @@
+"""``acexport backfill``: every window of a job in a range, queued for the daemon or run here.
+
+With a daemon holding the state directory, the windows are only recorded in
+the ledger and the daemon exports them (one process talks to AC per
+workspace). With none, they are exported in the foreground, with a progress
+bar on a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..config import JobSettings, Settings
+from ..lock import lock_holder
+from ..state import StateStore, ledger_path
+from ..windows import ExportWindow, aligned_windows, parse_bound
+from . import ExitCode
+from .common import (
+    UsageError,
+    exit_code_of,
+    handle_signals,
+    load,
+    prepare,
+    remember_early_signals,
+)
+
+if TYPE_CHECKING:
+    from ..service import Daemon
+
+
+def main(args: argparse.Namespace) -> int:
+    remember_early_signals()
+
+    def body() -> int:
+        settings, path = load(args.config)
+        prepare(settings, path)
+        job, windows = _windows(settings, path, args)
+        return asyncio.run(_backfill(settings, path, job, windows))
+
+    return exit_code_of("backfill", body)
+
+
+def _windows(
+    settings: Settings, path: Path, args: argparse.Namespace
+) -> tuple[JobSettings, list[ExportWindow]]:
+    job = next((j for j in settings.jobs if j.name == args.job), None)
+    if job is None:
+        known = ", ".join(j.name for j in settings.jobs) or "none"
+        raise UsageError(f"no job {args.job!r} in {path} (known: {known})")
+    zone = settings.workspaces[job.workspace].zone
+    try:
+        start = parse_bound(args.from_, zone, end=False)
+        end = parse_bound(args.to, zone, end=True)
+    except ValueError as exc:
+        raise UsageError(f"--from/--to: {exc}") from None
+    windows = aligned_windows(zone, job.window, start, end)
+    if not windows:
+        raise UsageError("no whole window lies in that range")
+    return job, windows
+
+
+async def _backfill(
+    settings: Settings, path: Path, job: JobSettings, windows: list[ExportWindow]
+) -> int:
+    holder = lock_holder(settings.daemon.state_dir)
+    if holder is not None:
+        store = await StateStore.open(ledger_path(settings.daemon.state_dir))
+        try:
+            records = await store.plan(job.name, job.workspace, job.types, windows)
+        finally:
+            await store.close()
+        print(
+            f"queued {len(records)} exports of job {job.name}; the running daemon "
+            f"(pid {holder}) will export them (see `acexport status`)"
+        )
+        return ExitCode.OK
+    from ..service import Daemon
+
+    async with Daemon(settings, path) as daemon:
+        handle_signals(daemon)
+        records = await daemon.plan(job, windows)
+        progress = asyncio.create_task(_show_progress(daemon, len(records)))
+        ok = await daemon.drain()
+        progress.cancel()
+    return ExitCode.OK if ok and daemon.fatal_error is None else ExitCode.FAILED
+
+
+async def _show_progress(daemon: Daemon, total: int) -> None:
+    if not sys.stderr.isatty():
+        return
+    started = time.monotonic()
+    while True:
+        done = sum(lane.succeeded for lane in daemon.lanes.values())
+        failed = sum(lane.failed for lane in daemon.lanes.values())
+        width = 30
+        filled = int(width * (done + failed) / max(total, 1))
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} done"
+            f"{f', {failed} failed' if failed else ''}  {time.monotonic() - started:5.0f}s"
+        )
+        sys.stderr.flush()
+        await asyncio.sleep(0.5)

@@ -1,0 +1,62 @@
+"""``acexport check-config``: validate the config, show each job's next looks and due windows."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ..config import Settings, resolve_tokens, token_warnings
+from ..planner import due_windows
+from ..state import read_rows
+from ..triggers import next_looks
+from . import ExitCode
+from .common import exit_code_of, load
+
+
+def main(args: argparse.Namespace) -> int:
+    def body() -> int:
+        settings, path = load(args.config)
+        resolve_tokens(settings, str(path))
+        _report(settings, path)
+        return ExitCode.OK
+
+    return exit_code_of("check-config", body)
+
+
+def _report(settings: Settings, path: Path) -> None:
+    print(f"{path}: valid; {len(settings.workspaces)} workspace(s), {len(settings.jobs)} job(s)")
+    for warning in token_warnings(path, settings):
+        print(f"warning: {warning}")
+    done = asyncio.run(_done_keys(settings))
+    now = datetime.now(UTC)
+    for job in settings.jobs:
+        zone = settings.workspaces[job.workspace].zone
+        looks = next_looks(job.trigger(zone), now, 3)
+        windows = due_windows(job, zone, now)
+        todo = [
+            (t, w)
+            for w in windows
+            for t in job.types
+            if (job.workspace, t, w.from_date, w.to_date) not in done
+        ]
+        print(
+            f"\njob {job.name}: {', '.join(job.types)} of {job.workspace}, "
+            f"every window of {job.window}, schedule {job.schedule!r} ({zone.key})"
+        )
+        print("  next looks: " + ", ".join(look.isoformat() for look in looks))
+        print(f"  would export now: {len(todo)} export(s) in {len(windows)} window(s)")
+        for window in windows[:10]:
+            print(f"    {window}")
+        if len(windows) > 10:
+            print(f"    ... and {len(windows) - 10} more")
+
+
+async def _done_keys(settings: Settings) -> set[tuple[str, str, str, str]]:
+    rows = await read_rows(settings.daemon.state_dir)
+    return {
+        (r.workspace, r.type, r.window().from_date, r.window().to_date)
+        for r in rows
+        if r.state == "done"
+    }

@@ -1,0 +1,85 @@
+"""What every command shares: config loading, logging, signals, errors as exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from ..config import Settings, find_config, load_settings, resolve_tokens, token_warnings
+from ..errors import AcexportError, ConfigError
+from ..observability import configure_logging, register_secret
+from . import ExitCode
+
+if TYPE_CHECKING:
+    from ..service import Daemon
+
+log = structlog.get_logger("acexport.cli")
+
+
+class UsageError(Exception):
+    """Flags that do not fit together, or name nothing (exit 2)."""
+
+
+def load(config: str | None) -> tuple[Settings, Path]:
+    """The config named by ``--config``, ``$ACEXPORT_CONFIG`` or a default location."""
+    path = find_config(config)
+    if path is None:
+        raise ConfigError(
+            "no config file given or found ($ACEXPORT_CONFIG, ./acexport.toml, "
+            "/etc/acexport/config.toml)"
+        )
+    return load_settings(path), path
+
+
+def prepare(settings: Settings, path: Path | None) -> None:
+    """Tokens read and registered for redaction, logging set up, warnings logged."""
+    for token in resolve_tokens(settings, str(path or "environment")).values():
+        register_secret(token.get_secret_value())
+    configure_logging(settings.daemon.log_format, settings.daemon.log_level)
+    for warning in token_warnings(path, settings):
+        log.warning("config_token_readable", detail=warning)
+    # A file-size limit must surface as an error we can report, not kill the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def exit_code_of(command: str, body: Callable[[], int]) -> int:
+    """Run a command's body; every error it expects becomes one line and an exit code."""
+    try:
+        return body()
+    except UsageError as exc:
+        print(f"acexport {command}: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    except ConfigError as exc:
+        print(f"acexport: configuration error: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
+    except AcexportError as exc:  # another daemon holds the directory, the ledger failed
+        print(f"acexport: {exc}", file=sys.stderr)
+        return ExitCode.FAILED
+
+
+_early_signals: set[int] = set()
+
+
+def remember_early_signals() -> None:
+    """Until the daemon is up, note SIGTERM/SIGINT/SIGHUP instead of dying half-started."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda number, _: _early_signals.add(number))
+
+
+def handle_signals(daemon: Daemon) -> None:
+    """SIGTERM/SIGINT stop taking work and end within the grace; SIGHUP reloads."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
+    if _early_signals & {signal.SIGTERM, signal.SIGINT}:
+        daemon.request_stop()
+    elif signal.SIGHUP in _early_signals:
+        daemon.request_reload()
+    _early_signals.clear()

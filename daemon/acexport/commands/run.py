@@ -1,0 +1,41 @@
+"""``acexport run [--once]``: the daemon, until a signal stops it (or once, for cron)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+import structlog
+
+from ..config import Settings
+from . import ExitCode
+from .common import exit_code_of, handle_signals, load, prepare, remember_early_signals
+
+log = structlog.get_logger("acexport.cli")
+
+
+def main(args: argparse.Namespace) -> int:
+    remember_early_signals()
+
+    def body() -> int:
+        settings, path = load(args.config)
+        prepare(settings, path)
+        return asyncio.run(_run(settings, path, args.once))
+
+    return exit_code_of("run", body)
+
+
+async def _run(settings: Settings, path: Path, once: bool) -> int:
+    from ..service import Daemon  # the daemon's imports (aiohttp, ...) only when it runs
+
+    async with Daemon(settings, path) as daemon:
+        handle_signals(daemon)
+        if once:
+            ok = await daemon.run_once()
+            failed = sum(lane.failed for lane in daemon.lanes.values())
+            done = sum(lane.succeeded for lane in daemon.lanes.values())
+            log.info("run_once_finished", exported=done, failed=failed)
+            return ExitCode.OK if ok and daemon.fatal_error is None else ExitCode.FAILED
+        await daemon.run_until_stopped()
+    return ExitCode.OK if daemon.fatal_error is None else ExitCode.FAILED

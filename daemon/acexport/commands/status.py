@@ -1,0 +1,96 @@
+"""``acexport status``: what is exported, pending and failed, read from the ledger.
+
+It reads while a daemon writes (SQLite WAL); live figures are on /metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from ..config import Settings
+from ..lock import lock_holder
+from ..state import read_rows
+from ..triggers import next_looks
+from . import ExitCode
+from .common import exit_code_of, load
+
+
+def main(args: argparse.Namespace) -> int:
+    def body() -> int:
+        settings, _ = load(args.config)
+        report = asyncio.run(_status_report(settings))
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            _print(report)
+        return ExitCode.OK
+
+    return exit_code_of("status", body)
+
+
+def _print(report: dict[str, Any]) -> None:
+    holder = report["daemon_pid"]
+    print(f"daemon: {'running, pid ' + str(holder) if holder else 'not running'}")
+    for job in report["jobs"]:
+        print(f"\njob {job['name']} ({job['workspace']}, {job['schedule']})")
+        print(f"  last exported window: {job['last_exported'] or 'none yet'}")
+        print(f"  next look:            {job['next_look'] or '-'}")
+        print(f"  done {job['done']}, pending {job['pending']}, failed {len(job['failed'])}")
+        for failure in job["failed"][:10]:
+            print(f"    {failure['type']} {failure['window']}: {failure['reason']}")
+    print("\nlanes:")
+    for lane in report["lanes"]:
+        print(f"  {lane['workspace']}: queued {lane['queued']}, in flight {lane['in_flight']}")
+
+
+async def _status_report(settings: Settings) -> dict[str, Any]:
+    rows = await read_rows(settings.daemon.state_dir)
+    now = datetime.now(UTC)
+    jobs = []
+    for job in settings.jobs:
+        zone = settings.workspaces[job.workspace].zone
+        mine = [r for r in rows if r.job == job.name]
+        done = [r for r in mine if r.state == "done"]
+        looks = next_looks(job.trigger(zone), now, 1)
+        jobs.append(
+            {
+                "name": job.name,
+                "workspace": job.workspace,
+                "schedule": job.schedule,
+                "last_exported": str(max(done, key=lambda r: r.end).window(zone)) if done else None,
+                "next_look": looks[0].isoformat() if looks else None,
+                "done": len(done),
+                "pending": sum(r.state in ("queued", "submitted", "ready") for r in mine),
+                "failed": [
+                    {
+                        "type": r.type,
+                        "window": str(r.window(zone)),
+                        "reason": r.reason,
+                        "attempts": r.attempts,
+                    }
+                    for r in mine
+                    if r.state == "failed"
+                ],
+            }
+        )
+    lanes = [
+        {
+            "workspace": name,
+            "queued": sum(r.workspace == name and r.state == "queued" for r in rows),
+            "in_flight": [
+                {"type": r.type, "window": r.window().from_date, "state": r.state}
+                for r in rows
+                if r.workspace == name and r.state in ("submitted", "ready")
+            ],
+        }
+        for name in sorted(settings.workspaces)
+    ]
+    return {
+        "daemon_pid": lock_holder(settings.daemon.state_dir),
+        "jobs": jobs,
+        "lanes": lanes,
+    }
