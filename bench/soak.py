@@ -70,6 +70,7 @@ def write_config(work: Path, base: str, tokens: dict[str, str]) -> Path:
         'retry_initial = "50ms"',
         'retry_max = "300ms"',
         "max_attempts = 40",
+        'download_window = "4s"',  # the emulator's --expiry: both sides agree
         'timeout = "10s"',
     ]
     for name, token in tokens.items():

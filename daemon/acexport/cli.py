@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import EXPORT_TYPES, __version__
+from . import __version__
+from .protocol import ExportType
 
 
 def _add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +32,7 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
     source.add_argument("--token-file", type=Path, metavar="FILE", help="file holding the token")
     source.add_argument("--timezone", help="zone for bare dates (default: workspace's, or UTC)")
-    parser.add_argument("--type", required=True, choices=EXPORT_TYPES)
+    parser.add_argument("--type", required=True, choices=[t.value for t in ExportType])
     parser.add_argument(
         "--from",
         dest="from_",

@@ -41,9 +41,9 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from . import EXPORT_TYPES
 from .errors import ConfigError
 from .payload import PayloadLimits
+from .protocol import ExportType
 from .triggers import Trigger, parse_schedule
 from .windows import ExportWindow, check_window_length
 
@@ -311,15 +311,12 @@ class WorkspaceSettings(_Section):
         return SecretStr(value)
 
 
-ExportType = Literal["event", "identity", "individual", "membership", "page", "segment"]
-
-
 class JobSettings(_Section):
     """A recurring export: which types of which workspace, in what windows, when."""
 
     name: str
     workspace: str
-    types: list[ExportType] = list(EXPORT_TYPES)  # type: ignore[arg-type]
+    types: list[ExportType] = list(ExportType)
     schedule: str = "30 2 * * *"
     window: Duration = timedelta(days=1)
     lag: Duration = timedelta(hours=2)

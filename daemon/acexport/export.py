@@ -59,7 +59,9 @@ class Timing:
     retry: Backoff
     max_attempts: int = 10  # consecutive failed requests before the export fails
     max_ac_failures: int = 5  # ERROR answers in a row before the export fails
+    download_window_s: float = 86400.0  # how long AC keeps ready data
     expected_s: float | None = None  # how long this kind of export took before
+    ready_age_s: float | None = None  # the data has been ready this long (a resumed export)
 
     @classmethod
     def from_settings(cls, http: HttpSettings) -> Timing:
@@ -68,6 +70,7 @@ class Timing:
             retry=Backoff(http.retry_initial.total_seconds(), http.retry_max.total_seconds()),
             max_attempts=http.max_attempts,
             max_ac_failures=http.max_ac_failures,
+            download_window_s=http.download_window.total_seconds(),
         )
 
     def plan(self) -> PollPlan:
@@ -94,6 +97,9 @@ class ExportObserver:
     async def downloaded(self, received_bytes: int, total_bytes: int | None) -> None:
         """Called as the download progresses."""
 
+    async def may_resubmit(self) -> None:
+        """The ready data may have expired: the next request may start a new AC export."""
+
 
 @dataclass
 class _Attempt:
@@ -105,6 +111,7 @@ class _Attempt:
     suspect_waited_s: float = 0.0  # waited since 5xx answers to an unproven token began
     expired: int = 0
     had_ready: bool = False
+    ready_at: float | None = None  # monotonic time the data was (first) ready
     created_date: str | None = None
     writer: PayloadWriter | None = None
     offset: int = 0
@@ -123,6 +130,8 @@ async def run_export(
     """Export one window of one type; raises the error that ended it."""
     observer = observer or ExportObserver()
     state = _Attempt()
+    if timing.ready_age_s is not None:
+        state.had_ready, state.ready_at = True, time.monotonic() - timing.ready_age_s
     polls = timing.plan()
     retries = timing.retry.delays()
     with structlog.contextvars.bound_contextvars(
@@ -132,6 +141,8 @@ async def run_export(
             while True:
                 state.requests += 1
                 structlog.contextvars.bind_contextvars(attempt=state.requests)
+                if _data_may_have_expired(state, timing):
+                    await observer.may_resubmit()
                 try:
                     async with client.request(
                         spec.type, spec.window, range_start=state.offset
@@ -162,6 +173,14 @@ async def run_export(
             if state.writer is not None:
                 # Shielded: a cancelled export must still leave no temp file behind.
                 await asyncio.shield(sink.discard(state.writer))
+
+
+def _data_may_have_expired(state: _Attempt, timing: Timing) -> bool:
+    """Ready data near the end of AC's download window: asking again may resubmit it."""
+    if not state.had_ready or state.ready_at is None:
+        return False
+    # The same margin as the lane's: the request must reach AC before the data expires.
+    return time.monotonic() - state.ready_at >= 0.9 * timing.download_window_s
 
 
 def _suspect_token(
@@ -264,7 +283,7 @@ async def _download(
 ) -> tuple[Path, Manifest]:
     state.ac_failures = 0
     if not state.had_ready:
-        state.had_ready = True
+        state.had_ready, state.ready_at = True, time.monotonic()
         log.info("export_ready", requests=state.requests)
         await observer.ready()
     if payload.offset != state.offset:

@@ -27,7 +27,7 @@ from .export import ExportObserver, ExportOutcome, ExportSpec, Timing, run_expor
 from .metrics import Health, Metrics
 from .observability import remote_text
 from .sink import Sink
-from .state import ACTIVE, ExportRecord, StateStore
+from .state import ACTIVE, ExportRecord, LedgerState, StateStore
 
 log = structlog.get_logger("acexport.lane")
 
@@ -51,15 +51,32 @@ class LaneContext:
 FAILURES_BEFORE_UNHEALTHY = 5
 
 
-class _SlotKeeper(ExportObserver):
-    """Records AC's answers and frees the lane's slot once data is ready."""
+class _SlotHold:
+    """One export's hold on its lane's single AC slot: taken, given back, taken again."""
 
-    def __init__(
-        self, store: StateStore, record: ExportRecord, release: Callable[[], None]
-    ) -> None:
+    def __init__(self, slot: asyncio.Semaphore, held: bool) -> None:
+        self._slot = slot
+        self.held = held
+
+    async def take(self) -> None:
+        if not self.held:
+            await self._slot.acquire()
+            self.held = True
+
+    def give_back(self) -> None:
+        if self.held:
+            self.held = False
+            self._slot.release()
+
+
+class _SlotKeeper(ExportObserver):
+    """Records AC's answers; frees the lane's slot once data is ready, and takes it
+    back before a request that may find the data expired (and so submit anew)."""
+
+    def __init__(self, store: StateStore, record: ExportRecord, hold: _SlotHold) -> None:
         self._store = store
         self._record = record
-        self._release = release
+        self._hold = hold
         self.created_date = record.created_date
 
     async def status(self, answer: ExportStatus, next_poll_s: float) -> None:
@@ -69,7 +86,10 @@ class _SlotKeeper(ExportObserver):
         # Durable before the slot goes to the next export: after a crash, the
         # ledger must not show two exports waiting on AC at once.
         await asyncio.shield(self._store.mark_ready(self._record.id, self.created_date))
-        self._release()
+        self._hold.give_back()
+
+    async def may_resubmit(self) -> None:
+        await self._hold.take()
 
 
 class Lane:
@@ -150,25 +170,18 @@ class Lane:
 
     def _still_downloadable(self, record: ExportRecord) -> bool:
         """Ready data AC still keeps is fetched without the slot; anything else needs it."""
-        if record.state != "ready" or record.ready_at is None:
+        if record.state is not LedgerState.READY or record.ready_at is None:
             return False
         window = self.ctx.settings().http.download_window.total_seconds()
         # A margin: the request must reach AC before the data expires.
         return time.time() - record.ready_at < 0.9 * window
 
     async def _execute(self, record: ExportRecord, holds_slot: bool) -> None:
-        released = not holds_slot
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self._slot.release()
-
+        hold = _SlotHold(self._slot, holds_slot)
         try:
             with structlog.contextvars.bound_contextvars(job=record.job, lane=self.key):
                 try:
-                    await self._export(record, release)
+                    await self._export(record, hold)
                 except StateError:
                     raise
                 except Exception as exc:
@@ -178,13 +191,13 @@ class Lane:
         except StateError as exc:
             self.ctx.fatal(exc)
         finally:
-            release()
+            hold.give_back()
             self._capacity.release()
             self._tasks.pop(record.id, None)
             if not self._tasks and not self._queued_ids:
                 self._idle.set()
 
-    async def _export(self, record: ExportRecord, release: Callable[[], None]) -> None:
+    async def _export(self, record: ExportRecord, hold: _SlotHold) -> None:
         store = self.ctx.store
         current = await store.get(record.id)
         if current is None or current.state not in ACTIVE:
@@ -208,7 +221,7 @@ class Lane:
         if not self._still_downloadable(record):
             await store.mark_submitted(record.id)
         try:
-            outcome = await self._run_export(record, spec, settings, release)
+            outcome = await self._run_export(record, spec, settings, hold)
         except StateError:
             raise
         except AuthError as exc:
@@ -229,7 +242,7 @@ class Lane:
         record: ExportRecord,
         spec: ExportSpec,
         settings: Settings,
-        release: Callable[[], None],
+        hold: _SlotHold,
     ) -> ExportOutcome:
         responses = self.ctx.metrics.responses
         client = ExportClient(
@@ -241,14 +254,15 @@ class Lane:
             max_inflate_ratio=settings.http.max_inflate_ratio,
         )
         expected = await self.ctx.store.expected_processing_s(record.workspace, record.type)
-        timing = replace(self.ctx.timing(), expected_s=expected)
-        keeper = _SlotKeeper(self.ctx.store, record, release)
+        ready_age_s = None if record.ready_at is None else max(0.0, time.time() - record.ready_at)
+        timing = replace(self.ctx.timing(), expected_s=expected, ready_age_s=ready_age_s)
+        keeper = _SlotKeeper(self.ctx.store, record, hold)
         return await run_export(spec, client, self.ctx.sink, timing, keeper)
 
     async def _succeeded(
         self, record: ExportRecord, outcome: ExportOutcome, destination: Path
     ) -> None:
-        self._count(record, "done")
+        self._count(record, LedgerState.DONE)
         self.consecutive_failures = 0
         self.ctx.health.problems.pop(self.key, None)
         metrics = self.ctx.metrics
@@ -268,8 +282,8 @@ class Lane:
             )
         )
 
-    def _count(self, record: ExportRecord, outcome: str) -> None:
-        if outcome == "done":
+    def _count(self, record: ExportRecord, outcome: LedgerState) -> None:
+        if outcome is LedgerState.DONE:
             self.succeeded += 1
         else:
             self.failed += 1
@@ -279,7 +293,7 @@ class Lane:
         # Reasons carry server text: redacted and capped before the ledger, status and
         # the unauthenticated /healthz see them.
         reason = remote_text(reason)
-        self._count(record, "failed")
+        self._count(record, LedgerState.FAILED)
         self.consecutive_failures += 1
         if self.consecutive_failures >= FAILURES_BEFORE_UNHEALTHY:
             self.ctx.health.problems[self.key] = (

@@ -1,4 +1,4 @@
-"""AC's export vocabulary: what a status answer looks like, as opposed to a record.
+"""AC's export vocabulary: the export types, and what a status answer looks like.
 
 AC answers a request that has no data yet with a small JSON object
 (``createdDate``, ``fromDate``, ``toDate``, ``status``, ``message``, ``type``,
@@ -9,7 +9,20 @@ status value AC uses for exports.
 
 from __future__ import annotations
 
+import enum
 from typing import Any
+
+
+class ExportType(enum.StrEnum):
+    """The export types AC offers (case-sensitive; older docs list only four)."""
+
+    EVENT = "event"
+    IDENTITY = "identity"
+    INDIVIDUAL = "individual"
+    MEMBERSHIP = "membership"
+    PAGE = "page"
+    SEGMENT = "segment"
+
 
 STATUS_KEYS = frozenset(
     {"createdDate", "fromDate", "toDate", "status", "message", "type", "startedDate"}

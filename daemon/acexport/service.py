@@ -39,7 +39,7 @@ from .observability import register_secret
 from .planner import due_windows
 from .scheduler import Scheduler, utc_now
 from .sink import Sink
-from .state import ExportRecord, StateStore, ledger_path
+from .state import ExportRecord, LedgerState, StateStore, ledger_path
 from .windows import ExportWindow
 
 log = structlog.get_logger("acexport.service")
@@ -232,7 +232,7 @@ class Daemon:
     async def plan(self, job: JobSettings, windows: list[ExportWindow]) -> list[ExportRecord]:
         records = await self._store.plan(job.name, job.workspace, job.types, windows)
         lane = self._lanes[self._lane_of[job.workspace]]
-        if lane.auth_failure and any(r.state == "queued" for r in records):
+        if lane.auth_failure and any(r.state is LedgerState.QUEUED for r in records):
             lane.clear_auth_failure()  # a new look tries the token again
         added = self._enqueue(records)
         log.info("job_looked", job=job.name, due=len(windows) * len(job.types), queued=added)

@@ -13,6 +13,7 @@ and is migrated forward on open.
 
 from __future__ import annotations
 
+import enum
 import functools
 import os
 import sqlite3
@@ -90,7 +91,18 @@ _MIGRATIONS: Sequence[str] = (
     """,
 )
 
-ACTIVE = ("queued", "submitted", "ready")
+
+class LedgerState(enum.StrEnum):
+    """Where an export is in its life (see the module docstring)."""
+
+    QUEUED = "queued"
+    SUBMITTED = "submitted"
+    READY = "ready"
+    DONE = "done"
+    FAILED = "failed"
+
+
+ACTIVE = frozenset({LedgerState.QUEUED, LedgerState.SUBMITTED, LedgerState.READY})
 
 
 _PLAUSIBLE_SPAN_S = 86400.0
@@ -128,7 +140,7 @@ class ExportRecord:
     type: str
     start: datetime
     end: datetime
-    state: str
+    state: LedgerState
     attempts: int
     requests: int
     reason: str | None
@@ -151,7 +163,7 @@ class ExportRecord:
             type=row["type"],
             start=_parse(row["window_start"]),
             end=_parse(row["window_end"]),
-            state=row["state"],
+            state=LedgerState(row["state"]),
             attempts=row["attempts"],
             requests=row["requests"],
             reason=row["reason"],
@@ -290,7 +302,7 @@ class StateStore:
     @_state_errors
     async def mark_ready(self, export_id: int, created_date: str | None) -> None:
         await self._update(
-            export_id, state="ready", ready_at=time.time(), created_date=created_date
+            export_id, state=LedgerState.READY, ready_at=time.time(), created_date=created_date
         )
 
     @_state_errors
@@ -307,7 +319,7 @@ class StateStore:
     ) -> None:
         await self._update(
             export_id,
-            state="done",
+            state=LedgerState.DONE,
             destination=destination,
             records=records,
             payload_bytes=payload_bytes,
@@ -320,7 +332,9 @@ class StateStore:
 
     @_state_errors
     async def mark_failed(self, export_id: int, reason: str) -> None:
-        await self._update(export_id, state="failed", reason=reason, finished_at=time.time())
+        await self._update(
+            export_id, state=LedgerState.FAILED, reason=reason, finished_at=time.time()
+        )
 
     @_state_errors
     async def expected_processing_s(self, workspace: str, type_: str) -> float | None:

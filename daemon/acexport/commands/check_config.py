@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..config import Settings, resolve_tokens, token_warnings
 from ..planner import due_windows
-from ..state import read_rows
+from ..state import LedgerState, read_rows
 from ..triggers import next_looks
 from . import ExitCode
 from .common import exit_code_of, load
@@ -58,5 +58,5 @@ async def _done_keys(settings: Settings) -> set[tuple[str, str, str, str]]:
     return {
         (r.workspace, r.type, r.window().from_date, r.window().to_date)
         for r in rows
-        if r.state == "done"
+        if r.state is LedgerState.DONE
     }

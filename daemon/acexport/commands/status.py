@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import Settings
 from ..lock import lock_holder
-from ..state import read_rows
+from ..state import ACTIVE, LedgerState, read_rows
 from ..triggers import next_looks
 from . import ExitCode
 from .common import exit_code_of, load
@@ -54,7 +54,7 @@ async def _status_report(settings: Settings) -> dict[str, Any]:
     for job in settings.jobs:
         zone = settings.workspaces[job.workspace].zone
         mine = [r for r in rows if r.job == job.name]
-        done = [r for r in mine if r.state == "done"]
+        done = [r for r in mine if r.state is LedgerState.DONE]
         looks = next_looks(job.trigger(zone), now, 1)
         jobs.append(
             {
@@ -64,7 +64,7 @@ async def _status_report(settings: Settings) -> dict[str, Any]:
                 "last_exported": str(max(done, key=lambda r: r.end).window(zone)) if done else None,
                 "next_look": looks[0].isoformat() if looks else None,
                 "done": len(done),
-                "pending": sum(r.state in ("queued", "submitted", "ready") for r in mine),
+                "pending": sum(r.state in ACTIVE for r in mine),
                 "failed": [
                     {
                         "type": r.type,
@@ -73,18 +73,18 @@ async def _status_report(settings: Settings) -> dict[str, Any]:
                         "attempts": r.attempts,
                     }
                     for r in mine
-                    if r.state == "failed"
+                    if r.state is LedgerState.FAILED
                 ],
             }
         )
     lanes = [
         {
             "workspace": name,
-            "queued": sum(r.workspace == name and r.state == "queued" for r in rows),
+            "queued": sum(r.workspace == name and r.state is LedgerState.QUEUED for r in rows),
             "in_flight": [
                 {"type": r.type, "window": r.window().from_date, "state": r.state}
                 for r in rows
-                if r.workspace == name and r.state in ("submitted", "ready")
+                if r.workspace == name and r.state in (LedgerState.SUBMITTED, LedgerState.READY)
             ],
         }
         for name in sorted(settings.workspaces)
