@@ -244,6 +244,35 @@ async def test_dates_sent_pass_ac_strict_parser(
     assert outcome.manifest.records == 10
 
 
+async def test_expiring_data_takes_the_slot_back_before_asking_again(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Near the end of AC's download window, the export asks for the lane's slot back
+    before the request that may find the data expired and submit it anew."""
+    emu = await emulator(records=3000, expiry_s=0.3, faults=FaultSettings(truncate_rate=1.0))
+    events: list[str] = []
+
+    class Recorder(ExportObserver):
+        async def ready(self) -> None:
+            events.append("ready")
+
+        async def may_resubmit(self) -> None:
+            events.append("may_resubmit")
+
+        async def status(self, answer: ExportStatus, next_poll_s: float) -> None:
+            events.append(answer.status)
+            if "ready" in events:  # expired and submitted again: let the next one through
+                await emu.control("faults", {"truncate_rate": 0.0})
+
+    timing = replace(FAST, retry=Backoff(0.1, 0.1), download_window_s=0.3)
+    outcome = await export(emu, session, tmp_path, "segment", timing=timing, observer=Recorder())
+    first_ready = events.index("ready")
+    resubmitted = events.index("PENDING", first_ready)
+    assert "may_resubmit" in events[first_ready:resubmitted]
+    assert events.count("ready") == 2
+    assert outcome.manifest.payload_sha256 == job_for(await emu.jobs(), "segment")["sha256"]
+
+
 async def test_bad_token_answered_401_fails_at_once(
     emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
