@@ -25,7 +25,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format daemon tests bench
 
 demo: $(STAMP)
-	$(VENV)/bin/acexport run --config config/demo.toml
+	$(VENV)/bin/acexport demo --config config/demo.toml
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py $(if $(QUICK),--quick)

@@ -143,8 +143,8 @@ async def test_health_and_metrics(emulator: EmulatorFactory, tmp_path: Path) -> 
     assert "nope" not in text
 
 
-async def test_demo_config_exports_all_six_types_and_stops_on_sigint(tmp_path: Path) -> None:
-    """config/demo.toml (embedded emulator) yields manifests of all six types, then Ctrl-C."""
+async def test_demo_exports_all_six_types_and_stops_on_sigint(tmp_path: Path) -> None:
+    """`acexport demo` (its own emulator) yields manifests of all six types, then Ctrl-C."""
     env = {
         **os.environ,
         "ACEXPORT_DAEMON__STATE_DIR": str(tmp_path / "state"),
@@ -156,7 +156,7 @@ async def test_demo_config_exports_all_six_types_and_stops_on_sigint(tmp_path: P
         sys.executable,
         "-m",
         "acexport",
-        "run",
+        "demo",
         "--config",
         str(ROOT / "config" / "demo.toml"),
         env=env,

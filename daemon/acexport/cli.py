@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="plan every job once, export all due windows, exit 0 if all worked",
     )
 
+    demo = commands.add_parser(
+        "demo", help="run the daemon against an emulator it starts (no AC account needed)"
+    )
+    demo.add_argument("--config", help="default: config/demo.toml")
+    demo.add_argument("--once", action="store_true", help="export what is due, then exit")
+
     backfill = commands.add_parser("backfill", help="export every window of a job in a range")
     _add_config_argument(backfill)
     backfill.add_argument("--job", required=True)
@@ -116,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 _COMMAND_MODULES = {
     "run": "run",
+    "demo": "demo",
     "backfill": "backfill",
     "status": "status",
     "check-config": "check_config",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import secrets
 import stat
 import string
 import tomllib
@@ -49,7 +48,6 @@ from .windows import ExportWindow, check_window_length
 
 DEFAULT_CONFIG_PATHS = (Path("acexport.toml"), Path("/etc/acexport/config.toml"))
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_EMULATOR_SALT = secrets.token_hex(8)  # per process: demo tokens are not secrets to keep
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _PATH_FIELDS = {"workspace", "type", "job", "from", "to"}
 
@@ -248,8 +246,6 @@ class WorkspaceSettings(_Section):
     token_file: Path | None = None
     token_env: str | None = None
     timezone: str = "UTC"
-    # A demo workspace: the daemon serves it from an in-process emulator on loopback.
-    emulator: bool = False
 
     @field_validator("base_url")
     @classmethod
@@ -272,10 +268,6 @@ class WorkspaceSettings(_Section):
     @model_validator(mode="after")
     def _one_token_source(self) -> WorkspaceSettings:
         given = [n for n in ("token", "token_file", "token_env") if getattr(self, n) is not None]
-        if self.emulator:
-            if given:
-                raise ValueError(f"an emulator workspace takes no token (got {given})")
-            return self
         if len(given) != 1:
             raise ValueError(
                 f"give exactly one of token_file, token_env or token (got {given or 'none'})"
@@ -481,9 +473,6 @@ def resolve_tokens(settings: Settings, source: str) -> dict[str, SecretStr]:
     """Every workspace's token, read now; a missing one is a ConfigError naming it."""
     tokens = {}
     for name, workspace in settings.workspaces.items():
-        if workspace.emulator:
-            tokens[name] = SecretStr(f"emulator-{name}-{_EMULATOR_SALT}")
-            continue
         try:
             tokens[name] = workspace.read_token()
         except ValueError as exc:

@@ -41,7 +41,6 @@ class LaneContext:
     sink: Sink
     settings: Callable[[], Settings]
     timing: Callable[[], Timing]
-    base_url: Callable[[str], str]  # workspace -> URL (the embedded emulator's, for demos)
     metrics: Metrics
     health: Health
     fatal: Callable[[BaseException], None]  # the ledger failed: the daemon must stop
@@ -247,7 +246,7 @@ class Lane:
         responses = self.ctx.metrics.responses
         client = ExportClient(
             self.ctx.session,
-            self.ctx.base_url(record.workspace),
+            settings.workspaces[record.workspace].base_url,
             self.token,
             on_response=lambda code: responses.labels(record.workspace, str(code)).inc(),
             trust=self.trust,

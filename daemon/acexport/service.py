@@ -66,9 +66,12 @@ class Daemon:
         settings: Settings,
         config_path: Path | None,
         clock: Callable[[], datetime] = utc_now,
+        reload_settings: Callable[[], Settings] | None = None,
     ) -> None:
         self._settings = settings
         self._config_path = config_path
+        # What SIGHUP reads: the config file again, unless the command layer says otherwise.
+        self._reload_settings = reload_settings or (lambda: load_settings(config_path))
         self._clock = clock
         self._tokens = resolve_tokens(settings, str(config_path or "environment"))
         for token in self._tokens.values():
@@ -86,7 +89,6 @@ class Daemon:
         self.metrics.watch_lanes(lambda: list(self._lanes.values()))
         self.health = Health()
         self._notifier = SystemdNotifier()
-        self._emulator_url: str | None = None
         self.health_url: str | None = None
         self.fatal_error: BaseException | None = None
         self.loop_lag_max_s = 0.0
@@ -126,14 +128,12 @@ class Daemon:
             log.info("stale_temp_files_removed", count=removed)
         session = new_session(self._settings.http.timeout.total_seconds())
         await self._stack.enter_async_context(session)
-        await self._start_embedded_emulator()
         self._ctx = LaneContext(
             session=session,
             store=self._store,
             sink=sink,
             settings=lambda: self._settings,
             timing=lambda: Timing.from_settings(self._settings.http),
-            base_url=self._base_url,
             metrics=self.metrics,
             health=self.health,
             fatal=self.fail,
@@ -280,7 +280,7 @@ class Daemon:
 
     def _load_new_config(self) -> None:
         try:
-            settings = load_settings(self._config_path)
+            settings = self._reload_settings()
             tokens = resolve_tokens(settings, str(self._config_path or "environment"))
             for token in tokens.values():
                 register_secret(token.get_secret_value())  # rotated tokens too
@@ -298,41 +298,7 @@ class Daemon:
         self._scheduler.set_jobs(self._scheduled_jobs())
         log.info("config_reloaded", jobs=[job.name for job in settings.jobs])
 
-    # -- embedded emulator, health, systemd ---------------------------------------
-    def _base_url(self, workspace: str) -> str:
-        ws = self._settings.workspaces[workspace]
-        if ws.emulator:
-            if self._emulator_url is None:
-                raise ConfigError(
-                    f"workspaces.{workspace}.emulator was added by a reload; "
-                    "restart to start the embedded emulator"
-                )
-            return self._emulator_url
-        return ws.base_url
-
-    async def _start_embedded_emulator(self) -> None:
-        names = [n for n, ws in self._settings.workspaces.items() if ws.emulator]
-        if not names:
-            return
-        from .emulator import EmulatorSettings, QueueSettings, make_app
-
-        settings = EmulatorSettings(
-            tokens={name: self._tokens[name].get_secret_value() for name in names},
-            # AC's real protocol (chunked ZIP, ERROR, 500 on a bad token), time made small.
-            queue=QueueSettings(processing_s=1.0, records=500, expiry_s=3600.0),
-        )
-        self._emulator_url = await self._serve(make_app(settings), "127.0.0.1", 0)
-        log.info("embedded_emulator_started", url=self._emulator_url, workspaces=names)
-
-    async def _serve(self, app: web.Application, host: str, port: int) -> str:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        self._stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0]
-        return f"http://{host if ':' not in host else f'[{host}]'}:{bound[1]}"
-
+    # -- health, systemd ---------------------------------------------------------
     async def _start_health_server(self) -> None:
         listen = self._settings.daemon.listen
         if not listen:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -21,15 +22,21 @@ def main(args: argparse.Namespace) -> int:
     def body() -> int:
         settings, path = load(args.config)
         prepare(settings, path)
-        return asyncio.run(_run(settings, path, args.once))
+        return asyncio.run(run_daemon(settings, path, args.once))
 
     return exit_code_of("run", body)
 
 
-async def _run(settings: Settings, path: Path, once: bool) -> int:
+async def run_daemon(
+    settings: Settings,
+    path: Path,
+    once: bool,
+    reload_settings: Callable[[], Settings] | None = None,
+) -> int:
+    """The daemon until stopped (or ``once``); ``reload_settings`` is what SIGHUP reads."""
     from ..service import Daemon  # the daemon's imports (aiohttp, ...) only when it runs
 
-    async with Daemon(settings, path) as daemon:
+    async with Daemon(settings, path, reload_settings=reload_settings) as daemon:
         handle_signals(daemon)
         if once:
             ok = await daemon.run_once()
