@@ -269,3 +269,33 @@ async def test_idle_connections_to_the_health_port_starve_nothing(
     assert await daemon.wait() == 0
     assert not daemon.events("export_failed")
     assert len(daemon.raw) < 200, daemon.raw[-5:]
+
+
+async def test_every_task_is_awaited_when_the_daemon_stops(
+    emulator: EmulatorFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a run with the watchdog, the health server, jobs and exports, stopping leaves
+    no task behind (warnings are errors, so a destroyed pending task would fail too)."""
+    import socket as socket_module
+
+    emu = await emulator(tokens={"alpha": "alpha-token"}, records=20)
+    jobs = job("daily", "alpha", types=["page", "event"], catch_up="2d", lag="0s")
+    text = write_config(tmp_path, emu, jobs, extra='listen = "127.0.0.1:0"').read_text()
+    path = tmp_path / "tasks.toml"
+    path.write_text(text.replace('listen = ""\n', ""))
+    receiver = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")
+    before = asyncio.all_tasks()
+    try:
+        async with Daemon(load_settings(path), path) as daemon:
+            running = asyncio.create_task(daemon.run_until_stopped())
+            await emu.wait_for(lambda report: len(report["jobs"]) == 4)
+            await daemon.drain()
+            daemon.request_stop()
+            await running
+        assert len(manifests(tmp_path / "exports")) == 4
+        assert asyncio.all_tasks() - before == set()
+    finally:
+        receiver.close()

@@ -14,10 +14,14 @@ from __future__ import annotations
 import asyncio
 import resource
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import structlog
 from aiohttp import web
+
+from .errors import ConfigError
+from .metrics import Health, Metrics, health_app
 
 log = structlog.get_logger("acexport.health")
 
@@ -159,13 +163,37 @@ def throttle_accept_errors(loop: asyncio.AbstractEventLoop, interval_s: float = 
     loop.set_exception_handler(handler)
 
 
-async def serve_guarded(
-    runner: web.AppRunner, host: str, port: int, max_connections: int
-) -> tuple[asyncio.Server, GuardedFactory]:
-    """Listen on ``host:port`` with ``runner``'s app behind the guard."""
-    assert runner.server is not None
-    factory = GuardedFactory(runner.server, max_connections)
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(factory, host, port, backlog=128)
-    throttle_accept_errors(loop)
-    return server, factory
+class HealthServer:
+    """/healthz and /metrics on ``listen`` (HOST:PORT), behind the guard."""
+
+    def __init__(self, health: Health, metrics: Metrics, listen: str) -> None:
+        self._app = health_app(health, metrics)
+        self._listen = listen
+
+    async def start(self, stack: AsyncExitStack) -> str:
+        """Listen; register the shutdown on ``stack``; return the base URL."""
+        host, _, port = self._listen.rpartition(":")
+        host = host.strip("[]")
+        runner = web.AppRunner(
+            self._app, access_log=None, handle_signals=False, keepalive_timeout=5.0
+        )
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        assert runner.server is not None
+        cap = connection_cap(raise_fd_limit())
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(
+                GuardedFactory(runner.server, cap), host, int(port), backlog=128
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"daemon.listen: cannot listen on {self._listen}: {exc.strerror}"
+            ) from None
+        stack.push_async_callback(server.wait_closed)
+        stack.callback(server.close)
+        throttle_accept_errors(loop)
+        bound = server.sockets[0].getsockname()[1]
+        url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
+        log.info("health_server_started", url=url, max_connections=cap)
+        return url

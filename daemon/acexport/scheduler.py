@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -34,7 +35,10 @@ class Scheduler:
         self._clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._jobs: dict[str, tuple[JobSettings, ZoneInfo]] = {}
-        self.next_look: dict[str, datetime] = {}
+
+    def start(self, stack: AsyncExitStack) -> None:
+        """Jobs are given with ``set_jobs``; their tasks are stopped when ``stack`` closes."""
+        stack.push_async_callback(self.stop)
 
     def set_jobs(self, jobs: list[tuple[JobSettings, ZoneInfo]]) -> None:
         """Start new or changed jobs, stop removed ones; unchanged ones keep their timing."""
@@ -43,7 +47,6 @@ class Scheduler:
             if name not in wanted or wanted[name] != self._jobs[name]:
                 self._tasks.pop(name).cancel()
                 self._jobs.pop(name)
-                self.next_look.pop(name, None)
                 log.info("job_stopped", job=name)
         for name, (job, zone) in wanted.items():
             if name not in self._tasks:
@@ -59,7 +62,6 @@ class Scheduler:
             fire = trigger.get_next_fire_time(previous, self._clock())
             if fire is None:
                 return
-            self.next_look[job.name] = fire
             await asyncio.sleep(max(0.0, (fire - self._clock()).total_seconds()))
             previous = fire
             await self._safe_look(job)

@@ -11,7 +11,7 @@ and ``request_reload``; the daemon itself is embeddable and testable.
 from __future__ import annotations
 
 import asyncio
-import enum
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -23,7 +23,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
-from aiohttp import web
 from pydantic import SecretStr
 
 from .api import new_session
@@ -31,9 +30,9 @@ from .config import JobSettings, Settings, load_settings, resolve_tokens
 from .errors import ConfigError, StateError
 from .export import Timing
 from .lane import Lane, LaneContext
-from .listener import connection_cap, raise_fd_limit, serve_guarded
+from .listener import HealthServer
 from .lock import take_lock
-from .metrics import Health, Metrics, health_app
+from .metrics import Health, Metrics
 from .notify import SystemdNotifier
 from .observability import register_secret
 from .planner import due_windows
@@ -43,13 +42,6 @@ from .state import ExportRecord, LedgerState, StateStore, ledger_path
 from .windows import ExportWindow
 
 log = structlog.get_logger("acexport.service")
-
-
-class RunState(enum.Enum):
-    STARTING = "starting"
-    STARTED = "started"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
 
 
 def lane_keys(settings: Settings, tokens: dict[str, SecretStr]) -> dict[str, str]:
@@ -81,7 +73,7 @@ class Daemon:
         self._lane_of: dict[str, str] = {}
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
-        self.state = RunState.STARTING
+        self._wake = asyncio.Event()  # a stop or a reload was asked for
         self._store: StateStore
         self._ctx: LaneContext
         self._scheduler = Scheduler(self._look, clock)
@@ -111,23 +103,20 @@ class Daemon:
         return self
 
     async def _start(self) -> None:
-        daemon = self._settings.daemon
-        lock = take_lock(daemon.state_dir)
-        self._stack.callback(lock.close)
+        """Start each component in order; each registers its own cleanup on the stack."""
+        daemon, stack = self._settings.daemon, self._stack
+        stack.callback(take_lock(daemon.state_dir).close)
         self._store = await StateStore.open(ledger_path(daemon.state_dir))
-        self._stack.push_async_callback(self._store.close)
+        stack.push_async_callback(self._store.close)
         sink = Sink(
             daemon.state_dir / "tmp",
             self._settings.output.compression,
             self._settings.http.payload_limits(),
         )
-        self._stack.callback(sink.close)
-        # We hold the lock: every temp file left is a crashed run's.
-        removed = await asyncio.to_thread(sink.clean_stale, everything=True)
-        if removed:
-            log.info("stale_temp_files_removed", count=removed)
-        session = new_session(self._settings.http.timeout.total_seconds())
-        await self._stack.enter_async_context(session)
+        await sink.start(stack)
+        session = await stack.enter_async_context(
+            new_session(self._settings.http.timeout.total_seconds())
+        )
         self._ctx = LaneContext(
             session=session,
             store=self._store,
@@ -138,20 +127,16 @@ class Daemon:
             health=self.health,
             fatal=self.fail,
         )
-        await self._start_health_server()
-        self._stack.push_async_callback(self._stop_lanes)
+        if daemon.listen:
+            self.health_url = await HealthServer(self.health, self.metrics, daemon.listen).start(
+                stack
+            )
+        stack.push_async_callback(self._stop_lanes)
+        self._scheduler.start(stack)  # stopped before the lanes: no look after that
         self._apply_lanes()
-        resumed = await self._store.active()
-        self._enqueue(resumed)
-        if resumed:
-            log.info("exports_resumed", count=len(resumed))
-        self.state = RunState.STARTED
-        lag = asyncio.create_task(self._measure_loop_lag(), name="loop-lag")
-        self._stack.callback(lag.cancel)
+        await self._resume()
+        await self._start_loops(stack)
         self._notifier.notify(ready=1, status=self._status_line())
-        if self._notifier.watchdog_interval_s:
-            task = asyncio.create_task(self._watchdog(self._notifier.watchdog_interval_s))
-            self._stack.callback(task.cancel)
         log.info(
             "daemon_started",
             state_dir=str(daemon.state_dir),
@@ -160,16 +145,28 @@ class Daemon:
             lanes=sorted(self._lanes),
         )
 
+    async def _resume(self) -> None:
+        resumed = await self._store.active()
+        self._enqueue(resumed)
+        if resumed:
+            log.info("exports_resumed", count=len(resumed))
+
+    async def _start_loops(self, stack: AsyncExitStack) -> None:
+        """Background loops live in a task group: cancelled, then awaited, on stop."""
+        loops = await stack.enter_async_context(asyncio.TaskGroup())
+        tasks = [loops.create_task(self._measure_loop_lag(), name="loop-lag")]
+        if self._notifier.watchdog_interval_s:
+            watchdog = self._watchdog(self._notifier.watchdog_interval_s)
+            tasks.append(loops.create_task(watchdog, name="watchdog"))
+        stack.callback(lambda: [task.cancel() for task in tasks])  # runs before the group exits
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.state = RunState.STOPPING
-        await self._scheduler.stop()
         await self._stack.aclose()
-        self.state = RunState.STOPPED
         log.info("daemon_stopped", loop_lag_max_ms=round(1000 * self.loop_lag_max_s, 1))
 
     async def _stop_lanes(self) -> None:
@@ -181,9 +178,11 @@ class Daemon:
         self.health.stopping = True
         self._notifier.notify(stopping=1, status="stopping: finishing running downloads")
         self._stop.set()
+        self._wake.set()
 
     def request_reload(self) -> None:
         self._reload.set()
+        self._wake.set()
 
     def fail(self, exc: BaseException) -> None:
         """Something the daemon cannot work around (the ledger failed): stop, exit 1."""
@@ -250,15 +249,11 @@ class Daemon:
         self._scheduler.set_jobs(self._scheduled_jobs())
         pickup = self._settings.daemon.pickup_interval.total_seconds()
         while not self._stop.is_set():
-            waiters = [
-                asyncio.ensure_future(self._stop.wait()),
-                asyncio.ensure_future(self._reload.wait()),
-            ]
-            try:
-                await asyncio.wait(waiters, timeout=pickup, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiter in waiters:
-                    waiter.cancel()
+            # Woken by a stop or a reload, or after pickup_interval: one wait, no extra tasks.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pickup):
+                    await self._wake.wait()
+            self._wake.clear()
             if self._reload.is_set():
                 self._reload.clear()
                 self._apply_reload()
@@ -299,31 +294,6 @@ class Daemon:
         log.info("config_reloaded", jobs=[job.name for job in settings.jobs])
 
     # -- health, systemd ---------------------------------------------------------
-    async def _start_health_server(self) -> None:
-        listen = self._settings.daemon.listen
-        if not listen:
-            return
-        host, _, port = listen.rpartition(":")
-        host = host.strip("[]")
-        runner = web.AppRunner(
-            health_app(self.health, self.metrics),
-            access_log=None,
-            handle_signals=False,
-            keepalive_timeout=5.0,
-        )
-        await runner.setup()
-        self._stack.push_async_callback(runner.cleanup)
-        cap = connection_cap(raise_fd_limit())
-        try:
-            server, _ = await serve_guarded(runner, host, int(port), cap)
-        except OSError as exc:
-            raise ConfigError(f"daemon.listen: cannot listen on {listen}: {exc.strerror}") from None
-        self._stack.push_async_callback(server.wait_closed)
-        self._stack.callback(server.close)
-        bound = server.sockets[0].getsockname()[1]
-        self.health_url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
-        log.info("health_server_started", url=self.health_url, max_connections=cap)
-
     async def _measure_loop_lag(self, period_s: float = 0.25) -> None:
         """How late a timer fires: a blocked event loop shows here first.
 

@@ -22,9 +22,12 @@ import secrets
 import shutil
 from collections.abc import AsyncIterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from .errors import SinkError
 from .payload import (
@@ -36,6 +39,8 @@ from .payload import (
     create_new,
     temp_stem,
 )
+
+log = structlog.get_logger("acexport.sink")
 
 _BATCH_BYTES = 2 * 1024 * 1024
 _THREADS = 4
@@ -84,6 +89,13 @@ class Sink:
         self._executor = ThreadPoolExecutor(_THREADS, thread_name_prefix="acexport-sink")
         # Hashing runs beside converting and writing: both release the GIL.
         self._hasher = ThreadPoolExecutor(_THREADS, thread_name_prefix="acexport-hash")
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        """Clean temp files of crashed runs (the caller holds the state dir's lock)."""
+        stack.callback(self.close)
+        removed = await asyncio.to_thread(self.clean_stale, everything=True)
+        if removed:
+            log.info("stale_temp_files_removed", count=removed)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
