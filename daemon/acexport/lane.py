@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import structlog
@@ -23,8 +24,8 @@ from pydantic import SecretStr
 from .api import ExportClient, ExportStatus, TokenTrust
 from .config import Settings, output_file
 from .errors import AcexportError, AuthError, StateError
+from .events import ExportEnded, LaneObserver
 from .export import ExportObserver, ExportOutcome, ExportSpec, Timing, run_export
-from .metrics import Health, Metrics
 from .observability import remote_text
 from .sink import Sink
 from .state import ACTIVE, ExportRecord, LedgerState, StateStore
@@ -34,20 +35,15 @@ log = structlog.get_logger("acexport.lane")
 
 @dataclass
 class LaneContext:
-    """What every lane shares: session, ledger, sink, settings, metrics, health."""
+    """What every lane shares: session, ledger, sink, settings, and who observes it."""
 
     session: aiohttp.ClientSession
     store: StateStore
     sink: Sink
     settings: Callable[[], Settings]
     timing: Callable[[], Timing]
-    metrics: Metrics
-    health: Health
+    observer: LaneObserver  # metrics, health, progress: told what happened
     fatal: Callable[[BaseException], None]  # the ledger failed: the daemon must stop
-
-
-# A lane whose last this-many exports all failed makes /healthz answer 503.
-FAILURES_BEFORE_UNHEALTHY = 5
 
 
 class _SlotHold:
@@ -99,7 +95,7 @@ class Lane:
     ) -> None:
         self.key = key
         self.ctx = ctx
-        self.token = token
+        self.use_token(token)
         self._queue: asyncio.Queue[ExportRecord | None] = asyncio.Queue()
         self._queued_ids: set[int] = set()
         self._slot = asyncio.Semaphore(1)
@@ -110,9 +106,6 @@ class Lane:
         self._stopping = False
         self._worker: asyncio.Task[None] | None = None
         self.auth_failure: str | None = None
-        self.succeeded = 0
-        self.failed = 0
-        self.consecutive_failures = 0
 
     # -- feeding ---------------------------------------------------------------
     def enqueue(self, records: list[ExportRecord]) -> int:
@@ -132,11 +125,11 @@ class Lane:
     def token(self) -> SecretStr:
         return self._token
 
-    @token.setter
-    def token(self, token: SecretStr) -> None:
-        """A new token has yet to be accepted by AC (see ``TokenTrust``)."""
+    def use_token(self, token: SecretStr) -> None:
+        """Export with ``token`` from now on; AC has yet to accept it (see ``TokenTrust``)."""
         self._token = token
         self.trust = TokenTrust()
+        self.auth_failure = None
 
     def clear_auth_failure(self) -> None:
         self.auth_failure = None
@@ -226,9 +219,7 @@ class Lane:
         except AuthError as exc:
             self.auth_failure = remote_text(f"AuthError: {exc}")
             log.error("lane_token_rejected", workspace=record.workspace, error=str(exc))
-            # No retry can help: /healthz names the token at once, not after five failures.
-            self.ctx.health.problems[self.key] = self.auth_failure
-            await self._failed(record, self.auth_failure)
+            await self._failed(record, self.auth_failure, token_rejected=True)
             return
         except AcexportError as exc:
             log.error("export_failed", error=str(exc), kind=type(exc).__name__)
@@ -243,12 +234,12 @@ class Lane:
         settings: Settings,
         hold: _SlotHold,
     ) -> ExportOutcome:
-        responses = self.ctx.metrics.responses
+        observer = self.ctx.observer
         client = ExportClient(
             self.ctx.session,
             settings.workspaces[record.workspace].base_url,
             self.token,
-            on_response=lambda code: responses.labels(record.workspace, str(code)).inc(),
+            on_response=lambda code: observer.answered(record.workspace, code),
             trust=self.trust,
             max_inflate_ratio=settings.http.max_inflate_ratio,
         )
@@ -261,14 +252,7 @@ class Lane:
     async def _succeeded(
         self, record: ExportRecord, outcome: ExportOutcome, destination: Path
     ) -> None:
-        self._count(record, LedgerState.DONE)
-        self.consecutive_failures = 0
-        self.ctx.health.problems.pop(self.key, None)
-        metrics = self.ctx.metrics
         manifest = outcome.manifest
-        metrics.payload_bytes.labels(record.workspace, record.type).inc(manifest.payload_bytes)
-        metrics.poll_requests.labels(record.workspace, record.type).inc(outcome.requests)
-        metrics.last_success.labels(record.job).set_to_current_time()
         await asyncio.shield(
             self.ctx.store.mark_done(
                 record.id,
@@ -280,25 +264,22 @@ class Lane:
                 created_date=manifest.createdDate,
             )
         )
+        self._publish(
+            record, ok=True, payload_bytes=manifest.payload_bytes, requests=outcome.requests
+        )
 
-    def _count(self, record: ExportRecord, outcome: LedgerState) -> None:
-        if outcome is LedgerState.DONE:
-            self.succeeded += 1
-        else:
-            self.failed += 1
-        self.ctx.metrics.exports.labels(record.workspace, record.type, outcome).inc()
-
-    async def _failed(self, record: ExportRecord, reason: str) -> None:
+    async def _failed(
+        self, record: ExportRecord, reason: str, *, token_rejected: bool = False
+    ) -> None:
         # Reasons carry server text: redacted and capped before the ledger, status and
         # the unauthenticated /healthz see them.
         reason = remote_text(reason)
-        self._count(record, LedgerState.FAILED)
-        self.consecutive_failures += 1
-        if self.consecutive_failures >= FAILURES_BEFORE_UNHEALTHY:
-            self.ctx.health.problems[self.key] = (
-                f"the last {self.consecutive_failures} exports failed; last: {reason}"
-            )
         await asyncio.shield(self.ctx.store.mark_failed(record.id, reason))
+        self._publish(record, ok=False, reason=reason, token_rejected=token_rejected)
+
+    def _publish(self, record: ExportRecord, **outcome: Any) -> None:
+        event = ExportEnded(self.key, record.workspace, record.type, record.job, **outcome)
+        self.ctx.observer.export_ended(event)
 
     # -- stopping --------------------------------------------------------------
     async def wait_idle(self) -> None:

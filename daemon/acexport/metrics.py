@@ -1,7 +1,7 @@
-"""Prometheus metrics and the /healthz and /metrics HTTP endpoints.
+"""Prometheus metrics and health, and the /healthz and /metrics HTTP endpoints.
 
-The daemon updates counters where things happen (lane, API client); gauges
-that describe the present (queue depths) are read from the lanes at scrape.
+Both observe the lanes' events (``events.LaneObserver``); gauges that describe
+the present (queue depths) are read from the lanes at scrape.
 """
 
 from __future__ import annotations
@@ -21,13 +21,33 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .events import ExportEnded, LaneObserver
+
+# A lane whose last this-many exports all failed makes /healthz answer 503.
+FAILURES_BEFORE_UNHEALTHY = 5
+
 
 @dataclass
-class Health:
-    """What /healthz answers: healthy unless stopping or a lane keeps failing."""
+class Health(LaneObserver):
+    """What /healthz answers: healthy unless stopping, a token is rejected, or a lane
+    keeps failing."""
 
     stopping: bool = False
     problems: dict[str, str] = field(default_factory=dict)
+    _failures_in_a_row: dict[str, int] = field(default_factory=dict)
+
+    def export_ended(self, event: ExportEnded) -> None:
+        if event.ok:
+            self._failures_in_a_row.pop(event.lane, None)
+            self.problems.pop(event.lane, None)
+            return
+        count = self._failures_in_a_row.get(event.lane, 0) + 1
+        self._failures_in_a_row[event.lane] = count
+        if event.token_rejected:
+            # No retry can help: name the token at once, not after five failures.
+            self.problems[event.lane] = event.reason or "the token was rejected"
+        elif count >= FAILURES_BEFORE_UNHEALTHY:
+            self.problems[event.lane] = f"the last {count} exports failed; last: {event.reason}"
 
     def report(self) -> tuple[int, dict[str, Any]]:
         if self.stopping:
@@ -37,7 +57,7 @@ class Health:
         return 200, {"status": "ok"}
 
 
-class Metrics:
+class Metrics(LaneObserver):
     """Every metric acexport exports, on its own registry."""
 
     def __init__(self) -> None:
@@ -85,6 +105,17 @@ class Metrics:
             ["job"],
             registry=r,
         )
+
+    def export_ended(self, event: ExportEnded) -> None:
+        outcome = "done" if event.ok else "failed"
+        self.exports.labels(event.workspace, event.type, outcome).inc()
+        if event.ok:
+            self.payload_bytes.labels(event.workspace, event.type).inc(event.payload_bytes)
+            self.poll_requests.labels(event.workspace, event.type).inc(event.requests)
+            self.last_success.labels(event.job).set_to_current_time()
+
+    def answered(self, workspace: str, code: int) -> None:
+        self.responses.labels(workspace, str(code)).inc()
 
     def watch_lanes(self, lanes: Callable[[], Iterable[Any]]) -> None:
         self.registry.register(_LaneCollector(lanes))

@@ -28,6 +28,7 @@ from pydantic import SecretStr
 from .api import new_session
 from .config import JobSettings, Settings, load_settings, resolve_tokens
 from .errors import ConfigError, StateError
+from .events import Observers, Tally
 from .export import Timing
 from .lane import Lane, LaneContext
 from .listener import HealthServer
@@ -80,6 +81,7 @@ class Daemon:
         self.metrics = Metrics()
         self.metrics.watch_lanes(lambda: list(self._lanes.values()))
         self.health = Health()
+        self.tally = Tally()  # exports finished and failed since start
         self._notifier = SystemdNotifier()
         self.health_url: str | None = None
         self.fatal_error: BaseException | None = None
@@ -123,8 +125,7 @@ class Daemon:
             sink=sink,
             settings=lambda: self._settings,
             timing=lambda: Timing.from_settings(self._settings.http),
-            metrics=self.metrics,
-            health=self.health,
+            observer=Observers(self.metrics, self.health, self.tally),
             fatal=self.fail,
         )
         if daemon.listen:
@@ -204,8 +205,7 @@ class Daemon:
                 != self._tokens[workspace].get_secret_value()
             ):
                 log.info("lane_token_changed", lane=key)
-                self._lanes[key].token = self._tokens[workspace]
-                self._lanes[key].clear_auth_failure()
+                self._lanes[key].use_token(self._tokens[workspace])
 
     def _enqueue(self, records: list[ExportRecord]) -> int:
         added = 0
@@ -346,4 +346,4 @@ class Daemon:
         if not idle.done():
             idle.cancel()
             return False
-        return all(lane.failed == 0 for lane in self._lanes.values())
+        return self.tally.failed == 0

@@ -95,8 +95,8 @@ async def _show_progress(daemon: Daemon, total: int) -> None:
         return
     started = time.monotonic()
     while True:
-        done = sum(lane.succeeded for lane in daemon.lanes.values())
-        failed = sum(lane.failed for lane in daemon.lanes.values())
+        done = daemon.tally.succeeded
+        failed = daemon.tally.failed
         width = 30
         filled = int(width * (done + failed) / max(total, 1))
         sys.stderr.write(

@@ -40,8 +40,8 @@ async def run_daemon(
         handle_signals(daemon)
         if once:
             ok = await daemon.run_once()
-            failed = sum(lane.failed for lane in daemon.lanes.values())
-            done = sum(lane.succeeded for lane in daemon.lanes.values())
+            failed = daemon.tally.failed
+            done = daemon.tally.succeeded
             log.info("run_once_finished", exported=done, failed=failed)
             return ExitCode.OK if ok and daemon.fatal_error is None else ExitCode.FAILED
         await daemon.run_until_stopped()

@@ -1,0 +1,64 @@
+"""What lanes tell the rest of the daemon: events, and the observers that take them.
+
+A lane does its work and publishes what happened; metrics, health, a command's
+progress display (and, later, a status page) each observe. The lane never
+reaches into any of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ExportEnded:
+    """An export finished (``ok``) or failed, with why (``reason``, redacted)."""
+
+    lane: str
+    workspace: str
+    type: str
+    job: str
+    ok: bool
+    reason: str | None = None
+    token_rejected: bool = False  # the lane's token is bad: no retry can help
+    payload_bytes: int = 0
+    requests: int = 0
+
+
+class LaneObserver:
+    """Takes lanes' events; every method is optional and must not block."""
+
+    def export_ended(self, event: ExportEnded) -> None:
+        """An export finished or failed."""
+
+    def answered(self, workspace: str, code: int) -> None:
+        """AC (or a host it redirected to) answered with this HTTP status."""
+
+
+class Observers(LaneObserver):
+    """Several observers as one."""
+
+    def __init__(self, *observers: LaneObserver) -> None:
+        self._observers = observers
+
+    def export_ended(self, event: ExportEnded) -> None:
+        for observer in self._observers:
+            observer.export_ended(event)
+
+    def answered(self, workspace: str, code: int) -> None:
+        for observer in self._observers:
+            observer.answered(workspace, code)
+
+
+class Tally(LaneObserver):
+    """Exports finished and failed so far: what ``run --once`` and ``backfill`` report."""
+
+    def __init__(self) -> None:
+        self.succeeded = 0
+        self.failed = 0
+
+    def export_ended(self, event: ExportEnded) -> None:
+        if event.ok:
+            self.succeeded += 1
+        else:
+            self.failed += 1
