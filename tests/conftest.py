@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,19 @@ class _CompatClientResponse(ClientResponse):
 
 
 aioresponses.core.ClientResponse = _CompatClientResponse  # type: ignore[misc]
+
+
+class FakeClock:
+    """The emulator's time, moved by the test instead of waited for."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 @dataclass
@@ -74,13 +88,20 @@ EmulatorFactory = Callable[..., Awaitable[RunningEmulator]]
 
 
 @pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session for the test, closed after it."""
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+@pytest.fixture
 async def emulator() -> AsyncIterator[EmulatorFactory]:
     """Start emulators with the given settings; each is stopped after the test.
 
     Keyword arguments: ``tokens`` (workspace -> token), ``gzip``, ``redirect``,
-    ``ranges``, ``auth_failure``, ``faults`` (a FaultSettings) and any QueueSettings
-    field. With none, it answers as the real service does (ZIP, chunked, 500 on a bad
-    token), with no processing time.
+    ``ranges``, ``auth_failure``, ``faults`` (a FaultSettings), ``clock`` (a FakeClock
+    to drive time) and any QueueSettings field. With none, it answers as the real
+    service does (ZIP, chunked, 500 on a bad token), with no processing time.
     """
     runners: list[web.AppRunner] = []
     server_errors = _ErrorRecords()
@@ -93,6 +114,7 @@ async def emulator() -> AsyncIterator[EmulatorFactory]:
         ranges: bool = False,
         auth_failure: int = 500,
         faults: FaultSettings | None = None,
+        clock: Callable[[], float] = time.time,
         **queue: Any,
     ) -> RunningEmulator:
         tokens = tokens or {"acme": "acme-token"}
@@ -106,7 +128,7 @@ async def emulator() -> AsyncIterator[EmulatorFactory]:
             ranges=ranges,
             auth_failure=auth_failure,
         )
-        app = make_app(settings)
+        app = make_app(settings, clock)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -221,7 +221,8 @@ BAD_ANSWERS = {
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    # A large read buffer: aioresponses feeds a body in one go and cannot pause.
+    """conftest's session, with a large read buffer: aioresponses feeds a body in one go
+    and cannot pause."""
     async with aiohttp.ClientSession(read_bufsize=4 * 1024 * 1024) as s:
         yield s
 

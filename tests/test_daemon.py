@@ -11,6 +11,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from acexport.emulator import FaultSettings
 from tests.conftest import EmulatorFactory
 from tests.daemon_helpers import (
@@ -62,6 +64,7 @@ async def test_run_once_exports_every_window_once_and_reports_a_bad_token(
     assert len(manifests(tmp_path / "exports")) == 84
 
 
+@pytest.mark.slow
 async def test_lane_submits_the_next_export_as_soon_as_data_is_ready(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:

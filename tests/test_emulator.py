@@ -9,7 +9,6 @@ import io
 import json
 import time
 import zipfile
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,15 +17,9 @@ import pytest
 
 from acexport.emulator import FaultSettings
 from acexport.emulator.data import RECORD_TYPES
-from tests.conftest import EmulatorFactory, RunningEmulator
+from tests.conftest import EmulatorFactory, FakeClock, RunningEmulator
 
 DAY = {"fromDate": "2022-01-01T00:00:00.000Z", "toDate": "2022-01-01T23:59:59.999Z"}
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def ask(
@@ -124,9 +117,10 @@ async def test_error_rate_answers_error_once_then_starts_a_new_export(
     emulator: EmulatorFactory, session: aiohttp.ClientSession
 ) -> None:
     """A failed export answers ERROR (HTTP 200) once; the next request is a new PENDING export."""
-    emu = await emulator(processing_s=0.05, faults=FaultSettings(error_rate=1.0))
+    clock = FakeClock()
+    emu = await emulator(processing_s=60, faults=FaultSettings(error_rate=1.0), clock=clock)
     await ask(session, emu)
-    await asyncio.sleep(0.1)
+    clock.advance(61)
     status, _, body = await ask(session, emu)
     failed = json.loads(body)
     assert status == 200
@@ -137,6 +131,7 @@ async def test_error_rate_answers_error_once_then_starts_a_new_export(
     assert retried["status"] == "PENDING"
     assert "last data export file" in retried["message"]
     assert retried["createdDate"] > failed["createdDate"]
+    clock.advance(61)
     data = await wait_ready(session, emu, "page")
     assert len(data.splitlines()) == 100
     report = await emu.jobs()
@@ -173,12 +168,15 @@ async def test_one_job_processed_at_a_time_per_workspace(
     emulator: EmulatorFactory, session: aiohttp.ClientSession
 ) -> None:
     """A second export stays PENDING while the first is processed, FIFO."""
-    emu = await emulator(processing_s=0.4)
+    clock = FakeClock()
+    emu = await emulator(processing_s=60, clock=clock)
     await ask(session, emu, "page")
-    await asyncio.sleep(0.05)
+    clock.advance(30)
     assert json.loads((await ask(session, emu, "event"))[2])["status"] == "PENDING"
+    clock.advance(31)
     await wait_ready(session, emu, "page")
     assert json.loads((await ask(session, emu, "event"))[2])["status"] == "RUNNING"
+    clock.advance(61)
     await wait_ready(session, emu, "event")
     report = await emu.jobs()
     page, event = report["jobs"]
@@ -190,11 +188,13 @@ async def test_workspaces_are_processed_independently(
     emulator: EmulatorFactory, session: aiohttp.ClientSession
 ) -> None:
     """Another workspace's job is not queued behind this workspace's job."""
-    emu = await emulator(tokens={"acme": "acme-token", "other": "other-token"}, processing_s=0.3)
+    clock = FakeClock()
+    tokens = {"acme": "acme-token", "other": "other-token"}
+    emu = await emulator(tokens=tokens, processing_s=60, clock=clock)
     await ask(session, emu, "page")
     body = json.loads((await ask(session, emu, "page", token="other-token"))[2])
     assert body["status"] == "PENDING"
-    await asyncio.sleep(0.05)
+    clock.advance(1)
     body = json.loads((await ask(session, emu, "page", token="other-token"))[2])
     assert body["status"] == "RUNNING"
 
@@ -203,10 +203,12 @@ async def test_expired_data_starts_a_new_job(
     emulator: EmulatorFactory, session: aiohttp.ClientSession
 ) -> None:
     """After the download window the same request is PENDING again, with a new createdDate."""
-    emu = await emulator(processing_s=0.1, expiry_s=0.3)
+    clock = FakeClock()
+    emu = await emulator(processing_s=60, expiry_s=86400, clock=clock)
     first = json.loads((await ask(session, emu))[2])
+    clock.advance(61)
     await wait_ready(session, emu, "page")
-    await asyncio.sleep(0.35)
+    clock.advance(86400)
     again = json.loads((await ask(session, emu))[2])
     assert again["status"] == "PENDING"
     assert again["createdDate"] > first["createdDate"]

@@ -6,7 +6,6 @@ import asyncio
 import gzip
 import io
 import json
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,12 +31,6 @@ from tests.conftest import EmulatorFactory, RunningEmulator
 
 WINDOW = ExportWindow(datetime(2022, 1, 1, tzinfo=UTC), datetime(2022, 1, 2, tzinfo=UTC))
 FAST = Timing(poll=Backoff(0.02, 0.1), retry=Backoff(0.01, 0.05), max_attempts=40)
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 @pytest.fixture(autouse=True)

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_quick_soak_loses_duplicates_corrupts_and_leaks_nothing() -> None:
     """`bench/soak.py --quick` ends with every window exactly once and no token in any log."""
     result = subprocess.run(

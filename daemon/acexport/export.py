@@ -144,22 +144,10 @@ async def run_export(
                 if _data_may_have_expired(state, timing):
                     await observer.may_resubmit()
                 try:
-                    async with client.request(
-                        spec.type, spec.window, range_start=state.offset
-                    ) as answer:
-                        if isinstance(answer, ExportStatus):
-                            delay = await _on_status(answer, state, sink, timing, polls)
-                            await observer.status(answer, delay)
-                        else:
-                            manifest_path, manifest = await _download(
-                                spec, answer, state, sink, observer
-                            )
-                            return ExportOutcome(
-                                manifest=manifest,
-                                manifest_path=manifest_path,
-                                requests=state.requests,
-                                expired_resubmits=state.expired,
-                            )
+                    outcome = await _ask(spec, client, sink, timing, observer, state, polls)
+                    if isinstance(outcome, ExportOutcome):
+                        return outcome
+                    delay = outcome
                 except RateLimited as exc:
                     delay = _count_failure(exc, state, timing, exc.retry_after_s)
                 except TransientError as exc:
@@ -173,6 +161,30 @@ async def run_export(
             if state.writer is not None:
                 # Shielded: a cancelled export must still leave no temp file behind.
                 await asyncio.shield(sink.discard(state.writer))
+
+
+async def _ask(
+    spec: ExportSpec,
+    client: ExportClient,
+    sink: Sink,
+    timing: Timing,
+    observer: ExportObserver,
+    state: _Attempt,
+    polls: PollPlan,
+) -> ExportOutcome | float:
+    """One request: the finished export, or how long to wait before the next."""
+    async with client.request(spec.type, spec.window, range_start=state.offset) as answer:
+        if isinstance(answer, ExportStatus):
+            delay = await _on_status(answer, state, sink, timing, polls)
+            await observer.status(answer, delay)
+            return delay
+        manifest_path, manifest = await _download(spec, answer, state, sink, observer)
+        return ExportOutcome(
+            manifest=manifest,
+            manifest_path=manifest_path,
+            requests=state.requests,
+            expired_resubmits=state.expired,
+        )
 
 
 def _data_may_have_expired(state: _Attempt, timing: Timing) -> bool:

@@ -61,6 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=TOKEN",
         help="a workspace and its access token (repeatable); default demo=secret",
     )
+    _add_processing_arguments(parser)
+    _add_fault_arguments(parser)
+
+
+def _add_processing_arguments(parser: argparse.ArgumentParser) -> None:
     queue = parser.add_argument_group("processing")
     queue.add_argument("--processing-time", type=seconds, default=5.0, metavar="DURATION")
     queue.add_argument(
@@ -99,6 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     extras.add_argument("--redirect", action="store_true", help="302 to a signed storage URL")
     queue.add_argument("--seed", type=int, default=0)
     queue.add_argument("--storage-dir", type=Path, help="where payloads are rendered (temp dir)")
+
+
+def _add_fault_arguments(parser: argparse.ArgumentParser) -> None:
     faults = parser.add_argument_group("fault injection (rates are probabilities per request)")
     faults.add_argument(
         "--error-rate", type=rate, default=0.0, help="exports that fail at AC (status ERROR)"

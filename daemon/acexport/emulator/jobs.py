@@ -146,9 +146,10 @@ class Workspace:
             if job.started_at is None:
                 job.started_at = max(job.created_at, previous_ready)
             done_processing = job.started_at + job.processing_s
-            if now < done_processing or job.rendered_at is None:
+            if now < done_processing or (job.rendered_at is None and not job.fails):
                 return  # this job holds the workspace's single slot
-            job.ready_at = max(done_processing, job.rendered_at)
+            # A failed export ends when its processing does; data needs its file too.
+            job.ready_at = max(done_processing, job.rendered_at or 0.0)
             previous_ready = job.ready_at
 
     def latest(self, type_: str, from_ms: int, to_ms: int) -> Job | None:
