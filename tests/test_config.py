@@ -10,11 +10,11 @@ import pytest
 from acexport.config import (
     load_settings,
     parse_duration,
-    render_path,
     resolve_tokens,
     token_warnings,
 )
 from acexport.errors import ConfigError
+from acexport.output import render_path
 
 WORKSPACE = """
 [workspaces.acme]

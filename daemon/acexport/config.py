@@ -11,11 +11,10 @@ import ipaddress
 import os
 import re
 import stat
-import string
 import tomllib
 from contextvars import ContextVar
-from datetime import UTC, datetime, timedelta
-from pathlib import Path, PurePosixPath
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -41,15 +40,15 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
+from .output import OutputLayout, check_path_template, name_too_long
 from .payload import PayloadLimits
 from .protocol import ExportType
 from .triggers import Trigger, parse_schedule
-from .windows import ExportWindow, check_window_length
+from .windows import check_window_length
 
 DEFAULT_CONFIG_PATHS = (Path("acexport.toml"), Path("/etc/acexport/config.toml"))
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_PATH_FIELDS = {"workspace", "type", "job", "from", "to"}
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -151,6 +150,7 @@ class HttpSettings(_Section):
     download_window: Duration = timedelta(hours=24)
 
     def payload_limits(self) -> PayloadLimits:
+        """The caps on one payload, for the sink."""
         return PayloadLimits(int(self.max_payload), self.max_inflate_ratio)
 
     @model_validator(mode="after")
@@ -162,73 +162,6 @@ class HttpSettings(_Section):
         if self.retry_max < self.retry_initial:
             raise ValueError("retry_max must not be smaller than retry_initial")
         return self
-
-
-def check_path_template(template: str) -> str:
-    """Placeholders are known, and no rendering can leave the output directory."""
-    if "\x00" in template:
-        raise ValueError("the template contains a NUL character")
-    try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError as exc:
-        raise ValueError(f"malformed template {template!r}: {exc}") from None
-    unknown = {name for name in fields if name not in _PATH_FIELDS}
-    if unknown:
-        raise ValueError(f"unknown placeholder(s) {sorted(unknown)}; use {sorted(_PATH_FIELDS)}")
-    sample = datetime(2022, 1, 1, tzinfo=UTC)
-    try:
-        rendered = render_path(template, "ws", "page", "job", sample, sample)
-    except (ValueError, KeyError, IndexError, AttributeError) as exc:
-        raise ValueError(f"template {template!r} does not render: {exc}") from None
-    if not rendered.parts:
-        raise ValueError("template renders to an empty path")
-    return template
-
-
-def render_path(
-    template: str, workspace: str, type_: str, job: str, start: datetime, end: datetime
-) -> PurePosixPath:
-    """The relative path of a data file; raises ValueError if it would escape."""
-    text = template.format(workspace=workspace, type=type_, job=job, **{"from": start, "to": end})
-    path = PurePosixPath(text)
-    if path.is_absolute() or ".." in path.parts or text.endswith("/"):
-        raise ValueError(f"path {text!r} must be relative, without '..', naming a file")
-    return path
-
-
-_NAME_MAX = 255  # bytes in one path component on Linux file systems
-
-
-def _check_name_lengths(template: str, job: JobSettings, where: str) -> None:
-    """Every rendered file name (with ``.gz.manifest.json``) fits the file system."""
-    sample = datetime(2022, 12, 31, 23, 59, tzinfo=UTC)
-    for type_ in job.types:
-        path = render_path(template, job.workspace, type_, job.name, sample, sample)
-        parts = [*path.parts[:-1], path.name + ".gz.manifest.json"]
-        longest = max(parts, key=lambda part: len(part.encode()))
-        if len(longest.encode()) > _NAME_MAX:
-            raise ValueError(
-                f"{where}: output.path renders a name of {len(longest.encode())} bytes "
-                f"({longest[:40]}...), longer than the file system's {_NAME_MAX}"
-            )
-
-
-def output_file(
-    settings: Settings,
-    workspace: str,
-    type_: str,
-    job: str,
-    window: ExportWindow,
-    compression: str,
-) -> Path:
-    """Where a window's data file goes: output_dir / path template (+ ".gz")."""
-    relative = render_path(
-        settings.output.path, workspace, type_, job, window.local_start, window.local_end
-    )
-    path = (settings.daemon.output_dir / relative).absolute()
-    if compression == "gzip" and path.suffix != ".gz":
-        path = path.with_name(path.name + ".gz")
-    return path
 
 
 class OutputSettings(_Section):
@@ -369,6 +302,12 @@ class Settings(BaseSettings):
     workspaces: dict[str, WorkspaceSettings] = {}
     jobs: list[JobSettings] = []
 
+    def layout(self) -> OutputLayout:
+        """Where data files go: output_dir, output.path and the compression suffix."""
+        return OutputLayout(
+            self.daemon.output_dir.absolute(), self.output.path, self.output.compression
+        )
+
     @model_validator(mode="after")
     def _jobs_fit(self) -> Settings:
         seen: set[str] = set()
@@ -382,7 +321,10 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"{where}.workspace: unknown workspace {job.workspace!r} (known: {known})"
                 )
-            _check_name_lengths(self.output.path, job, where)
+            for type_ in job.types:
+                problem = name_too_long(self.output.path, job.workspace, type_, job.name)
+                if problem:
+                    raise ValueError(f"{where}: output.path {problem}")
         return self
 
     @field_validator("workspaces")

@@ -22,7 +22,7 @@ import structlog
 from pydantic import SecretStr
 
 from .api import ExportClient, ExportStatus, TokenTrust
-from .config import Settings, output_file
+from .config import Settings
 from .errors import AcexportError, AuthError, StateError
 from .events import ExportEnded, LaneObserver
 from .export import ExportObserver, ExportOutcome, ExportSpec, Timing, run_export
@@ -205,11 +205,9 @@ class Lane:
             await self._failed(record, "the workspace is no longer configured")
             return
         window = record.window(ws.zone)
-        destination = output_file(
-            settings, record.workspace, record.type, record.job, window, settings.output.compression
-        )
-        root = settings.daemon.output_dir.absolute()
-        spec = ExportSpec(record.workspace, record.type, window, destination, root)
+        layout = settings.layout()
+        destination = layout.path_for(record.workspace, record.type, record.job, window)
+        spec = ExportSpec(record.workspace, record.type, window, destination, layout.root)
         if not self._still_downloadable(record):
             await store.mark_submitted(record.id)
         try:

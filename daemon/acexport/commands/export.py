@@ -27,7 +27,6 @@ from ..config import (
     WorkspaceSettings,
     find_config,
     load_settings,
-    output_file,
     resolve_tokens,
     token_warnings,
     zone_named,
@@ -139,8 +138,9 @@ def _destination(
         raise UsageError("--output is required without a config file")
     else:
         compression = args.compression or settings.output.compression
-        destination = output_file(settings, workspace, args.type, "export", window, compression)
-        root = settings.daemon.output_dir.absolute()
+        layout = settings.layout()
+        destination = layout.path_for(workspace, args.type, "export", window, compression)
+        root = layout.root
     return ExportSpec(workspace, args.type, window, destination, root), compression
 
 
