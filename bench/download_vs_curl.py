@@ -30,7 +30,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from acexport.emulator.process import running_emulator
+from acexport.emulator.process import EmulatorClient, running_emulator
 
 TOKEN = "bench-token"
 DAY = ("2022-01-01", "fromDate=2022-01-01T00:00:00.000Z&toDate=2022-01-01T23:59:59.999Z")
@@ -108,8 +108,7 @@ def compare(base: str, work: Path, rounds: int, gzip: bool, zipped: bool) -> int
             if not response.read(64).startswith(b'{"fromDate"'):
                 break
         time.sleep(0.5)
-    with urllib.request.urlopen(f"{base}/_emulator/jobs") as response:
-        job = json.load(response)["jobs"][0]
+    job = EmulatorClient(base).jobs()[0]
     env = {**os.environ, "BENCH_TOKEN": TOKEN}
     suffix = ".jsonl.gz" if gzip else ".jsonl"
     ours_cmd = [

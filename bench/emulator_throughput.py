@@ -10,7 +10,6 @@ i.e. what curl itself can swallow. Target: at least 300 MB/s from the emulator.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -20,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from acexport.emulator.process import running_emulator
+from acexport.emulator.process import EmulatorClient, running_emulator
 
 TOKEN = "bench-token"
 WINDOW = "fromDate=2022-01-01T00:00:00.000Z&toDate=2022-01-01T23:59:59.999Z"
@@ -86,8 +85,7 @@ def measure(base: str, type_: str, storage: Path, rounds: int) -> float:
     """Median MB/s curl gets from the emulator for one ready export; prints the row."""
     url = f"{base}/api/reports/export/{type_}?{WINDOW}"
     wait_ready(url)
-    with urllib.request.urlopen(f"{base}/_emulator/jobs") as response:
-        job = next(j for j in json.load(response)["jobs"] if j["type"] == type_)
+    job = next(j for j in EmulatorClient(base).jobs() if j["type"] == type_)
     served, local = [], []
     for _ in range(rounds):
         size, seconds = curl(url, f"Authorization: Bearer {TOKEN}")

@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from acexport.api import ExportClient, new_session
-from acexport.emulator.process import running_emulator
+from acexport.emulator.process import EmulatorClient, running_emulator
 from acexport.export import ExportSpec, Timing, run_export
 from acexport.observability import configure_logging
 from acexport.polling import Backoff
@@ -40,9 +38,7 @@ PAGE_RECORD_BYTES = 342  # the emulator's page (visit) records, on average
 
 
 def jobs(base: str) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(f"{base}/_emulator/jobs") as response:
-        result: list[dict[str, Any]] = json.load(response)["jobs"]
-    return result
+    return EmulatorClient(base).jobs()
 
 
 def ours(base: str, work: Path, exports: int) -> float:

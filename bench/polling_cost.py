@@ -16,27 +16,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from acexport.emulator.process import running_emulator
+from acexport.emulator.process import EmulatorClient, running_emulator
 
 REAL_SECONDS = (10.0, 60.0, 600.0)
 BASELINE_POLL_S = 5.0
 
 
 def jobs(base: str) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(f"{base}/_emulator/jobs") as response:
-        result: list[dict[str, Any]] = json.load(response)["jobs"]
-    return result
+    return EmulatorClient(base).jobs()
 
 
 def figures(job: dict[str, Any]) -> tuple[int, float, float]:

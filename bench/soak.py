@@ -29,30 +29,21 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from acexport.emulator.process import running_emulator
+from acexport.emulator.process import EmulatorClient, running_emulator
 
 TYPES = ("event", "identity", "individual", "membership", "page", "segment")
 
 
 def control(base: str, path: str, body: dict[str, Any]) -> None:
-    request = urllib.request.Request(
-        f"{base}/_emulator/{path}",
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(request, timeout=10).close()
+    EmulatorClient(base).control(path, body)
 
 
 def jobs_report(base: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{base}/_emulator/jobs", timeout=30) as response:
-        report: dict[str, Any] = json.load(response)
-    return report
+    return EmulatorClient(base).report()
 
 
 def write_config(work: Path, base: str, tokens: dict[str, str]) -> Path:

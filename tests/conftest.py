@@ -16,6 +16,7 @@ import pytest
 from aiohttp import ClientResponse, web
 
 from acexport.emulator import EmulatorSettings, FaultSettings, QueueSettings, make_app
+from acexport.emulator.process import EmulatorClient
 
 
 class _CompatClientResponse(ClientResponse):
@@ -57,13 +58,8 @@ class RunningEmulator:
         return f"{self.url}/api/reports/export/{type_}"
 
     async def jobs(self) -> dict[str, Any]:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"{self.url}/_emulator/jobs") as response,
-        ):
-            response.raise_for_status()
-            body: dict[str, Any] = await response.json()
-            return body
+        """The emulator's report (``/_emulator/jobs``), through the shared client."""
+        return await asyncio.to_thread(EmulatorClient(self.url).report)
 
     async def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20
@@ -77,11 +73,7 @@ class RunningEmulator:
                 await asyncio.sleep(0.05)
 
     async def control(self, path: str, body: dict[str, Any]) -> None:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(f"{self.url}/_emulator/{path}", json=body) as response,
-        ):
-            response.raise_for_status()
+        await asyncio.to_thread(EmulatorClient(self.url).control, path, body)
 
 
 EmulatorFactory = Callable[..., Awaitable[RunningEmulator]]
