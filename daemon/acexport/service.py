@@ -108,8 +108,7 @@ class Daemon:
         """Start each component in order; each registers its own cleanup on the stack."""
         daemon, stack = self._settings.daemon, self._stack
         stack.callback(take_lock(daemon.state_dir).close)
-        self._store = await StateStore.open(ledger_path(daemon.state_dir))
-        stack.push_async_callback(self._store.close)
+        self._store = await StateStore.start(ledger_path(daemon.state_dir), stack)
         sink = Sink(
             daemon.state_dir / "tmp",
             self._settings.output.compression,

@@ -19,6 +19,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -182,6 +183,13 @@ class StateStore:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
         self.path = path
+
+    @classmethod
+    async def start(cls, path: Path, stack: AsyncExitStack) -> StateStore:
+        """Open the ledger for the daemon; it is closed when ``stack`` closes."""
+        store = await cls.open(path)
+        stack.push_async_callback(store.close)
+        return store
 
     @classmethod
     async def open(cls, path: Path, *, readonly: bool = False) -> StateStore:
