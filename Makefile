@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+RUNTIME := $(VENV)/.runtime
 
 .PHONY: test lint format demo bench clean
 
@@ -11,6 +12,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
+
+# The demo needs only the daemon's own dependencies, no test or lint tools.
+$(RUNTIME): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $(RUNTIME)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -24,7 +32,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix daemon tests bench
 	$(VENV)/bin/ruff format daemon tests bench
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(VENV)/bin/acexport demo --config config/demo.toml
 
 bench: $(STAMP)
