@@ -177,7 +177,7 @@ def test_inline_token_in_a_readable_file_is_warned_about(tmp_path: Path) -> None
 
 
 def test_default_path_template_is_hive_partitioned() -> None:
-    """The default layout puts a window under workspace/type/date=YYYY-MM-DD/."""
+    """The default layout is fully hive-partitioned: workspace=/type=/date=YYYY-MM-DD/."""
     from datetime import datetime
     from zoneinfo import ZoneInfo
 
@@ -187,4 +187,6 @@ def test_default_path_template_is_hive_partitioned() -> None:
     start = datetime(2022, 3, 27, tzinfo=berlin)
     end = datetime(2022, 3, 28, tzinfo=berlin)
     path = render_path(OutputSettings().path, "acme", "page", "nightly", start, end)
-    assert str(path) == "acme/page/date=2022-03-27/page_20220327T0000_20220328T0000.jsonl"
+    assert str(path) == (
+        "workspace=acme/type=page/date=2022-03-27/page_20220327T0000_20220328T0000.jsonl"
+    )

@@ -88,7 +88,11 @@ async def test_export_into_the_configured_layout(emulator: EmulatorFactory, tmp_
         "2022-03-27",
     )
     assert code == 0, stderr
-    data = tmp_path / "exports/acme/page/date=2022-03-27/page_20220327T0000_20220328T0000.jsonl.gz"
+    data = (
+        tmp_path
+        / "exports/workspace=acme/type=page/date=2022-03-27"
+        / "page_20220327T0000_20220328T0000.jsonl.gz"
+    )
     manifest = json.loads(Path(str(data) + ".manifest.json").read_text())
     assert stdout.decode().strip() == str(data) + ".manifest.json"
     assert manifest["fromDate"] == "2022-03-26T23:00:00.000Z"  # Berlin midnight, in UTC

@@ -1,0 +1,59 @@
+"""The README's DuckDB queries, run against what `run --once` really wrote."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tests.conftest import EmulatorFactory
+from tests.daemon_helpers import DaemonProcess, job, manifests, write_config
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_queries() -> list[str]:
+    """Every indented SQL block of the README that reads the exports."""
+    blocks = re.findall(r"(?:\n {4}[^\n]*)+", README.read_text())
+    queries = [
+        "\n".join(line[4:] for line in block.strip("\n").splitlines())
+        for block in blocks
+        if "read_json(" in block
+    ]
+    return [query.strip().rstrip(";") for query in queries]
+
+
+def test_the_readme_has_queries() -> None:
+    """The README shows at least the two queries this module runs."""
+    assert len(readme_queries()) >= 2
+
+
+async def test_readme_queries_read_the_hive_layout(
+    emulator: EmulatorFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each README query runs on real output, and its counts match the manifests."""
+    tokens = {"acme": "acme-token", "beta": "beta-token"}
+    emu = await emulator(tokens=tokens, records=25)
+    jobs = job("a", "acme", types=["page", "event"], catch_up="2d", lag="0s") + job(
+        "b", "beta", types=["page"], catch_up="1d", lag="0s"
+    )
+    daemon = await DaemonProcess.start(write_config(tmp_path, emu, jobs), "--once")
+    assert await daemon.wait(60) == 0
+    written = manifests(tmp_path / "exports")
+    monkeypatch.chdir(tmp_path)  # the queries read exports/ relative to where they run
+    by_type_and_date, per_workspace = (duckdb.sql(query).fetchall() for query in readme_queries())
+    expected: Counter[tuple[str, str]] = Counter()
+    for manifest in written:
+        path = next((tmp_path / "exports").rglob(manifest["file"]))
+        expected[(manifest["type"], path.parent.name.removeprefix("date="))] += manifest["records"]
+    got = {(row[0], str(row[1])): row[2] for row in by_type_and_date}
+    assert got == dict(expected)
+    visits = {row[0]: row[1] for row in per_workspace}
+    pages = [m for m in written if m["type"] == "page"]
+    assert visits == {
+        ws: sum(m["records"] for m in pages if m["workspace"] == ws) for ws in ("acme", "beta")
+    }
+    assert all(row[2] >= 1 for row in per_workspace)
