@@ -166,7 +166,8 @@ class HttpSettings(_Section):
 
 class OutputSettings(_Section):
     path: str = (
-        "workspace={workspace}/type={type}/date={from:%Y-%m-%d}/{type}_{from:%Y%m%dT%H%M}_{to:%Y%m%dT%H%M}.jsonl"
+        "workspace={workspace}/type={type}/date={from:%Y-%m-%d}/"
+        "{type}_{from:%Y%m%dT%H%M}_{to:%Y%m%dT%H%M}.jsonl"
     )
     compression: Literal["none", "gzip"] = "gzip"
 
