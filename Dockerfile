@@ -21,11 +21,11 @@ RUN useradd --system --uid 10001 --no-create-home --home-dir /var/lib/acexport a
     && chown -R acexport /var/lib/acexport
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
+# Image defaults sit beneath the mounted config: a value in the file always wins
+# (environment variables would beat it, so the image sets none of the settings).
+COPY config/container-defaults.toml /usr/local/share/acexport/defaults.toml
 ENV ACEXPORT_CONFIG=/etc/acexport/config.toml \
-    ACEXPORT_DAEMON__STATE_DIR=/var/lib/acexport \
-    ACEXPORT_DAEMON__OUTPUT_DIR=/var/lib/acexport/exports \
-    ACEXPORT_DAEMON__LOG_FORMAT=json \
-    ACEXPORT_DAEMON__LISTEN=127.0.0.1:9464 \
+    ACEXPORT_DEFAULTS=/usr/local/share/acexport/defaults.toml \
     PYTHONUNBUFFERED=1
 USER 10001
 WORKDIR /var/lib/acexport

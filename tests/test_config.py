@@ -190,3 +190,34 @@ def test_default_path_template_is_hive_partitioned() -> None:
     assert str(path) == (
         "workspace=acme/type=page/date=2022-03-27/page_20220327T0000_20220328T0000.jsonl"
     )
+
+
+def test_image_defaults_sit_beneath_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Precedence: -e variables > the config file > $ACEXPORT_DEFAULTS > built-in defaults."""
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.setenv("ACEXPORT_DEFAULTS", str(root / "config" / "container-defaults.toml"))
+    silent = write(tmp_path, "[output]\ncompression = \"none\"\n")
+    settings = load_settings(silent)
+    assert settings.daemon.listen == "0.0.0.0:9464"  # the image's default
+    assert settings.daemon.state_dir == Path("/var/lib/acexport")
+    assert settings.output.compression == "none"
+    speaking = write(tmp_path, '[daemon]\nlisten = "0.0.0.0:9999"\nlog_level = "debug"\n')
+    settings = load_settings(speaking)
+    assert settings.daemon.listen == "0.0.0.0:9999"  # the file wins
+    assert settings.daemon.log_format == "json"  # the image's, where the file is silent
+    monkeypatch.setenv("ACEXPORT_DAEMON__LISTEN", "127.0.0.1:1234")
+    assert load_settings(speaking).daemon.listen == "127.0.0.1:1234"  # -e wins
+
+
+def test_a_broken_defaults_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A defaults file that is not TOML, or sets a bad value, is a ConfigError naming it."""
+    defaults = tmp_path / "defaults.toml"
+    defaults.write_text("[daemon\n")
+    monkeypatch.setenv("ACEXPORT_DEFAULTS", str(defaults))
+    with pytest.raises(ConfigError, match=f"{defaults}: not valid TOML"):
+        load_settings(write(tmp_path, ""))
+    defaults.write_text('[daemon]\nlisten = "nowhere"\n')
+    with pytest.raises(ConfigError, match=r"defaults\.toml.*daemon\.listen"):
+        load_settings(write(tmp_path, ""))

@@ -380,22 +380,49 @@ def _describe(error: ErrorDetails, data: dict[str, Any]) -> str:
     return f"{location}: {message}"
 
 
+# Not settings: where the config is, and where defaults beneath it are (a container's).
+_LOCATION_VARIABLES = {"ACEXPORT_CONFIG", "ACEXPORT_DEFAULTS"}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _beneath(defaults: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with ``defaults`` filling in what it leaves out, table by table."""
+    merged = dict(defaults)
+    for key, value in data.items():
+        below = merged.get(key)
+        if isinstance(value, dict) and isinstance(below, dict):
+            merged[key] = _beneath(below, value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_settings(path: Path | None) -> Settings:
-    """Read, merge with the environment and validate; raises ConfigError."""
+    """Read, merge with the environment and validate; raises ConfigError.
+
+    Precedence, highest first: ``ACEXPORT_*`` environment variables, the config
+    file, the defaults file named by ``$ACEXPORT_DEFAULTS`` (a container image's),
+    the built-in defaults.
+    """
     source = str(path) if path else "environment"
-    if any(name.startswith("ACEXPORT_") and name != "ACEXPORT_CONFIG" for name in os.environ):
+    if any(name.startswith("ACEXPORT_") and name not in _LOCATION_VARIABLES for name in os.environ):
         source += " (with ACEXPORT_* environment overrides)"
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with path.open("rb") as handle:
-                data = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file") from None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = _read_toml(path) if path is not None else {}
+    defaults_path = os.environ.get("ACEXPORT_DEFAULTS")
+    if defaults_path:
+        data = _beneath(_read_toml(Path(defaults_path)), data)
+        source += f" (over the defaults in {defaults_path})"
     token = _FILE_DATA.set(data)
     try:
         settings = Settings()
