@@ -198,7 +198,7 @@ def test_image_defaults_sit_beneath_the_config_file(
     """Precedence: -e variables > the config file > $ACEXPORT_DEFAULTS > built-in defaults."""
     root = Path(__file__).resolve().parent.parent
     monkeypatch.setenv("ACEXPORT_DEFAULTS", str(root / "config" / "container-defaults.toml"))
-    silent = write(tmp_path, "[output]\ncompression = \"none\"\n")
+    silent = write(tmp_path, '[output]\ncompression = "none"\n')
     settings = load_settings(silent)
     assert settings.daemon.listen == "0.0.0.0:9464"  # the image's default
     assert settings.daemon.state_dir == Path("/var/lib/acexport")
