@@ -23,6 +23,8 @@ class ExportEnded:
     token_rejected: bool = False  # the lane's token is bad: no retry can help
     payload_bytes: int = 0
     requests: int = 0
+    processing_s: float | None = None  # AC's time from submission to ready data
+    download_s: float | None = None  # from ready data to the committed file
 
 
 class LaneObserver:

@@ -83,6 +83,8 @@ class ExportOutcome:
     manifest_path: Path
     requests: int
     expired_resubmits: int
+    processing_s: float | None = None  # submitted to ready, seen here (None if resumed ready)
+    download_s: float | None = None  # ready to committed
 
 
 class ExportObserver:
@@ -179,11 +181,15 @@ async def _ask(
             await observer.status(answer, delay)
             return delay
         manifest_path, manifest = await _download(spec, answer, state, sink, observer)
+        done = time.monotonic()
+        submitted, ready = state.submitted_at, state.ready_at
         return ExportOutcome(
             manifest=manifest,
             manifest_path=manifest_path,
             requests=state.requests,
             expired_resubmits=state.expired,
+            processing_s=None if submitted is None or ready is None else ready - submitted,
+            download_s=None if ready is None else done - ready,
         )
 
 

@@ -263,7 +263,12 @@ class Lane:
             )
         )
         self._publish(
-            record, ok=True, payload_bytes=manifest.payload_bytes, requests=outcome.requests
+            record,
+            ok=True,
+            payload_bytes=manifest.payload_bytes,
+            requests=outcome.requests,
+            processing_s=outcome.processing_s,
+            download_s=outcome.download_s,
         )
 
     async def _failed(

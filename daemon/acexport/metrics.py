@@ -15,12 +15,15 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
+    Info,
     disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import __version__
 from .events import ExportEnded, LaneObserver
 
 # A lane whose last this-many exports all failed makes /healthz answer 503.
@@ -94,6 +97,24 @@ class Metrics(LaneObserver):
             ["job"],
             registry=r,
         )
+        # Buckets from seconds to a day: AC takes seconds to hours, downloads seconds to
+        # minutes. Labels stay bounded (workspaces x six types; no window, no file).
+        spans = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
+        self.processing = Histogram(
+            "acexport_ac_processing_seconds",
+            "AC's time from submission to ready data, per export.",
+            ["workspace", "type"],
+            buckets=spans,
+            registry=r,
+        )
+        self.download = Histogram(
+            "acexport_download_seconds",
+            "Time from ready data to the committed file, per export.",
+            ["workspace", "type"],
+            buckets=spans,
+            registry=r,
+        )
+        Info("acexport_build", "The running acexport.", registry=r).info({"version": __version__})
         self.loop_lag_max = Gauge(
             "acexport_event_loop_lag_max_seconds",
             "The longest the event loop was late to wake a timer, since start.",
@@ -113,6 +134,10 @@ class Metrics(LaneObserver):
             self.payload_bytes.labels(event.workspace, event.type).inc(event.payload_bytes)
             self.poll_requests.labels(event.workspace, event.type).inc(event.requests)
             self.last_success.labels(event.job).set_to_current_time()
+            if event.processing_s is not None:
+                self.processing.labels(event.workspace, event.type).observe(event.processing_s)
+            if event.download_s is not None:
+                self.download.labels(event.workspace, event.type).observe(event.download_s)
 
     def answered(self, workspace: str, code: int) -> None:
         self.responses.labels(workspace, str(code)).inc()
