@@ -303,3 +303,33 @@ async def test_every_task_is_awaited_when_the_daemon_stops(
         assert asyncio.all_tasks() - before == set()
     finally:
         receiver.close()
+
+
+async def test_dashboard_queries_name_only_metrics_the_daemon_serves(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Every acexport_* series in deploy/dashboard.json appears on a running daemon's
+    /metrics after it exported something."""
+    import json
+
+    dashboard = json.loads((ROOT / "deploy" / "dashboard.json").read_text())
+    queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    queries += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    named = {name for query in queries for name in re.findall(r"\b(acexport_[a-z_]+)", query)}
+    emu = await emulator(tokens={"alpha": "alpha-token"}, records=5)
+    jobs = job("daily", "alpha", types=["page"], catch_up="2d", lag="0s")
+    text = write_config(tmp_path, emu, jobs, extra='listen = "127.0.0.1:0"').read_text()
+    path = tmp_path / "dash.toml"
+    path.write_text(text.replace('listen = ""\n', ""))
+    async with Daemon(load_settings(path), path) as daemon, aiohttp.ClientSession() as http:
+        assert await daemon.run_once()
+        await daemon._refresh_backlog()
+        async with http.get(f"{daemon.health_url}/metrics") as response:
+            exposition = await response.text()
+    served = {
+        line.split("{")[0].split(" ")[0]
+        for line in exposition.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert len(named) >= 10
+    assert named <= served, sorted(named - served)
