@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -166,8 +166,14 @@ def throttle_accept_errors(loop: asyncio.AbstractEventLoop, interval_s: float = 
 class HealthServer:
     """/healthz and /metrics on ``listen`` (HOST:PORT), behind the guard."""
 
-    def __init__(self, health: Health, metrics: Metrics, listen: str) -> None:
-        self._app = health_app(health, metrics)
+    def __init__(
+        self,
+        health: Health,
+        metrics: Metrics,
+        listen: str,
+        status_page: Callable[[], Awaitable[str]] | None = None,
+    ) -> None:
+        self._app = health_app(health, metrics, status_page)
         self._listen = listen
 
     async def start(self, stack: AsyncExitStack) -> str:

@@ -6,7 +6,7 @@ the present (queue depths) are read from the lanes at scrape.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,7 +168,9 @@ class _LaneCollector(Collector):
         return [depth, in_flight]
 
 
-def health_app(health: Health, metrics: Metrics) -> web.Application:
+def health_app(
+    health: Health, metrics: Metrics, status_page: Callable[[], Awaitable[str]] | None = None
+) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         status, body = health.report()
         return web.json_response(body, status=status)
@@ -178,7 +180,13 @@ def health_app(health: Health, metrics: Metrics) -> web.Application:
             body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
         )
 
+    async def status_route(_: web.Request) -> web.Response:
+        assert status_page is not None
+        return web.Response(text=await status_page(), content_type="text/html")
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_route)
+    if status_page is not None:
+        app.router.add_get("/", status_route)
     return app

@@ -40,6 +40,7 @@ from .planner import due_windows
 from .scheduler import Scheduler, utc_now
 from .sink import Sink
 from .state import ExportRecord, LedgerState, StateStore, ledger_path
+from .statuspage import LaneView, build_view, render
 from .windows import ExportWindow
 
 log = structlog.get_logger("acexport.service")
@@ -128,9 +129,8 @@ class Daemon:
             fatal=self.fail,
         )
         if daemon.listen:
-            self.health_url = await HealthServer(self.health, self.metrics, daemon.listen).start(
-                stack
-            )
+            server = HealthServer(self.health, self.metrics, daemon.listen, self.status_page)
+            self.health_url = await server.start(stack)
         stack.push_async_callback(self._stop_lanes)
         self._scheduler.start(stack)  # stopped before the lanes: no look after that
         self._apply_lanes()
@@ -327,6 +327,12 @@ class Daemon:
         for job in self._settings.jobs:
             end = oldest.get(job.name)
             self.metrics.oldest_missing.labels(job.name).set(max(0.0, now - end) if end else 0)
+
+    async def status_page(self) -> str:
+        """The status page, from the ledger and the lanes as they are now."""
+        rows = await self._store.all_rows()
+        lanes = [LaneView(lane.key, lane.depth, lane.in_flight) for lane in self._lanes.values()]
+        return render(build_view(self._settings, rows, lanes, self._clock()))
 
     async def run_once(self, jobs: list[JobSettings] | None = None) -> bool:
         """Plan every job once (catch-up included), export all that is due; True if all worked."""

@@ -38,6 +38,8 @@ async def run_daemon(
 
     async with Daemon(settings, path, reload_settings=reload_settings) as daemon:
         handle_signals(daemon)
+        if daemon.health_url:
+            log.info("status_page", url=f"{daemon.health_url}/")
         if once:
             ok = await daemon.run_once()
             failed = daemon.tally.failed

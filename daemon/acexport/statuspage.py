@@ -1,0 +1,170 @@
+"""The status page at ``/`` on the health port: read-only, server-rendered, no JavaScript.
+
+It shows every job as a grid of its due windows by type (done, failed with the
+reason, in flight with its age, missing), the lanes, and the last failures. It
+refreshes itself every 30 s. Every text that may come from a server or a config
+is escaped, and reasons were redacted before they reached the ledger.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from . import __version__
+from .config import Settings
+from .planner import due_windows
+from .state import ACTIVE, ExportRecord, LedgerState
+
+_REFRESH_S = 30
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One window of one type: its ledger state (or ``missing``) and a tooltip."""
+
+    state: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class JobView:
+    name: str
+    workspace: str
+    schedule: str
+    windows: list[str]  # column headings, oldest first
+    rows: dict[str, list[Cell]]  # type -> one cell per window
+
+
+@dataclass(frozen=True)
+class LaneView:
+    key: str
+    queued: int
+    in_flight: int
+
+
+@dataclass(frozen=True)
+class StatusView:
+    """Everything the page shows, read at one moment."""
+
+    generated_at: datetime
+    jobs: list[JobView] = field(default_factory=list)
+    lanes: list[LaneView] = field(default_factory=list)
+    failures: list[tuple[str, str, str, str]] = field(
+        default_factory=list
+    )  # job, type, window, why
+
+
+_LAST_FAILURES = 20
+
+
+def build_view(
+    settings: Settings, rows: list[ExportRecord], lanes: Iterable[LaneView], now: datetime
+) -> StatusView:
+    """The page's content: each job's due windows, by type, in the ledger's words."""
+    by_key = {(r.job, r.type, r.start): r for r in rows}
+    jobs = []
+    for job in settings.jobs:
+        zone = settings.workspaces[job.workspace].zone
+        windows = due_windows(job, zone, now)
+        grid = {
+            str(type_): [_cell(by_key.get((job.name, str(type_), w.start))) for w in windows]
+            for type_ in job.types
+        }
+        headings = [w.local_start.isoformat() for w in windows]
+        jobs.append(JobView(job.name, job.workspace, job.schedule, headings, grid))
+    failed = sorted(
+        (r for r in rows if r.state is LedgerState.FAILED),
+        key=lambda r: r.finished_at or 0.0,
+        reverse=True,
+    )
+    failures = [
+        (r.job, r.type, r.window().from_date, r.reason or "") for r in failed[:_LAST_FAILURES]
+    ]
+    return StatusView(now, jobs, list(lanes), failures)
+
+
+def _cell(record: ExportRecord | None) -> Cell:
+    if record is None:
+        return Cell("missing")
+    if record.state is LedgerState.FAILED:
+        return Cell("failed", record.reason or "")
+    if record.state in ACTIVE:
+        since = record.submitted_at or record.planned_at
+        return Cell(record.state, f"{record.state} for {time.time() - since:.0f} s")
+    return Cell(record.state)
+
+
+_STYLE = """
+body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; white-space: nowrap; }
+td.cell { width: 1.6em; height: 1.2em; padding: 0; }
+.done { background: #3a3; } .failed { background: #d33; } .missing { background: #eee; }
+.queued, .submitted, .ready { background: #e9b32a; }
+.legend span { display: inline-block; padding: 2px 8px; margin-right: 6px; }
+"""
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _job_section(job: JobView) -> str:
+    head = "".join(f"<th title='{_e(w)}'>{_e(w[5:10])}</th>" for w in job.windows)
+    body = []
+    for type_, cells in job.rows.items():
+        tds = "".join(
+            f"<td class='cell {_e(cell.state)}' data-state='{_e(cell.state)}' "
+            f"title='{_e(cell.detail or cell.state)}'></td>"
+            for cell in cells
+        )
+        body.append(f"<tr><th>{_e(type_)}</th>{tds}</tr>")
+    return (
+        f"<h3 class='job' data-job='{_e(job.name)}'>{_e(job.name)} "
+        f"<small>({_e(job.workspace)}, {_e(job.schedule)})</small></h3>"
+        f"<table><tr><th>type</th>{head}</tr>{''.join(body)}</table>"
+    )
+
+
+def render(view: StatusView) -> str:
+    """The whole page, as HTML."""
+    jobs = "".join(_job_section(job) for job in view.jobs) or "<p>No jobs configured.</p>"
+    lanes = "".join(
+        f"<tr><td>{_e(lane.key)}</td><td>{lane.queued}</td><td>{lane.in_flight}</td></tr>"
+        for lane in view.lanes
+    )
+    failures = "".join(
+        f"<tr><td>{_e(job)}</td><td>{_e(type_)}</td><td>{_e(window)}</td>"
+        f"<td class='reason'>{_e(reason)}</td></tr>"
+        for job, type_, window, reason in view.failures
+    )
+    legend = "".join(
+        f"<span class='{state}'>{label}</span>"
+        for state, label in (
+            ("done", "done"),
+            ("failed", "failed"),
+            ("submitted", "in flight"),
+            ("missing", "missing"),
+        )
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="{_REFRESH_S}">
+<title>acexport status</title><style>{_STYLE}</style></head>
+<body>
+<h1>acexport status</h1>
+<p>acexport {_e(__version__)}, as of {_e(view.generated_at.isoformat(timespec="seconds"))};
+refreshes every {_REFRESH_S} s. <a href="/metrics">/metrics</a> <a href="/healthz">/healthz</a></p>
+<p class="legend">{legend}</p>
+<h2>Jobs</h2>{jobs}
+<h2>Lanes</h2>
+<table id="lanes"><tr><th>lane</th><th>queued</th><th>in flight</th></tr>{lanes}</table>
+<h2>Last failures</h2>
+<table id="failures"><tr><th>job</th><th>type</th><th>window</th><th>reason</th></tr>
+{failures}</table>
+</body></html>
+"""

@@ -1,0 +1,130 @@
+"""The status page at / on the health port, in a real daemon, read by a real browser."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from acexport.config import load_settings
+from acexport.service import Daemon
+from tests.conftest import EmulatorFactory
+from tests.daemon_helpers import FAST_HTTP, job
+
+HOSTILE = "<script>alert('pwned')</script>"
+
+
+class _Cells(HTMLParser):
+    """Collects each grid cell's state, and any script element."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.states: list[str] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "script":
+            self.scripts += 1
+        if tag == "td" and found.get("data-state"):
+            self.states.append(str(found["data-state"]))
+
+
+@pytest.fixture
+async def hostile_ac() -> AsyncIterator[str]:
+    """An 'AC' that rejects everything with a message holding a script tag."""
+
+    async def reject(_: web.Request) -> web.Response:
+        return web.json_response({"message": HOSTILE, "status": "ERROR"}, status=400)
+
+    app = web.Application()
+    app.router.add_get("/api/reports/export/{type}", reject)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+async def test_status_page_shows_done_failed_and_in_flight_windows_escaped(
+    emulator: EmulatorFactory, hostile_ac: str, tmp_path: Path
+) -> None:
+    """Done, failed (reason shown as text) and in-flight cells, links, no script; the same
+    page in headless Chromium has the same cells, and a screenshot is taken."""
+    fast = await emulator(tokens={"fast": "fast-token"}, records=5)
+    slow = await emulator(tokens={"slow": "slow-token"}, records=5, processing_s=600)
+    config = tmp_path / "status.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\noutput_dir = "{tmp_path / "exports"}"\n'
+        f'listen = "127.0.0.1:0"\nstop_grace = "1s"\n{FAST_HTTP}'
+        f'[workspaces.fast]\nbase_url = "{fast.url}"\ntoken = "fast-token"\n'
+        f'[workspaces.slow]\nbase_url = "{slow.url}"\ntoken = "slow-token"\n'
+        f'[workspaces.bad]\nbase_url = "{hostile_ac}"\ntoken = "bad-token"\n'
+        + job("fast-daily", "fast", types=["page"], catch_up="3d", lag="0s")
+        + job("slow-daily", "slow", types=["event"], catch_up="1d", lag="0s")
+        + job("bad-daily", "bad", types=["segment"], catch_up="1d", lag="0s")
+    )
+    config.chmod(0o600)
+    async with Daemon(load_settings(config), config) as daemon, aiohttp.ClientSession() as http:
+        running = asyncio.create_task(daemon.run_until_stopped())
+        await slow.wait_for(lambda report: bool(report["jobs"]))
+        await fast.wait_for(lambda report: len(report["jobs"]) == 3)
+        await asyncio.wait_for(_until_failed(daemon), 20)
+        async with http.get(f"{daemon.health_url}/") as response:
+            assert response.status == 200
+            assert response.content_type == "text/html"
+            page = await response.text()
+        # In a thread: the daemon answering Chromium runs on this event loop.
+        dom = await asyncio.to_thread(
+            _chromium_dom, f"{daemon.health_url}/", tmp_path / "status.png"
+        )
+        daemon.request_stop()
+        await running
+    cells = _Cells()
+    cells.feed(page)
+    assert cells.states.count("done") == 3
+    assert cells.states.count("failed") == 1
+    assert {"submitted", "queued"} & set(cells.states)  # the slow export, waiting on AC
+    assert cells.scripts == 0
+    assert "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in page
+    assert 'href="/metrics"' in page
+    assert 'href="/healthz"' in page
+    assert "bad-token" not in page
+    if dom is not None:
+        seen = _Cells()
+        seen.feed(dom)
+        assert seen.states == cells.states
+        assert seen.scripts == 0
+        assert (tmp_path / "status.png").stat().st_size > 1000
+
+
+async def _until_failed(daemon: Daemon) -> None:
+    while True:
+        if daemon.tally.failed >= 1 and daemon.tally.succeeded >= 3:
+            return
+        await asyncio.sleep(0.05)
+
+
+def _chromium_dom(url: str, screenshot: Path) -> str | None:
+    """The DOM headless Chromium builds from the page (None without Chromium)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        return None
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+    subprocess.run(
+        [*flags, f"--screenshot={screenshot}", "--window-size=1200,900", url],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    result = subprocess.run(
+        [*flags, "--dump-dom", url], capture_output=True, text=True, timeout=60, check=True
+    )
+    return result.stdout
