@@ -333,3 +333,5 @@ async def test_dashboard_queries_name_only_metrics_the_daemon_serves(
     }
     assert len(named) >= 10
     assert named <= served, sorted(named - served)
+    assert 'acexport_windows{job="daily",state="done"} 2.0' in exposition
+    assert 'acexport_windows{job="daily",state="missing"} 0.0' in exposition

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -25,6 +25,9 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .events import ExportEnded, LaneObserver
+
+if TYPE_CHECKING:
+    from .statuspage import StatusView
 
 # A lane whose last this-many exports all failed makes /healthz answer 503.
 FAILURES_BEFORE_UNHEALTHY = 5
@@ -115,6 +118,12 @@ class Metrics(LaneObserver):
             registry=r,
         )
         Info("acexport_build", "The running acexport.", registry=r).info({"version": __version__})
+        self.windows = Gauge(
+            "acexport_windows",
+            "Due windows (x types) of each job in the catch-up horizon, by state.",
+            ["job", "state"],
+            registry=r,
+        )
         self.loop_lag_max = Gauge(
             "acexport_event_loop_lag_max_seconds",
             "The longest the event loop was late to wake a timer, since start.",
@@ -142,11 +151,30 @@ class Metrics(LaneObserver):
     def answered(self, workspace: str, code: int) -> None:
         self.responses.labels(workspace, str(code)).inc()
 
+    def count_windows(self, view: StatusView) -> None:
+        """Each job's due windows (x types) by state: gaps show as missing or failed."""
+        for job in view.jobs:
+            counts = dict.fromkeys(WINDOW_STATES, 0)
+            for cells in job.rows.values():
+                for cell in cells:
+                    counts[_window_state(cell.state)] += 1
+            for state, count in counts.items():
+                self.windows.labels(job.name, state).set(count)
+
     def watch_lanes(self, lanes: Callable[[], Iterable[Any]]) -> None:
         self.registry.register(_LaneCollector(lanes))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+WINDOW_STATES = ("done", "failed", "in_flight", "missing")
+
+
+def _window_state(ledger_state: str) -> str:
+    if ledger_state in ("done", "failed", "missing"):
+        return ledger_state
+    return "in_flight"  # queued, submitted or ready
 
 
 class _LaneCollector(Collector):

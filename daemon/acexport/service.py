@@ -327,6 +327,8 @@ class Daemon:
         for job in self._settings.jobs:
             end = oldest.get(job.name)
             self.metrics.oldest_missing.labels(job.name).set(max(0.0, now - end) if end else 0)
+        view = build_view(self._settings, await self._store.all_rows(), [], self._clock())
+        self.metrics.count_windows(view)
 
     async def status_page(self) -> str:
         """The status page, from the ledger and the lanes as they are now."""
