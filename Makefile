@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RUNTIME := $(VENV)/.runtime
 
-.PHONY: test lint format demo bench clean
+.PHONY: test lint format demo bench clean image-test
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ $(RUNTIME): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The container image built with podman and run as the README says (needs root; it
+# installs podman, runc and debootstrap from Debian when they are missing).
+image-test:
+	bash deploy/image-test.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check daemon tests bench
