@@ -51,3 +51,10 @@ def test_rules_only_name_metrics_the_daemon_exports() -> None:
     }
     assert named
     assert named <= exported, named - exported
+
+
+def test_the_compose_prometheus_config_loads_the_rules() -> None:
+    """deploy/prometheus.yml (compose's monitoring profile) is valid, rules included."""
+    result = promtool("check", "config", "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 5 rules found" in result.stdout
