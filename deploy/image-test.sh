@@ -64,7 +64,8 @@ if ! "${PODMAN[@]}" image exists "$BASE" && ! "${PODMAN[@]}" pull -q "$BASE" >/d
 fi
 
 "${PODMAN[@]}" build -q --format docker --isolation chroot --network host \
-    -v /etc/ssl/certs:/etc/ssl/certs:ro -t acexport:test . >/dev/null
+    -v /etc/ssl/certs:/etc/ssl/certs:ro -t acexport:test . >/dev/null 2>"$WORK/build.err" \
+    || { cat "$WORK/build.err" >&2; exit 1; }
 size=$("${PODMAN[@]}" image inspect --format '{{.Size}}' acexport:test)
 echo "image-test: image acexport:test is $((size / 1000000)) MB"
 
@@ -99,11 +100,14 @@ echo "image-test-token" > "$WORK/etc/acme.token"
 chmod 600 "$WORK/etc/config.toml" "$WORK/etc/acme.token"
 chown -R 10001 "$WORK/etc" "$WORK/data"
 
+# Podman schedules health checks with systemd timers; without systemd it says so on
+# stderr (harmless: the check is run by hand below), so that goes to a file.
 "${PODMAN[@]}" run -d --name "$NAME" \
     -v "$WORK/etc:/etc/acexport:ro" -v "$WORK/data:/var/lib/acexport" \
-    -p "127.0.0.1:$PORT:9464" acexport:test >/dev/null
+    -p "127.0.0.1:$PORT:9464" acexport:test >/dev/null 2>>"$WORK/podman.err" \
+    || { cat "$WORK/podman.err" >&2; exit 1; }
 "${PODMAN[@]}" exec -d "$NAME" acexport emulator --port 8080 --processing-time 0.2 \
-    --records 20 --token acme=image-test-token
+    --records 20 --token acme=image-test-token >/dev/null
 
 manifests() { find "$WORK/data/from-my-config" -name '*.manifest.json' 2>/dev/null | wc -l; }
 for _ in $(seq 120); do
@@ -134,7 +138,7 @@ done
 echo "image-test: SIGHUP reloads"
 
 started=$(date +%s)
-"${PODMAN[@]}" stop -t 20 "$NAME" >/dev/null
+"${PODMAN[@]}" stop -t 20 "$NAME" >/dev/null 2>>"$WORK/podman.err"
 code=$("${PODMAN[@]}" inspect --format '{{.State.ExitCode}}' "$NAME")
 [ "$code" = 0 ] || fail "podman stop: exit code $code"
 [ $(($(date +%s) - started)) -le 20 ] || fail "podman stop took longer than the grace"
