@@ -1,11 +1,14 @@
-"""The daemon: owns the state lock, ledger, HTTP session, lanes and scheduler.
+"""The daemon: composes the state lock, ledger, sink, HTTP session, health server,
+lanes, scheduler and background loops.
 
     async with Daemon(settings, config_path) as daemon:
         await daemon.run_until_stopped()
 
-Resources are entered on one AsyncExitStack, so they close in reverse order
-whatever happens. Signals are the CLI's business: it calls ``request_stop``
-and ``request_reload``; the daemon itself is embeddable and testable.
+Each component starts itself and registers its cleanup on one AsyncExitStack, so
+they stop in reverse order whatever happens; background loops run in a task group
+and are awaited. Lanes publish events to the metrics, health and a tally. Signals
+are the command layer's business: it calls ``request_stop`` and ``request_reload``;
+the daemon itself is embeddable and testable.
 """
 
 from __future__ import annotations
