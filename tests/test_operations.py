@@ -335,3 +335,32 @@ async def test_dashboard_queries_name_only_metrics_the_daemon_serves(
     assert named <= served, sorted(named - served)
     assert 'acexport_windows{job="daily",state="done"} 2.0' in exposition
     assert 'acexport_windows{job="daily",state="missing"} 0.0' in exposition
+
+
+async def test_healthcheck_command_asks_where_the_config_listens(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """`acexport healthcheck` exits 0 while the daemon is healthy, 1 once it is gone,
+    asking the port the config names (a wildcard host is asked on loopback)."""
+    import socket as socket_module
+
+    from acexport.commands.healthcheck import health_url
+
+    assert health_url("0.0.0.0:9464") == "http://127.0.0.1:9464/healthz"
+    assert health_url("[::]:9464") == "http://[::1]:9464/healthz"
+    with socket_module.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    emu = await emulator(tokens={"alpha": "alpha-token"})
+    text = write_config(tmp_path, emu, "", extra=f'listen = "0.0.0.0:{port}"').read_text()
+    path = tmp_path / "hc.toml"
+    path.write_text(text.replace('listen = ""\n', ""))
+    path.chmod(0o600)
+
+    def healthcheck() -> int:
+        args = [sys.executable, "-m", "acexport", "healthcheck", "--config", str(path)]
+        return subprocess.run(args, capture_output=True, timeout=30).returncode
+
+    async with Daemon(load_settings(path), path):
+        assert await asyncio.to_thread(healthcheck) == 0
+    assert await asyncio.to_thread(healthcheck) == 1

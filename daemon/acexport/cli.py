@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_argument(status)
     status.add_argument("--json", action="store_true")
 
+    health = commands.add_parser(
+        "healthcheck", help="exit 0 if the running daemon's /healthz says ok (for containers)"
+    )
+    _add_config_argument(health)
+
     check = commands.add_parser("check-config", help="validate the config; show next looks")
     _add_config_argument(check)
     export = commands.add_parser(
@@ -126,6 +131,7 @@ _COMMAND_MODULES = {
     "backfill": "backfill",
     "status": "status",
     "check-config": "check_config",
+    "healthcheck": "healthcheck",
     "export": "export",
 }
 
