@@ -145,3 +145,11 @@ async def test_implausible_spans_are_not_learned(store: StateStore) -> None:
         pass
     await store._db.commit()
     assert await store.expected_processing_s("acme", "page") is None
+
+
+async def test_rows_ending_after_leave_out_older_windows(store: StateStore) -> None:
+    """The status page reads only the windows that end after its horizon."""
+    await store.plan("job", "acme", ["page"], [DAY1, DAY2])
+    later = await store.rows_ending_after(DAY1.end)
+    assert [row.start for row in later] == [DAY2.start]
+    assert len(await store.rows_ending_after(DAY1.start)) == 2

@@ -27,7 +27,7 @@ from .errors import (
     ServerError,
     TransientError,
 )
-from .payload import INFLATE_SLACK_BYTES
+from .payload import DEFAULT_INFLATE_RATIO, INFLATE_SLACK_BYTES
 from .protocol import is_status_shaped
 from .windows import ONE_MS, ExportWindow
 
@@ -68,7 +68,7 @@ class Payload:
     offset: int
     total_bytes: int | None
     resumable: bool
-    max_inflate_ratio: int = 200
+    max_inflate_ratio: int = DEFAULT_INFLATE_RATIO
 
     def _check_inflation(self) -> None:
         """A Content-Encoding body may not expand without bound (a gzip bomb)."""
@@ -193,7 +193,7 @@ class ExportClient:
         token: SecretStr,
         on_response: Callable[[int], None] | None = None,
         trust: TokenTrust | None = None,
-        max_inflate_ratio: int = 200,
+        max_inflate_ratio: int = DEFAULT_INFLATE_RATIO,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")

@@ -41,7 +41,7 @@ from pydantic_settings import (
 
 from .errors import ConfigError
 from .output import OutputLayout, check_path_template, name_too_long
-from .payload import PayloadLimits
+from .payload import DEFAULT_INFLATE_RATIO, PayloadLimits
 from .protocol import ExportType
 from .triggers import Trigger, parse_schedule
 from .windows import check_window_length
@@ -144,7 +144,7 @@ class HttpSettings(_Section):
     # Decoded bytes one export may have (``500MB``, ``1GiB`` or a byte count), and how
     # much a gzip or ZIP body may expand: beyond either, the export fails, nothing kept.
     max_payload: ByteSize = ByteSize(50 * 1024**3)
-    max_inflate_ratio: int = Field(default=200, ge=1)
+    max_inflate_ratio: int = Field(default=DEFAULT_INFLATE_RATIO, ge=1)
     # How long AC keeps ready data. A ready export older than this (the daemon was
     # down) will be created anew by the next request, so it must hold the lane's slot.
     download_window: Duration = timedelta(hours=24)

@@ -34,6 +34,9 @@ _WAITING = ("PENDING", "RUNNING")
 # 5xx answers to a token AC never accepted are given this long (and max_attempts)
 # before the token is blamed: an expired or revoked token plausibly answers 500.
 SUSPECT_TOKEN_S = 60.0
+# Ready data older than this share of AC's download window is asked for holding the
+# lane's slot: the request must reach AC before the data expires, or it is a new export.
+READY_MARGIN = 0.9
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,7 @@ class _Attempt:
     ac_failures: int = 0  # ERROR answers since the last data
     suspect_waited_s: float = 0.0  # waited since 5xx answers to an unproven token began
     expired: int = 0
-    had_ready: bool = False
-    ready_at: float | None = None  # monotonic time the data was (first) ready
+    ready_at: float | None = None  # monotonic time AC's current export's data was ready
     created_date: str | None = None
     writer: PayloadWriter | None = None
     offset: int = 0
@@ -133,7 +135,7 @@ async def run_export(
     observer = observer or ExportObserver()
     state = _Attempt()
     if timing.ready_age_s is not None:
-        state.had_ready, state.ready_at = True, time.monotonic() - timing.ready_age_s
+        state.ready_at = time.monotonic() - timing.ready_age_s
     polls = timing.plan()
     retries = timing.retry.delays()
     with structlog.contextvars.bound_contextvars(
@@ -195,10 +197,10 @@ async def _ask(
 
 def _data_may_have_expired(state: _Attempt, timing: Timing) -> bool:
     """Ready data near the end of AC's download window: asking again may resubmit it."""
-    if not state.had_ready or state.ready_at is None:
+    if state.ready_at is None:
         return False
-    # The same margin as the lane's: the request must reach AC before the data expires.
-    return time.monotonic() - state.ready_at >= 0.9 * timing.download_window_s
+    age_s = time.monotonic() - state.ready_at
+    return age_s >= READY_MARGIN * timing.download_window_s
 
 
 def _suspect_token(
@@ -255,9 +257,9 @@ async def _on_status(
     await _drop_partial(state, sink)
     if answer.status in _WAITING:
         state.failures = 0
-        if state.had_ready and answer.status == "PENDING":
+        if state.ready_at is not None and answer.status == "PENDING":
             state.expired += 1
-            state.had_ready = False
+            state.ready_at = None
             state.submitted_at = time.monotonic()  # a new export: its clock starts again
             log.warning(
                 "export_expired_resubmitted",
@@ -300,8 +302,8 @@ async def _download(
     observer: ExportObserver,
 ) -> tuple[Path, Manifest]:
     state.ac_failures = 0
-    if not state.had_ready:
-        state.had_ready, state.ready_at = True, time.monotonic()
+    if state.ready_at is None:
+        state.ready_at = time.monotonic()
         log.info("export_ready", requests=state.requests)
         await observer.ready()
     if payload.offset != state.offset:

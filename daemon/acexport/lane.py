@@ -25,7 +25,14 @@ from .api import ExportClient, ExportStatus, TokenTrust
 from .config import Settings
 from .errors import AcexportError, AuthError, StateError
 from .events import ExportEnded, LaneObserver
-from .export import ExportObserver, ExportOutcome, ExportSpec, Timing, run_export
+from .export import (
+    READY_MARGIN,
+    ExportObserver,
+    ExportOutcome,
+    ExportSpec,
+    Timing,
+    run_export,
+)
 from .observability import remote_text
 from .sink import Sink
 from .state import ACTIVE, ExportRecord, LedgerState, StateStore
@@ -165,8 +172,7 @@ class Lane:
         if record.state is not LedgerState.READY or record.ready_at is None:
             return False
         window = self.ctx.settings().http.download_window.total_seconds()
-        # A margin: the request must reach AC before the data expires.
-        return time.time() - record.ready_at < 0.9 * window
+        return time.time() - record.ready_at < READY_MARGIN * window
 
     async def _execute(self, record: ExportRecord, holds_slot: bool) -> None:
         hold = _SlotHold(self._slot, holds_slot)

@@ -28,6 +28,7 @@ Compression = Literal["none", "gzip"]
 _GZIP_LEVEL = 1  # throughput first: level 1 still shrinks JSON 4-6x
 _BOM = b"\xef\xbb\xbf"
 INFLATE_SLACK_BYTES = 64 * 1024
+DEFAULT_INFLATE_RATIO = 200  # a gzip body or ZIP member may expand this many times
 # Every temp file acexport makes is named so, and only such names are ever cleaned up.
 TEMP_NAME = re.compile(r"acexport-(\d+)-[0-9a-f]{16}\.(part|spool|manifest)")
 
@@ -210,7 +211,7 @@ class PayloadLimits:
     """How large a payload may be (decoded bytes), and how far a ZIP may inflate."""
 
     max_bytes: int = 50 * 1024**3
-    max_ratio: int = 200
+    max_ratio: int = DEFAULT_INFLATE_RATIO
 
     def inflated_max(self, compressed_bytes: int) -> int:
         """What ``compressed_bytes`` may inflate to; small inputs get 64 KiB of slack."""

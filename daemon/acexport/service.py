@@ -43,7 +43,7 @@ from .planner import due_windows
 from .scheduler import Scheduler, utc_now
 from .sink import Sink
 from .state import ExportRecord, LedgerState, StateStore, ledger_path
-from .statuspage import LaneView, build_view, render
+from .statuspage import LaneView, build_view, horizon_start, render
 from .windows import ExportWindow
 
 log = structlog.get_logger("acexport.service")
@@ -330,12 +330,16 @@ class Daemon:
         for job in self._settings.jobs:
             end = oldest.get(job.name)
             self.metrics.oldest_missing.labels(job.name).set(max(0.0, now - end) if end else 0)
-        view = build_view(self._settings, await self._store.all_rows(), [], self._clock())
+        view = build_view(self._settings, await self._horizon_rows(), [], self._clock())
         self.metrics.count_windows(view)
+
+    async def _horizon_rows(self) -> list[ExportRecord]:
+        """Ledger rows of the windows the jobs can still have due (not years of history)."""
+        return await self._store.rows_ending_after(horizon_start(self._settings, self._clock()))
 
     async def status_page(self) -> str:
         """The status page, from the ledger and the lanes as they are now."""
-        rows = await self._store.all_rows()
+        rows = await self._horizon_rows()
         lanes = [LaneView(lane.key, lane.depth, lane.in_flight) for lane in self._lanes.values()]
         return render(build_view(self._settings, rows, lanes, self._clock()))
 

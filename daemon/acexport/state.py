@@ -374,6 +374,14 @@ class StateStore:
         return {row[0]: _parse(row[1]).timestamp() for row in rows}
 
     @_state_errors
+    @_state_errors
+    async def rows_ending_after(self, when: datetime) -> list[ExportRecord]:
+        """Rows of windows that end after ``when`` (keys are UTC ISO text: they sort)."""
+        return await self._all(
+            "SELECT * FROM exports WHERE window_end > ? ORDER BY job, window_start, type",
+            _key(when),
+        )
+
     async def all_rows(self) -> list[ExportRecord]:
         return await self._all("SELECT * FROM exports ORDER BY job, window_start, type")
 

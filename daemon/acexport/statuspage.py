@@ -61,6 +61,11 @@ class StatusView:
 _LAST_FAILURES = 20
 
 
+def horizon_start(settings: Settings, now: datetime) -> datetime:
+    """The earliest a due window of any job can end: rows before it are not shown."""
+    return min((now - job.catch_up - job.window for job in settings.jobs), default=now)
+
+
 def build_view(
     settings: Settings, rows: list[ExportRecord], lanes: Iterable[LaneView], now: datetime
 ) -> StatusView:
