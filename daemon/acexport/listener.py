@@ -129,10 +129,6 @@ class GuardedFactory:
     def release(self, connection: _Guarded) -> None:
         self._open.discard(connection)
 
-    @property
-    def open_connections(self) -> int:
-        return len(self._open)
-
 
 def throttle_accept_errors(loop: asyncio.AbstractEventLoop, interval_s: float = 60.0) -> None:
     """Log running out of descriptors on accept at most once per ``interval_s``."""

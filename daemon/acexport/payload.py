@@ -86,9 +86,6 @@ class _Output:
         )
         self._written = 0
 
-    def write(self, data: bytes) -> None:
-        self.write_many([data])
-
     def write_many(self, chunks: list[bytes]) -> None:
         """Write the chunks in order, without joining them first (one copy fewer)."""
         if self._gzip is not None:
