@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import SecretStr
@@ -32,6 +32,7 @@ from acexport.export import ExportSpec, Timing, run_export
 from acexport.observability import configure_logging
 from acexport.polling import Backoff
 from acexport.sink import Sink
+from acexport.stores import LocalStore
 from acexport.windows import ExportWindow
 
 PAGE_RECORD_BYTES = 342  # the emulator's page (visit) records, on average
@@ -67,14 +68,14 @@ async def sequential(base: str, work: Path, exports: int) -> float:
     configure_logging("json", "error")  # quiet: the figures are what this prints
     end = datetime(2022, 1, 2, tzinfo=UTC)
     timing = Timing(poll=Backoff(0.1, 1.0), retry=Backoff(0.1, 1.0))
-    sink = Sink(work / "tmp", "none")
+    sink = Sink(work / "tmp", "none", LocalStore(work / "base", work / "tmp"))
     started = time.perf_counter()
     async with new_session(60) as session:
         client = ExportClient(session, base, SecretStr("base-token"))
         for index in range(exports):
             start = end - timedelta(hours=index + 1)
             window = ExportWindow(start, start + timedelta(hours=1))
-            spec = ExportSpec("base", "page", window, work / "base" / f"{index}.jsonl")
+            spec = ExportSpec("base", "page", window, PurePosixPath(f"{index}.jsonl"))
             await run_export(spec, client, sink, timing)
     sink.close()
     return time.perf_counter() - started

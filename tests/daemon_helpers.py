@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from acexport.sink import Sink
+from acexport.stores import LocalStore
 from tests.conftest import RunningEmulator
 
 FAST_HTTP = """
@@ -123,3 +125,8 @@ def emulator_sha(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:
         for j in report["jobs"]
         if j["state"] == "READY"
     }
+
+
+def local_sink(out: Path, temp: Path, compression: str = "none") -> Sink:
+    """A sink committing into the directory ``out`` (its LocalStore), temp files in ``temp``."""
+    return Sink(temp, compression, LocalStore(out, temp))  # type: ignore[arg-type]

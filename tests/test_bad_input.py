@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import aiohttp
 import pytest
@@ -19,8 +19,8 @@ from acexport.cli import main
 from acexport.errors import TransientError
 from acexport.export import ExportSpec, Timing, run_export
 from acexport.polling import Backoff
-from acexport.sink import Sink
 from acexport.windows import ExportWindow
+from tests.daemon_helpers import local_sink
 
 WS = '[workspaces.acme]\ntoken_env = "ACME_TOKEN"\n'
 JOB = '[[jobs]]\nname = "nightly"\nworkspace = "acme"\n'
@@ -233,8 +233,8 @@ async def test_malformed_answer_is_retried_and_the_export_completes(
 ) -> None:
     """A bad answer is logged and retried after a backoff; the next good answers finish it."""
     timing = Timing(poll=Backoff(0.001, 0.001), retry=Backoff(0.001, 0.001), max_attempts=5)
-    sink = Sink(tmp_path / "tmp", "none")
-    spec = ExportSpec("acme", "page", WINDOW, tmp_path / "out" / "page.jsonl")
+    sink = local_sink(tmp_path / "out", tmp_path / "tmp")
+    spec = ExportSpec("acme", "page", WINDOW, PurePosixPath("page.jsonl"))
     client = ExportClient(session, "https://ac.example.com", SecretStr("tkn-1234"))
     with aioresponses() as mocked, capture_logs() as logs:
         options = {"content_type": "application/json", **BAD_ANSWERS[answer]}
@@ -244,7 +244,7 @@ async def test_malformed_answer_is_retried_and_the_export_completes(
         outcome = await run_export(spec, client, sink, timing)
     sink.close()
     assert outcome.manifest.records == 2
-    assert spec.destination.read_bytes() == DATA
+    assert (tmp_path / "out" / "page.jsonl").read_bytes() == DATA
     retries = [entry for entry in logs if entry["event"] == "export_retrying"]
     assert len(retries) == 1
     assert "tkn-1234" not in json.dumps(logs, default=str)
@@ -255,8 +255,8 @@ async def test_endless_bad_answers_give_up_after_max_attempts(
 ) -> None:
     """Bad answers forever end in a TransientError after max_attempts requests, not a loop."""
     timing = Timing(poll=Backoff(0.001, 0.001), retry=Backoff(0.001, 0.001), max_attempts=4)
-    sink = Sink(tmp_path / "tmp", "none")
-    spec = ExportSpec("acme", "page", WINDOW, tmp_path / "out" / "page.jsonl")
+    sink = local_sink(tmp_path / "out", tmp_path / "tmp")
+    spec = ExportSpec("acme", "page", WINDOW, PurePosixPath("page.jsonl"))
     client = ExportClient(session, "https://ac.example.com", SecretStr("tkn-1234"))
     with aioresponses() as mocked:
         mocked.get(URL, body=b"<html>down</html>", content_type="text/html", repeat=True)
@@ -264,7 +264,7 @@ async def test_endless_bad_answers_give_up_after_max_attempts(
             await run_export(spec, client, sink, timing)
         assert len(next(iter(mocked.requests.values()))) == 4
     sink.close()
-    assert not spec.destination.exists()
+    assert not (tmp_path / "out" / "page.jsonl").exists()
 
 
 async def test_oversized_status_is_retried_not_taken_as_data(tmp_path: Path) -> None:
@@ -288,8 +288,8 @@ async def test_oversized_status_is_retried_not_taken_as_data(tmp_path: Path) -> 
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     timing = Timing(poll=Backoff(0.001, 0.001), retry=Backoff(0.001, 0.001), max_attempts=5)
-    sink = Sink(tmp_path / "tmp", "none")
-    spec = ExportSpec("acme", "page", WINDOW, tmp_path / "out" / "page.jsonl")
+    sink = local_sink(tmp_path / "out", tmp_path / "tmp")
+    spec = ExportSpec("acme", "page", WINDOW, PurePosixPath("page.jsonl"))
     try:
         async with aiohttp.ClientSession() as session:
             client = ExportClient(session, base, SecretStr("tkn-1234"))

@@ -8,7 +8,7 @@ import io
 import json
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import aiohttp
@@ -25,9 +25,9 @@ from acexport.errors import AuthError, TransientError
 from acexport.export import ExportObserver, ExportSpec, Timing, run_export
 from acexport.observability import configure_logging, register_secret
 from acexport.polling import Backoff
-from acexport.sink import Sink
 from acexport.windows import ExportWindow
 from tests.conftest import EmulatorFactory, RunningEmulator
+from tests.daemon_helpers import local_sink
 
 WINDOW = ExportWindow(datetime(2022, 1, 1, tzinfo=UTC), datetime(2022, 1, 2, tzinfo=UTC))
 FAST = Timing(poll=Backoff(0.02, 0.1), retry=Backoff(0.01, 0.05), max_attempts=40)
@@ -41,7 +41,7 @@ def _reset_structlog() -> None:
 
 def spec_for(tmp_path: Path, type_: str, compression: str = "none") -> ExportSpec:
     suffix = ".jsonl.gz" if compression == "gzip" else ".jsonl"
-    return ExportSpec("acme", type_, WINDOW, tmp_path / "out" / f"{type_}{suffix}")
+    return ExportSpec("acme", type_, WINDOW, PurePosixPath(f"{type_}{suffix}"))
 
 
 async def export(
@@ -56,7 +56,7 @@ async def export(
     observer: ExportObserver | None = None,
     **kwargs: Any,
 ) -> Any:
-    sink = Sink(tmp_path / "tmp", compression)  # type: ignore[arg-type]
+    sink = local_sink(tmp_path / "out", tmp_path / "tmp", compression)
     client = ExportClient(session, emu.url, SecretStr(token))
     try:
         return await run_export(
@@ -82,7 +82,9 @@ async def test_every_type_survives_the_real_protocol_with_ac_failures_and_trunca
         assert outcome.manifest.payload_sha256 == job["sha256"]
         assert outcome.manifest.records == job["records"] == 3000
         assert outcome.manifest.format == "zip"
-        lines = gzip.decompress(spec_for(tmp_path, type_, "gzip").destination.read_bytes())
+        lines = gzip.decompress(
+            (tmp_path / "out" / spec_for(tmp_path, type_, "gzip").key).read_bytes()
+        )
         assert len(lines.splitlines()) == 3000
     report = await emu.jobs()
     # Which faults a run draws depends on timing; each kind is pinned down on its own
@@ -112,7 +114,9 @@ async def test_every_type_survives_faults_redirects_gzip_and_json(
         assert outcome.manifest.payload_sha256 == job["sha256"]
         assert outcome.manifest.records == job["records"] == 3000
         assert outcome.manifest.format == "json"
-        lines = gzip.decompress(spec_for(tmp_path, type_, "gzip").destination.read_bytes())
+        lines = gzip.decompress(
+            (tmp_path / "out" / spec_for(tmp_path, type_, "gzip").key).read_bytes()
+        )
         assert len(lines.splitlines()) == 3000
     report = await emu.jobs()
     assert report["workspaces"]["acme"]["max_unready"] == 1
@@ -133,10 +137,13 @@ async def test_ndjson_output_holds_the_records_served(
         served = json.loads(await response.read())
     written = [
         json.loads(line)
-        for line in outcome.manifest_path.with_name("individual.jsonl").read_text().splitlines()
+        for line in Path(outcome.manifest_location)
+        .with_name("individual.jsonl")
+        .read_text()
+        .splitlines()
     ]
     assert written == served
-    manifest = json.loads(outcome.manifest_path.read_text())
+    manifest = json.loads(Path(outcome.manifest_location).read_text())
     assert manifest["fromDate"] == "2022-01-01T00:00:00.000Z"
     assert manifest["toDate"] == "2022-01-01T23:59:59.999Z"
     assert manifest["createdDate"].endswith("Z")
@@ -212,9 +219,9 @@ async def test_zero_record_window_is_committed_empty(
     outcome = await export(emu, session, tmp_path, "segment", compression="gzip")
     assert outcome.manifest.records == 0
     assert outcome.requests <= 3
-    destination = spec_for(tmp_path, "segment", "gzip").destination
+    destination = tmp_path / "out" / spec_for(tmp_path, "segment", "gzip").key
     assert gzip.decompress(destination.read_bytes()) == b""
-    assert json.loads(outcome.manifest_path.read_text())["records"] == 0
+    assert json.loads(Path(outcome.manifest_location).read_text())["records"] == 0
 
 
 async def test_dates_sent_pass_ac_strict_parser(
@@ -303,7 +310,7 @@ async def test_500s_to_a_token_that_worked_are_an_outage(
     client = ExportClient(session, emu.url, SecretStr("acme-token"))
     client.trust.proven = True
     await emu.control("faults", {"fail_rate": 1.0})
-    sink = Sink(tmp_path / "tmp", "none")
+    sink = local_sink(tmp_path / "out", tmp_path / "tmp")
     calls = 0
 
     async def sleep(_: float) -> None:
@@ -337,7 +344,7 @@ async def test_ac_errors_are_polled_through_then_fail_past_the_budget(
     timing = replace(FAST, max_ac_failures=3)
     with aioresponses() as mocked:
         _mocked_statuses(mocked, [error] * 3)
-        sink = Sink(tmp_path, "none")
+        sink = local_sink(tmp_path / "out", tmp_path)
         client = ExportClient(session, "https://ac.example.com", SecretStr("tkn-123"))
         with (
             structlog.testing.capture_logs() as logs,
@@ -358,7 +365,7 @@ async def test_unknown_status_is_a_transient_answer(
     timing = replace(FAST, max_attempts=4)
     with aioresponses() as mocked:
         _mocked_statuses(mocked, [weird] * 4)
-        sink = Sink(tmp_path, "none")
+        sink = local_sink(tmp_path / "out", tmp_path)
         client = ExportClient(session, "https://ac.example.com", SecretStr("tkn-123"))
         with pytest.raises(TransientError, match="unknown status 'EXPLODED'"):
             await run_export(spec_for(tmp_path, "page"), client, sink, timing)
@@ -402,5 +409,7 @@ async def test_zip_payload_is_converted_to_ndjson(
     assert outcome.manifest.format == "zip"
     assert outcome.manifest.payload_sha256 == job["sha256"]
     assert outcome.manifest.records == 2500
-    lines = gzip.decompress(spec_for(tmp_path, "membership", "gzip").destination.read_bytes())
+    lines = gzip.decompress(
+        (tmp_path / "out" / spec_for(tmp_path, "membership", "gzip").key).read_bytes()
+    )
     assert len([json.loads(line) for line in lines.splitlines()]) == 2500

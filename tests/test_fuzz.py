@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import aiohttp
 import pytest
@@ -29,8 +29,8 @@ from acexport.api import ExportClient
 from acexport.errors import AcexportError
 from acexport.export import ExportSpec, Timing, run_export
 from acexport.polling import Backoff
-from acexport.sink import Sink
 from acexport.windows import ExportWindow
+from tests.daemon_helpers import local_sink
 
 WINDOW = ExportWindow(datetime(2022, 1, 1, tzinfo=UTC), datetime(2022, 1, 2, tzinfo=UTC))
 TIMING = Timing(
@@ -160,11 +160,11 @@ def test_every_answer_is_classified(
     destination.unlink(missing_ok=True)
 
     async def attempt() -> None:
-        sink = Sink(temp, "none")
+        sink = local_sink(tmp_path / "out", temp)
         try:
             async with aiohttp.ClientSession() as session:
                 client = ExportClient(session, server.url, SecretStr("fuzz-token"))
-                spec = ExportSpec("acme", "page", WINDOW, destination)
+                spec = ExportSpec("acme", "page", WINDOW, PurePosixPath("page.jsonl"))
                 await run_export(spec, client, sink, TIMING, sleep=no_wait)
         finally:
             sink.close()

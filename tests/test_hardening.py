@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import aiohttp
 import pytest
@@ -15,7 +15,7 @@ from aiohttp import web
 from acexport.config import load_settings
 from acexport.observability import configure_logging
 from acexport.state import read_rows
-from tests.daemon_helpers import FAST_HTTP, job
+from tests.daemon_helpers import FAST_HTTP, job, local_sink
 
 
 @pytest.fixture
@@ -131,7 +131,6 @@ async def test_gzip_bomb_over_http_is_refused_with_nothing_kept(tmp_path: Path) 
     from acexport.errors import PayloadTooLarge
     from acexport.export import ExportSpec, Timing, run_export
     from acexport.polling import Backoff
-    from acexport.sink import Sink
     from acexport.windows import ExportWindow
 
     bomb = gzip.compress(b'{"id": 1}\n' * 3_000_000, 9)  # 30 MB in about 60 kB
@@ -147,8 +146,8 @@ async def test_gzip_bomb_over_http_is_refused_with_nothing_kept(tmp_path: Path) 
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     window = ExportWindow(datetime(2022, 1, 1, tzinfo=UTC), datetime(2022, 1, 2, tzinfo=UTC))
-    spec = ExportSpec("acme", "page", window, tmp_path / "out" / "page.jsonl")
-    sink = Sink(tmp_path / "tmp", "none")
+    spec = ExportSpec("acme", "page", window, PurePosixPath("page.jsonl"))
+    sink = local_sink(tmp_path / "out", tmp_path / "tmp")
     timing = Timing(poll=Backoff(0.01, 0.05), retry=Backoff(0.01, 0.05), max_attempts=3)
     try:
         async with aiohttp.ClientSession() as session:

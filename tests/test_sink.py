@@ -11,7 +11,7 @@ import json
 import os
 import zipfile
 from collections.abc import AsyncIterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -19,8 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from acexport.errors import PayloadError, SinkError
+from acexport.output import Manifest
 from acexport.payload import PayloadSummary, PayloadWriter
-from acexport.sink import Manifest, Sink
+from acexport.sink import Sink
+from acexport.stores import LocalStore
 
 RECORDS = [
     {"id": "1", "name": "Zoë \u2014 \U0001f331", "nested": {"a": [1, 2, {"b": None}]}},
@@ -171,14 +173,14 @@ def _manifest(name: str) -> Manifest:
 
 async def test_commit_places_file_then_manifest_and_leaves_no_temp(tmp_path: Path) -> None:
     """A committed export is the data file plus its manifest; the temp dir is empty."""
-    sink = Sink(tmp_path / "state" / "tmp", "none")
+    sink = _sink(tmp_path / "out", tmp_path / "state" / "tmp")
     writer = sink.new_writer()
     payload = ndjson(RECORDS)
     await sink.receive(writer, _chunks(payload, 10))
     summary = await sink.finish(writer)
     destination = tmp_path / "out" / "acme" / "page.jsonl"
-    root = tmp_path / "out"
-    manifest_path = await sink.commit(summary, root, destination, _manifest(destination.name))
+    location = await sink.commit(summary, PurePosixPath("acme/page.jsonl"), _manifest("page.jsonl"))
+    manifest_path = Path(location)
     sink.close()
     assert destination.read_bytes() == payload
     assert json.loads(manifest_path.read_text())["file"] == "page.jsonl"
@@ -188,7 +190,7 @@ async def test_commit_places_file_then_manifest_and_leaves_no_temp(tmp_path: Pat
 
 def test_stale_temp_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
     """Temp files of a crashed run are cleaned; a live process's are kept."""
-    sink = Sink(tmp_path, "none")
+    sink = _sink(tmp_path / "out", tmp_path)
     dead = tmp_path / "acexport-999999999-0123456789abcdef.part"
     mine = tmp_path / f"acexport-{os.getpid()}-0123456789abcdef.spool"
     dead.write_bytes(b"x")
@@ -205,16 +207,24 @@ def test_cleanup_never_touches_names_acexport_did_not_make(tmp_path: Path) -> No
     user_files = ["2022-01-01-report.csv", "12345-notes.txt", "999999999-abc.part", "acexport-1"]
     for name in user_files:
         (tmp_path / name).write_text("keep me")
-    sink = Sink(tmp_path, "none")
+    sink = _sink(tmp_path / "out", tmp_path)
     assert sink.clean_stale(everything=True) == 0
     sink.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(user_files)
 
 
-async def _summary(sink: Sink) -> PayloadSummary:
+def _sink(root: Path, temp: Path) -> Sink:
+    return Sink(temp, "none", LocalStore(root, temp))
+
+
+async def _commit(sink: Sink, key: str) -> str:
     writer = sink.new_writer()
     await sink.receive(writer, _chunks(ndjson(RECORDS), 10))
-    return await sink.finish(writer)
+    summary = await sink.finish(writer)
+    try:
+        return await sink.commit(summary, PurePosixPath(key), _manifest(PurePosixPath(key).name))
+    finally:
+        summary.path.unlink(missing_ok=True)  # as export.py does after every commit
 
 
 async def test_symlinked_directory_inside_the_output_tree_is_refused(tmp_path: Path) -> None:
@@ -223,10 +233,9 @@ async def test_symlinked_directory_inside_the_output_tree_is_refused(tmp_path: P
     root.mkdir()
     elsewhere.mkdir()
     (root / "acme").symlink_to(elsewhere)
-    sink = Sink(tmp_path / "tmp", "none")
-    destination = root / "acme" / "page.jsonl"
+    sink = _sink(root, tmp_path / "tmp")
     with pytest.raises(SinkError, match="link"):
-        await sink.commit(await _summary(sink), root, destination, _manifest("page.jsonl"))
+        await _commit(sink, "acme/page.jsonl")
     sink.close()
     assert list(elsewhere.iterdir()) == []
     assert list((tmp_path / "tmp").iterdir()) == []
@@ -237,9 +246,8 @@ async def test_a_linked_output_root_itself_is_allowed(tmp_path: Path) -> None:
     real, root = tmp_path / "data", tmp_path / "out"
     real.mkdir()
     root.symlink_to(real)
-    sink = Sink(tmp_path / "tmp", "none")
-    destination = root / "acme" / "page.jsonl"
-    await sink.commit(await _summary(sink), root, destination, _manifest("page.jsonl"))
+    sink = _sink(root, tmp_path / "tmp")
+    await _commit(sink, "acme/page.jsonl")
     sink.close()
     assert (real / "acme" / "page.jsonl").read_bytes() == ndjson(RECORDS)
 
@@ -266,9 +274,9 @@ async def test_staging_across_filesystems_never_writes_through_a_planted_link(
         real_replace(src, dst, **kwargs)
 
     monkeypatch.setattr(os, "replace", cross_device_first)
-    sink = Sink(tmp_path / "tmp", "none")
+    sink = _sink(root, tmp_path / "tmp")
     destination = root / "page.jsonl"
-    await sink.commit(await _summary(sink), root, destination, _manifest("page.jsonl"))
+    await _commit(sink, "page.jsonl")
     sink.close()
     assert victim.read_text() == "precious"
     assert not destination.is_symlink()

@@ -164,14 +164,85 @@ class HttpSettings(_Section):
         return self
 
 
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+class S3Settings(_Section):
+    """How to reach an ``s3://`` output. Credentials: the two files, or else the
+    standard AWS chain (environment, shared credentials file, instance role)."""
+
+    endpoint_url: str | None = None  # for S3-compatible stores (MinIO, SeaweedFS, R2, ...)
+    region: str | None = None
+    path_style: bool = False  # bucket in the path, not the host name (most non-AWS stores)
+    access_key_id_file: Path | None = None
+    secret_access_key_file: Path | None = None
+    session_token_file: Path | None = None
+    part_size: ByteSize = Field(default=ByteSize(8 * 1024**2), ge=5 * 1024**2, le=5 * 1024**3)
+    concurrency: int = Field(default=4, ge=1, le=64)  # parts uploaded at once
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        if parts.username or parts.password or parts.query:
+            raise ValueError("endpoint_url must not carry credentials or a query")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _key_pair(self) -> S3Settings:
+        if (self.access_key_id_file is None) != (self.secret_access_key_file is None):
+            raise ValueError("give both access_key_id_file and secret_access_key_file, or neither")
+        if self.session_token_file is not None and self.access_key_id_file is None:
+            raise ValueError(
+                "session_token_file needs access_key_id_file and secret_access_key_file"
+            )
+        return self
+
+
 class OutputSettings(_Section):
+    # Where committed data goes: a directory (a path or file://...) or s3://bucket/prefix.
+    # When set, it replaces daemon.output_dir (which a container's defaults may set).
+    url: str | None = None
     path: str = (
         "workspace={workspace}/type={type}/date={from:%Y-%m-%d}/"
         "{type}_{from:%Y%m%dT%H%M}_{to:%Y%m%dT%H%M}.jsonl"
     )
     compression: Literal["none", "gzip"] = "gzip"
+    s3: S3Settings = S3Settings()
 
     _check_path = field_validator("path")(classmethod(lambda cls, v: check_path_template(v)))
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip() or "\x00" in value:
+            raise ValueError("must name a directory or s3://bucket/prefix")
+        parts = urlsplit(value)
+        if parts.scheme == "s3":
+            if not _BUCKET.fullmatch(parts.netloc):
+                raise ValueError(f"{parts.netloc!r} is not a valid bucket name")
+            if parts.query or parts.fragment or ".." in parts.path.split("/"):
+                raise ValueError("an s3:// url is s3://bucket or s3://bucket/prefix")
+        elif parts.scheme == "file":
+            if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+                raise ValueError("a file:// url names an absolute local path (file:///srv/x)")
+        elif parts.scheme and len(parts.scheme) > 1:  # (one letter: a Windows drive)
+            raise ValueError(f"unsupported scheme {parts.scheme!r}: use a path or s3://")
+        return value
+
+    def s3_location(self) -> tuple[str, str] | None:
+        """(bucket, prefix ending in "/" or empty) for an s3:// url, else None."""
+        if self.url is None or not self.url.startswith("s3://"):
+            return None
+        parts = urlsplit(self.url)
+        prefix = parts.path.strip("/")
+        return parts.netloc, f"{prefix}/" if prefix else ""
 
 
 class WorkspaceSettings(_Section):
@@ -304,10 +375,15 @@ class Settings(BaseSettings):
     jobs: list[JobSettings] = []
 
     def layout(self) -> OutputLayout:
-        """Where data files go: output_dir, output.path and the compression suffix."""
-        return OutputLayout(
-            self.daemon.output_dir.absolute(), self.output.path, self.output.compression
-        )
+        """Where data files go in the output store: output.path and the compression suffix."""
+        return OutputLayout(self.output.path, self.output.compression)
+
+    def output_dir(self) -> Path:
+        """The local output directory: output.url as a path, or daemon.output_dir."""
+        url = self.output.url
+        if url is None:
+            return self.daemon.output_dir.absolute()
+        return Path(urlsplit(url).path if url.startswith("file:") else url).absolute()
 
     @model_validator(mode="after")
     def _jobs_fit(self) -> Settings:

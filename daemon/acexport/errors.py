@@ -8,6 +8,10 @@
   ``ServerError`` is a 5xx (from AC itself, a bad token may be behind it).
 - ``PayloadTooLarge``: the payload passed a configured cap; nothing is kept.
 - ``SinkError``: the local disk refused (full, read-only); nothing half-written is left.
+- ``StoreUnavailable``: the output store (S3) is down, slow or busy; the commit is
+  retried from the local temp file, AC is not asked again.
+- ``StoreRejected``: the output store refused for a reason retrying cannot fix
+  (access denied, no such bucket): the operator must fix the config.
 - ``StateError``: the ledger cannot be written; the daemon stops rather than guess.
 """
 
@@ -72,3 +76,11 @@ class StateError(AcexportError):
 
 class SinkError(AcexportError):
     """Writing the data locally failed (disk full, permissions); the temp file is gone."""
+
+
+class StoreUnavailable(AcexportError):
+    """The output store did not take the data now (down, 5xx, SlowDown, timeout)."""
+
+
+class StoreRejected(AcexportError):
+    """The output store refused (403, no such bucket, bad credentials): a config problem."""

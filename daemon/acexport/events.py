@@ -21,6 +21,7 @@ class ExportEnded:
     ok: bool
     reason: str | None = None
     token_rejected: bool = False  # the lane's token is bad: no retry can help
+    store_rejected: bool = False  # the output store refused (access, bucket): fix the config
     payload_bytes: int = 0
     requests: int = 0
     processing_s: float | None = None  # AC's time from submission to ready data

@@ -5,8 +5,9 @@ auth and rejections end it, transient failures are retried with backoff
 (``Retry-After`` honoured), a cut download resumes where it can, a download
 that ended early is fetched again, an ERROR from AC (its export failed; the
 next request starts a new one) is polled on within its own budget, 5xx
-answers to a token AC never accepted end as a suspected bad token, and ready
-data that expired is resubmitted, never skipped.
+answers to a token AC never accepted end as a suspected bad token, ready
+data that expired is resubmitted, never skipped, and an output store that is
+unavailable is retried from the verified local temp file without asking AC again.
 """
 
 from __future__ import annotations
@@ -16,16 +17,25 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import PurePosixPath
 
 import structlog
 
 from .api import ExportClient, ExportStatus, Payload
 from .config import HttpSettings
-from .errors import AuthError, ExportFailed, PayloadError, RateLimited, ServerError, TransientError
+from .errors import (
+    AuthError,
+    ExportFailed,
+    PayloadError,
+    RateLimited,
+    ServerError,
+    StoreUnavailable,
+    TransientError,
+)
+from .output import Manifest
 from .payload import PayloadSummary, PayloadWriter
 from .polling import Backoff, PollPlan
-from .sink import Manifest, Sink
+from .sink import Sink
 from .windows import ExportWindow, iso_ms
 
 log = structlog.get_logger("acexport.export")
@@ -41,17 +51,12 @@ READY_MARGIN = 0.9
 
 @dataclass(frozen=True)
 class ExportSpec:
-    """What to export, and where its data file goes.
-
-    ``output_root``: the configured output directory; no link below it is followed.
-    None means the destination's own directory.
-    """
+    """What to export, and the key of its data file in the output store."""
 
     workspace: str
     type: str
     window: ExportWindow
-    destination: Path
-    output_root: Path | None = None
+    key: PurePosixPath
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,7 @@ class Timing:
 @dataclass
 class ExportOutcome:
     manifest: Manifest
-    manifest_path: Path
+    manifest_location: str  # a path, or an s3:// URL
     requests: int
     expired_resubmits: int
     processing_s: float | None = None  # submitted to ready, seen here (None if resumed ready)
@@ -182,17 +187,26 @@ async def _ask(
             delay = await _on_status(answer, state, sink, timing, polls)
             await observer.status(answer, delay)
             return delay
-        manifest_path, manifest = await _download(spec, answer, state, sink, observer)
-        done = time.monotonic()
-        submitted, ready = state.submitted_at, state.ready_at
-        return ExportOutcome(
-            manifest=manifest,
-            manifest_path=manifest_path,
-            requests=state.requests,
-            expired_resubmits=state.expired,
-            processing_s=None if submitted is None or ready is None else ready - submitted,
-            download_s=None if ready is None else done - ready,
-        )
+        summary = await _download(answer, state, sink, observer)
+    # The response is closed: a slow output store holds no connection to AC.
+    manifest = _manifest(spec, summary, state.created_date, sink.compression)
+    location = await _commit(spec, summary, manifest, sink, timing)
+    log.info(
+        "export_done",
+        records=summary.records,
+        payload_bytes=summary.payload_bytes,
+        file=sink.store.location(spec.key),
+        requests=state.requests,
+    )
+    submitted, ready = state.submitted_at, state.ready_at
+    return ExportOutcome(
+        manifest=manifest,
+        manifest_location=location,
+        requests=state.requests,
+        expired_resubmits=state.expired,
+        processing_s=None if submitted is None or ready is None else ready - submitted,
+        download_s=None if ready is None else time.monotonic() - ready,
+    )
 
 
 def _data_may_have_expired(state: _Attempt, timing: Timing) -> bool:
@@ -295,12 +309,8 @@ def _on_ac_failure(answer: ExportStatus, state: _Attempt, timing: Timing) -> flo
 
 
 async def _download(
-    spec: ExportSpec,
-    payload: Payload,
-    state: _Attempt,
-    sink: Sink,
-    observer: ExportObserver,
-) -> tuple[Path, Manifest]:
+    payload: Payload, state: _Attempt, sink: Sink, observer: ExportObserver
+) -> PayloadSummary:
     state.ac_failures = 0
     if state.ready_at is None:
         state.ready_at = time.monotonic()
@@ -322,22 +332,37 @@ async def _download(
 
     await sink.receive(writer, counted())
     summary = await sink.finish(writer)
-    state.writer = None
-    manifest = _manifest(spec, summary, state.created_date, sink.compression)
+    state.writer, state.offset = None, 0
+    return summary
+
+
+async def _commit(
+    spec: ExportSpec,
+    summary: PayloadSummary,
+    manifest: Manifest,
+    sink: Sink,
+    timing: Timing,
+) -> str:
+    """Commit to the output store, retrying while it is unavailable.
+
+    The verified temp file is kept between attempts, so AC is not asked again;
+    only if that file is lost is the data downloaded anew.
+    """
+    delays = timing.retry.delays()
     try:
-        root = spec.output_root or spec.destination.parent
-        manifest_path = await sink.commit(summary, root, spec.destination, manifest)
-    except BaseException:
+        while True:
+            if not summary.path.exists():
+                raise PayloadError("the local temp file was lost before it was stored")
+            try:
+                location = await sink.commit(summary, spec.key, manifest)
+            except StoreUnavailable as exc:
+                delay = next(delays)
+                log.warning("output_store_retrying", error=str(exc), delay_s=round(delay, 3))
+                await asyncio.sleep(delay)
+                continue
+            return location
+    finally:
         summary.path.unlink(missing_ok=True)
-        raise
-    log.info(
-        "export_done",
-        records=summary.records,
-        payload_bytes=summary.payload_bytes,
-        file=str(spec.destination),
-        requests=state.requests,
-    )
-    return manifest_path, manifest
 
 
 def _manifest(
@@ -350,7 +375,7 @@ def _manifest(
         toDate=spec.window.to_date,
         createdDate=created_date,
         downloadedAt=iso_ms(datetime.now(UTC)),
-        file=spec.destination.name,
+        file=spec.key.name,
         records=summary.records,
         payload_bytes=summary.payload_bytes,
         payload_sha256=summary.payload_sha256,

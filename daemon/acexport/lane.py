@@ -14,7 +14,6 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,7 +22,7 @@ from pydantic import SecretStr
 
 from .api import ExportClient, ExportStatus, TokenTrust
 from .config import Settings
-from .errors import AcexportError, AuthError, StateError
+from .errors import AcexportError, AuthError, StateError, StoreRejected
 from .events import ExportEnded, LaneObserver
 from .export import (
     READY_MARGIN,
@@ -211,9 +210,8 @@ class Lane:
             await self._failed(record, "the workspace is no longer configured")
             return
         window = record.window(ws.zone)
-        layout = settings.layout()
-        destination = layout.path_for(record.workspace, record.type, record.job, window)
-        spec = ExportSpec(record.workspace, record.type, window, destination, layout.root)
+        key = settings.layout().key_for(record.workspace, record.type, record.job, window)
+        spec = ExportSpec(record.workspace, record.type, window, key)
         if not self._still_downloadable(record):
             await store.mark_submitted(record.id)
         try:
@@ -227,9 +225,10 @@ class Lane:
             return
         except AcexportError as exc:
             log.error("export_failed", error=str(exc), kind=type(exc).__name__)
-            await self._failed(record, f"{type(exc).__name__}: {exc}")
+            rejected = isinstance(exc, StoreRejected)
+            await self._failed(record, f"{type(exc).__name__}: {exc}", store_rejected=rejected)
             return
-        await self._succeeded(record, outcome, destination)
+        await self._succeeded(record, outcome, self.ctx.sink.store.location(key))
 
     async def _run_export(
         self,
@@ -254,13 +253,13 @@ class Lane:
         return await run_export(spec, client, self.ctx.sink, timing, keeper)
 
     async def _succeeded(
-        self, record: ExportRecord, outcome: ExportOutcome, destination: Path
+        self, record: ExportRecord, outcome: ExportOutcome, destination: str
     ) -> None:
         manifest = outcome.manifest
         await asyncio.shield(
             self.ctx.store.mark_done(
                 record.id,
-                destination=str(destination),
+                destination=destination,
                 records=manifest.records,
                 payload_bytes=manifest.payload_bytes,
                 payload_sha256=manifest.payload_sha256,
@@ -278,13 +277,24 @@ class Lane:
         )
 
     async def _failed(
-        self, record: ExportRecord, reason: str, *, token_rejected: bool = False
+        self,
+        record: ExportRecord,
+        reason: str,
+        *,
+        token_rejected: bool = False,
+        store_rejected: bool = False,
     ) -> None:
         # Reasons carry server text: redacted and capped before the ledger, status and
         # the unauthenticated /healthz see them.
         reason = remote_text(reason)
         await asyncio.shield(self.ctx.store.mark_failed(record.id, reason))
-        self._publish(record, ok=False, reason=reason, token_rejected=token_rejected)
+        self._publish(
+            record,
+            ok=False,
+            reason=reason,
+            token_rejected=token_rejected,
+            store_rejected=store_rejected,
+        )
 
     def _publish(self, record: ExportRecord, **outcome: Any) -> None:
         event = ExportEnded(self.key, record.workspace, record.type, record.job, **outcome)

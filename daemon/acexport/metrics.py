@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 FAILURES_BEFORE_UNHEALTHY = 5
 
 
+OUTPUT_STORE = "output store"
+
+
 @dataclass
 class Health(LaneObserver):
     """What /healthz answers: healthy unless stopping, a token is rejected, or a lane
@@ -46,6 +49,11 @@ class Health(LaneObserver):
         if event.ok:
             self._failures_in_a_row.pop(event.lane, None)
             self.problems.pop(event.lane, None)
+            self.problems.pop(OUTPUT_STORE, None)
+            return
+        if event.store_rejected:
+            # Every lane writes there: one problem, named at once, not per lane.
+            self.problems[OUTPUT_STORE] = event.reason or "the output store refused"
             return
         count = self._failures_in_a_row.get(event.lane, 0) + 1
         self._failures_in_a_row[event.lane] = count

@@ -1,19 +1,27 @@
-"""The output layout: where a window's data file goes, by ``output.path``.
+"""What readers of the output see: the layout of keys, the manifest, the store seam.
 
 The path template's placeholders (``workspace``, ``type``, ``job``, ``from``,
-``to``) are checked once, and no rendering can leave the output directory or
-name a file the file system cannot hold. This is the seam an output backend
-(local directory, object storage) renders its keys through.
+``to``) are checked once, and no rendering can leave the output root or name
+a file the file system cannot hold. Every output store (a local directory,
+object storage) takes the same relative keys, writes the data first and its
+manifest last, and can list the manifests under a prefix: a window whose
+manifest exists is done, whatever the ledger says.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import string
-from dataclasses import dataclass
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 from .windows import ExportWindow
+
+MANIFEST_SUFFIX = ".manifest.json"
 
 _PATH_FIELDS = {"workspace", "type", "job", "from", "to"}
 _NAME_MAX = 255  # bytes in one path component on Linux file systems
@@ -65,22 +73,77 @@ def name_too_long(template: str, workspace: str, type_: str, job: str) -> str | 
     )
 
 
+def manifest_key(key: PurePosixPath) -> PurePosixPath:
+    """The completion marker beside a data file."""
+    return key.with_name(key.name + MANIFEST_SUFFIX)
+
+
 @dataclass(frozen=True)
 class OutputLayout:
-    """``root`` / rendered ``template`` (+ ``.gz`` when compressed)."""
+    """The rendered ``template`` (+ ``.gz`` when compressed), relative to the store's root."""
 
-    root: Path
     template: str
     compression: str
 
-    def path_for(
+    def key_for(
         self, workspace: str, type_: str, job: str, window: ExportWindow, compression: str = ""
-    ) -> Path:
+    ) -> PurePosixPath:
         """Where a window's data file goes (``compression`` overrides the layout's)."""
-        relative = render_path(
+        key = render_path(
             self.template, workspace, type_, job, window.local_start, window.local_end
         )
-        path = self.root / relative
-        if (compression or self.compression) == "gzip" and path.suffix != ".gz":
-            path = path.with_name(path.name + ".gz")
-        return path
+        if (compression or self.compression) == "gzip" and key.suffix != ".gz":
+            key = key.with_name(key.name + ".gz")
+        return key
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The completion marker written beside each data file (design section 5).
+
+    Its camelCase field names are AC's, and the contract with readers of the output.
+    """
+
+    workspace: str
+    type: str
+    fromDate: str
+    toDate: str
+    createdDate: str | None
+    downloadedAt: str
+    file: str
+    records: int
+    payload_bytes: int
+    payload_sha256: str
+    format: str
+    compression: str
+
+    def to_json(self) -> bytes:
+        return (json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+class OutputStore(Protocol):
+    """Where committed data lives: a local directory or an object-storage prefix."""
+
+    def location(self, key: PurePosixPath) -> str:
+        """How a key is named to people (a path, or an ``s3://`` URL); never credentials."""
+        ...
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        """Connect, check access, clean what crashed runs left; closed with ``stack``."""
+        ...
+
+    async def commit(self, data: Path, key: PurePosixPath, manifest: Manifest) -> str:
+        """Store the file ``data`` under ``key``, then its manifest. Idempotent:
+        committing the same key again replaces, never duplicates. Returns the
+        manifest's location; the caller removes ``data`` if it is still there."""
+        ...
+
+    async def manifests_under(self, prefix: str) -> set[PurePosixPath]:
+        """The data keys (not manifest keys) whose manifest exists under ``prefix``."""
+        ...
+
+
+def common_prefix(keys: list[PurePosixPath]) -> str:
+    """The longest string every key starts with: one listing covers them all."""
+    # Characters, not path components: an S3 prefix need not end at a "/".
+    return os.path.commonprefix([str(key) for key in keys])  # noqa: RUF071

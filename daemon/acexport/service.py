@@ -1,5 +1,5 @@
-"""The daemon: composes the state lock, ledger, sink, HTTP session, health server,
-lanes, scheduler and background loops.
+"""The daemon: composes the state lock, ledger, output store, sink, HTTP session,
+health server, lanes, scheduler and background loops.
 
     async with Daemon(settings, config_path) as daemon:
         await daemon.run_until_stopped()
@@ -30,7 +30,7 @@ from pydantic import SecretStr
 
 from .api import new_session
 from .config import JobSettings, Settings, load_settings, resolve_tokens
-from .errors import ConfigError, StateError
+from .errors import ConfigError, StateError, StoreRejected, StoreUnavailable
 from .events import Observers, Tally
 from .export import Timing
 from .lane import Lane, LaneContext
@@ -39,11 +39,14 @@ from .lock import take_lock
 from .metrics import Health, Metrics
 from .notify import SystemdNotifier
 from .observability import register_secret
+from .output import OutputStore
 from .planner import due_windows
 from .scheduler import Scheduler, utc_now
 from .sink import Sink
 from .state import ExportRecord, LedgerState, StateStore, ledger_path
 from .statuspage import LaneView, build_view, horizon_start, render
+from .stored import adopt_stored
+from .stores import open_store
 from .windows import ExportWindow
 
 log = structlog.get_logger("acexport.service")
@@ -80,6 +83,8 @@ class Daemon:
         self._reload = asyncio.Event()
         self._wake = asyncio.Event()  # a stop or a reload was asked for
         self._store: StateStore
+        self._output: OutputStore
+        self._listed: set[str] = set()  # jobs whose windows were looked for in the output store
         self._ctx: LaneContext
         self._scheduler = Scheduler(self._look, clock)
         self.metrics = Metrics()
@@ -113,9 +118,13 @@ class Daemon:
         daemon, stack = self._settings.daemon, self._stack
         stack.callback(take_lock(daemon.state_dir).close)
         self._store = await StateStore.start(ledger_path(daemon.state_dir), stack)
+        temp_dir = daemon.state_dir / "tmp"
+        self._output = open_store(self._settings, temp_dir)
+        await self._output.start(stack)
         sink = Sink(
-            daemon.state_dir / "tmp",
+            temp_dir,
             self._settings.output.compression,
+            self._output,
             self._settings.http.payload_limits(),
         )
         await sink.start(stack)
@@ -137,6 +146,8 @@ class Daemon:
         stack.push_async_callback(self._stop_lanes)
         self._scheduler.start(stack)  # stopped before the lanes: no look after that
         self._apply_lanes()
+        for job in self._settings.jobs:  # before resuming: what is stored needs no export
+            await self._adopt_stored(job, self._due(job))
         await self._resume()
         await self._start_loops(stack)
         self._notifier.notify(ready=1, status=self._status_line())
@@ -222,15 +233,36 @@ class Daemon:
         return added
 
     # -- planning --------------------------------------------------------------
+    def _due(self, job: JobSettings) -> list[ExportWindow]:
+        return due_windows(job, self._settings.workspaces[job.workspace].zone, self._clock())
+
     async def _look(self, job: JobSettings) -> None:
-        zone = self._settings.workspaces[job.workspace].zone
-        windows = due_windows(job, zone, self._clock())
         try:
-            await self.plan(job, windows)
+            # Listed once per job (at start, or when a reload changes it): afterwards
+            # this daemon, holding the state dir, is what writes its windows.
+            await self.plan(
+                job, self._due(job), look_in_store=self._job_key(job) not in self._listed
+            )
         except StateError as exc:
             self.fail(exc)
+        except (StoreRejected, StoreUnavailable) as exc:
+            log.error("output_store_listing_failed", job=job.name, error=str(exc))
 
-    async def plan(self, job: JobSettings, windows: list[ExportWindow]) -> list[ExportRecord]:
+    @staticmethod
+    def _job_key(job: JobSettings) -> str:
+        return job.model_dump_json()
+
+    async def _adopt_stored(self, job: JobSettings, windows: list[ExportWindow]) -> None:
+        """Windows whose manifest the output store holds are done (one listing per type)."""
+        await adopt_stored(self._store, self._output, self._settings.layout(), job, windows)
+        self._listed.add(self._job_key(job))
+
+    async def plan(
+        self, job: JobSettings, windows: list[ExportWindow], *, look_in_store: bool = True
+    ) -> list[ExportRecord]:
+        """Queue ``windows`` of ``job`` (those the output store lacks, if it is looked in)."""
+        if look_in_store:
+            await self._adopt_stored(job, windows)
         records = await self._store.plan(job.name, job.workspace, job.types, windows)
         lane = self._lanes[self._lane_of[job.workspace]]
         if lane.auth_failure and any(r.state is LedgerState.QUEUED for r in records):

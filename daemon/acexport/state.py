@@ -339,6 +339,33 @@ class StateStore:
         )
 
     @_state_errors
+    async def adopt_stored(
+        self, job: str, workspace: str, found: Iterable[tuple[str, ExportWindow, str]]
+    ) -> int:
+        """Record windows whose manifest is in the output store as done.
+
+        ``found``: (type, window, location) triples. Rows not yet done become
+        done; missing rows are created done. Returns how many rows changed.
+        """
+        now = time.time()
+        rows = [(workspace, t, _key(w.start), _key(w.end), where) for t, w, where in found]
+        if not rows:
+            return 0
+        before = self._db.total_changes
+        await self._db.executemany(
+            "INSERT INTO exports (workspace, type, window_start, window_end, job, state, "
+            "destination, planned_at, finished_at, updated_at, reason) "
+            "VALUES (?, ?, ?, ?, ?, 'done', ?, ?, ?, ?, 'found in the output store') "
+            "ON CONFLICT (workspace, type, window_start, window_end) DO UPDATE SET "
+            "state = 'done', destination = excluded.destination, reason = excluded.reason, "
+            "finished_at = excluded.finished_at, updated_at = excluded.updated_at "
+            "WHERE state != 'done'",
+            [(ws, t, start, end, job, where, now, now, now) for ws, t, start, end, where in rows],
+        )
+        await self._db.commit()
+        return int(self._db.total_changes - before)
+
+    @_state_errors
     async def mark_failed(self, export_id: int, reason: str) -> None:
         await self._update(
             export_id, state=LedgerState.FAILED, reason=reason, finished_at=time.time()

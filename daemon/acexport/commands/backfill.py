@@ -12,12 +12,15 @@ import argparse
 import asyncio
 import sys
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import JobSettings, Settings
 from ..lock import lock_holder
 from ..state import StateStore, ledger_path
+from ..stored import adopt_stored
+from ..stores import open_store
 from ..windows import ExportWindow, aligned_windows, parse_bound
 from . import ExitCode
 from .common import (
@@ -69,11 +72,16 @@ async def _backfill(
 ) -> int:
     holder = lock_holder(settings.daemon.state_dir)
     if holder is not None:
-        store = await StateStore.open(ledger_path(settings.daemon.state_dir))
+        ledger = await StateStore.open(ledger_path(settings.daemon.state_dir))
         try:
-            records = await store.plan(job.name, job.workspace, job.types, windows)
+            async with AsyncExitStack() as stack:
+                # Its own temp dir: the daemon's is the lock holder's to clean.
+                output = open_store(settings, settings.daemon.state_dir / "tmp-backfill")
+                await output.start(stack)
+                await adopt_stored(ledger, output, settings.layout(), job, windows)
+            records = await ledger.plan(job.name, job.workspace, job.types, windows)
         finally:
-            await store.close()
+            await ledger.close()
         print(
             f"queued {len(records)} exports of job {job.name}; the running daemon "
             f"(pid {holder}) will export them (see `acexport status`)"

@@ -14,8 +14,9 @@ import signal
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TextIO
 
 import structlog
@@ -34,8 +35,10 @@ from ..config import (
 from ..errors import AcexportError, ConfigError
 from ..export import ExportObserver, ExportSpec, Timing, run_export
 from ..observability import configure_logging, register_secret
+from ..output import OutputStore
 from ..payload import Compression
 from ..sink import Sink
+from ..stores import LocalStore, open_store
 from ..windows import ExportWindow, parse_bound
 from . import ExitCode
 from .common import UsageError, exit_code_of
@@ -50,6 +53,7 @@ class _Plan:
     base_url: str
     token: SecretStr
     spec: ExportSpec
+    file: Path | None  # --output FILE (or the stdout temp file); None: the configured store
     temp_dir: Path | None  # None: a private one is made when the export starts
     compression: Compression
     to_stdout: bool
@@ -79,10 +83,11 @@ def _plan(args: argparse.Namespace) -> _Plan:
         )
     except ValueError as exc:
         raise UsageError(f"--timezone/--from/--to: {exc}") from None
-    spec, compression = _destination(args, settings, config_path, name, window)
+    key, file, compression = _destination(args, settings, config_path, name, window)
+    spec = ExportSpec(name, args.type, window, key)
     temp_dir = settings.daemon.state_dir / "tmp" if config_path is not None else None
     to_stdout = args.output == "-"
-    return _Plan(settings, name, ws.base_url, token, spec, temp_dir, compression, to_stdout)
+    return _Plan(settings, name, ws.base_url, token, spec, file, temp_dir, compression, to_stdout)
 
 
 def _workspace_from_flags(args: argparse.Namespace) -> tuple[str, WorkspaceSettings, SecretStr]:
@@ -124,24 +129,21 @@ def _destination(
     config_path: Path | None,
     workspace: str,
     window: ExportWindow,
-) -> tuple[ExportSpec, Compression]:
-    """Where the data goes: --output, stdout (a private temp file first), or the layout."""
+) -> tuple[PurePosixPath, Path | None, Compression]:
+    """The key, the local file (None: the configured output store) and the compression."""
     compression: Compression
-    root: Path | None = None
     if args.output == "-":
         compression = args.compression or "none"
-        destination = Path("out")  # inside the private temp dir, set when it exists
-    elif args.output:
-        destination = Path(args.output).absolute()
-        compression = args.compression or ("gzip" if destination.suffix == ".gz" else "none")
-    elif config_path is None:
+        return PurePosixPath("out"), Path("out"), compression  # in the private temp dir
+    if args.output:
+        file = Path(args.output).absolute()
+        compression = args.compression or ("gzip" if file.suffix == ".gz" else "none")
+        return PurePosixPath(file.name), file, compression
+    if config_path is None:
         raise UsageError("--output is required without a config file")
-    else:
-        compression = args.compression or settings.output.compression
-        layout = settings.layout()
-        destination = layout.path_for(workspace, args.type, "export", window, compression)
-        root = layout.root
-    return ExportSpec(workspace, args.type, window, destination, root), compression
+    compression = args.compression or settings.output.compression
+    key = settings.layout().key_for(workspace, args.type, "export", window, compression)
+    return key, None, compression
 
 
 def _with_private_dir(plan: _Plan) -> _Plan:
@@ -150,16 +152,17 @@ def _with_private_dir(plan: _Plan) -> _Plan:
     Beside the output file, so the final rename stays on one filesystem; in the
     system's temp dir for stdout. No file of the user's is ever touched by cleanup.
     """
-    if plan.temp_dir is not None:
+    if plan.temp_dir is not None and not plan.to_stdout:
         return plan
-    if plan.to_stdout:
+    if plan.to_stdout:  # (with a config too: the data is not the output store's)
         private = Path(tempfile.mkdtemp(prefix="acexport-export-"))
-        spec = replace(plan.spec, destination=private / "out")
+        file: Path | None = private / "out"
     else:
-        plan.spec.destination.parent.mkdir(parents=True, exist_ok=True)
-        private = Path(tempfile.mkdtemp(prefix=".acexport-", dir=plan.spec.destination.parent))
-        spec = plan.spec
-    return replace(plan, spec=spec, temp_dir=private, private_dir=private)
+        assert plan.file is not None  # without a config there is no store but the file
+        plan.file.parent.mkdir(parents=True, exist_ok=True)
+        private = Path(tempfile.mkdtemp(prefix=".acexport-", dir=plan.file.parent))
+        file = plan.file
+    return replace(plan, file=file, temp_dir=private, private_dir=private)
 
 
 class _Progress(ExportObserver):
@@ -196,32 +199,38 @@ class _Progress(ExportObserver):
         self._stream.flush()
 
 
-async def _export(plan: _Plan, progress: _Progress | None) -> Path:
+async def _export(plan: _Plan, progress: _Progress | None) -> str:
     assert plan.temp_dir is not None
     # SIGTERM cancels like Ctrl-C does, so temp files are removed on the way out.
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    sink = Sink(plan.temp_dir, plan.compression, plan.settings.http.payload_limits())
-    if plan.private_dir is None:
-        sink.clean_stale(everything=False)
     timeout = plan.settings.http.timeout.total_seconds()
-    try:
-        async with new_session(timeout) as session:
-            client = ExportClient(
-                session,
-                plan.base_url,
-                plan.token,
-                max_inflate_ratio=plan.settings.http.max_inflate_ratio,
-            )
+    async with AsyncExitStack() as stack:
+        if plan.file is not None:
+            store: OutputStore = LocalStore(plan.file.parent, plan.temp_dir)
+        else:
+            store = open_store(plan.settings, plan.temp_dir)
+        await store.start(stack)
+        sink = Sink(plan.temp_dir, plan.compression, store, plan.settings.http.payload_limits())
+        stack.callback(sink.close)
+        if plan.private_dir is None:
+            sink.clean_stale(everything=False)
+        session = await stack.enter_async_context(new_session(timeout))
+        client = ExportClient(
+            session,
+            plan.base_url,
+            plan.token,
+            max_inflate_ratio=plan.settings.http.max_inflate_ratio,
+        )
+        try:
             outcome = await run_export(
                 plan.spec, client, sink, Timing.from_settings(plan.settings.http), progress
             )
-    finally:
-        if progress:
-            progress.close()
-        sink.close()
-    return outcome.manifest_path
+        finally:
+            if progress:
+                progress.close()
+    return outcome.manifest_location
 
 
 def main(args: argparse.Namespace) -> int:
@@ -261,7 +270,8 @@ def _run(plan: _Plan, quiet: bool) -> int:
         return ExitCode.FAILED
     if plan.to_stdout:
         try:
-            with plan.spec.destination.open("rb") as data:
+            assert plan.file is not None
+            with plan.file.open("rb") as data:
                 shutil.copyfileobj(data, sys.stdout.buffer, 1 << 20)
             sys.stdout.buffer.flush()
         except BrokenPipeError:

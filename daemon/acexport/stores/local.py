@@ -1,0 +1,151 @@
+"""The local output store: a directory, written by rename and fsync.
+
+Files are only ever created new (``O_EXCL|O_NOFOLLOW``, unguessable names),
+and directories below the output root are walked by file descriptor without
+following links, so a link planted in the output tree cannot redirect a write.
+The data file's name is durable before its manifest is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+from contextlib import AsyncExitStack
+from pathlib import Path, PurePosixPath
+
+from ..errors import SinkError
+from ..output import MANIFEST_SUFFIX, Manifest, manifest_key
+from ..payload import create_new, temp_stem
+
+
+def disk_error(action: str, path: Path, exc: OSError) -> SinkError:
+    hint = " (disk full?)" if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ""
+    return SinkError(f"{action} {path} failed: {exc.strerror or exc}{hint}")
+
+
+class LocalStore:
+    """Data files under ``root``; manifests staged in ``temp_dir`` then renamed beside them.
+
+    ``root`` may itself be a link; nothing below it is followed.
+    """
+
+    def __init__(self, root: Path, temp_dir: Path) -> None:
+        self.root = root.absolute()
+        self.temp_dir = temp_dir
+
+    @classmethod
+    def for_file(cls, path: Path, temp_dir: Path) -> tuple[LocalStore, PurePosixPath]:
+        """A store whose root is ``path``'s directory, and the key of ``path`` in it."""
+        path = path.absolute()
+        return cls(path.parent, temp_dir), PurePosixPath(path.name)
+
+    def path_of(self, key: PurePosixPath) -> Path:
+        return self.root / key
+
+    def location(self, key: PurePosixPath) -> str:
+        return str(self.path_of(key))
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        """Nothing to connect to; a missing root is created on the first commit."""
+
+    async def commit(self, data: Path, key: PurePosixPath, manifest: Manifest) -> str:
+        path = await asyncio.to_thread(_commit, data, self.root, key, manifest, self.temp_dir)
+        return str(path)
+
+    async def manifests_under(self, prefix: str) -> set[PurePosixPath]:
+        return await asyncio.to_thread(self._manifests_under, prefix)
+
+    def _manifests_under(self, prefix: str) -> set[PurePosixPath]:
+        top = PurePosixPath(prefix).parent if "/" in prefix else PurePosixPath()
+        start = self.root / top
+        names: set[str] = set()
+        # os.walk follows no links by default: a planted link cannot widen the listing.
+        for directory, _, files in os.walk(start):
+            relative = Path(directory).relative_to(self.root)
+            names.update(str(PurePosixPath(relative.as_posix()) / name) for name in files)
+        return {
+            PurePosixPath(name[: -len(MANIFEST_SUFFIX)])
+            for name in names
+            if name.startswith(prefix)
+            and name.endswith(MANIFEST_SUFFIX)
+            and name[: -len(MANIFEST_SUFFIX)] in names
+        }
+
+
+class _LinkInOutputTree(OSError):
+    """A symbolic link (or non-directory) where the output tree needs a directory."""
+
+
+def _open_directory(root: Path, relative: PurePosixPath) -> int:
+    """A descriptor of ``root/relative``, created as needed, reached without links."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in relative.parts:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o777, dir_fd=fd)
+            try:
+                child = os.open(
+                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                )
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise _LinkInOutputTree(
+                    exc.errno, f"refusing {part!r} in the output tree: a link or not a directory"
+                ) from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _place(source: Path, name: str, dir_fd: int) -> None:
+    """Rename ``source`` to ``name`` in ``dir_fd``; across filesystems, copy beside it first."""
+    try:
+        os.replace(source, name, dst_dir_fd=dir_fd)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    staging = f".{name}.{secrets.token_hex(8)}.tmp"
+    try:
+        with source.open("rb") as src, create_new(Path(staging), dir_fd=dir_fd) as dst:
+            shutil.copyfileobj(src, dst, 4 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(staging, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging, dir_fd=dir_fd)
+    source.unlink(missing_ok=True)
+
+
+def _commit(data: Path, root: Path, key: PurePosixPath, manifest: Manifest, temp_dir: Path) -> Path:
+    destination = root / key
+    staged = temp_dir / f"{temp_stem()}.manifest"
+    dir_fd: int | None = None
+    try:
+        dir_fd = _open_directory(root, key.parent)
+        _place(data, key.name, dir_fd)
+        os.fsync(dir_fd)  # the data's name is durable before a manifest claims it
+        with create_new(staged) as handle:
+            handle.write(manifest.to_json())
+            handle.flush()
+            os.fsync(handle.fileno())
+        _place(staged, manifest_key(key).name, dir_fd)
+        os.fsync(dir_fd)
+    except OSError as exc:
+        staged.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
+        raise disk_error("committing", destination, exc) from None
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+    return root / manifest_key(key)

@@ -1,0 +1,273 @@
+"""The S3 output store: data then manifest, uploaded with checksums the store verifies.
+
+Built on aiobotocore (async botocore on aiohttp, the client stack acexport
+already uses): the standard AWS credential chain, SigV4, ``ListMultipartUploads``
+and SHA-256 flexible checksums come from botocore, none hand-written. The
+library is an optional extra (``acexport[s3]``), imported only when an
+``s3://`` output is configured; bench/README.md has the figures behind the choice.
+
+Large files go up in parts, a few at a time, each part's SHA-256 computed in a
+worker thread and verified by the store; a failed upload is aborted, and at
+start-up the multipart uploads a crashed run left under the prefix are too.
+Keys are deterministic, so a retry or a re-run overwrites, never duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import structlog
+
+from ..errors import ConfigError, StoreRejected, StoreUnavailable
+from ..output import MANIFEST_SUFFIX, Manifest, manifest_key
+
+log = structlog.get_logger("acexport.s3")
+
+# Error codes retrying cannot fix: the bucket, the credentials or the policy are wrong.
+_REJECTED = {
+    "AccessDenied",
+    "AllAccessDisabled",
+    "InvalidAccessKeyId",
+    "InvalidBucketName",
+    "NoSuchBucket",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "AuthorizationHeaderMalformed",
+    "PermanentRedirect",
+    "403",
+    "404",
+}
+
+
+@dataclass(frozen=True)
+class S3Target:
+    """Where and how to reach the bucket; credentials stay out of every message."""
+
+    bucket: str
+    prefix: str  # "" or ending in "/"
+    endpoint_url: str | None = None
+    region: str | None = None
+    path_style: bool = False
+    access_key_id: str | None = None  # None: the standard AWS credential chain
+    secret_access_key: str | None = None
+    session_token: str | None = None
+    part_size: int = 8 * 1024 * 1024
+    concurrency: int = 4
+
+    def describe(self) -> str:
+        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        return f"s3://{self.bucket}/{self.prefix}{where}"
+
+
+def _sha256_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
+
+
+def _read_part(path: Path, offset: int, size: int) -> tuple[bytes, str]:
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        data = handle.read(size)
+    return data, _sha256_b64(data)
+
+
+class S3Store:
+    """An ``s3://bucket/prefix`` output, through one aiobotocore client."""
+
+    def __init__(self, target: S3Target) -> None:
+        self.target = target
+        self._client: Any = None
+        self._errors: tuple[type[Exception], ...] = ()  # botocore's, set by start()
+
+    def location(self, key: PurePosixPath) -> str:
+        return f"s3://{self.target.bucket}/{self.target.prefix}{key}"
+
+    def _key(self, key: PurePosixPath | str) -> str:
+        return f"{self.target.prefix}{key}"
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        try:
+            from aiobotocore.config import AioConfig
+            from aiobotocore.session import get_session
+            from botocore.exceptions import BotoCoreError, ClientError
+        except ImportError:
+            raise ConfigError(
+                f"output.url is {self.target.describe()}, but S3 support is not installed: "
+                "pip install 'acexport[s3]'"
+            ) from None
+        self._errors = (ClientError, BotoCoreError)
+        t = self.target
+        config = AioConfig(
+            region_name=t.region,
+            s3={"addressing_style": "path" if t.path_style else "auto"},
+            retries={"mode": "standard", "max_attempts": 3},
+            # acexport sends SHA-256 itself; botocore need not add a CRC32 of its own.
+            request_checksum_calculation="when_required",
+            max_pool_connections=max(10, 2 * t.concurrency),
+        )
+        credentials: dict[str, Any] = {}
+        if t.access_key_id is not None:
+            credentials = {
+                "aws_access_key_id": t.access_key_id,
+                "aws_secret_access_key": t.secret_access_key,
+                "aws_session_token": t.session_token,
+            }
+        client_context = get_session().create_client(
+            "s3", endpoint_url=t.endpoint_url, config=config, **credentials
+        )
+        self._client = await stack.enter_async_context(client_context)
+        await self._call("checking", lambda: self._client.head_bucket(Bucket=t.bucket))
+        aborted = await self._abort_stale_uploads()
+        if aborted:
+            log.info("s3_stale_uploads_aborted", count=aborted, store=t.describe())
+
+    async def _call(self, action: str, request: Callable[[], Awaitable[Any]]) -> Any:
+        """One S3 request; its failure becomes StoreRejected or StoreUnavailable."""
+        try:
+            return await request()
+        except self._errors as exc:
+            raise self._error(action, exc) from None
+        except (OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"{action} {self.target.describe()} failed: {exc}") from None
+
+    def _error(self, action: str, exc: BaseException) -> Exception:
+        response = getattr(exc, "response", None) or {}
+        error = response.get("Error", {})
+        code = str(error.get("Code", "")) or type(exc).__name__
+        message = error.get("Message") or str(exc)
+        text = f"{action} {self.target.describe()} failed: {code}: {message}"
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _REJECTED or status in (401, 403):
+            return StoreRejected(text)
+        return StoreUnavailable(text)
+
+    async def _abort_stale_uploads(self) -> int:
+        """Multipart uploads under the prefix that a crashed run left behind."""
+        t, aborted = self.target, 0
+        paginator = self._client.get_paginator("list_multipart_uploads")
+
+        async def abort_all() -> None:
+            nonlocal aborted
+            async for page in paginator.paginate(Bucket=t.bucket, Prefix=t.prefix):
+                for upload in page.get("Uploads", []):
+                    await self._client.abort_multipart_upload(
+                        Bucket=t.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+
+        await self._call("listing multipart uploads in", abort_all)
+        return aborted
+
+    async def commit(self, data: Path, key: PurePosixPath, manifest: Manifest) -> str:
+        """Upload the data, then the manifest (its existence says the data is complete)."""
+        size = await asyncio.to_thread(os.path.getsize, data)
+        if size <= self.target.part_size:
+            body, checksum = await asyncio.to_thread(_read_part, data, 0, size)
+            await self._put(self._key(key), body, checksum)
+        else:
+            await self._put_multipart(data, self._key(key), size)
+        body = manifest.to_json()
+        await self._put(self._key(manifest_key(key)), body, _sha256_b64(body))
+        return self.location(manifest_key(key))
+
+    async def _put(self, key: str, body: bytes, checksum: str) -> None:
+        await self._call(
+            f"uploading {key} to",
+            lambda: self._client.put_object(
+                Bucket=self.target.bucket, Key=key, Body=body, ChecksumSHA256=checksum
+            ),
+        )
+
+    async def _put_multipart(self, data: Path, key: str, size: int) -> None:
+        t = self.target
+        created = await self._call(
+            f"starting the upload of {key} to",
+            lambda: self._client.create_multipart_upload(
+                Bucket=t.bucket, Key=key, ChecksumAlgorithm="SHA256"
+            ),
+        )
+        upload_id = created["UploadId"]
+        slots = asyncio.Semaphore(t.concurrency)
+
+        async def part(number: int, offset: int) -> dict[str, Any]:
+            async with slots:  # bounds memory: at most ``concurrency`` parts in flight
+                body, checksum = await asyncio.to_thread(_read_part, data, offset, t.part_size)
+                answer = await self._call(
+                    f"uploading part {number} of {key} to",
+                    lambda: self._client.upload_part(
+                        Bucket=t.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=body,
+                        ChecksumAlgorithm="SHA256",
+                        ChecksumSHA256=checksum,
+                    ),
+                )
+                return {"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum}
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(part(index + 1, offset))
+                    for index, offset in enumerate(range(0, size, t.part_size))
+                ]
+            parts = [task.result() for task in tasks]
+            await self._call(
+                f"completing the upload of {key} to",
+                lambda: self._client.complete_multipart_upload(
+                    Bucket=t.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                ),
+            )
+        except BaseException as exc:
+            await asyncio.shield(self._abort(key, upload_id))
+            if isinstance(exc, BaseExceptionGroup):
+                raise exc.exceptions[0] from None
+            raise
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            await self._client.abort_multipart_upload(
+                Bucket=self.target.bucket, Key=key, UploadId=upload_id
+            )
+        except Exception as exc:
+            # Best effort, whatever went wrong: the next start-up (or a lifecycle rule)
+            # aborts what is left.
+            log.warning("s3_abort_failed", key=key, error=str(exc))
+
+    async def manifests_under(self, prefix: str) -> set[PurePosixPath]:
+        t, names = self.target, set[str]()
+        paginator = self._client.get_paginator("list_objects_v2")
+
+        async def list_all() -> None:
+            async for page in paginator.paginate(Bucket=t.bucket, Prefix=self._key(prefix)):
+                names.update(item["Key"][len(t.prefix) :] for item in page.get("Contents", []))
+
+        await self._call("listing", list_all)
+        return {
+            PurePosixPath(name[: -len(MANIFEST_SUFFIX)])
+            for name in names
+            if name.endswith(MANIFEST_SUFFIX) and name[: -len(MANIFEST_SUFFIX)] in names
+        }
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """A credential from a file (systemd credentials, container secrets), stripped."""
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"output.s3.{what}: cannot read {path}: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"output.s3.{what}: {path} is empty")
+    return value
