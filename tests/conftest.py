@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from unittest.mock import Mock
@@ -17,6 +17,7 @@ from aiohttp import ClientResponse, web
 
 from acexport.emulator import EmulatorSettings, FaultSettings, QueueSettings, make_app
 from acexport.emulator.process import EmulatorClient
+from tests.seaweed import Seaweed, running_seaweed
 
 
 class _CompatClientResponse(ClientResponse):
@@ -147,3 +148,10 @@ class _ErrorRecords(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    """A real S3 engine on loopback for the whole session; tests take a bucket each."""
+    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as store:
+        yield store

@@ -221,3 +221,48 @@ def test_a_broken_defaults_file_is_named(tmp_path: Path, monkeypatch: pytest.Mon
     defaults.write_text('[daemon]\nlisten = "nowhere"\n')
     with pytest.raises(ConfigError, match=r"defaults\.toml.*daemon\.listen"):
         load_settings(write(tmp_path, ""))
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "fragment"),
+    [
+        ('[output]\nurl = "ftp://host/x"\n', "output.url", "unsupported scheme 'ftp'"),
+        ('[output]\nurl = "s3://Bad_Bucket/x"\n', "output.url", "not a valid bucket name"),
+        ('[output]\nurl = "s3://bucket/../x"\n', "output.url", "s3://bucket/prefix"),
+        ('[output]\nurl = "file://host/x"\n', "output.url", "absolute local path"),
+        ('[output.s3]\nendpoint_url = "localhost:9000"\n', "output.s3.endpoint_url", "http(s)"),
+        ('[output.s3]\naccess_key_id_file = "/k"\n', "output.s3", "give both"),
+        ('[output.s3]\npart_size = "1MiB"\n', "output.s3.part_size", "greater than or equal"),
+    ],
+)
+def test_invalid_output_store_settings_are_named(
+    tmp_path: Path, text: str, field: str, fragment: str
+) -> None:
+    """output.url and output.s3 are checked at load, each error naming its field."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text))
+    assert field in str(caught.value)
+    assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "s3", "directory"),
+    [
+        (None, None, "/srv/daemon-dir"),
+        ("/srv/exports", None, "/srv/exports"),
+        ("file:///srv/exports", None, "/srv/exports"),
+        ("s3://bucket", ("bucket", ""), None),
+        ("s3://bucket/a/b/", ("bucket", "a/b/"), None),
+    ],
+)
+def test_output_url_selects_the_store(
+    tmp_path: Path, url: str | None, s3: tuple[str, str] | None, directory: str | None
+) -> None:
+    """A path or file:// is a local directory (replacing daemon.output_dir); s3:// a bucket."""
+    text = '[daemon]\noutput_dir = "/srv/daemon-dir"\n'
+    if url:
+        text += f'[output]\nurl = "{url}"\n'
+    settings = load_settings(write(tmp_path, text))
+    assert settings.output.s3_location() == s3
+    if directory:
+        assert settings.output_dir() == Path(directory)

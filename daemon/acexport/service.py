@@ -245,16 +245,22 @@ class Daemon:
             )
         except StateError as exc:
             self.fail(exc)
-        except (StoreRejected, StoreUnavailable) as exc:
-            log.error("output_store_listing_failed", job=job.name, error=str(exc))
 
     @staticmethod
     def _job_key(job: JobSettings) -> str:
         return job.model_dump_json()
 
     async def _adopt_stored(self, job: JobSettings, windows: list[ExportWindow]) -> None:
-        """Windows whose manifest the output store holds are done (one listing per type)."""
-        await adopt_stored(self._store, self._output, self._settings.layout(), job, windows)
+        """Windows whose manifest the output store holds are done (one listing per type).
+
+        If the store cannot be listed now, the windows are exported anyway: a commit
+        replaces what is there, never duplicates it. The next look lists again.
+        """
+        try:
+            await adopt_stored(self._store, self._output, self._settings.layout(), job, windows)
+        except (StoreRejected, StoreUnavailable) as exc:
+            log.warning("output_store_not_listed", job=job.name, error=str(exc))
+            return
         self._listed.add(self._job_key(job))
 
     async def plan(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from ..config import Settings, find_config, load_settings, resolve_tokens, token_warnings
-from ..errors import AcexportError, ConfigError
+from ..errors import AcexportError, ConfigError, StoreRejected
 from ..observability import configure_logging, register_secret
 from . import ExitCode
 
@@ -55,7 +55,8 @@ def exit_code_of(command: str, body: Callable[[], int]) -> int:
     except UsageError as exc:
         print(f"acexport {command}: {exc}", file=sys.stderr)
         return ExitCode.USAGE
-    except ConfigError as exc:
+    except (ConfigError, StoreRejected) as exc:
+        # A refusing output store (no bucket, no access) is the config's to fix too.
         print(f"acexport: configuration error: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
     except AcexportError as exc:  # another daemon holds the directory, the ledger failed

@@ -43,6 +43,8 @@ _REJECTED = {
     "ExpiredToken",
     "AuthorizationHeaderMalformed",
     "PermanentRedirect",
+    "NoCredentialsError",  # botocore's own: no credentials anywhere in the chain
+    "PartialCredentialsError",
     "403",
     "404",
 }
@@ -124,8 +126,13 @@ class S3Store:
             "s3", endpoint_url=t.endpoint_url, config=config, **credentials
         )
         self._client = await stack.enter_async_context(client_context)
-        await self._call("checking", lambda: self._client.head_bucket(Bucket=t.bucket))
-        aborted = await self._abort_stale_uploads()
+        try:
+            await self._call("checking", lambda: self._client.head_bucket(Bucket=t.bucket))
+            aborted = await self._abort_stale_uploads()
+        except StoreUnavailable as exc:
+            # Down now is not a reason to stop: commits wait and retry until it is back.
+            log.warning("s3_unavailable_at_start", error=str(exc))
+            return
         if aborted:
             log.info("s3_stale_uploads_aborted", count=aborted, store=t.describe())
 

@@ -1,0 +1,354 @@
+"""Object-storage output against a real S3 engine (SeaweedFS on loopback).
+
+The daemon and its commands run as users run them (subprocesses, real sockets);
+a recording proxy between acexport and the store shows the order of writes and
+injects the store's failures. Every object is checked against what the
+emulator served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import duckdb
+import pytest
+from aiohttp import web
+
+from tests.conftest import EmulatorFactory, RunningEmulator
+from tests.daemon_helpers import DaemonProcess, emulator_sha, job, write_config
+from tests.daemon_helpers import manifests as local_manifests
+from tests.seaweed import ACCESS_KEY, SECRET_KEY, Fault, S3Proxy, Seaweed
+
+TOKENS = {"alpha": "alpha-token", "beta": "beta-token"}
+_buckets = iter(range(1000))
+
+
+def bucket(seaweed: Seaweed) -> str:
+    return seaweed.new_bucket(f"exports-{next(_buckets)}")
+
+
+def s3_config(
+    tmp_path: Path,
+    emu: RunningEmulator,
+    jobs: str,
+    endpoint: str,
+    bucket: str,
+    *,
+    compression: str = "none",
+    secret: str = SECRET_KEY,
+    extra: str = "",
+) -> Path:
+    (tmp_path / "key-id").write_text(ACCESS_KEY + "\n")
+    (tmp_path / "secret").write_text(secret + "\n")
+    output = (
+        f'[output]\nurl = "s3://{bucket}/acexport"\ncompression = "{compression}"\n'
+        f'[output.s3]\nendpoint_url = "{endpoint}"\nregion = "us-east-1"\npath_style = true\n'
+        f'access_key_id_file = "{tmp_path / "key-id"}"\n'
+        f'secret_access_key_file = "{tmp_path / "secret"}"\npart_size = "5MiB"\n{extra}'
+    )
+    return write_config(tmp_path, emu, jobs, extra=output)
+
+
+async def run_once(config: Path, *args: str) -> DaemonProcess:
+    daemon = await DaemonProcess.start(config, "--once", *args)
+    await daemon.wait(120)
+    return daemon
+
+
+def data_and_manifests(objects: dict[str, bytes]) -> tuple[dict[str, bytes], dict[str, Any]]:
+    manifests = {
+        key.removesuffix(".manifest.json"): json.loads(body)
+        for key, body in objects.items()
+        if key.endswith(".manifest.json")
+    }
+    data = {key: body for key, body in objects.items() if not key.endswith(".manifest.json")}
+    return data, manifests
+
+
+@pytest.fixture
+async def proxy(seaweed: Seaweed) -> Any:
+    recorder = S3Proxy(seaweed.endpoint)
+    recorder.url = await recorder.start()  # type: ignore[attr-defined]
+    yield recorder
+    await recorder.close()
+
+
+async def test_run_once_into_s3_verified_manifest_last_and_the_bucket_is_the_truth(
+    emulator: EmulatorFactory, seaweed: Seaweed, proxy: S3Proxy, tmp_path: Path
+) -> None:
+    """2 workspaces x 2 types x 3 days land byte-exact, each manifest after its data;
+    with the state dir lost, a second run asks AC for nothing and writes nothing."""
+    emu = await emulator(tokens=TOKENS, records=40, format="ndjson")
+    jobs = "".join(
+        job(f"daily-{ws}", ws, types=["page", "event"], catch_up="3d", lag="0s") for ws in TOKENS
+    )
+    name = bucket(seaweed)
+    config = s3_config(tmp_path, emu, jobs, proxy.url, name)  # type: ignore[attr-defined]
+    first = await run_once(config)
+    assert first.process.returncode == 0, "\n".join(first.raw[-20:])
+
+    data, manifests = data_and_manifests(seaweed.objects(name))
+    assert len(data) == len(manifests) == 12
+    assert set(data) == set(manifests)
+    served = emulator_sha(await emu.jobs())
+    for key, manifest in manifests.items():
+        assert key.startswith(
+            f"acexport/workspace={manifest['workspace']}/type={manifest['type']}/"
+        )
+        sha = served[(manifest["workspace"], manifest["type"], manifest["fromDate"])]
+        assert hashlib.sha256(data[key]).hexdigest() == manifest["payload_sha256"] == sha
+        assert manifest["records"] == 40 == len(data[key].splitlines())
+
+    # The manifest is written last: its PUT starts after its data's PUT has been answered.
+    for key in manifests:
+        data_put = [s for s in proxy.puts(f"/{name}/{key}") if "manifest" not in s.path]
+        manifest_put = proxy.puts(f"/{name}/{key}.manifest.json")
+        assert data_put
+        assert manifest_put
+        assert max(s.ended for s in data_put) <= min(s.started for s in manifest_put)
+    assert "SECRET" not in "\n".join(first.raw).upper().replace("SECRET_ACCESS_KEY_FILE", "")
+
+    requests_before = (await emu.jobs())["workspaces"]
+    puts_before = len(proxy.puts())
+    shutil.rmtree(tmp_path / "state")
+    second = await run_once(config)
+    assert second.process.returncode == 0
+    assert (await emu.jobs())["workspaces"] == requests_before  # AC was not asked again
+    assert len(proxy.puts()) == puts_before  # nothing uploaded again
+    found = second.events("exports_found_in_store")
+    assert sum(event["count"] for event in found) == 12
+
+
+async def test_store_killed_mid_upload_recovers_without_duplicate_or_partial(
+    emulator: EmulatorFactory, seaweed: Seaweed, proxy: S3Proxy, tmp_path: Path
+) -> None:
+    """SIGKILL the store as the first part goes up; it comes back and the upload
+    completes from the local temp file: AC served the data once, one object, exact."""
+    emu = await emulator(tokens={"alpha": "alpha-token"}, records=25_000, format="ndjson")
+    name = bucket(seaweed)
+    config = s3_config(
+        tmp_path,
+        emu,
+        job("daily", "alpha", types=["page"], catch_up="1d", lag="0s"),
+        proxy.url,  # type: ignore[attr-defined]
+        name,
+    )
+    killed = asyncio.Event()
+
+    async def kill_on_first_part(request: web.Request) -> None:
+        if "partNumber=" in request.path_qs and not killed.is_set():
+            killed.set()
+            seaweed.sigkill()
+            threading.Timer(1.0, seaweed.start).start()  # back in a few seconds
+
+    proxy.before_forward = kill_on_first_part
+    first = await run_once(config)
+    assert first.process.returncode == 0, "\n".join(first.raw[-20:])
+    assert killed.is_set()
+    assert first.events("output_store_retrying")
+    await asyncio.to_thread(_wait_until_up, seaweed)
+
+    data, manifests = data_and_manifests(seaweed.objects(name))
+    assert len(data) == len(manifests) == 1
+    (key, body), manifest = next(iter(data.items())), next(iter(manifests.values()))
+    assert len(body) > 5 * 1024 * 1024  # more than part_size: it went up in parts
+    report = await emu.jobs()
+    [served] = [j for j in report["jobs"] if j["state"] == "READY"]
+    assert hashlib.sha256(body).hexdigest() == manifest["payload_sha256"] == served["sha256"]
+    assert served["downloads_completed"] == 1  # not downloaded again
+
+    # What the killed upload left is aborted by the next start; nothing else changes.
+    client = seaweed.client()
+    left = client.list_multipart_uploads(Bucket=name).get("Uploads", [])
+    second = await run_once(config)
+    assert second.process.returncode == 0
+    assert client.list_multipart_uploads(Bucket=name).get("Uploads", []) == []
+    if left:
+        assert second.events("s3_stale_uploads_aborted")[0]["count"] == len(left)
+    assert seaweed.objects(name) == {
+        key: body,
+        f"{key}.manifest.json": _manifest_body(seaweed, name, key),
+    }
+
+
+def _manifest_body(seaweed: Seaweed, name: str, key: str) -> bytes:
+    return seaweed.client().get_object(Bucket=name, Key=f"{key}.manifest.json")["Body"].read()
+
+
+def _wait_until_up(seaweed: Seaweed) -> None:
+    deadline = time.monotonic() + 30
+    while seaweed.process is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert seaweed.process is not None
+
+
+async def test_slow_down_and_5xx_are_retried_without_asking_ac_again(
+    emulator: EmulatorFactory, seaweed: Seaweed, proxy: S3Proxy, tmp_path: Path
+) -> None:
+    """SlowDown and 500s from the store: the commit waits and retries; AC serves once."""
+    emu = await emulator(tokens={"alpha": "alpha-token"}, records=50)
+    name = bucket(seaweed)
+    config = s3_config(
+        tmp_path,
+        emu,
+        job("daily", "alpha", types=["page"], catch_up="1d", lag="0s"),
+        proxy.url,  # type: ignore[attr-defined]
+        name,
+        compression="gzip",
+    )
+    proxy.faults = [Fault("PUT", 503, "SlowDown", times=4), Fault("PUT", 500, "InternalError", 4)]
+    daemon = await run_once(config)
+    assert daemon.process.returncode == 0, "\n".join(daemon.raw[-20:])
+    assert len(daemon.events("output_store_retrying")) >= 2  # botocore retries some itself
+    assert all(fault.times == 0 for fault in proxy.faults)
+    data, manifests = data_and_manifests(seaweed.objects(name))
+    [(key, body)] = data.items()
+    assert key.endswith(".jsonl.gz")
+    assert len(gzip.decompress(body).splitlines()) == manifests[key]["records"] == 50
+    [served] = [j for j in (await emu.jobs())["jobs"] if j["state"] == "READY"]
+    assert served["downloads_completed"] == 1
+
+
+async def test_wrong_credentials_or_bucket_exit_78_naming_bucket_and_endpoint(
+    emulator: EmulatorFactory, seaweed: Seaweed, tmp_path: Path
+) -> None:
+    """A refusing store is a configuration error: bucket and endpoint named, no secret."""
+    emu = await emulator(tokens={"alpha": "alpha-token"})
+    jobs = job("daily", "alpha", types=["page"], catch_up="1d", lag="0s")
+    name = bucket(seaweed)
+    wrong = "not-the-secret-key-at-all-42"
+    config = s3_config(tmp_path, emu, jobs, seaweed.endpoint, name, secret=wrong)
+    daemon = await run_once(config)
+    assert daemon.process.returncode == 78
+    text = "\n".join(daemon.raw)
+    assert f"s3://{name}/acexport" in text
+    assert seaweed.endpoint in text
+    assert wrong not in text
+
+    config = s3_config(tmp_path, emu, jobs, seaweed.endpoint, "no-such-bucket-here")
+    daemon = await run_once(config)
+    assert daemon.process.returncode == 78
+    assert "s3://no-such-bucket-here/acexport" in "\n".join(daemon.raw)
+    assert (await emu.jobs())["workspaces"]["alpha"]["requests"] == 0  # AC never asked
+
+
+async def test_access_denied_mid_run_fails_exports_named_in_healthz_and_status(
+    emulator: EmulatorFactory, seaweed: Seaweed, proxy: S3Proxy, tmp_path: Path
+) -> None:
+    """Access revoked after start: exports fail, /healthz and status name the store."""
+    emu = await emulator(tokens={"alpha": "alpha-token"}, records=10)
+    name = bucket(seaweed)
+    port = _free_port()
+    config = s3_config(
+        tmp_path,
+        emu,
+        job("daily", "alpha", types=["page"], catch_up="2d", lag="0s"),
+        proxy.url,  # type: ignore[attr-defined]
+        name,
+    )
+    config.write_text(config.read_text().replace('listen = ""', f'listen = "127.0.0.1:{port}"'))
+    proxy.faults = [Fault("PUT", 403, "AccessDenied", times=100)]
+    daemon = await DaemonProcess.start(config)
+    try:
+        await daemon.wait_for(lambda: len(daemon.events("export_failed")) >= 2)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/healthz") as answer,
+        ):
+            health = await answer.json()
+        assert answer.status == 503
+        problem = health["problems"]["output store"]
+        assert "AccessDenied" in problem
+        assert f"s3://{name}/acexport" in problem
+    finally:
+        daemon.send(signal.SIGTERM)
+        await daemon.wait(30)
+    status = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "acexport", "status", "--config", str(config)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, _ = await status.communicate()
+    assert "AccessDenied" in out.decode()
+    assert SECRET_KEY not in out.decode()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_duckdb_reads_the_bucket_hive_partitioned(
+    emulator: EmulatorFactory, seaweed: Seaweed, tmp_path: Path
+) -> None:
+    """The real format (ZIP in, gzip out) in S3, read by DuckDB over s3fs with hive columns."""
+    s3fs = pytest.importorskip("s3fs")
+    emu = await emulator(tokens=TOKENS, records=30)
+    jobs = "".join(
+        job(f"daily-{ws}", ws, types=["page", "event"], catch_up="2d", lag="0s") for ws in TOKENS
+    )
+    name = bucket(seaweed)
+    config = s3_config(tmp_path, emu, jobs, seaweed.endpoint, name, compression="gzip")
+    daemon = await run_once(config)
+    assert daemon.process.returncode == 0, "\n".join(daemon.raw[-20:])
+
+    fs = s3fs.S3FileSystem(
+        key=ACCESS_KEY, secret=SECRET_KEY, endpoint_url=seaweed.endpoint, asynchronous=False
+    )
+    con = duckdb.connect()
+    con.register_filesystem(fs)
+    files = f"s3://{name}/acexport/**/*.jsonl.gz"
+    rows = con.execute(
+        "SELECT workspace, type, count(*) FROM read_json(?, hive_partitioning = true, "
+        "union_by_name = true) GROUP BY ALL ORDER BY ALL",
+        [files],
+    ).fetchall()
+    _, manifests = data_and_manifests(seaweed.objects(name))
+    expected = Counter()
+    for manifest in manifests.values():
+        expected[(manifest["workspace"], manifest["type"])] += manifest["records"]
+    assert rows == sorted((ws, t, n) for (ws, t), n in expected.items())
+    assert sum(n for _, _, n in rows) == 8 * 30
+
+
+async def test_a_local_output_dir_is_the_truth_too(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """With the state dir lost, neither run nor backfill asks AC for what the directory holds."""
+    emu = await emulator(tokens={"alpha": "alpha-token"}, records=5)
+    config = write_config(
+        tmp_path, emu, job("daily", "alpha", types=["page", "event"], catch_up="3d", lag="0s")
+    )
+    first = await run_once(config)
+    assert first.process.returncode == 0
+    before = (await emu.jobs())["workspaces"]["alpha"]["requests"]
+    shutil.rmtree(tmp_path / "state")
+    second = await run_once(config)
+    assert second.process.returncode == 0
+    assert sum(e["count"] for e in second.events("exports_found_in_store")) == 6
+    shutil.rmtree(tmp_path / "state")
+    days = sorted(m["fromDate"][:10] for m in local_manifests(tmp_path / "exports"))
+    backfill = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "acexport", "backfill", "--config", str(config)),
+        *("--job", "daily", "--from", days[0], "--to", days[-1]),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await backfill.communicate()
+    assert backfill.returncode == 0, err.decode()[-2000:]
+    assert (await emu.jobs())["workspaces"]["alpha"]["requests"] == before
+    assert len(local_manifests(tmp_path / "exports")) == 6
