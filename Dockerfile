@@ -7,12 +7,12 @@
 #     -v acexport-data:/var/lib/acexport \
 #     --secret acme_token ... acexport
 
-# Build stage: wheels of acexport and its dependencies (compilers stay here).
+# Build stage: wheels of acexport, its S3 extra and their dependencies (compilers stay here).
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY daemon ./daemon
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[s3]'
 
 # Runtime stage: the wheels installed, no sources, no build tools, a non-root user.
 FROM python:3.11-slim

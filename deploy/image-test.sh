@@ -117,6 +117,11 @@ done
 [ "$(manifests)" -ge 4 ] || fail "expected 4 exports under the config's output_dir, got $(manifests)"
 echo "image-test: the config's output_dir won; $(manifests) exports"
 
+# The S3 extra is in the image: the store module imports its library.
+"${PODMAN[@]}" exec "$NAME" python -c "import aiobotocore, acexport.stores.s3" \
+    || fail "the image lacks S3 support (acexport[s3])"
+echo "image-test: S3 support (aiobotocore) is installed"
+
 owner=$(stat -c %u "$(find "$WORK/data/from-my-config" -name '*.jsonl.gz' | head -1)")
 [ "$owner" = 10001 ] || fail "exports owned by uid $owner, not the image's user 10001"
 

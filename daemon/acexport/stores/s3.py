@@ -70,7 +70,7 @@ class S3Target:
         return f"s3://{self.bucket}/{self.prefix}{where}"
 
 
-def _sha256_b64(data: bytes) -> str:
+def _sha256_b64(data: bytes | bytearray) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
 
 
@@ -79,6 +79,15 @@ def _read_part(path: Path, offset: int, size: int) -> tuple[bytes, str]:
         handle.seek(offset)
         data = handle.read(size)
     return data, _sha256_b64(data)
+
+
+def _fill(path: Path, offset: int, buffer: bytearray) -> tuple[bytearray, str]:
+    """Read a part into a reused buffer; (the part's bytes, their SHA-256)."""
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        size = handle.readinto(buffer)
+    part = buffer if size == len(buffer) else buffer[:size]
+    return part, _sha256_b64(part)
 
 
 class S3Store:
@@ -202,11 +211,16 @@ class S3Store:
             ),
         )
         upload_id = created["UploadId"]
-        slots = asyncio.Semaphore(t.concurrency)
+        # ``concurrency`` buffers, allocated once and reused: memory stays flat
+        # (fresh part-sized allocations in worker threads grow glibc's arenas).
+        buffers: asyncio.Queue[bytearray] = asyncio.Queue()
+        for _ in range(min(t.concurrency, -(-size // t.part_size))):
+            buffers.put_nowait(bytearray(t.part_size))
 
         async def part(number: int, offset: int) -> dict[str, Any]:
-            async with slots:  # bounds memory: at most ``concurrency`` parts in flight
-                body, checksum = await asyncio.to_thread(_read_part, data, offset, t.part_size)
+            buffer = await buffers.get()
+            try:
+                body, checksum = await asyncio.to_thread(_fill, data, offset, buffer)
                 answer = await self._call(
                     f"uploading part {number} of {key} to",
                     lambda: self._client.upload_part(
@@ -219,7 +233,9 @@ class S3Store:
                         ChecksumSHA256=checksum,
                     ),
                 )
-                return {"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum}
+            finally:
+                buffers.put_nowait(buffer)
+            return {"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum}
 
         try:
             async with asyncio.TaskGroup() as group:
