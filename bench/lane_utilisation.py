@@ -35,7 +35,7 @@ from acexport.sink import Sink
 from acexport.stores import LocalStore
 from acexport.windows import ExportWindow
 
-PAGE_RECORD_BYTES = 342  # the emulator's page (visit) records, on average
+PAGE_RECORD_BYTES = 451  # the emulator's page (visit) records, on average
 
 
 def jobs(base: str) -> list[dict[str, Any]]:

@@ -77,7 +77,7 @@ def test_defaults_and_environment_override(tmp_path: Path, monkeypatch: pytest.M
         ("[daemon]\nbogus = 1\n", "daemon.bogus", "unknown field"),
         ('[http]\ntimeout = "soon"\n', "http.timeout", "not a duration"),
         ('[http]\npoll_initial = "10m"\npoll_max = "1m"\n', "http", "poll_max"),
-        ('[output]\ncompression = "zstd"\n', "output.compression", "gzip"),
+        ('[output]\ncompression = "lz4"\n', "output.compression", "zstd"),
         ('[output]\npath = "{workspace}/{date}.jsonl"\n', "output.path", "unknown placeholder"),
         ('[output]\npath = "../{workspace}/{type}.jsonl"\n', "output.path", "relative"),
         ('[output]\npath = "/abs/{type}.jsonl"\n', "output.path", "relative"),

@@ -53,8 +53,8 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--compression",
-        choices=("none", "gzip"),
-        help="default: gzip if PATH ends in .gz, else the config's, none for -",
+        choices=("none", "gzip", "zstd"),
+        help="default: by PATH's suffix (.gz, .zst), else the config's, none for -",
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress display")
 

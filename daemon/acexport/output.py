@@ -22,6 +22,7 @@ from typing import Protocol
 from .windows import ExportWindow
 
 MANIFEST_SUFFIX = ".manifest.json"
+SUFFIXES = {"gzip": ".gz", "zstd": ".zst"}  # appended to a data file's name by compression
 
 _PATH_FIELDS = {"workspace", "type", "job", "from", "to"}
 _NAME_MAX = 255  # bytes in one path component on Linux file systems
@@ -60,10 +61,10 @@ def render_path(
 
 
 def name_too_long(template: str, workspace: str, type_: str, job: str) -> str | None:
-    """Why a rendered name (with ``.gz.manifest.json``) would not fit the file system."""
+    """Why a rendered name (with ``.zst.manifest.json``) would not fit the file system."""
     sample = datetime(2022, 12, 31, 23, 59, tzinfo=UTC)
     path = render_path(template, workspace, type_, job, sample, sample)
-    parts = [*path.parts[:-1], path.name + ".gz.manifest.json"]
+    parts = [*path.parts[:-1], path.name + ".zst.manifest.json"]
     longest = max(parts, key=lambda part: len(part.encode()))
     if len(longest.encode()) <= _NAME_MAX:
         return None
@@ -80,7 +81,7 @@ def manifest_key(key: PurePosixPath) -> PurePosixPath:
 
 @dataclass(frozen=True)
 class OutputLayout:
-    """The rendered ``template`` (+ ``.gz`` when compressed), relative to the store's root."""
+    """The rendered ``template`` (+ ``.gz`` or ``.zst``), relative to the store's root."""
 
     template: str
     compression: str
@@ -92,8 +93,9 @@ class OutputLayout:
         key = render_path(
             self.template, workspace, type_, job, window.local_start, window.local_end
         )
-        if (compression or self.compression) == "gzip" and key.suffix != ".gz":
-            key = key.with_name(key.name + ".gz")
+        suffix = SUFFIXES.get(compression or self.compression, "")
+        if suffix and key.suffix != suffix:
+            key = key.with_name(key.name + suffix)
         return key
 
 

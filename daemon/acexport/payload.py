@@ -1,8 +1,9 @@
 """A payload's bytes: sniffed, hashed as served, converted to NDJSON in a temp file.
 
 The format is sniffed from the first bytes (never from a name): NDJSON passes
-through, a JSON array is split into NDJSON lines while streaming, a ZIP is
-spooled and its JSON/NDJSON members converted once complete. ``payload_*``
+through, a JSON array is split into NDJSON lines while streaming, a ZIP's
+members are inflated while it streams (or, if that cannot be, spooled and
+converted once complete). ``payload_*``
 fields describe the served bytes; the output is NDJSON, optionally gzip.
 Everything here blocks: the sink runs it in worker threads.
 """
@@ -12,8 +13,10 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import queue
 import re
 import secrets
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -21,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal, cast
 
+from . import codec
 from .errors import PayloadError, PayloadTooLarge
 from .records import ArrayToLines, NdjsonLines
+from .zipstream import Unstreamable, ZipStream
 
-Compression = Literal["none", "gzip"]
-_GZIP_LEVEL = 1  # throughput first: level 1 still shrinks JSON 4-6x
+Compression = Literal["none", "gzip", "zstd"]
+_QUEUED_BATCHES = 4  # between the producer and the writer thread: bounds memory
 _BOM = b"\xef\xbb\xbf"
 INFLATE_SLACK_BYTES = 64 * 1024
 DEFAULT_INFLATE_RATIO = 200  # a gzip body or ZIP member may expand this many times
@@ -76,20 +81,57 @@ _IOV_MAX = 1024
 
 
 class _Output:
-    """The NDJSON output temp file, gzip-compressed or not."""
+    """The NDJSON output temp file, compressed (gzip, zstd) or not.
+
+    Compressing and writing run in a thread of their own, fed through a short
+    queue, so they overlap whatever produces the lines (inflating a ZIP member,
+    checking lines); an error there is raised in the producer's next call.
+    """
 
     def __init__(self, path: Path, compression: Compression) -> None:
         self.path = path
         self._file: IO[bytes] = create_new(path, buffering=0)
-        self._gzip = (
-            zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31) if compression == "gzip" else None
-        )
+        self._compressor: codec.Compressor | None = None
+        if compression == "gzip":
+            self._compressor = codec.gzip_compressor()
+        elif compression == "zstd":
+            self._compressor = codec.zstd_compressor()
         self._written = 0
+        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(_QUEUED_BATCHES)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def write_many(self, chunks: list[bytes]) -> None:
+        """Queue the chunks (in order) for the writer thread; memory stays bounded."""
+        self._raise_failure()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._drain, name="acexport-write", daemon=True)
+            self._thread.start()
+        self._queue.put(chunks)
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _drain(self) -> None:
+        while (chunks := self._queue.get()) is not None:
+            if self._error is None:  # after a failure, only empty the queue
+                try:
+                    self._write(chunks)
+                except BaseException as exc:  # handed to the producer's thread
+                    self._error = exc
+
+    def _stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _write(self, chunks: list[bytes]) -> None:
         """Write the chunks in order, without joining them first (one copy fewer)."""
-        if self._gzip is not None:
-            chunks = [self._gzip.compress(chunk) for chunk in chunks]
+        if self._compressor is not None:
+            chunks = [self._compressor.compress(chunk) for chunk in chunks]
         chunks = [chunk for chunk in chunks if chunk]
         if not chunks:
             return
@@ -107,13 +149,17 @@ class _Output:
         self._written += total
 
     def close(self) -> None:
-        if self._gzip is not None:
-            self._file.write(self._gzip.flush())
-            self._gzip = None
+        self._stop()
+        self._raise_failure()
+        if self._compressor is not None:
+            self._file.write(self._compressor.flush())
+            self._compressor = None
         os.fsync(self._file.fileno())
         self._file.close()
 
     def discard(self) -> None:
+        self._stop()
+        self._error = None
         self._file.close()
         self.path.unlink(missing_ok=True)
 
@@ -147,8 +193,13 @@ class _ZipSpool:
                 for info in archive.infolist():
                     if info.is_dir():
                         continue
+                    lines = _MemberLines(self._out, info.filename)
                     with archive.open(info) as member:
-                        self.records += _convert_member(member, self._out, info.filename, budget)
+                        while block := member.read(4 << 20):
+                            budget.spend(len(block))
+                            lines.feed(block)
+                    lines.finish()
+                    self.records += lines.records
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
             raise PayloadError(f"the ZIP payload is damaged or cut short: {exc}") from None
         except (RuntimeError, NotImplementedError) as exc:
@@ -160,6 +211,70 @@ class _ZipSpool:
     def discard(self) -> None:
         self._spool.close()
         self._spool_path.unlink(missing_ok=True)
+
+
+class _ZipStreamed:
+    """A ZIP inflated as it arrives (zipstream.py), overlapping the download; spooled
+    and read after it (``_ZipSpool``) when its first member cannot be streamed."""
+
+    def __init__(self, out: _Output, spool_path: Path, limits: PayloadLimits) -> None:
+        self._out = out
+        self._spool_path = spool_path
+        self._limits = limits
+        self._members: list[_MemberLines] = []
+        self._stream = ZipStream(self._open_member, self._spend)
+        self._spool: _ZipSpool | None = None
+        self._head: list[bytes] | None = []  # replayed into a spool if it must be one
+        self._inflated = 0
+
+    @property
+    def records(self) -> int:
+        if self._spool is not None:
+            return self._spool.records
+        return sum(member.records for member in self._members)
+
+    def _open_member(self, name: str) -> _MemberLines:
+        self._head = None  # a member streams: no going back to spooling
+        member = _MemberLines(self._out, name)
+        self._members.append(member)
+        return member
+
+    def _spend(self, inflated: int, compressed: int) -> None:
+        self._inflated += inflated
+        limits = self._limits
+        if self._inflated > min(limits.max_bytes, limits.inflated_max(compressed)):
+            raise PayloadTooLarge(
+                f"the payload inflates beyond http.max_payload ({limits.max_bytes} bytes) or "
+                f"{limits.max_ratio} times its size (http.max_inflate_ratio); nothing was kept"
+            )
+
+    def feed_many(self, chunks: list[bytes]) -> None:
+        if self._spool is not None:
+            self._spool.feed_many(chunks)
+            return
+        for index, data in enumerate(chunks):
+            if self._head is not None:
+                self._head.append(data)
+            try:
+                self._stream.feed(data)
+            except Unstreamable:
+                assert self._head is not None
+                self._spool = _ZipSpool(self._out, self._spool_path, self._limits)
+                self._spool.feed_many([*self._head, *chunks[index + 1 :]])
+                self._head = None
+                return
+            except codec.INFLATE_ERRORS as exc:
+                raise PayloadError(f"the ZIP payload is damaged: {exc}") from None
+
+    def finish(self) -> None:
+        if self._spool is not None:
+            self._spool.finish()
+        else:
+            self._stream.finish()
+
+    def discard(self) -> None:
+        if self._spool is not None:
+            self._spool.discard()
 
 
 @dataclass
@@ -178,29 +293,34 @@ class _Budget:
 _WHITESPACE = b" \t\r\n"
 
 
-def _convert_member(member: IO[bytes], out: _Output, name: str, budget: _Budget) -> int:
-    """One ZIP member's JSON or JSON Lines into the output; returns its records."""
-    block = b""
-    while not block:  # skip leading whitespace block by block: linear however much there is
-        block = member.read(1 << 20)
-        if not block:
-            return 0
-        budget.spend(len(block))
-        block = block.lstrip(_WHITESPACE).removeprefix(_BOM).lstrip(_WHITESPACE)
-    converter: NdjsonLines | ArrayToLines
-    if block.startswith(b"["):
-        converter = ArrayToLines(out.write_many)
-    elif block.startswith(b"{"):
-        # zipfile checks the member's CRC-32: its lines arrived as AC wrote them.
-        converter = NdjsonLines(out.write_many, check_lines=False)
-    else:
-        raise PayloadError(f"ZIP member {name!r} is neither JSON nor JSON Lines")
-    while block:
-        converter.feed_many([block])
-        block = member.read(4 << 20)
-        budget.spend(len(block))
-    converter.finish()
-    return converter.records
+class _MemberLines:
+    """One ZIP member's JSON or JSON Lines, pushed in pieces, into the output."""
+
+    def __init__(self, out: _Output, name: str) -> None:
+        self._out = out
+        self._name = name
+        self._converter: NdjsonLines | ArrayToLines | None = None
+        self.records = 0
+
+    def feed(self, data: bytes) -> None:
+        if self._converter is None:
+            # Leading whitespace is dropped piece by piece: linear however much there is.
+            data = data.lstrip(_WHITESPACE).removeprefix(_BOM).lstrip(_WHITESPACE)
+            if not data:
+                return
+            if data.startswith(b"["):
+                self._converter = ArrayToLines(self._out.write_many)
+            elif data.startswith(b"{"):
+                # The member's CRC-32 is checked: its lines arrived as AC wrote them.
+                self._converter = NdjsonLines(self._out.write_many, check_lines=False)
+            else:
+                raise PayloadError(f"ZIP member {self._name!r} is neither JSON nor JSON Lines")
+        self._converter.feed_many([data])
+
+    def finish(self) -> None:
+        if self._converter is not None:
+            self._converter.finish()
+            self.records += self._converter.records
 
 
 @dataclass(frozen=True)
@@ -232,7 +352,7 @@ class PayloadWriter:
         self._sha = hashlib.sha256()
         self.payload_bytes = 0
         self._head = b""
-        self._converter: NdjsonLines | ArrayToLines | _ZipSpool | None = None
+        self._converter: NdjsonLines | ArrayToLines | _ZipStreamed | None = None
         self.format = "unknown"
 
     def feed(self, data: bytes) -> None:
@@ -263,10 +383,10 @@ class PayloadWriter:
         if self._converter is not None:
             self._converter.feed_many(chunks[index:])
 
-    def _choose(self, magic: bytes) -> NdjsonLines | ArrayToLines | _ZipSpool:
+    def _choose(self, magic: bytes) -> NdjsonLines | ArrayToLines | _ZipStreamed:
         if magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
             self.format = "zip"
-            return _ZipSpool(self._out, self._spool_path, self._limits)
+            return _ZipStreamed(self._out, self._spool_path, self._limits)
         if magic.startswith(b"["):
             self.format = "json"
             return ArrayToLines(self._out.write_many)
@@ -292,7 +412,7 @@ class PayloadWriter:
         )
 
     def discard(self) -> None:
-        if isinstance(self._converter, _ZipSpool):
+        if isinstance(self._converter, _ZipStreamed):
             self._converter.discard()
         self._out.discard()
         self._spool_path.unlink(missing_ok=True)

@@ -137,7 +137,8 @@ def _destination(
         return PurePosixPath("out"), Path("out"), compression  # in the private temp dir
     if args.output:
         file = Path(args.output).absolute()
-        compression = args.compression or ("gzip" if file.suffix == ".gz" else "none")
+        by_suffix: dict[str, Compression] = {".gz": "gzip", ".zst": "zstd"}
+        compression = args.compression or by_suffix.get(file.suffix, "none")
         return PurePosixPath(file.name), file, compression
     if config_path is None:
         raise UsageError("--output is required without a config file")

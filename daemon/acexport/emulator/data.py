@@ -180,6 +180,11 @@ def _fragment(type_: str, rng: random.Random) -> dict[str, Any]:
             "timeOnPage": rng.randint(1000, 600000),
             "sessionId": f"{rng.getrandbits(64):016x}",
             "segmentNames": rng.sample(_SEGMENT_NAMES, rng.randint(0, 3)),
+            # Per-visit detail with real entropy: AC's visit exports compress 4-6x, not 8x+.
+            "referrer": f"https://www.google.com/search?q={rng.getrandbits(60):x}",
+            "ipAddress": f"{rng.randint(1, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}."
+            f"{rng.randint(1, 254)}",
+            "scrollDepth": rng.randint(0, 100),
         }
     if type_ == "segment":
         count = rng.randint(0, 100000)
