@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import gzip
 import hashlib
+import io
 import shutil
 import tempfile
 import threading
@@ -28,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .data import PayloadSpec, iter_blocks
 
@@ -227,8 +228,13 @@ class Storage:
 
     def _render_zip(self, job_id: str, spec: PayloadSpec) -> Artifact:
         path = self.directory / f"{job_id}.zip"
+        # Written as a stream (as Java's ZipOutputStream writes AC's): no seeking back,
+        # so the member's CRC-32 and sizes follow its data in a data descriptor.
         with (
-            zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive,
+            path.open("wb") as file,
+            zipfile.ZipFile(
+                _Unseekable(file), "w", zipfile.ZIP_DEFLATED, compresslevel=1
+            ) as archive,
             archive.open(f"{spec.type}.jsonl", "w", force_zip64=True) as member,
         ):
             for block in iter_blocks(spec):
@@ -343,3 +349,16 @@ class ExportQueue:
             "workspaces": {name: ws.describe(now) for name, ws in self.workspaces.items()},
             "jobs": [job.describe(now) for ws in self.workspaces.values() for job in ws.jobs],
         }
+
+
+class _Unseekable(io.RawIOBase):
+    """A file seen as a write-only stream, like an HTTP response body."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return self._file.write(data)

@@ -1,0 +1,202 @@
+"""The real format end to end: a ZIP of realistic visits in, NDJSON, gzip or zstd out.
+
+The emulator renders --size-mb MB of JSON Lines visit records (random ids,
+URLs, titles, referrers, times; they deflate about 5x, as AC's do) and streams
+them as AC does: a chunked ZIP whose member is followed by a data descriptor.
+In one run, alternating rounds, medians:
+
+- `acexport export` with compression none, gzip and zstd: wall time, CPU, peak
+  RSS, output size;
+- baselines: `curl -o x.zip && unzip -p x.zip > out.jsonl && sync` (plain) and
+  `... unzip -p x.zip | gzip -1 > out.jsonl.gz && sync` (gzip);
+- the limit: inflating the member in memory with the library acexport uses
+  (``acexport.codec``: ISA-L, or zlib without it), no disk.
+
+Targets: plain <= 0.5x its baseline and <= 1.3x the inflate limit; gzip <= 0.5x
+its baseline; peak RSS < 80 MB.
+
+    python bench/real_format.py [--size-mb 1024] [--rounds 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from acexport import codec
+from acexport.emulator.process import EmulatorClient, running_emulator
+
+TOKEN = "bench-token"
+DAY = ("2022-01-01", "fromDate=2022-01-01T00:00:00.000Z&toDate=2022-01-01T23:59:59.999Z")
+PAGE_RECORD_BYTES = 451  # the emulator's visit records, on average
+SUFFIX = {"none": ".jsonl", "gzip": ".jsonl.gz", "zstd": ".jsonl.zst"}
+
+
+def timed(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (user + sys) and peak RSS (KiB) of one child process."""
+    started = time.perf_counter()
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{args[0]} failed")
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+
+
+def shell(command: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(["sh", "-c", command], check=True)
+    return time.perf_counter() - started
+
+
+def inflate_limit(zip_path: Path) -> float:
+    """Seconds to inflate the member in memory with acexport's codec (median of 3)."""
+    data = zip_path.read_bytes()
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        info = archive.infolist()[0]
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    # The local extra field may differ from the central one: read its length.
+    start = (
+        info.header_offset
+        + 30
+        + int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little")
+        + int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
+    )
+    member = memoryview(data)[start : start + info.compress_size]
+    times = []
+    for _ in range(3):
+        began = time.perf_counter()
+        inflater, produced = codec.raw_inflater(), 0
+        for piece in range(0, len(member), 1 << 20):  # as it arrives: 1 MiB at a time
+            rest = member[piece : piece + (1 << 20)]
+            while rest:
+                produced += len(inflater.decompress(rest, 1 << 20))
+                rest = inflater.unconsumed_tail
+        times.append(time.perf_counter() - began)
+        assert produced == info.file_size
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="256 MB, 2 rounds")
+    args = parser.parse_args()
+    if args.quick:
+        args.size_mb, args.rounds = 256, 2
+    for tool in ("curl", "unzip", "gzip"):
+        if not shutil.which(tool):
+            print(f"{tool} is required for this benchmark", file=sys.stderr)
+            return 2
+    work = Path(tempfile.mkdtemp(prefix="acexport-real-"))
+    records = args.size_mb * 1_000_000 // PAGE_RECORD_BYTES
+    try:
+        with running_emulator(
+            *("--token", f"bench={TOKEN}", "--processing-time", "0"),
+            *("--records", str(records), "--storage-dir", str(work / "storage")),
+        ) as base:
+            return compare(base, work, args.rounds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def wait_ready(url: str) -> None:
+    while True:  # rendering a GiB takes a while
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request) as response:
+            if not response.read(64).startswith(b'{"fromDate"'):
+                return
+        time.sleep(0.5)
+
+
+def compare(base: str, work: Path, rounds: int) -> int:
+    url = f"{base}/api/reports/export/page?{DAY[1]}"
+    wait_ready(url)
+    job = EmulatorClient(base).jobs()[0]
+    env = {**os.environ, "BENCH_TOKEN": TOKEN}
+    curl = ["curl", "-sf", "-H", f"Authorization: Bearer {TOKEN}", "-o"]
+    zip_file = work / "curl.zip"
+
+    def ours(compression: str) -> list[str]:
+        return [
+            *(sys.executable, "-m", "acexport", "export", "--base-url", base),
+            *("--token-env", "BENCH_TOKEN", "--type", "page", "--from", DAY[0], "--to", DAY[0]),
+            *("--quiet", "--compression", compression),
+            *("--output", str(work / f"ours{SUFFIX[compression]}")),
+        ]
+
+    results: dict[str, list[tuple[float, float, int, int]]] = {c: [] for c in SUFFIX}
+    baselines: dict[str, list[float]] = {"none": [], "gzip": []}
+    for _ in range(rounds):
+        for compression in SUFFIX:
+            wall, cpu, rss = timed(ours(compression), env)
+            out = work / f"ours{SUFFIX[compression]}"
+            manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text())
+            assert manifest["payload_sha256"] == job["sha256"], "acexport's data differs"
+            results[compression].append((wall, cpu, rss, out.stat().st_size))
+            for path in work.glob("ours*"):
+                path.unlink()
+        for compression, pipe in (("none", ""), ("gzip", " | gzip -1")):
+            out = work / f"base{SUFFIX[compression]}"
+            command = (
+                f"{shlex.join([*curl, str(zip_file), url])} && unzip -p '{zip_file}'{pipe} "
+                f"> '{out}' && sync '{out}'"
+            )
+            baselines[compression].append(shell(command))
+            out.unlink()
+            zip_file.unlink()
+    subprocess.run([*curl, str(zip_file), url], check=True)
+    limit = inflate_limit(zip_file)
+    zip_mb, size_mb = job["bytes"] / 1e6, job["records"] * PAGE_RECORD_BYTES / 1e6
+
+    def median(compression: str, index: int) -> float:
+        return statistics.median(r[index] for r in results[compression])
+
+    print(
+        f"ZIP {zip_mb:.0f} MB of {job['records']} visits (~{size_mb:.0f} MB of JSON Lines), "
+        f"{rounds} alternating rounds, medians; codec {codec.LIBRARY}:"
+    )
+    for compression in SUFFIX:
+        print(
+            f"  acexport -> {compression:<5} {median(compression, 0):6.2f} s  "
+            f"CPU {median(compression, 1):5.2f} s  "
+            f"RSS {max(r[2] for r in results[compression]) / 1024:3.0f} MB  "
+            f"output {median(compression, 3) / 1e6:7.1f} MB"
+        )
+    plain_base, gzip_base = (statistics.median(baselines[c]) for c in ("none", "gzip"))
+    print(f"  curl -o && unzip -p > out && sync        {plain_base:6.2f} s  <- plain baseline")
+    print(f"  curl -o && unzip -p | gzip -1 && sync    {gzip_base:6.2f} s  <- gzip baseline")
+    print(f"  in-memory inflate ({codec.LIBRARY})              {limit:6.2f} s  <- the limit")
+    checks = {
+        "plain / baseline <= 0.5": median("none", 0) / plain_base,
+        "plain / inflate limit <= 1.3": median("none", 0) / limit,
+        "gzip / baseline <= 0.5": median("gzip", 0) / gzip_base,
+    }
+    targets = {
+        "plain / baseline <= 0.5": 0.5,
+        "plain / inflate limit <= 1.3": 1.3,
+        "gzip / baseline <= 0.5": 0.5,
+    }
+    rss = max(r[2] for runs in results.values() for r in runs) / 1024
+    met = all(value <= targets[name] for name, value in checks.items()) and rss < 80
+    for name, value in checks.items():
+        print(f"  {name}: {value:.2f} {'met' if value <= targets[name] else 'MISSED'}")
+    print(f"  peak RSS < 80 MB: {rss:.0f} MB {'met' if rss < 80 else 'MISSED'}")
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
