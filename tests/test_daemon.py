@@ -98,6 +98,7 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
     for _ in range(4):
         daemon = await DaemonProcess.start(config)
         await asyncio.sleep(rng.uniform(0.8, 2.0))
+        assert daemon.process.returncode is None, "\n".join(daemon.raw[-20:])
         daemon.send(signal.SIGKILL)
         assert await daemon.wait() == -signal.SIGKILL
     final = await DaemonProcess.start(config, "--once")
@@ -165,7 +166,8 @@ async def test_sigterm_mid_download_leaves_no_partial_file_and_resumes(
         records=40000,  # about 1 MB of ZIP: two seconds at this rate
         faults=FaultSettings(slow_bytes_per_s=500_000),
     )
-    config = write_config(tmp_path, emu, job("p", "alpha", types=["page"], catch_up="1d", lag="0s"))
+    jobs = job("p", "alpha", types=["page"], catch_up="1d", lag="0s")
+    config = write_config(tmp_path, emu, jobs, extra='log_level = "debug"')  # export_ready
     daemon = await DaemonProcess.start(config)
     await daemon.wait_for(lambda: bool(daemon.events("export_ready")))
     await asyncio.sleep(0.5)
@@ -292,7 +294,7 @@ async def test_ready_data_that_expired_while_down_is_resubmitted_holding_the_slo
         faults=FaultSettings(slow_bytes_per_s=300_000),
     )
     jobs = job("p", "alpha", types=["page"], window="1h", catch_up="2h", lag="0s")
-    config = write_config(tmp_path, emu, jobs, extra="")
+    config = write_config(tmp_path, emu, jobs, extra='log_level = "debug"')  # export_submitted
     config.write_text(config.read_text().replace("[http]\n", '[http]\ndownload_window = "1s"\n'))
     daemon = await DaemonProcess.start(config)
     # The first export is downloading (ready), the second has been submitted.

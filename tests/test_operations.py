@@ -142,8 +142,9 @@ async def test_health_and_metrics(emulator: EmulatorFactory, tmp_path: Path) -> 
     assert re.search(r'acexport_last_success_timestamp_seconds\{job="good"\} 1\.\d+e\+09', text)
     assert 'acexport_build_info{version="' in text
     for histogram in ("acexport_ac_processing_seconds", "acexport_download_seconds"):
-        assert f'{histogram}_count{{type="page",workspace="alpha"}} 2.0' in text
-        assert f'{histogram}_bucket{{le="86400.0",type="page",workspace="alpha"}} 2.0' in text
+        # By type only (both workspaces exported pages): bounded however many workspaces.
+        assert re.search(rf'{histogram}_count{{type="page"}} [1-9]', text)
+        assert re.search(rf'{histogram}_bucket{{le="86400.0",type="page"}} [1-9]', text)
     assert "nope" not in text
 
 

@@ -55,3 +55,14 @@ def test_poll_max_caps_waits_learned_from_history() -> None:
     """A learned time of 15 days (a clock jump in the ledger) still waits at most poll_max."""
     plan = PollPlan(initial_s=15.0, max_s=300.0, expected_s=1_296_000.0)
     assert max(plan.next_delay(t) for t in range(0, 2_000_000, 10_000)) <= 300.0
+
+
+@pytest.mark.parametrize("seconds", [0.5, 1.0, 2.0, 4.0])
+def test_a_short_export_is_checked_once_when_it_should_be_ready(seconds: float) -> None:
+    """Known to take a few minimum waits: submit, one check at the time, done (2 requests);
+    a little late, one minimum wait more."""
+    plan = PollPlan(initial_s=1.0, max_s=60.0, expected_s=seconds, rng=random.Random(4))
+    assert simulate(plan, seconds) == (2, 0.0)
+    requests, delay = simulate(plan, seconds * 1.1)
+    assert requests == 3
+    assert delay <= 1.0

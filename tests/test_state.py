@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
 import stat
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -38,7 +40,7 @@ async def test_planning_twice_records_each_window_once(store: StateStore) -> Non
 async def test_done_windows_are_not_planned_again(store: StateStore) -> None:
     """A done row is never returned for export again; a failed one is re-queued."""
     done, failed = await store.plan("nightly", "acme", ["page"], [DAY1, DAY2])
-    await store.mark_submitted(done.id)
+    await store.claim(done.id, time.time())
     await store.mark_ready(done.id, "2022-06-29T17:50:46.824Z")
     await store.mark_done(
         done.id,
@@ -49,7 +51,7 @@ async def test_done_windows_are_not_planned_again(store: StateStore) -> None:
         requests=3,
         created_date="c",
     )
-    await store.mark_submitted(failed.id)
+    await store.claim(failed.id, time.time())
     await store.mark_failed(failed.id, "AuthError: 401")
     replanned = await store.plan("nightly", "acme", ["page"], [DAY1, DAY2])
     assert [(r.id, r.state) for r in replanned] == [(failed.id, "queued")]
@@ -63,8 +65,8 @@ async def test_active_rows_resume_ready_then_submitted_then_queued(store: StateS
     queued, submitted, ready = await store.plan(
         "j", "acme", ["page"], [DAY1, DAY2, ExportWindow(DAY2.end, DAY2.end + timedelta(days=1))]
     )
-    await store.mark_submitted(submitted.id)
-    await store.mark_submitted(ready.id)
+    await store.claim(submitted.id, time.time())
+    await store.claim(ready.id, time.time())
     await store.mark_ready(ready.id, None)
     assert [r.id for r in await store.active()] == [ready.id, submitted.id, queued.id]
 
@@ -137,7 +139,7 @@ def test_malformed_database_is_not_called_a_full_disk(tmp_path: Path) -> None:
 async def test_implausible_spans_are_not_learned(store: StateStore) -> None:
     """A submit-to-ready span of 30 days (a wall-clock jump) is not a processing time."""
     (record,) = await store.plan("job", "acme", ["page"], [DAY1])
-    await store.mark_submitted(record.id)
+    await store.claim(record.id, time.time())
     await store.mark_ready(record.id, None)
     async with store._db.execute(
         "UPDATE exports SET submitted_at = ready_at - 30 * 86400 WHERE id = ?", (record.id,)
@@ -153,3 +155,39 @@ async def test_rows_ending_after_leave_out_older_windows(store: StateStore) -> N
     later = await store.rows_ending_after(DAY1.end)
     assert [row.start for row in later] == [DAY2.start]
     assert len(await store.rows_ending_after(DAY1.start)) == 2
+
+
+async def test_claim_submits_or_keeps_fresh_ready_data_and_skips_finished_rows(
+    store: StateStore,
+) -> None:
+    """One statement decides: fresh ready data stays ready; stale is resubmitted; done is None."""
+    fresh, stale, finished = await store.plan(
+        "j", "acme", ["page"], [DAY1, DAY2, ExportWindow(DAY2.end, DAY2.end + timedelta(days=1))]
+    )
+    for record in (fresh, stale, finished):
+        await store.claim(record.id, time.time())
+        await store.mark_ready(record.id, None)
+    await store.mark_failed(finished.id, "x")
+    await store.plan("j", "acme", ["page"], [])  # nothing re-queued
+    kept = await store.claim(fresh.id, time.time() - 3600)
+    assert kept is not None
+    assert (kept.state, kept.attempts) == ("ready", 1)
+    again = await store.claim(stale.id, time.time() + 1)  # ready before "now + 1": stale
+    assert again is not None
+    assert (again.state, again.attempts) == ("submitted", 2)
+    assert await store.claim(finished.id, time.time()) is None
+
+
+async def test_the_expected_time_follows_new_ready_rows(store: StateStore) -> None:
+    """The remembered median is dropped when a row of its kind becomes ready."""
+    first, second = await store.plan("j", "acme", ["page"], [DAY1, DAY2])
+    await store.claim(first.id, time.time())
+    await store.mark_ready(first.id, None)
+    one = await store.expected_processing_s("acme", "page")
+    assert one is not None
+    await store.claim(second.id, time.time())
+    await asyncio.sleep(0.05)
+    await store.mark_ready(second.id, None)
+    two = await store.expected_processing_s("acme", "page")
+    assert two is not None
+    assert two != one

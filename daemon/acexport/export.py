@@ -284,7 +284,7 @@ async def _on_status(
         elif state.created_date and answer.created_date not in (None, state.created_date):
             log.warning("export_restarted_by_ac", created_date=answer.created_date)
         elif state.created_date is None:
-            log.info("export_submitted", created_date=answer.created_date, status=answer.status)
+            log.debug("export_submitted", created_date=answer.created_date, status=answer.status)
         state.created_date = answer.created_date or state.created_date
         if state.submitted_at is None:
             state.submitted_at = time.monotonic()
@@ -314,7 +314,7 @@ async def _download(
     state.ac_failures = 0
     if state.ready_at is None:
         state.ready_at = time.monotonic()
-        log.info("export_ready", requests=state.requests)
+        log.debug("export_ready", requests=state.requests)
         await observer.ready()
     if payload.offset != state.offset:
         await _drop_partial(state, sink)  # the server sent it all again: start over

@@ -34,7 +34,7 @@ from .export import (
 )
 from .observability import remote_text
 from .sink import Sink
-from .state import ACTIVE, ExportRecord, LedgerState, StateStore
+from .state import ExportRecord, LedgerState, StateStore
 
 log = structlog.get_logger("acexport.lane")
 
@@ -195,13 +195,15 @@ class Lane:
                 self._idle.set()
 
     async def _export(self, record: ExportRecord, hold: _SlotHold) -> None:
-        store = self.ctx.store
-        current = await store.get(record.id)
-        if current is None or current.state not in ACTIVE:
+        settings = self.ctx.settings()
+        # Still active, and submitted unless its ready data is still downloadable: one
+        # statement (the ledger's round trips were most of an export's CPU).
+        window_s = settings.http.download_window.total_seconds()
+        current = await self.ctx.store.claim(record.id, time.time() - READY_MARGIN * window_s)
+        if current is None:
             # Picked up from the ledger just as this process finished it: nothing to do.
             return
         record = current
-        settings = self.ctx.settings()
         if self.auth_failure:
             await self._failed(record, self.auth_failure)
             return
@@ -212,8 +214,6 @@ class Lane:
         window = record.window(ws.zone)
         key = settings.layout().key_for(record.workspace, record.type, record.job, window)
         spec = ExportSpec(record.workspace, record.type, window, key)
-        if not self._still_downloadable(record):
-            await store.mark_submitted(record.id)
         try:
             outcome = await self._run_export(record, spec, settings, hold)
         except StateError:

@@ -31,6 +31,7 @@ from .zipstream import Unstreamable, ZipStream
 
 Compression = Literal["none", "gzip", "zstd"]
 _QUEUED_BATCHES = 4  # between the producer and the writer thread: bounds memory
+_THREAD_AFTER_BYTES = 4 << 20  # output written before a writer thread is worth starting
 _BOM = b"\xef\xbb\xbf"
 INFLATE_SLACK_BYTES = 64 * 1024
 DEFAULT_INFLATE_RATIO = 200  # a gzip body or ZIP member may expand this many times
@@ -97,14 +98,22 @@ class _Output:
         elif compression == "zstd":
             self._compressor = codec.zstd_compressor()
         self._written = 0
-        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(_QUEUED_BATCHES)
+        self._queue: queue.Queue[list[bytes] | None] | None = None  # with the first write
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
     def write_many(self, chunks: list[bytes]) -> None:
-        """Queue the chunks (in order) for the writer thread; memory stays bounded."""
+        """Queue the chunks (in order) for the writer thread; memory stays bounded.
+
+        Small outputs are written at once: a thread per export would cost more than
+        it overlaps, with hundreds of small exports in flight.
+        """
         self._raise_failure()
-        if self._thread is None:
+        if self._queue is None and self._written < _THREAD_AFTER_BYTES:
+            self._write(chunks)
+            return
+        if self._queue is None:
+            self._queue = queue.Queue(_QUEUED_BATCHES)
             self._thread = threading.Thread(target=self._drain, name="acexport-write", daemon=True)
             self._thread.start()
         self._queue.put(chunks)
@@ -115,6 +124,7 @@ class _Output:
             raise error
 
     def _drain(self) -> None:
+        assert self._queue is not None
         while (chunks := self._queue.get()) is not None:
             if self._error is None:  # after a failure, only empty the queue
                 try:
@@ -123,7 +133,7 @@ class _Output:
                     self._error = exc
 
     def _stop(self) -> None:
-        if self._thread is not None:
+        if self._thread is not None and self._queue is not None:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
@@ -356,8 +366,12 @@ class PayloadWriter:
         self.format = "unknown"
 
     def feed(self, data: bytes) -> None:
-        self.digest([data])
-        self.convert([data])
+        self.feed_many([data])
+
+    def feed_many(self, chunks: list[bytes]) -> None:
+        """Hash and convert in this thread (for batches too small to split)."""
+        self.digest(chunks)
+        self.convert(chunks)
 
     def digest(self, chunks: list[bytes]) -> None:
         for data in chunks:

@@ -39,6 +39,7 @@ class Backoff:
 SPARSE_MARKS = (0.5, 0.8, 0.92)
 DENSE_STEP = 0.04
 DENSE_UNTIL = 1.2
+SHORT_EXPORT_FLOORS = 4  # expected within this many minimum waits: one check at the time
 # Without: wait a quarter of the time elapsed (delay < 25% of it).
 GROWTH = 0.25
 
@@ -59,10 +60,14 @@ class PollPlan:
     def _wanted(self, elapsed_s: float) -> float:
         expected = self.expected_s
         if expected:
-            for mark in SPARSE_MARKS:
+            floor = min(self.initial_s, 1.0)  # no two checks closer than this
+            # A short export (a few floors long) is checked once, when it should be
+            # ready: the early marks would cost requests and gain nothing.
+            marks = SPARSE_MARKS if expected > SHORT_EXPORT_FLOORS * floor else (1.0,)
+            for mark in marks:
                 if elapsed_s < mark * expected - 1e-3:
                     return mark * expected - elapsed_s
             if elapsed_s < DENSE_UNTIL * expected:
-                return max(DENSE_STEP * expected, min(self.initial_s, 1.0))
+                return max(DENSE_STEP * expected, floor)
         delay = max(self.initial_s, GROWTH * elapsed_s)
         return delay * (1 + self.rng.uniform(-0.1, 0.1))

@@ -27,6 +27,7 @@ from .stores.local import disk_error
 log = structlog.get_logger("acexport.sink")
 
 _BATCH_BYTES = 2 * 1024 * 1024
+_SMALL_BATCH_BYTES = 256 * 1024
 _THREADS = 4
 
 
@@ -79,6 +80,10 @@ class Sink:
 
     async def _feed(self, writer: PayloadWriter, data: list[bytes]) -> None:
         loop = asyncio.get_running_loop()
+        if sum(map(len, data)) < _SMALL_BATCH_BYTES:
+            # Two thread hops cost more than hashing a small batch beside converting it.
+            await loop.run_in_executor(self._executor, writer.feed_many, data)
+            return
         await asyncio.gather(
             loop.run_in_executor(self._hasher, writer.digest, data),
             loop.run_in_executor(self._executor, writer.convert, data),

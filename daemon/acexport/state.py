@@ -183,6 +183,8 @@ class StateStore:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
         self.path = path
+        # expected_processing_s per (workspace, type), dropped when a row of it changes.
+        self._expected: dict[tuple[str, str], float | None] = {}
 
     @classmethod
     async def start(cls, path: Path, stack: AsyncExitStack) -> StateStore:
@@ -205,7 +207,10 @@ class StateStore:
             db = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
         else:
             _create_private(path)
-            db = await aiosqlite.connect(path)
+            # Autocommit: a change commits itself, with no second round trip through
+            # aiosqlite's thread. (Batches commit row by row: in WAL mode with
+            # synchronous = NORMAL that is an append each, and any prefix is consistent.)
+            db = await aiosqlite.connect(path, isolation_level=None)
         try:
             db.row_factory = aiosqlite.Row
             await db.execute("PRAGMA busy_timeout = 5000")
@@ -240,8 +245,8 @@ class StateStore:
 
     async def _one(self, sql: str, *args: Any) -> ExportRecord | None:
         async with self._db.execute(sql, args) as cursor:
-            row = await cursor.fetchone()
-        return ExportRecord.from_row(row) if row else None
+            rows = list(await cursor.fetchall())  # all: an UPDATE ... RETURNING ends, commits
+        return ExportRecord.from_row(rows[0]) if rows else None
 
     async def _all(self, sql: str, *args: Any) -> list[ExportRecord]:
         async with self._db.execute(sql, args) as cursor:
@@ -267,7 +272,6 @@ class StateStore:
             "type = ? AND window_start = ? AND window_end = ? AND state = 'failed'",
             [(now, *key) for key in keys],
         )
-        await self._db.commit()
         wanted = set(keys)
         rows = await self._all(
             "SELECT * FROM exports WHERE workspace = ? AND state IN ('queued', 'submitted', "
@@ -292,20 +296,37 @@ class StateStore:
     async def _update(self, export_id: int, **fields: Any) -> None:
         fields["updated_at"] = time.time()
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        await self._db.execute(
-            f"UPDATE exports SET {assignments} WHERE id = ?",  # noqa: S608 - names are ours
+        async with self._db.execute(
+            f"UPDATE exports SET {assignments} WHERE id = ? "  # noqa: S608 - names are ours
+            "RETURNING workspace, type",
             (*fields.values(), export_id),
-        )
-        await self._db.commit()
+        ) as cursor:
+            for row in await cursor.fetchall():
+                self._expected.pop((row[0], row[1]), None)
 
     @_state_errors
-    async def mark_submitted(self, export_id: int) -> None:
-        await self._db.execute(
-            "UPDATE exports SET state = 'submitted', attempts = attempts + 1, reason = NULL, "
-            "submitted_at = COALESCE(submitted_at, ?), updated_at = ? WHERE id = ?",
-            (time.time(), time.time(), export_id),
+    async def claim(self, export_id: int, ready_since: float) -> ExportRecord | None:
+        """Start working on a row, in one statement: None if it is no longer active.
+
+        Ready data younger than ``ready_since`` (epoch seconds) is downloaded as it
+        is; anything else is (re)submitted: state submitted, one attempt more.
+        """
+        fresh = "state = 'ready' AND ready_at IS NOT NULL AND ready_at > ?"
+        now = time.time()
+        record = await self._one(
+            f"UPDATE exports SET state = CASE WHEN {fresh} THEN 'ready' ELSE 'submitted' END, "  # noqa: S608
+            f"attempts = attempts + CASE WHEN {fresh} THEN 0 ELSE 1 END, "
+            f"reason = NULL, submitted_at = COALESCE(submitted_at, ?), updated_at = ? "
+            "WHERE id = ? AND state IN ('queued', 'submitted', 'ready') RETURNING *",
+            ready_since,
+            ready_since,
+            now,
+            now,
+            export_id,
         )
-        await self._db.commit()
+        if record is not None:
+            self._expected.pop((record.workspace, record.type), None)
+        return record
 
     @_state_errors
     async def mark_ready(self, export_id: int, created_date: str | None) -> None:
@@ -360,9 +381,8 @@ class StateStore:
             "state = 'done', destination = excluded.destination, reason = excluded.reason, "
             "finished_at = excluded.finished_at, updated_at = excluded.updated_at "
             "WHERE state != 'done'",
-            [(ws, t, start, end, job, where, now, now, now) for ws, t, start, end, where in rows],
+            [(ws, t, s, e, job, where, now, now, now) for ws, t, s, e, where in rows],
         )
-        await self._db.commit()
         return int(self._db.total_changes - before)
 
     @_state_errors
@@ -378,6 +398,12 @@ class StateStore:
         Ready rows count too: the previous export's time is known (and recorded)
         before the next one is submitted, while it still downloads.
         """
+        key = (workspace, type_)
+        if key not in self._expected:
+            self._expected[key] = await self._median_processing_s(workspace, type_)
+        return self._expected[key]
+
+    async def _median_processing_s(self, workspace: str, type_: str) -> float | None:
         async with self._db.execute(
             "SELECT ready_at - submitted_at FROM exports WHERE workspace = ? AND type = ? "
             "AND state IN ('ready', 'done') AND attempts = 1 AND ready_at IS NOT NULL "

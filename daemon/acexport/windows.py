@@ -7,6 +7,7 @@ consecutive windows neither overlap nor leave a gap, DST days included.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
@@ -51,11 +52,11 @@ class ExportWindow:
     def local_end(self) -> datetime:
         return self.end.astimezone(self.zone)
 
-    @property
+    @functools.cached_property
     def from_date(self) -> str:
         return iso_ms(self.start)
 
-    @property
+    @functools.cached_property
     def to_date(self) -> str:
         return iso_ms(self.end - ONE_MS)
 
