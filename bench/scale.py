@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from acexport.emulator.process import running_emulator
+from acexport.emulator.process import EmulatorClient, running_emulator
 
 
 def main() -> int:
@@ -94,6 +94,8 @@ def main() -> int:
             )
             _, status, usage = os.wait4(process.pid, 0)
             wall = time.perf_counter() - started
+        workspaces = EmulatorClient(base).report()["workspaces"]
+        requests = sum(w["requests"] for w in workspaces.values())
     exports = len(list((work / "out").rglob("*.manifest.json")))
     stopped = [
         json.loads(line) for line in log.read_text().splitlines() if '"daemon_stopped"' in line
@@ -115,6 +117,7 @@ def main() -> int:
         f"event-loop lag max {lag_ms:.0f} ms (target < 100)"
     )
     per_export_ms = 1000 * (cpu - startup_cpu) / max(exports, 1)
+    print(f"  requests to AC per export {requests / max(exports, 1):.2f}")
     print(
         f"  daemon CPU per export {per_export_ms:.1f} ms (less start-up; target < 3 ms); "
         f"user {usage.ru_utime:.1f} s, system {usage.ru_stime:.1f} s"

@@ -66,3 +66,14 @@ def test_a_short_export_is_checked_once_when_it_should_be_ready(seconds: float) 
     requests, delay = simulate(plan, seconds * 1.1)
     assert requests == 3
     assert delay <= 1.0
+
+
+def test_a_guess_from_other_exports_is_trusted_only_when_short() -> None:
+    """A short guess (a few floors) is checked once; a long one could delay a quick
+    export by far more than backoff would, so it is ignored."""
+    short = PollPlan(initial_s=1.0, max_s=60.0, guess_s=2.0, rng=random.Random(5))
+    assert simulate(short, 2.0) == (2, 0.0)
+    long = PollPlan(initial_s=1.0, max_s=60.0, guess_s=600.0, rng=random.Random(5))
+    requests, delay = simulate(long, 3.0)
+    assert delay <= 0.25 * 1.1 * (3.0 + delay) + 1.0  # backoff's bound, not 300 s
+    assert requests <= 6

@@ -87,8 +87,10 @@ async def test_schema_is_versioned_and_newer_is_refused(tmp_path: Path) -> None:
     store = await StateStore.open(path)
     await store.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        assert "exports_by_type_ready" in indexes
         db.execute("PRAGMA user_version = 99")
         db.commit()
     with pytest.raises(StateError, match=f"{path} is schema version 99, newer"):
@@ -191,3 +193,39 @@ async def test_the_expected_time_follows_new_ready_rows(store: StateStore) -> No
     two = await store.expected_processing_s("acme", "page")
     assert two is not None
     assert two != one
+
+
+async def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
+    """A ledger of the previous release gets the new index and keeps its rows."""
+    from acexport.state import _MIGRATIONS
+
+    path = tmp_path / "state.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(f"BEGIN; {_MIGRATIONS[0]}; PRAGMA user_version = 1; COMMIT;")
+        db.execute(
+            "INSERT INTO exports (workspace, type, window_start, window_end, job, state, "
+            "planned_at, updated_at) VALUES ('acme', 'page', '2022-01-01T00:00:00.000Z', "
+            "'2022-01-02T00:00:00.000Z', 'j', 'queued', 0, 0)"
+        )
+        db.commit()
+    store = await StateStore.open(path)
+    assert len(await store.all_rows()) == 1
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+async def test_the_first_export_of_a_kind_is_guessed_from_similar_ones(
+    store: StateStore,
+) -> None:
+    """No history for (workspace, type): the type elsewhere, else the workspace's others."""
+    (other,) = await store.plan("j", "beta", ["page"], [DAY1])
+    await store.claim(other.id, time.time())
+    await asyncio.sleep(0.05)
+    await store.mark_ready(other.id, None)
+    took = await store.expected_processing_s("beta", "page")
+    assert took is not None
+    assert await store.expected_processing_s("acme", "page") is None  # not its own history
+    assert await store.similar_processing_s("acme", "page") == took  # the type elsewhere
+    assert await store.similar_processing_s("beta", "event") == took  # the workspace's other
+    assert await store.similar_processing_s("acme", "event") is None

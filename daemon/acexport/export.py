@@ -69,6 +69,7 @@ class Timing:
     max_ac_failures: int = 5  # ERROR answers in a row before the export fails
     download_window_s: float = 86400.0  # how long AC keeps ready data
     expected_s: float | None = None  # how long this kind of export took before
+    guess_s: float | None = None  # without that, how long similar exports took
     ready_age_s: float | None = None  # the data has been ready this long (a resumed export)
 
     @classmethod
@@ -82,7 +83,7 @@ class Timing:
         )
 
     def plan(self) -> PollPlan:
-        return PollPlan(self.poll.initial_s, self.poll.max_s, self.expected_s)
+        return PollPlan(self.poll.initial_s, self.poll.max_s, self.expected_s, self.guess_s)
 
 
 @dataclass

@@ -248,7 +248,14 @@ class Lane:
         )
         expected = await self.ctx.store.expected_processing_s(record.workspace, record.type)
         ready_age_s = None if record.ready_at is None else max(0.0, time.time() - record.ready_at)
-        timing = replace(self.ctx.timing(), expected_s=expected, ready_age_s=ready_age_s)
+        guess = (
+            None
+            if expected
+            else await self.ctx.store.similar_processing_s(record.workspace, record.type)
+        )
+        timing = replace(
+            self.ctx.timing(), expected_s=expected, guess_s=guess, ready_age_s=ready_age_s
+        )
         keeper = _SlotKeeper(self.ctx.store, record, hold)
         return await run_export(spec, client, self.ctx.sink, timing, keeper)
 

@@ -39,7 +39,7 @@ class Backoff:
 SPARSE_MARKS = (0.5, 0.8, 0.92)
 DENSE_STEP = 0.04
 DENSE_UNTIL = 1.2
-SHORT_EXPORT_FLOORS = 4  # expected within this many minimum waits: one check at the time
+SHORT_EXPORT_S = 5.0  # expected this soon: one check at that time (a miss costs < 5 s)
 # Without: wait a quarter of the time elapsed (delay < 25% of it).
 GROWTH = 0.25
 
@@ -50,7 +50,8 @@ class PollPlan:
 
     initial_s: float
     max_s: float
-    expected_s: float | None = None
+    expected_s: float | None = None  # this kind of export's usual time
+    guess_s: float | None = None  # without that: what similar exports took (used if short)
     rng: random.Random = field(default_factory=random.Random)
 
     def next_delay(self, elapsed_s: float) -> float:
@@ -58,12 +59,16 @@ class PollPlan:
         return min(self.max_s, self._wanted(elapsed_s))
 
     def _wanted(self, elapsed_s: float) -> float:
+        floor = min(self.initial_s, 1.0)  # no two checks closer than this
         expected = self.expected_s
+        if not expected and self.guess_s and self.guess_s <= SHORT_EXPORT_S:
+            # Another kind's time says little about this one, but trusting a short guess
+            # costs at most a few floors of delay, and saves the backoff's requests.
+            expected = self.guess_s
         if expected:
-            floor = min(self.initial_s, 1.0)  # no two checks closer than this
-            # A short export (a few floors long) is checked once, when it should be
-            # ready: the early marks would cost requests and gain nothing.
-            marks = SPARSE_MARKS if expected > SHORT_EXPORT_FLOORS * floor else (1.0,)
+            # A short export is checked once, when it should be ready: the early marks
+            # would cost requests and gain little.
+            marks = SPARSE_MARKS if expected > SHORT_EXPORT_S else (1.0,)
             for mark in marks:
                 if elapsed_s < mark * expected - 1e-3:
                     return mark * expected - elapsed_s

@@ -90,6 +90,10 @@ _MIGRATIONS: Sequence[str] = (
     );
     CREATE INDEX exports_by_state ON exports (state, workspace);
     """,
+    # version 2: the latest processing times of a type, across workspaces
+    """
+    CREATE INDEX exports_by_type_ready ON exports (type, ready_at);
+    """,
 )
 
 
@@ -243,14 +247,16 @@ class StateStore:
     async def close(self) -> None:
         await self._db.close()
 
+    async def _rows(self, sql: str, *args: Any) -> list[aiosqlite.Row]:
+        """Run one statement to its end: one hop to aiosqlite's thread, not three."""
+        return list(await self._db.execute_fetchall(sql, args))
+
     async def _one(self, sql: str, *args: Any) -> ExportRecord | None:
-        async with self._db.execute(sql, args) as cursor:
-            rows = list(await cursor.fetchall())  # all: an UPDATE ... RETURNING ends, commits
+        rows = await self._rows(sql, *args)  # all: an UPDATE ... RETURNING ends, commits
         return ExportRecord.from_row(rows[0]) if rows else None
 
     async def _all(self, sql: str, *args: Any) -> list[ExportRecord]:
-        async with self._db.execute(sql, args) as cursor:
-            rows = await cursor.fetchall()
+        rows = await self._rows(sql, *args)
         return [ExportRecord.from_row(row) for row in rows]
 
     @_state_errors
@@ -296,13 +302,14 @@ class StateStore:
     async def _update(self, export_id: int, **fields: Any) -> None:
         fields["updated_at"] = time.time()
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        async with self._db.execute(
+        rows = await self._rows(
             f"UPDATE exports SET {assignments} WHERE id = ? "  # noqa: S608 - names are ours
             "RETURNING workspace, type",
-            (*fields.values(), export_id),
-        ) as cursor:
-            for row in await cursor.fetchall():
-                self._expected.pop((row[0], row[1]), None)
+            *fields.values(),
+            export_id,
+        )
+        for row in rows:
+            self._forget_expected(row[0], row[1])
 
     @_state_errors
     async def claim(self, export_id: int, ready_since: float) -> ExportRecord | None:
@@ -325,7 +332,7 @@ class StateStore:
             export_id,
         )
         if record is not None:
-            self._expected.pop((record.workspace, record.type), None)
+            self._forget_expected(record.workspace, record.type)
         return record
 
     @_state_errors
@@ -398,35 +405,48 @@ class StateStore:
         Ready rows count too: the previous export's time is known (and recorded)
         before the next one is submitted, while it still downloads.
         """
+        return await self._remembered(workspace, type_)
+
+    async def similar_processing_s(self, workspace: str, type_: str) -> float | None:
+        """For a first export of its kind: the median of this type in any workspace,
+        else of any type in this workspace."""
+        return await self._remembered("", type_) or await self._remembered(workspace, "")
+
+    async def _remembered(self, workspace: str, type_: str) -> float | None:
         key = (workspace, type_)
         if key not in self._expected:
             self._expected[key] = await self._median_processing_s(workspace, type_)
         return self._expected[key]
 
+    def _forget_expected(self, workspace: str, type_: str) -> None:
+        for key in ((workspace, type_), ("", type_), (workspace, "")):
+            self._expected.pop(key, None)
+
     async def _median_processing_s(self, workspace: str, type_: str) -> float | None:
-        async with self._db.execute(
-            "SELECT ready_at - submitted_at FROM exports WHERE workspace = ? AND type = ? "
-            "AND state IN ('ready', 'done') AND attempts = 1 AND ready_at IS NOT NULL "
-            "AND submitted_at IS NOT NULL ORDER BY ready_at DESC LIMIT 5",
-            (workspace, type_),
-        ) as cursor:
-            # Spans are wall-clock: one that a clock jump made negative or longer than
-            # AC keeps data (a day) is not a processing time.
-            durations = sorted(
-                row[0] for row in await cursor.fetchall() if 0 < row[0] < _PLAUSIBLE_SPAN_S
-            )
+        """Of one workspace's exports of one type; "" for either means any."""
+        rows = await self._rows(
+            "SELECT ready_at - submitted_at FROM exports WHERE (? = '' OR workspace = ?) "
+            "AND (? = '' OR type = ?) AND state IN ('ready', 'done') AND attempts = 1 "
+            "AND ready_at IS NOT NULL AND submitted_at IS NOT NULL "
+            "ORDER BY ready_at DESC LIMIT 5",
+            workspace,
+            workspace,
+            type_,
+            type_,
+        )
+        # Spans are wall-clock: one that a clock jump made negative or longer than
+        # AC keeps data (a day) is not a processing time.
+        durations = sorted(row[0] for row in rows if 0 < row[0] < _PLAUSIBLE_SPAN_S)
         return durations[len(durations) // 2] if durations else None
 
     @_state_errors
     async def oldest_unfinished_by_job(self) -> dict[str, float]:
         """Per job, the end (epoch seconds) of the oldest window not yet done."""
-        async with self._db.execute(
+        rows = await self._rows(
             "SELECT job, MIN(window_end) FROM exports WHERE state != 'done' GROUP BY job"
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
         return {row[0]: _parse(row[1]).timestamp() for row in rows}
 
-    @_state_errors
     @_state_errors
     async def rows_ending_after(self, when: datetime) -> list[ExportRecord]:
         """Rows of windows that end after ``when`` (keys are UTC ISO text: they sort)."""
