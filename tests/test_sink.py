@@ -379,14 +379,14 @@ def test_line_checks_do_not_depend_on_chunking(
     lines: list[bytes], crlf: bool, cuts: list[int], bad: bytes | None
 ) -> None:
     """However the bytes are cut into chunks, good NDJSON passes and a bad line is caught."""
-    from acexport.records import NdjsonLines
+    from acexport.records import LineChecks, NdjsonLines
 
     if bad is not None:
         lines = [*lines[:1], bad, *lines[1:]]
     newline = b"\r\n" if crlf else b"\n"
     payload = newline.join(lines) + newline
     edges = sorted({0, len(payload), *(c % (len(payload) + 1) for c in cuts)})
-    converter = NdjsonLines(lambda chunks: None)
+    converter = NdjsonLines(lambda chunks: None, LineChecks())
     try:
         converter.feed_many([payload[a:b] for a, b in itertools.pairwise(edges)])
         converter.finish()

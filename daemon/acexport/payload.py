@@ -26,7 +26,7 @@ from typing import IO, Literal, cast
 
 from . import codec
 from .errors import PayloadError, PayloadTooLarge
-from .records import ArrayToLines, NdjsonLines
+from .records import ArrayToLines, LineChecks, NdjsonLines
 from .zipstream import Unstreamable, ZipStream
 
 Compression = Literal["none", "gzip", "zstd"]
@@ -303,6 +303,11 @@ class _Budget:
 _WHITESPACE = b" \t\r\n"
 
 
+def _start_of(head: bytes) -> bytes:
+    """The payload from its first byte that matters: leading whitespace and BOM dropped."""
+    return head.lstrip(_WHITESPACE).removeprefix(_BOM).lstrip(_WHITESPACE)
+
+
 class _MemberLines:
     """One ZIP member's JSON or JSON Lines, pushed in pieces, into the output."""
 
@@ -322,7 +327,7 @@ class _MemberLines:
                 self._converter = ArrayToLines(self._out.write_many)
             elif data.startswith(b"{"):
                 # The member's CRC-32 is checked: its lines arrived as AC wrote them.
-                self._converter = NdjsonLines(self._out.write_many, check_lines=False)
+                self._converter = NdjsonLines(self._out.write_many)
             else:
                 raise PayloadError(f"ZIP member {self._name!r} is neither JSON nor JSON Lines")
         self._converter.feed_many([data])
@@ -349,7 +354,9 @@ class PayloadWriter:
     """One download's bytes: hashed as served, converted to the output temp file.
 
     Its methods block. ``digest`` and ``convert`` touch disjoint state, so one
-    thread may hash a batch while another converts and writes it.
+    thread may hash a batch while another converts and writes it. For raw JSON
+    Lines, the per-line checks (UTF-8, line shape) run with the hashing, so
+    writing does not wait for them.
     """
 
     def __init__(
@@ -364,6 +371,9 @@ class PayloadWriter:
         self._head = b""
         self._converter: NdjsonLines | ArrayToLines | _ZipStreamed | None = None
         self.format = "unknown"
+        # The hashing side's own view of the start, to know whether lines need checks.
+        self._digest_head: bytes | None = b""
+        self._checks: LineChecks | None = None
 
     def feed(self, data: bytes) -> None:
         self.feed_many([data])
@@ -382,17 +392,37 @@ class PayloadWriter:
                 f"the payload is larger than http.max_payload ({self._limits.max_bytes} "
                 "bytes); nothing was kept"
             )
+        self._check_lines(chunks)
+
+    def _check_lines(self, chunks: list[bytes]) -> None:
+        """Raw JSON Lines are checked here, sniffed as ``convert`` sniffs them."""
+        for index, data in enumerate(chunks):
+            if self._digest_head is None:
+                if self._checks is not None:
+                    self._checks.feed(data)
+                continue
+            self._digest_head += data
+            start = _start_of(self._digest_head)
+            if len(start) < 4 and len(self._digest_head) < 4096:
+                continue
+            self._digest_head = None
+            if start.startswith(b"{"):
+                self._checks = LineChecks()
+                self._checks.feed(start)
+                for rest in chunks[index + 1 :]:
+                    self._checks.feed(rest)
+            return
 
     def convert(self, chunks: list[bytes]) -> None:
         index = 0
         while self._converter is None and index < len(chunks):
             self._head += chunks[index]
             index += 1
-            start = self._head.lstrip(_WHITESPACE).removeprefix(_BOM).lstrip(_WHITESPACE)
+            start = _start_of(self._head)
             if len(start) < 4 and len(self._head) < 4096:
                 continue  # too little to tell yet
             self._converter = self._choose(start[:4])
-            chunks = [self._head.lstrip(_WHITESPACE).removeprefix(_BOM), *chunks[index:]]
+            chunks = [start, *chunks[index:]]
             index, self._head = 0, b""
         if self._converter is not None:
             self._converter.feed_many(chunks[index:])
@@ -406,7 +436,7 @@ class PayloadWriter:
             return ArrayToLines(self._out.write_many)
         if magic.startswith(b"{"):
             self.format = "ndjson"
-            return NdjsonLines(self._out.write_many)
+            return NdjsonLines(self._out.write_many)  # checked by ``digest``
         raise PayloadError(f"the payload is not JSON, JSON Lines or ZIP (starts {magic!r})")
 
     def finish(self) -> PayloadSummary:
@@ -417,6 +447,11 @@ class PayloadWriter:
                 self._converter.feed_many([head])
             else:
                 self.format = "ndjson"  # an export with no records
+        if self._digest_head and self.format == "ndjson":  # too short to sniff before
+            self._checks = LineChecks()
+            self._checks.feed(_start_of(self._digest_head))
+        if self._checks is not None:
+            self._checks.finish()
         if self._converter is not None:
             self._converter.finish()
         self._out.close()

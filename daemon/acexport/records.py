@@ -77,20 +77,54 @@ class _LineShape:
         return self.breaks - final_break - self.joined
 
 
-class NdjsonLines:
-    """JSON Lines passed through as they are, every line checked.
+class LineChecks:
+    """What every NDJSON line must be: UTF-8, broken only between ``}`` and ``{``.
 
-    ``check_lines=False`` skips the per-line shape and UTF-8 checks for bytes
-    whose integrity is already proven (a ZIP member's CRC-32, which zipfile
-    verifies): there, nothing between AC and us can have changed a line.
+    Independent of ``NdjsonLines``' own state, so it can run in another thread
+    (the hashing one) while the lines are written.
     """
 
-    def __init__(self, write: Write, check_lines: bool = True) -> None:
-        self._write = write
-        self.records = 0
-        self._check_lines = check_lines
+    def __init__(self) -> None:
         self._shape = _LineShape()
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
+
+    def feed(self, data: bytes) -> None:
+        # ASCII is UTF-8; only other chunks (or one finishing a split character) decode,
+        # in slices, so the decoded text (up to 4 bytes a character) stays small.
+        if not data.isascii() or self._utf8.getstate()[0]:
+            view = memoryview(data)
+            try:
+                for start in range(0, len(view), _UTF8_SLICE):
+                    self._utf8.decode(view[start : start + _UTF8_SLICE])
+            except UnicodeDecodeError as exc:
+                raise PayloadError(f"the data is not valid UTF-8 ({exc.reason})") from None
+        self._shape.feed(data)
+
+    def finish(self) -> None:
+        try:
+            self._utf8.decode(b"", True)
+        except UnicodeDecodeError as exc:
+            raise PayloadError(f"the data is not valid UTF-8 ({exc.reason})") from None
+        misplaced = self._shape.misplaced()
+        if misplaced:
+            raise PayloadError(
+                f"{misplaced} line break(s) of the NDJSON body are not between JSON objects "
+                "(an HTML page, blank lines or other text in the data)"
+            )
+
+
+class NdjsonLines:
+    """JSON Lines passed through as they are: records counted, first and last lines parsed.
+
+    ``checks`` (a ``LineChecks``) checks every line in the same thread; None when the
+    caller runs its own elsewhere (``PayloadWriter`` does, in the hashing thread), or
+    when the bytes' integrity is already proven (a ZIP member's CRC-32).
+    """
+
+    def __init__(self, write: Write, checks: LineChecks | None = None) -> None:
+        self._write = write
+        self.records = 0
+        self._checks = checks
         self._head: list[bytes] | None = []  # pieces of the first line until it is whole
         self._tail: list[bytes] = []  # pieces after the last line break
         self._tail_bytes = 0
@@ -103,11 +137,9 @@ class NdjsonLines:
                 self._account(data)
 
     def _account(self, data: bytes) -> None:
-        if self._check_lines:
-            self._check_utf8(data)
-            breaks = self._shape.feed(data)
-        else:
-            breaks = data.count(b"\n")
+        if self._checks is not None:
+            self._checks.feed(data)
+        breaks = data.count(b"\n")
         self.records += breaks
         if self._head is not None:
             self._take_head(data)
@@ -120,18 +152,6 @@ class NdjsonLines:
         if self._tail_bytes > MAX_RECORD_BYTES:
             raise PayloadError("a line longer than 64 MiB: this is not NDJSON")
 
-    def _check_utf8(self, data: bytes) -> None:
-        # ASCII is UTF-8; only other chunks (or one finishing a split character) decode,
-        # in slices, so the decoded text (up to 4 bytes a character) stays small.
-        if data.isascii() and not self._utf8.getstate()[0]:
-            return
-        view = memoryview(data)
-        try:
-            for start in range(0, len(view), _UTF8_SLICE):
-                self._utf8.decode(view[start : start + _UTF8_SLICE])
-        except UnicodeDecodeError as exc:
-            raise PayloadError(f"the data is not valid UTF-8 ({exc.reason})") from None
-
     def _take_head(self, data: bytes) -> None:
         assert self._head is not None
         cut = data.find(b"\n")
@@ -143,10 +163,8 @@ class NdjsonLines:
             raise PayloadError("a line longer than 64 MiB: this is not NDJSON")
 
     def finish(self) -> None:
-        try:
-            self._utf8.decode(b"", True)
-        except UnicodeDecodeError as exc:
-            raise PayloadError(f"the data is not valid UTF-8 ({exc.reason})") from None
+        if self._checks is not None:
+            self._checks.finish()
         tail = b"".join(self._tail)
         if tail.strip():
             last = _parse_record(tail, "last")  # no final line break: it must still be whole
@@ -154,12 +172,6 @@ class NdjsonLines:
             self.records += 1
             if self._head is not None:
                 self._first, self._head = last, None
-        misplaced = self._shape.misplaced() if self._check_lines else 0
-        if misplaced:
-            raise PayloadError(
-                f"{misplaced} line break(s) of the NDJSON body are not between JSON objects "
-                "(an HTML page, blank lines or other text in the data)"
-            )
         _refuse_lone_status(self.records, self._first)
 
 
