@@ -39,7 +39,9 @@ class Backoff:
 SPARSE_MARKS = (0.5, 0.8, 0.92)
 DENSE_STEP = 0.04
 DENSE_UNTIL = 1.2
-SHORT_EXPORT_S = 5.0  # expected this soon: one check at that time (a miss costs < 5 s)
+# Expected within this many floors (the shortest wait; 5 s by default): one check at
+# that time, and a miss costs a floor, as it would in the dense phase anyway.
+SHORT_EXPORT_FLOORS = 5
 # Without: wait a quarter of the time elapsed (delay < 25% of it).
 GROWTH = 0.25
 
@@ -61,14 +63,15 @@ class PollPlan:
     def _wanted(self, elapsed_s: float) -> float:
         floor = min(self.initial_s, 1.0)  # no two checks closer than this
         expected = self.expected_s
-        if not expected and self.guess_s and self.guess_s <= SHORT_EXPORT_S:
+        short = SHORT_EXPORT_FLOORS * floor
+        if not expected and self.guess_s and self.guess_s <= short:
             # Another kind's time says little about this one, but trusting a short guess
             # costs at most a few floors of delay, and saves the backoff's requests.
             expected = self.guess_s
         if expected:
             # A short export is checked once, when it should be ready: the early marks
             # would cost requests and gain little.
-            marks = SPARSE_MARKS if expected > SHORT_EXPORT_S else (1.0,)
+            marks = SPARSE_MARKS if expected > short else (1.0,)
             for mark in marks:
                 if elapsed_s < mark * expected - 1e-3:
                     return mark * expected - elapsed_s
