@@ -30,7 +30,7 @@ from .records import ArrayToLines, LineChecks, NdjsonLines
 from .zipstream import Unstreamable, ZipStream
 
 Compression = Literal["none", "gzip", "zstd"]
-_QUEUED_BATCHES = 4  # between the producer and the writer thread: bounds memory
+_QUEUED_BATCHES = 2  # between the producer and the writer thread: bounds memory
 _THREAD_AFTER_BYTES = 4 << 20  # output written before a writer thread is worth starting
 _BOM = b"\xef\xbb\xbf"
 INFLATE_SLACK_BYTES = 64 * 1024

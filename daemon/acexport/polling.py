@@ -39,8 +39,9 @@ class Backoff:
 SPARSE_MARKS = (0.5, 0.8, 0.92)
 DENSE_STEP = 0.04
 DENSE_UNTIL = 1.2
-# Expected within this many floors (the shortest wait; 5 s by default): one check at
-# that time, and a miss costs a floor, as it would in the dense phase anyway.
+# Expected within 5 s, or within five floors (the shortest wait) if that is longer:
+# one check at that time; a miss costs a floor, as in the dense phase anyway.
+SHORT_EXPORT_S = 5.0
 SHORT_EXPORT_FLOORS = 5
 # Without: wait a quarter of the time elapsed (delay < 25% of it).
 GROWTH = 0.25
@@ -63,7 +64,7 @@ class PollPlan:
     def _wanted(self, elapsed_s: float) -> float:
         floor = min(self.initial_s, 1.0)  # no two checks closer than this
         expected = self.expected_s
-        short = SHORT_EXPORT_FLOORS * floor
+        short = max(SHORT_EXPORT_S, SHORT_EXPORT_FLOORS * floor)
         if not expected and self.guess_s and self.guess_s <= short:
             # Another kind's time says little about this one, but trusting a short guess
             # costs at most a few floors of delay, and saves the backoff's requests.
