@@ -15,6 +15,7 @@ SCRIPTS = [
     "startup.py",
     "emulator_throughput.py",
     "download_vs_curl.py",
+    "real_format.py",
     "s3_upload.py",
     "polling_cost.py",
     "lane_utilisation.py",

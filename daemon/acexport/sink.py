@@ -26,7 +26,7 @@ from .stores.local import disk_error
 
 log = structlog.get_logger("acexport.sink")
 
-_BATCH_BYTES = 2 * 1024 * 1024
+_BATCH_BYTES = 1024 * 1024
 _SMALL_BATCH_BYTES = 256 * 1024
 _THREADS = 4
 

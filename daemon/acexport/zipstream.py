@@ -81,6 +81,15 @@ class ZipStream:
             if len(self._tail) > _MAX_TAIL:
                 raise PayloadError("the ZIP's central directory is implausibly large")
             return
+        member = self._member
+        if member is not None and member.inflater is not None and not member.verified:
+            if not self._buffer:  # the common case: inflate the bytes as they come
+                self._offset += len(data)
+                if self._inflate(member, data):
+                    self._ended(member)
+                    while self._step():
+                        pass
+                return
         self._buffer += data
         while self._step():
             pass
@@ -145,26 +154,35 @@ class ZipStream:
             self._emit(member, self._consume(min(len(self._buffer), left)))
             done = self._offset - member.data_start == member.compressed
         else:
-            data = self._consume(len(self._buffer))
-            inflater = member.inflater
-            while True:
-                self._emit(member, inflater.decompress(data, _OUT_STEP))
-                data = inflater.unconsumed_tail
-                if inflater.eof or not data:
-                    break
-            done = inflater.eof
-            if done:  # what follows the deflate stream goes back to the buffer
-                rest = inflater.unused_data
-                self._buffer[:0] = rest
-                self._offset -= len(rest)
+            done = self._inflate(member, self._consume(len(self._buffer)))
         if not done:
             return False
+        self._ended(member)
+        return True
+
+    def _ended(self, member: _Member) -> None:
+        """The member's data is over: checked now, or once its descriptor arrives."""
         member.seen_compressed = self._offset - member.data_start
         member.verified = True
         if not member.flags & _HAS_DESCRIPTOR:
             _check(member, member.crc, member.compressed, member.size, "local header")
             self._member = None
-        return True
+
+    def _inflate(self, member: _Member, data: bytes) -> bool:
+        """Inflate ``data`` (already counted in ``_offset``); True once the stream ended,
+        with what follows it put back in front of the buffer."""
+        inflater = member.inflater
+        assert inflater is not None
+        while True:
+            self._emit(member, inflater.decompress(data, _OUT_STEP))
+            data = inflater.unconsumed_tail
+            if inflater.eof or not data:
+                break
+        if inflater.eof:
+            rest = inflater.unused_data
+            self._buffer[:0] = rest
+            self._offset -= len(rest)
+        return inflater.eof
 
     def _emit(self, member: _Member, data: bytes) -> None:
         if not data:
