@@ -82,14 +82,15 @@ class ZipStream:
                 raise PayloadError("the ZIP's central directory is implausibly large")
             return
         member = self._member
-        if member is not None and member.inflater is not None and not member.verified:
-            if not self._buffer:  # the common case: inflate the bytes as they come
-                self._offset += len(data)
-                if self._inflate(member, data):
-                    self._ended(member)
-                    while self._step():
-                        pass
-                return
+        inflating = member is not None and member.inflater is not None and not member.verified
+        if inflating and not self._buffer:  # the common case: inflate bytes as they come
+            assert member is not None
+            self._offset += len(data)
+            if self._inflate(member, data):
+                self._ended(member)
+                while self._step():
+                    pass
+            return
         self._buffer += data
         while self._step():
             pass
