@@ -15,7 +15,11 @@ In one run, alternating rounds, medians:
 Targets: plain <= 0.5x its baseline and <= 1.3x the inflate limit; gzip <= 0.5x
 its baseline; peak RSS < 80 MB.
 
-    python bench/real_format.py [--size-mb 1024] [--rounds 3] [--quick]
+With --codecs, first the codec comparison behind acexport's choice: inflate,
+gzip level 1 and CRC-32 with CPython's zlib, zlib-ng (if installed) and ISA-L,
+and zstd levels 1 and 3, on 200 MB of the same records, in one thread.
+
+    python bench/real_format.py [--size-mb 1024] [--rounds 3] [--codecs] [--quick]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import tempfile
 import time
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from acexport import codec
@@ -89,14 +94,59 @@ def inflate_limit(zip_path: Path) -> float:
     return statistics.median(times)
 
 
+def compare_codecs() -> None:
+    """MB/s (and output size) of each library's inflate, gzip -1, CRC-32; zstd."""
+    import importlib
+    import zlib
+
+    from acexport.emulator.data import PayloadSpec, iter_blocks
+
+    data = b"".join(iter_blocks(PayloadSpec("ws", "page", 0, 86_400_000, 450_000, 0)))
+    deflated = zlib.compress(data, 6)[2:-4]  # raw deflate, as in AC's ZIP
+    libraries = {"zlib": zlib}
+    for name, module in (("zlib-ng", "zlib_ng.zlib_ng"), ("isal", "isal.isal_zlib")):
+        try:
+            libraries[name] = importlib.import_module(module)
+        except ImportError:
+            print(f"  ({name} is not installed)")
+
+    def rate(work: Callable[[], object]) -> tuple[float, object]:
+        began = time.perf_counter()
+        result = work()
+        return len(data) / (time.perf_counter() - began) / 1e6, result
+
+    print(f"codecs on {len(data) / 1e6:.0f} MB of visit records, one thread:")
+    for name, lib in libraries.items():
+        inflate, _ = rate(lambda lib=lib: lib.decompressobj(-15).decompress(deflated))
+        gzip_rate, out = rate(
+            lambda lib=lib: (lambda c: c.compress(data) + c.flush())(
+                lib.compressobj(1, lib.DEFLATED, 31)
+            )
+        )
+        crc, _ = rate(lambda lib=lib: lib.crc32(data))
+        size = len(out) / 1e6  # type: ignore[arg-type]
+        print(
+            f"  {name:<8} inflate {inflate:6.0f} MB/s  gzip -1 {gzip_rate:6.0f} MB/s "
+            f"({size:5.1f} MB)  crc32 {crc:6.0f} MB/s"
+        )
+    import zstandard
+
+    for level in (1, 3):
+        zrate, out = rate(lambda level=level: zstandard.ZstdCompressor(level=level).compress(data))
+        print(f"  zstd -{level}  compress {zrate:6.0f} MB/s ({len(out) / 1e6:5.1f} MB)")  # type: ignore[arg-type]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="256 MB, 2 rounds")
+    parser.add_argument("--codecs", action="store_true", help="compare the codecs first")
     args = parser.parse_args()
     if args.quick:
         args.size_mb, args.rounds = 256, 2
+    if args.codecs:
+        compare_codecs()
     for tool in ("curl", "unzip", "gzip"):
         if not shutil.which(tool):
             print(f"{tool} is required for this benchmark", file=sys.stderr)
