@@ -224,6 +224,7 @@ class S3Proxy:
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
+        self.url = ""  # set by start()
         self.seen: list[Seen] = []
         self.faults: list[Fault] = []
         self.before_forward: Callable[[web.Request], Awaitable[None]] | None = None
@@ -237,7 +238,8 @@ class S3Proxy:
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
         self._session = aiohttp.ClientSession(auto_decompress=False)
-        return f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self.url
 
     async def close(self) -> None:
         if self._session is not None:

@@ -62,6 +62,15 @@ def s3_config(
     return write_config(tmp_path, emu, jobs, extra=output)
 
 
+def one_window(
+    tmp_path: Path, emu: RunningEmulator, proxy: S3Proxy, name: str, **options: Any
+) -> Path:
+    """One workspace, one type, the last day or two, through the recording proxy."""
+    days = options.pop("catch_up", "1d")
+    jobs = job("daily", "alpha", types=["page"], catch_up=days, lag="0s")
+    return s3_config(tmp_path, emu, jobs, proxy.url, name, **options)
+
+
 async def run_once(config: Path, *args: str) -> DaemonProcess:
     daemon = await DaemonProcess.start(config, "--once", *args)
     await daemon.wait(120)
@@ -81,7 +90,7 @@ def data_and_manifests(objects: dict[str, bytes]) -> tuple[dict[str, bytes], dic
 @pytest.fixture
 async def proxy(seaweed: Seaweed) -> Any:
     recorder = S3Proxy(seaweed.endpoint)
-    recorder.url = await recorder.start()  # type: ignore[attr-defined]
+    await recorder.start()
     yield recorder
     await recorder.close()
 
@@ -96,7 +105,7 @@ async def test_run_once_into_s3_verified_manifest_last_and_the_bucket_is_the_tru
         job(f"daily-{ws}", ws, types=["page", "event"], catch_up="3d", lag="0s") for ws in TOKENS
     )
     name = bucket(seaweed)
-    config = s3_config(tmp_path, emu, jobs, proxy.url, name)  # type: ignore[attr-defined]
+    config = s3_config(tmp_path, emu, jobs, proxy.url, name)
     first = await run_once(config)
     assert first.process.returncode == 0, "\n".join(first.raw[-20:])
 
@@ -139,13 +148,7 @@ async def test_store_killed_mid_upload_recovers_without_duplicate_or_partial(
     completes from the local temp file: AC served the data once, one object, exact."""
     emu = await emulator(tokens={"alpha": "alpha-token"}, records=25_000, format="ndjson")
     name = bucket(seaweed)
-    config = s3_config(
-        tmp_path,
-        emu,
-        job("daily", "alpha", types=["page"], catch_up="1d", lag="0s"),
-        proxy.url,  # type: ignore[attr-defined]
-        name,
-    )
+    config = one_window(tmp_path, emu, proxy, name)
     killed = asyncio.Event()
 
     async def kill_on_first_part(request: web.Request) -> None:
@@ -201,14 +204,7 @@ async def test_slow_down_and_5xx_are_retried_without_asking_ac_again(
     """SlowDown and 500s from the store: the commit waits and retries; AC serves once."""
     emu = await emulator(tokens={"alpha": "alpha-token"}, records=50)
     name = bucket(seaweed)
-    config = s3_config(
-        tmp_path,
-        emu,
-        job("daily", "alpha", types=["page"], catch_up="1d", lag="0s"),
-        proxy.url,  # type: ignore[attr-defined]
-        name,
-        compression="gzip",
-    )
+    config = one_window(tmp_path, emu, proxy, name, compression="gzip")
     proxy.faults = [Fault("PUT", 503, "SlowDown", times=4), Fault("PUT", 500, "InternalError", 4)]
     daemon = await run_once(config)
     assert daemon.process.returncode == 0, "\n".join(daemon.raw[-20:])
@@ -252,13 +248,7 @@ async def test_access_denied_mid_run_fails_exports_named_in_healthz_and_status(
     emu = await emulator(tokens={"alpha": "alpha-token"}, records=10)
     name = bucket(seaweed)
     port = _free_port()
-    config = s3_config(
-        tmp_path,
-        emu,
-        job("daily", "alpha", types=["page"], catch_up="2d", lag="0s"),
-        proxy.url,  # type: ignore[attr-defined]
-        name,
-    )
+    config = one_window(tmp_path, emu, proxy, name, catch_up="2d")
     config.write_text(config.read_text().replace('listen = ""', f'listen = "127.0.0.1:{port}"'))
     proxy.faults = [Fault("PUT", 403, "AccessDenied", times=100)]
     daemon = await DaemonProcess.start(config)

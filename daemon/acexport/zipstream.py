@@ -56,14 +56,15 @@ class _Member:
     seen_size: int = 0
     inflater: codec.Inflater | None = None
     data_start: int = 0  # offset of the member's data in the ZIP
-    verified: bool = False  # its data has ended
+    ended: bool = False  # its data is over (a descriptor may follow)
 
 
 @dataclass
 class ZipStream:
     """Feed the ZIP's bytes in order; ``open_member(name)`` receives each member's data.
 
-    ``spend(n)`` is told of every inflated byte (and raises past a budget).
+    ``spend(inflated, compressed)`` is told of every inflated piece and how far into
+    the ZIP it came from (and raises past a budget).
     """
 
     open_member: Callable[[str], MemberSink]
@@ -73,7 +74,6 @@ class ZipStream:
     _members: list[_Member] = field(default_factory=list)
     _tail: bytearray | None = None
     _offset: int = 0  # bytes of the ZIP consumed before ``_buffer``
-    _tail_offset: int = 0
 
     def feed(self, data: bytes) -> None:
         if self._tail is not None:
@@ -82,7 +82,7 @@ class ZipStream:
                 raise PayloadError("the ZIP's central directory is implausibly large")
             return
         member = self._member
-        inflating = member is not None and member.inflater is not None and not member.verified
+        inflating = member is not None and member.inflater is not None and not member.ended
         if inflating and not self._buffer:  # the common case: inflate bytes as they come
             assert member is not None
             self._offset += len(data)
@@ -106,7 +106,7 @@ class ZipStream:
         member = self._member
         if member is None:
             return self._header()
-        if not member.verified:
+        if not member.ended:
             return self._data(member)
         return self._descriptor(member)
 
@@ -115,7 +115,7 @@ class ZipStream:
             return False
         signature = bytes(self._buffer[:4])
         if signature in (CENTRAL, END, END64):
-            self._tail, self._tail_offset = bytearray(self._buffer), self._offset
+            self._tail = bytearray(self._buffer)
             self._buffer.clear()
             return False
         if signature != LOCAL:
@@ -164,7 +164,7 @@ class ZipStream:
     def _ended(self, member: _Member) -> None:
         """The member's data is over: checked now, or once its descriptor arrives."""
         member.seen_compressed = self._offset - member.data_start
-        member.verified = True
+        member.ended = True
         if not member.flags & _HAS_DESCRIPTOR:
             _check(member, member.crc, member.compressed, member.size, "local header")
             self._member = None
