@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sqlite3
@@ -180,15 +179,23 @@ async def test_claim_submits_or_keeps_fresh_ready_data_and_skips_finished_rows(
     assert await store.claim(finished.id, time.time()) is None
 
 
+async def _submitted_ago(store: StateStore, export_id: int, seconds: float) -> None:
+    """A processing span of a known length, not of however long the test took."""
+    await store._db.execute(
+        "UPDATE exports SET submitted_at = ? WHERE id = ?", (time.time() - seconds, export_id)
+    )
+
+
 async def test_the_expected_time_follows_new_ready_rows(store: StateStore) -> None:
     """The remembered median is dropped when a row of its kind becomes ready."""
     first, second = await store.plan("j", "acme", ["page"], [DAY1, DAY2])
     await store.claim(first.id, time.time())
+    await _submitted_ago(store, first.id, 10.0)
     await store.mark_ready(first.id, None)
     one = await store.expected_processing_s("acme", "page")
     assert one is not None
     await store.claim(second.id, time.time())
-    await asyncio.sleep(0.05)
+    await _submitted_ago(store, second.id, 30.0)
     await store.mark_ready(second.id, None)
     two = await store.expected_processing_s("acme", "page")
     assert two is not None
@@ -221,7 +228,7 @@ async def test_the_first_export_of_a_kind_is_guessed_from_similar_ones(
     """No history for (workspace, type): the type elsewhere, else the workspace's others."""
     (other,) = await store.plan("j", "beta", ["page"], [DAY1])
     await store.claim(other.id, time.time())
-    await asyncio.sleep(0.05)
+    await _submitted_ago(store, other.id, 10.0)
     await store.mark_ready(other.id, None)
     took = await store.expected_processing_s("beta", "page")
     assert took is not None

@@ -193,11 +193,8 @@ class _ZipSpool:
     def finish(self) -> None:
         self._spool.close()
         # Inflating may yield at most this much (zip bombs), with slack for tiny ZIPs.
-        budget = _Budget(
-            min(self._limits.max_bytes, self._limits.inflated_max(self._spooled)),
-            f"inflates beyond http.max_payload ({self._limits.max_bytes} bytes) or "
-            f"{self._limits.max_ratio} times its size (http.max_inflate_ratio)",
-        )
+        allowed = min(self._limits.max_bytes, self._limits.inflated_max(self._spooled))
+        inflated = 0
         try:
             with zipfile.ZipFile(self._spool_path) as archive:
                 for info in archive.infolist():
@@ -206,7 +203,9 @@ class _ZipSpool:
                     lines = _MemberLines(self._out, info.filename)
                     with archive.open(info) as member:
                         while block := member.read(4 << 20):
-                            budget.spend(len(block))
+                            inflated += len(block)
+                            if inflated > allowed:
+                                raise self._limits.too_inflated()
                             lines.feed(block)
                     lines.finish()
                     self.records += lines.records
@@ -253,10 +252,7 @@ class _ZipStreamed:
         self._inflated += inflated
         limits = self._limits
         if self._inflated > min(limits.max_bytes, limits.inflated_max(compressed)):
-            raise PayloadTooLarge(
-                f"the payload inflates beyond http.max_payload ({limits.max_bytes} bytes) or "
-                f"{limits.max_ratio} times its size (http.max_inflate_ratio); nothing was kept"
-            )
+            raise limits.too_inflated()
 
     def feed_many(self, chunks: list[bytes]) -> None:
         if self._spool is not None:
@@ -287,19 +283,6 @@ class _ZipStreamed:
             self._spool.discard()
 
 
-@dataclass
-class _Budget:
-    """Bytes that may still be produced; past them, ``PayloadTooLarge`` says why."""
-
-    left: int
-    why: str
-
-    def spend(self, size: int) -> None:
-        self.left -= size
-        if self.left < 0:
-            raise PayloadTooLarge(f"the payload {self.why}; nothing was kept")
-
-
 _WHITESPACE = b" \t\r\n"
 
 
@@ -320,7 +303,7 @@ class _MemberLines:
     def feed(self, data: bytes) -> None:
         if self._converter is None:
             # Leading whitespace is dropped piece by piece: linear however much there is.
-            data = data.lstrip(_WHITESPACE).removeprefix(_BOM).lstrip(_WHITESPACE)
+            data = _start_of(data)
             if not data:
                 return
             if data.startswith(b"["):
@@ -348,6 +331,12 @@ class PayloadLimits:
     def inflated_max(self, compressed_bytes: int) -> int:
         """What ``compressed_bytes`` may inflate to; small inputs get 64 KiB of slack."""
         return self.max_ratio * max(compressed_bytes, INFLATE_SLACK_BYTES)
+
+    def too_inflated(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"the payload inflates beyond http.max_payload ({self.max_bytes} bytes) or "
+            f"{self.max_ratio} times its size (http.max_inflate_ratio); nothing was kept"
+        )
 
 
 class PayloadWriter:

@@ -78,9 +78,9 @@ class Sink:
     async def _run(self, func: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
 
-    async def _feed(self, writer: PayloadWriter, data: list[bytes]) -> None:
+    async def _feed(self, writer: PayloadWriter, data: list[bytes], size: int) -> None:
         loop = asyncio.get_running_loop()
-        if sum(map(len, data)) < _SMALL_BATCH_BYTES:
+        if size < _SMALL_BATCH_BYTES:
             # Two thread hops cost more than hashing a small batch beside converting it.
             await loop.run_in_executor(self._executor, writer.feed_many, data)
             return
@@ -107,14 +107,14 @@ class Sink:
                     continue
                 if pending is not None:
                     await pending
-                pending = asyncio.ensure_future(self._feed(writer, batch))
+                pending = asyncio.ensure_future(self._feed(writer, batch, size))
                 batch, size = [], 0
             if pending is not None:
                 await pending
                 pending = None
             if batch:
                 data, batch = batch, []
-                await self._feed(writer, data)
+                await self._feed(writer, data, size)
         except OSError as exc:
             raise disk_error("writing", self.temp_dir, exc) from None
         finally:
@@ -125,7 +125,7 @@ class Sink:
             # A cut download keeps what arrived: resuming asks for the bytes after it.
             if batch:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self._feed(writer, batch))
+                    await asyncio.shield(self._feed(writer, batch, size))
 
     async def finish(self, writer: PayloadWriter) -> PayloadSummary:
         try:

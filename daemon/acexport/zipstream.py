@@ -45,7 +45,6 @@ class MemberSink(Protocol):
 @dataclass
 class _Member:
     name: str
-    method: int
     flags: int
     crc: int  # from the local header (0 when a descriptor follows)
     compressed: int  # from the local header or its ZIP64 extra (-1: unknown)
@@ -140,7 +139,7 @@ class ZipStream:
         if flags & _HAS_DESCRIPTOR:
             compressed = -1
         sink = _Skip() if name.endswith("/") else self.open_member(name)
-        member = _Member(name, method, flags, crc, compressed, size, sink, data_start=self._offset)
+        member = _Member(name, flags, crc, compressed, size, sink, data_start=self._offset)
         if method == _DEFLATED:
             member.inflater = codec.raw_inflater()
         self._member = member

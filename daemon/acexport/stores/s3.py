@@ -74,13 +74,6 @@ def _sha256_b64(data: bytes | bytearray) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
 
 
-def _read_part(path: Path, offset: int, size: int) -> tuple[bytes, str]:
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        data = handle.read(size)
-    return data, _sha256_b64(data)
-
-
 def _fill(path: Path, offset: int, buffer: bytearray) -> tuple[bytearray, str]:
     """Read a part into a reused buffer; (the part's bytes, their SHA-256)."""
     with path.open("rb") as handle:
@@ -186,15 +179,15 @@ class S3Store:
         """Upload the data, then the manifest (its existence says the data is complete)."""
         size = await asyncio.to_thread(os.path.getsize, data)
         if size <= self.target.part_size:
-            body, checksum = await asyncio.to_thread(_read_part, data, 0, size)
+            body, checksum = await asyncio.to_thread(_fill, data, 0, bytearray(size))
             await self._put(self._key(key), body, checksum)
         else:
             await self._put_multipart(data, self._key(key), size)
-        body = manifest.to_json()
-        await self._put(self._key(manifest_key(key)), body, _sha256_b64(body))
+        marker = manifest.to_json()
+        await self._put(self._key(manifest_key(key)), marker, _sha256_b64(marker))
         return self.location(manifest_key(key))
 
-    async def _put(self, key: str, body: bytes, checksum: str) -> None:
+    async def _put(self, key: str, body: bytes | bytearray, checksum: str) -> None:
         await self._call(
             f"uploading {key} to",
             lambda: self._client.put_object(
