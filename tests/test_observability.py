@@ -65,3 +65,20 @@ def test_library_log_records_are_redacted_with_their_tracebacks() -> None:
             assert "_record" not in line
             assert "_from_structlog" not in line
     logging.getLogger().handlers.clear()
+
+
+def test_redaction_with_many_tokens_of_several_lengths() -> None:
+    """A thousand workspaces' tokens: each found anywhere in a value, nested ones whole."""
+    import secrets as random_tokens
+
+    tokens = [random_tokens.token_urlsafe(16 + i % 24) for i in range(1000)]
+    for token in tokens:
+        register_secret(token)
+    register_secret(tokens[7] + "-longer")  # contains another secret: replaced whole
+    for position, token in enumerate(tokens[::97]):
+        text = "p" * position + token + "/page/2026-11-29.jsonl.gz"
+        assert redact(text) == "p" * position + REDACTED + "/page/2026-11-29.jsonl.gz"
+        assert redact(text * 40).count(REDACTED) == 40  # long texts skip the cache
+    assert redact(f"a {tokens[7]}-longer b") == f"a {REDACTED} b"
+    clean = "/out/w0456/page/2026/11/29/page-2026-11-29T00-00.jsonl.gz"
+    assert redact(clean) == clean

