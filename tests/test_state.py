@@ -18,6 +18,7 @@ from acexport.windows import ExportWindow
 
 DAY1 = ExportWindow(datetime(2022, 1, 1, tzinfo=UTC), datetime(2022, 1, 2, tzinfo=UTC))
 DAY2 = ExportWindow(datetime(2022, 1, 2, tzinfo=UTC), datetime(2022, 1, 3, tzinfo=UTC))
+DAY3 = ExportWindow(datetime(2022, 1, 3, tzinfo=UTC), datetime(2022, 1, 4, tzinfo=UTC))
 
 
 @pytest.fixture
@@ -141,13 +142,10 @@ async def test_implausible_spans_are_not_learned(store: StateStore) -> None:
     """A submit-to-ready span of 30 days (a wall-clock jump) is not a processing time."""
     (record,) = await store.plan("job", "acme", ["page"], [DAY1])
     await store.claim(record.id, time.time())
+    await _submitted_ago(store, record.id, 30 * 86400)
     await store.mark_ready(record.id, None)
-    async with store._db.execute(
-        "UPDATE exports SET submitted_at = ready_at - 30 * 86400 WHERE id = ?", (record.id,)
-    ):
-        pass
-    await store._db.commit()
     assert await store.expected_processing_s("acme", "page") is None
+    assert await store.similar_processing_s("acme", "page") is None
 
 
 async def test_rows_ending_after_leave_out_older_windows(store: StateStore) -> None:
@@ -186,20 +184,50 @@ async def _submitted_ago(store: StateStore, export_id: int, seconds: float) -> N
     )
 
 
-async def test_the_expected_time_follows_new_ready_rows(store: StateStore) -> None:
-    """The remembered median is dropped when a row of its kind becomes ready."""
-    first, second = await store.plan("j", "acme", ["page"], [DAY1, DAY2])
-    await store.claim(first.id, time.time())
-    await _submitted_ago(store, first.id, 10.0)
-    await store.mark_ready(first.id, None)
-    one = await store.expected_processing_s("acme", "page")
-    assert one is not None
-    await store.claim(second.id, time.time())
-    await _submitted_ago(store, second.id, 30.0)
-    await store.mark_ready(second.id, None)
-    two = await store.expected_processing_s("acme", "page")
-    assert two is not None
-    assert two != one
+async def test_the_expected_time_follows_new_ready_rows_without_asking_the_ledger(
+    store: StateStore,
+) -> None:
+    """Read once per workspace and type; rows becoming ready update it in memory."""
+    first, second, third = await store.plan("j", "acme", ["page"], [DAY1, DAY2, DAY3])
+    for record, span in ((first, 10.0), (second, 30.0)):
+        await store.claim(record.id, time.time())
+        await _submitted_ago(store, record.id, span)
+        await store.mark_ready(record.id, None)
+    assert await store.expected_processing_s("acme", "page") == pytest.approx(30.0, abs=1)
+    assert await store.similar_processing_s("acme", "event") == pytest.approx(30.0, abs=1)
+    statements: list[str] = []
+    await store._db.set_trace_callback(statements.append)
+    await store.claim(third.id, time.time())
+    await _submitted_ago(store, third.id, 20.0)
+    await store.mark_ready(third.id, None)
+    assert await store.expected_processing_s("acme", "page") == pytest.approx(20.0, abs=1)
+    assert await store.similar_processing_s("acme", "event") == pytest.approx(20.0, abs=1)
+    assert not [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
+    # What was learned in memory is what a fresh read of the ledger says.
+    again = await StateStore.open(store.path)
+    assert await again.expected_processing_s("acme", "page") == pytest.approx(20.0, abs=1)
+    await again.close()
+
+
+async def test_the_expected_time_is_the_median_of_the_newest_five(store: StateStore) -> None:
+    """Older spans drop out, whether read from the ledger or learned as rows become ready."""
+    days = [
+        ExportWindow(DAY1.start + timedelta(days=i), DAY1.end + timedelta(days=i)) for i in range(8)
+    ]
+    records = await store.plan("j", "acme", ["page"], days)
+    for record, span in zip(records[:7], [100, 100, 100, 1, 2, 3, 4], strict=True):
+        await store.claim(record.id, time.time())
+        await _submitted_ago(store, record.id, span)
+        await store.mark_ready(record.id, None)
+    assert await store.expected_processing_s("acme", "page") == pytest.approx(3, abs=0.5)
+    read = await StateStore.open(store.path)
+    assert await read.expected_processing_s("acme", "page") == pytest.approx(3, abs=0.5)
+    await read.close()
+    await store.claim(records[7].id, time.time())
+    await _submitted_ago(store, records[7].id, 0.5)
+    await store.mark_ready(records[7].id, None)  # 100 drops out: 1 2 3 4 0.5
+    assert await store.expected_processing_s("acme", "page") == pytest.approx(2, abs=0.3)
+    assert await store.similar_processing_s("beta", "page") == pytest.approx(2, abs=0.3)
 
 
 async def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import aiosqlite
 
 from .errors import StateError
+from .history import ANY, LAST, ProcessingTimes
 from .windows import ExportWindow, iso_ms
 
 P = ParamSpec("P")
@@ -110,9 +111,6 @@ class LedgerState(enum.StrEnum):
 ACTIVE = frozenset({LedgerState.QUEUED, LedgerState.SUBMITTED, LedgerState.READY})
 
 
-_PLAUSIBLE_SPAN_S = 86400.0
-
-
 def _create_private(path: Path) -> None:
     """The ledger file, created 0600 whatever the umask (SQLite gives -wal/-shm its mode)."""
     try:
@@ -181,14 +179,21 @@ class ExportRecord:
         )
 
 
+_SPAN = "ready_at - submitted_at"
+# First attempts that became ready: a resubmitted export's span is not a processing time.
+_CLEAN_SPAN = (
+    "state IN ('ready', 'done') AND attempts = 1 AND ready_at IS NOT NULL "
+    "AND submitted_at IS NOT NULL"
+)
+
+
 class StateStore:
     """The ledger in ``<state_dir>/state.sqlite3``."""
 
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
         self.path = path
-        # expected_processing_s per (workspace, type), dropped when a row of it changes.
-        self._expected: dict[tuple[str, str], float | None] = {}
+        self.times = ProcessingTimes()
 
     @classmethod
     async def start(cls, path: Path, stack: AsyncExitStack) -> StateStore:
@@ -299,17 +304,15 @@ class StateStore:
     async def get(self, export_id: int) -> ExportRecord | None:
         return await self._one("SELECT * FROM exports WHERE id = ?", export_id)
 
-    async def _update(self, export_id: int, **fields: Any) -> None:
+    async def _update(self, export_id: int, returning: str = "id", **fields: Any) -> list[Any]:
         fields["updated_at"] = time.time()
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        rows = await self._rows(
+        return await self._rows(
             f"UPDATE exports SET {assignments} WHERE id = ? "  # noqa: S608 - names are ours
-            "RETURNING workspace, type",
+            f"RETURNING {returning}",
             *fields.values(),
             export_id,
         )
-        for row in rows:
-            self._forget_expected(row[0], row[1])
 
     @_state_errors
     async def claim(self, export_id: int, ready_since: float) -> ExportRecord | None:
@@ -320,7 +323,7 @@ class StateStore:
         """
         fresh = "state = 'ready' AND ready_at IS NOT NULL AND ready_at > ?"
         now = time.time()
-        record = await self._one(
+        return await self._one(
             f"UPDATE exports SET state = CASE WHEN {fresh} THEN 'ready' ELSE 'submitted' END, "  # noqa: S608
             f"attempts = attempts + CASE WHEN {fresh} THEN 0 ELSE 1 END, "
             f"reason = NULL, submitted_at = COALESCE(submitted_at, ?), updated_at = ? "
@@ -331,15 +334,19 @@ class StateStore:
             now,
             export_id,
         )
-        if record is not None:
-            self._forget_expected(record.workspace, record.type)
-        return record
 
     @_state_errors
     async def mark_ready(self, export_id: int, created_date: str | None) -> None:
-        await self._update(
-            export_id, state=LedgerState.READY, ready_at=time.time(), created_date=created_date
+        rows = await self._update(
+            export_id,
+            "workspace, type, ready_at - submitted_at, attempts",
+            state=LedgerState.READY,
+            ready_at=time.time(),
+            created_date=created_date,
         )
+        for workspace, type_, span, attempts in rows:
+            if attempts == 1 and span is not None:  # a resubmitted export's span is not one
+                self.times.add(workspace, type_, span)
 
     @_state_errors
     async def mark_done(
@@ -405,39 +412,36 @@ class StateStore:
         Ready rows count too: the previous export's time is known (and recorded)
         before the next one is submitted, while it still downloads.
         """
-        return await self._remembered(workspace, type_)
+        await self._read_workspace_times(workspace)
+        return self.times.median(workspace, type_)
 
+    @_state_errors
     async def similar_processing_s(self, workspace: str, type_: str) -> float | None:
         """For a first export of its kind: the median of this type in any workspace,
         else of any type in this workspace."""
-        return await self._remembered("", type_) or await self._remembered(workspace, "")
+        await self._read_workspace_times(workspace)
+        if type_ not in self.times.types:
+            rows = await self._rows(
+                f"SELECT {_SPAN} FROM exports WHERE type = ? AND {_CLEAN_SPAN} "  # noqa: S608
+                "ORDER BY ready_at DESC LIMIT ?",
+                type_,
+                LAST,
+            )
+            self.times.load_type(type_, [row[0] for row in rows])
+        return self.times.median(ANY, type_) or self.times.median(workspace, ANY)
 
-    async def _remembered(self, workspace: str, type_: str) -> float | None:
-        key = (workspace, type_)
-        if key not in self._expected:
-            self._expected[key] = await self._median_processing_s(workspace, type_)
-        return self._expected[key]
-
-    def _forget_expected(self, workspace: str, type_: str) -> None:
-        for key in ((workspace, type_), ("", type_), (workspace, "")):
-            self._expected.pop(key, None)
-
-    async def _median_processing_s(self, workspace: str, type_: str) -> float | None:
-        """Of one workspace's exports of one type; "" for either means any."""
+    async def _read_workspace_times(self, workspace: str) -> None:
+        if workspace in self.times.workspaces:
+            return
         rows = await self._rows(
-            "SELECT ready_at - submitted_at FROM exports WHERE (? = '' OR workspace = ?) "
-            "AND (? = '' OR type = ?) AND state IN ('ready', 'done') AND attempts = 1 "
-            "AND ready_at IS NOT NULL AND submitted_at IS NOT NULL "
-            "ORDER BY ready_at DESC LIMIT 5",
+            f"SELECT type, span FROM (SELECT type, ready_at, {_SPAN} AS span, "  # noqa: S608
+            "ROW_NUMBER() OVER (PARTITION BY type ORDER BY ready_at DESC) AS newness "
+            f"FROM exports WHERE workspace = ? AND {_CLEAN_SPAN}) "
+            "WHERE newness <= ? ORDER BY ready_at DESC",
             workspace,
-            workspace,
-            type_,
-            type_,
+            LAST,
         )
-        # Spans are wall-clock: one that a clock jump made negative or longer than
-        # AC keeps data (a day) is not a processing time.
-        durations = sorted(row[0] for row in rows if 0 < row[0] < _PLAUSIBLE_SPAN_S)
-        return durations[len(durations) // 2] if durations else None
+        self.times.load_workspace(workspace, [(row[0], row[1]) for row in rows])
 
     @_state_errors
     async def oldest_unfinished_by_job(self) -> dict[str, float]:
