@@ -264,3 +264,21 @@ async def test_the_first_export_of_a_kind_is_guessed_from_similar_ones(
     assert await store.similar_processing_s("acme", "page") == took  # the type elsewhere
     assert await store.similar_processing_s("beta", "event") == took  # the workspace's other
     assert await store.similar_processing_s("acme", "event") is None
+
+
+async def test_a_thousand_jobs_planned_at_once_share_the_ledger(store: StateStore) -> None:
+    """Concurrent looks (the scheduler starts every job at once) never misuse the connection.
+
+    A statement's cursor released on the event loop's thread reset a cached statement
+    that aiosqlite's thread was running: 'bad parameter or other API misuse'.
+    """
+    import asyncio
+
+    async def look(n: int) -> int:
+        records = await store.plan(f"job{n}", f"ws{n:04d}", ["page", "event"], [DAY1, DAY2])
+        found = [("page", DAY1, f"/out/ws{n:04d}/page")]
+        return len(records) + await store.adopt_stored(f"job{n}", f"ws{n:04d}", found)
+
+    counts = await asyncio.gather(*(look(n) for n in range(1000)))
+    assert counts == [4 + 1] * 1000  # four queued, then one of them found done
+    assert len(await store.active()) == 3000

@@ -188,14 +188,13 @@ async def _ask(
             delay = await _on_status(answer, state, sink, timing, polls)
             await observer.status(answer, delay)
             return delay
-        summary = await _download(answer, state, sink, observer)
-    # The response is closed: a slow output store holds no connection to AC.
-    manifest = _manifest(spec, summary, state.created_date, sink.compression)
-    location = await _commit(spec, summary, manifest, sink, timing)
+        await _download(answer, state, sink, observer)
+    # The response is closed: syncing and a slow output store hold no connection to AC.
+    manifest, location = await _store(spec, state, sink, timing)
     log.info(
         "export_done",
-        records=summary.records,
-        payload_bytes=summary.payload_bytes,
+        records=manifest.records,
+        payload_bytes=manifest.payload_bytes,
         file=sink.store.location(spec.key),
         requests=state.requests,
     )
@@ -311,7 +310,7 @@ def _on_ac_failure(answer: ExportStatus, state: _Attempt, timing: Timing) -> flo
 
 async def _download(
     payload: Payload, state: _Attempt, sink: Sink, observer: ExportObserver
-) -> PayloadSummary:
+) -> None:
     state.ac_failures = 0
     if state.ready_at is None:
         state.ready_at = time.monotonic()
@@ -332,36 +331,38 @@ async def _download(
             await observer.downloaded(received, payload.total_bytes)
 
     await sink.receive(writer, counted())
-    summary = await sink.finish(writer)
-    state.writer, state.offset = None, 0
-    return summary
 
 
-async def _commit(
-    spec: ExportSpec,
-    summary: PayloadSummary,
-    manifest: Manifest,
-    sink: Sink,
-    timing: Timing,
-) -> str:
-    """Commit to the output store, retrying while it is unavailable.
+async def _store(
+    spec: ExportSpec, state: _Attempt, sink: Sink, timing: Timing
+) -> tuple[Manifest, str]:
+    """Finish the download's temp file and commit it, retrying while the store is unavailable.
 
     The verified temp file is kept between attempts, so AC is not asked again;
     only if that file is lost is the data downloaded anew.
     """
+    assert state.writer is not None
+    created_date = state.created_date
+    finished = await sink.finish(
+        state.writer,
+        spec.key,
+        lambda summary: _manifest(spec, summary, created_date, sink.compression),
+    )
+    state.writer, state.offset = None, 0
+    summary, manifest = finished.summary, finished.manifest
+    if finished.location is not None:  # committed where it was finished
+        return manifest, finished.location
     delays = timing.retry.delays()
     try:
         while True:
             if not summary.path.exists():
                 raise PayloadError("the local temp file was lost before it was stored")
             try:
-                location = await sink.commit(summary, spec.key, manifest)
+                return manifest, await sink.commit(summary, spec.key, manifest)
             except StoreUnavailable as exc:
                 delay = next(delays)
                 log.warning("output_store_retrying", error=str(exc), delay_s=round(delay, 3))
                 await asyncio.sleep(delay)
-                continue
-            return location
     finally:
         summary.path.unlink(missing_ok=True)
 

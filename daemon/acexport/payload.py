@@ -91,7 +91,7 @@ class _Output:
 
     def __init__(self, path: Path, compression: Compression) -> None:
         self.path = path
-        self._file: IO[bytes] = create_new(path, buffering=0)
+        self._file: IO[bytes] | None = None  # created by ``open``, in a worker thread
         self._compressor: codec.Compressor | None = None
         if compression == "gzip":
             self._compressor = codec.gzip_compressor()
@@ -101,6 +101,12 @@ class _Output:
         self._queue: queue.Queue[list[bytes] | None] | None = None  # with the first write
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+
+    def open(self) -> None:
+        """Create the temp file (and its directory, if someone removed it)."""
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = create_new(self.path, buffering=0)
 
     def write_many(self, chunks: list[bytes]) -> None:
         """Queue the chunks (in order) for the writer thread; memory stays bounded.
@@ -145,6 +151,7 @@ class _Output:
         chunks = [chunk for chunk in chunks if chunk]
         if not chunks:
             return
+        assert self._file is not None, "open() comes first"
         fd = self._file.fileno()
         total = sum(map(len, chunks))
         done = 0
@@ -161,6 +168,8 @@ class _Output:
     def close(self) -> None:
         self._stop()
         self._raise_failure()
+        self.open()  # an export with no records is an empty file
+        assert self._file is not None
         if self._compressor is not None:
             self._file.write(self._compressor.flush())
             self._compressor = None
@@ -170,8 +179,9 @@ class _Output:
     def discard(self) -> None:
         self._stop()
         self._error = None
-        self._file.close()
-        self.path.unlink(missing_ok=True)
+        if self._file is not None:
+            self._file.close()
+            self.path.unlink(missing_ok=True)
 
 
 class _ZipSpool:
@@ -363,6 +373,11 @@ class PayloadWriter:
         # The hashing side's own view of the start, to know whether lines need checks.
         self._digest_head: bytes | None = b""
         self._checks: LineChecks | None = None
+        self._deferred: list[bytes] = []
+
+    def defer(self, chunks: list[bytes]) -> None:
+        """Keep the last batch for ``finish`` to feed: one thread hop for both."""
+        self._deferred = chunks
 
     def feed(self, data: bytes) -> None:
         self.feed_many([data])
@@ -403,6 +418,7 @@ class PayloadWriter:
             return
 
     def convert(self, chunks: list[bytes]) -> None:
+        self._out.open()
         index = 0
         while self._converter is None and index < len(chunks):
             self._head += chunks[index]
@@ -429,6 +445,9 @@ class PayloadWriter:
         raise PayloadError(f"the payload is not JSON, JSON Lines or ZIP (starts {magic!r})")
 
     def finish(self) -> PayloadSummary:
+        if self._deferred:
+            deferred, self._deferred = self._deferred, []
+            self.feed_many(deferred)
         if self._converter is None:
             head = self._head.strip(_WHITESPACE + _BOM)
             if head:

@@ -5,6 +5,10 @@ runs in worker threads, one batch behind the network read, so disk and CPU
 overlap the download instead of adding to it. Nothing reaches the output
 store until the file is complete and synced; the store writes the manifest
 last (see output.py). Temp files of crashed runs are cleaned on the next start.
+
+Thread hops, not bytes, are what a small export costs (GIL hand-offs): its
+last batch, finishing and a local commit run in one hop, and for a small
+payload that is the only one.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -22,13 +27,22 @@ import structlog
 
 from .output import Manifest, OutputStore
 from .payload import TEMP_NAME, Compression, PayloadLimits, PayloadSummary, PayloadWriter
-from .stores.local import disk_error
+from .stores.local import LocalStore, disk_error
 
 log = structlog.get_logger("acexport.sink")
 
 _BATCH_BYTES = 1024 * 1024
 _SMALL_BATCH_BYTES = 256 * 1024
 _THREADS = 4
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A verified temp file, its manifest, and where it was committed (None: not yet)."""
+
+    summary: PayloadSummary
+    manifest: Manifest
+    location: str | None
 
 
 class Sink:
@@ -50,6 +64,8 @@ class Sink:
         self._executor = ThreadPoolExecutor(_THREADS, thread_name_prefix="acexport-sink")
         # Hashing runs beside converting and writing: both release the GIL.
         self._hasher = ThreadPoolExecutor(_THREADS, thread_name_prefix="acexport-hash")
+        # A local commit is blocking file work too: done in the thread that finished.
+        self._commit_here = store.commit_blocking if isinstance(store, LocalStore) else None
 
     async def start(self, stack: AsyncExitStack) -> None:
         """Clean temp files of crashed runs (the caller holds the state dir's lock)."""
@@ -62,18 +78,9 @@ class Sink:
         self._executor.shutdown(wait=True)
         self._hasher.shutdown(wait=True)
 
-    def prepare(self) -> None:
-        try:
-            self.temp_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise disk_error("creating", self.temp_dir, exc) from None
-
     def new_writer(self) -> PayloadWriter:
-        self.prepare()
-        try:
-            return PayloadWriter(self.temp_dir, self.compression, self.limits)
-        except OSError as exc:
-            raise disk_error("creating a temp file in", self.temp_dir, exc) from None
+        """A writer whose temp file is created with its first batch, in a worker thread."""
+        return PayloadWriter(self.temp_dir, self.compression, self.limits)
 
     async def _run(self, func: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
@@ -94,7 +101,8 @@ class Sink:
 
         While the thread works on one batch, the loop gathers the next (up to
         ``_BATCH_BYTES``), so a fast network hands over few large batches and
-        memory stays bounded by two batches.
+        memory stays bounded by two batches. No batch goes alone below
+        ``_SMALL_BATCH_BYTES``, and the last one is fed by ``finish``.
         """
         pending: asyncio.Future[Any] | None = None
         batch: list[bytes] = []
@@ -103,6 +111,8 @@ class Sink:
             async for chunk in chunks:
                 batch.append(chunk)
                 size += len(chunk)
+                if size < _SMALL_BATCH_BYTES:
+                    continue
                 if pending is not None and not pending.done() and size < _BATCH_BYTES:
                     continue
                 if pending is not None:
@@ -112,9 +122,8 @@ class Sink:
             if pending is not None:
                 await pending
                 pending = None
-            if batch:
-                data, batch = batch, []
-                await self._feed(writer, data, size)
+            writer.defer(batch)
+            batch = []
         except OSError as exc:
             raise disk_error("writing", self.temp_dir, exc) from None
         finally:
@@ -127,12 +136,35 @@ class Sink:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._feed(writer, batch, size))
 
-    async def finish(self, writer: PayloadWriter) -> PayloadSummary:
+    async def finish(
+        self,
+        writer: PayloadWriter,
+        key: PurePosixPath,
+        manifest_for: Callable[[PayloadSummary], Manifest],
+    ) -> Finished:
+        """Verify and close the temp file; a local store commits it in the same hop.
+
+        Otherwise (``location`` None) the caller commits with ``commit``, retrying
+        while the store is unavailable.
+        """
         try:
-            summary: PayloadSummary = await self._run(writer.finish)
+            finished: Finished = await self._run(self._finish, writer, key, manifest_for)
         except OSError as exc:
             raise disk_error("finishing", self.temp_dir, exc) from None
-        return summary
+        return finished
+
+    def _finish(
+        self,
+        writer: PayloadWriter,
+        key: PurePosixPath,
+        manifest_for: Callable[[PayloadSummary], Manifest],
+    ) -> Finished:
+        summary = writer.finish()
+        manifest = manifest_for(summary)
+        location = None
+        if self._commit_here is not None:
+            location = self._commit_here(summary.path, key, manifest)
+        return Finished(summary, manifest, location)
 
     async def discard(self, writer: PayloadWriter) -> None:
         await self._run(writer.discard)

@@ -222,14 +222,14 @@ class StateStore:
             db = await aiosqlite.connect(path, isolation_level=None)
         try:
             db.row_factory = aiosqlite.Row
-            await db.execute("PRAGMA busy_timeout = 5000")
+            await db.execute_fetchall("PRAGMA busy_timeout = 5000")
             if not readonly:
-                await db.execute("PRAGMA journal_mode = WAL")
+                await db.execute_fetchall("PRAGMA journal_mode = WAL")
                 # NORMAL (in WAL mode) survives crashes; a power cut may lose the last
                 # commits, which only means a window is exported again, to the same path:
                 # files are fsynced before their row says done. FULL cost an fsync per
                 # update and made the ledger the bottleneck at 1,000 lanes.
-                await db.execute("PRAGMA synchronous = NORMAL")
+                await db.execute_fetchall("PRAGMA synchronous = NORMAL")
                 await cls._migrate(db, path)
         except BaseException:
             await db.close()
@@ -247,7 +247,10 @@ class StateStore:
                 f"acexport understands ({len(_MIGRATIONS)}); upgrade acexport"
             )
         for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-            await db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+            async with db.executescript(
+                f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;"
+            ):
+                pass
 
     async def close(self) -> None:
         await self._db.close()
@@ -255,6 +258,16 @@ class StateStore:
     async def _rows(self, sql: str, *args: Any) -> list[aiosqlite.Row]:
         """Run one statement to its end: one hop to aiosqlite's thread, not three."""
         return list(await self._db.execute_fetchall(sql, args))
+
+    async def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+        """Run ``sql`` for each of ``rows``; how many rows it changed (this statement's
+        count: other statements share the connection meanwhile)."""
+        # Closed in aiosqlite's thread: a cursor released on the event loop's thread
+        # resets its cached statement there, which the next executemany of the same SQL
+        # may be running in aiosqlite's thread ("bad parameter or other API misuse",
+        # seen with a thousand jobs looked at at once).
+        async with self._db.executemany(sql, rows) as cursor:
+            return int(cursor.rowcount)
 
     async def _one(self, sql: str, *args: Any) -> ExportRecord | None:
         rows = await self._rows(sql, *args)  # all: an UPDATE ... RETURNING ends, commits
@@ -273,12 +286,12 @@ class StateStore:
         keys = [(workspace, t, _key(w.start), _key(w.end)) for t in types for w in windows]
         if not keys:
             return []
-        await self._db.executemany(
+        await self._many(
             "INSERT OR IGNORE INTO exports (workspace, type, window_start, window_end, job, "
             "state, planned_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
             [(*key, job, now, now) for key in keys],
         )
-        await self._db.executemany(
+        await self._many(
             "UPDATE exports SET state = 'queued', updated_at = ? WHERE workspace = ? AND "
             "type = ? AND window_start = ? AND window_end = ? AND state = 'failed'",
             [(now, *key) for key in keys],
@@ -386,8 +399,7 @@ class StateStore:
         rows = [(workspace, t, _key(w.start), _key(w.end), where) for t, w, where in found]
         if not rows:
             return 0
-        before = self._db.total_changes
-        await self._db.executemany(
+        return await self._many(
             "INSERT INTO exports (workspace, type, window_start, window_end, job, state, "
             "destination, planned_at, finished_at, updated_at, reason) "
             "VALUES (?, ?, ?, ?, ?, 'done', ?, ?, ?, ?, 'found in the output store') "
@@ -397,7 +409,6 @@ class StateStore:
             "WHERE state != 'done'",
             [(ws, t, s, e, job, where, now, now, now) for ws, t, s, e, where in rows],
         )
-        return int(self._db.total_changes - before)
 
     @_state_errors
     async def mark_failed(self, export_id: int, reason: str) -> None:

@@ -53,8 +53,11 @@ class LocalStore:
         """Nothing to connect to; a missing root is created on the first commit."""
 
     async def commit(self, data: Path, key: PurePosixPath, manifest: Manifest) -> str:
-        path = await asyncio.to_thread(_commit, data, self.root, key, manifest, self.temp_dir)
-        return str(path)
+        return await asyncio.to_thread(self.commit_blocking, data, key, manifest)
+
+    def commit_blocking(self, data: Path, key: PurePosixPath, manifest: Manifest) -> str:
+        """``commit`` for a caller already in a worker thread (the sink, after finishing)."""
+        return str(_commit(data, self.root, key, manifest, self.temp_dir))
 
     async def manifests_under(self, prefix: str) -> set[PurePosixPath]:
         return await asyncio.to_thread(self._manifests_under, prefix)
