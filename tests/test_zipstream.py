@@ -171,3 +171,31 @@ def test_compressed_output_is_standard_and_duckdb_reads_it(
         assert zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes()) == NDJSON
     count = duckdb.execute("SELECT count(*) FROM read_json(?)", [str(path)]).fetchone()
     assert count == (len(RECORDS),)
+
+
+@pytest.mark.parametrize(
+    ("streamed", "method"),
+    [(True, zipfile.ZIP_DEFLATED), (False, zipfile.ZIP_STORED), (True, zipfile.ZIP_STORED)],
+)
+def test_a_finished_writer_is_freed_without_the_cycle_collector(
+    tmp_path: Path, streamed: bool, method: int
+) -> None:
+    """No reference cycle survives an export: at a thousand lanes, the collector's full
+    passes over such garbage stalled the event loop for 100 ms and more."""
+    import gc
+
+    payload = zip_bytes({"page.jsonl": NDJSON}, streamed=streamed, method=method)
+    gc.collect()
+    gc.disable()
+    try:
+        writer = PayloadWriter(tmp_path, "gzip")
+        for start in range(0, len(payload), 4096):
+            writer.feed(payload[start : start + 4096])
+        writer.finish().path.unlink()
+        del writer
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        assert gc.collect() == 0, [type(garbage).__name__ for garbage in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()

@@ -11,6 +11,7 @@ Everything here blocks: the sink runs it in worker threads.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import queue
@@ -232,6 +233,26 @@ class _ZipSpool:
         self._spool_path.unlink(missing_ok=True)
 
 
+def _open_member(out: _Output, members: list[_MemberLines], name: str) -> _MemberLines:
+    member = _MemberLines(out, name)
+    members.append(member)
+    return member
+
+
+class _InflateBudget:
+    """How much a streamed ZIP has inflated, against what its compressed size allows."""
+
+    def __init__(self, limits: PayloadLimits) -> None:
+        self._limits = limits
+        self._inflated = 0
+
+    def spend(self, inflated: int, compressed: int) -> None:
+        self._inflated += inflated
+        limits = self._limits
+        if self._inflated > min(limits.max_bytes, limits.inflated_max(compressed)):
+            raise limits.too_inflated()
+
+
 class _ZipStreamed:
     """A ZIP inflated as it arrives (zipstream.py), overlapping the download; spooled
     and read after it (``_ZipSpool``) when its first member cannot be streamed."""
@@ -241,28 +262,20 @@ class _ZipStreamed:
         self._spool_path = spool_path
         self._limits = limits
         self._members: list[_MemberLines] = []
-        self._stream = ZipStream(self._open_member, self._spend)
+        # The stream's callbacks hold the members and the budget, not this object: no
+        # reference cycle, so a finished export is freed at once, not by the collector.
+        self._budget = _InflateBudget(limits)
+        self._stream = ZipStream(
+            functools.partial(_open_member, out, self._members), self._budget.spend
+        )
         self._spool: _ZipSpool | None = None
         self._head: list[bytes] | None = []  # replayed into a spool if it must be one
-        self._inflated = 0
 
     @property
     def records(self) -> int:
         if self._spool is not None:
             return self._spool.records
         return sum(member.records for member in self._members)
-
-    def _open_member(self, name: str) -> _MemberLines:
-        self._head = None  # a member streams: no going back to spooling
-        member = _MemberLines(self._out, name)
-        self._members.append(member)
-        return member
-
-    def _spend(self, inflated: int, compressed: int) -> None:
-        self._inflated += inflated
-        limits = self._limits
-        if self._inflated > min(limits.max_bytes, limits.inflated_max(compressed)):
-            raise limits.too_inflated()
 
     def feed_many(self, chunks: list[bytes]) -> None:
         if self._spool is not None:
@@ -281,6 +294,8 @@ class _ZipStreamed:
                 return
             except codec.INFLATE_ERRORS as exc:
                 raise PayloadError(f"the ZIP payload is damaged: {exc}") from None
+            if self._members:
+                self._head = None  # a member streams: no going back to spooling
 
     def finish(self) -> None:
         if self._spool is not None:

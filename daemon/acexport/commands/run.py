@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +38,7 @@ async def run_daemon(
     from ..service import Daemon  # the daemon's imports (aiohttp, ...) only when it runs
 
     async with Daemon(settings, path, reload_settings=reload_settings) as daemon:
+        _collect_less()
         handle_signals(daemon)
         if daemon.health_url:
             log.info("status_page", url=f"{daemon.health_url}/")
@@ -48,3 +50,16 @@ async def run_daemon(
             return ExitCode.OK if ok and daemon.fatal_error is None else ExitCode.FAILED
         await daemon.run_until_stopped()
     return ExitCode.OK if daemon.fatal_error is None else ExitCode.FAILED
+
+
+def _collect_less() -> None:
+    """Fewer, cheaper passes of the cycle collector, for a daemon that holds many objects.
+
+    With a thousand lanes, the collector's full passes over every live export's
+    objects stalled the event loop for 100 to 290 ms and took a tenth of the CPU
+    (bench/scale.py). What start-up made lives as long as the process: frozen, it
+    is never scanned again; and young objects are collected every 10,000
+    allocations rather than 700 (exports make little cyclic garbage to wait for).
+    """
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
