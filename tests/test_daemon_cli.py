@@ -132,3 +132,24 @@ def test_unusable_state_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "schema version 99, newer than this acexport understands" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_allocator_settings_yield_to_the_operators_environment(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """acexport tunes glibc's malloc, but a MALLOC_* variable the operator set wins."""
+    import ctypes
+
+    from acexport import cli
+
+    calls: list[tuple[int, int]] = []
+
+    class FakeLibc:
+        def mallopt(self, option: int, value: int) -> int:
+            calls.append((option, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda _name: FakeLibc())
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    cli.tune_malloc()
+    assert calls == [(-3, 4 << 20), (-1, 64 << 20)]  # no M_ARENA_MAX (-8)

@@ -33,6 +33,9 @@ from .zipstream import Unstreamable, ZipStream
 Compression = Literal["none", "gzip", "zstd"]
 _QUEUED_BATCHES = 2  # between the producer and the writer thread: bounds memory
 _THREAD_AFTER_BYTES = 4 << 20  # output written before a writer thread is worth starting
+# Output handed to the writer thread at a time: each hand-off is a GIL and condition
+# round trip, which at one per inflated piece (~300 KB) cost more than the writing.
+_HANDOFF_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 INFLATE_SLACK_BYTES = 64 * 1024
 DEFAULT_INFLATE_RATIO = 200  # a gzip body or ZIP member may expand this many times
@@ -100,6 +103,8 @@ class _Output:
             self._compressor = codec.zstd_compressor()
         self._written = 0
         self._queue: queue.Queue[list[bytes] | None] | None = None  # with the first write
+        self._gathered: list[bytes] = []  # for the writer thread, until _HANDOFF_BYTES
+        self._gathered_bytes = 0
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -123,7 +128,16 @@ class _Output:
             self._queue = queue.Queue(_QUEUED_BATCHES)
             self._thread = threading.Thread(target=self._drain, name="acexport-write", daemon=True)
             self._thread.start()
-        self._queue.put(chunks)
+        self._gathered += chunks
+        self._gathered_bytes += sum(map(len, chunks))
+        if self._gathered_bytes >= _HANDOFF_BYTES:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        assert self._queue is not None
+        if self._gathered:
+            self._queue.put(self._gathered)
+            self._gathered, self._gathered_bytes = [], 0
 
     def _raise_failure(self) -> None:
         if self._error is not None:
@@ -141,6 +155,7 @@ class _Output:
 
     def _stop(self) -> None:
         if self._thread is not None and self._queue is not None:
+            self._hand_off()
             self._queue.put(None)
             self._thread.join()
             self._thread = None
@@ -178,6 +193,7 @@ class _Output:
         self._file.close()
 
     def discard(self) -> None:
+        self._gathered, self._gathered_bytes = [], 0  # not worth writing now
         self._stop()
         self._error = None
         if self._file is not None:
