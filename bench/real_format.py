@@ -14,7 +14,9 @@ In one run, alternating rounds, medians:
   allocator settings (``acexport.cli.tune_malloc``) in this process too;
 - the disk's limit: writing the inflated bytes from memory (1 MiB writes, as
   acexport's writer does, with its writeback hint) and syncing them. With two
-  cores the pipeline can at best overlap the two: its floor is the slower one.
+  cores the pipeline can at best overlap the two: its floor is the slower one;
+- for reference, the simplest same-process pipeline: inflate, write each piece,
+  fsync, in one thread, no hashing or checking.
 
 Targets: plain <= 0.5x its baseline and <= 1.3x the inflate limit; gzip <= 0.5x
 its baseline; peak RSS < 80 MB. Where the disk is slower than inflating, plain
@@ -42,7 +44,7 @@ import tempfile
 import time
 import urllib.request
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from acexport import codec
@@ -72,32 +74,42 @@ def shell(command: str) -> float:
     return time.perf_counter() - started
 
 
-def inflate_limit(zip_path: Path) -> float:
-    """Seconds to inflate the member in memory with acexport's codec (median of 3)."""
-    tune_malloc()  # as acexport's own process runs: the limit is not handicapped
+def deflated_member(zip_path: Path) -> tuple[memoryview, int]:
+    """The first member's deflate stream, and its inflated size."""
     data = zip_path.read_bytes()
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         info = archive.infolist()[0]
-    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
-    # The local extra field may differ from the central one: read its length.
+    # The local extra field may differ from the central one: read the local lengths.
+    at = info.header_offset
     start = (
-        info.header_offset
+        at
         + 30
-        + int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little")
-        + int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
+        + int.from_bytes(data[at + 26 : at + 28], "little")
+        + int.from_bytes(data[at + 28 : at + 30], "little")
     )
-    member = memoryview(data)[start : start + info.compress_size]
+    return memoryview(data)[start : start + info.compress_size], info.file_size
+
+
+def inflated_pieces(member: memoryview) -> Iterator[bytes]:
+    """The member inflated as it would arrive: 1 MiB in, at most 1 MiB out per call."""
+    inflater = codec.raw_inflater()
+    for piece in range(0, len(member), 1 << 20):
+        rest = member[piece : piece + (1 << 20)]
+        while rest:
+            yield inflater.decompress(rest, 1 << 20)
+            rest = inflater.unconsumed_tail
+
+
+def inflate_limit(zip_path: Path) -> float:
+    """Seconds to inflate the member in memory with acexport's codec (median of 3)."""
+    tune_malloc()  # as acexport's own process runs: the limit is not handicapped
+    member, size = deflated_member(zip_path)
     times = []
     for _ in range(3):
         began = time.perf_counter()
-        inflater, produced = codec.raw_inflater(), 0
-        for piece in range(0, len(member), 1 << 20):  # as it arrives: 1 MiB at a time
-            rest = member[piece : piece + (1 << 20)]
-            while rest:
-                produced += len(inflater.decompress(rest, 1 << 20))
-                rest = inflater.unconsumed_tail
+        produced = sum(map(len, inflated_pieces(member)))
         times.append(time.perf_counter() - began)
-        assert produced == info.file_size
+        assert produced == size
     return statistics.median(times)
 
 
@@ -116,6 +128,24 @@ def write_limit(zip_path: Path, work: Path) -> float:
                 written = os.write(fd, view[offset : offset + (1 << 20)])
                 if _sync_file_range is not None:
                     _sync_file_range(fd, offset, written, 2)  # start writeback, as ours
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        times.append(time.perf_counter() - began)
+        path.unlink()
+    return statistics.median(times)
+
+
+def one_thread_pipeline(zip_path: Path, work: Path) -> float:
+    """Seconds to inflate the member and write each piece, then fsync (median of 3)."""
+    member, _ = deflated_member(zip_path)
+    path, times = work / "pipeline.jsonl", []
+    for _ in range(3):
+        began = time.perf_counter()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            for piece in inflated_pieces(member):
+                os.write(fd, piece)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -241,6 +271,7 @@ def compare(base: str, work: Path, rounds: int) -> int:
     subprocess.run([*curl, str(zip_file), url], check=True)
     limit = inflate_limit(zip_file)
     disk = write_limit(zip_file, work)
+    pipeline = one_thread_pipeline(zip_file, work)
     zip_mb, size_mb = job["bytes"] / 1e6, job["records"] * PAGE_RECORD_BYTES / 1e6
 
     def median(compression: str, index: int) -> float:
@@ -262,6 +293,7 @@ def compare(base: str, work: Path, rounds: int) -> int:
     print(f"  curl -o && unzip -p | gzip -1 && sync    {gzip_base:6.2f} s  <- gzip baseline")
     print(f"  in-memory inflate ({codec.LIBRARY})              {limit:6.2f} s  <- the limit")
     print(f"  write from memory && fsync               {disk:6.2f} s  <- the disk's limit")
+    print(f"  inflate -> write -> fsync, one thread    {pipeline:6.2f} s  <- for reference")
     print(
         f"  plain / the slower limit: {median('none', 0) / max(limit, disk):.2f} "
         "(the floor of two overlapped stages; for information)"
