@@ -113,45 +113,42 @@ def inflate_limit(zip_path: Path) -> float:
     return statistics.median(times)
 
 
-def write_limit(zip_path: Path, work: Path) -> float:
-    """Seconds to write the inflated member from memory and sync it (median of 3)."""
+def synced_write_s(path: Path, pieces: Callable[[], Iterator[bytes]], hint: bool) -> float:
+    """Seconds to write ``pieces()`` to ``path`` and fsync it (median of 3); with
+    ``hint``, writeback is started after each piece, as acexport's writer does."""
     from acexport.payload import _sync_file_range
 
-    with zipfile.ZipFile(zip_path) as archive:
-        data = archive.read(archive.infolist()[0])
-    view, path, times = memoryview(data), work / "limit.jsonl", []
+    times = []
     for _ in range(3):
         began = time.perf_counter()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            for offset in range(0, len(view), 1 << 20):
-                written = os.write(fd, view[offset : offset + (1 << 20)])
-                if _sync_file_range is not None:
-                    _sync_file_range(fd, offset, written, 2)  # start writeback, as ours
+            offset = 0
+            for piece in pieces():
+                written = os.write(fd, piece)
+                if hint and _sync_file_range is not None:
+                    _sync_file_range(fd, offset, written, 2)  # SYNC_FILE_RANGE_WRITE
+                offset += written
             os.fsync(fd)
         finally:
             os.close(fd)
         times.append(time.perf_counter() - began)
         path.unlink()
     return statistics.median(times)
+
+
+def write_limit(zip_path: Path, work: Path) -> float:
+    """Seconds to write the inflated member from memory and sync it."""
+    with zipfile.ZipFile(zip_path) as archive:
+        view = memoryview(archive.read(archive.infolist()[0]))
+    slices = lambda: (view[at : at + (1 << 20)] for at in range(0, len(view), 1 << 20))  # noqa: E731
+    return synced_write_s(work / "limit.jsonl", slices, hint=True)
 
 
 def one_thread_pipeline(zip_path: Path, work: Path) -> float:
-    """Seconds to inflate the member and write each piece, then fsync (median of 3)."""
+    """Seconds to inflate the member and write each piece, then fsync."""
     member, _ = deflated_member(zip_path)
-    path, times = work / "pipeline.jsonl", []
-    for _ in range(3):
-        began = time.perf_counter()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            for piece in inflated_pieces(member):
-                os.write(fd, piece)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        times.append(time.perf_counter() - began)
-        path.unlink()
-    return statistics.median(times)
+    return synced_write_s(work / "pipeline.jsonl", lambda: inflated_pieces(member), hint=False)
 
 
 def compare_codecs() -> None:
