@@ -155,7 +155,9 @@ async def test_store_killed_mid_upload_recovers_without_duplicate_or_partial(
         if "partNumber=" in request.path_qs and not killed.is_set():
             killed.set()
             seaweed.sigkill()
-            threading.Timer(1.0, seaweed.start).start()  # back in a few seconds
+            # Down longer than botocore's own three attempts (at most 1 + 2 s of backoff),
+            # so the outage reaches acexport's retry and is not hidden inside botocore.
+            threading.Timer(4.0, seaweed.start).start()
 
     proxy.before_forward = kill_on_first_part
     first = await run_once(config)
