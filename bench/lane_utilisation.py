@@ -26,13 +26,13 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from acexport.api import ExportClient, new_session
+from acexport.client import ExportClient, new_session
 from acexport.emulator.process import EmulatorClient, running_emulator
 from acexport.export import ExportSpec, Timing, run_export
-from acexport.observability import configure_logging
+from acexport.ops.logging import configure_logging
+from acexport.output.local import LocalStore
+from acexport.output.sink import Sink
 from acexport.polling import Backoff
-from acexport.sink import Sink
-from acexport.stores import LocalStore
 from acexport.windows import ExportWindow
 
 PAGE_RECORD_BYTES = 451  # the emulator's page (visit) records, on average

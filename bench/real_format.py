@@ -47,9 +47,9 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from acexport import codec
 from acexport.cli import tune_malloc
 from acexport.emulator.process import EmulatorClient, running_emulator
+from acexport.payload import codec
 
 TOKEN = "bench-token"
 DAY = ("2022-01-01", "fromDate=2022-01-01T00:00:00.000Z&toDate=2022-01-01T23:59:59.999Z")
@@ -116,7 +116,7 @@ def inflate_limit(zip_path: Path) -> float:
 def synced_write_s(path: Path, pieces: Callable[[], Iterator[bytes]], hint: bool) -> float:
     """Seconds to write ``pieces()`` to ``path`` and fsync it (median of 3); with
     ``hint``, writeback is started after each piece, as acexport's writer does."""
-    from acexport.payload import _sync_file_range
+    from acexport.payload.outfile import _sync_file_range
 
     times = []
     for _ in range(3):

@@ -45,8 +45,9 @@ def worker(kind: str, path: Path, endpoint: str, key: str) -> dict[str, float]:
     if kind == "acexport":
         from contextlib import AsyncExitStack
 
-        from acexport.output import Manifest
-        from acexport.stores import S3Store, S3Target
+        from acexport.output.manifest import Manifest
+        from acexport.output.open import S3Target
+        from acexport.output.s3 import S3Store
 
         imported = time.perf_counter()
         target = S3Target(

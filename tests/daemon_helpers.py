@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from acexport.sink import Sink
-from acexport.stores import LocalStore
+from acexport.output.local import LocalStore
+from acexport.output.sink import Sink
 from tests.conftest import RunningEmulator
 
 FAST_HTTP = """

@@ -40,7 +40,7 @@ def test_rules_only_name_metrics_the_daemon_exports() -> None:
     """Every acexport_* series a rule reads is one the daemon defines."""
     import re
 
-    from acexport.metrics import Metrics
+    from acexport.ops.metrics import Metrics
 
     rules = (DEPLOY / "alerts.yml").read_text()
     named = set(re.findall(r"\b(acexport_[a-z_]+)", rules))

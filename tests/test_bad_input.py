@@ -14,8 +14,8 @@ from aioresponses import aioresponses
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from acexport.api import ExportClient
 from acexport.cli import main
+from acexport.client import ExportClient
 from acexport.errors import TransientError
 from acexport.export import ExportSpec, Timing, run_export
 from acexport.polling import Backoff

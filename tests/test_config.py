@@ -14,7 +14,7 @@ from acexport.config import (
     token_warnings,
 )
 from acexport.errors import ConfigError
-from acexport.output import render_path
+from acexport.pathtemplate import render_path
 
 WORKSPACE = """
 [workspaces.acme]

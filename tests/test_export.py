@@ -17,13 +17,13 @@ import structlog
 import structlog.testing
 from pydantic import SecretStr
 
-from acexport.api import ExportClient, ExportStatus
+from acexport.client import ExportClient, ExportStatus
 from acexport.config import HttpSettings
 from acexport.emulator import FaultSettings
 from acexport.emulator.data import RECORD_TYPES
 from acexport.errors import AuthError, TransientError
 from acexport.export import ExportObserver, ExportSpec, Timing, run_export
-from acexport.observability import configure_logging, register_secret
+from acexport.ops.logging import configure_logging, register_secret
 from acexport.polling import Backoff
 from acexport.windows import ExportWindow
 from tests.conftest import EmulatorFactory, RunningEmulator

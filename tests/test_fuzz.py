@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from acexport.api import ExportClient
+from acexport.client import ExportClient
 from acexport.errors import AcexportError
 from acexport.export import ExportSpec, Timing, run_export
 from acexport.polling import Backoff

@@ -13,8 +13,8 @@ import structlog
 from aiohttp import web
 
 from acexport.config import load_settings
-from acexport.observability import configure_logging
-from acexport.state import read_rows
+from acexport.ledger import read_rows
+from acexport.ops.logging import configure_logging
 from tests.daemon_helpers import FAST_HTTP, job, local_sink
 
 
@@ -54,7 +54,7 @@ async def test_a_token_echoed_by_the_server_is_stored_and_served_nowhere(
 ) -> None:
     """The ledger, /healthz and the log get the server's message with the token redacted,
     including a token that a reload rotated in."""
-    from acexport.service import Daemon
+    from acexport.daemon import Daemon
 
     token_file = tmp_path / "token"
     token_file.write_text("first-token-0123456789\n")
@@ -92,7 +92,7 @@ async def test_an_unexpected_exception_is_a_recorded_failure(
 ) -> None:
     """A crash nobody foresaw fails the export in the ledger and the metrics; run_once is False."""
     import acexport.lane
-    from acexport.service import Daemon
+    from acexport.daemon import Daemon
 
     async def crash(*args: object, **kwargs: object) -> None:
         raise RecursionError("maximum recursion depth exceeded while decoding a JSON object")
@@ -127,7 +127,7 @@ async def test_gzip_bomb_over_http_is_refused_with_nothing_kept(tmp_path: Path) 
 
     from pydantic import SecretStr
 
-    from acexport.api import ExportClient
+    from acexport.client import ExportClient
     from acexport.errors import PayloadTooLarge
     from acexport.export import ExportSpec, Timing, run_export
     from acexport.polling import Backoff

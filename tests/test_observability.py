@@ -7,7 +7,7 @@ import json
 
 import structlog
 
-from acexport.observability import REDACTED, configure_logging, redact, register_secret
+from acexport.ops.logging import REDACTED, configure_logging, redact, register_secret
 
 
 def test_redaction_covers_short_long_and_late_secrets() -> None:

@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 
 from acexport.config import load_settings
-from acexport.notify import SystemdNotifier
-from acexport.service import Daemon
+from acexport.daemon import Daemon
+from acexport.ops.notify import SystemdNotifier
 from tests.conftest import EmulatorFactory
 from tests.daemon_helpers import DaemonProcess, job, manifests, write_config
 

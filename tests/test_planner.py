@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from acexport.config import JobSettings
-from acexport.planner import due_windows
-from acexport.windows import aligned_windows, check_window_length
+from acexport.config import JobSettings, Settings
+from acexport.errors import StoreUnavailable
+from acexport.ledger import ExportRecord, LedgerState
+from acexport.output.layout import OutputLayout
+from acexport.output.manifest import Manifest
+from acexport.output.stored import StoredWindow
+from acexport.planner import Planner, due_windows
+from acexport.windows import ExportWindow, aligned_windows, check_window_length
 
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu"]
 LENGTHS = [
@@ -146,3 +154,119 @@ def test_due_windows_never_start_before_start() -> None:
     now = datetime(2022, 6, 10, 12, tzinfo=UTC)
     windows = due_windows(job(catch_up="30d", start=datetime(2022, 6, 7)), tz, now)
     assert [w.local_start.day for w in windows] == [7, 8, 9]
+
+
+# -- the Planner, with a fake ledger and store and a fixed clock -----------------------
+
+
+class FakeLedger:
+    """Records what the planner asks of the ledger; every planned row is queued."""
+
+    def __init__(self) -> None:
+        self.planned: list[tuple[str, list[str], list[ExportWindow]]] = []
+        self.adopted: list[tuple[str, str, ExportWindow, str]] = []
+
+    async def plan(
+        self, job: str, workspace: str, types: Iterable[str], windows: Iterable[ExportWindow]
+    ) -> list[ExportRecord]:
+        types, windows = list(types), list(windows)
+        self.planned.append((job, types, windows))
+        done = {(t, w) for _, t, w, _ in self.adopted}
+        return [
+            ExportRecord(
+                n,
+                job,
+                workspace,
+                t,
+                w.start,
+                w.end,
+                LedgerState.QUEUED,
+                0,
+                0,
+                None,
+                None,
+                None,
+                0.0,
+                None,
+                None,
+                None,
+            )
+            for n, (t, w) in enumerate(itertools.product(types, windows))
+            if (t, w) not in done
+        ]
+
+    async def adopt_stored(self, job: str, workspace: str, found: Iterable[StoredWindow]) -> int:
+        rows = [(job, t, w, location) for t, w, location in found]
+        self.adopted += rows
+        return len(rows)
+
+
+class FakeStore:
+    """An output store holding manifests for ``keys``; ``down`` makes listing fail."""
+
+    def __init__(self, keys: set[PurePosixPath]) -> None:
+        self.keys = keys
+        self.listings = 0
+        self.down = False
+
+    def location(self, key: PurePosixPath) -> str:
+        return f"mem://{key}"
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        """Nothing to connect to."""
+
+    async def commit(self, data: Path, key: PurePosixPath, manifest: Manifest) -> str:
+        raise NotImplementedError
+
+    async def manifests_under(self, prefix: str) -> set[PurePosixPath]:
+        self.listings += 1
+        if self.down:
+            raise StoreUnavailable("the store is down")
+        return {key for key in self.keys if str(key).startswith(prefix)}
+
+
+def planner_for(
+    ledger: FakeLedger, store: FakeStore, now: datetime
+) -> tuple[Planner, JobSettings, Settings]:
+    settings = Settings(
+        workspaces={"acme": {"token": "t", "base_url": "https://ac.example"}},
+        jobs=[{"name": "daily", "workspace": "acme", "types": ["page", "event"],
+               "catch_up": "3d", "lag": "0s"}],
+    )  # fmt: skip
+    return Planner(ledger, store, lambda: settings, lambda: now), settings.jobs[0], settings
+
+
+async def test_a_look_queues_the_due_windows_the_store_lacks() -> None:
+    """Windows whose manifest is in the store are adopted as done, the rest queued."""
+    now = datetime(2022, 6, 10, 12, tzinfo=UTC)
+    ledger = FakeLedger()
+    store = FakeStore(set())
+    planner, job, settings = planner_for(ledger, store, now)
+    windows = planner.due(job)
+    assert [w.start.day for w in windows] == [7, 8, 9]
+    layout = OutputLayout.from_settings(settings.output)
+    stored = layout.key_for("acme", "page", "daily", windows[0])
+    store.keys.add(stored)
+
+    look = await planner.look(job)
+
+    assert look.due == 6
+    assert ledger.adopted == [("daily", "page", windows[0], f"mem://{stored}")]
+    assert len(look.records) == 5
+    assert ("page", windows[0].start) not in {(r.type, r.start) for r in look.records}
+
+
+async def test_the_store_is_listed_once_per_job_and_again_after_a_failure() -> None:
+    """One listing per type at the first look; none later; a failed listing is retried."""
+    now = datetime(2022, 6, 10, 12, tzinfo=UTC)
+    store = FakeStore(set())
+    store.down = True
+    planner, job, _ = planner_for(FakeLedger(), store, now)
+
+    first = await planner.look(job)  # the store is down: everything is queued anyway
+    assert len(first.records) == 6
+    store.down = False
+    await planner.look(job)
+    assert store.listings == 1 + 2  # the failed one, then one per type
+    await planner.look(job)
+    assert store.listings == 3

@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from acexport.errors import PayloadError, SinkError
-from acexport.output import Manifest
-from acexport.payload import PayloadSummary, PayloadWriter
-from acexport.sink import Sink
-from acexport.stores import LocalStore
+from acexport.output.local import LocalStore
+from acexport.output.manifest import Manifest
+from acexport.output.sink import Sink
+from acexport.payload.writer import PayloadSummary, PayloadWriter
 
 RECORDS = [
     {"id": "1", "name": "Zoë \u2014 \U0001f331", "nested": {"a": [1, 2, {"b": None}]}},
@@ -295,7 +295,7 @@ async def test_staging_across_filesystems_never_writes_through_a_planted_link(
 
 
 def _writer_result(tmp_path: Path, payload: bytes, **limits: int) -> PayloadSummary:
-    from acexport.payload import PayloadLimits
+    from acexport.limits import PayloadLimits
 
     writer = PayloadWriter(tmp_path, "none", PayloadLimits(**limits))
     try:
@@ -389,7 +389,7 @@ def test_line_checks_do_not_depend_on_chunking(
     lines: list[bytes], crlf: bool, cuts: list[int], bad: bytes | None
 ) -> None:
     """However the bytes are cut into chunks, good NDJSON passes and a bad line is caught."""
-    from acexport.records import LineChecks, NdjsonLines
+    from acexport.payload.records import LineChecks, NdjsonLines
 
     if bad is not None:
         lines = [*lines[:1], bad, *lines[1:]]

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from acexport.config import load_settings
-from acexport.service import Daemon
+from acexport.daemon import Daemon
 from tests.conftest import EmulatorFactory
 from tests.daemon_helpers import FAST_HTTP, job
 

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from acexport.errors import PayloadError, PayloadTooLarge
-from acexport.payload import PayloadLimits, PayloadWriter
+from acexport.limits import PayloadLimits
+from acexport.payload.writer import PayloadWriter
 
 RECORDS = [{"id": str(i), "name": f"visit {i} \u2014 caf\u00e9", "n": i * 7} for i in range(3000)]
 NDJSON = b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in RECORDS)

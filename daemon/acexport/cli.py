@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .formats import Compression
 from .protocol import ExportType
 
 
@@ -55,7 +56,7 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--compression",
-        choices=("none", "gzip", "zstd"),
+        choices=[c.value for c in Compression],
         help="default: by PATH's suffix (.gz, .zst), else the config's, none for -",
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress display")

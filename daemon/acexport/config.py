@@ -40,8 +40,9 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
-from .output import OutputLayout, check_path_template, name_too_long
-from .payload import DEFAULT_INFLATE_RATIO, PayloadLimits
+from .formats import Compression
+from .limits import DEFAULT_INFLATE_RATIO, PayloadLimits
+from .pathtemplate import check_path_template, name_too_long
 from .protocol import ExportType
 from .triggers import Trigger, parse_schedule
 from .windows import check_window_length
@@ -213,7 +214,7 @@ class OutputSettings(_Section):
     )
     # gzip stays the default: every reader has it, and keys (.gz) and readers' globs of
     # existing deployments keep working; zstd is 3x smaller at the same speed.
-    compression: Literal["none", "gzip", "zstd"] = "gzip"
+    compression: Compression = Compression.GZIP
     s3: S3Settings = S3Settings()
 
     _check_path = field_validator("path")(classmethod(lambda cls, v: check_path_template(v)))
@@ -375,10 +376,6 @@ class Settings(BaseSettings):
     output: OutputSettings = OutputSettings()
     workspaces: dict[str, WorkspaceSettings] = {}
     jobs: list[JobSettings] = []
-
-    def layout(self) -> OutputLayout:
-        """Where data files go in the output store: output.path and the compression suffix."""
-        return OutputLayout(self.output.path, self.output.compression)
 
     def output_dir(self) -> Path:
         """The local output directory: output.url as a path, or daemon.output_dir."""

@@ -21,7 +21,7 @@ from pathlib import PurePosixPath
 
 import structlog
 
-from .api import ExportClient, ExportStatus, Payload
+from .client import ExportClient, ExportStatus, Payload
 from .config import HttpSettings
 from .errors import (
     AuthError,
@@ -32,10 +32,10 @@ from .errors import (
     StoreUnavailable,
     TransientError,
 )
-from .output import Manifest
-from .payload import PayloadSummary, PayloadWriter
+from .output.manifest import Manifest
+from .output.sink import Sink
+from .payload.writer import PayloadSummary, PayloadWriter
 from .polling import Backoff, PollPlan
-from .sink import Sink
 from .windows import ExportWindow, iso_ms
 
 log = structlog.get_logger("acexport.export")

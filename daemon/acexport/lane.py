@@ -20,7 +20,7 @@ import aiohttp
 import structlog
 from pydantic import SecretStr
 
-from .api import ExportClient, ExportStatus, TokenTrust
+from .client import ExportClient, ExportStatus, TokenTrust
 from .config import Settings
 from .errors import AcexportError, AuthError, StateError, StoreRejected
 from .events import ExportEnded, LaneObserver
@@ -32,9 +32,10 @@ from .export import (
     Timing,
     run_export,
 )
-from .observability import remote_text
-from .sink import Sink
-from .state import ExportRecord, LedgerState, StateStore
+from .ledger import ExportRecord, Ledger, LedgerState
+from .ops.logging import remote_text
+from .output.layout import OutputLayout
+from .output.sink import Sink
 
 log = structlog.get_logger("acexport.lane")
 
@@ -44,7 +45,7 @@ class LaneContext:
     """What every lane shares: session, ledger, sink, settings, and who observes it."""
 
     session: aiohttp.ClientSession
-    store: StateStore
+    ledger: Ledger
     sink: Sink
     settings: Callable[[], Settings]
     timing: Callable[[], Timing]
@@ -74,8 +75,8 @@ class _SlotKeeper(ExportObserver):
     """Records AC's answers; frees the lane's slot once data is ready, and takes it
     back before a request that may find the data expired (and so submit anew)."""
 
-    def __init__(self, store: StateStore, record: ExportRecord, hold: _SlotHold) -> None:
-        self._store = store
+    def __init__(self, ledger: Ledger, record: ExportRecord, hold: _SlotHold) -> None:
+        self._ledger = ledger
         self._record = record
         self._hold = hold
         self.created_date = record.created_date
@@ -86,7 +87,7 @@ class _SlotKeeper(ExportObserver):
     async def ready(self) -> None:
         # Durable before the slot goes to the next export: after a crash, the
         # ledger must not show two exports waiting on AC at once.
-        await asyncio.shield(self._store.mark_ready(self._record.id, self.created_date))
+        await asyncio.shield(self._ledger.mark_ready(self._record.id, self.created_date))
         self._hold.give_back()
 
     async def may_resubmit(self) -> None:
@@ -199,7 +200,7 @@ class Lane:
         # Still active, and submitted unless its ready data is still downloadable: one
         # statement (the ledger's round trips were most of an export's CPU).
         window_s = settings.http.download_window.total_seconds()
-        current = await self.ctx.store.claim(record.id, time.time() - READY_MARGIN * window_s)
+        current = await self.ctx.ledger.claim(record.id, time.time() - READY_MARGIN * window_s)
         if current is None:
             # Picked up from the ledger just as this process finished it: nothing to do.
             return
@@ -212,7 +213,9 @@ class Lane:
             await self._failed(record, "the workspace is no longer configured")
             return
         window = record.window(ws.zone)
-        key = settings.layout().key_for(record.workspace, record.type, record.job, window)
+        key = OutputLayout.from_settings(settings.output).key_for(
+            record.workspace, record.type, record.job, window
+        )
         spec = ExportSpec(record.workspace, record.type, window, key)
         try:
             outcome = await self._run_export(record, spec, settings, hold)
@@ -246,17 +249,17 @@ class Lane:
             trust=self.trust,
             max_inflate_ratio=settings.http.max_inflate_ratio,
         )
-        expected = await self.ctx.store.expected_processing_s(record.workspace, record.type)
+        expected = await self.ctx.ledger.expected_processing_s(record.workspace, record.type)
         ready_age_s = None if record.ready_at is None else max(0.0, time.time() - record.ready_at)
         guess = (
             None
             if expected
-            else await self.ctx.store.similar_processing_s(record.workspace, record.type)
+            else await self.ctx.ledger.similar_processing_s(record.workspace, record.type)
         )
         timing = replace(
             self.ctx.timing(), expected_s=expected, guess_s=guess, ready_age_s=ready_age_s
         )
-        keeper = _SlotKeeper(self.ctx.store, record, hold)
+        keeper = _SlotKeeper(self.ctx.ledger, record, hold)
         return await run_export(spec, client, self.ctx.sink, timing, keeper)
 
     async def _succeeded(
@@ -264,7 +267,7 @@ class Lane:
     ) -> None:
         manifest = outcome.manifest
         await asyncio.shield(
-            self.ctx.store.mark_done(
+            self.ctx.ledger.mark_done(
                 record.id,
                 destination=destination,
                 records=manifest.records,
@@ -294,7 +297,7 @@ class Lane:
         # Reasons carry server text: redacted and capped before the ledger, status and
         # the unauthenticated /healthz see them.
         reason = remote_text(reason)
-        await asyncio.shield(self.ctx.store.mark_failed(record.id, reason))
+        await asyncio.shield(self.ctx.ledger.mark_failed(record.id, reason))
         self._publish(
             record,
             ok=False,

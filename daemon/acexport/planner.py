@@ -1,16 +1,31 @@
-"""Which windows of a job are due: complete, aligned, inside the catch-up horizon.
+"""What is due: the windows of a job, minus what the output store already holds.
 
-Pure arithmetic on the job's settings and the current time; the state store
-then drops the windows already exported. Looking twice changes nothing.
+``due_windows`` is pure arithmetic on a job's settings and the time. A
+``Planner`` turns a look at a job into ledger rows: it asks the output store
+once per job (the truth, design section 5) which due windows are already
+there, marks those done, and records the rest as queued. Looking twice
+changes nothing. Queueing rows into lanes is the daemon's business.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from .config import JobSettings
+import structlog
+
+from .config import JobSettings, Settings
+from .errors import StoreRejected, StoreUnavailable
+from .ledger import ExportRecord
+from .output.layout import OutputLayout
+from .output.store import OutputStore
+from .output.stored import StoredWindow, stored_windows
 from .windows import ExportWindow, aligned_windows
+
+log = structlog.get_logger("acexport.planner")
 
 
 def due_windows(job: JobSettings, zone: ZoneInfo, now: datetime) -> list[ExportWindow]:
@@ -30,3 +45,84 @@ def due_windows(job: JobSettings, zone: ZoneInfo, now: datetime) -> list[ExportW
         start = job.start if job.start.tzinfo else job.start.replace(tzinfo=zone)
         windows = [w for w in windows if w.start >= start]
     return windows
+
+
+@dataclass(frozen=True)
+class Look:
+    """What a look at a job found: how many (window, type) pairs are due, and the
+    ledger's rows among them still to export."""
+
+    due: int
+    records: list[ExportRecord]
+
+
+class PlanLedger(Protocol):
+    """What the planner needs of the ledger (``ledger.Ledger``)."""
+
+    def plan(
+        self, job: str, workspace: str, types: Iterable[str], windows: Iterable[ExportWindow]
+    ) -> Awaitable[list[ExportRecord]]: ...
+
+    def adopt_stored(
+        self, job: str, workspace: str, found: Iterable[StoredWindow]
+    ) -> Awaitable[int]: ...
+
+
+class Planner:
+    """Turns looks at jobs into ledger rows, asking the output store first."""
+
+    def __init__(
+        self,
+        ledger: PlanLedger,
+        store: OutputStore,
+        settings: Callable[[], Settings],
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._ledger = ledger
+        self._store = store
+        self._settings = settings
+        self._clock = clock
+        self._listed: set[str] = set()  # jobs whose windows were looked for in the store
+
+    def due(self, job: JobSettings) -> list[ExportWindow]:
+        """The job's windows due now."""
+        return due_windows(job, self._settings().workspaces[job.workspace].zone, self._clock())
+
+    async def look(self, job: JobSettings) -> Look:
+        """Plan the job's due windows; the store is listed once per job (at start, or
+        when a reload changes it): afterwards this daemon is what writes its windows."""
+        windows = self.due(job)
+        records = await self.plan(job, windows, look_in_store=_key(job) not in self._listed)
+        return Look(due=len(windows) * len(job.types), records=records)
+
+    async def plan(
+        self, job: JobSettings, windows: list[ExportWindow], *, look_in_store: bool = True
+    ) -> list[ExportRecord]:
+        """Record ``windows`` of ``job`` (those the output store lacks, if it is looked in)."""
+        if look_in_store:
+            await self.adopt(job, windows)
+        return await self._ledger.plan(job.name, job.workspace, job.types, windows)
+
+    async def adopt(self, job: JobSettings, windows: list[ExportWindow]) -> int:
+        """Mark the windows whose manifest the store holds as done; how many changed.
+
+        If the store cannot be listed now, the windows are exported anyway: a commit
+        replaces what is there, never duplicates it. The next look lists again.
+        """
+        layout = OutputLayout.from_settings(self._settings().output)
+        try:
+            found = await stored_windows(
+                self._store, layout, job.workspace, job.name, job.types, windows
+            )
+        except (StoreRejected, StoreUnavailable) as exc:
+            log.warning("output_store_not_listed", job=job.name, error=str(exc))
+            return 0
+        self._listed.add(_key(job))
+        adopted = await self._ledger.adopt_stored(job.name, job.workspace, found)
+        if adopted:
+            log.info("exports_found_in_store", job=job.name, count=adopted, stored=len(found))
+        return adopted
+
+
+def _key(job: JobSettings) -> str:
+    return job.model_dump_json()

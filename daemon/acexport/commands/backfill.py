@@ -13,14 +13,15 @@ import asyncio
 import sys
 import time
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import JobSettings, Settings
+from ..ledger import Ledger, ledger_path
 from ..lock import lock_holder
-from ..state import StateStore, ledger_path
-from ..stored import adopt_stored
-from ..stores import open_store
+from ..output.open import open_store
+from ..planner import Planner
 from ..windows import ExportWindow, aligned_windows, parse_bound
 from . import ExitCode
 from .common import (
@@ -33,7 +34,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..service import Daemon
+    from ..daemon import Daemon
 
 
 def main(args: argparse.Namespace) -> int:
@@ -72,14 +73,14 @@ async def _backfill(
 ) -> int:
     holder = lock_holder(settings.daemon.state_dir)
     if holder is not None:
-        ledger = await StateStore.open(ledger_path(settings.daemon.state_dir))
+        ledger = await Ledger.open(ledger_path(settings.daemon.state_dir))
         try:
             async with AsyncExitStack() as stack:
                 # Its own temp dir: the daemon's is the lock holder's to clean.
                 output = open_store(settings, settings.daemon.state_dir / "tmp-backfill")
                 await output.start(stack)
-                await adopt_stored(ledger, output, settings.layout(), job, windows)
-            records = await ledger.plan(job.name, job.workspace, job.types, windows)
+                planner = Planner(ledger, output, lambda: settings, lambda: datetime.now(UTC))
+                records = await planner.plan(job, windows)
         finally:
             await ledger.close()
         print(
@@ -87,7 +88,7 @@ async def _backfill(
             f"(pid {holder}) will export them (see `acexport status`)"
         )
         return ExitCode.OK
-    from ..service import Daemon
+    from ..daemon import Daemon
 
     async with Daemon(settings, path) as daemon:
         handle_signals(daemon)

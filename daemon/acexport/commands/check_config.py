@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..config import Settings, resolve_tokens, token_warnings
+from ..ledger import LedgerState, read_rows
 from ..planner import due_windows
-from ..state import LedgerState, read_rows
 from ..triggers import next_looks
 from . import ExitCode
 from .common import exit_code_of, load

@@ -13,11 +13,11 @@ import structlog
 
 from ..config import Settings, find_config, load_settings, resolve_tokens, token_warnings
 from ..errors import AcexportError, ConfigError, StoreRejected
-from ..observability import configure_logging, register_secret
+from ..ops.logging import configure_logging, register_secret
 from . import ExitCode
 
 if TYPE_CHECKING:
-    from ..service import Daemon
+    from ..daemon import Daemon
 
 log = structlog.get_logger("acexport.cli")
 

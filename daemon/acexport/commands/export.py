@@ -22,7 +22,7 @@ from typing import TextIO
 import structlog
 from pydantic import SecretStr
 
-from ..api import ExportClient, ExportStatus, new_session
+from ..client import ExportClient, ExportStatus, new_session
 from ..config import (
     Settings,
     WorkspaceSettings,
@@ -34,11 +34,13 @@ from ..config import (
 )
 from ..errors import AcexportError, ConfigError
 from ..export import ExportObserver, ExportSpec, Timing, run_export
-from ..observability import configure_logging, register_secret
-from ..output import OutputStore
-from ..payload import Compression
-from ..sink import Sink
-from ..stores import LocalStore, open_store
+from ..formats import Compression
+from ..ops.logging import configure_logging, register_secret
+from ..output.layout import OutputLayout
+from ..output.local import LocalStore
+from ..output.open import open_store
+from ..output.sink import Sink
+from ..output.store import OutputStore
 from ..windows import ExportWindow, parse_bound
 from . import ExitCode
 from .common import UsageError, exit_code_of
@@ -131,19 +133,19 @@ def _destination(
     window: ExportWindow,
 ) -> tuple[PurePosixPath, Path | None, Compression]:
     """The key, the local file (None: the configured output store) and the compression."""
-    compression: Compression
+    chosen = None if args.compression is None else Compression(args.compression)
     if args.output == "-":
-        compression = args.compression or "none"
+        compression = chosen or Compression.NONE
         return PurePosixPath("out"), Path("out"), compression  # in the private temp dir
     if args.output:
         file = Path(args.output).absolute()
-        by_suffix: dict[str, Compression] = {".gz": "gzip", ".zst": "zstd"}
-        compression = args.compression or by_suffix.get(file.suffix, "none")
+        compression = chosen or Compression.of_name(file.name)
         return PurePosixPath(file.name), file, compression
     if config_path is None:
         raise UsageError("--output is required without a config file")
-    compression = args.compression or settings.output.compression
-    key = settings.layout().key_for(workspace, args.type, "export", window, compression)
+    compression = chosen or settings.output.compression
+    layout = OutputLayout.from_settings(settings.output)
+    key = layout.key_for(workspace, args.type, "export", window, compression)
     return key, None, compression
 
 

@@ -35,7 +35,7 @@ async def run_daemon(
     reload_settings: Callable[[], Settings] | None = None,
 ) -> int:
     """The daemon until stopped (or ``once``); ``reload_settings`` is what SIGHUP reads."""
-    from ..service import Daemon  # the daemon's imports (aiohttp, ...) only when it runs
+    from ..daemon import Daemon  # the daemon's imports (aiohttp, ...) only when it runs
 
     async with Daemon(settings, path, reload_settings=reload_settings) as daemon:
         _collect_less()

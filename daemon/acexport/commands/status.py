@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..config import Settings
+from ..ledger import ACTIVE, LedgerState, read_rows
 from ..lock import lock_holder
-from ..state import ACTIVE, LedgerState, read_rows
 from ..triggers import next_looks
 from . import ExitCode
 from .common import exit_code_of, load

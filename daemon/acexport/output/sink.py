@@ -1,10 +1,10 @@
 """From a payload to a verified temp file, handed to the output store to commit.
 
-The bytes' work (hashing, conversion, compression, writing; see payload.py)
+The bytes' work (hashing, conversion, compression, writing; see payload/)
 runs in worker threads, one batch behind the network read, so disk and CPU
 overlap the download instead of adding to it. Nothing reaches the output
 store until the file is complete and synced; the store writes the manifest
-last (see output.py). Temp files of crashed runs are cleaned on the next start.
+last (see store.py). Temp files of crashed runs are cleaned on the next start.
 
 Thread hops, not bytes, are what a small export costs (GIL hand-offs): its
 last batch, finishing and a local commit run in one hop, and for a small
@@ -25,9 +25,13 @@ from typing import Any
 
 import structlog
 
-from .output import Manifest, OutputStore
-from .payload import TEMP_NAME, Compression, PayloadLimits, PayloadSummary, PayloadWriter
-from .stores.local import LocalStore, disk_error
+from ..formats import Compression
+from ..limits import PayloadLimits
+from ..payload.tempfiles import TEMP_NAME
+from ..payload.writer import PayloadSummary, PayloadWriter
+from .local import LocalStore, disk_error
+from .manifest import Manifest
+from .store import OutputStore
 
 log = structlog.get_logger("acexport.sink")
 

@@ -20,8 +20,9 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from .errors import ConfigError
-from .metrics import Health, Metrics, health_app
+from ..errors import ConfigError
+from .health import Health
+from .metrics import Metrics
 
 log = structlog.get_logger("acexport.health")
 
@@ -199,3 +200,27 @@ class HealthServer:
         url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
         log.info("health_server_started", url=url, max_connections=cap)
         return url
+
+
+def health_app(
+    health: Health, metrics: Metrics, status_page: Callable[[], Awaitable[str]] | None = None
+) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        status, body = health.report()
+        return web.json_response(body, status=status)
+
+    async def metrics_route(_: web.Request) -> web.Response:
+        return web.Response(
+            body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
+        )
+
+    async def status_route(_: web.Request) -> web.Response:
+        assert status_page is not None
+        return web.Response(text=await status_page(), content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_route)
+    if status_page is not None:
+        app.router.add_get("/", status_route)
+    return app

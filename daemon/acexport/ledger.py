@@ -48,12 +48,12 @@ def _describe_db_error(path: Path, exc: sqlite3.Error) -> StateError:
 
 
 def _state_errors(
-    method: Callable[Concatenate[StateStore, P], Awaitable[T]],
-) -> Callable[Concatenate[StateStore, P], Awaitable[T]]:
+    method: Callable[Concatenate[Ledger, P], Awaitable[T]],
+) -> Callable[Concatenate[Ledger, P], Awaitable[T]]:
     """sqlite3 errors become StateError naming the database (one place, every method)."""
 
     @functools.wraps(method)
-    async def wrapper(store: StateStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def wrapper(store: Ledger, /, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(store, *args, **kwargs)
         except sqlite3.Error as exc:
@@ -187,7 +187,7 @@ _CLEAN_SPAN = (
 )
 
 
-class StateStore:
+class Ledger:
     """The ledger in ``<state_dir>/state.sqlite3``."""
 
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
@@ -196,14 +196,14 @@ class StateStore:
         self.times = ProcessingTimes()
 
     @classmethod
-    async def start(cls, path: Path, stack: AsyncExitStack) -> StateStore:
+    async def start(cls, path: Path, stack: AsyncExitStack) -> Ledger:
         """Open the ledger for the daemon; it is closed when ``stack`` closes."""
         store = await cls.open(path)
         stack.push_async_callback(store.close)
         return store
 
     @classmethod
-    async def open(cls, path: Path, *, readonly: bool = False) -> StateStore:
+    async def open(cls, path: Path, *, readonly: bool = False) -> Ledger:
         """Open (or create, 0600) the ledger; every failure is a StateError naming it."""
         try:
             return await cls._open(path, readonly)
@@ -211,7 +211,7 @@ class StateStore:
             raise _describe_db_error(path, exc) from None
 
     @classmethod
-    async def _open(cls, path: Path, readonly: bool) -> StateStore:
+    async def _open(cls, path: Path, readonly: bool) -> Ledger:
         if readonly:
             db = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
         else:
@@ -479,7 +479,7 @@ async def read_rows(state_dir: Path) -> list[ExportRecord]:
     path = ledger_path(state_dir)
     if not path.exists():
         return []
-    store = await StateStore.open(path, readonly=True)
+    store = await Ledger.open(path, readonly=True)
     try:
         return await store.all_rows()
     finally:

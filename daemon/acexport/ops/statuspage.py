@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from . import __version__
-from .config import Settings
-from .planner import due_windows
-from .state import ACTIVE, ExportRecord, LedgerState
+from .. import __version__
+from ..config import Settings
+from ..ledger import ACTIVE, ExportRecord, LedgerState
+from ..planner import due_windows
 
 _REFRESH_S = 30
 

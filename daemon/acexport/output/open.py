@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Settings
-from ..observability import register_secret
-from ..output import OutputStore
+from ..ops.logging import register_secret
 from .local import LocalStore
 from .s3 import S3Store, S3Target, read_secret_file
+from .store import OutputStore
 
 
 def open_store(settings: Settings, temp_dir: Path) -> OutputStore:

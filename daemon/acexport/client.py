@@ -27,7 +27,7 @@ from .errors import (
     ServerError,
     TransientError,
 )
-from .payload import DEFAULT_INFLATE_RATIO, INFLATE_SLACK_BYTES
+from .limits import DEFAULT_INFLATE_RATIO, INFLATE_SLACK_BYTES
 from .protocol import is_status_shaped
 from .windows import ONE_MS, ExportWindow
 

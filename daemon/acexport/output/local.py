@@ -18,8 +18,8 @@ from contextlib import AsyncExitStack
 from pathlib import Path, PurePosixPath
 
 from ..errors import SinkError
-from ..output import MANIFEST_SUFFIX, Manifest, manifest_key
-from ..payload import create_new, temp_stem
+from ..payload.tempfiles import create_new, temp_stem
+from .manifest import MANIFEST_SUFFIX, Manifest, manifest_key
 
 
 def disk_error(action: str, path: Path, exc: OSError) -> SinkError:

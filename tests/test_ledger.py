@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from acexport.errors import StateError
-from acexport.state import StateStore, ledger_path
+from acexport.ledger import Ledger, ledger_path
 from acexport.windows import ExportWindow
 
 DAY1 = ExportWindow(datetime(2022, 1, 1, tzinfo=UTC), datetime(2022, 1, 2, tzinfo=UTC))
@@ -22,27 +22,27 @@ DAY3 = ExportWindow(datetime(2022, 1, 3, tzinfo=UTC), datetime(2022, 1, 4, tzinf
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> StateStore:
-    store = await StateStore.open(tmp_path / "state.sqlite3")
-    yield store  # type: ignore[misc]
-    await store.close()
+async def ledger(tmp_path: Path) -> Ledger:
+    ledger = await Ledger.open(tmp_path / "state.sqlite3")
+    yield ledger  # type: ignore[misc]
+    await ledger.close()
 
 
-async def test_planning_twice_records_each_window_once(store: StateStore) -> None:
+async def test_planning_twice_records_each_window_once(ledger: Ledger) -> None:
     """Planning the same windows again adds no rows."""
-    first = await store.plan("nightly", "acme", ["page", "event"], [DAY1, DAY2])
-    again = await store.plan("nightly", "acme", ["page", "event"], [DAY1, DAY2])
+    first = await ledger.plan("nightly", "acme", ["page", "event"], [DAY1, DAY2])
+    again = await ledger.plan("nightly", "acme", ["page", "event"], [DAY1, DAY2])
     assert len(first) == 4
     assert [r.id for r in again] == [r.id for r in first]
-    assert len(await store.all_rows()) == 4
+    assert len(await ledger.all_rows()) == 4
 
 
-async def test_done_windows_are_not_planned_again(store: StateStore) -> None:
+async def test_done_windows_are_not_planned_again(ledger: Ledger) -> None:
     """A done row is never returned for export again; a failed one is re-queued."""
-    done, failed = await store.plan("nightly", "acme", ["page"], [DAY1, DAY2])
-    await store.claim(done.id, time.time())
-    await store.mark_ready(done.id, "2022-06-29T17:50:46.824Z")
-    await store.mark_done(
+    done, failed = await ledger.plan("nightly", "acme", ["page"], [DAY1, DAY2])
+    await ledger.claim(done.id, time.time())
+    await ledger.mark_ready(done.id, "2022-06-29T17:50:46.824Z")
+    await ledger.mark_done(
         done.id,
         destination="/x",
         records=1,
@@ -51,30 +51,30 @@ async def test_done_windows_are_not_planned_again(store: StateStore) -> None:
         requests=3,
         created_date="c",
     )
-    await store.claim(failed.id, time.time())
-    await store.mark_failed(failed.id, "AuthError: 401")
-    replanned = await store.plan("nightly", "acme", ["page"], [DAY1, DAY2])
+    await ledger.claim(failed.id, time.time())
+    await ledger.mark_failed(failed.id, "AuthError: 401")
+    replanned = await ledger.plan("nightly", "acme", ["page"], [DAY1, DAY2])
     assert [(r.id, r.state) for r in replanned] == [(failed.id, "queued")]
-    row = await store.get(failed.id)
+    row = await ledger.get(failed.id)
     assert row is not None
     assert row.attempts == 1
 
 
-async def test_active_rows_resume_ready_then_submitted_then_queued(store: StateStore) -> None:
+async def test_active_rows_resume_ready_then_submitted_then_queued(ledger: Ledger) -> None:
     """After a restart, ready downloads come first, then the submitted export, then the queue."""
-    queued, submitted, ready = await store.plan(
+    queued, submitted, ready = await ledger.plan(
         "j", "acme", ["page"], [DAY1, DAY2, ExportWindow(DAY2.end, DAY2.end + timedelta(days=1))]
     )
-    await store.claim(submitted.id, time.time())
-    await store.claim(ready.id, time.time())
-    await store.mark_ready(ready.id, None)
-    assert [r.id for r in await store.active()] == [ready.id, submitted.id, queued.id]
+    await ledger.claim(submitted.id, time.time())
+    await ledger.claim(ready.id, time.time())
+    await ledger.mark_ready(ready.id, None)
+    assert [r.id for r in await ledger.active()] == [ready.id, submitted.id, queued.id]
 
 
-async def test_readonly_reader_sees_the_writer(store: StateStore, tmp_path: Path) -> None:
+async def test_readonly_reader_sees_the_writer(ledger: Ledger, tmp_path: Path) -> None:
     """`status` opens the database read-only beside a running daemon (WAL)."""
-    await store.plan("j", "acme", ["page"], [DAY1])
-    reader = await StateStore.open(tmp_path / "state.sqlite3", readonly=True)
+    await ledger.plan("j", "acme", ["page"], [DAY1])
+    reader = await Ledger.open(tmp_path / "state.sqlite3", readonly=True)
     try:
         assert len(await reader.all_rows()) == 1
     finally:
@@ -84,8 +84,8 @@ async def test_readonly_reader_sees_the_writer(store: StateStore, tmp_path: Path
 async def test_schema_is_versioned_and_newer_is_refused(tmp_path: Path) -> None:
     """The schema version is recorded; a database from a newer acexport is refused."""
     path = tmp_path / "state.sqlite3"
-    store = await StateStore.open(path)
-    await store.close()
+    ledger = await Ledger.open(path)
+    await ledger.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 2
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -94,7 +94,7 @@ async def test_schema_is_versioned_and_newer_is_refused(tmp_path: Path) -> None:
         db.execute("PRAGMA user_version = 99")
         db.commit()
     with pytest.raises(StateError, match=f"{path} is schema version 99, newer"):
-        await StateStore.open(path)
+        await Ledger.open(path)
 
 
 async def test_ledger_is_private_whatever_the_umask(tmp_path: Path) -> None:
@@ -105,8 +105,8 @@ async def test_ledger_is_private_whatever_the_umask(tmp_path: Path) -> None:
     try:
         state_dir = tmp_path / "state"
         take_lock(state_dir).close()
-        store = await StateStore.open(ledger_path(state_dir))
-        await store.close()
+        ledger = await Ledger.open(ledger_path(state_dir))
+        await ledger.close()
     finally:
         os.umask(old)
     assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
@@ -130,7 +130,7 @@ def test_a_lock_file_that_is_a_link_is_refused_not_truncated(tmp_path: Path) -> 
 
 def test_malformed_database_is_not_called_a_full_disk(tmp_path: Path) -> None:
     """'(disk full?)' is only added for writes that failed, not for a corrupt file."""
-    from acexport.state import _describe_db_error
+    from acexport.ledger import _describe_db_error
 
     corrupt = sqlite3.DatabaseError("database disk image is malformed")
     assert "disk full" not in str(_describe_db_error(tmp_path / "x", corrupt))
@@ -138,101 +138,101 @@ def test_malformed_database_is_not_called_a_full_disk(tmp_path: Path) -> None:
     assert "(disk full?)" in str(_describe_db_error(tmp_path / "x", full))
 
 
-async def test_implausible_spans_are_not_learned(store: StateStore) -> None:
+async def test_implausible_spans_are_not_learned(ledger: Ledger) -> None:
     """A submit-to-ready span of 30 days (a wall-clock jump) is not a processing time."""
-    (record,) = await store.plan("job", "acme", ["page"], [DAY1])
-    await store.claim(record.id, time.time())
-    await _submitted_ago(store, record.id, 30 * 86400)
-    await store.mark_ready(record.id, None)
-    assert await store.expected_processing_s("acme", "page") is None
-    assert await store.similar_processing_s("acme", "page") is None
+    (record,) = await ledger.plan("job", "acme", ["page"], [DAY1])
+    await ledger.claim(record.id, time.time())
+    await _submitted_ago(ledger, record.id, 30 * 86400)
+    await ledger.mark_ready(record.id, None)
+    assert await ledger.expected_processing_s("acme", "page") is None
+    assert await ledger.similar_processing_s("acme", "page") is None
 
 
-async def test_rows_ending_after_leave_out_older_windows(store: StateStore) -> None:
+async def test_rows_ending_after_leave_out_older_windows(ledger: Ledger) -> None:
     """The status page reads only the windows that end after its horizon."""
-    await store.plan("job", "acme", ["page"], [DAY1, DAY2])
-    later = await store.rows_ending_after(DAY1.end)
+    await ledger.plan("job", "acme", ["page"], [DAY1, DAY2])
+    later = await ledger.rows_ending_after(DAY1.end)
     assert [row.start for row in later] == [DAY2.start]
-    assert len(await store.rows_ending_after(DAY1.start)) == 2
+    assert len(await ledger.rows_ending_after(DAY1.start)) == 2
 
 
 async def test_claim_submits_or_keeps_fresh_ready_data_and_skips_finished_rows(
-    store: StateStore,
+    ledger: Ledger,
 ) -> None:
     """One statement decides: fresh ready data stays ready; stale is resubmitted; done is None."""
-    fresh, stale, finished = await store.plan(
+    fresh, stale, finished = await ledger.plan(
         "j", "acme", ["page"], [DAY1, DAY2, ExportWindow(DAY2.end, DAY2.end + timedelta(days=1))]
     )
     for record in (fresh, stale, finished):
-        await store.claim(record.id, time.time())
-        await store.mark_ready(record.id, None)
-    await store.mark_failed(finished.id, "x")
-    await store.plan("j", "acme", ["page"], [])  # nothing re-queued
-    kept = await store.claim(fresh.id, time.time() - 3600)
+        await ledger.claim(record.id, time.time())
+        await ledger.mark_ready(record.id, None)
+    await ledger.mark_failed(finished.id, "x")
+    await ledger.plan("j", "acme", ["page"], [])  # nothing re-queued
+    kept = await ledger.claim(fresh.id, time.time() - 3600)
     assert kept is not None
     assert (kept.state, kept.attempts) == ("ready", 1)
-    again = await store.claim(stale.id, time.time() + 1)  # ready before "now + 1": stale
+    again = await ledger.claim(stale.id, time.time() + 1)  # ready before "now + 1": stale
     assert again is not None
     assert (again.state, again.attempts) == ("submitted", 2)
-    assert await store.claim(finished.id, time.time()) is None
+    assert await ledger.claim(finished.id, time.time()) is None
 
 
-async def _submitted_ago(store: StateStore, export_id: int, seconds: float) -> None:
+async def _submitted_ago(ledger: Ledger, export_id: int, seconds: float) -> None:
     """A processing span of a known length, not of however long the test took."""
-    await store._db.execute(
+    await ledger._db.execute(
         "UPDATE exports SET submitted_at = ? WHERE id = ?", (time.time() - seconds, export_id)
     )
 
 
 async def test_the_expected_time_follows_new_ready_rows_without_asking_the_ledger(
-    store: StateStore,
+    ledger: Ledger,
 ) -> None:
     """Read once per workspace and type; rows becoming ready update it in memory."""
-    first, second, third = await store.plan("j", "acme", ["page"], [DAY1, DAY2, DAY3])
+    first, second, third = await ledger.plan("j", "acme", ["page"], [DAY1, DAY2, DAY3])
     for record, span in ((first, 10.0), (second, 30.0)):
-        await store.claim(record.id, time.time())
-        await _submitted_ago(store, record.id, span)
-        await store.mark_ready(record.id, None)
-    assert await store.expected_processing_s("acme", "page") == pytest.approx(30.0, abs=1)
-    assert await store.similar_processing_s("acme", "event") == pytest.approx(30.0, abs=1)
+        await ledger.claim(record.id, time.time())
+        await _submitted_ago(ledger, record.id, span)
+        await ledger.mark_ready(record.id, None)
+    assert await ledger.expected_processing_s("acme", "page") == pytest.approx(30.0, abs=1)
+    assert await ledger.similar_processing_s("acme", "event") == pytest.approx(30.0, abs=1)
     statements: list[str] = []
-    await store._db.set_trace_callback(statements.append)
-    await store.claim(third.id, time.time())
-    await _submitted_ago(store, third.id, 20.0)
-    await store.mark_ready(third.id, None)
-    assert await store.expected_processing_s("acme", "page") == pytest.approx(20.0, abs=1)
-    assert await store.similar_processing_s("acme", "event") == pytest.approx(20.0, abs=1)
+    await ledger._db.set_trace_callback(statements.append)
+    await ledger.claim(third.id, time.time())
+    await _submitted_ago(ledger, third.id, 20.0)
+    await ledger.mark_ready(third.id, None)
+    assert await ledger.expected_processing_s("acme", "page") == pytest.approx(20.0, abs=1)
+    assert await ledger.similar_processing_s("acme", "event") == pytest.approx(20.0, abs=1)
     assert not [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
     # What was learned in memory is what a fresh read of the ledger says.
-    again = await StateStore.open(store.path)
+    again = await Ledger.open(ledger.path)
     assert await again.expected_processing_s("acme", "page") == pytest.approx(20.0, abs=1)
     await again.close()
 
 
-async def test_the_expected_time_is_the_median_of_the_newest_five(store: StateStore) -> None:
+async def test_the_expected_time_is_the_median_of_the_newest_five(ledger: Ledger) -> None:
     """Older spans drop out, whether read from the ledger or learned as rows become ready."""
     days = [
         ExportWindow(DAY1.start + timedelta(days=i), DAY1.end + timedelta(days=i)) for i in range(8)
     ]
-    records = await store.plan("j", "acme", ["page"], days)
+    records = await ledger.plan("j", "acme", ["page"], days)
     for record, span in zip(records[:7], [100, 100, 100, 1, 2, 3, 4], strict=True):
-        await store.claim(record.id, time.time())
-        await _submitted_ago(store, record.id, span)
-        await store.mark_ready(record.id, None)
-    assert await store.expected_processing_s("acme", "page") == pytest.approx(3, abs=0.5)
-    read = await StateStore.open(store.path)
+        await ledger.claim(record.id, time.time())
+        await _submitted_ago(ledger, record.id, span)
+        await ledger.mark_ready(record.id, None)
+    assert await ledger.expected_processing_s("acme", "page") == pytest.approx(3, abs=0.5)
+    read = await Ledger.open(ledger.path)
     assert await read.expected_processing_s("acme", "page") == pytest.approx(3, abs=0.5)
     await read.close()
-    await store.claim(records[7].id, time.time())
-    await _submitted_ago(store, records[7].id, 0.5)
-    await store.mark_ready(records[7].id, None)  # 100 drops out: 1 2 3 4 0.5
-    assert await store.expected_processing_s("acme", "page") == pytest.approx(2, abs=0.3)
-    assert await store.similar_processing_s("beta", "page") == pytest.approx(2, abs=0.3)
+    await ledger.claim(records[7].id, time.time())
+    await _submitted_ago(ledger, records[7].id, 0.5)
+    await ledger.mark_ready(records[7].id, None)  # 100 drops out: 1 2 3 4 0.5
+    assert await ledger.expected_processing_s("acme", "page") == pytest.approx(2, abs=0.3)
+    assert await ledger.similar_processing_s("beta", "page") == pytest.approx(2, abs=0.3)
 
 
 async def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
     """A ledger of the previous release gets the new index and keeps its rows."""
-    from acexport.state import _MIGRATIONS
+    from acexport.ledger import _MIGRATIONS
 
     path = tmp_path / "state.sqlite3"
     with contextlib.closing(sqlite3.connect(path)) as db:
@@ -243,30 +243,30 @@ async def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
             "'2022-01-02T00:00:00.000Z', 'j', 'queued', 0, 0)"
         )
         db.commit()
-    store = await StateStore.open(path)
-    assert len(await store.all_rows()) == 1
-    await store.close()
+    ledger = await Ledger.open(path)
+    assert len(await ledger.all_rows()) == 1
+    await ledger.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 async def test_the_first_export_of_a_kind_is_guessed_from_similar_ones(
-    store: StateStore,
+    ledger: Ledger,
 ) -> None:
     """No history for (workspace, type): the type elsewhere, else the workspace's others."""
-    (other,) = await store.plan("j", "beta", ["page"], [DAY1])
-    await store.claim(other.id, time.time())
-    await _submitted_ago(store, other.id, 10.0)
-    await store.mark_ready(other.id, None)
-    took = await store.expected_processing_s("beta", "page")
+    (other,) = await ledger.plan("j", "beta", ["page"], [DAY1])
+    await ledger.claim(other.id, time.time())
+    await _submitted_ago(ledger, other.id, 10.0)
+    await ledger.mark_ready(other.id, None)
+    took = await ledger.expected_processing_s("beta", "page")
     assert took is not None
-    assert await store.expected_processing_s("acme", "page") is None  # not its own history
-    assert await store.similar_processing_s("acme", "page") == took  # the type elsewhere
-    assert await store.similar_processing_s("beta", "event") == took  # the workspace's other
-    assert await store.similar_processing_s("acme", "event") is None
+    assert await ledger.expected_processing_s("acme", "page") is None  # not its own history
+    assert await ledger.similar_processing_s("acme", "page") == took  # the type elsewhere
+    assert await ledger.similar_processing_s("beta", "event") == took  # the workspace's other
+    assert await ledger.similar_processing_s("acme", "event") is None
 
 
-async def test_a_thousand_jobs_planned_at_once_share_the_ledger(store: StateStore) -> None:
+async def test_a_thousand_jobs_planned_at_once_share_the_ledger(ledger: Ledger) -> None:
     """Concurrent looks (the scheduler starts every job at once) never misuse the connection.
 
     A statement's cursor released on the event loop's thread reset a cached statement
@@ -275,10 +275,10 @@ async def test_a_thousand_jobs_planned_at_once_share_the_ledger(store: StateStor
     import asyncio
 
     async def look(n: int) -> int:
-        records = await store.plan(f"job{n}", f"ws{n:04d}", ["page", "event"], [DAY1, DAY2])
+        records = await ledger.plan(f"job{n}", f"ws{n:04d}", ["page", "event"], [DAY1, DAY2])
         found = [("page", DAY1, f"/out/ws{n:04d}/page")]
-        return len(records) + await store.adopt_stored(f"job{n}", f"ws{n:04d}", found)
+        return len(records) + await ledger.adopt_stored(f"job{n}", f"ws{n:04d}", found)
 
     counts = await asyncio.gather(*(look(n) for n in range(1000)))
     assert counts == [4 + 1] * 1000  # four queued, then one of them found done
-    assert len(await store.active()) == 3000
+    assert len(await ledger.active()) == 3000

@@ -28,25 +28,25 @@ from zoneinfo import ZoneInfo
 import structlog
 from pydantic import SecretStr
 
-from .api import new_session
+from .client import new_session
 from .config import JobSettings, Settings, load_settings, resolve_tokens
-from .errors import ConfigError, StateError, StoreRejected, StoreUnavailable
+from .errors import ConfigError, StateError
 from .events import Observers, Tally
 from .export import Timing
 from .lane import Lane, LaneContext
-from .listener import HealthServer
+from .ledger import ExportRecord, Ledger, LedgerState, ledger_path
 from .lock import take_lock
-from .metrics import Health, Metrics
-from .notify import SystemdNotifier
-from .observability import register_secret
-from .output import OutputStore
-from .planner import due_windows
+from .ops.health import Health
+from .ops.logging import register_secret
+from .ops.metrics import Metrics
+from .ops.notify import SystemdNotifier
+from .ops.server import HealthServer
+from .ops.statuspage import LaneView, build_view, horizon_start, render
+from .output.open import open_store
+from .output.sink import Sink
+from .output.store import OutputStore
+from .planner import Planner
 from .scheduler import Scheduler, utc_now
-from .sink import Sink
-from .state import ExportRecord, LedgerState, StateStore, ledger_path
-from .statuspage import LaneView, build_view, horizon_start, render
-from .stored import adopt_stored
-from .stores import open_store
 from .windows import ExportWindow
 
 log = structlog.get_logger("acexport.service")
@@ -82,9 +82,9 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._wake = asyncio.Event()  # a stop or a reload was asked for
-        self._store: StateStore
+        self._ledger: Ledger
         self._output: OutputStore
-        self._listed: set[str] = set()  # jobs whose windows were looked for in the output store
+        self._planner: Planner
         self._ctx: LaneContext
         self._scheduler = Scheduler(self._look, clock)
         self.metrics = Metrics()
@@ -117,10 +117,11 @@ class Daemon:
         """Start each component in order; each registers its own cleanup on the stack."""
         daemon, stack = self._settings.daemon, self._stack
         stack.callback(take_lock(daemon.state_dir).close)
-        self._store = await StateStore.start(ledger_path(daemon.state_dir), stack)
+        self._ledger = await Ledger.start(ledger_path(daemon.state_dir), stack)
         temp_dir = daemon.state_dir / "tmp"
         self._output = open_store(self._settings, temp_dir)
         await self._output.start(stack)
+        self._planner = Planner(self._ledger, self._output, lambda: self._settings, self._clock)
         sink = Sink(
             temp_dir,
             self._settings.output.compression,
@@ -133,7 +134,7 @@ class Daemon:
         )
         self._ctx = LaneContext(
             session=session,
-            store=self._store,
+            ledger=self._ledger,
             sink=sink,
             settings=lambda: self._settings,
             timing=lambda: Timing.from_settings(self._settings.http),
@@ -147,7 +148,7 @@ class Daemon:
         self._scheduler.start(stack)  # stopped before the lanes: no look after that
         self._apply_lanes()
         for job in self._settings.jobs:  # before resuming: what is stored needs no export
-            await self._adopt_stored(job, self._due(job))
+            await self._planner.adopt(job, self._planner.due(job))
         await self._resume()
         await self._start_loops(stack)
         self._notifier.notify(ready=1, status=self._status_line())
@@ -160,7 +161,7 @@ class Daemon:
         )
 
     async def _resume(self) -> None:
-        resumed = await self._store.active()
+        resumed = await self._ledger.active()
         self._enqueue(resumed)
         if resumed:
             log.info("exports_resumed", count=len(resumed))
@@ -233,53 +234,30 @@ class Daemon:
         return added
 
     # -- planning --------------------------------------------------------------
-    def _due(self, job: JobSettings) -> list[ExportWindow]:
-        return due_windows(job, self._settings.workspaces[job.workspace].zone, self._clock())
-
     async def _look(self, job: JobSettings) -> None:
         try:
-            # Listed once per job (at start, or when a reload changes it): afterwards
-            # this daemon, holding the state dir, is what writes its windows.
-            await self.plan(
-                job, self._due(job), look_in_store=self._job_key(job) not in self._listed
-            )
+            look = await self._planner.look(job)
         except StateError as exc:
             self.fail(exc)
-
-    @staticmethod
-    def _job_key(job: JobSettings) -> str:
-        return job.model_dump_json()
-
-    async def _adopt_stored(self, job: JobSettings, windows: list[ExportWindow]) -> None:
-        """Windows whose manifest the output store holds are done (one listing per type).
-
-        If the store cannot be listed now, the windows are exported anyway: a commit
-        replaces what is there, never duplicates it. The next look lists again.
-        """
-        try:
-            await adopt_stored(self._store, self._output, self._settings.layout(), job, windows)
-        except (StoreRejected, StoreUnavailable) as exc:
-            log.warning("output_store_not_listed", job=job.name, error=str(exc))
             return
-        self._listed.add(self._job_key(job))
+        self._queue(job, look.records, look.due)
 
-    async def plan(
-        self, job: JobSettings, windows: list[ExportWindow], *, look_in_store: bool = True
-    ) -> list[ExportRecord]:
-        """Queue ``windows`` of ``job`` (those the output store lacks, if it is looked in)."""
-        if look_in_store:
-            await self._adopt_stored(job, windows)
-        records = await self._store.plan(job.name, job.workspace, job.types, windows)
+    async def plan(self, job: JobSettings, windows: list[ExportWindow]) -> list[ExportRecord]:
+        """Queue ``windows`` of ``job`` (those the output store lacks)."""
+        records = await self._planner.plan(job, windows)
+        self._queue(job, records, len(windows) * len(job.types))
+        return records
+
+    def _queue(self, job: JobSettings, records: list[ExportRecord], due: int) -> None:
         lane = self._lanes[self._lane_of[job.workspace]]
         if lane.auth_failure and any(r.state is LedgerState.QUEUED for r in records):
             lane.clear_auth_failure()  # a new look tries the token again
         added = self._enqueue(records)
-        log.info("job_looked", job=job.name, due=len(windows) * len(job.types), queued=added)
-        return records
+        log.info("job_looked", job=job.name, due=due, queued=added)
 
     async def _pick_up(self) -> None:
         """Adopt rows queued by someone else (``acexport backfill``)."""
-        self._enqueue(await self._store.active())
+        self._enqueue(await self._ledger.active())
 
     # -- running ---------------------------------------------------------------
     def _scheduled_jobs(self) -> list[tuple[JobSettings, ZoneInfo]]:
@@ -364,7 +342,7 @@ class Daemon:
 
     async def _refresh_backlog(self) -> None:
         now = self._clock().timestamp()
-        oldest = await self._store.oldest_unfinished_by_job()
+        oldest = await self._ledger.oldest_unfinished_by_job()
         for job in self._settings.jobs:
             end = oldest.get(job.name)
             self.metrics.oldest_missing.labels(job.name).set(max(0.0, now - end) if end else 0)
@@ -373,7 +351,7 @@ class Daemon:
 
     async def _horizon_rows(self) -> list[ExportRecord]:
         """Ledger rows of the windows the jobs can still have due (not years of history)."""
-        return await self._store.rows_ending_after(horizon_start(self._settings, self._clock()))
+        return await self._ledger.rows_ending_after(horizon_start(self._settings, self._clock()))
 
     async def status_page(self) -> str:
         """The status page, from the ledger and the lanes as they are now."""

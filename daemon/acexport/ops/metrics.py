@@ -1,16 +1,12 @@
-"""Prometheus metrics and health, and the /healthz and /metrics HTTP endpoints.
-
-Both observe the lanes' events (``events.LaneObserver``); gauges that describe
-the present (queue depths) are read from the lanes at scrape.
+"""Prometheus metrics: they observe the lanes' events (``events.LaneObserver``);
+gauges that describe the present (queue depths) are read from the lanes at scrape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -23,52 +19,11 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from . import __version__
-from .events import ExportEnded, LaneObserver
+from .. import __version__
+from ..events import ExportEnded, LaneObserver
 
 if TYPE_CHECKING:
     from .statuspage import StatusView
-
-# A lane whose last this-many exports all failed makes /healthz answer 503.
-FAILURES_BEFORE_UNHEALTHY = 5
-
-
-OUTPUT_STORE = "output store"
-
-
-@dataclass
-class Health(LaneObserver):
-    """What /healthz answers: healthy unless stopping, a token is rejected, or a lane
-    keeps failing."""
-
-    stopping: bool = False
-    problems: dict[str, str] = field(default_factory=dict)
-    _failures_in_a_row: dict[str, int] = field(default_factory=dict)
-
-    def export_ended(self, event: ExportEnded) -> None:
-        if event.ok:
-            self._failures_in_a_row.pop(event.lane, None)
-            self.problems.pop(event.lane, None)
-            self.problems.pop(OUTPUT_STORE, None)
-            return
-        if event.store_rejected:
-            # Every lane writes there: one problem, named at once, not per lane.
-            self.problems[OUTPUT_STORE] = event.reason or "the output store refused"
-            return
-        count = self._failures_in_a_row.get(event.lane, 0) + 1
-        self._failures_in_a_row[event.lane] = count
-        if event.token_rejected:
-            # No retry can help: name the token at once, not after five failures.
-            self.problems[event.lane] = event.reason or "the token was rejected"
-        elif count >= FAILURES_BEFORE_UNHEALTHY:
-            self.problems[event.lane] = f"the last {count} exports failed; last: {event.reason}"
-
-    def report(self) -> tuple[int, dict[str, Any]]:
-        if self.stopping:
-            return 503, {"status": "stopping"}
-        if self.problems:
-            return 503, {"status": "failing", "problems": dict(self.problems)}
-        return 200, {"status": "ok"}
 
 
 class Metrics(LaneObserver):
@@ -203,27 +158,3 @@ class _LaneCollector(Collector):
             depth.add_metric([lane.key], lane.depth)
             in_flight.add_metric([lane.key], lane.in_flight)
         return [depth, in_flight]
-
-
-def health_app(
-    health: Health, metrics: Metrics, status_page: Callable[[], Awaitable[str]] | None = None
-) -> web.Application:
-    async def healthz(_: web.Request) -> web.Response:
-        status, body = health.report()
-        return web.json_response(body, status=status)
-
-    async def metrics_route(_: web.Request) -> web.Response:
-        return web.Response(
-            body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
-        )
-
-    async def status_route(_: web.Request) -> web.Response:
-        assert status_page is not None
-        return web.Response(text=await status_page(), content_type="text/html")
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_route)
-    if status_page is not None:
-        app.router.add_get("/", status_route)
-    return app

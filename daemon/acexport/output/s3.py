@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from ..errors import ConfigError, StoreRejected, StoreUnavailable
-from ..output import MANIFEST_SUFFIX, Manifest, manifest_key
+from .manifest import MANIFEST_SUFFIX, Manifest, manifest_key
 
 log = structlog.get_logger("acexport.s3")
 

@@ -19,8 +19,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from .errors import PayloadError
-from .protocol import is_status_shaped
+from ..errors import PayloadError
+from ..protocol import is_status_shaped
 
 Write = Callable[[list[bytes]], None]
 MAX_RECORD_BYTES = 64 * 1024 * 1024  # one record bigger than this is not AC data

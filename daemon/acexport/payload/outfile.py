@@ -1,0 +1,165 @@
+"""The output temp file: compressed or not, written by a thread of its own."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, cast
+
+from ..formats import Compression
+from . import codec
+from .tempfiles import create_new
+
+_QUEUED_BATCHES = 2  # between the producer and the writer thread: bounds memory
+
+
+_THREAD_AFTER_BYTES = 4 << 20  # output written before a writer thread is worth starting
+
+
+# Output handed to the writer thread at a time: each hand-off is a GIL and condition
+# round trip, which at one per inflated piece (~300 KB) cost more than the writing.
+_HANDOFF_BYTES = 1 << 20
+
+
+def _writeback_starter() -> Callable[[int, int, int, int], int] | None:
+    """Linux's sync_file_range(2), which os does not expose; None elsewhere."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
+
+
+# Asking the kernel to start writing each batch back at once (SYNC_FILE_RANGE_WRITE,
+# which does not wait) keeps dirty pages few: writes no longer stall on dirty-page
+# throttling, and the final fsync finds almost nothing left to do. Measured here:
+# 1 GiB written and fsynced in 0.4 s steadily, against 0.6 to 3.2 s without.
+_sync_file_range = _writeback_starter()
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+_IOV_MAX = 1024
+
+
+class OutputFile:
+    """The NDJSON output temp file, compressed (gzip, zstd) or not.
+
+    Compressing and writing run in a thread of their own, fed through a short
+    queue, so they overlap whatever produces the lines (inflating a ZIP member,
+    checking lines); an error there is raised in the producer's next call.
+    """
+
+    def __init__(self, path: Path, compression: Compression) -> None:
+        self.path = path
+        self._file: IO[bytes] | None = None  # created by ``open``, in a worker thread
+        self._compressor: codec.Compressor | None = None
+        if compression == Compression.GZIP:
+            self._compressor = codec.gzip_compressor()
+        elif compression == Compression.ZSTD:
+            self._compressor = codec.zstd_compressor()
+        self._written = 0
+        self._queue: queue.Queue[list[bytes] | None] | None = None  # with the first write
+        self._gathered: list[bytes] = []  # for the writer thread, until _HANDOFF_BYTES
+        self._gathered_bytes = 0
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def open(self) -> None:
+        """Create the temp file (and its directory, if someone removed it)."""
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = create_new(self.path, buffering=0)
+
+    def write_many(self, chunks: list[bytes]) -> None:
+        """Queue the chunks (in order) for the writer thread; memory stays bounded.
+
+        Small outputs are written at once: a thread per export would cost more than
+        it overlaps, with hundreds of small exports in flight.
+        """
+        self._raise_failure()
+        if self._queue is None and self._written < _THREAD_AFTER_BYTES:
+            self._write(chunks)
+            return
+        if self._queue is None:
+            self._queue = queue.Queue(_QUEUED_BATCHES)
+            self._thread = threading.Thread(target=self._drain, name="acexport-write", daemon=True)
+            self._thread.start()
+        self._gathered += chunks
+        self._gathered_bytes += sum(map(len, chunks))
+        if self._gathered_bytes >= _HANDOFF_BYTES:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        assert self._queue is not None
+        if self._gathered:
+            self._queue.put(self._gathered)
+            self._gathered, self._gathered_bytes = [], 0
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while (chunks := self._queue.get()) is not None:
+            if self._error is None:  # after a failure, only empty the queue
+                try:
+                    self._write(chunks)
+                except BaseException as exc:  # handed to the producer's thread
+                    self._error = exc
+
+    def _stop(self) -> None:
+        if self._thread is not None and self._queue is not None:
+            self._hand_off()
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _write(self, chunks: list[bytes]) -> None:
+        """Write the chunks in order, without joining them first (one copy fewer)."""
+        if self._compressor is not None:
+            chunks = [self._compressor.compress(chunk) for chunk in chunks]
+        chunks = [chunk for chunk in chunks if chunk]
+        if not chunks:
+            return
+        assert self._file is not None, "open() comes first"
+        fd = self._file.fileno()
+        total = sum(map(len, chunks))
+        done = 0
+        for start in range(0, len(chunks), _IOV_MAX):
+            done += os.writev(fd, chunks[start : start + _IOV_MAX])
+        if done < total:
+            # A short write (file size limit, full disk): write the rest plainly, so
+            # the error, if any, is raised with its errno.
+            self._file.write(b"".join(chunks)[done:])
+        if _sync_file_range is not None:
+            _sync_file_range(fd, self._written, total, _SYNC_FILE_RANGE_WRITE)
+        self._written += total
+
+    def close(self) -> None:
+        self._stop()
+        self._raise_failure()
+        self.open()  # an export with no records is an empty file
+        assert self._file is not None
+        if self._compressor is not None:
+            self._file.write(self._compressor.flush())
+            self._compressor = None
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def discard(self) -> None:
+        self._gathered, self._gathered_bytes = [], 0  # not worth writing now
+        self._stop()
+        self._error = None
+        if self._file is not None:
+            self._file.close()
+            self.path.unlink(missing_ok=True)

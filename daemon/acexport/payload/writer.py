@@ -1,0 +1,161 @@
+"""A payload's bytes: sniffed, hashed as served, converted to NDJSON in a temp file.
+
+The format is sniffed from the first bytes (never from a name): NDJSON passes
+through, a JSON array is split into NDJSON lines while streaming, a ZIP's
+members are inflated while it streams (or, if that cannot be, spooled and
+converted once complete; see zip.py). ``payload_*`` fields describe the served
+bytes; the output file (outfile.py) is NDJSON, optionally compressed.
+Everything here blocks: the sink runs it in worker threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import PayloadError, PayloadTooLarge
+from ..formats import Compression
+from ..limits import PayloadLimits
+from .outfile import OutputFile
+from .records import ArrayToLines, LineChecks, NdjsonLines
+from .sniff import BOM, WHITESPACE, start_of
+from .tempfiles import temp_stem
+from .zip import StreamedZip
+
+
+@dataclass(frozen=True)
+class PayloadSummary:
+    """A finished payload: the output temp file and what the served bytes were."""
+
+    path: Path
+    records: int
+    payload_bytes: int
+    payload_sha256: str
+    format: str
+
+
+class PayloadWriter:
+    """One download's bytes: hashed as served, converted to the output temp file.
+
+    Its methods block. ``digest`` and ``convert`` touch disjoint state, so one
+    thread may hash a batch while another converts and writes it. For raw JSON
+    Lines, the per-line checks (UTF-8, line shape) run with the hashing, so
+    writing does not wait for them.
+    """
+
+    def __init__(
+        self, temp_dir: Path, compression: Compression, limits: PayloadLimits | None = None
+    ) -> None:
+        stem = temp_stem()
+        self._limits = limits or PayloadLimits()
+        self._out = OutputFile(temp_dir / f"{stem}.part", compression)
+        self._spool_path = temp_dir / f"{stem}.spool"
+        self._sha = hashlib.sha256()
+        self.payload_bytes = 0
+        self._head = b""
+        self._converter: NdjsonLines | ArrayToLines | StreamedZip | None = None
+        self.format = "unknown"
+        # The hashing side's own view of the start, to know whether lines need checks.
+        self._digest_head: bytes | None = b""
+        self._checks: LineChecks | None = None
+        self._deferred: list[bytes] = []
+
+    def defer(self, chunks: list[bytes]) -> None:
+        """Keep the last batch for ``finish`` to feed: one thread hop for both."""
+        self._deferred = chunks
+
+    def feed(self, data: bytes) -> None:
+        self.feed_many([data])
+
+    def feed_many(self, chunks: list[bytes]) -> None:
+        """Hash and convert in this thread (for batches too small to split)."""
+        self.digest(chunks)
+        self.convert(chunks)
+
+    def digest(self, chunks: list[bytes]) -> None:
+        for data in chunks:
+            self._sha.update(data)
+            self.payload_bytes += len(data)
+        if self.payload_bytes > self._limits.max_bytes:
+            raise PayloadTooLarge(
+                f"the payload is larger than http.max_payload ({self._limits.max_bytes} "
+                "bytes); nothing was kept"
+            )
+        self._check_lines(chunks)
+
+    def _check_lines(self, chunks: list[bytes]) -> None:
+        """Raw JSON Lines are checked here, sniffed as ``convert`` sniffs them."""
+        for index, data in enumerate(chunks):
+            if self._digest_head is None:
+                if self._checks is not None:
+                    self._checks.feed(data)
+                continue
+            self._digest_head += data
+            start = start_of(self._digest_head)
+            if len(start) < 4 and len(self._digest_head) < 4096:
+                continue
+            self._digest_head = None
+            if start.startswith(b"{"):
+                self._checks = LineChecks()
+                self._checks.feed(start)
+                for rest in chunks[index + 1 :]:
+                    self._checks.feed(rest)
+            return
+
+    def convert(self, chunks: list[bytes]) -> None:
+        self._out.open()
+        index = 0
+        while self._converter is None and index < len(chunks):
+            self._head += chunks[index]
+            index += 1
+            start = start_of(self._head)
+            if len(start) < 4 and len(self._head) < 4096:
+                continue  # too little to tell yet
+            self._converter = self._choose(start[:4])
+            chunks = [start, *chunks[index:]]
+            index, self._head = 0, b""
+        if self._converter is not None:
+            self._converter.feed_many(chunks[index:])
+
+    def _choose(self, magic: bytes) -> NdjsonLines | ArrayToLines | StreamedZip:
+        if magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+            self.format = "zip"
+            return StreamedZip(self._out, self._spool_path, self._limits)
+        if magic.startswith(b"["):
+            self.format = "json"
+            return ArrayToLines(self._out.write_many)
+        if magic.startswith(b"{"):
+            self.format = "ndjson"
+            return NdjsonLines(self._out.write_many)  # checked by ``digest``
+        raise PayloadError(f"the payload is not JSON, JSON Lines or ZIP (starts {magic!r})")
+
+    def finish(self) -> PayloadSummary:
+        if self._deferred:
+            deferred, self._deferred = self._deferred, []
+            self.feed_many(deferred)
+        if self._converter is None:
+            head = self._head.strip(WHITESPACE + BOM)
+            if head:
+                self._converter = self._choose(head[:4])
+                self._converter.feed_many([head])
+            else:
+                self.format = "ndjson"  # an export with no records
+        if self._digest_head and self.format == "ndjson":  # too short to sniff before
+            self._checks = LineChecks()
+            self._checks.feed(start_of(self._digest_head))
+        if self._checks is not None:
+            self._checks.finish()
+        if self._converter is not None:
+            self._converter.finish()
+        self._out.close()
+        records = self._converter.records if self._converter else 0
+        return PayloadSummary(
+            self._out.path, records, self.payload_bytes, self._sha.hexdigest(), self.format
+        )
+
+    def discard(self) -> None:
+        if isinstance(self._converter, StreamedZip):
+            self._converter.discard()
+        self._out.discard()
+        self._spool_path.unlink(missing_ok=True)
