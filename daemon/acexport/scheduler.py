@@ -30,9 +30,15 @@ def utc_now() -> datetime:
 class Scheduler:
     """Runs ``look(job)`` at start and at each of the job's scheduled times."""
 
-    def __init__(self, look: Look, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        look: Look,
+        clock: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._look = look
         self._clock = clock
+        self._sleep = sleep  # with ``clock``, what tests replace to drive time
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._jobs: dict[str, tuple[JobSettings, ZoneInfo]] = {}
 
@@ -62,7 +68,7 @@ class Scheduler:
             fire = trigger.get_next_fire_time(previous, self._clock())
             if fire is None:
                 return
-            await asyncio.sleep(max(0.0, (fire - self._clock()).total_seconds()))
+            await self._sleep(max(0.0, (fire - self._clock()).total_seconds()))
             previous = fire
             await self._safe_look(job)
 
