@@ -232,7 +232,7 @@ async def test_the_expected_time_is_the_median_of_the_newest_five(ledger: Ledger
 
 async def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
     """A ledger of the previous release gets the new index and keeps its rows."""
-    from acexport.ledger import _MIGRATIONS
+    from acexport.ledger_schema import _MIGRATIONS
 
     path = tmp_path / "state.sqlite3"
     with contextlib.closing(sqlite3.connect(path)) as db:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from acexport.config import JobSettings, Settings
 from acexport.errors import StoreUnavailable
-from acexport.ledger import ExportRecord, LedgerState
+from acexport.ledger_schema import ExportRecord, LedgerState
 from acexport.output.layout import OutputLayout
 from acexport.output.manifest import Manifest
 from acexport.output.stored import StoredWindow
@@ -217,6 +217,9 @@ class FakeStore:
 
     async def commit(self, data: Path, key: PurePosixPath, manifest: Manifest) -> str:
         raise NotImplementedError
+
+    def commit_here(self, data: Path, key: PurePosixPath, manifest: Manifest) -> str | None:
+        return None
 
     async def manifests_under(self, prefix: str) -> set[PurePosixPath]:
         self.listings += 1

@@ -393,11 +393,13 @@ def _check_status_matches(parsed: dict[str, Any], type_: str, window: ExportWind
 
 
 def _content_range_start(value: str | None) -> int:
+    """Where a ``Content-Range: bytes a-b/n`` starts; -1 when absent or unreadable."""
+    if value is None:
+        return -1
+    unit, _, rest = value.partition(" ")
     try:
-        assert value is not None
-        unit, _, rest = value.partition(" ")
         return int(rest.split("-", 1)[0]) if unit == "bytes" else -1
-    except (AssertionError, ValueError):
+    except ValueError:
         return -1
 
 

@@ -34,7 +34,8 @@ from .errors import ConfigError, StateError
 from .events import Observers, Tally
 from .export import Timing
 from .lane import Lane, LaneContext
-from .ledger import ExportRecord, Ledger, LedgerState, ledger_path
+from .ledger import Ledger, ledger_path
+from .ledger_schema import ExportRecord, LedgerState
 from .lock import take_lock
 from .ops.health import Health
 from .ops.logging import register_secret

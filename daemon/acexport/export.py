@@ -15,14 +15,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
+from zoneinfo import ZoneInfo
 
 import structlog
 
 from .client import ExportClient, ExportStatus, Payload
-from .config import HttpSettings
+from .config import HttpSettings, OutputSettings
 from .errors import (
     AuthError,
     ExportFailed,
@@ -32,6 +33,9 @@ from .errors import (
     StoreUnavailable,
     TransientError,
 )
+from .ledger import Ledger
+from .ledger_schema import ExportRecord
+from .output.layout import OutputLayout
 from .output.manifest import Manifest
 from .output.sink import Sink
 from .payload.writer import PayloadSummary, PayloadWriter
@@ -57,6 +61,15 @@ class ExportSpec:
     type: str
     window: ExportWindow
     key: PurePosixPath
+
+    @classmethod
+    def of(cls, record: ExportRecord, zone: ZoneInfo, output: OutputSettings) -> ExportSpec:
+        """A ledger row's export: its window in the workspace's zone, keyed by the layout."""
+        window = record.window(zone)
+        key = OutputLayout.from_settings(output).key_for(
+            record.workspace, record.type, record.job, window
+        )
+        return cls(record.workspace, record.type, window, key)
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,15 @@ class Timing:
 
     def plan(self) -> PollPlan:
         return PollPlan(self.poll.initial_s, self.poll.max_s, self.expected_s, self.guess_s)
+
+
+async def timing_from_history(base: Timing, ledger: Ledger, record: ExportRecord) -> Timing:
+    """``base`` with what the ledger knows: how long this kind of export took before
+    (or, for a first one, similar exports), and how long its data has been ready."""
+    expected = await ledger.expected_processing_s(record.workspace, record.type)
+    guess = None if expected else await ledger.similar_processing_s(record.workspace, record.type)
+    ready_age_s = None if record.ready_at is None else max(0.0, time.time() - record.ready_at)
+    return replace(base, expected_s=expected, guess_s=guess, ready_age_s=ready_age_s)
 
 
 @dataclass

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -31,10 +31,11 @@ from .export import (
     ExportSpec,
     Timing,
     run_export,
+    timing_from_history,
 )
-from .ledger import ExportRecord, Ledger, LedgerState
+from .ledger import Ledger
+from .ledger_schema import ExportRecord, LedgerState
 from .ops.logging import remote_text
-from .output.layout import OutputLayout
 from .output.sink import Sink
 
 log = structlog.get_logger("acexport.lane")
@@ -72,22 +73,25 @@ class _SlotHold:
 
 
 class _SlotKeeper(ExportObserver):
-    """Records AC's answers; frees the lane's slot once data is ready, and takes it
-    back before a request that may find the data expired (and so submit anew)."""
+    """Follows AC's answers; frees the lane's slot once data is ready (after
+    ``on_ready``, the lane's record of it), and takes it back before a request that
+    may find the data expired (and so submit anew)."""
 
-    def __init__(self, ledger: Ledger, record: ExportRecord, hold: _SlotHold) -> None:
-        self._ledger = ledger
-        self._record = record
+    def __init__(
+        self,
+        created_date: str | None,
+        hold: _SlotHold,
+        on_ready: Callable[[str | None], Awaitable[None]],
+    ) -> None:
+        self.created_date = created_date
         self._hold = hold
-        self.created_date = record.created_date
+        self._on_ready = on_ready
 
     async def status(self, answer: ExportStatus, next_poll_s: float) -> None:
         self.created_date = answer.created_date or self.created_date
 
     async def ready(self) -> None:
-        # Durable before the slot goes to the next export: after a crash, the
-        # ledger must not show two exports waiting on AC at once.
-        await asyncio.shield(self._ledger.mark_ready(self._record.id, self.created_date))
+        await self._on_ready(self.created_date)
         self._hold.give_back()
 
     async def may_resubmit(self) -> None:
@@ -212,11 +216,7 @@ class Lane:
         if ws is None:
             await self._failed(record, "the workspace is no longer configured")
             return
-        window = record.window(ws.zone)
-        key = OutputLayout.from_settings(settings.output).key_for(
-            record.workspace, record.type, record.job, window
-        )
-        spec = ExportSpec(record.workspace, record.type, window, key)
+        spec = ExportSpec.of(record, ws.zone, settings.output)
         try:
             outcome = await self._run_export(record, spec, settings, hold)
         except StateError:
@@ -231,7 +231,7 @@ class Lane:
             rejected = isinstance(exc, StoreRejected)
             await self._failed(record, f"{type(exc).__name__}: {exc}", store_rejected=rejected)
             return
-        await self._succeeded(record, outcome, self.ctx.sink.store.location(key))
+        await self._succeeded(record, outcome, self.ctx.sink.store.location(spec.key))
 
     async def _run_export(
         self,
@@ -249,17 +249,14 @@ class Lane:
             trust=self.trust,
             max_inflate_ratio=settings.http.max_inflate_ratio,
         )
-        expected = await self.ctx.ledger.expected_processing_s(record.workspace, record.type)
-        ready_age_s = None if record.ready_at is None else max(0.0, time.time() - record.ready_at)
-        guess = (
-            None
-            if expected
-            else await self.ctx.ledger.similar_processing_s(record.workspace, record.type)
-        )
-        timing = replace(
-            self.ctx.timing(), expected_s=expected, guess_s=guess, ready_age_s=ready_age_s
-        )
-        keeper = _SlotKeeper(self.ctx.ledger, record, hold)
+        timing = await timing_from_history(self.ctx.timing(), self.ctx.ledger, record)
+
+        async def record_ready(created_date: str | None) -> None:
+            # Durable before the slot goes to the next export: after a crash, the
+            # ledger must not show two exports waiting on AC at once.
+            await asyncio.shield(self.ctx.ledger.mark_ready(record.id, created_date))
+
+        keeper = _SlotKeeper(record.created_date, hold, record_ready)
         return await run_export(spec, client, self.ctx.sink, timing, keeper)
 
     async def _succeeded(

@@ -2,7 +2,7 @@
 
 ``due_windows`` is pure arithmetic on a job's settings and the time. A
 ``Planner`` turns a look at a job into ledger rows: it asks the output store
-once per job (the truth, design section 5) which due windows are already
+once per job (the truth: README, "Output") which due windows are already
 there, marks those done, and records the rest as queued. Looking twice
 changes nothing. Queueing rows into lanes is the daemon's business.
 """
@@ -19,7 +19,7 @@ import structlog
 
 from .config import JobSettings, Settings
 from .errors import StoreRejected, StoreUnavailable
-from .ledger import ExportRecord
+from .ledger_schema import ExportRecord
 from .output.layout import OutputLayout
 from .output.store import OutputStore
 from .output.stored import StoredWindow, stored_windows

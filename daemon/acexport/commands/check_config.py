@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..config import Settings, resolve_tokens, token_warnings
-from ..ledger import LedgerState, read_rows
+from ..ledger import read_rows
+from ..ledger_schema import LedgerState
 from ..planner import due_windows
 from ..triggers import next_looks
 from . import ExitCode

@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..config import Settings
-from ..ledger import ACTIVE, LedgerState, read_rows
+from ..ledger import read_rows
+from ..ledger_schema import ACTIVE, LedgerState
 from ..lock import lock_holder
 from ..triggers import next_looks
 from . import ExitCode

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from .. import __version__
 from ..config import Settings
-from ..ledger import ACTIVE, ExportRecord, LedgerState
+from ..ledger_schema import ACTIVE, ExportRecord, LedgerState
 from ..planner import due_windows
 
 _REFRESH_S = 30

@@ -37,12 +37,6 @@ class LocalStore:
         self.root = root.absolute()
         self.temp_dir = temp_dir
 
-    @classmethod
-    def for_file(cls, path: Path, temp_dir: Path) -> tuple[LocalStore, PurePosixPath]:
-        """A store whose root is ``path``'s directory, and the key of ``path`` in it."""
-        path = path.absolute()
-        return cls(path.parent, temp_dir), PurePosixPath(path.name)
-
     def path_of(self, key: PurePosixPath) -> Path:
         return self.root / key
 
@@ -53,10 +47,13 @@ class LocalStore:
         """Nothing to connect to; a missing root is created on the first commit."""
 
     async def commit(self, data: Path, key: PurePosixPath, manifest: Manifest) -> str:
-        return await asyncio.to_thread(self.commit_blocking, data, key, manifest)
+        return await asyncio.to_thread(self._commit, data, key, manifest)
 
-    def commit_blocking(self, data: Path, key: PurePosixPath, manifest: Manifest) -> str:
-        """``commit`` for a caller already in a worker thread (the sink, after finishing)."""
+    def commit_here(self, data: Path, key: PurePosixPath, manifest: Manifest) -> str:
+        """A local commit is file work: done in the worker thread that finished the file."""
+        return self._commit(data, key, manifest)
+
+    def _commit(self, data: Path, key: PurePosixPath, manifest: Manifest) -> str:
         return str(_commit(data, self.root, key, manifest, self.temp_dir))
 
     async def manifests_under(self, prefix: str) -> set[PurePosixPath]:

@@ -16,7 +16,7 @@ def manifest_key(key: PurePosixPath) -> PurePosixPath:
 
 @dataclass(frozen=True)
 class Manifest:
-    """The completion marker written beside each data file (design section 5).
+    """The completion marker written beside each data file (README, "Output").
 
     Its camelCase field names are AC's, and the contract with readers of the output.
     """

@@ -83,6 +83,16 @@ def _fill(path: Path, offset: int, buffer: bytearray) -> tuple[bytearray, str]:
     return part, _sha256_b64(part)
 
 
+@dataclass(frozen=True)
+class _Upload:
+    """One multipart upload in progress: the local file, its key, and the part buffers."""
+
+    data: Path
+    key: str
+    upload_id: str
+    buffers: asyncio.Queue[bytearray]
+
+
 class S3Store:
     """An ``s3://bucket/prefix`` output, through one aiobotocore client."""
 
@@ -175,6 +185,10 @@ class S3Store:
         await self._call("listing multipart uploads in", abort_all)
         return aborted
 
+    def commit_here(self, data: Path, key: PurePosixPath, manifest: Manifest) -> None:
+        """Uploads run on the event loop: the caller awaits ``commit``."""
+        return
+
     async def commit(self, data: Path, key: PurePosixPath, manifest: Manifest) -> str:
         """Upload the data, then the manifest (its existence says the data is complete)."""
         size = await asyncio.to_thread(os.path.getsize, data)
@@ -203,37 +217,11 @@ class S3Store:
                 Bucket=t.bucket, Key=key, ChecksumAlgorithm="SHA256"
             ),
         )
-        upload_id = created["UploadId"]
-        # ``concurrency`` buffers, allocated once and reused: memory stays flat
-        # (fresh part-sized allocations in worker threads grow glibc's arenas).
-        buffers: asyncio.Queue[bytearray] = asyncio.Queue()
-        for _ in range(min(t.concurrency, -(-size // t.part_size))):
-            buffers.put_nowait(bytearray(t.part_size))
-
-        async def part(number: int, offset: int) -> dict[str, Any]:
-            buffer = await buffers.get()
-            try:
-                body, checksum = await asyncio.to_thread(_fill, data, offset, buffer)
-                answer = await self._call(
-                    f"uploading part {number} of {key} to",
-                    lambda: self._client.upload_part(
-                        Bucket=t.bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=body,
-                        ChecksumAlgorithm="SHA256",
-                        ChecksumSHA256=checksum,
-                    ),
-                )
-            finally:
-                buffers.put_nowait(buffer)
-            return {"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum}
-
+        upload = _Upload(data, key, created["UploadId"], self._part_buffers(size))
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [
-                    group.create_task(part(index + 1, offset))
+                    group.create_task(self._upload_part(upload, index + 1, offset))
                     for index, offset in enumerate(range(0, size, t.part_size))
                 ]
             parts = [task.result() for task in tasks]
@@ -242,15 +230,44 @@ class S3Store:
                 lambda: self._client.complete_multipart_upload(
                     Bucket=t.bucket,
                     Key=key,
-                    UploadId=upload_id,
+                    UploadId=upload.upload_id,
                     MultipartUpload={"Parts": parts},
                 ),
             )
         except BaseException as exc:
-            await asyncio.shield(self._abort(key, upload_id))
+            await asyncio.shield(self._abort(key, upload.upload_id))
             if isinstance(exc, BaseExceptionGroup):
                 raise exc.exceptions[0] from None
             raise
+
+    def _part_buffers(self, size: int) -> asyncio.Queue[bytearray]:
+        """``concurrency`` buffers, allocated once and reused: memory stays flat
+        (fresh part-sized allocations in worker threads grow glibc's arenas)."""
+        t = self.target
+        buffers: asyncio.Queue[bytearray] = asyncio.Queue()
+        for _ in range(min(t.concurrency, -(-size // t.part_size))):
+            buffers.put_nowait(bytearray(t.part_size))
+        return buffers
+
+    async def _upload_part(self, upload: _Upload, number: int, offset: int) -> dict[str, Any]:
+        buffer = await upload.buffers.get()
+        try:
+            body, checksum = await asyncio.to_thread(_fill, upload.data, offset, buffer)
+            answer = await self._call(
+                f"uploading part {number} of {upload.key} to",
+                lambda: self._client.upload_part(
+                    Bucket=self.target.bucket,
+                    Key=upload.key,
+                    UploadId=upload.upload_id,
+                    PartNumber=number,
+                    Body=body,
+                    ChecksumAlgorithm="SHA256",
+                    ChecksumSHA256=checksum,
+                ),
+            )
+        finally:
+            upload.buffers.put_nowait(buffer)
+        return {"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum}
 
     async def _abort(self, key: str, upload_id: str) -> None:
         try:

@@ -29,7 +29,7 @@ from ..formats import Compression
 from ..limits import PayloadLimits
 from ..payload.tempfiles import TEMP_NAME
 from ..payload.writer import PayloadSummary, PayloadWriter
-from .local import LocalStore, disk_error
+from .local import disk_error
 from .manifest import Manifest
 from .store import OutputStore
 
@@ -68,8 +68,6 @@ class Sink:
         self._executor = ThreadPoolExecutor(_THREADS, thread_name_prefix="acexport-sink")
         # Hashing runs beside converting and writing: both release the GIL.
         self._hasher = ThreadPoolExecutor(_THREADS, thread_name_prefix="acexport-hash")
-        # A local commit is blocking file work too: done in the thread that finished.
-        self._commit_here = store.commit_blocking if isinstance(store, LocalStore) else None
 
     async def start(self, stack: AsyncExitStack) -> None:
         """Clean temp files of crashed runs (the caller holds the state dir's lock)."""
@@ -146,7 +144,7 @@ class Sink:
         key: PurePosixPath,
         manifest_for: Callable[[PayloadSummary], Manifest],
     ) -> Finished:
-        """Verify and close the temp file; a local store commits it in the same hop.
+        """Verify and close the temp file; a store that can commits it in the same hop.
 
         Otherwise (``location`` None) the caller commits with ``commit``, retrying
         while the store is unavailable.
@@ -165,10 +163,7 @@ class Sink:
     ) -> Finished:
         summary = writer.finish()
         manifest = manifest_for(summary)
-        location = None
-        if self._commit_here is not None:
-            location = self._commit_here(summary.path, key, manifest)
-        return Finished(summary, manifest, location)
+        return Finished(summary, manifest, self.store.commit_here(summary.path, key, manifest))
 
     async def discard(self, writer: PayloadWriter) -> None:
         await self._run(writer.discard)

@@ -32,6 +32,12 @@ class OutputStore(Protocol):
         manifest's location; the caller removes ``data`` if it is still there."""
         ...
 
+    def commit_here(self, data: Path, key: PurePosixPath, manifest: Manifest) -> str | None:
+        """``commit`` from the worker thread that finished ``data``, if this store's
+        commit is blocking file work (a directory): one thread hop fewer per export.
+        None: nothing was done, the caller awaits ``commit`` (with its retries)."""
+        ...
+
     async def manifests_under(self, prefix: str) -> set[PurePosixPath]:
         """The data keys (not manifest keys) whose manifest exists under ``prefix``."""
         ...

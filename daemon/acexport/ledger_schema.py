@@ -1,0 +1,117 @@
+"""What the ledger holds: its SQL schema (as migrations), the states a row moves
+through, and ``ExportRecord``, one row as the rest of the daemon sees it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiosqlite
+
+from .windows import ExportWindow, iso_ms
+
+_MIGRATIONS: Sequence[str] = (
+    # version 1
+    """
+    CREATE TABLE exports (
+        id             INTEGER PRIMARY KEY,
+        workspace      TEXT NOT NULL,
+        type           TEXT NOT NULL,
+        window_start   TEXT NOT NULL,  -- UTC, ISO 8601 with milliseconds
+        window_end     TEXT NOT NULL,  -- exclusive
+        job            TEXT NOT NULL,
+        state          TEXT NOT NULL
+                       CHECK (state IN ('queued', 'submitted', 'ready', 'done', 'failed')),
+        attempts       INTEGER NOT NULL DEFAULT 0,
+        requests       INTEGER NOT NULL DEFAULT 0,
+        reason         TEXT,
+        created_date   TEXT,           -- AC's createdDate for the export
+        destination    TEXT,
+        records        INTEGER,
+        payload_bytes  INTEGER,
+        payload_sha256 TEXT,
+        planned_at     REAL NOT NULL,
+        submitted_at   REAL,
+        ready_at       REAL,
+        finished_at    REAL,
+        updated_at     REAL NOT NULL,
+        UNIQUE (workspace, type, window_start, window_end)
+    );
+    CREATE INDEX exports_by_state ON exports (state, workspace);
+    """,
+    # version 2: the latest processing times of a type, across workspaces
+    """
+    CREATE INDEX exports_by_type_ready ON exports (type, ready_at);
+    """,
+)
+
+
+class LedgerState(enum.StrEnum):
+    """Where an export is in its life (see the module docstring)."""
+
+    QUEUED = "queued"
+    SUBMITTED = "submitted"
+    READY = "ready"
+    DONE = "done"
+    FAILED = "failed"
+
+
+ACTIVE = frozenset({LedgerState.QUEUED, LedgerState.SUBMITTED, LedgerState.READY})
+
+
+def _key(when: datetime) -> str:
+    return iso_ms(when)
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """One row of the ledger."""
+
+    id: int
+    job: str
+    workspace: str
+    type: str
+    start: datetime
+    end: datetime
+    state: LedgerState
+    attempts: int
+    requests: int
+    reason: str | None
+    created_date: str | None
+    destination: str | None
+    planned_at: float
+    submitted_at: float | None
+    ready_at: float | None
+    finished_at: float | None
+
+    def window(self, zone: Any = UTC) -> ExportWindow:
+        return ExportWindow(self.start, self.end, zone)
+
+    @classmethod
+    def from_row(cls, row: aiosqlite.Row) -> ExportRecord:
+        return cls(
+            id=row["id"],
+            job=row["job"],
+            workspace=row["workspace"],
+            type=row["type"],
+            start=_parse(row["window_start"]),
+            end=_parse(row["window_end"]),
+            state=LedgerState(row["state"]),
+            attempts=row["attempts"],
+            requests=row["requests"],
+            reason=row["reason"],
+            created_date=row["created_date"],
+            destination=row["destination"],
+            planned_at=row["planned_at"],
+            submitted_at=row["submitted_at"],
+            ready_at=row["ready_at"],
+            finished_at=row["finished_at"],
+        )
