@@ -24,6 +24,9 @@ from tests.daemon_helpers import (
     write_config,
 )
 
+# Every test here runs processes (or a real store) for seconds: not in the quick loop.
+pytestmark = pytest.mark.slow
+
 TOKENS = {"alpha": "alpha-token", "beta": "beta-token", "gamma": "gamma-token"}
 
 
@@ -64,7 +67,6 @@ async def test_run_once_exports_every_window_once_and_reports_a_bad_token(
     assert len(manifests(tmp_path / "exports")) == 84
 
 
-@pytest.mark.slow
 async def test_lane_submits_the_next_export_as_soon_as_data_is_ready(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:

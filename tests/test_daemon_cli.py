@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import EmulatorFactory
 from tests.daemon_helpers import DaemonProcess, job, write_config
 
@@ -55,6 +57,7 @@ def test_check_config_shows_next_looks_and_due_windows(tmp_path: Path) -> None:
     assert f"would export now: {count} export(s) in {count} window(s)" in result.stdout
 
 
+@pytest.mark.slow
 async def test_status_reports_done_and_failed_windows(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
@@ -113,6 +116,7 @@ def _run_once_config(tmp_path: Path) -> Path:
     return config
 
 
+@pytest.mark.slow
 def test_unusable_state_is_one_line_and_exit_1(tmp_path: Path) -> None:
     """A lock that cannot be opened, or a ledger from a newer acexport: one line, exit 1."""
     import sqlite3

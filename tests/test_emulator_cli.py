@@ -13,6 +13,8 @@ import urllib.error
 import urllib.request
 import zipfile
 
+import pytest
+
 
 def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
     assert url.startswith("http://127.0.0.1:")
@@ -26,6 +28,7 @@ def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
+@pytest.mark.slow
 def test_emulator_command_serves_the_documented_flow() -> None:
     """The documented curl flow works against `acexport emulator --port 0`; SIGTERM exits 0."""
     process = subprocess.Popen(

@@ -70,6 +70,7 @@ def job_for(report: dict[str, Any], type_: str) -> dict[str, Any]:
     return next(j for j in reversed(report["jobs"]) if j["type"] == type_ and j["state"] == "READY")
 
 
+@pytest.mark.slow
 async def test_every_type_survives_the_real_protocol_with_ac_failures_and_truncation(
     emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
@@ -372,6 +373,7 @@ async def test_unknown_status_is_a_transient_answer(
         sink.close()
 
 
+@pytest.mark.slow
 async def test_token_appears_in_no_log_line(
     emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

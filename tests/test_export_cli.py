@@ -14,6 +14,9 @@ import pytest
 
 from tests.conftest import EmulatorFactory, RunningEmulator
 
+# Every test here runs processes (or a real store) for seconds: not in the quick loop.
+pytestmark = pytest.mark.slow
+
 
 def write_config(tmp_path: Path, emu: RunningEmulator, compression: str = "gzip") -> Path:
     config = tmp_path / "acexport.toml"
@@ -45,6 +48,7 @@ timezone = "Europe/Berlin"
 async def run_cli(
     *args: str, env: dict[str, str] | None = None, fsize_limit: int | None = None
 ) -> tuple[int, bytes, str]:
+
     def limit() -> None:
         if fsize_limit is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))

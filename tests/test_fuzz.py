@@ -149,6 +149,7 @@ async def no_wait(_: float) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+@pytest.mark.slow
 @given(script=st.lists(answers, min_size=1, max_size=4))
 def test_every_answer_is_classified(
     server: Server, tmp_path: Path, script: list[tuple[int, str, bytes]]

@@ -266,6 +266,7 @@ async def test_the_first_export_of_a_kind_is_guessed_from_similar_ones(
     assert await ledger.similar_processing_s("acme", "event") is None
 
 
+@pytest.mark.slow
 async def test_a_thousand_jobs_planned_at_once_share_the_ledger(ledger: Ledger) -> None:
     """Concurrent looks (the scheduler starts every job at once) never misuse the connection.
 

@@ -98,6 +98,7 @@ async def test_daemon_reports_ready_watchdog_reload_and_stopping(
     assert await daemon.wait() == 0
 
 
+@pytest.mark.slow
 async def test_health_and_metrics(emulator: EmulatorFactory, tmp_path: Path) -> None:
     """/healthz is 200 while working, 503 once a lane keeps failing or when stopping;
     /metrics counts exports, bytes, requests, answer codes, queue depth, last success."""
@@ -148,6 +149,7 @@ async def test_health_and_metrics(emulator: EmulatorFactory, tmp_path: Path) -> 
     assert "nope" not in text
 
 
+@pytest.mark.slow
 async def test_demo_exports_all_six_types_and_stops_on_sigint(tmp_path: Path) -> None:
     """`acexport demo` (its own emulator) yields manifests of all six types, then Ctrl-C."""
     env = {
@@ -232,6 +234,7 @@ def test_dockerfile_passes_hadolint() -> None:
         assert required in dockerfile
 
 
+@pytest.mark.slow
 async def test_idle_connections_to_the_health_port_starve_nothing(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:

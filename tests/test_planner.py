@@ -43,6 +43,7 @@ instants = st.datetimes(
     start=instants,
     span_hours=st.integers(min_value=0, max_value=24 * 20),
 )
+@pytest.mark.slow
 def test_windows_are_contiguous_aligned_and_inside(
     zone: str, length: timedelta, start: datetime, span_hours: int
 ) -> None:

@@ -32,6 +32,9 @@ from tests.daemon_helpers import DaemonProcess, emulator_sha, job, write_config
 from tests.daemon_helpers import manifests as local_manifests
 from tests.seaweed import ACCESS_KEY, SECRET_KEY, Fault, S3Proxy, Seaweed
 
+# Every test here runs processes (or a real store) for seconds: not in the quick loop.
+pytestmark = pytest.mark.slow
+
 TOKENS = {"alpha": "alpha-token", "beta": "beta-token"}
 _buckets = iter(range(1000))
 
@@ -51,6 +54,7 @@ def s3_config(
     secret: str = SECRET_KEY,
     extra: str = "",
 ) -> Path:
+
     (tmp_path / "key-id").write_text(ACCESS_KEY + "\n")
     (tmp_path / "secret").write_text(secret + "\n")
     output = (

@@ -364,6 +364,7 @@ def test_zip_bomb_is_refused_by_the_inflate_ratio(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_huge_whitespace_and_huge_lines_are_handled_in_linear_time(tmp_path: Path) -> None:
     """96 MB of whitespace in a ZIP member, and a 40 MB line, are dealt with in one pass."""
     import time
