@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from acexport.config import JobSettings, parse_duration
-from acexport.scheduler import Scheduler
+from acexport.scheduler import Look, Scheduler
 from acexport.triggers import next_looks, parse_schedule
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -73,6 +74,16 @@ def hourly(name: str = "pages") -> JobSettings:
     return JobSettings(name=name, workspace="acme", types=["page"], schedule="0 * * * *")
 
 
+@asynccontextmanager
+async def scheduling(look: Look, time: FakeTime) -> AsyncIterator[Scheduler]:
+    """A Scheduler on ``time`` running the hourly job; stopped on exit."""
+    async with AsyncExitStack() as stack:
+        scheduler = Scheduler(look, time.clock, time.sleep)
+        scheduler.start(stack)
+        scheduler.set_jobs([(hourly(), ZoneInfo("UTC"))])
+        yield scheduler
+
+
 async def test_a_job_looks_at_start_then_at_each_scheduled_time() -> None:
     """One look at start (catch-up), then one per fire time, each at that time."""
     time = FakeTime(datetime(2022, 6, 1, 10, 20, tzinfo=UTC))
@@ -84,12 +95,8 @@ async def test_a_job_looks_at_start_then_at_each_scheduled_time() -> None:
         if len(looked) == 4:
             enough.set()
 
-    async with AsyncExitStack() as stack:
-        scheduler = Scheduler(look, time.clock, time.sleep)
-        scheduler.start(stack)
-        scheduler.set_jobs([(hourly(), ZoneInfo("UTC"))])
-        async with asyncio.timeout(5):
-            await enough.wait()
+    async with scheduling(look, time), asyncio.timeout(5):
+        await enough.wait()
     assert [t.strftime("%H:%M") for t in looked] == ["10:20", "11:00", "12:00", "13:00"]
     assert time.slept[0] == 40 * 60
 
@@ -108,10 +115,7 @@ async def test_a_failed_look_keeps_the_schedule_and_a_removed_job_stops() -> Non
             third.set()
         raise RuntimeError("the ledger hiccuped")
 
-    async with AsyncExitStack() as stack:
-        scheduler = Scheduler(look, time.clock, time.sleep)
-        scheduler.start(stack)
-        scheduler.set_jobs([(hourly(), ZoneInfo("UTC"))])
+    async with scheduling(look, time) as scheduler:
         async with asyncio.timeout(5):
             await third.wait()
         scheduler.set_jobs([])
@@ -130,10 +134,7 @@ async def test_an_unchanged_job_keeps_its_timing_on_set_jobs() -> None:
         looks.append(job.schedule)
         await never.wait()  # hold the look: no sleeping, no further looks
 
-    async with AsyncExitStack() as stack:
-        scheduler = Scheduler(look, time.clock, time.sleep)
-        scheduler.start(stack)
-        scheduler.set_jobs([(hourly(), ZoneInfo("UTC"))])
+    async with scheduling(look, time) as scheduler:
         await asyncio.sleep(0)
         scheduler.set_jobs([(hourly(), ZoneInfo("UTC"))])
         await asyncio.sleep(0)
