@@ -95,7 +95,7 @@ def test_zip_of_json_and_jsonl_members(tmp_path: Path) -> None:
     writer = PayloadWriter(tmp_path, "gzip")
     writer.feed(buffer.getvalue())
     summary = writer.finish()
-    assert summary.format == "zip"
+    assert summary.served_format == "zip"
     assert summary.records == 3
     assert parse_lines(gzip.decompress(summary.path.read_bytes())) == RECORDS
     assert [p.suffix for p in tmp_path.iterdir()] == [".part"]  # the spool is gone

@@ -63,7 +63,7 @@ def read(
         raise
     data = summary.path.read_bytes()
     summary.path.unlink()
-    assert summary.format == "zip"
+    assert summary.served_format == "zip"
     return data, summary.records
 
 

@@ -403,6 +403,6 @@ def _manifest(
         records=summary.records,
         payload_bytes=summary.payload_bytes,
         payload_sha256=summary.payload_sha256,
-        format=summary.format,
+        format=summary.served_format,  # manifest v1: "format" is what AC served
         compression=compression,
     )

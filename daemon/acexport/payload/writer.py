@@ -32,7 +32,7 @@ class PayloadSummary:
     records: int
     payload_bytes: int
     payload_sha256: str
-    format: str
+    served_format: str  # what AC served: zip, json or ndjson (not the output format)
 
 
 class PayloadWriter:
@@ -55,7 +55,7 @@ class PayloadWriter:
         self.payload_bytes = 0
         self._head = b""
         self._converter: NdjsonLines | ArrayToLines | StreamedZip | None = None
-        self.format = "unknown"
+        self.served_format = "unknown"
         # The hashing side's own view of the start, to know whether lines need checks.
         self._digest_head: bytes | None = b""
         self._checks: LineChecks | None = None
@@ -120,13 +120,13 @@ class PayloadWriter:
 
     def _choose(self, magic: bytes) -> NdjsonLines | ArrayToLines | StreamedZip:
         if magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-            self.format = "zip"
+            self.served_format = "zip"
             return StreamedZip(self._out, self._spool_path, self._limits)
         if magic.startswith(b"["):
-            self.format = "json"
+            self.served_format = "json"
             return ArrayToLines(self._out.write_many)
         if magic.startswith(b"{"):
-            self.format = "ndjson"
+            self.served_format = "ndjson"
             return NdjsonLines(self._out.write_many)  # checked by ``digest``
         raise PayloadError(f"the payload is not JSON, JSON Lines or ZIP (starts {magic!r})")
 
@@ -140,8 +140,8 @@ class PayloadWriter:
                 self._converter = self._choose(head[:4])
                 self._converter.feed_many([head])
             else:
-                self.format = "ndjson"  # an export with no records
-        if self._digest_head and self.format == "ndjson":  # too short to sniff before
+                self.served_format = "ndjson"  # an export with no records
+        if self._digest_head and self.served_format == "ndjson":  # too short to sniff before
             self._checks = LineChecks()
             self._checks.feed(start_of(self._digest_head))
         if self._checks is not None:
@@ -151,7 +151,7 @@ class PayloadWriter:
         self._out.close()
         records = self._converter.records if self._converter else 0
         return PayloadSummary(
-            self._out.path, records, self.payload_bytes, self._sha.hexdigest(), self.format
+            self._out.path, records, self.payload_bytes, self._sha.hexdigest(), self.served_format
         )
 
     def discard(self) -> None:
