@@ -415,3 +415,24 @@ async def test_zip_payload_is_converted_to_ndjson(
         (tmp_path / "out" / spec_for(tmp_path, "membership", "gzip").key).read_bytes()
     )
     assert len([json.loads(line) for line in lines.splitlines()]) == 2500
+
+
+async def test_a_retry_after_of_a_year_waits_only_http_retry_max(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """429 with Retry-After: 31536000 is clamped to retry_max (logged), and the export ends."""
+    faults = FaultSettings(throttle_rate=1.0, retry_after_s=31_536_000)
+    emu = await emulator(tokens={"acme": "acme-token"}, processing_s=0.01, faults=faults)
+    waits: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+        await emu.control("faults", {"throttle_rate": 0.0})
+
+    with structlog.testing.capture_logs() as logs:
+        outcome = await export(emu, session, tmp_path, "page", sleep=sleep)
+    assert outcome.manifest.payload_sha256 == job_for(await emu.jobs(), "page")["sha256"]
+    assert waits[0] == FAST.retry.max_s
+    assert max(waits) <= FAST.retry.max_s
+    clamped = [entry for entry in logs if entry["event"] == "retry_after_clamped"]
+    assert clamped[0]["asked_s"] == 31_536_000

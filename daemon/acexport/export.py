@@ -181,7 +181,7 @@ async def run_export(
                         return outcome
                     delay = outcome
                 except RateLimited as exc:
-                    delay = _count_failure(exc, state, timing, exc.retry_after_s)
+                    delay = _count_failure(exc, state, timing, _bounded_wait(exc, timing))
                 except TransientError as exc:
                     delay = next(retries)
                     if isinstance(exc, ServerError):
@@ -254,6 +254,17 @@ def _suspect_token(
             "revoked AC token answers this way — check the token"
         )
     state.suspect_waited_s += delay
+
+
+def _bounded_wait(exc: RateLimited, timing: Timing) -> float:
+    """The server's ``Retry-After``, but never longer than ``http.retry_max``: a year's
+    wait asked for once must not hold the lane, ``run --once`` or ``export``."""
+    if exc.retry_after_s <= timing.retry.max_s:
+        return exc.retry_after_s
+    log.warning(
+        "retry_after_clamped", asked_s=round(exc.retry_after_s, 3), waiting_s=timing.retry.max_s
+    )
+    return timing.retry.max_s
 
 
 def _count_failure(exc: TransientError, state: _Attempt, timing: Timing, delay: float) -> float:
