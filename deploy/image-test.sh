@@ -118,7 +118,7 @@ done
 echo "image-test: the config's output_dir won; $(manifests) exports"
 
 # The S3 extra is in the image: the store module imports its library.
-"${PODMAN[@]}" exec "$NAME" python -c "import aiobotocore, acexport.stores.s3" \
+"${PODMAN[@]}" exec "$NAME" python -c "import aiobotocore, acexport.output.s3" \
     || fail "the image lacks S3 support (acexport[s3])"
 echo "image-test: S3 support (aiobotocore) is installed"
 
