@@ -1,8 +1,7 @@
-"""The output's vocabulary: which file format acexport writes, and how it is compressed.
+"""The output's vocabulary: how an output file is compressed (and, next, its format).
 
 Distinct from what AC *served* (a ZIP, JSON Lines, a JSON array: see
-``payload.sniff``): whatever AC served, the output is written in one
-``OutputFormat``. Each name's suffix is defined here once, so the layout, the
+``payload.sniff``). Each name's suffix is defined here once, so the layout, the
 command line and the settings agree.
 """
 
@@ -33,9 +32,3 @@ class Compression(enum.StrEnum):
 
 
 _COMPRESSION_SUFFIXES = {Compression.NONE: "", Compression.GZIP: ".gz", Compression.ZSTD: ".zst"}
-
-
-class OutputFormat(enum.StrEnum):
-    """What an output file holds (``output.format``): NDJSON today, Parquet next."""
-
-    NDJSON = "ndjson"

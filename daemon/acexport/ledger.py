@@ -27,8 +27,8 @@ import aiosqlite
 
 from .errors import StateError
 from .history import ANY, LAST, ProcessingTimes
-from .ledger_schema import _MIGRATIONS, ExportRecord, LedgerState, _key, _parse
-from .windows import ExportWindow
+from .ledger_schema import _MIGRATIONS, ExportRecord, LedgerState, parse_time
+from .windows import ExportWindow, iso_ms
 
 P = ParamSpec("P")
 
@@ -54,11 +54,11 @@ def _state_errors(
     """sqlite3 errors become StateError naming the database (one place, every method)."""
 
     @functools.wraps(method)
-    async def wrapper(store: Ledger, /, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def wrapper(ledger: Ledger, /, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return await method(store, *args, **kwargs)
+            return await method(ledger, *args, **kwargs)
         except sqlite3.Error as exc:
-            raise _describe_db_error(store.path, exc) from None
+            raise _describe_db_error(ledger.path, exc) from None
 
     return wrapper
 
@@ -98,9 +98,9 @@ class Ledger:
     @classmethod
     async def start(cls, path: Path, stack: AsyncExitStack) -> Ledger:
         """Open the ledger for the daemon; it is closed when ``stack`` closes."""
-        store = await cls.open(path)
-        stack.push_async_callback(store.close)
-        return store
+        ledger = await cls.open(path)
+        stack.push_async_callback(ledger.close)
+        return ledger
 
     @classmethod
     async def open(cls, path: Path, *, readonly: bool = False) -> Ledger:
@@ -183,7 +183,7 @@ class Ledger:
     ) -> list[ExportRecord]:
         """Record windows as queued (failed ones again); return every active row among them."""
         now = time.time()
-        keys = [(workspace, t, _key(w.start), _key(w.end)) for t in types for w in windows]
+        keys = [(workspace, t, iso_ms(w.start), iso_ms(w.end)) for t in types for w in windows]
         if not keys:
             return []
         await self._many(
@@ -202,7 +202,7 @@ class Ledger:
             "'ready') ORDER BY window_start, type",
             workspace,
         )
-        return [r for r in rows if (r.workspace, r.type, _key(r.start), _key(r.end)) in wanted]
+        return [r for r in rows if (r.workspace, r.type, iso_ms(r.start), iso_ms(r.end)) in wanted]
 
     @_state_errors
     async def active(self) -> list[ExportRecord]:
@@ -296,7 +296,7 @@ class Ledger:
         done; missing rows are created done. Returns how many rows changed.
         """
         now = time.time()
-        rows = [(workspace, t, _key(w.start), _key(w.end), where) for t, w, where in found]
+        rows = [(workspace, t, iso_ms(w.start), iso_ms(w.end), where) for t, w, where in found]
         if not rows:
             return 0
         return await self._many(
@@ -360,14 +360,14 @@ class Ledger:
         rows = await self._rows(
             "SELECT job, MIN(window_end) FROM exports WHERE state != 'done' GROUP BY job"
         )
-        return {row[0]: _parse(row[1]).timestamp() for row in rows}
+        return {row[0]: parse_time(row[1]).timestamp() for row in rows}
 
     @_state_errors
     async def rows_ending_after(self, when: datetime) -> list[ExportRecord]:
         """Rows of windows that end after ``when`` (keys are UTC ISO text: they sort)."""
         return await self._all(
             "SELECT * FROM exports WHERE window_end > ? ORDER BY job, window_start, type",
-            _key(when),
+            iso_ms(when),
         )
 
     async def all_rows(self) -> list[ExportRecord]:
@@ -379,8 +379,8 @@ async def read_rows(state_dir: Path) -> list[ExportRecord]:
     path = ledger_path(state_dir)
     if not path.exists():
         return []
-    store = await Ledger.open(path, readonly=True)
+    ledger = await Ledger.open(path, readonly=True)
     try:
-        return await store.all_rows()
+        return await ledger.all_rows()
     finally:
-        await store.close()
+        await ledger.close()

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiosqlite
 
-from .windows import ExportWindow, iso_ms
+from .windows import ExportWindow
 
 _MIGRATIONS: Sequence[str] = (
     # version 1
@@ -51,7 +51,7 @@ _MIGRATIONS: Sequence[str] = (
 
 
 class LedgerState(enum.StrEnum):
-    """Where an export is in its life (see the module docstring)."""
+    """Where an export is in its life (see ledger.py's module docstring)."""
 
     QUEUED = "queued"
     SUBMITTED = "submitted"
@@ -63,11 +63,8 @@ class LedgerState(enum.StrEnum):
 ACTIVE = frozenset({LedgerState.QUEUED, LedgerState.SUBMITTED, LedgerState.READY})
 
 
-def _key(when: datetime) -> str:
-    return iso_ms(when)
-
-
-def _parse(text: str) -> datetime:
+def parse_time(text: str) -> datetime:
+    """A time the ledger stored (ISO 8601), in UTC."""
     return datetime.fromisoformat(text).astimezone(UTC)
 
 
@@ -102,8 +99,8 @@ class ExportRecord:
             job=row["job"],
             workspace=row["workspace"],
             type=row["type"],
-            start=_parse(row["window_start"]),
-            end=_parse(row["window_end"]),
+            start=parse_time(row["window_start"]),
+            end=parse_time(row["window_end"]),
             state=LedgerState(row["state"]),
             attempts=row["attempts"],
             requests=row["requests"],

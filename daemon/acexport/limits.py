@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from .errors import PayloadTooLarge
 
 INFLATE_SLACK_BYTES = 64 * 1024
-
-
 DEFAULT_INFLATE_RATIO = 200  # a gzip body or ZIP member may expand this many times
 
 

@@ -12,8 +12,6 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
 _PATH_FIELDS = {"workspace", "type", "job", "from", "to"}
-
-
 _NAME_MAX = 255  # bytes in one path component on Linux file systems
 
 

@@ -13,7 +13,6 @@ import asyncio
 import sys
 import time
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,7 @@ from ..ledger import Ledger, ledger_path
 from ..lock import lock_holder
 from ..output.open import open_store
 from ..planner import Planner
+from ..scheduler import utc_now
 from ..windows import ExportWindow, aligned_windows, parse_bound
 from . import ExitCode
 from .common import (
@@ -79,7 +79,7 @@ async def _backfill(
                 # Its own temp dir: the daemon's is the lock holder's to clean.
                 output = open_store(settings, settings.daemon.state_dir / "tmp-backfill")
                 await output.start(stack)
-                planner = Planner(ledger, output, lambda: settings, lambda: datetime.now(UTC))
+                planner = Planner(ledger, output, lambda: settings, utc_now)
                 records = await planner.plan(job, windows)
         finally:
             await ledger.close()

@@ -6,36 +6,28 @@ never echoes a token.
 """
 
 from .loading import (
-    DEFAULT_CONFIG_PATHS,
     find_config,
     load_settings,
     resolve_tokens,
     token_warnings,
 )
 from .models import (
-    DaemonSettings,
     HttpSettings,
     JobSettings,
     OutputSettings,
-    S3Settings,
     Settings,
     WorkspaceSettings,
-    is_loopback_host,
     parse_duration,
     zone_named,
 )
 
 __all__ = [
-    "DEFAULT_CONFIG_PATHS",
-    "DaemonSettings",
     "HttpSettings",
     "JobSettings",
     "OutputSettings",
-    "S3Settings",
     "Settings",
     "WorkspaceSettings",
     "find_config",
-    "is_loopback_host",
     "load_settings",
     "parse_duration",
     "resolve_tokens",

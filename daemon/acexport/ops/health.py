@@ -11,8 +11,6 @@ from ..events import ExportEnded, LaneObserver
 
 # A lane whose last this-many exports all failed makes /healthz answer 503.
 FAILURES_BEFORE_UNHEALTHY = 5
-
-
 OUTPUT_STORE = "output store"
 
 

@@ -15,11 +15,7 @@ from . import codec
 from .tempfiles import create_new
 
 _QUEUED_BATCHES = 2  # between the producer and the writer thread: bounds memory
-
-
 _THREAD_AFTER_BYTES = 4 << 20  # output written before a writer thread is worth starting
-
-
 # Output handed to the writer thread at a time: each hand-off is a GIL and condition
 # round trip, which at one per inflated piece (~300 KB) cost more than the writing.
 _HANDOFF_BYTES = 1 << 20
@@ -41,11 +37,7 @@ def _writeback_starter() -> Callable[[int, int, int, int], int] | None:
 # throttling, and the final fsync finds almost nothing left to do. Measured here:
 # 1 GiB written and fsynced in 0.4 s steadily, against 0.6 to 3.2 s without.
 _sync_file_range = _writeback_starter()
-
-
 _SYNC_FILE_RANGE_WRITE = 2
-
-
 _IOV_MAX = 1024
 
 

@@ -19,7 +19,7 @@ from ..formats import Compression
 from ..limits import PayloadLimits
 from .outfile import OutputFile
 from .records import ArrayToLines, LineChecks, NdjsonLines
-from .sniff import BOM, WHITESPACE, start_of
+from .sniff import BOM, WHITESPACE, format_of, judged_start, start_of
 from .tempfiles import temp_stem
 from .zip import StreamedZip
 
@@ -92,11 +92,11 @@ class PayloadWriter:
                     self._checks.feed(data)
                 continue
             self._digest_head += data
-            start = start_of(self._digest_head)
-            if len(start) < 4 and len(self._digest_head) < 4096:
+            start = judged_start(self._digest_head)
+            if start is None:
                 continue
             self._digest_head = None
-            if start.startswith(b"{"):
+            if format_of(start) == "ndjson":
                 self._checks = LineChecks()
                 self._checks.feed(start)
                 for rest in chunks[index + 1 :]:
@@ -109,26 +109,25 @@ class PayloadWriter:
         while self._converter is None and index < len(chunks):
             self._head += chunks[index]
             index += 1
-            start = start_of(self._head)
-            if len(start) < 4 and len(self._head) < 4096:
+            start = judged_start(self._head)
+            if start is None:
                 continue  # too little to tell yet
-            self._converter = self._choose(start[:4])
+            self._converter = self._choose(start)
             chunks = [start, *chunks[index:]]
             index, self._head = 0, b""
         if self._converter is not None:
             self._converter.feed_many(chunks[index:])
 
-    def _choose(self, magic: bytes) -> NdjsonLines | ArrayToLines | StreamedZip:
-        if magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-            self.served_format = "zip"
+    def _choose(self, start: bytes) -> NdjsonLines | ArrayToLines | StreamedZip:
+        served = format_of(start)
+        if served is None:
+            raise PayloadError(f"the payload is not JSON, JSON Lines or ZIP (starts {start[:4]!r})")
+        self.served_format = served
+        if served == "zip":
             return StreamedZip(self._out, self._spool_path, self._limits)
-        if magic.startswith(b"["):
-            self.served_format = "json"
+        if served == "json":
             return ArrayToLines(self._out.write_many)
-        if magic.startswith(b"{"):
-            self.served_format = "ndjson"
-            return NdjsonLines(self._out.write_many)  # checked by ``digest``
-        raise PayloadError(f"the payload is not JSON, JSON Lines or ZIP (starts {magic!r})")
+        return NdjsonLines(self._out.write_many)  # checked by ``digest``
 
     def finish(self) -> PayloadSummary:
         if self._deferred:
@@ -137,7 +136,7 @@ class PayloadWriter:
         if self._converter is None:
             head = self._head.strip(WHITESPACE + BOM)
             if head:
-                self._converter = self._choose(head[:4])
+                self._converter = self._choose(head)
                 self._converter.feed_many([head])
             else:
                 self.served_format = "ndjson"  # an export with no records

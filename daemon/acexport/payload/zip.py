@@ -13,7 +13,7 @@ from ..limits import PayloadLimits
 from . import codec
 from .outfile import OutputFile
 from .records import ArrayToLines, NdjsonLines
-from .sniff import start_of
+from .sniff import format_of, start_of
 from .tempfiles import create_new
 from .zipstream import Unstreamable, ZipStream
 
@@ -156,9 +156,10 @@ class MemberLines:
             data = start_of(data)
             if not data:
                 return
-            if data.startswith(b"["):
+            served = format_of(data)
+            if served == "json":
                 self._converter = ArrayToLines(self._out.write_many)
-            elif data.startswith(b"{"):
+            elif served == "ndjson":
                 # The member's CRC-32 is checked: its lines arrived as AC wrote them.
                 self._converter = NdjsonLines(self._out.write_many)
             else:
