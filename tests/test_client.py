@@ -239,3 +239,35 @@ async def test_deeply_nested_status_body_is_classified(client: ExportClient) -> 
         mocked.get(URL, body=deep)
         with pytest.raises(TransientError):
             await answer(client)
+
+
+@pytest.mark.parametrize("body", [{"status": "DONE"}, {"status": "DONE", "type": "PAGE"}])
+async def test_an_object_of_status_keys_is_a_status_whatever_its_value(
+    client: ExportClient, body: dict[str, str]
+) -> None:
+    """Issue 21 item 27: judged by keys, ``{"status": "DONE"}`` is an (unknown) status,
+    not a one-record export."""
+    with aioresponses() as mocked:
+        mocked.get(URL, payload=body)
+        result = await answer(client)
+    assert result == ExportStatus("DONE", None, None)
+
+
+async def test_remote_text_cannot_drive_the_terminal(client: ExportClient) -> None:
+    """Issue 21 item 22: C0/C1 controls and DEL in AC's text are escaped before they
+    reach an error (and so the ledger, the log and ``status``)."""
+    evil = "bad\x1b[2K\rdate\x1b]0;pwned\x07\x7f\x9b"
+    with aioresponses() as mocked:
+        mocked.get(URL, status=400, payload={"message": evil, "status": "ERROR"})
+        with pytest.raises(RemoteRejected) as raised:
+            await answer(client)
+    text = str(raised.value)
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)
+    assert "bad\\x1b[2K\\x0ddate\\x1b]0;pwned\\x07\\x7f\\x9b" in text
+    with aioresponses() as mocked:
+        mocked.get(URL, payload={**STATUS, "message": evil})
+        status = await answer(client)
+    assert isinstance(status, ExportStatus)
+    assert status.message is not None
+    assert "\x1b" not in status.message
+    assert "\\x1b" in status.message

@@ -26,6 +26,7 @@ from .errors import (
     RemoteRejected,
     ServerError,
     TransientError,
+    printable,
 )
 from .limits import DEFAULT_INFLATE_RATIO, INFLATE_SLACK_BYTES
 from .protocol import is_status_shaped
@@ -137,6 +138,7 @@ def _excerpt(body: bytes, limit: int = 200) -> str:
             if isinstance(parsed.get(key), str):
                 text = str(parsed[key])
                 break
+    text = printable(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -155,10 +157,14 @@ def as_status(parsed: Any) -> ExportStatus | None:
     if not is_status_shaped(parsed):
         return None
     return ExportStatus(
-        status=parsed["status"].upper(),
-        created_date=parsed.get("createdDate"),
-        message=parsed.get("message"),
+        status=str(parsed["status"]).upper(),
+        created_date=_remote_text(parsed.get("createdDate")),
+        message=_remote_text(parsed.get("message")),
     )
+
+
+def _remote_text(value: Any) -> str | None:
+    return None if value is None else printable(str(value))
 
 
 def _looks_like_big_status(prefix: bytes) -> bool:
@@ -302,6 +308,10 @@ class ExportClient:
         )
 
 
+def _reason(response: aiohttp.ClientResponse) -> str:
+    return printable(response.reason or "")
+
+
 async def _raise_for_error(response: aiohttp.ClientResponse, type_: str, from_ac: bool) -> None:
     """Every answer that is neither a status nor data, as the error it means."""
     status = response.status
@@ -309,10 +319,10 @@ async def _raise_for_error(response: aiohttp.ClientResponse, type_: str, from_ac
     if status in (401, 403) and not from_ac:
         # A storage host reached by redirect never saw the token: its signed URL
         # expired or is wrong. Asking AC again gets a fresh one.
-        raise TransientError(f"{where} (storage) answered {status} {response.reason}")
+        raise TransientError(f"{where} (storage) answered {status} {_reason(response)}")
     if status in (401, 403):
         raise AuthError(
-            f"AC answered {status} {response.reason}: the access token is missing, "
+            f"AC answered {status} {_reason(response)}: the access token is missing, "
             "expired or not allowed to export; renew it in Analytics Cloud settings"
         )
     if status == 429 or (status == 503 and "Retry-After" in response.headers):
@@ -323,14 +333,14 @@ async def _raise_for_error(response: aiohttp.ClientResponse, type_: str, from_ac
             retry_after if retry_after is not None else _DEFAULT_RETRY_AFTER_S,
         )
     if status >= 500:
-        raise ServerError(f"{where} answered {status} {response.reason}", status, from_ac)
+        raise ServerError(f"{where} answered {status} {_reason(response)}", status, from_ac)
     if status in _TRANSIENT_4XX or status == 416:
-        raise TransientError(f"{where} answered {status} {response.reason}")
+        raise TransientError(f"{where} answered {status} {_reason(response)}")
     if status >= 400:
         body = await _read_up_to(response, 4096)
         raise RemoteRejected(f"AC rejected the {type_} export ({status}): {_excerpt(body)}")
     if status not in (200, 206):
-        raise TransientError(f"{where} answered an unexpected {status} {response.reason}")
+        raise TransientError(f"{where} answered an unexpected {status} {_reason(response)}")
 
 
 async def _status_in(
@@ -388,7 +398,7 @@ def _check_status_matches(parsed: dict[str, Any], type_: str, window: ExportWind
             raise TransientError(f"AC answered a status with a malformed {key}") from None
         if answered.tzinfo is None or abs((answered - wanted).total_seconds()) > 0.001:
             raise TransientError(
-                f"AC answered a status for {key}={value}, not the requested window"
+                f"AC answered a status for {key}={printable(value)}, not the requested window"
             )
 
 

@@ -84,3 +84,13 @@ class StoreUnavailable(AcexportError):
 
 class StoreRejected(AcexportError):
     """The output store refused (403, no such bucket, bad credentials): a config problem."""
+
+
+# C0 controls, DEL and C1 controls, shown as \xNN: remote text (a status message, an
+# error page) must not move the cursor, clear lines or retitle the operator's terminal.
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def printable(text: str) -> str:
+    """Text a server chose, made safe to store, log and print on a terminal."""
+    return text.translate(_CONTROLS)

@@ -25,7 +25,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 
-from .errors import StateError
+from .errors import StateError, printable
 from .history import ANY, LAST, ProcessingTimes
 from .ledger_schema import _MIGRATIONS, ExportRecord, LedgerState, parse_time
 from .windows import ExportWindow, iso_ms
@@ -313,7 +313,7 @@ class Ledger:
     @_state_errors
     async def mark_failed(self, export_id: int, reason: str) -> None:
         await self._update(
-            export_id, state=LedgerState.FAILED, reason=reason, finished_at=time.time()
+            export_id, state=LedgerState.FAILED, reason=printable(reason), finished_at=time.time()
         )
 
     @_state_errors

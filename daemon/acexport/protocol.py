@@ -3,8 +3,9 @@
 AC answers a request that has no data yet with a small JSON object
 (``createdDate``, ``fromDate``, ``toDate``, ``status``, ``message``, ``type``,
 ``startedDate``). A record can carry a ``status`` too (a membership is ACTIVE
-or INACTIVE), so an object is judged by its shape: only status keys, and a
-status value AC uses for exports.
+or INACTIVE), so an object is judged by its keys: a ``status`` and nothing a
+status does not have. Its value does not decide: a status AC has not used yet
+is still a status (an unknown one, retried), never a one-record export.
 """
 
 from __future__ import annotations
@@ -33,13 +34,16 @@ EXPORT_STATES = frozenset({"PENDING", "RUNNING", "ERROR", "FAILED", "READY", "CO
 
 def is_status_shaped(value: Any) -> bool:
     """True if ``value`` looks like AC's status answer rather than a record."""
-    if not isinstance(value, dict) or not isinstance(value.get("status"), str):
+    if not isinstance(value, dict) or "status" not in value:
         return False
     keys = set(value)
-    # A status carries a message or createdDate, and nothing a record has.
-    if not keys & {"createdDate", "message"}:
-        return False
-    return keys <= STATUS_KEYS or (
-        value["status"].upper() in EXPORT_STATES
-        and not (keys & {"id", "segmentId", "individualId"})
+    if keys <= STATUS_KEYS:
+        return True
+    # Defensively, a known export state with a status's fields and a few extra keys
+    # (a similar service's export id), as long as it has none a record has.
+    return (
+        isinstance(value["status"], str)
+        and value["status"].upper() in EXPORT_STATES
+        and bool(keys & {"createdDate", "message"})
+        and not keys & {"id", "segmentId", "individualId", "identityId"}
     )
