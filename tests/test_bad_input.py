@@ -216,6 +216,17 @@ BAD_ANSWERS = {
     "wrong-dates": {"body": json.dumps({**GOOD_STATUS, "toDate": "2022-01-05T00:00:00Z"}).encode()},
     "bad-date-text": {"body": json.dumps({**GOOD_STATUS, "fromDate": "the first"}).encode()},
     "status-502": {"status": 502, "body": b"Bad Gateway"},
+    # Issue 21 item 6: a body served as a ZIP that is not one is damage, not an empty export.
+    "zip-blank": {"body": b"\r\n", "content_type": "application/zip"},
+    "zip-bom": {"body": b"\xef\xbb\xbf", "content_type": "application/zip"},
+    "zip-empty": {
+        "body": b"",
+        "content_type": "application/zip",
+        "headers": {"Content-Length": "0"},
+    },
+    "zip-json": {"body": DATA, "content_type": "application/zip"},
+    # Item 27: status keys only, with a status AC does not use, is no one-record export.
+    "status-keys-only": {"body": b'{"status": "DONE"}'},
 }
 
 

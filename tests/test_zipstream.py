@@ -200,3 +200,160 @@ def test_a_finished_writer_is_freed_without_the_cycle_collector(
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
+
+
+# Issue 21, items 7-12: what the second adversarial review found around the parser.
+
+STORED = zipfile.ZIP_STORED
+
+
+@pytest.mark.parametrize("streamed", [True, False], ids=["descriptor", "sizes-in-header"])
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, STORED])
+def test_a_member_without_a_final_line_break_is_not_glued_to_the_next(
+    tmp_path: Path, streamed: bool, method: int
+) -> None:
+    """Item 7: each member's last line ends with the member."""
+    members = {"a.json": b'{"a": 1}\n{"a": 2}', "b.json": b'{"b": 3}\n', "c.json": b'{"c": 4}'}
+    data, records = read(tmp_path, zip_bytes(members, streamed=streamed, method=method), chunk=5)
+    assert data == b'{"a": 1}\n{"a": 2}\n{"b": 3}\n{"c": 4}\n'
+    assert records == 4
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+@pytest.mark.parametrize("streamed", [True, False], ids=["descriptor", "sizes-in-header"])
+def test_bzip2_and_lzma_members_are_refused_before_inflating(
+    tmp_path: Path, method: int, streamed: bool
+) -> None:
+    """Item 8: a few hundred bytes of bzip2 may inflate to a gigabyte through zipfile,
+    with no bound: such members are refused, not read."""
+    bomb = zip_bytes({"data.json": b"{}\n" * 2_000_000}, streamed=streamed, method=method)
+    assert len(bomb) < 10_000
+    with pytest.raises(PayloadError, match=f"compression method {method}"):
+        read(tmp_path, bomb, limits=PayloadLimits(max_bytes=8 << 20))
+    assert list(tmp_path.iterdir()) == []
+
+
+def _spooled_pair() -> bytes:
+    """Two stored members of unknown size: the ZIP is spooled and read by zipfile."""
+    return zip_bytes(
+        {"a.json": b'{"a": 1}\n', "b.json": b'{"b": 2}\n'}, streamed=True, method=STORED
+    )
+
+
+def _end_record(payload: bytes) -> int:
+    return payload.rindex(b"PK\x05\x06")
+
+
+def test_a_zip64_end_record_cut_short_is_a_payload_error(tmp_path: Path) -> None:
+    """Item 9: was a bare struct.error."""
+    payload = zip_bytes({"page.jsonl": NDJSON[:1000]}, streamed=True)
+    with pytest.raises(PayloadError, match="cut short"):
+        read(tmp_path, payload[: _end_record(payload)] + b"PK\x06\x06\x2c")
+
+
+def test_a_spooled_zip_with_a_wrong_directory_offset_is_a_payload_error(tmp_path: Path) -> None:
+    """Item 9: was reported as a disk error (SinkError, Invalid argument)."""
+    payload = bytearray(_spooled_pair())
+    end = _end_record(payload)
+    payload[end + 16 : end + 20] = (10**6).to_bytes(4, "little")
+    with pytest.raises(PayloadError):
+        read(tmp_path, bytes(payload))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_name_flagged_utf8_that_is_not_is_a_payload_error(tmp_path: Path) -> None:
+    """Item 9: was a UnicodeDecodeError from zipfile."""
+    payload = zip_bytes({"café.json": b'{"a": 1}\n'}, streamed=True, method=STORED)
+    with pytest.raises(PayloadError):
+        read(tmp_path, payload.replace("é".encode(), b"\xff\xfe"))
+
+
+def test_a_spooled_zip_missing_a_member_in_its_directory_is_refused(tmp_path: Path) -> None:
+    """Item 10: zipfile read the one member its damaged directory listed, silently."""
+    payload = _spooled_pair()
+    first, second = payload.index(b"PK\x01\x02"), payload.rindex(b"PK\x01\x02")
+    end = _end_record(payload)
+    record = bytearray(payload[end:])
+    record[8:12] = (1).to_bytes(2, "little") * 2  # one entry on this disk, one in all
+    record[12:16] = (second - first).to_bytes(4, "little")
+    with pytest.raises(PayloadError, match=r"does not (account|list)"):
+        read(tmp_path, payload[:second] + bytes(record))
+
+
+def test_bytes_after_a_spooled_zips_end_record_are_refused(tmp_path: Path) -> None:
+    """Item 10: the spooled path accepted them."""
+    with pytest.raises(PayloadError):
+        read(tmp_path, _spooled_pair() + b"<html>proxy</html>")
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_a_bom_split_across_pieces_is_still_a_bom(tmp_path: Path, chunk: int) -> None:
+    """Item 11: a member starting with a BOM, arriving a byte at a time."""
+    lines = NDJSON[: NDJSON.index(b"\n", 2000) + 1]
+    payload = zip_bytes({"data.json": b"\xef\xbb\xbf" + lines}, streamed=False, method=STORED)
+    assert read(tmp_path, payload, chunk=chunk) == (lines, lines.count(b"\n"))
+
+
+def test_the_array_record_cap_counts_bytes_not_characters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item 12: 300,000 four-byte characters are 1.2 MB, past a 1 MiB cap."""
+    from acexport.payload import records
+
+    monkeypatch.setattr(records, "MAX_RECORD_BYTES", 1 << 20)
+    element = json.dumps({"text": "\U0001f600" * 300_000}, ensure_ascii=False).encode()
+    payload = b"[" + element + b"]"
+    writer = PayloadWriter(tmp_path, "none")
+
+    def feed_all() -> None:
+        for start in range(0, len(payload), 65536):
+            writer.feed(payload[start : start + 65536])
+        writer.finish()
+
+    with pytest.raises(PayloadError, match="larger than"):
+        feed_all()
+    writer.discard()
+
+
+# The fuzz for ZIPs of several members: any mix of methods, encodings and endings.
+member_bodies = st.lists(
+    st.tuples(
+        st.lists(st.integers(0, 10**6), min_size=0, max_size=5),  # the records
+        st.sampled_from(["ndjson", "ndjson-no-final-break", "array"]),
+        st.booleans(),  # a leading BOM
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    members=member_bodies,
+    method=st.sampled_from([zipfile.ZIP_DEFLATED, STORED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]),
+    streamed=st.booleans(),
+    chunk=st.sampled_from([1, 2, 3, 7, 64, 4096]),
+)
+def test_any_multi_member_zip_gives_each_record_on_its_own_line(  # type: ignore[no-untyped-def]
+    tmp_path_factory, members, method: int, streamed: bool, chunk: int
+) -> None:
+    tmp_path = tmp_path_factory.mktemp("multi")
+    contents, expected = {}, []
+    for index, (values, shape, bom) in enumerate(members):
+        records = [{"n": value, "member": index} for value in values]
+        expected += records
+        lines = [json.dumps(record).encode() for record in records]
+        if shape == "array":
+            body = json.dumps(records).encode()
+        else:
+            body = b"\n".join(lines) + (b"\n" if shape == "ndjson" and lines else b"")
+        contents[f"m{index}.json"] = (b"\xef\xbb\xbf" if bom else b"") + body
+    payload = zip_bytes(contents, streamed=streamed, method=method)
+    if method not in (zipfile.ZIP_DEFLATED, STORED):
+        with pytest.raises(PayloadError, match="compression method"):
+            read(tmp_path, payload, chunk=chunk)
+    else:
+        data, count = read(tmp_path, payload, chunk=chunk)
+        assert [json.loads(line) for line in data.splitlines()] == expected
+        assert count == len(expected)
+    assert list(tmp_path.iterdir()) == []

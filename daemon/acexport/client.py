@@ -70,6 +70,7 @@ class Payload:
     total_bytes: int | None
     resumable: bool
     max_inflate_ratio: int = DEFAULT_INFLATE_RATIO
+    declared_zip: bool = False  # Content-Type: application/zip: anything else is damage
 
     def _check_inflation(self) -> None:
         """A Content-Encoding body may not expand without bound (a gzip bomb)."""
@@ -280,10 +281,17 @@ class ExportClient:
         content_type = response.headers.get("Content-Type", "").lower()
         encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
         resumable = response.headers.get("Accept-Ranges", "").lower() == "bytes" and not encoded
-        if response.status == 200 and content_type.startswith("application/zip"):
+        declared_zip = content_type.startswith("application/zip")
+        if response.status == 200 and declared_zip:
             # AC's data, said by its type: no need to look for a status in it.
             return Payload(
-                response, b"", 0, response.content_length, resumable, self._max_inflate_ratio
+                response,
+                b"",
+                0,
+                response.content_length,
+                resumable,
+                self._max_inflate_ratio,
+                declared_zip,
             )
         prefix = await _read_up_to(response, _PEEK_BYTES)
         if "text/html" in content_type or prefix.lstrip()[:1] == b"<":
@@ -305,6 +313,7 @@ class ExportClient:
             None if total is None else offset + total,
             resumable,
             self._max_inflate_ratio,
+            declared_zip,
         )
 
 

@@ -353,6 +353,7 @@ async def _download(
         await _drop_partial(state, sink)  # the server sent it all again: start over
     if state.writer is None:
         state.writer = sink.new_writer()
+    state.writer.declared_zip = payload.declared_zip
     state.resumable = payload.resumable
     writer = state.writer
 

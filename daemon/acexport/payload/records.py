@@ -183,6 +183,7 @@ class ArrayToLines:
         self.records = 0
         self._pending: list[str] = []  # decoded text not consumed yet
         self._pending_chars = 0
+        self._pending_bytes = 0  # its size as served: the record cap is in bytes
         self._parse_at = 0  # parse again once this much text is buffered (doubling)
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
         self._decoder = json.JSONDecoder()
@@ -200,14 +201,18 @@ class ArrayToLines:
             raise PayloadError(f"the data is not valid UTF-8 ({exc.reason})") from None
         self._pending.append(piece)
         self._pending_chars += len(piece)
-        if self._pending_chars < self._parse_at and not final:
+        self._pending_bytes += len(data)
+        waiting = self._pending_chars < self._parse_at and self._pending_bytes <= MAX_RECORD_BYTES
+        if waiting and not final:
             return  # an element is still incomplete: wait until the text has doubled
         text = "".join(self._pending)
         lines, pos, complete = self._split(text, final)
         rest = text[pos:]
-        self._pending, self._pending_chars = [rest], len(rest)
+        # Counted in bytes, not characters: 64 Mi four-byte characters are 256 MiB.
+        rest_bytes = len(rest.encode("utf-8")) if rest else 0
+        self._pending, self._pending_chars, self._pending_bytes = [rest], len(rest), rest_bytes
         self._parse_at = 0 if complete else 2 * len(rest)
-        if len(rest) > MAX_RECORD_BYTES:
+        if rest_bytes > MAX_RECORD_BYTES:
             raise PayloadError("a JSON array element larger than 64 MiB")
         if lines:
             if self.records == 0:

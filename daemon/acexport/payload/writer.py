@@ -56,6 +56,8 @@ class PayloadWriter:
         self._head = b""
         self._converter: NdjsonLines | ArrayToLines | StreamedZip | None = None
         self.served_format = "unknown"
+        # Served as application/zip: a body that is not a ZIP (blank, a BOM) is damage.
+        self.declared_zip = False
         # The hashing side's own view of the start, to know whether lines need checks.
         self._digest_head: bytes | None = b""
         self._checks: LineChecks | None = None
@@ -122,6 +124,11 @@ class PayloadWriter:
         served = format_of(start)
         if served is None:
             raise PayloadError(f"the payload is not JSON, JSON Lines or ZIP (starts {start[:4]!r})")
+        if self.declared_zip and served != "zip":
+            raise PayloadError(
+                f"the payload was served as a ZIP (application/zip) but starts {start[:4]!r}: "
+                "it is damaged"
+            )
         self.served_format = served
         if served == "zip":
             return StreamedZip(self._out, self._spool_path, self._limits)
@@ -138,6 +145,9 @@ class PayloadWriter:
             if head:
                 self._converter = self._choose(head)
                 self._converter.feed_many([head])
+            elif self.declared_zip:
+                # AC's empty window is a ZIP with an empty member, never an empty body.
+                raise PayloadError("the payload was served as a ZIP (application/zip) but is blank")
             else:
                 self.served_format = "ndjson"  # an export with no records
         if self._digest_head and self.served_format == "ndjson":  # too short to sniff before

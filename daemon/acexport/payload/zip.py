@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import struct
 import zipfile
 import zlib
 from pathlib import Path
@@ -13,9 +15,12 @@ from ..limits import PayloadLimits
 from . import codec
 from .outfile import OutputFile
 from .records import ArrayToLines, NdjsonLines
-from .sniff import format_of, start_of
+from .sniff import format_of, judged_start, start_of
 from .tempfiles import create_new
-from .zipstream import Unstreamable, ZipStream
+from .zipstream import LOCAL, MAX_TAIL, Unstreamable, ZipStream, central_directory, check_member
+
+_LOCAL_FIXED = 30  # a local header before its name and extra field
+_DESCRIPTOR_SIZES = (12, 16, 20, 24)  # CRC and sizes, 32 or 64 bit, with or without signature
 
 
 class ZipSpool:
@@ -41,7 +46,9 @@ class ZipSpool:
         inflated = 0
         try:
             with zipfile.ZipFile(self._spool_path) as archive:
+                _check_layout(archive, self._spooled)
                 for info in archive.infolist():
+                    check_member(info.filename, info.compress_type, info.flag_bits)
                     if info.is_dir():
                         continue
                     lines = MemberLines(self._out, info.filename)
@@ -53,17 +60,61 @@ class ZipSpool:
                             lines.feed(block)
                     lines.finish()
                     self.records += lines.records
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
+        except (
+            zipfile.BadZipFile,
+            zipfile.LargeZipFile,
+            EOFError,
+            zlib.error,
+            struct.error,  # a ZIP64 record cut short
+            UnicodeDecodeError,  # a name flagged UTF-8 that is not
+        ) as exc:
             raise PayloadError(f"the ZIP payload is damaged or cut short: {exc}") from None
-        except (RuntimeError, NotImplementedError) as exc:
-            # zipfile's word for encrypted members and unknown compression methods.
-            raise PayloadError(f"the ZIP payload cannot be read: {exc}") from None
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise  # the disk's trouble, not the payload's
+            # zipfile seeking to an offset before the file's start.
+            raise PayloadError("the ZIP payload's central directory offset is wrong") from None
         finally:
             self._spool_path.unlink(missing_ok=True)
 
     def discard(self) -> None:
         self._spool.close()
         self._spool_path.unlink(missing_ok=True)
+
+
+def _check_layout(archive: zipfile.ZipFile, size: int) -> None:
+    """What the streaming reader proves, for a spooled ZIP: ``zipfile`` reads leniently
+    (a damaged central directory silently drops members; bytes after the end record
+    pass). The members must tile the file from its first byte to the central
+    directory, which must list them all and end exactly where the file ends."""
+    fp = archive.fp
+    assert fp is not None
+    start_dir = archive.start_dir
+    fp.seek(start_dir)
+    tail = fp.read(MAX_TAIL + 1)
+    if len(tail) > MAX_TAIL or start_dir + len(tail) != size:
+        raise PayloadError("the ZIP's central directory is implausibly large or misplaced")
+    infos = sorted(archive.infolist(), key=lambda info: info.header_offset)
+    if len(central_directory(tail)) != len(infos):
+        raise PayloadError("the ZIP's central directory does not list every member")
+    position = 0
+    for index, info in enumerate(infos):
+        if info.header_offset != position:
+            raise PayloadError(
+                f"ZIP member {info.filename!r} is not where the previous one ends: "
+                "the central directory is damaged"
+            )
+        fp.seek(position)
+        header = fp.read(_LOCAL_FIXED)
+        if len(header) < _LOCAL_FIXED or header[:4] != LOCAL:
+            raise PayloadError(f"ZIP member {info.filename!r} has no local header")
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        position += _LOCAL_FIXED + name_len + extra_len + info.compress_size
+        following = infos[index + 1].header_offset if index + 1 < len(infos) else start_dir
+        if info.flag_bits & 0x8 and following - position in _DESCRIPTOR_SIZES:
+            position = following
+    if position != start_dir:
+        raise PayloadError("the ZIP holds data its central directory does not account for")
 
 
 def _open_member(out: OutputFile, members: list[MemberLines], name: str) -> MemberLines:
@@ -148,25 +199,34 @@ class MemberLines:
         self._out = out
         self._name = name
         self._converter: NdjsonLines | ArrayToLines | None = None
+        self._head = b""  # the start, until there is enough of it to judge
         self.records = 0
 
     def feed(self, data: bytes) -> None:
         if self._converter is None:
-            # Leading whitespace is dropped piece by piece: linear however much there is.
-            data = start_of(data)
+            # Leading whitespace and BOM are dropped as they come (linear however much
+            # there is); a BOM or a start split across pieces waits for the rest.
+            self._head = start_of(self._head + data)
+            data = judged_start(self._head) or b""
             if not data:
                 return
-            served = format_of(data)
-            if served == "json":
-                self._converter = ArrayToLines(self._out.write_many)
-            elif served == "ndjson":
-                # The member's CRC-32 is checked: its lines arrived as AC wrote them.
-                self._converter = NdjsonLines(self._out.write_many)
-            else:
-                raise PayloadError(f"ZIP member {self._name!r} is neither JSON nor JSON Lines")
+            self._head = b""
+            self._converter = self._choose(data)
         self._converter.feed_many([data])
 
+    def _choose(self, start: bytes) -> NdjsonLines | ArrayToLines:
+        served = format_of(start)
+        if served == "json":
+            return ArrayToLines(self._out.write_many)
+        if served == "ndjson":
+            # The member's CRC-32 is checked: its lines arrived as AC wrote them.
+            return NdjsonLines(self._out.write_many)
+        raise PayloadError(f"ZIP member {self._name!r} is neither JSON nor JSON Lines")
+
     def finish(self) -> None:
+        if self._converter is None and self._head:  # shorter than a judged start
+            self._converter = self._choose(self._head)
+            self._converter.feed_many([self._head])
         if self._converter is not None:
             self._converter.finish()
             self.records += self._converter.records

@@ -6,9 +6,11 @@ Each member is inflated as its bytes arrive, so inflating overlaps the network
 instead of following it. Each member's CRC-32 and sizes are checked against
 its data descriptor (or local header), and at the end against the central
 directory, which must be there and whole: a ZIP cut short fails, as it does
-with ``zipfile``. What cannot be read in one pass (encryption, a stored member
-of unknown size) is ``Unstreamable`` at the first header, and the caller
-spools the ZIP instead.
+with ``zipfile``. What cannot be read in one pass (a stored member of unknown
+size) is ``Unstreamable`` at the first header, and the caller spools the ZIP
+instead. Methods other than deflate and stored (AC writes
+deflate), and encrypted members, are refused: bzip2 and LZMA would be read
+through ``zipfile`` with no bound on what a few bytes inflate to.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ _CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
 _END = struct.Struct("<4sHHHHIIH")
 _MAX32 = 0xFFFFFFFF
 _OUT_STEP = 1 << 20  # inflate at most this much per call: memory stays bounded
-_MAX_TAIL = 16 << 20  # central directory and end records: a few hundred bytes per member
+MAX_TAIL = 16 << 20  # central directory and end records: a few hundred bytes per member
 _DEFLATED, _STORED = 8, 0
 _ENCRYPTED, _HAS_DESCRIPTOR, _UTF8 = 0x1, 0x8, 0x800
 
@@ -77,7 +79,7 @@ class ZipStream:
     def feed(self, data: bytes) -> None:
         if self._tail is not None:
             self._tail += data
-            if len(self._tail) > _MAX_TAIL:
+            if len(self._tail) > MAX_TAIL:
                 raise PayloadError("the ZIP's central directory is implausibly large")
             return
         member = self._member
@@ -130,12 +132,10 @@ class ZipStream:
         raw_name = header[_LOCAL.size : _LOCAL.size + name_len]
         name = raw_name.decode("utf-8" if flags & _UTF8 else "cp437", "replace")
         size, compressed = _zip64_sizes(header[_LOCAL.size + name_len :], size, compressed)
-        first = not self._members
-        if flags & _ENCRYPTED:
-            raise (Unstreamable if first else PayloadError)("an encrypted ZIP member")
-        if method not in (_DEFLATED, _STORED) or (method == _STORED and flags & _HAS_DESCRIPTOR):
-            why = f"ZIP member {name!r} (method {method}) cannot be read as it streams"
-            raise (Unstreamable if first else PayloadError)(why)
+        check_member(name, method, flags)
+        if method == _STORED and flags & _HAS_DESCRIPTOR:
+            why = f"ZIP member {name!r} is stored with no size: it cannot be read as it streams"
+            raise (Unstreamable if not self._members else PayloadError)(why)
         if flags & _HAS_DESCRIPTOR:
             compressed = -1
         sink = _Skip() if name.endswith("/") else self.open_member(name)
@@ -166,7 +166,13 @@ class ZipStream:
         member.ended = True
         if not member.flags & _HAS_DESCRIPTOR:
             _check(member, member.crc, member.compressed, member.size, "local header")
-            self._member = None
+            self._close(member)
+
+    def _close(self, member: _Member) -> None:
+        """A member checked whole is finished at once: its last line is its own, never
+        glued to the next member's first."""
+        self._member = None
+        member.sink.finish()
 
     def _inflate(self, member: _Member, data: bytes) -> bool:
         """Inflate ``data`` (already counted in ``_offset``); True once the stream ended,
@@ -209,7 +215,7 @@ class ZipStream:
             values, used = struct.unpack("<IQQ", self._buffer[start : start + 20]), start + 20
         _check(member, *values, "data descriptor")
         self._consume(used)
-        self._member = None
+        self._close(member)
         return True
 
     def finish(self) -> None:
@@ -217,7 +223,7 @@ class ZipStream:
         if self._tail is None:
             what = "a member's data" if self._member is not None else "the central directory"
             raise PayloadError(f"the ZIP payload is cut short: it ends inside {what}")
-        entries = _central_directory(bytes(self._tail))
+        entries = central_directory(bytes(self._tail))
         if len(entries) != len(self._members):
             raise PayloadError(
                 f"the ZIP's central directory lists {len(entries)} members, "
@@ -229,8 +235,6 @@ class ZipStream:
                     f"the ZIP's central directory names {name!r}, not {member.name!r}"
                 )
             _check(member, crc, compressed, size, "central directory")
-        for member in self._members:
-            member.sink.finish()
 
 
 class _Skip:
@@ -242,6 +246,17 @@ class _Skip:
 
     def finish(self) -> None:
         pass
+
+
+def check_member(name: str, method: int, flags: int) -> None:
+    """Only what AC writes, and what can be inflated within a bound, is read."""
+    if flags & _ENCRYPTED:
+        raise PayloadError(f"ZIP member {name!r} is encrypted: it is not AC's data")
+    if method not in (_DEFLATED, _STORED):
+        raise PayloadError(
+            f"ZIP member {name!r} uses compression method {method}; only deflate and stored "
+            "are read (AC writes deflate)"
+        )
 
 
 def _check(member: _Member, crc: int, compressed: int, size: int, where: str) -> None:
@@ -274,8 +289,15 @@ def _zip64_values(extra: bytes) -> list[int]:
     return []
 
 
-def _central_directory(tail: bytes) -> list[tuple[str, int, int, int]]:
+def central_directory(tail: bytes) -> list[tuple[str, int, int, int]]:
     """(name, CRC-32, compressed, size) of each entry; the end record must close it."""
+    try:
+        return _entries(tail)
+    except struct.error:  # a ZIP64 record cut short
+        raise PayloadError("the ZIP payload is cut short inside its end records") from None
+
+
+def _entries(tail: bytes) -> list[tuple[str, int, int, int]]:
     entries = []
     position = 0
     while tail[position : position + 4] == CENTRAL:
