@@ -61,7 +61,24 @@ def worker(kind: str, path: Path, endpoint: str, key: str) -> dict[str, float]:
             concurrency=int(os.environ.get("BENCH_S3_CONCURRENCY", "4")),
             part_size=int(os.environ.get("BENCH_S3_PART_MB", "8")) << 20,
         )
-        manifest = Manifest("ws", "page", "", "", None, "", key, 0, 0, "", "ndjson", "none")
+        manifest = Manifest(
+            job="bench",
+            workspace="ws",
+            type="page",
+            fromDate="",
+            toDate="",
+            createdDate=None,
+            downloadedAt="",
+            payload_bytes=0,
+            payload_sha256="",
+            payload_format="ndjson",
+            file=key,
+            file_bytes=size,
+            file_sha256="",
+            records=0,
+            format="ndjson",
+            compression="none",
+        )
 
         async def upload() -> None:
             async with AsyncExitStack() as stack:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import io
 import json
 from dataclasses import replace
@@ -82,7 +83,7 @@ async def test_every_type_survives_the_real_protocol_with_ac_failures_and_trunca
         job = job_for(await emu.jobs(), type_)
         assert outcome.manifest.payload_sha256 == job["sha256"]
         assert outcome.manifest.records == job["records"] == 3000
-        assert outcome.manifest.format == "zip"
+        assert outcome.manifest.payload_format == "zip"
         lines = gzip.decompress(
             (tmp_path / "out" / spec_for(tmp_path, type_, "gzip").key).read_bytes()
         )
@@ -114,11 +115,12 @@ async def test_every_type_survives_faults_redirects_gzip_and_json(
         job = job_for(await emu.jobs(), type_)
         assert outcome.manifest.payload_sha256 == job["sha256"]
         assert outcome.manifest.records == job["records"] == 3000
-        assert outcome.manifest.format == "json"
-        lines = gzip.decompress(
-            (tmp_path / "out" / spec_for(tmp_path, type_, "gzip").key).read_bytes()
-        )
-        assert len(lines.splitlines()) == 3000
+        assert outcome.manifest.payload_format == "json"
+        assert outcome.manifest.format == "ndjson"
+        written = (tmp_path / "out" / spec_for(tmp_path, type_, "gzip").key).read_bytes()
+        assert outcome.manifest.file_bytes == len(written)
+        assert outcome.manifest.file_sha256 == hashlib.sha256(written).hexdigest()
+        assert len(gzip.decompress(written).splitlines()) == 3000
     report = await emu.jobs()
     assert report["workspaces"]["acme"]["max_unready"] == 1
     assert list((tmp_path / "tmp").iterdir()) == []
@@ -408,7 +410,7 @@ async def test_zip_payload_is_converted_to_ndjson(
     emu = await emulator(records=2500, redirect=True)
     outcome = await export(emu, session, tmp_path, "membership", compression="gzip")
     job = job_for(await emu.jobs(), "membership")
-    assert outcome.manifest.format == "zip"
+    assert outcome.manifest.payload_format == "zip"
     assert outcome.manifest.payload_sha256 == job["sha256"]
     assert outcome.manifest.records == 2500
     lines = gzip.decompress(

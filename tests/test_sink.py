@@ -156,6 +156,7 @@ async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
 
 def _manifest(name: str) -> Manifest:
     return Manifest(
+        job="nightly",
         workspace="acme",
         type="page",
         fromDate="2022-01-01T00:00:00.000Z",
@@ -166,6 +167,9 @@ def _manifest(name: str) -> Manifest:
         records=3,
         payload_bytes=0,
         payload_sha256="",
+        payload_format="ndjson",
+        file_bytes=0,
+        file_sha256="",
         format="ndjson",
         compression="none",
     )

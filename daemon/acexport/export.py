@@ -61,6 +61,7 @@ class ExportSpec:
     type: str
     window: ExportWindow
     key: PurePosixPath
+    job: str | None = None  # None for a one-off ``acexport export``
 
     @classmethod
     def of(cls, record: ExportRecord, zone: ZoneInfo, output: OutputSettings) -> ExportSpec:
@@ -69,7 +70,7 @@ class ExportSpec:
         key = OutputLayout.from_settings(output).key_for(
             record.workspace, record.type, record.job, window
         )
-        return cls(record.workspace, record.type, window, key)
+        return cls(record.workspace, record.type, window, key, record.job)
 
 
 @dataclass(frozen=True)
@@ -405,16 +406,20 @@ def _manifest(
     spec: ExportSpec, summary: PayloadSummary, created_date: str | None, compression: str
 ) -> Manifest:
     return Manifest(
+        job=spec.job,
         workspace=spec.workspace,
         type=spec.type,
         fromDate=spec.window.from_date,
         toDate=spec.window.to_date,
         createdDate=created_date,
         downloadedAt=iso_ms(datetime.now(UTC)),
-        file=spec.key.name,
-        records=summary.records,
         payload_bytes=summary.payload_bytes,
         payload_sha256=summary.payload_sha256,
-        format=summary.served_format,  # manifest v1: "format" is what AC served
+        payload_format=summary.served_format,
+        file=spec.key.name,
+        file_bytes=summary.file_bytes,
+        file_sha256=summary.file_sha256,
+        records=summary.records,
+        format="ndjson",
         compression=compression,
     )

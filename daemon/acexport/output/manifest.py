@@ -1,12 +1,22 @@
-"""The manifest: the completion marker written beside each data file, last."""
+"""The manifest: the completion marker written beside each data file, last.
+
+Version 2 describes the file written (``file_bytes``, ``file_sha256``) as well
+as the payload AC served (``payload_*``), so the output store's word that a
+window is done can be checked: a manifest is believed only if it names the
+window and its file has exactly the bytes it claims (``check_stored``).
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any
+
+from .. import __version__
 
 MANIFEST_SUFFIX = ".manifest.json"
+MANIFEST_VERSION = 2
 
 
 def manifest_key(key: PurePosixPath) -> PurePosixPath:
@@ -14,24 +24,31 @@ def manifest_key(key: PurePosixPath) -> PurePosixPath:
     return key.with_name(key.name + MANIFEST_SUFFIX)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Manifest:
     """The completion marker written beside each data file (README, "Output").
 
     Its camelCase field names are AC's, and the contract with readers of the output.
+    The version fields come first: a reader knows what it reads from line one.
     """
 
+    manifest_version: int = MANIFEST_VERSION
+    acexport_version: str = __version__
+    job: str | None  # None for a one-off ``acexport export``
     workspace: str
     type: str
     fromDate: str
     toDate: str
     createdDate: str | None
     downloadedAt: str
-    file: str
-    records: int
     payload_bytes: int
     payload_sha256: str
-    format: str
+    payload_format: str  # what AC served: zip, json or ndjson
+    file: str
+    file_bytes: int
+    file_sha256: str
+    records: int
+    format: str  # the file's: ndjson
     compression: str
 
     def to_json(self) -> bytes:
@@ -42,3 +59,41 @@ class Manifest:
             for name, value in vars(self).items()
         )
         return ("{\n" + fields + "\n}\n").encode("utf-8")
+
+
+def check_stored(
+    text: bytes | None,
+    size: int,
+    *,
+    workspace: str,
+    type_: str,
+    from_date: str,
+    to_date: str,
+) -> str | None:
+    """Why a stored manifest and its ``size``-byte file do not prove a window done;
+    None when they do.
+
+    Version-1 manifests (before ``file_bytes``) prove nothing about their file: a
+    truncated file beside one looked done forever. They are not believed; the
+    window is exported again once and written with a version-2 manifest.
+    """
+    if text is None:
+        return "its manifest is gone"
+    try:
+        fields: Any = json.loads(text)
+    except (ValueError, RecursionError):
+        return "its manifest is not valid JSON"
+    if not isinstance(fields, dict):
+        return "its manifest is not a JSON object"
+    if not isinstance(fields.get("manifest_version"), int) or fields["manifest_version"] < 2:
+        return "its manifest is version 1, which cannot prove its file whole"
+    wanted = {"workspace": workspace, "type": type_, "fromDate": from_date, "toDate": to_date}
+    for name, value in wanted.items():
+        if fields.get(name) != value:
+            return f"its manifest names {name} {fields.get(name)!r}, not {value!r}"
+    claimed = fields.get("file_bytes")
+    if not isinstance(claimed, int) or isinstance(claimed, bool):
+        return "its manifest has no file_bytes"
+    if claimed != size:
+        return f"its file has {size} bytes, its manifest says {claimed}"
+    return None

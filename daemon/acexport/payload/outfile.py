@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import queue
 import threading
@@ -58,6 +59,8 @@ class OutputFile:
         elif compression == Compression.ZSTD:
             self._compressor = codec.zstd_compressor()
         self._written = 0
+        # The file as written (the manifest's file_sha256): hashed in the writer thread.
+        self._sha = hashlib.sha256()
         self._queue: queue.Queue[list[bytes] | None] | None = None  # with the first write
         self._gathered: list[bytes] = []  # for the writer thread, until _HANDOFF_BYTES
         self._gathered_bytes = 0
@@ -125,6 +128,8 @@ class OutputFile:
             return
         assert self._file is not None, "open() comes first"
         fd = self._file.fileno()
+        for chunk in chunks:
+            self._sha.update(chunk)
         total = sum(map(len, chunks))
         done = 0
         for start in range(0, len(chunks), _IOV_MAX):
@@ -143,10 +148,22 @@ class OutputFile:
         self.open()  # an export with no records is an empty file
         assert self._file is not None
         if self._compressor is not None:
-            self._file.write(self._compressor.flush())
+            tail = self._compressor.flush()
+            self._file.write(tail)
+            self._sha.update(tail)
+            self._written += len(tail)
             self._compressor = None
         os.fsync(self._file.fileno())
         self._file.close()
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far (all of them, once closed)."""
+        return self._written
+
+    def sha256(self) -> str:
+        """The SHA-256 of what was written, once closed."""
+        return self._sha.hexdigest()
 
     def discard(self) -> None:
         self._gathered, self._gathered_bytes = [], 0  # not worth writing now

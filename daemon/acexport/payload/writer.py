@@ -33,6 +33,8 @@ class PayloadSummary:
     payload_bytes: int
     payload_sha256: str
     served_format: str  # what AC served: zip, json or ndjson (not the output format)
+    file_bytes: int  # the output file, as written
+    file_sha256: str
 
 
 class PayloadWriter:
@@ -160,7 +162,13 @@ class PayloadWriter:
         self._out.close()
         records = self._converter.records if self._converter else 0
         return PayloadSummary(
-            self._out.path, records, self.payload_bytes, self._sha.hexdigest(), self.served_format
+            self._out.path,
+            records,
+            self.payload_bytes,
+            self._sha.hexdigest(),
+            self.served_format,
+            self._out.size,
+            self._out.sha256(),
         )
 
     def discard(self) -> None:
