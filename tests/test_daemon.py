@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
 import signal
 import sys
@@ -310,3 +311,42 @@ async def test_ready_data_that_expired_while_down_is_resubmitted_holding_the_slo
     assert len(manifests(tmp_path / "exports")) == 2
     report = await emu.jobs()
     assert report["workspaces"]["alpha"]["max_unready"] == 1
+
+
+async def test_two_daemons_on_one_output_the_second_is_refused_naming_the_first(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 21 item 3: two state dirs, one output dir. The second daemon exits 78
+    naming the first's state dir; once the first stops cleanly, it starts. A marker
+    left by a daemon that is gone (stale) is taken over with a warning."""
+    emu = await emulator(tokens={"alpha": "alpha-token"})
+    jobs = job("p", "alpha", types=["page"], catch_up="0s")
+    first_config = write_config(tmp_path, emu, jobs)
+    other = tmp_path / "other"
+    other.mkdir()
+    second_config = write_config(other, emu, jobs)
+    text = second_config.read_text().replace(str(other / "exports"), str(tmp_path / "exports"))
+    second_config.write_text(text)
+
+    first = await DaemonProcess.start(first_config)
+    await first.wait_for(lambda: bool(first.events("daemon_started")))
+    marker = tmp_path / "exports" / ".acexport-owner.json"
+    assert json.loads(marker.read_text())["state_dir"] == str(tmp_path / "state")
+    second = await DaemonProcess.start(second_config)
+    assert await second.wait() == 78
+    said = "\n".join(second.raw)
+    assert "written by another acexport" in said
+    assert str(tmp_path / "state") in said
+    first.send(signal.SIGTERM)
+    assert await first.wait() == 0
+    assert not marker.exists()  # released at a clean stop
+
+    owner = {"state_id": "gone", "state_dir": "/elsewhere", "host": "h", "pid": 1}
+    marker.write_text(json.dumps({**owner, "seen_at": time.time() - 3600}))
+    again = await DaemonProcess.start(second_config)
+    await again.wait_for(lambda: bool(again.events("daemon_started")))
+    (warning,) = again.events("output_owner_taken_over")
+    assert "/elsewhere" in warning["previous"]
+    assert json.loads(marker.read_text())["state_dir"] == str(other / "state")
+    again.send(signal.SIGTERM)
+    assert await again.wait() == 0

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+import json
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -12,13 +13,15 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from acexport.config import JobSettings, Settings
 from acexport.errors import StoreUnavailable
+from acexport.ledger import Ledger
 from acexport.ledger_schema import ExportRecord, LedgerState
 from acexport.output.layout import OutputLayout
-from acexport.output.manifest import Manifest
-from acexport.output.stored import StoredWindow
+from acexport.output.manifest import Manifest, manifest_key
+from acexport.output.store import with_manifests
 from acexport.planner import Planner, due_windows
 from acexport.windows import ExportWindow, aligned_windows, check_window_length
 
@@ -157,115 +160,193 @@ def test_due_windows_never_start_before_start() -> None:
     assert [w.local_start.day for w in windows] == [7, 8, 9]
 
 
-# -- the Planner, with a fake ledger and store and a fixed clock -----------------------
+# -- the Planner, with the real ledger (SQLite), an in-memory store and a fixed clock ---
 
 
-class FakeLedger:
-    """Records what the planner asks of the ledger; every planned row is queued."""
+class MemoryStore:
+    """An output store in a dict (key -> bytes); ``down`` makes listing fail."""
 
     def __init__(self) -> None:
-        self.planned: list[tuple[str, list[str], list[ExportWindow]]] = []
-        self.adopted: list[tuple[str, str, ExportWindow, str]] = []
-
-    async def plan(
-        self, job: str, workspace: str, types: Iterable[str], windows: Iterable[ExportWindow]
-    ) -> list[ExportRecord]:
-        types, windows = list(types), list(windows)
-        self.planned.append((job, types, windows))
-        done = {(t, w) for _, t, w, _ in self.adopted}
-        return [
-            ExportRecord(
-                n,
-                job,
-                workspace,
-                t,
-                w.start,
-                w.end,
-                LedgerState.QUEUED,
-                0,
-                0,
-                None,
-                None,
-                None,
-                0.0,
-                None,
-                None,
-                None,
-            )
-            for n, (t, w) in enumerate(itertools.product(types, windows))
-            if (t, w) not in done
-        ]
-
-    async def adopt_stored(self, job: str, workspace: str, found: Iterable[StoredWindow]) -> int:
-        rows = [(job, t, w, location) for t, w, location in found]
-        self.adopted += rows
-        return len(rows)
-
-
-class FakeStore:
-    """An output store holding manifests for ``keys``; ``down`` makes listing fail."""
-
-    def __init__(self, keys: set[PurePosixPath]) -> None:
-        self.keys = keys
+        self.objects: dict[PurePosixPath, bytes] = {}
         self.listings = 0
         self.down = False
 
     def location(self, key: PurePosixPath) -> str:
         return f"mem://{key}"
 
+    def describe(self) -> str:
+        return "mem://"
+
     async def start(self, stack: AsyncExitStack) -> None:
         """Nothing to connect to."""
 
     async def commit(self, data: Path, key: PurePosixPath, manifest: Manifest) -> str:
-        raise NotImplementedError
+        self.objects[key] = data.read_bytes()
+        self.objects[manifest_key(key)] = manifest.to_json()
+        return self.location(manifest_key(key))
 
     def commit_here(self, data: Path, key: PurePosixPath, manifest: Manifest) -> str | None:
         return None
 
-    async def manifests_under(self, prefix: str) -> set[PurePosixPath]:
+    async def stored_under(self, prefix: str) -> dict[PurePosixPath, int]:
         self.listings += 1
         if self.down:
             raise StoreUnavailable("the store is down")
-        return {key for key in self.keys if str(key).startswith(prefix)}
+        return with_manifests({str(k): len(v) for k, v in self.objects.items()}, prefix)
+
+    async def read_small(self, key: PurePosixPath) -> bytes | None:
+        return self.objects.get(key)
+
+    async def write_small(self, key: PurePosixPath, data: bytes) -> None:
+        self.objects[key] = data
+
+    async def delete_small(self, key: PurePosixPath) -> None:
+        self.objects.pop(key, None)
 
 
-def planner_for(
-    ledger: FakeLedger, store: FakeStore, now: datetime
-) -> tuple[Planner, JobSettings, Settings]:
+NOW = datetime(2022, 6, 10, 12, tzinfo=UTC)
+
+
+@pytest.fixture
+async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
+    ledger = await Ledger.open(tmp_path / "state.sqlite3")
+    yield ledger
+    await ledger.close()
+
+
+def planner_for(ledger: Ledger, store: MemoryStore) -> tuple[Planner, JobSettings, OutputLayout]:
     settings = Settings(
         workspaces={"acme": {"token": "t", "base_url": "https://ac.example"}},
         jobs=[{"name": "daily", "workspace": "acme", "types": ["page", "event"],
                "catch_up": "3d", "lag": "0s"}],
     )  # fmt: skip
-    return Planner(ledger, store, lambda: settings, lambda: now), settings.jobs[0], settings
+    planner = Planner(ledger, store, lambda: settings, lambda: NOW)
+    return planner, settings.jobs[0], OutputLayout.from_settings(settings.output)
 
 
-async def test_a_look_queues_the_due_windows_the_store_lacks() -> None:
-    """Windows whose manifest is in the store are adopted as done, the rest queued."""
-    now = datetime(2022, 6, 10, 12, tzinfo=UTC)
-    ledger = FakeLedger()
-    store = FakeStore(set())
-    planner, job, settings = planner_for(ledger, store, now)
+def store_window(
+    store: MemoryStore,
+    key: PurePosixPath,
+    window: ExportWindow,
+    data: bytes = b'{"id": "1"}\n',
+    *,
+    type_: str = "page",
+    claimed_bytes: int | None = None,
+    version: int = 2,
+) -> None:
+    """A data file and its manifest, as a daemon (of ``version``) wrote them."""
+    store.objects[key] = data
+    fields = {
+        "manifest_version": version,
+        "workspace": "acme",
+        "type": type_,
+        "fromDate": window.from_date,
+        "toDate": window.to_date,
+        "file": key.name,
+        "file_bytes": len(data) if claimed_bytes is None else claimed_bytes,
+        "records": 1,
+    }
+    if version == 1:
+        del fields["manifest_version"], fields["file_bytes"]
+    store.objects[manifest_key(key)] = json.dumps(fields).encode()
+
+
+def slots(records: list[ExportRecord]) -> set[tuple[str, int]]:
+    return {(r.type, r.start.day) for r in records}
+
+
+async def test_a_look_queues_the_due_windows_the_store_lacks(ledger: Ledger) -> None:
+    """Windows whose file the store holds, proven by its manifest, are done; the rest
+    queued."""
+    store = MemoryStore()
+    planner, job, layout = planner_for(ledger, store)
     windows = planner.due(job)
     assert [w.start.day for w in windows] == [7, 8, 9]
-    layout = OutputLayout.from_settings(settings.output)
     stored = layout.key_for("acme", "page", "daily", windows[0])
-    store.keys.add(stored)
+    store_window(store, stored, windows[0])
 
     look = await planner.look(job)
 
     assert look.due == 6
-    assert ledger.adopted == [("daily", "page", windows[0], f"mem://{stored}")]
     assert len(look.records) == 5
-    assert ("page", windows[0].start) not in {(r.type, r.start) for r in look.records}
+    assert ("page", 7) not in slots(look.records)
+    (row,) = [r for r in await ledger.rows_ending_after(windows[0].start) if r.type == "page"
+              and r.start == windows[0].start]  # fmt: skip
+    assert row.state is LedgerState.DONE
+    assert row.destination == f"mem://{stored}"
 
 
-async def test_the_store_is_listed_once_per_job_and_again_after_a_failure() -> None:
+@pytest.mark.parametrize(
+    ("damage", "what"),
+    [
+        ({"data": b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00", "claimed_bytes": 4096}, "short"),
+        ({"data": b"12345", "claimed_bytes": 0}, "long"),
+        ({"type_": "event"}, "another type's manifest"),
+        ({"version": 1}, "version 1"),
+    ],
+)
+async def test_a_stored_file_its_manifest_does_not_prove_is_exported_again(
+    ledger: Ledger, damage: dict[str, object], what: str
+) -> None:
+    """Issue 21 item 1: a 9-byte truncated gzip beside a manifest claiming more, a
+    manifest naming another type, or a version-1 manifest (which cannot prove its
+    file) is not adopted: the window is queued and exported again."""
+    store = MemoryStore()
+    planner, job, layout = planner_for(ledger, store)
+    window = planner.due(job)[0]
+    store_window(store, layout.key_for("acme", "page", "daily", window), window, **damage)  # type: ignore[arg-type]
+
+    with capture_logs() as logs:
+        look = await planner.look(job)
+
+    assert ("page", 7) in slots(look.records), what
+    assert len(look.records) == 6
+    (warning,) = [e for e in logs if e["event"] == "stored_windows_not_trusted"]
+    assert warning["count"] == 1
+
+
+async def test_windows_done_in_the_ledger_but_gone_from_the_store_are_queued_again(
+    ledger: Ledger,
+) -> None:
+    """Issue 21 item 2: a new output root, a copied state dir, a deleted file: the
+    ledger's done is not the truth, the store is."""
+    store = MemoryStore()
+    planner, job, layout = planner_for(ledger, store)
+    windows = planner.due(job)
+    for window in windows:
+        for type_ in job.types:
+            store_window(store, layout.key_for("acme", type_, "daily", window), window,
+                         type_=type_)  # fmt: skip
+    assert (await planner.look(job)).records == []  # all adopted, file sizes recorded
+
+    # The same state dir against a store that lost one file and had another replaced.
+    store = MemoryStore()
+    gone = layout.key_for("acme", "page", "daily", windows[1])
+    for window in windows:
+        for type_ in job.types:
+            key = layout.key_for("acme", type_, "daily", window)
+            if key != gone:
+                store_window(store, key, window, type_=type_)
+    changed = layout.key_for("acme", "event", "daily", windows[2])
+    store_window(store, changed, windows[2], b"{}\n" * 3, type_="event")
+    planner, job, _ = planner_for(ledger, store)
+
+    with capture_logs() as logs:
+        look = await planner.look(job)
+
+    assert slots(look.records) == {("page", 8), ("event", 9)}
+    assert all(r.state is LedgerState.QUEUED for r in look.records)
+    (warning,) = [e for e in logs if e["event"] == "exports_missing_from_store"]
+    assert warning["count"] == 2
+
+
+async def test_the_store_is_listed_once_per_job_and_again_after_a_failure(
+    ledger: Ledger,
+) -> None:
     """One listing per type at the first look; none later; a failed listing is retried."""
-    now = datetime(2022, 6, 10, 12, tzinfo=UTC)
-    store = FakeStore(set())
+    store = MemoryStore()
     store.down = True
-    planner, job, _ = planner_for(FakeLedger(), store, now)
+    planner, job, _ = planner_for(ledger, store)
 
     first = await planner.look(job)  # the store is down: everything is queued anyway
     assert len(first.records) == 6

@@ -134,15 +134,54 @@ async def test_run_once_into_s3_verified_manifest_last_and_the_bucket_is_the_tru
         assert max(s.ended for s in data_put) <= min(s.started for s in manifest_put)
     assert "SECRET" not in "\n".join(first.raw).upper().replace("SECRET_ACCESS_KEY_FILE", "")
 
+    def data_puts() -> int:  # the owner marker (output/owner.py) is put at every start
+        return len([put for put in proxy.puts() if "acexport-owner" not in put.path])
+
     requests_before = (await emu.jobs())["workspaces"]
-    puts_before = len(proxy.puts())
+    puts_before = data_puts()
     shutil.rmtree(tmp_path / "state")
     second = await run_once(config)
     assert second.process.returncode == 0
     assert (await emu.jobs())["workspaces"] == requests_before  # AC was not asked again
-    assert len(proxy.puts()) == puts_before  # nothing uploaded again
+    assert data_puts() == puts_before  # nothing uploaded again
     found = second.events("exports_found_in_store")
     assert sum(event["count"] for event in found) == 12
+
+
+async def test_a_damaged_or_missing_object_is_exported_again_not_trusted(
+    emulator: EmulatorFactory, seaweed: Seaweed, proxy: S3Proxy, tmp_path: Path
+) -> None:
+    """Issue 21 items 1 and 2 on S3: a 5-byte object beside its manifest is not
+    adopted with the state dir lost; an object deleted while the ledger says done is
+    exported again with the state dir kept. Each comes back byte-exact."""
+    emu = await emulator(tokens={"alpha": "alpha-token"}, records=40, format="ndjson")
+    name = bucket(seaweed)
+    config = one_window(tmp_path, emu, proxy, name, catch_up="3d")
+    assert (await run_once(config)).process.returncode == 0
+    data, _ = data_and_manifests(seaweed.objects(name))
+    assert len(data) == 3
+    truncated, deleted = sorted(data)[:2]
+    client = seaweed.client()
+    client.put_object(Bucket=name, Key=truncated, Body=b"trunc")
+    shutil.rmtree(tmp_path / "state")
+
+    lost_state = await run_once(config)
+    assert lost_state.process.returncode == 0
+    (untrusted,) = lost_state.events("stored_windows_not_trusted")
+    assert untrusted["count"] == 1
+    assert "5 bytes" in untrusted["reason"]
+    assert sum(e["count"] for e in lost_state.events("exports_found_in_store")) == 2
+    assert seaweed.objects(name)[truncated] == data[truncated]
+
+    client.delete_object(Bucket=name, Key=deleted)
+    kept_state = await run_once(config)
+    assert kept_state.process.returncode == 0
+    (missing,) = kept_state.events("exports_missing_from_store")
+    assert missing["count"] == 1
+    assert seaweed.objects(name)[deleted] == data[deleted]
+    manifest = json.loads(seaweed.objects(name)[deleted + ".manifest.json"])
+    assert manifest["file_bytes"] == len(data[deleted])
+    assert manifest["file_sha256"] == hashlib.sha256(data[deleted]).hexdigest()
 
 
 async def test_store_killed_mid_upload_recovers_without_duplicate_or_partial(
@@ -211,7 +250,10 @@ async def test_slow_down_and_5xx_are_retried_without_asking_ac_again(
     emu = await emulator(tokens={"alpha": "alpha-token"}, records=50)
     name = bucket(seaweed)
     config = one_window(tmp_path, emu, proxy, name, compression="gzip")
-    proxy.faults = [Fault("PUT", 503, "SlowDown", times=4), Fault("PUT", 500, "InternalError", 4)]
+    proxy.faults = [  # on the exports' objects (not the owner marker put at start)
+        Fault("PUT", 503, "SlowDown", times=4, path_contains=".jsonl"),
+        Fault("PUT", 500, "InternalError", 4, path_contains=".jsonl"),
+    ]
     daemon = await run_once(config)
     assert daemon.process.returncode == 0, "\n".join(daemon.raw[-20:])
     assert len(daemon.events("output_store_retrying")) >= 2  # botocore retries some itself
@@ -256,7 +298,7 @@ async def test_access_denied_mid_run_fails_exports_named_in_healthz_and_status(
     port = _free_port()
     config = one_window(tmp_path, emu, proxy, name, catch_up="2d")
     config.write_text(config.read_text().replace('listen = ""', f'listen = "127.0.0.1:{port}"'))
-    proxy.faults = [Fault("PUT", 403, "AccessDenied", times=100)]
+    proxy.faults = [Fault("PUT", 403, "AccessDenied", times=100, path_contains=".jsonl")]
     daemon = await DaemonProcess.start(config)
     try:
         await daemon.wait_for(lambda: len(daemon.events("export_failed")) >= 2)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import datetime
@@ -30,7 +32,7 @@ from pydantic import SecretStr
 
 from .client import new_session
 from .config import JobSettings, Settings, load_settings, resolve_tokens
-from .errors import ConfigError, StateError
+from .errors import ConfigError, SinkError, StateError, StoreRejected, StoreUnavailable
 from .events import Observers, Tally
 from .export import Timing
 from .lane import Lane, LaneContext
@@ -44,6 +46,7 @@ from .ops.notify import SystemdNotifier
 from .ops.server import HealthServer
 from .ops.statuspage import LaneView, build_view, horizon_start, render
 from .output.open import open_store
+from .output.owner import REFRESH_S, Owner, claim_output, refresh_claim, release_claim
 from .output.sink import Sink
 from .output.store import OutputStore
 from .planner import Planner
@@ -85,6 +88,7 @@ class Daemon:
         self._wake = asyncio.Event()  # a stop or a reload was asked for
         self._ledger: Ledger
         self._output: OutputStore
+        self._owner: Owner
         self._planner: Planner
         self._ctx: LaneContext
         self._scheduler = Scheduler(self._look, clock)
@@ -122,6 +126,7 @@ class Daemon:
         temp_dir = daemon.state_dir / "tmp"
         self._output = open_store(self._settings, temp_dir)
         await self._output.start(stack)
+        await self._claim_output(stack)
         self._planner = Planner(self._ledger, self._output, lambda: self._settings, self._clock)
         sink = Sink(
             temp_dir,
@@ -161,6 +166,50 @@ class Daemon:
             lanes=sorted(self._lanes),
         )
 
+    async def _claim_output(self, stack: AsyncExitStack) -> None:
+        """Become the output's one writer (output/owner.py), noticing a changed root."""
+        ledger, store = self._ledger, self._output
+        state_id = await ledger.meta("state_id")
+        if state_id is None:
+            state_id = uuid.uuid4().hex
+            await ledger.set_meta("state_id", state_id)
+        root = store.describe()
+        previous = await ledger.meta("output_root")
+        if previous not in (None, root):
+            log.warning(
+                "output_root_changed",
+                previous=previous,
+                output=root,
+                detail="windows recorded done are checked in the new output; "
+                "those it lacks are exported again",
+            )
+        await ledger.set_meta("output_root", root)
+        self._owner = Owner.me(state_id, str(self._settings.daemon.state_dir), time.time())
+        try:
+            await claim_output(store, self._owner)
+        except StoreUnavailable as exc:  # down now: commits wait for it; claimed later
+            log.warning("output_owner_not_claimed", error=str(exc))
+
+        async def release() -> None:
+            try:
+                await release_claim(store, self._owner)
+            except (StoreUnavailable, StoreRejected, SinkError) as exc:
+                log.warning("output_owner_not_released", error=str(exc))
+
+        stack.push_async_callback(release)  # after the lanes stopped: registered before
+
+    async def _keep_claim(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            self._owner = dataclasses.replace(self._owner, seen_at=time.time())
+            try:
+                await refresh_claim(self._output, self._owner)
+            except ConfigError as exc:
+                self.fail(exc)
+                return
+            except (StoreUnavailable, StoreRejected, SinkError) as exc:
+                log.warning("output_owner_not_refreshed", error=str(exc))
+
     async def _resume(self) -> None:
         resumed = await self._ledger.active()
         self._enqueue(resumed)
@@ -170,7 +219,10 @@ class Daemon:
     async def _start_loops(self, stack: AsyncExitStack) -> None:
         """Background loops live in a task group: cancelled, then awaited, on stop."""
         loops = await stack.enter_async_context(asyncio.TaskGroup())
-        tasks = [loops.create_task(self._measure_loop_lag(), name="loop-lag")]
+        tasks = [
+            loops.create_task(self._measure_loop_lag(), name="loop-lag"),
+            loops.create_task(self._keep_claim(), name="output-owner"),
+        ]
         if self._notifier.watchdog_interval_s:
             watchdog = self._watchdog(self._notifier.watchdog_interval_s)
             tasks.append(loops.create_task(watchdog, name="watchdog"))

@@ -272,6 +272,7 @@ class Lane:
                 payload_sha256=manifest.payload_sha256,
                 requests=outcome.requests,
                 created_date=manifest.createdDate,
+                file_bytes=manifest.file_bytes,
             )
         )
         self._publish(

@@ -272,11 +272,13 @@ class Ledger:
         payload_sha256: str,
         requests: int,
         created_date: str | None,
+        file_bytes: int | None = None,
     ) -> None:
         await self._update(
             export_id,
             state=LedgerState.DONE,
             destination=destination,
+            file_bytes=file_bytes,
             records=records,
             payload_bytes=payload_bytes,
             payload_sha256=payload_sha256,
@@ -288,26 +290,77 @@ class Ledger:
 
     @_state_errors
     async def adopt_stored(
-        self, job: str, workspace: str, found: Iterable[tuple[str, ExportWindow, str]]
+        self, job: str, workspace: str, found: Iterable[tuple[str, ExportWindow, str, int]]
     ) -> int:
-        """Record windows whose manifest is in the output store as done.
+        """Record windows whose file the output store holds, proven whole, as done.
 
-        ``found``: (type, window, location) triples. Rows not yet done become
+        ``found``: (type, window, location, file bytes). Rows not yet done become
         done; missing rows are created done. Returns how many rows changed.
         """
         now = time.time()
-        rows = [(workspace, t, iso_ms(w.start), iso_ms(w.end), where) for t, w, where in found]
+        rows = [
+            (workspace, t, iso_ms(w.start), iso_ms(w.end), job, where, size, now, now, now)
+            for t, w, where, size in found
+        ]
         if not rows:
             return 0
         return await self._many(
             "INSERT INTO exports (workspace, type, window_start, window_end, job, state, "
-            "destination, planned_at, finished_at, updated_at, reason) "
-            "VALUES (?, ?, ?, ?, ?, 'done', ?, ?, ?, ?, 'found in the output store') "
+            "destination, file_bytes, planned_at, finished_at, updated_at, reason) "
+            "VALUES (?, ?, ?, ?, ?, 'done', ?, ?, ?, ?, ?, 'found in the output store') "
             "ON CONFLICT (workspace, type, window_start, window_end) DO UPDATE SET "
-            "state = 'done', destination = excluded.destination, reason = excluded.reason, "
+            "state = 'done', destination = excluded.destination, "
+            "file_bytes = excluded.file_bytes, reason = excluded.reason, "
             "finished_at = excluded.finished_at, updated_at = excluded.updated_at "
             "WHERE state != 'done'",
-            [(ws, t, s, e, job, where, now, now, now) for ws, t, s, e, where in rows],
+            rows,
+        )
+
+    @_state_errors
+    async def done_files(
+        self, workspace: str, types: Iterable[str], windows: Sequence[ExportWindow]
+    ) -> dict[tuple[str, ExportWindow], tuple[int, int | None]]:
+        """(type, window) -> (row id, file bytes if known) of the windows recorded done."""
+        if not windows:
+            return {}
+        wanted = {(t, iso_ms(w.start), iso_ms(w.end)): w for t in types for w in windows}
+        rows = await self._rows(
+            "SELECT id, type, window_start, window_end, file_bytes FROM exports "
+            "WHERE workspace = ? AND state = 'done' AND window_start >= ? AND window_start <= ?",
+            workspace,
+            iso_ms(min(w.start for w in windows)),
+            iso_ms(max(w.start for w in windows)),
+        )
+        found: dict[tuple[str, ExportWindow], tuple[int, int | None]] = {}
+        for export_id, type_, start, end, size in rows:
+            window = wanted.get((type_, start, end))
+            if window is not None:
+                found[(type_, window)] = (export_id, size)
+        return found
+
+    @_state_errors
+    async def requeue(self, export_ids: Iterable[int], reason: str) -> int:
+        """Done rows back to queued (their file is gone from the output store)."""
+        now = time.time()
+        return await self._many(
+            "UPDATE exports SET state = 'queued', reason = ?, updated_at = ? "
+            "WHERE id = ? AND state = 'done'",
+            [(reason, now, export_id) for export_id in export_ids],
+        )
+
+    @_state_errors
+    async def meta(self, key: str) -> str | None:
+        """A fact about this state directory (its id, its output root)."""
+        rows = await self._rows("SELECT value FROM meta WHERE key = ?", key)
+        return str(rows[0][0]) if rows else None
+
+    @_state_errors
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._rows(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            key,
+            value,
         )
 
     @_state_errors

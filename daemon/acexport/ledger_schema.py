@@ -47,6 +47,12 @@ _MIGRATIONS: Sequence[str] = (
     """
     CREATE INDEX exports_by_type_ready ON exports (type, ready_at);
     """,
+    # version 3: the size of each done window's file, to notice it changed or went
+    # missing in the output store; facts about the state dir (its id, its output root)
+    """
+    ALTER TABLE exports ADD COLUMN file_bytes INTEGER;
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 )
 
 

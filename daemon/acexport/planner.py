@@ -3,13 +3,14 @@
 ``due_windows`` is pure arithmetic on a job's settings and the time. A
 ``Planner`` turns a look at a job into ledger rows: it asks the output store
 once per job (the truth: README, "Output") which due windows are already
-there, marks those done, and records the rest as queued. Looking twice
+there, marks those its manifests prove done, queues again the ones the ledger
+calls done but the store lacks, and records the rest as queued. Looking twice
 changes nothing. Queueing rows into lanes is the daemon's business.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -22,7 +23,7 @@ from .errors import StoreRejected, StoreUnavailable
 from .ledger_schema import ExportRecord
 from .output.layout import OutputLayout
 from .output.store import OutputStore
-from .output.stored import StoredWindow, stored_windows
+from .output.stored import StoredFile, stored_files, unproven
 from .windows import ExportWindow, aligned_windows
 
 log = structlog.get_logger("acexport.planner")
@@ -64,8 +65,14 @@ class PlanLedger(Protocol):
     ) -> Awaitable[list[ExportRecord]]: ...
 
     def adopt_stored(
-        self, job: str, workspace: str, found: Iterable[StoredWindow]
+        self, job: str, workspace: str, found: Iterable[tuple[str, ExportWindow, str, int]]
     ) -> Awaitable[int]: ...
+
+    def done_files(
+        self, workspace: str, types: Iterable[str], windows: Sequence[ExportWindow]
+    ) -> Awaitable[dict[tuple[str, ExportWindow], tuple[int, int | None]]]: ...
+
+    def requeue(self, export_ids: Iterable[int], reason: str) -> Awaitable[int]: ...
 
 
 class Planner:
@@ -104,24 +111,68 @@ class Planner:
         return await self._ledger.plan(job.name, job.workspace, job.types, windows)
 
     async def adopt(self, job: JobSettings, windows: list[ExportWindow]) -> int:
-        """Mark the windows whose manifest the store holds as done; how many changed.
+        """Square the ledger with the store for ``windows``; how many rows changed.
 
-        If the store cannot be listed now, the windows are exported anyway: a commit
-        replaces what is there, never duplicates it. The next look lists again.
+        Windows whose file the store holds, proven whole by its manifest, are done;
+        windows the ledger says are done but the store lacks (a new output root, a
+        state dir copied or restored, a file deleted to force a re-export) are queued
+        again. If the store cannot be listed now, nothing changes: the windows are
+        exported anyway (a commit replaces, never duplicates) and the next look lists
+        again.
         """
         layout = OutputLayout.from_settings(self._settings().output)
         try:
-            found = await stored_windows(
+            files = await stored_files(
                 self._store, layout, job.workspace, job.name, job.types, windows
             )
+            done = await self._ledger.done_files(job.workspace, job.types, windows)
+            fresh = [f for f in files if (f.type, f.window) not in done]
+            refused = await unproven(self._store, job.workspace, fresh)
         except (StoreRejected, StoreUnavailable) as exc:
             log.warning("output_store_not_listed", job=job.name, error=str(exc))
             return 0
         self._listed.add(_key(job))
-        adopted = await self._ledger.adopt_stored(job.name, job.workspace, found)
+        changed = await self._requeue_missing(job, files, done)
+        if refused:
+            stored, why = refused[0]
+            log.warning(
+                "stored_windows_not_trusted",
+                job=job.name,
+                count=len(refused),
+                example=stored.location,
+                reason=why,
+                detail="exported again; the store's files are replaced",
+            )
+        untrusted = {id(stored) for stored, _ in refused}
+        proven = [(f.type, f.window, f.location, f.size) for f in fresh if id(f) not in untrusted]
+        adopted = await self._ledger.adopt_stored(job.name, job.workspace, proven)
         if adopted:
-            log.info("exports_found_in_store", job=job.name, count=adopted, stored=len(found))
-        return adopted
+            log.info("exports_found_in_store", job=job.name, count=adopted, stored=len(files))
+        return changed + adopted
+
+    async def _requeue_missing(
+        self,
+        job: JobSettings,
+        files: list[StoredFile],
+        done: dict[tuple[str, ExportWindow], tuple[int, int | None]],
+    ) -> int:
+        sizes = {(f.type, f.window): f.size for f in files}
+        missing = [
+            export_id
+            for slot, (export_id, size) in done.items()
+            if slot not in sizes or (size is not None and sizes[slot] != size)
+        ]
+        if not missing:
+            return 0
+        requeued = await self._ledger.requeue(missing, "missing from the output store")
+        log.warning(
+            "exports_missing_from_store",
+            job=job.name,
+            count=requeued,
+            detail="recorded done, but the output store lacks the file (or it changed): "
+            "exported again",
+        )
+        return requeued
 
 
 def _key(job: JobSettings) -> str:

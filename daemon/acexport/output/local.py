@@ -19,7 +19,8 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import SinkError
 from ..payload.tempfiles import create_new, temp_stem
-from .manifest import MANIFEST_SUFFIX, Manifest, manifest_key
+from .manifest import Manifest, manifest_key
+from .store import SMALL_MAX, with_manifests
 
 
 def disk_error(action: str, path: Path, exc: OSError) -> SinkError:
@@ -43,6 +44,9 @@ class LocalStore:
     def location(self, key: PurePosixPath) -> str:
         return str(self.path_of(key))
 
+    def describe(self) -> str:
+        return str(self.root)
+
     async def start(self, stack: AsyncExitStack) -> None:
         """Nothing to connect to; a missing root is created on the first commit."""
 
@@ -56,24 +60,59 @@ class LocalStore:
     def _commit(self, data: Path, key: PurePosixPath, manifest: Manifest) -> str:
         return str(_commit(data, self.root, key, manifest, self.temp_dir))
 
-    async def manifests_under(self, prefix: str) -> set[PurePosixPath]:
-        return await asyncio.to_thread(self._manifests_under, prefix)
+    async def stored_under(self, prefix: str) -> dict[PurePosixPath, int]:
+        return await asyncio.to_thread(self._stored_under, prefix)
 
-    def _manifests_under(self, prefix: str) -> set[PurePosixPath]:
+    def _stored_under(self, prefix: str) -> dict[PurePosixPath, int]:
         top = PurePosixPath(prefix).parent if "/" in prefix else PurePosixPath()
         start = self.root / top
-        names: set[str] = set()
+        sizes: dict[str, int] = {}
         # os.walk follows no links by default: a planted link cannot widen the listing.
         for directory, _, files in os.walk(start):
-            relative = Path(directory).relative_to(self.root)
-            names.update(str(PurePosixPath(relative.as_posix()) / name) for name in files)
-        return {
-            PurePosixPath(name[: -len(MANIFEST_SUFFIX)])
-            for name in names
-            if name.startswith(prefix)
-            and name.endswith(MANIFEST_SUFFIX)
-            and name[: -len(MANIFEST_SUFFIX)] in names
-        }
+            relative = PurePosixPath(Path(directory).relative_to(self.root).as_posix())
+            for name in files:
+                with contextlib.suppress(OSError):  # gone meanwhile
+                    stat = (Path(directory) / name).lstat()
+                    sizes[str(relative / name)] = stat.st_size
+        return with_manifests(sizes, prefix)
+
+    async def read_small(self, key: PurePosixPath) -> bytes | None:
+        return await asyncio.to_thread(self._read_small, key)
+
+    def _read_small(self, key: PurePosixPath) -> bytes | None:
+        try:
+            fd = os.open(self.path_of(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise disk_error("reading", self.path_of(key), exc) from None
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read(SMALL_MAX + 1)
+
+    async def write_small(self, key: PurePosixPath, data: bytes) -> None:
+        await asyncio.to_thread(self._write_small, key, data)
+
+    def _write_small(self, key: PurePosixPath, data: bytes) -> None:
+        staged = self.temp_dir / f"{temp_stem()}.small"
+        dir_fd: int | None = None
+        try:
+            self.temp_dir.mkdir(parents=True, exist_ok=True)
+            dir_fd = _open_directory(self.root, key.parent)
+            with create_new(staged) as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            _place(staged, key.name, dir_fd)
+            os.fsync(dir_fd)
+        except OSError as exc:
+            staged.unlink(missing_ok=True)
+            raise disk_error("writing", self.path_of(key), exc) from None
+        finally:
+            if dir_fd is not None:
+                os.close(dir_fd)
+
+    async def delete_small(self, key: PurePosixPath) -> None:
+        await asyncio.to_thread(self.path_of(key).unlink, missing_ok=True)
 
 
 class _LinkInOutputTree(OSError):

@@ -27,7 +27,8 @@ from typing import Any
 import structlog
 
 from ..errors import ConfigError, StoreRejected, StoreUnavailable
-from .manifest import MANIFEST_SUFFIX, Manifest, manifest_key
+from .manifest import Manifest, manifest_key
+from .store import SMALL_MAX, with_manifests
 
 log = structlog.get_logger("acexport.s3")
 
@@ -103,6 +104,9 @@ class S3Store:
 
     def location(self, key: PurePosixPath) -> str:
         return f"s3://{self.target.bucket}/{self.target.prefix}{key}"
+
+    def describe(self) -> str:
+        return self.target.describe()
 
     def _key(self, key: PurePosixPath | str) -> str:
         return f"{self.target.prefix}{key}"
@@ -279,20 +283,40 @@ class S3Store:
             # aborts what is left.
             log.warning("s3_abort_failed", key=key, error=str(exc))
 
-    async def manifests_under(self, prefix: str) -> set[PurePosixPath]:
-        t, names = self.target, set[str]()
+    async def stored_under(self, prefix: str) -> dict[PurePosixPath, int]:
+        t, sizes = self.target, dict[str, int]()
         paginator = self._client.get_paginator("list_objects_v2")
 
         async def list_all() -> None:
             async for page in paginator.paginate(Bucket=t.bucket, Prefix=self._key(prefix)):
-                names.update(item["Key"][len(t.prefix) :] for item in page.get("Contents", []))
+                for item in page.get("Contents", []):
+                    sizes[item["Key"][len(t.prefix) :]] = int(item["Size"])
 
         await self._call("listing", list_all)
-        return {
-            PurePosixPath(name[: -len(MANIFEST_SUFFIX)])
-            for name in names
-            if name.endswith(MANIFEST_SUFFIX) and name[: -len(MANIFEST_SUFFIX)] in names
-        }
+        return with_manifests(sizes, prefix)
+
+    async def read_small(self, key: PurePosixPath) -> bytes | None:
+        async def get() -> bytes | None:
+            try:
+                answer = await self._client.get_object(
+                    Bucket=self.target.bucket, Key=self._key(key)
+                )
+            except self._client.exceptions.NoSuchKey:
+                return None
+            async with answer["Body"] as body:
+                return bytes(await body.read(SMALL_MAX + 1))
+
+        result: bytes | None = await self._call(f"reading {self._key(key)} in", get)
+        return result
+
+    async def write_small(self, key: PurePosixPath, data: bytes) -> None:
+        await self._put(self._key(key), data, _sha256_b64(data))
+
+    async def delete_small(self, key: PurePosixPath) -> None:
+        await self._call(
+            f"deleting {self._key(key)} in",
+            lambda: self._client.delete_object(Bucket=self.target.bucket, Key=self._key(key)),
+        )
 
 
 def read_secret_file(path: Path, what: str) -> str:

@@ -1,8 +1,9 @@
 """The output store seam: where committed data lives, a directory or a bucket.
 
 Every store takes the same relative keys, writes the data first and its
-manifest last, and can list the manifests under a prefix: a window whose
-manifest exists is done, whatever the ledger says.
+manifest last, and can list what it holds under a prefix, with sizes: a window
+whose manifest exists and whose file has the bytes it claims is done, whatever
+the ledger says.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from .manifest import Manifest
+from .manifest import MANIFEST_SUFFIX, Manifest
 
 
 class OutputStore(Protocol):
@@ -20,6 +21,10 @@ class OutputStore(Protocol):
 
     def location(self, key: PurePosixPath) -> str:
         """How a key is named to people (a path, or an ``s3://`` URL); never credentials."""
+        ...
+
+    def describe(self) -> str:
+        """The store's root as people name it (a directory, or ``s3://bucket/prefix``)."""
         ...
 
     async def start(self, stack: AsyncExitStack) -> None:
@@ -38,12 +43,40 @@ class OutputStore(Protocol):
         None: nothing was done, the caller awaits ``commit`` (with its retries)."""
         ...
 
-    async def manifests_under(self, prefix: str) -> set[PurePosixPath]:
-        """The data keys (not manifest keys) whose manifest exists under ``prefix``."""
+    async def stored_under(self, prefix: str) -> dict[PurePosixPath, int]:
+        """The data keys (not manifest keys) under ``prefix`` whose manifest exists too,
+        with the data file's size (a listing gives it: no request per file)."""
         ...
+
+    async def read_small(self, key: PurePosixPath) -> bytes | None:
+        """A small object (a manifest, the owner marker); None if there is none."""
+        ...
+
+    async def write_small(self, key: PurePosixPath, data: bytes) -> None:
+        """Replace a small object whole (the owner marker)."""
+        ...
+
+    async def delete_small(self, key: PurePosixPath) -> None:
+        """Remove a small object, if it is there."""
+        ...
+
+
+SMALL_MAX = 1 << 20  # a manifest or marker bigger than this is not one of ours
 
 
 def common_prefix(keys: list[PurePosixPath]) -> str:
     """The longest string every key starts with: one listing covers them all."""
     # Characters, not path components: an S3 prefix need not end at a "/".
     return os.path.commonprefix([str(key) for key in keys])  # noqa: RUF071
+
+
+def with_manifests(sizes: dict[str, int], prefix: str) -> dict[PurePosixPath, int]:
+    """Of a listing (name -> size), the data keys under ``prefix`` whose manifest is
+    listed too, with the data's size."""
+    return {
+        PurePosixPath(data): sizes[data]
+        for name in sizes
+        if name.startswith(prefix)
+        and name.endswith(MANIFEST_SUFFIX)
+        and (data := name[: -len(MANIFEST_SUFFIX)]) in sizes
+    }
