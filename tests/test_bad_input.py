@@ -70,6 +70,14 @@ BAD_CONFIGS = [
     ('[daemon]\nstate_dir = ""\n', "daemon.state_dir"),
     ('[output]\npath = "{workspace}/a\\u0000b.jsonl"\n', "output.path"),
     ('[http]\nmax_payload = "lots"\n', "http.max_payload"),
+    # Issue 21 item 21: sizes are positive numbers, never booleans.
+    ("[http]\nmax_payload = 0\n", "http.max_payload"),
+    ("[http]\nmax_payload = true\n", "http.max_payload"),
+    ("[http]\nmax_inflate_ratio = true\n", "http.max_inflate_ratio"),
+    ("[http]\nmax_attempts = true\n", "http.max_attempts"),
+    ("[output.s3]\nconcurrency = false\n", "output.s3.concurrency"),
+    # Item 20: one output, spelt one way per source.
+    ('[daemon]\noutput_dir = "/a"\n[output]\nurl = "/b"\n', "not both"),
     (WS + JOB + '[output]\npath = "{type}_' + "x" * 250 + '.jsonl"\n', "output.path renders"),
 ]
 
@@ -312,3 +320,110 @@ async def test_oversized_status_is_retried_not_taken_as_data(tmp_path: Path) -> 
     assert outcome.manifest.records == 2
     retry = next(entry for entry in logs if entry["event"] == "export_retrying")
     assert "oversized status" in retry["error"]
+
+
+# -- issue 21, items 17, 18 and 20 ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("ACEXPORT_HTTP_MAX_PAYLOAD", "ACEXPORT_HTTP__MAX_PAYLOAD"),
+        ("ACEXPORT_DAEMN__LISTEN", "ACEXPORT_DAEMON__LISTEN"),
+        ("ACEXPORT_OUTPUT__S3__REGON", "ACEXPORT_OUTPUT__S3__REGION"),
+        ("ACEXPORT_WORKSPACES__ACME__TIMEZON", "ACEXPORT_WORKSPACES__*__TIMEZONE"),
+    ],
+)
+def test_a_misspelt_environment_variable_exits_78_naming_it(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    hint: str,
+) -> None:
+    """Item 20: silently ignored before; now an error with the likely spelling."""
+    path = tmp_path / "config.toml"
+    path.write_text('[workspaces.acme]\ntoken_env = "ACEXPORT_ACME_TOKEN"\n')
+    monkeypatch.setenv("ACEXPORT_ACME_TOKEN", "t")  # a token_env: not a setting, allowed
+    monkeypatch.setenv("ACEXPORT_WORKSPACES__ACME__TIMEZONE", "UTC")  # a real one
+    monkeypatch.setenv(name, "1")
+    assert main(["check-config", "--config", str(path)]) == 78
+    err = capsys.readouterr().err
+    assert f"{name} is not an acexport setting" in err
+    assert f"did you mean {hint}" in err
+
+
+def test_the_environment_wins_over_the_file_whichever_spelling_each_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item 20: ACEXPORT_DAEMON__OUTPUT_DIR (the README's systemd advice) was silently
+    shadowed by the file's [output] url; the higher source wins (design section 4)."""
+    from acexport.config import load_settings
+
+    path = tmp_path / "config.toml"
+    path.write_text(f'[output]\nurl = "{tmp_path / "from-file"}"\n')
+    monkeypatch.setenv("ACEXPORT_DAEMON__OUTPUT_DIR", str(tmp_path / "from-env"))
+    assert load_settings(path).output_dir() == tmp_path / "from-env"
+    monkeypatch.delenv("ACEXPORT_DAEMON__OUTPUT_DIR")
+    monkeypatch.setenv("ACEXPORT_OUTPUT__URL", "s3://bucket/x")
+    assert load_settings(path).output.s3_location() == ("bucket", "x/")
+
+
+@pytest.mark.parametrize(
+    ("url", "bucket", "directory"),
+    [
+        ("S3://bucket/prefix", ("bucket", "prefix/"), None),
+        ("FILE:///srv/exports", None, "/srv/exports"),
+        ("~/exports", None, "HOME/exports"),
+        ("relative/exports", None, "CONFIG/relative/exports"),
+    ],
+)
+def test_output_url_scheme_case_home_and_relative_paths(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    url: str,
+    bucket: tuple[str, str] | None,
+    directory: str | None,
+) -> None:
+    """Item 17: S3:// and FILE:// wrote to directories named 'S3:' and 'FILE:'; ~ was
+    not expanded; a relative path was relative to the working directory."""
+    from acexport.config import load_settings
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir()
+    path = config_dir / "config.toml"
+    path.write_text(f'[output]\nurl = "{url}"\n[daemon]\nstate_dir = "state"\n')
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(path)
+    assert settings.output.s3_location() == bucket
+    assert settings.daemon.state_dir == config_dir / "state"
+    if directory:
+        expected = directory.replace("HOME", str(tmp_path / "home"))
+        assert settings.output_dir() == Path(expected.replace("CONFIG", str(config_dir)))
+
+
+@pytest.mark.parametrize("which", ["secret_access_key_file", "session_token_file"])
+def test_check_config_checks_the_s3_secret_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], which: str
+) -> None:
+    """Item 18: a world-readable S3 secret file is warned about; a missing one is an
+    error, not "valid"."""
+    files = {}
+    for name in ("access_key_id_file", "secret_access_key_file", "session_token_file"):
+        files[name] = tmp_path / name
+        files[name].write_text("value\n")
+        files[name].chmod(0o600)
+    files[which].chmod(0o644)
+    lines = "".join(f'{name} = "{file}"\n' for name, file in files.items())
+    path = tmp_path / "config.toml"
+    path.write_text(f'[output]\nurl = "s3://bucket"\n[output.s3]\n{lines}')
+    path.chmod(0o600)
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"output.s3.{which} {files[which]} is readable by others" in out
+    files[which].unlink()
+    assert main(["check-config", "--config", str(path)]) == 78
+    err = capsys.readouterr().err
+    assert f"output.s3.{which}" in err
+    assert "cannot read" in err

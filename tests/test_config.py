@@ -11,7 +11,7 @@ from acexport.config import (
     load_settings,
     parse_duration,
     resolve_tokens,
-    token_warnings,
+    secret_warnings,
 )
 from acexport.errors import ConfigError
 from acexport.pathtemplate import render_path
@@ -171,9 +171,9 @@ def test_inline_token_in_a_readable_file_is_warned_about(tmp_path: Path) -> None
     """A config file holding an inline token and readable by others gets a warning."""
     path = write(tmp_path, '[workspaces.acme]\ntoken = "inline-token"\n')
     settings = load_settings(path)
-    assert token_warnings(path, settings) == []
+    assert secret_warnings(path, settings) == []
     path.chmod(0o644)
-    assert "chmod 600" in token_warnings(path, settings)[0]
+    assert "chmod 600" in secret_warnings(path, settings)[0]
 
 
 def test_default_path_template_is_hive_partitioned() -> None:
@@ -258,10 +258,9 @@ def test_invalid_output_store_settings_are_named(
 def test_output_url_selects_the_store(
     tmp_path: Path, url: str | None, s3: tuple[str, str] | None, directory: str | None
 ) -> None:
-    """A path or file:// is a local directory (replacing daemon.output_dir); s3:// a bucket."""
-    text = '[daemon]\noutput_dir = "/srv/daemon-dir"\n'
-    if url:
-        text += f'[output]\nurl = "{url}"\n'
+    """A path or file:// is a local directory (daemon.output_dir's newer spelling); s3://
+    a bucket."""
+    text = f'[output]\nurl = "{url}"\n' if url else '[daemon]\noutput_dir = "/srv/daemon-dir"\n'
     settings = load_settings(write(tmp_path, text))
     assert settings.output.s3_location() == s3
     if directory:

@@ -7,9 +7,10 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..config import Settings, resolve_tokens, token_warnings
+from ..config import Settings, resolve_tokens, secret_warnings
 from ..ledger import read_rows
 from ..ledger_schema import LedgerState
+from ..output.open import open_store
 from ..planner import due_windows
 from ..triggers import next_looks
 from . import ExitCode
@@ -20,6 +21,8 @@ def main(args: argparse.Namespace) -> int:
     def body() -> int:
         settings, path = load(args.config)
         resolve_tokens(settings, str(path))
+        # The output's credential files are read (a missing one is an error), no request made.
+        open_store(settings, settings.daemon.state_dir / "tmp")
         _report(settings, path)
         return ExitCode.OK
 
@@ -28,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _report(settings: Settings, path: Path) -> None:
     print(f"{path}: valid; {len(settings.workspaces)} workspace(s), {len(settings.jobs)} job(s)")
-    for warning in token_warnings(path, settings):
+    for warning in secret_warnings(path, settings):
         print(f"warning: {warning}")
     done = asyncio.run(_done_keys(settings))
     now = datetime.now(UTC)

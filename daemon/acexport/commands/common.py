@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from ..config import Settings, find_config, load_settings, resolve_tokens, token_warnings
+from ..config import Settings, find_config, load_settings, resolve_tokens, secret_warnings
 from ..errors import AcexportError, ConfigError, StoreRejected
 from ..ops.logging import configure_logging, register_secret
 from . import ExitCode
@@ -42,7 +42,7 @@ def prepare(settings: Settings, path: Path | None) -> None:
     for token in resolve_tokens(settings, str(path or "environment")).values():
         register_secret(token.get_secret_value())
     configure_logging(settings.daemon.log_format, settings.daemon.log_level)
-    for warning in token_warnings(path, settings):
+    for warning in secret_warnings(path, settings):
         log.warning("config_token_readable", detail=warning)
     # A file-size limit must surface as an error we can report, not kill the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -29,7 +29,7 @@ from ..config import (
     find_config,
     load_settings,
     resolve_tokens,
-    token_warnings,
+    secret_warnings,
     zone_named,
 )
 from ..errors import AcexportError, ConfigError
@@ -71,7 +71,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     if args.workspace and config_path is None:
         raise ConfigError("--workspace needs a config file: none given or found")
     settings = load_settings(config_path) if config_path else Settings()
-    for warning in token_warnings(config_path, settings):
+    for warning in secret_warnings(config_path, settings):
         log.warning("config_token_readable", detail=warning)
     if args.base_url:
         name, ws, token = _workspace_from_flags(args)

@@ -9,7 +9,7 @@ from .loading import (
     find_config,
     load_settings,
     resolve_tokens,
-    token_warnings,
+    secret_warnings,
 )
 from .models import (
     HttpSettings,
@@ -31,6 +31,6 @@ __all__ = [
     "load_settings",
     "parse_duration",
     "resolve_tokens",
-    "token_warnings",
+    "secret_warnings",
     "zone_named",
 ]

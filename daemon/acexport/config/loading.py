@@ -4,12 +4,14 @@ environment over both, validation errors that name the field, and the tokens.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import stat
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     SecretStr,
@@ -21,7 +23,7 @@ from pydantic_settings import (
 )
 
 from ..errors import ConfigError
-from .models import _FILE_DATA, Settings
+from .models import _FILE_DATA, S3Settings, Settings, WorkspaceSettings
 
 DEFAULT_CONFIG_PATHS = (Path("acexport.toml"), Path("/etc/acexport/config.toml"))
 
@@ -62,15 +64,70 @@ _LOCATION_VARIABLES = {"ACEXPORT_CONFIG", "ACEXPORT_DEFAULTS"}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    """A config file's data, its relative paths made relative to its directory."""
     try:
         with path.open("rb") as handle:
-            return tomllib.load(handle)
+            return _anchored(tomllib.load(handle), path.absolute().parent)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _anchored(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative paths in a file are relative to the file's directory, as in Prometheus
+    and compose: never to the working directory (``/`` under systemd). ``~`` is the
+    validators' (it means the same wherever it is written)."""
+
+    def anchor(table: Any, key: str, url: bool = False) -> None:
+        value = table.get(key) if isinstance(table, dict) else None
+        if not isinstance(value, str) or not value or value.startswith("~"):
+            return
+        if url and len(urlsplit(value).scheme) > 1:
+            return  # s3:// or file:// (file:// is absolute)
+        if not Path(value).is_absolute():
+            table[key] = str(base / value)
+
+    daemon, output = data.get("daemon"), data.get("output")
+    for key in ("state_dir", "output_dir"):
+        anchor(daemon, key)
+    anchor(output, "url", url=True)
+    s3 = output.get("s3") if isinstance(output, dict) else None
+    for key in ("access_key_id_file", "secret_access_key_file", "session_token_file"):
+        anchor(s3, key)
+    workspaces = data.get("workspaces")
+    for workspace in workspaces.values() if isinstance(workspaces, dict) else ():
+        anchor(workspace, "token_file")
+    return data
+
+
+# The two spellings of a local output: the higher source wins whichever it uses.
+_OUTPUT_SPELLINGS = (("daemon", "output_dir"), ("output", "url"))
+
+
+def _output_spellings(data: dict[str, Any], source: str) -> int:
+    """How many spellings of the output ``data`` gives; both at once is an error."""
+    given = [
+        f"{section}.{key}"
+        for section, key in _OUTPUT_SPELLINGS
+        if isinstance(data.get(section), dict) and key in data[section]
+    ]
+    if len(given) > 1:
+        raise ConfigError(
+            f"{source}: give output.url or daemon.output_dir (its older spelling), not both"
+        )
+    return len(given)
+
+
+def _without_output(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` without either spelling of the output: a higher source gave one."""
+    trimmed = dict(data)
+    for section, key in _OUTPUT_SPELLINGS:
+        if isinstance(trimmed.get(section), dict):
+            trimmed[section] = {k: v for k, v in trimmed[section].items() if k != key}
+    return trimmed
 
 
 def _beneath(defaults: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
@@ -93,13 +150,19 @@ def load_settings(path: Path | None) -> Settings:
     the built-in defaults.
     """
     source = str(path) if path else "environment"
-    if any(name.startswith("ACEXPORT_") and name not in _LOCATION_VARIABLES for name in os.environ):
-        source += " (with ACEXPORT_* environment overrides)"
     data = _read_toml(path) if path is not None else {}
+    in_file = _output_spellings(data, source)
     defaults_path = os.environ.get("ACEXPORT_DEFAULTS")
     if defaults_path:
-        data = _beneath(_read_toml(Path(defaults_path)), data)
+        defaults = _read_toml(Path(defaults_path))
+        _output_spellings(defaults, defaults_path)
+        data = _beneath(_without_output(defaults) if in_file else defaults, data)
         source += f" (over the defaults in {defaults_path})"
+    overrides = check_environment(data)
+    if overrides:
+        source += " (with ACEXPORT_* environment overrides)"
+    if _output_spellings(_environment_tree(overrides), "the environment"):
+        data = _without_output(data)
     token = _FILE_DATA.set(data)
     try:
         settings = Settings()
@@ -114,6 +177,66 @@ def load_settings(path: Path | None) -> Settings:
     finally:
         _FILE_DATA.reset(token)
     return settings
+
+
+def _setting_names() -> dict[str, str]:
+    """Every ACEXPORT_* variable that names a setting (upper case) -> its dotted path;
+    ``*`` stands for a workspace's name."""
+    names = {section: section for section in Settings.model_fields}
+    for section in ("daemon", "http", "output"):
+        model = Settings.model_fields[section].annotation
+        for field in getattr(model, "model_fields", {}):
+            names[f"{section}__{field}"] = f"{section}.{field}"
+    for field in S3Settings.model_fields:
+        names[f"output__s3__{field}"] = f"output.s3.{field}"
+    for field in WorkspaceSettings.model_fields:
+        names[f"workspaces__*__{field}"] = f"workspaces.*.{field}"
+    return {f"ACEXPORT_{name.upper()}": path for name, path in names.items()}
+
+
+def check_environment(data: dict[str, Any]) -> list[str]:
+    """The ACEXPORT_* variables that override settings; ConfigError for any other.
+
+    A misspelt name (``ACEXPORT_HTTP_MAX_PAYLOAD``, one underscore) would otherwise be
+    ignored in silence, and the operator would believe it applied.
+    """
+    known = _setting_names()
+    token_envs = {
+        str(ws.get("token_env"))
+        for ws in (data.get("workspaces") or {}).values()
+        if isinstance(ws, dict)
+    }
+    overrides = []
+    for name in sorted(os.environ):
+        if not name.upper().startswith("ACEXPORT_") or name in _LOCATION_VARIABLES:
+            continue
+        if name in token_envs:
+            continue  # a token, named by a workspace's token_env
+        parts = name.upper().removeprefix("ACEXPORT_").split("__")
+        if parts[0] == "WORKSPACES" and len(parts) == 3:
+            parts[1] = "*"  # a workspace's name
+        whole_workspace = len(parts) == 2 and parts[0] == "WORKSPACES"  # as JSON
+        if "ACEXPORT_" + "__".join(parts) in known or whole_workspace:
+            overrides.append(name)
+            continue
+        close = difflib.get_close_matches(name.upper(), list(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(
+            f"the environment variable {name} is not an acexport setting{hint}; "
+            "settings are ACEXPORT_<SECTION>__<FIELD>, e.g. ACEXPORT_HTTP__POLL_MAX"
+        )
+    return overrides
+
+
+def _environment_tree(names: list[str]) -> dict[str, Any]:
+    """The sections and fields the variables ``names`` set (values not needed)."""
+    tree: dict[str, Any] = {}
+    for name in names:
+        section, _, field = name.upper().removeprefix("ACEXPORT_").lower().partition("__")
+        tree.setdefault(section, {})
+        if field:
+            tree[section][field] = True
+    return tree
 
 
 def resolve_tokens(settings: Settings, source: str) -> dict[str, SecretStr]:
@@ -136,8 +259,9 @@ def _readable_by_others(path: Path) -> int | None:
     return mode if mode & (stat.S_IRGRP | stat.S_IROTH) else None
 
 
-def token_warnings(path: Path | None, settings: Settings) -> list[str]:
-    """Warnings for token sources that others may read: the config file, token files."""
+def secret_warnings(path: Path | None, settings: Settings) -> list[str]:
+    """Warnings for secrets that others may read: the config file with an inline
+    token, token files, the S3 secret key and session token files."""
     warnings = []
     if path is not None and any(w.token for w in settings.workspaces.values()):
         mode = _readable_by_others(path)
@@ -146,11 +270,16 @@ def token_warnings(path: Path | None, settings: Settings) -> list[str]:
                 f"{path} holds an inline token and is readable by others "
                 f"(mode {stat.filemode(mode)}); chmod 600 it or use token_file"
             )
-    for name, workspace in settings.workspaces.items():
-        mode = None if workspace.token_file is None else _readable_by_others(workspace.token_file)
+    files = {
+        f"workspaces.{name}.token_file": ws.token_file for name, ws in settings.workspaces.items()
+    }
+    s3 = settings.output.s3
+    files["output.s3.secret_access_key_file"] = s3.secret_access_key_file
+    files["output.s3.session_token_file"] = s3.session_token_file
+    for name, file in files.items():
+        mode = None if file is None else _readable_by_others(file)
         if mode is not None:
             warnings.append(
-                f"workspaces.{name}.token_file {workspace.token_file} is readable by others "
-                f"(mode {stat.filemode(mode)}); chmod 600 it"
+                f"{name} {file} is readable by others (mode {stat.filemode(mode)}); chmod 600 it"
             )
     return warnings

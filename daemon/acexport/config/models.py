@@ -63,6 +63,18 @@ def parse_duration(value: Any) -> timedelta:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
+def _not_a_bool(value: Any) -> Any:
+    # pydantic's lax mode takes true as 1: "max_payload = true" would cap every
+    # export at one byte. A number is written as a number (or a string of one).
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_not_a_bool)]
+Size = Annotated[ByteSize, BeforeValidator(_not_a_bool), Field(gt=0)]
+
+
 def _positive(value: timedelta, name: str) -> timedelta:
     if value <= timedelta(0):
         raise ValueError(f"{name} must be positive")
@@ -110,6 +122,7 @@ class DaemonSettings(_Section):
     @field_validator("state_dir", "output_dir")
     @classmethod
     def _a_directory(cls, value: Path) -> Path:
+        value = value.expanduser()
         if value.exists() and not value.is_dir():
             raise ValueError(f"{value} exists and is not a directory")
         return value
@@ -133,14 +146,14 @@ class HttpSettings(_Section):
     timeout: Duration = timedelta(seconds=60)
     retry_initial: Duration = timedelta(seconds=1)
     retry_max: Duration = timedelta(minutes=1)
-    max_attempts: int = Field(default=10, ge=1, le=1000)
+    max_attempts: Count = Field(default=10, ge=1, le=1000)
     # AC reporting ERROR (its export failed; it starts again) this many times in a row
     # for one window ends the export.
-    max_ac_failures: int = Field(default=5, ge=1, le=1000)
+    max_ac_failures: Count = Field(default=5, ge=1, le=1000)
     # Decoded bytes one export may have (``500MB``, ``1GiB`` or a byte count), and how
     # much a gzip or ZIP body may expand: beyond either, the export fails, nothing kept.
-    max_payload: ByteSize = ByteSize(50 * 1024**3)
-    max_inflate_ratio: int = Field(default=DEFAULT_INFLATE_RATIO, ge=1)
+    max_payload: Size = ByteSize(50 * 1024**3)
+    max_inflate_ratio: Count = Field(default=DEFAULT_INFLATE_RATIO, ge=1)
     # How long AC keeps ready data. A ready export older than this (the daemon was
     # down) will be created anew by the next request, so it must hold the lane's slot.
     download_window: Duration = timedelta(hours=24)
@@ -173,8 +186,8 @@ class S3Settings(_Section):
     access_key_id_file: Path | None = None
     secret_access_key_file: Path | None = None
     session_token_file: Path | None = None
-    part_size: ByteSize = Field(default=ByteSize(8 * 1024**2), ge=5 * 1024**2, le=5 * 1024**3)
-    concurrency: int = Field(default=4, ge=1, le=64)  # parts uploaded at once
+    part_size: Size = Field(default=ByteSize(8 * 1024**2), ge=5 * 1024**2, le=5 * 1024**3)
+    concurrency: Count = Field(default=4, ge=1, le=64)  # parts uploaded at once
 
     @field_validator("endpoint_url")
     @classmethod
@@ -222,6 +235,8 @@ class OutputSettings(_Section):
         if not value.strip() or "\x00" in value:
             raise ValueError("must name a directory or s3://bucket/prefix")
         parts = urlsplit(value)
+        if parts.scheme:  # S3:// and FILE:// are s3:// and file://, not directory names
+            value = parts.scheme + value[len(parts.scheme) :]
         if parts.scheme == "s3":
             if not _BUCKET.fullmatch(parts.netloc):
                 raise ValueError(f"{parts.netloc!r} is not a valid bucket name")
@@ -232,6 +247,8 @@ class OutputSettings(_Section):
                 raise ValueError("a file:// url names an absolute local path (file:///srv/x)")
         elif parts.scheme and len(parts.scheme) > 1:  # (one letter: a Windows drive)
             raise ValueError(f"unsupported scheme {parts.scheme!r}: use a path or s3://")
+        elif not parts.scheme:
+            value = str(Path(value).expanduser())
         return value
 
     def s3_location(self) -> tuple[str, str] | None:
