@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from acexport.config import load_settings
 from acexport.daemon import Daemon
@@ -361,10 +363,54 @@ async def test_healthcheck_command_asks_where_the_config_listens(
     path.write_text(text.replace('listen = ""\n', ""))
     path.chmod(0o600)
 
+    # A proxy that says "ok" to anything: the check must never go through it (issue 21
+    # item 19: with $http_proxy set it reported healthy with no daemon running).
+    async def anything(_: web.Request) -> web.Response:
+        return web.Response(text='{"status": "ok"}')
+
+    proxy_app = web.Application()
+    proxy_app.router.add_route("*", "/{tail:.*}", anything)
+    runner = web.AppRunner(proxy_app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    proxy = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+    env.update(http_proxy=proxy, HTTP_PROXY=proxy)
+
     def healthcheck() -> int:
         args = [sys.executable, "-m", "acexport", "healthcheck", "--config", str(path)]
-        return subprocess.run(args, capture_output=True, timeout=30).returncode
+        return subprocess.run(args, capture_output=True, timeout=30, env=env).returncode
 
-    async with Daemon(load_settings(path), path):
-        assert await asyncio.to_thread(healthcheck) == 0
-    assert await asyncio.to_thread(healthcheck) == 1
+    try:
+        async with Daemon(load_settings(path), path):
+            assert await asyncio.to_thread(healthcheck) == 0
+        assert await asyncio.to_thread(healthcheck) == 1
+    finally:
+        await runner.cleanup()
+
+
+async def test_malformed_requests_to_the_health_port_are_not_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 21 item 25: each malformed request (an over-long header line) wrote an
+    ERROR with a traceback echoing the peer's bytes; now nothing above debug."""
+    from contextlib import AsyncExitStack
+
+    from acexport.ops.health import Health
+    from acexport.ops.metrics import Metrics
+    from acexport.ops.server import HealthServer
+
+    async with AsyncExitStack() as stack:
+        url = await HealthServer(Health(), Metrics(), "127.0.0.1:0").start(stack)
+        host, port = url.removeprefix("http://").split(":")
+        with caplog.at_level("DEBUG"):
+            for _ in range(50):
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"GET /healthz HTTP/1.1\r\nX-Evil: " + b"\x1b[2J" * 9000 + b"\r\n\r\n")
+                await writer.drain()
+                assert b" 400 " in (await reader.read(100)).split(b"\r\n")[0]
+                writer.close()
+            async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz") as answer:
+                assert answer.status == 200
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert loud == [], loud[0].getMessage()

@@ -44,7 +44,7 @@ from .ops.logging import register_secret
 from .ops.metrics import Metrics
 from .ops.notify import SystemdNotifier
 from .ops.server import HealthServer
-from .ops.statuspage import LaneView, build_view, horizon_start, render
+from .ops.statuspage import LaneView, PageInput, StatusPage, build_view, horizon_start
 from .output.open import open_store
 from .output.owner import REFRESH_S, Owner, claim_output, refresh_claim, release_claim
 from .output.sink import Sink
@@ -100,6 +100,7 @@ class Daemon:
         self.health_url: str | None = None
         self.fatal_error: BaseException | None = None
         self.loop_lag_max_s = 0.0
+        self._status_page = StatusPage(self._page_input)
 
     @property
     def settings(self) -> Settings:
@@ -394,23 +395,31 @@ class Daemon:
         return f"{len(self._settings.jobs)} jobs; {lanes or 'no lanes'}"
 
     async def _refresh_backlog(self) -> None:
-        now = self._clock().timestamp()
+        now = self._clock()
         oldest = await self._ledger.oldest_unfinished_by_job()
         for job in self._settings.jobs:
             end = oldest.get(job.name)
-            self.metrics.oldest_missing.labels(job.name).set(max(0.0, now - end) if end else 0)
-        view = build_view(self._settings, await self._horizon_rows(), [], self._clock())
-        self.metrics.count_windows(view)
+            age = max(0.0, now.timestamp() - end) if end else 0
+            self.metrics.oldest_missing.labels(job.name).set(age)
+        settings, rows = self._settings, await self._horizon_rows()
+        # Tens of thousands of cells for many hourly jobs: counted off the loop.
+        await asyncio.to_thread(
+            lambda: self.metrics.count_windows(build_view(settings, rows, [], now))
+        )
 
     async def _horizon_rows(self) -> list[ExportRecord]:
         """Ledger rows of the windows the jobs can still have due (not years of history)."""
         return await self._ledger.rows_ending_after(horizon_start(self._settings, self._clock()))
 
     async def status_page(self) -> str:
-        """The status page, from the ledger and the lanes as they are now."""
+        """The status page (cached for a few seconds, rendered off the loop)."""
+        return await self._status_page.html()
+
+    async def _page_input(self) -> PageInput:
+        """The ledger and the lanes as they are now, for the status page."""
         rows = await self._horizon_rows()
         lanes = [LaneView(lane.key, lane.depth, lane.in_flight) for lane in self._lanes.values()]
-        return render(build_view(self._settings, rows, lanes, self._clock()))
+        return self._settings, rows, lanes, self._clock()
 
     async def run_once(self, jobs: list[JobSettings] | None = None) -> bool:
         """Plan every job once (catch-up included), export all that is due; True if all worked."""

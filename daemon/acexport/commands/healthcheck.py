@@ -35,8 +35,11 @@ def _check(config: str | None) -> int:
     if not settings.daemon.listen:
         raise UsageError("daemon.listen is empty: the daemon serves no /healthz to ask")
     url = health_url(settings.daemon.listen)
+    # No proxy, whatever $http_proxy says: a proxy's answer is not the daemon's, and it
+    # reported healthy with no daemon running.
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(url, timeout=4) as response:  # noqa: S310 - our own daemon
+        with direct.open(url, timeout=4) as response:
             response.read()
     except urllib.error.HTTPError as exc:
         print(

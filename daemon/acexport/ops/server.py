@@ -12,6 +12,7 @@ is logged at most once a minute instead of in a tight loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import resource
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -19,6 +20,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import ConfigError
 from .health import Health
@@ -160,6 +162,18 @@ def throttle_accept_errors(loop: asyncio.AbstractEventLoop, interval_s: float = 
     loop.set_exception_handler(handler)
 
 
+class _ClientErrorsQuiet(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger, but a malformed request (the peer's fault, e.g. one
+    over-long header line) is a debug line without its bytes, not an ERROR with a
+    traceback echoing them: 500 such requests wrote 393 KB of errors."""
+
+    def exception(self, msg: object, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            log.debug("health_bad_request", error=type(exc_info).__name__, status=exc_info.code)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
 class HealthServer:
     """/healthz and /metrics on ``listen`` (HOST:PORT), behind the guard."""
 
@@ -178,7 +192,11 @@ class HealthServer:
         host, _, port = self._listen.rpartition(":")
         host = host.strip("[]")
         runner = web.AppRunner(
-            self._app, access_log=None, handle_signals=False, keepalive_timeout=5.0
+            self._app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=5.0,
+            logger=_ClientErrorsQuiet(logging.getLogger("aiohttp.server"), {}),
         )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
