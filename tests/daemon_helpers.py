@@ -40,8 +40,10 @@ def write_config(
         for ws, token in (tokens or emu.tokens).items()
     )
     path = tmp_path / name
+    # The output is spelt once: output.url in ``extra``, else daemon.output_dir.
+    output_dir = "" if "\nurl = " in extra else f'output_dir = "{tmp_path / "exports"}"\n'
     path.write_text(
-        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\noutput_dir = "{tmp_path / "exports"}"\n'
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n{output_dir}'
         f'log_format = "json"\nstop_grace = "2s"\npickup_interval = "200ms"\nlisten = ""\n'
         f"{extra}\n{FAST_HTTP}{workspaces}\n{jobs}"
     )

@@ -76,6 +76,16 @@ BAD_CONFIGS = [
     ("[http]\nmax_inflate_ratio = true\n", "http.max_inflate_ratio"),
     ("[http]\nmax_attempts = true\n", "http.max_attempts"),
     ("[output.s3]\nconcurrency = false\n", "output.s3.concurrency"),
+    # Item 5: templates that do not tell a job's windows apart.
+    (WS + JOB + 'window = "6h"\n[output]\npath = "{type}/{from:%Y-%m-%d}.jsonl"\n', "overwrite"),
+    (WS + JOB + '[output]\npath = "{workspace}/{type}.jsonl"\n', "overwrite"),
+    (WS + JOB + 'window = "1h"\n[output]\npath = "{type}/{from:%H}.jsonl"\n', "overwrite"),
+    (WS + JOB + '[output]\npath = "{type}/{from:%m-%d}.jsonl"\n', "overwrite"),
+    # Item 14: S3 object keys are at most 1024 bytes, prefix included.
+    (
+        WS + JOB + '[output]\nurl = "s3://bucket/' + "p" * 950 + '"\n',
+        "longer than S3's 1024",
+    ),
     # Item 20: one output, spelt one way per source.
     ('[daemon]\noutput_dir = "/a"\n[output]\nurl = "/b"\n', "not both"),
     (WS + JOB + '[output]\npath = "{type}_' + "x" * 250 + '.jsonl"\n', "output.path renders"),

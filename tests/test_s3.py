@@ -57,6 +57,7 @@ def s3_config(
 
     (tmp_path / "key-id").write_text(ACCESS_KEY + "\n")
     (tmp_path / "secret").write_text(secret + "\n")
+    (tmp_path / "secret").chmod(0o600)  # as check-config asks
     output = (
         f'[output]\nurl = "s3://{bucket}/acexport"\ncompression = "{compression}"\n'
         f'[output.s3]\nendpoint_url = "{endpoint}"\nregion = "us-east-1"\npath_style = true\n'
@@ -264,6 +265,24 @@ async def test_slow_down_and_5xx_are_retried_without_asking_ac_again(
     assert len(gzip.decompress(body).splitlines()) == manifests[key]["records"] == 50
     [served] = [j for j in (await emu.jobs())["jobs"] if j["state"] == "READY"]
     assert served["downloads_completed"] == 1
+
+
+@pytest.mark.parametrize("code", ["InvalidArgument", "KeyTooLongError", "EntityTooLarge"])
+async def test_a_permanent_store_error_fails_the_export_instead_of_retrying_forever(
+    emulator: EmulatorFactory, seaweed: Seaweed, proxy: S3Proxy, tmp_path: Path, code: str
+) -> None:
+    """Issue 21 item 14: a 400 that no retry can fix ends the export with its reason;
+    `run --once` ends (it never did)."""
+    emu = await emulator(tokens={"alpha": "alpha-token"}, records=5)
+    name = bucket(seaweed)
+    config = one_window(tmp_path, emu, proxy, name)
+    proxy.faults = [Fault("PUT", 400, code, times=1000, path_contains=".jsonl")]
+    daemon = await run_once(config)
+    assert daemon.process.returncode == 1, "\n".join(daemon.raw[-30:])
+    failed = daemon.events("export_failed")
+    assert len(failed) == 1, "\n".join(daemon.raw[-30:])
+    assert code in failed[0]["error"]
+    assert not daemon.events("output_store_retrying")
 
 
 async def test_wrong_credentials_or_bucket_exit_78_naming_bucket_and_endpoint(

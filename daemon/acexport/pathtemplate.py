@@ -7,12 +7,19 @@ cannot hold. Settings validate with it; the output layout renders with it.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import string
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
+from zoneinfo import ZoneInfo
+
+from .windows import ExportWindow, aligned_windows
 
 _PATH_FIELDS = {"workspace", "type", "job", "from", "to"}
 _NAME_MAX = 255  # bytes in one path component on Linux file systems
+KEY_MAX = 1024  # bytes in an S3 object key
+_LONGEST_SUFFIX = ".zst.manifest.json"
 
 
 def check_path_template(template: str) -> str:
@@ -47,11 +54,22 @@ def render_path(
     return path
 
 
-def name_too_long(template: str, workspace: str, type_: str, job: str) -> str | None:
-    """Why a rendered name (with ``.zst.manifest.json``) would not fit the file system."""
+def name_too_long(
+    template: str, workspace: str, type_: str, job: str, key_prefix: str | None = None
+) -> str | None:
+    """Why a rendered name (with ``.zst.manifest.json``) would not fit the file system,
+    or, under an S3 ``key_prefix``, an object key (1024 bytes)."""
     sample = datetime(2022, 12, 31, 23, 59, tzinfo=UTC)
     path = render_path(template, workspace, type_, job, sample, sample)
-    parts = [*path.parts[:-1], path.name + ".zst.manifest.json"]
+    if key_prefix is not None:
+        key = f"{key_prefix}{path}{_LONGEST_SUFFIX}"
+        if len(key.encode()) <= KEY_MAX:
+            return None
+        return (
+            f"renders object keys of {len(key.encode())} bytes with the prefix "
+            f"({key[:40]}...), longer than S3's {KEY_MAX}"
+        )
+    parts = [*path.parts[:-1], path.name + _LONGEST_SUFFIX]
     longest = max(parts, key=lambda part: len(part.encode()))
     if len(longest.encode()) <= _NAME_MAX:
         return None
@@ -59,3 +77,39 @@ def name_too_long(template: str, workspace: str, type_: str, job: str) -> str | 
         f"renders a name of {len(longest.encode())} bytes ({longest[:40]}...), "
         f"longer than the file system's {_NAME_MAX}"
     )
+
+
+_SAMPLE_YEAR = 2022
+
+
+@functools.lru_cache(maxsize=256)
+def first_collision(
+    template: str, zone: ZoneInfo, length: timedelta
+) -> tuple[str, ExportWindow, ExportWindow] | None:
+    """Two windows of ``length`` in ``zone`` that render to one name (the later would
+    overwrite the earlier, and both be recorded done): the name and the windows.
+
+    Sampled: a year of windows a day or longer; for shorter ones, eight days at the
+    year's start and around each of its DST changes. The workspace, type and job are
+    the same for every window of a job, so they do not take part.
+    """
+    year = datetime(_SAMPLE_YEAR, 1, 1, tzinfo=zone)
+    if length >= timedelta(days=1):
+        spans = [(year, year + timedelta(days=366) + 2 * length)]
+    else:
+        changes = [year, *_offset_changes(zone, _SAMPLE_YEAR)]
+        spans = [(at - timedelta(days=4), at + timedelta(days=4)) for at in changes]
+    for start, end in spans:
+        seen: dict[PurePosixPath, ExportWindow] = {}
+        for window in aligned_windows(zone, length, start, end):
+            path = render_path(template, "ws", "type", "job", window.local_start, window.local_end)
+            if path in seen:
+                return str(path), seen[path], window
+            seen[path] = window
+    return None
+
+
+def _offset_changes(zone: ZoneInfo, year: int) -> list[datetime]:
+    """The days of ``year`` on which ``zone``'s UTC offset changes (DST)."""
+    days = [datetime(year, 1, 1, 12, tzinfo=zone) + timedelta(days=n) for n in range(366)]
+    return [b for a, b in itertools.pairwise(days) if a.utcoffset() != b.utcoffset()]

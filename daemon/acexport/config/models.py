@@ -36,7 +36,7 @@ from pydantic_settings import (
 
 from ..formats import Compression
 from ..limits import DEFAULT_INFLATE_RATIO, PayloadLimits
-from ..pathtemplate import check_path_template, name_too_long
+from ..pathtemplate import check_path_template, first_collision, name_too_long
 from ..protocol import ExportType
 from ..triggers import Trigger, parse_schedule
 from ..windows import check_window_length
@@ -409,10 +409,23 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"{where}.workspace: unknown workspace {job.workspace!r} (known: {known})"
                 )
+            s3 = self.output.s3_location()
             for type_ in job.types:
-                problem = name_too_long(self.output.path, job.workspace, type_, job.name)
+                problem = name_too_long(
+                    self.output.path, job.workspace, type_, job.name, s3[1] if s3 else None
+                )
                 if problem:
                     raise ValueError(f"{where}: output.path {problem}")
+            zone = self.workspaces[job.workspace].zone
+            collision = first_collision(self.output.path, zone, job.window)
+            if collision:
+                path, earlier, later = collision
+                raise ValueError(
+                    f"{where}: output.path {self.output.path!r} renders {path!r} for two "
+                    f"windows ({earlier.local_start.isoformat()} and "
+                    f"{later.local_start.isoformat()}): the later would overwrite the earlier. "
+                    "Use {from} and {to} precise enough for the job's window"
+                )
         return self
 
     @field_validator("workspaces")

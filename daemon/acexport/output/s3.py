@@ -168,7 +168,10 @@ class S3Store:
         message = error.get("Message") or str(exc)
         text = f"{action} {self.target.describe()} failed: {code}: {message}"
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if code in _REJECTED or status in (401, 403):
+        # A 4xx says this request cannot succeed as it is (KeyTooLongError, EntityTooLarge,
+        # InvalidArgument, BadDigest, MalformedXML...): retrying it forever kept `run
+        # --once` running and /healthz ok. Only timeouts and throttling are worth waiting.
+        if code in _REJECTED or (400 <= status < 500 and status not in (408, 429)):
             return StoreRejected(text)
         return StoreUnavailable(text)
 
