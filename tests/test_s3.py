@@ -222,6 +222,9 @@ async def test_store_killed_mid_upload_recovers_without_duplicate_or_partial(
     # What the killed upload left is aborted by the next start; nothing else changes.
     client = seaweed.client()
     left = client.list_multipart_uploads(Bucket=name).get("Uploads", [])
+    config.write_text(
+        config.read_text().replace("[daemon]\n", '[daemon]\nstale_upload_age = "0s"\n')
+    )
     second = await run_once(config)
     assert second.process.returncode == 0
     assert client.list_multipart_uploads(Bucket=name).get("Uploads", []) == []
@@ -242,6 +245,35 @@ def _wait_until_up(seaweed: Seaweed) -> None:
     while seaweed.process is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert seaweed.process is not None
+
+
+async def test_only_our_old_uploads_are_aborted_at_start(
+    emulator: EmulatorFactory, seaweed: Seaweed, tmp_path: Path
+) -> None:
+    """Issue 21 item 16: every multipart upload under the prefix was aborted at each
+    start (with s3://bucket: every upload in the bucket). Now only keys the layout can
+    produce, initiated before now - daemon.stale_upload_age."""
+    emu = await emulator(tokens={"alpha": "alpha-token"}, records=5)
+    name = bucket(seaweed)
+    jobs = job("daily", "alpha", types=["page"], catch_up="0s", lag="0s")
+    config = s3_config(tmp_path, emu, jobs, seaweed.endpoint, name)
+    client = seaweed.client()
+    ours = (
+        "acexport/workspace=alpha/type=page/date=2020-01-01/page_20200101T0000_20200102T0000.jsonl"
+    )
+    for key in (ours, "acexport/notes/readme.txt", "another-app/big.bin"):
+        client.create_multipart_upload(Bucket=name, Key=key)
+
+    def uploads() -> set[str]:
+        return {u["Key"] for u in client.list_multipart_uploads(Bucket=name).get("Uploads", [])}
+
+    assert (await run_once(config)).process.returncode == 0
+    assert len(uploads()) == 3  # all younger than an hour: maybe a live writer's
+    config.write_text(
+        config.read_text().replace("[daemon]\n", '[daemon]\nstale_upload_age = "0s"\n')
+    )
+    assert (await run_once(config)).process.returncode == 0
+    assert uploads() == {"acexport/notes/readme.txt", "another-app/big.bin"}
 
 
 async def test_slow_down_and_5xx_are_retried_without_asking_ac_again(

@@ -45,6 +45,7 @@ from .ops.metrics import Metrics
 from .ops.notify import SystemdNotifier
 from .ops.server import HealthServer
 from .ops.statuspage import LaneView, PageInput, StatusPage, build_view, horizon_start
+from .output.layout import OutputLayout
 from .output.open import open_store
 from .output.owner import REFRESH_S, Owner, claim_output, refresh_claim, release_claim
 from .output.sink import Sink
@@ -128,6 +129,7 @@ class Daemon:
         self._output = open_store(self._settings, temp_dir)
         await self._output.start(stack)
         await self._claim_output(stack)
+        await self._abort_stale_uploads()
         self._planner = Planner(self._ledger, self._output, lambda: self._settings, self._clock)
         sink = Sink(
             temp_dir,
@@ -198,6 +200,18 @@ class Daemon:
                 log.warning("output_owner_not_released", error=str(exc))
 
         stack.push_async_callback(release)  # after the lanes stopped: registered before
+
+    async def _abort_stale_uploads(self) -> None:
+        """What a crashed run of this daemon left in object storage: only keys its layout
+        produces, only uploads older than daemon.stale_upload_age (a live writer's big
+        upload is younger; the owner marker keeps other daemons out). ``backfill``
+        queueing into a running daemon never gets here."""
+        layout = OutputLayout.from_settings(self._settings.output)
+        before = self._clock() - self._settings.daemon.stale_upload_age
+        try:
+            await self._output.abort_stale_uploads(layout.could_be_key, before)
+        except StoreUnavailable as exc:
+            log.warning("s3_stale_uploads_not_listed", error=str(exc))
 
     async def _keep_claim(self) -> None:
         while True:

@@ -109,6 +109,9 @@ class DaemonSettings(_Section):
     listen: str = "127.0.0.1:9464"
     stop_grace: Duration = timedelta(seconds=30)
     pickup_interval: Duration = timedelta(seconds=5)
+    # At start, object-storage uploads a crashed run left (under the layout's keys) are
+    # aborted once this old: a live writer's upload is younger.
+    stale_upload_age: Duration = timedelta(hours=1)
 
     @field_validator("state_dir", "output_dir", mode="before")
     @classmethod

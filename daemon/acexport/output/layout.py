@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import string
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -39,3 +41,17 @@ class OutputLayout:
         if suffix and key.suffix != suffix:
             key = key.with_name(key.name + suffix)
         return key
+
+    def could_be_key(self, key: str) -> bool:
+        """Whether ``key`` (relative to the store's root) may be one of this layout's
+        data files: the template's literal text in place, anything in the placeholders,
+        any compression's suffix."""
+        return self._pattern().fullmatch(key) is not None
+
+    def _pattern(self) -> re.Pattern[str]:
+        parts = [
+            re.escape(literal) + (".+" if field is not None else "")
+            for literal, field, _, _ in string.Formatter().parse(self.template)
+        ]
+        suffixes = "|".join(re.escape(c.suffix) for c in Compression if c.suffix)
+        return re.compile("".join(parts) + f"(?:{suffixes})?")

@@ -14,7 +14,9 @@ import errno
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from contextlib import AsyncExitStack
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from ..errors import SinkError
@@ -59,6 +61,12 @@ class LocalStore:
 
     def _commit(self, data: Path, key: PurePosixPath, manifest: Manifest) -> str:
         return str(_commit(data, self.root, key, manifest, self.temp_dir))
+
+    async def abort_stale_uploads(
+        self, is_ours: Callable[[str], bool], initiated_before: datetime
+    ) -> int:
+        """A directory has no uploads in flight: temp files live in the state dir."""
+        return 0
 
     async def stored_under(self, prefix: str) -> dict[PurePosixPath, int]:
         return await asyncio.to_thread(self._stored_under, prefix)

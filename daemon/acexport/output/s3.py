@@ -8,7 +8,8 @@ library is an optional extra (``acexport[s3]``), imported only when an
 
 Large files go up in parts, a few at a time, each part's SHA-256 computed in a
 worker thread and verified by the store; a failed upload is aborted, and at
-start-up the multipart uploads a crashed run left under the prefix are too.
+the daemon's start the multipart uploads a crashed run left are too (only
+under keys the layout can produce, and only old ones: see abort_stale_uploads).
 Keys are deterministic, so a retry or a re-run overwrites, never duplicates.
 """
 
@@ -21,6 +22,7 @@ import os
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -142,15 +144,18 @@ class S3Store:
             "s3", endpoint_url=t.endpoint_url, config=config, **credentials
         )
         self._client = await stack.enter_async_context(client_context)
+        if not t.prefix:
+            log.warning(
+                "s3_output_is_a_whole_bucket",
+                store=t.describe(),
+                detail="acexport's keys share the bucket with whatever else is in it; "
+                "a prefix (s3://bucket/acexport) keeps listings and clean-ups to its own",
+            )
         try:
             await self._call("checking", lambda: self._client.head_bucket(Bucket=t.bucket))
-            aborted = await self._abort_stale_uploads()
         except StoreUnavailable as exc:
             # Down now is not a reason to stop: commits wait and retry until it is back.
             log.warning("s3_unavailable_at_start", error=str(exc))
-            return
-        if aborted:
-            log.info("s3_stale_uploads_aborted", count=aborted, store=t.describe())
 
     async def _call(self, action: str, request: Callable[[], Awaitable[Any]]) -> Any:
         """One S3 request; its failure becomes StoreRejected or StoreUnavailable."""
@@ -175,21 +180,33 @@ class S3Store:
             return StoreRejected(text)
         return StoreUnavailable(text)
 
-    async def _abort_stale_uploads(self) -> int:
-        """Multipart uploads under the prefix that a crashed run left behind."""
+    async def abort_stale_uploads(
+        self, is_ours: Callable[[str], bool], initiated_before: datetime
+    ) -> int:
+        """Abort the multipart uploads a crashed run left: only under keys the layout can
+        produce (``is_ours`` of the key relative to the prefix) and initiated before
+        ``initiated_before``; another writer's uploads, in the bucket or under the
+        prefix, are not ours to end."""
         t, aborted = self.target, 0
         paginator = self._client.get_paginator("list_multipart_uploads")
 
-        async def abort_all() -> None:
+        async def abort_stale() -> None:
             nonlocal aborted
             async for page in paginator.paginate(Bucket=t.bucket, Prefix=t.prefix):
                 for upload in page.get("Uploads", []):
+                    key = upload["Key"]
+                    if upload["Initiated"] >= initiated_before:
+                        continue
+                    if not key.startswith(t.prefix) or not is_ours(key[len(t.prefix) :]):
+                        continue
                     await self._client.abort_multipart_upload(
-                        Bucket=t.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        Bucket=t.bucket, Key=key, UploadId=upload["UploadId"]
                     )
                     aborted += 1
 
-        await self._call("listing multipart uploads in", abort_all)
+        await self._call("listing multipart uploads in", abort_stale)
+        if aborted:
+            log.info("s3_stale_uploads_aborted", count=aborted, store=t.describe())
         return aborted
 
     def commit_here(self, data: Path, key: PurePosixPath, manifest: Manifest) -> None:

@@ -9,7 +9,9 @@ the ledger says.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import AsyncExitStack
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
@@ -41,6 +43,14 @@ class OutputStore(Protocol):
         """``commit`` from the worker thread that finished ``data``, if this store's
         commit is blocking file work (a directory): one thread hop fewer per export.
         None: nothing was done, the caller awaits ``commit`` (with its retries)."""
+        ...
+
+    async def abort_stale_uploads(
+        self, is_ours: Callable[[str], bool], initiated_before: datetime
+    ) -> int:
+        """Clean up the uploads a crashed run left (object storage; a directory has
+        none): only keys ``is_ours`` says the layout produces, initiated before
+        ``initiated_before``. Returns how many were aborted."""
         ...
 
     async def stored_under(self, prefix: str) -> dict[PurePosixPath, int]:
