@@ -437,3 +437,26 @@ def test_check_config_checks_the_s3_secret_files(
     err = capsys.readouterr().err
     assert f"output.s3.{which}" in err
     assert "cannot read" in err
+
+
+@pytest.mark.parametrize("command", ["status", "check-config"])
+def test_a_corrupt_ledger_is_one_line_and_exit_1(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    """Issue 21 item 23: `status` and `check-config` printed a traceback for a ledger
+    that is not a database (round 1 fixed `run` only)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "state.sqlite3").write_bytes(b"this is not a database, it is a text file " * 4)
+    path = tmp_path / "config.toml"
+    path.write_text(f'[daemon]\nstate_dir = "{state}"\n' + WS + JOB)
+    monkeypatch.setenv("ACME_TOKEN", "t")
+    assert main([command, "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.count("\n") == 1
+    assert "file is not a database" in err
+    assert str(state / "state.sqlite3") in err

@@ -423,6 +423,7 @@ class Ledger:
             iso_ms(when),
         )
 
+    @_state_errors
     async def all_rows(self) -> list[ExportRecord]:
         return await self._all("SELECT * FROM exports ORDER BY job, window_start, type")
 
@@ -430,8 +431,12 @@ class Ledger:
 async def read_rows(state_dir: Path) -> list[ExportRecord]:
     """Every ledger row, read-only (a daemon may be writing); none before the first run."""
     path = ledger_path(state_dir)
-    if not path.exists():
+    try:
+        path.stat()
+    except FileNotFoundError:
         return []
+    except OSError as exc:  # e.g. systemd's DynamicUser state dir, seen by another user
+        raise StateError(f"cannot read the state database {path}: {exc.strerror}") from None
     ledger = await Ledger.open(path, readonly=True)
     try:
         return await ledger.all_rows()

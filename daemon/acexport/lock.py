@@ -39,16 +39,21 @@ def _open_lock(path: Path, flags: int) -> IO[str]:
         if exc.errno == errno.ELOOP:
             raise StateError(f"{path} is a symbolic link; refusing to use it as the lock") from None
         raise
-    return os.fdopen(fd, "r+")
+    return os.fdopen(fd, "r+" if flags & (os.O_RDWR | os.O_WRONLY) else "r")
 
 
 def lock_holder(state_dir: Path) -> int | None:
-    """The pid holding the state directory's lock, or None if it is free."""
+    """The pid holding the state directory's lock, or None if it is free.
+
+    Opened read-only (flock needs no more): ``status`` may run as a user who can read
+    the state directory but not write it."""
     path = lock_path(state_dir)
     try:
-        handle = _open_lock(path, os.O_RDWR)
+        handle = _open_lock(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise StateError(f"cannot read the lock file {path}: {exc.strerror or exc}") from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
