@@ -9,6 +9,8 @@ import io
 import itertools
 import json
 import os
+import subprocess
+import sys
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
@@ -22,6 +24,7 @@ from acexport.errors import PayloadError, SinkError
 from acexport.output.local import LocalStore
 from acexport.output.manifest import Manifest
 from acexport.output.sink import Sink
+from acexport.payload.tempfiles import claim_temp_dir, clean_abandoned
 from acexport.payload.writer import PayloadSummary, PayloadWriter
 
 RECORDS = [
@@ -204,18 +207,42 @@ async def test_commit_places_file_then_manifest_and_leaves_no_temp(tmp_path: Pat
     assert list((tmp_path / "state" / "tmp").iterdir()) == []
 
 
-def test_stale_temp_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
-    """Temp files of a crashed run are cleaned; a live process's are kept."""
-    sink = _sink(tmp_path / "out", tmp_path)
+def test_loose_temp_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    """Temp files of a crashed older acexport (loose in the root) are cleaned; a live
+    process's are kept."""
     dead = tmp_path / "acexport-999999999-0123456789abcdef.part"
     mine = tmp_path / f"acexport-{os.getpid()}-0123456789abcdef.spool"
     dead.write_bytes(b"x")
     mine.write_bytes(b"y")
-    assert sink.clean_stale(everything=False) == 1
+    assert clean_abandoned(tmp_path) == 1
     assert not dead.exists()
     assert mine.exists()
-    assert sink.clean_stale(everything=True) == 1
-    sink.close()
+
+
+def test_a_live_processs_temp_dir_is_never_cleaned_a_dead_ones_is(tmp_path: Path) -> None:
+    """Issue 21 item 24: a daemon starting on a state dir deleted the temp files of an
+    `acexport export --config` running beside it; and pids lie across PID namespaces.
+    Each process holds its own directory's lock: only abandoned ones are cleaned."""
+    root = tmp_path / "tmp"
+    alive = claim_temp_dir(root)
+    (alive.path / "acexport-1-0123456789abcdef.part").write_bytes(b"in flight")
+    # A process that died (SIGKILL) left its directory: its lock is held by nobody.
+    child = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from pathlib import Path; from acexport.payload.tempfiles import "
+         "claim_temp_dir; d = claim_temp_dir(Path(sys.argv[1])); "
+         "(d.path / 'acexport-2-0123456789abcdef.spool').write_bytes(b'x'); print(d.path)",
+         str(root)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    dead = Path(child.stdout.strip())
+    assert dead.is_dir()
+
+    assert clean_abandoned(root) == 1
+    assert not dead.exists()
+    assert (alive.path / "acexport-1-0123456789abcdef.part").exists()
+    alive.release()
+    assert list(root.iterdir()) == []
 
 
 def test_cleanup_never_touches_names_acexport_did_not_make(tmp_path: Path) -> None:
@@ -223,10 +250,9 @@ def test_cleanup_never_touches_names_acexport_did_not_make(tmp_path: Path) -> No
     user_files = ["2022-01-01-report.csv", "12345-notes.txt", "999999999-abc.part", "acexport-1"]
     for name in user_files:
         (tmp_path / name).write_text("keep me")
-    sink = _sink(tmp_path / "out", tmp_path)
-    assert sink.clean_stale(everything=True) == 0
-    sink.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(user_files)
+    (tmp_path / "proc-not-ours").mkdir()
+    assert clean_abandoned(tmp_path) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*user_files, "proc-not-ours"])
 
 
 def _sink(root: Path, temp: Path) -> Sink:

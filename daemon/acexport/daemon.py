@@ -50,6 +50,7 @@ from .output.open import open_store
 from .output.owner import REFRESH_S, Owner, claim_output, refresh_claim, release_claim
 from .output.sink import Sink
 from .output.store import OutputStore
+from .payload.tempfiles import claim_temp_dir, clean_abandoned
 from .planner import Planner
 from .scheduler import Scheduler, utc_now
 from .windows import ExportWindow
@@ -125,7 +126,7 @@ class Daemon:
         daemon, stack = self._settings.daemon, self._stack
         stack.callback(take_lock(daemon.state_dir).close)
         self._ledger = await Ledger.start(ledger_path(daemon.state_dir), stack)
-        temp_dir = daemon.state_dir / "tmp"
+        temp_dir = await self._claim_temp_dir(stack)
         self._output = open_store(self._settings, temp_dir)
         await self._output.start(stack)
         await self._claim_output(stack)
@@ -168,6 +169,19 @@ class Daemon:
             jobs=[job.name for job in self._settings.jobs],
             lanes=sorted(self._lanes),
         )
+
+    async def _claim_temp_dir(self, stack: AsyncExitStack) -> Path:
+        """This process's own temp dir, after removing those of processes that are gone."""
+        root = self._settings.daemon.state_dir / "tmp"
+        try:
+            removed = await asyncio.to_thread(clean_abandoned, root)
+            temp = await asyncio.to_thread(claim_temp_dir, root)
+        except OSError as exc:
+            raise StateError(f"cannot use the temp directory {root}: {exc.strerror}") from None
+        stack.callback(temp.release)
+        if removed:
+            log.info("stale_temp_files_removed", count=removed)
+        return temp.path
 
     async def _claim_output(self, stack: AsyncExitStack) -> None:
         """Become the output's one writer (output/owner.py), noticing a changed root."""

@@ -76,8 +76,8 @@ async def _backfill(
         ledger = await Ledger.open(ledger_path(settings.daemon.state_dir))
         try:
             async with AsyncExitStack() as stack:
-                # Its own temp dir: the daemon's is the lock holder's to clean.
-                output = open_store(settings, settings.daemon.state_dir / "tmp-backfill")
+                # Only listed, never written: it needs no temp dir of its own.
+                output = open_store(settings, settings.daemon.state_dir / "tmp")
                 await output.start(stack)
                 planner = Planner(ledger, output, lambda: settings, utc_now)
                 records = await planner.plan(job, windows)

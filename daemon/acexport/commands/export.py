@@ -41,6 +41,7 @@ from ..output.local import LocalStore
 from ..output.open import open_store
 from ..output.sink import Sink
 from ..output.store import OutputStore
+from ..payload.tempfiles import claim_temp_dir, clean_abandoned
 from ..windows import ExportWindow, parse_bound
 from . import ExitCode
 from .common import UsageError, exit_code_of
@@ -210,15 +211,19 @@ async def _export(plan: _Plan, progress: _Progress | None) -> str:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     timeout = plan.settings.http.timeout.total_seconds()
     async with AsyncExitStack() as stack:
+        temp_dir = plan.temp_dir
+        if plan.private_dir is None:  # the state dir's: shared with a daemon, maybe
+            clean_abandoned(temp_dir)
+            own = claim_temp_dir(temp_dir)
+            stack.callback(own.release)
+            temp_dir = own.path
         if plan.file is not None:
-            store: OutputStore = LocalStore(plan.file.parent, plan.temp_dir)
+            store: OutputStore = LocalStore(plan.file.parent, temp_dir)
         else:
-            store = open_store(plan.settings, plan.temp_dir)
+            store = open_store(plan.settings, temp_dir)
         await store.start(stack)
-        sink = Sink(plan.temp_dir, plan.compression, store, plan.settings.http.payload_limits())
+        sink = Sink(temp_dir, plan.compression, store, plan.settings.http.payload_limits())
         stack.callback(sink.close)
-        if plan.private_dir is None:
-            sink.clean_stale(everything=False)
         session = await stack.enter_async_context(new_session(timeout))
         client = ExportClient(
             session,

@@ -4,7 +4,8 @@ The bytes' work (hashing, conversion, compression, writing; see payload/)
 runs in worker threads, one batch behind the network read, so disk and CPU
 overlap the download instead of adding to it. Nothing reaches the output
 store until the file is complete and synced; the store writes the manifest
-last (see store.py). Temp files of crashed runs are cleaned on the next start.
+last (see store.py). Temp files live in the process's own temp directory
+(payload/tempfiles.py); those of crashed runs are cleaned on the next start.
 
 Thread hops, not bytes, are what a small export costs (GIL hand-offs): its
 last batch, finishing and a local commit run in one hop, and for a small
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
@@ -27,7 +27,6 @@ import structlog
 
 from ..formats import Compression
 from ..limits import PayloadLimits
-from ..payload.tempfiles import TEMP_NAME
 from ..payload.writer import PayloadSummary, PayloadWriter
 from .local import disk_error
 from .manifest import Manifest
@@ -70,11 +69,7 @@ class Sink:
         self._hasher = ThreadPoolExecutor(_THREADS, thread_name_prefix="acexport-hash")
 
     async def start(self, stack: AsyncExitStack) -> None:
-        """Clean temp files of crashed runs (the caller holds the state dir's lock)."""
         stack.callback(self.close)
-        removed = await asyncio.to_thread(self.clean_stale, everything=True)
-        if removed:
-            log.info("stale_temp_files_removed", count=removed)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -171,29 +166,3 @@ class Sink:
     async def commit(self, summary: PayloadSummary, key: PurePosixPath, manifest: Manifest) -> str:
         """Hand the finished temp file to the output store; returns the manifest's location."""
         return await self.store.commit(summary.path, key, manifest)
-
-    def clean_stale(self, *, everything: bool) -> int:
-        """Remove acexport's temp files of crashed runs: all (lock holder) or of dead pids."""
-        removed = 0
-        if not self.temp_dir.is_dir():
-            return 0
-        for path in self.temp_dir.iterdir():
-            match = TEMP_NAME.fullmatch(path.name)
-            if match is None or (not everything and _alive(int(match.group(1)))):
-                continue
-            with contextlib.suppress(OSError):
-                path.unlink()
-                removed += 1
-        return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

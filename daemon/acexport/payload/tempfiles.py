@@ -1,7 +1,18 @@
-"""acexport's temp files: named so they can be told apart, created never through a link."""
+"""acexport's temp files: named so they can be told apart, created never through a link,
+each process's in a directory of its own that it holds while it lives.
+
+Several processes may share ``<state_dir>/tmp``: the daemon, an ``acexport
+export --config`` run beside it, containers sharing a volume. Each claims a
+subdirectory holding an flock'd ``lock`` file (``claim_temp_dir``); whoever
+starts removes the subdirectories whose lock nobody holds (``clean_abandoned``).
+A lock says whether its owner lives, where a pid cannot (PID namespaces).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
 import re
 import secrets
@@ -9,7 +20,9 @@ from pathlib import Path
 from typing import IO
 
 # Every temp file acexport makes is named so, and only such names are ever cleaned up.
-TEMP_NAME = re.compile(r"acexport-(\d+)-[0-9a-f]{16}\.(part|spool|manifest)")
+TEMP_NAME = re.compile(r"acexport-(\d+)-[0-9a-f]{16}\.(part|spool|manifest|small)")
+_OWN_DIR = re.compile(r"proc-[0-9a-f]{16}")
+_LOCK = "lock"
 
 
 def temp_stem() -> str:
@@ -21,3 +34,91 @@ def create_new(path: Path, buffering: int = -1, dir_fd: int | None = None) -> IO
     """Open a file that must not exist yet, never through a symbolic link."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     return os.fdopen(os.open(path, flags, 0o666, dir_fd=dir_fd), "wb", buffering=buffering)
+
+
+class TempDir:
+    """This process's temp directory under a shared root, held by an flock."""
+
+    def __init__(self, path: Path, lock_fd: int) -> None:
+        self.path = path
+        self._lock_fd = lock_fd
+
+    def release(self) -> None:
+        """At exit: what is left here is ours and unfinished; the directory goes."""
+        _remove(self.path)
+        os.close(self._lock_fd)
+
+
+def claim_temp_dir(root: Path) -> TempDir:
+    """A new subdirectory of ``root`` (created 0700), locked for this process's life."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = root / f"proc-{secrets.token_hex(8)}"
+    path.mkdir(mode=0o700)
+    fd = os.open(path / _LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new: nobody else can hold it
+    return TempDir(path, fd)
+
+
+def clean_abandoned(root: Path) -> int:
+    """Remove the temp files of processes that are gone; how many files went.
+
+    A subdirectory whose lock can be taken has no live owner. Loose temp files in
+    ``root`` itself (acexport before per-process directories) go when their pid is
+    not alive here.
+    """
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in root.iterdir():
+            if _OWN_DIR.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+                removed += _take_over(entry)
+            elif (match := TEMP_NAME.fullmatch(entry.name)) and not _alive(int(match.group(1))):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+                    removed += 1
+    return removed
+
+
+def _take_over(directory: Path) -> int:
+    try:
+        fd = os.open(directory / _LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = None  # its owner died before locking, or while releasing
+    except OSError:
+        return 0
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    return 0  # alive
+                raise
+        return _remove(directory)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _remove(directory: Path) -> int:
+    """Our temp files in ``directory``, its lock, then the directory if that empties it."""
+    removed = 0
+    for entry in list(directory.iterdir()):
+        if TEMP_NAME.fullmatch(entry.name) or entry.name == _LOCK:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed += entry.name != _LOCK
+    with contextlib.suppress(OSError):
+        directory.rmdir()
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
