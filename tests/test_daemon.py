@@ -7,6 +7,7 @@ import itertools
 import json
 import random
 import signal
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -350,3 +351,24 @@ async def test_two_daemons_on_one_output_the_second_is_refused_naming_the_first(
     assert json.loads(marker.read_text())["state_dir"] == str(other / "state")
     again.send(signal.SIGTERM)
     assert await again.wait() == 0
+
+
+async def test_sigterm_ends_exports_waiting_between_polls_at_once(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 21 item 15: exports that only sleep until their next poll held the whole
+    stop_grace (docker stop's 10 s, then SIGKILL); they are cancelled at once, their
+    ledger rows kept for the next start to resume."""
+    emu = await emulator(tokens={"alpha": "alpha-token", "beta": "beta-token"}, processing_s=60)
+    jobs = "".join(job(f"p-{ws}", ws, types=["page"], catch_up="1d", lag="0s") for ws in emu.tokens)
+    config = write_config(tmp_path, emu, jobs)
+    config.write_text(config.read_text().replace('stop_grace = "2s"', 'stop_grace = "30s"'))
+    daemon = await DaemonProcess.start(config)
+    await emu.wait_for(lambda report: len(report["jobs"]) == 2)
+    stopped_at = time.monotonic()
+    daemon.send(signal.SIGTERM)
+    assert await daemon.wait(40) == 0
+    assert time.monotonic() - stopped_at < 5  # not the 30 s grace
+    with sqlite3.connect(tmp_path / "state" / "state.sqlite3") as db:
+        states = [state for (state,) in db.execute("SELECT state FROM exports")]
+    assert states == ["submitted", "submitted"]  # resumed, not resubmitted, next time

@@ -112,6 +112,7 @@ class Lane:
         self._slot = asyncio.Semaphore(1)
         self._capacity = asyncio.Semaphore(max_in_flight)
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._sleeping: set[int] = set()  # exports waiting between two requests to AC
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
@@ -257,7 +258,24 @@ class Lane:
             await asyncio.shield(self.ctx.ledger.mark_ready(record.id, created_date))
 
         keeper = _SlotKeeper(record.created_date, hold, record_ready)
-        return await run_export(spec, client, self.ctx.sink, timing, keeper)
+        return await run_export(
+            spec, client, self.ctx.sink, timing, keeper, sleep=self._sleeper(record.id)
+        )
+
+    def _sleeper(self, export_id: int) -> Callable[[float], Awaitable[None]]:
+        """The export's wait between requests, which a stop ends at once: nothing is lost
+        (the ledger resumes it), and the grace is left to downloads and commits."""
+
+        async def sleep(delay_s: float) -> None:
+            if self._stopping:
+                raise asyncio.CancelledError
+            self._sleeping.add(export_id)
+            try:
+                await asyncio.sleep(delay_s)
+            finally:
+                self._sleeping.discard(export_id)
+
+        return sleep
 
     async def _succeeded(
         self, record: ExportRecord, outcome: ExportOutcome, destination: str
@@ -317,7 +335,8 @@ class Lane:
         self._queue.put_nowait(None)
 
     async def stop(self, grace_s: float) -> None:
-        """Stop submitting; give running exports ``grace_s`` to finish, then cancel them.
+        """Stop submitting; cancel the exports waiting between requests at once, give
+        the others (downloading, committing) ``grace_s`` to finish, then cancel them.
 
         A cancelled export keeps its ledger row (submitted or ready), so the next
         start resumes it instead of submitting it again.
@@ -327,6 +346,8 @@ class Lane:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
+        for export_id in list(self._sleeping):  # between requests: nothing to finish
+            self._tasks[export_id].cancel()
         running = list(self._tasks.values())
         if running:
             _, pending = await asyncio.wait(running, timeout=grace_s)
