@@ -438,3 +438,32 @@ async def test_a_retry_after_of_a_year_waits_only_http_retry_max(
     assert max(waits) <= FAST.retry.max_s
     clamped = [entry for entry in logs if entry["event"] == "retry_after_clamped"]
     assert clamped[0]["asked_s"] == 31_536_000
+
+
+async def test_a_clock_ahead_of_acs_plans_by_acs_time(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 21 item 4: a local clock two days ahead exported windows that had not
+    happened at AC (0 records, recorded done). AC's Date header holds planning back,
+    and the difference is logged loudly."""
+    from datetime import UTC, datetime, timedelta
+
+    from structlog.testing import capture_logs
+
+    from acexport.config import load_settings
+    from acexport.daemon import Daemon
+    from tests.daemon_helpers import job, write_config
+
+    emu = await emulator(tokens={"alpha": "alpha-token"}, records=3)
+    config = write_config(tmp_path, emu, job("d", "alpha", types=["page"], catch_up="4d", lag="0s"))
+    ahead = timedelta(days=2)
+    with capture_logs() as logs:
+        async with Daemon(
+            load_settings(config), config, clock=lambda: datetime.now(UTC) + ahead
+        ) as daemon:
+            assert await daemon.run_once()
+    served = [datetime.fromisoformat(j["toDate"]) for j in (await emu.jobs())["jobs"]]
+    assert served
+    assert max(served) < datetime.now(UTC)  # nothing after AC's now
+    (skew,) = [e for e in logs if e["event"] == "clock_skew"]
+    assert abs(skew["local_ahead_of_ac_s"] - ahead.total_seconds()) < 10

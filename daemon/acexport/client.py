@@ -30,6 +30,7 @@ from .errors import (
 )
 from .limits import DEFAULT_INFLATE_RATIO, INFLATE_SLACK_BYTES
 from .protocol import is_status_shaped
+from .serverclock import ServerClock
 from .windows import ONE_MS, ExportWindow
 
 _PEEK_BYTES = 64 * 1024  # a status object is far smaller; data is usually far larger
@@ -199,6 +200,7 @@ class ExportClient:
         base_url: str,
         token: SecretStr,
         on_response: Callable[[int], None] | None = None,
+        server_clock: ServerClock | None = None,
         trust: TokenTrust | None = None,
         max_inflate_ratio: int = DEFAULT_INFLATE_RATIO,
     ) -> None:
@@ -207,6 +209,7 @@ class ExportClient:
         self._token = token
         self._origin = origin(self._base)
         self._on_response = on_response  # sees every HTTP status, for metrics
+        self._server_clock = server_clock  # told AC's time by each of its answers
         self.trust = trust or TokenTrust()
         self._max_inflate_ratio = max_inflate_ratio
 
@@ -256,6 +259,8 @@ class ExportClient:
                 ) from None
             if self._on_response is not None:
                 self._on_response(response.status)
+            if at_ac and self._server_clock is not None:
+                self._server_clock.observe(response.headers.get("Date"))
             if response.status < 400 and at_ac:
                 self.trust.proven = True  # AC's own origin accepted the token
             if response.status not in (301, 302, 303, 307, 308):

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import aiohttp
 import structlog
 from pydantic import SecretStr
 
@@ -53,6 +54,7 @@ from .output.store import OutputStore
 from .payload.tempfiles import claim_temp_dir, clean_abandoned
 from .planner import Planner
 from .scheduler import Scheduler, utc_now
+from .serverclock import ServerClock
 from .windows import ExportWindow
 
 log = structlog.get_logger("acexport.service")
@@ -94,6 +96,8 @@ class Daemon:
         self._planner: Planner
         self._ctx: LaneContext
         self._scheduler = Scheduler(self._look, clock)
+        # Windows are planned by AC's time when the local clock runs ahead of it.
+        self._server_clock = ServerClock(clock)
         self.metrics = Metrics()
         self.metrics.watch_lanes(lambda: list(self._lanes.values()))
         self.health = Health()
@@ -131,7 +135,9 @@ class Daemon:
         await self._output.start(stack)
         await self._claim_output(stack)
         await self._abort_stale_uploads()
-        self._planner = Planner(self._ledger, self._output, lambda: self._settings, self._clock)
+        self._planner = Planner(
+            self._ledger, self._output, lambda: self._settings, self._server_clock.now
+        )
         sink = Sink(
             temp_dir,
             self._settings.output.compression,
@@ -150,7 +156,9 @@ class Daemon:
             timing=lambda: Timing.from_settings(self._settings.http),
             observer=Observers(self.metrics, self.health, self.tally),
             fatal=self.fail,
+            server_clock=self._server_clock,
         )
+        await self._ask_ac_the_time(session)
         if daemon.listen:
             server = HealthServer(self.health, self.metrics, daemon.listen, self.status_page)
             self.health_url = await server.start(stack)
@@ -169,6 +177,17 @@ class Daemon:
             jobs=[job.name for job in self._settings.jobs],
             lanes=sorted(self._lanes),
         )
+
+    async def _ask_ac_the_time(self, session: aiohttp.ClientSession) -> None:
+        """Before the first plan: AC's time, from any answer of each AC (its Date)."""
+        for base_url in {ws.base_url for ws in self._settings.workspaces.values()}:
+            try:
+                async with session.head(
+                    base_url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=5)
+                ) as answer:
+                    self._server_clock.observe(answer.headers.get("Date"))
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                log.debug("ac_time_not_known", base_url=base_url, error=str(exc))
 
     async def _claim_temp_dir(self, stack: AsyncExitStack) -> Path:
         """This process's own temp dir, after removing those of processes that are gone."""

@@ -37,6 +37,7 @@ from .ledger import Ledger
 from .ledger_schema import ExportRecord, LedgerState
 from .ops.logging import remote_text
 from .output.sink import Sink
+from .serverclock import ServerClock
 
 log = structlog.get_logger("acexport.lane")
 
@@ -52,6 +53,7 @@ class LaneContext:
     timing: Callable[[], Timing]
     observer: LaneObserver  # metrics, health, progress: told what happened
     fatal: Callable[[BaseException], None]  # the ledger failed: the daemon must stop
+    server_clock: ServerClock | None = None  # told AC's time by every answer
 
 
 class _SlotHold:
@@ -247,6 +249,7 @@ class Lane:
             settings.workspaces[record.workspace].base_url,
             self.token,
             on_response=lambda code: observer.answered(record.workspace, code),
+            server_clock=self.ctx.server_clock,
             trust=self.trust,
             max_inflate_ratio=settings.http.max_inflate_ratio,
         )
