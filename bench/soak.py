@@ -255,6 +255,8 @@ def main() -> int:
             if not any(codes):
                 break
         report = jobs_report(base)
+        # Kept with the work directory: which jobs overlapped, when, after what.
+        (work / "emulator-report.json").write_text(json.dumps(report, indent=1))
     elapsed = time.monotonic() - started
 
     # -- verification against the emulator's record of what it served --

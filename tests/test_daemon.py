@@ -372,3 +372,29 @@ async def test_sigterm_ends_exports_waiting_between_polls_at_once(
     with sqlite3.connect(tmp_path / "state" / "state.sqlite3") as db:
         states = [state for (state,) in db.execute("SELECT state FROM exports")]
     assert states == ["submitted", "submitted"]  # resumed, not resubmitted, next time
+
+
+async def test_data_found_ready_after_a_restart_keeps_the_slot_until_downloaded(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Found by the soak (max_unready 2): an export stopped while AC worked on it was
+    found ready by the next start and announced as fresh, giving its slot to the next
+    export; its data, ready at AC for most of the window already, expired while the
+    download was being retried, and the re-request submitted it again beside the next
+    one. Data this process never saw AC working on now keeps the slot."""
+    emu = await emulator(tokens={"alpha": "alpha-token"}, processing_s=2.0, expiry_s=3.0)
+    jobs = job("p", "alpha", types=["page"], window="1h", catch_up="2h", lag="0s")
+    config = write_config(tmp_path, emu, jobs, extra='log_level = "debug"')  # export_submitted
+    config.write_text(config.read_text().replace("[http]\n", '[http]\ndownload_window = "3s"\n'))
+    daemon = await DaemonProcess.start(config)
+    await daemon.wait_for(lambda: bool(daemon.events("export_submitted")))
+    daemon.send(signal.SIGTERM)  # the first export waits between polls: stopped at once
+    assert await daemon.wait(10) == 0
+    await emu.control("faults", {"truncate_rate": 1.0})  # every download ends early
+    await asyncio.sleep(2.5)  # ready at AC since 2 s after submission, expiring at 5 s
+    again = await DaemonProcess.start(config, "--once")
+    await again.wait_for(lambda: bool(again.events("export_expired_resubmitted")), timeout=30)
+    await emu.control("faults", {"truncate_rate": 0.0})
+    assert await again.wait(60) == 0
+    assert len(manifests(tmp_path / "exports")) == 2
+    assert (await emu.jobs())["workspaces"]["alpha"]["max_unready"] == 1

@@ -349,7 +349,13 @@ async def _download(
     if state.ready_at is None:
         state.ready_at = time.monotonic()
         log.debug("export_ready", requests=state.requests)
-        await observer.ready()
+        if state.submitted_at is not None:
+            await observer.ready()
+        # Else this process never saw AC working on it (resumed while submitted, or
+        # AC had it ready already): the data may have been ready for most of AC's
+        # download window, and expire during the download. It is not announced as
+        # fresh, so the lane keeps its slot: a re-request that finds it expired submits
+        # it again without a second export in flight (the soak saw max_unready 2).
     if payload.offset != state.offset:
         await _drop_partial(state, sink)  # the server sent it all again: start over
     if state.writer is None:
