@@ -414,3 +414,17 @@ async def test_malformed_requests_to_the_health_port_are_not_errors(
                 assert answer.status == 200
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert loud == [], loud[0].getMessage()
+
+
+def test_a_full_notify_socket_never_blocks_the_daemon(tmp_path: Path) -> None:
+    """systemd's socket queue full (a receiver that does not read): the ping is lost,
+    the caller (the event loop) goes on. It blocked, and a test hung."""
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "notify.sock"))
+    try:
+        notifier = SystemdNotifier(str(tmp_path / "notify.sock"))
+        sent = [notifier.notify(watchdog=1) for _ in range(5000)]
+        assert sent[0]
+        assert not sent[-1]  # dropped, not blocked
+    finally:
+        receiver.close()

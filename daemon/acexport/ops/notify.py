@@ -31,9 +31,13 @@ class SystemdNotifier:
         if self._address is None:
             return False
         message = "\n".join(f"{key.upper()}={value}" for key, value in fields.items())
+        # Non-blocking: the event loop sends this, and a notify socket whose queue is
+        # full (systemd busy; Linux queues 10 datagrams by default) must cost a lost
+        # ping, not a stalled daemon (a test whose receiver never read hung here).
+        kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            with socket.socket(socket.AF_UNIX, kind) as sock:
                 sock.sendto(message.encode(), self._address)
-        except OSError:
+        except OSError:  # BlockingIOError included
             return False
         return True
