@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import time
-import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import datetime
@@ -27,13 +25,12 @@ from types import TracebackType
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import aiohttp
 import structlog
 from pydantic import SecretStr
 
 from .client import new_session
 from .config import JobSettings, Settings, load_settings, resolve_tokens
-from .errors import ConfigError, SinkError, StateError, StoreRejected, StoreUnavailable
+from .errors import ConfigError, StateError, StoreUnavailable
 from .events import Observers, Tally
 from .export import Timing
 from .lane import Lane, LaneContext
@@ -48,13 +45,13 @@ from .ops.server import HealthServer
 from .ops.statuspage import LaneView, PageInput, StatusPage, build_view, horizon_start
 from .output.layout import OutputLayout
 from .output.open import open_store
-from .output.owner import REFRESH_S, Owner, claim_output, refresh_claim, release_claim
+from .output.owner import OutputClaim, Owner
 from .output.sink import Sink
 from .output.store import OutputStore
 from .payload.tempfiles import claim_temp_dir, clean_abandoned
 from .planner import Planner
 from .scheduler import Scheduler, utc_now
-from .serverclock import ServerClock
+from .serverclock import ServerClock, ask_ac_the_time
 from .windows import ExportWindow
 
 log = structlog.get_logger("acexport.service")
@@ -92,7 +89,7 @@ class Daemon:
         self._wake = asyncio.Event()  # a stop or a reload was asked for
         self._ledger: Ledger
         self._output: OutputStore
-        self._owner: Owner
+        self._claim: OutputClaim
         self._planner: Planner
         self._ctx: LaneContext
         self._scheduler = Scheduler(self._look, clock)
@@ -158,7 +155,8 @@ class Daemon:
             fatal=self.fail,
             server_clock=self._server_clock,
         )
-        await self._ask_ac_the_time(session)
+        base_urls = {ws.base_url for ws in self._settings.workspaces.values()}
+        await ask_ac_the_time(session, base_urls, self._server_clock)
         if daemon.listen:
             server = HealthServer(self.health, self.metrics, daemon.listen, self.status_page)
             self.health_url = await server.start(stack)
@@ -178,17 +176,6 @@ class Daemon:
             lanes=sorted(self._lanes),
         )
 
-    async def _ask_ac_the_time(self, session: aiohttp.ClientSession) -> None:
-        """Before the first plan: AC's time, from any answer of each AC (its Date)."""
-        for base_url in {ws.base_url for ws in self._settings.workspaces.values()}:
-            try:
-                async with session.head(
-                    base_url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=5)
-                ) as answer:
-                    self._server_clock.observe(answer.headers.get("Date"))
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                log.debug("ac_time_not_known", base_url=base_url, error=str(exc))
-
     async def _claim_temp_dir(self, stack: AsyncExitStack) -> Path:
         """This process's own temp dir, after removing those of processes that are gone."""
         root = self._settings.daemon.state_dir / "tmp"
@@ -204,13 +191,8 @@ class Daemon:
 
     async def _claim_output(self, stack: AsyncExitStack) -> None:
         """Become the output's one writer (output/owner.py), noticing a changed root."""
-        ledger, store = self._ledger, self._output
-        state_id = await ledger.meta("state_id")
-        if state_id is None:
-            state_id = uuid.uuid4().hex
-            await ledger.set_meta("state_id", state_id)
-        root = store.describe()
-        previous = await ledger.meta("output_root")
+        root = self._output.describe()
+        previous = await self._ledger.replace_meta("output_root", root)
         if previous not in (None, root):
             log.warning(
                 "output_root_changed",
@@ -219,20 +201,10 @@ class Daemon:
                 detail="windows recorded done are checked in the new output; "
                 "those it lacks are exported again",
             )
-        await ledger.set_meta("output_root", root)
-        self._owner = Owner.me(state_id, str(self._settings.daemon.state_dir), time.time())
-        try:
-            await claim_output(store, self._owner)
-        except StoreUnavailable as exc:  # down now: commits wait for it; claimed later
-            log.warning("output_owner_not_claimed", error=str(exc))
-
-        async def release() -> None:
-            try:
-                await release_claim(store, self._owner)
-            except (StoreUnavailable, StoreRejected, SinkError) as exc:
-                log.warning("output_owner_not_released", error=str(exc))
-
-        stack.push_async_callback(release)  # after the lanes stopped: registered before
+        state_id = await self._ledger.state_id()
+        me = Owner.me(state_id, str(self._settings.daemon.state_dir), time.time())
+        self._claim = OutputClaim(self._output, me)
+        await self._claim.take(stack)
 
     async def _abort_stale_uploads(self) -> None:
         """What a crashed run of this daemon left in object storage: only keys its layout
@@ -246,18 +218,6 @@ class Daemon:
         except StoreUnavailable as exc:
             log.warning("s3_stale_uploads_not_listed", error=str(exc))
 
-    async def _keep_claim(self) -> None:
-        while True:
-            await asyncio.sleep(REFRESH_S)
-            self._owner = dataclasses.replace(self._owner, seen_at=time.time())
-            try:
-                await refresh_claim(self._output, self._owner)
-            except ConfigError as exc:
-                self.fail(exc)
-                return
-            except (StoreUnavailable, StoreRejected, SinkError) as exc:
-                log.warning("output_owner_not_refreshed", error=str(exc))
-
     async def _resume(self) -> None:
         resumed = await self._ledger.active()
         self._enqueue(resumed)
@@ -269,7 +229,7 @@ class Daemon:
         loops = await stack.enter_async_context(asyncio.TaskGroup())
         tasks = [
             loops.create_task(self._measure_loop_lag(), name="loop-lag"),
-            loops.create_task(self._keep_claim(), name="output-owner"),
+            loops.create_task(self._claim.keep(self.fail), name="output-owner"),
         ]
         if self._notifier.watchdog_interval_s:
             watchdog = self._watchdog(self._notifier.watchdog_interval_s)

@@ -51,6 +51,15 @@ SUSPECT_TOKEN_S = 60.0
 # Ready data older than this share of AC's download window is asked for holding the
 # lane's slot: the request must reach AC before the data expires, or it is a new export.
 READY_MARGIN = 0.9
+# ... and at least this long before it expires: between deciding and the request reaching
+# AC lie a busy event loop (a restart resuming hundreds of exports), a connection, and
+# the poll that noticed readiness late. The soak's 4 s window left 0.4 s: not enough.
+EXPIRY_MARGIN_S = 2.0
+
+
+def ready_lifetime_s(download_window_s: float) -> float:
+    """How long ready data may be asked for without the lane's slot."""
+    return max(0.0, min(READY_MARGIN * download_window_s, download_window_s - EXPIRY_MARGIN_S))
 
 
 @dataclass(frozen=True)
@@ -237,7 +246,7 @@ def _data_may_have_expired(state: _Attempt, timing: Timing) -> bool:
     if state.ready_at is None:
         return False
     age_s = time.monotonic() - state.ready_at
-    return age_s >= READY_MARGIN * timing.download_window_s
+    return age_s >= ready_lifetime_s(timing.download_window_s)
 
 
 def _suspect_token(

@@ -25,11 +25,11 @@ from .config import Settings
 from .errors import AcexportError, AuthError, StateError, StoreRejected
 from .events import ExportEnded, LaneObserver
 from .export import (
-    READY_MARGIN,
     ExportObserver,
     ExportOutcome,
     ExportSpec,
     Timing,
+    ready_lifetime_s,
     run_export,
     timing_from_history,
 )
@@ -179,7 +179,7 @@ class Lane:
         if record.state is not LedgerState.READY or record.ready_at is None:
             return False
         window = self.ctx.settings().http.download_window.total_seconds()
-        return time.time() - record.ready_at < READY_MARGIN * window
+        return time.time() - record.ready_at < ready_lifetime_s(window)
 
     async def _execute(self, record: ExportRecord, holds_slot: bool) -> None:
         hold = _SlotHold(self._slot, holds_slot)
@@ -207,7 +207,7 @@ class Lane:
         # Still active, and submitted unless its ready data is still downloadable: one
         # statement (the ledger's round trips were most of an export's CPU).
         window_s = settings.http.download_window.total_seconds()
-        current = await self.ctx.ledger.claim(record.id, time.time() - READY_MARGIN * window_s)
+        current = await self.ctx.ledger.claim(record.id, time.time() - ready_lifetime_s(window_s))
         if current is None:
             # Picked up from the ledger just as this process finished it: nothing to do.
             return

@@ -17,6 +17,7 @@ import functools
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
@@ -25,7 +26,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 
-from .errors import StateError, printable
+from .errors import StateError
 from .history import ANY, LAST, ProcessingTimes
 from .ledger_schema import _MIGRATIONS, ExportRecord, LedgerState, parse_time
 from .windows import ExportWindow, iso_ms
@@ -349,24 +350,30 @@ class Ledger:
         )
 
     @_state_errors
-    async def meta(self, key: str) -> str | None:
-        """A fact about this state directory (its id, its output root)."""
-        rows = await self._rows("SELECT value FROM meta WHERE key = ?", key)
-        return str(rows[0][0]) if rows else None
+    async def state_id(self) -> str:
+        """This state directory's identity (made on first use; a copy shares it)."""
+        await self._rows(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('state_id', ?)", uuid.uuid4().hex
+        )
+        rows = await self._rows("SELECT value FROM meta WHERE key = 'state_id'")
+        return str(rows[0][0])
 
     @_state_errors
-    async def set_meta(self, key: str, value: str) -> None:
+    async def replace_meta(self, key: str, value: str) -> str | None:
+        """Record a fact about this state directory; the value it replaces, if any."""
+        rows = await self._rows("SELECT value FROM meta WHERE key = ?", key)
         await self._rows(
             "INSERT INTO meta (key, value) VALUES (?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             key,
             value,
         )
+        return str(rows[0][0]) if rows else None
 
     @_state_errors
     async def mark_failed(self, export_id: int, reason: str) -> None:
         await self._update(
-            export_id, state=LedgerState.FAILED, reason=printable(reason), finished_at=time.time()
+            export_id, state=LedgerState.FAILED, reason=reason, finished_at=time.time()
         )
 
     @_state_errors

@@ -10,10 +10,11 @@ only delays planning, which the lag does anyway). A difference of more than
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
+import aiohttp
 import structlog
 
 log = structlog.get_logger("acexport.clock")
@@ -66,3 +67,17 @@ class ServerClock:
         if self.ahead_s > TOLERANCE_S:
             return local - timedelta(seconds=self.ahead_s)
         return local
+
+
+async def ask_ac_the_time(
+    session: aiohttp.ClientSession, base_urls: Iterable[str], clock: ServerClock
+) -> None:
+    """Before the first plan: AC's time, from any answer of each AC (its Date)."""
+    for base_url in base_urls:
+        try:
+            async with session.head(
+                base_url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=5)
+            ) as answer:
+                clock.observe(answer.headers.get("Date"))
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.debug("ac_time_not_known", base_url=base_url, error=str(exc))

@@ -15,6 +15,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from ..errors import printable
+
 REDACTED = "[REDACTED]"
 _secrets: set[str] = set()
 _shortest = 0
@@ -64,11 +66,12 @@ _MAX_REMOTE_TEXT = 500
 
 
 def remote_text(text: str) -> str:
-    """Text a server chose (an error body, a reason), fit to store or serve: redacted, capped.
+    """Text a server chose (an error body, a reason), fit to store or serve: redacted,
+    its control characters escaped (no terminal rewritten through ``status``), capped.
 
     Redaction runs before the cut, so a token straddling the cut cannot leak half of it.
     """
-    text = redact(text)
+    text = printable(redact(text))
     return text if len(text) <= _MAX_REMOTE_TEXT else text[: _MAX_REMOTE_TEXT - 1] + "…"
 
 

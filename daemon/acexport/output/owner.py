@@ -13,16 +13,21 @@ pod name, a new pid) is the same owner.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import os
 import socket
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 import structlog
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SinkError, StoreRejected, StoreUnavailable
 from .store import OutputStore
 
 log = structlog.get_logger("acexport.output")
@@ -106,3 +111,39 @@ async def release_claim(store: OutputStore, me: Owner) -> None:
     current = _parse(await store.read_small(OWNER_KEY))
     if current is None or current.state_id == me.state_id:
         await store.delete_small(OWNER_KEY)
+
+
+class OutputClaim:
+    """A daemon's claim on its output: taken at start, kept while it runs, released at
+    a clean stop (after the lanes: ``take`` is called before they start)."""
+
+    def __init__(self, store: OutputStore, me: Owner) -> None:
+        self._store = store
+        self._me = me
+
+    async def take(self, stack: AsyncExitStack) -> None:
+        """Claim the output, or raise ConfigError naming its live owner."""
+        try:
+            await claim_output(self._store, self._me)
+        except StoreUnavailable as exc:  # down now: commits wait for it; claimed later
+            log.warning("output_owner_not_claimed", error=str(exc))
+        stack.push_async_callback(self._release)
+
+    async def keep(self, lost: Callable[[BaseException], None]) -> None:
+        """Refresh every REFRESH_S; ``lost`` is told if another daemon took over."""
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            self._me = dataclasses.replace(self._me, seen_at=time.time())
+            try:
+                await refresh_claim(self._store, self._me)
+            except ConfigError as exc:
+                lost(exc)
+                return
+            except (StoreUnavailable, StoreRejected, SinkError) as exc:
+                log.warning("output_owner_not_refreshed", error=str(exc))
+
+    async def _release(self) -> None:
+        try:
+            await release_claim(self._store, self._me)
+        except (StoreUnavailable, StoreRejected, SinkError) as exc:
+            log.warning("output_owner_not_released", error=str(exc))
