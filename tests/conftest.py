@@ -92,8 +92,9 @@ async def emulator() -> AsyncIterator[EmulatorFactory]:
     """Start emulators with the given settings; each is stopped after the test.
 
     Keyword arguments: ``tokens`` (workspace -> token), ``gzip``, ``redirect``,
-    ``ranges``, ``auth_failure``, ``faults`` (a FaultSettings), ``clock`` (a FakeClock
-    to drive time) and any QueueSettings field. With none, it answers as the real
+    ``ranges``, ``auth_failure``, ``status_code`` (200, or 202 as AC's engine),
+    ``faults`` (a FaultSettings), ``clock`` (a FakeClock to drive time) and any
+    QueueSettings field. With none, it answers as the real
     service does (ZIP, chunked, 500 on a bad token), with no processing time.
     """
     runners: list[web.AppRunner] = []
@@ -106,6 +107,7 @@ async def emulator() -> AsyncIterator[EmulatorFactory]:
         redirect: bool = False,
         ranges: bool = False,
         auth_failure: int = 500,
+        status_code: int = 200,
         faults: FaultSettings | None = None,
         clock: Callable[[], float] = time.time,
         **queue: Any,
@@ -120,6 +122,7 @@ async def emulator() -> AsyncIterator[EmulatorFactory]:
             redirect=redirect,
             ranges=ranges,
             auth_failure=auth_failure,
+            status_code=status_code,
         )
         app = make_app(settings, clock)
         runner = web.AppRunner(app, access_log=None)

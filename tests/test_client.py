@@ -271,3 +271,18 @@ async def test_remote_text_cannot_drive_the_terminal(client: ExportClient) -> No
     assert status.message is not None
     assert "\x1b" not in status.message
     assert "\\x1b" in status.message
+
+
+async def test_a_202_status_is_a_status_and_a_202_without_one_is_transient(
+    client: ExportClient,
+) -> None:
+    """AC's engine answers statuses with 202 (issue 22 item 4); a 202 that holds no
+    status is not data either."""
+    with aioresponses() as mocked:
+        mocked.get(URL, status=202, payload=STATUS)
+        assert await answer(client) == ExportStatus(
+            "PENDING", STATUS["createdDate"], STATUS["message"]
+        )
+        mocked.get(URL, status=202, body=b'{"id": "1"}\n')
+        with pytest.raises(TransientError, match="202 without a status"):
+            await answer(client)

@@ -467,3 +467,16 @@ async def test_a_clock_ahead_of_acs_plans_by_acs_time(
     assert max(served) < datetime.now(UTC)  # nothing after AC's now
     (skew,) = [e for e in logs if e["event"] == "clock_skew"]
     assert abs(skew["local_ahead_of_ac_s"] - ahead.total_seconds()) < 10
+
+
+async def test_statuses_answered_202_as_ac_engine_does_are_polled_to_completion(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Issue 22 item 4: AC's engine answers its statuses with 202. Each was an
+    'unexpected' answer counted as a failure; now a status like a 200's, no retries."""
+    emu = await emulator(status_code=202, processing_s=0.2, records=50)
+    with structlog.testing.capture_logs() as logs:
+        outcome = await export(emu, session, tmp_path, "page")
+    assert outcome.manifest.records == 50
+    assert outcome.requests >= 2  # at least one status before the data
+    assert not [e for e in logs if e["event"] == "export_retrying"]

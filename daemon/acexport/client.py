@@ -301,10 +301,12 @@ class ExportClient:
         prefix = await _read_up_to(response, _PEEK_BYTES)
         if "text/html" in content_type or prefix.lstrip()[:1] == b"<":
             raise TransientError(f"{where} answered an HTML page instead of data")
-        if response.status == 200:
+        if response.status in _STATUS_CODES:
             prefix, answer = await _status_in(response, prefix, type_, window)
             if answer is not None:
                 return answer
+            if response.status == 202:
+                raise TransientError(f"{where} answered 202 without a status")
         offset = 0
         if response.status == 206:
             offset = _content_range_start(response.headers.get("Content-Range"))
@@ -320,6 +322,11 @@ class ExportClient:
             self._max_inflate_ratio,
             declared_zip,
         )
+
+
+# AC's engine answers its statuses with 202 (Accepted); the controllers seen so far turn
+# them into 200. Either is a status, polled alike (design section 1.1).
+_STATUS_CODES = (200, 202)
 
 
 def _reason(response: aiohttp.ClientResponse) -> str:
@@ -353,7 +360,7 @@ async def _raise_for_error(response: aiohttp.ClientResponse, type_: str, from_ac
     if status >= 400:
         body = await _read_up_to(response, 4096)
         raise RemoteRejected(f"AC rejected the {type_} export ({status}): {_excerpt(body)}")
-    if status not in (200, 206):
+    if status not in (*_STATUS_CODES, 206):
         raise TransientError(f"{where} answered an unexpected {status} {_reason(response)}")
 
 

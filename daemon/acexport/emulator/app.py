@@ -78,6 +78,7 @@ class EmulatorSettings:
     redirect: bool = False
     ranges: bool = False  # Content-Length and Range support (the real service has neither)
     auth_failure: int = 500  # what a bad token answers: 500 as AC plausibly does, or 401/403
+    status_code: int = 200  # what a status answers: 200 as AC's controllers, 202 as its engine
     storage_dir: Path | None = None
 
 
@@ -255,7 +256,7 @@ async def export_route(request: web.Request) -> web.StreamResponse:
     if state is JobState.ERROR:
         emu.queue.workspaces[workspace].faults["error"] += 1
     if state is not JobState.READY:
-        return web.json_response(_status_body(job, state))
+        return web.json_response(_status_body(job, state), status=emu.settings.status_code)
     if job.first_download_at is None:
         job.first_download_at = emu.queue.clock()
     if emu.settings.redirect:

@@ -102,6 +102,13 @@ def _add_processing_arguments(parser: argparse.ArgumentParser) -> None:
     extras.add_argument("--range", action="store_true", help="Content-Length and Range support")
     extras.add_argument("--gzip", action="store_true", help="Content-Encoding: gzip when accepted")
     extras.add_argument("--redirect", action="store_true", help="302 to a signed storage URL")
+    queue.add_argument(
+        "--status-code",
+        type=int,
+        choices=(200, 202),
+        default=200,
+        help="statuses answered with 200 (AC's controllers) or 202 (its engine)",
+    )
     queue.add_argument("--seed", type=int, default=0)
     queue.add_argument("--storage-dir", type=Path, help="where payloads are rendered (temp dir)")
 
@@ -152,6 +159,7 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
         redirect=args.redirect,
         ranges=args.range,
         auth_failure=args.auth_failure,
+        status_code=args.status_code,
         storage_dir=args.storage_dir,
     )
 
