@@ -480,3 +480,45 @@ async def test_statuses_answered_202_as_ac_engine_does_are_polled_to_completion(
     assert outcome.manifest.records == 50
     assert outcome.requests >= 2  # at least one status before the data
     assert not [e for e in logs if e["event"] == "export_retrying"]
+
+
+async def test_a_failed_export_is_logged_with_its_workspace_type_and_window(
+    tmp_path: Path,
+) -> None:
+    """Issue 24 item 3: `export_failed`, the most important event, carried neither the
+    workspace, nor the type, nor the window."""
+    from aiohttp import web
+    from structlog.testing import capture_logs
+
+    from acexport.config import load_settings
+    from acexport.daemon import Daemon
+
+    async def reject(_: web.Request) -> web.Response:
+        return web.json_response({"message": "no such thing", "status": "ERROR"}, status=400)
+
+    app = web.Application()
+    app.router.add_get("/api/reports/export/{type}", reject)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\noutput_dir = "{tmp_path / "out"}"\n'
+        f'listen = ""\n[workspaces.acme]\nbase_url = "{base}"\ntoken = "t"\n'
+        '[[jobs]]\nname = "d"\nworkspace = "acme"\ntypes = ["page"]\ncatch_up = "1d"\n'
+        'lag = "0s"\n'
+    )
+    try:
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            async with Daemon(load_settings(config), config) as daemon:
+                assert not await daemon.run_once()
+    finally:
+        await runner.cleanup()
+    failed = [e for e in logs if e["event"] == "export_failed"]
+    assert failed
+    for event in failed:
+        assert event["workspace"] == "acme"
+        assert event["type"] == "page"
+        assert event["window"].endswith("T00:00:00.000Z")
+        assert "no such thing" in event["error"]

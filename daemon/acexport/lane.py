@@ -38,6 +38,7 @@ from .ledger_schema import ExportRecord, LedgerState
 from .ops.logging import remote_text
 from .output.sink import Sink
 from .serverclock import ServerClock
+from .windows import iso_ms
 
 log = structlog.get_logger("acexport.lane")
 
@@ -184,7 +185,14 @@ class Lane:
     async def _execute(self, record: ExportRecord, holds_slot: bool) -> None:
         hold = _SlotHold(self._slot, holds_slot)
         try:
-            with structlog.contextvars.bound_contextvars(job=record.job, lane=self.key):
+            # Every event about this export names it, the failure too (design section 7).
+            with structlog.contextvars.bound_contextvars(
+                job=record.job,
+                lane=self.key,
+                workspace=record.workspace,
+                type=record.type,
+                window=iso_ms(record.start),
+            ):
                 try:
                     await self._export(record, hold)
                 except StateError:
