@@ -144,6 +144,12 @@ async def test_health_and_metrics(emulator: EmulatorFactory, tmp_path: Path) -> 
     assert 'acexport_lane_queue_depth{lane="alpha"} 0.0' in text
     assert re.search(r'acexport_last_success_timestamp_seconds\{job="good"\} 1\.\d+e\+09', text)
     assert 'acexport_build_info{version="' in text
+    # Issue 24 item 16: a failure series exists before the first failure (at 0), and the
+    # process's own metrics are there.
+    assert 'acexport_exports_total{outcome="failed",type="event",workspace="alpha"} 0.0' in text
+    assert re.search(r"^process_resident_memory_bytes [1-9]", text, re.MULTILINE)
+    assert re.search(r"^process_open_fds [1-9]", text, re.MULTILINE)
+    assert "python_info{" in text
     for histogram in ("acexport_ac_processing_seconds", "acexport_download_seconds"):
         # By type only (both workspaces exported pages): bounded however many workspaces.
         assert re.search(rf'{histogram}_count{{type="page"}} [1-9]', text)

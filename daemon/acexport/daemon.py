@@ -269,6 +269,7 @@ class Daemon:
 
     # -- lanes -----------------------------------------------------------------
     def _apply_lanes(self) -> None:
+        self.metrics.expect((job.workspace, t) for job in self._settings.jobs for t in job.types)
         self._lane_of = lane_keys(self._settings, self._tokens)
         for workspace, key in self._lane_of.items():
             if key not in self._lanes:

@@ -8,6 +8,9 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -33,6 +36,9 @@ class Metrics(LaneObserver):
         disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series add noise
         self.registry = CollectorRegistry()
         r = self.registry
+        # The process's own: RSS, CPU, open descriptors, start time; Python's version, GC.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
         self.exports = Counter(
             "acexport_exports",
             "Exports finished, by outcome.",
@@ -111,6 +117,13 @@ class Metrics(LaneObserver):
                 self.processing.labels(event.type).observe(event.processing_s)
             if event.download_s is not None:
                 self.download.labels(event.type).observe(event.download_s)
+
+    def expect(self, exports: Iterable[tuple[str, str]]) -> None:
+        """The (workspace, type) pairs the jobs export: their counters exist from the
+        start, at 0, so ``increase(...{outcome="failed"}[1h])`` sees the first failure."""
+        for workspace, type_ in exports:
+            for outcome in ("done", "failed"):
+                self.exports.labels(workspace, type_, outcome)
 
     def answered(self, workspace: str, code: int) -> None:
         self.responses.labels(workspace, str(code)).inc()
