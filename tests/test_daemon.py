@@ -135,12 +135,13 @@ async def test_sighup_adds_a_job_and_a_broken_config_keeps_the_old_one(
     first_job = job(
         "pages", "alpha", types=["page"], catch_up="2d", lag="0s", schedule="every 300ms"
     )
-    config = write_config(tmp_path, emu, first_job)
+    debug = 'log_level = "debug"'  # a look that queues nothing is logged at debug
+    config = write_config(tmp_path, emu, first_job, extra=debug)
     daemon = await DaemonProcess.start(config)
     await daemon.wait_for(lambda: len(manifests(tmp_path / "exports")) == 2)
 
     added = first_job + job("segments", "alpha", types=["segment"], catch_up="3d", lag="0s")
-    write_config(tmp_path, emu, added)
+    write_config(tmp_path, emu, added, extra=debug)
     daemon.send(signal.SIGHUP)
     await daemon.wait_for(lambda: len(manifests(tmp_path / "exports")) == 5)
     assert daemon.events("config_reloaded")

@@ -522,3 +522,23 @@ async def test_a_failed_export_is_logged_with_its_workspace_type_and_window(
         assert event["type"] == "page"
         assert event["window"].endswith("T00:00:00.000Z")
         assert "no such thing" in event["error"]
+
+
+async def test_a_look_that_queues_nothing_is_not_an_info_line(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 24 item 9: `job_looked due=8 queued=0` every minute was info-level noise."""
+    from structlog.testing import capture_logs
+
+    from acexport.config import load_settings
+    from acexport.daemon import Daemon
+    from tests.daemon_helpers import job, write_config
+
+    emu = await emulator(tokens={"alpha": "alpha-token"}, records=3)
+    config = write_config(tmp_path, emu, job("d", "alpha", types=["page"], catch_up="2d", lag="0s"))
+    with capture_logs() as logs:
+        async with Daemon(load_settings(config), config) as daemon:
+            assert await daemon.run_once()
+            assert await daemon.run_once()  # everything is done: nothing to queue
+    looks = [(e["queued"], e["log_level"]) for e in logs if e["event"] == "job_looked"]
+    assert looks == [(2, "info"), (0, "debug")]

@@ -315,7 +315,9 @@ class Daemon:
         if lane.auth_failure and any(r.state is LedgerState.QUEUED for r in records):
             lane.clear_auth_failure()  # a new look tries the token again
         added = self._enqueue(records)
-        log.info("job_looked", job=job.name, due=due, queued=added)
+        # A look that finds nothing to do says so only at debug: a minutely schedule
+        # wrote a line a minute with nothing in it.
+        (log.info if added else log.debug)("job_looked", job=job.name, due=due, queued=added)
 
     async def _pick_up(self) -> None:
         """Adopt rows queued by someone else (``acexport backfill``)."""
