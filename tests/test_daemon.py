@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from acexport.emulator import FaultSettings
-from tests.conftest import EmulatorFactory
+from tests.conftest import EmulatorFactory, FakeClock
 from tests.daemon_helpers import (
     DaemonProcess,
     data_files,
@@ -382,20 +382,29 @@ async def test_data_found_ready_after_a_restart_keeps_the_slot_until_downloaded(
     found ready by the next start and announced as fresh, giving its slot to the next
     export; its data, ready at AC for most of the window already, expired while the
     download was being retried, and the re-request submitted it again beside the next
-    one. Data this process never saw AC working on now keeps the slot."""
-    emu = await emulator(tokens={"alpha": "alpha-token"}, processing_s=2.0, expiry_s=3.0)
+    one. Data this process never saw AC working on now keeps the slot. AC's time is the
+    emulator's FakeClock, moved by the test."""
+    clock = FakeClock()
+    emu = await emulator(
+        tokens={"alpha": "alpha-token"}, processing_s=4.0, expiry_s=3.0, clock=clock
+    )
     jobs = job("p", "alpha", types=["page"], window="1h", catch_up="2h", lag="0s")
     config = write_config(tmp_path, emu, jobs, extra='log_level = "debug"')  # export_submitted
-    config.write_text(config.read_text().replace("[http]\n", '[http]\ndownload_window = "3s"\n'))
     daemon = await DaemonProcess.start(config)
     await daemon.wait_for(lambda: bool(daemon.events("export_submitted")))
     daemon.send(signal.SIGTERM)  # the first export waits between polls: stopped at once
     assert await daemon.wait(10) == 0
     await emu.control("faults", {"truncate_rate": 1.0})  # every download ends early
-    await asyncio.sleep(2.5)  # ready at AC since 2 s after submission, expiring at 5 s
+    clock.advance(4.5)  # ready at AC (after 4 s), expiring at 7 s
     again = await DaemonProcess.start(config, "--once")
-    await again.wait_for(lambda: bool(again.events("export_expired_resubmitted")), timeout=30)
+    await again.wait_for(lambda: bool(again.events("export_retrying")))
+    clock.advance(3.0)  # its data expires at AC while the download is retried
+    await again.wait_for(lambda: bool(again.events("export_expired_resubmitted")))
     await emu.control("faults", {"truncate_rate": 0.0})
-    assert await again.wait(60) == 0
+    async with asyncio.timeout(60):
+        while again.process.returncode is None:  # AC's processing, in its time
+            clock.advance(1.0)
+            await asyncio.sleep(0.05)
+    assert await again.wait() == 0
     assert len(manifests(tmp_path / "exports")) == 2
     assert (await emu.jobs())["workspaces"]["alpha"]["max_unready"] == 1
