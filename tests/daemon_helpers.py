@@ -8,9 +8,11 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
 
 from acexport.output.local import LocalStore
 from acexport.output.sink import Sink
@@ -132,3 +134,19 @@ def emulator_sha(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:
 def local_sink(out: Path, temp: Path, compression: str = "none") -> Sink:
     """A sink committing into the directory ``out`` (its LocalStore), temp files in ``temp``."""
     return Sink(temp, compression, LocalStore(out, temp))  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def export_server(
+    answer: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """An 'AC' on loopback whose export route answers with ``answer``; its base URL."""
+    app = web.Application()
+    app.router.add_get("/api/reports/export/{type}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

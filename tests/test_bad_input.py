@@ -20,7 +20,7 @@ from acexport.errors import TransientError
 from acexport.export import ExportSpec, Timing, run_export
 from acexport.polling import Backoff
 from acexport.windows import ExportWindow
-from tests.daemon_helpers import local_sink
+from tests.daemon_helpers import export_server, local_sink
 
 WS = '[workspaces.acme]\ntoken_env = "ACME_TOKEN"\n'
 JOB = '[[jobs]]\nname = "nightly"\nworkspace = "acme"\n'
@@ -310,23 +310,16 @@ async def test_oversized_status_is_retried_not_taken_as_data(tmp_path: Path) -> 
         body = answers.pop(0) if len(answers) > 1 else answers[0]
         return web.Response(body=body, content_type="application/json")
 
-    app = web.Application()
-    app.router.add_get("/api/reports/export/page", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     timing = Timing(poll=Backoff(0.001, 0.001), retry=Backoff(0.001, 0.001), max_attempts=5)
     sink = local_sink(tmp_path / "out", tmp_path / "tmp")
     spec = ExportSpec("acme", "page", WINDOW, PurePosixPath("page.jsonl"))
     try:
-        async with aiohttp.ClientSession() as session:
+        async with export_server(handler) as base, aiohttp.ClientSession() as session:
             client = ExportClient(session, base, SecretStr("tkn-1234"))
             with capture_logs() as logs:
                 outcome = await run_export(spec, client, sink, timing)
     finally:
         sink.close()
-        await runner.cleanup()
     assert outcome.manifest.records == 2
     retry = next(entry for entry in logs if entry["event"] == "export_retrying")
     assert "oversized status" in retry["error"]

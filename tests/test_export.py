@@ -492,29 +492,22 @@ async def test_a_failed_export_is_logged_with_its_workspace_type_and_window(
 
     from acexport.config import load_settings
     from acexport.daemon import Daemon
+    from tests.daemon_helpers import export_server
 
     async def reject(_: web.Request) -> web.Response:
         return web.json_response({"message": "no such thing", "status": "ERROR"}, status=400)
 
-    app = web.Application()
-    app.router.add_get("/api/reports/export/{type}", reject)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\noutput_dir = "{tmp_path / "out"}"\n'
-        f'listen = ""\n[workspaces.acme]\nbase_url = "{base}"\ntoken = "t"\n'
-        '[[jobs]]\nname = "d"\nworkspace = "acme"\ntypes = ["page"]\ncatch_up = "1d"\n'
-        'lag = "0s"\n'
-    )
-    try:
+    async with export_server(reject) as base:
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'[daemon]\nstate_dir = "{tmp_path / "state"}"\noutput_dir = "{tmp_path / "out"}"\n'
+            f'listen = ""\n[workspaces.acme]\nbase_url = "{base}"\ntoken = "t"\n'
+            '[[jobs]]\nname = "d"\nworkspace = "acme"\ntypes = ["page"]\ncatch_up = "1d"\n'
+            'lag = "0s"\n'
+        )
         with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
             async with Daemon(load_settings(config), config) as daemon:
                 assert not await daemon.run_once()
-    finally:
-        await runner.cleanup()
     failed = [e for e in logs if e["event"] == "export_failed"]
     assert failed
     for event in failed:

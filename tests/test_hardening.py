@@ -15,7 +15,7 @@ from aiohttp import web
 from acexport.config import load_settings
 from acexport.ledger import read_rows
 from acexport.ops.logging import configure_logging
-from tests.daemon_helpers import FAST_HTTP, job, local_sink
+from tests.daemon_helpers import FAST_HTTP, export_server, job, local_sink
 
 
 @pytest.fixture
@@ -139,23 +139,16 @@ async def test_gzip_bomb_over_http_is_refused_with_nothing_kept(tmp_path: Path) 
         headers = {"Content-Encoding": "gzip", "Content-Type": "application/x-ndjson"}
         return web.Response(body=bomb, headers=headers)
 
-    app = web.Application()
-    app.router.add_get("/api/reports/export/{type}", serve)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     window = ExportWindow(datetime(2022, 1, 1, tzinfo=UTC), datetime(2022, 1, 2, tzinfo=UTC))
     spec = ExportSpec("acme", "page", window, PurePosixPath("page.jsonl"))
     sink = local_sink(tmp_path / "out", tmp_path / "tmp")
     timing = Timing(poll=Backoff(0.01, 0.05), retry=Backoff(0.01, 0.05), max_attempts=3)
     try:
-        async with aiohttp.ClientSession() as session:
+        async with export_server(serve) as base, aiohttp.ClientSession() as session:
             client = ExportClient(session, base, SecretStr("t0ken"), max_inflate_ratio=50)
             with pytest.raises(PayloadTooLarge, match="inflates"):
                 await run_export(spec, client, sink, timing)
     finally:
         sink.close()
-        await runner.cleanup()
     assert not (tmp_path / "out").exists()
     assert list((tmp_path / "tmp").iterdir()) == []

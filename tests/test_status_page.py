@@ -17,7 +17,7 @@ from aiohttp import web
 from acexport.config import load_settings
 from acexport.daemon import Daemon
 from tests.conftest import EmulatorFactory
-from tests.daemon_helpers import FAST_HTTP, job
+from tests.daemon_helpers import FAST_HTTP, export_server, job
 
 HOSTILE = "<script>alert('pwned')</script>"
 
@@ -45,13 +45,8 @@ async def hostile_ac() -> AsyncIterator[str]:
     async def reject(_: web.Request) -> web.Response:
         return web.json_response({"message": HOSTILE, "status": "ERROR"}, status=400)
 
-    app = web.Application()
-    app.router.add_get("/api/reports/export/{type}", reject)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
+    async with export_server(reject) as base:
+        yield base
 
 
 async def test_status_page_shows_done_failed_and_in_flight_windows_escaped(
