@@ -143,8 +143,8 @@ class Planner:
                 reason=why,
                 detail="exported again; the store's files are replaced",
             )
-        untrusted = {id(stored) for stored, _ in refused}
-        proven = [(f.type, f.window, f.location, f.size) for f in fresh if id(f) not in untrusted]
+        untrusted = {stored for stored, _ in refused}
+        proven = [(f.type, f.window, f.location, f.size) for f in fresh if f not in untrusted]
         adopted = await self._ledger.adopt_stored(job.name, job.workspace, proven)
         if adopted:
             log.info("exports_found_in_store", job=job.name, count=adopted, stored=len(files))
