@@ -71,6 +71,7 @@ def write_config(work: Path, base: str, tokens: dict[str, str]) -> Path:
             f'base_url = "{base}"',
             f'token_file = "{work / f"{name}.token"}"',
             'timezone = "Europe/Berlin"',
+            'retention = "1200 months"',  # the soak backfills January 2022
         ]
     for name in tokens:
         lines += [

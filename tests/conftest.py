@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -91,11 +92,12 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 async def emulator() -> AsyncIterator[EmulatorFactory]:
     """Start emulators with the given settings; each is stopped after the test.
 
-    Keyword arguments: ``tokens`` (workspace -> token), ``gzip``, ``redirect``,
-    ``ranges``, ``auth_failure``, ``status_code`` (200, or 202 as AC's engine),
-    ``faults`` (a FaultSettings), ``clock`` (a FakeClock to drive time) and any
-    QueueSettings field. With none, it answers as the real
-    service does (ZIP, chunked, 500 on a bad token), with no processing time.
+    Keyword arguments: ``tokens`` (workspace -> token), ``faults`` (a
+    FaultSettings), ``clock`` (a FakeClock to drive time), and any field of
+    QueueSettings or EmulatorSettings (``gzip``, ``redirect``, ``ranges``,
+    ``auth_failure``, ``status_code``, ``retention_months``, ...). With none, it
+    answers as the real service does (ZIP, chunked, 500 on a bad token), with no
+    processing time.
     """
     runners: list[web.AppRunner] = []
     server_errors = _ErrorRecords()
@@ -103,26 +105,19 @@ async def emulator() -> AsyncIterator[EmulatorFactory]:
 
     async def start(
         tokens: dict[str, str] | None = None,
-        gzip: bool = False,
-        redirect: bool = False,
-        ranges: bool = False,
-        auth_failure: int = 500,
-        status_code: int = 200,
         faults: FaultSettings | None = None,
         clock: Callable[[], float] = time.time,
-        **queue: Any,
+        **options: Any,
     ) -> RunningEmulator:
         tokens = tokens or {"acme": "acme-token"}
+        queue_fields = {f.name for f in dataclasses.fields(QueueSettings)}
+        queue = {k: v for k, v in options.items() if k in queue_fields}
         queue.setdefault("processing_s", 0.0)
         settings = EmulatorSettings(
             tokens=tokens,
             queue=QueueSettings(**queue),
             faults=faults or FaultSettings(),
-            gzip=gzip,
-            redirect=redirect,
-            ranges=ranges,
-            auth_failure=auth_failure,
-            status_code=status_code,
+            **{k: v for k, v in options.items() if k not in queue_fields},
         )
         app = make_app(settings, clock)
         runner = web.AppRunner(app, access_log=None)

@@ -37,8 +37,10 @@ def write_config(
     name: str = "acexport.toml",
 ) -> Path:
     """A config with one workspace per emulator token (or ``tokens``) and the given jobs."""
+    # A retention of a century: the tests export 2022's windows (retention's own tests
+    # set the emulator's).
     workspaces = "".join(
-        f'\n[workspaces.{ws}]\nbase_url = "{emu.url}"\ntoken = "{token}"\n'
+        f'\n[workspaces.{ws}]\nbase_url = "{emu.url}"\ntoken = "{token}"\nretention = 1200\n'
         for ws, token in (tokens or emu.tokens).items()
     )
     path = tmp_path / name

@@ -14,7 +14,7 @@ import pytest
 
 from acexport.errors import StateError
 from acexport.ledger import Ledger, ledger_path
-from acexport.windows import ExportWindow
+from acexport.windows import ExportWindow, iso_ms
 
 DAY1 = ExportWindow(datetime(2022, 1, 1, tzinfo=UTC), datetime(2022, 1, 2, tzinfo=UTC))
 DAY2 = ExportWindow(datetime(2022, 1, 2, tzinfo=UTC), datetime(2022, 1, 3, tzinfo=UTC))
@@ -87,7 +87,7 @@ async def test_schema_is_versioned_and_newer_is_refused(tmp_path: Path) -> None:
     ledger = await Ledger.open(path)
     await ledger.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         assert "exports_by_type_ready" in indexes
@@ -95,6 +95,42 @@ async def test_schema_is_versioned_and_newer_is_refused(tmp_path: Path) -> None:
         db.commit()
     with pytest.raises(StateError, match=f"{path} is schema version 99, newer"):
         await Ledger.open(path)
+
+
+async def test_a_version_3_ledger_is_migrated_with_its_rows(tmp_path: Path) -> None:
+    """Version 4 rebuilds the table (a new final state): every row and index survives,
+    old rows are windows of revision 1, and the new state is accepted."""
+    from acexport.ledger_schema import _MIGRATIONS, ExportMode, LedgerState
+
+    path = tmp_path / "state.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        for number, script in enumerate(_MIGRATIONS[:3], start=1):
+            db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+        db.execute(
+            "INSERT INTO exports (workspace, type, window_start, window_end, job, state, "
+            "planned_at, updated_at, file_bytes, reason) VALUES ('acme', 'page', ?, ?, 'j', "
+            "'failed', 1, 1, 7, 'AuthError: no')",
+            (DAY1.from_date, iso_ms(DAY1.end)),
+        )
+        db.commit()
+    ledger = await Ledger.open(path)
+    try:
+        (row,) = await ledger.all_rows()
+        assert (row.state, row.reason, row.mode, row.revision) == (
+            LedgerState.FAILED,
+            "AuthError: no",
+            ExportMode.WINDOWS,
+            1,
+        )
+        await ledger.mark_failed(row.id, "x")
+        await ledger._rows("UPDATE exports SET state = 'beyond_retention' WHERE id = ?", row.id)
+        assert (await ledger.get(row.id)).state is LedgerState.BEYOND_RETENTION  # type: ignore[union-attr]
+    finally:
+        await ledger.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        assert {"exports_by_state", "exports_by_type_ready", "meta"} <= names
+        assert "exports_v4" not in names
 
 
 async def test_ledger_is_private_whatever_the_umask(tmp_path: Path) -> None:
@@ -247,7 +283,7 @@ async def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
     assert len(await ledger.all_rows()) == 1
     await ledger.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
 
 
 async def test_the_first_export_of_a_kind_is_guessed_from_similar_ones(

@@ -355,3 +355,62 @@ async def test_the_store_is_listed_once_per_job_and_again_after_a_failure(
     assert store.listings == 1 + 2  # the failed one, then one per type
     await planner.look(job)
     assert store.listings == 3
+
+
+async def test_windows_before_acs_retention_are_recorded_never_queued(ledger: Ledger) -> None:
+    """Issue 22 item 3: a catch-up reaching past the workspace's retention records the
+    windows before it as beyond_retention (final) and queues only the rest; a second
+    look changes nothing; a retention AC named (learned) shortens the configured one."""
+    settings = Settings(
+        workspaces={"acme": {"token": "t", "base_url": "https://ac.example",
+                             "retention": "1 month"}},
+        jobs=[{"name": "daily", "workspace": "acme", "types": ["page"],
+               "catch_up": "40d", "lag": "0s"}],
+    )  # fmt: skip
+    planner = Planner(ledger, MemoryStore(), lambda: settings, lambda: NOW)
+    job = settings.jobs[0]
+
+    look = await planner.look(job)
+
+    # NOW is 2022-06-10 12:00: a month back is 05-10 12:00, so data from 05-11 on.
+    assert look.due == 40
+    assert min(r.start for r in look.records) == datetime(2022, 5, 11, tzinfo=UTC)
+    assert (look.beyond_retention, look.newly_beyond_retention) == (10, 10)
+    rows = await ledger.all_rows()
+    beyond = [r for r in rows if r.state is LedgerState.BEYOND_RETENTION]
+    assert max(r.start for r in beyond) == datetime(2022, 5, 10, tzinfo=UTC)
+    assert "data from 2022-05-11 on" in (beyond[0].reason or "")
+
+    again = await planner.look(job)
+    assert (again.beyond_retention, again.newly_beyond_retention) == (10, 0)
+    assert len(again.records) == 30
+
+    await ledger.learn_retention("acme", 1)  # as configured: nothing moves
+    assert (await planner.retention_start("acme")).day == 11
+    settings = settings.model_copy(
+        update={"workspaces": {"acme": settings.workspaces["acme"].model_copy(
+            update={"retention": 3})}}
+    )  # fmt: skip
+    assert (await planner.retention_start("acme")).date().isoformat() == "2022-05-11"
+
+
+def test_retention_months_are_calendar_months() -> None:
+    from acexport.retention import months_before, months_in, retention_start
+
+    assert months_before(datetime(2024, 3, 31, 5, tzinfo=UTC), 1) == datetime(
+        2024, 2, 29, 5, tzinfo=UTC
+    )
+    assert months_before(datetime(2025, 1, 15, tzinfo=UTC), 13) == datetime(
+        2023, 12, 15, tzinfo=UTC
+    )
+    berlin = ZoneInfo("Europe/Berlin")
+    assert retention_start(datetime(2026, 12, 1, 23, 30, tzinfo=UTC), 13, berlin) == datetime(
+        2025, 11, 3, tzinfo=berlin
+    )
+    assert (
+        months_in(
+            "The requested data is outside of your data retention period of 13 months. Please"
+        )
+        == 13
+    )
+    assert months_in("An internal problem happened when trying to reach our services") is None

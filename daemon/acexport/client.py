@@ -20,6 +20,7 @@ from yarl import URL
 
 from .errors import (
     AuthError,
+    BeyondRetention,
     PayloadError,
     PayloadTooLarge,
     RateLimited,
@@ -30,6 +31,7 @@ from .errors import (
 )
 from .limits import DEFAULT_INFLATE_RATIO, INFLATE_SLACK_BYTES
 from .protocol import is_status_shaped
+from .retention import months_in
 from .serverclock import ServerClock
 from .windows import ONE_MS, ExportWindow
 
@@ -354,14 +356,26 @@ async def _raise_for_error(response: aiohttp.ClientResponse, type_: str, from_ac
             retry_after if retry_after is not None else _DEFAULT_RETRY_AFTER_S,
         )
     if status >= 500:
+        if from_ac:
+            # Some controllers pass the engine's retention refusal on inside a 500.
+            _raise_if_beyond_retention(await _read_up_to(response, 4096), type_, status)
         raise ServerError(f"{where} answered {status} {_reason(response)}", status, from_ac)
     if status in _TRANSIENT_4XX or status == 416:
         raise TransientError(f"{where} answered {status} {_reason(response)}")
     if status >= 400:
         body = await _read_up_to(response, 4096)
+        if from_ac:
+            _raise_if_beyond_retention(body, type_, status)
         raise RemoteRejected(f"AC rejected the {type_} export ({status}): {_excerpt(body)}")
     if status not in (*_STATUS_CODES, 206):
         raise TransientError(f"{where} answered an unexpected {status} {_reason(response)}")
+
+
+def _raise_if_beyond_retention(body: bytes, type_: str, status: int) -> None:
+    text = _excerpt(body, 400)
+    months = months_in(text)
+    if months is not None:
+        raise BeyondRetention(f"AC refused the {type_} export ({status}): {text}", months)
 
 
 async def _status_in(

@@ -49,7 +49,7 @@ from .output.owner import OutputClaim, Owner
 from .output.sink import Sink
 from .output.store import OutputStore
 from .payload.tempfiles import claim_temp_dir, clean_abandoned
-from .planner import Planner
+from .planner import Look, Planner
 from .scheduler import Scheduler, utc_now
 from .serverclock import ServerClock, ask_ac_the_time
 from .windows import ExportWindow
@@ -154,6 +154,7 @@ class Daemon:
             observer=Observers(self.metrics, self.health, self.tally),
             fatal=self.fail,
             server_clock=self._server_clock,
+            retention_start=self._planner.retention_start,
         )
         base_urls = {ws.base_url for ws in self._settings.workspaces.values()}
         await ask_ac_the_time(session, base_urls, self._server_clock)
@@ -302,22 +303,29 @@ class Daemon:
         except StateError as exc:
             self.fail(exc)
             return
-        self._queue(job, look.records, look.due)
+        self._queue(job, look)
 
-    async def plan(self, job: JobSettings, windows: list[ExportWindow]) -> list[ExportRecord]:
+    async def plan(self, job: JobSettings, windows: list[ExportWindow]) -> Look:
         """Queue ``windows`` of ``job`` (those the output store lacks)."""
-        records = await self._planner.plan(job, windows)
-        self._queue(job, records, len(windows) * len(job.types))
-        return records
+        look = await self._planner.plan(job, windows)
+        self._queue(job, look)
+        return look
 
-    def _queue(self, job: JobSettings, records: list[ExportRecord], due: int) -> None:
+    def _queue(self, job: JobSettings, look: Look) -> None:
         lane = self._lanes[self._lane_of[job.workspace]]
-        if lane.auth_failure and any(r.state is LedgerState.QUEUED for r in records):
+        if lane.auth_failure and any(r.state is LedgerState.QUEUED for r in look.records):
             lane.clear_auth_failure()  # a new look tries the token again
-        added = self._enqueue(records)
+        added = self._enqueue(look.records)
         # A look that finds nothing to do says so only at debug: a minutely schedule
         # wrote a line a minute with nothing in it.
-        (log.info if added else log.debug)("job_looked", job=job.name, due=due, queued=added)
+        (log.info if added else log.debug)("job_looked", job=job.name, due=look.due, queued=added)
+        if look.newly_beyond_retention:
+            log.warning(
+                "windows_beyond_retention",
+                job=job.name,
+                count=look.newly_beyond_retention,
+                detail="they start before AC's data retention: recorded, never asked for",
+            )
 
     async def _pick_up(self) -> None:
         """Adopt rows queued by someone else (``acexport backfill``)."""

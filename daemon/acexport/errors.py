@@ -2,7 +2,9 @@
 
 - ``ConfigError``: the operator must fix the configuration (exit 78).
 - ``AuthError``: a human must renew a token; retrying in a loop cannot help.
-- ``RemoteRejected``: AC refused the request itself (400/404): a bug or bad input.
+- ``RemoteRejected``: AC refused the request itself (400/404): a bug or bad input;
+  ``BeyondRetention`` when the range starts before the workspace's data retention
+  (the window is final, never retried).
 - ``ExportFailed``: AC reported the export failed (status ``ERROR``) too many times in a row.
 - ``TransientError``: worth retrying with backoff; ``RateLimited`` says when,
   ``ServerError`` is a 5xx (from AC itself, a bad token may be behind it).
@@ -32,6 +34,14 @@ class AuthError(AcexportError):
 
 class RemoteRejected(AcexportError):
     """AC rejected the request (400, 404, other 4xx); retrying the same request cannot help."""
+
+
+class BeyondRetention(RemoteRejected):
+    """AC refused a range that starts before the workspace's data retention: final."""
+
+    def __init__(self, message: str, months: int | None) -> None:
+        super().__init__(message)
+        self.months = months  # as AC's message names it
 
 
 class ExportFailed(AcexportError):

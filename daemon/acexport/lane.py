@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -22,7 +23,7 @@ from pydantic import SecretStr
 
 from .client import ExportClient, ExportStatus, TokenTrust
 from .config import Settings
-from .errors import AcexportError, AuthError, StateError, StoreRejected
+from .errors import AcexportError, AuthError, BeyondRetention, StateError, StoreRejected
 from .events import ExportEnded, LaneObserver
 from .export import (
     ExportObserver,
@@ -55,6 +56,8 @@ class LaneContext:
     observer: LaneObserver  # metrics, health, progress: told what happened
     fatal: Callable[[BaseException], None]  # the ledger failed: the daemon must stop
     server_clock: ServerClock | None = None  # told AC's time by every answer
+    # The earliest window start AC holds data for, by workspace (the planner's).
+    retention_start: Callable[[str], Awaitable[datetime]] | None = None
 
 
 class _SlotHold:
@@ -227,11 +230,16 @@ class Lane:
         if ws is None:
             await self._failed(record, "the workspace is no longer configured")
             return
+        if await self._before_retention(record):
+            return
         spec = ExportSpec.of(record, ws.zone, settings.output)
         try:
             outcome = await self._run_export(record, spec, settings, hold)
         except StateError:
             raise
+        except BeyondRetention as exc:
+            await self._beyond_retention(record, exc)
+            return
         except AuthError as exc:
             self.auth_failure = remote_text(f"AuthError: {exc}")
             log.error("lane_token_rejected", workspace=record.workspace, error=str(exc))
@@ -243,6 +251,33 @@ class Lane:
             await self._failed(record, f"{type(exc).__name__}: {exc}", store_rejected=rejected)
             return
         await self._succeeded(record, outcome, self.ctx.sink.store.location(spec.key))
+
+    async def _before_retention(self, record: ExportRecord) -> bool:
+        """A queued window that fell out of AC's retention while it waited (a backfill
+        queued long ago, a daemon that was down) is recorded as such, not asked for."""
+        if self.ctx.retention_start is None:
+            return False
+        earliest = await self.ctx.retention_start(record.workspace)
+        if record.start >= earliest:
+            return False
+        reason = f"before AC's data retention (data from {earliest.date().isoformat()} on)"
+        await asyncio.shield(self.ctx.ledger.mark_row_beyond_retention(record.id, reason))
+        log.warning("export_beyond_retention", reason=reason)
+        return True
+
+    async def _beyond_retention(self, record: ExportRecord, exc: BeyondRetention) -> None:
+        """AC refused the window as before its retention: final, and its months learned."""
+        reason = remote_text(f"{type(exc).__name__}: {exc}")
+        await asyncio.shield(self.ctx.ledger.mark_row_beyond_retention(record.id, reason))
+        if exc.months is not None:
+            await self.ctx.ledger.learn_retention(record.workspace, exc.months)
+        log.warning(
+            "export_beyond_retention",
+            reason=reason,
+            learned_retention_months=exc.months,
+            detail="AC's retention is shorter than configured; windows before it are "
+            "no longer asked for",
+        )
 
     async def _run_export(
         self,

@@ -4,7 +4,8 @@ One row per (workspace, type, window). A row is ``queued`` when planned,
 ``submitted`` once a request for it may have reached AC, ``ready`` once AC
 served data, ``done`` after the file and manifest are committed, ``failed``
 (with the reason) when an attempt gave up; failed rows are planned again at
-the next look. A window with a ``done`` row is never exported again.
+the next look. A window with a ``done`` row is never exported again (unless
+restated); one ``beyond_retention`` (before AC's data retention) is never asked for.
 
 WAL mode lets ``acexport status`` read while the daemon writes. aiosqlite keeps
 every query off the event loop. The schema carries ``PRAGMA user_version``
@@ -95,6 +96,7 @@ class Ledger:
         self._db = db
         self.path = path
         self.times = ProcessingTimes()
+        self._retention: dict[str, int | None] = {}  # learned, by workspace
 
     @classmethod
     async def start(cls, path: Path, stack: AsyncExitStack) -> Ledger:
@@ -371,6 +373,67 @@ class Ledger:
         return str(rows[0][0]) if rows else None
 
     @_state_errors
+    async def mark_beyond_retention(
+        self,
+        job: str,
+        workspace: str,
+        types: Iterable[str],
+        windows: Iterable[ExportWindow],
+        reason: str,
+    ) -> int:
+        """Record windows before AC's retention as such, once and for good: new rows,
+        and rows still queued or failed (not one AC is working on, nor a done one).
+        Returns how many rows changed."""
+        now = time.time()
+        rows = [
+            (workspace, t, iso_ms(w.start), iso_ms(w.end), job, reason, now, now, now)
+            for t in types
+            for w in windows
+        ]
+        if not rows:
+            return 0
+        return await self._many(
+            "INSERT INTO exports (workspace, type, window_start, window_end, job, state, "
+            "reason, planned_at, finished_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, 'beyond_retention', ?, ?, ?, ?) "
+            "ON CONFLICT (workspace, type, window_start, window_end) DO UPDATE SET "
+            "state = 'beyond_retention', reason = excluded.reason, "
+            "finished_at = excluded.finished_at, updated_at = excluded.updated_at "
+            "WHERE state IN ('queued', 'failed')",
+            rows,
+        )
+
+    @_state_errors
+    async def mark_row_beyond_retention(self, export_id: int, reason: str) -> None:
+        """One row AC refused (or would refuse) as before its retention: final."""
+        await self._update(
+            export_id,
+            state=LedgerState.BEYOND_RETENTION,
+            reason=reason,
+            finished_at=time.time(),
+        )
+
+    @_state_errors
+    async def learned_retention(self, workspace: str) -> int | None:
+        """The retention (months) AC named for this workspace when it refused a window."""
+        if workspace not in self._retention:
+            rows = await self._rows(
+                "SELECT value FROM meta WHERE key = ?", f"retention_months/{workspace}"
+            )
+            self._retention[workspace] = int(rows[0][0]) if rows else None
+        return self._retention[workspace]
+
+    @_state_errors
+    async def learn_retention(self, workspace: str, months: int) -> None:
+        await self._rows(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            f"retention_months/{workspace}",
+            str(months),
+        )
+        self._retention[workspace] = months
+
+    @_state_errors
     async def mark_failed(self, export_id: int, reason: str) -> None:
         await self._update(
             export_id, state=LedgerState.FAILED, reason=reason, finished_at=time.time()
@@ -418,7 +481,8 @@ class Ledger:
     async def oldest_unfinished_by_job(self) -> dict[str, float]:
         """Per job, the end (epoch seconds) of the oldest window not yet done."""
         rows = await self._rows(
-            "SELECT job, MIN(window_end) FROM exports WHERE state != 'done' GROUP BY job"
+            "SELECT job, MIN(window_end) FROM exports "
+            "WHERE state NOT IN ('done', 'beyond_retention') GROUP BY job"
         )
         return {row[0]: parse_time(row[1]).timestamp() for row in rows}
 

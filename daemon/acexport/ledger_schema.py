@@ -53,6 +53,52 @@ _MIGRATIONS: Sequence[str] = (
     ALTER TABLE exports ADD COLUMN file_bytes INTEGER;
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # version 4: a final state for windows before AC's data retention (never asked for);
+    # each row's mode (an aligned window of a time series, or a snapshot of an entity
+    # table) and revision (2 once restated), and its file's sha256 (a restatement's
+    # previous_sha256). SQLite cannot change a CHECK constraint: the table is rebuilt.
+    """
+    CREATE TABLE exports_v4 (
+        id             INTEGER PRIMARY KEY,
+        workspace      TEXT NOT NULL,
+        type           TEXT NOT NULL,
+        window_start   TEXT NOT NULL,
+        window_end     TEXT NOT NULL,
+        job            TEXT NOT NULL,
+        state          TEXT NOT NULL
+                       CHECK (state IN ('queued', 'submitted', 'ready', 'done', 'failed',
+                                        'beyond_retention')),
+        attempts       INTEGER NOT NULL DEFAULT 0,
+        requests       INTEGER NOT NULL DEFAULT 0,
+        reason         TEXT,
+        created_date   TEXT,
+        destination    TEXT,
+        records        INTEGER,
+        payload_bytes  INTEGER,
+        payload_sha256 TEXT,
+        planned_at     REAL NOT NULL,
+        submitted_at   REAL,
+        ready_at       REAL,
+        finished_at    REAL,
+        updated_at     REAL NOT NULL,
+        file_bytes     INTEGER,
+        mode           TEXT NOT NULL DEFAULT 'windows' CHECK (mode IN ('windows', 'snapshot')),
+        revision       INTEGER NOT NULL DEFAULT 1,
+        file_sha256    TEXT,
+        UNIQUE (workspace, type, window_start, window_end)
+    );
+    INSERT INTO exports_v4 (id, workspace, type, window_start, window_end, job, state,
+        attempts, requests, reason, created_date, destination, records, payload_bytes,
+        payload_sha256, planned_at, submitted_at, ready_at, finished_at, updated_at, file_bytes)
+    SELECT id, workspace, type, window_start, window_end, job, state, attempts, requests,
+        reason, created_date, destination, records, payload_bytes, payload_sha256, planned_at,
+        submitted_at, ready_at, finished_at, updated_at, file_bytes FROM exports;
+    DROP TABLE exports;
+    ALTER TABLE exports_v4 RENAME TO exports;
+    CREATE INDEX exports_by_state ON exports (state, workspace);
+    CREATE INDEX exports_by_type_ready ON exports (type, ready_at);
+    CREATE INDEX exports_by_job_mode ON exports (job, type, mode, window_end);
+    """,
 )
 
 
@@ -64,6 +110,14 @@ class LedgerState(enum.StrEnum):
     READY = "ready"
     DONE = "done"
     FAILED = "failed"
+    BEYOND_RETENTION = "beyond_retention"  # before AC's data retention: final, never asked
+
+
+class ExportMode(enum.StrEnum):
+    """What a row exports (design section 2, "Two modes")."""
+
+    WINDOWS = "windows"  # one aligned window of a time series
+    SNAPSHOT = "snapshot"  # a whole entity table as of the window's end
 
 
 ACTIVE = frozenset({LedgerState.QUEUED, LedgerState.SUBMITTED, LedgerState.READY})
@@ -94,6 +148,9 @@ class ExportRecord:
     submitted_at: float | None
     ready_at: float | None
     finished_at: float | None
+    mode: ExportMode = ExportMode.WINDOWS
+    revision: int = 1
+    file_sha256: str | None = None
 
     def window(self, zone: Any = UTC) -> ExportWindow:
         return ExportWindow(self.start, self.end, zone)
@@ -117,4 +174,7 @@ class ExportRecord:
             submitted_at=row["submitted_at"],
             ready_at=row["ready_at"],
             finished_at=row["finished_at"],
+            mode=ExportMode(row["mode"]),
+            revision=row["revision"],
+            file_sha256=row["file_sha256"],
         )

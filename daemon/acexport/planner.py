@@ -24,6 +24,7 @@ from .ledger_schema import ExportRecord
 from .output.layout import OutputLayout
 from .output.store import OutputStore
 from .output.stored import StoredFile, stored_files, unproven
+from .retention import effective_months, retention_start
 from .windows import ExportWindow, aligned_windows
 
 log = structlog.get_logger("acexport.planner")
@@ -50,11 +51,13 @@ def due_windows(job: JobSettings, zone: ZoneInfo, now: datetime) -> list[ExportW
 
 @dataclass(frozen=True)
 class Look:
-    """What a look at a job found: how many (window, type) pairs are due, and the
-    ledger's rows among them still to export."""
+    """What a look at a job found: how many (window, type) pairs are due, the
+    ledger's rows among them still to export, and how many lie before AC's retention."""
 
     due: int
     records: list[ExportRecord]
+    beyond_retention: int = 0
+    newly_beyond_retention: int = 0  # of those, recorded as such by this look
 
 
 class PlanLedger(Protocol):
@@ -73,6 +76,17 @@ class PlanLedger(Protocol):
     ) -> Awaitable[dict[tuple[str, ExportWindow], tuple[int, int | None]]]: ...
 
     def requeue(self, export_ids: Iterable[int], reason: str) -> Awaitable[int]: ...
+
+    def mark_beyond_retention(
+        self,
+        job: str,
+        workspace: str,
+        types: Iterable[str],
+        windows: Iterable[ExportWindow],
+        reason: str,
+    ) -> Awaitable[int]: ...
+
+    def learned_retention(self, workspace: str) -> Awaitable[int | None]: ...
 
 
 class Planner:
@@ -99,16 +113,29 @@ class Planner:
         """Plan the job's due windows; the store is listed once per job (at start, or
         when a reload changes it): afterwards this daemon is what writes its windows."""
         windows = self.due(job)
-        records = await self.plan(job, windows, look_in_store=_key(job) not in self._listed)
-        return Look(due=len(windows) * len(job.types), records=records)
+        return await self.plan(job, windows, look_in_store=_key(job) not in self._listed)
 
     async def plan(
         self, job: JobSettings, windows: list[ExportWindow], *, look_in_store: bool = True
-    ) -> list[ExportRecord]:
-        """Record ``windows`` of ``job`` (those the output store lacks, if it is looked in)."""
+    ) -> Look:
+        """Record ``windows`` of ``job`` (those the output store lacks, if it is looked
+        in); those before AC's retention are recorded as such, never queued."""
+        earliest = await self.retention_start(job.workspace)
+        beyond = [w for w in windows if w.start < earliest]
+        inside = [w for w in windows if w.start >= earliest]
+        newly = await self._ledger.mark_beyond_retention(
+            job.name, job.workspace, job.types, beyond, _beyond_reason(earliest)
+        )
         if look_in_store:
-            await self.adopt(job, windows)
-        return await self._ledger.plan(job.name, job.workspace, job.types, windows)
+            await self.adopt(job, inside)
+        records = await self._ledger.plan(job.name, job.workspace, job.types, inside)
+        return Look(len(windows) * len(job.types), records, len(beyond) * len(job.types), newly)
+
+    async def retention_start(self, workspace: str) -> datetime:
+        """The earliest window start AC still holds data for (configured or learned)."""
+        ws = self._settings().workspaces[workspace]
+        months = effective_months(ws.retention, await self._ledger.learned_retention(workspace))
+        return retention_start(self._clock(), months, ws.zone)
 
     async def adopt(self, job: JobSettings, windows: list[ExportWindow]) -> int:
         """Square the ledger with the store for ``windows``; how many rows changed.
@@ -173,6 +200,10 @@ class Planner:
             "exported again",
         )
         return requeued
+
+
+def _beyond_reason(earliest: datetime) -> str:
+    return f"before AC's data retention (data from {earliest.date().isoformat()} on)"
 
 
 def _key(job: JobSettings) -> str:

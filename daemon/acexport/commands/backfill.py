@@ -20,7 +20,7 @@ from ..config import JobSettings, Settings
 from ..ledger import Ledger, ledger_path
 from ..lock import lock_holder
 from ..output.open import open_store
-from ..planner import Planner
+from ..planner import Look, Planner
 from ..scheduler import utc_now
 from ..windows import ExportWindow, aligned_windows, parse_bound
 from . import ExitCode
@@ -80,11 +80,12 @@ async def _backfill(
                 output = open_store(settings, settings.daemon.state_dir / "tmp")
                 await output.start(stack)
                 planner = Planner(ledger, output, lambda: settings, utc_now)
-                records = await planner.plan(job, windows)
+                look = await planner.plan(job, windows)
         finally:
             await ledger.close()
+        _say_beyond_retention(look)
         print(
-            f"queued {len(records)} exports of job {job.name}; the running daemon "
+            f"queued {len(look.records)} exports of job {job.name}; the running daemon "
             f"(pid {holder}) will export them (see `acexport status`)"
         )
         return ExitCode.OK
@@ -92,11 +93,21 @@ async def _backfill(
 
     async with Daemon(settings, path) as daemon:
         handle_signals(daemon)
-        records = await daemon.plan(job, windows)
-        progress = asyncio.create_task(_show_progress(daemon, len(records)))
+        look = await daemon.plan(job, windows)
+        _say_beyond_retention(look)
+        progress = asyncio.create_task(_show_progress(daemon, len(look.records)))
         ok = await daemon.drain()
         progress.cancel()
     return ExitCode.OK if ok and daemon.fatal_error is None else ExitCode.FAILED
+
+
+def _say_beyond_retention(look: Look) -> None:
+    if look.beyond_retention:
+        print(
+            f"{look.beyond_retention} of {look.due} exports in that range start before AC's "
+            "data retention: recorded as beyond retention, not asked for",
+            file=sys.stderr,
+        )
 
 
 async def _show_progress(daemon: Daemon, total: int) -> None:

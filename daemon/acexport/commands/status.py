@@ -41,6 +41,8 @@ def _print(report: dict[str, Any]) -> None:
         print(f"  last exported window: {job['last_exported'] or 'none yet'}")
         print(f"  next look:            {job['next_look'] or '-'}")
         print(f"  done {job['done']}, pending {job['pending']}, failed {len(job['failed'])}")
+        if job["beyond_retention"]:
+            print(f"  before AC's data retention (never asked for): {job['beyond_retention']}")
         for failure in job["failed"][:10]:
             print(f"    {failure['type']} {failure['window']}: {failure['reason']}")
     print("\nlanes:")
@@ -66,6 +68,7 @@ async def _status_report(settings: Settings) -> dict[str, Any]:
                 "next_look": looks[0].isoformat() if looks else None,
                 "done": len(done),
                 "pending": sum(r.state in ACTIVE for r in mine),
+                "beyond_retention": sum(r.state is LedgerState.BEYOND_RETENTION for r in mine),
                 "failed": [
                     {
                         "type": r.type,

@@ -38,6 +38,7 @@ from ..formats import Compression
 from ..limits import DEFAULT_INFLATE_RATIO, PayloadLimits
 from ..pathtemplate import check_path_template, first_collision, name_too_long
 from ..protocol import ExportType
+from ..retention import DEFAULT_MONTHS
 from ..triggers import Trigger, parse_schedule
 from ..windows import check_window_length
 
@@ -72,6 +73,24 @@ def _not_a_bool(value: Any) -> Any:
 
 
 Count = Annotated[int, BeforeValidator(_not_a_bool)]
+
+
+def parse_months(value: Any) -> int:
+    """``"13 months"``, ``"1 month"`` or a number of months."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        months = value
+    elif isinstance(value, str) and (
+        match := re.fullmatch(r"\s*(\d{1,4})\s*(months?|mo)?\s*", value, re.IGNORECASE)
+    ):
+        months = int(match.group(1))
+    else:
+        raise ValueError(f'not a number of months: {value!r} (e.g. "13 months")')
+    if not 1 <= months <= 1200:
+        raise ValueError(f"{months} months is out of range (1 to 1200)")
+    return months
+
+
+Months = Annotated[int, BeforeValidator(parse_months)]
 Size = Annotated[ByteSize, BeforeValidator(_not_a_bool), Field(gt=0)]
 
 
@@ -269,6 +288,9 @@ class WorkspaceSettings(_Section):
     token_file: Path | None = None
     token_env: str | None = None
     timezone: str = "UTC"
+    # AC's data retention for this workspace: windows starting before it are never
+    # asked for (AC refuses them); a shorter retention AC names is learned.
+    retention: Months = DEFAULT_MONTHS
 
     @field_validator("base_url")
     @classmethod

@@ -34,6 +34,7 @@ The last three answer only on loopback.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import hashlib
 import hmac
 import ipaddress
@@ -79,6 +80,8 @@ class EmulatorSettings:
     ranges: bool = False  # Content-Length and Range support (the real service has neither)
     auth_failure: int = 500  # what a bad token answers: 500 as AC plausibly does, or 401/403
     status_code: int = 200  # what a status answers: 200 as AC's controllers, 202 as its engine
+    retention_months: int | None = None  # ranges starting before now - this are refused
+    retention_as: int = 400  # the refusal as the newest controller passes it on, or a 500
     storage_dir: Path | None = None
 
 
@@ -250,6 +253,9 @@ async def export_route(request: web.Request) -> web.StreamResponse:
         return _ac_error(400, _DATES_MESSAGE)
     if from_ms > to_ms:
         return _ac_error(400, "Wrong range date: fromDate must be before toDate")
+    refusal = _retention_refusal(emu, from_ms)
+    if refusal is not None:
+        return refusal
     fails = emu.rng.random() < emu.faults.error_rate
     job = emu.queue.request(workspace, type_, from_ms, to_ms, fails)
     state = job.state(emu.queue.clock())
@@ -262,6 +268,29 @@ async def export_route(request: web.Request) -> web.StreamResponse:
     if emu.settings.redirect:
         raise web.HTTPFound(_storage_url(emu, request, job))
     return await _send_payload(emu, request, job)
+
+
+def _months_before(when: datetime, months: int) -> datetime:
+    index = when.year * 12 + when.month - 1 - months
+    year, month = divmod(index, 12)
+    last_day = calendar.monthrange(year, month + 1)[1]
+    return when.replace(year=year, month=month + 1, day=min(when.day, last_day))
+
+
+def _retention_refusal(emu: _Emulator, from_ms: int) -> web.Response | None:
+    """AC's engine refuses a range that starts before the workspace's retention; the
+    newest controller passes the refusal on as a 400, others inside a 500."""
+    months = emu.settings.retention_months
+    if months is None:
+        return None
+    now = datetime.fromtimestamp(emu.queue.clock(), UTC)
+    if from_ms >= (_months_before(now, months) - _EPOCH) // timedelta(milliseconds=1):
+        return None
+    message = (
+        f"The requested data is outside of your data retention period of {months} months. "
+        "Please adjust the time range in your query accordingly."
+    )
+    return _ac_error(emu.settings.retention_as, message)
 
 
 def _signature(key: bytes, job_id: str, expires: int) -> str:

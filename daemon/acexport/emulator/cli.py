@@ -109,6 +109,19 @@ def _add_processing_arguments(parser: argparse.ArgumentParser) -> None:
         default=200,
         help="statuses answered with 200 (AC's controllers) or 202 (its engine)",
     )
+    queue.add_argument(
+        "--retention-months",
+        type=int,
+        metavar="N",
+        help="refuse ranges starting more than N months ago, as AC's retention does",
+    )
+    queue.add_argument(
+        "--retention-as",
+        type=int,
+        choices=(400, 500),
+        default=400,
+        help="the retention refusal as a 400 (newest controller) or inside a 500",
+    )
     queue.add_argument("--seed", type=int, default=0)
     queue.add_argument("--storage-dir", type=Path, help="where payloads are rendered (temp dir)")
 
@@ -160,6 +173,8 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
         ranges=args.range,
         auth_failure=args.auth_failure,
         status_code=args.status_code,
+        retention_months=args.retention_months,
+        retention_as=args.retention_as,
         storage_dir=args.storage_dir,
     )
 

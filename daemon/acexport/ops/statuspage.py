@@ -1,8 +1,8 @@
 """The status page at ``/`` on the health port: read-only, server-rendered, no JavaScript.
 
 It shows every job as a grid of its due windows by type (done, failed with the
-reason, in flight with its age, missing), the lanes, and the last failures. It
-refreshes itself every 30 s. Every text that may come from a server or a config
+reason, in flight with its age, missing, before AC's retention), the lanes, and
+the last failures. It refreshes itself every 30 s. Every text that may come from a server or a config
 is escaped, and reasons were redacted before they reached the ledger.
 
 A job's grid shows its last ``MAX_COLUMNS`` windows, with the earlier ones
@@ -105,8 +105,8 @@ def build_view(
 def _cell(record: ExportRecord | None) -> Cell:
     if record is None:
         return Cell("missing")
-    if record.state is LedgerState.FAILED:
-        return Cell("failed", record.reason or "")
+    if record.state in (LedgerState.FAILED, LedgerState.BEYOND_RETENTION):
+        return Cell(record.state, record.reason or "")
     if record.state in ACTIVE:
         since = record.submitted_at or record.planned_at
         return Cell(record.state, f"{record.state} for {time.time() - since:.0f} s")
@@ -120,6 +120,7 @@ th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; white-space
 td.cell { width: 1.6em; height: 1.2em; padding: 0; }
 .done { background: #3a3; } .failed { background: #d33; } .missing { background: #eee; }
 .queued, .submitted, .ready { background: #e9b32a; }
+.beyond_retention { background: repeating-linear-gradient(45deg, #bbb 0 3px, #eee 3px 6px); }
 .legend span { display: inline-block; padding: 2px 8px; margin-right: 6px; }
 """
 
@@ -175,6 +176,7 @@ def render(view: StatusView) -> str:
             ("failed", "failed"),
             ("submitted", "in flight"),
             ("missing", "missing"),
+            ("beyond_retention", "before AC's retention"),
         )
     )
     return f"""<!DOCTYPE html>

@@ -1,0 +1,102 @@
+"""AC's data as it really is (issue 22): retention, entity snapshots, restatement,
+end to end against the emulator over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from acexport.ledger import read_rows
+from acexport.ledger_schema import LedgerState
+from tests.conftest import EmulatorFactory
+from tests.daemon_helpers import job, manifests, write_config
+
+
+async def acexport(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "acexport",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def days_ago(days: int) -> str:
+    return (datetime.now(UTC) - timedelta(days=days)).date().isoformat()
+
+
+@pytest.mark.parametrize("answered_as", [400, 500])
+async def test_acs_retention_refusal_ends_the_window_and_is_learned(
+    emulator: EmulatorFactory, tmp_path: Path, answered_as: int
+) -> None:
+    """Issue 22 item 3: AC refusing a window as before its retention (as the newest
+    controller's 400, or inside a 500) makes it beyond_retention at once, never retried;
+    the months in AC's message are learned, so the later windows before the edge are
+    not asked for at all; the windows inside are exported. The backfill succeeds."""
+    emu = await emulator(
+        tokens={"acme": "acme-token"}, retention_months=2, retention_as=answered_as, records=3
+    )
+    config = write_config(tmp_path, emu, job("p", "acme", types=["page"], catch_up="0s"))
+
+    code, _, err = await acexport(
+        "backfill", "--config", str(config), "--job", "p", "--from", days_ago(75),
+        "--to", days_ago(50),
+    )  # fmt: skip
+
+    assert code == 0, err
+    rows = await read_rows(tmp_path / "state")
+    beyond = [r for r in rows if r.state is LedgerState.BEYOND_RETENTION]
+    done = [r for r in rows if r.state is LedgerState.DONE]
+    assert len(rows) == 26
+    assert len(beyond) + len(done) == 26
+    edge = datetime.now(UTC) - timedelta(days=62)  # 2 months: 59 to 62 days
+    assert all(r.start < edge + timedelta(days=4) for r in beyond)
+    assert all(r.start > edge - timedelta(days=1) for r in done)
+    refused = [r for r in beyond if "outside of your data retention period of 2 months" in
+               (r.reason or "")]  # fmt: skip
+    assert len(refused) == 1, [r.reason for r in beyond]  # only the first was asked for
+    assert all(r.attempts <= 1 for r in beyond)
+    report = await emu.jobs()
+    asked = {job["fromDate"][:10] for job in report["jobs"]}
+    assert asked == {r.start.date().isoformat() for r in done}
+    assert len(manifests(tmp_path / "exports")) == len(done)
+    assert "learned_retention_months" in err
+
+
+async def test_a_backfill_past_the_configured_retention_asks_for_nothing_before_it(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """A backfill reaching back 14 months (retention 13) says how many exports start
+    before the retention, records them, and asks AC only for the rest; `status` shows
+    them, and a second run changes nothing."""
+    emu = await emulator(tokens={"acme": "acme-token"}, records=2)
+    config = write_config(tmp_path, emu, job("p", "acme", types=["page", "event"],
+                                               catch_up="0s"))  # fmt: skip
+    config.write_text(config.read_text().replace("retention = 1200", 'retention = "13 months"'))
+    args = ("backfill", "--config", str(config), "--job", "p")
+    code, _, err = await acexport(*args, "--from", days_ago(430), "--to", days_ago(380))
+
+    assert code == 0, err
+    rows = await read_rows(tmp_path / "state")
+    beyond = sum(r.state is LedgerState.BEYOND_RETENTION for r in rows)
+    done = sum(r.state is LedgerState.DONE for r in rows)
+    assert beyond > 0
+    assert done > 0
+    assert beyond + done == 102
+    assert f"{beyond} of 102 exports in that range start before AC's data retention" in err
+    assert len((await emu.jobs())["jobs"]) == done
+
+    code, out, _ = await acexport("status", "--config", str(config))
+    assert f"before AC's data retention (never asked for): {beyond}" in out
+    code, _, err = await acexport(*args, "--from", days_ago(430), "--to", days_ago(380))
+    assert code == 0
+    assert len((await emu.jobs())["jobs"]) == done
