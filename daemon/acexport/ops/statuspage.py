@@ -2,8 +2,9 @@
 
 It shows every job as a grid of its due windows by type (done, failed with the
 reason, in flight with its age, missing, before AC's retention), the lanes, and
-the last failures. It refreshes itself every 30 s. Every text that may come from a server or a config
-is escaped, and reasons were redacted before they reached the ledger.
+the last failures. It refreshes itself every 30 s. Every text that may come from
+a server or a config is escaped, and reasons were redacted before they reached
+the ledger.
 
 A job's grid shows its last ``MAX_COLUMNS`` windows, with the earlier ones
 summarised by state (60 hourly jobs with a 7-day catch-up made a 4.9 MB page).
