@@ -80,6 +80,9 @@ def write_config(work: Path, base: str, tokens: dict[str, str]) -> Path:
             f'workspace = "{name}"',
             'schedule = "every 2s"',
             'catch_up = "0s"',
+            # Every type in windows: the soak checks each window once, whole.
+            'modes = { identity = "windows", individual = "windows", '
+            'membership = "windows", segment = "windows" }',
         ]
     config = work / "acexport.toml"
     config.write_text("\n".join(lines) + "\n")

@@ -4,6 +4,7 @@ end to end against the emulator over loopback."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from acexport.ledger import read_rows
 from acexport.ledger_schema import LedgerState
 from tests.conftest import EmulatorFactory
-from tests.daemon_helpers import job, manifests, write_config
+from tests.daemon_helpers import DaemonProcess, job, manifests, write_config
 
 
 async def acexport(*args: str) -> tuple[int, str, str]:
@@ -100,3 +101,46 @@ async def test_a_backfill_past_the_configured_retention_asks_for_nothing_before_
     code, _, err = await acexport(*args, "--from", days_ago(430), "--to", days_ago(380))
     assert code == 0
     assert len((await emu.jobs())["jobs"]) == done
+
+
+async def test_entity_snapshots_end_to_end_with_pruning(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 22 item 1, against the emulator: a job of all six types (as a newcomer
+    writes it) exports windows of event and page and snapshots of the four entity
+    tables under snapshot=<as of>/, manifest mode "snapshot", from the retention's
+    start to the look; only the newest keep_snapshots stay (older directories gone);
+    `status` names each type's newest snapshot."""
+    emu = await emulator(tokens={"acme": "acme-token"}, records=4)
+    jobs = job("all", "acme", catch_up="1d", lag="0s", schedule="every 1s", keep_snapshots=2)
+    config = write_config(tmp_path, emu, jobs)
+    config.write_text(config.read_text().replace("retention = 1200", "retention = 13"))
+    daemon = await DaemonProcess.start(config)
+    snapshot_types = ("identity", "individual", "membership", "segment")
+
+    def snapshots_made() -> int:
+        return sum(e.get("count", 0) for e in daemon.events("snapshots_pruned"))
+
+    await daemon.wait_for(lambda: snapshots_made() >= 8, timeout=60)
+    daemon.send(signal.SIGTERM)
+    assert await daemon.wait() == 0
+
+    out = tmp_path / "exports" / "workspace=acme"
+    for type_ in snapshot_types:
+        dirs = sorted(p.name for p in (out / f"type={type_}").iterdir())
+        assert len(dirs) == 2, dirs  # the newest two; older ones pruned, directories too
+        assert all(d.startswith("snapshot=") for d in dirs)
+    found = manifests(tmp_path / "exports")
+    snaps = [m for m in found if m["mode"] == "snapshot"]
+    assert {m["type"] for m in snaps} == set(snapshot_types)
+    assert {m["type"] for m in found if m["mode"] == "windows"} == {"event", "page"}
+    retention_start = {m["fromDate"] for m in snaps}
+    assert len(retention_start) == 1
+    (start,) = retention_start
+    assert datetime.fromisoformat(start) < datetime.now(UTC) - timedelta(days=390)
+
+    code, out_text, _ = await acexport("status", "--config", str(config))
+    assert code == 0
+    rows = await read_rows(tmp_path / "state")
+    newest = max(r.end for r in rows if r.type == "segment" and r.state is LedgerState.DONE)
+    assert f"segment snapshot as of: {newest.isoformat()}" in out_text

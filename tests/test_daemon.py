@@ -18,6 +18,7 @@ import pytest
 from acexport.emulator import FaultSettings
 from tests.conftest import EmulatorFactory, FakeClock
 from tests.daemon_helpers import (
+    ALL_IN_WINDOWS,
     DaemonProcess,
     data_files,
     emulator_sha,
@@ -37,7 +38,9 @@ async def test_run_once_exports_every_window_once_and_reports_a_bad_token(
 ) -> None:
     """3 workspaces x 6 types x 7 days, a token answered with 500 pages: 84 exports, exit 1."""
     emu = await emulator(tokens=TOKENS, processing_s=0.03, records=30)
-    jobs = "".join(job(f"daily-{ws}", ws, catch_up="7d", lag="0s") for ws in TOKENS)
+    jobs = "".join(
+        job(f"daily-{ws}", ws, catch_up="7d", lag="0s", modes=ALL_IN_WINDOWS) for ws in TOKENS
+    )
     config = write_config(tmp_path, emu, jobs, tokens={**TOKENS, "gamma": "revoked-token"})
     started = time.monotonic()
     first = await DaemonProcess.start(config, "--once")
@@ -96,7 +99,9 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
         records=3000,
         faults=FaultSettings(slow_bytes_per_s=4_000_000),
     )
-    jobs = job("a", "alpha", catch_up="4d", lag="0s") + job("b", "beta", catch_up="4d", lag="0s")
+    jobs = job("a", "alpha", catch_up="4d", lag="0s", modes=ALL_IN_WINDOWS) + job(
+        "b", "beta", catch_up="4d", lag="0s", modes=ALL_IN_WINDOWS
+    )
     config = write_config(tmp_path, emu, jobs)
     rng = random.Random(4)
     for _ in range(4):
@@ -140,7 +145,10 @@ async def test_sighup_adds_a_job_and_a_broken_config_keeps_the_old_one(
     daemon = await DaemonProcess.start(config)
     await daemon.wait_for(lambda: len(manifests(tmp_path / "exports")) == 2)
 
-    added = first_job + job("segments", "alpha", types=["segment"], catch_up="3d", lag="0s")
+    added = first_job + job(
+        "segments", "alpha", types=["segment"], catch_up="3d", lag="0s",
+        modes={"segment": "windows"},
+    )  # fmt: skip
     write_config(tmp_path, emu, added, extra=debug)
     daemon.send(signal.SIGHUP)
     await daemon.wait_for(lambda: len(manifests(tmp_path / "exports")) == 5)

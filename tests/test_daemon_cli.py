@@ -42,8 +42,8 @@ def test_check_config_shows_next_looks_and_due_windows(tmp_path: Path) -> None:
     config.write_text(
         f'[daemon]\nstate_dir = "{tmp_path}/state"\n'
         '[workspaces.acme]\ntoken_env = "HOME"\ntimezone = "Europe/Berlin"\n'
-        '[[jobs]]\nname = "nightly"\nworkspace = "acme"\ntypes = ["page"]\ncatch_up = "3d"\n'
-    )
+        '[[jobs]]\nname = "nightly"\nworkspace = "acme"\ncatch_up = "3d"\n'
+    )  # every type, as a newcomer's first job
     result = acexport("check-config", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert "job nightly" in result.stdout
@@ -54,7 +54,11 @@ def test_check_config_shows_next_looks_and_due_windows(tmp_path: Path) -> None:
     assert len(listed) in (2, 3)
     assert all(a[1] == b[0] for a, b in itertools.pairwise(listed))
     count = len(listed)
-    assert f"would export now: {count} export(s) in {count} window(s)" in result.stdout
+    assert f"would export now {2 * count} export(s) in {count} window(s)" in result.stdout
+    # Which type goes which way, and why (issue 22).
+    assert "page        windows: a time series, AC filters it by eventDate" in result.stdout
+    assert "individual  snapshot: an entity table AC filters by createDate" in result.stdout
+    assert "snapshots: the newest 7 kept of each type" in result.stdout
 
 
 @pytest.mark.slow

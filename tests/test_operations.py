@@ -106,8 +106,9 @@ async def test_health_and_metrics(emulator: EmulatorFactory, tmp_path: Path) -> 
     /metrics counts exports, bytes, requests, answer codes, queue depth, last success."""
     emu = await emulator(tokens={"alpha": "alpha-token", "beta": "beta-token"}, records=7)
     jobs = job("good", "alpha", types=["page", "event"], catch_up="2d", lag="0s") + job(
-        "bad", "beta", types=["page", "event", "segment"], catch_up="2d", lag="0s"
-    )
+        "bad", "beta", types=["page", "event", "segment"], catch_up="2d", lag="0s",
+        modes={"segment": "windows"},
+    )  # fmt: skip
     config = write_config(
         tmp_path,
         emu,

@@ -23,6 +23,7 @@ from acexport.output.layout import OutputLayout
 from acexport.output.manifest import Manifest, manifest_key
 from acexport.output.store import with_manifests
 from acexport.planner import Planner, due_windows
+from acexport.protocol import ExportMode
 from acexport.windows import ExportWindow, aligned_windows, check_window_length
 
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu"]
@@ -200,7 +201,7 @@ class MemoryStore:
     async def write_small(self, key: PurePosixPath, data: bytes) -> None:
         self.objects[key] = data
 
-    async def delete_small(self, key: PurePosixPath) -> None:
+    async def delete(self, key: PurePosixPath) -> None:
         self.objects.pop(key, None)
 
 
@@ -414,3 +415,83 @@ def test_retention_months_are_calendar_months() -> None:
         == 13
     )
     assert months_in("An internal problem happened when trying to reach our services") is None
+
+
+def snapshot_planner(
+    ledger: Ledger, store: MemoryStore, clock: list[datetime], **job: object
+) -> tuple[Planner, JobSettings]:
+    settings = Settings(
+        workspaces={"acme": {"token": "t", "base_url": "https://ac.example",
+                             "timezone": "Europe/Berlin"}},
+        jobs=[{"name": "nightly", "workspace": "acme", "catch_up": "1d", "lag": "0s",
+               "schedule": "30 2 * * *", **job}],
+    )  # fmt: skip
+    return Planner(ledger, store, lambda: settings, lambda: clock[0]), settings.jobs[0]
+
+
+async def test_entity_types_are_snapshots_once_per_schedule_period(ledger: Ledger) -> None:
+    """Issue 22 item 1: a nightly job of all six types, as a newcomer writes it, plans
+    windows for event and page and one snapshot of each entity table, from the
+    retention's start to the look; a look while they run or soon after plans no
+    other; a day later (the schedule's period) a new one; a failed snapshot becomes
+    the next one instead of piling up; a type's mode can be overridden."""
+    clock = [datetime(2026, 12, 1, 1, 30, 0, 123000, tzinfo=UTC)]
+    planner, job = snapshot_planner(ledger, MemoryStore(), clock)
+
+    look = await planner.look(job)
+
+    snapshots = [r for r in look.records if r.mode == "snapshot"]
+    assert sorted(r.type for r in snapshots) == ["identity", "individual", "membership", "segment"]
+    assert {r.type for r in look.records if r.mode == "windows"} == {"event", "page"}
+    berlin = ZoneInfo("Europe/Berlin")
+    assert {(r.start, r.end) for r in snapshots} == {
+        (datetime(2025, 11, 2, tzinfo=berlin), datetime(2026, 12, 1, 1, 30, tzinfo=UTC))
+    }
+    again = await planner.look(job)
+    assert {r.id for r in again.records if r.mode == "snapshot"} == {r.id for r in snapshots}
+
+    for record in snapshots:
+        await ledger.mark_done(record.id, destination="x", records=1, payload_bytes=1,
+                               payload_sha256="s", requests=1, created_date=None)  # fmt: skip
+    clock[0] += timedelta(hours=23)
+    assert [r for r in (await planner.look(job)).records if r.mode == "snapshot"] == []
+    clock[0] += timedelta(hours=1)
+    later = [r for r in (await planner.look(job)).records if r.mode == "snapshot"]
+    assert len(later) == 4
+    assert {r.end for r in later} == {datetime(2026, 12, 2, 1, 30, tzinfo=UTC)}
+
+    await ledger.mark_failed(later[0].id, "AuthError: no")
+    clock[0] += timedelta(days=1)
+    retried = [r for r in (await planner.look(job)).records if r.type == later[0].type]
+    assert [r.id for r in retried] == [later[0].id]  # the failed row, now the next snapshot
+    assert retried[0].end == datetime(2026, 12, 3, 1, 30, tzinfo=UTC)
+    assert retried[0].reason == "the snapshot before failed: AuthError: no"
+
+    override = {"name": "w", "types": ["individual"], "modes": {"individual": "windows"}}
+    windowed, job2 = snapshot_planner(ledger, MemoryStore(), clock, **override)
+    assert {r.mode for r in (await windowed.look(job2)).records} == {"windows"}
+
+
+async def test_a_snapshot_in_the_store_is_adopted_not_taken_again(ledger: Ledger) -> None:
+    """A lost state dir: the store's newest proven snapshot (manifest mode snapshot, file
+    bytes matching) is recorded done, and no new one is taken within the period; a
+    snapshot whose file does not match its manifest proves nothing."""
+    clock = [datetime(2026, 12, 1, 3, 0, tzinfo=UTC)]
+    store = MemoryStore()
+    planner, job = snapshot_planner(ledger, store, clock, types=["individual", "segment"])
+    layout = OutputLayout.from_settings(Settings().output)
+    berlin = ZoneInfo("Europe/Berlin")
+    window = ExportWindow(datetime(2025, 11, 2, tzinfo=berlin),
+                          datetime(2026, 12, 1, 1, 30, tzinfo=UTC), berlin)  # fmt: skip
+    for type_, claimed in (("individual", None), ("segment", 99)):
+        key = layout.key_for("acme", type_, "nightly", window, mode=ExportMode.SNAPSHOT)
+        assert str(key).startswith(f"workspace=acme/type={type_}/snapshot=20261201T023000/")
+        store_window(store, key, window, type_=type_, claimed_bytes=claimed)
+        fields = json.loads(store.objects[manifest_key(key)])
+        store.objects[manifest_key(key)] = json.dumps({**fields, "mode": "snapshot"}).encode()
+
+    look = await planner.look(job)
+
+    assert [r.type for r in look.records] == ["segment"]
+    (adopted,) = [r for r in await ledger.all_rows() if r.state is LedgerState.DONE]
+    assert (adopted.type, adopted.mode, adopted.end) == ("individual", "snapshot", window.end)

@@ -140,7 +140,9 @@ async def test_a_large_grid_is_summarised_cached_and_rendered_off_the_loop() -> 
         workspaces={"acme": {"token": "t", "base_url": "https://ac.example"}},
         jobs=[
             {"name": f"hourly-{n}", "workspace": "acme", "schedule": "every 1h",
-             "window": "1h", "catch_up": "7d", "lag": "0s"}
+             "window": "1h", "catch_up": "7d", "lag": "0s",
+             "modes": dict.fromkeys(["identity", "individual", "membership", "segment"],
+                                    "windows")}
             for n in range(60)
         ],
     )  # fmt: skip

@@ -40,6 +40,7 @@ from .output.manifest import Manifest
 from .output.sink import Sink
 from .payload.writer import PayloadSummary, PayloadWriter
 from .polling import Backoff, PollPlan
+from .protocol import ExportMode
 from .windows import ExportWindow, iso_ms
 
 log = structlog.get_logger("acexport.export")
@@ -71,15 +72,16 @@ class ExportSpec:
     window: ExportWindow
     key: PurePosixPath
     job: str | None = None  # None for a one-off ``acexport export``
+    mode: ExportMode = ExportMode.WINDOWS
 
     @classmethod
     def of(cls, record: ExportRecord, zone: ZoneInfo, output: OutputSettings) -> ExportSpec:
         """A ledger row's export: its window in the workspace's zone, keyed by the layout."""
         window = record.window(zone)
         key = OutputLayout.from_settings(output).key_for(
-            record.workspace, record.type, record.job, window
+            record.workspace, record.type, record.job, window, mode=record.mode
         )
-        return cls(record.workspace, record.type, window, key, record.job)
+        return cls(record.workspace, record.type, window, key, record.job, record.mode)
 
 
 @dataclass(frozen=True)
@@ -424,6 +426,7 @@ def _manifest(
         job=spec.job,
         workspace=spec.workspace,
         type=spec.type,
+        mode=spec.mode,
         fromDate=spec.window.from_date,
         toDate=spec.window.to_date,
         createdDate=created_date,

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import structlog
@@ -23,7 +24,15 @@ from pydantic import SecretStr
 
 from .client import ExportClient, ExportStatus, TokenTrust
 from .config import Settings
-from .errors import AcexportError, AuthError, BeyondRetention, StateError, StoreRejected
+from .errors import (
+    AcexportError,
+    AuthError,
+    BeyondRetention,
+    SinkError,
+    StateError,
+    StoreRejected,
+    StoreUnavailable,
+)
 from .events import ExportEnded, LaneObserver
 from .export import (
     ExportObserver,
@@ -37,7 +46,10 @@ from .export import (
 from .ledger import Ledger
 from .ledger_schema import ExportRecord, LedgerState
 from .ops.logging import remote_text
+from .output.layout import OutputLayout
 from .output.sink import Sink
+from .output.snapshots import prune_snapshots, stored_snapshots
+from .protocol import ExportMode
 from .serverclock import ServerClock
 from .windows import iso_ms
 
@@ -251,11 +263,15 @@ class Lane:
             await self._failed(record, f"{type(exc).__name__}: {exc}", store_rejected=rejected)
             return
         await self._succeeded(record, outcome, self.ctx.sink.store.location(spec.key))
+        if record.mode is ExportMode.SNAPSHOT:
+            await self._prune_snapshots(record, ws.zone)
 
     async def _before_retention(self, record: ExportRecord) -> bool:
         """A queued window that fell out of AC's retention while it waited (a backfill
         queued long ago, a daemon that was down) is recorded as such, not asked for."""
-        if self.ctx.retention_start is None:
+        if self.ctx.retention_start is None or record.mode is ExportMode.SNAPSHOT:
+            # A snapshot starts at the retention's edge as planned; AC would refuse it
+            # only after a day in the queue, and the next look plans a fresh one.
             return False
         earliest = await self.ctx.retention_start(record.workspace)
         if record.start >= earliest:
@@ -278,6 +294,30 @@ class Lane:
             detail="AC's retention is shorter than configured; windows before it are "
             "no longer asked for",
         )
+
+    async def _prune_snapshots(self, record: ExportRecord, zone: ZoneInfo) -> None:
+        """Keep the newest ``keep_snapshots`` of the type, now that a new one is in."""
+        settings = self.ctx.settings()
+        job = next((j for j in settings.jobs if j.name == record.job), None)
+        if job is None:
+            return
+        store = self.ctx.sink.store
+        layout = OutputLayout.from_settings(settings.output)
+        try:
+            stored = await stored_snapshots(
+                store, layout, record.workspace, record.type, record.job, zone
+            )
+            pruned = await prune_snapshots(store, stored, job.keep_snapshots)
+        except (StoreUnavailable, StoreRejected, SinkError) as exc:
+            log.warning("snapshots_not_pruned", error=str(exc), detail="the next one prunes")
+            return
+        if pruned:
+            log.info(
+                "snapshots_pruned",
+                count=len(pruned),
+                kept=job.keep_snapshots,
+                newest_pruned=pruned[-1].as_of.isoformat(),
+            )
 
     async def _run_export(
         self,
@@ -337,6 +377,7 @@ class Lane:
                 requests=outcome.requests,
                 created_date=manifest.createdDate,
                 file_bytes=manifest.file_bytes,
+                file_sha256=manifest.file_sha256,
             )
         )
         self._publish(

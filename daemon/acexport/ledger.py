@@ -30,6 +30,7 @@ import aiosqlite
 from .errors import StateError
 from .history import ANY, LAST, ProcessingTimes
 from .ledger_schema import _MIGRATIONS, ExportRecord, LedgerState, parse_time
+from .protocol import ExportMode
 from .windows import ExportWindow, iso_ms
 
 P = ParamSpec("P")
@@ -276,12 +277,14 @@ class Ledger:
         requests: int,
         created_date: str | None,
         file_bytes: int | None = None,
+        file_sha256: str | None = None,
     ) -> None:
         await self._update(
             export_id,
             state=LedgerState.DONE,
             destination=destination,
             file_bytes=file_bytes,
+            file_sha256=file_sha256,
             records=records,
             payload_bytes=payload_bytes,
             payload_sha256=payload_sha256,
@@ -293,30 +296,94 @@ class Ledger:
 
     @_state_errors
     async def adopt_stored(
-        self, job: str, workspace: str, found: Iterable[tuple[str, ExportWindow, str, int]]
+        self,
+        job: str,
+        workspace: str,
+        found: Iterable[tuple[str, ExportWindow, str, int]],
+        mode: ExportMode = ExportMode.WINDOWS,
     ) -> int:
-        """Record windows whose file the output store holds, proven whole, as done.
+        """Record windows (or snapshots) whose file the output store holds, proven
+        whole, as done.
 
         ``found``: (type, window, location, file bytes). Rows not yet done become
         done; missing rows are created done. Returns how many rows changed.
         """
         now = time.time()
         rows = [
-            (workspace, t, iso_ms(w.start), iso_ms(w.end), job, where, size, now, now, now)
+            (workspace, t, iso_ms(w.start), iso_ms(w.end), job, mode, where, size, now, now, now)
             for t, w, where, size in found
         ]
         if not rows:
             return 0
         return await self._many(
-            "INSERT INTO exports (workspace, type, window_start, window_end, job, state, "
+            "INSERT INTO exports (workspace, type, window_start, window_end, job, mode, state, "
             "destination, file_bytes, planned_at, finished_at, updated_at, reason) "
-            "VALUES (?, ?, ?, ?, ?, 'done', ?, ?, ?, ?, ?, 'found in the output store') "
+            "VALUES (?, ?, ?, ?, ?, ?, 'done', ?, ?, ?, ?, ?, 'found in the output store') "
             "ON CONFLICT (workspace, type, window_start, window_end) DO UPDATE SET "
             "state = 'done', destination = excluded.destination, "
             "file_bytes = excluded.file_bytes, reason = excluded.reason, "
             "finished_at = excluded.finished_at, updated_at = excluded.updated_at "
             "WHERE state != 'done'",
             rows,
+        )
+
+    @_state_errors
+    async def plan_snapshot(
+        self, job: str, workspace: str, type_: str, window: ExportWindow
+    ) -> ExportRecord:
+        """Queue a snapshot of ``window`` (from snapshot_from to the as-of time). A
+        failed snapshot of the job's type is not retried as it was: it becomes this
+        one (its data would be out of date), so failures do not pile up."""
+        now = time.time()
+        reused = await self._one(
+            "UPDATE exports SET window_start = ?, window_end = ?, state = 'queued', "
+            "attempts = 0, requests = 0, created_date = NULL, submitted_at = NULL, "
+            "ready_at = NULL, finished_at = NULL, planned_at = ?, updated_at = ?, "
+            "reason = 'the snapshot before failed: ' || COALESCE(reason, '') "
+            "WHERE id = (SELECT id FROM exports WHERE job = ? AND workspace = ? AND type = ? "
+            "AND mode = 'snapshot' AND state = 'failed' ORDER BY window_end DESC LIMIT 1) "
+            "RETURNING *",
+            iso_ms(window.start),
+            iso_ms(window.end),
+            now,
+            now,
+            job,
+            workspace,
+            type_,
+        )
+        if reused is not None:
+            return reused
+        row = await self._one(
+            "INSERT INTO exports (workspace, type, window_start, window_end, job, mode, "
+            "state, planned_at, updated_at) VALUES (?, ?, ?, ?, ?, 'snapshot', 'queued', ?, ?) "
+            "ON CONFLICT (workspace, type, window_start, window_end) DO UPDATE SET "
+            "updated_at = excluded.updated_at RETURNING *",
+            workspace,
+            type_,
+            iso_ms(window.start),
+            iso_ms(window.end),
+            job,
+            now,
+            now,
+        )
+        assert row is not None  # an upsert returns its row
+        return row
+
+    @_state_errors
+    async def snapshots(self, job: str, workspace: str, type_: str) -> list[ExportRecord]:
+        """The job's snapshot rows of a type still active, and its newest done one."""
+        return await self._all(
+            "SELECT * FROM exports WHERE job = ? AND workspace = ? AND type = ? AND "
+            "mode = 'snapshot' AND (state IN ('queued', 'submitted', 'ready') OR id = "
+            "(SELECT id FROM exports WHERE job = ? AND workspace = ? AND type = ? AND "
+            "mode = 'snapshot' AND state = 'done' ORDER BY window_end DESC LIMIT 1)) "
+            "ORDER BY window_end",
+            job,
+            workspace,
+            type_,
+            job,
+            workspace,
+            type_,
         )
 
     @_state_errors

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiosqlite
 
+from .protocol import ExportMode
 from .windows import ExportWindow
 
 _MIGRATIONS: Sequence[str] = (
@@ -111,13 +112,6 @@ class LedgerState(enum.StrEnum):
     DONE = "done"
     FAILED = "failed"
     BEYOND_RETENTION = "beyond_retention"  # before AC's data retention: final, never asked
-
-
-class ExportMode(enum.StrEnum):
-    """What a row exports (design section 2, "Two modes")."""
-
-    WINDOWS = "windows"  # one aligned window of a time series
-    SNAPSHOT = "snapshot"  # a whole entity table as of the window's end
 
 
 ACTIVE = frozenset({LedgerState.QUEUED, LedgerState.SUBMITTED, LedgerState.READY})

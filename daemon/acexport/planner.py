@@ -11,8 +11,8 @@ changes nothing. Queueing rows into lanes is the daemon's business.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, time, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -20,11 +20,14 @@ import structlog
 
 from .config import JobSettings, Settings
 from .errors import StoreRejected, StoreUnavailable
-from .ledger_schema import ExportRecord
+from .ledger_schema import ACTIVE, ExportRecord, LedgerState
 from .output.layout import OutputLayout
+from .output.snapshots import stored_snapshots
 from .output.store import OutputStore
 from .output.stored import StoredFile, stored_files, unproven
+from .protocol import ExportMode
 from .retention import effective_months, retention_start
+from .triggers import schedule_period
 from .windows import ExportWindow, aligned_windows
 
 log = structlog.get_logger("acexport.planner")
@@ -68,8 +71,18 @@ class PlanLedger(Protocol):
     ) -> Awaitable[list[ExportRecord]]: ...
 
     def adopt_stored(
-        self, job: str, workspace: str, found: Iterable[tuple[str, ExportWindow, str, int]]
+        self,
+        job: str,
+        workspace: str,
+        found: Iterable[tuple[str, ExportWindow, str, int]],
+        mode: ExportMode = ExportMode.WINDOWS,
     ) -> Awaitable[int]: ...
+
+    def plan_snapshot(
+        self, job: str, workspace: str, type_: str, window: ExportWindow
+    ) -> Awaitable[ExportRecord]: ...
+
+    def snapshots(self, job: str, workspace: str, type_: str) -> Awaitable[list[ExportRecord]]: ...
 
     def done_files(
         self, workspace: str, types: Iterable[str], windows: Sequence[ExportWindow]
@@ -110,32 +123,96 @@ class Planner:
         return due_windows(job, self._settings().workspaces[job.workspace].zone, self._clock())
 
     async def look(self, job: JobSettings) -> Look:
-        """Plan the job's due windows; the store is listed once per job (at start, or
-        when a reload changes it): afterwards this daemon is what writes its windows."""
-        windows = self.due(job)
-        return await self.plan(job, windows, look_in_store=_key(job) not in self._listed)
+        """Plan the job's due windows and snapshots; the store is listed once per job
+        (at start, or when a reload changes it): afterwards this daemon is what writes
+        its files."""
+        look_in_store = _key(job) not in self._listed
+        look = await self.plan(job, self.due(job), look_in_store=look_in_store)
+        snapshots = await self._plan_snapshots(job, look_in_store=look_in_store)
+        return replace(look, due=look.due + len(snapshots), records=look.records + snapshots)
 
     async def plan(
         self, job: JobSettings, windows: list[ExportWindow], *, look_in_store: bool = True
     ) -> Look:
-        """Record ``windows`` of ``job`` (those the output store lacks, if it is looked
-        in); those before AC's retention are recorded as such, never queued."""
+        """Record ``windows`` of ``job``'s windowed types (those the output store lacks,
+        if it is looked in); those before AC's retention are recorded as such."""
+        types = job.window_types
         earliest = await self.retention_start(job.workspace)
         beyond = [w for w in windows if w.start < earliest]
         inside = [w for w in windows if w.start >= earliest]
         newly = await self._ledger.mark_beyond_retention(
-            job.name, job.workspace, job.types, beyond, _beyond_reason(earliest)
+            job.name, job.workspace, types, beyond, _beyond_reason(earliest)
         )
-        if look_in_store:
+        if look_in_store and types:
             await self.adopt(job, inside)
-        records = await self._ledger.plan(job.name, job.workspace, job.types, inside)
-        return Look(len(windows) * len(job.types), records, len(beyond) * len(job.types), newly)
+        records = await self._ledger.plan(job.name, job.workspace, types, inside)
+        return Look(len(windows) * len(types), records, len(beyond) * len(types), newly)
 
     async def retention_start(self, workspace: str) -> datetime:
         """The earliest window start AC still holds data for (configured or learned)."""
         ws = self._settings().workspaces[workspace]
         months = effective_months(ws.retention, await self._ledger.learned_retention(workspace))
         return retention_start(self._clock(), months, ws.zone)
+
+    async def snapshot_start(self, workspace: str) -> datetime:
+        """Where a snapshot starts: ``snapshot_from``, but never before the retention."""
+        ws = self._settings().workspaces[workspace]
+        earliest = await self.retention_start(workspace)
+        if ws.snapshot_from is None:
+            return earliest
+        return max(earliest, datetime.combine(ws.snapshot_from, time(), ws.zone))
+
+    async def _plan_snapshots(self, job: JobSettings, *, look_in_store: bool) -> list[ExportRecord]:
+        """A snapshot of each snapshot type, unless one is under way or the newest
+        (in the ledger or, at the first look, in the store) is younger than the
+        schedule's period: a daemon that was down takes one at start."""
+        if not job.snapshot_types:
+            return []
+        zone = self._settings().workspaces[job.workspace].zone
+        now = self._clock()
+        start = await self.snapshot_start(job.workspace)
+        as_of = now.replace(microsecond=0)
+        if start >= as_of:
+            log.warning("snapshot_from_in_future", job=job.name, snapshot_from=start.isoformat())
+            return []
+        period = schedule_period(job.trigger(zone), now)
+        records = []
+        for type_ in job.snapshot_types:
+            rows = await self._ledger.snapshots(job.name, job.workspace, type_)
+            active = [r for r in rows if r.state in ACTIVE]
+            if active:
+                records += active
+                continue
+            newest = max((r.end for r in rows if r.state is LedgerState.DONE), default=None)
+            if look_in_store:
+                newest = await self._adopt_newest_snapshot(job, type_, zone, newest)
+            if newest is None or snapshot_due(newest, as_of, period):
+                window = ExportWindow(start, as_of, zone)
+                records.append(
+                    await self._ledger.plan_snapshot(job.name, job.workspace, type_, window)
+                )
+        return records
+
+    async def _adopt_newest_snapshot(
+        self, job: JobSettings, type_: str, zone: ZoneInfo, newest: datetime | None
+    ) -> datetime | None:
+        """The newest snapshot's as-of time, the store's if it is newer than the
+        ledger's (then recorded done: a lost state dir takes no extra snapshot)."""
+        layout = OutputLayout.from_settings(self._settings().output)
+        try:
+            stored = await stored_snapshots(
+                self._store, layout, job.workspace, type_, job.name, zone
+            )
+        except (StoreRejected, StoreUnavailable) as exc:
+            log.warning("output_store_not_listed", job=job.name, error=str(exc))
+            return newest
+        if not stored or (newest is not None and stored[-1].as_of <= newest):
+            return newest
+        last = stored[-1]
+        found = [(type_, last.window, last.location, last.size)]
+        await self._ledger.adopt_stored(job.name, job.workspace, found, ExportMode.SNAPSHOT)
+        log.info("snapshot_found_in_store", job=job.name, type=type_, as_of=last.as_of.isoformat())
+        return last.as_of
 
     async def adopt(self, job: JobSettings, windows: list[ExportWindow]) -> int:
         """Square the ledger with the store for ``windows``; how many rows changed.
@@ -150,9 +227,9 @@ class Planner:
         layout = OutputLayout.from_settings(self._settings().output)
         try:
             files = await stored_files(
-                self._store, layout, job.workspace, job.name, job.types, windows
+                self._store, layout, job.workspace, job.name, job.window_types, windows
             )
-            done = await self._ledger.done_files(job.workspace, job.types, windows)
+            done = await self._ledger.done_files(job.workspace, job.window_types, windows)
             fresh = [f for f in files if (f.type, f.window) not in done]
             refused = await unproven(self._store, job.workspace, fresh)
         except (StoreRejected, StoreUnavailable) as exc:
@@ -200,6 +277,18 @@ class Planner:
             "exported again",
         )
         return requeued
+
+
+def snapshot_due(newest: datetime, as_of: datetime, period: timedelta | None) -> bool:
+    """Whether a snapshot as of ``as_of`` is due after one as of ``newest``: a schedule's
+    period later. A look fires a little late at times: a tenth of the period (at most
+    10 minutes) is forgiven. Never twice as of one second (one file name)."""
+    if as_of <= newest:
+        return False
+    if period is None:
+        return True
+    slack = min(period / 10, timedelta(minutes=10))
+    return as_of - newest >= period - slack
 
 
 def _beyond_reason(earliest: datetime) -> str:

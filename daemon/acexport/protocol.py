@@ -25,6 +25,27 @@ class ExportType(enum.StrEnum):
     SEGMENT = "segment"
 
 
+class ExportMode(enum.StrEnum):
+    """How a type is exported, by what it is (design sections 1.1 and 2).
+
+    AC filters every export on one column: ``eventDate`` for event and page (time
+    series: each row belongs to one moment), ``createDate`` for the entity tables.
+    A window of an entity table holds the entities *created* in it, in their state
+    at export time, and no later change ever reaches it: so entity tables are
+    exported whole, as snapshots.
+    """
+
+    WINDOWS = "windows"  # one aligned window of a time series per export
+    SNAPSHOT = "snapshot"  # the whole table as of the look, from snapshot_from
+
+
+TIME_SERIES = frozenset({ExportType.EVENT, ExportType.PAGE})
+
+
+def default_mode(type_: str) -> ExportMode:
+    return ExportMode.WINDOWS if type_ in TIME_SERIES else ExportMode.SNAPSHOT
+
+
 STATUS_KEYS = frozenset(
     {"createdDate", "fromDate", "toDate", "status", "message", "type", "startedDate"}
 )

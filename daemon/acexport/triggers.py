@@ -7,6 +7,7 @@ covers whatever was missed while the daemon was down.
 
 from __future__ import annotations
 
+import itertools
 import re
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -59,3 +60,11 @@ def next_looks(trigger: Trigger, now: datetime, count: int) -> list[datetime]:
         previous = fire
         moment = fire + timedelta(microseconds=1)
     return looks
+
+
+def schedule_period(trigger: Trigger, now: datetime) -> timedelta | None:
+    """The shortest gap between the next few looks: how often the schedule looks
+    (for a cron of irregular gaps, its most frequent rhythm). None if it never fires."""
+    looks = next_looks(trigger, now, 8)
+    gaps = [b - a for a, b in itertools.pairwise(looks)]
+    return min(gaps) if gaps else None

@@ -56,6 +56,17 @@ def _windows(
     if job is None:
         known = ", ".join(j.name for j in settings.jobs) or "none"
         raise UsageError(f"no job {args.job!r} in {path} (known: {known})")
+    if not job.window_types:
+        raise UsageError(
+            f"job {job.name!r} exports only entity snapshots ({', '.join(job.types)}): each "
+            "holds the whole table, so there is no range to backfill"
+        )
+    if job.snapshot_types:
+        print(
+            f"backfilling {', '.join(job.window_types)}; the snapshot types "
+            f"({', '.join(job.snapshot_types)}) are exported whole at each look, not by range",
+            file=sys.stderr,
+        )
     zone = settings.workspaces[job.workspace].zone
     try:
         start = parse_bound(args.from_, zone, end=False)

@@ -7,11 +7,12 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..config import Settings, resolve_tokens, secret_warnings
+from ..config import JobSettings, Settings, resolve_tokens, secret_warnings
 from ..ledger import read_rows
 from ..ledger_schema import LedgerState
 from ..output.open import open_store
 from ..planner import due_windows
+from ..protocol import ExportMode
 from ..triggers import next_looks
 from . import ExitCode
 from .common import exit_code_of, load
@@ -38,23 +39,36 @@ def _report(settings: Settings, path: Path) -> None:
     for job in settings.jobs:
         zone = settings.workspaces[job.workspace].zone
         looks = next_looks(job.trigger(zone), now, 3)
+        print(f"\njob {job.name} of {job.workspace}, schedule {job.schedule!r} ({zone.key})")
+        print("  next looks: " + ", ".join(look.isoformat() for look in looks))
+        for type_ in job.types:
+            print(f"  {type_:<11} {_why_mode(job, type_)}")
+        if job.snapshot_types:
+            print(f"  snapshots: the newest {job.keep_snapshots} kept of each type")
+        if not job.window_types:
+            continue
         windows = due_windows(job, zone, now)
         todo = [
             (t, w)
             for w in windows
-            for t in job.types
+            for t in job.window_types
             if (job.workspace, t, w.from_date, w.to_date) not in done
         ]
-        print(
-            f"\njob {job.name}: {', '.join(job.types)} of {job.workspace}, "
-            f"every window of {job.window}, schedule {job.schedule!r} ({zone.key})"
-        )
-        print("  next looks: " + ", ".join(look.isoformat() for look in looks))
-        print(f"  would export now: {len(todo)} export(s) in {len(windows)} window(s)")
+        print(f"  windows of {job.window}: would export now {len(todo)} export(s) "
+              f"in {len(windows)} window(s)")  # fmt: skip
         for window in windows[:10]:
             print(f"    {window}")
         if len(windows) > 10:
             print(f"    ... and {len(windows) - 10} more")
+
+
+def _why_mode(job: JobSettings, type_: str) -> str:
+    mode = job.mode_of(type_)
+    if type_ in job.modes:
+        return f"{mode} (set by the job's modes)"
+    if mode is ExportMode.WINDOWS:
+        return "windows: a time series, AC filters it by eventDate"
+    return "snapshot: an entity table AC filters by createDate; windows would miss updates"
 
 
 async def _done_keys(settings: Settings) -> set[tuple[str, str, str, str]]:

@@ -15,6 +15,7 @@ from ..config import Settings
 from ..ledger import read_rows
 from ..ledger_schema import ACTIVE, LedgerState
 from ..lock import lock_holder
+from ..protocol import ExportMode
 from ..triggers import next_looks
 from . import ExitCode
 from .common import exit_code_of, load
@@ -38,7 +39,10 @@ def _print(report: dict[str, Any]) -> None:
     print(f"daemon: {'running, pid ' + str(holder) if holder else 'not running'}")
     for job in report["jobs"]:
         print(f"\njob {job['name']} ({job['workspace']}, {job['schedule']})")
-        print(f"  last exported window: {job['last_exported'] or 'none yet'}")
+        if job["window_types"]:
+            print(f"  last exported window: {job['last_exported'] or 'none yet'}")
+        for type_, as_of in job["snapshots"].items():
+            print(f"  {type_} snapshot as of:{' ' * max(1, 8 - len(type_))}{as_of or 'none yet'}")
         print(f"  next look:            {job['next_look'] or '-'}")
         print(f"  done {job['done']}, pending {job['pending']}, failed {len(job['failed'])}")
         if job["beyond_retention"]:
@@ -58,13 +62,28 @@ async def _status_report(settings: Settings) -> dict[str, Any]:
         zone = settings.workspaces[job.workspace].zone
         mine = [r for r in rows if r.job == job.name]
         done = [r for r in mine if r.state is LedgerState.DONE]
+        windows_done = [r for r in done if r.mode is ExportMode.WINDOWS]
         looks = next_looks(job.trigger(zone), now, 1)
+        newest = {
+            str(t): max((r.end for r in done if r.type == t and r.mode is ExportMode.SNAPSHOT),
+                        default=None)
+            for t in job.snapshot_types
+        }  # fmt: skip
         jobs.append(
             {
                 "name": job.name,
                 "workspace": job.workspace,
                 "schedule": job.schedule,
-                "last_exported": str(max(done, key=lambda r: r.end).window(zone)) if done else None,
+                "window_types": [str(t) for t in job.window_types],
+                "last_exported": (
+                    str(max(windows_done, key=lambda r: r.end).window(zone))
+                    if windows_done
+                    else None
+                ),
+                "snapshots": {
+                    t: end.astimezone(zone).isoformat() if end else None
+                    for t, end in newest.items()
+                },
                 "next_look": looks[0].isoformat() if looks else None,
                 "done": len(done),
                 "pending": sum(r.state in ACTIVE for r in mine),

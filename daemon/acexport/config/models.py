@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 from contextvars import ContextVar
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -37,7 +37,7 @@ from pydantic_settings import (
 from ..formats import Compression
 from ..limits import DEFAULT_INFLATE_RATIO, PayloadLimits
 from ..pathtemplate import check_path_template, first_collision, name_too_long
-from ..protocol import ExportType
+from ..protocol import ExportMode, ExportType, default_mode
 from ..retention import DEFAULT_MONTHS
 from ..triggers import Trigger, parse_schedule
 from ..windows import check_window_length
@@ -242,12 +242,27 @@ class OutputSettings(_Section):
         "workspace={workspace}/type={type}/date={from:%Y-%m-%d}/"
         "{type}_{from:%Y%m%dT%H%M}_{to:%Y%m%dT%H%M}.jsonl"
     )
+    # A snapshot's file: ``to`` is its as-of time (the look), ``from`` where it starts.
+    snapshot_path: str = (
+        "workspace={workspace}/type={type}/snapshot={to:%Y%m%dT%H%M%S}/"
+        "{type}_{to:%Y%m%dT%H%M%S}.jsonl"
+    )
     # gzip stays the default: every reader has it, and keys (.gz) and readers' globs of
     # existing deployments keep working; zstd is 3x smaller at the same speed.
     compression: Compression = Compression.GZIP
     s3: S3Settings = S3Settings()
 
-    _check_path = field_validator("path")(classmethod(lambda cls, v: check_path_template(v)))
+    _check_path = field_validator("path", "snapshot_path")(
+        classmethod(lambda cls, v: check_path_template(v))
+    )
+
+    @model_validator(mode="after")
+    def _snapshots_apart(self) -> OutputSettings:
+        # A snapshot must never land on a window's name: the window's file would be
+        # replaced by a whole table, and pruning could delete a window.
+        if "{to" not in self.snapshot_path:
+            raise ValueError("snapshot_path must contain {to} (the snapshot's as-of time)")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -291,6 +306,9 @@ class WorkspaceSettings(_Section):
     # AC's data retention for this workspace: windows starting before it are never
     # asked for (AC refuses them); a shorter retention AC names is learned.
     retention: Months = DEFAULT_MONTHS
+    # Where entity snapshots start (a date in the workspace's zone); default: the
+    # retention's start, i.e. everything AC still holds.
+    snapshot_from: date | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -359,6 +377,23 @@ class JobSettings(_Section):
     lag: Duration = timedelta(hours=2)
     catch_up: Duration = timedelta(days=7)
     start: datetime | None = None
+    # A type's mode, if not the one its nature gives (event and page: windows; the
+    # entity tables: snapshot).
+    modes: dict[ExportType, ExportMode] = {}
+    keep_snapshots: Count = Field(default=7, ge=1, le=10000)
+
+    def mode_of(self, type_: str) -> ExportMode:
+        return self.modes.get(ExportType(type_), default_mode(type_))
+
+    @property
+    def window_types(self) -> list[ExportType]:
+        """The types exported in aligned windows."""
+        return [t for t in self.types if self.mode_of(t) is ExportMode.WINDOWS]
+
+    @property
+    def snapshot_types(self) -> list[ExportType]:
+        """The types exported as whole-table snapshots."""
+        return [t for t in self.types if self.mode_of(t) is ExportMode.SNAPSHOT]
 
     @field_validator("name")
     @classmethod
@@ -380,6 +415,13 @@ class JobSettings(_Section):
     @classmethod
     def _window(cls, value: timedelta) -> timedelta:
         return check_window_length(value)
+
+    @model_validator(mode="after")
+    def _modes_of_listed_types(self) -> JobSettings:
+        stray = sorted(set(self.modes) - set(self.types))
+        if stray:
+            raise ValueError(f"modes names {stray}, which are not in types {self.types}")
+        return self
 
     @field_validator("lag", "catch_up")
     @classmethod

@@ -21,12 +21,13 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 
 from .. import __version__
 from ..config import Settings
 from ..ledger_schema import ACTIVE, ExportRecord, LedgerState
 from ..planner import due_windows
+from ..protocol import ExportMode
 
 _REFRESH_S = 30
 MAX_COLUMNS = 24  # windows shown per job; earlier ones are summarised
@@ -48,6 +49,16 @@ class JobView:
     schedule: str
     windows: list[str]  # column headings, oldest first
     rows: dict[str, list[Cell]]  # type -> one cell per window
+    snapshots: list[SnapshotView] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SnapshotView:
+    """A snapshot type of a job: its newest snapshot, and the one under way or failed."""
+
+    type: str
+    newest: str | None  # as-of time, in the workspace's zone
+    current: Cell | None  # in flight or failed, if any
 
 
 @dataclass(frozen=True)
@@ -81,17 +92,18 @@ def build_view(
     settings: Settings, rows: list[ExportRecord], lanes: Iterable[LaneView], now: datetime
 ) -> StatusView:
     """The page's content: each job's due windows, by type, in the ledger's words."""
-    by_key = {(r.job, r.type, r.start): r for r in rows}
+    by_key = {(r.job, r.type, r.start): r for r in rows if r.mode is ExportMode.WINDOWS}
     jobs = []
     for job in settings.jobs:
         zone = settings.workspaces[job.workspace].zone
-        windows = due_windows(job, zone, now)
+        windows = due_windows(job, zone, now) if job.window_types else []
         grid = {
             str(type_): [_cell(by_key.get((job.name, str(type_), w.start))) for w in windows]
-            for type_ in job.types
+            for type_ in job.window_types
         }
         headings = [w.local_start.isoformat() for w in windows]
-        jobs.append(JobView(job.name, job.workspace, job.schedule, headings, grid))
+        snapshots = [_snapshot_view(job.name, str(t), rows, zone) for t in job.snapshot_types]
+        jobs.append(JobView(job.name, job.workspace, job.schedule, headings, grid, snapshots))
     failed = sorted(
         (r for r in rows if r.state is LedgerState.FAILED),
         key=lambda r: r.finished_at or 0.0,
@@ -101,6 +113,18 @@ def build_view(
         (r.job, r.type, r.window().from_date, r.reason or "") for r in failed[:_LAST_FAILURES]
     ]
     return StatusView(now, jobs, list(lanes), failures)
+
+
+def _snapshot_view(job: str, type_: str, rows: list[ExportRecord], zone: tzinfo) -> SnapshotView:
+    mine = [r for r in rows if r.job == job and r.type == type_ and r.mode is ExportMode.SNAPSHOT]
+    done = [r for r in mine if r.state is LedgerState.DONE]
+    newest = max(done, key=lambda r: r.end, default=None)
+    current = next((r for r in mine if r.state is not LedgerState.DONE), None)
+    return SnapshotView(
+        type_,
+        newest.end.astimezone(zone).isoformat(timespec="seconds") if newest else None,
+        _cell(current) if current else None,
+    )
 
 
 def _cell(record: ExportRecord | None) -> Cell:
@@ -151,10 +175,32 @@ def _job_section(job: JobView) -> str:
             f"<p class='earlier' data-windows='{hidden}'>{hidden} earlier windows "
             f"(x {len(job.rows)} types): {_e(counts)}</p>"
         )
+    grid = f"<table><tr><th>type</th>{head}</tr>{''.join(body)}</table>" if job.rows else ""
     return (
         f"<h3 class='job' data-job='{_e(job.name)}'>{_e(job.name)} "
         f"<small>({_e(job.workspace)}, {_e(job.schedule)})</small></h3>{summary}"
-        f"<table><tr><th>type</th>{head}</tr>{''.join(body)}</table>"
+        f"{grid}{_snapshot_table(job.snapshots)}"
+    )
+
+
+def _snapshot_table(snapshots: list[SnapshotView]) -> str:
+    if not snapshots:
+        return ""
+    rows = "".join(
+        f"<tr data-type='{_e(s.type)}'><th>{_e(s.type)}</th>"
+        f"<td class='newest'>{_e(s.newest or 'none yet')}</td>"
+        + (
+            f"<td class='cell {_e(s.current.state)}' data-state='{_e(s.current.state)}' "
+            f"title='{_e(s.current.detail or s.current.state)}'></td>"
+            if s.current
+            else "<td></td>"
+        )
+        + "</tr>"
+        for s in snapshots
+    )
+    return (
+        "<table class='snapshots'><tr><th>snapshot of</th><th>newest, as of</th>"
+        f"<th>next</th></tr>{rows}</table>"
     )
 
 

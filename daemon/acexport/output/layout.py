@@ -2,28 +2,34 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
 from ..config import OutputSettings
 from ..formats import Compression
 from ..pathtemplate import render_path
+from ..protocol import ExportMode
 from ..windows import ExportWindow
+from .store import common_prefix
 
 
 @dataclass(frozen=True)
 class OutputLayout:
-    """The rendered ``template`` (+ ``.gz`` or ``.zst``), relative to the store's root."""
+    """The rendered ``template`` (+ ``.gz`` or ``.zst``), relative to the store's root;
+    snapshots by ``snapshot_template``."""
 
     template: str
     compression: Compression
+    snapshot_template: str = OutputSettings().snapshot_path
 
     @classmethod
     def from_settings(cls, output: OutputSettings) -> OutputLayout:
-        """The layout ``[output]`` describes: ``path`` and the compression's suffix."""
-        return cls(output.path, output.compression)
+        """The layout ``[output]`` describes: the paths and the compression's suffix."""
+        return cls(output.path, output.compression, output.snapshot_path)
 
     def key_for(
         self,
@@ -32,26 +38,49 @@ class OutputLayout:
         job: str,
         window: ExportWindow,
         compression: Compression | None = None,
+        *,
+        mode: ExportMode = ExportMode.WINDOWS,
     ) -> PurePosixPath:
-        """Where a window's data file goes (``compression`` overrides the layout's)."""
-        key = render_path(
-            self.template, workspace, type_, job, window.local_start, window.local_end
-        )
+        """Where a window's (or snapshot's) data file goes (``compression`` overrides
+        the layout's)."""
+        template = self.snapshot_template if mode is ExportMode.SNAPSHOT else self.template
+        key = render_path(template, workspace, type_, job, window.local_start, window.local_end)
         suffix = (compression or self.compression).suffix
         if suffix and key.suffix != suffix:
             key = key.with_name(key.name + suffix)
         return key
 
-    def could_be_key(self, key: str) -> bool:
+    def could_be_key(self, key: str, mode: ExportMode | None = None) -> bool:
         """Whether ``key`` (relative to the store's root) may be one of this layout's
-        data files: the template's literal text in place, anything in the placeholders,
-        any compression's suffix."""
-        return self._pattern().fullmatch(key) is not None
+        data files (of ``mode``, or either): the template's literal text in place,
+        anything in the placeholders, any compression's suffix."""
+        templates = {
+            ExportMode.WINDOWS: self.template,
+            ExportMode.SNAPSHOT: self.snapshot_template,
+        }
+        return any(
+            _pattern(template).fullmatch(key) is not None
+            for which, template in templates.items()
+            if mode in (None, which)
+        )
 
-    def _pattern(self) -> re.Pattern[str]:
-        parts = [
-            re.escape(literal) + (".+" if field is not None else "")
-            for literal, field, _, _ in string.Formatter().parse(self.template)
-        ]
-        suffixes = "|".join(re.escape(c.suffix) for c in Compression if c.suffix)
-        return re.compile("".join(parts) + f"(?:{suffixes})?")
+    def snapshot_prefix(self, workspace: str, type_: str, job: str) -> str:
+        """A prefix under which every snapshot of (workspace, type, job) lies."""
+        early = datetime(2000, 1, 1, tzinfo=UTC)
+        late = datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
+        return common_prefix(
+            [
+                render_path(self.snapshot_template, workspace, type_, job, start, end)
+                for start, end in ((early, early), (late, late), (early, late), (late, early))
+            ]
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern(template: str) -> re.Pattern[str]:
+    parts = [
+        re.escape(literal) + (".+" if field is not None else "")
+        for literal, field, _, _ in string.Formatter().parse(template)
+    ]
+    suffixes = "|".join(re.escape(c.suffix) for c in Compression if c.suffix)
+    return re.compile("".join(parts) + f"(?:{suffixes})?")

@@ -119,8 +119,22 @@ class LocalStore:
             if dir_fd is not None:
                 os.close(dir_fd)
 
-    async def delete_small(self, key: PurePosixPath) -> None:
-        await asyncio.to_thread(self.path_of(key).unlink, missing_ok=True)
+    async def delete(self, key: PurePosixPath) -> None:
+        await asyncio.to_thread(self._delete, key)
+
+    def _delete(self, key: PurePosixPath) -> None:
+        path = self.path_of(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise disk_error("deleting", path, exc) from None
+        for parent in key.parents:
+            if parent == PurePosixPath():
+                break
+            try:
+                (self.root / parent).rmdir()  # only if empty
+            except OSError:
+                break
 
 
 class _LinkInOutputTree(OSError):

@@ -37,10 +37,13 @@ class Manifest:
     job: str | None  # None for a one-off ``acexport export``
     workspace: str
     type: str
+    mode: str = "windows"  # or "snapshot": the whole table as of toDate
     fromDate: str
     toDate: str
     createdDate: str | None
     downloadedAt: str
+    revision: int = 1  # 2 once the window was exported again (restated)
+    previous_sha256: str | None = None  # the file a restatement replaced
     payload_bytes: int
     payload_sha256: str
     payload_format: str  # what AC served: zip, json or ndjson

@@ -110,7 +110,7 @@ async def release_claim(store: OutputStore, me: Owner) -> None:
     """At a clean stop: the next daemon (even another state dir's) may start at once."""
     current = _parse(await store.read_small(OWNER_KEY))
     if current is None or current.state_id == me.state_id:
-        await store.delete_small(OWNER_KEY)
+        await store.delete(OWNER_KEY)
 
 
 class OutputClaim:

@@ -332,7 +332,7 @@ class S3Store:
     async def write_small(self, key: PurePosixPath, data: bytes) -> None:
         await self._put(self._key(key), data, _sha256_b64(data))
 
-    async def delete_small(self, key: PurePosixPath) -> None:
+    async def delete(self, key: PurePosixPath) -> None:
         await self._call(
             f"deleting {self._key(key)} in",
             lambda: self._client.delete_object(Bucket=self.target.bucket, Key=self._key(key)),

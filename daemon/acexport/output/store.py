@@ -66,8 +66,9 @@ class OutputStore(Protocol):
         """Replace a small object whole (the owner marker)."""
         ...
 
-    async def delete_small(self, key: PurePosixPath) -> None:
-        """Remove a small object, if it is there."""
+    async def delete(self, key: PurePosixPath) -> None:
+        """Remove an object (a pruned snapshot's file or manifest, the owner marker),
+        if it is there; a directory left empty goes too."""
         ...
 
 

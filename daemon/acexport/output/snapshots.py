@@ -1,0 +1,101 @@
+"""Snapshots in the output store: which are there, proven, and pruning the oldest.
+
+An entity table is exported whole at each look (``protocol.ExportMode``); the
+store keeps the newest ``keep_snapshots`` of each (workspace, type). A
+snapshot is believed only as a window is (``manifest.check_stored``): its
+manifest says ``mode: "snapshot"``, names it, and its file has the bytes the
+manifest claims. Pruning deletes the manifest first, so a snapshot half
+deleted by a crash is no longer believed, never a partial one believed whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import PurePosixPath
+from zoneinfo import ZoneInfo
+
+from ..protocol import ExportMode
+from ..windows import ExportWindow
+from .layout import OutputLayout
+from .manifest import check_stored, manifest_key
+from .store import OutputStore
+
+_READS_AT_ONCE = 8
+
+
+@dataclass(frozen=True)
+class StoredSnapshot:
+    """A snapshot's data file in the store, proven by its manifest."""
+
+    key: PurePosixPath
+    size: int
+    window: ExportWindow  # from snapshot_from to the as-of time (exclusive)
+    location: str
+
+    @property
+    def as_of(self) -> datetime:
+        return self.window.end
+
+
+async def stored_snapshots(
+    store: OutputStore,
+    layout: OutputLayout,
+    workspace: str,
+    type_: str,
+    job: str,
+    zone: ZoneInfo,
+) -> list[StoredSnapshot]:
+    """The proven snapshots of (workspace, type) in the store, oldest first."""
+    present = await store.stored_under(layout.snapshot_prefix(workspace, type_, job))
+    candidates = [
+        (key, size)
+        for key, size in present.items()
+        if layout.could_be_key(str(key), ExportMode.SNAPSHOT)
+    ]
+    gate = asyncio.Semaphore(_READS_AT_ONCE)
+
+    async def prove(key: PurePosixPath, size: int) -> StoredSnapshot | None:
+        async with gate:
+            text = await store.read_small(manifest_key(key))
+        window = _snapshot_window(text, zone)
+        if window is None:
+            return None
+        why = check_stored(
+            text,
+            size,
+            workspace=workspace,
+            type_=type_,
+            from_date=window.from_date,
+            to_date=window.to_date,
+        )
+        return None if why else StoredSnapshot(key, size, window, store.location(key))
+
+    found = await asyncio.gather(*(prove(key, size) for key, size in candidates))
+    return sorted((s for s in found if s is not None), key=lambda s: s.as_of)
+
+
+def _snapshot_window(text: bytes | None, zone: ZoneInfo) -> ExportWindow | None:
+    """The window a snapshot manifest names, if it is a snapshot manifest at all."""
+    try:
+        fields = json.loads(text or b"")
+        if not isinstance(fields, dict) or fields.get("mode") != ExportMode.SNAPSHOT:
+            return None
+        start = datetime.fromisoformat(fields["fromDate"])
+        end = datetime.fromisoformat(fields["toDate"]) + timedelta(milliseconds=1)
+        return ExportWindow(start, end, zone)
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+
+
+async def prune_snapshots(
+    store: OutputStore, snapshots: list[StoredSnapshot], keep: int
+) -> list[StoredSnapshot]:
+    """Delete all but the newest ``keep`` of ``snapshots`` (oldest first); the deleted."""
+    old = snapshots[: max(0, len(snapshots) - keep)]
+    for snapshot in old:
+        await store.delete(manifest_key(snapshot.key))  # first: no longer believed
+        await store.delete(snapshot.key)
+    return old
