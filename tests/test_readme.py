@@ -23,14 +23,14 @@ def readme_queries() -> list[str]:
     queries = [
         "\n".join(line[4:] for line in block.strip("\n").splitlines())
         for block in blocks
-        if "read_json('exports/" in block
+        if "'exports/" in block and "read_json(" in block
     ]
     return [query.strip().rstrip(";") for query in queries]
 
 
 def test_the_readme_has_queries() -> None:
-    """The README shows at least the two queries this module runs."""
-    assert len(readme_queries()) >= 2
+    """The README shows the three queries this module runs."""
+    assert len(readme_queries()) == 3
 
 
 async def test_readme_queries_read_the_hive_layout(
@@ -39,16 +39,23 @@ async def test_readme_queries_read_the_hive_layout(
     """Each README query runs on real output, and its counts match the manifests."""
     tokens = {"acme": "acme-token", "beta": "beta-token"}
     emu = await emulator(tokens=tokens, records=25)
-    jobs = job("a", "acme", types=["page", "event"], catch_up="2d", lag="0s") + job(
+    jobs = job("a", "acme", catch_up="2d", lag="0s") + job(  # every type, snapshots too
         "b", "beta", types=["page"], catch_up="1d", lag="0s"
     )
-    daemon = await DaemonProcess.start(write_config(tmp_path, emu, jobs), "--once")
+    config = write_config(tmp_path, emu, jobs)
+    config.write_text(config.read_text().replace("retention = 1200", "retention = 13"))
+    daemon = await DaemonProcess.start(config, "--once")
     assert await daemon.wait(60) == 0
     written = manifests(tmp_path / "exports")
     monkeypatch.chdir(tmp_path)  # the queries read exports/ relative to where they run
-    by_type_and_date, per_workspace = (duckdb.sql(query).fetchall() for query in readme_queries())
+    results = {query: duckdb.sql(query).fetchall() for query in readme_queries()}
+    (latest,) = [rows for query, rows in results.items() if "type=individual" in query]
+    (by_type_and_date,) = [rows for query, rows in results.items() if "date, count" in query]
+    (per_workspace,) = [rows for query, rows in results.items() if "visitors" in query]
+    (snapshot,) = [m for m in written if m["type"] == "individual"]
+    assert latest == [("acme", snapshot["file"].split("_")[1].split(".")[0], snapshot["records"])]
     expected: Counter[tuple[str, str]] = Counter()
-    for manifest in written:
+    for manifest in [m for m in written if m["mode"] == "windows"]:
         path = next((tmp_path / "exports").rglob(manifest["file"]))
         expected[(manifest["type"], path.parent.name.removeprefix("date="))] += manifest["records"]
     got = {(row[0], str(row[1])): row[2] for row in by_type_and_date}
