@@ -6,14 +6,18 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
+from acexport.config import load_settings
+from acexport.daemon import Daemon
 from acexport.ledger import read_rows
 from acexport.ledger_schema import LedgerState
-from tests.conftest import EmulatorFactory
+from tests.conftest import EmulatorFactory, FakeClock
 from tests.daemon_helpers import DaemonProcess, job, manifests, write_config
 
 
@@ -144,3 +148,57 @@ async def test_entity_snapshots_end_to_end_with_pruning(
     rows = await read_rows(tmp_path / "state")
     newest = max(r.end for r in rows if r.type == "segment" and r.state is LedgerState.DONE)
     assert f"segment snapshot as of: {newest.isoformat()}" in out_text
+
+
+async def test_restatement_replaces_a_changed_window_once_and_keeps_an_unchanged_one(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 22 item 2: with restate = "2d", a window exported while young is exported
+    once more when 2 days old (AC's first file expired: a new export). Page data that
+    AC recomputed replaces the file atomically, manifest revision 2 with the previous
+    sha; event data that did not change keeps its file and says so; a later look
+    restates nothing again. Time is the emulator's FakeClock, shared with the daemon."""
+    clock = FakeClock(time.time())
+    emu = await emulator(tokens={"acme": "acme-token"}, clock=clock, records=6, restate_rate=1.0)
+    jobs = job("d", "acme", types=["page", "event"], catch_up="1d", lag="0s", restate="2d")
+    config = write_config(tmp_path, emu, jobs)
+    settings = load_settings(config)
+
+    def now() -> datetime:
+        return datetime.fromtimestamp(clock(), UTC)
+
+    async def run_once() -> list[dict[str, object]]:
+        with capture_logs() as logs:
+            async with Daemon(settings, config, clock=now) as daemon:
+                assert await daemon.run_once()
+        return logs
+
+    await run_once()
+    first = {(m["type"], m["fromDate"]): m for m in manifests(tmp_path / "exports")}
+    assert len(first) == 2
+    clock.advance(3 * 86400)
+
+    logs = await run_once()
+
+    after = {(m["type"], m["fromDate"]): m for m in manifests(tmp_path / "exports")}
+    (page_key,) = [k for k in first if k[0] == "page"]
+    (event_key,) = [k for k in first if k[0] == "event"]
+    page, event = after[page_key], after[event_key]
+    assert (page["revision"], page["previous_sha256"]) == (2, first[page_key]["file_sha256"])
+    assert page["file_sha256"] != first[page_key]["file_sha256"]
+    assert event == first[event_key]  # unchanged: the file and its manifest stay
+    assert [e["event"] for e in logs].count("restated_unchanged") == 1
+    assert [e["count"] for e in logs if e["event"] == "windows_restated"] == [2]
+    rows = {(r.type, r.start): r for r in await read_rows(tmp_path / "state")}
+    assert {r.revision for (t, s), r in rows.items() if s.isoformat()[:10] == page_key[1][:10]} == {
+        2
+    }
+    by_range = [j for j in (await emu.jobs())["jobs"] if j["fromDate"] == page_key[1]]
+    # Asked twice: the first export, then a new one after it expired, recomputed.
+    assert [j["revision"] for j in by_range if j["type"] == "page"] == [0, 1]
+
+    clock.advance(3 * 86400)
+    await run_once()  # restates the second run's window, not the first's again
+    again = [j for j in (await emu.jobs())["jobs"] if j["fromDate"] == page_key[1]]
+    assert len(again) == len(by_range)
+    assert manifests(tmp_path / "exports").count(page) == 1

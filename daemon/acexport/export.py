@@ -73,6 +73,8 @@ class ExportSpec:
     key: PurePosixPath
     job: str | None = None  # None for a one-off ``acexport export``
     mode: ExportMode = ExportMode.WINDOWS
+    revision: int = 1  # 2: a restatement, replacing the file of ``previous_sha256``
+    previous_sha256: str | None = None
 
     @classmethod
     def of(cls, record: ExportRecord, zone: ZoneInfo, output: OutputSettings) -> ExportSpec:
@@ -81,7 +83,17 @@ class ExportSpec:
         key = OutputLayout.from_settings(output).key_for(
             record.workspace, record.type, record.job, window, mode=record.mode
         )
-        return cls(record.workspace, record.type, window, key, record.job, record.mode)
+        previous = record.file_sha256 if record.revision > 1 else None
+        return cls(
+            record.workspace,
+            record.type,
+            window,
+            key,
+            record.job,
+            record.mode,
+            record.revision,
+            previous,
+        )
 
 
 @dataclass(frozen=True)
@@ -399,9 +411,16 @@ async def _store(
         state.writer,
         spec.key,
         lambda summary: _manifest(spec, summary, created_date, sink.compression),
+        stored_sha256=spec.previous_sha256,
     )
     state.writer, state.offset = None, 0
     summary, manifest = finished.summary, finished.manifest
+    if finished.kept:
+        log.info(
+            "restated_unchanged",
+            file_sha256=manifest.file_sha256,
+            detail="AC's data for the window did not change: the file is kept",
+        )
     if finished.location is not None:  # committed where it was finished
         return manifest, finished.location
     delays = timing.retry.delays()
@@ -431,6 +450,8 @@ def _manifest(
         toDate=spec.window.to_date,
         createdDate=created_date,
         downloadedAt=iso_ms(datetime.now(UTC)),
+        revision=spec.revision,
+        previous_sha256=spec.previous_sha256,
         payload_bytes=summary.payload_bytes,
         payload_sha256=summary.payload_sha256,
         payload_format=summary.served_format,

@@ -328,6 +328,43 @@ class Ledger:
         )
 
     @_state_errors
+    async def restate(
+        self,
+        job: str,
+        workspace: str,
+        types: Iterable[str],
+        restate_s: float,
+        ended_before: datetime,
+        ended_after: datetime,
+    ) -> list[ExportRecord]:
+        """Queue once more (revision 2) the job's done windows that were exported
+        while younger than ``restate_s`` and have since become that old (ending in
+        ``(ended_after, ended_before]``). A window restated, found in the store (no
+        known sha) or first exported when already old is not restated."""
+        kinds = list(types)
+        if not kinds:
+            return []
+        marks = ", ".join("?" for _ in kinds)
+        now = time.time()
+        return await self._all(
+            "UPDATE exports SET state = 'queued', revision = 2, attempts = 0, requests = 0, "  # noqa: S608
+            "created_date = NULL, submitted_at = NULL, ready_at = NULL, finished_at = NULL, "
+            "reason = 'restated', updated_at = ? "
+            f"WHERE job = ? AND workspace = ? AND type IN ({marks}) AND mode = 'windows' "
+            "AND state = 'done' AND revision = 1 AND file_sha256 IS NOT NULL "
+            "AND window_end <= ? AND window_end > ? "
+            "AND finished_at < CAST(strftime('%s', window_end) AS REAL) + ? "
+            "RETURNING *",
+            now,
+            job,
+            workspace,
+            *kinds,
+            iso_ms(ended_before),
+            iso_ms(ended_after),
+            restate_s,
+        )
+
+    @_state_errors
     async def plan_snapshot(
         self, job: str, workspace: str, type_: str, window: ExportWindow
     ) -> ExportRecord:

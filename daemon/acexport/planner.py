@@ -84,6 +84,16 @@ class PlanLedger(Protocol):
 
     def snapshots(self, job: str, workspace: str, type_: str) -> Awaitable[list[ExportRecord]]: ...
 
+    def restate(
+        self,
+        job: str,
+        workspace: str,
+        types: Iterable[str],
+        restate_s: float,
+        ended_before: datetime,
+        ended_after: datetime,
+    ) -> Awaitable[list[ExportRecord]]: ...
+
     def done_files(
         self, workspace: str, types: Iterable[str], windows: Sequence[ExportWindow]
     ) -> Awaitable[dict[tuple[str, ExportWindow], tuple[int, int | None]]]: ...
@@ -128,8 +138,28 @@ class Planner:
         its files."""
         look_in_store = _key(job) not in self._listed
         look = await self.plan(job, self.due(job), look_in_store=look_in_store)
+        restated = await self._restate(job)
         snapshots = await self._plan_snapshots(job, look_in_store=look_in_store)
-        return replace(look, due=look.due + len(snapshots), records=look.records + snapshots)
+        extra = restated + snapshots
+        return replace(look, due=look.due + len(extra), records=look.records + extra)
+
+    async def _restate(self, job: JobSettings) -> list[ExportRecord]:
+        """The job's windows now ``restate`` old, queued once more (if it restates)."""
+        if job.restate is None or not job.window_types:
+            return []
+        now = self._clock()
+        ended_before = now - job.restate
+        records = await self._ledger.restate(
+            job.name,
+            job.workspace,
+            job.window_types,
+            job.restate.total_seconds(),
+            ended_before,
+            ended_before - job.catch_up - job.window,
+        )
+        if records:
+            log.info("windows_restated", job=job.name, count=len(records))
+        return records
 
     async def plan(
         self, job: JobSettings, windows: list[ExportWindow], *, look_in_store: bool = True

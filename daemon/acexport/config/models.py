@@ -381,6 +381,9 @@ class JobSettings(_Section):
     # entity tables: snapshot).
     modes: dict[ExportType, ExportMode] = {}
     keep_snapshots: Count = Field(default=7, ge=1, le=10000)
+    # Export each window once more when it is this old (page aggregates and late
+    # events settle); off by default.
+    restate: Duration | None = None
 
     def mode_of(self, type_: str) -> ExportMode:
         return self.modes.get(ExportType(type_), default_mode(type_))
@@ -415,6 +418,18 @@ class JobSettings(_Section):
     @classmethod
     def _window(cls, value: timedelta) -> timedelta:
         return check_window_length(value)
+
+    @model_validator(mode="after")
+    def _restate_after_acs_cache(self) -> JobSettings:
+        # AC serves the same stored file for 24 h after it made it: a restatement
+        # sooner than lag + 1 day after the first export would fetch that file again.
+        least = self.lag + timedelta(days=1)
+        if self.restate is not None and self.restate <= least:
+            raise ValueError(
+                f"restate ({self.restate}) must exceed lag + 1 day ({least}): AC hands back "
+                "the same file for 24 hours"
+            )
+        return self
 
     @model_validator(mode="after")
     def _modes_of_listed_types(self) -> JobSettings:

@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -498,6 +499,12 @@ def make_app(settings: EmulatorSettings, clock: Callable[[], float] = time.time)
         await asyncio.get_running_loop().run_in_executor(None, storage.close)
 
     app.on_cleanup.append(close_storage)
+
+    async def date_by_the_clock(_: web.Request, response: web.StreamResponse) -> None:
+        # AC's Date is AC's time: with a test's clock, the emulator's.
+        response.headers["Date"] = formatdate(clock(), usegmt=True)
+
+    app.on_response_prepare.append(date_by_the_clock)
     app.router.add_get("/api/reports/export/{type}", export_route)
     app.router.add_get("/_storage/{job}/{expires}/{sig}", storage_route)
     app.router.add_get("/_emulator/jobs", jobs_route)

@@ -122,6 +122,12 @@ def _add_processing_arguments(parser: argparse.ArgumentParser) -> None:
         default=400,
         help="the retention refusal as a 400 (newest controller) or inside a 500",
     )
+    queue.add_argument(
+        "--restate-rate",
+        type=rate,
+        default=0.0,
+        help="share of page windows whose data changed when asked again after expiry",
+    )
     queue.add_argument("--seed", type=int, default=0)
     queue.add_argument("--storage-dir", type=Path, help="where payloads are rendered (temp dir)")
 
@@ -157,6 +163,7 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
             records_per_day=args.records_per_day,
             format=args.format,
             seed=args.seed,
+            restate_rate=args.restate_rate,
         ),
         faults=FaultSettings(
             error_rate=args.error_rate,

@@ -108,6 +108,9 @@ class PayloadSpec:
     records: int
     seed: int
     format: str = "ndjson"
+    # AC's data of this range as recomputed since (page aggregates settle): a new
+    # revision renders other values for the same rows.
+    revision: int = 0
 
     @property
     def block_count(self) -> int:
@@ -256,7 +259,7 @@ def _records(spec: PayloadSpec, start: int, stop: int) -> list[bytes]:
         seconds.append(_day(days) + times[sec])
         millis.append(milli)
     indices = range(start, stop)
-    frags = [pool[(i * 2654435761) % _POOL_SIZE] for i in indices]
+    frags = [pool[(i * 2654435761 + spec.revision * 7) % _POOL_SIZE] for i in indices]
     rows = zip(indices, seconds, millis, frags, strict=True)
     if spec.type in ("event", "page"):
         return [template % (base + i, other + i * 7919 % 5000, s, m, f) for i, s, m, f in rows]

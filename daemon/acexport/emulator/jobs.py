@@ -18,6 +18,7 @@ import enum
 import gzip
 import hashlib
 import io
+import random
 import shutil
 import tempfile
 import threading
@@ -123,6 +124,7 @@ class Job:
             "resumed_downloads": self.resumed_downloads,
             "after_failure": self.after_failure,
             "format": self.spec.format,
+            "revision": self.spec.revision,
             "records": artifact.records if artifact else None,
             "bytes": artifact.bytes if artifact else None,
             "sha256": artifact.sha256 if artifact else None,
@@ -266,6 +268,9 @@ class QueueSettings:
     records_per_day: int | None = None
     format: str = "zip"
     seed: int = 0
+    # The share of page windows whose aggregates AC recomputed when they are exported
+    # again after the first export's data expired (late events settled).
+    restate_rate: float = 0.0
 
 
 class ExportQueue:
@@ -305,21 +310,40 @@ class ExportQueue:
         reported_error = state is JobState.ERROR and job is not None and job.error_reported
         if job is None or state is JobState.EXPIRED or reported_error:
             after_failure = state is JobState.ERROR
+            revision = 0 if job is None else job.spec.revision
             if job is not None:
                 self._discard(job)
-            job = self._create(ws, type_, from_ms, to_ms, now, fails)
+            if state is JobState.EXPIRED and self._restated(ws.name, type_, from_ms, to_ms):
+                revision += 1
+            job = self._create(ws, type_, from_ms, to_ms, now, fails, revision)
             job.after_failure = after_failure
         elif state is JobState.ERROR:
             job.error_reported = True
         job.requests += 1
         return job
 
+    def _restated(self, workspace: str, type_: str, from_ms: int, to_ms: int) -> bool:
+        """Whether AC recomputed a page window's aggregates since its last export."""
+        if type_ != "page" or not self.settings.restate_rate:
+            return False
+        draw = random.Random(f"{self.settings.seed}/{workspace}/{from_ms}/{to_ms}").random()
+        return draw < self.settings.restate_rate
+
     def _create(
-        self, ws: Workspace, type_: str, from_ms: int, to_ms: int, now: float, fails: bool
+        self,
+        ws: Workspace,
+        type_: str,
+        from_ms: int,
+        to_ms: int,
+        now: float,
+        fails: bool,
+        revision: int = 0,
     ) -> Job:
         s = self.settings
         records = self.records_for(from_ms, to_ms)
-        spec = PayloadSpec(ws.name, type_, from_ms, to_ms, records, s.seed, s.format)
+        spec = PayloadSpec(
+            ws.name, type_, from_ms, to_ms, records, s.seed, s.format, revision=revision
+        )
         job_id = uuid.uuid4().hex
         processing = s.processing_s + s.processing_per_1000_s * records / 1000
         job = Job(job_id, ws.name, type_, spec, now, processing, s.expiry_s, Future(), fails)

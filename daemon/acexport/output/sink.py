@@ -29,7 +29,7 @@ from ..formats import Compression
 from ..limits import PayloadLimits
 from ..payload.writer import PayloadSummary, PayloadWriter
 from .local import disk_error
-from .manifest import Manifest
+from .manifest import Manifest, manifest_key
 from .store import OutputStore
 
 log = structlog.get_logger("acexport.sink")
@@ -46,6 +46,7 @@ class Finished:
     summary: PayloadSummary
     manifest: Manifest
     location: str | None
+    kept: bool = False  # the stored file was already these bytes: it was left as it is
 
 
 class Sink:
@@ -138,14 +139,18 @@ class Sink:
         writer: PayloadWriter,
         key: PurePosixPath,
         manifest_for: Callable[[PayloadSummary], Manifest],
+        stored_sha256: str | None = None,
     ) -> Finished:
         """Verify and close the temp file; a store that can commits it in the same hop.
 
         Otherwise (``location`` None) the caller commits with ``commit``, retrying
-        while the store is unavailable.
+        while the store is unavailable. A file of the same bytes as the stored one
+        (``stored_sha256``: a restatement that changed nothing) is not written again.
         """
         try:
-            finished: Finished = await self._run(self._finish, writer, key, manifest_for)
+            finished: Finished = await self._run(
+                self._finish, writer, key, manifest_for, stored_sha256
+            )
         except OSError as exc:
             raise disk_error("finishing", self.temp_dir, exc) from None
         return finished
@@ -155,9 +160,13 @@ class Sink:
         writer: PayloadWriter,
         key: PurePosixPath,
         manifest_for: Callable[[PayloadSummary], Manifest],
+        stored_sha256: str | None,
     ) -> Finished:
         summary = writer.finish()
         manifest = manifest_for(summary)
+        if stored_sha256 is not None and summary.file_sha256 == stored_sha256:
+            summary.path.unlink(missing_ok=True)
+            return Finished(summary, manifest, self.store.location(manifest_key(key)), kept=True)
         return Finished(summary, manifest, self.store.commit_here(summary.path, key, manifest))
 
     async def discard(self, writer: PayloadWriter) -> None:
