@@ -35,7 +35,7 @@ from acexport.output.sink import Sink
 from acexport.polling import Backoff
 from acexport.windows import ExportWindow
 
-PAGE_RECORD_BYTES = 451  # the emulator's page (visit) records, on average
+PAGE_RECORD_BYTES = 410  # the emulator's page rows (hourly aggregates), on average
 
 
 def jobs(base: str) -> list[dict[str, Any]]:

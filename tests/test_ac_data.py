@@ -4,6 +4,8 @@ end to end against the emulator over loopback."""
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import signal
 import sys
 import time
@@ -15,6 +17,7 @@ from structlog.testing import capture_logs
 
 from acexport.config import load_settings
 from acexport.daemon import Daemon
+from acexport.emulator.data import PayloadSpec, iter_blocks
 from acexport.ledger import read_rows
 from acexport.ledger_schema import LedgerState
 from tests.conftest import EmulatorFactory, FakeClock
@@ -202,3 +205,71 @@ async def test_restatement_replaces_a_changed_window_once_and_keeps_an_unchanged
     again = [j for j in (await emu.jobs())["jobs"] if j["fromDate"] == page_key[1]]
     assert len(again) == len(by_range)
     assert manifests(tmp_path / "exports").count(page) == 1
+
+
+async def test_ten_nightly_runs_of_every_type_against_acs_engine(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 22 item 6: a nightly job of all six types, as a newcomer writes it, run on
+    ten days of AC's engine (rows exist whatever is asked, entities change between
+    days). Every window and snapshot is AC's own rendering (records and sha256); the
+    windows hold each event and page row of the ten days exactly once; the newest
+    snapshot holds every entity created since snapshot_from in its state of that
+    night, changes a creation-date window would never have seen; seven are kept."""
+    first_night = datetime(2026, 11, 2, 2, 30, tzinfo=UTC)
+    clock = FakeClock(first_night.timestamp())
+    emu = await emulator(tokens={"acme": "acme-token"}, clock=clock, records_per_day=2400)
+    config = write_config(tmp_path, emu, job("nightly", "acme", catch_up="1d"))
+    config.write_text(
+        config.read_text().replace("retention = 1200", 'snapshot_from = "2026-11-01"')
+    )
+    settings = load_settings(config)
+    for night in range(10):
+        clock.now = (first_night + timedelta(days=night)).timestamp()
+        async with Daemon(
+            settings, config, clock=lambda: datetime.fromtimestamp(clock(), UTC)
+        ) as d:
+            assert await d.run_once()
+
+    report = await emu.jobs()
+    served = {(j["type"], j["fromDate"], j["toDate"]): j for j in report["jobs"]}
+    written = manifests(tmp_path / "exports")
+    for manifest in written:
+        job_ = served[(manifest["type"], manifest["fromDate"], manifest["toDate"])]
+        assert (manifest["payload_sha256"], manifest["records"]) == (
+            job_["sha256"],
+            job_["records"],
+        )
+    windows = [m for m in written if m["mode"] == "windows"]
+    assert sorted({m["type"] for m in windows}) == ["event", "page"]
+    assert len(windows) == 20  # ten days of each
+
+    def ids(type_: str, key: str) -> list[str]:
+        rows = []
+        for manifest in (m for m in windows if m["type"] == type_):
+            path = next((tmp_path / "exports").rglob(manifest["file"]))
+            rows += [
+                json.loads(line)[key] for line in gzip.decompress(path.read_bytes()).splitlines()
+            ]
+        return rows
+
+    whole = PayloadSpec("acme", "event", int(datetime(2026, 11, 1, tzinfo=UTC).timestamp() * 1000),
+                        int(datetime(2026, 11, 11, tzinfo=UTC).timestamp() * 1000) - 1, 0, 0,
+                        records_per_day=2400)  # fmt: skip
+    expected = [
+        json.loads(line)["id"] for block in iter_blocks(whole) for line in block.splitlines()
+    ]
+    assert sorted(ids("event", "id")) == sorted(expected)  # no row lost, none twice
+    assert len(ids("page", "sessionId")) == 10 * 600
+
+    snapshots = [m for m in written if m["type"] == "individual"]
+    assert len(snapshots) == 7  # keep_snapshots
+    newest = max(snapshots, key=lambda m: m["toDate"])
+    assert newest["fromDate"] == "2026-11-01T00:00:00.000Z"
+    path = next((tmp_path / "exports").rglob(newest["file"]))
+    people = [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
+    # 1% of the events: 24 a day for ten days, and those of the 11th before 02:30.
+    assert len(people) == newest["records"]
+    assert 24 * 10 + 2 <= len(people) <= 24 * 10 + 3
+    changed = [p for p in people if p["modifiedDate"][:10] > p["createDate"][:10]]
+    assert len(changed) > len(people) // 10

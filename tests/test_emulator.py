@@ -95,10 +95,12 @@ async def test_first_request_pending_then_running_then_data(
     assert headers["Transfer-Encoding"] == "chunked"
     assert "Content-Length" not in headers
     assert "Accept-Ranges" not in headers
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        assert archive.namelist() == ["data.json"]  # BigQuery's shards, as one entry
     lines = unzip(raw).decode().splitlines()
     assert len(lines) == 100
-    visit_fields = {"individualId", "canonicalUrl", "url", "title", "eventDate", "views"}
-    assert all(visit_fields <= set(json.loads(line)) for line in lines)
+    required = {"canonicalUrl", "channelId", "eventDate", "sessionId", "title", "userId"}
+    assert all(required <= set(json.loads(line)) for line in lines)
 
 
 async def test_second_request_while_pending_says_already_scheduled(
@@ -110,7 +112,7 @@ async def test_second_request_while_pending_says_already_scheduled(
     await ask(session, emu, "event")
     again = json.loads((await ask(session, emu, "event"))[2])
     assert again["status"] == "PENDING"
-    assert "already scheduled" in again["message"]
+    assert "has already been scheduled" in again["message"]
 
 
 async def test_error_rate_answers_error_once_then_starts_a_new_export(
@@ -129,7 +131,7 @@ async def test_error_rate_answers_error_once_then_starts_a_new_export(
     await emu.control("faults", {"error_rate": 0.0})
     retried = json.loads((await ask(session, emu))[2])
     assert retried["status"] == "PENDING"
-    assert "last data export file" in retried["message"]
+    assert "The last data export for this date range and type failed" in retried["message"]
     assert retried["createdDate"] > failed["createdDate"]
     clock.advance(61)
     data = await wait_ready(session, emu, "page")
@@ -182,6 +184,29 @@ async def test_one_job_processed_at_a_time_per_workspace(
     page, event = report["jobs"]
     assert event["timeline"]["started"] == pytest.approx(page["timeline"]["ready"])
     assert report["workspaces"]["acme"]["max_unready"] == 2
+
+
+async def test_the_worker_tick_starts_pending_exports_only_at_ticks(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """--tick: AC's worker runs every 5 minutes and processes what is pending then,
+    one after another; an export asked for during a run waits for the next tick."""
+    clock = FakeClock(1_800_000_000.0 + 10)  # 10 s after a tick
+    emu = await emulator(processing_s=20, tick_s=300.0, clock=clock)
+
+    def rendered(report: dict[str, Any]) -> bool:  # (in a thread, stamped by the clock)
+        return all(j["bytes"] is not None for j in report["jobs"])
+
+    await ask(session, emu, "page")
+    await ask(session, emu, "event")
+    await emu.wait_for(rendered)
+    clock.advance(290 + 5)  # the tick at +300 s, 5 s into the first export's run
+    await ask(session, emu, "segment")
+    await emu.wait_for(rendered)
+    clock.advance(600)
+    report = await emu.jobs()
+    started = {j["type"]: j["timeline"]["started"] - 1_800_000_000.0 for j in report["jobs"]}
+    assert started == {"page": 300.0, "event": 320.0, "segment": 600.0}
 
 
 async def test_workspaces_are_processed_independently(
@@ -294,29 +319,20 @@ async def test_unknown_or_miscased_type_is_400(
 
 
 async def test_data_is_deterministic_and_realistic(emulator: EmulatorFactory) -> None:
-    """Same workspace, type, window and seed give the same bytes; records look like AC's."""
+    """Same workspace, type, window and seed give the same bytes; rows carry the
+    required columns of AC's tables (design section 1.1)."""
     first = await emulator(seed=7)
     second = await emulator(seed=7)
     other_seed = await emulator(seed=8)
-    expected_fields = {
-        "event": {"ownerId", "startTime", "applicationId", "eventId", "eventProperties"},
-        "identity": {"id", "individualId", "dataSourceId", "dataSourceIndividualPK"},
-        "individual": {"id", "demographics"},
-        "membership": {"segmentId", "individualId", "status", "dateFirstAdded", "dateChanged"},
-        "page": {
-            "individualId",
-            "canonicalUrl",
-            "url",
-            "title",
-            "eventDate",
-            "views",
-            "timeOnPage",
-            "sessionId",
-            "segmentNames",
-            "primaryKey",
-        },
-        "segment": {"id", "name", "segmentType", "individualCount", "knownIndividualCount"},
-    }
+    required = {
+        "event": {"applicationId", "channelId", "createDate", "dataSourceId", "eventDate",
+                  "eventId", "id", "projectId", "sessionId", "userId"},
+        "page": {"canonicalUrl", "channelId", "eventDate", "sessionId", "title", "userId"},
+        "identity": {"createDate", "id", "projectId"},
+        "individual": {"createDate", "emailAddress", "id", "modifiedDate"},
+        "membership": {"channelId", "createDate", "identityId", "modifiedDate", "segmentId"},
+        "segment": {"id", "name", "createDate", "modifiedDate", "individualCount"},
+    }  # fmt: skip
     async with aiohttp.ClientSession() as session:
         for type_ in RECORD_TYPES:
             payloads = []
@@ -325,55 +341,118 @@ async def test_data_is_deterministic_and_realistic(emulator: EmulatorFactory) ->
                 payloads.append(await wait_ready(session, emu, type_))
             assert payloads[0] == payloads[1]
             assert payloads[0] != payloads[2]
-            records = [json.loads(line) for line in payloads[0].splitlines()]
-            assert len(records) == 100
-            assert len({r.get("id", r.get("primaryKey")) for r in records}) == 100
+            lines = payloads[0].splitlines()
+            records = [json.loads(line) for line in lines]
+            assert len(records) == len(set(lines)) == 100
             for record in records:
-                assert expected_fields[type_] <= set(record)
+                assert required[type_] <= set(record)
     text = payloads[0].decode()
     assert not text.isascii()
+
+
+def bq_time(value: str) -> datetime:
+    """BigQuery's TIMESTAMP text, ``2024-01-05 13:00:00[.123456] UTC``."""
+    assert value.endswith(" UTC"), value
+    return datetime.fromisoformat(value.removesuffix(" UTC")).replace(tzinfo=UTC)
+
+
+async def test_rows_are_in_bigquerys_json_encoding(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession
+) -> None:
+    """INT64 as strings, TIMESTAMPs as `... UTC` (microseconds when there are any),
+    <, > and & escaped, NULL columns absent, eventProperties concatenated without
+    escaping (some are not JSON), or the older properties array when asked."""
+    emu = await emulator(records=400)
+    await ask(session, emu, "event")
+    body = await wait_ready(session, emu, "event")
+    events = [json.loads(line) for line in body.splitlines()]
+    assert all(isinstance(e["channelId"], str) and e["channelId"].isdigit() for e in events)
+    times = [e["eventDate"] for e in events]
+    assert all(bq_time(t) for t in times)
+    assert any("." in t for t in times)
+    assert b"\\u003c" in body or b"\\u0026" in body or b"<" not in body
+    assert len({frozenset(e) for e in events}) > 1  # NULLs left out: rows differ in columns
+    broken = 0
+    for event in events:
+        try:
+            props = json.loads(event["eventProperties"])
+            assert isinstance(props, dict)
+        except ValueError:
+            broken += 1
+            assert '"' in event["eventProperties"][1:-1]
+    assert 0 < broken < len(events)
+
+    legacy = await emulator(records=50, legacy_properties=True)
+    await ask(session, legacy, "event")
+    rows = [json.loads(line) for line in (await wait_ready(session, legacy, "event")).splitlines()]
+    assert all("eventProperties" not in r and r["properties"][0]["name"] == "title" for r in rows)
 
 
 async def test_record_dates_lie_inside_the_window(
     emulator: EmulatorFactory, session: aiohttp.ClientSession
 ) -> None:
-    """Every record's timestamps fall inside the requested window."""
+    """Every row's filter column falls inside the requested window."""
     emu = await emulator(records=500)
-    await ask(session, emu, "event")
-    data = await wait_ready(session, emu, "event")
     start = datetime(2022, 1, 1, tzinfo=UTC)
     end = datetime(2022, 1, 2, tzinfo=UTC)
-    for line in data.splitlines():
-        when = datetime.fromisoformat(json.loads(line)["startTime"])
-        assert start <= when < end
+    for type_, column in (("event", "eventDate"), ("individual", "createDate")):
+        await ask(session, emu, type_)
+        data = await wait_ready(session, emu, type_)
+        for line in data.splitlines():
+            assert start <= bq_time(json.loads(line)[column]) < end
 
 
-async def test_page_records_are_visits(
+async def test_the_engine_filters_by_each_types_column_both_bounds_inclusive(
     emulator: EmulatorFactory, session: aiohttp.ClientSession
 ) -> None:
-    """A page record is one visit: an individual, a page, a time and what happened."""
-    emu = await emulator(records=50)
-    await ask(session, emu, "page")
-    records = [json.loads(line) for line in (await wait_ready(session, emu, "page")).splitlines()]
-    for visit in records:
-        assert visit["canonicalUrl"].startswith("https://")
-        assert visit["url"].startswith(visit["canonicalUrl"])
-        assert visit["views"] >= 1
-        assert visit["timeOnPage"] > 0
-        assert isinstance(visit["segmentNames"], list)
-        assert visit["eventDate"].endswith("Z")
-    assert len({visit["primaryKey"] for visit in records}) == 50
+    """With --records-per-day the rows exist whatever is asked, and an export holds
+    those whose filter column lies in [fromDate, toDate] (AC's >= and <=): two
+    6-hour windows of events hold a 12-hour range's rows exactly; page rows carry
+    their hour, so a toDate on the hour takes that hour's rows in as well."""
+    emu = await emulator(records_per_day=2400)
+
+    async def rows(type_: str, start: str, end: str) -> list[dict[str, Any]]:
+        params = {"fromDate": start, "toDate": end}
+        await ask(session, emu, type_, params=params)
+        body = await wait_ready(session, emu, type_, params=params)
+        return [json.loads(line) for line in body.splitlines()]
+
+    first = await rows("event", "2022-01-01T00:00:00.000Z", "2022-01-01T05:59:59.999Z")
+    second = await rows("event", "2022-01-01T06:00:00.000Z", "2022-01-01T11:59:59.999Z")
+    both = await rows("event", "2022-01-01T00:00:00.000Z", "2022-01-01T11:59:59.999Z")
+    assert len(first) == len(second) == 600
+    assert sorted(r["id"] for r in first + second) == sorted(r["id"] for r in both)
+    pages = await rows("page", "2022-01-01T00:00:00.000Z", "2022-01-01T05:59:59.999Z")
+    assert len(pages) == 150  # a quarter of the events, six hours
+    assert {bq_time(r["eventDate"]).minute for r in pages} == {0}
+    inclusive = await rows("page", "2022-01-01T00:00:00.000Z", "2022-01-01T06:00:00.000Z")
+    assert len(inclusive) == 175  # the 06:00 hour's rows too
 
 
-async def test_records_per_day_scale_with_the_window(
+async def test_entities_change_so_a_later_export_shows_their_new_state(
     emulator: EmulatorFactory, session: aiohttp.ClientSession
 ) -> None:
-    """--records-per-day gives a 6-hour window a quarter of a day's records."""
-    emu = await emulator(records_per_day=400)
-    params = {"fromDate": "2022-01-01T00:00:00.000Z", "toDate": "2022-01-01T05:59:59.999Z"}
-    await ask(session, emu, "segment", params=params)
-    body = await wait_ready(session, emu, "segment", params=params)
-    assert len(body.splitlines()) == 100
+    """Entities are filtered by createDate and shown as they are when exported: the
+    same range asked again 40 days later (its first data expired) has the same
+    individuals, some with a newer modifiedDate and other values."""
+    clock = FakeClock(datetime(2022, 1, 5, tzinfo=UTC).timestamp())
+    emu = await emulator(records_per_day=100_000, clock=clock, expiry_s=60.0)
+    params = {"fromDate": "2022-01-01T00:00:00.000Z", "toDate": "2022-01-01T23:59:59.999Z"}
+
+    async def individuals() -> dict[str, dict[str, Any]]:
+        await ask(session, emu, "individual", params=params)
+        body = await wait_ready(session, emu, "individual", params=params)
+        return {r["id"]: r for r in (json.loads(line) for line in body.splitlines())}
+
+    early = await individuals()
+    clock.advance(40 * 86400)
+    late = await individuals()
+    assert early.keys() == late.keys()
+    assert len(early) == 1000
+    assert all(bq_time(r["createDate"]).date().isoformat() == "2022-01-01" for r in late.values())
+    changed = [i for i in early if early[i]["modifiedDate"] != late[i]["modifiedDate"]]
+    assert len(changed) > len(early) // 2
+    assert any(early[i]["jobTitle"] != late[i]["jobTitle"] for i in changed)
 
 
 async def test_json_array_format(emulator: EmulatorFactory, session: aiohttp.ClientSession) -> None:

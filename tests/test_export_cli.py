@@ -127,7 +127,7 @@ async def test_export_to_stdout(emulator: EmulatorFactory, tmp_path: Path) -> No
     assert code == 0, stderr
     records = [json.loads(line) for line in stdout.splitlines()]
     assert len(records) == 40
-    assert all("segmentType" in r for r in records)
+    assert all("individualCount" in r for r in records)
     assert "acme-token" not in stderr
 
 
@@ -290,7 +290,7 @@ async def test_export_to_a_reader_that_stops_early(emulator: EmulatorFactory) ->
     first = await asyncio.to_thread(reader.read, 100)
     reader.close()  # like `head -c 100`
     _, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert first.startswith(b'{"primaryKey"')
+    assert first.startswith(b'{"eventDate"')
     assert process.returncode == 1
     assert b"stdout closed before all data was written" in stderr
     assert b"Traceback" not in stderr

@@ -65,4 +65,5 @@ async def test_readme_queries_read_the_hive_layout(
     assert visits == {
         ws: sum(m["records"] for m in pages if m["workspace"] == ws) for ws in ("acme", "beta")
     }
-    assert all(row[2] >= 1 for row in per_workspace)
+    assert all(row[2] >= row[1] for row in per_workspace)  # views: INT64 as text, cast
+    assert all(row[3] >= 1 for row in per_workspace)

@@ -11,9 +11,12 @@ from the "Exporting Data" page of the Analytics Cloud docs
 - types are case-sensitive, dates are parsed strictly as
   ``yyyy-MM-dd'T'HH:mm[:ss.SSS'Z']``; anything else is a 400 with
   ``{"message": ..., "status": "ERROR"}``;
-- status answers are 200 JSON: PENDING (three messages), RUNNING (with
-  ``startedDate``), and ERROR when the export failed (the next request starts
-  a new one);
+- status answers are 200 JSON (202 with ``--status-code``, as AC's engine
+  answers): PENDING (three messages), RUNNING (with ``startedDate``), and
+  ERROR when the export failed (the next request starts a new one), in AC's
+  words (design section 1.1);
+- a range before ``--retention-months`` is refused with AC's retention message,
+  as a 400 or inside a 500 (``--retention-as``);
 - data is ``application/zip`` streamed chunked, with no Content-Length and no
   Range; a failure while streaming just ends the body early (``--truncate-rate``);
 - a bad token fails before the controller runs: a 500 error page by default.
@@ -110,13 +113,18 @@ def _ac_error(status: int, message: str) -> web.Response:
     return web.json_response({"message": message, "status": "ERROR"}, status=status)
 
 
+# The exact messages of AC's engine and controller (design section 1.1).
 _TYPES_MESSAGE = (
     'The "type" query parameter must be either "event", "identity", "individual", '
-    '"membership", "page" or "segment"'
+    '"membership", "page", or "segment".'
 )
-_DATES_MESSAGE = (
-    "Both dates in range must be ISO 8601 compliant, for example: 2020-01-01T00:00:00.000Z"
+_DATE_PATTERN = "yyyy-MM-dd'T'HH:mm[:ss.SSS'Z']"
+_MISSING_DATES_MESSAGE = (
+    f'"fromDate" and "toDate" query parameters are mandatory and must be ISO 8601 '
+    f"compliant {_DATE_PATTERN}"
 )
+_DATES_MESSAGE = f"Both dates in range must be ISO 8601 compliant {_DATE_PATTERN}"
+_RANGE_MESSAGE = 'Wrong range date. "fromDate" cannot be after "toDate"'
 # yyyy-MM-dd'T'HH:mm[:ss.SSS'Z'], as the controller's formatter parses it.
 _STRICT_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})\.(\d{3})Z)?")
 _AUTH_FAILURE_PAGE = (
@@ -146,17 +154,19 @@ def _is_loopback(request: web.Request) -> bool:
         return False
 
 
+_FAILED_MESSAGE = (
+    "The last data export for this date range and type failed. A new data export file "
+    "will be created. Please come back later."
+)
 _MESSAGES = {
     "new": "A new data export file for this date range and type will be created. "
     "Please come back later.",
-    "scheduled": "A data export file for this date range and type is already scheduled "
-    "to be created. Please come back later.",
-    "after_failure": "The last data export file for this date range and type failed. "
-    "A new data export file will be created. Please come back later.",
+    "scheduled": "A data export for this date range and type has already been scheduled. "
+    "Please come back later.",
+    "after_failure": _FAILED_MESSAGE,
     "running": "The data export file for this date range and type is being created. "
     "Please come back later.",
-    "error": "The last data export file for this date range and type failed. A new data "
-    "export file will be created on the next request.",
+    "error": _FAILED_MESSAGE,
 }
 
 
@@ -248,12 +258,14 @@ async def export_route(request: web.Request) -> web.StreamResponse:
     type_ = request.match_info["type"]
     if type_ not in RECORD_TYPES:
         return _ac_error(400, _TYPES_MESSAGE)
+    if not request.query.get("fromDate") or not request.query.get("toDate"):
+        return _ac_error(400, _MISSING_DATES_MESSAGE)
     from_ms = parse_strict_date(request.query.get("fromDate"))
     to_ms = parse_strict_date(request.query.get("toDate"))
     if from_ms is None or to_ms is None:
         return _ac_error(400, _DATES_MESSAGE)
     if from_ms > to_ms:
-        return _ac_error(400, "Wrong range date: fromDate must be before toDate")
+        return _ac_error(400, _RANGE_MESSAGE)
     refusal = _retention_refusal(emu, from_ms)
     if refusal is not None:
         return refusal

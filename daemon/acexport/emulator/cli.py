@@ -128,6 +128,19 @@ def _add_processing_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="share of page windows whose data changed when asked again after expiry",
     )
+    queue.add_argument(
+        "--legacy-properties",
+        action="store_true",
+        help="events carry the older properties array instead of eventProperties text",
+    )
+    queue.add_argument(
+        "--tick",
+        type=seconds,
+        default=0.0,
+        metavar="DURATION",
+        help="AC's worker runs every DURATION (5m in AC) and only then starts pending "
+        "exports, one after another (default: at once)",
+    )
     queue.add_argument("--seed", type=int, default=0)
     queue.add_argument("--storage-dir", type=Path, help="where payloads are rendered (temp dir)")
 
@@ -164,6 +177,8 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
             format=args.format,
             seed=args.seed,
             restate_rate=args.restate_rate,
+            legacy_properties=args.legacy_properties,
+            tick_s=args.tick,
         ),
         faults=FaultSettings(
             error_rate=args.error_rate,

@@ -18,6 +18,7 @@ import enum
 import gzip
 import hashlib
 import io
+import math
 import random
 import shutil
 import tempfile
@@ -32,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from .data import PayloadSpec, iter_blocks
+from .data import ZIP_MEMBER, PayloadSpec, Rendered, iter_blocks
 
 
 class JobState(enum.StrEnum):
@@ -138,6 +139,13 @@ class Workspace:
     requests: int = 0
     faults: Counter[str] = field(default_factory=Counter)
     revoked: bool = False
+    tick_s: float = 0.0
+
+    def next_tick(self, when: float) -> float:
+        """When AC's worker next looks for pending tasks, from ``when`` on."""
+        if not self.tick_s:
+            return when
+        return math.ceil(when / self.tick_s) * self.tick_s
 
     def advance(self, now: float) -> None:
         """Start and finish jobs, in order, up to ``now``."""
@@ -147,7 +155,8 @@ class Workspace:
                 previous_ready = job.ready_at
                 continue
             if job.started_at is None:
-                job.started_at = max(job.created_at, previous_ready)
+                # The worker takes what was pending at its tick, one after another.
+                job.started_at = max(self.next_tick(job.created_at), previous_ready)
             done_processing = job.started_at + job.processing_s
             if now < done_processing or (job.rendered_at is None and not job.fails):
                 return  # this job holds the workspace's single slot
@@ -215,9 +224,10 @@ class Storage:
         gz_path = path.with_name(path.name + ".gz") if self._gzip else None
         # Level 1: AC's storage gzip is not what we measure, rendering speed is.
         compressor = gzip.GzipFile(gz_path, "wb", compresslevel=1) if gz_path else None
+        counted = Rendered()
         try:
             with path.open("wb") as out:
-                for block in iter_blocks(spec):
+                for block in iter_blocks(spec, counted):
                     out.write(block)
                     digest.update(block)
                     size += len(block)
@@ -226,10 +236,11 @@ class Storage:
         finally:
             if compressor:
                 compressor.close()
-        return Artifact(path, gz_path, size, digest.hexdigest(), spec.records)
+        return Artifact(path, gz_path, size, digest.hexdigest(), counted.records)
 
     def _render_zip(self, job_id: str, spec: PayloadSpec) -> Artifact:
         path = self.directory / f"{job_id}.zip"
+        counted = Rendered()
         # Written as a stream (as Java's ZipOutputStream writes AC's): no seeking back,
         # so the member's CRC-32 and sizes follow its data in a data descriptor.
         with (
@@ -237,16 +248,16 @@ class Storage:
             zipfile.ZipFile(
                 _Unseekable(file), "w", zipfile.ZIP_DEFLATED, compresslevel=1
             ) as archive,
-            archive.open(f"{spec.type}.jsonl", "w", force_zip64=True) as member,
+            archive.open(ZIP_MEMBER, "w", force_zip64=True) as member,
         ):
-            for block in iter_blocks(spec):
+            for block in iter_blocks(spec, counted):
                 member.write(block)
         digest = hashlib.sha256()
         with path.open("rb") as stored:
             while chunk := stored.read(1 << 20):
                 digest.update(chunk)
         # Already compressed: no gzip sibling.
-        return Artifact(path, None, path.stat().st_size, digest.hexdigest(), spec.records)
+        return Artifact(path, None, path.stat().st_size, digest.hexdigest(), counted.records)
 
     def discard(self, artifact: Artifact) -> None:
         for path in (artifact.path, artifact.gzip_path):
@@ -271,6 +282,10 @@ class QueueSettings:
     # The share of page windows whose aggregates AC recomputed when they are exported
     # again after the first export's data expired (late events settled).
     restate_rate: float = 0.0
+    legacy_properties: bool = False  # events carry the older ``properties`` array
+    # AC's worker runs every ``tick_s`` and then processes the pending tasks one after
+    # another; a task created meanwhile waits for the next tick. 0: no ticks.
+    tick_s: float = 0.0
 
 
 class ExportQueue:
@@ -286,10 +301,12 @@ class ExportQueue:
         self.settings = settings
         self.storage = storage
         self.clock = clock
-        self.workspaces = {name: Workspace(name) for name in workspaces}
+        self.workspaces = {name: Workspace(name, tick_s=settings.tick_s) for name in workspaces}
         self.jobs_by_id: dict[str, Job] = {}
 
     def records_for(self, from_ms: int, to_ms: int) -> int:
+        """The records of a range (with ``records_per_day``, events' as an estimate:
+        the processing time is a guess at AC's anyway)."""
         if self.settings.records_per_day is None:
             return self.settings.records
         return round(self.settings.records_per_day * (to_ms - from_ms + 1) / 86_400_000)
@@ -342,7 +359,17 @@ class ExportQueue:
         s = self.settings
         records = self.records_for(from_ms, to_ms)
         spec = PayloadSpec(
-            ws.name, type_, from_ms, to_ms, records, s.seed, s.format, revision=revision
+            ws.name,
+            type_,
+            from_ms,
+            to_ms,
+            records,
+            s.seed,
+            s.format,
+            revision=revision,
+            records_per_day=s.records_per_day,
+            as_of_ms=int(now * 1000),
+            legacy_properties=s.legacy_properties,
         )
         job_id = uuid.uuid4().hex
         processing = s.processing_s + s.processing_per_1000_s * records / 1000
