@@ -273,3 +273,28 @@ async def test_ten_nightly_runs_of_every_type_against_acs_engine(
     assert 24 * 10 + 2 <= len(people) <= 24 * 10 + 3
     changed = [p for p in people if p["modifiedDate"][:10] > p["createDate"][:10]]
     assert len(changed) > len(people) // 10
+
+
+async def test_acs_worker_tick_is_honoured_with_few_requests(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 22 item 5/6: AC's worker starts exports only at its ticks (here every
+    second instead of 5 minutes). acexport submits the next export as the last one is
+    ready, each costs a tick, and its polls learn that: after the first, few requests
+    per export; never two exports waiting on AC at once."""
+    emu = await emulator(tokens={"acme": "acme-token"}, tick_s=1.0, processing_s=0.05, records=5)
+    jobs = job("h", "acme", types=["page"], window="1h", catch_up="5h", lag="0s")
+    config = write_config(tmp_path, emu, jobs)
+    config.write_text(config.read_text().replace('poll_initial = "50ms"', 'poll_initial = "100ms"')
+                      .replace('poll_max = "150ms"', 'poll_max = "1s"'))  # fmt: skip
+    daemon = await DaemonProcess.start(config, "--once")
+    assert await daemon.wait(60) == 0
+
+    report = await emu.jobs()
+    jobs_ = sorted(report["jobs"], key=lambda j: j["timeline"]["created"])
+    assert len(jobs_) == 5
+    assert all(j["timeline"]["started"] % 1.0 == pytest.approx(0.0, abs=1e-6) for j in jobs_)
+    assert report["workspaces"]["acme"]["max_unready"] == 1
+    later = [j["requests"] for j in jobs_[1:]]
+    # Measured: 2 each (one status, one download); a fixed 100 ms poll asks ~10 a tick.
+    assert max(later) <= 4, later
