@@ -60,6 +60,13 @@ def test_check_config_shows_next_looks_and_due_windows(tmp_path: Path) -> None:
     assert "individual  snapshot: an entity table AC filters by createDate" in result.stdout
     assert "snapshots: the newest 7 kept of each type" in result.stdout
 
+    config.write_text(config.read_text().replace('catch_up = "3d"', 'catch_up = "60d"')
+                      .replace('timezone = "Europe/Berlin"', 'timezone = "Europe/Berlin"\n'
+                               'retention = 1'))  # fmt: skip
+    result = acexport("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "window(s) of the catch-up start before AC's retention (1 months" in result.stdout
+
 
 @pytest.mark.slow
 async def test_status_reports_done_and_failed_windows(

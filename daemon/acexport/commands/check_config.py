@@ -13,6 +13,7 @@ from ..ledger_schema import LedgerState
 from ..output.open import open_store
 from ..planner import due_windows
 from ..protocol import ExportMode
+from ..retention import retention_start
 from ..triggers import next_looks
 from . import ExitCode
 from .common import exit_code_of, load
@@ -48,6 +49,15 @@ def _report(settings: Settings, path: Path) -> None:
         if not job.window_types:
             continue
         windows = due_windows(job, zone, now)
+        ws = settings.workspaces[job.workspace]
+        earliest = retention_start(now, ws.retention, zone)
+        beyond = [w for w in windows if w.start < earliest]
+        windows = [w for w in windows if w.start >= earliest]
+        if beyond:
+            print(
+                f"  {len(beyond)} window(s) of the catch-up start before AC's retention "
+                f"({ws.retention} months: data from {earliest.date()} on): never asked for"
+            )
         todo = [
             (t, w)
             for w in windows
