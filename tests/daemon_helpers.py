@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -163,3 +164,34 @@ async def export_server(
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+async def run_cli(
+    *args: str, env: dict[str, str] | None = None, fsize_limit: int | None = None
+) -> tuple[int, bytes, str]:
+    """``acexport ARGS`` in a subprocess: exit code, stdout, stderr (under a file-size
+    limit if given); a token in ACME_TOKEN and quick polling for configless runs."""
+
+    def limit() -> None:
+        if fsize_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "acexport",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        # Without a config file, polling would start at the 15 s default.
+        env={
+            **os.environ,
+            "ACME_TOKEN": "acme-token",
+            "ACEXPORT_HTTP__POLL_INITIAL": "100ms",
+            **(env or {}),
+        },
+        preexec_fn=limit,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, stdout, stderr.decode()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EmulatorFactory, RunningEmulator
+from tests.daemon_helpers import run_cli
 
 # Every test here runs processes (or a real store) for seconds: not in the quick loop.
 pytestmark = pytest.mark.slow
@@ -43,35 +43,6 @@ timezone = "Europe/Berlin"
 """
     )
     return config
-
-
-async def run_cli(
-    *args: str, env: dict[str, str] | None = None, fsize_limit: int | None = None
-) -> tuple[int, bytes, str]:
-
-    def limit() -> None:
-        if fsize_limit is not None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
-
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "acexport",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        # Without a config file, polling would start at the 15 s default.
-        env={
-            **os.environ,
-            "ACME_TOKEN": "acme-token",
-            "ACEXPORT_HTTP__POLL_INITIAL": "100ms",
-            **(env or {}),
-        },
-        preexec_fn=limit,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, stdout, stderr.decode()
 
 
 async def test_export_into_the_configured_layout(emulator: EmulatorFactory, tmp_path: Path) -> None:
