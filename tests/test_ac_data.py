@@ -9,6 +9,7 @@ import signal
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from structlog.testing import capture_logs
@@ -290,3 +291,51 @@ async def test_acs_worker_tick_is_honoured_with_few_requests(
     # about 10 times per tick.
     assert later[len(later) // 2] <= 3, later
     assert later[-1] <= 8, later
+
+
+async def test_pruning_removes_what_a_crash_mid_prune_left_but_not_a_commit_under_way(
+    tmp_path: Path,
+) -> None:
+    """A prune deletes a snapshot's manifest, then its file: a kill between the two
+    left a file outside any manifest, forever. The next prune removes such files that
+    sort before the oldest kept snapshot; a newer file without its manifest yet (a
+    commit under way) stays. Empty snapshot directories go too."""
+    from acexport.config import OutputSettings
+    from acexport.output.layout import OutputLayout
+    from acexport.output.local import LocalStore
+    from acexport.output.manifest import manifest_key
+    from acexport.output.snapshots import prune_snapshots, stored_snapshots
+    from acexport.protocol import ExportMode
+    from acexport.windows import ExportWindow
+
+    store = LocalStore(tmp_path / "out", tmp_path / "tmp")
+    layout = OutputLayout.from_settings(OutputSettings())
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+
+    def put(day: int, *, with_manifest: bool) -> Path:
+        window = ExportWindow(start, datetime(2026, 1, day, tzinfo=UTC))
+        key = layout.key_for("acme", "individual", "j", window, mode=ExportMode.SNAPSHOT)
+        path = tmp_path / "out" / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * day)
+        if with_manifest:
+            (tmp_path / "out" / manifest_key(key)).write_text(json.dumps({
+                "manifest_version": 2, "workspace": "acme", "type": "individual",
+                "mode": "snapshot", "fromDate": window.from_date, "toDate": window.to_date,
+                "file_bytes": day}))  # fmt: skip
+        return path
+
+    leftover = put(1, with_manifest=False)
+    oldest, kept_a, kept_b = (put(day, with_manifest=True) for day in (2, 3, 4))
+    under_way = put(5, with_manifest=False)
+    stored = await stored_snapshots(store, layout, "acme", "individual", "j", ZoneInfo("UTC"))
+    assert len(stored) == 3
+
+    prefix = layout.snapshot_prefix("acme", "individual", "j")
+    pruned, leftovers = await prune_snapshots(store, layout, prefix, stored, keep=2)
+
+    assert [p.key.name for p in pruned] == [oldest.name]
+    assert leftovers == 1
+    gone = [leftover, leftover.parent, oldest, oldest.parent]
+    assert [p for p in gone if p.exists()] == []
+    assert all(p.exists() for p in (kept_a, kept_b, under_way))

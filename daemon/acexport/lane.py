@@ -303,20 +303,24 @@ class Lane:
             return
         store = self.ctx.sink.store
         layout = OutputLayout.from_settings(settings.output)
+        prefix = layout.snapshot_prefix(record.workspace, record.type, record.job)
         try:
             stored = await stored_snapshots(
                 store, layout, record.workspace, record.type, record.job, zone
             )
-            pruned = await prune_snapshots(store, stored, job.keep_snapshots)
+            pruned, leftovers = await prune_snapshots(
+                store, layout, prefix, stored, job.keep_snapshots
+            )
         except (StoreUnavailable, StoreRejected, SinkError) as exc:
             log.warning("snapshots_not_pruned", error=str(exc), detail="the next one prunes")
             return
-        if pruned:
+        if pruned or leftovers:
             log.info(
                 "snapshots_pruned",
                 count=len(pruned),
                 kept=job.keep_snapshots,
-                newest_pruned=pruned[-1].as_of.isoformat(),
+                newest_pruned=pruned[-1].as_of.isoformat() if pruned else None,
+                leftovers_removed=leftovers,
             )
 
     async def _run_export(

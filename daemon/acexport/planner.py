@@ -127,6 +127,7 @@ class Planner:
         self._settings = settings
         self._clock = clock
         self._listed: set[str] = set()  # jobs whose windows were looked for in the store
+        self._snapshots_listed: set[str] = set()  # ... and whose snapshots were
 
     def due(self, job: JobSettings) -> list[ExportWindow]:
         """The job's windows due now."""
@@ -136,10 +137,10 @@ class Planner:
         """Plan the job's due windows and snapshots; the store is listed once per job
         (at start, or when a reload changes it): afterwards this daemon is what writes
         its files."""
-        look_in_store = _key(job) not in self._listed
-        look = await self.plan(job, self.due(job), look_in_store=look_in_store)
+        key = _key(job)
+        look = await self.plan(job, self.due(job), look_in_store=key not in self._listed)
         restated = await self._restate(job)
-        snapshots = await self._plan_snapshots(job, look_in_store=look_in_store)
+        snapshots = await self._plan_snapshots(job, look_in_store=key not in self._snapshots_listed)
         extra = restated + snapshots
         return replace(look, due=look.due + len(extra), records=look.records + extra)
 
@@ -207,6 +208,7 @@ class Planner:
             return []
         period = schedule_period(job.trigger(zone), now)
         records = []
+        listed = True
         for type_ in job.snapshot_types:
             rows = await self._ledger.snapshots(job.name, job.workspace, type_)
             active = [r for r in rows if r.state in ACTIVE]
@@ -215,12 +217,18 @@ class Planner:
                 continue
             newest = max((r.end for r in rows if r.state is LedgerState.DONE), default=None)
             if look_in_store:
-                newest = await self._adopt_newest_snapshot(job, type_, zone, newest)
+                try:
+                    newest = await self._adopt_newest_snapshot(job, type_, zone, newest)
+                except (StoreRejected, StoreUnavailable) as exc:
+                    log.warning("output_store_not_listed", job=job.name, error=str(exc))
+                    listed = False
             if newest is None or snapshot_due(newest, as_of, period):
                 window = ExportWindow(start, as_of, zone)
                 records.append(
                     await self._ledger.plan_snapshot(job.name, job.workspace, type_, window)
                 )
+        if look_in_store and listed:
+            self._snapshots_listed.add(_key(job))
         return records
 
     async def _adopt_newest_snapshot(
@@ -229,13 +237,7 @@ class Planner:
         """The newest snapshot's as-of time, the store's if it is newer than the
         ledger's (then recorded done: a lost state dir takes no extra snapshot)."""
         layout = OutputLayout.from_settings(self._settings().output)
-        try:
-            stored = await stored_snapshots(
-                self._store, layout, job.workspace, type_, job.name, zone
-            )
-        except (StoreRejected, StoreUnavailable) as exc:
-            log.warning("output_store_not_listed", job=job.name, error=str(exc))
-            return newest
+        stored = await stored_snapshots(self._store, layout, job.workspace, type_, job.name, zone)
         if not stored or (newest is not None and stored[-1].as_of <= newest):
             return newest
         last = stored[-1]

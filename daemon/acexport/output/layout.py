@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import string
 from dataclasses import dataclass
@@ -77,6 +78,29 @@ class OutputLayout:
 
 
 @functools.lru_cache(maxsize=64)
+def sorts_by_time(template: str) -> bool:
+    """Whether ``template`` renders later as-of times to later-sorting keys (the
+    default snapshot path does: ``snapshot=%Y%m%dT%H%M%S``)."""
+    return _sorts_by_time(template)
+
+
+@functools.lru_cache(maxsize=64)
+def _sorts_by_time(template: str) -> bool:
+    start = datetime(2099, 12, 31, 23, 59, 58, tzinfo=UTC)
+    instants = [
+        datetime(1999, 9, 9, 9, 9, 9, tzinfo=UTC),
+        datetime(1999, 9, 9, 9, 9, 10, tzinfo=UTC),
+        datetime(1999, 9, 9, 9, 10, 0, tzinfo=UTC),
+        datetime(1999, 9, 9, 10, 0, 0, tzinfo=UTC),
+        datetime(1999, 9, 10, tzinfo=UTC),
+        datetime(1999, 10, 1, tzinfo=UTC),
+        datetime(2000, 1, 1, tzinfo=UTC),
+        start,
+    ]
+    keys = [str(render_path(template, "w", "t", "j", start, when)) for when in instants]
+    return all(a < b for a, b in itertools.pairwise(keys))
+
+
 def _pattern(template: str) -> re.Pattern[str]:
     parts = [
         re.escape(literal) + (".+" if field is not None else "")

@@ -69,9 +69,12 @@ class LocalStore:
         return 0
 
     async def stored_under(self, prefix: str) -> dict[PurePosixPath, int]:
-        return await asyncio.to_thread(self._stored_under, prefix)
+        return with_manifests(await self.listed_under(prefix), prefix)
 
-    def _stored_under(self, prefix: str) -> dict[PurePosixPath, int]:
+    async def listed_under(self, prefix: str) -> dict[str, int]:
+        return await asyncio.to_thread(self._listed_under, prefix)
+
+    def _listed_under(self, prefix: str) -> dict[str, int]:
         top = PurePosixPath(prefix).parent if "/" in prefix else PurePosixPath()
         start = self.root / top
         sizes: dict[str, int] = {}
@@ -82,7 +85,7 @@ class LocalStore:
                 with contextlib.suppress(OSError):  # gone meanwhile
                     stat = (Path(directory) / name).lstat()
                     sizes[str(relative / name)] = stat.st_size
-        return with_manifests(sizes, prefix)
+        return {name: size for name, size in sizes.items() if name.startswith(prefix)}
 
     async def read_small(self, key: PurePosixPath) -> bytes | None:
         return await asyncio.to_thread(self._read_small, key)

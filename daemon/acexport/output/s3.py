@@ -304,6 +304,9 @@ class S3Store:
             log.warning("s3_abort_failed", key=key, error=str(exc))
 
     async def stored_under(self, prefix: str) -> dict[PurePosixPath, int]:
+        return with_manifests(await self.listed_under(prefix), prefix)
+
+    async def listed_under(self, prefix: str) -> dict[str, int]:
         t, sizes = self.target, dict[str, int]()
         paginator = self._client.get_paginator("list_objects_v2")
 
@@ -313,7 +316,7 @@ class S3Store:
                     sizes[item["Key"][len(t.prefix) :]] = int(item["Size"])
 
         await self._call("listing", list_all)
-        return with_manifests(sizes, prefix)
+        return sizes
 
     async def read_small(self, key: PurePosixPath) -> bytes | None:
         async def get() -> bytes | None:

@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo
 
 from ..protocol import ExportMode
 from ..windows import ExportWindow
-from .layout import OutputLayout
-from .manifest import check_stored, manifest_key
+from .layout import OutputLayout, sorts_by_time
+from .manifest import MANIFEST_SUFFIX, check_stored, manifest_key
 from .store import OutputStore
 
 _READS_AT_ONCE = 8
@@ -91,11 +91,40 @@ def _snapshot_window(text: bytes | None, zone: ZoneInfo) -> ExportWindow | None:
 
 
 async def prune_snapshots(
-    store: OutputStore, snapshots: list[StoredSnapshot], keep: int
-) -> list[StoredSnapshot]:
-    """Delete all but the newest ``keep`` of ``snapshots`` (oldest first); the deleted."""
+    store: OutputStore,
+    layout: OutputLayout,
+    prefix: str,
+    snapshots: list[StoredSnapshot],
+    keep: int,
+) -> tuple[list[StoredSnapshot], int]:
+    """Delete all but the newest ``keep`` of ``snapshots`` (oldest first): the deleted,
+    and how many files a crash mid-prune had left without their manifest."""
     old = snapshots[: max(0, len(snapshots) - keep)]
     for snapshot in old:
         await store.delete(manifest_key(snapshot.key))  # first: no longer believed
         await store.delete(snapshot.key)
-    return old
+    kept = snapshots[len(old) :]
+    return old, await _delete_leftovers(store, layout, prefix, kept)
+
+
+async def _delete_leftovers(
+    store: OutputStore, layout: OutputLayout, prefix: str, kept: list[StoredSnapshot]
+) -> int:
+    """Snapshot files without a manifest that sort before the oldest kept snapshot: a
+    prune stopped between its two deletes left them. Only when the path template
+    sorts by time, so a snapshot being committed (the newest) is never one of them."""
+    if not kept or not sorts_by_time(layout.snapshot_template):
+        return 0
+    listed = await store.listed_under(prefix)
+    oldest = str(kept[0].key)
+    leftovers = [
+        name
+        for name in listed
+        if not name.endswith(MANIFEST_SUFFIX)
+        and name + MANIFEST_SUFFIX not in listed
+        and name < oldest
+        and layout.could_be_key(name, ExportMode.SNAPSHOT)
+    ]
+    for name in leftovers:
+        await store.delete(PurePosixPath(name))
+    return len(leftovers)

@@ -58,6 +58,10 @@ class OutputStore(Protocol):
         with the data file's size (a listing gives it: no request per file)."""
         ...
 
+    async def listed_under(self, prefix: str) -> dict[str, int]:
+        """Every key under ``prefix`` (data, manifests, leftovers), with its size."""
+        ...
+
     async def read_small(self, key: PurePosixPath) -> bytes | None:
         """A small object (a manifest, the owner marker); None if there is none."""
         ...
