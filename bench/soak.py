@@ -7,10 +7,13 @@ short download window), queues a fixed set
 of windows with `acexport backfill`, then keeps `acexport run` going while at
 random moments it is sent SIGKILL, SIGTERM or SIGHUP, restarted under a tiny
 file-size limit (disk full), or has one workspace's token revoked and restored.
-At the end it exports what is left and checks, against the emulator's own
-record of what it served: every window exactly once, right sha256 and record
-count, no partial or temp file, never two unready exports per workspace, and
-no token in any log. One summary line; exit 0 only if nothing was lost.
+Beside each workspace's windows, a second job snapshots its entity tables every
+few seconds, keeping three. At the end it exports what is left and checks,
+against the emulator's own record of what it served: every window exactly
+once, right sha256 and record count, every snapshot one AC served whole and
+at most one more than kept per table, no partial, orphaned or temp file,
+never two unready exports per workspace, and no token in any log. One
+summary line; exit 0 only if nothing was lost.
 
     python bench/soak.py            # 12 workspaces x 6 types x 14 days = 1,008 windows
     python bench/soak.py --quick    # ~1 minute, run by the test suite
@@ -36,6 +39,9 @@ from typing import Any
 from acexport.emulator.process import EmulatorClient, running_emulator
 
 TYPES = ("event", "identity", "individual", "membership", "page", "segment")
+ENTITY_TYPES = ("identity", "individual", "membership", "segment")
+SNAPSHOT_EVERY_S = 3
+KEEP_SNAPSHOTS = 3
 
 
 def control(base: str, path: str, body: dict[str, Any]) -> None:
@@ -83,6 +89,13 @@ def write_config(work: Path, base: str, tokens: dict[str, str]) -> Path:
             # Every type in windows: the soak checks each window once, whole.
             'modes = { identity = "windows", individual = "windows", '
             'membership = "windows", segment = "windows" }',
+            # ... and the entity tables as AC's engine makes them: snapshots, pruned.
+            "[[jobs]]",
+            f'name = "{name}-entities"',
+            f'workspace = "{name}"',
+            f"types = {json.dumps(list(ENTITY_TYPES))}",
+            f'schedule = "every {SNAPSHOT_EVERY_S}s"',
+            f"keep_snapshots = {KEEP_SNAPSHOTS}",
         ]
     config = work / "acexport.toml"
     config.write_text("\n".join(lines) + "\n")
@@ -219,7 +232,8 @@ def main() -> int:
         exports = work / "exports"
         # Chaos for as long as there is work left (or until the deadline).
         while time.monotonic() < deadline and (
-            not exports.exists() or len(list(exports.rglob("*.manifest.json"))) < expected_count
+            not exports.exists()
+            or len(list(exports.glob("*/*/date=*/*.manifest.json"))) < expected_count
         ):
             time.sleep(rng.uniform(0.3, 1.5) if not args.quick else rng.uniform(0.5, 3.0))
             action = rng.choices(
@@ -258,6 +272,9 @@ def main() -> int:
             codes = backfill_every_job(config, tokens, args.days, log)
             if not any(codes):
                 break
+        # One more snapshot of each entity table, pruning after it: a kill in the middle
+        # of the last prune of a type left a file only the next prune removes.
+        run_cli("run", "--once", "--config", str(config), log=log)
         report = jobs_report(base)
         # Kept with the work directory: which jobs overlapped, when, after what.
         (work / "emulator-report.json").write_text(json.dumps(report, indent=1))
@@ -265,10 +282,27 @@ def main() -> int:
 
     # -- verification against the emulator's record of what it served --
     served: dict[tuple[str, str, str], dict[str, Any]] = {}
+    by_range: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     for job in report["jobs"]:
         if job["sha256"] is not None:
             served.setdefault((job["workspace"], job["type"], job["fromDate"]), job)
-    manifests = [json.loads(p.read_text()) for p in (work / "exports").rglob("*.manifest.json")]
+            key = (job["workspace"], job["type"], job["fromDate"], job["toDate"])
+            by_range.setdefault(key, job)
+    every = [json.loads(p.read_text()) for p in (work / "exports").rglob("*.manifest.json")]
+    manifests = [m for m in every if m.get("mode", "windows") == "windows"]
+    snapshots = [m for m in every if m.get("mode") == "snapshot"]
+    snapshot_counts = Counter((m["workspace"], m["type"]) for m in snapshots)
+    # Each a snapshot AC served whole; each entity table has one, at most one more than
+    # kept (a kill between a commit and its prune).
+    snapshots_wrong = sum(
+        (job := by_range.get((m["workspace"], m["type"], m["fromDate"], m["toDate"]))) is None
+        or (m["payload_sha256"], m["records"]) != (job["sha256"], job["records"])
+        for m in snapshots
+    ) + sum(
+        not 1 <= snapshot_counts[(ws, t)] <= KEEP_SNAPSHOTS + 1
+        for ws in tokens
+        for t in ENTITY_TYPES
+    )
     keys = Counter((m["workspace"], m["type"], m["fromDate"]) for m in manifests)
     expected = {
         (ws, t, f"2022-01-{day:02d}T00:00:00.000Z")
@@ -317,13 +351,15 @@ def main() -> int:
         or orphans
         or temp_left
         or max_unready > 1
+        or snapshots_wrong
     )
     print(
         f"soak: windows={len(expected)} exports={len(manifests)} "
         f"faults={dict(sorted(faults.items()))} injected={dict(sorted(injected.items()))} "
         f"restarts={injected['restarts']} lost={lost} duplicated={duplicated} "
         f"corrupted={corrupted} leaks={leaks} partial={len(partial) + len(orphans)} "
-        f"temp_left={len(temp_left)} max_unready={max_unready} seconds={elapsed:.0f} "
+        f"temp_left={len(temp_left)} max_unready={max_unready} snapshots={len(snapshots)} "
+        f"snapshots_wrong={snapshots_wrong} seconds={elapsed:.0f} "
         f"{'OK' if ok else 'FAILED'}"
     )
     if not ok or args.keep:
