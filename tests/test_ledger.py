@@ -319,3 +319,15 @@ async def test_a_thousand_jobs_planned_at_once_share_the_ledger(ledger: Ledger) 
     counts = await asyncio.gather(*(look(n) for n in range(1000)))
     assert counts == [4 + 1] * 1000  # four queued, then one of them found done
     assert len(await ledger.active()) == 3000
+
+
+async def test_a_snapshot_waits_behind_the_windows_queued_before_it(ledger: Ledger) -> None:
+    """A snapshot starts where every snapshot starts (the retention's edge): sorted by
+    its start it went before every window at each restart, and snapshots every few
+    seconds starved a backfill (the soak did 13 of 1,008 windows in 9 minutes). It
+    is as old as its as-of time."""
+    windows = await ledger.plan("j", "acme", ["page"], [DAY1, DAY2])
+    snapshot = await ledger.plan_snapshot(
+        "s", "acme", "individual", ExportWindow(DAY1.start - timedelta(days=400), DAY2.end)
+    )
+    assert [r.id for r in await ledger.active()] == [w.id for w in windows] + [snapshot.id]

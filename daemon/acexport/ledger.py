@@ -210,11 +210,16 @@ class Ledger:
 
     @_state_errors
     async def active(self) -> list[ExportRecord]:
-        """Rows still to finish: ready first, then submitted, then queued, oldest first."""
+        """Rows still to finish: ready first, then submitted, then queued, oldest first.
+
+        A snapshot is as old as its as-of time (its start is where every snapshot
+        starts): it waits behind the windows queued before it, so frequent snapshots
+        cannot starve a catch-up of the lane.
+        """
         return await self._all(
             "SELECT * FROM exports WHERE state IN ('queued', 'submitted', 'ready') ORDER BY "
             "CASE state WHEN 'ready' THEN 0 WHEN 'submitted' THEN 1 ELSE 2 END, "
-            "window_start, id"
+            "CASE mode WHEN 'snapshot' THEN window_end ELSE window_start END, id"
         )
 
     @_state_errors
