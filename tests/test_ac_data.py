@@ -121,6 +121,8 @@ async def test_entity_snapshots_end_to_end_with_pruning(
     await daemon.wait_for(lambda: snapshots_made() >= 8, timeout=60)
     daemon.send(signal.SIGTERM)
     assert await daemon.wait() == 0
+    done = [e for e in daemon.events("export_done") if e["type"] == "segment"]
+    assert len({e["as_of"] for e in done}) == len(done) >= 3  # which snapshot, in each line
 
     out = tmp_path / "exports" / "workspace=acme"
     for type_ in snapshot_types:

@@ -201,12 +201,15 @@ class Lane:
         hold = _SlotHold(self._slot, holds_slot)
         try:
             # Every event about this export names it, the failure too (design section 7).
+            # A snapshot's start is every snapshot's: its as-of time says which one.
+            snapshot = {"as_of": iso_ms(record.end)} if record.mode is ExportMode.SNAPSHOT else {}
             with structlog.contextvars.bound_contextvars(
                 job=record.job,
                 lane=self.key,
                 workspace=record.workspace,
                 type=record.type,
                 window=iso_ms(record.start),
+                **snapshot,
             ):
                 try:
                     await self._export(record, hold)
