@@ -1,11 +1,14 @@
-"""What is due: the windows of a job, minus what the output store already holds.
+"""What is due: a job's windows, restatements and snapshots, minus what is done.
 
 ``due_windows`` is pure arithmetic on a job's settings and the time. A
 ``Planner`` turns a look at a job into ledger rows: it asks the output store
 once per job (the truth: README, "Output") which due windows are already
 there, marks those its manifests prove done, queues again the ones the ledger
-calls done but the store lacks, and records the rest as queued. Looking twice
-changes nothing. Queueing rows into lanes is the daemon's business.
+calls done but the store lacks, records windows before AC's retention as such
+(never asked for), and queues the rest; then the windows now ``restate`` old,
+and a snapshot of each entity table unless one is under way or the newest is
+younger than the schedule's period. Looking twice changes nothing. Queueing
+rows into lanes is the daemon's business.
 """
 
 from __future__ import annotations
