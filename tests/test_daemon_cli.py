@@ -149,6 +149,29 @@ def test_unusable_state_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_listen_port_in_use_is_a_temporary_failure_not_a_config_error(tmp_path: Path) -> None:
+    """Issue 25 item 5: the port held by another process (the previous instance still
+    stopping) exited 78, which systemd's RestartPreventExitStatus=78 never restarts.
+    It is EX_TEMPFAIL (75), restarted; an address that cannot be bound stays 78."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = _run_once_config(tmp_path)
+        config.write_text(config.read_text().replace('listen = ""', f'listen = "127.0.0.1:{port}"'))
+        result = acexport("run", "--once", "--config", str(config))
+    assert result.returncode == 75, result.stderr
+    assert f"daemon.listen: 127.0.0.1:{port} is in use by another process" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    config.write_text(config.read_text().replace(f"127.0.0.1:{port}", "192.0.2.1:9464"))
+    result = acexport("run", "--once", "--config", str(config))
+    assert result.returncode == 78, result.stderr
+    assert "daemon.listen: cannot listen on 192.0.2.1:9464" in result.stderr
+
+
 def test_allocator_settings_yield_to_the_operators_environment(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """acexport tunes glibc's malloc, but a MALLOC_* variable the operator set wins."""
     import ctypes

@@ -1,6 +1,7 @@
 """The error hierarchy: each class says who must act, and is handled in one place.
 
 - ``ConfigError``: the operator must fix the configuration (exit 78).
+- ``TemporaryFailure``: busy now, worth starting again later (exit 75).
 - ``AuthError``: a human must renew a token; retrying in a loop cannot help.
 - ``RemoteRejected``: AC refused the request itself (400/404): a bug or bad input;
   ``BeyondRetention`` when the range starts before the workspace's data retention
@@ -26,6 +27,11 @@ class AcexportError(Exception):
 
 class ConfigError(AcexportError):
     """The configuration (file, environment or flags) is invalid."""
+
+
+class TemporaryFailure(AcexportError):
+    """A resource the process needs is busy now (the listen port in use during a
+    restart): exit 75, EX_TEMPFAIL, so a supervisor tries again."""
 
 
 class AuthError(AcexportError):

@@ -16,4 +16,5 @@ class ExitCode(enum.IntEnum):
     OK = 0
     FAILED = 1  # an export failed, or the state (lock, ledger) is unusable
     USAGE = 2
+    TEMPFAIL = 75  # sysexits EX_TEMPFAIL: busy now (the listen port in use); restart later
     CONFIG = 78  # sysexits EX_CONFIG: systemd's RestartPreventExitStatus= stops a restart loop

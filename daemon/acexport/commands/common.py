@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from ..config import Settings, find_config, load_settings, resolve_tokens, secret_warnings
-from ..errors import AcexportError, ConfigError, StoreRejected
+from ..errors import AcexportError, ConfigError, StoreRejected, TemporaryFailure
 from ..ops.logging import configure_logging, register_secret
 from . import ExitCode
 
@@ -55,6 +55,9 @@ def exit_code_of(command: str, body: Callable[[], int]) -> int:
     except UsageError as exc:
         print(f"acexport {command}: {exc}", file=sys.stderr)
         return ExitCode.USAGE
+    except TemporaryFailure as exc:
+        print(f"acexport: {exc}", file=sys.stderr)
+        return ExitCode.TEMPFAIL
     except (ConfigError, StoreRejected) as exc:
         # A refusing output store (no bucket, no access) is the config's to fix too.
         print(f"acexport: configuration error: {exc}", file=sys.stderr)

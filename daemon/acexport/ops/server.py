@@ -12,6 +12,7 @@ is logged at most once a minute instead of in a tight loop.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import resource
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TemporaryFailure
 from .health import Health
 from .metrics import Metrics
 
@@ -208,6 +209,12 @@ class HealthServer:
                 GuardedFactory(runner.server, cap), host, int(port), backlog=128
             )
         except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                # Most often the previous instance, still stopping: a restart soon works.
+                raise TemporaryFailure(
+                    f"daemon.listen: {self._listen} is in use by another process "
+                    "(exit 75: try again later)"
+                ) from None
             raise ConfigError(
                 f"daemon.listen: cannot listen on {self._listen}: {exc.strerror}"
             ) from None
