@@ -149,6 +149,27 @@ def test_unusable_state_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_check_config_offline_validates_without_the_secrets(tmp_path: Path) -> None:
+    """Issue 25 item 8: a config whose token file exists only where the service runs
+    (/run/credentials/...) failed check-config in CI and image builds; --offline checks
+    everything else, and still refuses a bad job."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path}/state"\n[workspaces.acme]\n'
+        'token_file = "/run/credentials/acexport.service/acme"\n'
+        '[[jobs]]\nname = "nightly"\nworkspace = "acme"\n'
+    )
+    online = acexport("check-config", "--config", str(config))
+    assert online.returncode == 78
+    assert "cannot read token_file /run/credentials/acexport.service/acme" in online.stderr
+    offline = acexport("check-config", "--offline", "--config", str(config))
+    assert offline.returncode == 0, offline.stderr
+    assert "job nightly of acme" in offline.stdout
+    assert "offline: token files and output credentials were not read" in offline.stdout
+    config.write_text(config.read_text() + 'window = "7h"\n')
+    assert acexport("check-config", "--offline", "--config", str(config)).returncode == 78
+
+
 def test_a_listen_port_in_use_is_a_temporary_failure_not_a_config_error(tmp_path: Path) -> None:
     """Issue 25 item 5: the port held by another process (the previous instance still
     stopping) exited 78, which systemd's RestartPreventExitStatus=78 never restarts.

@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate the config; show next looks")
     _add_config_argument(check)
+    check.add_argument(
+        "--offline",
+        action="store_true",
+        help="check all but the secrets (token files, S3 credentials: they may exist only "
+        "where the service runs, e.g. /run/credentials): for CI and image builds",
+    )
     export = commands.add_parser(
         "export", help="export one ad-hoc range (polls, streams, verifies, commits)"
     )

@@ -22,10 +22,14 @@ from .common import exit_code_of, load
 def main(args: argparse.Namespace) -> int:
     def body() -> int:
         settings, path = load(args.config)
-        resolve_tokens(settings, str(path))
-        # The output's credential files are read (a missing one is an error), no request made.
-        open_store(settings, settings.daemon.state_dir / "tmp")
+        if not args.offline:
+            resolve_tokens(settings, str(path))
+            # The output's credential files are read (a missing one is an error), no
+            # request made.
+            open_store(settings, settings.daemon.state_dir / "tmp")
         _report(settings, path)
+        if args.offline:
+            print("\n(offline: token files and output credentials were not read)")
         return ExitCode.OK
 
     return exit_code_of("check-config", body)
