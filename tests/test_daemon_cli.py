@@ -170,6 +170,30 @@ def test_check_config_offline_validates_without_the_secrets(tmp_path: Path) -> N
     assert acexport("check-config", "--offline", "--config", str(config)).returncode == 78
 
 
+def test_queueing_a_backfill_for_a_running_daemon_reads_no_token(tmp_path: Path) -> None:
+    """Issue 24 item 6: with a daemon holding the state directory, backfill only records
+    the windows, yet it demanded every workspace's token (an unrelated one's missing
+    file: exit 78). It reads none now; without a daemon the tokens are still needed."""
+    from acexport.lock import take_lock
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path}/state"\noutput_dir = "{tmp_path}/out"\n'
+        'listen = ""\n[workspaces.acme]\ntoken_env = "HOME"\nretention = 1200\n'
+        '[workspaces.other]\ntoken_file = "/nonexistent/other-token"\n'
+        '[[jobs]]\nname = "p"\nworkspace = "acme"\ntypes = ["page"]\n'
+    )
+    args = ("backfill", "--config", str(config), "--job", "p", "--from", "2022-01-01",
+            "--to", "2022-01-03")  # fmt: skip
+    alone = acexport(*args)
+    assert alone.returncode == 78
+    assert "/nonexistent/other-token" in alone.stderr
+    with take_lock(tmp_path / "state"):
+        queued = acexport(*args)
+    assert queued.returncode == 0, queued.stderr
+    assert "queued 3 exports of job p; the running daemon" in queued.stdout
+
+
 def test_a_listen_port_in_use_is_a_temporary_failure_not_a_config_error(tmp_path: Path) -> None:
     """Issue 25 item 5: the port held by another process (the previous instance still
     stopping) exited 78, which systemd's RestartPreventExitStatus=78 never restarts.

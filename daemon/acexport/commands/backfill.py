@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ..config import JobSettings, Settings
 from ..ledger import Ledger, ledger_path
 from ..lock import lock_holder
+from ..ops.logging import configure_logging
 from ..output.open import open_store
 from ..planner import Look, Planner
 from ..scheduler import utc_now
@@ -42,7 +43,11 @@ def main(args: argparse.Namespace) -> int:
 
     def body() -> int:
         settings, path = load(args.config)
-        prepare(settings, path)
+        if lock_holder(settings.daemon.state_dir) is None:
+            prepare(settings, path)  # exported here: the tokens are needed
+        else:
+            # Only recorded for the running daemon, which holds the tokens: none is read.
+            configure_logging(settings.daemon.log_format, settings.daemon.log_level)
         job, windows = _windows(settings, path, args)
         return asyncio.run(_backfill(settings, path, job, windows))
 
