@@ -495,3 +495,20 @@ async def test_a_snapshot_in_the_store_is_adopted_not_taken_again(ledger: Ledger
     assert [r.type for r in look.records] == ["segment"]
     (adopted,) = [r for r in await ledger.all_rows() if r.state is LedgerState.DONE]
     assert (adopted.type, adopted.mode, adopted.end) == ("individual", "snapshot", window.end)
+
+
+async def test_a_failed_window_outside_the_horizon_is_retried_at_the_next_look(
+    ledger: Ledger,
+) -> None:
+    """Issue 24 item 2: a failed backfill window lies outside the catch-up horizon that
+    a look re-queues, so it stayed failed until the backfill was run again by hand."""
+    planner, job, _ = planner_for(ledger, MemoryStore())
+    old = ExportWindow(datetime(2022, 1, 1, tzinfo=UTC), datetime(2022, 1, 2, tzinfo=UTC))
+    (row,) = await ledger.plan("daily", "acme", ["page"], [old])
+    await ledger.mark_failed(row.id, "AuthError: no")
+
+    look = await planner.look(job)
+
+    (again,) = [r for r in look.records if r.id == row.id]
+    assert again.state is LedgerState.QUEUED
+    assert again.reason == "AuthError: no"  # the last error, kept while it waits

@@ -333,6 +333,19 @@ class Ledger:
         )
 
     @_state_errors
+    async def retry_failed(self, job: str, workspace: str) -> list[ExportRecord]:
+        """The job's failed windows queued again, wherever they lie (a failed backfill
+        window is outside the catch-up horizon that ``plan`` re-queues)."""
+        now = time.time()
+        return await self._all(
+            "UPDATE exports SET state = 'queued', updated_at = ? WHERE job = ? AND "
+            "workspace = ? AND state = 'failed' AND mode = 'windows' RETURNING *",
+            now,
+            job,
+            workspace,
+        )
+
+    @_state_errors
     async def restate(
         self,
         job: str,

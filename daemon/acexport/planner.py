@@ -87,6 +87,8 @@ class PlanLedger(Protocol):
 
     def snapshots(self, job: str, workspace: str, type_: str) -> Awaitable[list[ExportRecord]]: ...
 
+    def retry_failed(self, job: str, workspace: str) -> Awaitable[list[ExportRecord]]: ...
+
     def restate(
         self,
         job: str,
@@ -142,9 +144,12 @@ class Planner:
         its files."""
         key = _key(job)
         look = await self.plan(job, self.due(job), look_in_store=key not in self._listed)
+        # Failed windows outside the horizon (a backfill's) are retried as often as the
+        # others, not left failed until someone runs the backfill again.
+        retried = await self._ledger.retry_failed(job.name, job.workspace)
         restated = await self._restate(job)
         snapshots = await self._plan_snapshots(job, look_in_store=key not in self._snapshots_listed)
-        extra = restated + snapshots
+        extra = retried + restated + snapshots
         return replace(look, due=look.due + len(extra), records=look.records + extra)
 
     async def _restate(self, job: JobSettings) -> list[ExportRecord]:
