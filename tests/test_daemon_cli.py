@@ -168,6 +168,10 @@ def test_check_config_offline_validates_without_the_secrets(tmp_path: Path) -> N
     assert "offline: token files and output credentials were not read" in offline.stdout
     config.write_text(config.read_text() + 'window = "7h"\n')
     assert acexport("check-config", "--offline", "--config", str(config)).returncode == 78
+    # The shipped example reads its token from /run/credentials: offline, it passes.
+    example = Path(__file__).resolve().parent.parent / "config" / "acexport.example.toml"
+    shipped = acexport("check-config", "--offline", "--config", str(example))
+    assert shipped.returncode == 0, shipped.stderr
 
 
 def test_queueing_a_backfill_for_a_running_daemon_reads_no_token(tmp_path: Path) -> None:
