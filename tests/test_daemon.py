@@ -416,3 +416,32 @@ async def test_data_found_ready_after_a_restart_keeps_the_slot_until_downloaded(
     assert await again.wait() == 0
     assert len(manifests(tmp_path / "exports")) == 2
     assert (await emu.jobs())["workspaces"]["alpha"]["max_unready"] == 1
+
+
+async def test_a_foreground_backfill_exports_its_own_windows_and_names_the_rest(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 24 item 4: a foreground backfill ran every export the state directory had
+    queued (a 4-window backfill ran 4,365 leftovers; the bar said 12/4). It exports its
+    own windows, ends with a summary line, and says what else is pending."""
+    from acexport.ledger import read_rows
+    from acexport.ledger_schema import LedgerState
+    from acexport.lock import take_lock
+    from tests.daemon_helpers import run_cli
+
+    emu = await emulator(tokens={"alpha": "alpha-token"}, records=5)
+    config = write_config(tmp_path, emu, job("p", "alpha", types=["page"], catch_up="0s"))
+    args = ("backfill", "--config", str(config), "--job", "p")
+    with take_lock(tmp_path / "state"):  # a daemon holds it: February is only queued
+        code, _, _ = await run_cli(*args, "--from", "2022-02-01", "--to", "2022-02-03")
+    assert code == 0
+
+    code, _, err = await run_cli(*args, "--from", "2022-01-01", "--to", "2022-01-02")
+
+    assert code == 0, err
+    asked = sorted(j["fromDate"][:10] for j in (await emu.jobs())["jobs"])
+    assert asked == ["2022-01-01", "2022-01-02"]
+    assert "2 exported, 0 failed in" in err
+    assert "3 other exports are pending" in err
+    rows = await read_rows(tmp_path / "state")
+    assert sum(r.state is LedgerState.QUEUED for r in rows) == 3

@@ -72,8 +72,13 @@ class Daemon:
         config_path: Path | None,
         clock: Callable[[], datetime] = utc_now,
         reload_settings: Callable[[], Settings] | None = None,
+        *,
+        resume_queued: bool = True,
     ) -> None:
         self._settings = settings
+        # False (a foreground backfill): of the ledger's leftovers, only the exports AC
+        # works on are resumed; queued ones wait for ``run``.
+        self._resume_queued = resume_queued
         self._config_path = config_path
         # What SIGHUP reads: the config file again, unless the command layer says otherwise.
         self._reload_settings = reload_settings or (lambda: load_settings(config_path))
@@ -221,6 +226,8 @@ class Daemon:
 
     async def _resume(self) -> None:
         resumed = await self._ledger.active()
+        if not self._resume_queued:
+            resumed = [r for r in resumed if r.state is not LedgerState.QUEUED]
         self._enqueue(resumed)
         if resumed:
             log.info("exports_resumed", count=len(resumed))

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import JobSettings, Settings
-from ..ledger import Ledger, ledger_path
+from ..ledger import Ledger, ledger_path, read_rows
+from ..ledger_schema import ACTIVE
 from ..lock import lock_holder
 from ..ops.logging import configure_logging
 from ..output.open import open_store
@@ -107,13 +108,29 @@ async def _backfill(
         return ExitCode.OK
     from ..daemon import Daemon
 
-    async with Daemon(settings, path) as daemon:
+    started = time.monotonic()
+    # Its own windows only: what else the state directory has queued waits for `run`.
+    async with Daemon(settings, path, resume_queued=False) as daemon:
         handle_signals(daemon)
         look = await daemon.plan(job, windows)
         _say_beyond_retention(look)
         progress = asyncio.create_task(_show_progress(daemon, len(look.records)))
         ok = await daemon.drain()
         progress.cancel()
+    tally = daemon.tally
+    print(
+        f"\n{tally.succeeded} exported, {tally.failed} failed in {time.monotonic() - started:.0f}s",
+        file=sys.stderr,
+    )
+    mine = {r.id for r in look.records}
+    others = [r for r in await read_rows(settings.daemon.state_dir) if r.state in ACTIVE]
+    others = [r for r in others if r.id not in mine]
+    if others:
+        print(
+            f"{len(others)} other exports are pending in {settings.daemon.state_dir}: "
+            "the daemon (`acexport run`) exports them",
+            file=sys.stderr,
+        )
     return ExitCode.OK if ok and daemon.fatal_error is None else ExitCode.FAILED
 
 
