@@ -334,7 +334,8 @@ async def test_pruning_removes_what_a_crash_mid_prune_left_but_not_a_commit_unde
     assert len(stored) == 3
 
     prefix = layout.snapshot_prefix("acme", "individual", "j")
-    pruned, leftovers = await prune_snapshots(store, layout, prefix, stored, keep=2)
+    listed = await store.listed_under(prefix)
+    pruned, leftovers = await prune_snapshots(store, layout, prefix, stored, keep=2, listed=listed)
 
     assert [p.key.name for p in pruned] == [oldest.name]
     assert leftovers == 1

@@ -50,6 +50,7 @@ from .output.layout import OutputLayout
 from .output.sink import Sink
 from .output.snapshots import prune_snapshots, stored_snapshots
 from .protocol import ExportMode
+from .retention import beyond_reason
 from .serverclock import ServerClock
 from .windows import iso_ms
 
@@ -279,7 +280,7 @@ class Lane:
         earliest = await self.ctx.retention_start(record.workspace)
         if record.start >= earliest:
             return False
-        reason = f"before AC's data retention (data from {earliest.date().isoformat()} on)"
+        reason = beyond_reason(earliest)
         await asyncio.shield(self.ctx.ledger.mark_row_beyond_retention(record.id, reason))
         log.warning("export_beyond_retention", reason=reason)
         return True
@@ -308,14 +309,20 @@ class Lane:
         layout = OutputLayout.from_settings(settings.output)
         prefix = layout.snapshot_prefix(record.workspace, record.type, record.job)
         try:
+            listed = await store.listed_under(prefix)  # one listing for both steps
             stored = await stored_snapshots(
-                store, layout, record.workspace, record.type, record.job, zone
+                store, layout, record.workspace, record.type, record.job, zone, listed
             )
             pruned, leftovers = await prune_snapshots(
-                store, layout, prefix, stored, job.keep_snapshots
+                store, layout, prefix, stored, job.keep_snapshots, listed
             )
         except (StoreUnavailable, StoreRejected, SinkError) as exc:
             log.warning("snapshots_not_pruned", error=str(exc), detail="the next one prunes")
+            return
+        except Exception as exc:
+            # The snapshot is committed and recorded done: a pruning bug must not turn
+            # it into a failed export (its row would become the next snapshot's).
+            log.exception("snapshots_not_pruned", kind=type(exc).__name__)
             return
         if pruned or leftovers:
             log.info(

@@ -547,12 +547,7 @@ class Ledger:
 
     @_state_errors
     async def learn_retention(self, workspace: str, months: int) -> None:
-        await self._rows(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            f"retention_months/{workspace}",
-            str(months),
-        )
+        await self.replace_meta(f"retention_months/{workspace}", str(months))
         self._retention[workspace] = months
 
     @_state_errors
@@ -623,15 +618,30 @@ class Ledger:
 
 async def read_rows(state_dir: Path) -> list[ExportRecord]:
     """Every ledger row, read-only (a daemon may be writing); none before the first run."""
+    return await _read_only(state_dir, lambda ledger: ledger.all_rows(), [])
+
+
+async def read_learned_retention(state_dir: Path, workspaces: Iterable[str]) -> dict[str, int]:
+    """The retention (months) AC's refusals named, by workspace, read-only."""
+
+    async def learned(ledger: Ledger) -> dict[str, int]:
+        found = {ws: await ledger.learned_retention(ws) for ws in workspaces}
+        return {ws: months for ws, months in found.items() if months is not None}
+
+    return await _read_only(state_dir, learned, {})
+
+
+async def _read_only(state_dir: Path, read: Callable[[Ledger], Awaitable[T]], none: T) -> T:
+    """``read`` of the ledger opened read-only; ``none`` before the first run."""
     path = ledger_path(state_dir)
     try:
         path.stat()
     except FileNotFoundError:
-        return []
+        return none
     except OSError as exc:  # e.g. systemd's DynamicUser state dir, seen by another user
         raise StateError(f"cannot read the state database {path}: {exc.strerror}") from None
     ledger = await Ledger.open(path, readonly=True)
     try:
-        return await ledger.all_rows()
+        return await read(ledger)
     finally:
         await ledger.close()

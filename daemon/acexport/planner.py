@@ -29,7 +29,7 @@ from .output.snapshots import stored_snapshots
 from .output.store import OutputStore
 from .output.stored import StoredFile, stored_files, unproven
 from .protocol import ExportMode
-from .retention import effective_months, retention_start
+from .retention import beyond_reason, effective_months, retention_start
 from .triggers import schedule_period
 from .windows import ExportWindow, aligned_windows
 
@@ -180,7 +180,7 @@ class Planner:
         beyond = [w for w in windows if w.start < earliest]
         inside = [w for w in windows if w.start >= earliest]
         newly = await self._ledger.mark_beyond_retention(
-            job.name, job.workspace, types, beyond, _beyond_reason(earliest)
+            job.name, job.workspace, types, beyond, beyond_reason(earliest)
         )
         if look_in_store and types:
             await self.adopt(job, inside)
@@ -329,10 +329,6 @@ def snapshot_due(newest: datetime, as_of: datetime, period: timedelta | None) ->
         return True
     slack = min(period / 10, timedelta(minutes=10))
     return as_of - newest >= period - slack
-
-
-def _beyond_reason(earliest: datetime) -> str:
-    return f"before AC's data retention (data from {earliest.date().isoformat()} on)"
 
 
 def _key(job: JobSettings) -> str:

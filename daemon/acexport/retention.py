@@ -44,6 +44,11 @@ def retention_start(now: datetime, months: int, zone: ZoneInfo) -> datetime:
     return datetime.combine(edge.date() + timedelta(days=1), time(), zone)
 
 
+def beyond_reason(earliest: datetime) -> str:
+    """The ledger's reason for a window before ``earliest`` (``retention_start``)."""
+    return f"before AC's data retention (data from {earliest.date().isoformat()} on)"
+
+
 def effective_months(configured: int, learned: int | None) -> int:
     """The shorter of the configured retention and the one AC's refusal named."""
     return configured if learned is None else min(configured, learned)

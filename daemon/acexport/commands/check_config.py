@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..config import JobSettings, Settings, resolve_tokens, secret_warnings
-from ..ledger import read_rows
+from ..ledger import read_learned_retention, read_rows
 from ..ledger_schema import LedgerState
 from ..output.open import open_store
 from ..planner import due_windows
 from ..protocol import ExportMode
-from ..retention import retention_start
+from ..retention import effective_months, retention_start
 from ..triggers import next_looks
 from . import ExitCode
 from .common import exit_code_of, load
@@ -39,7 +39,7 @@ def _report(settings: Settings, path: Path) -> None:
     print(f"{path}: valid; {len(settings.workspaces)} workspace(s), {len(settings.jobs)} job(s)")
     for warning in secret_warnings(path, settings):
         print(f"warning: {warning}")
-    done = asyncio.run(_done_keys(settings))
+    done, learned = asyncio.run(_ledger_facts(settings))
     now = datetime.now(UTC)
     for job in settings.jobs:
         zone = settings.workspaces[job.workspace].zone
@@ -54,13 +54,14 @@ def _report(settings: Settings, path: Path) -> None:
             continue
         windows = due_windows(job, zone, now)
         ws = settings.workspaces[job.workspace]
-        earliest = retention_start(now, ws.retention, zone)
+        months = effective_months(ws.retention, learned.get(job.workspace))
+        earliest = retention_start(now, months, zone)
         beyond = [w for w in windows if w.start < earliest]
         windows = [w for w in windows if w.start >= earliest]
         if beyond:
             print(
                 f"  {len(beyond)} window(s) of the catch-up start before AC's retention "
-                f"({ws.retention} months: data from {earliest.date()} on): never asked for"
+                f"({months} months: data from {earliest.date()} on): never asked for"
             )
         todo = [
             (t, w)
@@ -85,10 +86,16 @@ def _why_mode(job: JobSettings, type_: str) -> str:
     return "snapshot: an entity table AC filters by createDate; windows would miss updates"
 
 
-async def _done_keys(settings: Settings) -> set[tuple[str, str, str, str]]:
-    rows = await read_rows(settings.daemon.state_dir)
-    return {
+async def _ledger_facts(
+    settings: Settings,
+) -> tuple[set[tuple[str, str, str, str]], dict[str, int]]:
+    """The windows done, and the retention AC named per workspace (the daemon plans
+    by the shorter of that and the configured one)."""
+    state_dir = settings.daemon.state_dir
+    rows = await read_rows(state_dir)
+    done = {
         (r.workspace, r.type, r.window().from_date, r.window().to_date)
         for r in rows
         if r.state is LedgerState.DONE
     }
+    return done, await read_learned_retention(state_dir, settings.workspaces)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import html
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
@@ -93,6 +93,10 @@ def build_view(
 ) -> StatusView:
     """The page's content: each job's due windows, by type, in the ledger's words."""
     by_key = {(r.job, r.type, r.start): r for r in rows if r.mode is ExportMode.WINDOWS}
+    snapshot_rows: dict[tuple[str, str], list[ExportRecord]] = defaultdict(list)
+    for r in rows:
+        if r.mode is ExportMode.SNAPSHOT:
+            snapshot_rows[(r.job, r.type)].append(r)
     jobs = []
     for job in settings.jobs:
         zone = settings.workspaces[job.workspace].zone
@@ -102,7 +106,10 @@ def build_view(
             for type_ in job.window_types
         }
         headings = [w.local_start.isoformat() for w in windows]
-        snapshots = [_snapshot_view(job.name, str(t), rows, zone) for t in job.snapshot_types]
+        snapshots = [
+            _snapshot_view(str(t), snapshot_rows[(job.name, str(t))], zone)
+            for t in job.snapshot_types
+        ]
         jobs.append(JobView(job.name, job.workspace, job.schedule, headings, grid, snapshots))
     failed = sorted(
         (r for r in rows if r.state is LedgerState.FAILED),
@@ -115,8 +122,7 @@ def build_view(
     return StatusView(now, jobs, list(lanes), failures)
 
 
-def _snapshot_view(job: str, type_: str, rows: list[ExportRecord], zone: tzinfo) -> SnapshotView:
-    mine = [r for r in rows if r.job == job and r.type == type_ and r.mode is ExportMode.SNAPSHOT]
+def _snapshot_view(type_: str, mine: list[ExportRecord], zone: tzinfo) -> SnapshotView:
     done = [r for r in mine if r.state is LedgerState.DONE]
     newest = max(done, key=lambda r: r.end, default=None)
     current = next((r for r in mine if r.state is not LedgerState.DONE), None)

@@ -21,7 +21,7 @@ from ..protocol import ExportMode
 from ..windows import ExportWindow
 from .layout import OutputLayout, sorts_by_time
 from .manifest import MANIFEST_SUFFIX, check_stored, manifest_key
-from .store import OutputStore
+from .store import OutputStore, with_manifests
 
 _READS_AT_ONCE = 8
 
@@ -47,9 +47,12 @@ async def stored_snapshots(
     type_: str,
     job: str,
     zone: ZoneInfo,
+    listed: dict[str, int] | None = None,
 ) -> list[StoredSnapshot]:
-    """The proven snapshots of (workspace, type) in the store, oldest first."""
-    present = await store.stored_under(layout.snapshot_prefix(workspace, type_, job))
+    """The proven snapshots of (workspace, type) in the store, oldest first (from
+    ``listed``, the prefix's listing, if the caller has it)."""
+    prefix = layout.snapshot_prefix(workspace, type_, job)
+    present = await store.stored_under(prefix) if listed is None else with_manifests(listed, prefix)
     candidates = [
         (key, size)
         for key, size in present.items()
@@ -96,26 +99,27 @@ async def prune_snapshots(
     prefix: str,
     snapshots: list[StoredSnapshot],
     keep: int,
+    listed: dict[str, int],
 ) -> tuple[list[StoredSnapshot], int]:
-    """Delete all but the newest ``keep`` of ``snapshots`` (oldest first): the deleted,
-    and how many files a crash mid-prune had left without their manifest."""
+    """Delete all but the newest ``keep`` of ``snapshots`` (oldest first; ``listed``
+    the prefix's listing they were found in): the deleted, and how many files a crash
+    mid-prune had left without their manifest."""
     old = snapshots[: max(0, len(snapshots) - keep)]
     for snapshot in old:
         await store.delete(manifest_key(snapshot.key))  # first: no longer believed
         await store.delete(snapshot.key)
     kept = snapshots[len(old) :]
-    return old, await _delete_leftovers(store, layout, prefix, kept)
+    return old, await _delete_leftovers(store, layout, listed, kept)
 
 
 async def _delete_leftovers(
-    store: OutputStore, layout: OutputLayout, prefix: str, kept: list[StoredSnapshot]
+    store: OutputStore, layout: OutputLayout, listed: dict[str, int], kept: list[StoredSnapshot]
 ) -> int:
     """Snapshot files without a manifest that sort before the oldest kept snapshot: a
     prune stopped between its two deletes left them. Only when the path template
     sorts by time, so a snapshot being committed (the newest) is never one of them."""
     if not kept or not sorts_by_time(layout.snapshot_template):
         return 0
-    listed = await store.listed_under(prefix)
     oldest = str(kept[0].key)
     leftovers = [
         name
