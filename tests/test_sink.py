@@ -191,7 +191,7 @@ def test_manifest_is_indented_json_as_readers_know_it() -> None:
 async def test_commit_places_file_then_manifest_and_leaves_no_temp(tmp_path: Path) -> None:
     """A committed export is the data file plus its manifest; the temp dir is empty."""
     sink = _sink(tmp_path / "out", tmp_path / "state" / "tmp")
-    writer = sink.new_writer()
+    writer = sink.new_writer("event")
     payload = ndjson(RECORDS)
     await sink.receive(writer, _chunks(payload, 10))
     finished = await sink.finish(
@@ -260,7 +260,7 @@ def _sink(root: Path, temp: Path) -> Sink:
 
 
 async def _commit(sink: Sink, key: str) -> str | None:
-    writer = sink.new_writer()
+    writer = sink.new_writer("event")
     await sink.receive(writer, _chunks(ndjson(RECORDS), 10))
     path = PurePosixPath(key)
     finished = await sink.finish(writer, path, lambda _: _manifest(path.name))

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .formats import Compression
+from .formats import Compression, OutputFormat
 from .protocol import ExportType
 
 
@@ -58,6 +58,11 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
         "--compression",
         choices=[c.value for c in Compression],
         help="default: by PATH's suffix (.gz, .zst), else the config's, none for -",
+    )
+    parser.add_argument(
+        "--format",
+        choices=[f.value for f in OutputFormat],
+        help="default: parquet for a PATH ending .parquet, else the config's, ndjson for -",
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress display")
 

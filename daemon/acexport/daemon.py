@@ -142,9 +142,10 @@ class Daemon:
         )
         sink = Sink(
             temp_dir,
-            self._settings.output.compression,
+            self._settings.output.file_compression,
             self._output,
             self._settings.http.payload_limits(),
+            self._settings.output.format,
         )
         await sink.start(stack)
         session = await stack.enter_async_context(

@@ -26,6 +26,8 @@ class ExportEnded:
     requests: int = 0
     processing_s: float | None = None  # AC's time from submission to ready data
     download_s: float | None = None  # from ready data to the committed file
+    new_columns: tuple[str, ...] = ()  # Parquet: served columns AC's table lacked
+    unparsed_values: int = 0  # Parquet: values kept in _unparsed
 
 
 class LaneObserver:

@@ -234,7 +234,7 @@ async def _ask(
             delay = await _on_status(answer, state, sink, timing, polls)
             await observer.status(answer, delay)
             return delay
-        await _download(answer, state, sink, observer)
+        await _download(answer, state, sink, observer, spec.type)
     # The response is closed: syncing and a slow output store hold no connection to AC.
     manifest, location = await _store(spec, state, sink, timing)
     log.info(
@@ -243,7 +243,9 @@ async def _ask(
         payload_bytes=manifest.payload_bytes,
         file=sink.store.location(spec.key),
         requests=state.requests,
+        **({"unparsed_values": manifest.unparsed_values} if manifest.unparsed_values else {}),
     )
+    _report_new_columns(spec.type, manifest.new_columns or [])
     submitted, ready = state.submitted_at, state.ready_at
     return ExportOutcome(
         manifest=manifest,
@@ -253,6 +255,22 @@ async def _ask(
         processing_s=None if submitted is None or ready is None else ready - submitted,
         download_s=None if ready is None else time.monotonic() - ready,
     )
+
+
+_columns_reported: set[tuple[str, str]] = set()
+
+
+def _report_new_columns(type_: str, columns: list[str]) -> None:
+    """A column AC added to a table is news once per process, not once per export
+    (the manifest of each file lists it, and a metric counts the files)."""
+    new = [column for column in columns if (type_, column) not in _columns_reported]
+    if new:
+        _columns_reported.update((type_, column) for column in new)
+        log.warning(
+            "schema_drift",
+            new_columns=new,
+            detail="AC served columns its table did not have: they are kept as text",
+        )
 
 
 def _data_may_have_expired(state: _Attempt, timing: Timing) -> bool:
@@ -366,7 +384,7 @@ def _on_ac_failure(answer: ExportStatus, state: _Attempt, timing: Timing) -> flo
 
 
 async def _download(
-    payload: Payload, state: _Attempt, sink: Sink, observer: ExportObserver
+    payload: Payload, state: _Attempt, sink: Sink, observer: ExportObserver, type_: str
 ) -> None:
     state.ac_failures = 0
     if state.ready_at is None:
@@ -382,7 +400,7 @@ async def _download(
     if payload.offset != state.offset:
         await _drop_partial(state, sink)  # the server sent it all again: start over
     if state.writer is None:
-        state.writer = sink.new_writer()
+        state.writer = sink.new_writer(type_)
     state.writer.declared_zip = payload.declared_zip
     state.resumable = payload.resumable
     writer = state.writer
@@ -441,6 +459,7 @@ async def _store(
 def _manifest(
     spec: ExportSpec, summary: PayloadSummary, created_date: str | None, compression: str
 ) -> Manifest:
+    typed = summary.typed
     return Manifest(
         job=spec.job,
         workspace=spec.workspace,
@@ -459,6 +478,10 @@ def _manifest(
         file_bytes=summary.file_bytes,
         file_sha256=summary.file_sha256,
         records=summary.records,
-        format="ndjson",
+        format="parquet" if typed else "ndjson",
         compression=compression,
+        rows=typed.rows if typed else None,
+        schema_fingerprint=typed.schema_fingerprint if typed else None,
+        new_columns=list(typed.new_columns) if typed else None,
+        unparsed_values=typed.unparsed_values if typed else None,
     )

@@ -401,6 +401,8 @@ class Lane:
             requests=outcome.requests,
             processing_s=outcome.processing_s,
             download_s=outcome.download_s,
+            new_columns=tuple(manifest.new_columns or ()),
+            unparsed_values=manifest.unparsed_values or 0,
         )
 
     async def _failed(

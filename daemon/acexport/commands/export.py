@@ -34,7 +34,7 @@ from ..config import (
 )
 from ..errors import AcexportError, ConfigError
 from ..export import ExportObserver, ExportSpec, Timing, run_export
-from ..formats import Compression
+from ..formats import Compression, OutputFormat
 from ..ops.logging import configure_logging, register_secret
 from ..output.layout import OutputLayout
 from ..output.local import LocalStore
@@ -59,6 +59,7 @@ class _Plan:
     file: Path | None  # --output FILE (or the stdout temp file); None: the configured store
     temp_dir: Path | None  # None: a private one is made when the export starts
     compression: Compression
+    output_format: OutputFormat
     to_stdout: bool
     private_dir: Path | None = None
 
@@ -86,11 +87,24 @@ def _plan(args: argparse.Namespace) -> _Plan:
         )
     except ValueError as exc:
         raise UsageError(f"--timezone/--from/--to: {exc}") from None
-    key, file, compression = _destination(args, settings, config_path, name, window)
+    key, file, compression, output_format = _destination(
+        args, settings, config_path, name, window
+    )
     spec = ExportSpec(name, args.type, window, key)
     temp_dir = settings.daemon.state_dir / "tmp" if config_path is not None else None
     to_stdout = args.output == "-"
-    return _Plan(settings, name, ws.base_url, token, spec, file, temp_dir, compression, to_stdout)
+    return _Plan(
+        settings,
+        name,
+        ws.base_url,
+        token,
+        spec,
+        file,
+        temp_dir,
+        compression,
+        output_format,
+        to_stdout,
+    )
 
 
 def _workspace_from_flags(args: argparse.Namespace) -> tuple[str, WorkspaceSettings, SecretStr]:
@@ -132,22 +146,31 @@ def _destination(
     config_path: Path | None,
     workspace: str,
     window: ExportWindow,
-) -> tuple[PurePosixPath, Path | None, Compression]:
-    """The key, the local file (None: the configured output store) and the compression."""
+) -> tuple[PurePosixPath, Path | None, Compression, OutputFormat]:
+    """The key, the local file (None: the configured output store), the compression
+    and the format."""
     chosen = None if args.compression is None else Compression(args.compression)
-    if args.output == "-":
-        compression = chosen or Compression.NONE
-        return PurePosixPath("out"), Path("out"), compression  # in the private temp dir
-    if args.output:
-        file = Path(args.output).absolute()
-        compression = chosen or Compression.of_name(file.name)
-        return PurePosixPath(file.name), file, compression
+    named = None if args.format is None else OutputFormat(args.format)
+    if args.output == "-" or args.output:
+        file = Path("out") if args.output == "-" else Path(args.output).absolute()
+        output_format = named or OutputFormat.of_name(file.name) or OutputFormat.NDJSON
+        if output_format is OutputFormat.PARQUET:
+            compression = chosen or Compression.ZSTD  # the columns' codec
+        elif args.output == "-":
+            compression = chosen or Compression.NONE
+        else:
+            compression = chosen or Compression.of_name(file.name)
+        # stdout's data goes through a file in the private temp dir
+        return PurePosixPath(file.name), file, compression, output_format
     if config_path is None:
         raise UsageError("--output is required without a config file")
-    compression = chosen or settings.output.compression
-    layout = OutputLayout.from_settings(settings.output)
+    output = settings.output
+    if named is not None:
+        output = output.model_copy(update={"format": named})
+    compression = chosen or output.file_compression
+    layout = OutputLayout.from_settings(output)
     key = layout.key_for(workspace, args.type, "export", window, compression)
-    return key, None, compression
+    return key, None, compression, output.format
 
 
 def _with_private_dir(plan: _Plan) -> _Plan:
@@ -222,7 +245,13 @@ async def _export(plan: _Plan, progress: _Progress | None) -> str:
         else:
             store = open_store(plan.settings, temp_dir)
         await store.start(stack)
-        sink = Sink(temp_dir, plan.compression, store, plan.settings.http.payload_limits())
+        sink = Sink(
+            temp_dir,
+            plan.compression,
+            store,
+            plan.settings.http.payload_limits(),
+            plan.output_format,
+        )
         stack.callback(sink.close)
         session = await stack.enter_async_context(new_session(timeout))
         client = ExportClient(

@@ -34,7 +34,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from ..formats import Compression
+from ..formats import Compression, OutputFormat
 from ..limits import DEFAULT_INFLATE_RATIO, PayloadLimits
 from ..pathtemplate import check_path_template, first_collision, name_too_long
 from ..protocol import ExportMode, ExportType, default_mode
@@ -247,8 +247,12 @@ class OutputSettings(_Section):
         "workspace={workspace}/type={type}/snapshot={to:%Y%m%dT%H%M%S}/"
         "{type}_{to:%Y%m%dT%H%M%S}.jsonl"
     )
+    # ndjson: the records as AC served them; parquet: typed, one schema per type (the
+    # path's .jsonl becomes .parquet).
+    format: OutputFormat = OutputFormat.NDJSON
     # gzip stays the default: every reader has it, and keys (.gz) and readers' globs of
-    # existing deployments keep working; zstd is 3x smaller at the same speed.
+    # existing deployments keep working; zstd is 3x smaller at the same speed. For
+    # parquet it is the columns' codec, zstd unless set (``file_compression``).
     compression: Compression = Compression.GZIP
     s3: S3Settings = S3Settings()
 
@@ -287,6 +291,13 @@ class OutputSettings(_Section):
         elif not parts.scheme:
             value = str(Path(value).expanduser())
         return value
+
+    @property
+    def file_compression(self) -> Compression:
+        """How files are compressed: as set, or for parquet zstd unless set."""
+        if self.format is OutputFormat.PARQUET and "compression" not in self.model_fields_set:
+            return Compression.ZSTD
+        return self.compression
 
     def s3_location(self) -> tuple[str, str] | None:
         """(bucket, prefix ending in "/" or empty) for an s3:// url, else None."""

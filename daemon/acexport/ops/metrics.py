@@ -63,6 +63,18 @@ class Metrics(LaneObserver):
             ["workspace", "code"],
             registry=r,
         )
+        self.new_columns = Counter(
+            "acexport_new_columns",
+            "Parquet files holding a column AC's table (as acexport knows it) did not have.",
+            ["type", "column"],
+            registry=r,
+        )
+        self.unparsed_values = Counter(
+            "acexport_unparsed_values",
+            "Values that did not fit their Parquet column, kept as text in _unparsed.",
+            ["type"],
+            registry=r,
+        )
         self.last_success = Gauge(
             "acexport_last_success_timestamp_seconds",
             "When a job last finished an export.",
@@ -117,6 +129,10 @@ class Metrics(LaneObserver):
                 self.processing.labels(event.type).observe(event.processing_s)
             if event.download_s is not None:
                 self.download.labels(event.type).observe(event.download_s)
+            for column in event.new_columns:
+                self.new_columns.labels(event.type, column).inc()
+            if event.unparsed_values:
+                self.unparsed_values.labels(event.type).inc(event.unparsed_values)
 
     def expect(self, exports: Iterable[tuple[str, str]]) -> None:
         """The (workspace, type) pairs the jobs export: their counters exist from the

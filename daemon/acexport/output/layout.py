@@ -1,4 +1,5 @@
-"""Where a window's data file goes: the rendered path template plus the compression suffix."""
+"""Where a window's data file goes: the rendered path template plus the compression suffix
+(or, for Parquet, the template with ``.parquet`` for ``.jsonl``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
 from ..config import OutputSettings
-from ..formats import Compression
+from ..formats import Compression, OutputFormat, parquet_template
 from ..pathtemplate import render_path
 from ..protocol import ExportMode
 from ..windows import ExportWindow
@@ -26,11 +27,17 @@ class OutputLayout:
     template: str
     compression: Compression
     snapshot_template: str = OutputSettings().snapshot_path
+    format: OutputFormat = OutputFormat.NDJSON
+
+    def __post_init__(self) -> None:
+        if self.format is OutputFormat.PARQUET:
+            object.__setattr__(self, "template", parquet_template(self.template))
+            object.__setattr__(self, "snapshot_template", parquet_template(self.snapshot_template))
 
     @classmethod
     def from_settings(cls, output: OutputSettings) -> OutputLayout:
-        """The layout ``[output]`` describes: the paths and the compression's suffix."""
-        return cls(output.path, output.compression, output.snapshot_path)
+        """The layout ``[output]`` describes: the paths, the format, the compression."""
+        return cls(output.path, output.file_compression, output.snapshot_path, output.format)
 
     def key_for(
         self,
@@ -46,7 +53,9 @@ class OutputLayout:
         the layout's)."""
         template = self.snapshot_template if mode is ExportMode.SNAPSHOT else self.template
         key = render_path(template, workspace, type_, job, window.local_start, window.local_end)
-        suffix = (compression or self.compression).suffix
+        # A Parquet file compresses its columns inside: its name keeps no codec suffix.
+        parquet = self.format is OutputFormat.PARQUET
+        suffix = "" if parquet else (compression or self.compression).suffix
         if suffix and key.suffix != suffix:
             key = key.with_name(key.name + suffix)
         return key

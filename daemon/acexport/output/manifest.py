@@ -17,6 +17,7 @@ from .. import __version__
 
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_VERSION = 2
+_TYPED_FIELDS = frozenset({"rows", "schema_fingerprint", "new_columns", "unparsed_values"})
 
 
 def manifest_key(key: PurePosixPath) -> PurePosixPath:
@@ -51,8 +52,13 @@ class Manifest:
     file_bytes: int
     file_sha256: str
     records: int
-    format: str  # the file's: ndjson
-    compression: str
+    format: str  # the file's: ndjson or parquet
+    compression: str  # parquet: the columns' codec
+    # Parquet only (left out of an NDJSON file's manifest):
+    rows: int | None = None
+    schema_fingerprint: str | None = None  # the columns' names and types (tables.py)
+    new_columns: list[str] | None = None  # served, but not in AC's table as we know it
+    unparsed_values: int | None = None  # values kept in _unparsed: they did not fit
 
     def to_json(self) -> bytes:
         # What json.dumps(indent=2) writes for these flat fields, without its pure-Python
@@ -60,6 +66,7 @@ class Manifest:
         fields = ",\n".join(
             f"  {json.dumps(name)}: {json.dumps(value, ensure_ascii=False)}"
             for name, value in vars(self).items()
+            if value is not None or name not in _TYPED_FIELDS
         )
         return ("{\n" + fields + "\n}\n").encode("utf-8")
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from ..formats import Compression
+from ..formats import Compression, OutputFormat
 from ..limits import PayloadLimits
 from ..payload.writer import PayloadSummary, PayloadWriter
 from .local import disk_error
@@ -58,10 +58,12 @@ class Sink:
         compression: Compression,
         store: OutputStore,
         limits: PayloadLimits | None = None,
+        output_format: OutputFormat = OutputFormat.NDJSON,
     ) -> None:
         self.temp_dir = temp_dir
         self.store = store
         self.compression = compression
+        self.format = output_format
         self.limits = limits or PayloadLimits()
         # Several threads so one lane's fsync does not hold up another lane's download;
         # one writer's batches still run one after another (``receive`` awaits each).
@@ -76,9 +78,11 @@ class Sink:
         self._executor.shutdown(wait=True)
         self._hasher.shutdown(wait=True)
 
-    def new_writer(self) -> PayloadWriter:
-        """A writer whose temp file is created with its first batch, in a worker thread."""
-        return PayloadWriter(self.temp_dir, self.compression, self.limits)
+    def new_writer(self, type_: str) -> PayloadWriter:
+        """A writer for records of ``type_``, whose temp file is created with its first
+        batch, in a worker thread."""
+        typed_as = type_ if self.format is OutputFormat.PARQUET else None
+        return PayloadWriter(self.temp_dir, self.compression, self.limits, typed_as=typed_as)
 
     async def _run(self, func: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)

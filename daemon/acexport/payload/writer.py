@@ -4,13 +4,15 @@ The format is sniffed from the first bytes (never from a name): NDJSON passes
 through, a JSON array is split into NDJSON lines while streaming, a ZIP's
 members are inflated while it streams (or, if that cannot be, spooled and
 converted once complete; see zip.py). ``payload_*`` fields describe the served
-bytes; the output file (outfile.py) is NDJSON, optionally compressed.
+bytes; the output file (outfile.py) is NDJSON, optionally compressed, or, when
+typed for a record type, that NDJSON written as Parquet once complete (parquet.py).
 Everything here blocks: the sink runs it in worker threads.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from ..errors import PayloadError, PayloadTooLarge
 from ..formats import Compression
 from ..limits import PayloadLimits
 from .outfile import OutputFile
+from .parquet import TypedFile, ndjson_to_parquet
 from .records import ArrayToLines, LineChecks, NdjsonLines
 from .sniff import BOM, WHITESPACE, format_of, judged_start, start_of
 from .tempfiles import temp_stem
@@ -35,6 +38,7 @@ class PayloadSummary:
     served_format: str  # what AC served: zip, json or ndjson (not the output format)
     file_bytes: int  # the output file, as written
     file_sha256: str
+    typed: TypedFile | None = None  # the Parquet file's rows and schema, if typed
 
 
 class PayloadWriter:
@@ -47,11 +51,23 @@ class PayloadWriter:
     """
 
     def __init__(
-        self, temp_dir: Path, compression: Compression, limits: PayloadLimits | None = None
+        self,
+        temp_dir: Path,
+        compression: Compression,
+        limits: PayloadLimits | None = None,
+        *,
+        typed_as: str | None = None,
     ) -> None:
         stem = temp_stem()
         self._limits = limits or PayloadLimits()
-        self._out = OutputFile(temp_dir / f"{stem}.part", compression)
+        # Typed output: plain JSON Lines first, Parquet (compressed inside) at the end.
+        self._typed_as = typed_as
+        self._compression = compression
+        self._out = OutputFile(
+            temp_dir / f"{stem}.part", Compression.NONE if typed_as else compression
+        )
+        self._parquet_path = temp_dir / f"{stem}.parquet.part"
+        self._engine_dir = temp_dir / f"{stem}.engine"
         self._spool_path = temp_dir / f"{stem}.spool"
         self._sha = hashlib.sha256()
         self.payload_bytes = 0
@@ -161,6 +177,8 @@ class PayloadWriter:
             self._converter.finish()
         self._out.close()
         records = self._converter.records if self._converter else 0
+        if self._typed_as is not None:
+            return self._typed(records)
         return PayloadSummary(
             self._out.path,
             records,
@@ -171,8 +189,35 @@ class PayloadWriter:
             self._out.sha256(),
         )
 
+    def _typed(self, records: int) -> PayloadSummary:
+        assert self._typed_as is not None
+        try:
+            typed = ndjson_to_parquet(
+                self._out.path,
+                self._parquet_path,
+                self._typed_as,
+                records,
+                self._compression,
+                self._engine_dir,
+            )
+        finally:
+            self._out.path.unlink(missing_ok=True)
+            shutil.rmtree(self._engine_dir, ignore_errors=True)
+        return PayloadSummary(
+            self._parquet_path,
+            records,
+            self.payload_bytes,
+            self._sha.hexdigest(),
+            self.served_format,
+            typed.file_bytes,
+            typed.file_sha256,
+            typed,
+        )
+
     def discard(self) -> None:
         if isinstance(self._converter, StreamedZip):
             self._converter.discard()
         self._out.discard()
         self._spool_path.unlink(missing_ok=True)
+        self._parquet_path.unlink(missing_ok=True)
+        shutil.rmtree(self._engine_dir, ignore_errors=True)
