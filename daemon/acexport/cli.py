@@ -97,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--from", dest="from_", required=True, metavar="DATE")
     backfill.add_argument("--to", required=True, metavar="DATE", help="inclusive for a date")
 
+    verify = commands.add_parser(
+        "verify", help="check the output's files against their manifests (after a restore)"
+    )
+    _add_config_argument(verify)
+    verify.add_argument("--job", help="only this job's files")
+    verify.add_argument("--from", dest="from_", metavar="DATE", help="windows starting from")
+    verify.add_argument("--to", metavar="DATE", help="... through (inclusive for a date)")
+
     status = commands.add_parser("status", help="what is exported, pending and failed")
     _add_config_argument(status)
     status.add_argument("--json", action="store_true")
@@ -180,6 +188,7 @@ _COMMAND_MODULES = {
     "check-config": "check_config",
     "healthcheck": "healthcheck",
     "export": "export",
+    "verify": "verify",
 }
 
 

@@ -14,7 +14,7 @@ import errno
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -99,6 +99,11 @@ class LocalStore:
             raise disk_error("reading", self.path_of(key), exc) from None
         with os.fdopen(fd, "rb") as handle:
             return handle.read(SMALL_MAX + 1)
+
+    @contextlib.asynccontextmanager
+    async def local_copy(self, key: PurePosixPath) -> AsyncIterator[Path | None]:
+        path = self.path_of(key)
+        yield path if path.is_file() and not path.is_symlink() else None
 
     async def write_small(self, key: PurePosixPath, data: bytes) -> None:
         await asyncio.to_thread(self._write_small, key, data)

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -331,6 +333,27 @@ class S3Store:
 
         result: bytes | None = await self._call(f"reading {self._key(key)} in", get)
         return result
+
+    @contextlib.asynccontextmanager
+    async def local_copy(self, key: PurePosixPath) -> AsyncIterator[Path | None]:
+        with tempfile.TemporaryDirectory(prefix="acexport-verify-") as directory:
+            path = Path(directory) / "data"
+
+            async def download() -> bool:
+                try:
+                    answer = await self._client.get_object(
+                        Bucket=self.target.bucket, Key=self._key(key)
+                    )
+                except self._client.exceptions.NoSuchKey:
+                    return False
+                async with answer["Body"] as body:
+                    with path.open("wb") as file:
+                        while chunk := await body.read(1 << 20):
+                            await asyncio.to_thread(file.write, chunk)
+                return True
+
+            found = await self._call(f"reading {self._key(key)} in", download)
+            yield path if found else None
 
     async def write_small(self, key: PurePosixPath, data: bytes) -> None:
         await self._put(self._key(key), data, _sha256_b64(data))

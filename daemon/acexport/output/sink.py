@@ -27,6 +27,7 @@ import structlog
 
 from ..formats import Compression, OutputFormat
 from ..limits import PayloadLimits
+from ..payload.parquet import require_engine
 from ..payload.writer import PayloadSummary, PayloadWriter
 from .local import disk_error
 from .manifest import Manifest, manifest_key
@@ -64,6 +65,8 @@ class Sink:
         self.store = store
         self.compression = compression
         self.format = output_format
+        if output_format is OutputFormat.PARQUET:
+            require_engine()
         self.limits = limits or PayloadLimits()
         # Several threads so one lane's fsync does not hold up another lane's download;
         # one writer's batches still run one after another (``receive`` awaits each).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -64,6 +64,11 @@ class OutputStore(Protocol):
 
     async def read_small(self, key: PurePosixPath) -> bytes | None:
         """A small object (a manifest, the owner marker); None if there is none."""
+        ...
+
+    def local_copy(self, key: PurePosixPath) -> AbstractAsyncContextManager[Path | None]:
+        """A data file as a local file while the context lasts (a directory's own file;
+        an object downloaded to a temp file), for ``verify``; None if there is none."""
         ...
 
     async def write_small(self, key: PurePosixPath, data: bytes) -> None:

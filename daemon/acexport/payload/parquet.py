@@ -96,13 +96,24 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _connect(temp_dir: Path) -> Any:
+def require_engine() -> None:
+    """ConfigError unless DuckDB (the ``parquet`` extra) is installed: said at start,
+    not at the first export."""
+    _duckdb()
+
+
+def _duckdb() -> Any:
     try:
-        import duckdb  # noqa: PLC0415 - only a Parquet output needs it
+        import duckdb  # only a Parquet output needs it: imported when used
     except ImportError:
         raise ConfigError(
             "output format parquet needs DuckDB: pip install 'acexport[parquet]'"
         ) from None
+    return duckdb
+
+
+def _connect(temp_dir: Path) -> Any:
+    duckdb = _duckdb()
     con = duckdb.connect(
         config={
             "threads": 2,
@@ -146,7 +157,10 @@ def _query(type_: str, source: str, new_columns: list[str]) -> tuple[str, list[t
         schema.append((column.name, column.kind.value))
         if column.kind is not Kind.STRING:
             checks.append(
-                (column.name, f"CASE WHEN t{index} IS NULL AND r{index} IS NOT NULL THEN r{index} END")
+                (
+                    column.name,
+                    f"CASE WHEN t{index} IS NULL AND r{index} IS NOT NULL THEN r{index} END",
+                )
             )
     extra = [f"{_ident(name)} AS n{index}" for index, name in enumerate(new_columns)]
     schema += [(name, "STRING") for name in new_columns]
@@ -218,6 +232,25 @@ def ndjson_to_parquet(
         raise PayloadError(f"the Parquet file holds {rows} rows, the payload {records} records")
     size, sha256 = _sync_and_hash(target)
     return TypedFile(rows, fingerprint(schema), tuple(new_columns), unparsed, size, sha256)
+
+
+def count_rows(path: Path) -> int:
+    """The rows a Parquet file says it holds (its footer); PayloadError if it is no
+    Parquet file DuckDB can open."""
+    with _one_at_a_time:
+        con = _connect(path.parent)
+        try:
+            found = con.execute(
+                "SELECT coalesce(sum(num_rows), 0) FROM "
+                f"parquet_file_metadata({_literal(str(path))})"
+            ).fetchone()
+        except Exception as exc:  # DuckDB's errors share no base class worth naming
+            raise PayloadError(
+                f"it does not open as Parquet ({str(exc).splitlines()[0]})"
+            ) from None
+        finally:
+            con.close()
+    return int(found[0]) if found else 0
 
 
 def _sync_and_hash(path: Path) -> tuple[int, str]:

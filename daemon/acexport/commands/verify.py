@@ -1,0 +1,75 @@
+"""``acexport verify``: check the output's files against their manifests.
+
+Exit 0 when every file checked matches; 1, with one line per file that does
+not, otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ..config import Settings
+from ..output.open import open_store
+from ..output.verify import Manifests, Verified, verify_store
+from ..windows import iso_ms, parse_bound
+from . import ExitCode
+from .common import UsageError, exit_code_of, load
+
+
+def main(args: argparse.Namespace) -> int:
+    def body() -> int:
+        settings, _ = load(args.config)
+        wanted = _selection(args, settings)
+        result = asyncio.run(_verify(settings, wanted))
+        for problem in result.problems:
+            print(problem)
+        if result.problems:
+            print(f"{len(result.problems)} of {result.checked} files do not match their manifests")
+            return ExitCode.FAILED
+        print(f"{result.checked} files ({result.bytes:,} bytes) match their manifests")
+        return ExitCode.OK
+
+    return exit_code_of("verify", body)
+
+
+def _selection(args: argparse.Namespace, settings: Settings) -> Manifests:
+    """Which manifests to check: of ``--job``, windows starting in ``[--from, --to]``."""
+    if (args.from_ is None) != (args.to is None):
+        raise UsageError("give --from and --to together")
+    zone = None
+    if args.job is not None:
+        job = next((j for j in settings.jobs if j.name == args.job), None)
+        if job is None:
+            known = ", ".join(j.name for j in settings.jobs) or "none"
+            raise UsageError(f"no job {args.job!r} (known: {known})")
+        zone = settings.workspaces[job.workspace].zone
+    first = last = ""
+    if args.from_ is not None:
+        zone = zone or ZoneInfo("UTC")
+        try:
+            first = iso_ms(parse_bound(args.from_, zone, end=False))
+            last = iso_ms(parse_bound(args.to, zone, end=True))
+        except ValueError as exc:
+            raise UsageError(f"--from/--to: {exc}") from None
+
+    def wanted(fields: dict[str, Any]) -> bool:
+        if args.job is not None and fields.get("job") != args.job:
+            return False
+        start = fields.get("fromDate")
+        return not first or (isinstance(start, str) and first <= start < last)
+
+    return wanted
+
+
+async def _verify(settings: Settings, wanted: Manifests) -> Verified:
+    with tempfile.TemporaryDirectory(prefix="acexport-verify-") as temp:
+        store = open_store(settings, Path(temp))
+        async with AsyncExitStack() as stack:
+            await store.start(stack)
+            return await verify_store(store, wanted)
