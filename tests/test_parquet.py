@@ -139,7 +139,8 @@ def test_values_that_do_not_fit_are_kept_in_unparsed_and_new_columns_as_text(
     typed, rows = convert(tmp_path, "event", lines)
     first, second, third = sorted(rows, key=lambda r: r["id"])
 
-    assert first["channelId"] == 42 and first["dataSourceId"] == 7
+    assert first["channelId"] == 42
+    assert first["dataSourceId"] == 7
     assert first["createDate"] == datetime(2024, 1, 5, 13, tzinfo=UTC)
     assert first["eventDate"] == datetime(2024, 1, 5, 13, 0, 0, 123456, tzinfo=UTC)
     assert first["eventProperties"] == {"title": 'Say "hello"', "path": "C:\\Program Files"}
@@ -147,14 +148,16 @@ def test_values_that_do_not_fit_are_kept_in_unparsed_and_new_columns_as_text(
     assert first[UNPARSED] is None
     assert second["eventDate"] == datetime(2024, 1, 5, 13, tzinfo=UTC)
     assert second["eventProperties"] == {"title": "Docs"}
-    assert second["channelId"] is None and second["dataSourceId"] is None
+    assert second["channelId"] is None
+    assert second["dataSourceId"] is None
     assert json.loads(second[UNPARSED]) == {
         "channelId": "n/a", "dataSourceId": "3.5", "createDate": "not a date"
     }  # fmt: skip
     assert second["loyaltyTier"] == "gold"
     assert third["eventProperties"] is None  # '"y"' has no value: ambiguous
     assert json.loads(third[UNPARSED]) == {"eventProperties": '{"a":"x","y","b":"z"}'}
-    assert typed.rows == 3 and typed.new_columns == ("loyaltyTier",)
+    assert typed.rows == 3
+    assert typed.new_columns == ("loyaltyTier",)
     assert typed.unparsed_values == 4
     names = [name for name, _ in output_columns("event", ["loyaltyTier"])]
     assert pq.read_schema(tmp_path / "out.parquet").names == names
@@ -162,7 +165,8 @@ def test_values_that_do_not_fit_are_kept_in_unparsed_and_new_columns_as_text(
 
 def test_an_empty_export_is_a_parquet_file_with_the_types_schema(tmp_path: Path) -> None:
     typed, rows = convert(tmp_path, "page", [])
-    assert rows == [] and typed.rows == 0
+    assert rows == []
+    assert typed.rows == 0
     schema = pq.read_schema(tmp_path / "out.parquet")
     assert str(schema.field("views").type) == "int64"
     assert str(schema.field("eventDate").type) == "timestamp[us, tz=UTC]"
@@ -213,9 +217,11 @@ async def test_every_type_in_both_modes_typed_as_ac_served_it(
         records = await served_records(emu, manifest)
         rows = written_rows(path)
         assert canonical(rows) == canonical([expected_row(manifest["type"], r) for r in records])
-        assert manifest["format"] == "parquet" and manifest["compression"] == "zstd"
+        assert manifest["format"] == "parquet"
+        assert manifest["compression"] == "zstd"
         assert manifest["rows"] == manifest["records"] == len(records) > 0
-        assert manifest["new_columns"] == [] and manifest["unparsed_values"] == 0
+        assert manifest["new_columns"] == []
+        assert manifest["unparsed_values"] == 0
         assert len(manifest["schema_fingerprint"]) == 16
 
     monkeypatch.chdir(tmp_path)
@@ -269,7 +275,8 @@ async def test_a_one_off_export_to_a_parquet_file(
     )  # fmt: skip
     assert code == 0, err
     manifest = json.loads((tmp_path / "page.parquet.manifest.json").read_text())
-    assert manifest["format"] == "parquet" and manifest["rows"] == 12
+    assert manifest["format"] == "parquet"
+    assert manifest["rows"] == 12
     assert pq.read_table(target).schema.field("views").type == "int64"
 
 
