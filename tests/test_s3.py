@@ -441,3 +441,56 @@ async def test_a_local_output_dir_is_the_truth_too(
     assert backfill.returncode == 0, err.decode()[-2000:]
     assert (await emu.jobs())["workspaces"]["alpha"]["requests"] == before
     assert len(local_manifests(tmp_path / "exports")) == 6
+
+
+async def test_parquet_in_the_bucket_read_typed_and_verified(
+    emulator: EmulatorFactory, seaweed: Seaweed, tmp_path: Path
+) -> None:
+    """Issue 23 on S3: typed Parquet windows and snapshots in SeaweedFS, read by DuckDB
+    over s3fs with hive columns and typed columns; `acexport verify` downloads and checks
+    each object, and names one replaced with other bytes of the same size."""
+    s3fs = pytest.importorskip("s3fs")
+    emu = await emulator(tokens=TOKENS, records=20)
+    jobs = job("a", "alpha", types=["page", "event", "individual"], catch_up="2d", lag="0s")
+    name = bucket(seaweed)
+    config = s3_config(tmp_path, emu, jobs, seaweed.endpoint, name, compression="zstd")
+    config.write_text(config.read_text().replace("[output]\n", '[output]\nformat = "parquet"\n'))
+    daemon = await run_once(config)
+    assert daemon.process.returncode == 0, "\n".join(daemon.raw[-20:])
+    data, manifests = data_and_manifests(seaweed.objects(name))
+    assert len(data) == 5  # 2 days x 2 types, one snapshot
+    assert all(key.endswith(".parquet") for key in data)
+
+    fs = s3fs.S3FileSystem(
+        key=ACCESS_KEY, secret=SECRET_KEY, endpoint_url=seaweed.endpoint, asynchronous=False
+    )
+    con = duckdb.connect()
+    con.register_filesystem(fs)
+    rows = con.execute(
+        "SELECT type, typeof(eventDate), count(*) FROM read_parquet(?, hive_partitioning = true, "
+        "union_by_name = true) WHERE type IN ('page', 'event') GROUP BY ALL ORDER BY ALL",
+        [f"s3://{name}/acexport/*/*/date=*/*.parquet"],
+    ).fetchall()
+    assert rows == [
+        ("event", "TIMESTAMP WITH TIME ZONE", 40),
+        ("page", "TIMESTAMP WITH TIME ZONE", 40),
+    ]
+
+    code, out, err = await _cli("verify", "--config", str(config))
+    assert code == 0, err
+    assert "5 files" in out
+    victim = next(key for key in data if "type=page" in key)
+    seaweed.client().put_object(Bucket=name, Key=victim, Body=bytes(len(data[victim])))
+    code, out, _ = await _cli("verify", "--config", str(config))
+    assert code == 1
+    assert f"s3://{name}/{victim}: has other bytes" in out
+    assert manifests[victim]["rows"] == 20
+
+
+async def _cli(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "acexport", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    return process.returncode or 0, out.decode(), err.decode()
