@@ -12,7 +12,7 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY daemon ./daemon
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[s3]'
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[s3,parquet]'
 
 # Runtime stage: the wheels installed, no sources, no build tools, a non-root user.
 FROM python:3.11-slim
