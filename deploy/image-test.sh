@@ -122,6 +122,15 @@ echo "image-test: the config's output_dir won; $(manifests) exports"
     || fail "the image lacks S3 support (acexport[s3])"
 echo "image-test: S3 support (aiobotocore) is installed"
 
+# The Parquet extra is in the image: a one-off typed export inside the container.
+"${PODMAN[@]}" exec -e T=image-test-token "$NAME" acexport export -q \
+    --base-url http://127.0.0.1:8080 --token-env T --type page \
+    --from 2026-11-01 --to 2026-11-01 --output /var/lib/acexport/page.parquet \
+    || fail "a Parquet export inside the image failed (acexport[parquet])"
+grep -q '"format": "parquet"' "$WORK/data/page.parquet.manifest.json" \
+    || fail "the Parquet export wrote no Parquet manifest"
+echo "image-test: Parquet support (DuckDB) is installed and writes typed files"
+
 owner=$(stat -c %u "$(find "$WORK/data/from-my-config" -name '*.jsonl.gz' | head -1)")
 [ "$owner" = 10001 ] || fail "exports owned by uid $owner, not the image's user 10001"
 
