@@ -17,6 +17,7 @@ summary line; exit 0 only if nothing was lost.
 
     python bench/soak.py            # 12 workspaces x 6 types x 14 days = 1,008 windows
     python bench/soak.py --quick    # ~1 minute, run by the test suite
+    python bench/soak.py --format parquet   # the same, every file typed Parquet
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def jobs_report(base: str) -> dict[str, Any]:
     return EmulatorClient(base).report()
 
 
-def write_config(work: Path, base: str, tokens: dict[str, str]) -> Path:
+def write_config(work: Path, base: str, tokens: dict[str, str], output_format: str) -> Path:
     lines = [
         "[daemon]",
         f'state_dir = "{work / "state"}"',
@@ -69,6 +70,8 @@ def write_config(work: Path, base: str, tokens: dict[str, str]) -> Path:
         "max_attempts = 40",
         'download_window = "4s"',  # the emulator's --expiry: both sides agree
         'timeout = "10s"',
+        "[output]",
+        f'format = "{output_format}"',
     ]
     for name, token in tokens.items():
         (work / f"{name}.token").write_text(token + "\n")  # trailing newline: must be stripped
@@ -176,6 +179,7 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--chaos-seconds", type=float, default=900, help="at most")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--format", choices=["ndjson", "parquet"], default="ndjson")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
         "--processing-time", default="2", help="AC's time per export: long enough for chaos"
@@ -221,7 +225,7 @@ def main() -> int:
     injected: Counter[str] = Counter()
     started = time.monotonic()
     with running_emulator(*emulator_args) as base:
-        config = write_config(work, base, tokens)
+        config = write_config(work, base, tokens, args.format)
         daemon = Daemon(config, log)
         time.sleep(1.5)  # the daemon holds the lock: backfill only queues
         codes = backfill_every_job(config, tokens, args.days, log)
