@@ -27,7 +27,6 @@ import os
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,15 +34,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from real_format import TOKEN, shell, timed, wait_ready  # noqa: E402
-
-from acexport.emulator.process import EmulatorClient, running_emulator  # noqa: E402
+from acexport.emulator.process import EmulatorClient, running_emulator
+from real_format import TOKEN, shell, timed, wait_ready
 
 DAY = ("2022-01-01", "fromDate=2022-01-01T00:00:00.000Z&toDate=2022-01-01T23:59:59.999Z")
 EVENT_RECORD_BYTES = 770  # the emulator's event rows, on average
 BASELINE_COPY = (
-    "import duckdb, sys; duckdb.sql(\"COPY (SELECT * FROM read_json('\" + sys.argv[1] + "
-    "\"')) TO '\" + sys.argv[2] + \"' (FORMAT parquet, COMPRESSION zstd)\")"
+    'import duckdb, sys; duckdb.sql("COPY (SELECT * FROM read_json(\'" + sys.argv[1] + '
+    '"\')) TO \'" + sys.argv[2] + "\' (FORMAT parquet, COMPRESSION zstd)")'
 )
 
 

@@ -16,6 +16,7 @@ SCRIPTS = [
     "emulator_throughput.py",
     "download_vs_curl.py",
     "real_format.py",
+    "parquet.py",
     "s3_upload.py",
     "polling_cost.py",
     "lane_utilisation.py",

@@ -284,7 +284,7 @@ def test_verify_exits_1_for_a_file_gone_missing(tmp_path: Path) -> None:
     """A manifest whose file is gone is named; an unreadable manifest too."""
     out = tmp_path / "exports"
     (out / "x").mkdir(parents=True)
-    (out / "x" / "a.jsonl.manifest.json").write_text(
+    (out / "x" / "a.jsonl.manifest.json").write_text(  # a file gone
         json.dumps({"manifest_version": 2, "file": "a.jsonl", "file_bytes": 1, "file_sha256": ""})
     )
     (out / "x" / "b.jsonl").write_text("{}\n")

@@ -71,6 +71,22 @@ class Manifest:
         return ("{\n" + fields + "\n}\n").encode("utf-8")
 
 
+def read_fields(text: bytes | None) -> dict[str, Any] | str:
+    """A stored manifest's fields, or why it proves nothing (gone, not JSON, version 1:
+    it names no file_bytes or file_sha256 to check its file by)."""
+    if text is None:
+        return "its manifest is gone"
+    try:
+        fields: Any = json.loads(text)
+    except (ValueError, RecursionError):
+        return "its manifest is not valid JSON"
+    if not isinstance(fields, dict):
+        return "its manifest is not a JSON object"
+    if not isinstance(fields.get("manifest_version"), int) or fields["manifest_version"] < 2:
+        return "its manifest is version 1, which cannot prove its file whole"
+    return fields
+
+
 def check_stored(
     text: bytes | None,
     size: int,
@@ -87,16 +103,9 @@ def check_stored(
     truncated file beside one looked done forever. They are not believed; the
     window is exported again once and written with a version-2 manifest.
     """
-    if text is None:
-        return "its manifest is gone"
-    try:
-        fields: Any = json.loads(text)
-    except (ValueError, RecursionError):
-        return "its manifest is not valid JSON"
-    if not isinstance(fields, dict):
-        return "its manifest is not a JSON object"
-    if not isinstance(fields.get("manifest_version"), int) or fields["manifest_version"] < 2:
-        return "its manifest is version 1, which cannot prove its file whole"
+    fields = read_fields(text)
+    if isinstance(fields, str):
+        return fields
     wanted = {"workspace": workspace, "type": type_, "fromDate": from_date, "toDate": to_date}
     for name, value in wanted.items():
         if fields.get(name) != value:

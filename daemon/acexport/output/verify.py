@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -17,7 +16,7 @@ from typing import Any
 
 from ..errors import PayloadError
 from ..payload.parquet import count_rows
-from .manifest import MANIFEST_SUFFIX
+from .manifest import MANIFEST_SUFFIX, read_fields
 from .store import OutputStore
 
 Manifests = Callable[[dict[str, Any]], bool]
@@ -54,20 +53,6 @@ def _problem_of(fields: dict[str, Any], path: Path) -> str | None:
     return None
 
 
-def _fields(text: bytes | None) -> dict[str, Any] | str:
-    if text is None:
-        return "its manifest vanished while checking"
-    try:
-        fields = json.loads(text)
-    except (ValueError, RecursionError):
-        return "its manifest is not valid JSON"
-    if not isinstance(fields, dict):
-        return "its manifest is not a JSON object"
-    if not isinstance(fields.get("manifest_version"), int) or fields["manifest_version"] < 2:
-        return "its manifest is version 1: it names no file_bytes or file_sha256 to check"
-    return fields
-
-
 async def verify_store(store: OutputStore, wanted: Manifests) -> Verified:
     """Check every data file whose manifest ``wanted`` accepts (one at a time: a file
     may be large, and S3's are downloaded to check)."""
@@ -77,7 +62,7 @@ async def verify_store(store: OutputStore, wanted: Manifests) -> Verified:
         if not name.endswith(MANIFEST_SUFFIX):
             continue
         data_key = PurePosixPath(name[: -len(MANIFEST_SUFFIX)])
-        fields = _fields(await store.read_small(PurePosixPath(name)))
+        fields = read_fields(await store.read_small(PurePosixPath(name)))
         if isinstance(fields, dict) and not wanted(fields):
             continue
         result.checked += 1
