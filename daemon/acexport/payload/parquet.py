@@ -125,6 +125,8 @@ def _connect(temp_dir: Path) -> Any:
     )
     # A time without a zone is read as UTC, as AC means it (not the host's zone).
     con.execute("SET TimeZone = 'UTC'")
+    # Its progress bar would write into the daemon's log stream.
+    con.execute("SET enable_progress_bar = false")
     return con
 
 
