@@ -299,3 +299,31 @@ def test_verify_exits_1_for_a_file_gone_missing(tmp_path: Path) -> None:
     assert f"{out / 'x' / 'a.jsonl'}: is missing" in result.stdout
     assert f"{out / 'x' / 'b.jsonl'}: its manifest is not valid JSON" in result.stdout
     assert "2 of 2 files do not match" in result.stdout
+
+
+def test_new_columns_are_logged_once_per_type_and_counted_per_file() -> None:
+    """schema_drift once per (type, column) per process; the metrics count every file
+    holding a new column, and every value kept in _unparsed."""
+    from structlog.testing import capture_logs
+
+    from acexport.events import ExportEnded
+    from acexport.export import _report_new_columns
+    from acexport.ops.metrics import Metrics
+
+    with capture_logs() as logs:
+        _report_new_columns("page", ["scrollDepth"])
+        _report_new_columns("page", ["scrollDepth"])
+        _report_new_columns("event", ["scrollDepth", "consent"])
+    drift = [line for line in logs if line["event"] == "schema_drift"]
+    assert [line["new_columns"] for line in drift] == [["scrollDepth"], ["scrollDepth", "consent"]]
+
+    metrics = Metrics()
+    for _ in range(2):
+        metrics.export_ended(
+            ExportEnded(
+                "l", "acme", "page", "j", ok=True, new_columns=("scrollDepth",), unparsed_values=3
+            )
+        )
+    text = metrics.render().decode()
+    assert 'acexport_new_columns_total{column="scrollDepth",type="page"} 2.0' in text
+    assert 'acexport_unparsed_values_total{type="page"} 6.0' in text
