@@ -231,14 +231,20 @@ def test_a_live_processs_temp_dir_is_never_cleaned_a_dead_ones_is(tmp_path: Path
         [sys.executable, "-c",
          "import sys; from pathlib import Path; from acexport.payload.tempfiles import "
          "claim_temp_dir; d = claim_temp_dir(Path(sys.argv[1])); "
-         "(d.path / 'acexport-2-0123456789abcdef.spool').write_bytes(b'x'); print(d.path)",
+         "(d.path / 'acexport-2-0123456789abcdef.spool').write_bytes(b'x'); "
+         # A Parquet conversion killed mid-way: its file and DuckDB's spill directory
+         # (the full soak with format = "parquet" found them left behind).
+         "(d.path / 'acexport-2-0123456789abcdef.parquet.part').write_bytes(b'x'); "
+         "(d.path / 'acexport-2-0123456789abcdef.engine').mkdir(); "
+         "(d.path / 'acexport-2-0123456789abcdef.engine' / 'duckdb_temp_1.tmp').write_bytes(b'x'); "
+         "print(d.path)",
          str(root)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     dead = Path(child.stdout.strip())
     assert dead.is_dir()
 
-    assert clean_abandoned(root) == 1
+    assert clean_abandoned(root) == 3
     assert not dead.exists()
     assert (alive.path / "acexport-1-0123456789abcdef.part").exists()
     alive.release()

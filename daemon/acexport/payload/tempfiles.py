@@ -15,12 +15,16 @@ import errno
 import fcntl
 import os
 import re
+import shutil
 import secrets
 from pathlib import Path
 from typing import IO
 
 # Every temp file acexport makes is named so, and only such names are ever cleaned up.
-TEMP_NAME = re.compile(r"acexport-(\d+)-[0-9a-f]{16}\.(part|spool|manifest|small)")
+# .parquet.part: a Parquet file being written; .engine: DuckDB's spill directory.
+TEMP_NAME = re.compile(
+    r"acexport-(\d+)-[0-9a-f]{16}\.(part|spool|manifest|small|parquet\.part|engine)"
+)
 _OWN_DIR = re.compile(r"proc-[0-9a-f]{16}")
 _LOCK = "lock"
 
@@ -105,7 +109,10 @@ def _remove(directory: Path) -> int:
     for entry in list(directory.iterdir()):
         if TEMP_NAME.fullmatch(entry.name) or entry.name == _LOCK:
             with contextlib.suppress(OSError):
-                entry.unlink()
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
                 removed += entry.name != _LOCK
     with contextlib.suppress(OSError):
         directory.rmdir()
