@@ -15,8 +15,8 @@ import errno
 import fcntl
 import os
 import re
-import shutil
 import secrets
+import shutil
 from pathlib import Path
 from typing import IO
 
