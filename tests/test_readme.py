@@ -30,32 +30,10 @@ def readme_queries(reader: str = "read_json(") -> list[str]:
 
 
 def test_the_readme_has_queries() -> None:
-    """The README shows the queries this module runs: three on NDJSON, two on Parquet."""
+    """The README shows the queries this module runs, and the two on Parquet that
+    tests/test_parquet.py runs on typed output."""
     assert len(readme_queries()) == 3
     assert len(readme_queries("read_parquet(")) == 2
-
-
-async def test_readme_parquet_queries_read_typed_columns(
-    emulator: EmulatorFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The README's Parquet queries run on what `run --once` wrote with
-    format = "parquet": sums of typed views and per-title counts match the data."""
-    emu = await emulator(tokens={"acme": "acme-token"}, records=25)
-    jobs = job("a", "acme", types=["page", "event"], catch_up="2d", lag="0s")
-    config = write_config(tmp_path, emu, jobs, extra='[output]\nformat = "parquet"\n')
-    daemon = await DaemonProcess.start(config, "--once")
-    assert await daemon.wait(60) == 0
-    written = manifests(tmp_path / "exports")
-    monkeypatch.chdir(tmp_path)
-    top_titles, per_workspace = (duckdb.sql(q).fetchall() for q in readme_queries("read_parquet("))
-    views = duckdb.sql(
-        "SELECT sum(views::BIGINT) FROM read_parquet('exports/*/type=page/*/*.parquet')"
-    ).fetchall()[0][0]
-    assert [(ws, total) for ws, total, _ in per_workspace] == [("acme", views)]
-    assert views >= sum(m["rows"] for m in written if m["type"] == "page")
-    events = sum(m["rows"] for m in written if m["type"] == "event")
-    assert 0 < sum(row[2] for row in top_titles) <= events
-    assert all(isinstance(row[1], str) for row in top_titles)
 
 
 async def test_readme_queries_read_the_hive_layout(

@@ -179,13 +179,20 @@ def _manifest(name: str) -> Manifest:
 
 
 def test_manifest_is_indented_json_as_readers_know_it() -> None:
-    """The manifest's bytes are what json.dumps(indent=2) writes, names and nulls included."""
+    """The manifest's bytes are what json.dumps(indent=2) writes, names and nulls included;
+    an NDJSON file's manifest leaves out the Parquet-only fields, a Parquet file's has them."""
     from dataclasses import asdict, replace
 
+    parquet_only = {"rows", "schema_fingerprint", "new_columns", "unparsed_values"}
     manifest = replace(_manifest('päge "\\ quoted".jsonl'), workspace="Zoë")
-    expected = json.dumps(asdict(manifest), indent=2, ensure_ascii=False) + "\n"
+    fields = {k: v for k, v in asdict(manifest).items() if k not in parquet_only}
+    expected = json.dumps(fields, indent=2, ensure_ascii=False) + "\n"
     assert manifest.to_json() == expected.encode()
     assert json.loads(manifest.to_json())["createdDate"] is None
+    typed = replace(manifest, format="parquet", rows=3, schema_fingerprint="f", new_columns=[],
+                    unparsed_values=0)  # fmt: skip
+    expected = json.dumps(asdict(typed), indent=2, ensure_ascii=False) + "\n"
+    assert typed.to_json() == expected.encode()
 
 
 async def test_commit_places_file_then_manifest_and_leaves_no_temp(tmp_path: Path) -> None:
