@@ -87,7 +87,7 @@ async def test_schema_is_versioned_and_newer_is_refused(tmp_path: Path) -> None:
     ledger = await Ledger.open(path)
     await ledger.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 5
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         assert "exports_by_type_ready" in indexes
@@ -283,7 +283,7 @@ async def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
     assert len(await ledger.all_rows()) == 1
     await ledger.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 5
 
 
 async def test_the_first_export_of_a_kind_is_guessed_from_similar_ones(
@@ -331,3 +331,31 @@ async def test_a_snapshot_waits_behind_the_windows_queued_before_it(ledger: Ledg
         "s", "acme", "individual", ExportWindow(DAY1.start - timedelta(days=400), DAY2.end)
     )
     assert [r.id for r in await ledger.active()] == [w.id for w in windows] + [snapshot.id]
+
+
+async def test_a_windows_failures_survive_its_retries_until_it_is_done(ledger: Ledger) -> None:
+    """Issue 24 item 1: a failed window queued again lost its failure at the next claim
+    (status said "pending 6, failed 0" while /healthz said the token was rejected). The
+    count of failures in a row and the last error stay while it is retried; done clears
+    them."""
+    (row,) = await ledger.plan("j", "acme", ["page"], [DAY1])
+    await ledger.claim(row.id, time.time())
+    for attempt in (1, 2, 3):
+        await ledger.mark_failed(row.id, f"AuthError: rejected ({attempt})")
+        await ledger.plan("j", "acme", ["page"], [DAY1])  # queued again
+        claimed = await ledger.claim(row.id, time.time())
+        assert claimed is not None
+        assert claimed.retrying
+        assert claimed.failures == attempt
+        assert claimed.last_error == f"AuthError: rejected ({attempt})"
+    await ledger.mark_failed(row.id, "TransientError: 503")
+    await ledger.plan("j", "acme", ["page"], [DAY1])
+    (waiting,) = await ledger.all_rows()
+    assert (waiting.state, waiting.failures, waiting.last_error) == (
+        "queued", 4, "TransientError: 503"
+    )  # fmt: skip
+    await ledger.claim(row.id, time.time())
+    await ledger.mark_done(row.id, destination="x", records=1, payload_bytes=1,
+                           payload_sha256="s", requests=1, created_date=None)  # fmt: skip
+    (done,) = await ledger.all_rows()
+    assert (done.failures, done.last_error, done.retrying) == (0, None, False)

@@ -296,6 +296,8 @@ class Ledger:
             requests=requests,
             created_date=created_date,
             reason=None,
+            failures=0,
+            last_error=None,
             finished_at=time.time(),
         )
 
@@ -327,6 +329,7 @@ class Ledger:
             "ON CONFLICT (workspace, type, window_start, window_end) DO UPDATE SET "
             "state = 'done', destination = excluded.destination, "
             "file_bytes = excluded.file_bytes, reason = excluded.reason, "
+            "failures = 0, last_error = NULL, "
             "finished_at = excluded.finished_at, updated_at = excluded.updated_at "
             "WHERE state != 'done'",
             rows,
@@ -552,8 +555,15 @@ class Ledger:
 
     @_state_errors
     async def mark_failed(self, export_id: int, reason: str) -> None:
-        await self._update(
-            export_id, state=LedgerState.FAILED, reason=reason, finished_at=time.time()
+        now = time.time()
+        await self._rows(
+            "UPDATE exports SET state = 'failed', reason = ?, last_error = ?, "
+            "failures = failures + 1, finished_at = ?, updated_at = ? WHERE id = ?",
+            reason,
+            reason,
+            now,
+            now,
+            export_id,
         )
 
     @_state_errors

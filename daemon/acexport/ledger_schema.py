@@ -100,6 +100,13 @@ _MIGRATIONS: Sequence[str] = (
     CREATE INDEX exports_by_type_ready ON exports (type, ready_at);
     CREATE INDEX exports_by_job_mode ON exports (job, type, mode, window_end);
     """,
+    # version 5: a window's failures survive its retries: how many attempts in a row
+    # failed, and the last one's error, until it is done (a re-queued window looked
+    # fine everywhere until it failed again).
+    """
+    ALTER TABLE exports ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE exports ADD COLUMN last_error TEXT;
+    """,
 )
 
 
@@ -145,6 +152,13 @@ class ExportRecord:
     mode: ExportMode = ExportMode.WINDOWS
     revision: int = 1
     file_sha256: str | None = None
+    failures: int = 0  # attempts in a row that failed (0 once done)
+    last_error: str | None = None  # the last failure's reason, kept while retried
+
+    @property
+    def retrying(self) -> bool:
+        """Still to do, after failing: what status, page and metrics call retrying."""
+        return self.state in ACTIVE and self.failures > 0
 
     def window(self, zone: Any = UTC) -> ExportWindow:
         return ExportWindow(self.start, self.end, zone)
@@ -171,4 +185,6 @@ class ExportRecord:
             mode=ExportMode(row["mode"]),
             revision=row["revision"],
             file_sha256=row["file_sha256"],
+            failures=row["failures"],
+            last_error=row["last_error"],
         )
