@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EmulatorFactory
-from tests.daemon_helpers import DaemonProcess, job, write_config
+from tests.daemon_helpers import DaemonProcess, job, run_cli, write_config
 
 
 def acexport(*args: str) -> subprocess.CompletedProcess[str]:
@@ -91,17 +91,34 @@ async def test_status_reports_done_and_failed_windows(
         stdout=asyncio.subprocess.PIPE,
     )
     stdout, _ = await status.communicate()
-    assert status.returncode == 0
+    assert status.returncode == 1  # something failed: non-zero, for cron and Nagios
     report = json.loads(stdout)
     by_name = {j["name"]: j for j in report["jobs"]}
     assert by_name["a"]["done"] == 2
     assert by_name["a"]["last_exported"]
+    assert by_name["a"]["horizon"] == {
+        "done": 2, "missing": 0, "in flight": 0, "retrying": 0, "failed": 0
+    }  # fmt: skip
     assert by_name["b"]["done"] == 0
-    reason = by_name["b"]["failed"][0]["reason"]
-    assert "AuthError" in reason
-    assert "revoked AC token" in reason  # AC answered the bad token with a 500 page
+    (failed,) = by_name["b"]["failed"]
+    assert "AuthError" in failed["reason"]
+    assert "revoked AC token" in failed["reason"]  # AC answered the bad token with a 500 page
+    assert (failed["failures"], failed["last_error"]) == (1, failed["reason"])
+    assert by_name["b"]["horizon"]["failed"] == 1
     assert b"bad-token" not in stdout
     assert report["daemon_pid"] is None
+
+    # For people: one line per failure, no Python reprs, no "next look" without a daemon.
+    code, out, _ = await run_cli("status", "--config", str(config))
+    human = out.decode()
+    assert code == 1
+    lines = human.splitlines()
+    assert lines[0].startswith("daemon: not running")
+    assert any(line.startswith("  FAILED   page ") and "AuthError" in line for line in lines)
+    assert "  catch-up horizon:     2 done" in lines
+    assert "next look" not in human
+    assert "<LedgerState" not in human
+    assert "[{" not in human
 
 
 def test_shipped_configs_are_valid() -> None:

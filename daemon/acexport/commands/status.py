@@ -1,6 +1,12 @@
-"""``acexport status``: what is exported, pending and failed, read from the ledger.
+"""``acexport status``: what is exported, missing, retrying and failed, from the ledger.
 
-It reads while a daemon writes (SQLite WAL); live figures are on /metrics.
+It reads while a daemon writes (SQLite WAL); live figures are on /metrics. The
+windows of the catch-up horizon are counted by the view the status page and
+the ``acexport_windows`` metric use, so the three never disagree; failed and
+retrying windows are listed wherever they lie (a backfill's too).
+
+Exit 0 when nothing failed and no job is behind; 1 otherwise (for cron, Nagios,
+a CI step); ``--json`` for programs.
 """
 
 from __future__ import annotations
@@ -8,15 +14,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from datetime import UTC, datetime
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..config import Settings
 from ..ledger import read_rows
-from ..ledger_schema import ACTIVE, LedgerState
+from ..ledger_schema import ACTIVE, ExportRecord, LedgerState
 from ..lock import lock_holder
+from ..ops.statuspage import build_view, failure_text
+from ..planner import due_windows
 from ..protocol import ExportMode
-from ..triggers import next_looks
+from ..triggers import next_looks, schedule_period
 from . import ExitCode
 from .common import exit_code_of, load
 
@@ -29,34 +38,78 @@ def main(args: argparse.Namespace) -> int:
             print(json.dumps(report, indent=2))
         else:
             _print(report)
-        return ExitCode.OK
+        troubled = any(
+            job["failed"] or job["retrying"] or job["behind_s"] for job in report["jobs"]
+        )
+        return ExitCode.FAILED if troubled else ExitCode.OK
 
     return exit_code_of("status", body)
 
 
+def _duration(seconds: float) -> str:
+    """``2d 3h``, ``45m``, ``12s``: the two largest units, for people."""
+    left = int(seconds)
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if left >= size or (unit == "s" and not parts):
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    return " ".join(parts[:2])
+
+
 def _print(report: dict[str, Any]) -> None:
     holder = report["daemon_pid"]
-    print(f"daemon: {'running, pid ' + str(holder) if holder else 'not running'}")
+    if holder:
+        print(f"daemon: running, pid {holder}")
+    else:
+        print("daemon: not running (nothing is exported until `acexport run` starts)")
     for job in report["jobs"]:
         print(f"\njob {job['name']} ({job['workspace']}, {job['schedule']})")
         if job["window_types"]:
             print(f"  last exported window: {job['last_exported'] or 'none yet'}")
+            counts = ", ".join(f"{n} {state}" for state, n in job["horizon"].items() if n)
+            print(f"  catch-up horizon:     {counts or 'no windows due yet'}")
         for type_, as_of in job["snapshots"].items():
             print(f"  {type_} snapshot as of:{' ' * max(1, 8 - len(type_))}{as_of or 'none yet'}")
-        print(f"  next look:            {job['next_look'] or '-'}")
-        print(f"  done {job['done']}, pending {job['pending']}, failed {len(job['failed'])}")
+        if job["behind_s"]:
+            print(f"  BEHIND by {_duration(job['behind_s'])}: the oldest due window is not done")
+        if holder:
+            print(f"  next look:            {job['next_look'] or 'never (the schedule ends)'}")
+        if job["pending_elsewhere"]:
+            print(f"  queued outside the horizon (backfills): {job['pending_elsewhere']}")
         if job["beyond_retention"]:
             print(f"  before AC's data retention (never asked for): {job['beyond_retention']}")
-        for failure in job["failed"][:10]:
-            print(f"    {failure['type']} {failure['window']}: {failure['reason']}")
+        for row in (job["retrying"] + job["failed"])[:10]:
+            label = "retrying" if row in job["retrying"] else "FAILED"
+            print(f"  {label:<8} {row['type']} {row['window']}: {row['detail']}")
+        hidden = len(job["retrying"]) + len(job["failed"]) - 10
+        if hidden > 0:
+            print(f"  ... and {hidden} more (acexport status --json lists them all)")
     print("\nlanes:")
     for lane in report["lanes"]:
-        print(f"  {lane['workspace']}: queued {lane['queued']}, in flight {lane['in_flight']}")
+        flights = ", ".join(f"{f['type']} {f['window']} {f['state']}" for f in lane["in_flight"])
+        print(
+            f"  {lane['workspace']}: {lane['queued']} queued, {len(lane['in_flight'])} in flight"
+            + (f" ({flights})" if flights else "")
+        )
+
+
+def _row(record: ExportRecord, zone: Any) -> dict[str, Any]:
+    return {
+        "type": record.type,
+        "window": str(record.window(zone)),
+        "failures": record.failures,
+        "last_error": record.last_error or record.reason,
+        "detail": failure_text(record),
+        "reason": record.reason,
+        "attempts": record.attempts,
+    }
 
 
 async def _status_report(settings: Settings) -> dict[str, Any]:
     rows = await read_rows(settings.daemon.state_dir)
     now = datetime.now(UTC)
+    view = {job.name: job for job in build_view(settings, rows, [], now).jobs}
     jobs = []
     for job in settings.jobs:
         zone = settings.workspaces[job.workspace].zone
@@ -69,6 +122,10 @@ async def _status_report(settings: Settings) -> dict[str, Any]:
                         default=None)
             for t in job.snapshot_types
         }  # fmt: skip
+        cells = [cell for row in view[job.name].rows.values() for cell in row]
+        horizon = Counter("in flight" if c.state in ("queued", "submitted", "ready") else
+                          c.state for c in cells)  # fmt: skip
+        horizon_starts = {w.start for w in due_windows(job, zone, now)}
         jobs.append(
             {
                 "name": job.name,
@@ -85,19 +142,22 @@ async def _status_report(settings: Settings) -> dict[str, Any]:
                     for t, end in newest.items()
                 },
                 "next_look": looks[0].isoformat() if looks else None,
+                "horizon": {
+                    state: horizon[state]
+                    for state in ("done", "missing", "in flight", "retrying", "failed")
+                },
+                "behind_s": _behind_s(settings, job.name, rows, now),
                 "done": len(done),
                 "pending": sum(r.state in ACTIVE for r in mine),
-                "beyond_retention": sum(r.state is LedgerState.BEYOND_RETENTION for r in mine),
-                "failed": [
-                    {
-                        "type": r.type,
-                        "window": str(r.window(zone)),
-                        "reason": r.reason,
-                        "attempts": r.attempts,
-                    }
+                "pending_elsewhere": sum(
+                    r.state is LedgerState.QUEUED
+                    and r.mode is ExportMode.WINDOWS
+                    and r.start not in horizon_starts
                     for r in mine
-                    if r.state is LedgerState.FAILED
-                ],
+                ),
+                "beyond_retention": sum(r.state is LedgerState.BEYOND_RETENTION for r in mine),
+                "retrying": [_row(r, zone) for r in mine if r.retrying],
+                "failed": [_row(r, zone) for r in mine if r.state is LedgerState.FAILED],
             }
         )
     lanes = [
@@ -105,7 +165,7 @@ async def _status_report(settings: Settings) -> dict[str, Any]:
             "workspace": name,
             "queued": sum(r.workspace == name and r.state is LedgerState.QUEUED for r in rows),
             "in_flight": [
-                {"type": r.type, "window": r.window().from_date, "state": r.state}
+                {"type": r.type, "window": r.window().from_date, "state": str(r.state)}
                 for r in rows
                 if r.workspace == name and r.state in (LedgerState.SUBMITTED, LedgerState.READY)
             ],
@@ -117,3 +177,26 @@ async def _status_report(settings: Settings) -> dict[str, Any]:
         "jobs": jobs,
         "lanes": lanes,
     }
+
+
+def _behind_s(settings: Settings, name: str, rows: list[ExportRecord], now: datetime) -> float:
+    """How long the job's oldest due window not done has been due, beyond the one
+    period of its schedule the daemon has to export it (0: not behind)."""
+    job = next(j for j in settings.jobs if j.name == name)
+    zone = settings.workspaces[job.workspace].zone
+    done = {(r.type, r.start) for r in rows if r.job == name and r.state is LedgerState.DONE}
+    beyond = {
+        (r.type, r.start) for r in rows if r.job == name and r.state is LedgerState.BEYOND_RETENTION
+    }
+    waiting = [
+        w
+        for w in due_windows(job, zone, now)
+        for t in job.window_types
+        if (str(t), w.start) not in done and (str(t), w.start) not in beyond
+    ]
+    if not waiting:
+        return 0.0
+    due_since = min(w.end for w in waiting) + job.lag
+    period = schedule_period(job.trigger(zone), now) or timedelta(0)
+    late = (now - due_since - period).total_seconds()
+    return late if late > 0 else 0.0

@@ -161,11 +161,11 @@ class Metrics(LaneObserver):
         return generate_latest(self.registry)
 
 
-WINDOW_STATES = ("done", "failed", "in_flight", "missing", "beyond_retention")
+WINDOW_STATES = ("done", "failed", "retrying", "in_flight", "missing", "beyond_retention")
 
 
 def _window_state(ledger_state: str) -> str:
-    if ledger_state in ("done", "failed", "missing", "beyond_retention"):
+    if ledger_state in ("done", "failed", "retrying", "missing", "beyond_retention"):
         return ledger_state
     return "in_flight"  # queued, submitted or ready
 

@@ -111,15 +111,28 @@ def build_view(
             for t in job.snapshot_types
         ]
         jobs.append(JobView(job.name, job.workspace, job.schedule, headings, grid, snapshots))
+    # Failed, and failed before while retried: a window's failure stays in view
+    # until it is done, wherever the window lies (a backfill's too).
     failed = sorted(
-        (r for r in rows if r.state is LedgerState.FAILED),
+        (r for r in rows if r.state is LedgerState.FAILED or r.retrying),
         key=lambda r: r.finished_at or 0.0,
         reverse=True,
     )
     failures = [
-        (r.job, r.type, r.window().from_date, r.reason or "") for r in failed[:_LAST_FAILURES]
+        (r.job, r.type, r.window().from_date, failure_text(r)) for r in failed[:_LAST_FAILURES]
     ]
     return StatusView(now, jobs, list(lanes), failures)
+
+
+def failure_text(record: ExportRecord) -> str:
+    """What a failed or retrying window says: ``retrying, 3 failures, last: AuthError ...``."""
+    if record.state is LedgerState.BEYOND_RETENTION:
+        return record.reason or ""
+    count = f"{record.failures} failure{'s' if record.failures != 1 else ''}"
+    last = record.last_error or record.reason or "no reason recorded"
+    if record.retrying:
+        return f"retrying, {count}, last: {last}"
+    return f"failed ({count}): {last}" if record.failures > 1 else last
 
 
 def _snapshot_view(type_: str, mine: list[ExportRecord], zone: tzinfo) -> SnapshotView:
@@ -137,7 +150,9 @@ def _cell(record: ExportRecord | None) -> Cell:
     if record is None:
         return Cell("missing")
     if record.state in (LedgerState.FAILED, LedgerState.BEYOND_RETENTION):
-        return Cell(record.state, record.reason or "")
+        return Cell(record.state, failure_text(record))
+    if record.retrying:
+        return Cell("retrying", failure_text(record))
     if record.state in ACTIVE:
         since = record.submitted_at or record.planned_at
         return Cell(record.state, f"{record.state} for {time.time() - since:.0f} s")
@@ -151,6 +166,7 @@ th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; white-space
 td.cell { width: 1.6em; height: 1.2em; padding: 0; }
 .done { background: #3a3; } .failed { background: #d33; } .missing { background: #eee; }
 .queued, .submitted, .ready { background: #e9b32a; }
+.retrying { background: repeating-linear-gradient(45deg, #d33 0 3px, #e9b32a 3px 6px); }
 .beyond_retention { background: repeating-linear-gradient(45deg, #bbb 0 3px, #eee 3px 6px); }
 .legend span { display: inline-block; padding: 2px 8px; margin-right: 6px; }
 """
@@ -227,6 +243,7 @@ def render(view: StatusView) -> str:
         for state, label in (
             ("done", "done"),
             ("failed", "failed"),
+            ("retrying", "retrying after failing"),
             ("submitted", "in flight"),
             ("missing", "missing"),
             ("beyond_retention", "before AC's retention"),
