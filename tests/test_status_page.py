@@ -184,3 +184,65 @@ async def test_a_large_grid_is_summarised_cached_and_rendered_off_the_loop() -> 
     clock[0] += 10
     await page.html()
     assert reads == 2
+
+
+async def test_a_revoked_token_reads_the_same_in_healthz_page_status_and_metrics(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 24's done-when: with the token revoked mid-run, every moment's /healthz,
+    status page, `status` report and /metrics agree: the page, status and metrics count
+    the same failed or retrying windows, and when /healthz says failing all three show
+    the failure with its error. (Before: "failing" in /healthz while the page showed
+    in-flight cells and status "failed 0", because a re-queued window lost its failure.)"""
+    from acexport.commands.status import _status_report
+
+    emu = await emulator(tokens={"acme": "acme-token"}, records=3, auth_failure=401)
+    config = tmp_path / "revoked.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\noutput_dir = "{tmp_path / "exports"}"\n'
+        f'listen = "127.0.0.1:0"\nstop_grace = "1s"\npickup_interval = "200ms"\n{FAST_HTTP}'
+        f'[workspaces.acme]\nbase_url = "{emu.url}"\ntoken = "acme-token"\nretention = 1200\n'
+        + job(
+            "daily", "acme", types=["page", "event"], catch_up="3d", lag="0s", schedule="every 1s"
+        )
+    )
+    config.chmod(0o600)
+    settings = load_settings(config)
+    samples: list[tuple[bool, int, int, int, bool]] = []
+    async with Daemon(settings, config) as daemon, aiohttp.ClientSession() as http:
+        running = asyncio.create_task(daemon.run_until_stopped())
+        await emu.wait_for(lambda report: len(report["jobs"]) >= 1)
+        await emu.control("workspaces/acme", {"revoked": True})
+        async with asyncio.timeout(30):
+            while len([s for s in samples if s[0]]) < 5:
+                async with http.get(f"{daemon.health_url}/healthz") as answer:
+                    failing = answer.status == 503
+                async with http.get(f"{daemon.health_url}/") as answer:
+                    cells = _Cells()
+                    cells.feed(await answer.text())
+                report = await _status_report(settings)
+                async with http.get(f"{daemon.health_url}/metrics") as answer:
+                    metrics = await answer.text()
+                async with http.get(f"{daemon.health_url}/healthz") as answer:
+                    if (answer.status == 503) != failing:
+                        continue  # the moment changed between the readings: take another
+                on_page = sum(state in ("failed", "retrying") for state in cells.states)
+                (job_report,) = report["jobs"]
+                in_status = job_report["horizon"]["failed"] + job_report["horizon"]["retrying"]
+                in_metrics = sum(
+                    int(float(line.rsplit(" ", 1)[1]))
+                    for line in metrics.splitlines()
+                    if line.startswith("acexport_windows{")
+                    and ('state="failed"' in line or 'state="retrying"' in line)
+                )
+                errors = job_report["failed"] + job_report["retrying"]
+                named = any("AuthError" in (row["last_error"] or "") for row in errors)
+                samples.append((failing, on_page, in_status, in_metrics, named))
+                await asyncio.sleep(0.1)
+        daemon.request_stop()
+        await running
+    for failing, on_page, in_status, in_metrics, named in samples:
+        assert on_page == in_status == in_metrics, samples
+        if failing:
+            assert on_page >= 1, samples
+            assert named, samples

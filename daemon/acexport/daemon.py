@@ -157,7 +157,7 @@ class Daemon:
             sink=sink,
             settings=lambda: self._settings,
             timing=lambda: Timing.from_settings(self._settings.http),
-            observer=Observers(self.metrics, self.health, self.tally),
+            observer=Observers(self.metrics, self.health, self.tally, self._status_page),
             fatal=self.fail,
             server_clock=self._server_clock,
             retention_start=self._planner.retention_start,
@@ -165,7 +165,9 @@ class Daemon:
         base_urls = {ws.base_url for ws in self._settings.workspaces.values()}
         await ask_ac_the_time(session, base_urls, self._server_clock)
         if daemon.listen:
-            server = HealthServer(self.health, self.metrics, daemon.listen, self.status_page)
+            server = HealthServer(
+                self.health, self.metrics, daemon.listen, self.status_page, self._refresh_backlog
+            )
             self.health_url = await server.start(stack)
         stack.push_async_callback(self._stop_lanes)
         self._scheduler.start(stack)  # stopped before the lanes: no look after that

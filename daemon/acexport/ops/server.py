@@ -184,8 +184,9 @@ class HealthServer:
         metrics: Metrics,
         listen: str,
         status_page: Callable[[], Awaitable[str]] | None = None,
+        refresh_metrics: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self._app = health_app(health, metrics, status_page)
+        self._app = health_app(health, metrics, status_page, refresh_metrics)
         self._listen = listen
 
     async def start(self, stack: AsyncExitStack) -> str:
@@ -228,13 +229,21 @@ class HealthServer:
 
 
 def health_app(
-    health: Health, metrics: Metrics, status_page: Callable[[], Awaitable[str]] | None = None
+    health: Health,
+    metrics: Metrics,
+    status_page: Callable[[], Awaitable[str]] | None = None,
+    refresh_metrics: Callable[[], Awaitable[None]] | None = None,
 ) -> web.Application:
+    """``refresh_metrics`` brings the ledger-derived figures (windows by state) up to
+    the moment of the scrape, so they never disagree with /healthz or the page."""
+
     async def healthz(_: web.Request) -> web.Response:
         status, body = health.report()
         return web.json_response(body, status=status)
 
     async def metrics_route(_: web.Request) -> web.Response:
+        if refresh_metrics is not None:
+            await refresh_metrics()
         return web.Response(
             body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
         )

@@ -25,6 +25,7 @@ from datetime import datetime, tzinfo
 
 from .. import __version__
 from ..config import Settings
+from ..events import ExportEnded, LaneObserver
 from ..ledger_schema import ACTIVE, ExportRecord, LedgerState
 from ..planner import due_windows
 from ..protocol import ExportMode
@@ -271,9 +272,10 @@ refreshes every {_REFRESH_S} s. <a href="/metrics">/metrics</a> <a href="/health
 PageInput = tuple[Settings, list[ExportRecord], list[LaneView], datetime]
 
 
-class StatusPage:
+class StatusPage(LaneObserver):
     """The page as served: read from the ledger on the loop, built and rendered in a
-    worker thread, at most once per ``CACHE_S`` however often it is fetched."""
+    worker thread, at most once per ``CACHE_S`` however often it is fetched, and anew
+    after an export ends (a failure must not wait 5 s to show: /healthz says it at once)."""
 
     def __init__(
         self,
@@ -284,6 +286,9 @@ class StatusPage:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._page: tuple[float, str] | None = None
+
+    def export_ended(self, event: ExportEnded) -> None:
+        self._page = None
 
     async def html(self) -> str:
         async with self._lock:  # concurrent fetches share one rendering
