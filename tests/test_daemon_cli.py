@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -257,3 +258,29 @@ def test_allocator_settings_yield_to_the_operators_environment(monkeypatch) -> N
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     cli.tune_malloc()
     assert calls == [(-3, 4 << 20), (-1, 64 << 20)]  # no M_ARENA_MAX (-8)
+
+
+@pytest.mark.slow
+async def test_ctrl_c_during_a_backfill_exits_130_and_says_what_stays_queued(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 24 items 5 and 11: Ctrl-C stops a foreground backfill with exit 130 and a
+    line saying how many of its exports stay queued (for `acexport run` or the next
+    backfill); they are in the ledger, none lost."""
+    emu = await emulator(tokens={"alpha": "alpha-token"}, records=5, processing_s=600)
+    config = write_config(tmp_path, emu, job("a", "alpha", types=["page"], catch_up="0s"))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "acexport", "backfill", "--config", str(config), "--job", "a",
+        "--from", "2022-01-01", "--to", "2022-01-04",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    await emu.wait_for(lambda report: bool(report["jobs"]))
+    process.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 130, err
+    assert "interrupted: 4 of this backfill's 4 exports stay queued" in err.decode()
+    from acexport.ledger import read_rows
+
+    rows = await read_rows(tmp_path / "state")
+    assert len(rows) == 4
+    assert {str(r.state) for r in rows} <= {"queued", "submitted"}  # resumed where they were

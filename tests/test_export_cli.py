@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -300,7 +301,8 @@ async def test_export_without_config_touches_no_user_file(
 async def test_sigterm_during_export_leaves_no_part_file(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
-    """`acexport export` stopped by SIGTERM mid-download exits 1 and leaves no temp file."""
+    """`acexport export` stopped by SIGTERM mid-download exits 143 (128 + SIGTERM, as a
+    shell reports it; Ctrl-C gives 130) and leaves no temp file."""
     from acexport.emulator import FaultSettings
 
     emu = await emulator(records=40000, faults=FaultSettings(slow_bytes_per_s=300_000))
@@ -310,6 +312,41 @@ async def test_sigterm_during_export_leaves_no_part_file(
     await emu.wait_for(lambda report: any(job["bytes_sent"] for job in report["jobs"]))
     process.terminate()
     _, stderr = await asyncio.wait_for(process.communicate(), 10)
-    assert process.returncode == 1
+    assert process.returncode == 143
     assert b"interrupted" in stderr
     assert list(out_dir.iterdir()) == []  # no data, no .part, no private temp dir
+
+
+async def test_ctrl_c_during_export_exits_130(emulator: EmulatorFactory, tmp_path: Path) -> None:
+    """Issue 24 item 11: Ctrl-C (SIGINT) exits 130 as shells expect, not 1."""
+    emu = await emulator(processing_s=600)
+    process = await spawn_page_export(emu, str(tmp_path / "p.jsonl"))
+    await emu.wait_for(lambda report: bool(report["jobs"]))
+    process.send_signal(signal.SIGINT)
+    _, stderr = await asyncio.wait_for(process.communicate(), 10)
+    assert process.returncode == 130
+    assert b"interrupted" in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_flag_value_is_one_line_naming_the_flag_exit_2(tmp_path: Path) -> None:
+    """Issue 24 item 11: a value pydantic refuses is one line naming the flag (no
+    'validation error for WorkspaceSettings', no pydantic URL), exit 2."""
+    for flag, value, expected in (
+        ("--base-url", "ftp://example.com", "--base-url: expected an http(s) URL"),
+        ("--timezone", "Mars/Olympus", "--timezone: unknown time zone 'Mars/Olympus'"),
+    ):
+        args = ["--base-url", "http://127.0.0.1:9", flag, value]
+        if flag == "--base-url":
+            args = [flag, value]
+        result = subprocess.run(
+            [sys.executable, "-m", "acexport", "export", *args, "--token-env", "ACME_TOKEN",
+             "--type", "page", "--from", "2022-01-01", "--to", "2022-01-01",
+             "--output", str(tmp_path / "x.jsonl")],
+            capture_output=True, text=True, env={**os.environ, "ACME_TOKEN": "t"}, check=False,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"acexport export: {expected}")
+        assert "pydantic" not in result.stderr
+        assert "validation error" not in result.stderr

@@ -18,3 +18,4 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
     TEMPFAIL = 75  # sysexits EX_TEMPFAIL: busy now (the listen port in use); restart later
     CONFIG = 78  # sysexits EX_CONFIG: systemd's RestartPreventExitStatus= stops a restart loop
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it

@@ -30,6 +30,7 @@ from .common import (
     UsageError,
     exit_code_of,
     handle_signals,
+    interrupted,
     load,
     prepare,
     remember_early_signals,
@@ -131,6 +132,15 @@ async def _backfill(
             "the daemon (`acexport run`) exports them",
             file=sys.stderr,
         )
+    if interrupted():
+        left = [r for r in await read_rows(settings.daemon.state_dir) if r.id in mine]
+        waiting = sum(r.state in ACTIVE for r in left)
+        print(
+            f"interrupted: {waiting} of this backfill's {len(mine)} exports stay queued; "
+            "`acexport run` (or this backfill again) exports them",
+            file=sys.stderr,
+        )
+        return ExitCode.INTERRUPTED
     return ExitCode.OK if ok and daemon.fatal_error is None else ExitCode.FAILED
 
 

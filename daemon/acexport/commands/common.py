@@ -76,13 +76,27 @@ def remember_early_signals() -> None:
         signal.signal(sig, lambda number, _: _early_signals.add(number))
 
 
+_stop_signals: set[int] = set()
+
+
+def interrupted() -> bool:
+    """Whether SIGINT or SIGTERM stopped the daemon: a foreground command exits 130."""
+    return bool(_stop_signals)
+
+
 def handle_signals(daemon: Daemon) -> None:
     """SIGTERM/SIGINT stop taking work and end within the grace; SIGHUP reloads."""
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
-    loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
+
+    def stop(number: int) -> None:
+        _stop_signals.add(number)
+        daemon.request_stop()
+
+    loop.add_signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
+    loop.add_signal_handler(signal.SIGINT, stop, signal.SIGINT)
     loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
     if _early_signals & {signal.SIGTERM, signal.SIGINT}:
+        _stop_signals.update(_early_signals & {signal.SIGTERM, signal.SIGINT})
         daemon.request_stop()
     elif signal.SIGHUP in _early_signals:
         daemon.request_reload()

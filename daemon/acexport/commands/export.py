@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import TextIO
 
 import structlog
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from ..client import ExportClient, ExportStatus, new_session
 from ..config import (
@@ -116,8 +116,20 @@ def _workspace_from_flags(args: argparse.Namespace) -> tuple[str, WorkspaceSetti
             timezone=args.timezone or "UTC",
         )
         return "adhoc", ws, ws.read_token()
+    except ValidationError as exc:
+        raise UsageError(_flag_problems(exc)) from None
     except ValueError as exc:
         raise ConfigError(f"command line: {exc}") from None
+
+
+def _flag_problems(exc: ValidationError) -> str:
+    """pydantic's report as one line naming the flags: ``--base-url: expected ...``."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        message = str(error["msg"]).removeprefix("Value error, ")
+        flag = f"--{str(error['loc'][0]).replace('_', '-')}: " if error["loc"] else ""
+        problems.append(flag + message)
+    return "; ".join(problems)
 
 
 def _workspace_from_config(
@@ -224,12 +236,20 @@ class _Progress(ExportObserver):
         self._stream.flush()
 
 
+_terminated: set[int] = set()  # SIGTERM, once it came
+
+
 async def _export(plan: _Plan, progress: _Progress | None) -> str:
     assert plan.temp_dir is not None
     # SIGTERM cancels like Ctrl-C does, so temp files are removed on the way out.
     task = asyncio.current_task()
     assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+
+    def terminate() -> None:
+        _terminated.add(signal.SIGTERM)
+        task.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
     timeout = plan.settings.http.timeout.total_seconds()
     async with AsyncExitStack() as stack:
         temp_dir = plan.temp_dir
@@ -296,7 +316,8 @@ def _run(plan: _Plan, quiet: bool) -> int:
         manifest_path = asyncio.run(_export(plan, progress))
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("acexport export: interrupted; nothing was written", file=sys.stderr)
-        return ExitCode.FAILED
+        # As a shell reports a process the signal ended: 130 for Ctrl-C, 143 for SIGTERM.
+        return 128 + signal.SIGTERM if _terminated else ExitCode.INTERRUPTED
     except AcexportError as exc:
         log.error("export_failed", error=str(exc), kind=type(exc).__name__)
         return ExitCode.FAILED
