@@ -284,3 +284,100 @@ async def test_ctrl_c_during_a_backfill_exits_130_and_says_what_stays_queued(
     rows = await read_rows(tmp_path / "state")
     assert len(rows) == 4
     assert {str(r.state) for r in rows} <= {"queued", "submitted"}  # resumed where they were
+
+
+@pytest.mark.slow
+async def test_backfill_dry_run_says_what_it_would_queue_and_queues_nothing(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 24 item 5: --dry-run counts what would be asked for, what is done already
+    and what lies before AC's retention, estimates AC's time, and writes nothing."""
+    from acexport.ledger import read_rows
+
+    emu = await emulator(tokens={"alpha": "alpha-token"}, records=2)
+    config = write_config(tmp_path, emu, job("a", "alpha", types=["page"], catch_up="0s"))
+    code, _, err = await run_cli(
+        "backfill", "--config", str(config), "--job", "a", "--from", "2022-01-01",
+        "--to", "2022-01-02",
+    )  # fmt: skip
+    assert code == 0, err
+    before = await read_rows(tmp_path / "state")
+    code, out, err = await run_cli(
+        "backfill", "--config", str(config), "--job", "a", "--from", "2022-01-01",
+        "--to", "2022-01-06", "--dry-run",
+    )  # fmt: skip
+    assert code == 0, err
+    text = out.decode()
+    assert "would cover 6 exports (6 windows x 1 types: page)" in text
+    assert "  4 to ask AC for" in text
+    assert "  2 already done" in text
+    assert "  0 before AC's data retention" in text
+    assert "of AC's time at the" in text  # the processing times seen
+    assert "nothing was queued (--dry-run)" in text
+    assert await read_rows(tmp_path / "state") == before
+
+
+async def test_backfill_cancel_drops_queued_windows_not_those_at_ac(tmp_path: Path) -> None:
+    """Issue 24 item 5: --cancel drops the job's queued and failed windows in the range
+    (all without one); one AC is working on is left, and said so."""
+    from datetime import UTC, datetime, timedelta
+
+    from acexport.ledger import Ledger, ledger_path, read_rows
+    from acexport.windows import ExportWindow
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\noutput_dir = "{tmp_path / "out"}"\n'
+        '[workspaces.alpha]\nbase_url = "http://127.0.0.1:9"\ntoken = "t"\n'
+        + job("a", "alpha", types=["page"])
+    )
+    config.chmod(0o600)
+    (tmp_path / "state").mkdir(mode=0o700)
+    day = datetime(2022, 1, 1, tzinfo=UTC)
+    windows = [ExportWindow(day + timedelta(days=i), day + timedelta(days=i + 1)) for i in range(5)]
+    ledger = await Ledger.open(ledger_path(tmp_path / "state"))
+    rows = await ledger.plan("a", "alpha", ["page"], windows)
+    await ledger.claim(rows[0].id, 0)  # submitted: AC works on it
+    await ledger.mark_failed(rows[1].id, "AuthError: x")
+    await ledger.close()
+
+    result = acexport("backfill", "--config", str(config), "--job", "a", "--cancel",
+                      "--from", "2022-01-01", "--to", "2022-01-03")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "dropped 2 queued or failed exports of job a" in result.stdout
+    assert "1 in flight at AC are left to finish" in result.stdout
+    assert len(await read_rows(tmp_path / "state")) == 3
+    result = acexport("backfill", "--config", str(config), "--job", "a", "--cancel")
+    assert "dropped 2 queued or failed exports" in result.stdout
+    assert [str(r.state) for r in await read_rows(tmp_path / "state")] == ["submitted"]
+
+
+def test_a_large_backfill_asks_on_a_terminal_and_no_queues_nothing(tmp_path: Path) -> None:
+    """Issue 24 item 5: over 100 exports, a terminal is asked first; "n" queues nothing."""
+    import os
+    import pty
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\noutput_dir = "{tmp_path / "out"}"\n'
+        '[workspaces.alpha]\nbase_url = "http://127.0.0.1:9"\ntoken = "t"\nretention = 1200\n'
+        + job("a", "alpha", types=["page", "event"])
+    )
+    config.chmod(0o600)
+    main, child = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "acexport", "backfill", "--config", str(config), "--job", "a",
+         "--from", "2022-01-01", "--to", "2022-03-31"],
+        stdin=child, stderr=child, stdout=subprocess.DEVNULL, close_fds=True,
+    )  # fmt: skip
+    os.close(child)
+    asked = b""
+    while b"[y/N]" not in asked:
+        asked += os.read(main, 1024)
+    os.write(main, b"n\n")
+    assert process.wait(20) == 0
+    assert b"queue 180 exports of job a (90 windows x 2 types)?" in asked
+    from acexport.ledger import read_rows
+
+    assert asyncio.run(read_rows(tmp_path / "state")) == []
+    os.close(main)

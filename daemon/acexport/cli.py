@@ -94,8 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
     backfill = commands.add_parser("backfill", help="export every window of a job in a range")
     _add_config_argument(backfill)
     backfill.add_argument("--job", required=True)
-    backfill.add_argument("--from", dest="from_", required=True, metavar="DATE")
-    backfill.add_argument("--to", required=True, metavar="DATE", help="inclusive for a date")
+    backfill.add_argument("--from", dest="from_", metavar="DATE", help="required, but for --cancel")
+    backfill.add_argument("--to", metavar="DATE", help="inclusive for a date")
+    what = backfill.add_mutually_exclusive_group()
+    what.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="say what would be queued (and how long it may take) without queuing it",
+    )
+    what.add_argument(
+        "--cancel",
+        action="store_true",
+        help="drop the job's queued and failed windows (in --from/--to, or all)",
+    )
+    backfill.add_argument(
+        "--yes", "-y", action="store_true", help="no question on a terminal for a large backfill"
+    )
 
     verify = commands.add_parser(
         "verify", help="check the output's files against their manifests (after a restore)"

@@ -477,6 +477,26 @@ class Ledger:
         )
 
     @_state_errors
+    async def cancel(self, job: str, start_from: str, start_before: str) -> tuple[int, int]:
+        """Drop the job's queued and failed windows starting in ``[start_from,
+        start_before)`` (ISO, UTC); returns (dropped, left running at AC)."""
+        dropped = await self._rows(
+            "DELETE FROM exports WHERE job = ? AND mode = 'windows' AND state IN "
+            "('queued', 'failed') AND window_start >= ? AND window_start < ? RETURNING id",
+            job,
+            start_from,
+            start_before,
+        )
+        running = await self._rows(
+            "SELECT count(*) FROM exports WHERE job = ? AND mode = 'windows' AND state IN "
+            "('submitted', 'ready') AND window_start >= ? AND window_start < ?",
+            job,
+            start_from,
+            start_before,
+        )
+        return len(dropped), int(running[0][0])
+
+    @_state_errors
     async def state_id(self) -> str:
         """This state directory's identity (made on first use; a copy shares it)."""
         await self._rows(

@@ -12,19 +12,22 @@ import argparse
 import asyncio
 import sys
 import time
+from collections import Counter
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..config import JobSettings, Settings
-from ..ledger import Ledger, ledger_path, read_rows
-from ..ledger_schema import ACTIVE
+from ..ledger import Ledger, ledger_path, read_learned_retention, read_rows
+from ..ledger_schema import ACTIVE, LedgerState
 from ..lock import lock_holder
 from ..ops.logging import configure_logging
 from ..output.open import open_store
 from ..planner import Look, Planner
+from ..protocol import ExportMode
+from ..retention import effective_months, retention_start
 from ..scheduler import utc_now
-from ..windows import ExportWindow, aligned_windows, parse_bound
+from ..windows import ExportWindow, aligned_windows, iso_ms, parse_bound
 from . import ExitCode
 from .common import (
     UsageError,
@@ -50,19 +53,46 @@ def main(args: argparse.Namespace) -> int:
         else:
             # Only recorded for the running daemon, which holds the tokens: none is read.
             configure_logging(settings.daemon.log_format, settings.daemon.log_level)
+        if args.cancel:
+            return asyncio.run(_cancel(settings, path, args))
         job, windows = _windows(settings, path, args)
+        if args.dry_run:
+            return asyncio.run(_dry_run(settings, job, windows))
+        if not _confirmed(job, windows, args.yes):
+            print("nothing queued", file=sys.stderr)
+            return ExitCode.OK
         return asyncio.run(_backfill(settings, path, job, windows))
 
     return exit_code_of("backfill", body)
 
 
+# A backfill this large asks first on a terminal: at AC's pace (one export per
+# workspace at a time, a worker tick of up to 5 minutes each) it is hours of AC's time.
+CONFIRM_ABOVE = 100
+
+
+def _job(settings: Settings, path: Path, name: str) -> JobSettings:
+    job = next((j for j in settings.jobs if j.name == name), None)
+    if job is None:
+        known = ", ".join(j.name for j in settings.jobs) or "none"
+        raise UsageError(f"no job {name!r} in {path} (known: {known})")
+    return job
+
+
+def _range(settings: Settings, job: JobSettings, args: argparse.Namespace) -> tuple[Any, Any]:
+    if args.from_ is None or args.to is None:
+        raise UsageError("give --from and --to (only --cancel may go without: all windows)")
+    zone = settings.workspaces[job.workspace].zone
+    try:
+        return parse_bound(args.from_, zone, end=False), parse_bound(args.to, zone, end=True)
+    except ValueError as exc:
+        raise UsageError(f"--from/--to: {exc}") from None
+
+
 def _windows(
     settings: Settings, path: Path, args: argparse.Namespace
 ) -> tuple[JobSettings, list[ExportWindow]]:
-    job = next((j for j in settings.jobs if j.name == args.job), None)
-    if job is None:
-        known = ", ".join(j.name for j in settings.jobs) or "none"
-        raise UsageError(f"no job {args.job!r} in {path} (known: {known})")
+    job = _job(settings, path, args.job)
     if not job.window_types:
         raise UsageError(
             f"job {job.name!r} exports only entity snapshots ({', '.join(job.types)}): each "
@@ -74,13 +104,8 @@ def _windows(
             f"({', '.join(job.snapshot_types)}) are exported whole at each look, not by range",
             file=sys.stderr,
         )
-    zone = settings.workspaces[job.workspace].zone
-    try:
-        start = parse_bound(args.from_, zone, end=False)
-        end = parse_bound(args.to, zone, end=True)
-    except ValueError as exc:
-        raise UsageError(f"--from/--to: {exc}") from None
-    windows = aligned_windows(zone, job.window, start, end)
+    start, end = _range(settings, job, args)
+    windows = aligned_windows(settings.workspaces[job.workspace].zone, job.window, start, end)
     if not windows:
         raise UsageError("no whole window lies in that range")
     return job, windows
@@ -142,6 +167,96 @@ async def _backfill(
         )
         return ExitCode.INTERRUPTED
     return ExitCode.OK if ok and daemon.fatal_error is None else ExitCode.FAILED
+
+
+def _confirmed(job: JobSettings, windows: list[ExportWindow], yes: bool) -> bool:
+    exports = len(windows) * len(job.window_types)
+    if yes or exports <= CONFIRM_ABOVE or not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return True
+    sys.stderr.write(
+        f"queue {exports} exports of job {job.name} ({len(windows)} windows x "
+        f"{len(job.window_types)} types)? `--dry-run` says more. [y/N] "
+    )
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+async def _dry_run(settings: Settings, job: JobSettings, windows: list[ExportWindow]) -> int:
+    """What the backfill would queue, without queuing it: how many exports, how many
+    before AC's retention or done already, and roughly how long at the times seen."""
+    ws = settings.workspaces[job.workspace]
+    state_dir = settings.daemon.state_dir
+    learned = (await read_learned_retention(state_dir, [job.workspace])).get(job.workspace)
+    earliest = retention_start(utc_now(), effective_months(ws.retention, learned), ws.zone)
+    rows = [r for r in await read_rows(state_dir) if r.workspace == job.workspace]
+    by_key = {(r.type, r.start): r for r in rows if r.mode is ExportMode.WINDOWS}
+    counts: Counter[str] = Counter()
+    for window in windows:
+        for type_ in job.window_types:
+            row = by_key.get((str(type_), window.start))
+            if window.start < earliest:
+                counts["beyond"] += 1
+            elif row is not None and row.state is LedgerState.DONE:
+                counts["done"] += 1
+            elif row is not None and row.state in ACTIVE:
+                counts["pending"] += 1
+            else:
+                counts["new"] += 1
+    spans = sorted(
+        r.ready_at - r.submitted_at
+        for r in rows
+        if r.ready_at is not None and r.submitted_at is not None and r.attempts == 1
+    )
+    exports = len(windows) * len(job.window_types)
+    print(
+        f"backfill {job.name} would cover {exports} exports ({len(windows)} windows x "
+        f"{len(job.window_types)} types: {', '.join(job.window_types)}):"
+    )
+    print(f"  {counts['new']} to ask AC for")
+    print(f"  {counts['pending']} already queued or in flight")
+    print(f"  {counts['done']} already done (the output store may hold more: not asked again)")
+    print(f"  {counts['beyond']} before AC's data retention ({earliest.date()}): not asked for")
+    if spans and counts["new"]:
+        median = spans[len(spans) // 2]
+        print(
+            f"  roughly {_duration(median * counts['new'])} of AC's time at the "
+            f"{_duration(median)} per export seen in this workspace (one at a time)"
+        )
+    elif counts["new"]:
+        print(
+            "  no processing time seen yet in this workspace; AC's worker takes up to "
+            f"5 minutes per export: up to {_duration(300 * counts['new'])}"
+        )
+    print("nothing was queued (--dry-run)")
+    return ExitCode.OK
+
+
+async def _cancel(settings: Settings, path: Path, args: argparse.Namespace) -> int:
+    job = _job(settings, path, args.job)
+    if args.from_ is None and args.to is None:
+        first, last = "", "~"  # every window: ISO strings sort between these
+    else:
+        start, end = _range(settings, job, args)
+        first, last = iso_ms(start), iso_ms(end)
+    ledger = await Ledger.open(ledger_path(settings.daemon.state_dir))
+    try:
+        dropped, running = await ledger.cancel(job.name, first, last)
+    finally:
+        await ledger.close()
+    print(f"dropped {dropped} queued or failed exports of job {job.name}")
+    if running:
+        print(f"{running} in flight at AC are left to finish (cancelling cannot stop AC)")
+    if dropped:
+        print("windows inside the job's catch-up horizon are planned again at its next look")
+    return ExitCode.OK
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{max(minutes, 1)} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours < 48 else f"{hours / 24:.1f} days"
 
 
 def _say_beyond_retention(look: Look) -> None:
