@@ -381,3 +381,51 @@ def test_a_large_backfill_asks_on_a_terminal_and_no_queues_nothing(tmp_path: Pat
 
     assert asyncio.run(read_rows(tmp_path / "state")) == []
     os.close(main)
+
+
+@pytest.mark.slow
+async def test_a_backfill_on_a_terminal_prints_one_readable_line_per_result(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 24 items 7 and 8, in a pseudo-terminal of 80 columns: each result is one
+    line (`HH:MM:SS done    alpha page 2022-01-02  2 rec  ...`), never glued to the
+    progress bar (each line clears the bar's line first; the bar redraws after); the bar
+    ends at N/N with a summary line."""
+    import os
+    import pty
+    import re
+
+    emu = await emulator(tokens={"alpha": "alpha-token"}, records=2)
+    config = write_config(tmp_path, emu, job("a", "alpha", types=["page"], catch_up="0s"))
+    config.write_text(config.read_text().replace('log_format = "json"', 'log_format = "auto"'))
+    main, child = pty.openpty()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "acexport", "backfill", "--config", str(config), "--job", "a",
+        "--from", "2022-01-01", "--to", "2022-01-03",
+        stdin=child, stdout=child, stderr=child, env={**os.environ, "COLUMNS": "80"},
+    )  # fmt: skip
+    os.close(child)
+    shown = bytearray()
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            chunk = await loop.run_in_executor(None, os.read, main, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert await process.wait() == 0
+    os.close(main)
+    text = shown.decode()
+    # What a person sees: each \r\x1b[K starts the line again.
+    screen = [re.sub(r"\x1b\[[0-9;]*m", "", line.split("\r\x1b[K")[-1].split("\r")[-1])
+              for line in text.replace("\r\n", "\n").split("\n")]  # fmt: skip
+    done = [line for line in screen if " done    alpha page 2022-01-0" in line]
+    assert len(done) == 3, screen
+    for line in done:
+        assert re.fullmatch(r"\d\d:\d\d:\d\d done    alpha page 2022-01-0[123]  2 rec  \d+ B"
+                            r"  \d+\.\d s", line), line  # fmt: skip
+        assert len(line) <= 80
+    assert any(re.search(r"3/3 done", line) for line in text.split("\r")), text
+    assert any(line.startswith("3 exported, 0 failed in ") for line in screen), screen

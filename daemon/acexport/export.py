@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from zoneinfo import ZoneInfo
@@ -158,6 +158,10 @@ class ExportObserver:
         """The ready data may have expired: the next request may start a new AC export."""
 
 
+# An export AC takes longer than this over is news at info level (submitted, ready).
+LONG_WAIT_S = 60.0
+
+
 @dataclass
 class _Attempt:
     """Mutable state of one run_export call."""
@@ -173,6 +177,8 @@ class _Attempt:
     offset: int = 0
     resumable: bool = False
     submitted_at: float | None = None  # monotonic time of the first status answer
+    started_at: float = field(default_factory=time.monotonic)
+    said_waiting: bool = False  # export_waiting_at_ac was logged (at most once)
 
 
 async def run_export(
@@ -191,12 +197,13 @@ async def run_export(
     polls = timing.plan()
     retries = timing.retry.delays()
     with structlog.contextvars.bound_contextvars(
-        workspace=spec.workspace, type=spec.type, window=spec.window.from_date, attempt=0
+        workspace=spec.workspace, type=spec.type, window=spec.window.from_date, request=0
     ):
         try:
             while True:
                 state.requests += 1
-                structlog.contextvars.bind_contextvars(attempt=state.requests)
+                # The n-th request to AC for this export (not a count of failures).
+                structlog.contextvars.bind_contextvars(request=state.requests)
                 if _data_may_have_expired(state, timing):
                     await observer.may_resubmit()
                 try:
@@ -243,6 +250,8 @@ async def _ask(
         payload_bytes=manifest.payload_bytes,
         file=sink.store.location(spec.key),
         requests=state.requests,
+        file_bytes=manifest.file_bytes,
+        seconds=round(time.monotonic() - state.started_at, 1),
         **({"unparsed_values": manifest.unparsed_values} if manifest.unparsed_values else {}),
     )
     _report_new_columns(spec.type, manifest.new_columns or [])
@@ -363,7 +372,12 @@ async def _on_status(
         state.created_date = answer.created_date or state.created_date
         if state.submitted_at is None:
             state.submitted_at = time.monotonic()
-        return polls.next_delay(time.monotonic() - state.submitted_at)
+        waited = time.monotonic() - state.submitted_at
+        if waited >= LONG_WAIT_S and not state.said_waiting:
+            # Quick exports stay quiet at info; one that takes AC a while says so once.
+            state.said_waiting = True
+            log.info("export_waiting_at_ac", status=answer.status, waited_s=round(waited))
+        return polls.next_delay(waited)
     if answer.status == "ERROR":
         return _on_ac_failure(answer, state, timing)
     raise TransientError(f"AC answered an unknown status {answer.status!r}: {answer.message}")
@@ -389,7 +403,12 @@ async def _download(
     state.ac_failures = 0
     if state.ready_at is None:
         state.ready_at = time.monotonic()
-        log.debug("export_ready", requests=state.requests)
+        waited = None if state.submitted_at is None else state.ready_at - state.submitted_at
+        (log.info if state.said_waiting else log.debug)(
+            "export_ready",
+            requests=state.requests,
+            **({"waited_s": round(waited)} if waited is not None else {}),
+        )
         if state.submitted_at is not None:
             await observer.ready()
         # Else this process never saw AC working on it (resumed while submitted, or

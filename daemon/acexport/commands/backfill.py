@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 from collections import Counter
@@ -143,6 +144,8 @@ async def _backfill(
         progress = asyncio.create_task(_show_progress(daemon, len(look.records)))
         ok = await daemon.drain()
         progress.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await progress
     tally = daemon.tally
     print(
         f"\n{tally.succeeded} exported, {tally.failed} failed in {time.monotonic() - started:.0f}s",
@@ -272,14 +275,21 @@ async def _show_progress(daemon: Daemon, total: int) -> None:
     if not sys.stderr.isatty():
         return
     started = time.monotonic()
-    while True:
-        done = daemon.tally.succeeded
-        failed = daemon.tally.failed
-        width = 30
-        filled = int(width * (done + failed) / max(total, 1))
-        sys.stderr.write(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} done"
-            f"{f', {failed} failed' if failed else ''}  {time.monotonic() - started:5.0f}s"
-        )
-        sys.stderr.flush()
-        await asyncio.sleep(0.5)
+    try:
+        while True:
+            _draw_bar(daemon, total, started)
+            await asyncio.sleep(0.5)
+    finally:
+        _draw_bar(daemon, total, started)  # its last state: N/N when all went through
+
+
+def _draw_bar(daemon: Daemon, total: int, started: float) -> None:
+    done = daemon.tally.succeeded
+    failed = daemon.tally.failed
+    width = 30
+    filled = int(width * (done + failed) / max(total, 1))
+    sys.stderr.write(
+        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} done"
+        f"{f', {failed} failed' if failed else ''}  {time.monotonic() - started:5.0f}s"
+    )
+    sys.stderr.flush()

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 import structlog
 
 from ..errors import printable
+from .console import ConsoleRenderer
 
 REDACTED = "[REDACTED]"
 _secrets: set[str] = set()
@@ -102,7 +103,7 @@ def configure_logging(
     stream = stream or sys.stderr
     console = log_format == "console" or (log_format == "auto" and stream.isatty())
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        ConsoleRenderer(terminal=stream.isatty())
         if console
         else structlog.processors.JSONRenderer()
     )
