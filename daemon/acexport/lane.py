@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -232,17 +232,9 @@ class Lane:
                 log.info("lane_caught_up", lane=self.key, detail="nothing left to export")
 
     def _when(self, record: ExportRecord) -> str:
-        """The window as people name it, in the workspace's zone as its file name is:
-        ``2026-11-29``, ``2026-11-29 14:00``, or a snapshot's ``as of 2026-12-01 02:00``."""
+        """The window as people name it, in the workspace's zone as its file name is."""
         ws = self.ctx.settings().workspaces.get(record.workspace)
-        window = record.window(ws.zone if ws else UTC)
-        if record.mode is ExportMode.SNAPSHOT:
-            return f"as of {window.local_end:%Y-%m-%d %H:%M}"
-        start = window.local_start
-        whole_days = start.hour == start.minute == 0 and window.end - window.start >= timedelta(
-            days=1
-        )
-        return f"{start:%Y-%m-%d}" if whole_days else f"{start:%Y-%m-%d %H:%M}"
+        return record.label(ws.zone if ws else UTC)
 
     async def _export(self, record: ExportRecord, hold: _SlotHold) -> None:
         settings = self.ctx.settings()

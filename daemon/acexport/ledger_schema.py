@@ -163,6 +163,14 @@ class ExportRecord:
     def window(self, zone: Any = UTC) -> ExportWindow:
         return ExportWindow(self.start, self.end, zone)
 
+    def label(self, zone: Any = UTC) -> str:
+        """What people call this row's window (``2026-11-29``, ``2026-11-29 14:00``) or
+        snapshot (``as of 2026-12-01 02:00``), in ``zone``."""
+        window = self.window(zone)
+        if self.mode is ExportMode.SNAPSHOT:
+            return f"as of {window.local_end:%Y-%m-%d %H:%M}"
+        return window.label
+
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> ExportRecord:
         return cls(

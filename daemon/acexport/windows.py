@@ -63,6 +63,14 @@ class ExportWindow:
     def __str__(self) -> str:
         return f"{self.local_start.isoformat()}/{self.local_end.isoformat()}"
 
+    @property
+    def label(self) -> str:
+        """The window as people name it, in its zone as its file name is: ``2026-11-29``
+        for a window of whole days, ``2026-11-29 14:00`` otherwise."""
+        start = self.local_start
+        whole_days = start.hour == start.minute == 0 and self.end - self.start >= timedelta(days=1)
+        return f"{start:%Y-%m-%d}" if whole_days else f"{start:%Y-%m-%d %H:%M}"
+
 
 def parse_bound(text: str, zone: ZoneInfo, *, end: bool) -> datetime:
     """A CLI date or datetime as an aware datetime in ``zone``.

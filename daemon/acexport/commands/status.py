@@ -97,7 +97,7 @@ def _print(report: dict[str, Any]) -> None:
 def _row(record: ExportRecord, zone: Any) -> dict[str, Any]:
     return {
         "type": record.type,
-        "window": str(record.window(zone)),
+        "window": record.label(zone),
         "failures": record.failures,
         "last_error": record.last_error or record.reason,
         "detail": failure_text(record),
@@ -133,12 +133,10 @@ async def _status_report(settings: Settings) -> dict[str, Any]:
                 "schedule": job.schedule,
                 "window_types": [str(t) for t in job.window_types],
                 "last_exported": (
-                    str(max(windows_done, key=lambda r: r.end).window(zone))
-                    if windows_done
-                    else None
+                    max(windows_done, key=lambda r: r.end).label(zone) if windows_done else None
                 ),
                 "snapshots": {
-                    t: end.astimezone(zone).isoformat() if end else None
+                    t: f"{end.astimezone(zone):%Y-%m-%d %H:%M}" if end else None
                     for t, end in newest.items()
                 },
                 "next_look": looks[0].isoformat() if looks else None,
@@ -165,7 +163,11 @@ async def _status_report(settings: Settings) -> dict[str, Any]:
             "workspace": name,
             "queued": sum(r.workspace == name and r.state is LedgerState.QUEUED for r in rows),
             "in_flight": [
-                {"type": r.type, "window": r.window().from_date, "state": str(r.state)}
+                {
+                    "type": r.type,
+                    "window": r.label(settings.workspaces[name].zone),
+                    "state": str(r.state),
+                }
                 for r in rows
                 if r.workspace == name and r.state in (LedgerState.SUBMITTED, LedgerState.READY)
             ],

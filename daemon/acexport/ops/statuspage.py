@@ -21,7 +21,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 
 from .. import __version__
 from ..config import Settings
@@ -119,8 +119,10 @@ def build_view(
         key=lambda r: r.finished_at or 0.0,
         reverse=True,
     )
+    zones = {name: ws.zone for name, ws in settings.workspaces.items()}
     failures = [
-        (r.job, r.type, r.window().from_date, failure_text(r)) for r in failed[:_LAST_FAILURES]
+        (r.job, r.type, r.label(zones.get(r.workspace, UTC)), failure_text(r))
+        for r in failed[:_LAST_FAILURES]
     ]
     return StatusView(now, jobs, list(lanes), failures)
 
