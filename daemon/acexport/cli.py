@@ -182,7 +182,10 @@ _MALLOC_OPTIONS = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     tune_malloc()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "backfill" and not args.cancel and None in (args.from_, args.to):
+        parser.error("backfill needs --from and --to (only --cancel goes without: all windows)")
     if args.command in ("status", "check-config"):
         # Reports: `acexport status | head` should end quietly, as other Unix tools do.
         # (Not for run or export: a SIGPIPE from a socket must not kill a download.)
