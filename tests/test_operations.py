@@ -143,7 +143,9 @@ async def test_health_and_metrics(emulator: EmulatorFactory, tmp_path: Path) -> 
     assert re.search(r'acexport_payload_bytes_total\{type="event",workspace="alpha"\} [1-9]', text)
     assert re.search(r'acexport_requests_total\{type="page",workspace="alpha"\} [1-9]', text)
     assert 'acexport_lane_queue_depth{lane="alpha"} 0.0' in text
-    assert re.search(r'acexport_last_success_timestamp_seconds\{job="good"\} 1\.\d+e\+09', text)
+    assert re.search(
+        r'acexport_last_success_timestamp_seconds\{acexport_job="good"\} 1\.\d+e\+09', text
+    )
     assert 'acexport_build_info{version="' in text
     # Issue 24 item 16: a failure series exists before the first failure (at 0), and the
     # process's own metrics are there.
@@ -329,6 +331,7 @@ async def test_dashboard_queries_name_only_metrics_the_daemon_serves(
     queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     queries += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
     named = {name for query in queries for name in re.findall(r"\b(acexport_[a-z_]+)", query)}
+    named -= {"acexport_job"}  # the export job's label, not a metric
     emu = await emulator(tokens={"alpha": "alpha-token"}, records=5)
     jobs = job("daily", "alpha", types=["page"], catch_up="2d", lag="0s")
     text = write_config(tmp_path, emu, jobs, extra='listen = "127.0.0.1:0"').read_text()
@@ -346,8 +349,8 @@ async def test_dashboard_queries_name_only_metrics_the_daemon_serves(
     }
     assert len(named) >= 10
     assert named <= served, sorted(named - served)
-    assert 'acexport_windows{job="daily",state="done"} 2.0' in exposition
-    assert 'acexport_windows{job="daily",state="missing"} 0.0' in exposition
+    assert 'acexport_windows{acexport_job="daily",state="done"} 2.0' in exposition
+    assert 'acexport_windows{acexport_job="daily",state="missing"} 0.0' in exposition
 
 
 async def test_healthcheck_command_asks_where_the_config_listens(

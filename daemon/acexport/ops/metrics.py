@@ -78,7 +78,7 @@ class Metrics(LaneObserver):
         self.last_success = Gauge(
             "acexport_last_success_timestamp_seconds",
             "When a job last finished an export.",
-            ["job"],
+            ["acexport_job"],
             registry=r,
         )
         # Buckets from seconds to a day: AC takes seconds to hours, downloads seconds to
@@ -103,7 +103,7 @@ class Metrics(LaneObserver):
         self.windows = Gauge(
             "acexport_windows",
             "Due windows (x types) of each job in the catch-up horizon, by state.",
-            ["job", "state"],
+            ["acexport_job", "state"],
             registry=r,
         )
         self.loop_lag_max = Gauge(
@@ -114,7 +114,7 @@ class Metrics(LaneObserver):
         self.oldest_missing = Gauge(
             "acexport_oldest_missing_window_age_seconds",
             "Age of the end of the oldest due window not yet exported (0 when none).",
-            ["job"],
+            ["acexport_job"],
             registry=r,
         )
 
