@@ -350,3 +350,47 @@ def test_a_bad_flag_value_is_one_line_naming_the_flag_exit_2(tmp_path: Path) -> 
         assert line.startswith(f"acexport export: {expected}")
         assert "pydantic" not in result.stderr
         assert "validation error" not in result.stderr
+
+
+def test_a_one_off_export_to_a_closed_port_fails_in_seconds_naming_host_and_port(
+    tmp_path: Path,
+) -> None:
+    """Issue 24 item 12: a typo'd port retried for minutes; a one-off export whose first
+    request finds nothing listening fails at once, naming host and port (the daemon,
+    for which AC may be back soon, still retries)."""
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "acexport", "export", "--base-url", f"http://127.0.0.1:{port}",
+         "--token-env", "ACME_TOKEN", "--type", "page", "--from", "2022-01-01",
+         "--to", "2022-01-01", "--output", str(tmp_path / "x.jsonl"), "-q"],
+        capture_output=True, text=True, env={**os.environ, "ACME_TOKEN": "t"}, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert time.monotonic() - started < 10
+    assert f"cannot connect to http://127.0.0.1:{port}" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_an_existing_output_file_is_replaced_only_with_force(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 24 item 12: an existing --output file is refused (exit 2) unless --force."""
+    emu = await emulator(records=3)
+    target = tmp_path / "p.jsonl"
+    target.write_text("mine\n")
+    args = ("export", "--base-url", emu.url, "--token-env", "ACME_TOKEN", "--type", "page",
+            "--from", "2022-01-01", "--to", "2022-01-01", "--output", str(target),
+            "-q")  # fmt: skip
+    code, _, err = await run_cli(*args)
+    assert code == 2
+    assert f"{target} exists: give --force to replace it" in err
+    assert target.read_text() == "mine\n"
+    code, _, err = await run_cli(*args, "--force")
+    assert code == 0, err
+    assert target.read_text().count("\n") == 3

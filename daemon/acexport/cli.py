@@ -64,6 +64,9 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
         choices=[f.value for f in OutputFormat],
         help="default: parquet for a PATH ending .parquet, else the config's, ndjson for -",
     )
+    parser.add_argument(
+        "--force", action="store_true", help="replace --output PATH if it exists (else refused)"
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress display")
 
 

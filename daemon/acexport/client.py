@@ -27,6 +27,7 @@ from .errors import (
     RemoteRejected,
     ServerError,
     TransientError,
+    Unreachable,
     printable,
 )
 from .limits import DEFAULT_INFLATE_RATIO, INFLATE_SLACK_BYTES
@@ -255,9 +256,13 @@ class ExportClient:
                 headers["Range"] = f"bytes={range_start}-"
             try:
                 response = await self._session.get(url, headers=headers, allow_redirects=False)
+            except aiohttp.ClientConnectorError as exc:
+                raise Unreachable(
+                    f"cannot connect to {url.scheme}://{url.host}:{url.port}: {_describe(exc)}"
+                ) from None
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 raise TransientError(
-                    f"cannot reach {url.scheme}://{url.host}: {_describe(exc)}"
+                    f"cannot reach {url.scheme}://{url.host}:{url.port}: {_describe(exc)}"
                 ) from None
             if self._on_response is not None:
                 self._on_response(response.status)

@@ -58,6 +58,11 @@ class TransientError(AcexportError):
     """A failure that may pass: 5xx, timeouts, cut connections, proxy pages, bad bodies."""
 
 
+class Unreachable(TransientError):
+    """No connection could be made (refused, no such host): retried by the daemon, but a
+    one-off export that never reached AC fails at once (a typo, a wrong port)."""
+
+
 class RateLimited(TransientError):
     """AC asked us to slow down (429/503 with Retry-After)."""
 

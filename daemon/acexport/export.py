@@ -32,6 +32,7 @@ from .errors import (
     ServerError,
     StoreUnavailable,
     TransientError,
+    Unreachable,
 )
 from .ledger import Ledger
 from .ledger_schema import ExportRecord
@@ -108,6 +109,8 @@ class Timing:
     expected_s: float | None = None  # how long this kind of export took before
     guess_s: float | None = None  # without that, how long similar exports took
     ready_age_s: float | None = None  # the data has been ready this long (a resumed export)
+    # A one-off export: a first request that cannot connect at all fails at once.
+    fail_fast_unreachable: bool = False
 
     @classmethod
     def from_settings(cls, http: HttpSettings) -> Timing:
@@ -214,6 +217,8 @@ async def run_export(
                 except RateLimited as exc:
                     delay = _count_failure(exc, state, timing, _bounded_wait(exc, timing))
                 except TransientError as exc:
+                    if isinstance(exc, Unreachable) and _never_reached(state, timing):
+                        raise
                     delay = next(retries)
                     if isinstance(exc, ServerError):
                         _suspect_token(exc, state, timing, client.trust.proven, delay)
@@ -280,6 +285,12 @@ def _report_new_columns(type_: str, columns: list[str]) -> None:
             new_columns=new,
             detail="AC served columns its table did not have: they are kept as text",
         )
+
+
+def _never_reached(state: _Attempt, timing: Timing) -> bool:
+    """A one-off export whose first request found nothing listening: a typo or a wrong
+    port, not an outage to wait out (the daemon waits: AC may be back soon)."""
+    return timing.fail_fast_unreachable and state.requests == 1
 
 
 def _data_may_have_expired(state: _Attempt, timing: Timing) -> bool:

@@ -163,6 +163,8 @@ def _destination(
     named = None if args.format is None else OutputFormat(args.format)
     if args.output == "-" or args.output:
         file = Path("out") if args.output == "-" else Path(args.output).absolute()
+        if args.output != "-" and file.exists() and not args.force:
+            raise UsageError(f"{file} exists: give --force to replace it")
         output_format = named or OutputFormat.of_name(file.name) or OutputFormat.NDJSON
         if output_format is OutputFormat.PARQUET:
             compression = chosen or Compression.ZSTD  # the columns' codec
@@ -280,7 +282,11 @@ async def _export(plan: _Plan, progress: _Progress | None) -> str:
         )
         try:
             outcome = await run_export(
-                plan.spec, client, sink, Timing.from_settings(plan.settings.http), progress
+                plan.spec,
+                client,
+                sink,
+                replace(Timing.from_settings(plan.settings.http), fail_fast_unreachable=True),
+                progress,
             )
         finally:
             if progress:
