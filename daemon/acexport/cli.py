@@ -20,6 +20,47 @@ from .formats import Compression, OutputFormat
 from .protocol import ExportType
 
 
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    *examples: str,
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help opens with ``summary`` and ends with examples."""
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog="examples:\n" + "\n".join(f"  {example}" for example in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    """--log-level, -v and --log-format: above the config and the environment."""
+    logging_flags = parser.add_argument_group("logging (default: the config's [daemon])")
+    logging_flags.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="default: info"
+    )
+    logging_flags.add_argument(
+        "-v", "--verbose", action="store_true", help="the same as --log-level debug"
+    )
+    logging_flags.add_argument(
+        "--log-format",
+        choices=["auto", "console", "json"],
+        help="default: auto (console on a terminal, JSON lines otherwise)",
+    )
+
+
+def logging_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The environment variables the logging flags stand for (flags win over the config
+    and the environment, as the settings read these variables above the file)."""
+    level = "debug" if getattr(args, "verbose", False) else getattr(args, "log_level", None)
+    overrides = {"ACEXPORT_DAEMON__LOG_LEVEL": level}
+    overrides["ACEXPORT_DAEMON__LOG_FORMAT"] = getattr(args, "log_format", None)
+    return {name: value for name, value in overrides.items() if value}
+
+
 def _add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
@@ -35,7 +76,9 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
     source.add_argument("--token-file", type=Path, metavar="FILE", help="file holding the token")
     source.add_argument("--timezone", help="zone for bare dates (default: workspace's, or UTC)")
-    parser.add_argument("--type", required=True, choices=[t.value for t in ExportType])
+    parser.add_argument(
+        "--type", required=True, choices=[t.value for t in ExportType], help="AC's export type"
+    )
     parser.add_argument(
         "--from",
         dest="from_",
@@ -80,23 +123,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .emulator.cli import add_arguments as add_emulator_arguments
 
-    run = commands.add_parser("run", help="run the daemon (or --once: export what is due, exit)")
+    run = _command(
+        commands,
+        "run",
+        "run the daemon (or --once: export what is due, exit)",
+        "acexport run --config /etc/acexport/config.toml",
+        "acexport run --once -v      # cron, CI: exit 0 if every due export worked",
+    )
     _add_config_argument(run)
+    _add_logging_arguments(run)
     run.add_argument(
         "--once",
         action="store_true",
         help="plan every job once, export all due windows, exit 0 if all worked",
     )
 
-    demo = commands.add_parser(
-        "demo", help="run the daemon against an emulator it starts (no AC account needed)"
+    demo = _command(
+        commands,
+        "demo",
+        "run the daemon against an emulator it starts (no AC account needed)",
+        "acexport demo              # exports land in ./demo-exports, Ctrl-C stops",
+        "acexport demo --once",
     )
     demo.add_argument("--config", help="default: config/demo.toml")
+    _add_logging_arguments(demo)
     demo.add_argument("--once", action="store_true", help="export what is due, then exit")
 
-    backfill = commands.add_parser("backfill", help="export every window of a job in a range")
+    backfill = _command(
+        commands,
+        "backfill",
+        "export every window of a job in a range",
+        "acexport backfill --job nightly --from 2026-01-01 --to 2026-03-31 --dry-run",
+        "acexport backfill --job nightly --from 2026-01-01 --to 2026-03-31",
+        "acexport backfill --job nightly --cancel    # drop what is still queued",
+    )
     _add_config_argument(backfill)
-    backfill.add_argument("--job", required=True)
+    _add_logging_arguments(backfill)
+    backfill.add_argument("--job", required=True, help="a [[jobs]] name of the config")
     backfill.add_argument("--from", dest="from_", metavar="DATE", help="required, but for --cancel")
     backfill.add_argument("--to", metavar="DATE", help="inclusive for a date")
     what = backfill.add_mutually_exclusive_group()
@@ -114,24 +177,43 @@ def build_parser() -> argparse.ArgumentParser:
         "--yes", "-y", action="store_true", help="no question on a terminal for a large backfill"
     )
 
-    verify = commands.add_parser(
-        "verify", help="check the output's files against their manifests (after a restore)"
+    verify = _command(
+        commands,
+        "verify",
+        "check the output's files against their manifests (after a restore)",
+        "acexport verify --config /etc/acexport/config.toml",
+        "acexport verify --job nightly --from 2026-11-01 --to 2026-11-30",
     )
     _add_config_argument(verify)
     verify.add_argument("--job", help="only this job's files")
     verify.add_argument("--from", dest="from_", metavar="DATE", help="windows starting from")
     verify.add_argument("--to", metavar="DATE", help="... through (inclusive for a date)")
 
-    status = commands.add_parser("status", help="what is exported, pending and failed")
+    status = _command(
+        commands,
+        "status",
+        "what is exported, missing, retrying and failed (exit 1 if anything failed)",
+        "acexport status",
+        "acexport status --json | jq '.jobs[].failed'",
+    )
     _add_config_argument(status)
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="for programs (default: for people)")
 
-    health = commands.add_parser(
-        "healthcheck", help="exit 0 if the running daemon's /healthz says ok (for containers)"
+    health = _command(
+        commands,
+        "healthcheck",
+        "exit 0 if the running daemon's /healthz says ok (for containers)",
+        "acexport healthcheck    # a container's HEALTHCHECK",
     )
     _add_config_argument(health)
 
-    check = commands.add_parser("check-config", help="validate the config; show next looks")
+    check = _command(
+        commands,
+        "check-config",
+        "validate the config; show next looks",
+        "acexport check-config --config /etc/acexport/config.toml",
+        "acexport check-config --offline    # in CI: secrets exist only where it runs",
+    )
     _add_config_argument(check)
     check.add_argument(
         "--offline",
@@ -139,10 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="check all but the secrets (token files, S3 credentials: they may exist only "
         "where the service runs, e.g. /run/credentials): for CI and image builds",
     )
-    export = commands.add_parser(
-        "export", help="export one ad-hoc range (polls, streams, verifies, commits)"
+    export = _command(
+        commands,
+        "export",
+        "export one ad-hoc range (polls, streams, verifies, commits)",
+        "ACME_TOKEN=... acexport export --base-url https://analytics.liferay.com \\\n"
+        "      --token-env ACME_TOKEN --type page --from 2026-11-01 --to 2026-11-07 \\\n"
+        "      --output pages.jsonl.gz",
+        "acexport export --workspace acme --type event --from 2026-11-01 --to 2026-11-01 \\\n"
+        "      --output events.parquet",
     )
     _add_export_arguments(export)
+    _add_logging_arguments(export)
 
     emulator = commands.add_parser(
         "emulator", help="run an emulated Analytics Cloud export API on loopback"
@@ -189,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "backfill" and not args.cancel and None in (args.from_, args.to):
         parser.error("backfill needs --from and --to (only --cancel goes without: all windows)")
+    os.environ.update(logging_overrides(args))
     if args.command in ("status", "check-config"):
         # Reports: `acexport status | head` should end quietly, as other Unix tools do.
         # (Not for run or export: a SIGPIPE from a socket must not kill a download.)
