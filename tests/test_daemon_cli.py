@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import itertools
 import json
+import re
 import signal
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,7 @@ def test_check_config_rejects_a_bad_job_naming_it(tmp_path: Path) -> None:
     result = acexport("check-config", "--config", str(config))
     assert result.returncode == 78
     assert "jobs[0] (nightly).schedule" in result.stderr
+    assert "the minute field '99'" in result.stderr  # which of the five fields
     result = acexport("check-config", "--config", str(config).replace("c.toml", "none.toml"))
     assert result.returncode == 78
 
@@ -52,10 +55,16 @@ def test_check_config_shows_next_looks_and_due_windows(tmp_path: Path) -> None:
     assert result.stdout.count("+01:00") + result.stdout.count("+02:00") >= 3
     # Three days back, less the 2 h lag: three whole Berlin days, or two in the two
     # hours after Berlin midnight. They are listed, contiguous, oldest first.
-    listed = [line.strip().split("/") for line in result.stdout.splitlines() if "/20" in line]
+    listed = [
+        date.fromisoformat(line.strip())
+        for line in result.stdout.splitlines()
+        if re.fullmatch(r"    \d{4}-\d\d-\d\d", line)
+    ]
     assert len(listed) in (2, 3)
-    assert all(a[1] == b[0] for a, b in itertools.pairwise(listed))
+    assert all((b - a).days == 1 for a, b in itertools.pairwise(listed))
     count = len(listed)
+    assert "windows of 1d (lag 2h, catch-up 3d)" in result.stdout  # durations as written
+    assert f"  state dir: {tmp_path}/state" in result.stdout  # what is in force
     assert f"would export now {2 * count} export(s) in {count} window(s)" in result.stdout
     # Which type goes which way, and why (issue 22).
     assert "page        windows: a time series, AC filters it by eventDate" in result.stdout
@@ -464,3 +473,46 @@ async def test_log_flags_outrank_the_config(emulator: EmulatorFactory, tmp_path:
                                   "console")  # fmt: skip
     assert '"level"' not in console
     assert "daemon_started" in console
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[[job]]\nname = "n"\nworkspace = "acme"\n', "job: unknown field; did you mean 'jobs'?"),
+        (
+            '[[jobs]]\nname = "n"\nworkspace = "acme"\nschedual = "@daily"\n',
+            "jobs[0] (n).schedual: unknown field; did you mean 'schedule'?",
+        ),
+        ('[daemon]\nlisen = ""\n', "daemon.lisen: unknown field; did you mean 'listen'?"),
+        ("[htp]\n", "htp: unknown field; did you mean 'http'?"),
+    ],
+)
+def test_an_unknown_key_or_section_gets_a_did_you_mean(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    """Issue 24 item 14: a misspelt key or section is named with the closest real one."""
+    config = tmp_path / "c.toml"
+    config.write_text('[workspaces.acme]\ntoken_env = "HOME"\n' + text)
+    result = acexport("check-config", "--config", str(config), "--offline")
+    assert result.returncode == 78
+    assert expected in result.stderr
+
+
+def test_cron_nicknames_and_a_config_without_jobs(tmp_path: Path) -> None:
+    """Issue 24 item 14: @daily and @hourly are cron as crontab(5) knows them; a config
+    with no jobs is valid but warned about."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path}/state"\n[workspaces.acme]\ntoken_env = "HOME"\n'
+        '[[jobs]]\nname = "d"\nworkspace = "acme"\nschedule = "@daily"\n'
+        '[[jobs]]\nname = "h"\nworkspace = "acme"\nschedule = "@hourly"\nwindow = "1h"\n'
+    )
+    result = acexport("check-config", "--config", str(config), "--offline")
+    assert result.returncode == 0, result.stderr
+    looks = [line for line in result.stdout.splitlines() if "next looks" in line]
+    assert "T00:00:00+00:00" in looks[0]
+    assert looks[1].count(":00:00+00:00") == 3
+    config.write_text(f'[daemon]\nstate_dir = "{tmp_path}/state"\n')
+    result = acexport("check-config", "--config", str(config), "--offline")
+    assert result.returncode == 0
+    assert "warning: no [[jobs]]" in result.stdout

@@ -42,10 +42,39 @@ def parse_schedule(text: str, zone: ZoneInfo, every: Any = None) -> Trigger:
         anchor = datetime(2000, 1, 1, tzinfo=zone)
         trigger: Trigger = IntervalTrigger(seconds=interval.total_seconds(), start_date=anchor)
         return trigger
+    text = _NICKNAMES.get(text.strip().lower(), text)
     try:
         return CronTrigger.from_crontab(text, timezone=zone)  # type: ignore[no-any-return]
     except ValueError as exc:
-        raise ValueError(f"not a 5-field cron or 'every <duration>': {exc}") from None
+        problem = _cron_problem(text, exc)
+        raise ValueError(f"not a 5-field cron or 'every <duration>': {problem}") from None
+
+
+# cron's nicknames, as crontab(5) defines them.
+_NICKNAMES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+_CRON_FIELDS = ("minute", "hour", "day", "month", "day_of_week")
+_CRON_NAMES = ("minute", "hour", "day of month", "month", "day of week")
+
+
+def _cron_problem(text: str, exc: ValueError) -> str:
+    """APScheduler's complaint, naming the field it is about (``hour '25': ...``)."""
+    fields = text.split()
+    if len(fields) != len(_CRON_FIELDS):
+        return f"{len(fields)} fields, a cron has 5 (minute hour day month weekday) or @daily"
+    for field, name, value in zip(_CRON_FIELDS, _CRON_NAMES, fields, strict=True):
+        try:
+            CronTrigger(**{field: value})
+        except ValueError as problem:
+            return f"the {name} field {value!r}: {problem}"
+    return str(exc)
 
 
 def next_looks(trigger: Trigger, now: datetime, count: int) -> list[datetime]:

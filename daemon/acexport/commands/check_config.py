@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ..config import JobSettings, Settings, resolve_tokens, secret_warnings
@@ -35,10 +35,27 @@ def main(args: argparse.Namespace) -> int:
     return exit_code_of("check-config", body)
 
 
+def duration_text(span: timedelta) -> str:
+    """A duration as the config spells one: ``1d``, ``6h``, ``15m``, ``90s``, ``200ms``."""
+    ms = round(span.total_seconds() * 1000)
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
 def _report(settings: Settings, path: Path) -> None:
     print(f"{path}: valid; {len(settings.workspaces)} workspace(s), {len(settings.jobs)} job(s)")
     for warning in secret_warnings(path, settings):
         print(f"warning: {warning}")
+    if not settings.jobs:
+        print("warning: no [[jobs]]: the daemon would start and export nothing")
+    # What is in force, wherever it was set (file, environment, a defaults file).
+    print(f"  output:    {settings.output.url or settings.output_dir()}")
+    print(f"  state dir: {settings.daemon.state_dir}")
+    print(f"  listen:    {settings.daemon.listen or '(off)'}")
+    for name, ws in sorted(settings.workspaces.items()):
+        print(f"  workspace {name}: {ws.base_url} ({ws.timezone})")
     done, learned = asyncio.run(_ledger_facts(settings))
     now = datetime.now(UTC)
     for job in settings.jobs:
@@ -69,10 +86,11 @@ def _report(settings: Settings, path: Path) -> None:
             for t in job.window_types
             if (job.workspace, t, w.from_date, w.to_date) not in done
         ]
-        print(f"  windows of {job.window}: would export now {len(todo)} export(s) "
+        print(f"  windows of {duration_text(job.window)} (lag {duration_text(job.lag)}, catch-up "
+              f"{duration_text(job.catch_up)}): would export now {len(todo)} export(s) "
               f"in {len(windows)} window(s)")  # fmt: skip
         for window in windows[:10]:
-            print(f"    {window}")
+            print(f"    {window.label}")
         if len(windows) > 10:
             print(f"    ... and {len(windows) - 10} more")
 

@@ -9,11 +9,13 @@ import os
 import re
 import stat
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import (
+    BaseModel,
     SecretStr,
     ValidationError,
 )
@@ -37,6 +39,23 @@ def find_config(explicit: str | None) -> Path | None:
     return next((p for p in DEFAULT_CONFIG_PATHS if p.exists()), None)
 
 
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """``; did you mean 'schedule'?`` for a misspelt key (or ``[[job]]`` for
+    ``[[jobs]]``): the closest field of the model at that place in the file."""
+    model: Any = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            continue  # a list index or a workspace's name: the item's model stays
+        inner = [field.annotation, *typing.get_args(field.annotation)]
+        models = [t for t in inner if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not models:
+            return ""
+        model = models[-1]
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _describe(error: ErrorDetails, data: dict[str, Any]) -> str:
     parts = [str(part) for part in error["loc"]]
     if len(parts) >= 2 and parts[0] == "jobs" and parts[1].isdigit():
@@ -50,7 +69,7 @@ def _describe(error: ErrorDetails, data: dict[str, Any]) -> str:
     location = ".".join(parts) or "(top level)"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        message = "unknown field"
+        message = "unknown field" + _did_you_mean(error["loc"])
     secret = any("token" in str(part) for part in error["loc"])
     value = error.get("input")
     shown = isinstance(value, str | int | float) and error["type"] != "extra_forbidden"
