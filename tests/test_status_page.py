@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import re
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from acexport.config import load_settings
 from acexport.daemon import Daemon
+from acexport.ops.statuspage import MAX_COLUMNS
 from tests.conftest import EmulatorFactory
 from tests.daemon_helpers import FAST_HTTP, export_server, job
 
@@ -110,14 +112,14 @@ async def _until_failed(daemon: Daemon) -> None:
         await asyncio.sleep(0.05)
 
 
-def _chromium_dom(url: str, screenshot: Path) -> str | None:
+def _chromium_dom(url: str, screenshot: Path, width: int = 1200) -> str | None:
     """The DOM headless Chromium builds from the page (None without Chromium)."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         return None
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
     subprocess.run(
-        [*flags, f"--screenshot={screenshot}", "--window-size=1200,900", url],
+        [*flags, f"--screenshot={screenshot}", f"--window-size={width},900", url],
         capture_output=True,
         timeout=60,
         check=True,
@@ -135,7 +137,7 @@ async def test_a_large_grid_is_summarised_cached_and_rendered_off_the_loop() -> 
     from datetime import UTC, datetime
 
     from acexport.config import Settings
-    from acexport.ops.statuspage import MAX_COLUMNS, StatusPage
+    from acexport.ops.statuspage import MAX_COLUMNS, PageInput, StatusPage
 
     now = datetime(2026, 12, 1, 12, tzinfo=UTC)
     settings = Settings(
@@ -150,10 +152,10 @@ async def test_a_large_grid_is_summarised_cached_and_rendered_off_the_loop() -> 
     )  # fmt: skip
     reads = 0
 
-    async def read() -> tuple[Settings, list[object], list[object], datetime]:
+    async def read() -> PageInput:
         nonlocal reads
         reads += 1
-        return settings, [], [], now
+        return PageInput(settings, [], [], now, {})
 
     ticks: list[float] = []
     stop = asyncio.Event()
@@ -165,7 +167,7 @@ async def test_a_large_grid_is_summarised_cached_and_rendered_off_the_loop() -> 
             await asyncio.sleep(0.01)
 
     clock = [0.0]
-    page = StatusPage(read, clock=lambda: clock[0])  # type: ignore[arg-type]
+    page = StatusPage(read, clock=lambda: clock[0])
     # A full collection of the suite's garbage, due at any moment in a long pytest
     # process, stalls every thread for a quarter second: not the page's doing.
     gc.collect()
@@ -179,7 +181,7 @@ async def test_a_large_grid_is_summarised_cached_and_rendered_off_the_loop() -> 
     parsed.feed(first)
     assert len(parsed.states) == 60 * 6 * MAX_COLUMNS
     assert first.count("class='earlier'") == 60
-    assert f"{7 * 24 - MAX_COLUMNS} earlier windows" in first
+    assert f"and {7 * 24 - MAX_COLUMNS} older windows (x 6 types): all missing" in first
     assert await page.html() is first  # within CACHE_S: no second read
     assert reads == 1
     clock[0] += 10
@@ -252,3 +254,73 @@ async def test_a_revoked_token_reads_the_same_in_healthz_page_status_and_metrics
 def _failing_in(report: dict[str, Any]) -> int:
     """Failed or retrying windows of the catch-up horizon, as `acexport status` counts."""
     return sum(job["horizon"]["failed"] + job["horizon"]["retrying"] for job in report["jobs"])
+
+
+async def test_hourly_columns_newest_first_letters_banner_at_1280_px(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 24 item 15: an hourly job's columns are labelled by hour (the day where it
+    changes), newest first, older ones summarised; queued differs from at-AC; each cell
+    carries a letter (no colour needed); /healthz's problems are a banner at the top;
+    empty tables say none. Rendered by headless Chromium at 1280 px (the screenshot is
+    docs/status-page.png) with the same cells."""
+    emu = await emulator(tokens={"acme": "acme-token"}, records=2, processing_s=600,
+                         auth_failure=401)  # fmt: skip
+    config = tmp_path / "hourly.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\noutput_dir = "{tmp_path / "exports"}"\n'
+        f'listen = "127.0.0.1:0"\nstop_grace = "1s"\n{FAST_HTTP}'
+        f'[workspaces.acme]\nbase_url = "{emu.url}"\ntoken = "acme-token"\nretention = 1200\n'
+        f'[workspaces.revoked]\nbase_url = "{emu.url}"\ntoken = "not-a-token"\n'
+        + job(
+            "hourly",
+            "acme",
+            types=["page"],
+            window="1h",
+            schedule="every 1h",
+            catch_up="2d",
+            lag="0s",
+        )
+        + job("rejected", "revoked", types=["event"], catch_up="1d", lag="0s")
+    )
+    config.chmod(0o600)
+    async with Daemon(load_settings(config), config) as daemon, aiohttp.ClientSession() as http:
+        running = asyncio.create_task(daemon.run_until_stopped())
+        async with asyncio.timeout(20):
+            while True:  # the rejected token makes /healthz fail
+                if daemon.health.report()[0] == 503:
+                    break
+                await asyncio.sleep(0.05)
+        async with asyncio.timeout(20):  # acme's oldest window at AC (the page may lag 5 s)
+            while True:
+                async with http.get(f"{daemon.health_url}/") as response:
+                    page = await response.text()
+                if "submitted" in page.split("class='earlier'")[1].split("</p>")[0]:
+                    break
+                await asyncio.sleep(0.2)
+        screenshot = Path(__file__).resolve().parent.parent / "docs" / "status-page.png"
+        dom = await asyncio.to_thread(_chromium_dom, f"{daemon.health_url}/", screenshot, 1280)
+        daemon.request_stop()
+        await running
+    cells = _Cells()
+    cells.feed(page)
+    headings = re.findall(r"<th title='([^']+)'>([^<]+)</th>", page)
+    hourly = headings[:MAX_COLUMNS]
+    starts = [start for start, _ in hourly]
+    assert starts == sorted(starts, reverse=True)  # newest first
+    assert re.fullmatch(r"\d\d-\d\d \d\dh", hourly[0][1])  # the day, where it changes
+    assert all(re.fullmatch(r"(\d\d-\d\d )?\d\dh", label) for _, label in hourly)
+    # The oldest window is at AC, summarised with the older ones; the newest wait.
+    assert "and 24 older windows (x 1 types): 23 queued, 1 submitted" in page
+    assert set(cells.states) == {"queued", "failed"}
+    assert ">Q</td>" in page
+    assert ">F</td>" in page
+    assert "<div class='banner' id='problems'>" in page
+    assert page.index("id='problems'") < page.index("<h2>Jobs</h2>")
+    assert "AuthError" in page.split("id='problems'")[1].split("</div>")[0]
+    assert "<td colspan='3'>none</td>" not in page  # two lanes
+    if dom is not None:
+        seen = _Cells()
+        seen.feed(dom)
+        assert seen.states == cells.states
+        assert screenshot.stat().st_size > 10_000

@@ -446,8 +446,11 @@ class Daemon:
     async def _page_input(self) -> PageInput:
         """The ledger and the lanes as they are now, for the status page."""
         rows = await self._horizon_rows()
+        seen = {r.id for r in rows}
+        rows += [r for r in await self._ledger.troubled() if r.id not in seen]
         lanes = [LaneView(lane.key, lane.depth, lane.in_flight) for lane in self._lanes.values()]
-        return self._settings, rows, lanes, self._clock()
+        problems = self.health.report()[1].get("problems", {})
+        return PageInput(self._settings, rows, lanes, self._clock(), problems)
 
     async def run_once(self, jobs: list[JobSettings] | None = None) -> bool:
         """Plan every job once (catch-up included), export all that is due; True if all worked."""

@@ -477,6 +477,15 @@ class Ledger:
         )
 
     @_state_errors
+    async def troubled(self) -> list[ExportRecord]:
+        """Failed rows, and rows being retried after failing, wherever they lie (a
+        backfill's lie before the catch-up horizon the status page reads)."""
+        return await self._all(
+            "SELECT * FROM exports WHERE state = 'failed' OR (failures > 0 AND state IN "
+            "('queued', 'submitted', 'ready'))"
+        )
+
+    @_state_errors
     async def cancel(self, job: str, start_from: str, start_before: str) -> tuple[int, int]:
         """Drop the job's queued and failed windows starting in ``[start_from,
         start_before)`` (ISO, UTC); returns (dropped, left running at AC)."""

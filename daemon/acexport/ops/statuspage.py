@@ -21,7 +21,8 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import NamedTuple
 
 from .. import __version__
 from ..config import Settings
@@ -48,9 +49,10 @@ class JobView:
     name: str
     workspace: str
     schedule: str
-    windows: list[str]  # column headings, oldest first
+    windows: list[str]  # each window's start (ISO, the workspace's zone), oldest first
     rows: dict[str, list[Cell]]  # type -> one cell per window
     snapshots: list[SnapshotView] = field(default_factory=list)
+    sub_day: bool = False  # windows shorter than a day: columns are labelled by hour
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class StatusView:
     failures: list[tuple[str, str, str, str]] = field(
         default_factory=list
     )  # job, type, window, why
+    problems: dict[str, str] = field(default_factory=dict)  # /healthz's, by lane
 
 
 _LAST_FAILURES = 20
@@ -90,7 +93,11 @@ def horizon_start(settings: Settings, now: datetime) -> datetime:
 
 
 def build_view(
-    settings: Settings, rows: list[ExportRecord], lanes: Iterable[LaneView], now: datetime
+    settings: Settings,
+    rows: list[ExportRecord],
+    lanes: Iterable[LaneView],
+    now: datetime,
+    problems: dict[str, str] | None = None,
 ) -> StatusView:
     """The page's content: each job's due windows, by type, in the ledger's words."""
     by_key = {(r.job, r.type, r.start): r for r in rows if r.mode is ExportMode.WINDOWS}
@@ -111,7 +118,10 @@ def build_view(
             _snapshot_view(str(t), snapshot_rows[(job.name, str(t))], zone)
             for t in job.snapshot_types
         ]
-        jobs.append(JobView(job.name, job.workspace, job.schedule, headings, grid, snapshots))
+        sub_day = job.window < timedelta(days=1)
+        jobs.append(
+            JobView(job.name, job.workspace, job.schedule, headings, grid, snapshots, sub_day)
+        )
     # Failed, and failed before while retried: a window's failure stays in view
     # until it is done, wherever the window lies (a backfill's too).
     failed = sorted(
@@ -124,7 +134,7 @@ def build_view(
         (r.job, r.type, r.label(zones.get(r.workspace, UTC)), failure_text(r))
         for r in failed[:_LAST_FAILURES]
     ]
-    return StatusView(now, jobs, list(lanes), failures)
+    return StatusView(now, jobs, list(lanes), failures, dict(problems or {}))
 
 
 def failure_text(record: ExportRecord) -> str:
@@ -166,10 +176,16 @@ _STYLE = """
 body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; white-space: nowrap; }
-td.cell { width: 1.6em; height: 1.2em; padding: 0; }
-.done { background: #3a3; } .failed { background: #d33; } .missing { background: #eee; }
-.queued, .submitted, .ready { background: #e9b32a; }
+td.cell { width: 1.6em; height: 1.2em; padding: 0; text-align: center; font: bold 11px
+  ui-monospace, monospace; color: #fff; }
+.done { background: #3a3; } .failed { background: #d33; }
+.missing { background: #eee; color: #777 !important; }
+.queued { background: #7aa7d8; } .submitted, .ready { background: #e9b32a; }
+.banner { background: #fdd; border: 2px solid #d33; padding: 0.6em 1em; }
 .retrying { background: repeating-linear-gradient(45deg, #d33 0 3px, #e9b32a 3px 6px); }
+.grid th { padding: 2px 3px; font-size: 11px; }
+.legend span { color: #fff; text-shadow: 0 0 2px #000; }
+.legend .missing { text-shadow: none; }
 .beyond_retention { background: repeating-linear-gradient(45deg, #bbb 0 3px, #eee 3px 6px); }
 .legend span { display: inline-block; padding: 2px 8px; margin-right: 6px; }
 """
@@ -179,28 +195,75 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
+# A letter per state, in each cell: the grid reads without telling colours apart.
+LETTERS = {
+    "done": "D",
+    "failed": "F",
+    "retrying": "R",
+    "queued": "Q",
+    "submitted": "A",  # at AC
+    "ready": "A",
+    "missing": "·",
+    "beyond_retention": "B",
+}
+_LEGEND = (
+    ("done", "done"),
+    ("failed", "failed"),
+    ("retrying", "retrying after failing"),
+    ("queued", "queued"),
+    ("submitted", "at AC or downloading"),
+    ("missing", "missing"),
+    ("beyond_retention", "before AC's retention"),
+)
+
+
+def _cell_html(cell: Cell) -> str:
+    return (
+        f"<td class='cell {_e(cell.state)}' data-state='{_e(cell.state)}' "
+        f"title='{_e(cell.detail or cell.state)}'>{LETTERS.get(cell.state, '?')}</td>"
+    )
+
+
+def _heading(start: str, sub_day: bool) -> str:
+    """A column's label: the day (``11-29``), or for sub-day windows the hour, with
+    the day where it changes (``11-29 14h``, then ``13h``; a window starting off the
+    hour shows its minutes: ``13:30``)."""
+    if not sub_day:
+        return start[5:10]
+    return f"{start[11:13]}h" if start[14:16] == "00" else start[11:16]
+
+
 def _job_section(job: JobView) -> str:
-    shown = job.windows[-MAX_COLUMNS:]
-    hidden = len(job.windows) - len(shown)
-    head = "".join(f"<th title='{_e(w)}'>{_e(w[5:10])}</th>" for w in shown)
+    # Newest first: the windows an operator looks for are never the ones cut off.
+    newest_first = list(range(len(job.windows)))[::-1]
+    shown, older = newest_first[:MAX_COLUMNS], newest_first[MAX_COLUMNS:]
+    head = []
+    for position, index in enumerate(shown):
+        start = job.windows[index]
+        label = _heading(start, job.sub_day)
+        new_day = position == 0 or start[:10] != job.windows[shown[position - 1]][:10]
+        if job.sub_day and new_day:
+            label = f"{start[5:10]} {label}"
+        head.append(f"<th title='{_e(start)}'>{_e(label)}</th>")
     body = []
     earlier: Counter[str] = Counter()
     for type_, cells in job.rows.items():
-        earlier.update(cell.state for cell in cells[:hidden])
-        tds = "".join(
-            f"<td class='cell {_e(cell.state)}' data-state='{_e(cell.state)}' "
-            f"title='{_e(cell.detail or cell.state)}'></td>"
-            for cell in cells[hidden:]
-        )
+        earlier.update(cells[index].state for index in older)
+        tds = "".join(_cell_html(cells[index]) for index in shown)
         body.append(f"<tr><th>{_e(type_)}</th>{tds}</tr>")
     summary = ""
-    if hidden:
+    if older:
         counts = ", ".join(f"{count} {state}" for state, count in sorted(earlier.items()))
+        verdict = f"all {next(iter(earlier))}" if len(earlier) == 1 else counts
         summary = (
-            f"<p class='earlier' data-windows='{hidden}'>{hidden} earlier windows "
-            f"(x {len(job.rows)} types): {_e(counts)}</p>"
+            f"<p class='earlier' data-windows='{len(older)}'>and {len(older)} older windows "
+            f"(x {len(job.rows)} types): {_e(verdict)}</p>"
         )
-    grid = f"<table><tr><th>type</th>{head}</tr>{''.join(body)}</table>" if job.rows else ""
+    grid = (
+        f"<table class='grid'><tr><th>type</th>{''.join(head)}</tr>{''.join(body)}</table>"
+        if job.rows
+        else ""
+    )
     return (
         f"<h3 class='job' data-job='{_e(job.name)}'>{_e(job.name)} "
         f"<small>({_e(job.workspace)}, {_e(job.schedule)})</small></h3>{summary}"
@@ -214,12 +277,7 @@ def _snapshot_table(snapshots: list[SnapshotView]) -> str:
     rows = "".join(
         f"<tr data-type='{_e(s.type)}'><th>{_e(s.type)}</th>"
         f"<td class='newest'>{_e(s.newest or 'none yet')}</td>"
-        + (
-            f"<td class='cell {_e(s.current.state)}' data-state='{_e(s.current.state)}' "
-            f"title='{_e(s.current.detail or s.current.state)}'></td>"
-            if s.current
-            else "<td></td>"
-        )
+        + (_cell_html(s.current) if s.current else "<td>none</td>")
         + "</tr>"
         for s in snapshots
     )
@@ -232,25 +290,30 @@ def _snapshot_table(snapshots: list[SnapshotView]) -> str:
 def render(view: StatusView) -> str:
     """The whole page, as HTML."""
     jobs = "".join(_job_section(job) for job in view.jobs) or "<p>No jobs configured.</p>"
-    lanes = "".join(
-        f"<tr><td>{_e(lane.key)}</td><td>{lane.queued}</td><td>{lane.in_flight}</td></tr>"
-        for lane in view.lanes
+    lanes = (
+        "".join(
+            f"<tr><td>{_e(lane.key)}</td><td>{lane.queued}</td><td>{lane.in_flight}</td></tr>"
+            for lane in view.lanes
+        )
+        or "<tr><td colspan='3'>none</td></tr>"
     )
-    failures = "".join(
-        f"<tr><td>{_e(job)}</td><td>{_e(type_)}</td><td>{_e(window)}</td>"
-        f"<td class='reason'>{_e(reason)}</td></tr>"
-        for job, type_, window, reason in view.failures
+    failures = (
+        "".join(
+            f"<tr><td>{_e(job)}</td><td>{_e(type_)}</td><td>{_e(window)}</td>"
+            f"<td class='reason'>{_e(reason)}</td></tr>"
+            for job, type_, window, reason in view.failures
+        )
+        or "<tr><td colspan='4'>none</td></tr>"
     )
     legend = "".join(
-        f"<span class='{state}'>{label}</span>"
-        for state, label in (
-            ("done", "done"),
-            ("failed", "failed"),
-            ("retrying", "retrying after failing"),
-            ("submitted", "in flight"),
-            ("missing", "missing"),
-            ("beyond_retention", "before AC's retention"),
-        )
+        f"<span class='{state}'>{LETTERS[state]} {label}</span>" for state, label in _LEGEND
+    )
+    banner = (
+        "<div class='banner' id='problems'><strong>/healthz says failing:</strong><ul>"
+        + "".join(f"<li>{_e(lane)}: {_e(why)}</li>" for lane, why in view.problems.items())
+        + "</ul></div>"
+        if view.problems
+        else ""
     )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -258,6 +321,7 @@ def render(view: StatusView) -> str:
 <title>acexport status</title><style>{_STYLE}</style></head>
 <body>
 <h1>acexport status</h1>
+{banner}
 <p>acexport {_e(__version__)}, as of {_e(view.generated_at.isoformat(timespec="seconds"))};
 refreshes every {_REFRESH_S} s. <a href="/metrics">/metrics</a> <a href="/healthz">/healthz</a></p>
 <p class="legend">{legend}</p>
@@ -271,7 +335,14 @@ refreshes every {_REFRESH_S} s. <a href="/metrics">/metrics</a> <a href="/health
 """
 
 
-PageInput = tuple[Settings, list[ExportRecord], list[LaneView], datetime]
+class PageInput(NamedTuple):
+    """What the page is built from, read at one moment on the event loop."""
+
+    settings: Settings
+    rows: list[ExportRecord]
+    lanes: list[LaneView]
+    now: datetime
+    problems: dict[str, str]
 
 
 class StatusPage(LaneObserver):
@@ -296,7 +367,7 @@ class StatusPage(LaneObserver):
         async with self._lock:  # concurrent fetches share one rendering
             if self._page is not None and self._clock() - self._page[0] < CACHE_S:
                 return self._page[1]
-            settings, rows, lanes, now = await self._read()
-            page = await asyncio.to_thread(lambda: render(build_view(settings, rows, lanes, now)))
+            read = await self._read()
+            page = await asyncio.to_thread(lambda: render(build_view(*read)))
             self._page = (self._clock(), page)
             return page
