@@ -84,6 +84,10 @@ def interrupted() -> bool:
     return bool(_stop_signals)
 
 
+def interrupted_by_ctrl_c() -> bool:
+    return signal.SIGINT in _stop_signals
+
+
 def handle_signals(daemon: Daemon) -> None:
     """SIGTERM/SIGINT stop taking work and end within the grace; SIGHUP reloads."""
     loop = asyncio.get_running_loop()

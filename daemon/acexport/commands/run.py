@@ -12,7 +12,14 @@ import structlog
 
 from ..config import Settings
 from . import ExitCode
-from .common import exit_code_of, handle_signals, load, prepare, remember_early_signals
+from .common import (
+    exit_code_of,
+    handle_signals,
+    interrupted_by_ctrl_c,
+    load,
+    prepare,
+    remember_early_signals,
+)
 
 log = structlog.get_logger("acexport.cli")
 
@@ -49,7 +56,11 @@ async def run_daemon(
             log.info("run_once_finished", exported=done, failed=failed)
             return ExitCode.OK if ok and daemon.fatal_error is None else ExitCode.FAILED
         await daemon.run_until_stopped()
-    return ExitCode.OK if daemon.fatal_error is None else ExitCode.FAILED
+    if daemon.fatal_error is not None:
+        return ExitCode.FAILED
+    # SIGTERM is a service's normal stop (0, as systemd expects); Ctrl-C at a terminal
+    # ends as shells report it (130), nothing lost either way.
+    return ExitCode.INTERRUPTED if interrupted_by_ctrl_c() else ExitCode.OK
 
 
 def _collect_less() -> None:
