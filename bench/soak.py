@@ -186,7 +186,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.quick:
-        args.workspaces, args.days, args.chaos_seconds = 3, 3, 40
+        args.workspaces, args.days, args.chaos_seconds = 3, 3, 30
         args.processing_time = "0.4"
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="acexport-soak-"))

@@ -191,7 +191,7 @@ def test_token_file_readable_by_others_is_warned_about(
     assert f"token_file {token} is readable by others" in out
     token.chmod(0o600)
     assert main(["check-config", "--config", str(path)]) == 0
-    assert "warning" not in capsys.readouterr().out
+    assert "readable by others" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
