@@ -34,6 +34,7 @@ from .common import (
     UsageError,
     exit_code_of,
     handle_signals,
+    human_duration,
     interrupted,
     load,
     prepare,
@@ -222,13 +223,13 @@ async def _dry_run(settings: Settings, job: JobSettings, windows: list[ExportWin
     if spans and counts["new"]:
         median = spans[len(spans) // 2]
         print(
-            f"  roughly {_duration(median * counts['new'])} of AC's time at the "
-            f"{_duration(median)} per export seen in this workspace (one at a time)"
+            f"  roughly {human_duration(median * counts['new'])} of AC's time at the "
+            f"{human_duration(median)} per export seen in this workspace (one at a time)"
         )
     elif counts["new"]:
         print(
             "  no processing time seen yet in this workspace; AC's worker takes up to "
-            f"5 minutes per export: up to {_duration(300 * counts['new'])}"
+            f"5 minutes per export: up to {human_duration(300 * counts['new'])}"
         )
     print("nothing was queued (--dry-run)")
     return ExitCode.OK
@@ -252,14 +253,6 @@ async def _cancel(settings: Settings, path: Path, args: argparse.Namespace) -> i
     if dropped:
         print("windows inside the job's catch-up horizon are planned again at its next look")
     return ExitCode.OK
-
-
-def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    if minutes < 60:
-        return f"{max(minutes, 1)} min"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if hours < 48 else f"{hours / 24:.1f} days"
 
 
 def _say_beyond_retention(look: Look) -> None:

@@ -48,6 +48,17 @@ def prepare(settings: Settings, path: Path | None) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
+def human_duration(seconds: float) -> str:
+    """``2d 3h``, ``45m``, ``12s``: the two largest units, for people."""
+    left = int(seconds)
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if left >= size or (unit == "s" and not parts):
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    return " ".join(parts[:2])
+
+
 def exit_code_of(command: str, body: Callable[[], int]) -> int:
     """Run a command's body; every error it expects becomes one line and an exit code."""
     try:

@@ -27,7 +27,7 @@ from ..planner import due_windows
 from ..protocol import ExportMode
 from ..triggers import next_looks, schedule_period
 from . import ExitCode
-from .common import exit_code_of, load
+from .common import exit_code_of, human_duration, load
 
 
 def main(args: argparse.Namespace) -> int:
@@ -46,17 +46,6 @@ def main(args: argparse.Namespace) -> int:
     return exit_code_of("status", body)
 
 
-def _duration(seconds: float) -> str:
-    """``2d 3h``, ``45m``, ``12s``: the two largest units, for people."""
-    left = int(seconds)
-    parts: list[str] = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if left >= size or (unit == "s" and not parts):
-            parts.append(f"{left // size}{unit}")
-            left %= size
-    return " ".join(parts[:2])
-
-
 def _print(report: dict[str, Any]) -> None:
     holder = report["daemon_pid"]
     if holder:
@@ -72,7 +61,9 @@ def _print(report: dict[str, Any]) -> None:
         for type_, as_of in job["snapshots"].items():
             print(f"  {type_} snapshot as of:{' ' * max(1, 8 - len(type_))}{as_of or 'none yet'}")
         if job["behind_s"]:
-            print(f"  BEHIND by {_duration(job['behind_s'])}: the oldest due window is not done")
+            print(
+                f"  BEHIND by {human_duration(job['behind_s'])}: the oldest due window is not done"
+            )
         if holder:
             print(f"  next look:            {job['next_look'] or 'never (the schedule ends)'}")
         if job["pending_elsewhere"]:
