@@ -445,3 +445,29 @@ async def test_a_foreground_backfill_exports_its_own_windows_and_names_the_rest(
     assert "3 other exports are pending" in err
     rows = await read_rows(tmp_path / "state")
     assert sum(r.state is LedgerState.QUEUED for r in rows) == 3
+
+
+async def test_info_lines_are_news_only(
+    emulator: EmulatorFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24 item 9: an export AC takes long over says so once at info (waiting,
+    then ready); a quick one only its result; the lane says it caught up once."""
+    from structlog.testing import capture_logs
+
+    import acexport.export
+    from acexport.config import load_settings
+    from acexport.daemon import Daemon
+
+    monkeypatch.setattr(acexport.export, "LONG_WAIT_S", 0.3)  # "over a minute", scaled
+    emu = await emulator(tokens={"acme": "acme-token"}, records=2, processing_s=0.8)
+    config = write_config(tmp_path, emu, job("d", "acme", types=["page"], catch_up="2d",
+                                             lag="0s"))  # fmt: skip
+    with capture_logs() as logs:
+        async with Daemon(load_settings(config), config) as daemon:
+            assert await daemon.run_once()
+    info = [line["event"] for line in logs if line["log_level"] == "info"]
+    assert info.count("export_done") == 2
+    assert info.count("export_waiting_at_ac") == 2  # once per export, not per poll
+    assert info.count("export_ready") == 2
+    assert info.count("lane_caught_up") == 1
+    assert "export_submitted" not in info
