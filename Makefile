@@ -38,7 +38,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format daemon tests bench
 
 demo: $(RUNTIME)
-	$(VENV)/bin/acexport demo --config config/demo.toml
+	$(VENV)/bin/acexport demo
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py $(if $(QUICK),--quick)

@@ -40,9 +40,8 @@ def main() -> int:
     os.environ.setdefault("ACEXPORT_DEMO_TOKEN", "startup-bench")
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "c.toml"
-        config.write_text(
-            (ROOT / "config" / "demo.toml").read_text().replace("./state/demo", f"{tmp}/state")
-        )
+        shipped = (ROOT / "daemon" / "acexport" / "demo.toml").read_text()
+        config.write_text(shipped.replace("[daemon]\n", f'[daemon]\nstate_dir = "{tmp}/state"\n'))
         acexport = [sys.executable, "-m", "acexport"]
         floor = median_seconds([sys.executable, "-c", "pass"], args.runs)
         help_s = median_seconds([*acexport, "--help"], args.runs)

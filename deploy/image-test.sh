@@ -131,6 +131,14 @@ grep -q '"format": "parquet"' "$WORK/data/page.parquet.manifest.json" \
     || fail "the Parquet export wrote no Parquet manifest"
 echo "image-test: Parquet support (DuckDB) is installed and writes typed files"
 
+# The demo ships in the package: `docker run IMAGE demo` works (issue 25 item 7).
+demo_files=$(timeout 120 "${PODMAN[@]}" run --rm --entrypoint sh acexport:test -c \
+    'cd /tmp && acexport demo --once >demo.log 2>&1 || { cat demo.log; exit 1; }
+     find exports -name "*.manifest.json" | wc -l') \
+    || fail "acexport demo --once failed inside the image: $demo_files"
+[ "$demo_files" -ge 6 ] || fail "the demo inside the image exported $demo_files files, not >= 6"
+echo "image-test: the demo runs inside the image ($demo_files exports)"
+
 owner=$(stat -c %u "$(find "$WORK/data/from-my-config" -name '*.jsonl.gz' | head -1)")
 [ "$owner" = 10001 ] || fail "exports owned by uid $owner, not the image's user 10001"
 

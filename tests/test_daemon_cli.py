@@ -133,14 +133,16 @@ async def test_status_reports_done_and_failed_windows(
 
 
 def test_shipped_configs_are_valid() -> None:
-    """config/acexport.example.toml and config/demo.toml load without error."""
+    """config/acexport.example.toml and the demo config shipped in the package load."""
     from acexport.config import load_settings
 
     root = Path(__file__).resolve().parent.parent
     example = load_settings(root / "config" / "acexport.example.toml")
     assert [job.name for job in example.jobs] == ["nightly"]
     assert example.workspaces["acme"].token_file is not None
-    demo = load_settings(root / "config" / "demo.toml")
+    from acexport.commands.demo import SHIPPED_CONFIG
+
+    demo = load_settings(SHIPPED_CONFIG)
     assert all(ws.base_url == "http://127.0.0.1" for ws in demo.workspaces.values())
     covered = {t for job in demo.jobs for t in job.types}
     assert covered == {"event", "identity", "individual", "membership", "page", "segment"}

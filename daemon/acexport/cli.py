@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         "acexport demo              # exports land in ./demo-exports, Ctrl-C stops",
         "acexport demo --once",
     )
-    demo.add_argument("--config", help="default: config/demo.toml")
+    demo.add_argument("--config", help="default: the demo config shipped in the package")
     _add_logging_arguments(demo)
     demo.add_argument("--once", action="store_true", help="export what is due, then exit")
 

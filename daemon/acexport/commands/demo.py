@@ -22,17 +22,30 @@ from .run import run_daemon
 
 log = structlog.get_logger("acexport.cli")
 
-DEFAULT_CONFIG = "config/demo.toml"
+# Shipped in the package: `acexport demo` works from any directory, in the image too.
+SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "demo.toml"
 
 
 def main(args: argparse.Namespace) -> int:
     remember_early_signals()
 
     def body() -> int:
-        settings, path = load(args.config or DEFAULT_CONFIG)
+        settings, path = load(args.config or str(SHIPPED_CONFIG))
+        if args.config is None:
+            settings = _in_working_directory(settings)
         return asyncio.run(_demo(settings, path, args.once))
 
     return exit_code_of("demo", body)
+
+
+def _in_working_directory(settings: Settings) -> Settings:
+    """The shipped config's state and exports under the working directory (./state/demo,
+    ./exports), not beside the config inside the installed package."""
+    here = Path.cwd()
+    places = {"state_dir": here / "state" / "demo", "output_dir": here / "exports"}
+    # What the environment (or a defaults file) set stays: it is the operator's.
+    unset = {k: v for k, v in places.items() if k not in settings.daemon.model_fields_set}
+    return settings.model_copy(update={"daemon": settings.daemon.model_copy(update=unset)})
 
 
 def _pointed_at(settings: Settings, url: str, tokens: dict[str, str]) -> Settings:
@@ -45,6 +58,10 @@ def _pointed_at(settings: Settings, url: str, tokens: dict[str, str]) -> Setting
 
 
 async def _demo(settings: Settings, path: Path, once: bool) -> int:
+    def reread() -> Settings:  # what SIGHUP reads: the file again, placed as at start
+        fresh = load_settings(path)
+        return _in_working_directory(fresh) if path == SHIPPED_CONFIG else fresh
+
     from aiohttp import web
 
     from ..emulator import EmulatorSettings, QueueSettings, make_app
@@ -62,8 +79,6 @@ async def _demo(settings: Settings, path: Path, once: bool) -> int:
         demo = _pointed_at(settings, url, tokens)
         prepare(demo, None)
         log.info("demo_emulator_started", url=url, workspaces=sorted(tokens))
-        return await run_daemon(
-            demo, path, once, lambda: _pointed_at(load_settings(path), url, tokens)
-        )
+        return await run_daemon(demo, path, once, lambda: _pointed_at(reread(), url, tokens))
     finally:
         await runner.cleanup()
