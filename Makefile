@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RUNTIME := $(VENV)/.runtime
 
-.PHONY: test lint format demo bench clean image-test
+.PHONY: test lint format demo bench clean image-test dist
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,5 +43,10 @@ demo: $(RUNTIME)
 bench: $(STAMP)
 	$(PY) bench/run_all.py $(if $(QUICK),--quick)
 
+# The wheel a host install takes (pipx install dist/acexport-*.whl, or pip in a venv).
+dist: $(RUNTIME)
+	rm -rf dist
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist .
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist
