@@ -132,9 +132,10 @@ grep -q '"format": "parquet"' "$WORK/data/page.parquet.manifest.json" \
 echo "image-test: Parquet support (DuckDB) is installed and writes typed files"
 
 # The demo ships in the package: `docker run IMAGE demo` works (issue 25 item 7).
+# Its state and exports go where the image's defaults put them (/var/lib/acexport).
 demo_files=$(timeout 120 "${PODMAN[@]}" run --rm --entrypoint sh acexport:test -c \
-    'cd /tmp && acexport demo --once >demo.log 2>&1 || { cat demo.log; exit 1; }
-     find exports -name "*.manifest.json" | wc -l') \
+    'acexport demo --once >/tmp/demo.log 2>&1 || { cat /tmp/demo.log; exit 1; }
+     find /var/lib/acexport -name "*.manifest.json" | wc -l') \
     || fail "acexport demo --once failed inside the image: $demo_files"
 [ "$demo_files" -ge 6 ] || fail "the demo inside the image exported $demo_files files, not >= 6"
 echo "image-test: the demo runs inside the image ($demo_files exports)"
