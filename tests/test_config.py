@@ -265,3 +265,28 @@ def test_output_url_selects_the_store(
     assert settings.output.s3_location() == s3
     if directory:
         assert settings.output_dir() == Path(directory)
+
+
+def test_a_relative_token_file_is_under_credentials_directory_when_systemd_sets_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25 item 2 (design section 4): with LoadCredential=, systemd sets
+    $CREDENTIALS_DIRECTORY; `token_file = "acme"` names the credential there. Without
+    it, a relative path is relative to the config file's directory."""
+    from acexport.config import load_settings, resolve_tokens
+
+    etc, creds = tmp_path / "etc", tmp_path / "run-credentials"
+    etc.mkdir()
+    creds.mkdir()
+    (creds / "acme").write_text("from-credentials\n")
+    (etc / "acme").write_text("beside-the-config\n")
+    (etc / "acme").chmod(0o600)
+    (creds / "acme").chmod(0o600)
+    config = etc / "config.toml"
+    config.write_text('[workspaces.acme]\ntoken_file = "acme"\n')
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    settings = load_settings(config)
+    assert settings.workspaces["acme"].token_file == creds / "acme"
+    assert resolve_tokens(settings, str(config))["acme"].get_secret_value() == "from-credentials"
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    assert load_settings(config).workspaces["acme"].token_file == etc / "acme"

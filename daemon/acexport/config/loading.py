@@ -97,17 +97,23 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _anchored(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Relative paths in a file are relative to the file's directory, as in Prometheus
-    and compose: never to the working directory (``/`` under systemd). ``~`` is the
+    and compose: never to the working directory (``/`` under systemd); relative
+    credential files under ``$CREDENTIALS_DIRECTORY`` when systemd set it. ``~`` is the
     validators' (it means the same wherever it is written)."""
 
-    def anchor(table: Any, key: str, url: bool = False) -> None:
+    # systemd's LoadCredential= puts secrets in $CREDENTIALS_DIRECTORY: a relative
+    # credential file is named there (design section 4), the config's directory otherwise.
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    secrets_base = Path(credentials) if credentials else base
+
+    def anchor(table: Any, key: str, url: bool = False, under: Path = base) -> None:
         value = table.get(key) if isinstance(table, dict) else None
         if not isinstance(value, str) or not value or value.startswith("~"):
             return
         if url and len(urlsplit(value).scheme) > 1:
             return  # s3:// or file:// (file:// is absolute)
         if not Path(value).is_absolute():
-            table[key] = str(base / value)
+            table[key] = str(under / value)
 
     daemon, output = data.get("daemon"), data.get("output")
     for key in ("state_dir", "output_dir"):
@@ -115,10 +121,10 @@ def _anchored(data: dict[str, Any], base: Path) -> dict[str, Any]:
     anchor(output, "url", url=True)
     s3 = output.get("s3") if isinstance(output, dict) else None
     for key in ("access_key_id_file", "secret_access_key_file", "session_token_file"):
-        anchor(s3, key)
+        anchor(s3, key, under=secrets_base)
     workspaces = data.get("workspaces")
     for workspace in workspaces.values() if isinstance(workspaces, dict) else ():
-        anchor(workspace, "token_file")
+        anchor(workspace, "token_file", under=secrets_base)
     return data
 
 
