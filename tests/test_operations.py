@@ -434,3 +434,47 @@ def test_a_full_notify_socket_never_blocks_the_daemon(tmp_path: Path) -> None:
         assert not sent[-1]  # dropped, not blocked
     finally:
         receiver.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not tool("setpriv"), reason="needs root and setpriv")
+def test_the_units_install_steps_give_a_config_the_service_user_can_read() -> None:
+    """Issue 25 items 1 and 3: the unit's own install comment, run as written (into a
+    scratch root), gives a root-owned config that an unprivileged uid (as DynamicUser=
+    runs the service) can read: check-config passes as uid 65534, with the unit's
+    defaults file beneath it and a relative token_file under $CREDENTIALS_DIRECTORY."""
+    import tempfile
+
+    unit = (ROOT / "systemd" / "acexport.service").read_text()
+    steps = [line[4:] for line in unit.splitlines() if line.startswith("#   install ")]
+    assert len(steps) == 4
+    scratch = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        scratch.chmod(0o755)
+        for step in steps:
+            step = step.replace(" /etc/", f" {scratch}/etc/").replace(
+                " /usr/local/", f" {scratch}/usr/local/"
+            )
+            subprocess.run(["bash", "-c", step], cwd=ROOT, check=True,
+                           env={**os.environ, "ACME_TOKEN": "a-token"})  # fmt: skip
+        config = scratch / "etc" / "acexport" / "config.toml"
+        config.write_text(config.read_text().replace(
+            'token_file = "/run/credentials/acexport.service/acme"', 'token_file = "acme"'
+        ))  # fmt: skip
+        (scratch / "etc" / "acexport").chmod(0o755)  # as ConfigurationDirectory= leaves it
+        assert config.stat().st_uid == 0
+        credentials = scratch / "run-credentials"  # what LoadCredential= hands the service
+        credentials.mkdir(mode=0o755)
+        shutil.copy(scratch / "etc" / "acexport" / "credentials" / "acme", credentials / "acme")
+        os.chown(credentials / "acme", 65534, 65534)
+        defaults = scratch / "usr" / "local" / "share" / "acexport" / "defaults.toml"
+        env = {**os.environ, "CREDENTIALS_DIRECTORY": str(credentials),
+               "ACEXPORT_DEFAULTS": str(defaults), "ACEXPORT_CONFIG": ""}  # fmt: skip
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             sys.executable, "-m", "acexport", "check-config", "--config", str(config)],
+            capture_output=True, text=True, env=env, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "  state dir: /var/lib/acexport" in result.stdout
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -180,6 +180,9 @@ class Daemon:
         log.info(
             "daemon_started",
             state_dir=str(daemon.state_dir),
+            # What is in force, wherever it was set (file, environment, a defaults file).
+            output=self._output.describe(),
+            listen=daemon.listen or None,
             pid=os.getpid(),
             jobs=[job.name for job in self._settings.jobs],
             lanes=sorted(self._lanes),
