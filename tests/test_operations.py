@@ -447,6 +447,8 @@ def test_the_units_install_steps_give_a_config_the_service_user_can_read() -> No
     unit = (ROOT / "systemd" / "acexport.service").read_text()
     steps = [line[4:] for line in unit.splitlines() if line.startswith("#   install ")]
     assert len(steps) == 4
+    readme = (ROOT / "README.md").read_text()
+    assert all(f"    {step}\n" in readme for step in steps)  # the README's recipe is this
     scratch = Path(tempfile.mkdtemp(dir="/tmp"))
     try:
         scratch.chmod(0o755)
