@@ -1,7 +1,7 @@
 # acexport in a container: config at /etc/acexport/config.toml, state and exports in
 # /var/lib/acexport, tokens as files (Docker/Kubernetes secrets) via token_file.
 #
-#   docker build -t acexport .
+#   docker build -t acexport --build-arg VERSION="$(sed -n 's/^__version__ = "\(.*\)"/\1/p' daemon/acexport/__init__.py)" .
 #   docker run -d --name acexport \
 #     -v "$PWD/config.toml:/etc/acexport/config.toml:ro" \
 #     -v acexport-data:/var/lib/acexport \
@@ -16,6 +16,12 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[s3,parquet]'
 
 # Runtime stage: the wheels installed, no sources, no build tools, a non-root user.
 FROM python:3.11-slim
+# The package's version (acexport.__version__), given by the build: the image test
+# checks the label against `acexport --version` inside.
+ARG VERSION=unknown
+LABEL org.opencontainers.image.title="acexport" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="MIT"
 RUN useradd --system --uid 10001 --no-create-home --home-dir /var/lib/acexport acexport \
     && mkdir -p /etc/acexport /var/lib/acexport/exports \
     && chown -R acexport /var/lib/acexport

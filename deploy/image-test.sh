@@ -63,9 +63,16 @@ if ! "${PODMAN[@]}" image exists "$BASE" && ! "${PODMAN[@]}" pull -q "$BASE" >/d
     rm -rf "$WORK/rootfs"
 fi
 
+VERSION=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' daemon/acexport/__init__.py)
 "${PODMAN[@]}" build -q --format docker --isolation chroot --network host \
+    --build-arg VERSION="$VERSION" \
     -v /etc/ssl/certs:/etc/ssl/certs:ro -t acexport:test . >/dev/null 2>"$WORK/build.err" \
     || { cat "$WORK/build.err" >&2; exit 1; }
+label=$("${PODMAN[@]}" image inspect --format '{{index .Config.Labels "org.opencontainers.image.version"}}' acexport:test)
+inside=$("${PODMAN[@]}" run --rm acexport:test --version)
+[ "$inside" = "acexport $label" ] && [ "$label" = "$VERSION" ] \
+    || fail "version label $label, acexport --version inside says '$inside', the package $VERSION"
+echo "image-test: one version: the label, --version and the package say $VERSION"
 size=$("${PODMAN[@]}" image inspect --format '{{.Size}}' acexport:test)
 echo "image-test: image acexport:test is $((size / 1000000)) MB"
 
