@@ -17,12 +17,13 @@ import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from ..config import Settings
+from ..config import JobSettings, Settings
 from ..ledger import read_rows
 from ..ledger_schema import ACTIVE, ExportRecord, LedgerState
 from ..lock import lock_holder
-from ..ops.statuspage import build_view, failure_text
+from ..ops.statuspage import build_view, counted_state, failure_text
 from ..planner import due_windows
 from ..protocol import ExportMode
 from ..triggers import next_looks, schedule_period
@@ -114,8 +115,8 @@ async def _status_report(settings: Settings) -> dict[str, Any]:
             for t in job.snapshot_types
         }  # fmt: skip
         cells = [cell for row in view[job.name].rows.values() for cell in row]
-        horizon = Counter("in flight" if c.state in ("queued", "submitted", "ready") else
-                          c.state for c in cells)  # fmt: skip
+        # Counted as the page and acexport_windows count them ("in_flight" shown spaced).
+        horizon = Counter(counted_state(c.state).replace("_", " ") for c in cells)
         horizon_starts = {w.start for w in due_windows(job, zone, now)}
         jobs.append(
             {
@@ -135,7 +136,7 @@ async def _status_report(settings: Settings) -> dict[str, Any]:
                     state: horizon[state]
                     for state in ("done", "missing", "in flight", "retrying", "failed")
                 },
-                "behind_s": _behind_s(settings, job.name, rows, now),
+                "behind_s": _behind_s(job, zone, view[job.name].oldest_waiting_end, now),
                 "done": len(done),
                 "pending": sum(r.state in ACTIVE for r in mine),
                 "pending_elsewhere": sum(
@@ -172,24 +173,14 @@ async def _status_report(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _behind_s(settings: Settings, name: str, rows: list[ExportRecord], now: datetime) -> float:
-    """How long the job's oldest due window not done has been due, beyond the one
-    period of its schedule the daemon has to export it (0: not behind)."""
-    job = next(j for j in settings.jobs if j.name == name)
-    zone = settings.workspaces[job.workspace].zone
-    done = {(r.type, r.start) for r in rows if r.job == name and r.state is LedgerState.DONE}
-    beyond = {
-        (r.type, r.start) for r in rows if r.job == name and r.state is LedgerState.BEYOND_RETENTION
-    }
-    waiting = [
-        w
-        for w in due_windows(job, zone, now)
-        for t in job.window_types
-        if (str(t), w.start) not in done and (str(t), w.start) not in beyond
-    ]
-    if not waiting:
+def _behind_s(
+    job: JobSettings, zone: ZoneInfo, oldest_waiting_end: datetime | None, now: datetime
+) -> float:
+    """How long the job's oldest due window not done (as the page shows it) has been
+    due, beyond the one period of its schedule the daemon has to export it (0: not
+    behind)."""
+    if oldest_waiting_end is None:
         return 0.0
-    due_since = min(w.end for w in waiting) + job.lag
     period = schedule_period(job.trigger(zone), now) or timedelta(0)
-    late = (now - due_since - period).total_seconds()
+    late = (now - oldest_waiting_end - job.lag - period).total_seconds()
     return late if late > 0 else 0.0

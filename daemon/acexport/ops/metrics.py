@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from .. import __version__
 from ..events import ExportEnded, LaneObserver
+from .statuspage import WINDOW_STATES, counted_state
 
 if TYPE_CHECKING:
     from .statuspage import StatusView
@@ -150,7 +151,7 @@ class Metrics(LaneObserver):
             counts = dict.fromkeys(WINDOW_STATES, 0)
             for cells in job.rows.values():
                 for cell in cells:
-                    counts[_window_state(cell.state)] += 1
+                    counts[counted_state(cell.state)] += 1
             for state, count in counts.items():
                 self.windows.labels(job.name, state).set(count)
 
@@ -159,15 +160,6 @@ class Metrics(LaneObserver):
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-WINDOW_STATES = ("done", "failed", "retrying", "in_flight", "missing", "beyond_retention")
-
-
-def _window_state(ledger_state: str) -> str:
-    if ledger_state in ("done", "failed", "retrying", "missing", "beyond_retention"):
-        return ledger_state
-    return "in_flight"  # queued, submitted or ready
 
 
 class _LaneCollector(Collector):

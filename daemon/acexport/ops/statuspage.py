@@ -53,6 +53,7 @@ class JobView:
     rows: dict[str, list[Cell]]  # type -> one cell per window
     snapshots: list[SnapshotView] = field(default_factory=list)
     sub_day: bool = False  # windows shorter than a day: columns are labelled by hour
+    oldest_waiting_end: datetime | None = None  # of the oldest window not done (any type)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,17 @@ class StatusView:
 _LAST_FAILURES = 20
 
 
+# How a cell's state is counted (acexport_windows, `acexport status`): one place, so
+# the figures agree with each other and with the page.
+WINDOW_STATES = ("done", "failed", "retrying", "in_flight", "missing", "beyond_retention")
+
+
+def counted_state(cell_state: str) -> str:
+    if cell_state in WINDOW_STATES:
+        return cell_state
+    return "in_flight"  # queued, submitted or ready
+
+
 def horizon_start(settings: Settings, now: datetime) -> datetime:
     """The earliest a due window of any job can end: rows before it are not shown."""
     return min((now - job.catch_up - job.window for job in settings.jobs), default=now)
@@ -119,8 +131,24 @@ def build_view(
             for t in job.snapshot_types
         ]
         sub_day = job.window < timedelta(days=1)
+        waiting = [
+            w.end
+            for index, w in enumerate(windows)
+            if any(
+                cells[index].state not in ("done", "beyond_retention") for cells in grid.values()
+            )
+        ]
         jobs.append(
-            JobView(job.name, job.workspace, job.schedule, headings, grid, snapshots, sub_day)
+            JobView(
+                job.name,
+                job.workspace,
+                job.schedule,
+                headings,
+                grid,
+                snapshots,
+                sub_day,
+                min(waiting, default=None),
+            )
         )
     # Failed, and failed before while retried: a window's failure stays in view
     # until it is done, wherever the window lies (a backfill's too).

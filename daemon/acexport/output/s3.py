@@ -320,8 +320,12 @@ class S3Store:
         await self._call("listing", list_all)
         return sizes
 
-    async def read_small(self, key: PurePosixPath) -> bytes | None:
-        async def get() -> bytes | None:
+    async def _read(
+        self, key: PurePosixPath, consume: Callable[[Any], Awaitable[Any]]
+    ) -> Any | None:
+        """``consume(body)`` of the object at ``key``; None if there is none."""
+
+        async def get() -> Any | None:
             try:
                 answer = await self._client.get_object(
                     Bucket=self.target.bucket, Key=self._key(key)
@@ -329,9 +333,15 @@ class S3Store:
             except self._client.exceptions.NoSuchKey:
                 return None
             async with answer["Body"] as body:
-                return bytes(await body.read(SMALL_MAX + 1))
+                return await consume(body)
 
-        result: bytes | None = await self._call(f"reading {self._key(key)} in", get)
+        return await self._call(f"reading {self._key(key)} in", get)
+
+    async def read_small(self, key: PurePosixPath) -> bytes | None:
+        async def whole(body: Any) -> bytes:
+            return bytes(await body.read(SMALL_MAX + 1))
+
+        result: bytes | None = await self._read(key, whole)
         return result
 
     @contextlib.asynccontextmanager
@@ -339,20 +349,13 @@ class S3Store:
         with tempfile.TemporaryDirectory(prefix="acexport-verify-") as directory:
             path = Path(directory) / "data"
 
-            async def download() -> bool:
-                try:
-                    answer = await self._client.get_object(
-                        Bucket=self.target.bucket, Key=self._key(key)
-                    )
-                except self._client.exceptions.NoSuchKey:
-                    return False
-                async with answer["Body"] as body:
-                    with path.open("wb") as file:
-                        while chunk := await body.read(1 << 20):
-                            await asyncio.to_thread(file.write, chunk)
+            async def to_file(body: Any) -> bool:
+                with path.open("wb") as file:
+                    while chunk := await body.read(1 << 20):
+                        await asyncio.to_thread(file.write, chunk)
                 return True
 
-            found = await self._call(f"reading {self._key(key)} in", download)
+            found = await self._read(key, to_file)
             yield path if found else None
 
     async def write_small(self, key: PurePosixPath, data: bytes) -> None:

@@ -38,7 +38,10 @@ def _digest(path: Path) -> tuple[int, str]:
 
 
 def _problem_of(fields: dict[str, Any], path: Path) -> str | None:
-    size, sha256 = _digest(path)
+    try:
+        size, sha256 = _digest(path)
+    except OSError as exc:  # a problem of this file, reported with the others
+        return f"cannot be read: {exc.strerror or exc}"
     if size != fields.get("file_bytes"):
         return f"has {size} bytes, its manifest says {fields.get('file_bytes')}"
     if sha256 != fields.get("file_sha256"):

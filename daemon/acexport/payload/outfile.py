@@ -50,8 +50,12 @@ class OutputFile:
     checking lines); an error there is raised in the producer's next call.
     """
 
-    def __init__(self, path: Path, compression: Compression) -> None:
+    def __init__(self, path: Path, compression: Compression, *, intermediate: bool = False) -> None:
         self.path = path
+        # Read back and deleted by this process (the JSON Lines a Parquet file is made
+        # from): no manifest names its hash, and a crash discards it, so it is neither
+        # hashed nor synced.
+        self._intermediate = intermediate
         self._file: IO[bytes] | None = None  # created by ``open``, in a worker thread
         self._compressor: codec.Compressor | None = None
         if compression == Compression.GZIP:
@@ -128,8 +132,9 @@ class OutputFile:
             return
         assert self._file is not None, "open() comes first"
         fd = self._file.fileno()
-        for chunk in chunks:
-            self._sha.update(chunk)
+        if not self._intermediate:
+            for chunk in chunks:
+                self._sha.update(chunk)
         total = sum(map(len, chunks))
         done = 0
         for start in range(0, len(chunks), _IOV_MAX):
@@ -153,7 +158,8 @@ class OutputFile:
             self._sha.update(tail)
             self._written += len(tail)
             self._compressor = None
-        os.fsync(self._file.fileno())
+        if not self._intermediate:
+            os.fsync(self._file.fileno())
         self._file.close()
 
     @property

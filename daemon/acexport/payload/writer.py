@@ -64,7 +64,9 @@ class PayloadWriter:
         self._typed_as = typed_as
         self._compression = compression
         self._out = OutputFile(
-            temp_dir / f"{stem}.part", Compression.NONE if typed_as else compression
+            temp_dir / f"{stem}.part",
+            Compression.NONE if typed_as else compression,
+            intermediate=typed_as is not None,
         )
         self._parquet_path = temp_dir / f"{stem}.parquet.part"
         self._engine_dir = temp_dir / f"{stem}.engine"
