@@ -1,11 +1,16 @@
 # acexport in a container: config at /etc/acexport/config.toml, state and exports in
 # /var/lib/acexport, tokens as files (Docker/Kubernetes secrets) via token_file.
+# With compose: README, "Deploying". With docker alone, from the repository's root
+# (deploy/image-test.sh runs these lines with podman):
 #
 #   docker build -t acexport --build-arg VERSION="$(sed -n 's/^__version__ = "\(.*\)"/\1/p' daemon/acexport/__init__.py)" .
-#   docker run -d --name acexport \
-#     -v "$PWD/config.toml:/etc/acexport/config.toml:ro" \
-#     -v acexport-data:/var/lib/acexport \
-#     --secret acme_token ... acexport
+#   docker run -d --name acexport -p 9464:9464 \
+#     -v "$PWD/deploy/compose/config.toml:/etc/acexport/config.toml:ro" \
+#     -v "$PWD/deploy/compose/acme.token:/run/secrets/acme_token:ro" \
+#     -v acexport-data:/var/lib/acexport acexport
+#
+# The token file must be readable by the image's user, uid 10001 (a bind mount keeps
+# the host's owner and mode): `install -m 0400 -o 10001 /dev/stdin deploy/compose/acme.token`.
 
 # Build stage: wheels of acexport, its S3 extra and their dependencies (compilers stay here).
 FROM python:3.11-slim AS build

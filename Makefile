@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RUNTIME := $(VENV)/.runtime
 
-.PHONY: test lint format demo bench clean image-test dist
+.PHONY: test lint format demo bench clean image-test host-test dist
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(STAMP)
 # installs podman, runc and debootstrap from Debian when they are missing).
 image-test:
 	bash deploy/image-test.sh
+
+# The README's host install and systemd recipes, run as written in a private mount
+# namespace (needs root; the machine's /opt, /usr/local and /etc are left alone).
+host-test:
+	bash deploy/host-test.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check daemon tests bench

@@ -24,10 +24,16 @@ EOF
 PODMAN=(podman --runtime runc)
 
 cleanup() {
-    "${PODMAN[@]}" rm -f "$NAME" >/dev/null 2>&1 || true
+    "${PODMAN[@]}" rm -f -v "$NAME" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+# What an interrupted run may have left: its containers (podman's storage may still
+# hold a name after the container is gone) and the Dockerfile recipe's volume.
+for stale in "$NAME" acexport; do
+    "${PODMAN[@]}" rm -f "$stale" >/dev/null 2>&1 || "${PODMAN[@]}" rm -f --storage "$stale" >/dev/null 2>&1 || true
+done
+"${PODMAN[@]}" volume rm -f acexport-data >/dev/null 2>&1 || true
 fail() { echo "image-test: FAILED: $*" >&2; "${PODMAN[@]}" logs "$NAME" 2>&1 | tail -20 >&2 || true; exit 1; }
 
 if ! command -v podman >/dev/null || ! command -v runc >/dev/null \
@@ -175,4 +181,94 @@ code=$("${PODMAN[@]}" inspect --format '{{.State.ExitCode}}' "$NAME")
 partial=$(find "$WORK/data" \( -name '*.part' -o -name '*.tmp' -o -name '*.spool' \) | wc -l)
 [ "$partial" = 0 ] || fail "$partial partial files left"
 echo "image-test: podman stop exits 0 in $(($(date +%s) - started)) s, nothing partial"
+
+# From a fresh clone, as the README and the Dockerfile say: a copy of the repository's
+# tracked files, the token written by the README's compose recipe, the lines run as
+# written with podman as the engine (docker-compose speaks to podman's Docker API
+# socket; `docker run` is `podman run`). The operator's one edit to
+# deploy/compose/config.toml: the workspace's address is an emulator, started inside
+# the container's network namespace, and polls are quick for a test.
+CLONE="$WORK/clone"
+mkdir -p "$CLONE"
+git ls-files -z | xargs -0 cp --parents -t "$CLONE"
+sed -i 's#"https://analytics.liferay.com"#"http://127.0.0.1:8080"#' "$CLONE/deploy/compose/config.toml"
+grep -q '127.0.0.1:8080' "$CLONE/deploy/compose/config.toml" || fail "deploy/compose/config.toml names no base_url to edit"
+printf '\n[http]\npoll_initial = "200ms"\npoll_max = "1s"\nretry_initial = "200ms"\nretry_max = "1s"\n' \
+    >> "$CLONE/deploy/compose/config.toml"
+"${PODMAN[@]}" tag acexport:test acexport:latest
+podman system service --time=0 "unix://$WORK/podman.sock" >"$WORK/service.log" 2>&1 &
+SERVICE=$!
+cleanup_clone() {
+    set +e
+    (cd "$CLONE" && DOCKER_HOST="unix://$WORK/podman.sock" docker-compose down -v) >/dev/null 2>&1
+    "${PODMAN[@]}" rm -f -v acexport >/dev/null 2>&1
+    "${PODMAN[@]}" volume rm -f acexport-data >/dev/null 2>&1
+    kill "$SERVICE" 2>/dev/null
+    cleanup
+}
+trap cleanup_clone EXIT
+for _ in $(seq 40); do [ -S "$WORK/podman.sock" ] && break; sleep 0.25; done
+docker() {
+    if [ "$1" = compose ]; then
+        shift
+        DOCKER_HOST="unix://$WORK/podman.sock" docker-compose "$@"
+    else
+        podman --runtime runc "$@"
+    fi
+}
+export WORK CONTAINERS_CONF
+export -f docker
+recipe() {  # the indented lines after the marker $1 in file $2, unindented
+    awk -v marker="$1" 'index($0, marker) {on = 1; next}
+        on && /^    / {sub(/^    /, ""); print; seen = 1; next}
+        on && seen && NF {exit}' "$2"
+}
+wait_caught_up() {  # $1: container; until `acexport status` inside exits 0 (nothing
+    # waiting, failed or retrying), then at least 10 exports in its data volume
+    for _ in $(seq 120); do
+        "${PODMAN[@]}" exec "$1" acexport status >"$WORK/status.out" 2>&1 && break
+        sleep 0.5
+    done
+    "${PODMAN[@]}" exec "$1" acexport status >"$WORK/status.out" 2>&1 \
+        || { cat "$WORK/status.out" >&2; fail "$1: acexport status still exits non-zero"; }
+    local n
+    n=$("${PODMAN[@]}" exec "$1" find /var/lib/acexport/exports -name '*.manifest.json' | wc -l)
+    [ "$n" -ge 10 ] || fail "$1: caught up with $n exports, not the week's windows and snapshots"
+    echo "$n"
+}
+
+compose_lines=$(recipe '<!-- compose recipe' README.md)
+[ -n "$compose_lines" ] || fail "the README has no compose recipe"
+(cd "$CLONE" && ACME_TOKEN=image-test-token bash -euo pipefail -c "$compose_lines") >"$WORK/compose.out" 2>&1 &
+RECIPE=$!
+for _ in $(seq 120); do
+    container=$("${PODMAN[@]}" ps --filter label=com.docker.compose.service=acexport --format '{{.Names}}' | head -1)
+    [ -n "$container" ] && break
+    sleep 0.5
+done
+[ -n "$container" ] || { cat "$WORK/compose.out" >&2; fail "docker compose up started no container"; }
+"${PODMAN[@]}" exec -d "$container" acexport emulator --port 8080 --processing-time 0.2 \
+    --records 20 --token acme=image-test-token >/dev/null
+wait "$RECIPE" || { cat "$WORK/compose.out" >&2; fail "the README's compose recipe failed"; }
+grep -q '"ok"' "$WORK/compose.out" || { cat "$WORK/compose.out" >&2; fail "the recipe's /healthz did not say ok"; }
+[ "$(stat -c '%u %a' "$CLONE/deploy/compose/acme.token")" = "10001 400" ] \
+    || fail "the recipe's token file is not uid 10001, mode 0400"
+n=$(wait_caught_up "$container")
+(cd "$CLONE" && docker compose exec -T acexport acexport status) >"$WORK/status.out" 2>&1 \
+    || { cat "$WORK/status.out" >&2; fail "acexport status in the compose service failed"; }
+grep -q nightly "$WORK/status.out" || fail "status names no job nightly: $(cat "$WORK/status.out")"
+(cd "$CLONE" && docker compose down -v) >/dev/null 2>&1 || fail "docker compose down failed"
+echo "image-test: the README's compose recipe works from a fresh clone ($n exports, status clean)"
+
+run_lines=$(sed -n 's/^#   //p' Dockerfile | sed -n '/^docker run/,/[^\\]$/p')
+[ -n "$run_lines" ] || fail "the Dockerfile's header shows no docker run"
+(cd "$CLONE" && bash -euo pipefail -c "$run_lines") >/dev/null 2>"$WORK/run.err" \
+    || { cat "$WORK/run.err" >&2; fail "the Dockerfile's docker run failed"; }
+"${PODMAN[@]}" exec -d acexport acexport emulator --port 8080 --processing-time 0.2 \
+    --records 20 --token acme=image-test-token >/dev/null
+n=$(wait_caught_up acexport)
+curl -sf --retry 10 --retry-connrefused http://127.0.0.1:9464/healthz | grep -q '"ok"' \
+    || fail "the docker run container's /healthz is not ok on port 9464"
+"${PODMAN[@]}" rm -f -v -t 20 acexport >/dev/null
+echo "image-test: the Dockerfile's docker run works as written ($n exports)"
 echo "image-test: passed"

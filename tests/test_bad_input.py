@@ -192,6 +192,16 @@ def test_token_file_readable_by_others_is_warned_about(
     token.chmod(0o600)
     assert main(["check-config", "--config", str(path)]) == 0
     assert "readable by others" not in capsys.readouterr().out
+    # Group-readable by a group the service is in (a host's 0640 root:acexport, a
+    # Kubernetes fsGroup): how a secret is shared with a service, no warning.
+    token.chmod(0o640)
+    os.chown(token, -1, os.getegid())
+    assert main(["check-config", "--config", str(path)]) == 0
+    assert "readable by others" not in capsys.readouterr().out
+    if os.geteuid() == 0:  # a group the service is not in
+        os.chown(token, -1, 12345)
+        assert main(["check-config", "--config", str(path)]) == 0
+        assert f"token_file {token} is readable by others" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

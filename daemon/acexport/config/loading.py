@@ -276,12 +276,17 @@ def resolve_tokens(settings: Settings, source: str) -> dict[str, SecretStr]:
 
 
 def _readable_by_others(path: Path) -> int | None:
-    """The file's mode if group or others may read it, else None."""
+    """The file's mode if others may read it, else None. A group that this process
+    belongs to does not count: a secret shared with the service through its group
+    (0640 root:acexport on a host, Kubernetes' fsGroup on a Secret volume) is how it
+    is meant to be read."""
     try:
-        mode = path.stat().st_mode
+        info = path.stat()
     except OSError:
         return None
-    return mode if mode & (stat.S_IRGRP | stat.S_IROTH) else None
+    ours = info.st_gid == os.getegid() or info.st_gid in os.getgroups()
+    group_may_read = bool(info.st_mode & stat.S_IRGRP) and not ours
+    return info.st_mode if info.st_mode & stat.S_IROTH or group_may_read else None
 
 
 def secret_warnings(path: Path | None, settings: Settings) -> list[str]:
