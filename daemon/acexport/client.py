@@ -34,7 +34,7 @@ from .limits import DEFAULT_INFLATE_RATIO, INFLATE_SLACK_BYTES
 from .protocol import is_status_shaped
 from .retention import months_in
 from .serverclock import ServerClock
-from .windows import ONE_MS, ExportWindow
+from .windows import ExportWindow
 
 _PEEK_BYTES = 64 * 1024  # a status object is far smaller; data is usually far larger
 _MAX_STATUS_BYTES = 1024 * 1024  # how far a suspiciously long status is read to check it
@@ -428,7 +428,7 @@ def _check_status_matches(parsed: dict[str, Any], type_: str, window: ExportWind
     answered_type = str(parsed.get("type", type_)).lower()
     if answered_type != type_:
         raise TransientError(f"AC answered a status for type {answered_type!r}, not {type_!r}")
-    for key, wanted in (("fromDate", window.start), ("toDate", window.end - ONE_MS)):
+    for key, wanted in (("fromDate", window.start), ("toDate", window.last_instant)):
         value = parsed.get(key)
         if not isinstance(value, str):
             continue

@@ -38,10 +38,11 @@ from .ledger import Ledger
 from .ledger_schema import ExportRecord
 from .output.layout import OutputLayout
 from .output.manifest import Manifest
-from .output.sink import Sink
+from .output.sink import Finished, Sink
+from .payload.split import SplitPlan
 from .payload.writer import PayloadSummary, PayloadWriter
 from .polling import Backoff, PollPlan
-from .protocol import ExportMode
+from .protocol import TIME_SERIES, ExportMode
 from .windows import ExportWindow, iso_ms
 
 log = structlog.get_logger("acexport.export")
@@ -76,6 +77,10 @@ class ExportSpec:
     mode: ExportMode = ExportMode.WINDOWS
     revision: int = 1  # 2: a restatement, replacing the file of ``previous_sha256``
     previous_sha256: str | None = None
+    # A time series split locally: the windows (and their keys) whose files are cut
+    # out of the request for ``window`` (see split_exactly, coalesced). Empty: one
+    # file, ``key``, of whatever AC served.
+    parts: tuple[tuple[ExportWindow, PurePosixPath], ...] = ()
 
     @classmethod
     def of(cls, record: ExportRecord, zone: ZoneInfo, output: OutputSettings) -> ExportSpec:
@@ -85,7 +90,7 @@ class ExportSpec:
             record.workspace, record.type, record.job, window, mode=record.mode
         )
         previous = record.file_sha256 if record.revision > 1 else None
-        return cls(
+        spec = cls(
             record.workspace,
             record.type,
             window,
@@ -95,6 +100,44 @@ class ExportSpec:
             record.revision,
             previous,
         )
+        return spec.split_exactly()
+
+    @classmethod
+    def coalesced(
+        cls, records: list[ExportRecord], zone: ZoneInfo, output: OutputSettings
+    ) -> ExportSpec:
+        """One request for consecutive windows of a time series (ledger rows of one job
+        and type, oldest first), split locally into each window's file."""
+        layout = OutputLayout.from_settings(output)
+        first, last = records[0], records[-1]
+        parts = tuple(
+            (
+                record.window(zone),
+                layout.key_for(record.workspace, record.type, record.job, record.window(zone)),
+            )
+            for record in records
+        )
+        span = ExportWindow(first.start, last.end, zone, through_end=True)
+        return cls(first.workspace, first.type, span, parts[0][1], first.job, parts=parts)
+
+    def split_exactly(self) -> ExportSpec:
+        """A window of a time series, asked for through its end and cut locally at
+        ``start <= t < end`` (windows.py): no record of it lost, none in two files."""
+        if self.type not in TIME_SERIES or self.mode is not ExportMode.WINDOWS or self.parts:
+            return self
+        request = replace(self.window, through_end=True)
+        return replace(self, window=request, parts=((self.window, self.key),))
+
+    @property
+    def files(self) -> tuple[tuple[ExportWindow, PurePosixPath], ...]:
+        """Every window written and its key: the parts, or the one window."""
+        return self.parts or ((self.window, self.key),)
+
+    def split_plan(self) -> SplitPlan | None:
+        if not self.parts:
+            return None
+        windows = [(window.start, window.end) for window, _ in self.parts]
+        return SplitPlan(self.type, self.window.start, self.window.last_instant, windows)
 
 
 @dataclass(frozen=True)
@@ -135,14 +178,31 @@ async def timing_from_history(base: Timing, ledger: Ledger, record: ExportRecord
     return replace(base, expected_s=expected, guess_s=guess, ready_age_s=ready_age_s)
 
 
+@dataclass(frozen=True)
+class StoredFile:
+    """One window's committed file: its manifest, and where that manifest is."""
+
+    window: ExportWindow
+    manifest: Manifest
+    location: str  # a path, or an s3:// URL
+
+
 @dataclass
 class ExportOutcome:
-    manifest: Manifest
-    manifest_location: str  # a path, or an s3:// URL
+    files: list[StoredFile]  # one per window written, oldest first
     requests: int
     expired_resubmits: int
     processing_s: float | None = None  # submitted to ready, seen here (None if resumed ready)
     download_s: float | None = None  # ready to committed
+
+    @property
+    def manifest(self) -> Manifest:
+        """The first (for most exports, the only) file's manifest."""
+        return self.files[0].manifest
+
+    @property
+    def manifest_location(self) -> str:
+        return self.files[0].location
 
 
 class ExportObserver:
@@ -246,24 +306,28 @@ async def _ask(
             delay = await _on_status(answer, state, sink, timing, polls)
             await observer.status(answer, delay)
             return delay
-        await _download(answer, state, sink, observer, spec.type)
+        await _download(answer, state, sink, observer, spec)
     # The response is closed: syncing and a slow output store hold no connection to AC.
-    manifest, location = await _store(spec, state, sink, timing)
-    log.info(
-        "export_done",
-        records=manifest.records,
-        payload_bytes=manifest.payload_bytes,
-        file=sink.store.location(spec.key),
-        requests=state.requests,
-        file_bytes=manifest.file_bytes,
-        seconds=round(time.monotonic() - state.started_at, 1),
-        **({"unparsed_values": manifest.unparsed_values} if manifest.unparsed_values else {}),
-    )
-    _report_new_columns(spec.type, manifest.new_columns or [])
+    files = await _store(spec, state, sink, timing)
+    coalesced = {"request_windows": len(spec.parts)} if len(spec.parts) > 1 else {}
+    for (window, key), stored in zip(spec.files, files, strict=True):
+        manifest = stored.manifest
+        log.info(
+            "export_done",
+            records=manifest.records,
+            payload_bytes=manifest.payload_bytes,
+            file=sink.store.location(key),
+            requests=state.requests,
+            file_bytes=manifest.file_bytes,
+            seconds=round(time.monotonic() - state.started_at, 1),
+            **({"window": window.from_date, "when": window.label} if coalesced else {}),
+            **coalesced,
+            **({"unparsed_values": manifest.unparsed_values} if manifest.unparsed_values else {}),
+        )
+        _report_new_columns(spec.type, manifest.new_columns or [])
     submitted, ready = state.submitted_at, state.ready_at
     return ExportOutcome(
-        manifest=manifest,
-        manifest_location=location,
+        files=files,
         requests=state.requests,
         expired_resubmits=state.expired,
         processing_s=None if submitted is None or ready is None else ready - submitted,
@@ -409,7 +473,7 @@ def _on_ac_failure(answer: ExportStatus, state: _Attempt, timing: Timing) -> flo
 
 
 async def _download(
-    payload: Payload, state: _Attempt, sink: Sink, observer: ExportObserver, type_: str
+    payload: Payload, state: _Attempt, sink: Sink, observer: ExportObserver, spec: ExportSpec
 ) -> None:
     state.ac_failures = 0
     if state.ready_at is None:
@@ -430,7 +494,7 @@ async def _download(
     if payload.offset != state.offset:
         await _drop_partial(state, sink)  # the server sent it all again: start over
     if state.writer is None:
-        state.writer = sink.new_writer(type_)
+        state.writer = sink.new_writer(spec.type, spec.split_plan())
     state.writer.declared_zip = payload.declared_zip
     state.resumable = payload.resumable
     writer = state.writer
@@ -445,49 +509,66 @@ async def _download(
     await sink.receive(writer, counted())
 
 
-async def _store(
-    spec: ExportSpec, state: _Attempt, sink: Sink, timing: Timing
-) -> tuple[Manifest, str]:
-    """Finish the download's temp file and commit it, retrying while the store is unavailable.
+async def _store(spec: ExportSpec, state: _Attempt, sink: Sink, timing: Timing) -> list[StoredFile]:
+    """Finish the download's temp files and commit them, retrying while the store is
+    unavailable; a split request's windows one after another, each manifest last.
 
-    The verified temp file is kept between attempts, so AC is not asked again;
-    only if that file is lost is the data downloaded anew.
+    The verified temp files are kept between attempts, so AC is not asked again;
+    only if one is lost is the data downloaded anew.
     """
     assert state.writer is not None
     created_date = state.created_date
-    finished = await sink.finish(
+    files = spec.files
+    finished = await sink.finish_parts(
         state.writer,
-        spec.key,
-        lambda summary: _manifest(spec, summary, created_date, sink.compression),
+        [key for _, key in files],
+        lambda index, summary: _manifest(
+            spec, files[index][0], summary, created_date, sink.compression
+        ),
         stored_sha256=spec.previous_sha256,
     )
+    skipped = state.writer.skipped
     state.writer, state.offset = None, 0
-    summary, manifest = finished.summary, finished.manifest
-    if finished.kept:
-        log.info(
-            "restated_unchanged",
-            file_sha256=manifest.file_sha256,
-            detail="AC's data for the window did not change: the file is kept",
-        )
-    if finished.location is not None:  # committed where it was finished
-        return manifest, finished.location
-    delays = timing.retry.delays()
+    if skipped:
+        log.debug("records_of_other_windows", skipped=skipped)
+    stored = []
     try:
-        while True:
-            if not summary.path.exists():
-                raise PayloadError("the local temp file was lost before it was stored")
-            try:
-                return manifest, await sink.commit(summary, spec.key, manifest)
-            except StoreUnavailable as exc:
-                delay = next(delays)
-                log.warning("output_store_retrying", error=str(exc), delay_s=round(delay, 3))
-                await asyncio.sleep(delay)
+        for (window, key), done in zip(files, finished, strict=True):
+            location = done.location
+            if done.kept:
+                log.info(
+                    "restated_unchanged",
+                    file_sha256=done.manifest.file_sha256,
+                    detail="AC's data for the window did not change: the file is kept",
+                )
+            if location is None:
+                location = await _commit(sink, done, key, timing)
+            stored.append(StoredFile(window, done.manifest, location))
     finally:
-        summary.path.unlink(missing_ok=True)
+        for done in finished:
+            done.summary.path.unlink(missing_ok=True)
+    return stored
+
+
+async def _commit(sink: Sink, done: Finished, key: PurePosixPath, timing: Timing) -> str:
+    delays = timing.retry.delays()
+    while True:
+        if not done.summary.path.exists():
+            raise PayloadError("the local temp file was lost before it was stored")
+        try:
+            return await sink.commit(done.summary, key, done.manifest)
+        except StoreUnavailable as exc:
+            delay = next(delays)
+            log.warning("output_store_retrying", error=str(exc), delay_s=round(delay, 3))
+            await asyncio.sleep(delay)
 
 
 def _manifest(
-    spec: ExportSpec, summary: PayloadSummary, created_date: str | None, compression: str
+    spec: ExportSpec,
+    window: ExportWindow,
+    summary: PayloadSummary,
+    created_date: str | None,
+    compression: str,
 ) -> Manifest:
     typed = summary.typed
     return Manifest(
@@ -495,8 +576,8 @@ def _manifest(
         workspace=spec.workspace,
         type=spec.type,
         mode=spec.mode,
-        fromDate=spec.window.from_date,
-        toDate=spec.window.to_date,
+        fromDate=window.from_date,
+        toDate=window.to_date,
         createdDate=created_date,
         downloadedAt=iso_ms(datetime.now(UTC)),
         revision=spec.revision,
@@ -514,4 +595,7 @@ def _manifest(
         schema_fingerprint=typed.schema_fingerprint if typed else None,
         new_columns=list(typed.new_columns) if typed else None,
         unparsed_values=typed.unparsed_values if typed else None,
+        request_fromDate=spec.window.from_date if spec.parts else None,
+        request_toDate=spec.window.to_date if spec.parts else None,
+        request_windows=len(spec.parts) if spec.parts else None,
     )

@@ -40,6 +40,9 @@ class ExportMode(enum.StrEnum):
 
 
 TIME_SERIES = frozenset({ExportType.EVENT, ExportType.PAGE})
+# The column AC filters each time series by (design section 1.1; page's is truncated to
+# the hour): what places a record in a window when a request is split locally.
+FILTER_COLUMNS = {ExportType.EVENT.value: "eventDate", ExportType.PAGE.value: "eventDate"}
 
 
 def default_mode(type_: str) -> ExportMode:

@@ -2,7 +2,10 @@
 
 An ``ExportWindow`` is half-open, ``[start, end)``, in the workspace's zone. AC
 takes inclusive bounds in UTC with milliseconds, so ``toDate`` is ``end - 1 ms``:
-consecutive windows neither overlap nor leave a gap, DST days included.
+consecutive windows neither overlap nor leave a gap, DST days included. A time
+series is asked for ``through_end`` (``toDate`` = ``end``) and split locally by
+each record's timestamp (payload/split.py): AC's timestamps carry microseconds, so
+``end - 1 ms`` would lose a window's last millisecond.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class ExportWindow:
     start: datetime
     end: datetime
     zone: tzinfo = field(default=UTC, compare=False)
+    through_end: bool = field(default=False, compare=False)  # toDate = end, not end - 1 ms
 
     def __post_init__(self) -> None:
         if self.start.tzinfo is None or self.end.tzinfo is None:
@@ -56,9 +60,14 @@ class ExportWindow:
     def from_date(self) -> str:
         return iso_ms(self.start)
 
+    @property
+    def last_instant(self) -> datetime:
+        """AC's inclusive ``toDate`` as an instant."""
+        return self.end if self.through_end else self.end - ONE_MS
+
     @functools.cached_property
     def to_date(self) -> str:
-        return iso_ms(self.end - ONE_MS)
+        return iso_ms(self.last_instant)
 
     def __str__(self) -> str:
         return f"{self.local_start.isoformat()}/{self.local_end.isoformat()}"

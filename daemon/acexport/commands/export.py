@@ -88,7 +88,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     except ValueError as exc:
         raise UsageError(f"--timezone/--from/--to: {exc}") from None
     key, file, compression, output_format = _destination(args, settings, config_path, name, window)
-    spec = ExportSpec(name, args.type, window, key)
+    spec = ExportSpec(name, args.type, window, key).split_exactly()
     temp_dir = settings.daemon.state_dir / "tmp" if config_path is not None else None
     to_stdout = args.output == "-"
     return _Plan(

@@ -17,7 +17,19 @@ from .. import __version__
 
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_VERSION = 2
-_TYPED_FIELDS = frozenset({"rows", "schema_fingerprint", "new_columns", "unparsed_values"})
+# Left out when None: Parquet's fields for an NDJSON file, the request's for a file
+# that was not split out of a time-series request.
+_OPTIONAL_FIELDS = frozenset(
+    {
+        "rows",
+        "schema_fingerprint",
+        "new_columns",
+        "unparsed_values",
+        "request_fromDate",
+        "request_toDate",
+        "request_windows",
+    }
+)
 
 
 def manifest_key(key: PurePosixPath) -> PurePosixPath:
@@ -59,6 +71,11 @@ class Manifest:
     schema_fingerprint: str | None = None  # the columns' names and types (tables.py)
     new_columns: list[str] | None = None  # served, but not in AC's table as we know it
     unparsed_values: int | None = None  # values kept in _unparsed: they did not fit
+    # A time series' file is cut out of the AC request these name (its dates, and how
+    # many windows it covered); payload_* are that request's.
+    request_fromDate: str | None = None
+    request_toDate: str | None = None
+    request_windows: int | None = None
 
     def to_json(self) -> bytes:
         # What json.dumps(indent=2) writes for these flat fields, without its pure-Python
@@ -66,7 +83,7 @@ class Manifest:
         fields = ",\n".join(
             f"  {json.dumps(name)}: {json.dumps(value, ensure_ascii=False)}"
             for name, value in vars(self).items()
-            if value is not None or name not in _TYPED_FIELDS
+            if value is not None or name not in _OPTIONAL_FIELDS
         )
         return ("{\n" + fields + "\n}\n").encode("utf-8")
 

@@ -28,6 +28,7 @@ import structlog
 from ..formats import Compression, OutputFormat
 from ..limits import PayloadLimits
 from ..payload.parquet import require_engine
+from ..payload.split import SplitPlan
 from ..payload.writer import PayloadSummary, PayloadWriter
 from .local import disk_error
 from .manifest import Manifest, manifest_key
@@ -81,11 +82,13 @@ class Sink:
         self._executor.shutdown(wait=True)
         self._hasher.shutdown(wait=True)
 
-    def new_writer(self, type_: str) -> PayloadWriter:
-        """A writer for records of ``type_``, whose temp file is created with its first
-        batch, in a worker thread."""
+    def new_writer(self, type_: str, split: SplitPlan | None = None) -> PayloadWriter:
+        """A writer for records of ``type_`` (one file per window of ``split``, if
+        given), whose temp files are created with its first batch, in a worker thread."""
         typed_as = type_ if self.format is OutputFormat.PARQUET else None
-        return PayloadWriter(self.temp_dir, self.compression, self.limits, typed_as=typed_as)
+        return PayloadWriter(
+            self.temp_dir, self.compression, self.limits, typed_as=typed_as, split=split
+        )
 
     async def _run(self, func: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
@@ -154,9 +157,23 @@ class Sink:
         while the store is unavailable. A file of the same bytes as the stored one
         (``stored_sha256``: a restatement that changed nothing) is not written again.
         """
+        (finished,) = await self.finish_parts(
+            writer, [key], lambda _, summary: manifest_for(summary), stored_sha256
+        )
+        return finished
+
+    async def finish_parts(
+        self,
+        writer: PayloadWriter,
+        keys: list[PurePosixPath],
+        manifest_for: Callable[[int, PayloadSummary], Manifest],
+        stored_sha256: str | None = None,
+    ) -> list[Finished]:
+        """``finish`` for a split writer: a file per window, committed in order (each
+        with its manifest last, so a crash between two leaves whole windows only)."""
         try:
-            finished: Finished = await self._run(
-                self._finish, writer, key, manifest_for, stored_sha256
+            finished: list[Finished] = await self._run(
+                self._finish, writer, keys, manifest_for, stored_sha256
             )
         except OSError as exc:
             raise disk_error("finishing", self.temp_dir, exc) from None
@@ -165,16 +182,23 @@ class Sink:
     def _finish(
         self,
         writer: PayloadWriter,
-        key: PurePosixPath,
-        manifest_for: Callable[[PayloadSummary], Manifest],
+        keys: list[PurePosixPath],
+        manifest_for: Callable[[int, PayloadSummary], Manifest],
         stored_sha256: str | None,
-    ) -> Finished:
-        summary = writer.finish()
-        manifest = manifest_for(summary)
-        if stored_sha256 is not None and summary.file_sha256 == stored_sha256:
-            summary.path.unlink(missing_ok=True)
-            return Finished(summary, manifest, self.store.location(manifest_key(key)), kept=True)
-        return Finished(summary, manifest, self.store.commit_here(summary.path, key, manifest))
+    ) -> list[Finished]:
+        summaries = writer.finish_parts()
+        done = []
+        for index, (summary, key) in enumerate(zip(summaries, keys, strict=True)):
+            manifest = manifest_for(index, summary)
+            if stored_sha256 is not None and summary.file_sha256 == stored_sha256:
+                summary.path.unlink(missing_ok=True)
+                stored = self.store.location(manifest_key(key))
+                done.append(Finished(summary, manifest, stored, kept=True))
+                continue
+            done.append(
+                Finished(summary, manifest, self.store.commit_here(summary.path, key, manifest))
+            )
+        return done
 
     async def discard(self, writer: PayloadWriter) -> None:
         await self._run(writer.discard)

@@ -23,6 +23,7 @@ from .outfile import OutputFile
 from .parquet import TypedFile, ndjson_to_parquet
 from .records import ArrayToLines, LineChecks, NdjsonLines
 from .sniff import BOM, WHITESPACE, format_of, judged_start, start_of
+from .split import RecordSplit, SplitPlan
 from .tempfiles import temp_stem
 from .zip import StreamedZip
 
@@ -57,18 +58,33 @@ class PayloadWriter:
         limits: PayloadLimits | None = None,
         *,
         typed_as: str | None = None,
+        split: SplitPlan | None = None,
     ) -> None:
         stem = temp_stem()
         self._limits = limits or PayloadLimits()
         # Typed output: plain JSON Lines first, Parquet (compressed inside) at the end.
         self._typed_as = typed_as
         self._compression = compression
-        self._out = OutputFile(
-            temp_dir / f"{stem}.part",
-            Compression.NONE if typed_as else compression,
-            intermediate=typed_as is not None,
+        # One output file, or one per window of a split time series (split.py).
+        count = 1 if split is None else len(split.windows)
+        self._parts = [
+            OutputFile(
+                temp_dir / (f"{stem}.part" if count == 1 else f"{stem}.{i}.part"),
+                Compression.NONE if typed_as else compression,
+                intermediate=typed_as is not None,
+            )
+            for i in range(count)
+        ]
+        self._split = (
+            None if split is None else RecordSplit(split, [p.write_many for p in self._parts])
         )
-        self._parquet_path = temp_dir / f"{stem}.parquet.part"
+        # Where the converters' NDJSON goes: bound to the file or the split, never to
+        # this writer (a converter holding it would be a cycle, freed only by the
+        # collector: at a thousand lanes its passes stalled the event loop).
+        self._write_lines = (
+            self._parts[0].write_many if self._split is None else self._split.write_many
+        )
+        self._parquet_paths = [p.path.with_name(p.path.stem + ".parquet.part") for p in self._parts]
         self._engine_dir = temp_dir / f"{stem}.engine"
         self._spool_path = temp_dir / f"{stem}.spool"
         self._sha = hashlib.sha256()
@@ -126,7 +142,8 @@ class PayloadWriter:
             return
 
     def convert(self, chunks: list[bytes]) -> None:
-        self._out.open()
+        for part in self._parts:
+            part.open()
         index = 0
         while self._converter is None and index < len(chunks):
             self._head += chunks[index]
@@ -151,12 +168,19 @@ class PayloadWriter:
             )
         self.served_format = served
         if served == "zip":
-            return StreamedZip(self._out, self._spool_path, self._limits)
+            return StreamedZip(self._write_lines, self._spool_path, self._limits)
         if served == "json":
-            return ArrayToLines(self._out.write_many)
-        return NdjsonLines(self._out.write_many)  # checked by ``digest``
+            return ArrayToLines(self._write_lines)
+        return NdjsonLines(self._write_lines)  # checked by ``digest``
 
     def finish(self) -> PayloadSummary:
+        """The one output file (a writer without a split, or a split of one window)."""
+        (summary,) = self.finish_parts()
+        return summary
+
+    def finish_parts(self) -> list[PayloadSummary]:
+        """One summary per window, in the split's order; the payload's fields are the
+        whole request's, ``records`` the window's."""
         if self._deferred:
             deferred, self._deferred = self._deferred, []
             self.feed_many(deferred)
@@ -177,36 +201,50 @@ class PayloadWriter:
             self._checks.finish()
         if self._converter is not None:
             self._converter.finish()
-        self._out.close()
-        records = self._converter.records if self._converter else 0
-        if self._typed_as is not None:
-            return self._typed(records)
-        return PayloadSummary(
-            self._out.path,
-            records,
-            self.payload_bytes,
-            self._sha.hexdigest(),
-            self.served_format,
-            self._out.size,
-            self._out.sha256(),
-        )
+        if self._split is not None:
+            self._split.finish()
+        for part in self._parts:
+            part.close()  # an export with no records still has its (empty) files
+        if self._split is not None:
+            counts = self._split.rows
+        else:
+            counts = [self._converter.records if self._converter else 0]
+        summaries = []
+        for part, parquet_path, records in zip(
+            self._parts, self._parquet_paths, counts, strict=True
+        ):
+            if self._typed_as is not None:
+                summaries.append(self._typed(part.path, parquet_path, records))
+                continue
+            summaries.append(
+                PayloadSummary(
+                    part.path,
+                    records,
+                    self.payload_bytes,
+                    self._sha.hexdigest(),
+                    self.served_format,
+                    part.size,
+                    part.sha256(),
+                )
+            )
+        return summaries
 
-    def _typed(self, records: int) -> PayloadSummary:
+    @property
+    def skipped(self) -> int:
+        """Records of the request that belong to no window written (split only)."""
+        return 0 if self._split is None else self._split.skipped
+
+    def _typed(self, ndjson: Path, parquet_path: Path, records: int) -> PayloadSummary:
         assert self._typed_as is not None
         try:
             typed = ndjson_to_parquet(
-                self._out.path,
-                self._parquet_path,
-                self._typed_as,
-                records,
-                self._compression,
-                self._engine_dir,
+                ndjson, parquet_path, self._typed_as, records, self._compression, self._engine_dir
             )
         finally:
-            self._out.path.unlink(missing_ok=True)
+            ndjson.unlink(missing_ok=True)
             shutil.rmtree(self._engine_dir, ignore_errors=True)
         return PayloadSummary(
-            self._parquet_path,
+            parquet_path,
             records,
             self.payload_bytes,
             self._sha.hexdigest(),
@@ -219,7 +257,8 @@ class PayloadWriter:
     def discard(self) -> None:
         if isinstance(self._converter, StreamedZip):
             self._converter.discard()
-        self._out.discard()
+        for part, parquet_path in zip(self._parts, self._parquet_paths, strict=True):
+            part.discard()
+            parquet_path.unlink(missing_ok=True)
         self._spool_path.unlink(missing_ok=True)
-        self._parquet_path.unlink(missing_ok=True)
         shutil.rmtree(self._engine_dir, ignore_errors=True)

@@ -13,8 +13,7 @@ from typing import IO
 from ..errors import PayloadError
 from ..limits import PayloadLimits
 from . import codec
-from .outfile import OutputFile
-from .records import ArrayToLines, NdjsonLines
+from .records import ArrayToLines, NdjsonLines, Write
 from .sniff import format_of, judged_start, start_of
 from .tempfiles import create_new
 from .zipstream import LOCAL, MAX_TAIL, Unstreamable, ZipStream, central_directory, check_member
@@ -26,8 +25,8 @@ _DESCRIPTOR_SIZES = (12, 16, 20, 24)  # CRC and sizes, 32 or 64 bit, with or wit
 class ZipSpool:
     """ZIP needs its central directory, at the end: spool, then convert the members."""
 
-    def __init__(self, out: OutputFile, spool_path: Path, limits: PayloadLimits) -> None:
-        self._out = out
+    def __init__(self, write: Write, spool_path: Path, limits: PayloadLimits) -> None:
+        self._write = write
         self._spool_path = spool_path
         self._spool: IO[bytes] = create_new(spool_path)
         self._limits = limits
@@ -51,7 +50,7 @@ class ZipSpool:
                     check_member(info.filename, info.compress_type, info.flag_bits)
                     if info.is_dir():
                         continue
-                    lines = MemberLines(self._out, info.filename)
+                    lines = MemberLines(self._write, info.filename)
                     with archive.open(info) as member:
                         while block := member.read(4 << 20):
                             inflated += len(block)
@@ -117,8 +116,8 @@ def _check_layout(archive: zipfile.ZipFile, size: int) -> None:
         raise PayloadError("the ZIP holds data its central directory does not account for")
 
 
-def _open_member(out: OutputFile, members: list[MemberLines], name: str) -> MemberLines:
-    member = MemberLines(out, name)
+def _open_member(write: Write, members: list[MemberLines], name: str) -> MemberLines:
+    member = MemberLines(write, name)
     members.append(member)
     return member
 
@@ -141,8 +140,8 @@ class StreamedZip:
     """A ZIP inflated as it arrives (zipstream.py), overlapping the download; spooled
     and read after it (``ZipSpool``) when its first member cannot be streamed."""
 
-    def __init__(self, out: OutputFile, spool_path: Path, limits: PayloadLimits) -> None:
-        self._out = out
+    def __init__(self, write: Write, spool_path: Path, limits: PayloadLimits) -> None:
+        self._write = write
         self._spool_path = spool_path
         self._limits = limits
         self._members: list[MemberLines] = []
@@ -150,7 +149,7 @@ class StreamedZip:
         # reference cycle, so a finished export is freed at once, not by the collector.
         self._budget = _InflateBudget(limits)
         self._stream = ZipStream(
-            functools.partial(_open_member, out, self._members), self._budget.spend
+            functools.partial(_open_member, write, self._members), self._budget.spend
         )
         self._spool: ZipSpool | None = None
         self._head: list[bytes] | None = []  # replayed into a spool if it must be one
@@ -172,7 +171,7 @@ class StreamedZip:
                 self._stream.feed(data)
             except Unstreamable:
                 assert self._head is not None
-                self._spool = ZipSpool(self._out, self._spool_path, self._limits)
+                self._spool = ZipSpool(self._write, self._spool_path, self._limits)
                 self._spool.feed_many([*self._head, *chunks[index + 1 :]])
                 self._head = None
                 return
@@ -195,8 +194,8 @@ class StreamedZip:
 class MemberLines:
     """One ZIP member's JSON or JSON Lines, pushed in pieces, into the output."""
 
-    def __init__(self, out: OutputFile, name: str) -> None:
-        self._out = out
+    def __init__(self, write: Write, name: str) -> None:
+        self._write = write
         self._name = name
         self._converter: NdjsonLines | ArrayToLines | None = None
         self._head = b""  # the start, until there is enough of it to judge
@@ -217,10 +216,10 @@ class MemberLines:
     def _choose(self, start: bytes) -> NdjsonLines | ArrayToLines:
         served = format_of(start)
         if served == "json":
-            return ArrayToLines(self._out.write_many)
+            return ArrayToLines(self._write)
         if served == "ndjson":
             # The member's CRC-32 is checked: its lines arrived as AC wrote them.
-            return NdjsonLines(self._out.write_many)
+            return NdjsonLines(self._write)
         raise PayloadError(f"ZIP member {self._name!r} is neither JSON nor JSON Lines")
 
     def finish(self) -> None:

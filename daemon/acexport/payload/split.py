@@ -1,0 +1,142 @@
+"""Records of one time-series request, each kept in the one window its timestamp is in.
+
+AC compares ``fromDate``/``toDate`` at millisecond precision, inclusive at both
+ends, while its timestamps carry microseconds: no request alone cuts a window
+exactly (design section 4). So a time series is asked for up to ``toDate`` = the
+span's end, and each record goes to the window with ``start <= t < end``: an
+event in a window's last millisecond is in it, a page row of the boundary hour
+only in the next window. A span of many windows (a coalesced request) is split
+the same way, into one output file per window, while the payload streams: the
+records are unordered, so every window's file is open until the end.
+
+A record whose timestamp cannot be read, or lies outside the requested range, is
+not dropped: AC promised the range, so the export fails with the reason. A record
+inside the range but in no window being written (the span's end, or a window whose
+file is already in the store) is counted as skipped.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ..errors import ExportFailed
+from ..protocol import FILTER_COLUMNS
+
+# A UTC instant as a string that sorts as the instant does: microseconds, fixed width.
+_KEY_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
+# BigQuery's ``2026-11-29 23:59:59.999400 UTC`` and ISO 8601 (``T``, ``Z`` or an offset).
+_TIMESTAMP = re.compile(
+    rb"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?\s*(Z|UTC|[+-]\d\d:?\d\d)?"
+)
+
+
+def instant_key(when: datetime) -> bytes:
+    return when.astimezone(UTC).strftime(_KEY_FORMAT).encode()
+
+
+def timestamp_key(value: bytes) -> bytes | None:
+    """``value`` as an ``instant_key`` (fractions beyond microseconds cut off, which
+    keeps ``start <= t < end`` exact for bounds in whole microseconds); None if it is
+    not a timestamp. No zone means UTC, as BigQuery writes it."""
+    found = _TIMESTAMP.fullmatch(value.strip())
+    if found is None:
+        return None
+    day, clock, fraction, zone = found.groups()
+    micros = (fraction or b"").ljust(6, b"0")[:6]
+    if zone in (None, b"Z", b"UTC", b"+00:00", b"+0000", b"-00:00"):
+        return day + b"T" + clock + b"." + micros
+    try:
+        parsed = datetime.fromisoformat(f"{day.decode()}T{clock.decode()}{zone.decode()}")
+    except ValueError:
+        return None
+    return instant_key(parsed)[:20] + micros
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """A time series' request to split: its type, what was asked of AC (``first`` to
+    ``last``, both inclusive, as AC compares) and the windows (``[start, end)``,
+    sorted, not overlapping) whose files are written."""
+
+    type: str
+    first: datetime
+    last: datetime
+    windows: Sequence[tuple[datetime, datetime]]
+
+    def __post_init__(self) -> None:
+        if not self.windows:
+            raise ValueError("a split needs at least one window")
+
+
+class RecordSplit:
+    """Routes NDJSON lines (as the converters write them) to one writer per window.
+
+    ``write_many`` takes chunks cut anywhere; whole lines are routed, the rest waits
+    for the next chunk. Blocks, like everything in payload/: a sink thread runs it.
+    """
+
+    def __init__(self, span: SplitPlan, writers: Sequence[Callable[[list[bytes]], None]]) -> None:
+        column = FILTER_COLUMNS[span.type]
+        self._value = re.compile(rb'"' + column.encode() + rb'"\s*:\s*"([^"]*)"')
+        self._column = column
+        self._low = instant_key(span.first)
+        # AC's inclusive last millisecond: every microsecond of it is in the range.
+        self._high = instant_key(span.last)[:-3] + b"999"
+        self._starts = [instant_key(start) for start, _ in span.windows]
+        self._ends = [instant_key(end) for _, end in span.windows]
+        self._writers = list(writers)
+        self.rows = [0] * len(span.windows)
+        self.skipped = 0
+        self._carry: list[bytes] = []
+
+    def write_many(self, chunks: list[bytes]) -> None:
+        routed: list[list[bytes]] = [[] for _ in self._writers]
+        for chunk in chunks:
+            if not chunk:
+                continue
+            cut = chunk.rfind(b"\n")
+            if cut < 0:
+                self._carry.append(chunk)
+                continue
+            lines = chunk[: cut + 1]
+            if self._carry:
+                lines = b"".join(self._carry) + lines
+            self._carry = [chunk[cut + 1 :]] if cut + 1 < len(chunk) else []
+            self._route(lines, routed)
+        for writer, window_lines in zip(self._writers, routed, strict=True):
+            if window_lines:
+                writer(window_lines)
+
+    def _route(self, lines: bytes, routed: list[list[bytes]]) -> None:
+        starts, ends, rows = self._starts, self._ends, self.rows
+        for line in lines.splitlines(keepends=True):
+            if not line.strip():
+                continue
+            found = self._value.search(line)
+            key = None if found is None else timestamp_key(found.group(1))
+            if key is None:
+                raise ExportFailed(
+                    f"a record's {self._column} is missing or not a timestamp: it cannot be "
+                    f"placed in a window ({line[:120]!r})"
+                )
+            if key < self._low or key > self._high:
+                raise ExportFailed(
+                    f"a record's {self._column} {key.decode()} lies outside the requested range "
+                    f"{self._low.decode()} to {self._high.decode()}, which AC promised: the "
+                    "export is not trusted"
+                )
+            index = bisect.bisect_right(starts, key) - 1
+            if index < 0 or key >= ends[index]:
+                self.skipped += 1
+                continue
+            routed[index].append(line)
+            rows[index] += 1
+
+    def finish(self) -> None:
+        """Route a last line that had no line break (the converters end with one)."""
+        if self._carry and b"".join(self._carry).strip():
+            self.write_many([b"\n"])
