@@ -19,6 +19,7 @@ from acexport.daemon import Daemon
 from acexport.emulator.data import PayloadSpec, iter_blocks
 from acexport.ledger import read_rows
 from acexport.ledger_schema import LedgerState
+from acexport.windows import iso_ms
 from tests.conftest import EmulatorFactory, FakeClock
 from tests.daemon_helpers import DaemonProcess, job, manifests, run_cli, write_config
 
@@ -64,8 +65,9 @@ async def test_acs_retention_refusal_ends_the_window_and_is_learned(
     assert len(refused) == 1, [r.reason for r in beyond]  # only the first was asked for
     assert all(r.attempts <= 1 for r in beyond)
     report = await emu.jobs()
-    asked = {job["fromDate"][:10] for job in report["jobs"]}
-    assert asked == {r.start.date().isoformat() for r in done}
+    # The windows inside the retention are due together: one request covers them all.
+    asked = [(job["fromDate"], job["toDate"]) for job in report["jobs"]]
+    assert asked == [(iso_ms(min(r.start for r in done)), iso_ms(max(r.end for r in done)))]
     assert len(manifests(tmp_path / "exports")) == len(done)
     assert "learned_retention_months" in err
 
@@ -229,8 +231,9 @@ async def test_ten_nightly_runs_of_every_type_against_acs_engine(
     for manifest in written:
         # A time series' window is cut out of a request through its end (the next
         # window's first page hour is in it too): the manifest names that request.
-        asked = manifest.get("request_fromDate", manifest["fromDate"]), manifest.get(
-            "request_toDate", manifest["toDate"]
+        asked = (
+            manifest.get("request_fromDate", manifest["fromDate"]),
+            manifest.get("request_toDate", manifest["toDate"]),
         )
         job_ = served[(manifest["type"], *asked)]
         assert manifest["payload_sha256"] == job_["sha256"]
@@ -289,7 +292,7 @@ async def test_acs_worker_tick_is_honoured_with_few_requests(
     ready, each costs a tick, and its polls learn that: after the first, few requests
     per export; never two exports waiting on AC at once."""
     emu = await emulator(tokens={"acme": "acme-token"}, tick_s=1.0, processing_s=0.05, records=5)
-    jobs = job("h", "acme", types=["page"], window="1h", catch_up="5h", lag="0s")
+    jobs = job("h", "acme", types=["page"], window="1h", catch_up="5h", lag="0s", coalesce_max=0)
     config = write_config(tmp_path, emu, jobs)
     config.write_text(config.read_text().replace('poll_initial = "50ms"', 'poll_initial = "100ms"')
                       .replace('poll_max = "150ms"', 'poll_max = "1s"'))  # fmt: skip

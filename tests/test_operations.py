@@ -294,7 +294,8 @@ async def test_every_task_is_awaited_when_the_daemon_stops(
     import socket as socket_module
 
     emu = await emulator(tokens={"alpha": "alpha-token"}, records=20)
-    jobs = job("daily", "alpha", types=["page", "event"], catch_up="2d", lag="0s")
+    jobs = job("daily", "alpha", types=["page", "event"], catch_up="2d", lag="0s",
+               coalesce_max="0s")  # one export per window: 4 exports  # fmt: skip
     text = write_config(tmp_path, emu, jobs, extra='listen = "127.0.0.1:0"').read_text()
     path = tmp_path / "tasks.toml"
     path.write_text(text.replace('listen = ""\n', ""))

@@ -67,7 +67,7 @@ async def test_status_page_shows_done_failed_and_in_flight_windows_escaped(
         f'[workspaces.fast]\nbase_url = "{fast.url}"\ntoken = "fast-token"\n'
         f'[workspaces.slow]\nbase_url = "{slow.url}"\ntoken = "slow-token"\n'
         f'[workspaces.bad]\nbase_url = "{hostile_ac}"\ntoken = "bad-token"\n'
-        + job("fast-daily", "fast", types=["page"], catch_up="3d", lag="0s")
+        + job("fast-daily", "fast", types=["page"], catch_up="3d", lag="0s", coalesce_max="0s")
         + job("slow-daily", "slow", types=["event"], catch_up="1d", lag="0s")
         + job("bad-daily", "bad", types=["segment"], catch_up="1d", lag="0s")
     )
@@ -280,6 +280,7 @@ async def test_hourly_columns_newest_first_letters_banner_at_1280_px(
             schedule="every 1h",
             catch_up="2d",
             lag="0s",
+            coalesce_max="0s",  # one export per window: the page's queued/submitted mix
         )
         + job("rejected", "revoked", types=["event"], catch_up="1d", lag="0s")
     )

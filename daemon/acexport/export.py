@@ -107,9 +107,12 @@ class ExportSpec:
         cls, records: list[ExportRecord], zone: ZoneInfo, output: OutputSettings
     ) -> ExportSpec:
         """One request for consecutive windows of a time series (ledger rows of one job
-        and type, oldest first), split locally into each window's file."""
+        and type, oldest first), split locally into each window's file. The request is
+        the range the rows record (a resumed request may have fewer windows left)."""
         layout = OutputLayout.from_settings(output)
-        first, last = records[0], records[-1]
+        first = records[0]
+        start = first.request_start or first.start
+        end = first.request_end or records[-1].end
         parts = tuple(
             (
                 record.window(zone),
@@ -117,7 +120,7 @@ class ExportSpec:
             )
             for record in records
         )
-        span = ExportWindow(first.start, last.end, zone, through_end=True)
+        span = ExportWindow(start, end, zone, through_end=True)
         return cls(first.workspace, first.type, span, parts[0][1], first.job, parts=parts)
 
     def split_exactly(self) -> ExportSpec:
@@ -183,8 +186,9 @@ class StoredFile:
     """One window's committed file: its manifest, and where that manifest is."""
 
     window: ExportWindow
+    key: PurePosixPath  # the data file's
     manifest: Manifest
-    location: str  # a path, or an s3:// URL
+    location: str  # the manifest's: a path, or an s3:// URL
 
 
 @dataclass
@@ -523,7 +527,7 @@ async def _store(spec: ExportSpec, state: _Attempt, sink: Sink, timing: Timing) 
         state.writer,
         [key for _, key in files],
         lambda index, summary: _manifest(
-            spec, files[index][0], summary, created_date, sink.compression
+            spec, *files[index], summary, created_date, sink.compression
         ),
         stored_sha256=spec.previous_sha256,
     )
@@ -543,7 +547,7 @@ async def _store(spec: ExportSpec, state: _Attempt, sink: Sink, timing: Timing) 
                 )
             if location is None:
                 location = await _commit(sink, done, key, timing)
-            stored.append(StoredFile(window, done.manifest, location))
+            stored.append(StoredFile(window, key, done.manifest, location))
     finally:
         for done in finished:
             done.summary.path.unlink(missing_ok=True)
@@ -566,6 +570,7 @@ async def _commit(sink: Sink, done: Finished, key: PurePosixPath, timing: Timing
 def _manifest(
     spec: ExportSpec,
     window: ExportWindow,
+    key: PurePosixPath,
     summary: PayloadSummary,
     created_date: str | None,
     compression: str,
@@ -585,7 +590,7 @@ def _manifest(
         payload_bytes=summary.payload_bytes,
         payload_sha256=summary.payload_sha256,
         payload_format=summary.served_format,
-        file=spec.key.name,
+        file=key.name,
         file_bytes=summary.file_bytes,
         file_sha256=summary.file_sha256,
         records=summary.records,

@@ -49,6 +49,7 @@ from .ops.logging import remote_text
 from .output.layout import OutputLayout
 from .output.sink import Sink
 from .output.snapshots import prune_snapshots, stored_snapshots
+from .payload.split import MAX_WINDOWS
 from .protocol import ExportMode
 from .retention import beyond_reason
 from .serverclock import ServerClock
@@ -132,6 +133,9 @@ class Lane:
         self._capacity = asyncio.Semaphore(max_in_flight)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._sleeping: set[int] = set()  # exports waiting between two requests to AC
+        # Windows served by a coalesced request running now (its leader's task): when
+        # dequeued or enqueued again, they are skipped.
+        self._grouped: set[int] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
@@ -144,6 +148,8 @@ class Lane:
         added = 0
         for record in records:
             if record.id in self._queued_ids or record.id in self._tasks or self._stopping:
+                continue
+            if record.id in self._grouped:
                 continue
             self._queued_ids.add(record.id)
             self._queue.put_nowait(record)
@@ -220,7 +226,7 @@ class Lane:
                 except Exception as exc:
                     # A bug or an input nobody foresaw: still a recorded, visible failure.
                     log.exception("export_crashed", kind=type(exc).__name__)
-                    await self._failed(record, f"unexpected {type(exc).__name__}: {exc}")
+                    await self._failed([record], f"unexpected {type(exc).__name__}: {exc}")
         except StateError as exc:
             self.ctx.fatal(exc)
         finally:
@@ -237,6 +243,8 @@ class Lane:
         return record.label(ws.zone if ws else UTC)
 
     async def _export(self, record: ExportRecord, hold: _SlotHold) -> None:
+        if record.id in self._grouped:
+            return  # a coalesced request running now serves this window
         settings = self.ctx.settings()
         # Still active, and submitted unless its ready data is still downloadable: one
         # statement (the ledger's round trips were most of an export's CPU).
@@ -245,37 +253,71 @@ class Lane:
         if current is None:
             # Picked up from the ledger just as this process finished it: nothing to do.
             return
+        was_queued = record.state is LedgerState.QUEUED
         record = current
         if self.auth_failure:
-            await self._failed(record, self.auth_failure)
+            await self._failed([record], self.auth_failure)
             return
         ws = settings.workspaces.get(record.workspace)
         if ws is None:
-            await self._failed(record, "the workspace is no longer configured")
+            await self._failed([record], "the workspace is no longer configured")
             return
         if await self._before_retention(record):
             return
-        spec = ExportSpec.of(record, ws.zone, settings.output)
+        group = await self._coalesce(record, was_queued, settings)
+        members = {member.id for member in group} - {record.id}
+        self._grouped |= members
         try:
-            outcome = await self._run_export(record, spec, settings, hold)
+            await self._export_group(group, ws.zone, settings, hold)
+        finally:
+            self._grouped -= members
+        if record.mode is ExportMode.SNAPSHOT:
+            await self._prune_snapshots(record, ws.zone)
+
+    async def _coalesce(
+        self, record: ExportRecord, was_queued: bool, settings: Settings
+    ) -> list[ExportRecord]:
+        """The windows one request serves with ``record``: consecutive windows of a time
+        series due together (or the coalesced request a restart resumes)."""
+        job = next((j for j in settings.jobs if j.name == record.job), None)
+        if record.mode is not ExportMode.WINDOWS or record.revision != 1 or job is None:
+            return [record]
+        most = job.windows_per_request(MAX_WINDOWS) if was_queued else 1
+        group = await self.ctx.ledger.coalesce(record, job.coalesce_max, most)
+        if len(group) > 1:
+            log.info("export_coalesced", windows=len(group), last=group[-1].label(UTC))
+        return group or [record]
+
+    async def _export_group(
+        self, group: list[ExportRecord], zone: ZoneInfo, settings: Settings, hold: _SlotHold
+    ) -> None:
+        """Run the export serving ``group`` (one window, or a coalesced request's) and
+        record its end on every window of it."""
+        leader = group[0]
+        if leader.request_start is not None:
+            spec = ExportSpec.coalesced(group, zone, settings.output)
+        else:
+            spec = ExportSpec.of(leader, zone, settings.output)
+        try:
+            outcome = await self._run_export(group, spec, settings, hold)
         except StateError:
             raise
         except BeyondRetention as exc:
-            await self._beyond_retention(record, exc)
+            await self._beyond_retention(leader, exc)
+            # The rest of a coalesced request lies after it: asked again, on their own.
+            await asyncio.shield(self.ctx.ledger.release([m.id for m in group[1:]]))
             return
         except AuthError as exc:
             self.auth_failure = remote_text(f"AuthError: {exc}")
-            log.error("lane_token_rejected", workspace=record.workspace, error=str(exc))
-            await self._failed(record, self.auth_failure, token_rejected=True)
+            log.error("lane_token_rejected", workspace=leader.workspace, error=str(exc))
+            await self._failed(group, self.auth_failure, token_rejected=True)
             return
         except AcexportError as exc:
             log.error("export_failed", error=str(exc), kind=type(exc).__name__)
             rejected = isinstance(exc, StoreRejected)
-            await self._failed(record, f"{type(exc).__name__}: {exc}", store_rejected=rejected)
+            await self._failed(group, f"{type(exc).__name__}: {exc}", store_rejected=rejected)
             return
-        await self._succeeded(record, outcome, self.ctx.sink.store.location(spec.key))
-        if record.mode is ExportMode.SNAPSHOT:
-            await self._prune_snapshots(record, ws.zone)
+        await self._succeeded(group, outcome)
 
     async def _before_retention(self, record: ExportRecord) -> bool:
         """A queued window that fell out of AC's retention while it waited (a backfill
@@ -342,11 +384,12 @@ class Lane:
 
     async def _run_export(
         self,
-        record: ExportRecord,
+        group: list[ExportRecord],
         spec: ExportSpec,
         settings: Settings,
         hold: _SlotHold,
     ) -> ExportOutcome:
+        record = group[0]
         observer = self.ctx.observer
         client = ExportClient(
             self.ctx.session,
@@ -362,7 +405,8 @@ class Lane:
         async def record_ready(created_date: str | None) -> None:
             # Durable before the slot goes to the next export: after a crash, the
             # ledger must not show two exports waiting on AC at once.
-            await asyncio.shield(self.ctx.ledger.mark_ready(record.id, created_date))
+            for member in group:
+                await asyncio.shield(self.ctx.ledger.mark_ready(member.id, created_date))
 
         keeper = _SlotKeeper(record.created_date, hold, record_ready)
         return await run_export(
@@ -384,37 +428,41 @@ class Lane:
 
         return sleep
 
-    async def _succeeded(
-        self, record: ExportRecord, outcome: ExportOutcome, destination: str
-    ) -> None:
-        manifest = outcome.manifest
-        await asyncio.shield(
-            self.ctx.ledger.mark_done(
-                record.id,
-                destination=destination,
-                records=manifest.records,
-                payload_bytes=manifest.payload_bytes,
-                payload_sha256=manifest.payload_sha256,
-                requests=outcome.requests,
-                created_date=manifest.createdDate,
-                file_bytes=manifest.file_bytes,
-                file_sha256=manifest.file_sha256,
+    async def _succeeded(self, group: list[ExportRecord], outcome: ExportOutcome) -> None:
+        """Each window done with its file; the request's cost (requests, bytes, time)
+        counted once, on the first."""
+        files = {stored.window.start: stored for stored in outcome.files}
+        for index, record in enumerate(group):
+            stored = files[record.start]
+            manifest = stored.manifest
+            first = index == 0
+            await asyncio.shield(
+                self.ctx.ledger.mark_done(
+                    record.id,
+                    destination=self.ctx.sink.store.location(stored.key),
+                    records=manifest.records,
+                    payload_bytes=manifest.payload_bytes,
+                    payload_sha256=manifest.payload_sha256,
+                    requests=outcome.requests if first else 0,
+                    created_date=manifest.createdDate,
+                    file_bytes=manifest.file_bytes,
+                    file_sha256=manifest.file_sha256,
+                )
             )
-        )
-        self._publish(
-            record,
-            ok=True,
-            payload_bytes=manifest.payload_bytes,
-            requests=outcome.requests,
-            processing_s=outcome.processing_s,
-            download_s=outcome.download_s,
-            new_columns=tuple(manifest.new_columns or ()),
-            unparsed_values=manifest.unparsed_values or 0,
-        )
+            self._publish(
+                record,
+                ok=True,
+                payload_bytes=manifest.payload_bytes if first else 0,
+                requests=outcome.requests if first else 0,
+                processing_s=outcome.processing_s if first else None,
+                download_s=outcome.download_s if first else None,
+                new_columns=tuple(manifest.new_columns or ()),
+                unparsed_values=manifest.unparsed_values or 0,
+            )
 
     async def _failed(
         self,
-        record: ExportRecord,
+        group: list[ExportRecord],
         reason: str,
         *,
         token_rejected: bool = False,
@@ -423,14 +471,15 @@ class Lane:
         # Reasons carry server text: redacted and capped before the ledger, status and
         # the unauthenticated /healthz see them.
         reason = remote_text(reason)
-        await asyncio.shield(self.ctx.ledger.mark_failed(record.id, reason))
-        self._publish(
-            record,
-            ok=False,
-            reason=reason,
-            token_rejected=token_rejected,
-            store_rejected=store_rejected,
-        )
+        for record in group:
+            await asyncio.shield(self.ctx.ledger.mark_failed(record.id, reason))
+            self._publish(
+                record,
+                ok=False,
+                reason=reason,
+                token_rejected=token_rejected,
+                store_rejected=store_rejected,
+            )
 
     def _publish(self, record: ExportRecord, **outcome: Any) -> None:
         event = ExportEnded(self.key, record.workspace, record.type, record.job, **outcome)

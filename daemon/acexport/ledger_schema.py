@@ -107,6 +107,13 @@ _MIGRATIONS: Sequence[str] = (
     ALTER TABLE exports ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE exports ADD COLUMN last_error TEXT;
     """,
+    # version 6: the AC request a window is served by, when one request covers several
+    # consecutive windows (a coalesced export): its range, shared by those rows, so a
+    # restart resumes that request instead of asking AC for a new one.
+    """
+    ALTER TABLE exports ADD COLUMN request_start TEXT;
+    ALTER TABLE exports ADD COLUMN request_end TEXT;
+    """,
 )
 
 
@@ -127,6 +134,10 @@ ACTIVE = frozenset({LedgerState.QUEUED, LedgerState.SUBMITTED, LedgerState.READY
 def parse_time(text: str) -> datetime:
     """A time the ledger stored (ISO 8601), in UTC."""
     return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _time_or_none(text: str | None) -> datetime | None:
+    return None if text is None else parse_time(text)
 
 
 @dataclass(frozen=True)
@@ -154,6 +165,9 @@ class ExportRecord:
     file_sha256: str | None = None
     failures: int = 0  # attempts in a row that failed (0 once done)
     last_error: str | None = None  # the last failure's reason, kept while retried
+    # The range of the AC request that serves this window with others (None: its own).
+    request_start: datetime | None = None
+    request_end: datetime | None = None
 
     @property
     def retrying(self) -> bool:
@@ -195,4 +209,6 @@ class ExportRecord:
             file_sha256=row["file_sha256"],
             failures=row["failures"],
             last_error=row["last_error"],
+            request_start=_time_or_none(row["request_start"]),
+            request_end=_time_or_none(row["request_end"]),
         )

@@ -395,6 +395,10 @@ class JobSettings(_Section):
     # Export each window once more when it is this old (page aggregates and late
     # events settle); off by default.
     restate: Duration | None = None
+    # Consecutive windows of a time series that are due together (a catch-up, a
+    # backfill) are asked of AC in one request of up to this span, then split locally:
+    # AC works through one export per tick of its worker (5 minutes). 0 turns it off.
+    coalesce_max: Duration = timedelta(days=31)
 
     def mode_of(self, type_: str) -> ExportMode:
         return self.modes.get(ExportType(type_), default_mode(type_))
@@ -449,7 +453,11 @@ class JobSettings(_Section):
             raise ValueError(f"modes names {stray}, which are not in types {self.types}")
         return self
 
-    @field_validator("lag", "catch_up")
+    def windows_per_request(self, most: int) -> int:
+        """How many of this job's windows one request may cover (``most`` at most)."""
+        return max(1, min(most, self.coalesce_max // self.window))
+
+    @field_validator("lag", "catch_up", "coalesce_max")
     @classmethod
     def _not_negative(cls, value: timedelta) -> timedelta:
         if value < timedelta(0):

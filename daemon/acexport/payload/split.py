@@ -26,6 +26,9 @@ from datetime import UTC, datetime
 from ..errors import ExportFailed
 from ..protocol import FILTER_COLUMNS
 
+# Windows one request may be split into: each has its file (and compressor) open
+# until the payload ends, since AC's records come in no order.
+MAX_WINDOWS = 100
 # A UTC instant as a string that sorts as the instant does: microseconds, fixed width.
 _KEY_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 # BigQuery's ``2026-11-29 23:59:59.999400 UTC`` and ISO 8601 (``T``, ``Z`` or an offset).
