@@ -136,6 +136,13 @@ def manifests(root: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(root.rglob("*.manifest.json"))]
 
 
+def asked(manifest: dict[str, Any]) -> tuple[str, str, str]:
+    """(workspace, type, fromDate) of the AC request a file came from: a time series'
+    window names the request it was cut out of (one of many windows, or through its end)."""
+    from_date = manifest.get("request_fromDate", manifest["fromDate"])
+    return manifest["workspace"], manifest["type"], from_date
+
+
 def emulator_sha(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:
     """(workspace, type, fromDate) -> sha256 of the data the emulator served."""
     return {

@@ -20,6 +20,7 @@ from tests.conftest import EmulatorFactory, FakeClock
 from tests.daemon_helpers import (
     ALL_IN_WINDOWS,
     DaemonProcess,
+    asked,
     data_files,
     emulator_sha,
     job,
@@ -52,8 +53,7 @@ async def test_run_once_exports_every_window_once_and_reports_a_bad_token(
     report = await emu.jobs()
     served = emulator_sha(report)
     for manifest in exported:
-        key = (manifest["workspace"], manifest["type"], manifest["fromDate"])
-        assert manifest["payload_sha256"] == served[key]
+        assert manifest["payload_sha256"] == served[asked(manifest)]
     assert len(data_files(tmp_path / "exports")) == 84
     rejected = first.events("lane_token_rejected")
     assert rejected
@@ -78,7 +78,8 @@ async def test_lane_submits_the_next_export_as_soon_as_data_is_ready(
     """8 exports of 1 s on one workspace: AC's slot is never idle for more than 0.5 s.
     (bench/lane_utilisation.py measures the same at scale.)"""
     emu = await emulator(tokens={"alpha": "alpha-token"}, processing_s=1.0, records=20)
-    jobs = job("hourly", "alpha", types=["page"], window="1h", catch_up="8h", lag="0s")
+    jobs = job("hourly", "alpha", types=["page"], window="1h", catch_up="8h", lag="0s",
+               coalesce_max=0)  # an export per window: the slot passes 8 times  # fmt: skip
     daemon = await DaemonProcess.start(write_config(tmp_path, emu, jobs), "--once")
     assert await daemon.wait(120) == 0
     timeline = sorted(
@@ -121,10 +122,7 @@ async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
     report = await emu.jobs()
     served = emulator_sha(report)
     for manifest in exported:
-        assert (
-            manifest["payload_sha256"]
-            == served[(manifest["workspace"], manifest["type"], manifest["fromDate"])]
-        )
+        assert manifest["payload_sha256"] == served[asked(manifest)]
     everything = [p.name for p in (tmp_path / "exports").rglob("*") if p.is_file()]
     assert not [name for name in everything if name.startswith(".") or name.endswith(".part")]
     assert len(everything) == 2 * 2 * 6 * 4  # data + manifest, nothing else
@@ -204,7 +202,9 @@ async def test_second_daemon_on_the_same_state_dir_exits_naming_the_holder(
 ) -> None:
     """One daemon per state directory: a second `run` exits 1 with the holder's pid."""
     emu = await emulator(tokens={"alpha": "alpha-token"})
-    config = write_config(tmp_path, emu, job("p", "alpha", types=["page"], catch_up="0s"))
+    config = write_config(
+        tmp_path, emu, job("p", "alpha", types=["page"], catch_up="0s", coalesce_max=0)
+    )
     first = await DaemonProcess.start(config)
     await first.wait_for(lambda: bool(first.events("daemon_started")))
     second = await DaemonProcess.start(config)
@@ -219,7 +219,9 @@ async def test_backfill_runs_alone_or_hands_windows_to_the_daemon(
 ) -> None:
     """Without a daemon, backfill exports in the foreground; with one, the daemon does."""
     emu = await emulator(tokens={"alpha": "alpha-token"}, processing_s=0.02, records=5)
-    config = write_config(tmp_path, emu, job("p", "alpha", types=["page"], catch_up="0s"))
+    config = write_config(
+        tmp_path, emu, job("p", "alpha", types=["page"], catch_up="0s", coalesce_max=0)
+    )
     alone = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -307,7 +309,8 @@ async def test_ready_data_that_expired_while_down_is_resubmitted_holding_the_slo
         expiry_s=1.0,
         faults=FaultSettings(slow_bytes_per_s=300_000),
     )
-    jobs = job("p", "alpha", types=["page"], window="1h", catch_up="2h", lag="0s")
+    jobs = job("p", "alpha", types=["page"], window="1h", catch_up="2h", lag="0s",
+               coalesce_max=0)  # fmt: skip
     config = write_config(tmp_path, emu, jobs, extra='log_level = "debug"')  # export_submitted
     config.write_text(config.read_text().replace("[http]\n", '[http]\ndownload_window = "1s"\n'))
     daemon = await DaemonProcess.start(config)
@@ -397,7 +400,8 @@ async def test_data_found_ready_after_a_restart_keeps_the_slot_until_downloaded(
     emu = await emulator(
         tokens={"alpha": "alpha-token"}, processing_s=4.0, expiry_s=3.0, clock=clock
     )
-    jobs = job("p", "alpha", types=["page"], window="1h", catch_up="2h", lag="0s")
+    jobs = job("p", "alpha", types=["page"], window="1h", catch_up="2h", lag="0s",
+               coalesce_max=0)  # fmt: skip
     config = write_config(tmp_path, emu, jobs, extra='log_level = "debug"')  # export_submitted
     daemon = await DaemonProcess.start(config)
     await daemon.wait_for(lambda: bool(daemon.events("export_submitted")))
@@ -431,7 +435,9 @@ async def test_a_foreground_backfill_exports_its_own_windows_and_names_the_rest(
     from tests.daemon_helpers import run_cli
 
     emu = await emulator(tokens={"alpha": "alpha-token"}, records=5)
-    config = write_config(tmp_path, emu, job("p", "alpha", types=["page"], catch_up="0s"))
+    config = write_config(
+        tmp_path, emu, job("p", "alpha", types=["page"], catch_up="0s", coalesce_max=0)
+    )
     args = ("backfill", "--config", str(config), "--job", "p")
     with take_lock(tmp_path / "state"):  # a daemon holds it: February is only queued
         code, _, _ = await run_cli(*args, "--from", "2022-02-01", "--to", "2022-02-03")
@@ -461,8 +467,8 @@ async def test_info_lines_are_news_only(
 
     monkeypatch.setattr(acexport.export, "LONG_WAIT_S", 0.3)  # "over a minute", scaled
     emu = await emulator(tokens={"acme": "acme-token"}, records=2, processing_s=0.8)
-    config = write_config(tmp_path, emu, job("d", "acme", types=["page"], catch_up="2d",
-                                             lag="0s"))  # fmt: skip
+    jobs = job("d", "acme", types=["page"], catch_up="2d", lag="0s", coalesce_max=0)
+    config = write_config(tmp_path, emu, jobs)
     with capture_logs() as logs:
         async with Daemon(load_settings(config), config) as daemon:
             assert await daemon.run_once()

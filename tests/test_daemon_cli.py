@@ -410,7 +410,8 @@ async def test_a_backfill_on_a_terminal_prints_one_readable_line_per_result(
     import re
 
     emu = await emulator(tokens={"alpha": "alpha-token"}, records=2)
-    config = write_config(tmp_path, emu, job("a", "alpha", types=["page"], catch_up="0s"))
+    jobs = job("a", "alpha", types=["page"], catch_up="0s", coalesce_max=0)  # a line each
+    config = write_config(tmp_path, emu, jobs)
     config.write_text(config.read_text().replace('log_format = "json"', 'log_format = "auto"'))
     main, child = pty.openpty()
     process = await asyncio.create_subprocess_exec(

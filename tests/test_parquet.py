@@ -15,7 +15,7 @@ import json
 import subprocess
 import sys
 import zipfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -178,9 +178,11 @@ def test_an_empty_export_is_a_parquet_file_with_the_types_schema(tmp_path: Path)
 
 async def served_records(emu: RunningEmulator, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """The records AC serves again for the manifest's exact request (within 24 hours the
-    same stored ZIP: its bytes must be the ones the manifest describes)."""
+    same stored ZIP: its bytes must be the ones the manifest describes), those of a time
+    series' window only (its file is cut out of a request through the window's end)."""
     url = emu.export_url(manifest["type"])
-    params = {"fromDate": manifest["fromDate"], "toDate": manifest["toDate"]}
+    from_date = manifest.get("request_fromDate", manifest["fromDate"])
+    params = {"fromDate": from_date, "toDate": manifest.get("request_toDate", manifest["toDate"])}
     headers = {"Authorization": f"Bearer {emu.tokens[manifest['workspace']]}"}
     async with (
         aiohttp.ClientSession() as session,
@@ -190,7 +192,13 @@ async def served_records(emu: RunningEmulator, manifest: dict[str, Any]) -> list
     assert hashlib.sha256(body).hexdigest() == manifest["payload_sha256"]
     with zipfile.ZipFile(io.BytesIO(body)) as archive:
         text = archive.read("data.json").decode()
-    return [json.loads(line) for line in text.splitlines() if line]
+    records = [json.loads(line) for line in text.splitlines() if line]
+    if "request_fromDate" not in manifest:
+        return records
+    start = datetime.fromisoformat(manifest["fromDate"])
+    end = datetime.fromisoformat(manifest["toDate"]) + timedelta(milliseconds=1)
+    in_window = [start.strftime("%Y-%m-%d %H:%M:%S"), end.strftime("%Y-%m-%d %H:%M:%S")]
+    return [r for r in records if in_window[0] <= r["eventDate"][:19] < in_window[1]]
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import EmulatorFactory, RunningEmulator
-from tests.daemon_helpers import DaemonProcess, emulator_sha, job, write_config
+from tests.daemon_helpers import DaemonProcess, asked, emulator_sha, job, write_config
 from tests.daemon_helpers import manifests as local_manifests
 from tests.seaweed import ACCESS_KEY, SECRET_KEY, Fault, S3Proxy, Seaweed
 
@@ -36,6 +36,9 @@ from tests.seaweed import ACCESS_KEY, SECRET_KEY, Fault, S3Proxy, Seaweed
 pytestmark = pytest.mark.slow
 
 TOKENS = {"alpha": "alpha-token", "beta": "beta-token"}
+# The jobs here ask for a window at a time (coalesce_max = 0): the tests compare each
+# object with the one AC request it came from. Coalesced requests into S3 are
+# test_coalesce.py's.
 _buckets = iter(range(1000))
 
 
@@ -72,7 +75,7 @@ def one_window(
 ) -> Path:
     """One workspace, one type, the last day or two, through the recording proxy."""
     days = options.pop("catch_up", "1d")
-    jobs = job("daily", "alpha", types=["page"], catch_up=days, lag="0s")
+    jobs = job("daily", "alpha", types=["page"], catch_up=days, lag="0s", coalesce_max=0)
     return s3_config(tmp_path, emu, jobs, proxy.url, name, **options)
 
 
@@ -107,7 +110,8 @@ async def test_run_once_into_s3_verified_manifest_last_and_the_bucket_is_the_tru
     with the state dir lost, a second run asks AC for nothing and writes nothing."""
     emu = await emulator(tokens=TOKENS, records=40, format="ndjson")
     jobs = "".join(
-        job(f"daily-{ws}", ws, types=["page", "event"], catch_up="3d", lag="0s") for ws in TOKENS
+        job(f"daily-{ws}", ws, types=["page", "event"], catch_up="3d", lag="0s", coalesce_max=0)
+        for ws in TOKENS
     )
     name = bucket(seaweed)
     config = s3_config(tmp_path, emu, jobs, proxy.url, name)
@@ -122,7 +126,7 @@ async def test_run_once_into_s3_verified_manifest_last_and_the_bucket_is_the_tru
         assert key.startswith(
             f"acexport/workspace={manifest['workspace']}/type={manifest['type']}/"
         )
-        sha = served[(manifest["workspace"], manifest["type"], manifest["fromDate"])]
+        sha = served[asked(manifest)]
         assert hashlib.sha256(data[key]).hexdigest() == manifest["payload_sha256"] == sha
         assert manifest["records"] == 40 == len(data[key].splitlines())
 
@@ -255,7 +259,7 @@ async def test_only_our_old_uploads_are_aborted_at_start(
     produce, initiated before now - daemon.stale_upload_age."""
     emu = await emulator(tokens={"alpha": "alpha-token"}, records=5)
     name = bucket(seaweed)
-    jobs = job("daily", "alpha", types=["page"], catch_up="0s", lag="0s")
+    jobs = job("daily", "alpha", types=["page"], catch_up="0s", lag="0s", coalesce_max=0)
     config = s3_config(tmp_path, emu, jobs, seaweed.endpoint, name)
     client = seaweed.client()
     ours = (
@@ -322,7 +326,7 @@ async def test_wrong_credentials_or_bucket_exit_78_naming_bucket_and_endpoint(
 ) -> None:
     """A refusing store is a configuration error: bucket and endpoint named, no secret."""
     emu = await emulator(tokens={"alpha": "alpha-token"})
-    jobs = job("daily", "alpha", types=["page"], catch_up="1d", lag="0s")
+    jobs = job("daily", "alpha", types=["page"], catch_up="1d", lag="0s", coalesce_max=0)
     name = bucket(seaweed)
     wrong = "not-the-secret-key-at-all-42"
     config = s3_config(tmp_path, emu, jobs, seaweed.endpoint, name, secret=wrong)
@@ -388,7 +392,8 @@ async def test_duckdb_reads_the_bucket_hive_partitioned(
     s3fs = pytest.importorskip("s3fs")
     emu = await emulator(tokens=TOKENS, records=30)
     jobs = "".join(
-        job(f"daily-{ws}", ws, types=["page", "event"], catch_up="2d", lag="0s") for ws in TOKENS
+        job(f"daily-{ws}", ws, types=["page", "event"], catch_up="2d", lag="0s", coalesce_max=0)
+        for ws in TOKENS
     )
     name = bucket(seaweed)
     config = s3_config(tmp_path, emu, jobs, seaweed.endpoint, name, compression="gzip")
@@ -420,7 +425,9 @@ async def test_a_local_output_dir_is_the_truth_too(
     """With the state dir lost, neither run nor backfill asks AC for what the directory holds."""
     emu = await emulator(tokens={"alpha": "alpha-token"}, records=5)
     config = write_config(
-        tmp_path, emu, job("daily", "alpha", types=["page", "event"], catch_up="3d", lag="0s")
+        tmp_path,
+        emu,
+        job("daily", "alpha", types=["page", "event"], catch_up="3d", lag="0s", coalesce_max=0),
     )
     first = await run_once(config)
     assert first.process.returncode == 0
@@ -451,7 +458,9 @@ async def test_parquet_in_the_bucket_read_typed_and_verified(
     each object, and names one replaced with other bytes of the same size."""
     s3fs = pytest.importorskip("s3fs")
     emu = await emulator(tokens=TOKENS, records=20)
-    jobs = job("a", "alpha", types=["page", "event", "individual"], catch_up="2d", lag="0s")
+    jobs = job(
+        "a", "alpha", types=["page", "event", "individual"], catch_up="2d", lag="0s", coalesce_max=0
+    )
     name = bucket(seaweed)
     config = s3_config(tmp_path, emu, jobs, seaweed.endpoint, name, compression="zstd")
     config.write_text(config.read_text().replace("[output]\n", '[output]\nformat = "parquet"\n'))

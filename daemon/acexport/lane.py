@@ -50,7 +50,7 @@ from .output.layout import OutputLayout
 from .output.sink import Sink
 from .output.snapshots import prune_snapshots, stored_snapshots
 from .payload.split import MAX_WINDOWS
-from .protocol import ExportMode
+from .protocol import TIME_SERIES, ExportMode
 from .retention import beyond_reason
 from .serverclock import ServerClock
 from .windows import iso_ms
@@ -280,8 +280,13 @@ class Lane:
         """The windows one request serves with ``record``: consecutive windows of a time
         series due together (or the coalesced request a restart resumes)."""
         job = next((j for j in settings.jobs if j.name == record.job), None)
-        if record.mode is not ExportMode.WINDOWS or record.revision != 1 or job is None:
-            return [record]
+        if (
+            record.type not in TIME_SERIES
+            or record.mode is not ExportMode.WINDOWS
+            or record.revision != 1
+            or job is None
+        ):
+            return [record]  # an entity table in windows is asked for a window at a time
         most = job.windows_per_request(MAX_WINDOWS) if was_queued else 1
         group = await self.ctx.ledger.coalesce(record, job.coalesce_max, most)
         if len(group) > 1:

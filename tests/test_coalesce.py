@@ -1,0 +1,246 @@
+"""Issue 26: time series asked for exactly, and many windows in one AC request.
+
+Each window's file is checked against AC's engine itself (the emulator's rendering
+of the rows whose eventDate lies in the window, ``start <= t < end``): no row lost,
+none in two files, also for page rows of a boundary hour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import io
+import json
+import math
+import signal
+import sys
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from acexport.emulator.data import PayloadSpec, iter_blocks
+from acexport.errors import ExportFailed
+from acexport.payload.split import RecordSplit, SplitPlan, timestamp_key
+from tests.conftest import EmulatorFactory
+from tests.daemon_helpers import DaemonProcess, job, manifests, run_cli, write_config
+from tests.seaweed import Seaweed
+from tests.test_s3 import bucket, s3_config
+
+PER_DAY = 240  # AC's engine: events a day (page rows in proportion, each at an hour)
+
+
+async def acexport(*args: str) -> tuple[int, str, str]:
+    code, out, err = await run_cli(*args)
+    return code, out.decode(), err
+
+
+def ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+def expected_rows(
+    type_: str, start: datetime, end: datetime, per_day: int = PER_DAY
+) -> list[bytes]:
+    """AC's rows of ``type_`` whose eventDate lies in ``[start, end)``, as AC renders them."""
+    spec = PayloadSpec("acme", type_, ms(start), ms(end), 0, 0, records_per_day=per_day)
+    bound = end.strftime("%Y-%m-%d %H:%M:%S")
+    return sorted(
+        line
+        for block in iter_blocks(spec)
+        for line in block.splitlines()
+        if json.loads(line)["eventDate"] < bound
+    )
+
+
+def window_of(manifest: dict[str, str]) -> tuple[datetime, datetime]:
+    start = datetime.fromisoformat(manifest["fromDate"])
+    return start, datetime.fromisoformat(manifest["toDate"]) + timedelta(milliseconds=1)
+
+
+def ndjson_rows(data: bytes) -> list[bytes]:
+    return sorted(gzip.decompress(data).splitlines())
+
+
+def parquet_keys(data: bytes, type_: str) -> list[tuple[str, str]]:
+    """Each row's identity: an event's id, a page row's hour and session."""
+    table = pq.read_table(io.BytesIO(data))
+    dates = [t.strftime("%Y-%m-%d %H:%M:%S") for t in table.column("eventDate").to_pylist()]
+    other = table.column("id" if type_ == "event" else "sessionId").to_pylist()
+    return sorted(zip(dates, other, strict=True))
+
+
+def expected_keys(type_: str, start: datetime, end: datetime) -> list[tuple[str, str]]:
+    keys = []
+    for line in expected_rows(type_, start, end):
+        row = json.loads(line)
+        keys.append((row["eventDate"][:19], row["id" if type_ == "event" else "sessionId"]))
+    return sorted(keys)
+
+
+# -- the split itself ------------------------------------------------------------------
+
+DAY1 = datetime(2026, 11, 1, tzinfo=UTC)
+DAY2 = DAY1 + timedelta(days=1)
+DAY3 = DAY2 + timedelta(days=1)
+
+
+def split_into(plan: SplitPlan, lines: list[bytes]) -> tuple[list[list[bytes]], RecordSplit]:
+    out: list[list[bytes]] = [[] for _ in plan.windows]
+    split = RecordSplit(plan, [out[i].extend for i in range(len(plan.windows))])
+    payload = b"".join(lines)
+    for start in range(0, len(payload), 7):  # chunks cut anywhere, mid-line too
+        split.write_many([payload[start : start + 7]])
+    split.finish()
+    return out, split
+
+
+def test_a_record_goes_to_the_one_window_its_timestamp_is_in() -> None:
+    """An event in a window's last millisecond (AC's microseconds) is in it; a page row
+    of the boundary hour is in the next window only; BigQuery's form and ISO 8601."""
+    plan = SplitPlan("event", DAY1, DAY3, [(DAY1, DAY2), (DAY2, DAY3)])
+    lines = [
+        b'{"id":"a","eventDate":"2026-11-01 23:59:59.999400 UTC"}\n',  # last ms of day 1
+        b'{"id":"b","eventDate":"2026-11-02 00:00:00 UTC"}\n',  # the boundary: day 2
+        b'{"id":"c","eventDate":"2026-11-01T00:00:00Z"}\n',
+        b'{"id":"d","eventDate":"2026-11-02T01:30:00+02:00"}\n',  # 23:30 UTC on day 1
+        b'{"id":"e", "eventDate" : "2026-11-02 12:00:00.5 UTC"}\n',
+        b'{"id":"f","eventDate":"2026-11-03 00:00:00 UTC"}\n',  # the span's end: no window
+    ]
+    (day1, day2), split = split_into(plan, lines)
+    assert [json.loads(x)["id"] for x in day1] == ["a", "c", "d"]
+    assert [json.loads(x)["id"] for x in day2] == ["b", "e"]
+    assert split.rows == [3, 2]
+    assert split.skipped == 1
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"id":"x","eventDate":"2026-10-31 23:59:59.999999 UTC"}\n',  # before the range
+        b'{"id":"x","eventDate":"2026-11-03 00:00:00.001000 UTC"}\n',  # after it
+        b'{"id":"x","eventDate":"yesterday"}\n',
+        b'{"id":"x"}\n',
+    ],
+)
+def test_a_record_outside_the_requested_range_or_unreadable_fails_the_export(
+    line: bytes,
+) -> None:
+    """AC promised the range: such a record is not dropped, the export is not trusted."""
+    plan = SplitPlan("event", DAY1, DAY3, [(DAY1, DAY2), (DAY2, DAY3)])
+    with pytest.raises(ExportFailed, match="eventDate"):
+        split_into(plan, [line])
+
+
+def test_timestamp_keys_sort_as_instants() -> None:
+    forms = [b"2026-11-01 23:59:59.9994 UTC", b"2026-11-01T23:59:59.999400Z",
+             b"2026-11-02T00:59:59.9994+01:00", b"2026-11-01 23:59:59.999400123"]  # fmt: skip
+    assert {timestamp_key(form) for form in forms} == {b"2026-11-01T23:59:59.999400"}
+    assert timestamp_key(b"2026-11-01") is None
+
+
+# -- end to end ------------------------------------------------------------------------
+
+
+async def test_a_60_day_backfill_takes_few_requests_and_every_window_holds_its_rows(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """A 60-day backfill of event and page against AC's engine with its worker's tick
+    (scaled): at most 2 x ceil(60/31) AC exports instead of 120, and each of the 120
+    files holds exactly its window's rows."""
+    emu = await emulator(records_per_day=PER_DAY, tick_s=0.1, processing_s=0.05)
+    config = write_config(tmp_path, emu, job("d", "acme", types=["event", "page"], catch_up="0s"))
+    code, _, err = await acexport("backfill", "--config", str(config), "--job", "d",
+                                  "--from", "2026-08-01", "--to", "2026-09-29")  # fmt: skip
+    assert code == 0, err[-2000:]
+
+    served = (await emu.jobs())["jobs"]
+    assert len(served) <= 2 * math.ceil(60 / 31), [(j["fromDate"], j["toDate"]) for j in served]
+    written = manifests(tmp_path / "exports")
+    assert len(written) == 120
+    assert len({(m["type"], m["fromDate"]) for m in written}) == 120
+    by_sha = {j["sha256"]: j for j in served}
+    for manifest in written:
+        request = by_sha[manifest["payload_sha256"]]  # the request it was cut out of
+        assert (manifest["request_fromDate"], manifest["request_toDate"]) == (
+            request["fromDate"],
+            request["toDate"],
+        )
+        start, end = window_of(manifest)
+        path = next((tmp_path / "exports").rglob(manifest["file"]))
+        assert ndjson_rows(path.read_bytes()) == expected_rows(manifest["type"], start, end)
+        assert manifest["records"] == len(expected_rows(manifest["type"], start, end))
+    # A page row of each boundary hour is in one file: 60 days of whole hours.
+    pages = sum(m["records"] for m in written if m["type"] == "page")
+    assert pages == len(expected_rows("page", datetime(2026, 8, 1, tzinfo=UTC),
+                                      datetime(2026, 9, 30, tzinfo=UTC)))  # fmt: skip
+
+
+@pytest.mark.slow
+async def test_coalesced_parquet_windows_land_in_s3_each_with_its_rows(
+    emulator: EmulatorFactory, seaweed: Seaweed, tmp_path: Path
+) -> None:
+    """The same split into Parquet files in an S3 bucket, three requests of up to a
+    week for 20 days of each type."""
+    emu = await emulator(records_per_day=PER_DAY, tick_s=0.1, processing_s=0.05)
+    name = bucket(seaweed)
+    jobs = job("d", "acme", types=["event", "page"], catch_up="0s", coalesce_max="7d")
+    config = s3_config(tmp_path, emu, jobs, seaweed.endpoint, name, extra="")
+    config.write_text(config.read_text().replace("[output]\n", '[output]\nformat = "parquet"\n'))
+    code, _, err = await acexport("backfill", "--config", str(config), "--job", "d",
+                                  "--from", "2026-08-01", "--to", "2026-08-20")  # fmt: skip
+    assert code == 0, err[-2000:]
+
+    assert len((await emu.jobs())["jobs"]) == 2 * 3
+    objects = seaweed.objects(name)
+    found = [json.loads(v) for k, v in objects.items() if k.endswith(".manifest.json")]
+    assert len(found) == 40
+    for manifest in found:
+        start, end = window_of(manifest)
+        (key,) = [k for k in objects if k.endswith("/" + manifest["file"])]
+        assert manifest["request_windows"] in (6, 7)
+        keys = parquet_keys(objects[key], manifest["type"])
+        assert keys == expected_keys(manifest["type"], start, end)
+
+
+@pytest.mark.slow
+async def test_sigkill_mid_split_leaves_whole_windows_and_resumes_the_same_request(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Killed while a coalesced request's windows are being committed: what is in the
+    output is whole (data and manifest), and a restart finishes the rest from the same
+    AC export; every window once, with its rows."""
+    emu = await emulator(records_per_day=20 * PER_DAY, processing_s=0.05)
+    config = write_config(tmp_path, emu, job("d", "acme", types=["event"], catch_up="0s"))
+    backfill = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "acexport", "backfill", "--config", str(config), "--job", "d",
+        "--from", "2026-08-01", "--to", "2026-08-30", stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(600):
+            if manifests(tmp_path / "exports"):
+                break
+            await asyncio.sleep(0.01)
+        backfill.send_signal(signal.SIGKILL)
+    finally:
+        await backfill.wait()
+    before = manifests(tmp_path / "exports")
+    assert 0 < len(before) < 30, "the kill did not land mid-split"
+    data = list((tmp_path / "exports").rglob("*.jsonl.gz"))
+    assert len(data) in (len(before), len(before) + 1)  # at most one without its manifest
+
+    final = await DaemonProcess.start(config, "--once")
+    assert await final.wait(120) == 0, "\n".join(final.raw[-20:])
+    written = manifests(tmp_path / "exports")
+    assert Counter(m["fromDate"] for m in written) == Counter({m["fromDate"]: 1 for m in written})
+    assert len(written) == 30
+    assert len((await emu.jobs())["jobs"]) == 1  # the same AC export, resumed
+    for manifest in written:
+        start, end = window_of(manifest)
+        path = next((tmp_path / "exports").rglob(manifest["file"]))
+        assert ndjson_rows(path.read_bytes()) == expected_rows("event", start, end, 20 * PER_DAY)
+    leftovers = [p.name for p in (tmp_path / "exports").rglob("*") if p.name.endswith(".part")]
+    assert leftovers == []
