@@ -244,3 +244,5 @@ async def test_sigkill_mid_split_leaves_whole_windows_and_resumes_the_same_reque
         assert ndjson_rows(path.read_bytes()) == expected_rows("event", start, end, 20 * PER_DAY)
     leftovers = [p.name for p in (tmp_path / "exports").rglob("*") if p.name.endswith(".part")]
     assert leftovers == []
+    # The killed process's per-window temp files were cleaned by the next start.
+    assert list((tmp_path / "state" / "tmp").iterdir()) == []

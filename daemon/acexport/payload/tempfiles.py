@@ -23,7 +23,8 @@ from typing import IO
 # Every temp file acexport makes is named so, and only such names are ever cleaned up.
 # .parquet.part: a Parquet file being written; .engine: DuckDB's spill directory.
 TEMP_NAME = re.compile(
-    r"acexport-(\d+)-[0-9a-f]{16}\.(part|spool|manifest|small|parquet\.part|engine)"
+    # ``.3.part``: the file of the fourth window of a split request (payload/split.py).
+    r"acexport-(\d+)-[0-9a-f]{16}(?:\.\d+)?\.(part|spool|manifest|small|parquet\.part|engine)"
 )
 _OWN_DIR = re.compile(r"proc-[0-9a-f]{16}")
 _LOCK = "lock"
