@@ -246,3 +246,28 @@ async def test_sigkill_mid_split_leaves_whole_windows_and_resumes_the_same_reque
     assert leftovers == []
     # The killed process's per-window temp files were cleaned by the next start.
     assert list((tmp_path / "state" / "tmp").iterdir()) == []
+
+
+async def test_status_shows_a_coalesced_request_as_one_ac_export_of_many_windows(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """While one request for five windows is at AC, `status` shows one export in flight
+    naming its first and last window and their number, not five."""
+    emu = await emulator(records_per_day=PER_DAY, processing_s=30)
+    jobs = job("d", "acme", types=["page"], catch_up="5d", lag="0s", schedule="every 1h")
+    config = write_config(tmp_path, emu, jobs)
+    daemon = await DaemonProcess.start(config)
+    try:
+        await daemon.wait_for(lambda: bool(daemon.events("export_coalesced")))
+        assert daemon.events("export_coalesced")[0]["windows"] == 5
+        _, out, _ = await acexport("status", "--config", str(config), "--json")
+        (lane,) = json.loads(out)["lanes"]
+        (flight,) = lane["in_flight"]
+        assert flight["windows"] == 5
+        assert flight["type"] == "page"
+        assert " to " in flight["window"]
+        _, out, _ = await acexport("status", "--config", str(config))
+        assert "(5 windows in one AC request)" in out
+    finally:
+        daemon.send(signal.SIGTERM)
+        assert await daemon.wait() == 0

@@ -323,12 +323,19 @@ async def test_backfill_dry_run_says_what_it_would_queue_and_queues_nothing(
     assert code == 0, err
     text = out.decode()
     assert "would cover 6 exports (6 windows x 1 types: page)" in text
-    assert "  4 to ask AC for" in text
+    # Four consecutive days of page: one request (issue 26 item 5).
+    assert "  4 to ask AC for, in 1 AC request (up to 31 consecutive windows" in text
     assert "  2 already done" in text
     assert "  0 before AC's data retention" in text
     assert "of AC's time at the" in text  # the processing times seen
     assert "nothing was queued (--dry-run)" in text
     assert await read_rows(tmp_path / "state") == before
+    config.write_text(config.read_text() + 'coalesce_max = "2d"\n')
+    code, out, err = await run_cli(
+        "backfill", "--config", str(config), "--job", "a", "--from", "2022-01-01",
+        "--to", "2022-01-06", "--dry-run",
+    )  # fmt: skip
+    assert "  4 to ask AC for, in 2 AC requests (up to 2 consecutive" in out.decode()
 
 
 async def test_backfill_cancel_drops_queued_windows_not_those_at_ac(tmp_path: Path) -> None:

@@ -24,8 +24,9 @@ from ..ledger_schema import ACTIVE, LedgerState
 from ..lock import lock_holder
 from ..ops.logging import configure_logging
 from ..output.open import open_store
+from ..payload.split import MAX_WINDOWS
 from ..planner import Look, Planner
-from ..protocol import ExportMode
+from ..protocol import TIME_SERIES, ExportMode
 from ..retention import effective_months, retention_start
 from ..scheduler import utc_now
 from ..windows import ExportWindow, aligned_windows, iso_ms, parse_bound
@@ -185,6 +186,32 @@ def _confirmed(job: JobSettings, windows: list[ExportWindow], yes: bool) -> bool
     return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
+def ac_requests(job: JobSettings, type_: str, windows: list[ExportWindow]) -> int:
+    """How many AC requests ``windows`` (of one type, oldest first) take: consecutive
+    windows of a time series share one of up to the job's ``coalesce_max``."""
+    if type_ not in TIME_SERIES:
+        return len(windows)
+    most = job.windows_per_request(MAX_WINDOWS)
+    requests, run = 0, 0
+    previous: ExportWindow | None = None
+    for window in windows:
+        if previous is not None and window.start == previous.end and run < most:
+            run += 1
+        else:
+            requests, run = requests + 1, 1
+        previous = window
+    return requests
+
+
+def _coalesced_note(job: JobSettings) -> str:
+    if not any(t in TIME_SERIES for t in job.window_types):
+        return ""
+    most = job.windows_per_request(MAX_WINDOWS)
+    if most == 1:
+        return " (coalesce_max = 0: one per window)"
+    return f" (up to {most} consecutive windows of event or page in one, coalesce_max)"
+
+
 async def _dry_run(settings: Settings, job: JobSettings, windows: list[ExportWindow]) -> int:
     """What the backfill would queue, without queuing it: how many exports, how many
     before AC's retention or done already, and roughly how long at the times seen."""
@@ -195,6 +222,7 @@ async def _dry_run(settings: Settings, job: JobSettings, windows: list[ExportWin
     rows = [r for r in await read_rows(state_dir) if r.workspace == job.workspace]
     by_key = {(r.type, r.start): r for r in rows if r.mode is ExportMode.WINDOWS}
     counts: Counter[str] = Counter()
+    new: dict[str, list[ExportWindow]] = {str(t): [] for t in job.window_types}
     for window in windows:
         for type_ in job.window_types:
             row = by_key.get((str(type_), window.start))
@@ -206,6 +234,8 @@ async def _dry_run(settings: Settings, job: JobSettings, windows: list[ExportWin
                 counts["pending"] += 1
             else:
                 counts["new"] += 1
+                new[str(type_)].append(window)
+    requests = sum(ac_requests(job, type_, found) for type_, found in new.items())
     spans = sorted(
         r.ready_at - r.submitted_at
         for r in rows
@@ -216,20 +246,21 @@ async def _dry_run(settings: Settings, job: JobSettings, windows: list[ExportWin
         f"backfill {job.name} would cover {exports} exports ({len(windows)} windows x "
         f"{len(job.window_types)} types: {', '.join(job.window_types)}):"
     )
-    print(f"  {counts['new']} to ask AC for")
+    asks = f"{requests} AC request" + ("s" if requests != 1 else "")
+    print(f"  {counts['new']} to ask AC for, in {asks}{_coalesced_note(job)}")
     print(f"  {counts['pending']} already queued or in flight")
     print(f"  {counts['done']} already done (the output store may hold more: not asked again)")
     print(f"  {counts['beyond']} before AC's data retention ({earliest.date()}): not asked for")
-    if spans and counts["new"]:
+    if spans and requests:
         median = spans[len(spans) // 2]
         print(
-            f"  roughly {human_duration(median * counts['new'])} of AC's time at the "
+            f"  roughly {human_duration(median * requests)} of AC's time at the "
             f"{human_duration(median)} per export seen in this workspace (one at a time)"
         )
-    elif counts["new"]:
+    elif requests:
         print(
-            "  no processing time seen yet in this workspace; AC's worker takes up to "
-            f"5 minutes per export: up to {human_duration(300 * counts['new'])}"
+            "  no processing time seen yet in this workspace; AC's worker starts one export "
+            f"per 5-minute tick: {human_duration(300 * requests)} or more"
         )
     print("nothing was queued (--dry-run)")
     return ExitCode.OK

@@ -79,11 +79,41 @@ def _print(report: dict[str, Any]) -> None:
             print(f"  ... and {hidden} more (acexport status --json lists them all)")
     print("\nlanes:")
     for lane in report["lanes"]:
-        flights = ", ".join(f"{f['type']} {f['window']} {f['state']}" for f in lane["in_flight"])
+        flights = ", ".join(
+            f"{f['type']} {f['window']}"
+            + (f" ({f['windows']} windows in one AC request)" if f["windows"] > 1 else "")
+            + f" {f['state']}"
+            for f in lane["in_flight"]
+        )
         print(
             f"  {lane['workspace']}: {lane['queued']} queued, {len(lane['in_flight'])} in flight"
             + (f" ({flights})" if flights else "")
         )
+
+
+def _in_flight(rows: list[ExportRecord], zone: Any) -> list[dict[str, Any]]:
+    """The lane's exports at AC or downloading: one per AC request, so a coalesced
+    request shows as what it is (its first and last window, how many)."""
+    requests: dict[tuple[str, Any, Any], list[ExportRecord]] = {}
+    for r in rows:
+        if r.state in (LedgerState.SUBMITTED, LedgerState.READY):
+            key = (r.type, r.request_start or r.start, r.request_end or r.end)
+            requests.setdefault(key, []).append(r)
+    flights = []
+    for (type_, _, _), members in requests.items():
+        members.sort(key=lambda r: r.start)
+        window = members[0].label(zone)
+        if len(members) > 1:
+            window += f" to {members[-1].label(zone)}"
+        flights.append(
+            {
+                "type": type_,
+                "window": window,
+                "state": str(members[0].state),
+                "windows": len(members),
+            }
+        )
+    return flights
 
 
 def _row(record: ExportRecord, zone: Any) -> dict[str, Any]:
@@ -154,15 +184,9 @@ async def _status_report(settings: Settings) -> dict[str, Any]:
         {
             "workspace": name,
             "queued": sum(r.workspace == name and r.state is LedgerState.QUEUED for r in rows),
-            "in_flight": [
-                {
-                    "type": r.type,
-                    "window": r.label(settings.workspaces[name].zone),
-                    "state": str(r.state),
-                }
-                for r in rows
-                if r.workspace == name and r.state in (LedgerState.SUBMITTED, LedgerState.READY)
-            ],
+            "in_flight": _in_flight(
+                [r for r in rows if r.workspace == name], settings.workspaces[name].zone
+            ),
         }
         for name in sorted(settings.workspaces)
     ]

@@ -30,6 +30,7 @@ from ..events import ExportEnded, LaneObserver
 from ..ledger_schema import ACTIVE, ExportRecord, LedgerState
 from ..planner import due_windows
 from ..protocol import ExportMode
+from ..windows import iso_ms
 
 _REFRESH_S = 30
 MAX_COLUMNS = 24  # windows shown per job; earlier ones are summarised
@@ -196,7 +197,13 @@ def _cell(record: ExportRecord | None) -> Cell:
         return Cell("retrying", failure_text(record))
     if record.state in ACTIVE:
         since = record.submitted_at or record.planned_at
-        return Cell(record.state, f"{record.state} for {time.time() - since:.0f} s")
+        detail = f"{record.state} for {time.time() - since:.0f} s"
+        if record.request_start is not None and record.request_end is not None:
+            detail += (
+                f", with the windows of one AC request from {iso_ms(record.request_start)} "
+                f"to {iso_ms(record.request_end)}"
+            )
+        return Cell(record.state, detail)
     return Cell(record.state)
 
 
