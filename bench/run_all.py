@@ -21,6 +21,7 @@ SCRIPTS = [
     "polling_cost.py",
     "lane_utilisation.py",
     "scale.py",
+    "backfill.py",
     "idle.py",
     "soak.py",
 ]

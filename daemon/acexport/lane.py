@@ -290,7 +290,8 @@ class Lane:
         most = job.windows_per_request(MAX_WINDOWS) if was_queued else 1
         group = await self.ctx.ledger.coalesce(record, job.coalesce_max, most)
         if len(group) > 1:
-            log.info("export_coalesced", windows=len(group), last=group[-1].label(UTC))
+            zone = settings.workspaces[record.workspace].zone
+            log.info("export_coalesced", windows=len(group), last=group[-1].label(zone))
         return group or [record]
 
     async def _export_group(
