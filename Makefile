@@ -20,8 +20,9 @@ $(RUNTIME): pyproject.toml
 	$(PY) -m pip install --quiet -e .
 	touch $(RUNTIME)
 
+# Two workers (pytest-xdist): each test has its own ports, directories and emulators.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 # The container image built with podman and run as the README says (needs root; it
 # installs podman, runc and debootstrap from Debian when they are missing).
