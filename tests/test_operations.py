@@ -138,6 +138,8 @@ async def test_health_and_metrics(emulator: EmulatorFactory, tmp_path: Path) -> 
             assert (await response.json())["status"] == "stopping"
     done = 'acexport_exports_total{outcome="done",type="page",workspace="alpha"} 2.0'
     assert done in text
+    # The two days were one coalesced AC export (issue 26): both counts say what they are.
+    assert 'acexport_ac_exports_total{type="page",workspace="alpha"} 1.0' in text
     assert 'acexport_exports_total{outcome="failed",type="segment",workspace="beta"} 2.0' in text
     assert re.search(r'acexport_ac_responses_total\{code="500",workspace="beta"\} [1-9]', text)
     assert re.search(r'acexport_payload_bytes_total\{type="event",workspace="alpha"\} [1-9]', text)

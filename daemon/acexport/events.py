@@ -28,6 +28,9 @@ class ExportEnded:
     download_s: float | None = None  # from ready data to the committed file
     new_columns: tuple[str, ...] = ()  # Parquet: served columns AC's table lacked
     unparsed_values: int = 0  # Parquet: values kept in _unparsed
+    # The AC export this window came from ends here: 1, or the number of windows of a
+    # coalesced request (on its first window; 0 on the others).
+    windows_served: int = 1
 
 
 class LaneObserver:

@@ -464,6 +464,7 @@ class Lane:
                 download_s=outcome.download_s if first else None,
                 new_columns=tuple(manifest.new_columns or ()),
                 unparsed_values=manifest.unparsed_values or 0,
+                windows_served=len(group) if first else 0,
             )
 
     async def _failed(

@@ -42,8 +42,16 @@ class Metrics(LaneObserver):
             r.register(collector)
         self.exports = Counter(
             "acexport_exports",
-            "Exports finished, by outcome.",
+            "Exports finished (windows and snapshots; each window of a coalesced AC "
+            "request counts), by outcome.",
             ["workspace", "type", "outcome"],
+            registry=r,
+        )
+        self.ac_exports = Counter(
+            "acexport_ac_exports",
+            "AC exports whose data was committed: one per request, however many windows "
+            "it served (acexport_exports counts those).",
+            ["workspace", "type"],
             registry=r,
         )
         self.payload_bytes = Counter(
@@ -124,6 +132,8 @@ class Metrics(LaneObserver):
         self.exports.labels(event.workspace, event.type, outcome).inc()
         if event.ok:
             self.payload_bytes.labels(event.workspace, event.type).inc(event.payload_bytes)
+            if event.windows_served:
+                self.ac_exports.labels(event.workspace, event.type).inc()
             self.poll_requests.labels(event.workspace, event.type).inc(event.requests)
             self.last_success.labels(event.job).set_to_current_time()
             if event.processing_s is not None:
