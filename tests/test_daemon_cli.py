@@ -65,7 +65,9 @@ def test_check_config_shows_next_looks_and_due_windows(tmp_path: Path) -> None:
     count = len(listed)
     assert "windows of 1d (lag 2h, catch-up 3d)" in result.stdout  # durations as written
     assert f"  state dir: {tmp_path}/state" in result.stdout  # what is in force
-    assert f"would export now {2 * count} export(s) in {count} window(s)" in result.stdout
+    # One AC request per type for the consecutive days (issue 26), a tick each at least.
+    assert (f"would export now {2 * count} export(s) in {count} window(s), 2 AC request(s) "
+            "(at AC's 5-minute tick, 10m or more)") in result.stdout  # fmt: skip
     # Which type goes which way, and why (issue 22).
     assert "page        windows: a time series, AC filters it by eventDate" in result.stdout
     assert "individual  snapshot: an entity table AC filters by createDate" in result.stdout

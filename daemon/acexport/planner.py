@@ -28,12 +28,30 @@ from .output.layout import OutputLayout
 from .output.snapshots import stored_snapshots
 from .output.store import OutputStore
 from .output.stored import StoredFile, stored_files, unproven
-from .protocol import ExportMode
+from .payload.split import MAX_WINDOWS
+from .protocol import TIME_SERIES, ExportMode
 from .retention import beyond_reason, effective_months, retention_start
 from .triggers import schedule_period
 from .windows import ExportWindow, aligned_windows
 
 log = structlog.get_logger("acexport.planner")
+
+
+def ac_requests(job: JobSettings, type_: str, windows: list[ExportWindow]) -> int:
+    """How many AC requests ``windows`` (of one type, oldest first) take: consecutive
+    windows of a time series share one of up to the job's ``coalesce_max``."""
+    if type_ not in TIME_SERIES:
+        return len(windows)
+    most = job.windows_per_request(MAX_WINDOWS)
+    requests, run = 0, 0
+    previous: ExportWindow | None = None
+    for window in windows:
+        if previous is not None and window.start == previous.end and run < most:
+            run += 1
+        else:
+            requests, run = requests + 1, 1
+        previous = window
+    return requests
 
 
 def due_windows(job: JobSettings, zone: ZoneInfo, now: datetime) -> list[ExportWindow]:

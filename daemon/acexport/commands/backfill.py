@@ -25,7 +25,7 @@ from ..lock import lock_holder
 from ..ops.logging import configure_logging
 from ..output.open import open_store
 from ..payload.split import MAX_WINDOWS
-from ..planner import Look, Planner
+from ..planner import Look, Planner, ac_requests
 from ..protocol import TIME_SERIES, ExportMode
 from ..retention import effective_months, retention_start
 from ..scheduler import utc_now
@@ -184,23 +184,6 @@ def _confirmed(job: JobSettings, windows: list[ExportWindow], yes: bool) -> bool
     )
     sys.stderr.flush()
     return sys.stdin.readline().strip().lower() in ("y", "yes")
-
-
-def ac_requests(job: JobSettings, type_: str, windows: list[ExportWindow]) -> int:
-    """How many AC requests ``windows`` (of one type, oldest first) take: consecutive
-    windows of a time series share one of up to the job's ``coalesce_max``."""
-    if type_ not in TIME_SERIES:
-        return len(windows)
-    most = job.windows_per_request(MAX_WINDOWS)
-    requests, run = 0, 0
-    previous: ExportWindow | None = None
-    for window in windows:
-        if previous is not None and window.start == previous.end and run < most:
-            run += 1
-        else:
-            requests, run = requests + 1, 1
-        previous = window
-    return requests
 
 
 def _coalesced_note(job: JobSettings) -> str:

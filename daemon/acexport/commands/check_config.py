@@ -11,12 +11,12 @@ from ..config import JobSettings, Settings, resolve_tokens, secret_warnings
 from ..ledger import read_learned_retention, read_rows
 from ..ledger_schema import LedgerState
 from ..output.open import open_store
-from ..planner import due_windows
+from ..planner import ac_requests, due_windows
 from ..protocol import ExportMode
 from ..retention import effective_months, retention_start
 from ..triggers import next_looks
 from . import ExitCode
-from .common import exit_code_of, load
+from .common import exit_code_of, human_duration, load
 
 
 def main(args: argparse.Namespace) -> int:
@@ -86,9 +86,13 @@ def _report(settings: Settings, path: Path) -> None:
             for t in job.window_types
             if (job.workspace, t, w.from_date, w.to_date) not in done
         ]
+        requests = sum(
+            ac_requests(job, str(t), [w for u, w in todo if u == t]) for t in job.window_types
+        )
         print(f"  windows of {duration_text(job.window)} (lag {duration_text(job.lag)}, catch-up "
               f"{duration_text(job.catch_up)}): would export now {len(todo)} export(s) "
-              f"in {len(windows)} window(s)")  # fmt: skip
+              f"in {len(windows)} window(s), {requests} AC request(s) "
+              f"(at AC's 5-minute tick, {human_duration(300 * requests)} or more)")  # fmt: skip
         for window in windows[:10]:
             print(f"    {window.label}")
         if len(windows) > 10:
