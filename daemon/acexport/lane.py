@@ -268,10 +268,10 @@ class Lane:
         members = {member.id for member in group} - {record.id}
         self._grouped |= members
         try:
-            await self._export_group(group, ws.zone, settings, hold)
+            done = await self._export_group(group, ws.zone, settings, hold)
         finally:
             self._grouped -= members
-        if record.mode is ExportMode.SNAPSHOT:
+        if done and record.mode is ExportMode.SNAPSHOT:
             await self._prune_snapshots(record, ws.zone)
 
     async def _coalesce(
@@ -296,9 +296,9 @@ class Lane:
 
     async def _export_group(
         self, group: list[ExportRecord], zone: ZoneInfo, settings: Settings, hold: _SlotHold
-    ) -> None:
+    ) -> bool:
         """Run the export serving ``group`` (one window, or a coalesced request's) and
-        record its end on every window of it."""
+        record its end on every window of it; whether it succeeded."""
         leader = group[0]
         if leader.request_start is not None:
             spec = ExportSpec.coalesced(group, zone, settings.output)
@@ -312,18 +312,19 @@ class Lane:
             await self._beyond_retention(leader, exc)
             # The rest of a coalesced request lies after it: asked again, on their own.
             await asyncio.shield(self.ctx.ledger.release([m.id for m in group[1:]]))
-            return
+            return False
         except AuthError as exc:
             self.auth_failure = remote_text(f"AuthError: {exc}")
             log.error("lane_token_rejected", workspace=leader.workspace, error=str(exc))
             await self._failed(group, self.auth_failure, token_rejected=True)
-            return
+            return False
         except AcexportError as exc:
             log.error("export_failed", error=str(exc), kind=type(exc).__name__)
             rejected = isinstance(exc, StoreRejected)
             await self._failed(group, f"{type(exc).__name__}: {exc}", store_rejected=rejected)
-            return
+            return False
         await self._succeeded(group, outcome)
+        return True
 
     async def _before_retention(self, record: ExportRecord) -> bool:
         """A queued window that fell out of AC's retention while it waited (a backfill
