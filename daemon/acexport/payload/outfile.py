@@ -50,8 +50,18 @@ class OutputFile:
     checking lines); an error there is raised in the producer's next call.
     """
 
-    def __init__(self, path: Path, compression: Compression, *, intermediate: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        compression: Compression,
+        *,
+        intermediate: bool = False,
+        threaded: bool = True,
+    ) -> None:
         self.path = path
+        # One of many files of a split request: written by the producer's own thread
+        # (a writer thread and its queue per window would multiply memory by windows).
+        self._threaded = threaded
         # Read back and deleted by this process (the JSON Lines a Parquet file is made
         # from): no manifest names its hash, and a crash discards it, so it is neither
         # hashed nor synced.
@@ -84,7 +94,7 @@ class OutputFile:
         it overlaps, with hundreds of small exports in flight.
         """
         self._raise_failure()
-        if self._queue is None and self._written < _THREAD_AFTER_BYTES:
+        if self._queue is None and (self._written < _THREAD_AFTER_BYTES or not self._threaded):
             self._write(chunks)
             return
         if self._queue is None:

@@ -72,6 +72,7 @@ class PayloadWriter:
                 temp_dir / (f"{stem}.part" if count == 1 else f"{stem}.{i}.part"),
                 Compression.NONE if typed_as else compression,
                 intermediate=typed_as is not None,
+                threaded=count == 1,
             )
             for i in range(count)
         ]
