@@ -17,8 +17,9 @@ from structlog.testing import capture_logs
 from acexport.cli import main
 from acexport.client import ExportClient
 from acexport.errors import TransientError
-from acexport.export import ExportSpec, Timing, run_export
+from acexport.export import Timing, run_export
 from acexport.polling import Backoff
+from acexport.spec import ExportSpec
 from acexport.windows import ExportWindow
 from tests.daemon_helpers import export_server, local_sink
 

@@ -27,8 +27,9 @@ from pydantic import SecretStr
 
 from acexport.client import ExportClient
 from acexport.errors import AcexportError
-from acexport.export import ExportSpec, Timing, run_export
+from acexport.export import Timing, run_export
 from acexport.polling import Backoff
+from acexport.spec import ExportSpec
 from acexport.windows import ExportWindow
 from tests.daemon_helpers import local_sink
 

@@ -129,8 +129,9 @@ async def test_gzip_bomb_over_http_is_refused_with_nothing_kept(tmp_path: Path) 
 
     from acexport.client import ExportClient
     from acexport.errors import PayloadTooLarge
-    from acexport.export import ExportSpec, Timing, run_export
+    from acexport.export import Timing, run_export
     from acexport.polling import Backoff
+    from acexport.spec import ExportSpec
     from acexport.windows import ExportWindow
 
     bomb = gzip.compress(b'{"id": 1}\n' * 3_000_000, 9)  # 30 MB in about 60 kB

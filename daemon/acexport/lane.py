@@ -37,7 +37,6 @@ from .events import ExportEnded, LaneObserver
 from .export import (
     ExportObserver,
     ExportOutcome,
-    ExportSpec,
     Timing,
     ready_lifetime_s,
     run_export,
@@ -53,6 +52,7 @@ from .payload.split import MAX_WINDOWS
 from .protocol import TIME_SERIES, ExportMode
 from .retention import beyond_reason
 from .serverclock import ServerClock
+from .spec import ExportSpec
 from .windows import iso_ms
 
 log = structlog.get_logger("acexport.lane")
