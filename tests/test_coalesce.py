@@ -14,6 +14,7 @@ import json
 import math
 import signal
 import sys
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,10 +22,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from acexport.config import load_settings
+from acexport.daemon import Daemon
 from acexport.emulator.data import PayloadSpec, iter_blocks
 from acexport.errors import ExportFailed
 from acexport.payload.split import RecordSplit, SplitPlan, timestamp_key
-from tests.conftest import EmulatorFactory
+from tests.conftest import EmulatorFactory, FakeClock
 from tests.daemon_helpers import DaemonProcess, job, manifests, run_cli, write_config
 from tests.seaweed import Seaweed
 from tests.test_s3 import bucket, s3_config
@@ -272,3 +275,36 @@ async def test_status_shows_a_coalesced_request_as_one_ac_export_of_many_windows
     finally:
         daemon.send(signal.SIGTERM)
         assert await daemon.wait() == 0
+
+
+async def test_a_window_of_a_coalesced_request_is_restated_on_its_own(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Two days exported in one request are restated later each on its own: its own
+    range asked for, revision 2 naming the file it replaces. (The rows kept the old
+    request's range, and a restatement asked for the whole span again as revision 1.)"""
+    clock = FakeClock(time.time())
+    emu = await emulator(clock=clock, records=6, restate_rate=1.0)
+    jobs = job("d", "acme", types=["page"], catch_up="2d", lag="0s", restate="2d")
+    config = write_config(tmp_path, emu, jobs)
+    settings = load_settings(config)
+
+    async def run_once() -> None:
+        now = lambda: datetime.fromtimestamp(clock(), UTC)  # noqa: E731
+        async with Daemon(settings, config, clock=now) as daemon:
+            assert await daemon.run_once()
+
+    await run_once()
+    first = {m["fromDate"]: m for m in manifests(tmp_path / "exports")}
+    assert len(first) == 2
+    assert {m["request_windows"] for m in first.values()} == {2}
+    clock.advance(3 * 86400)
+    await run_once()
+
+    restated = {m["fromDate"]: m for m in manifests(tmp_path / "exports") if m["fromDate"] in first}
+    for from_date, manifest in restated.items():
+        assert manifest["revision"] == 2
+        assert manifest["previous_sha256"] == first[from_date]["file_sha256"]
+        assert (manifest["request_fromDate"], manifest["request_windows"]) == (from_date, 1)
+    asked = [(j["fromDate"], j["toDate"]) for j in (await emu.jobs())["jobs"]]
+    assert len(asked) == len(set(asked))  # the two days' request was not asked again

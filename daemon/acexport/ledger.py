@@ -432,7 +432,7 @@ class Ledger:
         return await self._all(
             "UPDATE exports SET state = 'queued', revision = 2, attempts = 0, requests = 0, "  # noqa: S608
             "created_date = NULL, submitted_at = NULL, ready_at = NULL, finished_at = NULL, "
-            "reason = 'restated', updated_at = ? "
+            "request_start = NULL, request_end = NULL, reason = 'restated', updated_at = ? "
             f"WHERE job = ? AND workspace = ? AND type IN ({marks}) AND mode = 'windows' "
             "AND state = 'done' AND revision = 1 AND file_sha256 IS NOT NULL "
             "AND window_end <= ? AND window_end > ? "
