@@ -33,7 +33,7 @@ from pathlib import Path
 from acexport.emulator.process import EmulatorClient, running_emulator
 
 TOKEN = "bench-token"
-DAY = ("2022-01-01", "fromDate=2022-01-01T00:00:00.000Z&toDate=2022-01-01T23:59:59.999Z")
+DAY = ("2022-01-01", "fromDate=2022-01-01T00:00:00.000Z&toDate=2022-01-02T00:00:00.000Z")
 PAGE_RECORD_BYTES = 410  # the emulator's page rows (hourly aggregates), on average
 
 

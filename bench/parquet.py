@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from acexport.emulator.process import EmulatorClient, running_emulator
 from real_format import TOKEN, shell, timed, wait_ready
 
-DAY = ("2022-01-01", "fromDate=2022-01-01T00:00:00.000Z&toDate=2022-01-01T23:59:59.999Z")
+DAY = ("2022-01-01", "fromDate=2022-01-01T00:00:00.000Z&toDate=2022-01-02T00:00:00.000Z")
 EVENT_RECORD_BYTES = 770  # the emulator's event rows, on average
 BASELINE_COPY = (
     'import duckdb, sys; duckdb.sql("COPY (SELECT * FROM read_json(\'" + sys.argv[1] + '

@@ -52,7 +52,7 @@ from acexport.emulator.process import EmulatorClient, running_emulator
 from acexport.payload import codec
 
 TOKEN = "bench-token"
-DAY = ("2022-01-01", "fromDate=2022-01-01T00:00:00.000Z&toDate=2022-01-01T23:59:59.999Z")
+DAY = ("2022-01-01", "fromDate=2022-01-01T00:00:00.000Z&toDate=2022-01-02T00:00:00.000Z")
 PAGE_RECORD_BYTES = 410  # the emulator's page rows (hourly aggregates), on average
 SUFFIX = {"none": ".jsonl", "gzip": ".jsonl.gz", "zstd": ".jsonl.zst"}
 

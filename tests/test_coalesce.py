@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
+import itertools
 import json
 import math
 import signal
@@ -91,12 +92,14 @@ DAY2 = DAY1 + timedelta(days=1)
 DAY3 = DAY2 + timedelta(days=1)
 
 
-def split_into(plan: SplitPlan, lines: list[bytes]) -> tuple[list[list[bytes]], RecordSplit]:
+def split_into(
+    plan: SplitPlan, lines: list[bytes], step: int = 7
+) -> tuple[list[list[bytes]], RecordSplit]:
     out: list[list[bytes]] = [[] for _ in plan.windows]
     split = RecordSplit(plan, [out[i].extend for i in range(len(plan.windows))])
     payload = b"".join(lines)
-    for start in range(0, len(payload), 7):  # chunks cut anywhere, mid-line too
-        split.write_many([payload[start : start + 7]])
+    for start in range(0, len(payload), step):  # chunks cut anywhere, mid-line too
+        split.write_many([payload[start : start + step]])
     split.finish()
     return out, split
 
@@ -308,3 +311,39 @@ async def test_a_window_of_a_coalesced_request_is_restated_on_its_own(
         assert (manifest["request_fromDate"], manifest["request_windows"]) == (from_date, 1)
     asked = [(j["fromDate"], j["toDate"]) for j in (await emu.jobs())["jobs"]]
     assert len(asked) == len(set(asked))  # the two days' request was not asked again
+
+
+def test_batches_in_bigquerys_form_are_placed_as_record_by_record() -> None:
+    """The split's fast path (a batch whose values are all BigQuery's form, compared as
+    text) places every record where the record-by-record path does, around the bounds
+    (fractions of any length, trailing zeros, the end instant, the last microsecond)."""
+    import random
+
+    rng = random.Random(26)
+    bounds = [DAY1, DAY1 + timedelta(hours=7, milliseconds=500), DAY2, DAY3]
+    plan = SplitPlan("page", DAY1, DAY3, list(itertools.pairwise(bounds)))
+    lines = []
+    for n in range(3000):
+        at = rng.choice(bounds) + timedelta(microseconds=rng.choice([-1, 0, 1, 999, 5000]))
+        at = min(max(at, DAY1), DAY3 + timedelta(microseconds=999))
+        fraction = f"{at.microsecond:06d}"[: rng.randint(0, 6)] if at.microsecond else ""
+        fraction = fraction.rstrip("0") if rng.random() < 0.5 else fraction
+        if fraction and int(fraction.ljust(6, "0")) != at.microsecond:
+            fraction = f"{at.microsecond:06d}"  # keep the instant exact
+        text = f"{at:%Y-%m-%d %H:%M:%S}{'.' + fraction if fraction else ''} UTC"
+        lines.append(b'{"eventDate":"%s","n":%d}\n' % (text.encode(), n))
+    fast, fast_split = split_into(plan, lines)  # 7-byte chunks: batches of a few lines
+    one_batch, one_split = split_into(plan, lines, step=len(b"".join(lines)))
+    slow: list[list[bytes]] = [[] for _ in plan.windows]
+    slow_split = RecordSplit(plan, [slow[i].extend for i in range(len(plan.windows))])
+    slow_split._route_bigquery = lambda lines, routed: False  # type: ignore[method-assign]
+    slow_split.write_many([b"".join(lines)])
+    slow_split.finish()
+
+    def joined(out: list[list[bytes]]) -> list[bytes]:
+        return [b"".join(window) for window in out]
+
+    assert joined(fast) == joined(one_batch) == joined(slow)
+    assert fast_split.rows == one_split.rows == slow_split.rows
+    assert fast_split.skipped == one_split.skipped == slow_split.skipped > 0
+    assert sum(fast_split.rows) > 0
