@@ -31,7 +31,7 @@ from .errors import StateError
 from .history import ANY, LAST, ProcessingTimes
 from .ledger_schema import _MIGRATIONS, ExportRecord, LedgerState, parse_time
 from .protocol import ExportMode
-from .windows import ExportWindow, iso_ms
+from .windows import ExportWindow, iso_ms, one_request_each
 
 P = ParamSpec("P")
 
@@ -293,11 +293,7 @@ class Ledger:
             iso_ms(leader.start + max_span),
             max_windows - 1,
         )
-        group = [leader]
-        for record in following:
-            if record.start != group[-1].end or record.end - leader.start > max_span:
-                break
-            group.append(record)
+        group = one_request_each([leader, *following], max_span, max_windows)[0]
         if len(group) == 1:
             return group
         now = time.time()

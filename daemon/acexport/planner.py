@@ -32,7 +32,7 @@ from .payload.split import MAX_WINDOWS
 from .protocol import TIME_SERIES, ExportMode
 from .retention import beyond_reason, effective_months, retention_start
 from .triggers import schedule_period
-from .windows import ExportWindow, aligned_windows
+from .windows import ExportWindow, aligned_windows, one_request_each
 
 log = structlog.get_logger("acexport.planner")
 
@@ -43,15 +43,7 @@ def ac_requests(job: JobSettings, type_: str, windows: list[ExportWindow]) -> in
     if type_ not in TIME_SERIES:
         return len(windows)
     most = job.windows_per_request(MAX_WINDOWS)
-    requests, run = 0, 0
-    previous: ExportWindow | None = None
-    for window in windows:
-        if previous is not None and window.start == previous.end and run < most:
-            run += 1
-        else:
-            requests, run = requests + 1, 1
-        previous = window
-    return requests
+    return len(one_request_each(windows, job.coalesce_max, most))
 
 
 def due_windows(job: JobSettings, zone: ZoneInfo, now: datetime) -> list[ExportWindow]:

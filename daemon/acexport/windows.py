@@ -11,10 +11,11 @@ each record's timestamp (payload/split.py): AC's timestamps carry microseconds, 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from itertools import pairwise
+from typing import Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 ONE_MS = timedelta(milliseconds=1)
@@ -149,3 +150,33 @@ def aligned_windows(
         if left >= start and right <= end and right > left:
             windows.append(ExportWindow(left, right, zone))
     return windows
+
+
+class _Period(Protocol):
+    @property
+    def start(self) -> datetime: ...
+
+    @property
+    def end(self) -> datetime: ...
+
+
+P = TypeVar("P", bound=_Period)
+
+
+def one_request_each(periods: Sequence[P], max_span: timedelta, max_windows: int) -> list[list[P]]:
+    """Windows (oldest first) grouped as coalesced AC requests cover them: each group
+    consecutive without a gap, at most ``max_windows`` long and spanning at most
+    ``max_span`` (a window alone is always a request of its own)."""
+    groups: list[list[P]] = []
+    for period in periods:
+        group = groups[-1] if groups else None
+        if (
+            group is not None
+            and period.start == group[-1].end
+            and len(group) < max_windows
+            and period.end - group[0].start <= max_span
+        ):
+            group.append(period)
+        else:
+            groups.append([period])
+    return groups
