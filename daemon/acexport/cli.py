@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "demo",
         "run the daemon against an emulator it starts (no AC account needed)",
-        "acexport demo              # exports land in ./demo-exports, Ctrl-C stops",
+        "acexport demo              # exports land in ./exports, Ctrl-C stops",
         "acexport demo --once",
     )
     demo.add_argument("--config", help="default: the demo config shipped in the package")
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = _command(
         commands,
         "status",
-        "what is exported, missing, retrying and failed (exit 1 if anything failed)",
+        "what is exported, missing, retrying and failed (exit 1 if any failed or is behind)",
         "acexport status",
         "acexport status --json | jq '.jobs[].failed'",
     )
