@@ -26,13 +26,13 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from acexport.client import ExportClient, new_session
+from acexport.ac.client import ExportClient, new_session
+from acexport.ac.polling import Backoff
 from acexport.emulator.process import EmulatorClient, running_emulator
 from acexport.export import Timing, run_export
 from acexport.ops.logging import configure_logging
 from acexport.output.local import LocalStore
 from acexport.output.sink import Sink
-from acexport.polling import Backoff
 from acexport.spec import ExportSpec
 from acexport.windows import ExportWindow
 

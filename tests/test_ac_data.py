@@ -17,8 +17,7 @@ from structlog.testing import capture_logs
 from acexport.config import load_settings
 from acexport.daemon import Daemon
 from acexport.emulator.data import PayloadSpec, iter_blocks
-from acexport.ledger import read_rows
-from acexport.ledger_schema import LedgerState
+from acexport.ledger import LedgerState, read_rows
 from acexport.windows import iso_ms
 from tests.conftest import EmulatorFactory, FakeClock
 from tests.daemon_helpers import DaemonProcess, job, manifests, run_cli, write_config

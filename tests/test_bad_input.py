@@ -14,11 +14,11 @@ from aioresponses import aioresponses
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from acexport.ac.client import ExportClient
+from acexport.ac.polling import Backoff
 from acexport.cli import main
-from acexport.client import ExportClient
 from acexport.errors import TransientError
 from acexport.export import Timing, run_export
-from acexport.polling import Backoff
 from acexport.spec import ExportSpec
 from acexport.windows import ExportWindow
 from tests.daemon_helpers import export_server, local_sink

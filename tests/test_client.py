@@ -11,7 +11,7 @@ import pytest
 from aioresponses import aioresponses
 from pydantic import SecretStr
 
-from acexport.client import ExportClient, ExportStatus, Payload, parse_retry_after
+from acexport.ac.client import ExportClient, ExportStatus, Payload, parse_retry_after
 from acexport.errors import AuthError, RateLimited, RemoteRejected, TransientError
 from acexport.windows import ExportWindow
 

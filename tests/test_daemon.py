@@ -429,8 +429,7 @@ async def test_a_foreground_backfill_exports_its_own_windows_and_names_the_rest(
     """Issue 24 item 4: a foreground backfill ran every export the state directory had
     queued (a 4-window backfill ran 4,365 leftovers; the bar said 12/4). It exports its
     own windows, ends with a summary line, and says what else is pending."""
-    from acexport.ledger import read_rows
-    from acexport.ledger_schema import LedgerState
+    from acexport.ledger import LedgerState, read_rows
     from acexport.lock import take_lock
     from tests.daemon_helpers import run_cli
 

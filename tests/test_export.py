@@ -18,14 +18,14 @@ import structlog
 import structlog.testing
 from pydantic import SecretStr
 
-from acexport.client import ExportClient, ExportStatus
+from acexport.ac.client import ExportClient, ExportStatus
+from acexport.ac.polling import Backoff
 from acexport.config import HttpSettings
 from acexport.emulator import FaultSettings
 from acexport.emulator.data import RECORD_TYPES
 from acexport.errors import AuthError, TransientError
 from acexport.export import ExportObserver, Timing, run_export
 from acexport.ops.logging import configure_logging, register_secret
-from acexport.polling import Backoff
 from acexport.spec import ExportSpec
 from acexport.windows import ExportWindow
 from tests.conftest import EmulatorFactory, RunningEmulator

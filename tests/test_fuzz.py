@@ -25,10 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from acexport.client import ExportClient
+from acexport.ac.client import ExportClient
+from acexport.ac.polling import Backoff
 from acexport.errors import AcexportError
 from acexport.export import Timing, run_export
-from acexport.polling import Backoff
 from acexport.spec import ExportSpec
 from acexport.windows import ExportWindow
 from tests.daemon_helpers import local_sink

@@ -127,10 +127,10 @@ async def test_gzip_bomb_over_http_is_refused_with_nothing_kept(tmp_path: Path) 
 
     from pydantic import SecretStr
 
-    from acexport.client import ExportClient
+    from acexport.ac.client import ExportClient
+    from acexport.ac.polling import Backoff
     from acexport.errors import PayloadTooLarge
     from acexport.export import Timing, run_export
-    from acexport.polling import Backoff
     from acexport.spec import ExportSpec
     from acexport.windows import ExportWindow
 

@@ -100,7 +100,9 @@ async def test_schema_is_versioned_and_newer_is_refused(tmp_path: Path) -> None:
 async def test_a_version_3_ledger_is_migrated_with_its_rows(tmp_path: Path) -> None:
     """Version 4 rebuilds the table (a new final state): every row and index survives,
     old rows are windows of revision 1, and the new state is accepted."""
-    from acexport.ledger_schema import _MIGRATIONS, ExportMode, LedgerState
+    from acexport.ledger import LedgerState
+    from acexport.ledger.schema import _MIGRATIONS
+    from acexport.protocol import ExportMode
 
     path = tmp_path / "state.sqlite3"
     with contextlib.closing(sqlite3.connect(path)) as db:
@@ -166,12 +168,12 @@ def test_a_lock_file_that_is_a_link_is_refused_not_truncated(tmp_path: Path) -> 
 
 def test_malformed_database_is_not_called_a_full_disk(tmp_path: Path) -> None:
     """'(disk full?)' is only added for writes that failed, not for a corrupt file."""
-    from acexport.ledger import _describe_db_error
+    from acexport.ledger.connection import describe_db_error
 
     corrupt = sqlite3.DatabaseError("database disk image is malformed")
-    assert "disk full" not in str(_describe_db_error(tmp_path / "x", corrupt))
+    assert "disk full" not in str(describe_db_error(tmp_path / "x", corrupt))
     full = sqlite3.OperationalError("database or disk is full")
-    assert "(disk full?)" in str(_describe_db_error(tmp_path / "x", full))
+    assert "(disk full?)" in str(describe_db_error(tmp_path / "x", full))
 
 
 async def test_implausible_spans_are_not_learned(ledger: Ledger) -> None:
@@ -268,7 +270,7 @@ async def test_the_expected_time_is_the_median_of_the_newest_five(ledger: Ledger
 
 async def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
     """A ledger of the previous release gets the new index and keeps its rows."""
-    from acexport.ledger_schema import _MIGRATIONS
+    from acexport.ledger.schema import _MIGRATIONS
 
     path = tmp_path / "state.sqlite3"
     with contextlib.closing(sqlite3.connect(path)) as db:

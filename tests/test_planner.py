@@ -17,8 +17,7 @@ from structlog.testing import capture_logs
 
 from acexport.config import JobSettings, Settings
 from acexport.errors import StoreUnavailable
-from acexport.ledger import Ledger
-from acexport.ledger_schema import ExportRecord, LedgerState
+from acexport.ledger import ExportRecord, Ledger, LedgerState
 from acexport.output.layout import OutputLayout
 from acexport.output.manifest import Manifest, manifest_key
 from acexport.output.store import with_manifests

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from acexport.polling import PollPlan
+from acexport.ac.polling import PollPlan
 
 
 def simulate(plan: PollPlan, ready_at: float) -> tuple[int, float]:

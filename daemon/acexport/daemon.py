@@ -28,14 +28,14 @@ from zoneinfo import ZoneInfo
 import structlog
 from pydantic import SecretStr
 
-from .client import new_session
+from .ac.client import new_session
+from .ac.serverclock import ServerClock, ask_ac_the_time
 from .config import JobSettings, Settings, load_settings, resolve_tokens
 from .errors import ConfigError, StateError, StoreUnavailable
 from .events import Observers, Tally
 from .export import Timing
 from .lane import Lane, LaneContext
-from .ledger import Ledger, ledger_path
-from .ledger_schema import ExportRecord, LedgerState
+from .ledger import ExportRecord, Ledger, LedgerState, ledger_path
 from .lock import take_lock
 from .ops.health import Health
 from .ops.logging import register_secret
@@ -51,7 +51,6 @@ from .output.store import OutputStore
 from .payload.tempfiles import claim_temp_dir, clean_abandoned
 from .planner import Look, Planner
 from .scheduler import Scheduler, utc_now
-from .serverclock import ServerClock, ask_ac_the_time
 from .windows import ExportWindow
 
 log = structlog.get_logger("acexport.service")

@@ -21,7 +21,8 @@ from pathlib import PurePosixPath
 
 import structlog
 
-from .client import ExportClient, ExportStatus, Payload
+from .ac.client import ExportClient, ExportStatus, Payload
+from .ac.polling import Backoff, PollPlan
 from .config import HttpSettings
 from .errors import (
     AuthError,
@@ -33,12 +34,10 @@ from .errors import (
     TransientError,
     Unreachable,
 )
-from .ledger import Ledger
-from .ledger_schema import ExportRecord
+from .ledger import ExportRecord, Ledger
 from .output.manifest import Manifest
 from .output.sink import Finished, Sink
 from .payload.writer import PayloadSummary, PayloadWriter
-from .polling import Backoff, PollPlan
 from .spec import ExportSpec
 from .windows import ExportWindow, iso_ms
 

@@ -22,7 +22,8 @@ import aiohttp
 import structlog
 from pydantic import SecretStr
 
-from .client import ExportClient, ExportStatus, TokenTrust
+from .ac.client import ExportClient, ExportStatus, TokenTrust
+from .ac.serverclock import ServerClock
 from .config import Settings
 from .errors import (
     AcexportError,
@@ -42,8 +43,7 @@ from .export import (
     run_export,
     timing_from_history,
 )
-from .ledger import Ledger
-from .ledger_schema import ExportRecord, LedgerState
+from .ledger import ExportRecord, Ledger, LedgerState
 from .ops.logging import remote_text
 from .output.layout import OutputLayout
 from .output.sink import Sink
@@ -51,7 +51,6 @@ from .output.snapshots import prune_snapshots, stored_snapshots
 from .payload.split import MAX_WINDOWS
 from .protocol import TIME_SERIES, ExportMode
 from .retention import beyond_reason
-from .serverclock import ServerClock
 from .spec import ExportSpec
 from .windows import iso_ms
 

@@ -23,7 +23,7 @@ import structlog
 
 from .config import JobSettings, Settings
 from .errors import StoreRejected, StoreUnavailable
-from .ledger_schema import ACTIVE, ExportRecord, LedgerState
+from .ledger import ACTIVE, ExportRecord, LedgerState
 from .output.layout import OutputLayout
 from .output.snapshots import stored_snapshots
 from .output.store import OutputStore

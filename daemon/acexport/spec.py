@@ -12,7 +12,7 @@ from pathlib import PurePosixPath
 from zoneinfo import ZoneInfo
 
 from .config import OutputSettings
-from .ledger_schema import ExportRecord
+from .ledger import ExportRecord
 from .output.layout import OutputLayout
 from .payload.split import SplitPlan
 from .protocol import TIME_SERIES, ExportMode

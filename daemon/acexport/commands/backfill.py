@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import JobSettings, Settings
-from ..ledger import Ledger, ledger_path, read_learned_retention, read_rows
-from ..ledger_schema import ACTIVE, LedgerState
+from ..ledger import ACTIVE, Ledger, LedgerState, ledger_path, read_learned_retention, read_rows
 from ..lock import lock_holder
 from ..ops.logging import configure_logging
 from ..output.open import open_store

@@ -8,8 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ..config import JobSettings, Settings, resolve_tokens, secret_warnings
-from ..ledger import read_learned_retention, read_rows
-from ..ledger_schema import LedgerState
+from ..ledger import LedgerState, read_learned_retention, read_rows
 from ..output.open import open_store
 from ..planner import ac_requests, due_windows
 from ..protocol import ExportMode

@@ -22,7 +22,7 @@ from typing import TextIO
 import structlog
 from pydantic import SecretStr, ValidationError
 
-from ..client import ExportClient, ExportStatus, new_session
+from ..ac.client import ExportClient, ExportStatus, new_session
 from ..config import (
     Settings,
     WorkspaceSettings,

@@ -20,8 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..config import JobSettings, Settings
-from ..ledger import read_rows
-from ..ledger_schema import ACTIVE, ExportRecord, LedgerState
+from ..ledger import ACTIVE, ExportRecord, LedgerState, read_rows
 from ..lock import lock_holder
 from ..ops.statuspage import build_view, counted_state, failure_text
 from ..planner import due_windows

@@ -27,7 +27,7 @@ from typing import NamedTuple
 from .. import __version__
 from ..config import Settings
 from ..events import ExportEnded, LaneObserver
-from ..ledger_schema import ACTIVE, ExportRecord, LedgerState
+from ..ledger import ACTIVE, ExportRecord, LedgerState
 from ..planner import due_windows
 from ..protocol import ExportMode
 from ..windows import iso_ms

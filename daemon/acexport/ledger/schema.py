@@ -1,19 +1,9 @@
-"""What the ledger holds: its SQL schema (as migrations), the states a row moves
-through, and ``ExportRecord``, one row as the rest of the daemon sees it.
-"""
+"""The ledger's SQL schema, as the migrations that build it: version N is the
+first N scripts, run in order; ``PRAGMA user_version`` says how many ran."""
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
-
-import aiosqlite
-
-from .protocol import ExportMode
-from .windows import ExportWindow
 
 _MIGRATIONS: Sequence[str] = (
     # version 1
@@ -115,100 +105,3 @@ _MIGRATIONS: Sequence[str] = (
     ALTER TABLE exports ADD COLUMN request_end TEXT;
     """,
 )
-
-
-class LedgerState(enum.StrEnum):
-    """Where an export is in its life (see ledger.py's module docstring)."""
-
-    QUEUED = "queued"
-    SUBMITTED = "submitted"
-    READY = "ready"
-    DONE = "done"
-    FAILED = "failed"
-    BEYOND_RETENTION = "beyond_retention"  # before AC's data retention: final, never asked
-
-
-ACTIVE = frozenset({LedgerState.QUEUED, LedgerState.SUBMITTED, LedgerState.READY})
-
-
-def parse_time(text: str) -> datetime:
-    """A time the ledger stored (ISO 8601), in UTC."""
-    return datetime.fromisoformat(text).astimezone(UTC)
-
-
-def _time_or_none(text: str | None) -> datetime | None:
-    return None if text is None else parse_time(text)
-
-
-@dataclass(frozen=True)
-class ExportRecord:
-    """One row of the ledger."""
-
-    id: int
-    job: str
-    workspace: str
-    type: str
-    start: datetime
-    end: datetime
-    state: LedgerState
-    attempts: int
-    requests: int
-    reason: str | None
-    created_date: str | None
-    destination: str | None
-    planned_at: float
-    submitted_at: float | None
-    ready_at: float | None
-    finished_at: float | None
-    mode: ExportMode = ExportMode.WINDOWS
-    revision: int = 1
-    file_sha256: str | None = None
-    failures: int = 0  # attempts in a row that failed (0 once done)
-    last_error: str | None = None  # the last failure's reason, kept while retried
-    # The range of the AC request that serves this window with others (None: its own).
-    request_start: datetime | None = None
-    request_end: datetime | None = None
-
-    @property
-    def retrying(self) -> bool:
-        """Still to do, after failing: what status, page and metrics call retrying."""
-        return self.state in ACTIVE and self.failures > 0
-
-    def window(self, zone: Any = UTC) -> ExportWindow:
-        return ExportWindow(self.start, self.end, zone)
-
-    def label(self, zone: Any = UTC) -> str:
-        """What people call this row's window (``2026-11-29``, ``2026-11-29 14:00``) or
-        snapshot (``as of 2026-12-01 02:00``), in ``zone``."""
-        window = self.window(zone)
-        if self.mode is ExportMode.SNAPSHOT:
-            return f"as of {window.local_end:%Y-%m-%d %H:%M}"
-        return window.label
-
-    @classmethod
-    def from_row(cls, row: aiosqlite.Row) -> ExportRecord:
-        return cls(
-            id=row["id"],
-            job=row["job"],
-            workspace=row["workspace"],
-            type=row["type"],
-            start=parse_time(row["window_start"]),
-            end=parse_time(row["window_end"]),
-            state=LedgerState(row["state"]),
-            attempts=row["attempts"],
-            requests=row["requests"],
-            reason=row["reason"],
-            created_date=row["created_date"],
-            destination=row["destination"],
-            planned_at=row["planned_at"],
-            submitted_at=row["submitted_at"],
-            ready_at=row["ready_at"],
-            finished_at=row["finished_at"],
-            mode=ExportMode(row["mode"]),
-            revision=row["revision"],
-            file_sha256=row["file_sha256"],
-            failures=row["failures"],
-            last_error=row["last_error"],
-            request_start=_time_or_none(row["request_start"]),
-            request_end=_time_or_none(row["request_end"]),
-        )

@@ -1,6 +1,6 @@
 """How long AC took to process exports: the median of the last few, per kind.
 
-The poller checks a short export once, when it should be ready (polling.py);
+The poller checks a short export once, when it should be ready (ac/polling.py);
 the time comes from here. A kind is (workspace, type), and for an export with
 no history of its own, the type in any workspace or the workspace's other
 types. The ledger is read once per workspace and per type; after that, each
@@ -12,6 +12,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from pathlib import Path
+
+import aiosqlite
+
+from .connection import LedgerConnection, state_errors
 
 LAST = 5  # the median of this many newest spans
 # Spans are wall-clock: one that a clock jump made negative or longer than AC keeps
@@ -58,3 +63,59 @@ class ProcessingTimes:
             s for s in self._spans.get((workspace, type_), ()) if 0 < s < PLAUSIBLE_SPAN_S
         )
         return spans[len(spans) // 2] if spans else None
+
+
+_SPAN = "ready_at - submitted_at"
+
+
+# First attempts that became ready: a resubmitted export's span is not a processing time.
+_CLEAN_SPAN = (
+    "state IN ('ready', 'done') AND attempts = 1 AND ready_at IS NOT NULL "
+    "AND submitted_at IS NOT NULL"
+)
+
+
+class ProcessingHistory(LedgerConnection):
+    """The processing times the ledger's rows record, read through ``times``."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        super().__init__(db, path)
+        self.times = ProcessingTimes()
+
+    @state_errors
+    async def expected_processing_s(self, workspace: str, type_: str) -> float | None:
+        """Median submit-to-ready time of the last five clean exports of this kind.
+
+        Ready rows count too: the previous export's time is known (and recorded)
+        before the next one is submitted, while it still downloads.
+        """
+        await self._read_workspace_times(workspace)
+        return self.times.median(workspace, type_)
+
+    @state_errors
+    async def similar_processing_s(self, workspace: str, type_: str) -> float | None:
+        """For a first export of its kind: the median of this type in any workspace,
+        else of any type in this workspace."""
+        await self._read_workspace_times(workspace)
+        if type_ not in self.times.types:
+            rows = await self._rows(
+                f"SELECT {_SPAN} FROM exports WHERE type = ? AND {_CLEAN_SPAN} "  # noqa: S608
+                "ORDER BY ready_at DESC LIMIT ?",
+                type_,
+                LAST,
+            )
+            self.times.load_type(type_, [row[0] for row in rows])
+        return self.times.median(ANY, type_) or self.times.median(workspace, ANY)
+
+    async def _read_workspace_times(self, workspace: str) -> None:
+        if workspace in self.times.workspaces:
+            return
+        rows = await self._rows(
+            f"SELECT type, span FROM (SELECT type, ready_at, {_SPAN} AS span, "  # noqa: S608
+            "ROW_NUMBER() OVER (PARTITION BY type ORDER BY ready_at DESC) AS newness "
+            f"FROM exports WHERE workspace = ? AND {_CLEAN_SPAN}) "
+            "WHERE newness <= ? ORDER BY ready_at DESC",
+            workspace,
+            LAST,
+        )
+        self.times.load_workspace(workspace, [(row[0], row[1]) for row in rows])

@@ -18,7 +18,7 @@ import aiohttp
 from pydantic import SecretStr
 from yarl import URL
 
-from .errors import (
+from ..errors import (
     AuthError,
     BeyondRetention,
     PayloadError,
@@ -30,11 +30,11 @@ from .errors import (
     Unreachable,
     printable,
 )
-from .limits import DEFAULT_INFLATE_RATIO, INFLATE_SLACK_BYTES
-from .protocol import is_status_shaped
-from .retention import months_in
+from ..limits import DEFAULT_INFLATE_RATIO, INFLATE_SLACK_BYTES
+from ..protocol import is_status_shaped
+from ..retention import months_in
+from ..windows import ExportWindow
 from .serverclock import ServerClock
-from .windows import ExportWindow
 
 _PEEK_BYTES = 64 * 1024  # a status object is far smaller; data is usually far larger
 _MAX_STATUS_BYTES = 1024 * 1024  # how far a suspiciously long status is read to check it

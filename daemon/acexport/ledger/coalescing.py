@@ -1,0 +1,87 @@
+"""Coalescing: the consecutive queued windows one AC request serves, claimed
+together and sharing that request's range, and their release when it ends
+without them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from datetime import timedelta
+
+from ..windows import iso_ms, one_request_each
+from .connection import LedgerConnection, state_errors
+from .rows import ExportRecord
+
+
+class Coalescing(LedgerConnection):
+    """Windows grouped into one AC request."""
+
+    @state_errors
+    async def coalesce(
+        self, leader: ExportRecord, max_span: timedelta, max_windows: int
+    ) -> list[ExportRecord]:
+        """The windows one AC request serves, oldest first, ``leader`` (claimed) among them.
+
+        A leader already in a coalesced request (a restart resuming it) gets that
+        request's active rows. Otherwise the leader (the caller says it was queued: no
+        AC export of its own outstanding) takes the queued windows of its job and type
+        that follow it without a gap, up to ``max_span`` from its start and
+        ``max_windows`` in all; they are claimed with it and share its request's range.
+        """
+        if leader.request_start is not None and leader.request_end is not None:
+            return await self._all(
+                "SELECT * FROM exports WHERE job = ? AND workspace = ? AND type = ? AND "
+                "request_start = ? AND request_end = ? AND state IN ('queued', 'submitted', "
+                "'ready') ORDER BY window_start",
+                leader.job,
+                leader.workspace,
+                leader.type,
+                iso_ms(leader.request_start),
+                iso_ms(leader.request_end),
+            )
+        if max_windows < 2:
+            return [leader]
+        following = await self._all(
+            "SELECT * FROM exports WHERE job = ? AND workspace = ? AND type = ? AND "
+            "mode = 'windows' AND revision = 1 AND state = 'queued' AND request_start IS NULL "
+            "AND window_start >= ? AND window_start < ? ORDER BY window_start LIMIT ?",
+            leader.job,
+            leader.workspace,
+            leader.type,
+            iso_ms(leader.end),
+            iso_ms(leader.start + max_span),
+            max_windows - 1,
+        )
+        group = one_request_each([leader, *following], max_span, max_windows)[0]
+        if len(group) == 1:
+            return group
+        now = time.time()
+        start, end = iso_ms(leader.start), iso_ms(group[-1].end)
+        ids = ", ".join(str(record.id) for record in group)
+        claimed = await self._all(
+            f"UPDATE exports SET request_start = ?, request_end = ?, "  # noqa: S608 - ids are ints
+            f"state = CASE WHEN id = ? THEN state ELSE 'submitted' END, "
+            f"attempts = CASE WHEN id = ? THEN attempts ELSE attempts + 1 END, "
+            f"submitted_at = COALESCE(submitted_at, ?), reason = NULL, updated_at = ? "
+            f"WHERE id IN ({ids}) AND (id = ? OR state = 'queued') RETURNING *",
+            start,
+            end,
+            leader.id,
+            leader.id,
+            now,
+            now,
+            leader.id,
+        )
+        return sorted(claimed, key=lambda record: record.start)
+
+    @state_errors
+    async def release(self, export_ids: Iterable[int]) -> int:
+        """Windows of a coalesced request that ended without them back to queued, to be
+        asked for again (their attempt not counted)."""
+        now = time.time()
+        return await self._many(
+            "UPDATE exports SET state = 'queued', attempts = max(attempts - 1, 0), "
+            "request_start = NULL, request_end = NULL, updated_at = ? "
+            "WHERE id = ? AND state IN ('queued', 'submitted', 'ready')",
+            [(now, export_id) for export_id in export_ids],
+        )
