@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
@@ -34,7 +34,6 @@ from .errors import (
     TransientError,
     Unreachable,
 )
-from .ledger import ExportRecord, Ledger
 from .output.manifest import Manifest
 from .output.sink import Finished, Sink
 from .payload.writer import PayloadSummary, PayloadWriter
@@ -88,15 +87,6 @@ class Timing:
 
     def plan(self) -> PollPlan:
         return PollPlan(self.poll.initial_s, self.poll.max_s, self.expected_s, self.guess_s)
-
-
-async def timing_from_history(base: Timing, ledger: Ledger, record: ExportRecord) -> Timing:
-    """``base`` with what the ledger knows: how long this kind of export took before
-    (or, for a first one, similar exports), and how long its data has been ready."""
-    expected = await ledger.expected_processing_s(record.workspace, record.type)
-    guess = None if expected else await ledger.similar_processing_s(record.workspace, record.type)
-    ready_age_s = None if record.ready_at is None else max(0.0, time.time() - record.ready_at)
-    return replace(base, expected_s=expected, guess_s=guess, ready_age_s=ready_age_s)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -41,7 +41,6 @@ from .export import (
     Timing,
     ready_lifetime_s,
     run_export,
-    timing_from_history,
 )
 from .ledger import ExportRecord, Ledger, LedgerState
 from .ops.logging import remote_text
@@ -406,7 +405,7 @@ class Lane:
             trust=self.trust,
             max_inflate_ratio=settings.http.max_inflate_ratio,
         )
-        timing = await timing_from_history(self.ctx.timing(), self.ctx.ledger, record)
+        timing = await self._timing(record)
 
         async def record_ready(created_date: str | None) -> None:
             # Durable before the slot goes to the next export: after a crash, the
@@ -417,6 +416,20 @@ class Lane:
         keeper = _SlotKeeper(record.created_date, hold, record_ready)
         return await run_export(
             spec, client, self.ctx.sink, timing, keeper, sleep=self._sleeper(record.id)
+        )
+
+    async def _timing(self, record: ExportRecord) -> Timing:
+        """The daemon's timing with what the ledger knows: how long this kind of export
+        took before (or, for a first one, similar exports), and how long its data has
+        been ready. One export receives these as plain values: it knows no ledger."""
+        ledger = self.ctx.ledger
+        expected = await ledger.expected_processing_s(record.workspace, record.type)
+        guess = (
+            None if expected else await ledger.similar_processing_s(record.workspace, record.type)
+        )
+        ready_age_s = None if record.ready_at is None else max(0.0, time.time() - record.ready_at)
+        return replace(
+            self.ctx.timing(), expected_s=expected, guess_s=guess, ready_age_s=ready_age_s
         )
 
     def _sleeper(self, export_id: int) -> Callable[[float], Awaitable[None]]:

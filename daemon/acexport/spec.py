@@ -1,22 +1,53 @@
 """What one export asks AC for, and which files it writes where.
 
-An ``ExportSpec`` is built from ledger rows: one window (a time series asked for
+An ``ExportSpec`` is built from planned exports (``PlannedExport``: what a ledger
+row says, without the ledger): one window (a time series asked for
 through its end and cut exactly, see ``split_exactly``), a snapshot, or the
 consecutive windows of a coalesced request, each with its key in the output store.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import PurePosixPath
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from .config import OutputSettings
-from .ledger import ExportRecord
 from .output.layout import OutputLayout
 from .payload.split import SplitPlan
 from .protocol import TIME_SERIES, ExportMode
 from .windows import ExportWindow
+
+
+class PlannedExport(Protocol):
+    """What a spec is built from: a planned window or snapshot (a ledger row has
+    these), described by plain values."""
+
+    @property
+    def workspace(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def job(self) -> str: ...
+    @property
+    def mode(self) -> ExportMode: ...
+    @property
+    def revision(self) -> int: ...
+    @property
+    def file_sha256(self) -> str | None: ...  # the file a revision > 1 replaces
+    @property
+    def start(self) -> datetime: ...
+    @property
+    def end(self) -> datetime: ...
+    @property
+    def request_start(self) -> datetime | None: ...  # a coalesced request's range
+    @property
+    def request_end(self) -> datetime | None: ...
+
+    def window(self, zone: Any = ...) -> ExportWindow: ...
 
 
 @dataclass(frozen=True)
@@ -37,8 +68,8 @@ class ExportSpec:
     parts: tuple[tuple[ExportWindow, PurePosixPath], ...] = ()
 
     @classmethod
-    def of(cls, record: ExportRecord, zone: ZoneInfo, output: OutputSettings) -> ExportSpec:
-        """A ledger row's export: its window in the workspace's zone, keyed by the layout."""
+    def of(cls, record: PlannedExport, zone: ZoneInfo, output: OutputSettings) -> ExportSpec:
+        """A planned export: its window in the workspace's zone, keyed by the layout."""
         window = record.window(zone)
         key = OutputLayout.from_settings(output).key_for(
             record.workspace, record.type, record.job, window, mode=record.mode
@@ -58,10 +89,10 @@ class ExportSpec:
 
     @classmethod
     def coalesced(
-        cls, records: list[ExportRecord], zone: ZoneInfo, output: OutputSettings
+        cls, records: Sequence[PlannedExport], zone: ZoneInfo, output: OutputSettings
     ) -> ExportSpec:
-        """One request for consecutive windows of a time series (ledger rows of one job
-        and type, oldest first), split locally into each window's file. The request is
+        """One request for consecutive windows of a time series (planned windows of one
+        job and type, oldest first), split locally into each window's file. The request is
         the range the rows record (a resumed request may have fewer windows left)."""
         layout = OutputLayout.from_settings(output)
         first = records[0]
