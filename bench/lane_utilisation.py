@@ -29,11 +29,10 @@ from pydantic import SecretStr
 from acexport.ac.client import ExportClient, new_session
 from acexport.ac.polling import Backoff
 from acexport.emulator.process import EmulatorClient, running_emulator
-from acexport.export import Timing, run_export
+from acexport.export import ExportSpec, Timing, run_export
 from acexport.ops.logging import configure_logging
 from acexport.output.local import LocalStore
 from acexport.output.sink import Sink
-from acexport.spec import ExportSpec
 from acexport.windows import ExportWindow
 
 PAGE_RECORD_BYTES = 410  # the emulator's page rows (hourly aggregates), on average

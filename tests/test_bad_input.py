@@ -18,8 +18,7 @@ from acexport.ac.client import ExportClient
 from acexport.ac.polling import Backoff
 from acexport.cli import main
 from acexport.errors import TransientError
-from acexport.export import Timing, run_export
-from acexport.spec import ExportSpec
+from acexport.export import ExportSpec, Timing, run_export
 from acexport.windows import ExportWindow
 from tests.daemon_helpers import export_server, local_sink
 

@@ -460,11 +460,11 @@ async def test_info_lines_are_news_only(
     then ready); a quick one only its result; the lane says it caught up once."""
     from structlog.testing import capture_logs
 
-    import acexport.export
+    import acexport.export.run
     from acexport.config import load_settings
     from acexport.daemon import Daemon
 
-    monkeypatch.setattr(acexport.export, "LONG_WAIT_S", 0.3)  # "over a minute", scaled
+    monkeypatch.setattr(acexport.export.run, "LONG_WAIT_S", 0.3)  # "over a minute", scaled
     emu = await emulator(tokens={"acme": "acme-token"}, records=2, processing_s=0.8)
     jobs = job("d", "acme", types=["page"], catch_up="2d", lag="0s", coalesce_max=0)
     config = write_config(tmp_path, emu, jobs)

@@ -24,9 +24,8 @@ from acexport.config import HttpSettings
 from acexport.emulator import FaultSettings
 from acexport.emulator.data import RECORD_TYPES
 from acexport.errors import AuthError, TransientError
-from acexport.export import ExportObserver, Timing, run_export
+from acexport.export import ExportObserver, ExportSpec, Timing, run_export
 from acexport.ops.logging import configure_logging, register_secret
-from acexport.spec import ExportSpec
 from acexport.windows import ExportWindow
 from tests.conftest import EmulatorFactory, RunningEmulator
 from tests.daemon_helpers import local_sink

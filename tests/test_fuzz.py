@@ -28,8 +28,7 @@ from pydantic import SecretStr
 from acexport.ac.client import ExportClient
 from acexport.ac.polling import Backoff
 from acexport.errors import AcexportError
-from acexport.export import Timing, run_export
-from acexport.spec import ExportSpec
+from acexport.export import ExportSpec, Timing, run_export
 from acexport.windows import ExportWindow
 from tests.daemon_helpers import local_sink
 

@@ -130,8 +130,7 @@ async def test_gzip_bomb_over_http_is_refused_with_nothing_kept(tmp_path: Path) 
     from acexport.ac.client import ExportClient
     from acexport.ac.polling import Backoff
     from acexport.errors import PayloadTooLarge
-    from acexport.export import Timing, run_export
-    from acexport.spec import ExportSpec
+    from acexport.export import ExportSpec, Timing, run_export
     from acexport.windows import ExportWindow
 
     bomb = gzip.compress(b'{"id": 1}\n' * 3_000_000, 9)  # 30 MB in about 60 kB

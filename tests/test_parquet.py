@@ -324,13 +324,13 @@ def test_new_columns_are_logged_once_per_type_and_counted_per_file() -> None:
     from structlog.testing import capture_logs
 
     from acexport.events import ExportEnded
-    from acexport.export import _report_new_columns
+    from acexport.export.commit import report_new_columns
     from acexport.ops.metrics import Metrics
 
     with capture_logs() as logs:
-        _report_new_columns("page", ["scrollDepth"])
-        _report_new_columns("page", ["scrollDepth"])
-        _report_new_columns("event", ["scrollDepth", "consent"])
+        report_new_columns("page", ["scrollDepth"])
+        report_new_columns("page", ["scrollDepth"])
+        report_new_columns("event", ["scrollDepth", "consent"])
     drift = [line for line in logs if line["event"] == "schema_drift"]
     assert [line["new_columns"] for line in drift] == [["scrollDepth"], ["scrollDepth", "consent"]]
 

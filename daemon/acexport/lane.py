@@ -38,6 +38,7 @@ from .events import ExportEnded, LaneObserver
 from .export import (
     ExportObserver,
     ExportOutcome,
+    ExportSpec,
     Timing,
     ready_lifetime_s,
     run_export,
@@ -50,7 +51,6 @@ from .output.snapshots import prune_snapshots, stored_snapshots
 from .payload.split import MAX_WINDOWS
 from .protocol import TIME_SERIES, ExportMode
 from .retention import beyond_reason
-from .spec import ExportSpec
 from .windows import iso_ms
 
 log = structlog.get_logger("acexport.lane")

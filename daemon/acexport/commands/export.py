@@ -33,7 +33,7 @@ from ..config import (
     zone_named,
 )
 from ..errors import AcexportError, ConfigError
-from ..export import ExportObserver, Timing, run_export
+from ..export import ExportObserver, ExportSpec, Timing, run_export
 from ..formats import Compression, OutputFormat
 from ..ops.logging import configure_logging, register_secret
 from ..output.layout import OutputLayout
@@ -42,7 +42,6 @@ from ..output.open import open_store
 from ..output.sink import Sink
 from ..output.store import OutputStore
 from ..payload.tempfiles import claim_temp_dir, clean_abandoned
-from ..spec import ExportSpec
 from ..windows import ExportWindow, parse_bound
 from . import ExitCode
 from .common import UsageError, exit_code_of

@@ -15,11 +15,11 @@ from pathlib import PurePosixPath
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from .config import OutputSettings
-from .output.layout import OutputLayout
-from .payload.split import SplitPlan
-from .protocol import TIME_SERIES, ExportMode
-from .windows import ExportWindow
+from ..config import OutputSettings
+from ..output.layout import OutputLayout
+from ..payload.split import SplitPlan
+from ..protocol import TIME_SERIES, ExportMode
+from ..windows import ExportWindow
 
 
 class PlannedExport(Protocol):

@@ -1,0 +1,51 @@
+"""The state of one ``run_export`` call, and the observer its caller may pass."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..ac.client import ExportStatus
+from ..output.sink import Sink
+from ..payload.writer import PayloadWriter
+
+
+class ExportObserver:
+    """Hooks into an export's progress; every method is optional."""
+
+    async def status(self, answer: ExportStatus, next_poll_s: float) -> None:
+        """AC answered a status; the next poll is in ``next_poll_s``."""
+
+    async def ready(self) -> None:
+        """Data is ready: AC's slot for this workspace is free again."""
+
+    async def downloaded(self, received_bytes: int, total_bytes: int | None) -> None:
+        """Called as the download progresses."""
+
+    async def may_resubmit(self) -> None:
+        """The ready data may have expired: the next request may start a new AC export."""
+
+
+@dataclass
+class Attempt:
+    """Mutable state of one run_export call."""
+
+    requests: int = 0
+    failures: int = 0
+    ac_failures: int = 0  # ERROR answers since the last data
+    suspect_waited_s: float = 0.0  # waited since 5xx answers to an unproven token began
+    expired: int = 0
+    ready_at: float | None = None  # monotonic time AC's current export's data was ready
+    created_date: str | None = None
+    writer: PayloadWriter | None = None
+    offset: int = 0
+    resumable: bool = False
+    submitted_at: float | None = None  # monotonic time of the first status answer
+    started_at: float = field(default_factory=time.monotonic)
+    said_waiting: bool = False  # export_waiting_at_ac was logged (at most once)
+
+
+async def drop_partial(state: Attempt, sink: Sink) -> None:
+    if state.writer is not None:
+        await sink.discard(state.writer)
+    state.writer, state.offset = None, 0
