@@ -13,107 +13,44 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import aiohttp
 import structlog
 from pydantic import SecretStr
 
-from .ac.client import ExportClient, ExportStatus, TokenTrust
-from .ac.serverclock import ServerClock
-from .config import Settings
-from .errors import (
+from ..ac.client import ExportClient, TokenTrust
+from ..config import Settings
+from ..errors import (
     AcexportError,
     AuthError,
     BeyondRetention,
-    SinkError,
     StateError,
     StoreRejected,
-    StoreUnavailable,
 )
-from .events import ExportEnded, LaneObserver
-from .export import (
-    ExportObserver,
+from ..events import ExportEnded
+from ..export import (
     ExportOutcome,
     ExportSpec,
     Timing,
     ready_lifetime_s,
     run_export,
 )
-from .ledger import ExportRecord, Ledger, LedgerState
-from .ops.logging import remote_text
-from .output.layout import OutputLayout
-from .output.sink import Sink
-from .output.snapshots import prune_snapshots, stored_snapshots
-from .payload.split import MAX_WINDOWS
-from .protocol import TIME_SERIES, ExportMode
-from .retention import beyond_reason
-from .windows import iso_ms
+from ..ledger import ExportRecord, LedgerState
+from ..ops.logging import remote_text
+from ..payload.split import MAX_WINDOWS
+from ..protocol import TIME_SERIES, ExportMode
+from ..windows import iso_ms
+from .context import LaneContext
+from .retention import before_retention, refused_as_beyond_retention
+from .slot import SlotHold, SlotKeeper
+from .snapshots import prune_snapshots_after
+
+__all__ = ["Lane", "LaneContext"]
 
 log = structlog.get_logger("acexport.lane")
-
-
-@dataclass
-class LaneContext:
-    """What every lane shares: session, ledger, sink, settings, and who observes it."""
-
-    session: aiohttp.ClientSession
-    ledger: Ledger
-    sink: Sink
-    settings: Callable[[], Settings]
-    timing: Callable[[], Timing]
-    observer: LaneObserver  # metrics, health, progress: told what happened
-    fatal: Callable[[BaseException], None]  # the ledger failed: the daemon must stop
-    server_clock: ServerClock | None = None  # told AC's time by every answer
-    # The earliest window start AC holds data for, by workspace (the planner's).
-    retention_start: Callable[[str], Awaitable[datetime]] | None = None
-
-
-class _SlotHold:
-    """One export's hold on its lane's single AC slot: taken, given back, taken again."""
-
-    def __init__(self, slot: asyncio.Semaphore, held: bool) -> None:
-        self._slot = slot
-        self.held = held
-
-    async def take(self) -> None:
-        if not self.held:
-            await self._slot.acquire()
-            self.held = True
-
-    def give_back(self) -> None:
-        if self.held:
-            self.held = False
-            self._slot.release()
-
-
-class _SlotKeeper(ExportObserver):
-    """Follows AC's answers; frees the lane's slot once data is ready (after
-    ``on_ready``, the lane's record of it), and takes it back before a request that
-    may find the data expired (and so submit anew)."""
-
-    def __init__(
-        self,
-        created_date: str | None,
-        hold: _SlotHold,
-        on_ready: Callable[[str | None], Awaitable[None]],
-    ) -> None:
-        self.created_date = created_date
-        self._hold = hold
-        self._on_ready = on_ready
-
-    async def status(self, answer: ExportStatus, next_poll_s: float) -> None:
-        self.created_date = answer.created_date or self.created_date
-
-    async def ready(self) -> None:
-        await self._on_ready(self.created_date)
-        self._hold.give_back()
-
-    async def may_resubmit(self) -> None:
-        await self._hold.take()
 
 
 class Lane:
@@ -203,7 +140,7 @@ class Lane:
         return time.time() - record.ready_at < ready_lifetime_s(window)
 
     async def _execute(self, record: ExportRecord, holds_slot: bool) -> None:
-        hold = _SlotHold(self._slot, holds_slot)
+        hold = SlotHold(self._slot, holds_slot)
         try:
             # Every event about this export names it, the failure too (design section 7).
             # A snapshot's start is every snapshot's: its as-of time says which one.
@@ -240,7 +177,7 @@ class Lane:
         ws = self.ctx.settings().workspaces.get(record.workspace)
         return record.label(ws.zone if ws else UTC)
 
-    async def _export(self, record: ExportRecord, hold: _SlotHold) -> None:
+    async def _export(self, record: ExportRecord, hold: SlotHold) -> None:
         if record.id in self._grouped:
             return  # a coalesced request running now serves this window
         settings = self.ctx.settings()
@@ -260,7 +197,7 @@ class Lane:
         if ws is None:
             await self._failed([record], "the workspace is no longer configured")
             return
-        if await self._before_retention(record):
+        if await before_retention(self.ctx, record):
             return
         group = await self._coalesce(record, was_queued, settings)
         members = {member.id for member in group} - {record.id}
@@ -270,7 +207,7 @@ class Lane:
         finally:
             self._grouped -= members
         if done and record.mode is ExportMode.SNAPSHOT:
-            await self._prune_snapshots(record, ws.zone)
+            await prune_snapshots_after(self.ctx, record, ws.zone)
 
     async def _coalesce(
         self, record: ExportRecord, was_queued: bool, settings: Settings
@@ -293,7 +230,7 @@ class Lane:
         return group or [record]
 
     async def _export_group(
-        self, group: list[ExportRecord], zone: ZoneInfo, settings: Settings, hold: _SlotHold
+        self, group: list[ExportRecord], zone: ZoneInfo, settings: Settings, hold: SlotHold
     ) -> bool:
         """Run the export serving ``group`` (one window, or a coalesced request's) and
         record its end on every window of it; whether it succeeded."""
@@ -307,7 +244,7 @@ class Lane:
         except StateError:
             raise
         except BeyondRetention as exc:
-            await self._beyond_retention(leader, exc)
+            await refused_as_beyond_retention(self.ctx, leader, exc)
             # The rest of a coalesced request lies after it: asked again, on their own.
             await asyncio.shield(self.ctx.ledger.release([m.id for m in group[1:]]))
             return False
@@ -324,75 +261,12 @@ class Lane:
         await self._succeeded(group, outcome)
         return True
 
-    async def _before_retention(self, record: ExportRecord) -> bool:
-        """A queued window that fell out of AC's retention while it waited (a backfill
-        queued long ago, a daemon that was down) is recorded as such, not asked for."""
-        if self.ctx.retention_start is None or record.mode is ExportMode.SNAPSHOT:
-            # A snapshot starts at the retention's edge as planned; AC would refuse it
-            # only after a day in the queue, and the next look plans a fresh one.
-            return False
-        earliest = await self.ctx.retention_start(record.workspace)
-        if record.start >= earliest:
-            return False
-        reason = beyond_reason(earliest)
-        await asyncio.shield(self.ctx.ledger.mark_row_beyond_retention(record.id, reason))
-        log.warning("export_beyond_retention", reason=reason)
-        return True
-
-    async def _beyond_retention(self, record: ExportRecord, exc: BeyondRetention) -> None:
-        """AC refused the window as before its retention: final, and its months learned."""
-        reason = remote_text(f"{type(exc).__name__}: {exc}")
-        await asyncio.shield(self.ctx.ledger.mark_row_beyond_retention(record.id, reason))
-        if exc.months is not None:
-            await self.ctx.ledger.learn_retention(record.workspace, exc.months)
-        log.warning(
-            "export_beyond_retention",
-            reason=reason,
-            learned_retention_months=exc.months,
-            detail="AC's retention is shorter than configured; windows before it are "
-            "no longer asked for",
-        )
-
-    async def _prune_snapshots(self, record: ExportRecord, zone: ZoneInfo) -> None:
-        """Keep the newest ``keep_snapshots`` of the type, now that a new one is in."""
-        settings = self.ctx.settings()
-        job = next((j for j in settings.jobs if j.name == record.job), None)
-        if job is None:
-            return
-        store = self.ctx.sink.store
-        layout = OutputLayout.from_settings(settings.output)
-        prefix = layout.snapshot_prefix(record.workspace, record.type, record.job)
-        try:
-            listed = await store.listed_under(prefix)  # one listing for both steps
-            stored = await stored_snapshots(
-                store, layout, record.workspace, record.type, record.job, zone, listed
-            )
-            pruned, leftovers = await prune_snapshots(
-                store, layout, prefix, stored, job.keep_snapshots, listed
-            )
-        except (StoreUnavailable, StoreRejected, SinkError) as exc:
-            log.warning("snapshots_not_pruned", error=str(exc), detail="the next one prunes")
-            return
-        except Exception as exc:
-            # The snapshot is committed and recorded done: a pruning bug must not turn
-            # it into a failed export (its row would become the next snapshot's).
-            log.exception("snapshots_not_pruned", kind=type(exc).__name__)
-            return
-        if pruned or leftovers:
-            log.info(
-                "snapshots_pruned",
-                count=len(pruned),
-                kept=job.keep_snapshots,
-                newest_pruned=pruned[-1].as_of.isoformat() if pruned else None,
-                leftovers_removed=leftovers,
-            )
-
     async def _run_export(
         self,
         group: list[ExportRecord],
         spec: ExportSpec,
         settings: Settings,
-        hold: _SlotHold,
+        hold: SlotHold,
     ) -> ExportOutcome:
         record = group[0]
         observer = self.ctx.observer
@@ -413,7 +287,7 @@ class Lane:
             for member in group:
                 await asyncio.shield(self.ctx.ledger.mark_ready(member.id, created_date))
 
-        keeper = _SlotKeeper(record.created_date, hold, record_ready)
+        keeper = SlotKeeper(record.created_date, hold, record_ready)
         return await run_export(
             spec, client, self.ctx.sink, timing, keeper, sleep=self._sleeper(record.id)
         )
