@@ -5,21 +5,15 @@ Durations and zones are parsed here, at the edge, so the rest of the code sees
 never echoes a token.
 """
 
+from .jobs import JobSettings, WorkspaceSettings
 from .loading import (
     find_config,
     load_settings,
     resolve_tokens,
     secret_warnings,
 )
-from .models import (
-    HttpSettings,
-    JobSettings,
-    OutputSettings,
-    Settings,
-    WorkspaceSettings,
-    parse_duration,
-    zone_named,
-)
+from .models import HttpSettings, OutputSettings, Settings
+from .values import parse_duration, zone_named
 
 __all__ = [
     "HttpSettings",

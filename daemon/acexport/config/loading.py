@@ -25,7 +25,8 @@ from pydantic_settings import (
 )
 
 from ..errors import ConfigError
-from .models import _FILE_DATA, S3Settings, Settings, WorkspaceSettings
+from .jobs import WorkspaceSettings
+from .models import _FILE_DATA, S3Settings, Settings
 
 DEFAULT_CONFIG_PATHS = (Path("acexport.toml"), Path("/etc/acexport/config.toml"))
 

@@ -1,0 +1,198 @@
+"""The settings of what is exported: workspaces (where AC is, its token, zone and
+retention) and jobs (which types, in what windows, when)."""
+
+from __future__ import annotations
+
+import os
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+from pydantic import (
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+from ..protocol import ExportMode, ExportType, default_mode
+from ..retention import DEFAULT_MONTHS
+from ..triggers import Trigger, parse_schedule
+from ..windows import check_window_length
+from .values import (
+    NAME,
+    Count,
+    Duration,
+    Months,
+    Section,
+    is_loopback_host,
+    parse_duration,
+    zone_named,
+)
+
+
+class WorkspaceSettings(Section):
+    base_url: str = "https://analytics.liferay.com"
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    token_env: str | None = None
+    timezone: str = "UTC"
+    # AC's data retention for this workspace: windows starting before it are never
+    # asked for (AC refuses them); a shorter retention AC names is learned.
+    retention: Months = DEFAULT_MONTHS
+    # Where entity snapshots start (a date in the workspace's zone); default: the
+    # retention's start, i.e. everything AC still holds.
+    snapshot_from: date | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            raise ValueError(f"{value!r} is not https: tokens must not travel in clear text")
+        if parts.query or parts.fragment:
+            raise ValueError("base_url must not carry a query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone_named(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> WorkspaceSettings:
+        given = [n for n in ("token", "token_file", "token_env") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of token_file, token_env or token (got {given or 'none'})"
+            )
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def read_token(self) -> SecretStr:
+        """The token, read now from its source (files are re-read on reload)."""
+        if self.token is not None:
+            value = self.token.get_secret_value()
+        elif self.token_env is not None:
+            if self.token_env not in os.environ:
+                raise ValueError(f"environment variable {self.token_env} is not set")
+            value = os.environ[self.token_env]
+        else:
+            assert self.token_file is not None
+            try:
+                value = self.token_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(
+                    f"cannot read token_file {self.token_file}: {exc.strerror}"
+                ) from None
+        value = value.strip()
+        if not value:
+            raise ValueError("the token is empty")
+        if any(not char.isprintable() for char in value):
+            # It would be cut into a second header line, or refused by the HTTP client.
+            raise ValueError("the token contains a line break or another control character")
+        return SecretStr(value)
+
+
+class JobSettings(Section):
+    """A recurring export: which types of which workspace, in what windows, when."""
+
+    name: str
+    workspace: str
+    types: list[ExportType] = list(ExportType)  # noqa: RUF012 - a pydantic field, copied
+    schedule: str = "30 2 * * *"
+    window: Duration = timedelta(days=1)
+    lag: Duration = timedelta(hours=2)
+    catch_up: Duration = timedelta(days=7)
+    start: datetime | None = None
+    # A type's mode, if not the one its nature gives (event and page: windows; the
+    # entity tables: snapshot).
+    modes: dict[ExportType, ExportMode] = {}  # noqa: RUF012 - a pydantic field, copied
+    keep_snapshots: Count = Field(default=7, ge=1, le=10000)
+    # Export each window once more when it is this old (page aggregates and late
+    # events settle); off by default.
+    restate: Duration | None = None
+    # Consecutive windows of a time series that are due together (a catch-up, a
+    # backfill) are asked of AC in one request of up to this span, then split locally:
+    # AC works through one export per tick of its worker (5 minutes). 0 turns it off.
+    coalesce_max: Duration = timedelta(days=31)
+
+    def mode_of(self, type_: str) -> ExportMode:
+        return self.modes.get(ExportType(type_), default_mode(type_))
+
+    @property
+    def window_types(self) -> list[ExportType]:
+        """The types exported in aligned windows."""
+        return [t for t in self.types if self.mode_of(t) is ExportMode.WINDOWS]
+
+    @property
+    def snapshot_types(self) -> list[ExportType]:
+        """The types exported as whole-table snapshots."""
+        return [t for t in self.types if self.mode_of(t) is ExportMode.SNAPSHOT]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME.fullmatch(value):
+            raise ValueError(f"job name {value!r}: use letters, digits, '_', '.', '-'")
+        return value
+
+    @field_validator("types")
+    @classmethod
+    def _types(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one export type")
+        if len(set(value)) != len(value):
+            raise ValueError("a type is listed twice")
+        return value
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: timedelta) -> timedelta:
+        return check_window_length(value)
+
+    @model_validator(mode="after")
+    def _restate_after_acs_cache(self) -> JobSettings:
+        # AC serves the same stored file for 24 h after it made it: a restatement
+        # sooner than lag + 1 day after the first export would fetch that file again.
+        least = self.lag + timedelta(days=1)
+        if self.restate is not None and self.restate <= least:
+            raise ValueError(
+                f"restate ({self.restate}) must exceed lag + 1 day ({least}): AC hands back "
+                "the same file for 24 hours"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _modes_of_listed_types(self) -> JobSettings:
+        stray = sorted(set(self.modes) - set(self.types))
+        if stray:
+            raise ValueError(f"modes names {stray}, which are not in types {self.types}")
+        return self
+
+    def windows_per_request(self, most: int) -> int:
+        """How many of this job's windows one request may cover (``most`` at most)."""
+        return max(1, min(most, self.coalesce_max // self.window))
+
+    @field_validator("lag", "catch_up", "coalesce_max")
+    @classmethod
+    def _not_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("must not be negative")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        parse_schedule(value, ZoneInfo("UTC"), parse_duration)
+        return value
+
+    def trigger(self, zone: ZoneInfo) -> Trigger:
+        return parse_schedule(self.schedule, zone, parse_duration)
