@@ -26,42 +26,34 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
-from pydantic import SecretStr
 
-from .ac.client import new_session
-from .ac.serverclock import ServerClock, ask_ac_the_time
-from .config import JobSettings, Settings, load_settings, resolve_tokens
-from .errors import ConfigError, StateError, StoreUnavailable
-from .events import Observers, Tally
-from .export import Timing
-from .lane import Lane, LaneContext
-from .ledger import ExportRecord, Ledger, LedgerState, ledger_path
-from .lock import take_lock
-from .ops.health import Health
-from .ops.logging import register_secret
-from .ops.metrics import Metrics
-from .ops.notify import SystemdNotifier
-from .ops.server import HealthServer
-from .ops.statuspage import LaneView, PageInput, StatusPage, build_view, horizon_start
-from .output.layout import OutputLayout
-from .output.open import open_store
-from .output.owner import OutputClaim, Owner
-from .output.sink import Sink
-from .output.store import OutputStore
-from .payload.tempfiles import claim_temp_dir, clean_abandoned
-from .planner import Look, Planner
-from .scheduler import Scheduler, utc_now
-from .windows import ExportWindow
+from ..ac.client import new_session
+from ..ac.serverclock import ServerClock, ask_ac_the_time
+from ..config import JobSettings, Settings, load_settings, resolve_tokens
+from ..errors import ConfigError, StateError
+from ..events import Observers, Tally
+from ..export import Timing
+from ..lane import Lane, LaneContext
+from ..ledger import ExportRecord, Ledger, LedgerState, ledger_path
+from ..lock import take_lock
+from ..ops.health import Health
+from ..ops.logging import register_secret
+from ..ops.metrics import Metrics
+from ..ops.notify import SystemdNotifier
+from ..ops.server import HealthServer
+from ..ops.statuspage import LaneView, PageInput, StatusPage, build_view, horizon_start
+from ..output.open import open_store
+from ..output.owner import OutputClaim
+from ..output.sink import Sink
+from ..output.store import OutputStore
+from ..planner import Look, Planner
+from ..scheduler import Scheduler, utc_now
+from ..windows import ExportWindow
+from .startup import abort_stale_uploads, claim_output, claim_temp_dir, lane_keys
+
+__all__ = ["Daemon", "lane_keys"]
 
 log = structlog.get_logger("acexport.service")
-
-
-def lane_keys(settings: Settings, tokens: dict[str, SecretStr]) -> dict[str, str]:
-    """Workspace -> lane name; workspaces sharing a token share a lane (named for them)."""
-    by_token: dict[str, list[str]] = {}
-    for name in sorted(settings.workspaces):
-        by_token.setdefault(tokens[name].get_secret_value(), []).append(name)
-    return {name: "+".join(names) for names in by_token.values() for name in names}
 
 
 class Daemon:
@@ -129,13 +121,7 @@ class Daemon:
     async def _start(self) -> None:
         """Start each component in order; each registers its own cleanup on the stack."""
         daemon, stack = self._settings.daemon, self._stack
-        stack.callback(take_lock(daemon.state_dir).close)
-        self._ledger = await Ledger.start(ledger_path(daemon.state_dir), stack)
-        temp_dir = await self._claim_temp_dir(stack)
-        self._output = open_store(self._settings, temp_dir)
-        await self._output.start(stack)
-        await self._claim_output(stack)
-        await self._abort_stale_uploads()
+        temp_dir = await self._start_storage(stack)
         self._planner = Planner(
             self._ledger, self._output, lambda: self._settings, self._server_clock.now
         )
@@ -187,47 +173,18 @@ class Daemon:
             lanes=sorted(self._lanes),
         )
 
-    async def _claim_temp_dir(self, stack: AsyncExitStack) -> Path:
-        """This process's own temp dir, after removing those of processes that are gone."""
-        root = self._settings.daemon.state_dir / "tmp"
-        try:
-            removed = await asyncio.to_thread(clean_abandoned, root)
-            temp = await asyncio.to_thread(claim_temp_dir, root)
-        except OSError as exc:
-            raise StateError(f"cannot use the temp directory {root}: {exc.strerror}") from None
-        stack.callback(temp.release)
-        if removed:
-            log.info("stale_temp_files_removed", count=removed)
-        return temp.path
-
-    async def _claim_output(self, stack: AsyncExitStack) -> None:
-        """Become the output's one writer (output/owner.py), noticing a changed root."""
-        root = self._output.describe()
-        previous = await self._ledger.replace_meta("output_root", root)
-        if previous not in (None, root):
-            log.warning(
-                "output_root_changed",
-                previous=previous,
-                output=root,
-                detail="windows recorded done are checked in the new output; "
-                "those it lacks are exported again",
-            )
-        state_id = await self._ledger.state_id()
-        me = Owner.me(state_id, str(self._settings.daemon.state_dir), time.time())
-        self._claim = OutputClaim(self._output, me)
-        await self._claim.take(stack)
-
-    async def _abort_stale_uploads(self) -> None:
-        """What a crashed run of this daemon left in object storage: only keys its layout
-        produces, only uploads older than daemon.stale_upload_age (a live writer's big
-        upload is younger; the owner marker keeps other daemons out). ``backfill``
-        queueing into a running daemon never gets here."""
-        layout = OutputLayout.from_settings(self._settings.output)
-        before = self._clock() - self._settings.daemon.stale_upload_age
-        try:
-            await self._output.abort_stale_uploads(layout.could_be_key, before)
-        except StoreUnavailable as exc:
-            log.warning("s3_stale_uploads_not_listed", error=str(exc))
+    async def _start_storage(self, stack: AsyncExitStack) -> Path:
+        """The state lock, the ledger, this process's temp dir and the output store,
+        claimed as this daemon's; returns the temp dir."""
+        state_dir = self._settings.daemon.state_dir
+        stack.callback(take_lock(state_dir).close)
+        self._ledger = await Ledger.start(ledger_path(state_dir), stack)
+        temp_dir = await claim_temp_dir(self._settings, stack)
+        self._output = open_store(self._settings, temp_dir)
+        await self._output.start(stack)
+        self._claim = await claim_output(self._settings, self._ledger, self._output, stack)
+        await abort_stale_uploads(self._settings, self._output, self._clock())
+        return temp_dir
 
     async def _resume(self) -> None:
         resumed = await self._ledger.active()
