@@ -6,42 +6,47 @@ into ``errors``: the caller decides what to do with it, in one place.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
-from typing import Any
 
 import aiohttp
 from pydantic import SecretStr
 from yarl import URL
 
 from ..errors import (
-    AuthError,
-    BeyondRetention,
     PayloadError,
     PayloadTooLarge,
-    RateLimited,
     RemoteRejected,
-    ServerError,
     TransientError,
     Unreachable,
-    printable,
 )
 from ..limits import DEFAULT_INFLATE_RATIO, INFLATE_SLACK_BYTES
-from ..protocol import is_status_shaped
-from ..retention import months_in
 from ..windows import ExportWindow
+from .answers import (
+    PEEK_BYTES,
+    STATUS_CODES,
+    ExportStatus,
+    describe,
+    parse_retry_after,
+    raise_for_error,
+    read_up_to,
+    status_in,
+)
 from .serverclock import ServerClock
 
-_PEEK_BYTES = 64 * 1024  # a status object is far smaller; data is usually far larger
-_MAX_STATUS_BYTES = 1024 * 1024  # how far a suspiciously long status is read to check it
+__all__ = [
+    "ExportClient",
+    "ExportStatus",
+    "Payload",
+    "TokenTrust",
+    "new_session",
+    "origin",
+    "parse_retry_after",
+]
+
 _MAX_REDIRECTS = 5
 _READ_BUFFER_BYTES = 1024 * 1024  # aiohttp pauses the socket past twice this
-_TRANSIENT_4XX = {408, 425, 429}
-_DEFAULT_RETRY_AFTER_S = 30.0
 
 
 @dataclass
@@ -53,15 +58,6 @@ class TokenTrust:
     """
 
     proven: bool = False
-
-
-@dataclass(frozen=True)
-class ExportStatus:
-    """AC's answer while the export is not ready: PENDING, RUNNING, ERROR (or unknown)."""
-
-    status: str
-    created_date: str | None
-    message: str | None
 
 
 @dataclass
@@ -100,7 +96,7 @@ class Payload:
                     self._check_inflation()
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TransientError(f"download cut: {_describe(exc)}") from None
+            raise TransientError(f"download cut: {describe(exc)}") from None
         if received == 0 and self.offset == 0 and self.response.content_length != 0:
             # AC's failure while streaming ends the body cleanly, possibly before any
             # byte; only an explicit Content-Length: 0 (legacy raw bodies) is an empty export.
@@ -111,87 +107,6 @@ def origin(url: str | URL) -> tuple[str, str, int | None]:
     """Scheme, host and port: a token is only ever sent back to the same origin."""
     parsed = URL(url) if isinstance(url, str) else url
     return parsed.scheme, (parsed.host or "").lower(), parsed.port
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Retry-After as seconds: an integer, or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
-def _excerpt(body: bytes, limit: int = 200) -> str:
-    """A server's error text, short: its JSON message if it has one."""
-    text = body[:limit].decode("utf-8", "replace").strip()
-    parsed = _load_json(body)
-    if isinstance(parsed, dict):
-        for key in ("message", "error", "title", "detail"):
-            if isinstance(parsed.get(key), str):
-                text = str(parsed[key])
-                break
-    text = printable(text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-_UNPARSABLE = object()
-
-
-def _load_json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):  # a 20k-deep value is no status either
-        return _UNPARSABLE
-
-
-def as_status(parsed: Any) -> ExportStatus | None:
-    """The status object AC answers while an export is not ready, if ``parsed`` is one."""
-    if not is_status_shaped(parsed):
-        return None
-    return ExportStatus(
-        status=str(parsed["status"]).upper(),
-        created_date=_remote_text(parsed.get("createdDate")),
-        message=_remote_text(parsed.get("message")),
-    )
-
-
-def _remote_text(value: Any) -> str | None:
-    return None if value is None else printable(str(value))
-
-
-def _looks_like_big_status(prefix: bytes) -> bool:
-    """A single-line object with a status field, longer than a status ever is."""
-    return (
-        len(prefix) >= _PEEK_BYTES
-        and prefix.lstrip().startswith(b"{")
-        and b"\n" not in prefix
-        and b'"status"' in prefix
-    )
-
-
-async def _read_up_to(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await response.content.read(limit - size)
-        if not chunk:
-            break
-        parts.append(chunk)
-        size += len(chunk)
-    return b"".join(parts)
 
 
 class ExportClient:
@@ -234,7 +149,7 @@ class ExportClient:
         try:
             yield await self._classify(response, type_, window, range_start, from_ac)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TransientError(f"reading AC's answer failed: {_describe(exc)}") from None
+            raise TransientError(f"reading AC's answer failed: {describe(exc)}") from None
         finally:
             response.release()
 
@@ -258,11 +173,11 @@ class ExportClient:
                 response = await self._session.get(url, headers=headers, allow_redirects=False)
             except aiohttp.ClientConnectorError as exc:
                 raise Unreachable(
-                    f"cannot connect to {url.scheme}://{url.host}:{url.port}: {_describe(exc)}"
+                    f"cannot connect to {url.scheme}://{url.host}:{url.port}: {describe(exc)}"
                 ) from None
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 raise TransientError(
-                    f"cannot reach {url.scheme}://{url.host}:{url.port}: {_describe(exc)}"
+                    f"cannot reach {url.scheme}://{url.host}:{url.port}: {describe(exc)}"
                 ) from None
             if self._on_response is not None:
                 self._on_response(response.status)
@@ -288,7 +203,7 @@ class ExportClient:
         range_start: int,
         from_ac: bool,
     ) -> ExportStatus | Payload:
-        await _raise_for_error(response, type_, from_ac)
+        await raise_for_error(response, type_, from_ac)
         where = f"{response.url.scheme}://{response.url.host}"
         content_type = response.headers.get("Content-Type", "").lower()
         encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
@@ -305,11 +220,11 @@ class ExportClient:
                 self._max_inflate_ratio,
                 declared_zip,
             )
-        prefix = await _read_up_to(response, _PEEK_BYTES)
+        prefix = await read_up_to(response, PEEK_BYTES)
         if "text/html" in content_type or prefix.lstrip()[:1] == b"<":
             raise TransientError(f"{where} answered an HTML page instead of data")
-        if response.status in _STATUS_CODES:
-            prefix, answer = await _status_in(response, prefix, type_, window)
+        if response.status in STATUS_CODES:
+            prefix, answer = await status_in(response, prefix, type_, window)
             if answer is not None:
                 return answer
             if response.status == 202:
@@ -331,80 +246,6 @@ class ExportClient:
         )
 
 
-# AC's engine answers its statuses with 202 (Accepted); the controllers seen so far turn
-# them into 200. Either is a status, polled alike (design section 1.1).
-_STATUS_CODES = (200, 202)
-
-
-def _reason(response: aiohttp.ClientResponse) -> str:
-    return printable(response.reason or "")
-
-
-async def _raise_for_error(response: aiohttp.ClientResponse, type_: str, from_ac: bool) -> None:
-    """Every answer that is neither a status nor data, as the error it means."""
-    status = response.status
-    where = f"{response.url.scheme}://{response.url.host}"
-    if status in (401, 403) and not from_ac:
-        # A storage host reached by redirect never saw the token: its signed URL
-        # expired or is wrong. Asking AC again gets a fresh one.
-        raise TransientError(f"{where} (storage) answered {status} {_reason(response)}")
-    if status in (401, 403):
-        raise AuthError(
-            f"AC answered {status} {_reason(response)}: the access token is missing, "
-            "expired or not allowed to export; renew it in Analytics Cloud settings"
-        )
-    if status == 429 or (status == 503 and "Retry-After" in response.headers):
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        when = "a pause" if retry_after is None else f"{retry_after:g}s"
-        raise RateLimited(
-            f"{where} answered {status}; retrying after {when}",
-            retry_after if retry_after is not None else _DEFAULT_RETRY_AFTER_S,
-        )
-    if status >= 500:
-        if from_ac:
-            # Some controllers pass the engine's retention refusal on inside a 500.
-            _raise_if_beyond_retention(await _read_up_to(response, 4096), type_, status)
-        raise ServerError(f"{where} answered {status} {_reason(response)}", status, from_ac)
-    if status in _TRANSIENT_4XX or status == 416:
-        raise TransientError(f"{where} answered {status} {_reason(response)}")
-    if status >= 400:
-        body = await _read_up_to(response, 4096)
-        if from_ac:
-            _raise_if_beyond_retention(body, type_, status)
-        raise RemoteRejected(f"AC rejected the {type_} export ({status}): {_excerpt(body)}")
-    if status not in (*_STATUS_CODES, 206):
-        raise TransientError(f"{where} answered an unexpected {status} {_reason(response)}")
-
-
-def _raise_if_beyond_retention(body: bytes, type_: str, status: int) -> None:
-    text = _excerpt(body, 400)
-    months = months_in(text)
-    if months is not None:
-        raise BeyondRetention(f"AC refused the {type_} export ({status}): {text}", months)
-
-
-async def _status_in(
-    response: aiohttp.ClientResponse, prefix: bytes, type_: str, window: ExportWindow
-) -> tuple[bytes, ExportStatus | None]:
-    """The status a 200 answer holds, if it is one; the bytes read so far either way."""
-    where = f"{response.url.scheme}://{response.url.host}"
-    if _looks_like_big_status(prefix):
-        prefix += await _read_up_to(response, _MAX_STATUS_BYTES)
-        if response.content.at_eof() and as_status(_load_json(prefix)) is not None:
-            raise TransientError(f"{where} answered an oversized status ({len(prefix)} bytes)")
-    small = len(prefix) < _PEEK_BYTES and response.content.at_eof()
-    if small and prefix.lstrip().startswith(b"{"):
-        parsed = _load_json(prefix)
-        answer = as_status(parsed)
-        if answer is not None:
-            _check_status_matches(parsed, type_, window)
-            return prefix, answer
-        unparsable = parsed is _UNPARSABLE
-        if unparsable and b'"status"' in prefix and b"\n" not in prefix.strip():
-            raise TransientError(f"{where} answered a malformed status: {_excerpt(prefix)}")
-    return prefix, None
-
-
 def _redirect_target(current: URL, location: str) -> URL:
     """Where a redirect points, if it is safe to follow."""
     try:
@@ -421,25 +262,6 @@ def _redirect_target(current: URL, location: str) -> URL:
     if target.user is not None or target.password is not None:
         raise RemoteRejected(f"refusing a redirect to a URL with credentials (host {host})")
     return target
-
-
-def _check_status_matches(parsed: dict[str, Any], type_: str, window: ExportWindow) -> None:
-    """A status for another type or window is not ours to trust."""
-    answered_type = str(parsed.get("type", type_)).lower()
-    if answered_type != type_:
-        raise TransientError(f"AC answered a status for type {answered_type!r}, not {type_!r}")
-    for key, wanted in (("fromDate", window.start), ("toDate", window.last_instant)):
-        value = parsed.get(key)
-        if not isinstance(value, str):
-            continue
-        try:
-            answered = datetime.fromisoformat(value)
-        except ValueError:
-            raise TransientError(f"AC answered a status with a malformed {key}") from None
-        if answered.tzinfo is None or abs((answered - wanted).total_seconds()) > 0.001:
-            raise TransientError(
-                f"AC answered a status for {key}={printable(value)}, not the requested window"
-            )
 
 
 def _content_range_start(value: str | None) -> int:
