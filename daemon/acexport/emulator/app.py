@@ -53,13 +53,12 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
 
 from .data import RECORD_TYPES
 from .jobs import ExportQueue, Job, JobState, QueueSettings, Storage, iso_ms
+from .streaming import send_payload
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_READ_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -280,7 +279,7 @@ async def export_route(request: web.Request) -> web.StreamResponse:
         job.first_download_at = emu.queue.clock()
     if emu.settings.redirect:
         raise web.HTTPFound(_storage_url(emu, request, job))
-    return await _send_payload(emu, request, job)
+    return await send_payload(emu, request, job)
 
 
 def _months_before(when: datetime, months: int) -> datetime:
@@ -340,119 +339,7 @@ async def storage_route(request: web.Request) -> web.StreamResponse:
     job = emu.queue.jobs_by_id.get(job_id)
     if now > expires or job is None or job.state(now) is not JobState.READY:
         return _error(403, "Request has expired")
-    return await _send_payload(emu, request, job)
-
-
-async def _send_payload(emu: _Emulator, request: web.Request, job: Job) -> web.StreamResponse:
-    artifact = job.artifact()
-    job.downloads_started += 1
-    ranges = emu.settings.ranges
-    if ranges and request.http_range.start:
-        job.resumed_downloads += 1
-    content_type = {"json": "application/json", "zip": "application/zip"}.get(
-        job.spec.format, "application/x-ndjson"
-    )
-    wants_gzip = "gzip" in request.headers.get("Accept-Encoding", "").lower()
-    path = artifact.gzip_path if (artifact.gzip_path and wants_gzip) else artifact.path
-    rng = emu.rng
-    ending = _Ending(
-        cut=rng.random() < emu.faults.cut_rate,
-        truncate=not ranges and rng.random() < emu.faults.truncate_rate,
-    )
-    if ranges and not ending.cut and not emu.faults.slow_bytes_per_s:
-        # sendfile; FileResponse serves the ``.gz`` sibling itself when the client accepts it.
-        return _CountedFileResponse(job, artifact.path, headers={"Content-Type": content_type})
-    return await _stream_file(emu, request, job, path, content_type, ending)
-
-
-@dataclass(frozen=True)
-class _Ending:
-    """How a streamed download ends early, if it does."""
-
-    cut: bool = False  # the connection is closed mid-body (a network failure)
-    truncate: bool = False  # the body ends cleanly, short (AC's failure while streaming)
-
-
-class _CountedFileResponse(web.FileResponse):
-    """A FileResponse that counts the downloads it finished sending."""
-
-    def __init__(self, job: Job, path: Path, headers: dict[str, str]) -> None:
-        super().__init__(path, headers=headers)
-        self._job = job
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        writer = await super().prepare(request)
-        self._job.downloads_completed += 1
-        self._job.bytes_sent += self.content_length or 0
-        return writer
-
-
-async def _stream_file(
-    emu: _Emulator,
-    request: web.Request,
-    job: Job,
-    path: Path,
-    content_type: str,
-    ending: _Ending,
-) -> web.StreamResponse:
-    """Sent write by write: chunked as AC does, or with Content-Length and Range."""
-    size = path.stat().st_size  # noqa: ASYNC240 - one stat of a local file, microseconds
-    start, stop = 0, size
-    status = 200
-    headers = {"Content-Type": content_type}
-    if path.suffix == ".gz":
-        headers["Content-Encoding"] = "gzip"
-    ranges = emu.settings.ranges
-    if ranges:
-        headers["Accept-Ranges"] = "bytes"
-        asked = request.http_range
-        if asked.start is not None and asked.start < size:
-            start, stop = asked.start, min(size, asked.stop if asked.stop is not None else size)
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-    response = web.StreamResponse(status=status, headers=headers)
-    if ranges:
-        response.content_length = stop - start
-    else:
-        response.enable_chunked_encoding()
-    early = ending.cut or ending.truncate
-    end_at = emu.rng.randrange(start, stop) if early and stop > start else stop
-    counts = emu.queue.workspaces[job.workspace].faults
-    try:
-        await response.prepare(request)
-        await _copy(emu, response, job, path, start, end_at)
-        if ending.cut and end_at < stop:
-            counts["cut"] += 1
-            assert request.transport is not None
-            request.transport.close()  # short body: the client sees the cut
-            raise asyncio.CancelledError
-        if ending.truncate and end_at < stop:
-            counts["truncate"] += 1
-        await response.write_eof()
-    except ConnectionError:  # reset, or aiohttp's "Connection lost" while draining
-        raise asyncio.CancelledError from None  # the client went away: not our error
-    job.downloads_completed += 1
-    return response
-
-
-async def _copy(
-    emu: _Emulator, response: web.StreamResponse, job: Job, path: Path, start: int, stop: int
-) -> None:
-    rate = emu.faults.slow_bytes_per_s
-    chunk = max(1, rate // 20) if rate else _READ_CHUNK
-    loop = asyncio.get_running_loop()
-    sent = start
-    with path.open("rb") as source:
-        source.seek(start)
-        while sent < stop:
-            data = await loop.run_in_executor(None, source.read, min(chunk, stop - sent))
-            if not data:
-                break
-            await response.write(data)
-            sent += len(data)
-            job.bytes_sent += len(data)
-            if rate:
-                await asyncio.sleep(len(data) / rate)
+    return await send_payload(emu, request, job)
 
 
 async def jobs_route(request: web.Request) -> web.Response:
