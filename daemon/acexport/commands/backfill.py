@@ -15,11 +15,20 @@ import sys
 import time
 from collections import Counter
 from contextlib import AsyncExitStack
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import JobSettings, Settings
-from ..ledger import ACTIVE, Ledger, LedgerState, ledger_path, read_learned_retention, read_rows
+from ..ledger import (
+    ACTIVE,
+    ExportRecord,
+    Ledger,
+    LedgerState,
+    ledger_path,
+    read_learned_retention,
+    read_rows,
+)
 from ..lock import lock_holder
 from ..ops.logging import configure_logging
 from ..output.open import open_store
@@ -113,27 +122,34 @@ def _windows(
     return job, windows
 
 
+async def _queue_for_daemon(
+    settings: Settings, job: JobSettings, windows: list[ExportWindow], holder: int
+) -> int:
+    """A daemon holds the state directory: the windows are recorded for it to export."""
+    ledger = await Ledger.open(ledger_path(settings.daemon.state_dir))
+    try:
+        async with AsyncExitStack() as stack:
+            # Only listed, never written: it needs no temp dir of its own.
+            output = open_store(settings, settings.daemon.state_dir / "tmp")
+            await output.start(stack)
+            planner = Planner(ledger, output, lambda: settings, utc_now)
+            look = await planner.plan(job, windows)
+    finally:
+        await ledger.close()
+    _say_beyond_retention(look)
+    print(
+        f"queued {len(look.records)} exports of job {job.name}; the running daemon "
+        f"(pid {holder}) will export them (see `acexport status`)"
+    )
+    return ExitCode.OK
+
+
 async def _backfill(
     settings: Settings, path: Path, job: JobSettings, windows: list[ExportWindow]
 ) -> int:
     holder = lock_holder(settings.daemon.state_dir)
     if holder is not None:
-        ledger = await Ledger.open(ledger_path(settings.daemon.state_dir))
-        try:
-            async with AsyncExitStack() as stack:
-                # Only listed, never written: it needs no temp dir of its own.
-                output = open_store(settings, settings.daemon.state_dir / "tmp")
-                await output.start(stack)
-                planner = Planner(ledger, output, lambda: settings, utc_now)
-                look = await planner.plan(job, windows)
-        finally:
-            await ledger.close()
-        _say_beyond_retention(look)
-        print(
-            f"queued {len(look.records)} exports of job {job.name}; the running daemon "
-            f"(pid {holder}) will export them (see `acexport status`)"
-        )
-        return ExitCode.OK
+        return await _queue_for_daemon(settings, job, windows, holder)
     from ..daemon import Daemon
 
     started = time.monotonic()
@@ -153,6 +169,13 @@ async def _backfill(
         file=sys.stderr,
     )
     mine = {r.id for r in look.records}
+    if await _say_what_is_left(settings, mine):
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK if ok and daemon.fatal_error is None else ExitCode.FAILED
+
+
+async def _say_what_is_left(settings: Settings, mine: set[int]) -> bool:
+    """Say what stays pending after a foreground backfill; True if it was interrupted."""
     others = [r for r in await read_rows(settings.daemon.state_dir) if r.state in ACTIVE]
     others = [r for r in others if r.id not in mine]
     if others:
@@ -169,8 +192,8 @@ async def _backfill(
             "`acexport run` (or this backfill again) exports them",
             file=sys.stderr,
         )
-        return ExitCode.INTERRUPTED
-    return ExitCode.OK if ok and daemon.fatal_error is None else ExitCode.FAILED
+        return True
+    return False
 
 
 def _confirmed(job: JobSettings, windows: list[ExportWindow], yes: bool) -> bool:
@@ -194,15 +217,14 @@ def _coalesced_note(job: JobSettings) -> str:
     return f" (up to {most} consecutive windows of event or page in one, coalesce_max)"
 
 
-async def _dry_run(settings: Settings, job: JobSettings, windows: list[ExportWindow]) -> int:
-    """What the backfill would queue, without queuing it: how many exports, how many
-    before AC's retention or done already, and roughly how long at the times seen."""
-    ws = settings.workspaces[job.workspace]
-    state_dir = settings.daemon.state_dir
-    learned = (await read_learned_retention(state_dir, [job.workspace])).get(job.workspace)
-    earliest = retention_start(utc_now(), effective_months(ws.retention, learned), ws.zone)
-    rows = [r for r in await read_rows(state_dir) if r.workspace == job.workspace]
-    by_key = {(r.type, r.start): r for r in rows if r.mode is ExportMode.WINDOWS}
+def _classify(
+    job: JobSettings,
+    windows: list[ExportWindow],
+    by_key: dict[tuple[str, datetime], ExportRecord],
+    earliest: datetime,
+) -> tuple[Counter[str], dict[str, list[ExportWindow]]]:
+    """Each (type, window) counted as beyond retention, done, pending or new; the new
+    ones by type."""
     counts: Counter[str] = Counter()
     new: dict[str, list[ExportWindow]] = {str(t): [] for t in job.window_types}
     for window in windows:
@@ -217,6 +239,19 @@ async def _dry_run(settings: Settings, job: JobSettings, windows: list[ExportWin
             else:
                 counts["new"] += 1
                 new[str(type_)].append(window)
+    return counts, new
+
+
+async def _dry_run(settings: Settings, job: JobSettings, windows: list[ExportWindow]) -> int:
+    """What the backfill would queue, without queuing it: how many exports, how many
+    before AC's retention or done already, and roughly how long at the times seen."""
+    ws = settings.workspaces[job.workspace]
+    state_dir = settings.daemon.state_dir
+    learned = (await read_learned_retention(state_dir, [job.workspace])).get(job.workspace)
+    earliest = retention_start(utc_now(), effective_months(ws.retention, learned), ws.zone)
+    rows = [r for r in await read_rows(state_dir) if r.workspace == job.workspace]
+    by_key = {(r.type, r.start): r for r in rows if r.mode is ExportMode.WINDOWS}
+    counts, new = _classify(job, windows, by_key, earliest)
     requests = sum(ac_requests(job, type_, found) for type_, found in new.items())
     spans = sorted(
         r.ready_at - r.submitted_at

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from ..config import JobSettings, Settings, resolve_tokens, secret_warnings
 from ..ledger import LedgerState, read_learned_retention, read_rows
@@ -43,6 +44,45 @@ def duration_text(span: timedelta) -> str:
     return f"{ms}ms"
 
 
+def _report_windows(
+    settings: Settings,
+    job: JobSettings,
+    zone: ZoneInfo,
+    now: datetime,
+    learned: dict[str, int],
+    done: set[tuple[str, str, str, str]],
+) -> None:
+    """What the job's catch-up would export now, and how many AC requests it takes."""
+    windows = due_windows(job, zone, now)
+    ws = settings.workspaces[job.workspace]
+    months = effective_months(ws.retention, learned.get(job.workspace))
+    earliest = retention_start(now, months, zone)
+    beyond = [w for w in windows if w.start < earliest]
+    windows = [w for w in windows if w.start >= earliest]
+    if beyond:
+        print(
+            f"  {len(beyond)} window(s) of the catch-up start before AC's retention "
+            f"({months} months: data from {earliest.date()} on): never asked for"
+        )
+    todo = [
+        (t, w)
+        for w in windows
+        for t in job.window_types
+        if (job.workspace, t, w.from_date, w.to_date) not in done
+    ]
+    requests = sum(
+        ac_requests(job, str(t), [w for u, w in todo if u == t]) for t in job.window_types
+    )
+    print(f"  windows of {duration_text(job.window)} (lag {duration_text(job.lag)}, catch-up "
+          f"{duration_text(job.catch_up)}): would export now {len(todo)} export(s) "
+          f"in {len(windows)} window(s), {requests} AC request(s) "
+          f"(at AC's 5-minute tick, {human_duration(300 * requests)} or more)")  # fmt: skip
+    for window in windows[:10]:
+        print(f"    {window.label}")
+    if len(windows) > 10:
+        print(f"    ... and {len(windows) - 10} more")
+
+
 def _report(settings: Settings, path: Path) -> None:
     print(f"{path}: valid; {len(settings.workspaces)} workspace(s), {len(settings.jobs)} job(s)")
     for warning in secret_warnings(path, settings):
@@ -68,34 +108,7 @@ def _report(settings: Settings, path: Path) -> None:
             print(f"  snapshots: the newest {job.keep_snapshots} kept of each type")
         if not job.window_types:
             continue
-        windows = due_windows(job, zone, now)
-        ws = settings.workspaces[job.workspace]
-        months = effective_months(ws.retention, learned.get(job.workspace))
-        earliest = retention_start(now, months, zone)
-        beyond = [w for w in windows if w.start < earliest]
-        windows = [w for w in windows if w.start >= earliest]
-        if beyond:
-            print(
-                f"  {len(beyond)} window(s) of the catch-up start before AC's retention "
-                f"({months} months: data from {earliest.date()} on): never asked for"
-            )
-        todo = [
-            (t, w)
-            for w in windows
-            for t in job.window_types
-            if (job.workspace, t, w.from_date, w.to_date) not in done
-        ]
-        requests = sum(
-            ac_requests(job, str(t), [w for u, w in todo if u == t]) for t in job.window_types
-        )
-        print(f"  windows of {duration_text(job.window)} (lag {duration_text(job.lag)}, catch-up "
-              f"{duration_text(job.catch_up)}): would export now {len(todo)} export(s) "
-              f"in {len(windows)} window(s), {requests} AC request(s) "
-              f"(at AC's 5-minute tick, {human_duration(300 * requests)} or more)")  # fmt: skip
-        for window in windows[:10]:
-            print(f"    {window.label}")
-        if len(windows) > 10:
-            print(f"    ... and {len(windows) - 10} more")
+        _report_windows(settings, job, zone, now, learned, done)
 
 
 def _why_mode(job: JobSettings, type_: str) -> str:

@@ -241,6 +241,32 @@ class _Progress(ExportObserver):
 _terminated: set[int] = set()  # SIGTERM, once it came
 
 
+async def _open_sink(plan: _Plan, stack: AsyncExitStack) -> Sink:
+    """The output (the file asked for, or the config's store) behind a sink, with a
+    temp dir of this process's own; closed with ``stack``."""
+    assert plan.temp_dir is not None
+    temp_dir = plan.temp_dir
+    if plan.private_dir is None:  # the state dir's: shared with a daemon, maybe
+        clean_abandoned(temp_dir)
+        own = claim_temp_dir(temp_dir)
+        stack.callback(own.release)
+        temp_dir = own.path
+    if plan.file is not None:
+        store: OutputStore = LocalStore(plan.file.parent, temp_dir)
+    else:
+        store = open_store(plan.settings, temp_dir)
+    await store.start(stack)
+    sink = Sink(
+        temp_dir,
+        plan.compression,
+        store,
+        plan.settings.http.payload_limits(),
+        plan.output_format,
+    )
+    stack.callback(sink.close)
+    return sink
+
+
 async def _export(plan: _Plan, progress: _Progress | None) -> str:
     assert plan.temp_dir is not None
     # SIGTERM cancels like Ctrl-C does, so temp files are removed on the way out.
@@ -254,25 +280,7 @@ async def _export(plan: _Plan, progress: _Progress | None) -> str:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
     timeout = plan.settings.http.timeout.total_seconds()
     async with AsyncExitStack() as stack:
-        temp_dir = plan.temp_dir
-        if plan.private_dir is None:  # the state dir's: shared with a daemon, maybe
-            clean_abandoned(temp_dir)
-            own = claim_temp_dir(temp_dir)
-            stack.callback(own.release)
-            temp_dir = own.path
-        if plan.file is not None:
-            store: OutputStore = LocalStore(plan.file.parent, temp_dir)
-        else:
-            store = open_store(plan.settings, temp_dir)
-        await store.start(stack)
-        sink = Sink(
-            temp_dir,
-            plan.compression,
-            store,
-            plan.settings.http.payload_limits(),
-            plan.output_format,
-        )
-        stack.callback(sink.close)
+        sink = await _open_sink(plan, stack)
         session = await stack.enter_async_context(new_session(timeout))
         client = ExportClient(
             session,

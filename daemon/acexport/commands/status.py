@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 from ..config import JobSettings, Settings
 from ..ledger import ACTIVE, ExportRecord, LedgerState, read_rows
 from ..lock import lock_holder
-from ..ops.statuspage import build_view, counted_state, failure_text
+from ..ops.statuspage import JobView, build_view, counted_state, failure_text
 from ..planner import due_windows
 from ..protocol import ExportMode
 from ..triggers import next_looks, schedule_period
@@ -127,58 +127,71 @@ def _row(record: ExportRecord, zone: Any) -> dict[str, Any]:
     }
 
 
+def _job_report(
+    job: JobSettings,
+    settings: Settings,
+    rows: list[ExportRecord],
+    job_view: JobView,
+    now: datetime,
+) -> dict[str, Any]:
+    """One job's part of the status report."""
+    zone = settings.workspaces[job.workspace].zone
+    mine = [r for r in rows if r.job == job.name]
+    done = [r for r in mine if r.state is LedgerState.DONE]
+    windows_done = [r for r in done if r.mode is ExportMode.WINDOWS]
+    looks = next_looks(job.trigger(zone), now, 1)
+    cells = [cell for row in job_view.rows.values() for cell in row]
+    # Counted as the page and acexport_windows count them ("in_flight" shown spaced).
+    horizon = Counter(counted_state(c.state).replace("_", " ") for c in cells)
+    horizon_starts = {w.start for w in due_windows(job, zone, now)}
+    return {
+        "name": job.name,
+        "workspace": job.workspace,
+        "schedule": job.schedule,
+        "window_types": [str(t) for t in job.window_types],
+        "last_exported": (
+            max(windows_done, key=lambda r: r.end).label(zone) if windows_done else None
+        ),
+        "snapshots": _newest_snapshots(job, done, zone),
+        "next_look": looks[0].isoformat() if looks else None,
+        "horizon": {
+            state: horizon[state]
+            for state in ("done", "missing", "in flight", "retrying", "failed")
+        },
+        "behind_s": _behind_s(job, zone, job_view.oldest_waiting_end, now),
+        "done": len(done),
+        "pending": sum(r.state in ACTIVE for r in mine),
+        "pending_elsewhere": sum(
+            r.state is LedgerState.QUEUED
+            and r.mode is ExportMode.WINDOWS
+            and r.start not in horizon_starts
+            for r in mine
+        ),
+        "beyond_retention": sum(r.state is LedgerState.BEYOND_RETENTION for r in mine),
+        "retrying": [_row(r, zone) for r in mine if r.retrying],
+        "failed": [_row(r, zone) for r in mine if r.state is LedgerState.FAILED],
+    }
+
+
+def _newest_snapshots(
+    job: JobSettings, done: list[ExportRecord], zone: ZoneInfo
+) -> dict[str, str | None]:
+    """Per snapshot type, the as-of time of the newest done snapshot."""
+    newest = {
+        str(t): max((r.end for r in done if r.type == t and r.mode is ExportMode.SNAPSHOT),
+                    default=None)
+        for t in job.snapshot_types
+    }  # fmt: skip
+    return {
+        t: f"{end.astimezone(zone):%Y-%m-%d %H:%M}" if end else None for t, end in newest.items()
+    }
+
+
 async def _status_report(settings: Settings) -> dict[str, Any]:
     rows = await read_rows(settings.daemon.state_dir)
     now = datetime.now(UTC)
     view = {job.name: job for job in build_view(settings, rows, [], now).jobs}
-    jobs = []
-    for job in settings.jobs:
-        zone = settings.workspaces[job.workspace].zone
-        mine = [r for r in rows if r.job == job.name]
-        done = [r for r in mine if r.state is LedgerState.DONE]
-        windows_done = [r for r in done if r.mode is ExportMode.WINDOWS]
-        looks = next_looks(job.trigger(zone), now, 1)
-        newest = {
-            str(t): max((r.end for r in done if r.type == t and r.mode is ExportMode.SNAPSHOT),
-                        default=None)
-            for t in job.snapshot_types
-        }  # fmt: skip
-        cells = [cell for row in view[job.name].rows.values() for cell in row]
-        # Counted as the page and acexport_windows count them ("in_flight" shown spaced).
-        horizon = Counter(counted_state(c.state).replace("_", " ") for c in cells)
-        horizon_starts = {w.start for w in due_windows(job, zone, now)}
-        jobs.append(
-            {
-                "name": job.name,
-                "workspace": job.workspace,
-                "schedule": job.schedule,
-                "window_types": [str(t) for t in job.window_types],
-                "last_exported": (
-                    max(windows_done, key=lambda r: r.end).label(zone) if windows_done else None
-                ),
-                "snapshots": {
-                    t: f"{end.astimezone(zone):%Y-%m-%d %H:%M}" if end else None
-                    for t, end in newest.items()
-                },
-                "next_look": looks[0].isoformat() if looks else None,
-                "horizon": {
-                    state: horizon[state]
-                    for state in ("done", "missing", "in flight", "retrying", "failed")
-                },
-                "behind_s": _behind_s(job, zone, view[job.name].oldest_waiting_end, now),
-                "done": len(done),
-                "pending": sum(r.state in ACTIVE for r in mine),
-                "pending_elsewhere": sum(
-                    r.state is LedgerState.QUEUED
-                    and r.mode is ExportMode.WINDOWS
-                    and r.start not in horizon_starts
-                    for r in mine
-                ),
-                "beyond_retention": sum(r.state is LedgerState.BEYOND_RETENTION for r in mine),
-                "retrying": [_row(r, zone) for r in mine if r.retrying],
-                "failed": [_row(r, zone) for r in mine if r.state is LedgerState.FAILED],
-            }
-        )
+    jobs = [_job_report(job, settings, rows, view[job.name], now) for job in settings.jobs]
     lanes = [
         {
             "workspace": name,

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import aiohttp
 import structlog
 
 from ..ac.client import new_session
@@ -125,28 +126,7 @@ class Daemon:
         self._planner = Planner(
             self._ledger, self._output, lambda: self._settings, self._server_clock.now
         )
-        sink = Sink(
-            temp_dir,
-            self._settings.output.file_compression,
-            self._output,
-            self._settings.http.payload_limits(),
-            self._settings.output.format,
-        )
-        await sink.start(stack)
-        session = await stack.enter_async_context(
-            new_session(self._settings.http.timeout.total_seconds())
-        )
-        self._ctx = LaneContext(
-            session=session,
-            ledger=self._ledger,
-            sink=sink,
-            settings=lambda: self._settings,
-            timing=lambda: Timing.from_settings(self._settings.http),
-            observer=Observers(self.metrics, self.health, self.tally, self._status_page),
-            fatal=self.fail,
-            server_clock=self._server_clock,
-            retention_start=self._planner.retention_start,
-        )
+        session = await self._start_lane_context(stack, temp_dir)
         base_urls = {ws.base_url for ws in self._settings.workspaces.values()}
         await ask_ac_the_time(session, base_urls, self._server_clock)
         if daemon.listen:
@@ -172,6 +152,34 @@ class Daemon:
             jobs=[job.name for job in self._settings.jobs],
             lanes=sorted(self._lanes),
         )
+
+    async def _start_lane_context(
+        self, stack: AsyncExitStack, temp_dir: Path
+    ) -> aiohttp.ClientSession:
+        """The sink and the HTTP session, and what every lane shares; returns the session."""
+        sink = Sink(
+            temp_dir,
+            self._settings.output.file_compression,
+            self._output,
+            self._settings.http.payload_limits(),
+            self._settings.output.format,
+        )
+        await sink.start(stack)
+        session = await stack.enter_async_context(
+            new_session(self._settings.http.timeout.total_seconds())
+        )
+        self._ctx = LaneContext(
+            session=session,
+            ledger=self._ledger,
+            sink=sink,
+            settings=lambda: self._settings,
+            timing=lambda: Timing.from_settings(self._settings.http),
+            observer=Observers(self.metrics, self.health, self.tally, self._status_page),
+            fatal=self.fail,
+            server_clock=self._server_clock,
+            retention_start=self._planner.retention_start,
+        )
+        return session
 
     async def _start_storage(self, stack: AsyncExitStack) -> Path:
         """The state lock, the ledger, this process's temp dir and the output store,

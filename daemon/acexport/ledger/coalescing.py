@@ -55,6 +55,13 @@ class Coalescing(LedgerConnection):
         group = one_request_each([leader, *following], max_span, max_windows)[0]
         if len(group) == 1:
             return group
+        return await self._claim_together(leader, group)
+
+    async def _claim_together(
+        self, leader: ExportRecord, group: list[ExportRecord]
+    ) -> list[ExportRecord]:
+        """The group claimed as one request: its range on every row, the queued ones
+        submitted with the (already claimed) leader."""
         now = time.time()
         start, end = iso_ms(leader.start), iso_ms(group[-1].end)
         ids = ", ".join(str(record.id) for record in group)

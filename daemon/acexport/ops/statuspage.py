@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import NamedTuple
 
 from .. import __version__
-from ..config import Settings
+from ..config import JobSettings, Settings
 from ..events import ExportEnded, LaneObserver
 from ..ledger import ACTIVE, ExportRecord, LedgerState
 from ..planner import due_windows
@@ -118,39 +118,7 @@ def build_view(
     for r in rows:
         if r.mode is ExportMode.SNAPSHOT:
             snapshot_rows[(r.job, r.type)].append(r)
-    jobs = []
-    for job in settings.jobs:
-        zone = settings.workspaces[job.workspace].zone
-        windows = due_windows(job, zone, now) if job.window_types else []
-        grid = {
-            str(type_): [_cell(by_key.get((job.name, str(type_), w.start))) for w in windows]
-            for type_ in job.window_types
-        }
-        headings = [w.local_start.isoformat() for w in windows]
-        snapshots = [
-            _snapshot_view(str(t), snapshot_rows[(job.name, str(t))], zone)
-            for t in job.snapshot_types
-        ]
-        sub_day = job.window < timedelta(days=1)
-        waiting = [
-            w.end
-            for index, w in enumerate(windows)
-            if any(
-                cells[index].state not in ("done", "beyond_retention") for cells in grid.values()
-            )
-        ]
-        jobs.append(
-            JobView(
-                job.name,
-                job.workspace,
-                job.schedule,
-                headings,
-                grid,
-                snapshots,
-                sub_day,
-                min(waiting, default=None),
-            )
-        )
+    jobs = [_job_view(job, settings, by_key, snapshot_rows, now) for job in settings.jobs]
     # Failed, and failed before while retried: a window's failure stays in view
     # until it is done, wherever the window lies (a backfill's too).
     failed = sorted(
@@ -164,6 +132,42 @@ def build_view(
         for r in failed[:_LAST_FAILURES]
     ]
     return StatusView(now, jobs, list(lanes), failures, dict(problems or {}))
+
+
+def _job_view(
+    job: JobSettings,
+    settings: Settings,
+    by_key: dict[tuple[str, str, datetime], ExportRecord],
+    snapshot_rows: dict[tuple[str, str], list[ExportRecord]],
+    now: datetime,
+) -> JobView:
+    """One job's due windows by type, and its snapshots."""
+    zone = settings.workspaces[job.workspace].zone
+    windows = due_windows(job, zone, now) if job.window_types else []
+    grid = {
+        str(type_): [_cell(by_key.get((job.name, str(type_), w.start))) for w in windows]
+        for type_ in job.window_types
+    }
+    headings = [w.local_start.isoformat() for w in windows]
+    snapshots = [
+        _snapshot_view(str(t), snapshot_rows[(job.name, str(t))], zone) for t in job.snapshot_types
+    ]
+    sub_day = job.window < timedelta(days=1)
+    waiting = [
+        w.end
+        for index, w in enumerate(windows)
+        if any(cells[index].state not in ("done", "beyond_retention") for cells in grid.values())
+    ]
+    return JobView(
+        job.name,
+        job.workspace,
+        job.schedule,
+        headings,
+        grid,
+        snapshots,
+        sub_day,
+        min(waiting, default=None),
+    )
 
 
 def failure_text(record: ExportRecord) -> str:
