@@ -23,6 +23,7 @@ from acexport.output.manifest import Manifest, manifest_key
 from acexport.output.store import with_manifests
 from acexport.planner import Planner, due_windows
 from acexport.protocol import ExportMode
+from acexport.retention import LearnedRetention
 from acexport.windows import ExportWindow, aligned_windows, check_window_length
 
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu"]
@@ -385,13 +386,18 @@ async def test_windows_before_acs_retention_are_recorded_never_queued(ledger: Le
     assert (again.beyond_retention, again.newly_beyond_retention) == (10, 0)
     assert len(again.records) == 30
 
-    await ledger.learn_retention("acme", 1)  # as configured: nothing moves
+    await ledger.learn_retention("acme", LearnedRetention(1, 1))  # as configured: nothing moves
     assert (await planner.retention_start("acme")).day == 11
     settings = settings.model_copy(
         update={"workspaces": {"acme": settings.workspaces["acme"].model_copy(
             update={"retention": 3})}}
     )  # fmt: skip
-    assert (await planner.retention_start("acme")).date().isoformat() == "2022-05-11"
+    # Issue 34 item 1: a learned value never outlives a change of the configured one.
+    assert (await planner.retention_start("acme")).date().isoformat() == "2022-03-11"
+    await ledger.learn_retention("acme", LearnedRetention(2, 3))
+    assert (await planner.retention_start("acme")).date().isoformat() == "2022-04-11"
+    await ledger.learn_retention("acme", LearnedRetention(0, 3))  # never plausible
+    assert (await planner.retention_start("acme")).date().isoformat() == "2022-03-11"
 
 
 def test_retention_months_are_calendar_months() -> None:

@@ -30,7 +30,7 @@ from .output.store import OutputStore
 from .output.stored import StoredFile, stored_files, unproven
 from .payload.split import MAX_WINDOWS
 from .protocol import TIME_SERIES, ExportMode
-from .retention import beyond_reason, effective_months, retention_start
+from .retention import LearnedRetention, beyond_reason, effective_months, retention_start
 from .triggers import schedule_period
 from .windows import ExportWindow, aligned_windows, one_request_each
 
@@ -124,7 +124,7 @@ class PlanLedger(Protocol):
         reason: str,
     ) -> Awaitable[int]: ...
 
-    def learned_retention(self, workspace: str) -> Awaitable[int | None]: ...
+    def learned_retention(self, workspace: str) -> Awaitable[LearnedRetention | None]: ...
 
 
 class Planner:

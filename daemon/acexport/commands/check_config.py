@@ -13,7 +13,12 @@ from ..ledger import LedgerState, read_learned_retention, read_rows
 from ..output.open import open_store
 from ..planner import ac_requests, due_windows
 from ..protocol import ExportMode
-from ..retention import effective_months, retention_start
+from ..retention import (
+    LearnedRetention,
+    describe_retention,
+    effective_months,
+    retention_start,
+)
 from ..triggers import next_looks
 from . import ExitCode
 from .common import exit_code_of, human_duration, load
@@ -49,7 +54,7 @@ def _report_windows(
     job: JobSettings,
     zone: ZoneInfo,
     now: datetime,
-    learned: dict[str, int],
+    learned: dict[str, LearnedRetention],
     done: set[tuple[str, str, str, str]],
 ) -> None:
     """What the job's catch-up would export now, and how many AC requests it takes."""
@@ -93,9 +98,10 @@ def _report(settings: Settings, path: Path) -> None:
     print(f"  output:    {settings.output.url or settings.output_dir()}")
     print(f"  state dir: {settings.daemon.state_dir}")
     print(f"  listen:    {settings.daemon.listen or '(off)'}")
+    done, learned = asyncio.run(_ledger_facts(settings))
     for name, ws in sorted(settings.workspaces.items()):
         print(f"  workspace {name}: {ws.base_url} ({ws.timezone})")
-    done, learned = asyncio.run(_ledger_facts(settings))
+        print(f"    retention: {describe_retention(ws.retention, learned.get(name))}")
     now = datetime.now(UTC)
     for job in settings.jobs:
         zone = settings.workspaces[job.workspace].zone
@@ -122,7 +128,7 @@ def _why_mode(job: JobSettings, type_: str) -> str:
 
 async def _ledger_facts(
     settings: Settings,
-) -> tuple[set[tuple[str, str, str, str]], dict[str, int]]:
+) -> tuple[set[tuple[str, str, str, str]], dict[str, LearnedRetention]]:
     """The windows done, and the retention AC named per workspace (the daemon plans
     by the shorter of that and the configured one)."""
     state_dir = settings.daemon.state_dir

@@ -20,11 +20,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..config import JobSettings, Settings
-from ..ledger import ACTIVE, ExportRecord, LedgerState, read_rows
+from ..ledger import ACTIVE, ExportRecord, LedgerState, read_learned_retention, read_rows
 from ..lock import lock_holder
 from ..ops.statuspage import JobView, build_view, counted_state, failure_text
 from ..planner import due_windows
 from ..protocol import ExportMode
+from ..retention import describe_retention, effective_months
 from ..triggers import next_looks, schedule_period
 from . import ExitCode
 from .common import exit_code_of, human_duration, load
@@ -88,6 +89,7 @@ def _print(report: dict[str, Any]) -> None:
             f"  {lane['workspace']}: {lane['queued']} queued, {len(lane['in_flight'])} in flight"
             + (f" ({flights})" if flights else "")
         )
+        print(f"    retention: {lane['retention']}")
 
 
 def _in_flight(rows: list[ExportRecord], zone: Any) -> list[dict[str, Any]]:
@@ -192,9 +194,14 @@ async def _status_report(settings: Settings) -> dict[str, Any]:
     now = datetime.now(UTC)
     view = {job.name: job for job in build_view(settings, rows, [], now).jobs}
     jobs = [_job_report(job, settings, rows, view[job.name], now) for job in settings.jobs]
+    learned = await read_learned_retention(settings.daemon.state_dir, settings.workspaces)
     lanes = [
         {
             "workspace": name,
+            "retention_months": effective_months(
+                settings.workspaces[name].retention, learned.get(name)
+            ),
+            "retention": describe_retention(settings.workspaces[name].retention, learned.get(name)),
             "queued": sum(r.workspace == name and r.state is LedgerState.QUEUED for r in rows),
             "in_flight": _in_flight(
                 [r for r in rows if r.workspace == name], settings.workspaces[name].zone

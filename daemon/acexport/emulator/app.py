@@ -85,6 +85,9 @@ class EmulatorSettings:
     status_code: int = 200  # what a status answers: 200 as AC's controllers, 202 as its engine
     retention_months: int | None = None  # ranges starting before now - this are refused
     retention_as: int = 400  # the refusal as the newest controller passes it on, or a 500
+    # The months the refusal names, if not retention_months: a controller's wrong
+    # message ("0 months", or 13 for a 4-day-old window), for the hardening tests.
+    retention_says: int | None = None
     storage_dir: Path | None = None
 
 
@@ -299,7 +302,9 @@ def _retention_refusal(emu: _Emulator, from_ms: int) -> web.Response | None:
     if from_ms >= (_months_before(now, months) - _EPOCH) // timedelta(milliseconds=1):
         return None
     message = (
-        f"The requested data is outside of your data retention period of {months} months. "
+        "The requested data is outside of your data retention period of "
+        f"{emu.settings.retention_says if emu.settings.retention_says is not None else months} "
+        "months. "
         "Please adjust the time range in your query accordingly."
     )
     return _ac_error(emu.settings.retention_as, message)

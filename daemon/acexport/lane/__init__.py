@@ -244,7 +244,10 @@ class Lane:
         except StateError:
             raise
         except BeyondRetention as exc:
-            await refused_as_beyond_retention(self.ctx, leader, exc)
+            configured = settings.workspaces[leader.workspace].retention
+            if not await refused_as_beyond_retention(self.ctx, leader, exc, configured):
+                await self._failed(group, f"RemoteRejected: {exc}")
+                return False
             # The rest of a coalesced request lies after it: asked again, on their own.
             await asyncio.shield(self.ctx.ledger.release([m.id for m in group[1:]]))
             return False

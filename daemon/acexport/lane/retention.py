@@ -4,6 +4,7 @@ fell out while it waited), or refused by AC (final, and its months learned)."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import structlog
 
@@ -11,7 +12,7 @@ from ..errors import BeyondRetention
 from ..ledger import ExportRecord
 from ..ops.logging import remote_text
 from ..protocol import ExportMode
-from ..retention import beyond_reason
+from ..retention import LearnedRetention, beyond_reason, refusal_fits
 from .context import LaneContext
 
 log = structlog.get_logger("acexport.lane")
@@ -34,13 +35,31 @@ async def before_retention(ctx: LaneContext, record: ExportRecord) -> bool:
 
 
 async def refused_as_beyond_retention(
-    ctx: LaneContext, record: ExportRecord, exc: BeyondRetention
-) -> None:
-    """AC refused the window as before its retention: final, and its months learned."""
+    ctx: LaneContext, record: ExportRecord, exc: BeyondRetention, configured: int
+) -> bool:
+    """AC refused the window as before its retention: final, and its months learned,
+    if the refusal can be true of this window (``refusal_fits``). False if it cannot:
+    the caller fails the window as an ordinary rejection, visibly, and nothing is
+    learned (a "0 months" once made every window of a workspace final)."""
+    now = ctx.server_clock.now() if ctx.server_clock else datetime.now(UTC)
+    if exc.months is None or not refusal_fits(exc.months, record.start, now):
+        log.error(
+            "retention_refusal_ignored",
+            refused_months=exc.months,
+            window=record.label(),
+            detail="AC's refusal names a retention this window is not beyond: "
+            "not learned, the window fails as a rejection",
+        )
+        return False
     reason = remote_text(f"{type(exc).__name__}: {exc}")
     await asyncio.shield(ctx.ledger.mark_row_beyond_retention(record.id, reason))
-    if exc.months is not None:
-        await ctx.ledger.learn_retention(record.workspace, exc.months)
+    learned = LearnedRetention(
+        exc.months,
+        configured,
+        remote_text(f"AC refused {record.type} {record.label()}: {exc}"),
+        now.isoformat(timespec="seconds"),
+    )
+    await ctx.ledger.learn_retention(record.workspace, learned)
     log.warning(
         "export_beyond_retention",
         reason=reason,
@@ -48,3 +67,4 @@ async def refused_as_beyond_retention(
         detail="AC's retention is shorter than configured; windows before it are "
         "no longer asked for",
     )
+    return True

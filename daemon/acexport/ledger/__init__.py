@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import StateError
+from ..retention import LearnedRetention
 from .coalescing import Coalescing
 from .connection import ledger_path
 from .exports import ExportRows
@@ -41,12 +42,14 @@ async def read_rows(state_dir: Path) -> list[ExportRecord]:
     return await _read_only(state_dir, lambda ledger: ledger.all_rows(), [])
 
 
-async def read_learned_retention(state_dir: Path, workspaces: Iterable[str]) -> dict[str, int]:
-    """The retention (months) AC's refusals named, by workspace, read-only."""
+async def read_learned_retention(
+    state_dir: Path, workspaces: Iterable[str]
+) -> dict[str, LearnedRetention]:
+    """What AC's refusals named as retention, by workspace, read-only."""
 
-    async def learned(ledger: Ledger) -> dict[str, int]:
+    async def learned(ledger: Ledger) -> dict[str, LearnedRetention]:
         found = {ws: await ledger.learned_retention(ws) for ws in workspaces}
-        return {ws: months for ws, months in found.items() if months is not None}
+        return {ws: value for ws, value in found.items() if value is not None}
 
     return await _read_only(state_dir, learned, {})
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiosqlite
 
+from ..retention import LearnedRetention
 from ..windows import ExportWindow, iso_ms
 from .connection import LedgerConnection, state_errors
 from .rows import LedgerState
@@ -20,7 +21,7 @@ class Meta(LedgerConnection):
 
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         super().__init__(db, path)
-        self._retention: dict[str, int | None] = {}  # learned, by workspace
+        self._retention: dict[str, LearnedRetention | None] = {}  # learned, by workspace
 
     @state_errors
     async def state_id(self) -> str:
@@ -85,16 +86,17 @@ class Meta(LedgerConnection):
         )
 
     @state_errors
-    async def learned_retention(self, workspace: str) -> int | None:
-        """The retention (months) AC named for this workspace when it refused a window."""
+    async def learned_retention(self, workspace: str) -> LearnedRetention | None:
+        """What AC's refusal named as this workspace's retention (whether it applies
+        is ``effective_months``'s call: it depends on the configured retention)."""
         if workspace not in self._retention:
             rows = await self._rows(
                 "SELECT value FROM meta WHERE key = ?", f"retention_months/{workspace}"
             )
-            self._retention[workspace] = int(rows[0][0]) if rows else None
+            self._retention[workspace] = LearnedRetention.from_text(rows[0][0]) if rows else None
         return self._retention[workspace]
 
     @state_errors
-    async def learn_retention(self, workspace: str, months: int) -> None:
-        await self.replace_meta(f"retention_months/{workspace}", str(months))
-        self._retention[workspace] = months
+    async def learn_retention(self, workspace: str, learned: LearnedRetention) -> None:
+        await self.replace_meta(f"retention_months/{workspace}", learned.to_text())
+        self._retention[workspace] = learned
