@@ -315,7 +315,7 @@ async def test_a_thousand_jobs_planned_at_once_share_the_ledger(ledger: Ledger) 
 
     async def look(n: int) -> int:
         records = await ledger.plan(f"job{n}", f"ws{n:04d}", ["page", "event"], [DAY1, DAY2])
-        found = [("page", DAY1, f"/out/ws{n:04d}/page", 10)]
+        found = [("page", DAY1, f"/out/ws{n:04d}/page", 10, 1, None)]
         return len(records) + await ledger.adopt_stored(f"job{n}", f"ws{n:04d}", found)
 
     counts = await asyncio.gather(*(look(n) for n in range(1000)))

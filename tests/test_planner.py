@@ -234,6 +234,7 @@ def store_window(
     type_: str = "page",
     claimed_bytes: int | None = None,
     version: int = 2,
+    revision: int = 1,
 ) -> None:
     """A data file and its manifest, as a daemon (of ``version``) wrote them."""
     store.objects[key] = data
@@ -246,6 +247,8 @@ def store_window(
         "file": key.name,
         "file_bytes": len(data) if claimed_bytes is None else claimed_bytes,
         "records": 1,
+        "revision": revision,
+        "file_sha256": f"sha-of-revision-{revision}",
     }
     if version == 1:
         del fields["manifest_version"], fields["file_bytes"]
@@ -517,3 +520,46 @@ async def test_a_failed_window_outside_the_horizon_is_retried_at_the_next_look(
     (again,) = [r for r in look.records if r.id == row.id]
     assert again.state is LedgerState.QUEUED
     assert again.reason == "AuthError: no"  # the last error, kept while it waits
+
+
+@pytest.mark.parametrize("then", ["failed once", "queued at a restart"])
+async def test_a_restatement_is_never_done_by_the_file_it_replaces(
+    ledger: Ledger, then: str
+) -> None:
+    """Issue 34 item 2 (reproduced): a restatement (revision 2) that failed once, or was
+    queued when a daemon or `run --once` started, was "found in the output store" from
+    the revision-1 file and recorded done, never restated again. The stored manifest
+    must prove the row's revision; a revision-2 file does."""
+    store = MemoryStore()
+    planner, job, layout = planner_for(ledger, store)
+    window = planner.due(job)[0]
+    key = layout.key_for("acme", "page", "daily", window)
+    (row,) = await ledger.plan("daily", "acme", ["page"], [window])
+    await ledger.mark_done(
+        row.id, destination=str(key), records=1, payload_bytes=1, payload_sha256="p",
+        requests=1, created_date=None, file_bytes=12, file_sha256="sha-of-revision-1",
+    )  # fmt: skip
+    store_window(store, key, window)  # revision 1, as committed
+    ten_years = 10 * 365 * 86400.0
+    (restated,) = await ledger.restate(
+        "daily", "acme", ["page"], ten_years, NOW, NOW - timedelta(days=10)
+    )
+    assert restated.revision == 2
+    if then == "failed once":
+        await ledger.mark_failed(restated.id, "TransientError: AC was down")
+
+    await planner.adopt(job, [window])  # what every look and every start does
+    await planner.look(job)
+
+    again = await ledger.get(restated.id)
+    assert again is not None
+    assert again.state is LedgerState.QUEUED, again.reason
+    assert again.revision == 2
+    assert again.file_sha256 == "sha-of-revision-1"  # the previous_sha256 it will name
+
+    store_window(store, key, window, revision=2)  # the restatement landed; its row did not
+    await planner.adopt(job, [window])
+    done = await ledger.get(restated.id)
+    assert done is not None
+    assert (done.state, done.revision) == (LedgerState.DONE, 2)
+    assert done.file_sha256 == "sha-of-revision-2"

@@ -27,7 +27,7 @@ from .ledger import ACTIVE, ExportRecord, LedgerState
 from .output.layout import OutputLayout
 from .output.snapshots import stored_snapshots
 from .output.store import OutputStore
-from .output.stored import StoredFile, stored_files, unproven
+from .output.stored import StoredFile, prove, stored_files
 from .payload.split import MAX_WINDOWS
 from .protocol import TIME_SERIES, ExportMode
 from .retention import LearnedRetention, beyond_reason, effective_months, retention_start
@@ -87,7 +87,7 @@ class PlanLedger(Protocol):
         self,
         job: str,
         workspace: str,
-        found: Iterable[tuple[str, ExportWindow, str, int]],
+        found: Iterable[tuple[str, ExportWindow, str, int, int, str | None]],
         mode: ExportMode = ExportMode.WINDOWS,
     ) -> Awaitable[int]: ...
 
@@ -259,7 +259,7 @@ class Planner:
         if not stored or (newest is not None and stored[-1].as_of <= newest):
             return newest
         last = stored[-1]
-        found = [(type_, last.window, last.location, last.size)]
+        found = [(type_, last.window, last.location, last.size, 1, None)]
         await self._ledger.adopt_stored(job.name, job.workspace, found, ExportMode.SNAPSHOT)
         log.info("snapshot_found_in_store", job=job.name, type=type_, as_of=last.as_of.isoformat())
         return last.as_of
@@ -281,7 +281,7 @@ class Planner:
             )
             done = await self._ledger.done_files(job.workspace, job.window_types, windows)
             fresh = [f for f in files if (f.type, f.window) not in done]
-            refused = await unproven(self._store, job.workspace, fresh)
+            proven, refused = await prove(self._store, job.workspace, fresh)
         except (StoreRejected, StoreUnavailable) as exc:
             log.warning("output_store_not_listed", job=job.name, error=str(exc))
             return 0
@@ -297,9 +297,11 @@ class Planner:
                 reason=why,
                 detail="exported again; the store's files are replaced",
             )
-        untrusted = {stored for stored, _ in refused}
-        proven = [(f.type, f.window, f.location, f.size) for f in fresh if f not in untrusted]
-        adopted = await self._ledger.adopt_stored(job.name, job.workspace, proven)
+        adopted = await self._ledger.adopt_stored(
+            job.name,
+            job.workspace,
+            [(f.type, f.window, f.location, f.size, f.revision, f.file_sha256) for f in proven],
+        )
         if adopted:
             log.info("exports_found_in_store", job=job.name, count=adopted, stored=len(files))
         return changed + adopted

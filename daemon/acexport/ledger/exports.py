@@ -132,32 +132,38 @@ class ExportRows(LedgerConnection):
         self,
         job: str,
         workspace: str,
-        found: Iterable[tuple[str, ExportWindow, str, int]],
+        found: Iterable[tuple[str, ExportWindow, str, int, int, str | None]],
         mode: ExportMode = ExportMode.WINDOWS,
     ) -> int:
         """Record windows (or snapshots) whose file the output store holds, proven
         whole, as done.
 
-        ``found``: (type, window, location, file bytes). Rows not yet done become
-        done; missing rows are created done. Returns how many rows changed.
+        ``found``: (type, window, location, file bytes, revision, file sha256) as the
+        stored manifest says. Rows not yet done become done if the file is of their
+        revision or a later one (a restatement is not done by the file it replaces);
+        missing rows are created done. Returns how many rows changed.
         """
         now = time.time()
         rows = [
-            (workspace, t, iso_ms(w.start), iso_ms(w.end), job, mode, where, size, now, now, now)
-            for t, w, where, size in found
-        ]
+            (workspace, t, iso_ms(w.start), iso_ms(w.end), job, mode, where, size,
+             revision, sha, now, now, now)
+            for t, w, where, size, revision, sha in found
+        ]  # fmt: skip
         if not rows:
             return 0
         return await self._many(
             "INSERT INTO exports (workspace, type, window_start, window_end, job, mode, state, "
-            "destination, file_bytes, planned_at, finished_at, updated_at, reason) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'done', ?, ?, ?, ?, ?, 'found in the output store') "
+            "destination, file_bytes, revision, file_sha256, planned_at, finished_at, "
+            "updated_at, reason) VALUES (?, ?, ?, ?, ?, ?, 'done', ?, ?, ?, ?, ?, ?, ?, "
+            "'found in the output store') "
             "ON CONFLICT (workspace, type, window_start, window_end) DO UPDATE SET "
             "state = 'done', destination = excluded.destination, "
             "file_bytes = excluded.file_bytes, reason = excluded.reason, "
+            "revision = excluded.revision, "
+            "file_sha256 = COALESCE(excluded.file_sha256, file_sha256), "
             "failures = 0, last_error = NULL, "
             "finished_at = excluded.finished_at, updated_at = excluded.updated_at "
-            "WHERE state != 'done'",
+            "WHERE state != 'done' AND excluded.revision >= revision",
             rows,
         )
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
 from ..windows import ExportWindow
 from .layout import OutputLayout
-from .manifest import check_stored, manifest_key
+from .manifest import check_stored, manifest_key, read_fields
 from .store import OutputStore, common_prefix
 
 _READS_AT_ONCE = 16  # manifest reads in flight while checking a job's stored windows
@@ -33,6 +33,10 @@ class StoredFile:
     key: PurePosixPath
     size: int
     location: str
+    # What its manifest proves, once read (``prove``): a restated window's row is done
+    # only by a file of its own revision.
+    revision: int = 1
+    file_sha256: str | None = None
 
 
 async def stored_files(
@@ -58,16 +62,17 @@ async def stored_files(
     return found
 
 
-async def unproven(
+async def prove(
     store: OutputStore, workspace: str, files: list[StoredFile]
-) -> list[tuple[StoredFile, str]]:
-    """The files whose manifest does not prove them whole, each with the reason."""
+) -> tuple[list[StoredFile], list[tuple[StoredFile, str]]]:
+    """The files whose manifest proves them whole (with its revision and file sha),
+    and those it does not, each with the reason."""
     gate = asyncio.Semaphore(_READS_AT_ONCE)
 
-    async def check(stored: StoredFile) -> str | None:
+    async def check(stored: StoredFile) -> StoredFile | str:
         async with gate:
             text = await store.read_small(manifest_key(stored.key))
-        return check_stored(
+        why = check_stored(
             text,
             stored.size,
             workspace=workspace,
@@ -75,6 +80,23 @@ async def unproven(
             from_date=stored.window.from_date,
             to_date=stored.window.to_date,
         )
+        if why is not None:
+            return why
+        fields = read_fields(text)
+        assert isinstance(fields, dict)  # check_stored read it
+        revision = fields.get("revision", 1)
+        sha = fields.get("file_sha256")
+        return replace(
+            stored,
+            revision=revision if isinstance(revision, int) and revision >= 1 else 1,
+            file_sha256=sha if isinstance(sha, str) else None,
+        )
 
-    reasons = await asyncio.gather(*(check(stored) for stored in files))
-    return [(stored, why) for stored, why in zip(files, reasons, strict=True) if why is not None]
+    checked = await asyncio.gather(*(check(stored) for stored in files))
+    proven = [answer for answer in checked if isinstance(answer, StoredFile)]
+    refused = [
+        (stored, answer)
+        for stored, answer in zip(files, checked, strict=True)
+        if isinstance(answer, str)
+    ]
+    return proven, refused
