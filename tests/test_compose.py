@@ -5,13 +5,16 @@ real files, the real ledger."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from acexport.ledger import LedgerState, read_rows
 from acexport.retention import LearnedRetention, effective_months, refusal_fits
+from acexport.windows import ExportWindow
 from tests.conftest import EmulatorFactory
 from tests.daemon_helpers import job, run_cli, write_config
 
@@ -96,3 +99,83 @@ async def test_a_true_refusal_is_learned_and_shown_with_its_reason(
     config.write_text(config.read_text().replace("retention = 1200", "retention = 14"))
     code, out, _ = await run_cli("check-config", "--config", str(config))
     assert "retention: 14 months (AC named 2 months while 1200 were configured" in out.decode()
+
+
+# -- item 3: a failed coalesced request is never formed identically again -----------
+
+
+def _requests(report: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(j["fromDate"], j["toDate"]) for j in report["jobs"]]
+
+
+async def test_a_failed_coalesced_request_is_asked_for_in_halves_until_windows_succeed(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Reproduced: a coalesced request failing (here PayloadTooLarge: max_payload fits
+    one window, not eight) was formed identically at every look, forever, and no
+    window ever landed. Now each failure halves the span (8, 4, 2, 1): every window
+    lands, no AC request is asked for twice in a row, and status says why."""
+    emu = await emulator(tokens={"acme": "acme-token"}, records_per_day=400, format="ndjson")
+    jobs = job("p", "acme", types=["page"], catch_up="0s", coalesce_max="8d")
+    probe = write_config(tmp_path, emu, jobs, name="probe.toml")
+    text = probe.read_text().replace(str(tmp_path / "state"), str(tmp_path / "s0"))
+    probe.write_text(text.replace(str(tmp_path / "exports"), str(tmp_path / "e0")))
+    args = ("--job", "p", "--from", "2022-01-01", "--to", "2022-01-08")
+    code, _, err = await run_cli("backfill", "--config", str(probe), *args)
+    assert code == 0, err
+    (whole,) = (await emu.jobs())["jobs"]
+    limit = whole["bytes"] // 6  # one day's file fits; two do not
+    config = write_config(tmp_path, emu, jobs)
+    env = {"ACEXPORT_HTTP__MAX_PAYLOAD": str(limit)}
+
+    codes, errs = [], []
+    for _ in range(5):
+        code, _, err = await run_cli("backfill", "--config", str(config), *args, env=env)
+        codes.append(code)
+        errs.append(err)
+        if code == 0:
+            break
+
+    assert codes == [1, 1, 1, 0], err
+    rows = await read_rows(tmp_path / "state")
+    assert len(rows) == 8
+    assert all(r.state is LedgerState.DONE for r in rows)
+    asked = _requests(await emu.jobs())[1:]  # after the probe's
+    assert all(a != b for a, b in itertools.pairwise(asked)), asked
+    assert '"windows": 8, "next_at_most": 4, "event": "coalesced_request_split"' in errs[0]
+    code, _, _ = await run_cli("status", "--config", str(config))
+    assert code == 0  # nothing failed is left
+
+
+async def test_an_unexpected_error_in_a_coalesced_request_fails_every_window_of_it(
+    emulator: EmulatorFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item 8 (reproduced): a crash inside a coalesced request failed only its first
+    window; the others stayed 'ready' (in flight for ever in status) and were resumed
+    one by one. Now the whole request's windows fail, visibly."""
+    import acexport.lane
+    from acexport.config import load_settings
+    from acexport.daemon import Daemon
+
+    emu = await emulator(tokens={"acme": "acme-token"}, records=3)
+    config = write_config(
+        tmp_path, emu, job("p", "acme", types=["page"], catch_up="0s", coalesce_max="8d")
+    )
+
+    async def crash(*_: object, **__: object) -> None:
+        raise ZeroDivisionError("a bug nobody foresaw")
+
+    monkeypatch.setattr(acexport.lane, "run_export", crash)
+    settings = load_settings(config)
+    windows = [
+        ExportWindow(datetime(2022, 1, d, tzinfo=UTC), datetime(2022, 1, d + 1, tzinfo=UTC), UTC)
+        for d in range(1, 5)
+    ]
+    async with Daemon(settings, config) as daemon:
+        look = await daemon.plan(settings.jobs[0], windows)
+        assert len(look.records) == 4
+        assert not await daemon.drain()
+
+    rows = await read_rows(tmp_path / "state")
+    assert [r.state for r in rows] == [LedgerState.FAILED] * 4
+    assert all("ZeroDivisionError" in (r.reason or "") for r in rows)

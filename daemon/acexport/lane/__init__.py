@@ -261,6 +261,12 @@ class Lane:
             rejected = isinstance(exc, StoreRejected)
             await self._failed(group, f"{type(exc).__name__}: {exc}", store_rejected=rejected)
             return False
+        except Exception as exc:
+            # A bug or an input nobody foresaw: a recorded, visible failure of every
+            # window the request serves (the others stayed "ready" for ever).
+            log.exception("export_crashed", kind=type(exc).__name__)
+            await self._failed(group, f"unexpected {type(exc).__name__}: {exc}")
+            return False
         await self._succeeded(group, outcome)
         return True
 
@@ -368,8 +374,15 @@ class Lane:
         # Reasons carry server text: redacted and capped before the ledger, status and
         # the unauthenticated /healthz see them.
         reason = remote_text(reason)
+        cap = None
+        if len(group) > 1:
+            # Never the same request again: its windows are asked for in halves, down
+            # to one each, so those that can succeed do (one bad record poisoned 31).
+            cap = len(group) // 2
+            reason += f" (in an AC request of {len(group)} windows; next at most {cap} in one)"
+            log.warning("coalesced_request_split", windows=len(group), next_at_most=cap)
         for record in group:
-            await asyncio.shield(self.ctx.ledger.mark_failed(record.id, reason))
+            await asyncio.shield(self.ctx.ledger.mark_failed(record.id, reason, max_windows=cap))
             self._publish(
                 record,
                 ok=False,

@@ -52,7 +52,7 @@ class Coalescing(LedgerConnection):
             iso_ms(leader.start + max_span),
             max_windows - 1,
         )
-        group = one_request_each([leader, *following], max_span, max_windows)[0]
+        group = _within_caps(one_request_each([leader, *following], max_span, max_windows)[0])
         if len(group) == 1:
             return group
         return await self._claim_together(leader, group)
@@ -92,3 +92,17 @@ class Coalescing(LedgerConnection):
             "WHERE id = ? AND state IN ('queued', 'submitted', 'ready')",
             [(now, export_id) for export_id in export_ids],
         )
+
+
+def _within_caps(group: list[ExportRecord]) -> list[ExportRecord]:
+    """The group cut where a member's own cap (``max_windows``, set when a request of
+    it failed) says it may not be served with so many."""
+    cap = len(group)
+    kept: list[ExportRecord] = []
+    for record in group:
+        if record.max_windows is not None:
+            cap = min(cap, record.max_windows)
+        if len(kept) >= cap:
+            break
+        kept.append(record)
+    return kept

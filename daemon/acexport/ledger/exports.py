@@ -218,17 +218,22 @@ class ExportRows(LedgerConnection):
         )
 
     @state_errors
-    async def mark_failed(self, export_id: int, reason: str) -> None:
-        """Failed; no longer part of a coalesced request (a retry asks anew)."""
+    async def mark_failed(
+        self, export_id: int, reason: str, *, max_windows: int | None = None
+    ) -> None:
+        """Failed; no longer part of a coalesced request (a retry asks anew), and, when
+        ``max_windows`` is given, never again in a request of more windows."""
         now = time.time()
         await self._rows(
             "UPDATE exports SET state = 'failed', reason = ?, last_error = ?, "
             "failures = failures + 1, finished_at = ?, updated_at = ?, "
-            "request_start = NULL, request_end = NULL WHERE id = ?",
+            "request_start = NULL, request_end = NULL, "
+            "max_windows = COALESCE(?, max_windows) WHERE id = ?",
             reason,
             reason,
             now,
             now,
+            max_windows,
             export_id,
         )
 

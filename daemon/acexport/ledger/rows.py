@@ -65,6 +65,8 @@ class ExportRecord:
     # The range of the AC request that serves this window with others (None: its own).
     request_start: datetime | None = None
     request_end: datetime | None = None
+    # After a coalesced request of it failed: the most windows the next may serve.
+    max_windows: int | None = None
 
     @property
     def retrying(self) -> bool:
@@ -108,4 +110,5 @@ class ExportRecord:
             last_error=row["last_error"],
             request_start=_time_or_none(row["request_start"]),
             request_end=_time_or_none(row["request_end"]),
+            max_windows=row["max_windows"],
         )

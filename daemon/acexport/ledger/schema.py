@@ -104,4 +104,10 @@ _MIGRATIONS: Sequence[str] = (
     ALTER TABLE exports ADD COLUMN request_start TEXT;
     ALTER TABLE exports ADD COLUMN request_end TEXT;
     """,
+    # version 7: the most windows one AC request may serve this window with, after a
+    # request of several failed (halved each time): a failed span is never asked for
+    # identically again, and a window that fails alone fails only itself.
+    """
+    ALTER TABLE exports ADD COLUMN max_windows INTEGER;
+    """,
 )
