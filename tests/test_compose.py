@@ -6,6 +6,7 @@ real files, the real ledger."""
 from __future__ import annotations
 
 import itertools
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,50 @@ async def test_an_unexpected_error_in_a_coalesced_request_fails_every_window_of_
     rows = await read_rows(tmp_path / "state")
     assert [r.state for r in rows] == [LedgerState.FAILED] * 4
     assert all("ZeroDivisionError" in (r.reason or "") for r in rows)
+
+
+# -- item 4: an empty restatement keeps the revision it would replace ---------------
+
+
+async def test_a_restatement_that_shrinks_drastically_keeps_the_previous_revision(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Reproduced: a restatement answered with a valid but empty export replaced a
+    50-record window with a 0-record file, exit 0, no warning. Now the revision-1 file
+    stays (byte for byte, its manifest too), the row is done at revision 1 and says
+    why, `status` shows it, and it is not restated again."""
+    full = await emulator(tokens={"acme": "acme-token"}, records=50)
+    empty = await emulator(tokens={"acme": "acme-token"}, records=0)
+    jobs = job("p", "acme", types=["page"], catch_up="4d", lag="0s", restate="2d",
+               coalesce_max="0s")  # fmt: skip
+    config = write_config(tmp_path, full, jobs)
+    code, _, err = await run_cli("run", "--once", "--config", str(config))
+    assert code == 0, err
+    rows = await read_rows(tmp_path / "state")
+    now = datetime.now(UTC)
+    old = min((r for r in rows if r.end <= now - timedelta(days=2)), key=lambda r: r.end)
+    assert old.records == 50
+    # As if it had been exported as soon as it ended: now old enough to be restated.
+    with sqlite3.connect(tmp_path / "state" / "state.sqlite3") as db:
+        db.execute(
+            "UPDATE exports SET finished_at = ? WHERE id = ?", (old.end.timestamp() + 60, old.id)
+        )
+    before = {p: p.read_bytes() for p in (tmp_path / "exports").rglob("*") if p.is_file()}
+    config.write_text(config.read_text().replace(full.url, empty.url))
+
+    code, _, err = await run_cli("run", "--once", "--config", str(config))
+
+    assert code == 0, err
+    assert "restatement_kept_previous" in err
+    after = {p: p.read_bytes() for p in (tmp_path / "exports").rglob("*") if p.is_file()}
+    assert after == before
+    assert not list((tmp_path / "state" / "tmp").rglob("*.part*"))  # its temp files gone
+    kept = next(r for r in await read_rows(tmp_path / "state") if r.id == old.id)
+    assert (kept.state, kept.revision, kept.records) == (LedgerState.DONE, 1, 50)
+    assert kept.file_sha256 == old.file_sha256
+    assert "AC served 0 records where it has 50" in (kept.reason or "")
+    code, out, _ = await run_cli("status", "--config", str(config))
+    assert "KEPT     page" in out.decode()
+    asked = len((await empty.jobs())["jobs"])
+    code, _, _ = await run_cli("run", "--once", "--config", str(config))
+    assert len((await empty.jobs())["jobs"]) == asked  # not restated again

@@ -91,6 +91,16 @@ class PayloadTooLarge(AcexportError):
     """
 
 
+class RestatementShrank(AcexportError):
+    """A restatement (or re-export) served far fewer records than the revision it would
+    replace: the previous revision is kept, and the operator told. Not transient."""
+
+    def __init__(self, message: str, previous: int, served: int) -> None:
+        super().__init__(message)
+        self.previous = previous
+        self.served = served
+
+
 class StateError(AcexportError):
     """The state database cannot be read or written (disk full, corrupt, permissions)."""
 

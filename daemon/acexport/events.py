@@ -31,6 +31,9 @@ class ExportEnded:
     # The AC export this window came from ends here: 1, or the number of windows of a
     # coalesced request (on its first window; 0 on the others).
     windows_served: int = 1
+    # A restatement served far fewer records than the file it would replace: that
+    # file was kept (ok, and worth an operator's look).
+    restatement_kept: bool = False
 
 
 class LaneObserver:

@@ -71,6 +71,8 @@ def _print(report: dict[str, Any]) -> None:
             print(f"  queued outside the horizon (backfills): {job['pending_elsewhere']}")
         if job["beyond_retention"]:
             print(f"  before AC's data retention (never asked for): {job['beyond_retention']}")
+        for row in job["restatements_kept"][:10]:
+            print(f"  KEPT     {row['type']} {row['window']}: {row['detail']}")
         for row in (job["retrying"] + job["failed"])[:10]:
             label = "retrying" if row in job["retrying"] else "FAILED"
             print(f"  {label:<8} {row['type']} {row['window']}: {row['detail']}")
@@ -171,6 +173,8 @@ def _job_report(
         ),
         "beyond_retention": sum(r.state is LedgerState.BEYOND_RETENTION for r in mine),
         "retrying": [_row(r, zone) for r in mine if r.retrying],
+        # Done, with the previous revision kept: a restatement served far fewer records.
+        "restatements_kept": [_row(r, zone) for r in done if _kept(r)],
         "failed": [_row(r, zone) for r in mine if r.state is LedgerState.FAILED],
     }
 
@@ -214,6 +218,10 @@ async def _status_report(settings: Settings) -> dict[str, Any]:
         "jobs": jobs,
         "lanes": lanes,
     }
+
+
+def _kept(record: ExportRecord) -> bool:
+    return (record.reason or "").startswith("restatement kept")
 
 
 def _behind_s(

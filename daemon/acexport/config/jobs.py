@@ -119,6 +119,9 @@ class JobSettings(Section):
     # Export each window once more when it is this old (page aggregates and late
     # events settle); off by default.
     restate: Duration | None = None
+    # A restatement serving fewer records than this share of the revision it replaces
+    # (an empty export from a hiccup at AC) keeps that revision and is reported; 0 off.
+    restate_min_records: float = Field(default=0.5, ge=0.0, le=1.0)
     # Consecutive windows of a time series that are due together (a catch-up, a
     # backfill) are asked of AC in one request of up to this span, then split locally:
     # AC works through one export per tick of its worker (5 minutes). 0 turns it off.

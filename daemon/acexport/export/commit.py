@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 import structlog
 
 from ..ac.client import Payload
-from ..errors import PayloadError, StoreUnavailable
+from ..errors import PayloadError, RestatementShrank, StoreUnavailable
 from ..output.manifest import Manifest
 from ..output.sink import Finished, Sink
 from ..payload.writer import PayloadSummary
@@ -121,7 +121,7 @@ async def store(spec: ExportSpec, state: Attempt, sink: Sink, timing: Timing) ->
         state.writer,
         [key for _, key in files],
         lambda index, summary: _manifest(
-            spec, *files[index], summary, created_date, sink.compression
+            _refuse_shrunk(spec, summary), *files[index], summary, created_date, sink.compression
         ),
         stored_sha256=spec.previous_sha256,
     )
@@ -146,6 +146,21 @@ async def store(spec: ExportSpec, state: Attempt, sink: Sink, timing: Timing) ->
         for done in finished:
             done.summary.path.unlink(missing_ok=True)
     return stored
+
+
+def _refuse_shrunk(spec: ExportSpec, summary: PayloadSummary) -> ExportSpec:
+    """A replacement far smaller than what it replaces is not committed: raised before
+    its manifest exists (a local store commits in the same hop), so the previous
+    revision stays; the writer's temp files go with the failed export."""
+    if spec.min_records is not None and summary.records < spec.min_records:
+        raise RestatementShrank(
+            f"revision {spec.revision} served {summary.records} records, fewer than the "
+            f"{spec.min_records} the job's restate_min_records asks of it: revision "
+            f"{spec.revision - 1} is kept",
+            previous=spec.min_records,
+            served=summary.records,
+        )
+    return spec
 
 
 async def _commit(sink: Sink, done: Finished, key: PurePosixPath, timing: Timing) -> str:

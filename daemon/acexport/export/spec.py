@@ -62,6 +62,9 @@ class ExportSpec:
     mode: ExportMode = ExportMode.WINDOWS
     revision: int = 1  # 2: a restatement, replacing the file of ``previous_sha256``
     previous_sha256: str | None = None
+    # A replacement with fewer records than this keeps the previous revision (a
+    # restatement's guard against an empty or truncated export; None: no guard).
+    min_records: int | None = None
     # A time series split locally: the windows (and their keys) whose files are cut
     # out of the request for ``window`` (see split_exactly, coalesced). Empty: one
     # file, ``key``, of whatever AC served.

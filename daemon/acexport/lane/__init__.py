@@ -27,6 +27,7 @@ from ..errors import (
     AcexportError,
     AuthError,
     BeyondRetention,
+    RestatementShrank,
     StateError,
     StoreRejected,
 )
@@ -44,6 +45,7 @@ from ..payload.split import MAX_WINDOWS
 from ..protocol import TIME_SERIES, ExportMode
 from ..windows import iso_ms
 from .context import LaneContext
+from .restatement import guarded, keep_previous_revision
 from .retention import before_retention, refused_as_beyond_retention
 from .slot import SlotHold, SlotKeeper
 from .snapshots import prune_snapshots_after
@@ -238,7 +240,7 @@ class Lane:
         if leader.request_start is not None:
             spec = ExportSpec.coalesced(group, zone, settings.output)
         else:
-            spec = ExportSpec.of(leader, zone, settings.output)
+            spec = guarded(ExportSpec.of(leader, zone, settings.output), leader, settings)
         try:
             outcome = await self._run_export(group, spec, settings, hold)
         except StateError:
@@ -251,6 +253,9 @@ class Lane:
             # The rest of a coalesced request lies after it: asked again, on their own.
             await asyncio.shield(self.ctx.ledger.release([m.id for m in group[1:]]))
             return False
+        except RestatementShrank as exc:
+            await self._kept_previous(leader, exc)
+            return True
         except AuthError as exc:
             self.auth_failure = remote_text(f"AuthError: {exc}")
             log.error("lane_token_rejected", workspace=leader.workspace, error=str(exc))
@@ -390,6 +395,10 @@ class Lane:
                 token_rejected=token_rejected,
                 store_rejected=store_rejected,
             )
+
+    async def _kept_previous(self, record: ExportRecord, exc: RestatementShrank) -> None:
+        await keep_previous_revision(self.ctx, record, exc)
+        self._publish(record, ok=True, restatement_kept=True)
 
     def _publish(self, record: ExportRecord, **outcome: Any) -> None:
         event = ExportEnded(self.key, record.workspace, record.type, record.job, **outcome)

@@ -218,6 +218,20 @@ class ExportRows(LedgerConnection):
         )
 
     @state_errors
+    async def keep_previous_revision(self, export_id: int, reason: str) -> None:
+        """A restatement refused: the row done again at the revision its file is (its
+        sha and records unchanged), finished now, so it is not restated again."""
+        now = time.time()
+        await self._rows(
+            "UPDATE exports SET state = 'done', revision = max(revision - 1, 1), reason = ?, "
+            "failures = 0, last_error = NULL, finished_at = ?, updated_at = ? WHERE id = ?",
+            reason,
+            now,
+            now,
+            export_id,
+        )
+
+    @state_errors
     async def mark_failed(
         self, export_id: int, reason: str, *, max_windows: int | None = None
     ) -> None:

@@ -67,6 +67,7 @@ class ExportRecord:
     request_end: datetime | None = None
     # After a coalesced request of it failed: the most windows the next may serve.
     max_windows: int | None = None
+    records: int | None = None  # in its file, once done
 
     @property
     def retrying(self) -> bool:
@@ -111,4 +112,5 @@ class ExportRecord:
             request_start=_time_or_none(row["request_start"]),
             request_end=_time_or_none(row["request_end"]),
             max_windows=row["max_windows"],
+            records=row["records"],
         )

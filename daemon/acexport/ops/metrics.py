@@ -78,6 +78,13 @@ class Metrics(LaneObserver):
             ["type", "column"],
             registry=r,
         )
+        self.restatements_kept = Counter(
+            "acexport_restatements_kept",
+            "Restatements that served far fewer records than the file they would replace: "
+            "the previous revision was kept (restate_min_records).",
+            ["workspace", "type"],
+            registry=r,
+        )
         self.unparsed_values = Counter(
             "acexport_unparsed_values",
             "Values that did not fit their Parquet column, kept as text in _unparsed.",
@@ -144,6 +151,8 @@ class Metrics(LaneObserver):
                 self.new_columns.labels(event.type, column).inc()
             if event.unparsed_values:
                 self.unparsed_values.labels(event.type).inc(event.unparsed_values)
+            if event.restatement_kept:
+                self.restatements_kept.labels(event.workspace, event.type).inc()
 
     def expect(self, exports: Iterable[tuple[str, str]]) -> None:
         """The (workspace, type) pairs the jobs export: their counters exist from the

@@ -1,0 +1,40 @@
+"""Restatements that must not shrink a window: the guard a restatement carries, and
+what happens when AC serves far fewer records than the file it would replace."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import replace
+
+import structlog
+
+from ..config import Settings
+from ..errors import RestatementShrank
+from ..export import ExportSpec
+from ..ledger import ExportRecord
+from .context import LaneContext
+
+log = structlog.get_logger("acexport.lane")
+
+
+def guarded(spec: ExportSpec, record: ExportRecord, settings: Settings) -> ExportSpec:
+    """A restatement must serve at least the job's share of the records it replaces."""
+    job = next((j for j in settings.jobs if j.name == record.job), None)
+    if record.revision < 2 or not record.records or job is None or not job.restate_min_records:
+        return spec
+    least = max(1, math.ceil(record.records * job.restate_min_records))
+    return replace(spec, min_records=least)
+
+
+async def keep_previous_revision(
+    ctx: LaneContext, record: ExportRecord, exc: RestatementShrank
+) -> None:
+    """A restatement far smaller than the file it would replace: that file stays,
+    its row done at its revision, and the operator told (log, status, metric)."""
+    reason = (
+        f"restatement kept revision {record.revision - 1}: AC served {exc.served} "
+        f"records where it has {record.records} (re-export the window to accept it)"
+    )
+    await asyncio.shield(ctx.ledger.keep_previous_revision(record.id, reason))
+    log.warning("restatement_kept_previous", served=exc.served, previous=record.records)
