@@ -227,3 +227,50 @@ async def test_a_restatement_that_shrinks_drastically_keeps_the_previous_revisio
     asked = len((await empty.jobs())["jobs"])
     code, _, _ = await run_cli("run", "--once", "--config", str(config))
     assert len((await empty.jobs())["jobs"]) == asked  # not restated again
+
+
+# -- item 7: one AC request, one download, whatever restarts happen -----------------
+
+
+async def test_a_ready_coalesced_request_is_downloaded_once_after_a_restart(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Reproduced: after a restart, the rows of a ready coalesced request were resumed
+    by up to three window tasks at once, each downloading, splitting and committing
+    the whole request (`run --once` counted 15 exports for 5 windows). Now the lane runs
+    one task per AC request."""
+    from acexport.config import load_settings
+    from acexport.daemon import Daemon
+    from acexport.ledger import Ledger, ledger_path
+
+    emu = await emulator(tokens={"acme": "acme-token"}, records=5)
+    config = write_config(
+        tmp_path, emu, job("p", "acme", types=["page"], catch_up="0s", coalesce_max="8d")
+    )
+    settings = load_settings(config)
+    windows = [
+        ExportWindow(datetime(2022, 1, d, tzinfo=UTC), datetime(2022, 1, d + 1, tzinfo=UTC), UTC)
+        for d in range(1, 6)
+    ]
+    # The ledger as a killed process left it: one request of five windows, data ready.
+    ledger = await Ledger.open(ledger_path(tmp_path / "state"))
+    try:
+        planned = await ledger.plan("p", "acme", ["page"], windows)
+        leader = await ledger.claim(planned[0].id, 0.0)
+        assert leader is not None
+        group = await ledger.coalesce(leader, timedelta(days=8), 5)
+        assert len(group) == 5
+        for row in group:
+            await ledger.mark_ready(row.id, "2022-01-06T00:00:00.000Z")
+    finally:
+        await ledger.close()
+
+    async with Daemon(settings, config) as daemon:
+        assert await daemon.drain()
+        succeeded = daemon.tally.succeeded
+
+    assert succeeded == 5
+    (asked,) = (await emu.jobs())["jobs"]
+    assert asked["downloads_started"] == 1
+    rows = await read_rows(tmp_path / "state")
+    assert [r.state for r in rows] == [LedgerState.DONE] * 5

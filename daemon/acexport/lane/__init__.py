@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -41,10 +41,10 @@ from ..export import (
 )
 from ..ledger import ExportRecord, LedgerState
 from ..ops.logging import remote_text
-from ..payload.split import MAX_WINDOWS
-from ..protocol import TIME_SERIES, ExportMode
+from ..protocol import ExportMode
 from ..windows import iso_ms
 from .context import LaneContext
+from .requests import coalesce, request_of
 from .restatement import guarded, keep_previous_revision
 from .retention import before_retention, refused_as_beyond_retention
 from .slot import SlotHold, SlotKeeper
@@ -73,6 +73,8 @@ class Lane:
         # Windows served by a coalesced request running now (its leader's task): when
         # dequeued or enqueued again, they are skipped.
         self._grouped: set[int] = set()
+        # The coalesced AC requests being exported now: (job, type, start, end).
+        self._requests: set[tuple[str, str, datetime, datetime]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
@@ -192,6 +194,21 @@ class Lane:
             return
         was_queued = record.state is LedgerState.QUEUED
         record = current
+        request = request_of(record)
+        if record.id in self._grouped or (request is not None and request in self._requests):
+            # Another task of this lane serves the window's AC request (a restart
+            # resumes each of its rows): one request, one download.
+            return
+        if request is not None:
+            self._requests.add(request)  # before the next await: no other task passes
+        try:
+            await self._export_claimed(record, was_queued, settings, hold)
+        finally:
+            self._requests.discard(request)
+
+    async def _export_claimed(
+        self, record: ExportRecord, was_queued: bool, settings: Settings, hold: SlotHold
+    ) -> None:
         if self.auth_failure:
             await self._failed([record], self.auth_failure)
             return
@@ -201,7 +218,7 @@ class Lane:
             return
         if await before_retention(self.ctx, record):
             return
-        group = await self._coalesce(record, was_queued, settings)
+        group = await coalesce(self.ctx, record, was_queued, settings)
         members = {member.id for member in group} - {record.id}
         self._grouped |= members
         try:
@@ -210,26 +227,6 @@ class Lane:
             self._grouped -= members
         if done and record.mode is ExportMode.SNAPSHOT:
             await prune_snapshots_after(self.ctx, record, ws.zone)
-
-    async def _coalesce(
-        self, record: ExportRecord, was_queued: bool, settings: Settings
-    ) -> list[ExportRecord]:
-        """The windows one request serves with ``record``: consecutive windows of a time
-        series due together (or the coalesced request a restart resumes)."""
-        job = next((j for j in settings.jobs if j.name == record.job), None)
-        if (
-            record.type not in TIME_SERIES
-            or record.mode is not ExportMode.WINDOWS
-            or record.revision != 1
-            or job is None
-        ):
-            return [record]  # an entity table in windows is asked for a window at a time
-        most = job.windows_per_request(MAX_WINDOWS) if was_queued else 1
-        group = await self.ctx.ledger.coalesce(record, job.coalesce_max, most)
-        if len(group) > 1:
-            zone = settings.workspaces[record.workspace].zone
-            log.info("export_coalesced", windows=len(group), last=group[-1].label(zone))
-        return group or [record]
 
     async def _export_group(
         self, group: list[ExportRecord], zone: ZoneInfo, settings: Settings, hold: SlotHold
