@@ -5,15 +5,24 @@ real files, the real ledger."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import itertools
 import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from acexport.errors import ConfigError
 from acexport.ledger import LedgerState, read_rows
+from acexport.output import owner
+from acexport.output.local import LocalStore
+from acexport.output.owner import OWNER_KEY, Owner, claim_output, refresh_claim
 from acexport.retention import LearnedRetention, effective_months, refusal_fits
 from acexport.windows import ExportWindow
 from tests.conftest import EmulatorFactory
@@ -274,3 +283,69 @@ async def test_a_ready_coalesced_request_is_downloaded_once_after_a_restart(
     assert asked["downloads_started"] == 1
     rows = await read_rows(tmp_path / "state")
     assert [r.state for r in rows] == [LedgerState.DONE] * 5
+
+
+# -- items 9 and 16: the owner marker tells processes apart, by change not clocks ---
+
+
+@pytest.fixture
+async def local_store(tmp_path: Path) -> AsyncIterator[LocalStore]:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "tmp").mkdir()
+    store = LocalStore(tmp_path / "out", tmp_path / "tmp")
+    async with AsyncExitStack() as stack:
+        await store.start(stack)
+        yield store
+
+
+async def test_a_copy_of_the_state_directory_is_another_owner(local_store: LocalStore) -> None:
+    """Reproduced: a daemon on a copy of the state directory (the same state id) ran
+    beside the original, every window exported twice. A copy elsewhere is refused at
+    start; a second process of the same state dir and path (a copy on another host)
+    is noticed by the first at its next refresh, which stops it."""
+    original = Owner.me("id-1", "/var/lib/acexport", time.time())
+    await claim_output(local_store, original)
+    copy = Owner.me("id-1", "/srv/copy-of-acexport", time.time())
+    with pytest.raises(ConfigError, match="a copy of this state directory"):
+        await claim_output(local_store, copy)
+
+    elsewhere = Owner.me("id-1", "/var/lib/acexport", time.time())  # another host
+    await claim_output(local_store, elsewhere)  # indistinguishable from a restart here
+    with pytest.raises(ConfigError, match="took over"):
+        await refresh_claim(local_store, original)
+    await refresh_claim(local_store, elsewhere)  # the one that stays keeps refreshing
+
+
+async def test_the_owner_marker_is_printed_safely_and_judged_by_change(
+    local_store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reproduced: the marker's text reached the terminal raw (ESC, BEL in the exit-78
+    message), and a marker stamped in the future (a dead host whose clock ran ahead)
+    said "last seen 0s ago" and locked every other daemon out."""
+    monkeypatch.setattr(owner, "CHANGE_WATCH_S", 0.4)
+    monkeypatch.setattr(owner, "CHANGE_POLL_S", 0.05)
+    hostile = Owner("id-2", "/x\x1b[2J\x07", "h\x1b]0;pwned\x07", 7, time.time(), "i")
+    await local_store.write_small(OWNER_KEY, hostile.to_json())
+    me = Owner.me("id-3", "/var/lib/acexport", time.time())
+    with pytest.raises(ConfigError) as refused:
+        await claim_output(local_store, me)
+    assert "\x1b" not in str(refused.value)
+    assert "\x07" not in str(refused.value)
+
+    ahead = dataclasses.replace(hostile, state_dir="/dead", seen_at=time.time() + 86400)
+    await local_store.write_small(OWNER_KEY, ahead.to_json())
+    await claim_output(local_store, me)  # unchanged while watched: gone, taken over
+    assert b'"state_id": "id-3"' in (await local_store.read_small(OWNER_KEY) or b"")
+
+    await local_store.write_small(OWNER_KEY, ahead.to_json())
+
+    async def refreshing() -> None:  # a live daemon whose clock runs a day ahead
+        for n in range(20):
+            await asyncio.sleep(0.05)
+            alive = dataclasses.replace(ahead, seen_at=ahead.seen_at + n)
+            await local_store.write_small(OWNER_KEY, alive.to_json())
+
+    task = asyncio.create_task(refreshing())
+    with pytest.raises(ConfigError, match="stamped in the future and changed"):
+        await claim_output(local_store, dataclasses.replace(me, seen_at=time.time()))
+    await task
