@@ -338,7 +338,7 @@ async def test_pruning_removes_what_a_crash_mid_prune_left_but_not_a_commit_unde
         path.write_bytes(b"x" * day)
         if with_manifest:
             (tmp_path / "out" / manifest_key(key)).write_text(json.dumps({
-                "manifest_version": 2, "workspace": "acme", "type": "individual",
+                "manifest_version": 2, "job": "j", "workspace": "acme", "type": "individual",
                 "mode": "snapshot", "fromDate": window.from_date, "toDate": window.to_date,
                 "file_bytes": day}))  # fmt: skip
         return path

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from acexport.ledger import LedgerState, read_rows
 from acexport.output import owner
 from acexport.output.local import LocalStore
 from acexport.output.owner import OWNER_KEY, Owner, claim_output, refresh_claim
+from acexport.protocol import ExportMode
 from acexport.retention import LearnedRetention, effective_months, refusal_fits
 from acexport.windows import ExportWindow
 from tests.conftest import EmulatorFactory
@@ -349,3 +351,54 @@ async def test_the_owner_marker_is_printed_safely_and_judged_by_change(
     with pytest.raises(ConfigError, match="stamped in the future and changed"):
         await claim_output(local_store, dataclasses.replace(me, seen_at=time.time()))
     await task
+
+
+# -- item 10: a snapshot belongs to its job -----------------------------------------
+
+
+def test_two_jobs_snapshotting_one_type_under_one_prefix_are_warned_of(tmp_path: Path) -> None:
+    """Reproduced: check-config said nothing of two jobs snapshotting one type of one
+    workspace under one prefix (the default snapshot_path has no {job}). Each job now
+    prunes only its own (next test); check-config says how to keep them apart."""
+    from acexport.config import load_settings
+
+    jobs = "".join(
+        f'\n[[jobs]]\nname = "{name}"\nworkspace = "acme"\ntypes = ["individual"]\n'
+        for name in ("nightly", "hourly")
+    )
+    base = f'[workspaces.acme]\ntoken = "t"\n[daemon]\nstate_dir = "{tmp_path}"\n'
+    path = tmp_path / "acexport.toml"
+    path.write_text(base + jobs)
+    (shared,) = load_settings(path).shared_snapshot_prefixes()
+    assert "'nightly' and 'hourly' both take snapshots of individual" in shared
+    assert "add {job} to output.snapshot_path" in shared
+    snapshot_path = "workspace={workspace}/type={type}/job={job}/snapshot={to:%Y%m%dT%H%M%S}/x"
+    path.write_text(base + f'[output]\nsnapshot_path = "{snapshot_path}"\n' + jobs)
+    assert load_settings(path).shared_snapshot_prefixes() == []
+
+
+async def test_a_jobs_snapshots_are_only_its_own(local_store: LocalStore) -> None:
+    """Under one prefix, only the snapshots whose manifest names the job are the job's:
+    another job's are never adopted or pruned by it."""
+    from acexport.config import OutputSettings
+    from acexport.output.layout import OutputLayout
+    from acexport.output.manifest import manifest_key
+    from acexport.output.snapshots import stored_snapshots
+
+    layout = OutputLayout.from_settings(OutputSettings())
+    for job_name, day in (("nightly", 1), ("hourly", 2)):
+        window = ExportWindow(
+            datetime(2022, 1, 1, tzinfo=UTC), datetime(2022, 6, day, tzinfo=UTC), UTC
+        )
+        key = layout.key_for("acme", "individual", job_name, window, mode=ExportMode.SNAPSHOT)
+        await local_store.write_small(key, b'{"id": "1"}\n')
+        manifest = {
+            "manifest_version": 2, "job": job_name, "workspace": "acme", "type": "individual",
+            "mode": "snapshot", "fromDate": window.from_date, "toDate": window.to_date,
+            "file": key.name, "file_bytes": 12, "records": 1,
+        }  # fmt: skip
+        await local_store.write_small(manifest_key(key), json.dumps(manifest).encode())
+
+    mine = await stored_snapshots(local_store, layout, "acme", "individual", "nightly", UTC)
+
+    assert [s.as_of.day for s in mine] == [1]

@@ -496,7 +496,8 @@ async def test_a_snapshot_in_the_store_is_adopted_not_taken_again(ledger: Ledger
         assert str(key).startswith(f"workspace=acme/type={type_}/snapshot=20261201T023000/")
         store_window(store, key, window, type_=type_, claimed_bytes=claimed)
         fields = json.loads(store.objects[manifest_key(key)])
-        store.objects[manifest_key(key)] = json.dumps({**fields, "mode": "snapshot"}).encode()
+        snapshot = {**fields, "mode": "snapshot", "job": job.name}
+        store.objects[manifest_key(key)] = json.dumps(snapshot).encode()
 
     look = await planner.look(job)
 

@@ -94,6 +94,8 @@ def _report(settings: Settings, path: Path) -> None:
         print(f"warning: {warning}")
     if not settings.jobs:
         print("warning: no [[jobs]]: the daemon would start and export nothing")
+    for shared in settings.shared_snapshot_prefixes():
+        print(f"warning: {shared}")
     # What is in force, wherever it was set (file, environment, a defaults file).
     print(f"  output:    {settings.output.url or settings.output_dir()}")
     print(f"  state dir: {settings.daemon.state_dir}")

@@ -283,6 +283,25 @@ class Settings(BaseSettings):
                 )
         return self
 
+    def shared_snapshot_prefixes(self) -> list[str]:
+        """Where two jobs take snapshots of one type of one workspace under one prefix
+        (snapshot_path without {job}): each prunes and adopts only its own (the
+        manifest names the job), but a listing of the prefix mixes them."""
+        if "{job" in self.output.snapshot_path:
+            return []
+        takers: dict[tuple[str, str], str] = {}
+        shared = []
+        for job in self.jobs:
+            for type_ in job.snapshot_types:
+                other = takers.setdefault((job.workspace, str(type_)), job.name)
+                if other != job.name:
+                    shared.append(
+                        f"jobs {other!r} and {job.name!r} both take snapshots of {type_} of "
+                        f"workspace {job.workspace!r} under one prefix: add {{job}} to "
+                        "output.snapshot_path to keep each job's apart"
+                    )
+        return shared
+
     @field_validator("workspaces")
     @classmethod
     def _names(cls, value: dict[str, WorkspaceSettings]) -> dict[str, WorkspaceSettings]:

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from ..protocol import ExportMode
 from ..windows import ExportWindow
 from .layout import OutputLayout, sorts_by_time
-from .manifest import MANIFEST_SUFFIX, check_stored, manifest_key
+from .manifest import MANIFEST_SUFFIX, check_stored, manifest_key, read_fields
 from .store import OutputStore, with_manifests
 
 _READS_AT_ONCE = 8
@@ -64,8 +64,8 @@ async def stored_snapshots(
         async with gate:
             text = await store.read_small(manifest_key(key))
         window = _snapshot_window(text, zone)
-        if window is None:
-            return None
+        if window is None or not _of_job(text, job):
+            return None  # another job's snapshot is never this job's to adopt or prune
         why = check_stored(
             text,
             size,
@@ -78,6 +78,11 @@ async def stored_snapshots(
 
     found = await asyncio.gather(*(prove(key, size) for key, size in candidates))
     return sorted((s for s in found if s is not None), key=lambda s: s.as_of)
+
+
+def _of_job(text: bytes | None, job: str) -> bool:
+    fields = read_fields(text)
+    return isinstance(fields, dict) and fields.get("job") == job
 
 
 def _snapshot_window(text: bytes | None, zone: ZoneInfo) -> ExportWindow | None:
