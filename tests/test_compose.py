@@ -10,6 +10,8 @@ import dataclasses
 import itertools
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -402,3 +404,43 @@ async def test_a_jobs_snapshots_are_only_its_own(local_store: LocalStore) -> Non
     mine = await stored_snapshots(local_store, layout, "acme", "individual", "nightly", UTC)
 
     assert [s.as_of.day for s in mine] == [1]
+
+
+# -- item 12: verify passes on nothing no more ----------------------------------------
+
+
+def _verify(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "acexport", "verify", "--config", str(config)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+
+
+def test_verify_fails_when_it_checked_nothing_the_root_is_gone_or_manifests_are_lost(
+    tmp_path: Path,
+) -> None:
+    """Reproduced: `verify` said "0 files match" and exited 0 with the output root
+    missing, or with every manifest lost."""
+    out = tmp_path / "exports"
+    config = tmp_path / "c.toml"
+    config.write_text(f'[daemon]\nstate_dir = "{tmp_path / "s"}"\noutput_dir = "{out}"\n')
+
+    missing = _verify(config)
+    assert missing.returncode == 1
+    assert f"the output root {out} does not exist" in missing.stdout
+
+    out.mkdir()
+    (out / "README.txt").write_text("a user's file: not ours, not a problem\n")
+    empty = _verify(config)
+    assert empty.returncode == 1
+    assert "no file was checked" in empty.stdout
+
+    data = (
+        out / "workspace=acme/type=page/date=2022-01-01/page_20220101T0000_20220102T0000.jsonl.gz"
+    )
+    data.parent.mkdir(parents=True)
+    data.write_bytes(b"\x1f\x8b")
+    orphan = _verify(config)
+    assert orphan.returncode == 1
+    assert f"{data}: has no manifest" in orphan.stdout
+    assert "README.txt" not in orphan.stdout

@@ -315,7 +315,7 @@ def test_verify_exits_1_for_a_file_gone_missing(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"{out / 'x' / 'a.jsonl'}: is missing" in result.stdout
     assert f"{out / 'x' / 'b.jsonl'}: its manifest is not valid JSON" in result.stdout
-    assert "2 of 2 files do not match" in result.stdout
+    assert "2 problems in 2 files checked" in result.stdout
 
 
 def test_new_columns_are_logged_once_per_type_and_counted_per_file() -> None:

@@ -1,7 +1,8 @@
 """``acexport verify``: check the output's files against their manifests.
 
 Exit 0 when every file checked matches; 1, with one line per file that does
-not, otherwise.
+not, when nothing was checked, when the output root is missing, or when a data
+file has no manifest.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..config import Settings
+from ..output.layout import OutputLayout
 from ..output.open import open_store
 from ..output.verify import Manifests, Verified, verify_store
 from ..windows import iso_ms, parse_bound
@@ -26,11 +28,19 @@ def main(args: argparse.Namespace) -> int:
     def body() -> int:
         settings, _ = load(args.config)
         wanted = _selection(args, settings)
-        result = asyncio.run(_verify(settings, wanted))
+        root = settings.output_dir() if settings.output.s3_location() is None else None
+        if root is not None and not root.is_dir():
+            print(f"the output root {root} does not exist: nothing to verify")
+            return ExitCode.FAILED
+        whole = args.job is None and args.from_ is None
+        result = asyncio.run(_verify(settings, wanted, whole))
         for problem in result.problems:
             print(problem)
         if result.problems:
-            print(f"{len(result.problems)} of {result.checked} files do not match their manifests")
+            print(f"{len(result.problems)} problems in {result.checked} files checked")
+            return ExitCode.FAILED
+        if not result.checked:
+            print("no file was checked: no manifest matches (checked nothing is no proof)")
             return ExitCode.FAILED
         print(f"{result.checked} files ({result.bytes:,} bytes) match their manifests")
         return ExitCode.OK
@@ -67,9 +77,12 @@ def _selection(args: argparse.Namespace, settings: Settings) -> Manifests:
     return wanted
 
 
-async def _verify(settings: Settings, wanted: Manifests) -> Verified:
+async def _verify(settings: Settings, wanted: Manifests, whole: bool) -> Verified:
+    """``whole``: every file is in question, so a data file without a manifest is one
+    of the problems (with a selection, it cannot be told whose it is)."""
+    layout = OutputLayout.from_settings(settings.output)
     with tempfile.TemporaryDirectory(prefix="acexport-verify-") as temp:
         store = open_store(settings, Path(temp))
         async with AsyncExitStack() as stack:
             await store.start(stack)
-            return await verify_store(store, wanted)
+            return await verify_store(store, wanted, layout.could_be_key if whole else None)

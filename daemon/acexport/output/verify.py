@@ -56,11 +56,20 @@ def _problem_of(fields: dict[str, Any], path: Path) -> str | None:
     return None
 
 
-async def verify_store(store: OutputStore, wanted: Manifests) -> Verified:
+async def verify_store(
+    store: OutputStore, wanted: Manifests, is_data: Callable[[str], bool] | None = None
+) -> Verified:
     """Check every data file whose manifest ``wanted`` accepts (one at a time: a file
-    may be large, and S3's are downloaded to check)."""
+    may be large, and S3's are downloaded to check); with ``is_data`` (what the layout
+    can produce), a data file without a manifest is a problem too."""
     result = Verified()
     listing = await store.listed_under("")
+    if is_data is not None:
+        result.problems += [
+            f"{store.location(PurePosixPath(name))}: has no manifest (not proven whole)"
+            for name in sorted(listing)
+            if is_data(name) and name + MANIFEST_SUFFIX not in listing
+        ]
     for name in sorted(listing):
         if not name.endswith(MANIFEST_SUFFIX):
             continue
