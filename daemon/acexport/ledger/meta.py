@@ -3,6 +3,7 @@ retention: what AC's refusals taught, and the windows recorded as before it."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterable
@@ -90,9 +91,12 @@ class Meta(LedgerConnection):
         """What AC's refusal named as this workspace's retention (whether it applies
         is ``effective_months``'s call: it depends on the configured retention)."""
         if workspace not in self._retention:
-            rows = await self._rows(
-                "SELECT value FROM meta WHERE key = ?", f"retention_months/{workspace}"
-            )
+            try:
+                rows = await self._rows(
+                    "SELECT value FROM meta WHERE key = ?", f"retention_months/{workspace}"
+                )
+            except sqlite3.OperationalError:  # schema 1 or 2, read before a migration
+                rows = []
             self._retention[workspace] = LearnedRetention.from_text(rows[0][0]) if rows else None
         return self._retention[workspace]
 

@@ -33,6 +33,15 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
 
+def _column(row: aiosqlite.Row, name: str, default: Any = None) -> Any:
+    """A column a later schema added: its default in a ledger of an older schema (read
+    by ``status`` or ``check-config`` after an upgrade, before a daemon migrated it)."""
+    try:
+        return row[name]
+    except IndexError:
+        return default
+
+
 def _time_or_none(text: str | None) -> datetime | None:
     return None if text is None else parse_time(text)
 
@@ -104,13 +113,13 @@ class ExportRecord:
             submitted_at=row["submitted_at"],
             ready_at=row["ready_at"],
             finished_at=row["finished_at"],
-            mode=ExportMode(row["mode"]),
-            revision=row["revision"],
-            file_sha256=row["file_sha256"],
-            failures=row["failures"],
-            last_error=row["last_error"],
-            request_start=_time_or_none(row["request_start"]),
-            request_end=_time_or_none(row["request_end"]),
-            max_windows=row["max_windows"],
+            mode=ExportMode(_column(row, "mode", "windows")),
+            revision=_column(row, "revision", 1),
+            file_sha256=_column(row, "file_sha256"),
+            failures=_column(row, "failures", 0),
+            last_error=_column(row, "last_error"),
+            request_start=_time_or_none(_column(row, "request_start")),
+            request_end=_time_or_none(_column(row, "request_end")),
+            max_windows=_column(row, "max_windows"),
             records=row["records"],
         )
