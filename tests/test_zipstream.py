@@ -357,3 +357,19 @@ def test_any_multi_member_zip_gives_each_record_on_its_own_line(  # type: ignore
         assert [json.loads(line) for line in data.splitlines()] == expected
         assert count == len(expected)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("streamed", [True, False], ids=["descriptor", "sizes-in-header"])
+@pytest.mark.parametrize("where", ["inside", "at the end"])
+def test_invalid_utf8_in_a_zip_member_is_refused_as_in_a_raw_body(
+    tmp_path: Path, streamed: bool, where: str
+) -> None:
+    """Issue 34 item 14 (reproduced): invalid UTF-8 inside AC's ZIP was committed while
+    a raw NDJSON body with the same bytes was refused (the CRC-32 proves the bytes are
+    AC's, not that they are text). Nothing is left behind."""
+    bad = b'{"city": "Krak\xf3w"}\n' if where == "inside" else b'{"city": "x"}\n{"a": "\xe2\x82'
+    lines = b'{"city": "Berlin"}\n' * 1000 + bad
+    for payload in (zip_bytes({"data.json": lines}, streamed=streamed), lines):
+        with pytest.raises(PayloadError, match="not valid UTF-8"):
+            read(tmp_path, payload)
+        assert list(tmp_path.iterdir()) == []

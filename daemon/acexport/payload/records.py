@@ -77,15 +77,10 @@ class _LineShape:
         return self.breaks - final_break - self.joined
 
 
-class LineChecks:
-    """What every NDJSON line must be: UTF-8, broken only between ``}`` and ``{``.
-
-    Independent of ``NdjsonLines``' own state, so it can run in another thread
-    (the hashing one) while the lines are written.
-    """
+class Utf8Check:
+    """That a byte stream is UTF-8, fed in pieces (a character may straddle two)."""
 
     def __init__(self) -> None:
-        self._shape = _LineShape()
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
 
     def feed(self, data: bytes) -> None:
@@ -98,13 +93,31 @@ class LineChecks:
                     self._utf8.decode(view[start : start + _UTF8_SLICE])
             except UnicodeDecodeError as exc:
                 raise PayloadError(f"the data is not valid UTF-8 ({exc.reason})") from None
-        self._shape.feed(data)
 
     def finish(self) -> None:
         try:
             self._utf8.decode(b"", True)
         except UnicodeDecodeError as exc:
             raise PayloadError(f"the data is not valid UTF-8 ({exc.reason})") from None
+
+
+class LineChecks(Utf8Check):
+    """What every NDJSON line must be: UTF-8, broken only between ``}`` and ``{``.
+
+    Independent of ``NdjsonLines``' own state, so it can run in another thread
+    (the hashing one) while the lines are written.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._shape = _LineShape()
+
+    def feed(self, data: bytes) -> None:
+        super().feed(data)
+        self._shape.feed(data)
+
+    def finish(self) -> None:
+        super().finish()
         misplaced = self._shape.misplaced()
         if misplaced:
             raise PayloadError(
@@ -116,12 +129,12 @@ class LineChecks:
 class NdjsonLines:
     """JSON Lines passed through as they are: records counted, first and last lines parsed.
 
-    ``checks`` (a ``LineChecks``) checks every line in the same thread; None when the
-    caller runs its own elsewhere (``PayloadWriter`` does, in the hashing thread), or
-    when the bytes' integrity is already proven (a ZIP member's CRC-32).
+    ``checks`` (a ``LineChecks``, or for a ZIP member a ``Utf8Check``) checks every
+    line in the same thread; None when the caller runs its own elsewhere
+    (``PayloadWriter`` does, in the hashing thread).
     """
 
-    def __init__(self, write: Write, checks: LineChecks | None = None) -> None:
+    def __init__(self, write: Write, checks: Utf8Check | None = None) -> None:
         self._write = write
         self.records = 0
         self._checks = checks
