@@ -130,6 +130,9 @@ def test_a_record_goes_to_the_one_window_its_timestamp_is_in() -> None:
         b'{"id":"x","eventDate":"2026-11-03 00:00:00.001000 UTC"}\n',  # after it
         b'{"id":"x","eventDate":"yesterday"}\n',
         b'{"id":"x"}\n',
+        # Issue 34 item 15: beyond datetime in UTC; an OverflowError traceback before.
+        b'{"id":"x","eventDate":"9999-12-31T23:00:00-02:00"}\n',
+        b'{"id":"x","eventDate":"0001-01-01T00:30:00+01:00"}\n',
     ],
 )
 def test_a_record_outside_the_requested_range_or_unreadable_fails_the_export(

@@ -46,6 +46,11 @@ _BIGQUERY_SHAPES = frozenset(
 )
 
 
+# Keys of instants outside datetime's range once in UTC: they sort outside every range.
+_BEFORE_ALL = b"0000-00-00T00:00:00.000000"
+_AFTER_ALL = b"9999-99-99T99:99:99.999999"
+
+
 def instant_key(when: datetime) -> bytes:
     return when.astimezone(UTC).strftime(_KEY_FORMAT).encode()
 
@@ -73,7 +78,12 @@ def timestamp_key(value: bytes) -> bytes | None:
         parsed = datetime.fromisoformat(f"{day.decode()}T{clock.decode()}{zone.decode()}")
     except ValueError:
         return None
-    return instant_key(parsed)[:20] + micros
+    try:
+        return instant_key(parsed)[:20] + micros
+    except OverflowError:
+        # In UTC it is year 0 or 10000 (0001-01-01T00:30+01:00, 9999-12-31T23:00-02:00):
+        # outside every request, which the caller says, rather than a traceback.
+        return _BEFORE_ALL if parsed.year == 1 else _AFTER_ALL
 
 
 @dataclass(frozen=True)
