@@ -344,3 +344,86 @@ def test_new_columns_are_logged_once_per_type_and_counted_per_file() -> None:
     text = metrics.render().decode()
     assert 'acexport_new_columns_total{column="scrollDepth",type="page"} 2.0' in text
     assert 'acexport_unparsed_values_total{type="page"} 6.0' in text
+
+
+# -- issue 34 items 5 and 6: wide rows and odd keys land ------------------------------
+
+_INDIVIDUAL = (
+    '{"id":"1","emailAddress":"a@x","createDate":"2024-01-05 13:00:00 UTC",'
+    '"modifiedDate":"2024-01-05 13:00:00 UTC"'
+)
+
+
+def test_ten_thousand_individuals_with_forty_custom_fields_fit_duckdbs_memory(
+    tmp_path: Path,
+) -> None:
+    """Reproduced: 10,000 individuals x 40 custom fields (4 kB rows) ran DuckDB out of
+    its 256 MB at every look, the snapshot never landed. Row groups are sized by bytes,
+    and an out-of-memory conversion is retried with one thread and smaller groups."""
+    from acexport.payload.parquet import row_group_rows
+
+    lines = [
+        json.dumps(
+            {
+                "id": f"{i:064x}",
+                "emailAddress": f"u{i}@example.com",
+                "createDate": "2024-01-05 13:00:00 UTC",
+                "modifiedDate": "2024-01-05 13:00:00 UTC",
+                "fields": [
+                    {"dataSourceId": "3000", "name": f"customField{j}", "value": "v" * 60}
+                    for j in range(40)
+                ],
+            }
+        )
+        for i in range(10_000)
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(line + "\n" for line in lines))
+    assert row_group_rows(source.stat().st_size, len(lines)) < 20_000  # by bytes
+    typed = ndjson_to_parquet(
+        source, tmp_path / "out.parquet", "individual", 10_000, Compression.ZSTD, tmp_path / "e"
+    )
+    assert typed.rows == 10_000
+    table = pq.read_table(tmp_path / "out.parquet", columns=["fields"])
+    assert len(table.column("fields")[0].as_py()) == 40
+
+
+def test_a_conversion_error_is_classified_as_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine error that is not about keys is a ConversionError (acexport's side,
+    recorded as a failed export), not an unexpected crash."""
+    from acexport.errors import ConversionError
+    from acexport.payload import parquet
+
+    def fails(*_: object, **__: object) -> None:
+        raise duckdb.IOException("IO Error: cannot open the file")
+
+    monkeypatch.setattr(parquet, "_convert", fails)
+    with pytest.raises(ConversionError, match="not AC's data"):
+        convert(tmp_path, "individual", [_INDIVIDUAL + "}"])
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ([_INDIVIDUAL + ',"Foo":"1","foo":"2"}'], {"Foo": "1", "foo__2": "2"}),
+        ([_INDIVIDUAL + ',"":"x"}'], {"__2": "x"}),
+        ([_INDIVIDUAL + ',"foo":"1","foo":"2"}'], {"foo": "1", "foo__2": "2"}),
+        ([_INDIVIDUAL + ',"_unparsed":"served"}'], {"_unparsed__2": "served"}),
+        ([_INDIVIDUAL + ',"EmailAddress":"B@x"}'], {"EmailAddress__2": "B@x"}),
+    ],
+    ids=["case twins", "empty key", "a key twice", "_unparsed served", "a known column's twin"],
+)
+def test_odd_keys_are_renamed_and_every_served_value_lands(
+    tmp_path: Path, lines: list[str], expected: dict[str, str]
+) -> None:
+    """Reproduced: keys differing only in case, an empty key, a repeated key made the
+    conversion fail forever (DuckDB Binder, Parser, InvalidInput errors), and a served
+    `_unparsed` was silently dropped. Renamed, reported as new columns, every value kept."""
+    typed, rows = convert(tmp_path, "individual", lines)
+    assert typed.rows == 1
+    assert set(typed.new_columns) == set(expected)
+    assert {k: rows[0][k] for k in expected} == expected
+    assert rows[0]["emailAddress"] == "a@x"
+    assert not list(tmp_path.rglob("*.keys.jsonl"))

@@ -101,6 +101,12 @@ class RestatementShrank(AcexportError):
         self.served = served
 
 
+class ConversionError(AcexportError):
+    """Converting the downloaded records to the output format failed (the engine ran out
+    of memory even in small row groups, or another of its errors): acexport's side, not
+    AC's; the export fails visibly and is tried again at the next look."""
+
+
 class StateError(AcexportError):
     """The state database cannot be read or written (disk full, corrupt, permissions)."""
 

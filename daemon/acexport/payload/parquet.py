@@ -25,14 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, PayloadError
+from ..errors import ConfigError, ConversionError, PayloadError
 from ..formats import Compression
 from ..tables import LEGACY_PROPERTIES, TABLES, UNPARSED, Column, Kind, fingerprint
+from .oddkeys import has_odd_keys, rename_odd_keys
 
 MEMORY_LIMIT = "256MB"
 # Small row groups keep the writer inside the memory limit: with DuckDB's default
-# (122,880 rows) at 256 MB it spilled and took 3x as long (bench/README.md).
+# (122,880 rows) at 256 MB it spilled and took 3x as long (bench/README.md). Sized by
+# bytes: 20,000 rows of 4 kB (40 custom fields an individual) ran out of 256 MB.
 _ROW_GROUP_ROWS = 20_000
+_ROW_GROUP_BYTES = 8 * 1024 * 1024  # of the records' JSON text
+_MIN_ROW_GROUP_ROWS = 16  # out of memory below this: the records are too large
 # A record larger than this fails the conversion (DuckDB keeps two such buffers a thread).
 _MAX_RECORD_BYTES = 16 * 1024 * 1024
 _one_at_a_time = threading.Lock()
@@ -112,11 +116,11 @@ def _duckdb() -> Any:
     return duckdb
 
 
-def _connect(temp_dir: Path) -> Any:
+def _connect(temp_dir: Path, threads: int = 2) -> Any:
     duckdb = _duckdb()
     con = duckdb.connect(
         config={
-            "threads": 2,
+            "threads": threads,
             "memory_limit": MEMORY_LIMIT,
             "temp_directory": str(temp_dir),
             "preserve_insertion_order": False,  # AC's order means nothing; lets it stream
@@ -210,17 +214,104 @@ def ndjson_to_parquet(
     Parquet typed for ``type_``, synced; raises PayloadError if a row went missing."""
     if type_ not in TABLES:
         raise PayloadError(f"no table is known for type {type_!r}")
+    try:
+        rows, unparsed, schema, new_columns = _within_memory(
+            source, target, type_, records, compression, temp_dir
+        )
+    except _KeysRefused:
+        # Keys no column can take as they are (case twins, "", a key twice,
+        # _unparsed): renamed, so the export lands with every value AC served.
+        renamed_source = temp_dir / f"{target.name}.keys.jsonl"
+        try:
+            temp_dir.mkdir(parents=True, exist_ok=True)
+            rename_odd_keys(source, renamed_source, known_columns(type_), UNPARSED)
+            rows, unparsed, schema, new_columns = _within_memory(
+                renamed_source, target, type_, records, compression, temp_dir, renamed=True
+            )
+        finally:
+            renamed_source.unlink(missing_ok=True)
+    if rows != records:
+        raise PayloadError(f"the Parquet file holds {rows} rows, the payload {records} records")
+    size, sha256 = _sync_and_hash(target)
+    return TypedFile(rows, fingerprint(schema), tuple(new_columns), unparsed, size, sha256)
+
+
+class _KeysRefused(Exception):
+    """The engine refused the records' keys (or would drop a value): rename them."""
+
+
+def _within_memory(
+    source: Path,
+    target: Path,
+    type_: str,
+    records: int,
+    compression: Compression,
+    temp_dir: Path,
+    *,
+    renamed: bool = False,
+) -> tuple[int, int, list[tuple[str, str]], list[str]]:
+    """The conversion, retried with one thread, then smaller row groups, while DuckDB
+    runs out of memory; ConversionError when it cannot be done, _KeysRefused (unless
+    the keys were ``renamed`` already) when another of its errors may be the keys'."""
+    engine_error = _duckdb().Error
+    group_rows, threads = row_group_rows(source.stat().st_size, records), 2
+    while True:
+        try:
+            return _convert(
+                source, target, type_, records, compression, temp_dir, group_rows, threads,
+                renamed=renamed,
+            )  # fmt: skip
+        except engine_error as exc:
+            out_of_memory = isinstance(exc, _duckdb().OutOfMemoryException)
+            if not out_of_memory and not renamed:
+                raise _KeysRefused from None
+            if not out_of_memory or group_rows <= _MIN_ROW_GROUP_ROWS:
+                raise ConversionError(
+                    f"converting the {type_} records to Parquet failed: "
+                    f"{str(exc).splitlines()[0]} (acexport's conversion, not AC's data)"
+                ) from None
+            # Out of memory: first one thread (each holds its own buffers: 40 custom
+            # fields of 10,000 individuals needed that), then smaller row groups.
+            if threads > 1:
+                threads = 1
+            else:
+                group_rows = max(_MIN_ROW_GROUP_ROWS, group_rows // 4)
+            target.unlink(missing_ok=True)
+
+
+def row_group_rows(source_bytes: int, records: int) -> int:
+    """Rows per row group: about ``_ROW_GROUP_BYTES`` of the records' text, at most
+    ``_ROW_GROUP_ROWS``: wide rows (4 kB) make small groups, narrow ones full ones."""
+    per_record = max(1, source_bytes // max(1, records))
+    return max(_MIN_ROW_GROUP_ROWS, min(_ROW_GROUP_ROWS, _ROW_GROUP_BYTES // per_record))
+
+
+def _convert(
+    source: Path,
+    target: Path,
+    type_: str,
+    records: int,
+    compression: Compression,
+    temp_dir: Path,
+    group_rows: int,
+    threads: int,
+    *,
+    renamed: bool = False,
+) -> tuple[int, int, list[tuple[str, str]], list[str]]:
+    """One attempt: (rows written, values kept in _unparsed, schema, new columns)."""
     with _one_at_a_time:
-        con = _connect(temp_dir)
+        con = _connect(temp_dir, threads)
         try:
             con.execute(_PROPERTIES_MACRO)
             text = str(source)
             served = _served_keys(con, text) if records else set()
+            if not renamed and has_odd_keys(served, known_columns(type_), UNPARSED):
+                raise _KeysRefused
             new_columns = sorted(served - known_columns(type_) - {UNPARSED})
             query, schema = _query(type_, text, new_columns)
             written = con.execute(
                 f"COPY ({query}) TO {_literal(str(target))} (FORMAT parquet, "
-                f"COMPRESSION {_CODECS[compression]}, ROW_GROUP_SIZE {_ROW_GROUP_ROWS})"
+                f"COMPRESSION {_CODECS[compression]}, ROW_GROUP_SIZE {group_rows})"
             ).fetchone()
             rows = int(written[0]) if written else 0
             counted = con.execute(
@@ -230,10 +321,7 @@ def ndjson_to_parquet(
             unparsed = int(counted[0]) if counted else 0
         finally:
             con.close()
-    if rows != records:
-        raise PayloadError(f"the Parquet file holds {rows} rows, the payload {records} records")
-    size, sha256 = _sync_and_hash(target)
-    return TypedFile(rows, fingerprint(schema), tuple(new_columns), unparsed, size, sha256)
+    return rows, unparsed, schema, new_columns
 
 
 def count_rows(path: Path) -> int:
