@@ -22,6 +22,7 @@ SCRIPTS = [
     "lane_utilisation.py",
     "scale.py",
     "backfill.py",
+    "split_memory.py",
     "idle.py",
     "soak.py",
 ]

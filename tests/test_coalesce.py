@@ -350,3 +350,54 @@ def test_batches_in_bigquerys_form_are_placed_as_record_by_record() -> None:
     assert fast_split.rows == one_split.rows == slow_split.rows
     assert fast_split.skipped == one_split.skipped == slow_split.skipped > 0
     assert sum(fast_split.rows) > 0
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip", "none"])
+def test_a_splits_window_files_are_whole_streams_of_exactly_their_lines(
+    tmp_path: Path, compression: str
+) -> None:
+    """Issue 34 item 11: a split's zstd windows share one context, each writing its
+    lines in frames (one context a window took a 100-window split to 154 MB): every
+    file is still one stream that zstd, the zstandard library and DuckDB read whole."""
+    import subprocess
+
+    import duckdb
+    import zstandard
+
+    from acexport.formats import Compression
+    from acexport.payload import outfile
+    from acexport.payload.writer import PayloadWriter
+
+    windows = [(DAY1 + timedelta(hours=h), DAY1 + timedelta(hours=h + 1)) for h in range(24)]
+    plan = SplitPlan("event", DAY1, DAY2, windows)
+    per_hour = 1 + 3 * outfile.FRAME_BYTES // 60_000  # several frames a window
+    lines = [
+        json.dumps({"id": f"{h}-{n}", "eventDate": f"2026-11-01 {h:02d}:{n % 60:02d}:00 UTC",
+                    "pad": "x" * 60}).encode() + b"\n"
+        for n in range(per_hour) for h in range(24)
+    ]  # fmt: skip
+    writer = PayloadWriter(tmp_path, Compression(compression), split=plan)
+    payload = b"".join(lines)
+    for start in range(0, len(payload), 1 << 20):
+        writer.feed(payload[start : start + (1 << 20)])
+    summaries = writer.finish_parts()
+    for hour, summary in enumerate(summaries):
+        data = summary.path.read_bytes()
+        if compression == "zstd":
+            reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
+            text = reader.read()
+            cli = subprocess.run(["zstd", "-dc"], input=data, capture_output=True, check=True)
+            assert cli.stdout == text
+        elif compression == "gzip":
+            text = gzip.decompress(data)
+        else:
+            text = data
+        assert sorted(text.splitlines()) == sorted(
+            line.rstrip(b"\n") for line in lines if json.loads(line)["id"].startswith(f"{hour}-")
+        )
+        assert summary.records == per_hour
+    if compression == "zstd":
+        target = tmp_path / "w.jsonl.zst"
+        summaries[5].path.rename(target)
+        query = f"SELECT count(*) FROM read_json('{target}')"  # noqa: S608 - our tmp path
+        assert duckdb.sql(query).fetchall() == [(per_hour,)]

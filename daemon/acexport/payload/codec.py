@@ -57,6 +57,20 @@ def zstd_compressor() -> Compressor:
     return compressor
 
 
+class FrameCompressor(Protocol):
+    def compress(self, data: Any, /) -> bytes: ...
+
+
+def zstd_frames() -> FrameCompressor:
+    """One zstd context that compresses whole frames: shared by the windows of a split,
+    each buffering its lines into frames (concatenated frames are one zstd stream to
+    zstd, DuckDB and the zstandard library), instead of a context each held open."""
+    import zstandard
+
+    compressor: FrameCompressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return compressor
+
+
 def raw_inflater() -> Inflater:
     inflater: Inflater = _fast.decompressobj(RAW_DEFLATE)
     return inflater

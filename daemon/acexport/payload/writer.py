@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import PayloadError, PayloadTooLarge
 from ..formats import Compression
 from ..limits import PayloadLimits
+from . import codec
 from .outfile import OutputFile
 from .parquet import TypedFile, ndjson_to_parquet
 from .records import ArrayToLines, LineChecks, NdjsonLines
@@ -65,17 +66,7 @@ class PayloadWriter:
         # Typed output: plain JSON Lines first, Parquet (compressed inside) at the end.
         self._typed_as = typed_as
         self._compression = compression
-        # One output file, or one per window of a split time series (split.py).
-        count = 1 if split is None else len(split.windows)
-        self._parts = [
-            OutputFile(
-                temp_dir / (f"{stem}.part" if count == 1 else f"{stem}.{i}.part"),
-                Compression.NONE if typed_as else compression,
-                intermediate=typed_as is not None,
-                threaded=count == 1,
-            )
-            for i in range(count)
-        ]
+        self._parts = _output_files(temp_dir, stem, compression, typed_as, split)
         self._split = (
             None if split is None else RecordSplit(split, [p.write_many for p in self._parts])
         )
@@ -263,3 +254,27 @@ class PayloadWriter:
             parquet_path.unlink(missing_ok=True)
         self._spool_path.unlink(missing_ok=True)
         shutil.rmtree(self._engine_dir, ignore_errors=True)
+
+
+def _output_files(
+    temp_dir: Path,
+    stem: str,
+    compression: Compression,
+    typed_as: str | None,
+    split: SplitPlan | None,
+) -> list[OutputFile]:
+    """One output file, or one per window of a split time series (split.py)."""
+    count = 1 if split is None else len(split.windows)
+    file_compression = Compression.NONE if typed_as else compression
+    # Many windows share one zstd context (outfile.FRAME_BYTES says why).
+    frames = codec.zstd_frames() if count > 1 and file_compression == Compression.ZSTD else None
+    return [
+        OutputFile(
+            temp_dir / (f"{stem}.part" if count == 1 else f"{stem}.{i}.part"),
+            file_compression,
+            intermediate=typed_as is not None,
+            threaded=count == 1,
+            frames=frames,
+        )
+        for i in range(count)
+    ]
