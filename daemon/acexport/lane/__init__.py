@@ -182,8 +182,21 @@ class Lane:
         return record.label(ws.zone if ws else UTC)
 
     async def _export(self, record: ExportRecord, hold: SlotHold) -> None:
-        if record.id in self._grouped:
+        # A resumed row names the coalesced AC request it is served by: one task of the
+        # lane serves that request, holding it across the claim (a second task that
+        # claimed first and looked later saw the request its first had failed, and
+        # downloaded it again: found by tests/test_model.py).
+        request = request_of(record)
+        if record.id in self._grouped or (request is not None and request in self._requests):
             return  # a coalesced request running now serves this window
+        if request is not None:
+            self._requests.add(request)  # before the next await: no other task passes
+        try:
+            await self._claim_and_export(record, hold)
+        finally:
+            self._requests.discard(request)
+
+    async def _claim_and_export(self, record: ExportRecord, hold: SlotHold) -> None:
         settings = self.ctx.settings()
         # Still active, and submitted unless its ready data is still downloadable: one
         # statement (the ledger's round trips were most of an export's CPU).
@@ -193,18 +206,9 @@ class Lane:
             # Picked up from the ledger just as this process finished it: nothing to do.
             return
         was_queued = record.state is LedgerState.QUEUED
-        record = current
-        request = request_of(record)
-        if record.id in self._grouped or (request is not None and request in self._requests):
-            # Another task of this lane serves the window's AC request (a restart
-            # resumes each of its rows): one request, one download.
-            return
-        if request is not None:
-            self._requests.add(request)  # before the next await: no other task passes
-        try:
-            await self._export_claimed(record, was_queued, settings, hold)
-        finally:
-            self._requests.discard(request)
+        if current.id in self._grouped or request_of(current) not in (None, request_of(record)):
+            return  # another task's coalesced request took it meanwhile
+        await self._export_claimed(current, was_queued, settings, hold)
 
     async def _export_claimed(
         self, record: ExportRecord, was_queued: bool, settings: Settings, hold: SlotHold
