@@ -135,6 +135,7 @@ class DaemonModel(RuleBasedStateMachine):
     @rule()
     def look(self) -> None:
         assert self.daemon is not None
+        failed = self.daemon.tally.failed
         with contextlib.ExitStack() as patches:
             if self.crash_next_look:
                 patches.enter_context(mock.patch("acexport.lane.run_export", _crash))
@@ -142,7 +143,9 @@ class DaemonModel(RuleBasedStateMachine):
         self.crash_next_look = False
         self.looked = True
         jobs = self.emu.queue.describe()["jobs"]
-        quiet = self.emu.faults == FaultSettings()
+        # A failed export may ask AC again for the same range in one look (a resumed
+        # window fails, the look re-plans it): counted only in looks where all worked.
+        quiet = self.emu.faults == FaultSettings() and self.daemon.tally.failed == failed
         self.grown = [
             (job["id"], job["downloads_completed"])
             for job in jobs

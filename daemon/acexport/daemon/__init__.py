@@ -50,6 +50,7 @@ from ..output.store import OutputStore
 from ..planner import Look, Planner
 from ..scheduler import Scheduler, utc_now
 from ..windows import ExportWindow
+from .loops import measure_loop_lag, ping_watchdog
 from .startup import abort_stale_uploads, claim_output, claim_temp_dir, lane_keys
 
 __all__ = ["Daemon", "lane_keys"]
@@ -207,11 +208,11 @@ class Daemon:
         """Background loops live in a task group: cancelled, then awaited, on stop."""
         loops = await stack.enter_async_context(asyncio.TaskGroup())
         tasks = [
-            loops.create_task(self._measure_loop_lag(), name="loop-lag"),
+            loops.create_task(measure_loop_lag(self._lagged), name="loop-lag"),
             loops.create_task(self._claim.keep(self.fail), name="output-owner"),
         ]
         if self._notifier.watchdog_interval_s:
-            watchdog = self._watchdog(self._notifier.watchdog_interval_s)
+            watchdog = ping_watchdog(self._notifier, self._notifier.watchdog_interval_s)
             tasks.append(loops.create_task(watchdog, name="watchdog"))
         stack.callback(lambda: [task.cancel() for task in tasks])  # runs before the group exits
 
@@ -363,26 +364,10 @@ class Daemon:
         log.info("config_reloaded", jobs=[job.name for job in settings.jobs])
 
     # -- health, systemd ---------------------------------------------------------
-    async def _measure_loop_lag(self, period_s: float = 0.25) -> None:
-        """How late a timer fires: a blocked event loop shows here first.
-
-        Four wake-ups a second cost an idle daemon almost nothing.
-        """
-        loop = asyncio.get_running_loop()
-        self.loop_lag_max_s = 0.0
-        while True:
-            before = loop.time()
-            await asyncio.sleep(period_s)
-            lag = loop.time() - before - period_s
-            if lag > self.loop_lag_max_s:
-                self.loop_lag_max_s = lag
-                self.metrics.loop_lag_max.set(lag)
-
-    async def _watchdog(self, interval_s: float) -> None:
-        # Sent from the event loop itself: a blocked loop stops the pings and systemd acts.
-        while True:
-            self._notifier.notify(watchdog=1)
-            await asyncio.sleep(interval_s)
+    def _lagged(self, lag: float) -> None:
+        if lag > self.loop_lag_max_s:
+            self.loop_lag_max_s = lag
+            self.metrics.loop_lag_max.set(lag)
 
     def _status_line(self) -> str:
         lanes = "; ".join(
