@@ -162,6 +162,33 @@ async def test_a_failed_coalesced_request_is_asked_for_in_halves_until_windows_s
     assert code == 0  # nothing failed is left
 
 
+async def test_spans_are_sized_against_max_payload_at_the_sizes_seen(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Item 3: once the job's windows' payload sizes are known, a coalesced request holds
+    no more windows than fit half of http.max_payload, so it does not fail first: here
+    four windows of a day each fit, eight days ask AC four times, nothing fails."""
+    emu = await emulator(tokens={"acme": "acme-token"}, records_per_day=400, format="ndjson")
+    config = write_config(
+        tmp_path, emu, job("p", "acme", types=["page"], catch_up="0s", coalesce_max="8d")
+    )
+    first = ("backfill", "--config", str(config), "--job", "p")
+    code, _, err = await run_cli(*first, "--from", "2022-01-01", "--to", "2022-01-08")
+    assert code == 0, err
+    (whole,) = (await emu.jobs())["jobs"]
+    per_day = whole["bytes"] / 8
+    env = {"ACEXPORT_HTTP__MAX_PAYLOAD": str(int(per_day * 4.5))}  # half: two days fit
+
+    code, _, err = await run_cli(*first, "--from", "2022-01-09", "--to", "2022-01-16", env=env)
+
+    assert code == 0, err
+    asked = _requests(await emu.jobs())[1:]
+    assert len(asked) == 4, asked
+    assert '"windows": 2, "payload_per_window"' in err
+    rows = await read_rows(tmp_path / "state")
+    assert all(r.state is LedgerState.DONE and r.failures == 0 for r in rows)
+
+
 async def test_an_unexpected_error_in_a_coalesced_request_fails_every_window_of_it(
     emulator: EmulatorFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,7 +9,7 @@ changes (restatement, coalescing, a second job on the workspace, keep_snapshots)
 After every step the invariants below hold; a failure prints the steps that led
 to it and hypothesis's seed (rerun with ``--hypothesis-seed``).
 
-Examples: a few in the quick suite, more with ``-m slow`` (``make test``), and as
+Examples: 50 in the quick suite, 200 more with ``-m slow`` (``make test``), and as
 many as you like with ``MODEL_EXAMPLES``.
 """
 
@@ -342,7 +342,7 @@ def _examples(default: int) -> int:
 
 
 _QUICK = settings(
-    max_examples=_examples(25),
+    max_examples=_examples(50),
     stateful_step_count=12,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

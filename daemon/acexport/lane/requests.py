@@ -37,8 +37,33 @@ async def coalesce(
     ):
         return [record]  # an entity table in windows is asked for a window at a time
     most = job.windows_per_request(MAX_WINDOWS) if was_queued else 1
+    if most > 1:
+        most = await _within_payload(ctx, record, most, int(settings.http.max_payload))
     group = await ctx.ledger.coalesce(record, job.coalesce_max, most)
     if len(group) > 1:
         zone = settings.workspaces[record.workspace].zone
         log.info("export_coalesced", windows=len(group), last=group[-1].label(zone))
     return group or [record]
+
+
+# A span is sized to this share of http.max_payload at the largest window seen: one
+# day's data is not the next's.
+_PAYLOAD_SHARE = 0.5
+
+
+async def _within_payload(ctx: LaneContext, record: ExportRecord, most: int, limit: int) -> int:
+    """At most as many windows as fit ``http.max_payload`` at the sizes seen (a span
+    larger than it fails whole: the windows would be asked for in halves after)."""
+    per_window = await ctx.ledger.payload_per_window(record.job, record.type)
+    if not per_window:
+        return most
+    fits = max(1, int(_PAYLOAD_SHARE * limit // per_window))
+    if fits < most:
+        log.info(
+            "coalesced_span_sized",
+            windows=fits,
+            payload_per_window=round(per_window),
+            max_payload=limit,
+            detail="fewer windows in one AC request: more would pass http.max_payload",
+        )
+    return min(most, fits)

@@ -17,6 +17,7 @@ from pathlib import Path
 import aiosqlite
 
 from .connection import LedgerConnection, state_errors
+from .rows import parse_time
 
 LAST = 5  # the median of this many newest spans
 # Spans are wall-clock: one that a clock jump made negative or longer than AC keeps
@@ -119,3 +120,23 @@ class ProcessingHistory(LedgerConnection):
             LAST,
         )
         self.times.load_workspace(workspace, [(row[0], row[1]) for row in rows])
+
+    @state_errors
+    async def payload_per_window(self, job: str, type_: str) -> float | None:
+        """The most payload bytes a window took among the job's newest done windows of
+        the type: a coalesced request's payload shared out by its windows' lengths."""
+        rows = await self._rows(
+            "SELECT payload_bytes, window_start, window_end, request_start, request_end "
+            "FROM exports WHERE job = ? AND type = ? AND state = 'done' AND mode = 'windows' "
+            "AND payload_bytes > 0 ORDER BY finished_at DESC LIMIT 20",
+            job,
+            type_,
+        )
+        shares = []
+        for payload, start, end, request_start, request_end in rows:
+            window = (parse_time(end) - parse_time(start)).total_seconds()
+            request = window
+            if request_start and request_end:
+                request = (parse_time(request_end) - parse_time(request_start)).total_seconds()
+            shares.append(payload * window / request if request > 0 else float(payload))
+        return max(shares, default=None)
