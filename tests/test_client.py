@@ -286,3 +286,22 @@ async def test_a_202_status_is_a_status_and_a_202_without_one_is_transient(
         mocked.get(URL, status=202, body=b'{"id": "1"}\n')
         with pytest.raises(TransientError, match="202 without a status"):
             await answer(client)
+
+
+@pytest.mark.parametrize(("status", "body"), [(500, b"oops"), (200, b'{"status": "RUNN')])
+async def test_errors_name_the_origin_with_its_port(status: int, body: bytes) -> None:
+    """Issue 38 item 8: "http://127.0.0.1 answered 500" for http://127.0.0.1:8080; with
+    several AC-likes on one host, which one answered matters."""
+    from aiohttp import web
+
+    from tests.daemon_helpers import export_server
+
+    async def reply(_: web.Request) -> web.Response:
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    async with export_server(reply) as base, aiohttp.ClientSession() as session:
+        client = ExportClient(session, base, SecretStr(TOKEN))
+        with pytest.raises(TransientError) as raised:
+            await answer(client)
+    assert base in str(raised.value)
+    assert base.rsplit(":", 1)[1] not in ("80", "443")

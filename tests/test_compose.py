@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from acexport.errors import ConfigError
@@ -31,7 +32,7 @@ from acexport.protocol import ExportMode
 from acexport.retention import LearnedRetention, effective_months, refusal_fits
 from acexport.windows import ExportWindow
 from tests.conftest import EmulatorFactory
-from tests.daemon_helpers import job, run_cli, write_config
+from tests.daemon_helpers import job, manifests, run_cli, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -293,6 +294,13 @@ async def test_a_ready_coalesced_request_is_downloaded_once_after_a_restart(
         ExportWindow(datetime(2022, 1, d, tzinfo=UTC), datetime(2022, 1, d + 1, tzinfo=UTC), UTC)
         for d in range(1, 6)
     ]
+    # AC made the request's export (as asked before the kill): its createdDate.
+    query = "fromDate=2022-01-01T00:00:00.000Z&toDate=2022-01-06T00:00:00.000Z"
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": "Bearer acme-token"}) as http,
+        http.get(f"{emu.url}/api/reports/export/page?{query}") as asked,
+    ):
+        created = (await asked.json())["createdDate"]
     # The ledger as a killed process left it: one request of five windows, data ready.
     ledger = await Ledger.open(ledger_path(tmp_path / "state"))
     try:
@@ -302,7 +310,7 @@ async def test_a_ready_coalesced_request_is_downloaded_once_after_a_restart(
         group = await ledger.coalesce(leader, timedelta(days=8), 5)
         assert len(group) == 5
         for row in group:
-            await ledger.mark_ready(row.id, "2022-01-06T00:00:00.000Z")
+            await ledger.mark_ready(row.id, created)
     finally:
         await ledger.close()
 
@@ -315,6 +323,9 @@ async def test_a_ready_coalesced_request_is_downloaded_once_after_a_restart(
     assert asked["downloads_started"] == 1
     rows = await read_rows(tmp_path / "state")
     assert [r.state for r in rows] == [LedgerState.DONE] * 5
+    # Issue 38 item 12: AC's createdDate survives the restart into every manifest.
+    written = manifests(tmp_path / "exports")
+    assert [m["createdDate"] for m in written] == [created] * 5
 
 
 # -- items 9 and 16: the owner marker tells processes apart, by change not clocks ---

@@ -11,6 +11,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from ..errors import (
     AuthError,
@@ -48,6 +49,12 @@ class ExportStatus:
 def describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
+
+
+def origin_text(url: URL) -> str:
+    """``scheme://host`` with its port unless the scheme's own: errors name the origin
+    that answered ("http://127.0.0.1 answered 500" hid which of several it was)."""
+    return str(url.origin())
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -138,7 +145,7 @@ def _reason(response: aiohttp.ClientResponse) -> str:
 async def raise_for_error(response: aiohttp.ClientResponse, type_: str, from_ac: bool) -> None:
     """Every answer that is neither a status nor data, as the error it means."""
     status = response.status
-    where = f"{response.url.scheme}://{response.url.host}"
+    where = origin_text(response.url)
     if status in (401, 403) and not from_ac:
         # A storage host reached by redirect never saw the token: its signed URL
         # expired or is wrong. Asking AC again gets a fresh one.
@@ -182,7 +189,7 @@ async def status_in(
     response: aiohttp.ClientResponse, prefix: bytes, type_: str, window: ExportWindow
 ) -> tuple[bytes, ExportStatus | None]:
     """The status a 200 answer holds, if it is one; the bytes read so far either way."""
-    where = f"{response.url.scheme}://{response.url.host}"
+    where = origin_text(response.url)
     if _looks_like_big_status(prefix):
         prefix += await read_up_to(response, _MAX_STATUS_BYTES)
         if response.content.at_eof() and as_status(_load_json(prefix)) is not None:

@@ -28,6 +28,7 @@ from .answers import (
     STATUS_CODES,
     ExportStatus,
     describe,
+    origin_text,
     parse_retry_after,
     raise_for_error,
     read_up_to,
@@ -204,7 +205,7 @@ class ExportClient:
         from_ac: bool,
     ) -> ExportStatus | Payload:
         await raise_for_error(response, type_, from_ac)
-        where = f"{response.url.scheme}://{response.url.host}"
+        where = origin_text(response.url)
         content_type = response.headers.get("Content-Type", "").lower()
         encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
         resumable = response.headers.get("Accept-Ranges", "").lower() == "bytes" and not encoded

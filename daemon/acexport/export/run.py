@@ -58,6 +58,7 @@ async def run_export(
     state = Attempt()
     if timing.ready_age_s is not None:
         state.ready_at = time.monotonic() - timing.ready_age_s
+    state.created_date = timing.created_date
     polls = timing.plan()
     retries = timing.retry.delays()
     with structlog.contextvars.bound_contextvars(

@@ -33,6 +33,9 @@ class Timing:
     expected_s: float | None = None  # how long this kind of export took before
     guess_s: float | None = None  # without that, how long similar exports took
     ready_age_s: float | None = None  # the data has been ready this long (a resumed export)
+    # AC's createdDate of the export a resumed one continues: its data may be fetched
+    # with no status answer to say it again (manifests said null after a restart).
+    created_date: str | None = None
     # A one-off export: a first request that cannot connect at all fails at once.
     fail_fast_unreachable: bool = False
 

@@ -318,7 +318,11 @@ class Lane:
         )
         ready_age_s = None if record.ready_at is None else max(0.0, time.time() - record.ready_at)
         return replace(
-            self.ctx.timing(), expected_s=expected, guess_s=guess, ready_age_s=ready_age_s
+            self.ctx.timing(),
+            expected_s=expected,
+            guess_s=guess,
+            ready_age_s=ready_age_s,
+            created_date=record.created_date,
         )
 
     def _sleeper(self, export_id: int) -> Callable[[float], Awaitable[None]]:
