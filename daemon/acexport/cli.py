@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import difflib
 import importlib
 import os
 import signal
@@ -27,13 +28,16 @@ def _command(
     *examples: str,
 ) -> argparse.ArgumentParser:
     """A subcommand whose --help opens with ``summary`` and ends with examples."""
-    return commands.add_parser(
+    parser = commands.add_parser(
         name,
         help=summary,
         description=summary[0].upper() + summary[1:] + ".",
         epilog="examples:\n" + "\n".join(f"  {example}" for example in examples),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    # Its own usage for a flag it does not know (`status --jsn`), not the top level's.
+    parser.set_defaults(command_parser=parser)
+    return parser
 
 
 def _add_logging_arguments(parser: argparse.ArgumentParser) -> None:
@@ -276,7 +280,13 @@ _MALLOC_OPTIONS = (
 def main(argv: Sequence[str] | None = None) -> int:
     tune_malloc()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _suggest_command(parser, argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        getattr(args, "command_parser", parser).error(
+            f"unrecognized arguments: {' '.join(unknown)}"
+        )
     if args.command == "backfill" and not args.cancel and None in (args.from_, args.to):
         parser.error("backfill needs --from and --to (only --cancel goes without: all windows)")
     os.environ.update(logging_overrides(args))
@@ -289,6 +299,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             signal.signal(signal.SIGPIPE, previous)
     return _dispatch(args)
+
+
+def _suggest_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """``acexport stauts``: say the command it resembles, as git and systemctl do."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    known = [*_COMMAND_MODULES, "emulator"]
+    if first is None or first in known:
+        return
+    close = difflib.get_close_matches(first, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    parser.error(f"unknown command {first!r}{hint} (commands: {', '.join(sorted(known))})")
 
 
 _COMMAND_MODULES = {

@@ -95,9 +95,12 @@ def _range(settings: Settings, job: JobSettings, args: argparse.Namespace) -> tu
         raise UsageError("give --from and --to (only --cancel may go without: all windows)")
     zone = settings.workspaces[job.workspace].zone
     try:
-        return parse_bound(args.from_, zone, end=False), parse_bound(args.to, zone, end=True)
+        start, end = parse_bound(args.from_, zone, end=False), parse_bound(args.to, zone, end=True)
     except ValueError as exc:
         raise UsageError(f"--from/--to: {exc}") from None
+    if start >= end:
+        raise UsageError(f"--from {args.from_} is after --to {args.to}")
+    return start, end
 
 
 def _windows(

@@ -1,0 +1,43 @@
+"""The command line's rough edges a new user met (issue 38 item 9), as they typed them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def acexport(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "acexport", *args],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+
+
+def test_a_misspelt_command_gets_a_suggestion() -> None:
+    result = acexport("stauts")
+    assert result.returncode == 2
+    assert "unknown command 'stauts'; did you mean 'status'?" in result.stderr
+
+
+def test_a_misspelt_flag_gets_its_commands_usage() -> None:
+    result = acexport("status", "--jsn")
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: acexport status ")
+    assert "unrecognized arguments: --jsn" in result.stderr
+
+
+@pytest.mark.parametrize(("start", "end"), [("2026-11-05", "2026-11-01")])
+def test_a_backfill_range_the_wrong_way_round_says_so(tmp_path: Path, start: str, end: str) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "s"}"\n[workspaces.acme]\ntoken = "t"\n'
+        '[[jobs]]\nname = "p"\nworkspace = "acme"\ntypes = ["page"]\n'
+    )
+    config.chmod(0o600)
+    result = acexport("backfill", "--config", str(config), "--job", "p", "--from", start,
+                      "--to", end, "--dry-run")  # fmt: skip
+    assert result.returncode == 2
+    assert f"--from {start} is after --to {end}" in result.stderr
