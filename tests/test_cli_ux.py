@@ -41,3 +41,7 @@ def test_a_backfill_range_the_wrong_way_round_says_so(tmp_path: Path, start: str
                       "--to", end, "--dry-run")  # fmt: skip
     assert result.returncode == 2
     assert f"--from {start} is after --to {end}" in result.stderr
+    one = acexport("backfill", "--config", str(config), "--job", "p", "--from", end,
+                   "--to", end, "--dry-run")  # fmt: skip
+    assert "would cover 1 export (1 window x 1 type: page)" in one.stdout, one.stderr
+    assert "in 1 AC request" in one.stdout

@@ -324,7 +324,7 @@ async def test_backfill_dry_run_says_what_it_would_queue_and_queues_nothing(
     )  # fmt: skip
     assert code == 0, err
     text = out.decode()
-    assert "would cover 6 exports (6 windows x 1 types: page)" in text
+    assert "would cover 6 exports (6 windows x 1 type: page)" in text
     # Four consecutive days of page: one request (issue 26 item 5).
     assert "  4 to ask AC for, in 1 AC request (up to 31 consecutive windows" in text
     assert "  2 already done" in text

@@ -41,6 +41,7 @@ from ..windows import ExportWindow, aligned_windows, iso_ms, parse_bound
 from . import ExitCode
 from .common import (
     UsageError,
+    counted,
     exit_code_of,
     handle_signals,
     human_duration,
@@ -204,8 +205,8 @@ def _confirmed(job: JobSettings, windows: list[ExportWindow], yes: bool) -> bool
     if yes or exports <= CONFIRM_ABOVE or not (sys.stdin.isatty() and sys.stderr.isatty()):
         return True
     sys.stderr.write(
-        f"queue {exports} exports of job {job.name} ({len(windows)} windows x "
-        f"{len(job.window_types)} types)? `--dry-run` says more. [y/N] "
+        f"queue {counted(exports, 'export')} of job {job.name} ({counted(len(windows), 'window')}"
+        f" x {counted(len(job.window_types), 'type')})? `--dry-run` says more. [y/N] "
     )
     sys.stderr.flush()
     return sys.stdin.readline().strip().lower() in ("y", "yes")
@@ -263,10 +264,11 @@ async def _dry_run(settings: Settings, job: JobSettings, windows: list[ExportWin
     )
     exports = len(windows) * len(job.window_types)
     print(
-        f"backfill {job.name} would cover {exports} exports ({len(windows)} windows x "
-        f"{len(job.window_types)} types: {', '.join(job.window_types)}):"
+        f"backfill {job.name} would cover {counted(exports, 'export')} "
+        f"({counted(len(windows), 'window')} x {counted(len(job.window_types), 'type')}: "
+        f"{', '.join(job.window_types)}):"
     )
-    asks = f"{requests} AC request" + ("s" if requests != 1 else "")
+    asks = counted(requests, "AC request")
     print(f"  {counts['new']} to ask AC for, in {asks}{_coalesced_note(job)}")
     print(f"  {counts['pending']} already queued or in flight")
     print(f"  {counts['done']} already done (the output store may hold more: not asked again)")

@@ -116,3 +116,8 @@ def handle_signals(daemon: Daemon) -> None:
     elif signal.SIGHUP in _early_signals:
         daemon.request_reload()
     _early_signals.clear()
+
+
+def counted(count: int, noun: str) -> str:
+    """``1 window``, ``2 windows``: no "1 windows" in what people read."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
