@@ -477,3 +477,36 @@ async def test_info_lines_are_news_only(
     assert info.count("export_ready") == 2
     assert info.count("lane_caught_up") == 1
     assert "export_submitted" not in info
+
+
+async def test_a_reload_that_fixes_the_token_retries_the_failed_windows_at_once(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 38 item 1 (reproduced): after writing a correct token and `kill -HUP`,
+    /healthz stayed 503 and the failed windows waited for the next scheduled look (a
+    nightly job's is tomorrow). A reload that changes a workspace's token retries its
+    failed windows at once, and /healthz recovers with them."""
+    import aiohttp
+
+    from tests.test_s3 import _free_port
+
+    emu = await emulator(tokens={"alpha": "alpha-token"})
+    nightly = job("pages", "alpha", types=["page"], catch_up="2d", lag="0s",
+                  schedule="30 2 * * *")  # fmt: skip
+    config = write_config(tmp_path, emu, nightly, tokens={"alpha": "wrong-token"})
+    port = _free_port()
+    config.write_text(config.read_text().replace('listen = ""', f'listen = "127.0.0.1:{port}"'))
+    daemon = await DaemonProcess.start(config)
+    await daemon.wait_for(lambda: bool(daemon.events("lane_token_rejected")))
+    health = f"http://127.0.0.1:{port}/healthz"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(health) as answer:
+            assert answer.status == 503
+        config.write_text(config.read_text().replace("wrong-token", "alpha-token"))
+        daemon.send(signal.SIGHUP)
+        await daemon.wait_for(lambda: len(manifests(tmp_path / "exports")) == 2, timeout=20)
+        assert daemon.events("failed_windows_retried")
+        async with http.get(health) as answer:
+            assert answer.status == 200, await answer.text()
+    daemon.send(signal.SIGTERM)
+    assert await daemon.wait() == 0

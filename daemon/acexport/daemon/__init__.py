@@ -22,7 +22,6 @@ from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -50,7 +49,8 @@ from ..output.store import OutputStore
 from ..planner import Look, Planner
 from ..scheduler import Scheduler, utc_now
 from ..windows import ExportWindow
-from .loops import measure_loop_lag, ping_watchdog
+from .loops import all_idle, measure_loop_lag, ping_watchdog
+from .reload import changed_workspaces, forget_failures
 from .startup import abort_stale_uploads, claim_output, claim_temp_dir, lane_keys
 
 __all__ = ["Daemon", "lane_keys"]
@@ -326,7 +326,8 @@ class Daemon:
             self._wake.clear()
             if self._reload.is_set():
                 self._reload.clear()
-                self._apply_reload()
+                fixed = self._apply_reload()
+                await self._retry_now(fixed)
             if not self._stop.is_set():
                 try:
                     await self._pick_up()
@@ -336,14 +337,15 @@ class Daemon:
                 self._notifier.notify(status=self._status_line())
         log.info("daemon_stopping", grace_s=self._settings.daemon.stop_grace.total_seconds())
 
-    def _apply_reload(self) -> None:
+    def _apply_reload(self) -> set[str]:
+        """The new config in force (or the old one kept); the workspaces it changed."""
         self._notifier.notify(reloading=1, monotonic_usec=time.monotonic_ns() // 1000)
         try:
-            self._load_new_config()
+            return self._load_new_config()
         finally:
             self._notifier.notify(ready=1, status=self._status_line())
 
-    def _load_new_config(self) -> None:
+    def _load_new_config(self) -> set[str]:
         try:
             settings = self._reload_settings()
             tokens = resolve_tokens(settings, str(self._config_path or "environment"))
@@ -357,11 +359,22 @@ class Daemon:
                 error=str(exc),
                 detail="the previous configuration stays in force",
             )
-            return
+            return set()
+        changed = changed_workspaces(self._settings, self._tokens, settings, tokens)
         self._settings, self._tokens = settings, tokens
         self._apply_lanes()
         self._scheduler.set_jobs(self._scheduled_jobs())
         log.info("config_reloaded", jobs=[job.name for job in settings.jobs])
+        return changed
+
+    async def _retry_now(self, workspaces: set[str]) -> None:
+        """A reload that changed a workspace's token or settings: its failed windows are
+        retried at once (reload.py says why)."""
+        forget_failures(self._lanes, self._lane_of, self.health, workspaces)
+        jobs = [job for job in self._settings.jobs if job.workspace in workspaces]
+        if jobs:
+            log.info("failed_windows_retried", workspaces=sorted(workspaces))
+            await asyncio.gather(*(self._look(job) for job in jobs))
 
     # -- health, systemd ---------------------------------------------------------
     def _lagged(self, lag: float) -> None:
@@ -423,23 +436,8 @@ class Daemon:
         skips it then, so it is enqueued again here (it was left queued after run
         --once: found by tests/test_model.py)."""
         while True:
-            if not await self._lanes_idle():
+            if not await all_idle(self._lanes.values(), self._stop):
                 return False
             stranded = [r for r in await self._ledger.active() if r.id in self._taken_on]
             if not stranded or not self._enqueue(stranded):
                 return self.tally.failed == 0
-
-    async def _lanes_idle(self) -> bool:
-        """Every lane idle (True), or a stop asked for first (False)."""
-        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
-        idle: asyncio.Future[Any] = asyncio.ensure_future(
-            asyncio.gather(*(lane.wait_idle() for lane in self._lanes.values()))
-        )
-        await asyncio.wait([stop, idle], return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if not idle.done():
-            idle.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await idle  # retrieved: no "exception was never retrieved" at exit
-            return False
-        return True

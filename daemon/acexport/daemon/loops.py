@@ -1,10 +1,13 @@
-"""The daemon's background loops that need nothing of it but a callback."""
+"""The daemon's waits and background loops that need nothing of it but what they watch."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterable
+from typing import Any
 
+from ..lane import Lane
 from ..ops.notify import SystemdNotifier
 
 
@@ -23,3 +26,19 @@ async def ping_watchdog(notifier: SystemdNotifier, interval_s: float) -> None:
     while True:
         notifier.notify(watchdog=1)
         await asyncio.sleep(interval_s)
+
+
+async def all_idle(lanes: Iterable[Lane], stop: asyncio.Event) -> bool:
+    """Every lane idle (True), or a stop asked for first (False)."""
+    stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    idle: asyncio.Future[Any] = asyncio.ensure_future(
+        asyncio.gather(*(lane.wait_idle() for lane in lanes))
+    )
+    await asyncio.wait([stopped, idle], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not idle.done():
+        idle.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await idle  # retrieved: no "exception was never retrieved" at exit
+        return False
+    return True

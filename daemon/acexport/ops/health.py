@@ -41,6 +41,12 @@ class Health(LaneObserver):
         elif count >= FAILURES_BEFORE_UNHEALTHY:
             self.problems[event.lane] = f"the last {count} exports failed; last: {event.reason}"
 
+    def forget(self, lane: str) -> None:
+        """The lane's cause was fixed (its token or settings changed): healthy until its
+        exports fail again."""
+        self._failures_in_a_row.pop(lane, None)
+        self.problems.pop(lane, None)
+
     def report(self) -> tuple[int, dict[str, Any]]:
         if self.stopping:
             return 503, {"status": "stopping"}

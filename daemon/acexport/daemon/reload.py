@@ -1,0 +1,41 @@
+"""What a reload (SIGHUP) changed, and what it clears.
+
+A reload that changes a workspace's token or settings means the operator just
+fixed the cause of its failures (a renewed token, a corrected base_url): its
+failed windows are retried at once, not at the next scheduled look (a nightly
+job's is tomorrow, and /healthz, and with it a Kubernetes pod, stayed failing
+until then).
+"""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+
+from ..config import Settings
+from ..lane import Lane
+from ..ops.health import Health
+
+
+def changed_workspaces(
+    old: Settings, old_tokens: dict[str, SecretStr], new: Settings, tokens: dict[str, SecretStr]
+) -> set[str]:
+    """The workspaces whose settings or token the new config changed (or added)."""
+    return {
+        name
+        for name, ws in new.workspaces.items()
+        if ws != old.workspaces.get(name)
+        or name not in old_tokens
+        or old_tokens[name].get_secret_value() != tokens[name].get_secret_value()
+    }
+
+
+def forget_failures(
+    lanes: dict[str, Lane], lane_of: dict[str, str], health: Health, workspaces: set[str]
+) -> None:
+    """The changed workspaces' lanes may try their token again, and are healthy until
+    their exports fail again."""
+    for name in workspaces:
+        key = lane_of.get(name)
+        if key is not None:
+            lanes[key].clear_auth_failure()
+            health.forget(key)
