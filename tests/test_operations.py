@@ -188,7 +188,9 @@ async def test_demo_exports_all_six_types_and_stops_on_sigint(tmp_path: Path) ->
     finally:
         process.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(process.wait(), 30)
-    assert code == 130  # Ctrl-C, as a shell reports it (SIGTERM, a service's stop: 0)
+    # Ctrl-C: ended by SIGINT after a clean stop, so make and shells see an interrupt
+    # (issue 38 item 5: `make demo` said "Error 130"); SIGTERM, a service's stop: 0.
+    assert code == -signal.SIGINT
 
 
 @pytest.mark.skipif(not tool("systemd-analyze"), reason="systemd-analyze not installed")

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .commands import ExitCode
 from .formats import Compression, OutputFormat
 from .protocol import ExportType
 
@@ -298,7 +299,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dispatch(args)
         finally:
             signal.signal(signal.SIGPIPE, previous)
-    return _dispatch(args)
+    code = _dispatch(args)
+    if code == ExitCode.INTERRUPTED:
+        _die_of_sigint()
+    return code
+
+
+def _die_of_sigint() -> None:
+    """After a clean stop on Ctrl-C, end by SIGINT itself: a parent (make, a shell
+    script) then sees an interrupt and stops too, where exit 130 read as an error
+    ("make: *** [demo] Error 130")."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def _suggest_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
