@@ -45,3 +45,27 @@ def test_a_backfill_range_the_wrong_way_round_says_so(tmp_path: Path, start: str
                    "--to", end, "--dry-run")  # fmt: skip
     assert "would cover 1 export (1 window x 1 type: page)" in one.stdout, one.stderr
     assert "in 1 AC request" in one.stdout
+
+
+def test_commands_that_need_no_token_read_none(tmp_path: Path) -> None:
+    """Issue 38 item 3 (reproduced): on a systemd host the token is the service's
+    credential (`token_file = "acme"`, under $CREDENTIALS_DIRECTORY), and `backfill
+    --dry-run` from a shell failed with 78 reading /etc/acexport/acme. Dry runs, cancels
+    and status read no token; a backfill that exports does, and names the file."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "s"}"\n[workspaces.acme]\ntoken_file = "acme"\n'
+        'retention = 1200\n[[jobs]]\nname = "p"\nworkspace = "acme"\ntypes = ["page"]\n'
+    )
+    backfill = ("backfill", "--config", str(config), "--job", "p")
+    dry = acexport(*backfill, "--from", "2022-01-01", "--to", "2022-01-02", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would cover 2 exports" in dry.stdout
+    cancel = acexport(*backfill, "--cancel")
+    assert cancel.returncode == 0, cancel.stderr
+    status = acexport("status", "--config", str(config))
+    assert status.returncode == 1  # behind: nothing exported yet; not 78 for a token
+    assert "BEHIND" in status.stdout
+    real = acexport(*backfill, "--from", "2022-01-01", "--to", "2022-01-02")
+    assert real.returncode == 78
+    assert str(tmp_path / "acme") in real.stderr

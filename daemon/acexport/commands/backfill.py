@@ -60,10 +60,12 @@ def main(args: argparse.Namespace) -> int:
 
     def body() -> int:
         settings, path = load(args.config)
-        if lock_holder(settings.daemon.state_dir) is None:
+        exports_here = not (args.dry_run or args.cancel)
+        if exports_here and lock_holder(settings.daemon.state_dir) is None:
             prepare(settings, path)  # exported here: the tokens are needed
         else:
-            # Only recorded for the running daemon, which holds the tokens: none is read.
+            # A dry run, a cancel, or windows recorded for the running daemon (which holds
+            # the tokens): none is read (on a systemd host they are the service's only).
             configure_logging(settings.daemon.log_format, settings.daemon.log_level)
         if args.cancel:
             return asyncio.run(_cancel(settings, path, args))
