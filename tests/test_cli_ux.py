@@ -69,3 +69,31 @@ def test_commands_that_need_no_token_read_none(tmp_path: Path) -> None:
     real = acexport(*backfill, "--from", "2022-01-01", "--to", "2022-01-02")
     assert real.returncode == 78
     assert str(tmp_path / "acme") in real.stderr
+
+
+def test_the_demo_says_how_to_watch_it_and_that_command_works(tmp_path: Path) -> None:
+    """Issue 38 item 2 (reproduced): while `make demo` ran, `acexport status` said "no
+    config file given or found"; with the demo's config it read /var/lib/acexport. The
+    demo prints the command lines that address it; status pointed at a state directory
+    that does not exist says so instead of an empty, healthy-looking report."""
+    demo = subprocess.run(
+        [sys.executable, "-m", "acexport", "demo", "--once"],
+        capture_output=True, text=True, check=False, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    lines = demo.stderr.splitlines()
+    status = next(line.strip() for line in lines if line.strip().endswith(".toml")
+                  and " status --config " in line)  # fmt: skip
+    watched = subprocess.run(
+        ["bash", "-c", status.replace("acexport ", f"{sys.executable} -m acexport ", 1)],
+        capture_output=True, text=True, check=False, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert "job " in watched.stdout
+    missing = subprocess.run(
+        ["bash", "-c", status.replace(str(tmp_path / "state" / "demo"), str(tmp_path / "nope"))
+         .replace("acexport ", f"{sys.executable} -m acexport ", 1)],
+        capture_output=True, text=True, check=False, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert missing.returncode == 1
+    assert f"no state directory at {tmp_path / 'nope'}" in missing.stderr

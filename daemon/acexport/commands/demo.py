@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
+import shlex
+import sys
 from pathlib import Path
 
 import structlog
@@ -57,6 +59,23 @@ def _pointed_at(settings: Settings, url: str, tokens: dict[str, str]) -> Setting
     return settings.model_copy(update={"workspaces": workspaces})
 
 
+def _say_how_to_watch(settings: Settings, path: Path) -> None:
+    """The command lines that address this demo's state from another terminal (its
+    config alone names no state directory a shell would find)."""
+    state = shlex.quote(str(settings.daemon.state_dir.absolute()))
+    config = shlex.quote(str(path.absolute()))
+    where = f"ACEXPORT_DAEMON__STATE_DIR={state} acexport"
+    job = settings.jobs[0].name if settings.jobs else "JOB"
+    print(
+        "demo: watch it from another terminal with\n"
+        f"  {where} status --config {config}\n"
+        f"  {where} backfill --config {config} --job {job} --from 2026-01-01 --to 2026-01-07 "
+        "--dry-run",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 async def _demo(settings: Settings, path: Path, once: bool) -> int:
     def reread() -> Settings:  # what SIGHUP reads: the file again, placed as at start
         fresh = load_settings(path)
@@ -79,6 +98,7 @@ async def _demo(settings: Settings, path: Path, once: bool) -> int:
         demo = _pointed_at(settings, url, tokens)
         prepare(demo, None)
         log.info("demo_emulator_started", url=url, workspaces=sorted(tokens))
+        _say_how_to_watch(settings, path)
         return await run_daemon(demo, path, once, lambda: _pointed_at(reread(), url, tokens))
     finally:
         await runner.cleanup()

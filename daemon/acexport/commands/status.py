@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,6 +35,14 @@ from .common import exit_code_of, human_duration, load
 def main(args: argparse.Namespace) -> int:
     def body() -> int:
         settings, _ = load(args.config)
+        if not settings.daemon.state_dir.is_dir():
+            # Not an empty, healthy-looking report: this config's daemon never ran here.
+            print(
+                f"no state directory at {settings.daemon.state_dir}: no daemon has run with "
+                "this config here (or daemon.state_dir points elsewhere)",
+                file=sys.stderr,
+            )
+            return ExitCode.FAILED
         report = asyncio.run(_status_report(settings))
         if args.json:
             print(json.dumps(report, indent=2))
