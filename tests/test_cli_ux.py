@@ -97,3 +97,27 @@ def test_the_demo_says_how_to_watch_it_and_that_command_works(tmp_path: Path) ->
     )  # fmt: skip
     assert missing.returncode == 1
     assert f"no state directory at {tmp_path / 'nope'}" in missing.stderr
+
+
+def test_the_image_build_context_leaves_out_state_wheels_and_secrets() -> None:
+    """Issue 38 item 11: `.dockerignore` let deploy/compose/*.token, state/ and dist/ into
+    the build context (a token sent to a remote builder, megabytes of state)."""
+    import fnmatch
+
+    root = Path(__file__).resolve().parent.parent
+    patterns = [
+        line.strip()
+        for line in (root / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+    def ignored(path: str) -> bool:  # docker's rule: a pattern matches a path or a parent
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+        return any(fnmatch.fnmatch(p, pattern) for p in prefixes for pattern in patterns)
+
+    for path in ("deploy/compose/acme.token", "state/demo/state.sqlite3", "dist/a.whl",
+                 "daemon/acexport.egg-info/PKG-INFO", ".venv/bin/python"):  # fmt: skip
+        assert ignored(path), path
+    for path in ("daemon/acexport/cli.py", "pyproject.toml", "deploy/compose/config.toml"):
+        assert not ignored(path), path
