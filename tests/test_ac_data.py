@@ -143,7 +143,8 @@ async def test_entity_snapshots_end_to_end_with_pruning(
     assert code == 0
     rows = await read_rows(tmp_path / "state")
     newest = max(r.end for r in rows if r.type == "segment" and r.state is LedgerState.DONE)
-    assert f"segment snapshot as of: {newest:%Y-%m-%d %H:%M}" in out_text
+    # The config's zone is UTC: the as-of time with its offset (issue 38 item 10).
+    assert f"segment snapshot as of: {newest.isoformat(timespec='minutes')}" in out_text
 
 
 async def test_restatement_replaces_a_changed_window_once_and_keeps_an_unchanged_one(

@@ -110,7 +110,7 @@ async def test_status_reports_done_and_failed_windows(
     assert by_name["a"]["done"] == 2
     assert by_name["a"]["last_exported"]
     assert by_name["a"]["horizon"] == {
-        "done": 2, "missing": 0, "in flight": 0, "retrying": 0, "failed": 0
+        "done": 2, "missing": 0, "in_flight": 0, "retrying": 0, "failed": 0
     }  # fmt: skip
     assert by_name["b"]["done"] == 0
     (failed,) = by_name["b"]["failed"]

@@ -66,7 +66,9 @@ def _print(report: dict[str, Any]) -> None:
         print(f"\njob {job['name']} ({job['workspace']}, {job['schedule']})")
         if job["window_types"]:
             print(f"  last exported window: {job['last_exported'] or 'none yet'}")
-            counts = ", ".join(f"{n} {state}" for state, n in job["horizon"].items() if n)
+            counts = ", ".join(
+                f"{n} {state.replace('_', ' ')}" for state, n in job["horizon"].items() if n
+            )
             print(f"  catch-up horizon:     {counts or 'no windows due yet'}")
         for type_, as_of in job["snapshots"].items():
             print(f"  {type_} snapshot as of:{' ' * max(1, 8 - len(type_))}{as_of or 'none yet'}")
@@ -154,8 +156,9 @@ def _job_report(
     windows_done = [r for r in done if r.mode is ExportMode.WINDOWS]
     looks = next_looks(job.trigger(zone), now, 1)
     cells = [cell for row in job_view.rows.values() for cell in row]
-    # Counted as the page and acexport_windows count them ("in_flight" shown spaced).
-    horizon = Counter(counted_state(c.state).replace("_", " ") for c in cells)
+    # Counted as the page and acexport_windows count them; keys in snake_case (the
+    # text report spaces them), as every key of the JSON report.
+    horizon = Counter(counted_state(c.state) for c in cells)
     horizon_starts = {w.start for w in due_windows(job, zone, now)}
     return {
         "name": job.name,
@@ -169,7 +172,7 @@ def _job_report(
         "next_look": looks[0].isoformat() if looks else None,
         "horizon": {
             state: horizon[state]
-            for state in ("done", "missing", "in flight", "retrying", "failed")
+            for state in ("done", "missing", "in_flight", "retrying", "failed")
         },
         "behind_s": _behind_s(job, zone, job_view.oldest_waiting_end, now),
         "done": len(done),
@@ -197,8 +200,10 @@ def _newest_snapshots(
                     default=None)
         for t in job.snapshot_types
     }  # fmt: skip
+    # With its offset: "2026-12-05 20:00" named no zone (issue 38 item 10).
     return {
-        t: f"{end.astimezone(zone):%Y-%m-%d %H:%M}" if end else None for t, end in newest.items()
+        t: end.astimezone(zone).isoformat(timespec="minutes") if end else None
+        for t, end in newest.items()
     }
 
 
