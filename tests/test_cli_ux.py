@@ -121,3 +121,32 @@ def test_the_image_build_context_leaves_out_state_wheels_and_secrets() -> None:
         assert ignored(path), path
     for path in ("daemon/acexport/cli.py", "pyproject.toml", "deploy/compose/config.toml"):
         assert not ignored(path), path
+
+
+def test_run_once_gives_up_on_an_unreachable_ac_within_the_bound(tmp_path: Path) -> None:
+    """Issue 38 item 7 (reproduced): `run --once` took 3 min 49 s to give up on AC at a
+    wrong port, where `export` failed at once. Nothing listening for
+    http.unreachable_after (60 s by default; 2 s here, retries kept going) fails the
+    window, naming host and port."""
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "s"}"\noutput_dir = "{tmp_path / "o"}"\n'
+        'listen = ""\n[http]\nretry_initial = "100ms"\nretry_max = "300ms"\n'
+        'max_attempts = 1000\nunreachable_after = "2s"\n'
+        f'[workspaces.acme]\nbase_url = "http://127.0.0.1:{port}"\ntoken = "t"\n'
+        'retention = 1200\n[[jobs]]\nname = "p"\nworkspace = "acme"\ntypes = ["page"]\n'
+        'catch_up = "1d"\n'
+    )
+    config.chmod(0o600)
+    started = time.monotonic()
+    result = acexport("run", "--once", "--config", str(config))
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert time.monotonic() - started < 20
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "export_unreachable" in result.stderr

@@ -89,6 +89,10 @@ class HttpSettings(Section):
     retry_initial: Duration = timedelta(seconds=1)
     retry_max: Duration = timedelta(minutes=1)
     max_attempts: Count = Field(default=10, ge=1, le=1000)
+    # An export whose every request found nothing listening (a wrong port, a host that
+    # is down) fails after this long, naming host and port: `run --once` from cron gave
+    # up after 3 min 49 s of backoff. The next look asks again.
+    unreachable_after: Duration = timedelta(seconds=60)
     # AC reporting ERROR (its export failed; it starts again) this many times in a row
     # for one window ends the export.
     max_ac_failures: Count = Field(default=5, ge=1, le=1000)

@@ -33,6 +33,7 @@ class Attempt:
     requests: int = 0
     failures: int = 0
     ac_failures: int = 0  # ERROR answers since the last data
+    unreachable_since: float | None = None  # monotonic: nothing listening since then
     suspect_waited_s: float = 0.0  # waited since 5xx answers to an unproven token began
     expired: int = 0
     ready_at: float | None = None  # monotonic time AC's current export's data was ready

@@ -104,6 +104,7 @@ async def _ask(
 ) -> ExportOutcome | float:
     """One request: the finished export, or how long to wait before the next."""
     async with client.request(spec.type, spec.window, range_start=state.offset) as answer:
+        state.unreachable_since = None  # something answered
         if isinstance(answer, ExportStatus):
             delay = await _on_status(answer, state, sink, timing, polls)
             await observer.status(answer, delay)
@@ -138,9 +139,18 @@ async def _ask(
 
 
 def _never_reached(state: Attempt, timing: Timing) -> bool:
-    """A one-off export whose first request found nothing listening: a typo or a wrong
-    port, not an outage to wait out (the daemon waits: AC may be back soon)."""
-    return timing.fail_fast_unreachable and state.requests == 1
+    """Nothing listening: at the first request of a one-off export (a typo or a wrong
+    port), or for ``unreachable_s`` in the daemon (AC may be back soon; then a cron's
+    `run --once` must not wait minutes to say so, and the next look asks again)."""
+    now = time.monotonic()
+    if state.unreachable_since is None:
+        state.unreachable_since = now
+    if timing.fail_fast_unreachable and state.requests == 1:
+        return True
+    if now - state.unreachable_since >= timing.unreachable_s:
+        log.error("export_unreachable", seconds=round(now - state.unreachable_since))
+        return True
+    return False
 
 
 def _data_may_have_expired(state: Attempt, timing: Timing) -> bool:

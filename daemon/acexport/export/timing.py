@@ -38,6 +38,7 @@ class Timing:
     created_date: str | None = None
     # A one-off export: a first request that cannot connect at all fails at once.
     fail_fast_unreachable: bool = False
+    unreachable_s: float = 60.0  # nothing listening this long: the export fails
 
     @classmethod
     def from_settings(cls, http: HttpSettings) -> Timing:
@@ -47,6 +48,7 @@ class Timing:
             max_attempts=http.max_attempts,
             max_ac_failures=http.max_ac_failures,
             download_window_s=http.download_window.total_seconds(),
+            unreachable_s=http.unreachable_after.total_seconds(),
         )
 
     def plan(self) -> PollPlan:
