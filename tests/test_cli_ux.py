@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import EmulatorFactory
+from tests.daemon_helpers import job, run_cli, write_config
+
 
 def acexport(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -150,3 +153,31 @@ def test_run_once_gives_up_on_an_unreachable_ac_within_the_bound(tmp_path: Path)
     assert time.monotonic() - started < 20
     assert f"127.0.0.1:{port}" in result.stderr
     assert "export_unreachable" in result.stderr
+
+
+async def test_a_dry_run_counts_what_the_store_holds_as_the_real_run_does(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 38 item 15 (reproduced): for a window whose file was deleted from the
+    store, `backfill --dry-run` said "2 already done ... 0 to ask AC" from the ledger,
+    and the real backfill then queued 1. Both say the same now."""
+    emu = await emulator(tokens={"acme": "acme-token"}, records=3)
+    config = write_config(tmp_path, emu, job("p", "acme", types=["page"], catch_up="0s"))
+    args = ("backfill", "--config", str(config), "--job", "p", "--from", "2022-01-01",
+            "--to", "2022-01-02")  # fmt: skip
+    code, _, err = await run_cli(*args)
+    assert code == 0, err
+    gone = next((tmp_path / "exports").rglob("page_20220102*.jsonl.gz"))
+    gone.unlink()
+    Path(f"{gone}.manifest.json").unlink()
+
+    code, out, _ = await run_cli(*args, "--dry-run")
+
+    assert code == 0
+    assert "  1 to ask AC for, in 1 AC request" in out.decode()
+    assert "  1 already done" in out.decode()
+    asked = len((await emu.jobs())["jobs"])
+    code, _, err = await run_cli(*args)
+    assert code == 0, err
+    assert "1 exported" in err
+    assert len((await emu.jobs())["jobs"]) == asked + 1

@@ -9,8 +9,8 @@ changes (restatement, coalescing, a second job on the workspace, keep_snapshots)
 After every step the invariants below hold; a failure prints the steps that led
 to it and hypothesis's seed (rerun with ``--hypothesis-seed``).
 
-Examples: 50 in the quick suite, 200 more with ``-m slow`` (``make test``), and as
-many as you like with ``MODEL_EXAMPLES``.
+Examples: 50 in the quick suite, 200 more with ``-m slow`` (``make test``), the same
+at every run; ``MODEL_RANDOM=1`` with ``MODEL_EXAMPLES=N`` explores new ones.
 """
 
 from __future__ import annotations
@@ -341,10 +341,13 @@ def _examples(default: int) -> int:
     return int(os.environ.get("MODEL_EXAMPLES", default))
 
 
+# The same examples at every run (CI must not fail on a draw nobody can repeat): set
+# MODEL_RANDOM=1, with MODEL_EXAMPLES, to explore new ones; a failure prints its steps.
 _QUICK = settings(
     max_examples=_examples(50),
     stateful_step_count=12,
     deadline=None,
+    derandomize=not os.environ.get("MODEL_RANDOM"),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 

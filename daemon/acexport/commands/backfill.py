@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
+import tempfile
 import time
 from collections import Counter
 from contextlib import AsyncExitStack
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import JobSettings, Settings
+from ..errors import StoreRejected, StoreUnavailable
 from ..ledger import (
     ACTIVE,
     ExportRecord,
@@ -31,7 +33,9 @@ from ..ledger import (
 )
 from ..lock import lock_holder
 from ..ops.logging import configure_logging
+from ..output.layout import OutputLayout
 from ..output.open import open_store
+from ..output.stored import prove, stored_files
 from ..payload.split import MAX_WINDOWS
 from ..planner import Look, Planner, ac_requests
 from ..protocol import TIME_SERIES, ExportMode
@@ -223,23 +227,57 @@ def _coalesced_note(job: JobSettings) -> str:
     return f" (up to {most} consecutive windows of event or page in one, coalesce_max)"
 
 
+async def _in_store(
+    settings: Settings,
+    job: JobSettings,
+    windows: list[ExportWindow],
+    by_key: dict[tuple[str, datetime], ExportRecord],
+) -> set[tuple[str, datetime]] | None:
+    """The (type, window start)s the output store holds, as the real run's look finds
+    them: a file recorded done that is present, or one its manifest proves whole."""
+    layout = OutputLayout.from_settings(settings.output)
+    with tempfile.TemporaryDirectory(prefix="acexport-dry-run-") as temp:
+        store = open_store(settings, Path(temp))
+        try:
+            async with AsyncExitStack() as stack:
+                await store.start(stack)
+                files = await stored_files(
+                    store, layout, job.workspace, job.name, job.window_types, windows
+                )
+                done = {key for key, row in by_key.items() if row.state is LedgerState.DONE}
+                proven, _ = await prove(
+                    store, job.workspace, [f for f in files if (f.type, f.window.start) not in done]
+                )
+        except (StoreUnavailable, StoreRejected) as exc:
+            print(f"  (the output store was not listed: {exc}; done is the state's word)")
+            return None
+    return {(f.type, f.window.start) for f in files if (f.type, f.window.start) in done} | {
+        (f.type, f.window.start) for f in proven
+    }
+
+
 def _classify(
     job: JobSettings,
     windows: list[ExportWindow],
     by_key: dict[tuple[str, datetime], ExportRecord],
     earliest: datetime,
+    stored: set[tuple[str, datetime]] | None,
 ) -> tuple[Counter[str], dict[str, list[ExportWindow]]]:
     """Each (type, window) counted as beyond retention, done, pending or new; the new
-    ones by type."""
+    ones by type. Done is what the output store holds (``stored``), as the real run
+    judges it; None: the store could not be listed, the ledger is believed."""
     counts: Counter[str] = Counter()
     new: dict[str, list[ExportWindow]] = {str(t): [] for t in job.window_types}
     for window in windows:
         for type_ in job.window_types:
             row = by_key.get((str(type_), window.start))
+            held = stored is None or (str(type_), window.start) in stored
             if window.start < earliest:
                 counts["beyond"] += 1
-            elif row is not None and row.state is LedgerState.DONE:
+            elif row is not None and row.state is LedgerState.DONE and held:
                 counts["done"] += 1
+            elif (row is None or row.state is not LedgerState.DONE) and stored and held:
+                counts["done"] += 1  # found in the store: adopted, not asked for
             elif row is not None and row.state in ACTIVE:
                 counts["pending"] += 1
             else:
@@ -257,7 +295,8 @@ async def _dry_run(settings: Settings, job: JobSettings, windows: list[ExportWin
     earliest = retention_start(utc_now(), effective_months(ws.retention, learned), ws.zone)
     rows = [r for r in await read_rows(state_dir) if r.workspace == job.workspace]
     by_key = {(r.type, r.start): r for r in rows if r.mode is ExportMode.WINDOWS}
-    counts, new = _classify(job, windows, by_key, earliest)
+    stored = await _in_store(settings, job, windows, by_key)
+    counts, new = _classify(job, windows, by_key, earliest, stored)
     requests = sum(ac_requests(job, type_, found) for type_, found in new.items())
     spans = sorted(
         r.ready_at - r.submitted_at
@@ -273,7 +312,7 @@ async def _dry_run(settings: Settings, job: JobSettings, windows: list[ExportWin
     asks = counted(requests, "AC request")
     print(f"  {counts['new']} to ask AC for, in {asks}{_coalesced_note(job)}")
     print(f"  {counts['pending']} already queued or in flight")
-    print(f"  {counts['done']} already done (the output store may hold more: not asked again)")
+    print(f"  {counts['done']} already done (held by the output store: not asked again)")
     print(f"  {counts['beyond']} before AC's data retention ({earliest.date()}): not asked for")
     if spans and requests:
         median = spans[len(spans) // 2]

@@ -34,6 +34,9 @@ class StoredFile:
     key: PurePosixPath  # the data file's
     manifest: Manifest
     location: str  # the manifest's: a path, or an s3:// URL
+    # A restatement whose bytes were those stored: the file and its manifest (of the
+    # previous revision) were left as they were.
+    kept: bool = False
 
 
 @dataclass
@@ -141,7 +144,7 @@ async def store(spec: ExportSpec, state: Attempt, sink: Sink, timing: Timing) ->
                 )
             if location is None:
                 location = await _commit(sink, done, key, timing)
-            stored.append(StoredFile(window, key, done.manifest, location))
+            stored.append(StoredFile(window, key, done.manifest, location, kept=done.kept))
     finally:
         for done in finished:
             done.summary.path.unlink(missing_ok=True)

@@ -361,6 +361,12 @@ class Lane:
                     file_sha256=manifest.file_sha256,
                 )
             )
+            if stored.kept and record.revision > 1:
+                # The stored file and its manifest stay those of the previous revision:
+                # so does the row (it said revision 2 of a revision-1 file: found by
+                # tests/test_model.py).
+                reason = f"restated unchanged: revision {record.revision - 1} kept"
+                await asyncio.shield(self.ctx.ledger.keep_previous_revision(record.id, reason))
             self._publish(
                 record,
                 ok=True,
