@@ -158,19 +158,21 @@ owner=$(stat -c %u "$(find "$WORK/data/from-my-config" -name '*.jsonl.gz' | head
 
 health=$(curl -sf "http://127.0.0.1:$PORT/healthz") || fail "/healthz not reachable on the published port"
 echo "$health" | grep -q '"ok"' || fail "/healthz says $health"
-curl -sf "http://127.0.0.1:$PORT/metrics" | grep -q '^acexport_exports_total' \
-    || fail "/metrics not served on the published port"
+# Read whole first: `curl | grep -q` fails under pipefail when grep stops reading early.
+metrics=$(curl -sf "http://127.0.0.1:$PORT/metrics") || fail "/metrics not served on the published port"
+grep -q '^acexport_exports_total' <<<"$metrics" || fail "/metrics lacks acexport_exports_total"
 echo "image-test: /healthz and /metrics answer on the published port"
 
 "${PODMAN[@]}" healthcheck run "$NAME" >/dev/null || fail "the image's HEALTHCHECK failed"
 echo "image-test: HEALTHCHECK passes"
 
 "${PODMAN[@]}" kill -s HUP "$NAME" >/dev/null
+reloaded() { grep -q config_reloaded <<<"$("${PODMAN[@]}" logs "$NAME" 2>&1)"; }
 for _ in $(seq 40); do
-    "${PODMAN[@]}" logs "$NAME" 2>&1 | grep -q config_reloaded && break
+    reloaded && break
     sleep 0.25
 done
-"${PODMAN[@]}" logs "$NAME" 2>&1 | grep -q config_reloaded || fail "SIGHUP did not reload"
+reloaded || fail "SIGHUP did not reload"
 echo "image-test: SIGHUP reloads"
 
 started=$(date +%s)
