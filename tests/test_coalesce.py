@@ -400,4 +400,4 @@ def test_a_splits_window_files_are_whole_streams_of_exactly_their_lines(
         target = tmp_path / "w.jsonl.zst"
         summaries[5].path.rename(target)
         query = f"SELECT count(*) FROM read_json('{target}')"  # noqa: S608 - our tmp path
-        assert duckdb.sql(query).fetchall() == [(per_hour,)]
+        assert duckdb.connect().sql(query).fetchall() == [(per_hour,)]

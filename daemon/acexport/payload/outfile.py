@@ -13,6 +13,7 @@ from typing import IO, cast
 
 from ..formats import Compression
 from . import codec
+from .records import Utf8Check
 from .tempfiles import create_new
 
 _QUEUED_BATCHES = 2  # between the producer and the writer thread: bounds memory
@@ -77,6 +78,7 @@ class OutputFile:
         self._compressor: codec.Compressor | None = None
         # zstd in frames through a shared context (a split's windows), lines buffered.
         self._frames = frames if compression == Compression.ZSTD else None
+        self._utf8: Utf8Check | None = None  # the lines checked as they are written
         self._framing: list[bytes] = []
         self._framing_bytes = 0
         if compression == Compression.GZIP:
@@ -144,8 +146,15 @@ class OutputFile:
             self._thread.join()
             self._thread = None
 
+    def check_utf8(self) -> None:
+        """Check every line written from now on as UTF-8 (in the writer's thread)."""
+        self._utf8 = Utf8Check()
+
     def _write(self, chunks: list[bytes]) -> None:
         """Write the chunks in order, without joining them first (one copy fewer)."""
+        if self._utf8 is not None:
+            for chunk in chunks:
+                self._utf8.feed(chunk)
         if self._frames is not None:
             chunks = self._framed(chunks)
         elif self._compressor is not None:
@@ -188,6 +197,8 @@ class OutputFile:
     def close(self) -> None:
         self._stop()
         self._raise_failure()
+        if self._utf8 is not None:
+            self._utf8.finish()
         self.open()  # an export with no records is an empty file
         if self._frames is not None:
             self._emit(self._framed([], last=True))  # the last frame (an empty one at least)

@@ -30,6 +30,8 @@ _UTF8_SLICE = 256 * 1024
 def _parse_record(line: bytes, which: str) -> Any:
     try:
         return json.loads(line)
+    except UnicodeDecodeError as exc:  # named as a raw body's bytes are, whatever the line
+        raise PayloadError(f"the data is not valid UTF-8 ({exc.reason})") from None
     except (ValueError, RecursionError):
         raise PayloadError(
             f"the {which} line is not valid JSON: the data is damaged or cut short"

@@ -160,6 +160,11 @@ class PayloadWriter:
             )
         self.served_format = served
         if served == "zip":
+            # A member's CRC-32 proves its bytes are AC's, not that they are text: each
+            # output file checks its lines as UTF-8 as it writes them (in its own
+            # thread when it has one), as a raw body's are checked beside hashing.
+            for part in self._parts:
+                part.check_utf8()
             return StreamedZip(self._write_lines, self._spool_path, self._limits)
         if served == "json":
             return ArrayToLines(self._write_lines)
