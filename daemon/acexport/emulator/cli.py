@@ -134,6 +134,11 @@ def _add_processing_arguments(parser: argparse.ArgumentParser) -> None:
         help="events carry the older properties array instead of eventProperties text",
     )
     queue.add_argument(
+        "--iso-timestamps",
+        action="store_true",
+        help="event and page times in ISO 8601 with Z, as AC's older exports wrote them",
+    )
+    queue.add_argument(
         "--tick",
         type=seconds,
         default=0.0,
@@ -178,6 +183,7 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
             seed=args.seed,
             restate_rate=args.restate_rate,
             legacy_properties=args.legacy_properties,
+            iso_timestamps=args.iso_timestamps,
             tick_s=args.tick,
         ),
         faults=FaultSettings(

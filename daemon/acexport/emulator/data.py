@@ -7,6 +7,8 @@ microseconds when they have any), ``<``, ``>`` and ``&`` are ``\\u003c`` and so
 on, NULL columns are absent, and an event's ``eventProperties`` is text built by
 concatenation without escaping (a value with ``"`` or ``\\`` makes it invalid
 JSON; ``legacy_properties`` gives the older ``properties`` array instead).
+``iso_timestamps`` writes event and page times as AC's older exports did, ISO 8601
+in UTC with milliseconds (``2024-01-05T13:00:00.000Z``).
 
 Two ways to say which rows an export holds:
 
@@ -122,6 +124,7 @@ class PayloadSpec:
     records_per_day: int | None = None  # AC's engine: rows exist whatever is asked
     as_of_ms: int = 0  # when the export ran: the entities' state is theirs at that time
     legacy_properties: bool = False  # the older ``properties`` array of events
+    iso_timestamps: bool = False  # event and page times as older exports: ISO 8601, Z
 
 
 def bq_timestamp(us: int) -> bytes:
@@ -130,6 +133,13 @@ def bq_timestamp(us: int) -> bytes:
     seconds, micros = divmod(rest, 1_000_000)
     base = _day(days) + _times_of_day()[seconds]
     return base + (b".%06d UTC" % micros if micros else b" UTC")
+
+
+def iso_timestamp(us: int) -> bytes:
+    """An older export's form of the same instant, ``2024-01-05T13:00:00.123Z``."""
+    days, rest = divmod(us, _DAY_US)
+    seconds, micros = divmod(rest, 1_000_000)
+    return b"%sT%s.%03dZ" % (_day(days), _times_of_day()[seconds][1:], micros // 1000)
 
 
 @lru_cache(maxsize=1)
@@ -331,16 +341,18 @@ def _render(spec: PayloadSpec, rows: list[_Row]) -> list[bytes]:
 
 def _event(spec: PayloadSpec, row: _Row, salt: int, fragment: bytes) -> bytes:
     h = _mix(row.n + salt)
+    stamp = iso_timestamp if spec.iso_timestamps else bq_timestamp
     return b'{"id":"%016x","createDate":"%s","eventDate":"%s","projectId":"p%d",' \
         b'"sessionId":"%016x","userId":"%d",%s}' % (
-            h, bq_timestamp(row.at_us + h % 900_000_000), bq_timestamp(row.at_us),
+            h, stamp(row.at_us + h % 900_000_000), stamp(row.at_us),
             salt % 1000, _mix(h) >> 8, h % 50_000, fragment)  # fmt: skip
 
 
 def _page(spec: PayloadSpec, row: _Row, salt: int, fragment: bytes) -> bytes:
     h = _mix(row.n + salt)
+    stamp = iso_timestamp if spec.iso_timestamps else bq_timestamp
     return b'{"eventDate":"%s","sessionId":"%016x","userId":"%d",%s}' % (
-        bq_timestamp(row.at_us), h, h % 50_000, fragment)  # fmt: skip
+        stamp(row.at_us), h, h % 50_000, fragment)  # fmt: skip
 
 
 def _version(spec: PayloadSpec, row: _Row) -> tuple[int, int]:

@@ -283,6 +283,7 @@ class QueueSettings:
     # again after the first export's data expired (late events settled).
     restate_rate: float = 0.0
     legacy_properties: bool = False  # events carry the older ``properties`` array
+    iso_timestamps: bool = False  # event and page times in ISO 8601 (older exports)
     # AC's worker runs every ``tick_s`` and then processes the pending tasks one after
     # another; a task created meanwhile waits for the next tick. 0: no ticks.
     tick_s: float = 0.0
@@ -370,6 +371,7 @@ class ExportQueue:
             records_per_day=s.records_per_day,
             as_of_ms=int(now * 1000),
             legacy_properties=s.legacy_properties,
+            iso_timestamps=s.iso_timestamps,
         )
         job_id = uuid.uuid4().hex
         processing = s.processing_s + s.processing_per_1000_s * records / 1000

@@ -13,7 +13,7 @@ from typing import IO, cast
 
 from ..formats import Compression
 from . import codec
-from .records import Utf8Check
+from .records import Utf8Check, Write
 from .tempfiles import create_new
 
 _QUEUED_BATCHES = 2  # between the producer and the writer thread: bounds memory
@@ -49,12 +49,59 @@ _SYNC_FILE_RANGE_WRITE = 2
 _IOV_MAX = 1024
 
 
+class WriterThread:
+    """Runs the writes handed to it, in order, in a thread of its own behind a short
+    queue (memory stays bounded); an error there is raised in the producer's next call.
+    One per output file, or one shared by a split's window files."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[Write, list[bytes]] | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def submit(self, write: Write, chunks: list[bytes]) -> None:
+        self.raise_failure()
+        if self._queue is None:
+            self._queue = queue.Queue(_QUEUED_BATCHES)
+            self._thread = threading.Thread(target=self._drain, name="acexport-write", daemon=True)
+            self._thread.start()
+        self._queue.put((write, chunks))
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while (item := self._queue.get()) is not None:
+            if self._error is None:  # after a failure, only empty the queue
+                write, chunks = item
+                try:
+                    write(chunks)
+                except BaseException as exc:  # handed to the producer's thread
+                    self._error = exc
+
+    def raise_failure(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def forget_failure(self) -> None:
+        self._error = None
+
+    def stop(self) -> None:
+        """Wait for every write handed over (idempotent)."""
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread, self._queue = None, None
+
+
 class OutputFile:
     """The NDJSON output temp file, compressed (gzip, zstd) or not.
 
-    Compressing and writing run in a thread of their own, fed through a short
-    queue, so they overlap whatever produces the lines (inflating a ZIP member,
-    checking lines); an error there is raised in the producer's next call.
+    Compressing, checking, hashing and writing run in a writer thread, so they
+    overlap whatever produces the lines (inflating a ZIP member, splitting them).
     """
 
     def __init__(
@@ -63,13 +110,16 @@ class OutputFile:
         compression: Compression,
         *,
         intermediate: bool = False,
-        threaded: bool = True,
+        writer: WriterThread | None = None,
         frames: codec.FrameCompressor | None = None,
     ) -> None:
         self.path = path
-        # One of many files of a split request: written by the producer's own thread
-        # (a writer thread and its queue per window would multiply memory by windows).
-        self._threaded = threaded
+        # One of a split's files shares the split's writer thread (a thread and queue
+        # per window would multiply memory by windows) and hands over a frame's worth
+        # of its lines at a time; a file of its own starts its thread once it is big.
+        self._shared = writer is not None
+        self._writer = writer or WriterThread()
+        self._handoff_bytes = FRAME_BYTES if self._shared else _HANDOFF_BYTES
         # Read back and deleted by this process (the JSON Lines a Parquet file is made
         # from): no manifest names its hash, and a crash discards it, so it is neither
         # hashed nor synced.
@@ -88,11 +138,8 @@ class OutputFile:
         self._written = 0
         # The file as written (the manifest's file_sha256): hashed in the writer thread.
         self._sha = hashlib.sha256()
-        self._queue: queue.Queue[list[bytes] | None] | None = None  # with the first write
-        self._gathered: list[bytes] = []  # for the writer thread, until _HANDOFF_BYTES
+        self._gathered: list[bytes] = []  # for the writer thread, until a hand-off's worth
         self._gathered_bytes = 0
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
 
     def open(self) -> None:
         """Create the temp file (and its directory, if someone removed it)."""
@@ -103,48 +150,22 @@ class OutputFile:
     def write_many(self, chunks: list[bytes]) -> None:
         """Queue the chunks (in order) for the writer thread; memory stays bounded.
 
-        Small outputs are written at once: a thread per export would cost more than
-        it overlaps, with hundreds of small exports in flight.
+        A file of its own writes its first few MB at once: a thread per export would
+        cost more than it overlaps, with hundreds of small exports in flight.
         """
-        self._raise_failure()
-        if self._queue is None and (self._written < _THREAD_AFTER_BYTES or not self._threaded):
+        self._writer.raise_failure()
+        if not self._shared and not self._writer.started and self._written < _THREAD_AFTER_BYTES:
             self._write(chunks)
             return
-        if self._queue is None:
-            self._queue = queue.Queue(_QUEUED_BATCHES)
-            self._thread = threading.Thread(target=self._drain, name="acexport-write", daemon=True)
-            self._thread.start()
         self._gathered += chunks
         self._gathered_bytes += sum(map(len, chunks))
-        if self._gathered_bytes >= _HANDOFF_BYTES:
+        if self._gathered_bytes >= self._handoff_bytes:
             self._hand_off()
 
     def _hand_off(self) -> None:
-        assert self._queue is not None
         if self._gathered:
-            self._queue.put(self._gathered)
-            self._gathered, self._gathered_bytes = [], 0
-
-    def _raise_failure(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-
-    def _drain(self) -> None:
-        assert self._queue is not None
-        while (chunks := self._queue.get()) is not None:
-            if self._error is None:  # after a failure, only empty the queue
-                try:
-                    self._write(chunks)
-                except BaseException as exc:  # handed to the producer's thread
-                    self._error = exc
-
-    def _stop(self) -> None:
-        if self._thread is not None and self._queue is not None:
-            self._hand_off()
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
+            gathered, self._gathered, self._gathered_bytes = self._gathered, [], 0
+            self._writer.submit(self._write, gathered)
 
     def check_utf8(self) -> None:
         """Check every line written from now on as UTF-8 (in the writer's thread)."""
@@ -195,11 +216,14 @@ class OutputFile:
         return [frame]
 
     def close(self) -> None:
-        self._stop()
-        self._raise_failure()
+        self._writer.stop()
+        self._writer.raise_failure()
+        gathered, self._gathered, self._gathered_bytes = self._gathered, [], 0
+        self.open()  # an export with no records is an empty file
+        if gathered:
+            self._write(gathered)
         if self._utf8 is not None:
             self._utf8.finish()
-        self.open()  # an export with no records is an empty file
         if self._frames is not None:
             self._emit(self._framed([], last=True))  # the last frame (an empty one at least)
         assert self._file is not None
@@ -225,8 +249,8 @@ class OutputFile:
     def discard(self) -> None:
         self._gathered, self._gathered_bytes = [], 0  # not worth writing now
         self._framing, self._framing_bytes = [], 0
-        self._stop()
-        self._error = None
+        self._writer.stop()
+        self._writer.forget_failure()  # the export failed already
         if self._file is not None:
             self._file.close()
             self.path.unlink(missing_ok=True)

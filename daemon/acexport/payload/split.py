@@ -18,6 +18,10 @@ file is already in the store) is counted as skipped.
 from __future__ import annotations
 
 import bisect
+import collections
+import functools
+import itertools
+import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,13 +41,56 @@ _TIMESTAMP = re.compile(
 )
 
 
-# BigQuery's form of a TIMESTAMP with its digits zeroed, to at most microseconds: such
-# strings sort as their instants (against bounds written by ``bigquery_text``).
+# The forms whose texts sort as their instants (fraction digits trimmed or not), once a
+# ``Z`` is read as a space: a batch whose values all have one of them is placed by
+# comparing text with bounds written in it, no Python step per record. Offsets other
+# than UTC's take the record-by-record path, which converts each.
 _ZEROED = bytes.maketrans(b"123456789", b"000000000")
-_BIGQUERY_SHAPES = frozenset(
-    b"0000-00-00 00:00:00" + (b"." + b"0" * digits if digits else b"") + b" UTC"
-    for digits in range(7)
+_FRACTIONS = (b"", *(b"." + b"0" * digits for digits in range(1, 10)))
+
+
+@dataclass(frozen=True)
+class _TextForm:
+    separator: bytes  # between date and time
+    zone: bytes  # as written after the time
+    sortable_zone: bytes  # as compared: sorts before "." and every digit
+
+    @property
+    def shapes(self) -> frozenset[bytes]:
+        clock = b"0000-00-00" + self.separator + b"00:00:00"
+        return frozenset(clock + fraction + self.zone for fraction in _FRACTIONS)
+
+    @property
+    def sortable(self) -> bytes | None:
+        """The translation that makes values of this form sortable, if they need one."""
+        return None if self.zone == self.sortable_zone else bytes.maketrans(b"Z", b" ")
+
+    def text(self, when: datetime) -> bytes:
+        utc = when.astimezone(UTC)
+        fraction = f".{utc.microsecond:06d}".rstrip("0") if utc.microsecond else ""
+        clock = f"{utc:%Y-%m-%d}{self.separator.decode()}{utc:%H:%M:%S}{fraction}"
+        return clock.encode() + self.sortable_zone
+
+
+_FORMS = (
+    _TextForm(b" ", b" UTC", b" UTC"),  # BigQuery's
+    _TextForm(b"T", b"Z", b" "),  # ISO 8601 in UTC, as AC's older exports wrote it
+    _TextForm(b" ", b"", b""),  # no zone: UTC
+    _TextForm(b"T", b"", b""),
 )
+_FORM_OF_SHAPE = {shape: form for form in _FORMS for shape in form.shapes}
+
+
+@dataclass(frozen=True)
+class _TextBounds:
+    """A split's range and windows written in one form: ``edges`` are the windows'
+    starts and ends, sorted; ``slots[k]`` the window of values with ``k`` edges at or
+    before them (None: in no window being written)."""
+
+    low: bytes
+    high: bytes  # the first instant after the range
+    edges: list[bytes]
+    slots: list[int | None]
 
 
 # Keys of instants outside datetime's range once in UTC: they sort outside every range.
@@ -53,14 +100,6 @@ _AFTER_ALL = b"9999-99-99T99:99:99.999999"
 
 def instant_key(when: datetime) -> bytes:
     return when.astimezone(UTC).strftime(_KEY_FORMAT).encode()
-
-
-def bigquery_text(when: datetime) -> bytes:
-    """``when`` as BigQuery writes a TIMESTAMP, fraction without trailing zeros: a value
-    of the same form sorts before it exactly when its instant is earlier."""
-    utc = when.astimezone(UTC)
-    fraction = f".{utc.microsecond:06d}".rstrip("0") if utc.microsecond else ""
-    return f"{utc:%Y-%m-%d %H:%M:%S}{fraction} UTC".encode()
 
 
 def timestamp_key(value: bytes) -> bytes | None:
@@ -112,24 +151,23 @@ class RecordSplit:
     def __init__(self, span: SplitPlan, writers: Sequence[Callable[[list[bytes]], None]]) -> None:
         column = FILTER_COLUMNS[span.type]
         self._value = re.compile(rb'"' + column.encode() + rb'"\s*:\s*"([^"]*)"')
-        # Each line's first such value, for a whole batch of lines at C speed (anchored on
-        # the line break before it, which the regex engine finds byte by byte in C).
+        # Each line's first such value, for a whole batch of lines at C speed: the regex
+        # engine finds the key, takes the value and skips the rest of the line, so a
+        # batch gives one value per line that has the column.
         key = rb'"' + column.encode() + rb'"\s*:\s*"([^"\n]*)"'
-        self._first_values = re.compile(rb"\n[^\n]*?" + key)
+        self._first_values = re.compile(key + rb"[^\n]*\n")
         self._column = column
+        self._span = span
         self._low = instant_key(span.first)
         # AC's inclusive last millisecond: every microsecond of it is in the range.
         self._high = instant_key(span.last)[:-3] + b"999"
         self._starts = [instant_key(start) for start, _ in span.windows]
         self._ends = [instant_key(end) for _, end in span.windows]
-        # The same bounds in BigQuery's form, for batches whose values all have it.
-        self._bq_low = bigquery_text(span.first)
-        self._bq_high = bigquery_text(span.last + timedelta(microseconds=999))
-        self._bq_starts = [bigquery_text(start) for start, _ in span.windows]
-        self._bq_ends = [bigquery_text(end) for _, end in span.windows]
+        self._bounds: dict[_TextForm, _TextBounds] = {}  # per form, when first seen
         self._writers = list(writers)
         self.rows = [0] * len(span.windows)
         self.skipped = 0
+        self.lines = 0  # every line routed, blank ones too
         self._carry: list[bytes] = []
 
     def write_many(self, chunks: list[bytes]) -> None:
@@ -151,37 +189,72 @@ class RecordSplit:
                 writer(window_lines)
 
     def _route(self, lines: bytes, routed: list[list[bytes]]) -> None:
-        if not self._route_bigquery(lines, routed):
-            self._route_each(lines, routed)
-
-    def _route_bigquery(self, lines: bytes, routed: list[list[bytes]]) -> bool:
-        """The common case without a Python step per record: every line's value in
-        BigQuery's form and inside the range. A batch wholly inside one window goes
-        there as it is (a one-window request: nearly every batch); else each line is
-        placed by comparing its value's text. False (nothing routed) for anything else:
-        ``_route_each`` decides, and names what is wrong."""
-        values = self._first_values.findall(b"\n" + lines)
         count = lines.count(b"\n")
-        if len(values) != count or not values:
-            return False  # a line without the column, or a blank line
-        if {value.translate(_ZEROED) for value in values} - _BIGQUERY_SHAPES:
-            return False  # another form (ISO 8601, an offset, nanoseconds)
+        self.lines += count
+        values = self._first_values.findall(lines)
+        if len(values) == count:  # every line has the column (else one is blank or lacks it)
+            shapes = set(map(bytes.translate, values, itertools.repeat(_ZEROED)))
+            forms = {_FORM_OF_SHAPE.get(shape) for shape in shapes}
+            if len(forms) == 1 and None not in forms:
+                (form,) = forms
+                assert form is not None
+                if self._route_by_text(form, lines, values, routed):
+                    return
+        self._route_each(lines, routed)
+
+    def _text_bounds(self, form: _TextForm) -> _TextBounds:
+        bounds = self._bounds.get(form)
+        if bounds is None:
+            span = self._span
+            edges = sorted({form.text(when) for window in span.windows for when in window})
+            starts = {form.text(start): index for index, (start, _) in enumerate(span.windows)}
+            slots = [None, *(starts.get(edge) for edge in edges)]
+            last = span.last + timedelta(milliseconds=1)  # AC's last millisecond, whole
+            bounds = _TextBounds(form.text(span.first), form.text(last), edges, slots)
+            self._bounds[form] = bounds
+        return bounds
+
+    def _route_by_text(
+        self, form: _TextForm, lines: bytes, values: list[bytes], routed: list[list[bytes]]
+    ) -> bool:
+        """The common case without a Python step per record: every line's value in one
+        sortable form, inside the range. A batch wholly inside one window goes there
+        as it is (nearly every batch of a one-window request, and of a span whose
+        records come in time order); else lines are grouped by window at C speed.
+        False (nothing routed) for a value outside the range: ``_route_each`` names it."""
+        if form.sortable is not None:
+            values = list(map(bytes.translate, values, itertools.repeat(form.sortable)))
+        bounds = self._text_bounds(form)
         low, high = min(values), max(values)
-        if low < self._bq_low or high > self._bq_high:
+        if low < bounds.low or high >= bounds.high:
             return False
-        starts, ends, rows = self._bq_starts, self._bq_ends, self.rows
-        index = bisect.bisect_right(starts, low) - 1
-        if index >= 0 and high < ends[index]:
-            routed[index].append(lines)
-            rows[index] += count
+        edges, slots, rows = bounds.edges, bounds.slots, self.rows
+        first = bisect.bisect_right(edges, low)
+        if first == bisect.bisect_right(edges, high):
+            window = slots[first]
+            if window is None:
+                self.skipped += len(values)
+            else:
+                routed[window].append(lines)
+                rows[window] += len(values)
             return True
-        for value, line in zip(values, lines.split(b"\n"), strict=False):
-            index = bisect.bisect_right(starts, value) - 1
-            if index < 0 or value >= ends[index]:
-                self.skipped += 1
-                continue
-            routed[index].append(line + b"\n")
-            rows[index] += 1
+        places = list(map(functools.partial(bisect.bisect_right, edges), values))
+        order = sorted(range(len(places)), key=places.__getitem__)  # stable: lines keep order
+        pieces = lines.split(b"\n")
+        ordered = (
+            [pieces[index] for index in order]
+            if len(order) < 2
+            else list(operator.itemgetter(*order)(pieces))
+        )
+        at = 0
+        for place, taken in sorted(collections.Counter(places).items()):
+            window = slots[place]
+            if window is None:
+                self.skipped += taken
+            else:
+                routed[window].append(b"\n".join(ordered[at : at + taken]) + b"\n")
+                rows[window] += taken
+            at += taken
         return True
 
     def _route_each(self, lines: bytes, routed: list[list[bytes]]) -> None:

@@ -20,7 +20,7 @@ from ..errors import PayloadError, PayloadTooLarge
 from ..formats import Compression
 from ..limits import PayloadLimits
 from . import codec
-from .outfile import OutputFile
+from .outfile import OutputFile, WriterThread
 from .parquet import TypedFile, ndjson_to_parquet
 from .records import ArrayToLines, LineChecks, NdjsonLines
 from .sniff import BOM, WHITESPACE, format_of, judged_start, start_of
@@ -271,14 +271,15 @@ def _output_files(
     """One output file, or one per window of a split time series (split.py)."""
     count = 1 if split is None else len(split.windows)
     file_compression = Compression.NONE if typed_as else compression
-    # Many windows share one zstd context (outfile.FRAME_BYTES says why).
+    # Many windows share one zstd context and one writer thread (outfile.FRAME_BYTES).
     frames = codec.zstd_frames() if count > 1 and file_compression == Compression.ZSTD else None
+    writer = WriterThread() if count > 1 else None
     return [
         OutputFile(
             temp_dir / (f"{stem}.part" if count == 1 else f"{stem}.{i}.part"),
             file_compression,
             intermediate=typed_as is not None,
-            threaded=count == 1,
+            writer=writer,
             frames=frames,
         )
         for i in range(count)
