@@ -112,8 +112,12 @@ class OutputFile:
         intermediate: bool = False,
         writer: WriterThread | None = None,
         frames: codec.FrameCompressor | None = None,
+        count_lines: bool = True,
     ) -> None:
         self.path = path
+        # Lines written, counted in the writer thread (a split counts its own).
+        self._count_lines = count_lines
+        self.lines = 0
         # One of a split's files shares the split's writer thread (a thread and queue
         # per window would multiply memory by windows) and hands over a frame's worth
         # of its lines at a time; a file of its own starts its thread once it is big.
@@ -176,6 +180,8 @@ class OutputFile:
         if self._utf8 is not None:
             for chunk in chunks:
                 self._utf8.feed(chunk)
+        if self._count_lines:
+            self.lines += sum(chunk.count(b"\n") for chunk in chunks)
         if self._frames is not None:
             chunks = self._framed(chunks)
         elif self._compressor is not None:

@@ -129,8 +129,10 @@ class LineChecks(Utf8Check):
 
 
 class NdjsonLines:
-    """JSON Lines passed through as they are: records counted, first and last lines parsed.
+    """JSON Lines passed through as they are, first and last lines parsed.
 
+    Lines are counted where they are written (the output file, or the split), once:
+    here only whether there is more than one, for the lone status object.
     ``checks`` (a ``LineChecks``, or for a ZIP member a ``Utf8Check``) checks every
     line in the same thread; None when the caller runs its own elsewhere
     (``PayloadWriter`` does, in the hashing thread).
@@ -138,8 +140,8 @@ class NdjsonLines:
 
     def __init__(self, write: Write, checks: Utf8Check | None = None) -> None:
         self._write = write
-        self.records = 0
         self._checks = checks
+        self._breaks = 0  # line breaks seen, counted up to two
         self._head: list[bytes] | None = []  # pieces of the first line until it is whole
         self._tail: list[bytes] = []  # pieces after the last line break
         self._tail_bytes = 0
@@ -154,12 +156,13 @@ class NdjsonLines:
     def _account(self, data: bytes) -> None:
         if self._checks is not None:
             self._checks.feed(data)
-        breaks = data.count(b"\n")
-        self.records += breaks
         if self._head is not None:
             self._take_head(data)
-        if breaks:
-            rest = data[data.rfind(b"\n") + 1 :]
+        last = data.rfind(b"\n")
+        if last >= 0:
+            if self._breaks < 2:
+                self._breaks += 1 if data.find(b"\n") == last else 2
+            rest = data[last + 1 :]
             self._tail, self._tail_bytes = [rest], len(rest)
         else:
             self._tail.append(data)
@@ -181,13 +184,14 @@ class NdjsonLines:
         if self._checks is not None:
             self._checks.finish()
         tail = b"".join(self._tail)
+        lines = min(self._breaks, 2)
         if tail.strip():
             last = _parse_record(tail, "last")  # no final line break: it must still be whole
             self._write([b"\n"])
-            self.records += 1
+            lines += 1
             if self._head is not None:
                 self._first, self._head = last, None
-        _refuse_lone_status(self.records, self._first)
+        _refuse_lone_status(lines, self._first)
 
 
 class ArrayToLines:

@@ -202,10 +202,7 @@ class PayloadWriter:
             self._split.finish()
         for part in self._parts:
             part.close()  # an export with no records still has its (empty) files
-        if self._split is not None:
-            counts = self._split.rows
-        else:
-            counts = [self._converter.records if self._converter else 0]
+        counts = [self._parts[0].lines] if self._split is None else self._split.rows
         summaries = []
         for part, parquet_path, records in zip(
             self._parts, self._parquet_paths, counts, strict=True
@@ -281,6 +278,7 @@ def _output_files(
             intermediate=typed_as is not None,
             writer=writer,
             frames=frames,
+            count_lines=split is None,
         )
         for i in range(count)
     ]

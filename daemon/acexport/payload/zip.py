@@ -31,7 +31,6 @@ class ZipSpool:
         self._spool: IO[bytes] = create_new(spool_path)
         self._limits = limits
         self._spooled = 0
-        self.records = 0
 
     def feed_many(self, chunks: list[bytes]) -> None:
         for data in chunks:
@@ -58,7 +57,6 @@ class ZipSpool:
                                 raise self._limits.too_inflated()
                             lines.feed(block)
                     lines.finish()
-                    self.records += lines.records
         except (
             zipfile.BadZipFile,
             zipfile.LargeZipFile,
@@ -154,12 +152,6 @@ class StreamedZip:
         self._spool: ZipSpool | None = None
         self._head: list[bytes] | None = []  # replayed into a spool if it must be one
 
-    @property
-    def records(self) -> int:
-        if self._spool is not None:
-            return self._spool.records
-        return sum(member.records for member in self._members)
-
     def feed_many(self, chunks: list[bytes]) -> None:
         if self._spool is not None:
             self._spool.feed_many(chunks)
@@ -199,7 +191,6 @@ class MemberLines:
         self._name = name
         self._converter: NdjsonLines | ArrayToLines | None = None
         self._head = b""  # the start, until there is enough of it to judge
-        self.records = 0
 
     def feed(self, data: bytes) -> None:
         if self._converter is None:
@@ -230,4 +221,3 @@ class MemberLines:
             self._converter.feed_many([self._head])
         if self._converter is not None:
             self._converter.finish()
-            self.records += self._converter.records
