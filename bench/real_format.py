@@ -61,11 +61,13 @@ SUFFIX = {"none": ".jsonl", "gzip": ".jsonl.gz", "zstd": ".jsonl.zst"}
 def timed(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int]:
     """Wall seconds, CPU seconds (user + sys) and peak RSS (KiB) of one child process."""
     started = time.perf_counter()
-    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{args[0]} failed")
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(process.pid, 0)
+        elapsed = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            errors.seek(0)
+            raise RuntimeError(f"{shlex.join(args)} failed: {errors.read()[-2000:].decode()}")
     return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
 
 
@@ -303,6 +305,8 @@ def compare(run: Run) -> int:
     baselines: dict[str, list[float]] = {"none": [], "gzip": []}
     for tree in trees:  # a tree asking another range has the emulator render it first
         timed(ours("none"), {**os.environ, "BENCH_TOKEN": TOKEN, "PYTHONPATH": trees[tree]})
+        for path in work.glob("ours*"):
+            path.unlink()
     for _ in range(run.rounds):
         for (tree, compression), runs in results.items():
             env = {**os.environ, "BENCH_TOKEN": TOKEN, "PYTHONPATH": trees[tree]}

@@ -7,8 +7,6 @@ microseconds when they have any), ``<``, ``>`` and ``&`` are ``\\u003c`` and so
 on, NULL columns are absent, and an event's ``eventProperties`` is text built by
 concatenation without escaping (a value with ``"`` or ``\\`` makes it invalid
 JSON; ``legacy_properties`` gives the older ``properties`` array instead).
-``iso_timestamps`` writes event and page times as AC's older exports did, ISO 8601
-in UTC with milliseconds (``2024-01-05T13:00:00.000Z``).
 
 Two ways to say which rows an export holds:
 
@@ -127,19 +125,15 @@ class PayloadSpec:
     iso_timestamps: bool = False  # event and page times as older exports: ISO 8601, Z
 
 
-def bq_timestamp(us: int) -> bytes:
-    """BigQuery's JSON form of a TIMESTAMP, ``2024-01-05 13:00:00[.123456] UTC``."""
+def bq_timestamp(us: int, iso: bool = False) -> bytes:
+    """BigQuery's JSON form of a TIMESTAMP, ``2024-01-05 13:00:00[.123456] UTC``; with
+    ``iso``, AC's older exports' ISO 8601 form, ``2024-01-05T13:00:00.123Z``."""
     days, rest = divmod(us, _DAY_US)
     seconds, micros = divmod(rest, 1_000_000)
+    if iso:
+        return b"%sT%s.%03dZ" % (_day(days), _times_of_day()[seconds][1:], micros // 1000)
     base = _day(days) + _times_of_day()[seconds]
     return base + (b".%06d UTC" % micros if micros else b" UTC")
-
-
-def iso_timestamp(us: int) -> bytes:
-    """An older export's form of the same instant, ``2024-01-05T13:00:00.123Z``."""
-    days, rest = divmod(us, _DAY_US)
-    seconds, micros = divmod(rest, 1_000_000)
-    return b"%sT%s.%03dZ" % (_day(days), _times_of_day()[seconds][1:], micros // 1000)
 
 
 @lru_cache(maxsize=1)
@@ -341,18 +335,17 @@ def _render(spec: PayloadSpec, rows: list[_Row]) -> list[bytes]:
 
 def _event(spec: PayloadSpec, row: _Row, salt: int, fragment: bytes) -> bytes:
     h = _mix(row.n + salt)
-    stamp = iso_timestamp if spec.iso_timestamps else bq_timestamp
+    iso = spec.iso_timestamps
     return b'{"id":"%016x","createDate":"%s","eventDate":"%s","projectId":"p%d",' \
         b'"sessionId":"%016x","userId":"%d",%s}' % (
-            h, stamp(row.at_us + h % 900_000_000), stamp(row.at_us),
+            h, bq_timestamp(row.at_us + h % 900_000_000, iso), bq_timestamp(row.at_us, iso),
             salt % 1000, _mix(h) >> 8, h % 50_000, fragment)  # fmt: skip
 
 
 def _page(spec: PayloadSpec, row: _Row, salt: int, fragment: bytes) -> bytes:
     h = _mix(row.n + salt)
-    stamp = iso_timestamp if spec.iso_timestamps else bq_timestamp
     return b'{"eventDate":"%s","sessionId":"%016x","userId":"%d",%s}' % (
-        stamp(row.at_us), h, h % 50_000, fragment)  # fmt: skip
+        bq_timestamp(row.at_us, spec.iso_timestamps), h, h % 50_000, fragment)  # fmt: skip
 
 
 def _version(spec: PayloadSpec, row: _Row) -> tuple[int, int]:

@@ -1,26 +1,20 @@
-"""The output temp file: compressed or not, written by a thread of its own."""
+"""The output temp file: compressed or not, written by a stage of its own (stage.py)."""
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
 import os
-import queue
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, cast
 
 from ..formats import Compression
 from . import codec
-from .records import Utf8Check, Write
+from .records import Utf8Check
+from .stage import HANDOFF_BYTES, THREAD_AFTER_BYTES, Handoff, Stage
 from .tempfiles import create_new
 
-_QUEUED_BATCHES = 2  # between the producer and the writer thread: bounds memory
-_THREAD_AFTER_BYTES = 4 << 20  # output written before a writer thread is worth starting
-# Output handed to the writer thread at a time: each hand-off is a GIL and condition
-# round trip, which at one per inflated piece (~300 KB) cost more than the writing.
-_HANDOFF_BYTES = 1 << 20
 # A split's zstd windows compress their lines a frame at a time with one shared
 # context: this much buffered per window (100 windows: 25 MB, where a zstd context
 # each took a 100-window split to 156 MB and four lanes of them to 469 MB). The cost:
@@ -49,54 +43,6 @@ _SYNC_FILE_RANGE_WRITE = 2
 _IOV_MAX = 1024
 
 
-class WriterThread:
-    """Runs the writes handed to it, in order, in a thread of its own behind a short
-    queue (memory stays bounded); an error there is raised in the producer's next call.
-    One per output file, or one shared by a split's window files."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[Write, list[bytes]] | None] | None = None
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-
-    @property
-    def started(self) -> bool:
-        return self._thread is not None
-
-    def submit(self, write: Write, chunks: list[bytes]) -> None:
-        self.raise_failure()
-        if self._queue is None:
-            self._queue = queue.Queue(_QUEUED_BATCHES)
-            self._thread = threading.Thread(target=self._drain, name="acexport-write", daemon=True)
-            self._thread.start()
-        self._queue.put((write, chunks))
-
-    def _drain(self) -> None:
-        assert self._queue is not None
-        while (item := self._queue.get()) is not None:
-            if self._error is None:  # after a failure, only empty the queue
-                write, chunks = item
-                try:
-                    write(chunks)
-                except BaseException as exc:  # handed to the producer's thread
-                    self._error = exc
-
-    def raise_failure(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-
-    def forget_failure(self) -> None:
-        self._error = None
-
-    def stop(self) -> None:
-        """Wait for every write handed over (idempotent)."""
-        if self._thread is not None and self._queue is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread, self._queue = None, None
-
-
 class OutputFile:
     """The NDJSON output temp file, compressed (gzip, zstd) or not.
 
@@ -110,7 +56,7 @@ class OutputFile:
         compression: Compression,
         *,
         intermediate: bool = False,
-        writer: WriterThread | None = None,
+        writer: Stage | None = None,
         frames: codec.FrameCompressor | None = None,
         count_lines: bool = True,
     ) -> None:
@@ -121,9 +67,15 @@ class OutputFile:
         # One of a split's files shares the split's writer thread (a thread and queue
         # per window would multiply memory by windows) and hands over a frame's worth
         # of its lines at a time; a file of its own starts its thread once it is big.
-        self._shared = writer is not None
-        self._writer = writer or WriterThread()
-        self._handoff_bytes = FRAME_BYTES if self._shared else _HANDOFF_BYTES
+        self._handoff = (
+            Handoff(writer, inline_bytes=0, batch_bytes=FRAME_BYTES)
+            if writer is not None
+            else Handoff(
+                Stage("acexport-write"),
+                inline_bytes=THREAD_AFTER_BYTES,
+                batch_bytes=HANDOFF_BYTES,
+            )
+        )
         # Read back and deleted by this process (the JSON Lines a Parquet file is made
         # from): no manifest names its hash, and a crash discards it, so it is neither
         # hashed nor synced.
@@ -142,8 +94,6 @@ class OutputFile:
         self._written = 0
         # The file as written (the manifest's file_sha256): hashed in the writer thread.
         self._sha = hashlib.sha256()
-        self._gathered: list[bytes] = []  # for the writer thread, until a hand-off's worth
-        self._gathered_bytes = 0
 
     def open(self) -> None:
         """Create the temp file (and its directory, if someone removed it)."""
@@ -152,24 +102,8 @@ class OutputFile:
             self._file = create_new(self.path, buffering=0)
 
     def write_many(self, chunks: list[bytes]) -> None:
-        """Queue the chunks (in order) for the writer thread; memory stays bounded.
-
-        A file of its own writes its first few MB at once: a thread per export would
-        cost more than it overlaps, with hundreds of small exports in flight.
-        """
-        self._writer.raise_failure()
-        if not self._shared and not self._writer.started and self._written < _THREAD_AFTER_BYTES:
-            self._write(chunks)
-            return
-        self._gathered += chunks
-        self._gathered_bytes += sum(map(len, chunks))
-        if self._gathered_bytes >= self._handoff_bytes:
-            self._hand_off()
-
-    def _hand_off(self) -> None:
-        if self._gathered:
-            gathered, self._gathered, self._gathered_bytes = self._gathered, [], 0
-            self._writer.submit(self._write, gathered)
+        """Hand the chunks (in order) to the writer thread; memory stays bounded."""
+        self._handoff.write_many(self._write, chunks)
 
     def check_utf8(self) -> None:
         """Check every line written from now on as UTF-8 (in the writer's thread)."""
@@ -222,12 +156,8 @@ class OutputFile:
         return [frame]
 
     def close(self) -> None:
-        self._writer.stop()
-        self._writer.raise_failure()
-        gathered, self._gathered, self._gathered_bytes = self._gathered, [], 0
         self.open()  # an export with no records is an empty file
-        if gathered:
-            self._write(gathered)
+        self._handoff.drain(self._write)
         if self._utf8 is not None:
             self._utf8.finish()
         if self._frames is not None:
@@ -253,10 +183,8 @@ class OutputFile:
         return self._sha.hexdigest()
 
     def discard(self) -> None:
-        self._gathered, self._gathered_bytes = [], 0  # not worth writing now
+        self._handoff.discard()  # what is gathered is not worth writing now
         self._framing, self._framing_bytes = [], 0
-        self._writer.stop()
-        self._writer.forget_failure()  # the export failed already
         if self._file is not None:
             self._file.close()
             self.path.unlink(missing_ok=True)
