@@ -25,7 +25,7 @@ from .parquet import TypedFile, ndjson_to_parquet
 from .records import ArrayToLines, LineChecks, NdjsonLines
 from .sniff import BOM, WHITESPACE, format_of, judged_start, start_of
 from .split import RecordSplit, SplitPlan
-from .stage import HANDOFF_BYTES, THREAD_AFTER_BYTES, Handoff, Stage
+from .stage import Stage
 from .tempfiles import temp_stem
 from .zip import StreamedZip
 
@@ -69,9 +69,7 @@ class PayloadWriter:
         self._compression = compression
         self._parts = _output_files(temp_dir, stem, compression, typed_as, split)
         self._split = (
-            None
-            if split is None
-            else _StagedSplit(RecordSplit(split, [p.write_many for p in self._parts]))
+            None if split is None else RecordSplit(split, [p.write_many for p in self._parts])
         )
         # Where the converters' NDJSON goes: bound to the file or the split, never to
         # this writer (a converter holding it would be a cycle, freed only by the
@@ -205,7 +203,7 @@ class PayloadWriter:
             self._split.finish()
         for part in self._parts:
             part.close()  # an export with no records still has its (empty) files
-        counts = [self._parts[0].lines] if self._split is None else self._split.split.rows
+        counts = [self._parts[0].lines] if self._split is None else self._split.rows
         summaries = []
         for part, parquet_path, records in zip(
             self._parts, self._parquet_paths, counts, strict=True
@@ -229,7 +227,7 @@ class PayloadWriter:
     @property
     def skipped(self) -> int:
         """Records of the request that belong to no window written (split only)."""
-        return 0 if self._split is None else self._split.split.skipped
+        return 0 if self._split is None else self._split.skipped
 
     def _typed(self, ndjson: Path, parquet_path: Path, records: int) -> PayloadSummary:
         assert self._typed_as is not None
@@ -252,8 +250,6 @@ class PayloadWriter:
         )
 
     def discard(self) -> None:
-        if self._split is not None:
-            self._split.discard()
         if isinstance(self._converter, StreamedZip):
             self._converter.discard()
         for part, parquet_path in zip(self._parts, self._parquet_paths, strict=True):
@@ -261,28 +257,6 @@ class PayloadWriter:
             parquet_path.unlink(missing_ok=True)
         self._spool_path.unlink(missing_ok=True)
         shutil.rmtree(self._engine_dir, ignore_errors=True)
-
-
-class _StagedSplit:
-    """The split in a stage of its own: it reads every line (a regex pass as long as
-    inflating), so it runs beside inflating and writing, not after one and before the
-    other."""
-
-    def __init__(self, split: RecordSplit) -> None:
-        self.split = split
-        self._handoff = Handoff(
-            Stage("acexport-split"), inline_bytes=THREAD_AFTER_BYTES, batch_bytes=HANDOFF_BYTES
-        )
-
-    def write_many(self, chunks: list[bytes]) -> None:
-        self._handoff.write_many(self.split.write_many, chunks)
-
-    def finish(self) -> None:
-        self._handoff.drain(self.split.write_many)
-        self.split.finish()
-
-    def discard(self) -> None:
-        self._handoff.discard()
 
 
 def _output_files(
