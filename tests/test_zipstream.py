@@ -171,8 +171,11 @@ def test_compressed_output_is_standard_and_duckdb_reads_it(
         import zstandard
 
         assert zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes()) == NDJSON
-    count = duckdb.execute("SELECT count(*) FROM read_json(?)", [str(path)]).fetchone()
-    assert count == (len(RECORDS),)
+    # Its own connection, fetched whole: an unfinished result left on DuckDB's default
+    # connection made a later test in the same worker fail (ResourceInUseException).
+    with duckdb.connect() as con:
+        count = con.execute("SELECT count(*) FROM read_json(?)", [str(path)]).fetchall()
+    assert count == [(len(RECORDS),)]
 
 
 @pytest.mark.parametrize(

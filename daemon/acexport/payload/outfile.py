@@ -5,14 +5,14 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, cast
 
 from ..formats import Compression
 from . import codec
 from .records import Utf8Check
-from .stage import HANDOFF_BYTES, THREAD_AFTER_BYTES, Handoff, Stage
+from .stage import HANDOFF_BYTES, THREAD_AFTER_BYTES, Chunk, Handoff, Stage
 from .tempfiles import create_new
 
 # A split's zstd windows compress their lines a frame at a time with one shared
@@ -85,7 +85,7 @@ class OutputFile:
         # zstd in frames through a shared context (a split's windows), lines buffered.
         self._frames = frames if compression == Compression.ZSTD else None
         self._utf8: Utf8Check | None = None  # the lines checked as they are written
-        self._framing: list[bytes] = []
+        self._framing: list[Chunk] = []
         self._framing_bytes = 0
         if compression == Compression.GZIP:
             self._compressor = codec.gzip_compressor()
@@ -101,7 +101,7 @@ class OutputFile:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = create_new(self.path, buffering=0)
 
-    def write_many(self, chunks: list[bytes]) -> None:
+    def write_many(self, chunks: Sequence[Chunk]) -> None:
         """Hand the chunks (in order) to the writer thread; memory stays bounded."""
         self._handoff.write_many(self._write, chunks)
 
@@ -109,20 +109,20 @@ class OutputFile:
         """Check every line written from now on as UTF-8 (in the writer's thread)."""
         self._utf8 = Utf8Check()
 
-    def _write(self, chunks: list[bytes]) -> None:
+    def _write(self, chunks: Sequence[Chunk]) -> None:
         """Write the chunks in order, without joining them first (one copy fewer)."""
         if self._utf8 is not None:
             for chunk in chunks:
                 self._utf8.feed(chunk)
         if self._count_lines:
-            self.lines += sum(chunk.count(b"\n") for chunk in chunks)
+            self.lines += sum(bytes(chunk).count(b"\n") for chunk in chunks)
         if self._frames is not None:
             chunks = self._framed(chunks)
         elif self._compressor is not None:
             chunks = [self._compressor.compress(chunk) for chunk in chunks]
         self._emit(chunks)
 
-    def _emit(self, chunks: list[bytes]) -> None:
+    def _emit(self, chunks: Sequence[Chunk]) -> None:
         """Write what is to be in the file, as it is."""
         chunks = [chunk for chunk in chunks if chunk]
         if not chunks:
@@ -144,7 +144,7 @@ class OutputFile:
             _sync_file_range(fd, self._written, total, _SYNC_FILE_RANGE_WRITE)
         self._written += total
 
-    def _framed(self, chunks: list[bytes], last: bool = False) -> list[bytes]:
+    def _framed(self, chunks: Sequence[Chunk], last: bool = False) -> Sequence[Chunk]:
         """The chunks buffered into whole zstd frames of about FRAME_BYTES."""
         assert self._frames is not None
         self._framing += chunks

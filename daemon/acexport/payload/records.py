@@ -85,10 +85,11 @@ class Utf8Check:
     def __init__(self) -> None:
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         # ASCII is UTF-8; only other chunks (or one finishing a split character) decode,
-        # in slices, so the decoded text (up to 4 bytes a character) stays small.
-        if not data.isascii() or self._utf8.getstate()[0]:
+        # in slices, so the decoded text (up to 4 bytes a character) stays small. (A
+        # view, which cannot say whether it is ASCII, decodes: fast if it is.)
+        if isinstance(data, memoryview) or not data.isascii() or self._utf8.getstate()[0]:
             view = memoryview(data)
             try:
                 for start in range(0, len(view), _UTF8_SLICE):
@@ -114,9 +115,9 @@ class LineChecks(Utf8Check):
         super().__init__()
         self._shape = _LineShape()
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         super().feed(data)
-        self._shape.feed(data)
+        self._shape.feed(bytes(data))  # raw bodies' chunks: bytes already, not copied
 
     def finish(self) -> None:
         super().finish()

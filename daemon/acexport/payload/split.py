@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from ..errors import ExportFailed
 from ..protocol import FILTER_COLUMNS
@@ -141,6 +142,23 @@ class SplitPlan:
             raise ValueError("a split needs at least one window")
 
 
+# Lines handed to a window's writer: a view of the inflated piece they came in (its
+# lines are not copied out of it), or lines of their own.
+Lines = bytes | memoryview
+
+
+class _Batch(NamedTuple):
+    """Whole lines: ``data[start:end]``, not copied out of ``data``."""
+
+    data: bytes
+    start: int
+    end: int
+
+    def view(self) -> Lines:
+        data, start, end = self
+        return data if start == 0 and end == len(data) else memoryview(data)[start:end]
+
+
 class RecordSplit:
     """Routes NDJSON lines (as the converters write them) to one writer per window.
 
@@ -148,7 +166,7 @@ class RecordSplit:
     for the next chunk. Blocks, like everything in payload/: a sink thread runs it.
     """
 
-    def __init__(self, span: SplitPlan, writers: Sequence[Callable[[list[bytes]], None]]) -> None:
+    def __init__(self, span: SplitPlan, writers: Sequence[Callable[[list[Lines]], None]]) -> None:
         column = FILTER_COLUMNS[span.type]
         self._value = re.compile(rb'"' + column.encode() + rb'"\s*:\s*"([^"]*)"')
         # Each line's first such value, for a whole batch of lines at C speed: the regex
@@ -171,7 +189,7 @@ class RecordSplit:
         self._carry: list[bytes] = []
 
     def write_many(self, chunks: list[bytes]) -> None:
-        routed: list[list[bytes]] = [[] for _ in self._writers]
+        routed: list[list[Lines]] = [[] for _ in self._writers]
         for chunk in chunks:
             if not chunk:
                 continue
@@ -179,28 +197,33 @@ class RecordSplit:
             if cut < 0:
                 self._carry.append(chunk)
                 continue
-            lines = chunk[: cut + 1]
-            if self._carry:
-                lines = b"".join(self._carry) + lines
+            start = 0
+            if self._carry:  # the line this chunk ends, alone: the rest is not copied
+                start = chunk.find(b"\n") + 1
+                self._carry.append(chunk[:start])
+                line = b"".join(self._carry)
+                self._route(_Batch(line, 0, len(line)), routed)
+            if start <= cut:
+                self._route(_Batch(chunk, start, cut + 1), routed)
             self._carry = [chunk[cut + 1 :]] if cut + 1 < len(chunk) else []
-            self._route(lines, routed)
         for writer, window_lines in zip(self._writers, routed, strict=True):
             if window_lines:
                 writer(window_lines)
 
-    def _route(self, lines: bytes, routed: list[list[bytes]]) -> None:
-        count = lines.count(b"\n")
+    def _route(self, batch: _Batch, routed: list[list[Lines]]) -> None:
+        data, start, end = batch
+        count = data.count(b"\n", start, end)
         self.lines += count
-        values = self._first_values.findall(lines)
+        values = self._first_values.findall(data, start, end)
         if len(values) == count:  # every line has the column (else one is blank or lacks it)
             shapes = set(map(bytes.translate, values, itertools.repeat(_ZEROED)))
             forms = {_FORM_OF_SHAPE.get(shape) for shape in shapes}
             if len(forms) == 1 and None not in forms:
                 (form,) = forms
                 assert form is not None
-                if self._route_by_text(form, lines, values, routed):
+                if self._route_by_text(form, batch, values, routed):
                     return
-        self._route_each(lines, routed)
+        self._route_each(data[start:end], routed)
 
     def _text_bounds(self, form: _TextForm) -> _TextBounds:
         bounds = self._bounds.get(form)
@@ -215,7 +238,7 @@ class RecordSplit:
         return bounds
 
     def _route_by_text(
-        self, form: _TextForm, lines: bytes, values: list[bytes], routed: list[list[bytes]]
+        self, form: _TextForm, batch: _Batch, values: list[bytes], routed: list[list[Lines]]
     ) -> bool:
         """The common case without a Python step per record: every line's value in one
         sortable form, inside the range. A batch wholly inside one window goes there
@@ -235,12 +258,12 @@ class RecordSplit:
             if window is None:
                 self.skipped += len(values)
             else:
-                routed[window].append(lines)
+                routed[window].append(batch.view())
                 rows[window] += len(values)
             return True
         places = list(map(functools.partial(bisect.bisect_right, edges), values))
         order = sorted(range(len(places)), key=places.__getitem__)  # stable: lines keep order
-        pieces = lines.split(b"\n")
+        pieces = batch.data[batch.start : batch.end].split(b"\n")
         ordered = (
             [pieces[index] for index in order]
             if len(order) < 2
@@ -257,7 +280,7 @@ class RecordSplit:
             at += taken
         return True
 
-    def _route_each(self, lines: bytes, routed: list[list[bytes]]) -> None:
+    def _route_each(self, lines: bytes, routed: list[list[Lines]]) -> None:
         starts, ends, rows = self._starts, self._ends, self.rows
         for line in lines.splitlines(keepends=True):
             if not line.strip():

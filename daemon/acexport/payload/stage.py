@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-Write = Callable[[list[bytes]], None]
+# A piece of output: bytes, or a view of lines inside a bigger piece (the split's).
+Chunk = bytes | memoryview
+Write = Callable[[Sequence[Chunk]], None]
 _QUEUED_BATCHES = 2  # between a producer and a stage: bounds memory
 THREAD_AFTER_BYTES = 4 << 20  # what passes before a stage's thread is worth starting
 # Handed to a stage at a time: each hand-off is a GIL and condition round trip, which
@@ -31,7 +33,7 @@ class Stage:
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._queue: queue.Queue[tuple[Write, list[bytes]] | None] | None = None
+        self._queue: queue.Queue[tuple[Write, Sequence[Chunk]] | None] | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -39,7 +41,7 @@ class Stage:
     def started(self) -> bool:
         return self._thread is not None
 
-    def submit(self, write: Write, chunks: list[bytes]) -> None:
+    def submit(self, write: Write, chunks: Sequence[Chunk]) -> None:
         self.raise_failure()
         if self._queue is None:
             self._queue = queue.Queue(_QUEUED_BATCHES)
@@ -89,10 +91,10 @@ class Handoff:
         self._inline_bytes = inline_bytes
         self._batch_bytes = batch_bytes
         self._passed = 0
-        self._gathered: list[bytes] = []
+        self._gathered: list[Chunk] = []
         self._gathered_bytes = 0
 
-    def write_many(self, write: Write, chunks: list[bytes]) -> None:
+    def write_many(self, write: Write, chunks: Sequence[Chunk]) -> None:
         self.stage.raise_failure()
         if not self.stage.started and self._passed < self._inline_bytes:
             self._passed += sum(map(len, chunks))
