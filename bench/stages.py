@@ -18,7 +18,6 @@ import codecs
 import hashlib
 import io
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -162,8 +161,16 @@ def run_writer(zip_path: Path, days: int, compression: str, temp: Path, type_: s
     elapsed = time.perf_counter() - began
     for summary in summaries:
         summary.path.unlink()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - len(archive) / 1e6
+    rss = peak_rss_mb() - len(archive) / 1e6
     return f"{elapsed:.3f} {rss:.0f} {sum(s.records for s in summaries)}"
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: ru_maxrss would carry the parent's over exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def writer_time(
