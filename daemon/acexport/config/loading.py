@@ -126,6 +126,14 @@ def _anchored(data: dict[str, Any], base: Path) -> dict[str, Any]:
     workspaces = data.get("workspaces")
     for workspace in workspaces.values() if isinstance(workspaces, dict) else ():
         anchor(workspace, "token_file", under=secrets_base)
+    hooks = data.get("hooks")
+    for hook in hooks if isinstance(hooks, list) else ():
+        anchor(hook, "secret_file", under=secrets_base)
+        command = hook.get("command") if isinstance(hook, dict) else None
+        if isinstance(command, list) and command and isinstance(command[0], str):
+            program = command[0]  # a path (not a name looked up in PATH) is the file's
+            if "/" in program and not program.startswith("~") and not Path(program).is_absolute():
+                command[0] = str(base / program)
     return data
 
 

@@ -29,6 +29,7 @@ from pydantic_settings import (
 from ..formats import Compression, OutputFormat
 from ..limits import DEFAULT_INFLATE_RATIO, PayloadLimits
 from ..pathtemplate import check_path_template, first_collision, name_too_long
+from .hooks import HookSettings
 from .jobs import JobSettings, WorkspaceSettings
 from .values import (
     NAME,
@@ -247,6 +248,7 @@ class Settings(BaseSettings):
     output: OutputSettings = OutputSettings()
     workspaces: dict[str, WorkspaceSettings] = {}
     jobs: list[JobSettings] = []
+    hooks: list[HookSettings] = []
 
     def output_dir(self) -> Path:
         """The local output directory: output.url as a path, or daemon.output_dir."""
@@ -286,6 +288,19 @@ class Settings(BaseSettings):
                     "Use {from} and {to} precise enough for the job's window"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _hooks_fit(self) -> Settings:
+        names = [hook.name for hook in self.hooks]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"hooks: the name {twice[0]!r} is used twice")
+        return self
+
+    def hook_problems(self) -> list[str]:
+        """What a hook needs beyond its model: its program, its secret, its jobs."""
+        jobs = {job.name for job in self.jobs}
+        return [problem for hook in self.hooks for problem in hook.problems(jobs)]
 
     def shared_snapshot_prefixes(self) -> list[str]:
         """Where two jobs take snapshots of one type of one workspace under one prefix

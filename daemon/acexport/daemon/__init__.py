@@ -33,6 +33,7 @@ from ..config import JobSettings, Settings, load_settings, resolve_tokens
 from ..errors import ConfigError, StateError
 from ..events import Observers, Tally
 from ..export import Timing
+from ..hooks import HookDispatcher
 from ..lane import Lane, LaneContext
 from ..ledger import ExportRecord, Ledger, LedgerState, ledger_path
 from ..lock import take_lock
@@ -49,7 +50,7 @@ from ..output.store import OutputStore
 from ..planner import Look, Planner
 from ..scheduler import Scheduler, utc_now
 from ..windows import ExportWindow
-from .loops import all_idle, measure_loop_lag, ping_watchdog
+from .loops import all_idle, measure_loop_lag, ping_watchdog, status_line
 from .reload import changed_workspaces, forget_failures
 from .startup import abort_stale_uploads, claim_output, claim_temp_dir, lane_keys
 
@@ -170,13 +171,19 @@ class Daemon:
         session = await stack.enter_async_context(
             new_session(self._settings.http.timeout.total_seconds())
         )
+        self.hooks = HookDispatcher(
+            self._ledger, lambda: self._settings, session, self.metrics, self.health, self._output
+        )
+        await self.hooks.start(stack)
         self._ctx = LaneContext(
             session=session,
             ledger=self._ledger,
             sink=sink,
             settings=lambda: self._settings,
             timing=lambda: Timing.from_settings(self._settings.http),
-            observer=Observers(self.metrics, self.health, self.tally, self._status_page),
+            observer=Observers(
+                self.metrics, self.health, self.tally, self._status_page, self.hooks
+            ),
             fatal=self.fail,
             server_clock=self._server_clock,
             retention_start=self._planner.retention_start,
@@ -332,6 +339,7 @@ class Daemon:
                 try:
                     await self._pick_up()
                     await self._refresh_backlog()
+                    await self.hooks.refresh()
                 except StateError as exc:
                     self.fail(exc)
                 self._notifier.notify(status=self._status_line())
@@ -363,6 +371,7 @@ class Daemon:
         changed = changed_workspaces(self._settings, self._tokens, settings, tokens)
         self._settings, self._tokens = settings, tokens
         self._apply_lanes()
+        self.hooks.apply()
         self._scheduler.set_jobs(self._scheduled_jobs())
         log.info("config_reloaded", jobs=[job.name for job in settings.jobs])
         return changed
@@ -370,11 +379,8 @@ class Daemon:
     async def _retry_now(self, workspaces: set[str]) -> None:
         """A reload that changed a workspace's token or settings: its failed windows are
         retried at once (reload.py says why)."""
-        forget_failures(self._lanes, self._lane_of, self.health, workspaces)
-        jobs = [job for job in self._settings.jobs if job.workspace in workspaces]
-        if jobs:
-            log.info("failed_windows_retried", workspaces=sorted(workspaces))
-            await asyncio.gather(*(self._look(job) for job in jobs))
+        jobs = forget_failures(self._lanes, self._lane_of, self.health, workspaces, self._settings)
+        await asyncio.gather(*(self._look(job) for job in jobs))
 
     # -- health, systemd ---------------------------------------------------------
     def _lagged(self, lag: float) -> None:
@@ -383,11 +389,7 @@ class Daemon:
             self.metrics.loop_lag_max.set(lag)
 
     def _status_line(self) -> str:
-        lanes = "; ".join(
-            f"{lane.key}: {lane.depth} queued, {lane.in_flight} running"
-            for lane in self._lanes.values()
-        )
-        return f"{len(self._settings.jobs)} jobs; {lanes or 'no lanes'}"
+        return status_line(self._settings, self._lanes.values())
 
     async def _refresh_backlog(self) -> None:
         now = self._clock()
@@ -420,12 +422,15 @@ class Daemon:
         return PageInput(self._settings, rows, lanes, self._clock(), problems)
 
     async def run_once(self, jobs: list[JobSettings] | None = None) -> bool:
-        """Plan every job once (catch-up included), export all that is due; True if all worked."""
+        """Plan every job once (catch-up included), export all that is due, tell the hooks
+        within the stop grace; True if all exports worked."""
         # All at once, as the scheduler looks at start: one after another, the last of
         # a thousand jobs waited 10 s behind the exports of the first ones.
         todo = jobs if jobs is not None else self._settings.jobs
         await asyncio.gather(*(self._look(job) for job in todo))
-        return await self.drain()
+        ok = await self.drain()
+        await self.hooks.settle(self._settings.daemon.stop_grace.total_seconds())  # the rest waits
+        return ok
 
     async def drain(self) -> bool:
         """Wait until every lane is idle and nothing this process took on is left

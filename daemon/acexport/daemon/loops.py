@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..config import Settings
 from ..lane import Lane
 from ..ops.notify import SystemdNotifier
 
@@ -42,3 +43,9 @@ async def all_idle(lanes: Iterable[Lane], stop: asyncio.Event) -> bool:
             await idle  # retrieved: no "exception was never retrieved" at exit
         return False
     return True
+
+
+def status_line(settings: Settings, lanes: Iterable[Lane]) -> str:
+    """What systemd's status shows: the jobs, and each lane's queue."""
+    text = "; ".join(f"{lane.key}: {lane.depth} queued, {lane.in_flight} running" for lane in lanes)
+    return f"{len(settings.jobs)} jobs; {text or 'no lanes'}"

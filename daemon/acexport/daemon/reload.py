@@ -9,11 +9,14 @@ until then).
 
 from __future__ import annotations
 
+import structlog
 from pydantic import SecretStr
 
-from ..config import Settings
+from ..config import JobSettings, Settings
 from ..lane import Lane
 from ..ops.health import Health
+
+log = structlog.get_logger("acexport.service")
 
 
 def changed_workspaces(
@@ -30,12 +33,20 @@ def changed_workspaces(
 
 
 def forget_failures(
-    lanes: dict[str, Lane], lane_of: dict[str, str], health: Health, workspaces: set[str]
-) -> None:
+    lanes: dict[str, Lane],
+    lane_of: dict[str, str],
+    health: Health,
+    workspaces: set[str],
+    settings: Settings,
+) -> list[JobSettings]:
     """The changed workspaces' lanes may try their token again, and are healthy until
-    their exports fail again."""
+    their exports fail again; their jobs, to look at again now."""
     for name in workspaces:
         key = lane_of.get(name)
         if key is not None:
             lanes[key].clear_auth_failure()
             health.forget(key)
+    jobs = [job for job in settings.jobs if job.workspace in workspaces]
+    if jobs:
+        log.info("failed_windows_retried", workspaces=sorted(workspaces))
+    return jobs

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -35,7 +34,6 @@ from ..events import ExportEnded
 from ..export import (
     ExportOutcome,
     ExportSpec,
-    Timing,
     ready_lifetime_s,
     run_export,
 )
@@ -43,7 +41,7 @@ from ..ledger import ExportRecord, LedgerState
 from ..ops.logging import remote_text
 from ..protocol import ExportMode
 from ..windows import iso_ms
-from .context import LaneContext
+from .context import LaneContext, hooks_for, timing_for
 from .requests import coalesce, request_of
 from .restatement import guarded, keep_previous_revision
 from .retention import before_retention, refused_as_beyond_retention
@@ -242,6 +240,7 @@ class Lane:
             spec = ExportSpec.coalesced(group, zone, settings.output)
         else:
             spec = guarded(ExportSpec.of(leader, zone, settings.output), leader, settings)
+        await self.ctx.ledger.stage_events((r, hooks_for(settings, r)) for r in group)
         try:
             outcome = await self._run_export(group, spec, settings, hold)
         except StateError:
@@ -294,7 +293,7 @@ class Lane:
             trust=self.trust,
             max_inflate_ratio=settings.http.max_inflate_ratio,
         )
-        timing = await self._timing(record)
+        timing = await timing_for(self.ctx, record)
 
         async def record_ready(created_date: str | None) -> None:
             # Durable before the slot goes to the next export: after a crash, the
@@ -305,24 +304,6 @@ class Lane:
         keeper = SlotKeeper(record.created_date, hold, record_ready)
         return await run_export(
             spec, client, self.ctx.sink, timing, keeper, sleep=self._sleeper(record.id)
-        )
-
-    async def _timing(self, record: ExportRecord) -> Timing:
-        """The daemon's timing with what the ledger knows: how long this kind of export
-        took before (or, for a first one, similar exports), and how long its data has
-        been ready. One export receives these as plain values: it knows no ledger."""
-        ledger = self.ctx.ledger
-        expected = await ledger.expected_processing_s(record.workspace, record.type)
-        guess = (
-            None if expected else await ledger.similar_processing_s(record.workspace, record.type)
-        )
-        ready_age_s = None if record.ready_at is None else max(0.0, time.time() - record.ready_at)
-        return replace(
-            self.ctx.timing(),
-            expected_s=expected,
-            guess_s=guess,
-            ready_age_s=ready_age_s,
-            created_date=record.created_date,
         )
 
     def _sleeper(self, export_id: int) -> Callable[[float], Awaitable[None]]:
@@ -348,6 +329,8 @@ class Lane:
             stored = files[record.start]
             manifest = stored.manifest
             first = index == 0
+            if stored.kept and record.revision > 1:  # no new file: nothing to announce
+                await asyncio.shield(self.ctx.ledger.unstage_events(record.id, record.revision))
             await asyncio.shield(
                 self.ctx.ledger.mark_done(
                     record.id,

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import aiohttp
 
 from ..ac.serverclock import ServerClock
 from ..config import Settings
+from ..config.hooks import EventKind
 from ..events import LaneObserver
 from ..export import Timing
-from ..ledger import Ledger
+from ..ledger import ExportRecord, Ledger
 from ..output.sink import Sink
+from ..protocol import ExportMode
 
 
 @dataclass
@@ -30,3 +33,26 @@ class LaneContext:
     server_clock: ServerClock | None = None  # told AC's time by every answer
     # The earliest window start AC holds data for, by workspace (the planner's).
     retention_start: Callable[[str], Awaitable[datetime]] | None = None
+
+
+async def timing_for(ctx: LaneContext, record: ExportRecord) -> Timing:
+    """The daemon's timing with what the ledger knows: how long this kind of export
+    took before (or, for a first one, similar exports), and how long its data has
+    been ready. One export receives these as plain values: it knows no ledger."""
+    ledger = ctx.ledger
+    expected = await ledger.expected_processing_s(record.workspace, record.type)
+    guess = None if expected else await ledger.similar_processing_s(record.workspace, record.type)
+    ready_age_s = None if record.ready_at is None else max(0.0, time.time() - record.ready_at)
+    return replace(
+        ctx.timing(),
+        expected_s=expected,
+        guess_s=guess,
+        ready_age_s=ready_age_s,
+        created_date=record.created_date,
+    )
+
+
+def hooks_for(settings: Settings, record: ExportRecord) -> list[str]:
+    """The hooks to tell when the record's file is committed."""
+    kind: EventKind = "snapshot" if record.mode is ExportMode.SNAPSHOT else "window"
+    return [hook.name for hook in settings.hooks if hook.wants(record.job, kind)]

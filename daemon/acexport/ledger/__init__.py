@@ -23,17 +23,28 @@ from ..retention import LearnedRetention
 from .coalescing import Coalescing
 from .connection import ledger_path
 from .exports import ExportRows
+from .hooks import Delivery, HookBacklog, HookQueue, event_id
 from .meta import Meta
 from .rows import ACTIVE, ExportRecord, LedgerState, parse_time
 from .snapshots import Snapshots
 from .timings import ProcessingHistory
 
-__all__ = ["ACTIVE", "ExportRecord", "Ledger", "LedgerState", "ledger_path", "parse_time"]
+__all__ = [
+    "ACTIVE",
+    "Delivery",
+    "ExportRecord",
+    "HookBacklog",
+    "Ledger",
+    "LedgerState",
+    "event_id",
+    "ledger_path",
+    "parse_time",
+]
 
 T = TypeVar("T")
 
 
-class Ledger(ExportRows, Coalescing, Snapshots, Meta, ProcessingHistory):
+class Ledger(ExportRows, Coalescing, Snapshots, Meta, ProcessingHistory, HookQueue):
     """The ledger in ``<state_dir>/state.sqlite3``: each concern in its own module."""
 
 
@@ -52,6 +63,11 @@ async def read_learned_retention(
         return {ws: value for ws, value in found.items() if value is not None}
 
     return await _read_only(state_dir, learned, {})
+
+
+async def read_hook_backlogs(state_dir: Path, since: float) -> dict[str, HookBacklog]:
+    """Each hook's queue, read-only (see ``HookQueue.hook_backlogs``)."""
+    return await _read_only(state_dir, lambda ledger: ledger.hook_backlogs(since), {})
 
 
 async def _read_only(state_dir: Path, read: Callable[[Ledger], Awaitable[T]], none: T) -> T:

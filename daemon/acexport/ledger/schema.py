@@ -110,4 +110,47 @@ _MIGRATIONS: Sequence[str] = (
     """
     ALTER TABLE exports ADD COLUMN max_windows INTEGER;
     """,
+    # version 8: what hooks are told (hooks/). An event is staged when its export
+    # starts and committed by the trigger in the transaction that marks its row done
+    # (its body built from that row), so a crash between the two loses nothing and an
+    # export that never finishes announces nothing. Each hook's deliveries of it are
+    # its queue.
+    """
+    CREATE TABLE hook_events (
+        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id     TEXT NOT NULL UNIQUE,
+        export_id    INTEGER NOT NULL,
+        revision     INTEGER NOT NULL,
+        staged_at    REAL NOT NULL,
+        committed_at REAL,
+        body         TEXT
+    );
+    CREATE INDEX hook_events_by_export ON hook_events (export_id, revision);
+    CREATE TABLE hook_deliveries (
+        hook        TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        state       TEXT NOT NULL DEFAULT 'pending'
+                    CHECK (state IN ('pending', 'delivered', 'failed')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        next_at     REAL NOT NULL DEFAULT 0,
+        last_error  TEXT,
+        finished_at REAL,
+        PRIMARY KEY (hook, seq)
+    );
+    CREATE INDEX hook_deliveries_pending ON hook_deliveries (hook, state, seq);
+    CREATE TRIGGER hook_events_committed AFTER UPDATE OF state ON exports
+    WHEN NEW.state = 'done'
+    BEGIN
+        UPDATE hook_events SET
+            committed_at = (julianday('now') - 2440587.5) * 86400.0,
+            body = json_object(
+                'id', event_id, 'event', 'committed', 'job', NEW.job,
+                'workspace', NEW.workspace, 'type', NEW.type, 'mode', NEW.mode,
+                'fromDate', NEW.window_start, 'toDate', NEW.window_end,
+                'revision', NEW.revision, 'url', NEW.destination, 'records', NEW.records,
+                'file_bytes', NEW.file_bytes, 'file_sha256', NEW.file_sha256,
+                'committedAt', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+        WHERE export_id = NEW.id AND revision = NEW.revision AND committed_at IS NULL;
+    END;
+    """,
 )

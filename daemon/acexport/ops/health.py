@@ -21,6 +21,8 @@ class Health(LaneObserver):
 
     stopping: bool = False
     problems: dict[str, str] = field(default_factory=dict)
+    # Worth an operator's look, not a restart (a hook's failed events): 200, "degraded".
+    degraded: dict[str, str] = field(default_factory=dict)
     _failures_in_a_row: dict[str, int] = field(default_factory=dict)
 
     def export_ended(self, event: ExportEnded) -> None:
@@ -51,5 +53,7 @@ class Health(LaneObserver):
         if self.stopping:
             return 503, {"status": "stopping"}
         if self.problems:
-            return 503, {"status": "failing", "problems": dict(self.problems)}
+            return 503, {"status": "failing", "problems": {**self.degraded, **self.problems}}
+        if self.degraded:
+            return 200, {"status": "degraded", "problems": dict(self.degraded)}
         return 200, {"status": "ok"}

@@ -122,6 +122,24 @@ class Metrics(LaneObserver):
             ["acexport_job", "state"],
             registry=r,
         )
+        self.hook_deliveries = Counter(
+            "acexport_hook_deliveries_total",
+            "Attempts to tell a hook of a committed file, by outcome (delivered, retried, failed)",
+            ["hook", "outcome"],
+            registry=r,
+        )
+        self.hook_pending = Gauge(
+            "acexport_hook_pending",
+            "Committed files a hook has not been told of yet",
+            ["hook"],
+            registry=r,
+        )
+        self.hook_oldest_pending = Gauge(
+            "acexport_hook_oldest_pending_seconds",
+            "Age of the oldest committed file a hook has not been told of (0: none)",
+            ["hook"],
+            registry=r,
+        )
         self.loop_lag_max = Gauge(
             "acexport_event_loop_lag_max_seconds",
             "The longest the event loop was late to wake a timer, since start.",

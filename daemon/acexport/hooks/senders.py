@@ -1,0 +1,201 @@
+"""One attempt to tell a hook of an event: a command, a webhook, an OpenLineage POST.
+
+Each answers an ``Attempt``: delivered, or not and whether a retry can help (and
+when, if the receiver said). Nothing here retries, stores or knows AC: the
+dispatcher (``hooks/__init__.py``) does the first two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import os
+import signal
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+from pydantic import SecretStr
+
+from .. import __version__
+from ..config.hooks import HookSettings
+from ..ops.logging import remote_text
+
+OUTPUT_KEPT = 2000  # of a command's output or an answer's body, for status
+RETRY_AFTER_MAX_S = 3600.0  # a receiver's Retry-After is honoured up to this
+_RETRIED = {408, 429}
+# The event's fields a command also gets as variables (design section 4).
+_VARIABLES = {
+    "ACEXPORT_EVENT_ID": "id",
+    "ACEXPORT_JOB": "job",
+    "ACEXPORT_WORKSPACE": "workspace",
+    "ACEXPORT_TYPE": "type",
+    "ACEXPORT_FROM": "fromDate",
+    "ACEXPORT_TO": "toDate",
+    "ACEXPORT_REVISION": "revision",
+    "ACEXPORT_FILE": "url",
+    "ACEXPORT_MANIFEST": "manifest",
+}
+
+
+@dataclass(frozen=True)
+class Attempt:
+    delivered: bool
+    final: bool = False  # a failure no retry can fix (a 4xx other than 408 and 429)
+    retry_after_s: float | None = None  # the receiver's Retry-After
+    detail: str = ""  # what went wrong, redacted and capped
+
+    @classmethod
+    def failed(
+        cls, detail: str, *, final: bool = False, retry_after_s: float | None = None
+    ) -> Attempt:
+        return cls(False, final, retry_after_s, remote_text(detail[-OUTPUT_KEPT:]))
+
+
+def command_environment(event: dict[str, Any], hidden: frozenset[str]) -> dict[str, str]:
+    """The daemon's environment, less the variables that hold tokens and settings, with
+    the event's fields as ``ACEXPORT_*`` variables."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in hidden and not name.startswith("ACEXPORT_")
+    }
+    env.update({name: str(event.get(field, "")) for name, field in _VARIABLES.items()})
+    return env
+
+
+async def run_command(
+    hook: HookSettings, body: bytes, event: dict[str, Any], hidden: frozenset[str]
+) -> Attempt:
+    """The event on the command's stdin; exit 0 is delivered. No shell."""
+    assert hook.command is not None
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *hook.command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=command_environment(event, hidden),
+            start_new_session=True,  # its children too are killed at the timeout
+        )
+    except OSError as exc:
+        return Attempt.failed(f"cannot run {hook.command[0]!r}: {exc.strerror or exc}")
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(body), hook.timeout.total_seconds())
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        return Attempt.failed(f"timed out after {hook.timeout.total_seconds():g}s")
+    if process.returncode == 0:
+        return Attempt(True)
+    text = output.decode("utf-8", "replace").strip()
+    return Attempt.failed(
+        f"exit {process.returncode}: {text}" if text else f"exit {process.returncode}"
+    )
+
+
+def signature(secret: SecretStr, body: bytes) -> str:
+    """``X-Acexport-Signature``: the body's HMAC-SHA256 under the hook's secret."""
+    digest = hmac.new(secret.get_secret_value().encode(), body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+async def post(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    timeout_s: float,
+    headers: dict[str, str],
+) -> Attempt:
+    """POST the body; 2xx is delivered, 408/429/5xx and connection errors are retried,
+    another answer fails at once (kept for status). Redirects are not followed: the
+    event, and its signature, go where the config says and nowhere else."""
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": f"acexport/{__version__}",
+        **headers,
+    }
+    try:
+        async with session.post(
+            url,
+            data=body,
+            headers=headers,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as response:
+            if 200 <= response.status < 300:
+                return Attempt(True)
+            answer = (await response.content.read(OUTPUT_KEPT)).decode("utf-8", "replace")
+            detail = f"HTTP {response.status}: {answer.strip()}".rstrip(": ")
+            if response.status in _RETRIED or response.status >= 500:
+                wait = retry_after_s(response.headers.get("Retry-After"))
+                return Attempt.failed(detail, retry_after_s=wait)
+            if 300 <= response.status < 400:
+                detail += " (redirects are not followed: set the hook's url to the target)"
+            return Attempt.failed(detail, final=True)
+    except TimeoutError:
+        return Attempt.failed(f"no answer within {timeout_s:g}s")
+    except aiohttp.ClientError as exc:
+        return Attempt.failed(f"{type(exc).__name__}: {exc}")
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Retry-After in seconds or as an HTTP date, bounded; None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)
+
+
+def lineage_event(event: dict[str, Any], output_root: str) -> dict[str, Any]:
+    """An OpenLineage ``RunEvent`` (COMPLETE) for the committed file: the output
+    dataset named by the output's root and the file's path, with its statistics and
+    the revision as its version."""
+    url = str(event.get("url", ""))
+    name = url[len(output_root) :].lstrip("/") if url.startswith(output_root) else url
+    facets_base = "https://openlineage.io/spec/facets/1-0-0"
+    return {
+        "eventType": "COMPLETE",
+        "eventTime": event.get("committedAt"),
+        "producer": f"https://pypi.org/project/acexport/{__version__}",
+        "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent",
+        "run": {"runId": str(uuid.UUID(str(event["id"]).ljust(32, "0")[:32]))},
+        "job": {"namespace": "acexport", "name": f"{event.get('job')}.{event.get('type')}"},
+        "inputs": [],
+        "outputs": [
+            {
+                "namespace": output_root,
+                "name": name,
+                "facets": {
+                    "version": {
+                        "_producer": f"acexport/{__version__}",
+                        "_schemaURL": f"{facets_base}/DatasetVersionDatasetFacet.json",
+                        "datasetVersion": str(event.get("revision")),
+                    }
+                },
+                "outputFacets": {
+                    "outputStatistics": {
+                        "_producer": f"acexport/{__version__}",
+                        "_schemaURL": f"{facets_base}/OutputStatisticsOutputDatasetFacet.json",
+                        "rowCount": event.get("records"),
+                        "size": event.get("file_bytes"),
+                    }
+                },
+            }
+        ],
+    }
