@@ -136,3 +136,91 @@ async def test_a_webhook_gets_every_window_once_signed_after_failures_and_thrott
     # Commit order: the windows in the order their files were committed.
     committed = [event["committedAt"] for event, _, _ in receiver.received]
     assert committed == sorted(committed)
+
+
+async def test_a_command_hook_gets_the_event_on_stdin_and_is_retried_until_it_exits_0(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """A command that exits 1 the first time, then 0; its variables name the file; the
+    token's variable is not in its environment; filters leave other hooks out."""
+    emu = await emulator(processing_s=0.05)
+    seen = tmp_path / "seen.jsonl"
+    program = script(
+        tmp_path / "load.py",
+        f"""
+        import json, os, sys
+        event = json.load(sys.stdin)
+        first = not os.path.exists({str(tmp_path / "tried")!r})
+        open({str(tmp_path / "tried")!r}, "a").close()
+        if first:
+            print("the warehouse is busy")
+            sys.exit(1)
+        names = [n for n in os.environ if n.startswith("ACEXPORT_")]
+        row = {{"event": event, "env": {{n: os.environ[n] for n in names}},
+               "token": os.environ.get("ACME_TOKEN")}}
+        with open({str(seen)!r}, "a") as out:
+            out.write(json.dumps(row) + "\\n")
+        """,
+    )
+    others = tmp_path / "others.jsonl"
+    elsewhere = script(
+        tmp_path / "other.py", f"import sys; open({str(others)!r}, 'a').write(sys.stdin.read())\n"
+    )
+    hooks = (
+        hook("load", command=[str(program)], jobs=["daily"])
+        + hook("only-other-job", command=[str(elsewhere)], jobs=["other"])
+        + hook("only-snapshots", command=[str(elsewhere)], on=["snapshot"])
+    )
+    config = configure(
+        tmp_path,
+        emu,
+        job("daily", "acme", **WINDOWS)
+        + job("other", "acme", types=["event"], window="1d", catch_up="1d", lag="0s")
+        + hooks,  # fmt: skip
+    )
+    config.write_text(
+        config.read_text().replace('token = "acme-token"', 'token_env = "ACME_TOKEN"')
+    )
+    os.environ["ACME_TOKEN"] = "acme-token"
+    try:
+        assert await run_once(config)
+    finally:
+        del os.environ["ACME_TOKEN"]
+    rows = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert len(rows) == 3  # the daily job's three windows, the first after a retry
+    for row in rows:
+        event, env = row["event"], row["env"]
+        assert row["token"] is None  # the token's variable is not the hook's business
+        assert env["ACEXPORT_EVENT_ID"] == event["id"]
+        assert env["ACEXPORT_FILE"] == event["url"] and Path(env["ACEXPORT_FILE"]).is_file()
+        assert env["ACEXPORT_MANIFEST"] == event["url"] + ".manifest.json"
+        assert (env["ACEXPORT_JOB"], env["ACEXPORT_TYPE"]) == ("daily", "page")
+        assert env["ACEXPORT_FROM"] == event["fromDate"] and env["ACEXPORT_REVISION"] == "1"
+    other_events = [json.loads(line) for line in others.read_text().splitlines()]
+    assert [e["job"] for e in other_events] == ["other"]  # one window of the other job
+
+
+async def test_deliveries_pending_at_a_kill_are_delivered_after_the_restart_with_the_same_ids(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """SIGKILL while the receiver refuses: the events wait in the ledger; the next run
+    delivers each of them once accepted, with the id it was first tried with."""
+    emu = await emulator(processing_s=0.05)
+    refusing = Receiver([lambda: web.Response(status=503)] * 1000)
+    async with receiving(refusing):
+        config = configure(
+            tmp_path, emu, job("daily", "acme", **WINDOWS) + hook("loader", url=refusing.url)
+        )
+        daemon = await DaemonProcess.start(config)
+        await daemon.wait_for(lambda: len(daemon.events("hook_retried")) >= 3)
+        tried = {line["id"] for line in daemon.events("hook_retried")}
+        daemon.send(signal.SIGKILL)
+        await daemon.wait()
+    accepting = Receiver()
+    async with receiving(accepting):
+        text = config.read_text().replace(refusing.url, accepting.url)
+        config.write_text(text)
+        assert await run_once(config)
+    assert len(manifests(tmp_path / "exports")) == 3
+    assert sorted(accepting.ids()) == sorted(set(accepting.ids()))
+    assert len(accepting.ids()) == 3 and tried <= set(accepting.ids())
