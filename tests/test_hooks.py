@@ -21,15 +21,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 
 from acexport.config import load_settings
 from acexport.daemon import Daemon
 from tests.conftest import EmulatorFactory
-from tests.daemon_helpers import DaemonProcess, job, manifests, write_config
+from tests.daemon_helpers import DaemonProcess, job, manifests, run_cli, write_config
 
-WINDOWS = dict(types=["page"], window="1d", catch_up="3d", lag="0s")
+WINDOWS = {"types": ["page"], "window": "1d", "catch_up": "3d", "lag": "0s"}
 
 
 class Receiver:
@@ -124,9 +123,12 @@ async def test_a_webhook_gets_every_window_once_signed_after_failures_and_thrott
         expected = hmac.new(b"s3cret-value", body, hashlib.sha256).hexdigest()
         assert headers["X-Acexport-Signature"] == f"sha256={expected}"
         assert headers["X-Acexport-Event"] == event["id"]
-        assert event["event"] == "committed" and event["job"] == "daily"
-        assert event["mode"] == "windows" and event["revision"] == 1
-        assert Path(event["url"]).is_file() and Path(event["manifest"]).is_file()
+        assert event["event"] == "committed"
+        assert event["job"] == "daily"
+        assert event["mode"] == "windows"
+        assert event["revision"] == 1
+        assert Path(event["url"]).is_file()
+        assert Path(event["manifest"]).is_file()
         manifest = json.loads(Path(event["manifest"]).read_text())
         assert (event["file_sha256"], event["records"]) == (
             manifest["file_sha256"],
@@ -176,7 +178,7 @@ async def test_a_command_hook_gets_the_event_on_stdin_and_is_retried_until_it_ex
         emu,
         job("daily", "acme", **WINDOWS)
         + job("other", "acme", types=["event"], window="1d", catch_up="1d", lag="0s")
-        + hooks,  # fmt: skip
+        + hooks,
     )
     config.write_text(
         config.read_text().replace('token = "acme-token"', 'token_env = "ACME_TOKEN"')
@@ -192,10 +194,12 @@ async def test_a_command_hook_gets_the_event_on_stdin_and_is_retried_until_it_ex
         event, env = row["event"], row["env"]
         assert row["token"] is None  # the token's variable is not the hook's business
         assert env["ACEXPORT_EVENT_ID"] == event["id"]
-        assert env["ACEXPORT_FILE"] == event["url"] and Path(env["ACEXPORT_FILE"]).is_file()
+        assert env["ACEXPORT_FILE"] == event["url"]
+        assert Path(env["ACEXPORT_FILE"]).is_file()
         assert env["ACEXPORT_MANIFEST"] == event["url"] + ".manifest.json"
         assert (env["ACEXPORT_JOB"], env["ACEXPORT_TYPE"]) == ("daily", "page")
-        assert env["ACEXPORT_FROM"] == event["fromDate"] and env["ACEXPORT_REVISION"] == "1"
+        assert env["ACEXPORT_FROM"] == event["fromDate"]
+        assert env["ACEXPORT_REVISION"] == "1"
     other_events = [json.loads(line) for line in others.read_text().splitlines()]
     assert [e["job"] for e in other_events] == ["other"]  # one window of the other job
 
@@ -223,4 +227,100 @@ async def test_deliveries_pending_at_a_kill_are_delivered_after_the_restart_with
         assert await run_once(config)
     assert len(manifests(tmp_path / "exports")) == 3
     assert sorted(accepting.ids()) == sorted(set(accepting.ids()))
-    assert len(accepting.ids()) == 3 and tried <= set(accepting.ids())
+    assert len(accepting.ids()) == 3
+    assert tried <= set(accepting.ids())
+
+
+async def test_a_refused_event_fails_at_once_and_status_metrics_and_healthz_say_so(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """A 4xx other than 408/429 is final: the event fails with the answer kept;
+    ``status`` shows the hook's failures and exits 1, /metrics counts them, /healthz
+    answers 200 "degraded" (a restart would not help)."""
+    emu = await emulator(processing_s=0.05)
+    receiver = Receiver([lambda: web.Response(status=422, text="unknown job")] * 10)
+    async with receiving(receiver):
+        config = configure(
+            tmp_path, emu, job("daily", "acme", **WINDOWS) + hook("loader", url=receiver.url)
+        )
+        async with Daemon(load_settings(config), config) as daemon:
+            assert await daemon.run_once()
+            await daemon.hooks.refresh(force=True)
+            metrics = daemon.metrics.render().decode()
+            code, health = daemon.health.report()
+    assert receiver.received == []
+    assert 'acexport_hook_deliveries_total{hook="loader",outcome="failed"} 3.0' in metrics
+    assert 'acexport_hook_pending{hook="loader"} 0.0' in metrics
+    assert code == 200
+    assert health["status"] == "degraded"
+    assert "unknown job" in health["problems"]["hook loader"]
+    code, stdout, _ = await run_cli("status", "--config", str(config))
+    text = stdout.decode()
+    assert code == 1, text
+    assert "hook loader (url): 0 pending; 0 delivered, 3 failed" in text
+    assert "HTTP 422: unknown job" in text
+    code, stdout, _ = await run_cli("status", "--json", "--config", str(config))
+    (report,) = json.loads(stdout)["hooks"]
+    assert (report["failed"], report["pending"], report["kind"]) == (3, 0, "url")
+
+
+async def test_an_event_older_than_max_age_fails_and_nothing_blocks_the_exports(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """A receiver that never answers 2xx: the exports finish on time; each event is
+    retried until max_age, then failed."""
+    emu = await emulator(processing_s=0.05)
+    receiver = Receiver([lambda: web.Response(status=503)] * 1000)
+    async with receiving(receiver):
+        config = configure(
+            tmp_path,
+            emu,
+            job("daily", "acme", **WINDOWS) + hook("loader", url=receiver.url, max_age="1s"),
+        )
+        async with Daemon(load_settings(config), config) as daemon:
+            assert await daemon.run_once()
+            backlogs = await daemon.hooks.refresh(force=True)
+    assert len(manifests(tmp_path / "exports")) == 3
+    assert backlogs["loader"].failed == 3
+    assert backlogs["loader"].pending == 0
+    assert "max_age" in (backlogs["loader"].last_error or "")
+
+
+def test_check_config_lists_hooks_and_refuses_a_missing_secret_or_program(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    def check(hooks: str) -> subprocess.CompletedProcess[str]:
+        config = tmp_path / "acexport.toml"
+        config.write_text(
+            f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n'
+            '[workspaces.acme]\ntoken = "acme-token"\n'
+            '[[jobs]]\nname = "daily"\nworkspace = "acme"\ntypes = ["page"]\n' + hooks
+        )
+        config.chmod(0o600)
+        return subprocess.run(
+            [sys.executable, "-m", "acexport", "check-config", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "ACEXPORT_CONFIG": ""},
+            check=False,
+        )
+
+    done = check(hook("loader", url="https://hooks.example.com/in", jobs=["daily"], on=["window"]))
+    assert done.returncode == 0, done.stderr
+    assert "hook loader: url https://hooks.example.com/in" in done.stdout
+    assert "on window files of daily; retried for 1d" in done.stdout
+    done = check(hook("loader", url="https://hooks.example.com/in", secret_file="missing"))
+    assert done.returncode == 78
+    assert "hook 'loader': cannot read secret_file" in done.stderr
+    done = check(hook("load", command=["./not-there.sh"]))
+    assert done.returncode == 78
+    assert "is not an executable program" in done.stderr
+    done = check(hook("load", url="http://hooks.example.com/in"))
+    assert done.returncode == 78
+    assert "not https" in done.stderr
+    done = check(hook("load", url="https://hooks.example.com/in", jobs=["nightly"]))
+    assert "unknown job 'nightly'" in done.stderr
+    done = check(hook("load", url="https://x.example.com", command=["true"]))
+    assert "exactly one of command, url or openlineage" in done.stderr

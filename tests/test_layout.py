@@ -31,9 +31,20 @@ VOCABULARY = frozenset(
         "windows",
     }
 )
-# What runs exports (and observes them: ops/), above one export and its parts.
+# What runs exports (and observes them: ops/, hooks/), above one export and its parts.
 ABOVE_EXPORT = frozenset(
-    {"lane", "planner", "scheduler", "ops", "daemon", "commands", "cli", "__main__", "emulator"}
+    {
+        "lane",
+        "planner",
+        "scheduler",
+        "ops",
+        "hooks",
+        "daemon",
+        "commands",
+        "cli",
+        "__main__",
+        "emulator",
+    }
 )
 
 # unit -> the units it may import besides the vocabulary. A unit is a top-level module
@@ -52,6 +63,8 @@ MAX_MODULE_LINES = 450
 
 # Third-party imports a unit must never make: the byte pipeline knows no HTTP.
 FORBIDDEN_LIBRARIES = {"payload": ("aiohttp", "yarl"), "ledger": ("aiohttp",)}
+# Units a unit must never import, wherever it sits: hooks know no AC (design section 8).
+FORBIDDEN_UNITS = {"hooks": ("ac", "export", "lane", "planner")}
 
 
 def _modules() -> Iterator[tuple[str, Path]]:
@@ -107,6 +120,8 @@ def test_imports_point_down() -> None:
                 if not _allowed(unit, target):
                     wrong.append(where)
             elif unit not in ABOVE_EXPORT and _unit(target) in ABOVE_EXPORT:
+                wrong.append(where)
+            if _unit(target) in FORBIDDEN_UNITS.get(unit, ()):
                 wrong.append(where)
     assert not wrong, "imports that point up:\n" + "\n".join(wrong)
 

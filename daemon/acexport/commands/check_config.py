@@ -28,7 +28,7 @@ def main(args: argparse.Namespace) -> int:
     def body() -> int:
         settings, path = load(args.config)
         if not args.offline:
-            resolve_tokens(settings, str(path))
+            resolve_tokens(settings, str(path))  # the hooks' secrets and programs too
             # The output's credential files are read (a missing one is an error), no
             # request made.
             open_store(settings, settings.daemon.state_dir / "tmp")
@@ -104,6 +104,14 @@ def _report(settings: Settings, path: Path) -> None:
     for name, ws in sorted(settings.workspaces.items()):
         print(f"  workspace {name}: {ws.base_url} ({ws.timezone})")
         print(f"    retention: {describe_retention(ws.retention, learned.get(name))}")
+    for hook in settings.hooks:
+        target = " ".join(hook.command) if hook.command else hook.url or hook.openlineage
+        jobs = ", ".join(hook.jobs) if hook.jobs is not None else "every job"
+        print(f"  hook {hook.name}: {hook.kind} {target}")
+        print(
+            f"    on {' and '.join(hook.on)} files of {jobs}; "
+            f"retried for {duration_text(hook.max_age)}"
+        )
     now = datetime.now(UTC)
     for job in settings.jobs:
         zone = settings.workspaces[job.workspace].zone

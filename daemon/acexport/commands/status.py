@@ -21,7 +21,15 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..config import JobSettings, Settings
-from ..ledger import ACTIVE, ExportRecord, LedgerState, read_learned_retention, read_rows
+from ..ledger import (
+    ACTIVE,
+    ExportRecord,
+    HookBacklog,
+    LedgerState,
+    read_hook_backlogs,
+    read_learned_retention,
+    read_rows,
+)
 from ..lock import lock_holder
 from ..ops.statuspage import JobView, build_view, counted_state, failure_text
 from ..planner import due_windows
@@ -50,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
             _print(report)
         troubled = any(
             job["failed"] or job["retrying"] or job["behind_s"] for job in report["jobs"]
-        )
+        ) or any(hook["failed"] for hook in report["hooks"])
         return ExitCode.FAILED if troubled else ExitCode.OK
 
     return exit_code_of("status", body)
@@ -103,6 +111,17 @@ def _print(report: dict[str, Any]) -> None:
             + (f" ({flights})" if flights else "")
         )
         print(f"    retention: {lane['retention']}")
+    for hook in report["hooks"]:
+        _print_hook(hook)
+
+
+def _print_hook(hook: dict[str, Any]) -> None:
+    print(f"\nhook {hook['name']} ({hook['kind']}): {hook['pending']} pending", end="")
+    if hook["oldest_pending_s"] is not None:
+        print(f", the oldest for {human_duration(hook['oldest_pending_s'])}", end="")
+    print(f"; {hook['delivered']} delivered, {hook['failed']} failed (within max_age)")
+    if hook["last_error"] and (hook["pending"] or hook["failed"]):
+        print(f"  last error: {hook['last_error']}")
 
 
 def _in_flight(rows: list[ExportRecord], zone: Any) -> list[dict[str, Any]]:
@@ -231,7 +250,31 @@ async def _status_report(settings: Settings) -> dict[str, Any]:
         "daemon_pid": lock_holder(settings.daemon.state_dir),
         "jobs": jobs,
         "lanes": lanes,
+        "hooks": await _hooks_report(settings, now),
     }
+
+
+async def _hooks_report(settings: Settings, now: datetime) -> list[dict[str, Any]]:
+    """Each hook's queue: pending (and how old the oldest is), delivered and failed
+    within its max_age, the newest error."""
+    since = now.timestamp() - max((h.max_age.total_seconds() for h in settings.hooks), default=0)
+    backlogs = await read_hook_backlogs(settings.daemon.state_dir, since)
+    report = []
+    for hook in settings.hooks:
+        backlog = backlogs.get(hook.name, HookBacklog())
+        oldest = backlog.oldest_pending_at
+        report.append(
+            {
+                "name": hook.name,
+                "kind": hook.kind,
+                "pending": backlog.pending,
+                "oldest_pending_s": None if oldest is None else round(now.timestamp() - oldest),
+                "delivered": backlog.delivered,
+                "failed": backlog.failed,
+                "last_error": backlog.last_error,
+            }
+        )
+    return report
 
 
 def _kept(record: ExportRecord) -> bool:

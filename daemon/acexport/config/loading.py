@@ -274,13 +274,17 @@ def _environment_tree(names: list[str]) -> dict[str, Any]:
 
 
 def resolve_tokens(settings: Settings, source: str) -> dict[str, SecretStr]:
-    """Every workspace's token, read now; a missing one is a ConfigError naming it."""
+    """Every workspace's token, read now; a missing one is a ConfigError naming it.
+    The hooks' secrets and programs are checked too (each a ConfigError)."""
     tokens = {}
     for name, workspace in settings.workspaces.items():
         try:
             tokens[name] = workspace.read_token()
         except ValueError as exc:
             raise ConfigError(f"{source}: workspaces.{name}: {exc}") from None
+    problems = settings.hook_problems()
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
     return tokens
 
 

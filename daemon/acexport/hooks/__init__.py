@@ -26,6 +26,7 @@ from ..config.hooks import HookSettings
 from ..events import ExportEnded, LaneObserver
 from ..ledger import Delivery, HookBacklog, Ledger
 from ..ops.health import Health
+from ..ops.logging import register_secret
 from ..ops.metrics import Metrics
 from ..output.store import OutputStore
 from .senders import Attempt, lineage_event, post, run_command, signature
@@ -68,7 +69,12 @@ class HookDispatcher(LaneObserver):
         await self.refresh(force=True)
 
     def apply(self) -> None:
-        """Start a task for each configured hook, stop those of removed ones."""
+        """Start a task for each configured hook, stop those of removed ones; their
+        secrets are never logged."""
+        for hook in self._settings().hooks:
+            secret = hook.read_secret()
+            if secret is not None:
+                register_secret(secret.get_secret_value())
         hooks = {hook.name for hook in self._settings().hooks}
         for name in set(self._tasks) - hooks:
             self._tasks.pop(name).cancel()

@@ -39,6 +39,7 @@ __all__ = [
     "event_id",
     "ledger_path",
     "parse_time",
+    "read_hook_backlogs",
 ]
 
 T = TypeVar("T")
