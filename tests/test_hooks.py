@@ -324,3 +324,53 @@ def test_check_config_lists_hooks_and_refuses_a_missing_secret_or_program(
     assert "unknown job 'nightly'" in done.stderr
     done = check(hook("load", url="https://x.example.com", command=["true"]))
     assert "exactly one of command, url or openlineage" in done.stderr
+
+
+async def test_an_event_is_committed_with_its_row_and_each_revision_has_its_own_id(
+    tmp_path: Path,
+) -> None:
+    """The ledger alone: a staged event is not due until the statement that marks its
+    row done commits it (its body from that row); staging twice changes nothing; a
+    revision kept unchanged is unstaged; revision 2 is another event."""
+    from datetime import UTC, datetime, timedelta
+
+    from acexport.ledger import Ledger, event_id
+    from acexport.windows import ExportWindow
+
+    ledger = await Ledger.open(tmp_path / "state.sqlite3")
+    try:
+        start = datetime(2026, 11, 1, tzinfo=UTC)
+        window = ExportWindow(start, start + timedelta(days=1))
+        (row,) = await ledger.plan("daily", "acme", ["page"], [window])
+        await ledger.stage_events([(row, ["a", "b"])])
+        await ledger.stage_events([(row, ["a", "b"])])  # a retried export
+        assert await ledger.next_delivery("a") is None  # staged, not committed
+        done = {"records": 7, "payload_bytes": 9, "payload_sha256": "p", "requests": 1}
+        await ledger.mark_done(
+            row.id, destination="/out/x.jsonl", file_bytes=5, file_sha256="f" * 64,
+            created_date=None, **done,
+        )  # fmt: skip
+        head = await ledger.next_delivery("a")
+        assert head is not None
+        body = json.loads(head.body)
+        assert body["id"] == event_id(row)
+        assert (body["revision"], body["records"], body["url"]) == (1, 7, "/out/x.jsonl")
+        assert (body["fromDate"], body["mode"]) == ("2026-11-01T00:00:00.000Z", "windows")
+        await ledger.delivered("a", head.seq)
+        assert await ledger.next_delivery("a") is None
+        assert (await ledger.next_delivery("b")) is not None  # each hook its own queue
+        # Restated: revision 2 is another event; a kept (unchanged) one is unstaged.
+        await ledger._rows("UPDATE exports SET state = 'queued', revision = 2 WHERE id = ?", row.id)
+        (again,) = await ledger.all_rows()
+        assert event_id(again) != event_id(row)
+        await ledger.stage_events([(again, ["a"])])
+        await ledger.unstage_events(again.id, 2)
+        await ledger.mark_done(
+            row.id, destination="/out/x.jsonl", file_bytes=5, file_sha256="f" * 64,
+            created_date=None, **done,
+        )  # fmt: skip
+        assert await ledger.next_delivery("a") is None
+        backlog = (await ledger.hook_backlogs(0))["a"]
+        assert (backlog.pending, backlog.delivered) == (0, 1)
+    finally:
+        await ledger.close()

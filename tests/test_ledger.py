@@ -87,10 +87,11 @@ async def test_schema_is_versioned_and_newer_is_refused(tmp_path: Path) -> None:
     ledger = await Ledger.open(path)
     await ledger.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 7
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 8
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         assert "exports_by_type_ready" in indexes
+        assert "hook_events_committed" in indexes  # the trigger that commits hook events
         db.execute("PRAGMA user_version = 99")
         db.commit()
     with pytest.raises(StateError, match=f"{path} is schema version 99, newer"):
@@ -285,7 +286,7 @@ async def test_a_version_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
     assert len(await ledger.all_rows()) == 1
     await ledger.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 7
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 8
 
 
 async def test_the_first_export_of_a_kind_is_guessed_from_similar_ones(
