@@ -374,3 +374,110 @@ async def test_an_event_is_committed_with_its_row_and_each_revision_has_its_own_
         assert (backlog.pending, backlog.delivered) == (0, 1)
     finally:
         await ledger.close()
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "hooks"
+
+
+def test_the_readme_shows_the_hook_recipes_as_they_are() -> None:
+    readme = (EXAMPLES.parent.parent / "README.md").read_text()
+    for recipe in sorted(EXAMPLES.glob("*.py")):
+        lines = recipe.read_text().rstrip("\n").splitlines()
+        shown = "\n".join(f"    {line}" if line else "" for line in lines)
+        assert shown in readme, f"the README does not show {recipe.name} as it is"
+
+
+async def test_the_readme_recipes_load_duckdb_tell_airflow_and_dagster_and_verify_webhooks(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """The recipes as written: DuckDB holds each row once though every event came
+    twice; Airflow and Dagster got an event per window; the receiver checked every
+    signature."""
+    import duckdb
+
+    emu = await emulator(processing_s=0.05)
+    stack: dict[str, list[tuple[str, dict[str, str], Any]]] = {"airflow": [], "dagster": []}
+
+    async def airflow(request: web.Request) -> web.Response:
+        stack["airflow"].append((request.path, dict(request.headers), await request.json()))
+        return web.json_response({"id": 1}, status=200)
+
+    async def dagster(request: web.Request) -> web.Response:
+        stack["dagster"].append((request.path, dict(request.headers), await request.json()))
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/api/v2/assets/events", airflow)
+    app.router.add_post("/report_asset_materialization/{key:.*}", dagster)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    stack_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    (tmp_path / "hook-secret").write_text("a-shared-secret\n")
+    port = _free_port()
+    receiver = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLES / "webhook_receiver.py"), str(port),
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "HOOK_SECRET_FILE": str(tmp_path / "hook-secret")},
+    )  # fmt: skip
+    warehouse = tmp_path / "warehouse.duckdb"
+    python = sys.executable
+    load = [python, str(EXAMPLES / "load_into_duckdb.py"), str(warehouse)]
+    airflow_hook = [python, str(EXAMPLES / "airflow_asset_event.py"), stack_url, "7"]
+    dagster_hook = [python, str(EXAMPLES / "dagster_materialization.py"), stack_url, "acexport/page"]
+    hooks = (
+        hook("duckdb", command=load)
+        + hook("duckdb-again", command=load)  # every event twice: at least once
+        + hook("airflow", command=airflow_hook)
+        + hook("dagster", command=dagster_hook)
+        + hook("webhook", url=f"http://127.0.0.1:{port}/", secret_file="hook-secret")
+    )
+    os.environ["AIRFLOW_TOKEN"] = "airflow-token"
+    try:
+        await _wait_listening(port)
+        config = configure(tmp_path, emu, job("daily", "acme", **WINDOWS) + hooks)
+        assert await run_once(config)
+    finally:
+        del os.environ["AIRFLOW_TOKEN"]
+        receiver.terminate()
+        printed, _ = await receiver.communicate()
+        await runner.cleanup()
+    files = manifests(tmp_path / "exports")
+    assert len(files) == 3
+    with duckdb.connect(str(warehouse)) as db:
+        (rows,) = db.execute("SELECT count(*) FROM page").fetchall()[0]
+        windows = db.execute("SELECT count(DISTINCT _window) FROM page").fetchall()[0][0]
+    assert rows == sum(m["records"] for m in files)  # each row once: the twin skipped
+    assert windows == 3
+    assert len(stack["airflow"]) == 3
+    for _, headers, body in stack["airflow"]:
+        assert headers["Authorization"] == "Bearer airflow-token"
+        assert body["asset_id"] == 7
+        assert body["extra"]["acexport"]["type"] == "page"
+    paths = {path for path, _, _ in stack["dagster"]}
+    assert paths == {"/report_asset_materialization/acexport/page"}
+    partitions = sorted(body["partition"] for _, _, body in stack["dagster"])
+    assert partitions == sorted(m["fromDate"][:10] for m in files)
+    lines = printed.decode().splitlines()
+    assert len(lines) == 3  # every signature checked: a bad one would be a 401, failed
+    assert all(line.split()[1] == "page" for line in lines)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def _wait_listening(port: int) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return
