@@ -424,7 +424,7 @@ async def test_the_readme_recipes_load_duckdb_tell_airflow_and_dagster_and_verif
     python = sys.executable
     load = [python, str(EXAMPLES / "load_into_duckdb.py"), str(warehouse)]
     airflow_hook = [python, str(EXAMPLES / "airflow_asset_event.py"), stack_url, "7"]
-    dagster_hook = [python, str(EXAMPLES / "dagster_materialization.py"), stack_url, "acexport/page"]
+    dagster_hook = [python, str(EXAMPLES / "dagster_materialization.py"), stack_url, "acme/page"]
     hooks = (
         hook("duckdb", command=load)
         + hook("duckdb-again", command=load)  # every event twice: at least once
@@ -455,7 +455,7 @@ async def test_the_readme_recipes_load_duckdb_tell_airflow_and_dagster_and_verif
         assert body["asset_id"] == 7
         assert body["extra"]["acexport"]["type"] == "page"
     paths = {path for path, _, _ in stack["dagster"]}
-    assert paths == {"/report_asset_materialization/acexport/page"}
+    assert paths == {"/report_asset_materialization/acme/page"}
     partitions = sorted(body["partition"] for _, _, body in stack["dagster"])
     assert partitions == sorted(m["fromDate"][:10] for m in files)
     lines = printed.decode().splitlines()
