@@ -38,6 +38,7 @@ class Receiver:
         self.answers = list(answers or [])
         self.received: list[tuple[dict[str, Any], dict[str, str], bytes]] = []
         self.url = ""
+        self.base = ""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -64,11 +65,13 @@ class _Hang(web.Response):
 async def receiving(receiver: Receiver) -> AsyncIterator[Receiver]:
     app = web.Application()
     app.router.add_post("/events", receiver.handle)
+    app.router.add_post("/api/v1/lineage", receiver.handle)  # an OpenLineage collector
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
-        receiver.url = f"http://127.0.0.1:{runner.addresses[0][1]}/events"
+        receiver.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        receiver.url = f"{receiver.base}/events"
         yield receiver
     finally:
         await runner.cleanup()
@@ -481,3 +484,37 @@ async def _wait_listening(port: int) -> None:
                 continue
             writer.close()
             return
+
+
+async def test_an_openlineage_hook_posts_a_complete_run_event_per_file(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Built by the openlineage-python client: the output dataset named by the output
+    root and the file's path, rows and bytes as output statistics, the revision as the
+    dataset version, the event's id as the run's."""
+    emu = await emulator(processing_s=0.05)
+    receiver = Receiver()
+    async with receiving(receiver):
+        config = configure(
+            tmp_path,
+            emu,
+            job("daily", "acme", **WINDOWS) + hook("lineage", openlineage=receiver.base),
+        )
+        assert await run_once(config)
+    files = {m["file_sha256"]: m for m in manifests(tmp_path / "exports")}
+    assert len(receiver.received) == 3
+    root = str(tmp_path / "exports")
+    names = set()
+    for event, _, _ in receiver.received:
+        assert event["eventType"] == "COMPLETE"
+        assert event["schemaURL"].endswith("OpenLineage.json#/$defs/RunEvent")
+        assert event["job"] == {"namespace": "acexport", "name": "daily.page", "facets": {}}
+        (output,) = event["outputs"]
+        assert output["namespace"] == root
+        assert (tmp_path / "exports" / output["name"]).is_file()
+        names.add(output["name"])
+        stats = output["outputFacets"]["outputStatistics"]
+        assert stats["rowCount"] in {m["records"] for m in files.values()}
+        assert output["facets"]["version"]["datasetVersion"] == "1"
+    assert len(names) == 3
+    assert len({event["run"]["runId"] for event, _, _ in receiver.received}) == 3

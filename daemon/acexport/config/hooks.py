@@ -7,6 +7,7 @@ which events it gets: ``on`` (window, snapshot) and ``jobs``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from datetime import timedelta
@@ -118,6 +119,11 @@ class HookSettings(Section):
             self.read_secret()
         except ValueError as exc:
             found.append(str(exc))
+        if self.openlineage and importlib.util.find_spec("openlineage") is None:
+            found.append(
+                f"hook {self.name!r}: OpenLineage events need the openlineage-python client: "
+                "pip install 'acexport[openlineage]'"
+            )
         for job in self.jobs or ():
             if job not in jobs:
                 found.append(f"hook {self.name!r}: unknown job {job!r}")

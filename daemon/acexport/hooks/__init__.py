@@ -187,7 +187,7 @@ class HookDispatcher(LaneObserver):
                 headers["X-Acexport-Signature"] = signature(secret, body)
             return await post(self._session, hook.url, body, timeout_s, headers)
         assert hook.openlineage is not None
-        lineage = json.dumps(lineage_event(event, self._output_root)).encode()
+        lineage = lineage_event(event, self._output_root).encode()
         url = hook.openlineage.rstrip("/") + "/api/v1/lineage"
         return await post(self._session, url, lineage, timeout_s, {})
 

@@ -162,40 +162,34 @@ def retry_after_s(value: str | None) -> float | None:
     return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)
 
 
-def lineage_event(event: dict[str, Any], output_root: str) -> dict[str, Any]:
-    """An OpenLineage ``RunEvent`` (COMPLETE) for the committed file: the output
-    dataset named by the output's root and the file's path, with its statistics and
-    the revision as its version."""
+def lineage_event(event: dict[str, Any], output_root: str) -> str:
+    """An OpenLineage ``RunEvent`` (COMPLETE) for the committed file, built with the
+    openlineage-python client (the ``acexport[openlineage]`` extra): the output dataset
+    named by the output's root and the file's path, with its statistics and the
+    revision as its version; the run's id is the event's (stable on redelivery)."""
+    from openlineage.client.event_v2 import Job, OutputDataset, Run, RunEvent, RunState
+    from openlineage.client.facet_v2 import dataset_version_dataset as version
+    from openlineage.client.facet_v2 import output_statistics_output_dataset as statistics
+    from openlineage.client.serde import Serde
+
     url = str(event.get("url", ""))
     name = url[len(output_root) :].lstrip("/") if url.startswith(output_root) else url
-    facets_base = "https://openlineage.io/spec/facets/1-0-0"
-    return {
-        "eventType": "COMPLETE",
-        "eventTime": event.get("committedAt"),
-        "producer": f"https://pypi.org/project/acexport/{__version__}",
-        "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent",
-        "run": {"runId": str(uuid.UUID(str(event["id"]).ljust(32, "0")[:32]))},
-        "job": {"namespace": "acexport", "name": f"{event.get('job')}.{event.get('type')}"},
-        "inputs": [],
-        "outputs": [
-            {
-                "namespace": output_root,
-                "name": name,
-                "facets": {
-                    "version": {
-                        "_producer": f"acexport/{__version__}",
-                        "_schemaURL": f"{facets_base}/DatasetVersionDatasetFacet.json",
-                        "datasetVersion": str(event.get("revision")),
-                    }
-                },
-                "outputFacets": {
-                    "outputStatistics": {
-                        "_producer": f"acexport/{__version__}",
-                        "_schemaURL": f"{facets_base}/OutputStatisticsOutputDatasetFacet.json",
-                        "rowCount": event.get("records"),
-                        "size": event.get("file_bytes"),
-                    }
-                },
-            }
-        ],
-    }
+    output = OutputDataset(
+        namespace=output_root,
+        name=name,
+        facets={"version": version.DatasetVersionDatasetFacet(str(event.get("revision")))},
+        outputFacets={
+            "outputStatistics": statistics.OutputStatisticsOutputDatasetFacet(
+                rowCount=event.get("records"), size=event.get("file_bytes")
+            )
+        },
+    )
+    run_event = RunEvent(
+        eventType=RunState.COMPLETE,
+        eventTime=str(event.get("committedAt")),
+        run=Run(runId=str(uuid.UUID(hex=str(event["id"])))),
+        job=Job(namespace="acexport", name=f"{event.get('job')}.{event.get('type')}"),
+        producer=f"https://pypi.org/project/acexport/{__version__}",
+        outputs=[output],
+    )
+    return str(Serde.to_json(run_event))
