@@ -251,12 +251,15 @@ async def test_a_refused_event_fails_at_once_and_status_metrics_and_healthz_say_
             await daemon.hooks.refresh(force=True)
             metrics = daemon.metrics.render().decode()
             code, health = daemon.health.report()
+            page = await daemon.status_page()
     assert receiver.received == []
     assert 'acexport_hook_deliveries_total{hook="loader",outcome="failed"} 3.0' in metrics
     assert 'acexport_hook_pending{hook="loader"} 0.0' in metrics
     assert code == 200
     assert health["status"] == "degraded"
     assert "unknown job" in health["problems"]["hook loader"]
+    assert "/healthz says degraded:" in page
+    assert "<tr><td>loader</td><td>0</td><td></td><td>0</td><td>3</td>" in page
     code, stdout, _ = await run_cli("status", "--config", str(config))
     text = stdout.decode()
     assert code == 1, text

@@ -221,9 +221,10 @@ class HookDispatcher(LaneObserver):
         self._gauges_at = now
         hooks = self._settings().hooks
         since = now - max((h.max_age.total_seconds() for h in hooks), default=0.0)
-        backlogs = await self._ledger.hook_backlogs(since)
+        found = await self._ledger.hook_backlogs(since)
+        backlogs = {hook.name: found.get(hook.name, HookBacklog()) for hook in hooks}
         for hook in hooks:
-            backlog = backlogs.get(hook.name, HookBacklog())
+            backlog = backlogs[hook.name]
             self._metrics.hook_pending.labels(hook.name).set(backlog.pending)
             oldest = backlog.oldest_pending_at
             self._metrics.hook_oldest_pending.labels(hook.name).set(

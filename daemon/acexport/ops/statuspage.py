@@ -27,7 +27,7 @@ from typing import NamedTuple
 from .. import __version__
 from ..config import JobSettings, Settings
 from ..events import ExportEnded, LaneObserver
-from ..ledger import ACTIVE, ExportRecord, LedgerState
+from ..ledger import ACTIVE, ExportRecord, HookBacklog, LedgerState
 from ..planner import due_windows
 from ..protocol import ExportMode
 from ..windows import iso_ms
@@ -84,6 +84,7 @@ class StatusView:
         default_factory=list
     )  # job, type, window, why
     problems: dict[str, str] = field(default_factory=dict)  # /healthz's, by lane
+    hooks: dict[str, HookBacklog] = field(default_factory=dict)
 
 
 _LAST_FAILURES = 20
@@ -111,6 +112,7 @@ def build_view(
     lanes: Iterable[LaneView],
     now: datetime,
     problems: dict[str, str] | None = None,
+    hooks: dict[str, HookBacklog] | None = None,
 ) -> StatusView:
     """The page's content: each job's due windows, by type, in the ledger's words."""
     by_key = {(r.job, r.type, r.start): r for r in rows if r.mode is ExportMode.WINDOWS}
@@ -131,7 +133,7 @@ def build_view(
         (r.job, r.type, r.label(zones.get(r.workspace, UTC)), failure_text(r))
         for r in failed[:_LAST_FAILURES]
     ]
-    return StatusView(now, jobs, list(lanes), failures, dict(problems or {}))
+    return StatusView(now, jobs, list(lanes), failures, dict(problems or {}), dict(hooks or {}))
 
 
 def _job_view(
@@ -347,8 +349,9 @@ def render(view: StatusView) -> str:
     legend = "".join(
         f"<span class='{state}'>{LETTERS[state]} {label}</span>" for state, label in _LEGEND
     )
+    said = "degraded" if all(k.startswith("hook ") for k in view.problems) else "failing"
     banner = (
-        "<div class='banner' id='problems'><strong>/healthz says failing:</strong><ul>"
+        f"<div class='banner' id='problems'><strong>/healthz says {said}:</strong><ul>"
         + "".join(f"<li>{_e(lane)}: {_e(why)}</li>" for lane, why in view.problems.items())
         + "</ul></div>"
         if view.problems
@@ -370,8 +373,27 @@ refreshes every {_REFRESH_S} s. <a href="/metrics">/metrics</a> <a href="/health
 <h2>Last failures</h2>
 <table id="failures"><tr><th>job</th><th>type</th><th>window</th><th>reason</th></tr>
 {failures}</table>
+{_hooks_table(view)}
 </body></html>
 """
+
+
+def _hooks_table(view: StatusView) -> str:
+    """Each hook's queue (none configured: no table)."""
+    if not view.hooks:
+        return ""
+    now = view.generated_at.timestamp()
+    rows = "".join(
+        f"<tr><td>{_e(name)}</td><td>{b.pending}</td>"
+        f"<td>{'' if b.oldest_pending_at is None else f'{now - b.oldest_pending_at:.0f} s'}</td>"
+        f"<td>{b.delivered}</td><td>{b.failed}</td><td class='reason'>{_e(b.last_error or '')}</td>"
+        "</tr>"
+        for name, b in view.hooks.items()
+    )
+    return (
+        "<h2>Hooks</h2><table id='hooks'><tr><th>hook</th><th>pending</th><th>oldest pending"
+        f"</th><th>delivered</th><th>failed</th><th>last error</th></tr>{rows}</table>"
+    )
 
 
 class PageInput(NamedTuple):
@@ -382,6 +404,7 @@ class PageInput(NamedTuple):
     lanes: list[LaneView]
     now: datetime
     problems: dict[str, str]
+    hooks: dict[str, HookBacklog]
 
 
 class StatusPage(LaneObserver):
