@@ -521,3 +521,30 @@ async def test_an_openlineage_hook_posts_a_complete_run_event_per_file(
         assert output["facets"]["version"]["datasetVersion"] == "1"
     assert len(names) == 3
     assert len({event["run"]["runId"] for event, _, _ in receiver.received}) == 3
+
+
+async def test_a_dead_receiver_delays_no_export_and_its_events_wait_in_the_ledger(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Every attempt hangs until the hook's timeout: all 48 windows are committed as
+    fast as with no hook, run --once leaves after the stop grace, and the events wait,
+    pending, for the next run."""
+    emu = await emulator(processing_s=0.05)
+    receiver = Receiver([lambda: _Hang(5)] * 1000)
+    hourly = {"types": ["page"], "window": "1h", "catch_up": "48h", "lag": "0s"}
+    async with receiving(receiver):
+        config = configure(
+            tmp_path,
+            emu,
+            job("hourly", "acme", **hourly) + hook("slow", url=receiver.url, timeout="2s"),
+            grace="1s",
+        )
+        started = asyncio.get_running_loop().time()
+        async with Daemon(load_settings(config), config) as daemon:
+            assert await daemon.run_once()
+            elapsed = asyncio.get_running_loop().time() - started
+            backlogs = await daemon.hooks.refresh(force=True)
+    assert len(manifests(tmp_path / "exports")) == 48
+    assert elapsed < 10
+    assert backlogs["slow"].pending == 48
+    assert receiver.received == []

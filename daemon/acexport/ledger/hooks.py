@@ -65,8 +65,8 @@ class HookQueue(LedgerConnection):
             [(key, record.id, record.revision, now) for key, record, _ in rows],
         )
         await self._many(
-            "INSERT OR IGNORE INTO hook_deliveries (hook, seq) "
-            "SELECT ?, seq FROM hook_events WHERE event_id = ?",
+            "INSERT OR IGNORE INTO hook_deliveries (hook, seq, committed_at) "
+            "SELECT ?, seq, committed_at FROM hook_events WHERE event_id = ?",
             [(hook, key) for key, _, hooks in rows for hook in hooks],
         )
 
@@ -88,10 +88,10 @@ class HookQueue(LedgerConnection):
     @state_errors
     async def next_delivery(self, hook: str) -> Delivery | None:
         rows = await self._rows(
-            "SELECT d.seq, d.attempts, d.next_at, e.committed_at, e.body "
+            "SELECT d.seq, d.attempts, d.next_at, d.committed_at, e.body "
             "FROM hook_deliveries d JOIN hook_events e ON e.seq = d.seq "
-            "WHERE d.hook = ? AND d.state = 'pending' AND e.committed_at IS NOT NULL "
-            "ORDER BY e.committed_at, d.seq LIMIT 1",
+            "WHERE d.hook = ? AND d.state = 'pending' AND d.committed_at IS NOT NULL "
+            "ORDER BY d.committed_at, d.seq LIMIT 1",
             hook,
         )
         return Delivery(*rows[0]) if rows else None
@@ -134,14 +134,14 @@ class HookQueue(LedgerConnection):
         that ended after ``since``, with the newest error."""
         rows = await self._rows(
             "SELECT d.hook, "
-            "SUM(d.state = 'pending' AND e.committed_at IS NOT NULL), "
-            "MIN(CASE WHEN d.state = 'pending' THEN e.committed_at END), "
+            "SUM(d.state = 'pending' AND d.committed_at IS NOT NULL), "
+            "MIN(CASE WHEN d.state = 'pending' THEN d.committed_at END), "
             "SUM(d.state = 'delivered' AND d.finished_at >= ?), "
             "SUM(d.state = 'failed' AND d.finished_at >= ?), "
             "(SELECT last_error FROM hook_deliveries x WHERE x.hook = d.hook AND "
             "x.last_error IS NOT NULL ORDER BY COALESCE(x.finished_at, x.next_at) DESC "
             "LIMIT 1) "
-            "FROM hook_deliveries d JOIN hook_events e ON e.seq = d.seq GROUP BY d.hook",
+            "FROM hook_deliveries d GROUP BY d.hook",
             since,
             since,
         )

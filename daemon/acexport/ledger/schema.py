@@ -135,9 +135,10 @@ _MIGRATIONS: Sequence[str] = (
         next_at     REAL NOT NULL DEFAULT 0,
         last_error  TEXT,
         finished_at REAL,
+        committed_at REAL,  -- the event's, copied: a hook's next delivery is one seek
         PRIMARY KEY (hook, seq)
     );
-    CREATE INDEX hook_deliveries_pending ON hook_deliveries (hook, state, seq);
+    CREATE INDEX hook_deliveries_due ON hook_deliveries (hook, state, committed_at, seq);
     CREATE TRIGGER hook_events_committed AFTER UPDATE OF state ON exports
     WHEN NEW.state = 'done'
     BEGIN
@@ -151,6 +152,10 @@ _MIGRATIONS: Sequence[str] = (
                 'file_bytes', NEW.file_bytes, 'file_sha256', NEW.file_sha256,
                 'committedAt', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
         WHERE export_id = NEW.id AND revision = NEW.revision AND committed_at IS NULL;
+        UPDATE hook_deliveries SET committed_at =
+            (SELECT committed_at FROM hook_events e WHERE e.seq = hook_deliveries.seq)
+        WHERE committed_at IS NULL AND seq IN
+            (SELECT seq FROM hook_events WHERE export_id = NEW.id AND revision = NEW.revision);
     END;
     """,
 )
