@@ -62,10 +62,6 @@ class HookDispatcher(LaneObserver):
         self._gauges_at = 0.0
 
     async def start(self, stack: AsyncExitStack) -> None:
-        # A connection of its own (its own aiosqlite thread): a busy hook's queries
-        # never queue before the lanes' (with one, 1,000 fast deliveries took the
-        # export of 1,000 windows from 1.8 s to 3.2 s: bench/hooks.py).
-        self._ledger = await Ledger.start(self._ledger.path, stack)
         stack.push_async_callback(self.stop)
         # What ended a week ago (or never committed) is history: not kept for ever.
         await self._ledger.prune_hook_events(time.time() - _KEPT_S)

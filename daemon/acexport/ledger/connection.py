@@ -56,7 +56,14 @@ def state_errors(
 
 
 def _create_private(path: Path) -> None:
-    """The ledger file, created 0600 whatever the umask (SQLite gives -wal/-shm its mode)."""
+    """The ledger file, created 0600 whatever the umask (SQLite gives -wal/-shm its mode).
+
+    Only when it is missing: closing a descriptor of the file releases every POSIX
+    lock this process holds on it, those of an open connection too (SQLite's own
+    warning); a second connection opened beside a first corrupted the ledger so
+    (found by the soak)."""
+    if path.exists():
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
