@@ -548,3 +548,47 @@ async def test_a_dead_receiver_delays_no_export_and_its_events_wait_in_the_ledge
     assert elapsed < 10
     assert backlogs["slow"].pending == 48
     assert receiver.received == []
+
+
+async def test_a_restated_window_is_told_again_as_revision_2_with_its_own_id(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """AC's data of a window changed: its replacement file is an event of revision 2,
+    a new id, naming the new file's hash (a restatement whose file is kept as it was
+    is unstaged: tests/test_hooks.py's ledger test)."""
+    import time
+    from datetime import UTC, datetime
+
+    from tests.conftest import FakeClock
+
+    clock = FakeClock(time.time())
+    emu = await emulator(clock=clock, records=6, restate_rate=1.0)
+    receiver = Receiver()
+    async with receiving(receiver):
+        jobs = job("d", "acme", types=["page", "event"], catch_up="2d", lag="0s", restate="2d")
+        config = configure(tmp_path, emu, jobs + hook("loader", url=receiver.url))
+        settings = load_settings(config)
+
+        async def run_once() -> None:
+            now = lambda: datetime.fromtimestamp(clock(), UTC)  # noqa: E731
+            async with Daemon(settings, config, clock=now) as daemon:
+                assert await daemon.run_once()
+
+        await run_once()
+        first = {(e["type"], e["fromDate"]): e for e, _, _ in receiver.received}
+        assert len(first) == 4
+        clock.advance(3 * 86400)
+        await run_once()
+    later = [event for event, _, _ in receiver.received[4:]]
+    again = [e for e in later if (e["type"], e["fromDate"]) in first]  # not the new days'
+    restated = {(e["type"], e["fromDate"]): e for e in again}
+    assert len(restated) == len(again)  # each told once
+    assert {key[0] for key in restated} >= {"page"}  # page rows changed (restate_rate=1)
+    for key, event in restated.items():
+        # Only new files are told: each names a revision-2 file, with a new id.
+        assert event["revision"] == 2
+        assert event["id"] != first[key]["id"]
+        manifest = json.loads(Path(event["manifest"]).read_text())
+        assert manifest["revision"] == 2
+        assert manifest["previous_sha256"] == first[key]["file_sha256"]
+        assert event["file_sha256"] == manifest["file_sha256"] != first[key]["file_sha256"]
