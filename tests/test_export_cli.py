@@ -19,7 +19,9 @@ from tests.daemon_helpers import run_cli
 pytestmark = pytest.mark.slow
 
 
-def write_config(tmp_path: Path, emu: RunningEmulator, compression: str = "gzip") -> Path:
+def write_config(
+    tmp_path: Path, emu: RunningEmulator, compression: str = "gzip", jobs: str = ""
+) -> Path:
     config = tmp_path / "acexport.toml"
     config.write_text(
         f"""
@@ -41,15 +43,27 @@ compression = "{compression}"
 base_url = "{emu.url}"
 token_env = "ACME_TOKEN"
 timezone = "Europe/Berlin"
+{jobs}
 """
     )
     return config
 
 
+DAILY_PAGE = '[[jobs]]\nname = "daily"\nworkspace = "acme"\ntypes = ["page"]\n'
+
+
+def export_args(config: Path, start: str, end: str, *extra: str) -> list[str]:
+    return [
+        *("export", "--config", str(config), "--workspace", "acme", "--type", "page"),
+        *("--from", start, "--to", end, *extra),
+    ]
+
+
 async def test_export_into_the_configured_layout(emulator: EmulatorFactory, tmp_path: Path) -> None:
-    """With a config, the file lands under the hive layout in the workspace's zone."""
+    """With a config, one window of a job lands under the hive layout in the workspace's
+    zone, as the job's."""
     emu = await emulator(records=50)
-    config = write_config(tmp_path, emu)
+    config = write_config(tmp_path, emu, jobs=DAILY_PAGE)
     code, stdout, stderr = await run_cli(
         "export",
         "--config",
@@ -75,7 +89,47 @@ async def test_export_into_the_configured_layout(emulator: EmulatorFactory, tmp_
     assert manifest["toDate"] == "2022-03-27T21:59:59.999Z"  # a 23-hour DST day
     assert manifest["records"] == 50
     assert manifest["compression"] == "gzip"
+    assert manifest["job"] == "daily"  # the daemon adopts it as its own window
     assert list((tmp_path / "state" / "tmp").iterdir()) == []
+
+
+async def test_a_one_off_export_never_damages_the_daemons_dataset(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 37 item 3: into the config's output, a range that is not exactly one of a
+    job's windows is refused (a 3-day file in date=2022-03-01 counted its days twice),
+    so is another compression, and so is a window whose file is stored (with --force
+    too); each says where to go instead, and nothing is written or asked of AC."""
+    emu = await emulator(records=50)
+    config = write_config(tmp_path, emu, jobs=DAILY_PAGE)
+    code, _, stderr = await run_cli(*export_args(config, "2022-03-01", "2022-03-03"))
+    assert code == 2, stderr
+    assert "is not one window of a job" in stderr
+    assert "--output FILE" in stderr
+    code, _, stderr = await run_cli(
+        *export_args(config, "2022-03-01", "2022-03-01", "--compression", "zstd")
+    )
+    assert code == 2, stderr
+    assert "in its format and compression (ndjson, gzip)" in stderr
+    assert not (tmp_path / "exports").exists()
+    assert (await emu.jobs())["jobs"] == []
+    code, _, stderr = await run_cli(*export_args(config, "2022-03-01", "2022-03-01"))
+    assert code == 0, stderr
+    (data,) = (tmp_path / "exports").rglob("*.jsonl.gz")
+    before = data.read_bytes()
+    for force in ([], ["--force"]):
+        code, _, stderr = await run_cli(*export_args(config, "2022-03-01", "2022-03-01", *force))
+        assert code == 2, stderr
+        assert "never replaces a job's window file" in stderr
+    assert data.read_bytes() == before
+    assert len((await emu.jobs())["jobs"]) == 1
+    # Elsewhere, anything goes.
+    elsewhere = tmp_path / "three-days.jsonl"
+    code, _, stderr = await run_cli(
+        *export_args(config, "2022-03-01", "2022-03-03", "--output", str(elsewhere))
+    )
+    assert code == 0, stderr
+    assert elsewhere.stat().st_size > 0
 
 
 async def test_export_to_stdout(emulator: EmulatorFactory, tmp_path: Path) -> None:
@@ -108,7 +162,7 @@ async def test_disk_full_is_a_clear_error_and_leaves_nothing(
 ) -> None:
     """A file-size limit mid-write gives a clear error, exit 1, and no partial files."""
     emu = await emulator(records=20000)
-    config = write_config(tmp_path, emu, compression="none")
+    config = write_config(tmp_path, emu, compression="none", jobs=DAILY_PAGE)
     code, _, stderr = await run_cli(
         "export",
         "--config",
@@ -134,7 +188,7 @@ async def test_bad_token_exits_1_naming_the_cause(
 ) -> None:
     """A rejected token exits 1 with an auth error, and the token is not printed."""
     emu = await emulator()
-    config = write_config(tmp_path, emu)
+    config = write_config(tmp_path, emu, jobs=DAILY_PAGE)
     code, _, stderr = await run_cli(
         "export",
         "--config",

@@ -100,7 +100,10 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output",
         metavar="PATH|-",
-        help="data file, or - for stdout (default: the config's output layout)",
+        help="data file, or - for stdout. Without it, into the config's output: only a "
+        "range that is exactly one window of a job (its format and compression, not yet "
+        "stored), written as that job would; anything else is refused, never a file "
+        "overlapping the daemon's windows",
     )
     parser.add_argument(
         "--compression",

@@ -41,8 +41,9 @@ from ..output.local import LocalStore
 from ..output.open import open_store
 from ..output.sink import Sink
 from ..output.store import OutputStore
+from ..output.stored import stored_files
 from ..payload.tempfiles import claim_temp_dir, clean_abandoned
-from ..windows import ExportWindow, parse_bound
+from ..windows import ExportWindow, aligned_windows, parse_bound
 from . import ExitCode
 from .common import UsageError, exit_code_of
 
@@ -88,7 +89,8 @@ def _plan(args: argparse.Namespace) -> _Plan:
     except ValueError as exc:
         raise UsageError(f"--timezone/--from/--to: {exc}") from None
     key, file, compression, output_format = _destination(args, settings, config_path, name, window)
-    spec = ExportSpec(name, args.type, window, key).split_exactly()
+    job = None if file is not None else _job_of_window(settings, name, args.type, window)
+    spec = ExportSpec(name, args.type, window, key, job=job).split_exactly()
     temp_dir = settings.daemon.state_dir / "tmp" if config_path is not None else None
     to_stdout = args.output == "-"
     return _Plan(
@@ -177,12 +179,42 @@ def _destination(
     if config_path is None:
         raise UsageError("--output is required without a config file")
     output = settings.output
-    if named is not None:
-        output = output.model_copy(update={"format": named})
-    compression = chosen or output.file_compression
+    job = _job_of_window(settings, workspace, args.type, window)
+    if job is None:
+        raise UsageError(
+            f"{args.type} {window.label} is not one window of a job of {config_path} "
+            f"for {workspace}: written into the daemon's output it would overlap the "
+            "windows' files (their rows counted twice). Give --output FILE to export "
+            "any range elsewhere"
+        )
+    if (named or output.format) != output.format or (
+        chosen or output.file_compression
+    ) != output.file_compression:
+        raise UsageError(
+            "a window of the daemon's output is written in its format and compression "
+            f"({output.format.value}, {output.file_compression.value}), or a second file "
+            "would hold its rows: leave out --format/--compression, or give --output FILE"
+        )
     layout = OutputLayout.from_settings(output)
-    key = layout.key_for(workspace, args.type, "export", window, compression)
-    return key, None, compression, output.format
+    key = layout.key_for(workspace, args.type, job, window, output.file_compression)
+    return key, None, output.file_compression, output.format
+
+
+def _job_of_window(
+    settings: Settings, workspace: str, type_: str, window: ExportWindow
+) -> str | None:
+    """The job of ``workspace`` that exports ``type_`` in windows of which ``window``
+    is exactly one (a one-off export may write that file in the daemon's output, as
+    the job would); None if there is none."""
+    for job in settings.jobs:
+        if job.workspace != workspace or type_ not in job.window_types:
+            continue
+        zone = settings.workspaces[workspace].zone
+        if aligned_windows(zone, job.window, window.start, window.end) == [
+            ExportWindow(window.start, window.end, zone)
+        ]:
+            return job.name
+    return None
 
 
 def _with_private_dir(plan: _Plan) -> _Plan:
@@ -281,6 +313,8 @@ async def _export(plan: _Plan, progress: _Progress | None) -> str:
     timeout = plan.settings.http.timeout.total_seconds()
     async with AsyncExitStack() as stack:
         sink = await _open_sink(plan, stack)
+        if plan.spec.job is not None:
+            await _refuse_a_stored_window(plan, sink.store)
         session = await stack.enter_async_context(new_session(timeout))
         client = ExportClient(
             session,
@@ -300,6 +334,20 @@ async def _export(plan: _Plan, progress: _Progress | None) -> str:
             if progress:
                 progress.close()
     return outcome.manifest_location
+
+
+async def _refuse_a_stored_window(plan: _Plan, store: OutputStore) -> None:
+    """A one-off export never replaces a job's window file, with or without --force."""
+    spec = plan.spec
+    assert spec.job is not None
+    layout = OutputLayout.from_settings(plan.settings.output)
+    found = await stored_files(store, layout, spec.workspace, spec.job, [spec.type], [spec.window])
+    if found:
+        raise UsageError(
+            f"the daemon's output holds {spec.type} {spec.window.label} already "
+            f"({found[0].key}): a one-off export never replaces a job's window file. "
+            "Give --output FILE to export it elsewhere"
+        )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -332,6 +380,8 @@ def _run(plan: _Plan, quiet: bool) -> int:
         print("acexport export: interrupted; nothing was written", file=sys.stderr)
         # As a shell reports a process the signal ended: 130 for Ctrl-C, 143 for SIGTERM.
         return 128 + signal.SIGTERM if _terminated else ExitCode.INTERRUPTED
+    except UsageError:
+        raise  # refused before anything was asked of AC: said as a usage error
     except AcexportError as exc:
         log.error("export_failed", error=str(exc), kind=type(exc).__name__)
         return ExitCode.FAILED
