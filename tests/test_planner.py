@@ -493,7 +493,8 @@ async def test_a_snapshot_in_the_store_is_adopted_not_taken_again(ledger: Ledger
                           datetime(2026, 12, 1, 1, 30, tzinfo=UTC), berlin)  # fmt: skip
     for type_, claimed in (("individual", None), ("segment", 99)):
         key = layout.key_for("acme", type_, "nightly", window, mode=ExportMode.SNAPSHOT)
-        assert str(key).startswith(f"workspace=acme/type={type_}/snapshot=20261201T023000/")
+        # The as-of instant in UTC (issue 37 item 4), not Berlin's 02:30.
+        assert str(key).startswith(f"workspace=acme/type={type_}/snapshot=20261201T013000Z/")
         store_window(store, key, window, type_=type_, claimed_bytes=claimed)
         fields = json.loads(store.objects[manifest_key(key)])
         snapshot = {**fields, "mode": "snapshot", "job": job.name}

@@ -167,10 +167,11 @@ class OutputSettings(Section):
         "workspace={workspace}/type={type}/date={from:%Y-%m-%d}/"
         "{type}_{from:%Y%m%dT%H%M}_{to:%Y%m%dT%H%M}.jsonl"
     )
-    # A snapshot's file: ``to`` is its as-of time (the look), ``from`` where it starts.
+    # A snapshot's file: ``to`` is its as-of time (the look), ``from`` where it starts,
+    # both in UTC (``Z``: sortable whatever the zone, and across DST changes).
     snapshot_path: str = (
-        "workspace={workspace}/type={type}/snapshot={to:%Y%m%dT%H%M%S}/"
-        "{type}_{to:%Y%m%dT%H%M%S}.jsonl"
+        "workspace={workspace}/type={type}/snapshot={to:%Y%m%dT%H%M%SZ}/"
+        "{type}_{to:%Y%m%dT%H%M%SZ}.jsonl"
     )
     # ndjson: the records as AC served them; parquet: typed, one schema per type (the
     # path's .jsonl becomes .parquet).

@@ -51,8 +51,16 @@ class OutputLayout:
     ) -> PurePosixPath:
         """Where a window's (or snapshot's) data file goes (``compression`` overrides
         the layout's)."""
-        template = self.snapshot_template if mode is ExportMode.SNAPSHOT else self.template
-        key = render_path(template, workspace, type_, job, window.local_start, window.local_end)
+        if mode is ExportMode.SNAPSHOT:
+            # An as-of instant, in UTC: ``snapshot=20261205T212630Z`` sorts as time
+            # does across DST changes, and no two snapshots share a local hour.
+            key = render_path(
+                self.snapshot_template, workspace, type_, job, window.start, window.end
+            )
+        else:
+            key = render_path(
+                self.template, workspace, type_, job, window.local_start, window.local_end
+            )
         # A Parquet file compresses its columns inside: its name keeps no codec suffix.
         parquet = self.format is OutputFormat.PARQUET
         suffix = "" if parquet else (compression or self.compression).suffix
