@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
+from pathlib import PurePosixPath
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -25,6 +26,7 @@ from .config import JobSettings, Settings
 from .errors import StoreRejected, StoreUnavailable
 from .ledger import ACTIVE, ExportRecord, LedgerState
 from .output.layout import OutputLayout
+from .output.manifest import manifest_key
 from .output.snapshots import stored_snapshots
 from .output.store import OutputStore
 from .output.stored import StoredFile, prove, stored_files
@@ -35,6 +37,18 @@ from .triggers import schedule_period
 from .windows import ExportWindow, aligned_windows, one_request_each
 
 log = structlog.get_logger("acexport.planner")
+
+
+_EXPIRED_PER_LOOK = 500  # windows whose files one look deletes: bounded work per look
+
+
+def _key_of(store: OutputStore, location: str | None) -> list[PurePosixPath]:
+    """The key a row's recorded location names in ``store`` (its file may predate a
+    change of compression), if it names one there."""
+    root = store.location(PurePosixPath("x"))[:-1]
+    if location is None or not location.startswith(root) or len(location) == len(root):
+        return []
+    return [PurePosixPath(location[len(root) :])]
 
 
 def ac_requests(job: JobSettings, type_: str, windows: list[ExportWindow]) -> int:
@@ -115,6 +129,12 @@ class PlanLedger(Protocol):
 
     def requeue(self, export_ids: Iterable[int], reason: str) -> Awaitable[int]: ...
 
+    def expirable(
+        self, job: str, workspace: str, ended_by: datetime, limit: int
+    ) -> Awaitable[list[ExportRecord]]: ...
+
+    def mark_expired(self, export_ids: Iterable[int]) -> Awaitable[int]: ...
+
     def mark_beyond_retention(
         self,
         job: str,
@@ -158,9 +178,38 @@ class Planner:
         # others, not left failed until someone runs the backfill again.
         retried = await self._ledger.retry_failed(job.name, job.workspace)
         restated = await self._restate(job)
+        await self._expire(job)
         snapshots = await self._plan_snapshots(job, look_in_store=key not in self._snapshots_listed)
         extra = retried + restated + snapshots
         return replace(look, due=look.due + len(extra), records=look.records + extra)
+
+    async def _expire(self, job: JobSettings) -> int:
+        """Delete the files of the job's windows older than its ``keep``, manifest first
+        (a reader never sees a manifest whose file is gone; a crash between the two
+        leaves a file the next look deletes, as its row is not yet expired), then mark
+        them expired. At most _EXPIRED_PER_LOOK a look; a store that refuses is retried
+        at the next look, never fatal to exports."""
+        if job.keep is None or not job.window_types:
+            return 0
+        rows = await self._ledger.expirable(
+            job.name, job.workspace, self._clock() - job.keep, _EXPIRED_PER_LOOK
+        )
+        if not rows:
+            return 0
+        layout = OutputLayout.from_settings(self._settings().output)
+        zone = self._settings().workspaces[job.workspace].zone
+        try:
+            for row in rows:
+                key = layout.key_for(job.workspace, row.type, job.name, row.window(zone))
+                for stored in {key, *_key_of(self._store, row.destination)}:
+                    await self._store.delete(manifest_key(stored))
+                    await self._store.delete(stored)
+        except (StoreRejected, StoreUnavailable, OSError) as exc:
+            log.warning("keep_delete_failed", job=job.name, error=str(exc), detail="retried")
+            return 0
+        expired = await self._ledger.mark_expired(row.id for row in rows)
+        log.info("windows_expired", job=job.name, count=expired, keep=str(job.keep))
+        return expired
 
     async def _restate(self, job: JobSettings) -> list[ExportRecord]:
         """The job's windows now ``restate`` old, queued once more (if it restates)."""

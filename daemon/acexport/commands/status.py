@@ -90,6 +90,11 @@ def _print(report: dict[str, Any]) -> None:
             print(f"  queued outside the horizon (backfills): {job['pending_elsewhere']}")
         if job["beyond_retention"]:
             print(f"  before AC's data retention (never asked for): {job['beyond_retention']}")
+        if job["expired"]:
+            print(
+                f"  expired (deleted by keep): {job['expired']}; oldest kept: "
+                f"{job['oldest_kept'] or 'none'}"
+            )
         for row in job["restatements_kept"][:10]:
             print(f"  KEPT     {row['type']} {row['window']}: {row['detail']}")
         for row in (job["retrying"] + job["failed"])[:10]:
@@ -203,6 +208,11 @@ def _job_report(
             for r in mine
         ),
         "beyond_retention": sum(r.state is LedgerState.BEYOND_RETENTION for r in mine),
+        # Deleted by the job's keep (not missing, not failed), and the oldest still kept.
+        "expired": sum(r.state is LedgerState.EXPIRED for r in mine),
+        "oldest_kept": (
+            min(windows_done, key=lambda r: r.start).label(zone) if windows_done else None
+        ),
         "retrying": [_row(r, zone) for r in mine if r.retrying],
         # Done, with the previous revision kept: a restatement served far fewer records.
         "restatements_kept": [_row(r, zone) for r in done if _kept(r)],

@@ -126,6 +126,8 @@ class JobSettings(Section):
     # backfill) are asked of AC in one request of up to this span, then split locally:
     # AC works through one export per tick of its worker (5 minutes). 0 turns it off.
     coalesce_max: Duration = timedelta(days=31)
+    # Delete window files whose window ended longer ago than this (default: keep all).
+    keep: Duration | None = None
 
     def mode_of(self, type_: str) -> ExportMode:
         return self.modes.get(ExportType(type_), default_mode(type_))
@@ -171,6 +173,24 @@ class JobSettings(Section):
                 f"restate ({self.restate}) must exceed lag + 1 day ({least}): AC hands back "
                 "the same file for 24 hours"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _keep_outlives_catch_up_and_restate(self) -> JobSettings:
+        # A window deleted by keep that catch_up still covers would be exported again
+        # at every look; one restate still wants would be restated after its deletion.
+        if self.keep is None:
+            return self
+        if self.keep <= timedelta(0):
+            raise ValueError("keep must be longer than 0s (leave it out to keep everything)")
+        for name in ("catch_up", "restate"):
+            other = getattr(self, name)
+            if other is not None and other + self.window >= self.keep:
+                raise ValueError(
+                    f"keep ({self.keep}) must exceed {name} ({other}) by more than a window "
+                    f"({self.window}): a window {name} still covers would be deleted and "
+                    "exported again"
+                )
         return self
 
     @model_validator(mode="after")

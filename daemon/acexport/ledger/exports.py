@@ -284,6 +284,30 @@ class ExportRows(LedgerConnection):
         )
 
     @state_errors
+    async def expirable(
+        self, job: str, workspace: str, ended_by: datetime, limit: int
+    ) -> list[ExportRecord]:
+        """The job's windows, done or failed, that ended by ``ended_by`` (its ``keep``),
+        oldest first, at most ``limit``: in flight ones end first."""
+        return await self._all(
+            "SELECT * FROM exports WHERE job = ? AND workspace = ? AND mode = 'windows' "
+            "AND state IN ('done', 'failed') AND window_end <= ? ORDER BY window_end LIMIT ?",
+            job,
+            workspace,
+            iso_ms(ended_by),
+            limit,
+        )
+
+    @state_errors
+    async def mark_expired(self, export_ids: Iterable[int]) -> int:
+        """Final: the windows' files are deleted; never exported or adopted again."""
+        return await self._many(
+            "UPDATE exports SET state = 'expired', reason = 'deleted by keep', updated_at = ? "
+            "WHERE id = ? AND state IN ('done', 'failed')",
+            [(time.time(), export_id) for export_id in export_ids],
+        )
+
+    @state_errors
     async def troubled(self) -> list[ExportRecord]:
         """Failed rows, and rows being retried after failing, wherever they lie (a
         backfill's lie before the catch-up horizon the status page reads)."""

@@ -23,6 +23,7 @@ class LedgerState(enum.StrEnum):
     DONE = "done"
     FAILED = "failed"
     BEYOND_RETENTION = "beyond_retention"  # before AC's data retention: final, never asked
+    EXPIRED = "expired"  # its file deleted by the job's ``keep``: final, never exported again
 
 
 ACTIVE = frozenset({LedgerState.QUEUED, LedgerState.SUBMITTED, LedgerState.READY})

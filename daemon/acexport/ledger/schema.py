@@ -110,12 +110,57 @@ _MIGRATIONS: Sequence[str] = (
     """
     ALTER TABLE exports ADD COLUMN max_windows INTEGER;
     """,
-    # version 8: what hooks are told (hooks/). An event is staged when its export
-    # starts and committed by the trigger in the transaction that marks its row done
-    # (its body built from that row), so a crash between the two loses nothing and an
-    # export that never finishes announces nothing. Each hook's deliveries of it are
-    # its queue.
+    # version 8: a final state for windows whose files ``keep`` deleted ('expired':
+    # never exported again, never adopted back; the table is rebuilt for its CHECK);
+    # and what hooks are told (hooks/). An event is staged when its export starts and
+    # committed by the trigger in the transaction that marks its row done (its body
+    # built from that row), so a crash between the two loses nothing and an export
+    # that never finishes announces nothing. Each hook's deliveries of it are its queue.
     """
+    CREATE TABLE exports_v8 (
+        id             INTEGER PRIMARY KEY,
+        workspace      TEXT NOT NULL,
+        type           TEXT NOT NULL,
+        window_start   TEXT NOT NULL,
+        window_end     TEXT NOT NULL,
+        job            TEXT NOT NULL,
+        state          TEXT NOT NULL
+                       CHECK (state IN ('queued', 'submitted', 'ready', 'done', 'failed',
+                                        'beyond_retention', 'expired')),
+        attempts       INTEGER NOT NULL DEFAULT 0,
+        requests       INTEGER NOT NULL DEFAULT 0,
+        reason         TEXT,
+        created_date   TEXT,
+        destination    TEXT,
+        records        INTEGER,
+        payload_bytes  INTEGER,
+        payload_sha256 TEXT,
+        planned_at     REAL NOT NULL,
+        submitted_at   REAL,
+        ready_at       REAL,
+        finished_at    REAL,
+        updated_at     REAL NOT NULL,
+        file_bytes     INTEGER,
+        mode           TEXT NOT NULL DEFAULT 'windows' CHECK (mode IN ('windows', 'snapshot')),
+        revision       INTEGER NOT NULL DEFAULT 1,
+        file_sha256    TEXT,
+        failures       INTEGER NOT NULL DEFAULT 0,
+        last_error     TEXT,
+        request_start  TEXT,
+        request_end    TEXT,
+        max_windows    INTEGER,
+        UNIQUE (workspace, type, window_start, window_end)
+    );
+    INSERT INTO exports_v8 SELECT id, workspace, type, window_start, window_end, job, state,
+        attempts, requests, reason, created_date, destination, records, payload_bytes,
+        payload_sha256, planned_at, submitted_at, ready_at, finished_at, updated_at,
+        file_bytes, mode, revision, file_sha256, failures, last_error, request_start,
+        request_end, max_windows FROM exports;
+    DROP TABLE exports;
+    ALTER TABLE exports_v8 RENAME TO exports;
+    CREATE INDEX exports_by_state ON exports (state, workspace);
+    CREATE INDEX exports_by_type_ready ON exports (type, ready_at);
+    CREATE INDEX exports_by_job_mode ON exports (job, type, mode, window_end);
     CREATE TABLE hook_events (
         seq          INTEGER PRIMARY KEY AUTOINCREMENT,
         event_id     TEXT NOT NULL UNIQUE,

@@ -1,0 +1,91 @@
+"""``keep`` (issue 37 item 1): window files older than a job's keep are deleted at
+each look, manifest first, recorded expired, never exported or adopted again."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from acexport.config import load_settings
+from acexport.daemon import Daemon
+from acexport.ledger import Ledger, LedgerState, ledger_path
+from tests.conftest import EmulatorFactory, FakeClock
+from tests.daemon_helpers import job, manifests, run_cli, write_config
+
+DAY = 86400
+
+
+async def test_keep_deletes_exactly_the_old_windows_and_nothing_else(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Four days on, the two windows that ended more than keep ago are gone (file
+    and manifest), recorded expired, shown in status; the newer ones and a user's
+    file stay; a file left by a kill between the two deletes goes at the next look;
+    verify stays green and nothing expired is asked of AC again."""
+    clock = FakeClock(time.time())
+    emu = await emulator(clock=clock, records=5)
+    jobs = job("d", "acme", types=["page"], catch_up="2d", lag="0s", keep="4d")
+    config = write_config(tmp_path, emu, jobs)
+    settings = load_settings(config)
+    out = tmp_path / "exports"
+
+    async def run_once() -> None:
+        now = lambda: datetime.fromtimestamp(clock(), UTC)  # noqa: E731
+        async with Daemon(settings, config, clock=now) as daemon:
+            assert await daemon.run_once()
+
+    await run_once()
+    first = {m["fromDate"] for m in manifests(out)}
+    assert len(first) == 2
+    user_file = out / "workspace=acme" / "notes.txt"
+    user_file.write_text("mine\n")
+    clock.advance(2 * DAY)
+    await run_once()  # two days more, nothing old enough yet (keep 4d from the end)
+    assert len(manifests(out)) == 4
+    # A kill between the deletes of an expiry: the manifest went, the file stayed.
+    oldest = min(manifests(out), key=lambda m: m["fromDate"])
+    (leftover,) = out.rglob(oldest["file"])
+    Path(str(leftover) + ".manifest.json").unlink()
+    clock.advance(2 * DAY)
+    asked = len((await emu.jobs())["jobs"])
+    await run_once()
+    left = {m["fromDate"] for m in manifests(out)}
+    assert first.isdisjoint(left)  # both first windows deleted
+    assert not leftover.exists()  # and the file the kill left
+    assert len(left) == 4
+    assert user_file.read_text() == "mine\n"
+    assert sorted(p.name for p in out.rglob("*") if p.is_file() and "page_" in p.name) == sorted(
+        name for m in manifests(out) for name in (m["file"], m["file"] + ".manifest.json")
+    )
+    assert len((await emu.jobs())["jobs"]) == asked + 1  # the new days only
+    ledger = await Ledger.open(ledger_path(tmp_path / "state"))
+    try:
+        rows = await ledger.all_rows()
+    finally:
+        await ledger.close()
+    expired = [r for r in rows if r.state is LedgerState.EXPIRED]
+    assert len(expired) == 2
+    code, stdout, _ = await run_cli("status", "--config", str(config))
+    assert "expired (deleted by keep): 2; oldest kept:" in stdout.decode()
+    code, stdout, stderr = await run_cli("verify", "--config", str(config))
+    assert code == 0, stdout.decode() + stderr
+
+
+@pytest.mark.parametrize("other", ["catch_up", "restate"])
+def test_keep_not_longer_than_catch_up_or_restate_is_a_config_error(
+    tmp_path: Path, other: str
+) -> None:
+    from acexport.errors import ConfigError
+
+    fields = {"catch_up": "7d", "keep": "7d"} if other == "catch_up" else {
+        "catch_up": "1d", "restate": "7d", "keep": "7d"}  # fmt: skip
+    path = tmp_path / "acexport.toml"
+    lines = "".join(f'{k} = "{v}"\n' for k, v in fields.items())
+    path.write_text(
+        f'[workspaces.acme]\ntoken = "t"\n[[jobs]]\nname = "d"\nworkspace = "acme"\n{lines}'
+    )
+    with pytest.raises(ConfigError, match=f"keep .* must exceed {other} "):
+        load_settings(path)
