@@ -71,38 +71,7 @@ def _print(report: dict[str, Any]) -> None:
     else:
         print("daemon: not running (nothing is exported until `acexport run` starts)")
     for job in report["jobs"]:
-        print(f"\njob {job['name']} ({job['workspace']}, {job['schedule']})")
-        if job["window_types"]:
-            print(f"  last exported window: {job['last_exported'] or 'none yet'}")
-            counts = ", ".join(
-                f"{n} {state.replace('_', ' ')}" for state, n in job["horizon"].items() if n
-            )
-            print(f"  catch-up horizon:     {counts or 'no windows due yet'}")
-        for type_, as_of in job["snapshots"].items():
-            print(f"  {type_} snapshot as of:{' ' * max(1, 8 - len(type_))}{as_of or 'none yet'}")
-        if job["behind_s"]:
-            print(
-                f"  BEHIND by {human_duration(job['behind_s'])}: the oldest due window is not done"
-            )
-        if holder:
-            print(f"  next look:            {job['next_look'] or 'never (the schedule ends)'}")
-        if job["pending_elsewhere"]:
-            print(f"  queued outside the horizon (backfills): {job['pending_elsewhere']}")
-        if job["beyond_retention"]:
-            print(f"  before AC's data retention (never asked for): {job['beyond_retention']}")
-        if job["expired"]:
-            print(
-                f"  expired (deleted by keep): {job['expired']}; oldest kept: "
-                f"{job['oldest_kept'] or 'none'}"
-            )
-        for row in job["restatements_kept"][:10]:
-            print(f"  KEPT     {row['type']} {row['window']}: {row['detail']}")
-        for row in (job["retrying"] + job["failed"])[:10]:
-            label = "retrying" if row in job["retrying"] else "FAILED"
-            print(f"  {label:<8} {row['type']} {row['window']}: {row['detail']}")
-        hidden = len(job["retrying"]) + len(job["failed"]) - 10
-        if hidden > 0:
-            print(f"  ... and {hidden} more (acexport status --json lists them all)")
+        _print_job(job, bool(holder))
     print("\nlanes:")
     for lane in report["lanes"]:
         flights = ", ".join(
@@ -118,6 +87,39 @@ def _print(report: dict[str, Any]) -> None:
         print(f"    retention: {lane['retention']}")
     for hook in report["hooks"]:
         _print_hook(hook)
+
+
+def _print_job(job: dict[str, Any], holder: bool) -> None:
+    print(f"\njob {job['name']} ({job['workspace']}, {job['schedule']})")
+    if job["window_types"]:
+        print(f"  last exported window: {job['last_exported'] or 'none yet'}")
+        counts = ", ".join(
+            f"{n} {state.replace('_', ' ')}" for state, n in job["horizon"].items() if n
+        )
+        print(f"  catch-up horizon:     {counts or 'no windows due yet'}")
+    for type_, as_of in job["snapshots"].items():
+        print(f"  {type_} snapshot as of:{' ' * max(1, 8 - len(type_))}{as_of or 'none yet'}")
+    if job["behind_s"]:
+        print(f"  BEHIND by {human_duration(job['behind_s'])}: the oldest due window is not done")
+    if holder:
+        print(f"  next look:            {job['next_look'] or 'never (the schedule ends)'}")
+    if job["pending_elsewhere"]:
+        print(f"  queued outside the horizon (backfills): {job['pending_elsewhere']}")
+    if job["beyond_retention"]:
+        print(f"  before AC's data retention (never asked for): {job['beyond_retention']}")
+    if job["expired"]:
+        print(
+            f"  expired (deleted by keep): {job['expired']}; oldest kept: "
+            f"{job['oldest_kept'] or 'none'}"
+        )
+    for row in job["restatements_kept"][:10]:
+        print(f"  KEPT     {row['type']} {row['window']}: {row['detail']}")
+    for row in (job["retrying"] + job["failed"])[:10]:
+        label = "retrying" if row in job["retrying"] else "FAILED"
+        print(f"  {label:<8} {row['type']} {row['window']}: {row['detail']}")
+    hidden = len(job["retrying"]) + len(job["failed"]) - 10
+    if hidden > 0:
+        print(f"  ... and {hidden} more (acexport status --json lists them all)")
 
 
 def _print_hook(hook: dict[str, Any]) -> None:
@@ -207,16 +209,25 @@ def _job_report(
             and r.start not in horizon_starts
             for r in mine
         ),
-        "beyond_retention": sum(r.state is LedgerState.BEYOND_RETENTION for r in mine),
-        # Deleted by the job's keep (not missing, not failed), and the oldest still kept.
-        "expired": sum(r.state is LedgerState.EXPIRED for r in mine),
-        "oldest_kept": (
-            min(windows_done, key=lambda r: r.start).label(zone) if windows_done else None
-        ),
+        **_past_the_edges(mine, windows_done, zone),
         "retrying": [_row(r, zone) for r in mine if r.retrying],
         # Done, with the previous revision kept: a restatement served far fewer records.
         "restatements_kept": [_row(r, zone) for r in done if _kept(r)],
         "failed": [_row(r, zone) for r in mine if r.state is LedgerState.FAILED],
+    }
+
+
+def _past_the_edges(
+    mine: list[ExportRecord], windows_done: list[ExportRecord], zone: ZoneInfo
+) -> dict[str, Any]:
+    """Windows before AC's retention, those deleted by the job's keep (not missing, not
+    failed), and the oldest still kept."""
+    return {
+        "beyond_retention": sum(r.state is LedgerState.BEYOND_RETENTION for r in mine),
+        "expired": sum(r.state is LedgerState.EXPIRED for r in mine),
+        "oldest_kept": (
+            min(windows_done, key=lambda r: r.start).label(zone) if windows_done else None
+        ),
     }
 
 
