@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
 from collections import Counter
+from datetime import UTC, date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import duckdb
 import pytest
@@ -32,7 +36,7 @@ def readme_queries(reader: str = "read_json(") -> list[str]:
 def test_the_readme_has_queries() -> None:
     """The README shows the queries this module runs, and the two on Parquet that
     tests/test_parquet.py runs on typed output."""
-    assert len(readme_queries()) == 3
+    assert len(readme_queries()) == 4
     assert len(readme_queries("read_parquet(")) == 2
 
 
@@ -55,6 +59,7 @@ async def test_readme_queries_read_the_hive_layout(
     (latest,) = [rows for query, rows in results.items() if "type=individual" in query]
     (by_type_and_date,) = [rows for query, rows in results.items() if "date, count" in query]
     (per_workspace,) = [rows for query, rows in results.items() if "visitors" in query]
+    (local_days,) = [rows for query, rows in results.items() if "local_day" in query]
     (snapshot,) = [m for m in written if m["type"] == "individual"]
     assert latest == [("acme", snapshot["file"].split("_")[1].split(".")[0], snapshot["records"])]
     expected: Counter[tuple[str, str]] = Counter()
@@ -70,3 +75,12 @@ async def test_readme_queries_read_the_hive_layout(
     }
     assert all(row[2] >= row[1] for row in per_workspace)  # views: INT64 as text, cast
     assert all(row[3] >= 1 for row in per_workspace)
+    # Issue 38 item 13: the events by their Berlin day, as recomputed from the files.
+    berlin = ZoneInfo("Europe/Berlin")
+    by_day: Counter[date] = Counter()
+    for path in (tmp_path / "exports").rglob("event_*.jsonl.gz"):
+        for line in gzip.decompress(path.read_bytes()).splitlines():
+            stamp = json.loads(line)["eventDate"].removesuffix(" UTC")
+            instant = datetime.fromisoformat(stamp).replace(tzinfo=UTC)
+            by_day[instant.astimezone(berlin).date()] += 1
+    assert dict(local_days) == dict(by_day)
