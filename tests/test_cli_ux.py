@@ -181,3 +181,61 @@ async def test_a_dry_run_counts_what_the_store_holds_as_the_real_run_does(
     assert code == 0, err
     assert "1 exported" in err
     assert len((await emu.jobs())["jobs"]) == asked + 1
+
+
+# -- item 14: shell completion ------------------------------------------------------
+
+
+def _complete(words: list[str], shell: str = "bash") -> list[str]:
+    """What the generated script completes for ``words`` (the last one being typed)."""
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    script = subprocess.run(
+        [sys.executable, "-m", "acexport", "completion", "bash"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    program = (
+        f"{script}\nCOMP_WORDS=({' '.join(shlex.quote(w) for w in words)})\n"
+        f"COMP_CWORD={len(words) - 1}\n_acexport\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n"
+    )
+    bash = shutil.which("bash")
+    assert bash is not None
+    done = subprocess.run([bash, "-c", program], capture_output=True, text=True, check=True)
+    return done.stdout.split()
+
+
+def test_bash_completes_commands_options_choices_and_files(tmp_path: Path) -> None:
+    """Generated from the parser: a new option or choice is completed without edits."""
+    assert _complete(["acexport", "st"]) == ["status"]
+    assert "check-config" in _complete(["acexport", ""])
+    assert _complete(["acexport", "backfill", "--dr"]) == ["--dry-run"]
+    assert _complete(["acexport", "export", "--format", ""]) == ["ndjson", "parquet"]
+    assert _complete(["acexport", "emulator", "--format", ""]) == ["zip", "ndjson", "json"]
+    assert _complete(["acexport", "export", "--type", "pa"]) == ["page"]
+    (tmp_path / "acexport.toml").write_text("")
+    assert _complete(["acexport", "run", "--config", str(tmp_path / "acex")]) == [
+        str(tmp_path / "acexport.toml")
+    ]
+
+
+def test_zsh_completion_is_the_bash_function_through_bashcompinit() -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    script = subprocess.run(
+        [sys.executable, "-m", "acexport", "completion", "zsh"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert script.startswith("autoload -U +X bashcompinit && bashcompinit\n")
+    assert "complete -o default -F _acexport acexport" in script
+    zsh = shutil.which("zsh")
+    if zsh is not None:  # where zsh is installed, it loads the script
+        subprocess.run([zsh, "-c", script], check=True)

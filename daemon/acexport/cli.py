@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from .commands import ExitCode
+from .commands.completion import script as completion_script
 from .formats import Compression, OutputFormat
 from .protocol import ExportType
 
@@ -242,6 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_arguments(export)
     _add_logging_arguments(export)
 
+    completion = _command(
+        commands,
+        "completion",
+        "print a shell completion script (commands, options, choices, file names)",
+        "acexport completion bash > /etc/bash_completion.d/acexport",
+        "source <(acexport completion zsh)    # in ~/.zshrc",
+    )
+    completion.add_argument("shell", choices=["bash", "zsh"])
     emulator = commands.add_parser(
         "emulator", help="run an emulated Analytics Cloud export API on loopback"
     )
@@ -294,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "backfill" and not args.cancel and None in (args.from_, args.to):
         parser.error("backfill needs --from and --to (only --cancel goes without: all windows)")
     os.environ.update(logging_overrides(args))
-    if args.command in ("status", "check-config"):
+    if args.command in ("status", "check-config", "completion"):
         # Reports: `acexport status | head` should end quietly, as other Unix tools do.
         # (Not for run or export: a SIGPIPE from a socket must not kill a download.)
         previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -321,7 +330,7 @@ def _die_of_sigint() -> None:
 def _suggest_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     """``acexport stauts``: say the command it resembles, as git and systemctl do."""
     first = next((a for a in argv if not a.startswith("-")), None)
-    known = [*_COMMAND_MODULES, "emulator"]
+    known = [*_COMMAND_MODULES, "emulator", "completion"]
     if first is None or first in known:
         return
     close = difflib.get_close_matches(first, known, n=1)
@@ -342,6 +351,9 @@ _COMMAND_MODULES = {
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "completion":
+        print(completion_script(build_parser(), args.shell))
+        return ExitCode.OK
     if args.command == "emulator":
         from .emulator.cli import main as emulator_main
 
