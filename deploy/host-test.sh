@@ -70,4 +70,23 @@ CREDENTIALS_DIRECTORY="$WORK/credentials" ACEXPORT_DEFAULTS="$defaults" \
     || { cat "$WORK/check.out" >&2; fail "check-config as the service's user failed"; }
 grep -q 'state dir: /var/lib/acexport' "$WORK/check.out" || fail "the unit's defaults are not in force: $(cat "$WORK/check.out")"
 echo "host-test: the service's user reads the installed config and its credential"
+
+# A second workspace: the README's drop-in as written (but for systemctl), the unit
+# with it verified, and its credential read beside the first one's.
+beta_lines=$(recipe '<!-- systemd second workspace recipe' README.md | grep -v '^systemctl ')
+[ -n "$beta_lines" ] || fail "the README has no second-workspace recipe"
+BETA_TOKEN=host-test-beta bash -euo pipefail -c "$beta_lines" \
+    || fail "the README's second-workspace lines failed"
+verify=$(systemd-analyze verify /etc/systemd/system/acexport.service 2>&1) || true
+[ -z "$verify" ] || fail "systemd-analyze verify with the drop-in: $verify"
+grep -qx 'LoadCredential=beta:/etc/acexport/credentials/beta' \
+    /etc/systemd/system/acexport.service.d/beta.conf || fail "the drop-in lacks the credential"
+printf '\n[workspaces.beta]\ntoken_file = "beta"\n' >> /etc/acexport/config.toml
+install -m 0400 -o 65534 /etc/acexport/credentials/beta "$WORK/credentials/beta"
+CREDENTIALS_DIRECTORY="$WORK/credentials" ACEXPORT_DEFAULTS="$defaults" \
+    setpriv --reuid=65534 --regid=65534 --clear-groups \
+    /usr/local/bin/acexport check-config --config /etc/acexport/config.toml >"$WORK/check.out" 2>&1 \
+    || { cat "$WORK/check.out" >&2; fail "check-config with the second workspace failed"; }
+grep -q 'workspace beta' "$WORK/check.out" || fail "the second workspace is not in force"
+echo "host-test: a second workspace's credential, added by the drop-in, is read"
 echo "host-test: passed"
