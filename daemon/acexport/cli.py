@@ -186,6 +186,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--yes", "-y", action="store_true", help="no question on a terminal for a large backfill"
     )
 
+    reexport = _command(
+        commands,
+        "reexport",
+        "ask AC again for a job's windows in a range and replace them as their next revision",
+        "acexport reexport --job nightly --from 2026-11-01 --to 2026-11-03 --dry-run",
+        "acexport reexport --job nightly --from 2026-11-01 --to 2026-11-03 --type page",
+    )
+    _add_config_argument(reexport)
+    _add_logging_arguments(reexport)
+    reexport.add_argument("--job", required=True, help="a [[jobs]] name of the config")
+    reexport.add_argument("--from", dest="from_", required=True, metavar="DATE")
+    reexport.add_argument("--to", required=True, metavar="DATE", help="inclusive for a date")
+    reexport.add_argument(
+        "--type",
+        action="append",
+        choices=["event", "page", "identity", "individual", "membership", "segment"],
+        help="only this type (repeatable; default: the job's types exported in windows)",
+    )
+    reexport.add_argument(
+        "--dry-run", action="store_true", help="say what would be asked again, queue nothing"
+    )
+    reexport.add_argument(
+        "--yes", "-y", action="store_true", help="no question on a terminal for a large one"
+    )
+
     verify = _command(
         commands,
         "verify",
@@ -342,6 +367,7 @@ _COMMAND_MODULES = {
     "run": "run",
     "demo": "demo",
     "backfill": "backfill",
+    "reexport": "reexport",
     "status": "status",
     "check-config": "check_config",
     "healthcheck": "healthcheck",

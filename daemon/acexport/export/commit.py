@@ -126,7 +126,7 @@ async def store(spec: ExportSpec, state: Attempt, sink: Sink, timing: Timing) ->
         lambda index, summary: _manifest(
             _refuse_shrunk(spec, summary), *files[index], summary, created_date, sink.compression
         ),
-        stored_sha256=spec.previous_sha256,
+        stored_sha256=None if spec.reexport else spec.previous_sha256,
     )
     skipped = state.writer.skipped
     state.writer, state.offset = None, 0
@@ -215,4 +215,5 @@ def _manifest(
         request_fromDate=spec.window.from_date if spec.parts else None,
         request_toDate=spec.window.to_date if spec.parts else None,
         request_windows=len(spec.parts) if spec.parts else None,
+        unchanged=(spec.reexport and summary.file_sha256 == spec.previous_sha256) or None,
     )

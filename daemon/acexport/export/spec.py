@@ -62,6 +62,9 @@ class ExportSpec:
     mode: ExportMode = ExportMode.WINDOWS
     revision: int = 1  # 2: a restatement, replacing the file of ``previous_sha256``
     previous_sha256: str | None = None
+    # Asked for by the operator (acexport reexport): committed as the next revision
+    # even when its bytes are the previous revision's (then marked unchanged).
+    reexport: bool = False
     # A replacement with fewer records than this keeps the previous revision (a
     # restatement's guard against an empty or truncated export; None: no guard).
     min_records: int | None = None

@@ -19,7 +19,10 @@ log = structlog.get_logger("acexport.lane")
 
 
 def guarded(spec: ExportSpec, record: ExportRecord, settings: Settings) -> ExportSpec:
-    """A restatement must serve at least the job's share of the records it replaces."""
+    """A restatement must serve at least the job's share of the records it replaces; a
+    re-export the operator asked for replaces it whatever it serves."""
+    if record.reexport:
+        return replace(spec, reexport=True)
     job = next((j for j in settings.jobs if j.name == record.job), None)
     if record.revision < 2 or not record.records or job is None or not job.restate_min_records:
         return spec

@@ -22,7 +22,7 @@ from ..errors import StateError
 from ..retention import LearnedRetention
 from .coalescing import Coalescing
 from .connection import ledger_path
-from .exports import ExportRows
+from .exports import REEXPORT_REASON, ExportRows
 from .hooks import Delivery, HookBacklog, HookQueue, event_id
 from .meta import Meta
 from .rows import ACTIVE, ExportRecord, LedgerState, parse_time
@@ -31,6 +31,7 @@ from .timings import ProcessingHistory
 
 __all__ = [
     "ACTIVE",
+    "REEXPORT_REASON",
     "Delivery",
     "ExportRecord",
     "HookBacklog",

@@ -13,6 +13,8 @@ from ..windows import ExportWindow, iso_ms
 from .connection import LedgerConnection, state_errors
 from .rows import ExportRecord, LedgerState, parse_time
 
+REEXPORT_REASON = "re-export asked for"  # a queued row's reason: its next revision, whatever
+
 
 class ExportRows(LedgerConnection):
     """Rows and their states."""
@@ -124,6 +126,7 @@ class ExportRows(LedgerConnection):
             reason=None,
             failures=0,
             last_error=None,
+            reexport=0,
             finished_at=time.time(),
         )
 
@@ -281,6 +284,33 @@ class ExportRows(LedgerConnection):
             "UPDATE exports SET state = 'queued', reason = ?, updated_at = ?, "
             "request_start = NULL, request_end = NULL WHERE id = ? AND state = 'done'",
             [(reason, now, export_id) for export_id in export_ids],
+        )
+
+    @state_errors
+    async def reexport(
+        self, job: str, workspace: str, types: Iterable[str], start: datetime, end: datetime
+    ) -> list[ExportRecord]:
+        """Queue the job's done windows of ``types`` within ``[start, end)`` once more,
+        as their next revision (``acexport reexport``): replaced even if AC serves the
+        same bytes, since the operator asked."""
+        kinds = list(types)
+        if not kinds:
+            return []
+        marks = ", ".join("?" for _ in kinds)
+        return await self._all(
+            "UPDATE exports SET state = 'queued', revision = revision + 1, attempts = 0, "  # noqa: S608
+            "requests = 0, created_date = NULL, submitted_at = NULL, ready_at = NULL, "
+            "finished_at = NULL, request_start = NULL, request_end = NULL, max_windows = NULL, "
+            "reason = ?, reexport = 1, updated_at = ? "
+            f"WHERE job = ? AND workspace = ? AND type IN ({marks}) AND mode = 'windows' "
+            "AND state = 'done' AND window_start >= ? AND window_end <= ? RETURNING *",
+            REEXPORT_REASON,
+            time.time(),
+            job,
+            workspace,
+            *kinds,
+            iso_ms(start),
+            iso_ms(end),
         )
 
     @state_errors

@@ -78,6 +78,8 @@ class ExportRecord:
     # After a coalesced request of it failed: the most windows the next may serve.
     max_windows: int | None = None
     records: int | None = None  # in its file, once done
+    # Queued by ``acexport reexport``: its next revision is committed whatever AC serves.
+    reexport: bool = False
 
     @property
     def retrying(self) -> bool:
@@ -123,4 +125,5 @@ class ExportRecord:
             request_end=_time_or_none(_column(row, "request_end")),
             max_windows=_column(row, "max_windows"),
             records=row["records"],
+            reexport=bool(_column(row, "reexport", 0)),
         )

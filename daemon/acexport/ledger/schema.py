@@ -149,13 +149,14 @@ _MIGRATIONS: Sequence[str] = (
         request_start  TEXT,
         request_end    TEXT,
         max_windows    INTEGER,
+        reexport       INTEGER NOT NULL DEFAULT 0,  -- acexport reexport asked for it
         UNIQUE (workspace, type, window_start, window_end)
     );
     INSERT INTO exports_v8 SELECT id, workspace, type, window_start, window_end, job, state,
         attempts, requests, reason, created_date, destination, records, payload_bytes,
         payload_sha256, planned_at, submitted_at, ready_at, finished_at, updated_at,
         file_bytes, mode, revision, file_sha256, failures, last_error, request_start,
-        request_end, max_windows FROM exports;
+        request_end, max_windows, 0 FROM exports;
     DROP TABLE exports;
     ALTER TABLE exports_v8 RENAME TO exports;
     CREATE INDEX exports_by_state ON exports (state, workspace);

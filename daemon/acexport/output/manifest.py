@@ -25,6 +25,7 @@ _OPTIONAL_FIELDS = frozenset(
         "schema_fingerprint",
         "new_columns",
         "unparsed_values",
+        "unchanged",
         "request_fromDate",
         "request_toDate",
         "request_windows",
@@ -76,6 +77,9 @@ class Manifest:
     request_fromDate: str | None = None
     request_toDate: str | None = None
     request_windows: int | None = None
+    # A re-export the operator asked for that AC served byte for byte as the revision
+    # it replaces: committed anyway as the next revision, so downstream hears it.
+    unchanged: bool | None = None
 
     def to_json(self) -> bytes:
         # What json.dumps(indent=2) writes for these flat fields, without its pure-Python

@@ -1,0 +1,111 @@
+"""``acexport reexport`` (issue 37 item 2): done windows asked again and replaced as
+their next revision, unchanged bytes too; queued for a running daemon or run here."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tests.conftest import EmulatorFactory
+from tests.daemon_helpers import DaemonProcess, job, manifests, run_cli, write_config
+
+pytestmark = pytest.mark.slow
+
+JOBS = job("d", "acme", types=["page"], catch_up="3d", lag="0s", schedule="every 1h")
+
+
+def by_date(out: Path) -> dict[str, dict[str, object]]:
+    return {str(m["fromDate"]): m for m in manifests(out)}
+
+
+async def test_reexport_while_the_daemon_runs_replaces_each_window_once(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Three done windows re-exported through the running daemon: revision 2 naming
+    the file it replaces, unchanged (AC served the same bytes), one file each, and
+    DuckDB counts each row once."""
+    emu = await emulator(records_per_day=40, processing_s=0.05)  # rows as AC holds them
+    receiver_log = tmp_path / "events.jsonl"
+    hook = (
+        '\n[[hooks]]\nname = "log"\n'
+        f'command = ["sh", "-c", "cat >> {receiver_log}; echo >> {receiver_log}"]\n'
+    )
+    config = write_config(tmp_path, emu, JOBS + hook)
+    daemon = await DaemonProcess.start(config)
+    try:
+        await daemon.wait_for(lambda: len(manifests(tmp_path / "exports")) == 3)
+        first = by_date(tmp_path / "exports")
+        dates = sorted(first)
+        code, out, err = await run_cli(
+            "reexport", "--config", str(config), "--job", "d",
+            "--from", dates[0][:10], "--to", dates[-1][:10],
+        )  # fmt: skip
+        assert code == 0, err
+        assert "3 done windows queued as the next revision" in err
+        assert "the running daemon" in out.decode()
+
+        def replaced() -> bool:
+            return all(m["revision"] == 2 for m in manifests(tmp_path / "exports"))
+
+        try:
+            await daemon.wait_for(replaced)
+        except BaseException:
+            print("\n".join(daemon.raw[-30:]))
+            raise
+        await daemon.wait_for(lambda: receiver_log.exists() and receiver_log.read_text().count(
+            '"revision":2') == 3)  # fmt: skip
+    finally:
+        daemon.send(signal.SIGTERM)
+        assert await daemon.wait() == 0
+    now = by_date(tmp_path / "exports")
+    assert sorted(now) == dates
+    for date, manifest in now.items():
+        assert manifest["previous_sha256"] == first[date]["file_sha256"]
+        assert manifest.get("unchanged") is True, json.dumps([manifest, first[date]])
+        assert manifest["file_sha256"] == first[date]["file_sha256"]
+    files = [p for p in (tmp_path / "exports").rglob("page_*") if not p.name.endswith(".json")]
+    assert len(files) == 3
+    glob = f"{tmp_path}/exports/*/type=page/*/*.jsonl.gz"
+    (rows,) = duckdb.execute("SELECT count(*) FROM read_json(?)", [glob]).fetchall()[0]
+    assert rows == sum(int(m["records"]) for m in now.values())  # type: ignore[call-overload]
+
+
+async def test_reexport_in_the_foreground_with_a_dry_run_first(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """No daemon: the dry run counts done and new windows without queuing; the real
+    run replaces the done one as revision 2 and exports the missing one."""
+    emu = await emulator(records_per_day=40)
+    config = write_config(tmp_path, emu, JOBS)
+    daemon = await DaemonProcess.start(config, "--once")
+    assert await daemon.wait(60) == 0
+    first = by_date(tmp_path / "exports")
+    newest = max(first)
+    # One window never exported: a day before the catch-up.
+    code, out, err = await run_cli(
+        "reexport", "--config", str(config), "--job", "d", "--type", "page",
+        "--from", "2022-01-01", "--to", "2022-01-01", "--dry-run",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "0 done" in out.decode()
+    assert "1 not exported yet" in out.decode()
+    code, out, err = await run_cli(
+        "reexport", "--config", str(config), "--job", "d",
+        "--from", newest[:10], "--to", newest[:10], "--dry-run",
+    )  # fmt: skip
+    assert "1 done: asked again" in out.decode(), out.decode()
+    assert by_date(tmp_path / "exports") == first  # nothing queued by a dry run
+    code, _, err = await run_cli(
+        "reexport", "--config", str(config), "--job", "d",
+        "--from", newest[:10], "--to", newest[:10],
+    )  # fmt: skip
+    assert code == 0, err
+    after = by_date(tmp_path / "exports")
+    assert after[newest]["revision"] == 2
+    assert after[newest]["previous_sha256"] == first[newest]["file_sha256"]
+    assert all(after[d]["revision"] == 1 for d in after if d != newest)
+    assert json.loads(json.dumps(after[newest]))["unchanged"] is True
