@@ -89,3 +89,21 @@ def test_keep_not_longer_than_catch_up_or_restate_is_a_config_error(
     )
     with pytest.raises(ConfigError, match=f"keep .* must exceed {other} "):
         load_settings(path)
+
+
+async def test_backfill_and_reexport_refuse_windows_keep_would_delete(tmp_path: Path) -> None:
+    """Issue 37 item 5: exported only to be deleted by the next look; said, in a dry run
+    too, with the edge's date."""
+    config = tmp_path / "acexport.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[workspaces.acme]\ntoken = "t"\n'
+        '[[jobs]]\nname = "d"\nworkspace = "acme"\ntypes = ["page"]\nkeep = "30d"\n'
+    )
+    config.chmod(0o600)
+    for command in ("backfill", "reexport"):
+        code, _, stderr = await run_cli(
+            command, "--config", str(config), "--job", "d",
+            "--from", "2020-01-01", "--to", "2020-01-03", "--dry-run",
+        )  # fmt: skip
+        assert code == 2, stderr
+        assert "3 windows of that range ended before the job's keep (30d:" in stderr

@@ -43,6 +43,7 @@ from ..retention import effective_months, retention_start
 from ..scheduler import utc_now
 from ..windows import ExportWindow, aligned_windows, iso_ms, parse_bound
 from . import ExitCode
+from .check_config import duration_text
 from .common import (
     UsageError,
     counted,
@@ -129,6 +130,16 @@ def _windows(
     windows = aligned_windows(settings.workspaces[job.workspace].zone, job.window, start, end)
     if not windows:
         raise UsageError("no whole window lies in that range")
+    if job.keep is not None:
+        # Exported only to be deleted by the next look: refused, saying why.
+        edge = utc_now() - job.keep
+        doomed = [w for w in windows if w.end <= edge]
+        if doomed:
+            raise UsageError(
+                f"{counted(len(doomed), 'window')} of that range ended before the job's keep "
+                f"({duration_text(job.keep)}: {edge.astimezone(doomed[0].zone).date()}): the "
+                "next look would delete them again. Start --from later, or raise keep"
+            )
     return job, windows
 
 
