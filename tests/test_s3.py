@@ -503,3 +503,38 @@ async def _cli(*args: str) -> tuple[int, str, str]:
     )  # fmt: skip
     out, err = await process.communicate()
     return process.returncode or 0, out.decode(), err.decode()
+
+
+async def test_keep_deletes_old_windows_from_the_bucket_manifest_first(
+    emulator: EmulatorFactory, seaweed: Seaweed, tmp_path: Path
+) -> None:
+    """Issue 37 item 1 on S3: the windows older than keep go (data and manifest), the
+    newer ones and an object of the user's stay."""
+    from datetime import UTC, datetime
+
+    from acexport.config import load_settings
+    from acexport.daemon import Daemon
+    from tests.conftest import FakeClock
+
+    clock = FakeClock(time.time())
+    emu = await emulator(clock=clock, tokens={"alpha": "alpha-token"}, records=5, format="ndjson")
+    jobs = job("daily", "alpha", types=["page"], catch_up="2d", lag="0s", keep="4d")
+    name = bucket(seaweed)
+    config = s3_config(tmp_path, emu, jobs, seaweed.endpoint, name)
+    settings = load_settings(config)
+
+    async def run_once() -> None:
+        now = lambda: datetime.fromtimestamp(clock(), UTC)  # noqa: E731
+        async with Daemon(settings, config, clock=now) as daemon:
+            assert await daemon.run_once()
+
+    await run_once()
+    _, first = data_and_manifests(seaweed.objects(name, "acexport/workspace="))
+    seaweed.client().put_object(Bucket=name, Key="acexport/workspace=alpha/notes.txt", Body=b"x")
+    clock.advance(4 * 86400)
+    await run_once()
+    data, manifests = data_and_manifests(seaweed.objects(name, "acexport/workspace="))
+    assert set(first).isdisjoint(manifests)  # the first windows' manifests are gone
+    assert set(first).isdisjoint(data)  # and their data
+    assert len(manifests) == 2
+    assert set(data) == set(manifests) | {"acexport/workspace=alpha/notes.txt"}
