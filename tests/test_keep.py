@@ -32,10 +32,14 @@ async def test_keep_deletes_exactly_the_old_windows_and_nothing_else(
     settings = load_settings(config)
     out = tmp_path / "exports"
 
+    expired_metric: list[str] = []
+
     async def run_once() -> None:
         now = lambda: datetime.fromtimestamp(clock(), UTC)  # noqa: E731
         async with Daemon(settings, config, clock=now) as daemon:
             assert await daemon.run_once()
+            metrics = daemon.metrics.render().decode()
+        expired_metric[:] = [m for m in metrics.splitlines() if "windows_expired_total{" in m]
 
     await run_once()
     first = {m["fromDate"] for m in manifests(out)}
@@ -68,6 +72,7 @@ async def test_keep_deletes_exactly_the_old_windows_and_nothing_else(
         await ledger.close()
     expired = [r for r in rows if r.state is LedgerState.EXPIRED]
     assert len(expired) == 2
+    assert expired_metric == ['acexport_windows_expired_total{job="d"} 2.0']
     code, stdout, _ = await run_cli("status", "--config", str(config))
     assert "expired (deleted by keep): 2; oldest kept:" in stdout.decode()
     code, stdout, stderr = await run_cli("verify", "--config", str(config))

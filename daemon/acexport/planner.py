@@ -88,6 +88,7 @@ class Look:
     records: list[ExportRecord]
     beyond_retention: int = 0
     newly_beyond_retention: int = 0  # of those, recorded as such by this look
+    expired: int = 0  # windows whose files this look deleted (the job's keep)
 
 
 class PlanLedger(Protocol):
@@ -178,10 +179,12 @@ class Planner:
         # others, not left failed until someone runs the backfill again.
         retried = await self._ledger.retry_failed(job.name, job.workspace)
         restated = await self._restate(job)
-        await self._expire(job)
+        expired = await self._expire(job)
         snapshots = await self._plan_snapshots(job, look_in_store=key not in self._snapshots_listed)
         extra = retried + restated + snapshots
-        return replace(look, due=look.due + len(extra), records=look.records + extra)
+        return replace(
+            look, due=look.due + len(extra), records=look.records + extra, expired=expired
+        )
 
     async def _expire(self, job: JobSettings) -> int:
         """Delete the files of the job's windows older than its ``keep``, manifest first

@@ -290,6 +290,7 @@ class Daemon:
         except StateError as exc:
             self.fail(exc)
             return
+        self.metrics.windows_expired.labels(job.name).inc(look.expired)
         self._queue(job, look)
 
     async def plan(self, job: JobSettings, windows: list[ExportWindow]) -> Look:

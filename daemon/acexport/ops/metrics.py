@@ -122,6 +122,12 @@ class Metrics(LaneObserver):
             ["acexport_job", "state"],
             registry=r,
         )
+        self.windows_expired = Counter(
+            "acexport_windows_expired_total",
+            "Window files deleted by the job's keep (recorded expired: not missing, not failed)",
+            ["job"],
+            registry=r,
+        )
         self.hook_deliveries = Counter(
             "acexport_hook_deliveries_total",
             "Attempts to tell a hook of a committed file, by outcome (delivered, retried, failed)",
