@@ -239,3 +239,43 @@ def test_zsh_completion_is_the_bash_function_through_bashcompinit() -> None:
     zsh = shutil.which("zsh")
     if zsh is not None:  # where zsh is installed, it loads the script
         subprocess.run([zsh, "-c", script], check=True)
+
+
+# -- item 4: a foreground backfill runs only its own windows ------------------------
+
+
+async def test_a_foreground_backfill_runs_only_its_own_windows(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Another job's export was at AC when its daemon was killed: a foreground
+    backfill of a small job exports its own window only (its count never above its
+    total), and leaves the other for `run`."""
+    import asyncio
+    import signal
+
+    from acexport.ledger import ACTIVE, LedgerState, read_rows
+    from tests.daemon_helpers import DaemonProcess
+
+    emu = await emulator(processing_s=2.0, records=5)
+    jobs = job("big", "acme", types=["event"], catch_up="1d", lag="0s") + job(
+        "small", "acme", types=["page"], catch_up="0s", lag="0s", schedule="every 24h"
+    )
+    config = write_config(tmp_path, emu, jobs)
+    state = tmp_path / "state"
+    daemon = await DaemonProcess.start(config)
+    async with asyncio.timeout(30):  # until big's export is at AC (polling the ledger)
+        while True:
+            if any(r.state is LedgerState.SUBMITTED for r in await read_rows(state)):
+                break
+            await asyncio.sleep(0.05)
+    daemon.send(signal.SIGKILL)
+    await daemon.wait()
+    code, _, stderr = await run_cli(
+        "backfill", "--config", str(config), "--job", "small",
+        "--from", "2022-01-01", "--to", "2022-01-01", "--yes",
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "1 exported, 0 failed" in stderr
+    rows = await read_rows(state)
+    assert [r.job for r in rows if r.state in ACTIVE] == ["big"]  # left for `run`
+    assert "1 other exports are pending" in stderr

@@ -175,7 +175,7 @@ async def _backfill(
 
     started = time.monotonic()
     # Its own windows only: what else the state directory has queued waits for `run`.
-    async with Daemon(settings, path, resume_queued=False) as daemon:
+    async with Daemon(settings, path, resume=False) as daemon:
         handle_signals(daemon)
         look = await daemon.plan(job, windows)
         _say_beyond_retention(look)

@@ -67,12 +67,12 @@ class Daemon:
         clock: Callable[[], datetime] = utc_now,
         reload_settings: Callable[[], Settings] | None = None,
         *,
-        resume_queued: bool = True,
+        resume: bool = True,
     ) -> None:
         self._settings = settings
-        # False (a foreground backfill): of the ledger's leftovers, only the exports AC
-        # works on are resumed; queued ones wait for ``run``.
-        self._resume_queued = resume_queued
+        # False (a foreground backfill): none of the ledger's leftovers is resumed, only
+        # what its own plan queues (its windows' rows at AC too): the rest waits for run.
+        self._resume = resume
         self._config_path = config_path
         # What SIGHUP reads: the config file again, unless the command layer says otherwise.
         self._reload_settings = reload_settings or (lambda: load_settings(config_path))
@@ -142,7 +142,7 @@ class Daemon:
         self._apply_lanes()
         for job in self._settings.jobs:  # before resuming: what is stored needs no export
             await self._planner.adopt(job, self._planner.due(job))
-        await self._resume()
+        await self._resume_leftovers()
         await self._start_loops(stack)
         self._notifier.notify(ready=1, status=self._status_line())
         log.info(
@@ -203,10 +203,8 @@ class Daemon:
         await abort_stale_uploads(self._settings, self._output, self._clock())
         return temp_dir
 
-    async def _resume(self) -> None:
-        resumed = await self._ledger.active()
-        if not self._resume_queued:
-            resumed = [r for r in resumed if r.state is not LedgerState.QUEUED]
+    async def _resume_leftovers(self) -> None:
+        resumed = await self._ledger.active() if self._resume else []
         self._enqueue(resumed)
         if resumed:
             log.info("exports_resumed", count=len(resumed))
