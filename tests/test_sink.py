@@ -185,6 +185,7 @@ def test_manifest_is_indented_json_as_readers_know_it() -> None:
 
     parquet_only = {"rows", "schema_fingerprint", "new_columns", "unparsed_values"}
     parquet_only |= {"request_fromDate", "request_toDate", "request_windows"}  # split only
+    parquet_only |= {"unchanged"}  # a re-export's only
     manifest = replace(_manifest('päge "\\ quoted".jsonl'), workspace="Zoë")
     fields = {k: v for k, v in asdict(manifest).items() if k not in parquet_only}
     expected = json.dumps(fields, indent=2, ensure_ascii=False) + "\n"
@@ -195,8 +196,13 @@ def test_manifest_is_indented_json_as_readers_know_it() -> None:
     expected = json.dumps(asdict(typed), indent=2, ensure_ascii=False) + "\n"
     assert typed.to_json() != expected.encode()  # the request's fields are left out
     split = replace(typed, request_fromDate="a", request_toDate="b", request_windows=2)
-    expected = json.dumps(asdict(split), indent=2, ensure_ascii=False) + "\n"
-    assert split.to_json() == expected.encode()
+    expected = json.dumps(
+        {k: v for k, v in asdict(split).items() if k != "unchanged"}, indent=2, ensure_ascii=False
+    )
+    assert split.to_json() == (expected + "\n").encode()
+    confirmed = replace(split, unchanged=True)
+    expected = json.dumps(asdict(confirmed), indent=2, ensure_ascii=False) + "\n"
+    assert confirmed.to_json() == expected.encode()
 
 
 async def test_commit_places_file_then_manifest_and_leaves_no_temp(tmp_path: Path) -> None:

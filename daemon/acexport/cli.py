@@ -196,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_argument(reexport)
     _add_logging_arguments(reexport)
     reexport.add_argument("--job", required=True, help="a [[jobs]] name of the config")
-    reexport.add_argument("--from", dest="from_", required=True, metavar="DATE")
+    reexport.add_argument(
+        "--from", dest="from_", required=True, metavar="DATE", help="the range's first day"
+    )
     reexport.add_argument("--to", required=True, metavar="DATE", help="inclusive for a date")
     reexport.add_argument(
         "--type",
