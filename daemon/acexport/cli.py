@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         "acexport completion bash > /etc/bash_completion.d/acexport",
         "source <(acexport completion zsh)    # in ~/.zshrc",
     )
-    completion.add_argument("shell", choices=["bash", "zsh"])
+    completion.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete for")
     emulator = commands.add_parser(
         "emulator", help="run an emulated Analytics Cloud export API on loopback"
     )
