@@ -202,3 +202,16 @@ async def run_cli(
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
     return process.returncode, stdout, stderr.decode()
+
+
+async def run_once_at(config: Path, clock: Callable[[], float]) -> None:
+    """``run --once`` in this process, the daemon's time read from ``clock`` (epoch
+    seconds: a FakeClock the test moves), every export succeeding."""
+    from datetime import UTC, datetime
+
+    from acexport.config import load_settings
+    from acexport.daemon import Daemon
+
+    now = lambda: datetime.fromtimestamp(clock(), UTC)  # noqa: E731
+    async with Daemon(load_settings(config), config, clock=now) as daemon:
+        assert await daemon.run_once()

@@ -23,13 +23,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from acexport.config import load_settings
-from acexport.daemon import Daemon
 from acexport.emulator.data import PayloadSpec, iter_blocks
 from acexport.errors import ExportFailed
 from acexport.payload.split import RecordSplit, SplitPlan, timestamp_key
 from tests.conftest import EmulatorFactory, FakeClock
-from tests.daemon_helpers import DaemonProcess, job, manifests, run_cli, write_config
+from tests.daemon_helpers import DaemonProcess, job, manifests, run_cli, run_once_at, write_config
 from tests.seaweed import Seaweed
 from tests.test_s3 import bucket, s3_config
 
@@ -293,12 +291,9 @@ async def test_a_window_of_a_coalesced_request_is_restated_on_its_own(
     emu = await emulator(clock=clock, records=6, restate_rate=1.0)
     jobs = job("d", "acme", types=["page"], catch_up="2d", lag="0s", restate="2d")
     config = write_config(tmp_path, emu, jobs)
-    settings = load_settings(config)
 
     async def run_once() -> None:
-        now = lambda: datetime.fromtimestamp(clock(), UTC)  # noqa: E731
-        async with Daemon(settings, config, clock=now) as daemon:
-            assert await daemon.run_once()
+        await run_once_at(config, clock)
 
     await run_once()
     first = {m["fromDate"]: m for m in manifests(tmp_path / "exports")}

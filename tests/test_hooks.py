@@ -26,7 +26,7 @@ from aiohttp import web
 from acexport.config import load_settings
 from acexport.daemon import Daemon
 from tests.conftest import EmulatorFactory
-from tests.daemon_helpers import DaemonProcess, job, manifests, run_cli, write_config
+from tests.daemon_helpers import DaemonProcess, job, manifests, run_cli, run_once_at, write_config
 
 WINDOWS = {"types": ["page"], "window": "1d", "catch_up": "3d", "lag": "0s"}
 
@@ -557,7 +557,6 @@ async def test_a_restated_window_is_told_again_as_revision_2_with_its_own_id(
     a new id, naming the new file's hash (a restatement whose file is kept as it was
     is unstaged: tests/test_hooks.py's ledger test)."""
     import time
-    from datetime import UTC, datetime
 
     from tests.conftest import FakeClock
 
@@ -567,12 +566,9 @@ async def test_a_restated_window_is_told_again_as_revision_2_with_its_own_id(
     async with receiving(receiver):
         jobs = job("d", "acme", types=["page", "event"], catch_up="2d", lag="0s", restate="2d")
         config = configure(tmp_path, emu, jobs + hook("loader", url=receiver.url))
-        settings = load_settings(config)
 
         async def run_once() -> None:
-            now = lambda: datetime.fromtimestamp(clock(), UTC)  # noqa: E731
-            async with Daemon(settings, config, clock=now) as daemon:
-                assert await daemon.run_once()
+            await run_once_at(config, clock)
 
         await run_once()
         first = {(e["type"], e["fromDate"]): e for e, _, _ in receiver.received}

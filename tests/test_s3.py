@@ -28,7 +28,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import EmulatorFactory, RunningEmulator
-from tests.daemon_helpers import DaemonProcess, asked, emulator_sha, job, write_config
+from tests.daemon_helpers import DaemonProcess, asked, emulator_sha, job, run_once_at, write_config
 from tests.daemon_helpers import manifests as local_manifests
 from tests.seaweed import ACCESS_KEY, SECRET_KEY, Fault, S3Proxy, Seaweed
 
@@ -510,10 +510,7 @@ async def test_keep_deletes_old_windows_from_the_bucket_manifest_first(
 ) -> None:
     """Issue 37 item 1 on S3: the windows older than keep go (data and manifest), the
     newer ones and an object of the user's stay."""
-    from datetime import UTC, datetime
 
-    from acexport.config import load_settings
-    from acexport.daemon import Daemon
     from tests.conftest import FakeClock
 
     clock = FakeClock(time.time())
@@ -521,12 +518,9 @@ async def test_keep_deletes_old_windows_from_the_bucket_manifest_first(
     jobs = job("daily", "alpha", types=["page"], catch_up="2d", lag="0s", keep="4d")
     name = bucket(seaweed)
     config = s3_config(tmp_path, emu, jobs, seaweed.endpoint, name)
-    settings = load_settings(config)
 
     async def run_once() -> None:
-        now = lambda: datetime.fromtimestamp(clock(), UTC)  # noqa: E731
-        async with Daemon(settings, config, clock=now) as daemon:
-            assert await daemon.run_once()
+        await run_once_at(config, clock)
 
     await run_once()
     _, first = data_and_manifests(seaweed.objects(name, "acexport/workspace="))

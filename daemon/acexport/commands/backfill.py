@@ -297,9 +297,11 @@ def _classify(
     return counts, new
 
 
-async def _dry_run(settings: Settings, job: JobSettings, windows: list[ExportWindow]) -> int:
-    """What the backfill would queue, without queuing it: how many exports, how many
-    before AC's retention or done already, and roughly how long at the times seen."""
+async def dry_run_counts(
+    settings: Settings, job: JobSettings, windows: list[ExportWindow]
+) -> tuple[Counter[str], dict[str, list[ExportWindow]], datetime, list[ExportRecord]]:
+    """What a dry run says of ``windows``: their counts (``_classify``), the new ones by
+    type, AC's retention edge, and the workspace's ledger rows."""
     ws = settings.workspaces[job.workspace]
     state_dir = settings.daemon.state_dir
     learned = (await read_learned_retention(state_dir, [job.workspace])).get(job.workspace)
@@ -308,6 +310,13 @@ async def _dry_run(settings: Settings, job: JobSettings, windows: list[ExportWin
     by_key = {(r.type, r.start): r for r in rows if r.mode is ExportMode.WINDOWS}
     stored = await _in_store(settings, job, windows, by_key)
     counts, new = _classify(job, windows, by_key, earliest, stored)
+    return counts, new, earliest, rows
+
+
+async def _dry_run(settings: Settings, job: JobSettings, windows: list[ExportWindow]) -> int:
+    """What the backfill would queue, without queuing it: how many exports, how many
+    before AC's retention or done already, and roughly how long at the times seen."""
+    counts, new, earliest, rows = await dry_run_counts(settings, job, windows)
     requests = sum(ac_requests(job, type_, found) for type_, found in new.items())
     spans = sorted(
         r.ready_at - r.submitted_at

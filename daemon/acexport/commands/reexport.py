@@ -14,16 +14,13 @@ import asyncio
 import sys
 
 from ..config import JobSettings, Settings
-from ..ledger import Ledger, ledger_path, read_learned_retention, read_rows
+from ..ledger import Ledger, ledger_path
 from ..lock import lock_holder
 from ..ops.logging import configure_logging
 from ..planner import ac_requests
-from ..protocol import ExportMode
-from ..retention import effective_months, retention_start
-from ..scheduler import utc_now
 from ..windows import ExportWindow
 from . import ExitCode
-from .backfill import _backfill, _classify, _confirmed, _in_store, _windows
+from .backfill import _backfill, _confirmed, _windows, dry_run_counts
 from .common import UsageError, counted, exit_code_of, load, prepare, remember_early_signals
 
 
@@ -76,14 +73,7 @@ async def _requeue(settings: Settings, job: JobSettings, windows: list[ExportWin
 
 async def _dry_run(settings: Settings, job: JobSettings, windows: list[ExportWindow]) -> int:
     """What the re-export would ask of AC, without queuing it."""
-    ws = settings.workspaces[job.workspace]
-    state_dir = settings.daemon.state_dir
-    learned = (await read_learned_retention(state_dir, [job.workspace])).get(job.workspace)
-    earliest = retention_start(utc_now(), effective_months(ws.retention, learned), ws.zone)
-    rows = [r for r in await read_rows(state_dir) if r.workspace == job.workspace]
-    by_key = {(r.type, r.start): r for r in rows if r.mode is ExportMode.WINDOWS}
-    stored = await _in_store(settings, job, windows, by_key)
-    counts, new = _classify(job, windows, by_key, earliest, stored)
+    counts, new, earliest, _ = await dry_run_counts(settings, job, windows)
     requests = sum(ac_requests(job, type_, found) for type_, found in new.items())
     exports = len(windows) * len(job.window_types)
     print(
