@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -27,7 +28,7 @@ import pytest
 
 from acexport.formats import Compression
 from acexport.payload.parquet import ndjson_to_parquet, output_columns
-from acexport.tables import TABLES, UNPARSED, Kind, json_schema
+from acexport.tables import TABLES, UNPARSED, Kind, json_schema, parquet_schema
 from tests.conftest import EmulatorFactory, RunningEmulator
 from tests.daemon_helpers import DaemonProcess, job, manifests, run_cli, write_config
 from tests.test_readme import readme_queries
@@ -37,11 +38,14 @@ PARQUET = '[output]\nformat = "parquet"\n'
 
 
 def test_published_json_schemas_are_generated_from_the_tables() -> None:
-    """schemas/<type>.json is what acexport.tables generates: a changed table without
-    regenerated files (python -m acexport.tables schemas) fails here."""
+    """schemas/<type>.json and schemas/parquet/<type>.json are what acexport.tables
+    generates: a changed table without regenerated files (python -m acexport.tables
+    schemas) fails here."""
     for type_ in TABLES:
         published = json.loads((ROOT / "schemas" / f"{type_}.json").read_text())
         assert published == json_schema(type_), f"schemas/{type_}.json is stale"
+        parquet = json.loads((ROOT / "schemas" / "parquet" / f"{type_}.json").read_text())
+        assert parquet == parquet_schema(type_), f"schemas/parquet/{type_}.json is stale"
     assert sorted(p.stem for p in (ROOT / "schemas").glob("*.json")) == sorted(TABLES)
 
 
@@ -232,6 +236,20 @@ async def test_every_type_in_both_modes_typed_as_ac_served_it(
         assert manifest["new_columns"] == []
         assert manifest["unparsed_values"] == 0
         assert len(manifest["schema_fingerprint"]) == 16
+        # Issue 38 item 16: the file's columns are the published Parquet schema's.
+        published = json.loads(
+            (ROOT / "schemas" / "parquet" / f"{manifest['type']}.json").read_text()
+        )
+        with duckdb.connect() as con:
+            described = con.execute(
+                "DESCRIBE SELECT * FROM read_parquet(?, hive_partitioning = false)", [str(path)]
+            ).fetchall()
+        assert [(c["name"], c["duckdb"]) for c in published["columns"]] == [
+            (row[0], row[1]) for row in described
+        ]
+        arrow = {field.name: str(field.type) for field in pq.read_schema(path)}
+        for column in published["columns"]:  # (pyarrow names a map's field in its type)
+            assert re.sub(r" \('[^']*'\)", "", arrow[column["name"]]) == column["arrow"]
 
     monkeypatch.chdir(tmp_path)
     (types,) = duckdb.sql(

@@ -158,6 +158,55 @@ def json_schema(type_: str) -> dict[str, Any]:
     }
 
 
+# Each kind as a Parquet file written by acexport holds it: DuckDB's type (as DESCRIBE
+# names it) and Arrow's (as pyarrow prints it).
+_PARQUET_TYPES = {
+    Kind.STRING: ("VARCHAR", "string"),
+    Kind.INT64: ("BIGINT", "int64"),
+    Kind.TIMESTAMP: ("TIMESTAMP WITH TIME ZONE", "timestamp[us, tz=UTC]"),
+    Kind.BOOL: ("BOOLEAN", "bool"),
+    Kind.PROPERTIES: ("MAP(VARCHAR, VARCHAR)", "map<string, string>"),
+    Kind.FIELDS: (
+        'STRUCT(dataSourceId BIGINT, "name" VARCHAR, "value" VARCHAR)[]',
+        "list<element: struct<dataSourceId: int64, name: string, value: string>>",
+    ),
+    Kind.MEMBERSHIPS: (
+        'STRUCT(ids VARCHAR[], "name" VARCHAR)[]',
+        "list<element: struct<ids: list<element: string>, name: string>>",
+    ),
+}
+
+
+def parquet_schema(type_: str) -> dict[str, Any]:
+    """The columns of a Parquet file of ``type_`` as acexport writes it (``format =
+    "parquet"``): the table's, in order, typed; columns AC adds later follow as text;
+    ``_unparsed`` last (JSON: each value that did not fit its column, as served)."""
+    columns = [
+        {
+            "name": column.name,
+            "duckdb": _PARQUET_TYPES[column.kind][0],
+            "arrow": _PARQUET_TYPES[column.kind][1],
+            "required_by_ac": column.required,
+        }
+        for column in TABLES[type_]
+    ]
+    columns.append(
+        {
+            "name": UNPARSED,
+            "duckdb": "JSON",
+            "arrow": "extension<arrow.json>",
+            "required_by_ac": False,
+        }
+    )
+    return {
+        "title": f"acexport Parquet file: {type_}",
+        "description": "Generated from acexport.tables. Every column is nullable; AC's "
+        "new columns are kept as VARCHAR before _unparsed and named in the manifest's "
+        "new_columns; timestamps are UTC instants in microseconds.",
+        "columns": columns,
+    }
+
+
 def fingerprint(columns: list[tuple[str, str]]) -> str:
     """A short, stable name for an output schema: its columns' names and types in order."""
     text = "\n".join(f"{name} {kind}" for name, kind in columns)
@@ -165,13 +214,17 @@ def fingerprint(columns: list[tuple[str, str]]) -> str:
 
 
 def write_schemas(directory: Path) -> list[Path]:
-    """``<type>.json`` for every type into ``directory``; returns the files written."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """``<type>.json`` (a record as AC serves it) and ``parquet/<type>.json`` (a Parquet
+    file's columns) for every type into ``directory``; returns the files written."""
+    (directory / "parquet").mkdir(parents=True, exist_ok=True)
     written = []
     for type_ in TABLES:
-        path = directory / f"{type_}.json"
-        path.write_text(json.dumps(json_schema(type_), indent=2, ensure_ascii=False) + "\n")
-        written.append(path)
+        for path, schema in (
+            (directory / f"{type_}.json", json_schema(type_)),
+            (directory / "parquet" / f"{type_}.json", parquet_schema(type_)),
+        ):
+            path.write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n")
+            written.append(path)
     return written
 
 
