@@ -279,3 +279,30 @@ async def test_a_foreground_backfill_runs_only_its_own_windows(
     rows = await read_rows(state)
     assert [r.job for r in rows if r.state in ACTIVE] == ["big"]  # left for `run`
     assert "1 other exports are pending" in stderr
+
+
+# -- item 6 (part): check-config loads the output format's engine ------------------
+
+
+def test_check_config_says_when_parquet_lacks_duckdb(tmp_path: Path) -> None:
+    """Valid before, and 78 only at `run`: the engine is loaded by check-config now."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "duckdb.py").write_text("raise ImportError('no duckdb here')\n")
+    config = tmp_path / "acexport.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[output]\nformat = "parquet"\n'
+        '[workspaces.acme]\ntoken = "t"\n'
+    )
+    config.chmod(0o600)
+    import os
+
+    done = subprocess.run(
+        [sys.executable, "-m", "acexport", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": f"{shadow}:{os.environ.get('PYTHONPATH', '')}"},
+        check=False,
+    )
+    assert done.returncode == 78, done.stdout + done.stderr
+    assert "pip install 'acexport[parquet]'" in done.stderr

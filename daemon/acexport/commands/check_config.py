@@ -9,8 +9,10 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from ..config import JobSettings, Settings, resolve_tokens, secret_warnings
+from ..formats import OutputFormat
 from ..ledger import LedgerState, read_learned_retention, read_rows
 from ..output.open import open_store
+from ..payload.parquet import require_engine
 from ..planner import ac_requests, due_windows
 from ..protocol import ExportMode
 from ..retention import (
@@ -27,6 +29,8 @@ from .common import exit_code_of, human_duration, load
 def main(args: argparse.Namespace) -> int:
     def body() -> int:
         settings, path = load(args.config)
+        if settings.output.format is OutputFormat.PARQUET:
+            require_engine()  # DuckDB installed, or 78 here rather than at `run`
         if not args.offline:
             resolve_tokens(settings, str(path))  # the hooks' secrets and programs too
             # The output's credential files are read (a missing one is an error), no
