@@ -72,6 +72,10 @@ def test_commands_that_need_no_token_read_none(tmp_path: Path) -> None:
     real = acexport(*backfill, "--from", "2022-01-01", "--to", "2022-01-02")
     assert real.returncode == 78
     assert str(tmp_path / "acme") in real.stderr
+    # ... and says how to run it as the service would (the README's systemd section).
+    assert "systemd-run -P --property=LoadCredential=acme:/etc/acexport/credentials/acme" in (
+        real.stderr
+    )
 
 
 def test_the_demo_says_how_to_watch_it_and_that_command_works(tmp_path: Path) -> None:

@@ -281,11 +281,26 @@ def resolve_tokens(settings: Settings, source: str) -> dict[str, SecretStr]:
         try:
             tokens[name] = workspace.read_token()
         except ValueError as exc:
-            raise ConfigError(f"{source}: workspaces.{name}: {exc}") from None
+            raise ConfigError(
+                f"{source}: workspaces.{name}: {exc}{_credential_hint(name, workspace)}"
+            ) from None
     problems = settings.hook_problems()
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
     return tokens
+
+
+def _credential_hint(name: str, workspace: WorkspaceSettings) -> str:
+    """How to run a command that needs the token on a systemd host, where the token
+    file is the service's credential (under ``$CREDENTIALS_DIRECTORY`` only for it)."""
+    if workspace.token_file is None or os.environ.get("CREDENTIALS_DIRECTORY"):
+        return ""
+    return (
+        f". On a systemd host a token_file is the service's credential: run the command "
+        f"as the service would, e.g. `systemd-run -P --property=LoadCredential={name}:"
+        f"/etc/acexport/credentials/{name} acexport ...` (or give the token with "
+        "--token-file for a one-off export); status, verify, dry runs and cancels need none"
+    )
 
 
 def _readable_by_others(path: Path) -> int | None:
