@@ -159,7 +159,7 @@ async def _queue_for_daemon(
         await ledger.close()
     _say_beyond_retention(look)
     print(
-        f"queued {len(look.records)} exports of job {job.name}; the running daemon "
+        f"queued {counted(len(look.records), 'export')} of job {job.name}; the running daemon "
         f"(pid {holder}) will export them (see `acexport status`)"
     )
     return ExitCode.OK
@@ -209,8 +209,8 @@ async def _say_what_is_left(settings: Settings, mine: set[int]) -> bool:
         left = [r for r in await read_rows(settings.daemon.state_dir) if r.id in mine]
         waiting = sum(r.state in ACTIVE for r in left)
         print(
-            f"interrupted: {waiting} of this backfill's {len(mine)} exports stay queued; "
-            "`acexport run` (or this backfill again) exports them",
+            f"interrupted: {waiting} of this backfill's {counted(len(mine), 'export')} stay "
+            "queued; `acexport run` (or this backfill again) exports them",
             file=sys.stderr,
         )
         return True
@@ -372,8 +372,8 @@ async def _cancel(settings: Settings, path: Path, args: argparse.Namespace) -> i
 def _say_beyond_retention(look: Look) -> None:
     if look.beyond_retention:
         print(
-            f"{look.beyond_retention} of {look.due} exports in that range start before AC's "
-            "data retention: recorded as beyond retention, not asked for",
+            f"{look.beyond_retention} of {counted(look.due, 'export')} in that range start "
+            "before AC's data retention: recorded as beyond retention, not asked for",
             file=sys.stderr,
         )
 

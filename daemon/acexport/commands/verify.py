@@ -21,7 +21,7 @@ from ..output.open import open_store
 from ..output.verify import Manifests, Verified, verify_store
 from ..windows import iso_ms, parse_bound
 from . import ExitCode
-from .common import UsageError, exit_code_of, load
+from .common import UsageError, counted, exit_code_of, load
 
 
 def main(args: argparse.Namespace) -> int:
@@ -37,12 +37,13 @@ def main(args: argparse.Namespace) -> int:
         for problem in result.problems:
             print(problem)
         if result.problems:
-            print(f"{len(result.problems)} problems in {result.checked} files checked")
+            problems, checked = len(result.problems), result.checked
+            print(f"{counted(problems, 'problem')} in {counted(checked, 'file')} checked")
             return ExitCode.FAILED
         if not result.checked:
             print("no file was checked: no manifest matches (checked nothing is no proof)")
             return ExitCode.FAILED
-        print(f"{result.checked} files ({result.bytes:,} bytes) match their manifests")
+        print(f"{counted(result.checked, 'file')} ({result.bytes:,} bytes) match their manifests")
         return ExitCode.OK
 
     return exit_code_of("verify", body)
