@@ -33,12 +33,14 @@ async def test_keep_deletes_exactly_the_old_windows_and_nothing_else(
     out = tmp_path / "exports"
 
     expired_metric: list[str] = []
+    page: list[str] = []
 
     async def run_once() -> None:
         now = lambda: datetime.fromtimestamp(clock(), UTC)  # noqa: E731
         async with Daemon(settings, config, clock=now) as daemon:
             assert await daemon.run_once()
             metrics = daemon.metrics.render().decode()
+            page[:] = [await daemon.status_page()]
         expired_metric[:] = [m for m in metrics.splitlines() if "windows_expired_total{" in m]
 
     await run_once()
@@ -73,6 +75,7 @@ async def test_keep_deletes_exactly_the_old_windows_and_nothing_else(
     expired = [r for r in rows if r.state is LedgerState.EXPIRED]
     assert len(expired) == 2
     assert expired_metric == ['acexport_windows_expired_total{job="d"} 2.0']
+    assert "<p class='expired'>2 older window files expired (keep)</p>" in page[0]
     code, stdout, _ = await run_cli("status", "--config", str(config))
     assert "expired (deleted by keep): 2; oldest kept:" in stdout.decode()
     code, stdout, stderr = await run_cli("verify", "--config", str(config))

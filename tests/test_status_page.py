@@ -155,7 +155,7 @@ async def test_a_large_grid_is_summarised_cached_and_rendered_off_the_loop() -> 
     async def read() -> PageInput:
         nonlocal reads
         reads += 1
-        return PageInput(settings, [], [], now, {}, {})
+        return PageInput(settings, [], [], now, {}, {}, {})
 
     ticks: list[float] = []
     stop = asyncio.Event()

@@ -418,8 +418,8 @@ class Daemon:
         rows += [r for r in await self._ledger.troubled() if r.id not in seen]
         lanes = [LaneView(lane.key, lane.depth, lane.in_flight) for lane in self._lanes.values()]
         problems = self.health.report()[1].get("problems", {})
-        hooks = await self.hooks.refresh(force=True)
-        return PageInput(self._settings, rows, lanes, self._clock(), problems, hooks)
+        hooks, expired = await self.hooks.refresh(force=True), await self._ledger.expired_by_job()
+        return PageInput(self._settings, rows, lanes, self._clock(), problems, hooks, expired)
 
     async def run_once(self, jobs: list[JobSettings] | None = None) -> bool:
         """Plan every job once (catch-up included), export all that is due, tell the hooks

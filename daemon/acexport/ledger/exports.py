@@ -329,6 +329,14 @@ class ExportRows(LedgerConnection):
         )
 
     @state_errors
+    async def expired_by_job(self) -> dict[str, int]:
+        """How many windows each job's keep deleted."""
+        rows = await self._rows(
+            "SELECT job, count(*) FROM exports WHERE state = 'expired' GROUP BY job"
+        )
+        return {str(row[0]): int(row[1]) for row in rows}
+
+    @state_errors
     async def mark_expired(self, export_ids: Iterable[int]) -> int:
         """Final: the windows' files are deleted; never exported or adopted again."""
         return await self._many(

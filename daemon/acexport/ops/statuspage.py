@@ -85,6 +85,7 @@ class StatusView:
     )  # job, type, window, why
     problems: dict[str, str] = field(default_factory=dict)  # /healthz's, by lane
     hooks: dict[str, HookBacklog] = field(default_factory=dict)
+    expired: dict[str, int] = field(default_factory=dict)  # by job: deleted by its keep
 
 
 _LAST_FAILURES = 20
@@ -113,6 +114,7 @@ def build_view(
     now: datetime,
     problems: dict[str, str] | None = None,
     hooks: dict[str, HookBacklog] | None = None,
+    expired: dict[str, int] | None = None,
 ) -> StatusView:
     """The page's content: each job's due windows, by type, in the ledger's words."""
     by_key = {(r.job, r.type, r.start): r for r in rows if r.mode is ExportMode.WINDOWS}
@@ -133,7 +135,9 @@ def build_view(
         (r.job, r.type, r.label(zones.get(r.workspace, UTC)), failure_text(r))
         for r in failed[:_LAST_FAILURES]
     ]
-    return StatusView(now, jobs, list(lanes), failures, dict(problems or {}), dict(hooks or {}))
+    return StatusView(
+        now, jobs, list(lanes), failures, dict(problems or {}), dict(hooks or {}), expired or {}
+    )
 
 
 def _job_view(
@@ -274,7 +278,7 @@ def _heading(start: str, sub_day: bool) -> str:
     return f"{start[11:13]}h" if start[14:16] == "00" else start[11:16]
 
 
-def _job_section(job: JobView) -> str:
+def _job_section(job: JobView, expired: int = 0) -> str:
     # Newest first: the windows an operator looks for are never the ones cut off.
     newest_first = list(range(len(job.windows)))[::-1]
     shown, older = newest_first[:MAX_COLUMNS], newest_first[MAX_COLUMNS:]
@@ -300,6 +304,8 @@ def _job_section(job: JobView) -> str:
             f"<p class='earlier' data-windows='{len(older)}'>and {len(older)} older windows "
             f"(x {len(job.rows)} types): {_e(verdict)}</p>"
         )
+    if expired:  # not missing, not failed: deleted by the job's keep, on purpose
+        summary += f"<p class='expired'>{expired} older window files expired (keep)</p>"
     grid = (
         f"<table class='grid'><tr><th>type</th>{''.join(head)}</tr>{''.join(body)}</table>"
         if job.rows
@@ -330,7 +336,8 @@ def _snapshot_table(snapshots: list[SnapshotView]) -> str:
 
 def render(view: StatusView) -> str:
     """The whole page, as HTML."""
-    jobs = "".join(_job_section(job) for job in view.jobs) or "<p>No jobs configured.</p>"
+    jobs = "".join(_job_section(job, view.expired.get(job.name, 0)) for job in view.jobs)
+    jobs = jobs or "<p>No jobs configured.</p>"
     lanes = (
         "".join(
             f"<tr><td>{_e(lane.key)}</td><td>{lane.queued}</td><td>{lane.in_flight}</td></tr>"
@@ -405,6 +412,7 @@ class PageInput(NamedTuple):
     now: datetime
     problems: dict[str, str]
     hooks: dict[str, HookBacklog]
+    expired: dict[str, int]
 
 
 class StatusPage(LaneObserver):
