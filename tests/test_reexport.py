@@ -109,3 +109,26 @@ async def test_reexport_in_the_foreground_with_a_dry_run_first(
     assert after[newest]["previous_sha256"] == first[newest]["file_sha256"]
     assert all(after[d]["revision"] == 1 for d in after if d != newest)
     assert json.loads(json.dumps(after[newest]))["unchanged"] is True
+
+
+async def test_reexport_of_an_entity_type_takes_a_new_snapshot_now(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Snapshot types have no windows to ask again: reexport takes a new snapshot, as
+    of now, beside the one the daemon took (the job keeps its newest keep_snapshots)."""
+    emu = await emulator(records=5)
+    jobs = job("d", "acme", types=["page", "individual"], catch_up="1d", lag="0s")
+    config = write_config(tmp_path, emu, jobs)
+    daemon = await DaemonProcess.start(config, "--once")
+    assert await daemon.wait(60) == 0
+    before = [m for m in manifests(tmp_path / "exports") if m["type"] == "individual"]
+    assert len(before) == 1
+    code, _, err = await run_cli(
+        "reexport", "--config", str(config), "--job", "d", "--type", "individual",
+        "--from", "2022-01-01", "--to", "2022-01-01",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "a new snapshot of individual taken" in err
+    after = [m for m in manifests(tmp_path / "exports") if m["type"] == "individual"]
+    assert len(after) == 2
+    assert max(m["toDate"] for m in after) > before[0]["toDate"]

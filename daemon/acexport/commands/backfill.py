@@ -114,7 +114,14 @@ def _range(settings: Settings, job: JobSettings, args: argparse.Namespace) -> tu
 def _windows(
     settings: Settings, path: Path, args: argparse.Namespace
 ) -> tuple[JobSettings, list[ExportWindow]]:
-    job = _job(settings, path, args.job)
+    return windows_of(settings, _job(settings, path, args.job), args)
+
+
+def windows_of(
+    settings: Settings, job: JobSettings, args: argparse.Namespace
+) -> tuple[JobSettings, list[ExportWindow]]:
+    """The job's windows in ``--from``/``--to`` (said and refused when there is none, or
+    when the job's keep would delete them)."""
     if not job.window_types:
         raise UsageError(
             f"job {job.name!r} exports only entity snapshots ({', '.join(job.types)}): each "

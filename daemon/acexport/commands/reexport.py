@@ -3,8 +3,9 @@
 Each done window is queued as its next revision (its manifest naming the file it
 replaces, ``previous_sha256``), committed even when AC serves the same bytes
 (``unchanged: true``: the operator asked, and a hook tells downstream); a window
-not exported yet is exported as a backfill would. Queued for a running daemon, or
-run here with backfill's progress, Ctrl-C and dry run.
+not exported yet is exported as a backfill would; an entity table exported as
+snapshots gets a new snapshot now. Queued for a running daemon, or run here with
+backfill's progress, Ctrl-C and dry run.
 """
 
 from __future__ import annotations
@@ -12,15 +13,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
 
 from ..config import JobSettings, Settings
 from ..ledger import Ledger, ledger_path
 from ..lock import lock_holder
 from ..ops.logging import configure_logging
-from ..planner import ac_requests
+from ..output.open import open_store
+from ..planner import Planner, ac_requests
+from ..scheduler import utc_now
 from ..windows import ExportWindow
 from . import ExitCode
-from .backfill import _backfill, _confirmed, _windows, dry_run_counts
+from .backfill import _backfill, _confirmed, _job, dry_run_counts, windows_of
 from .common import UsageError, counted, exit_code_of, load, prepare, remember_early_signals
 
 
@@ -33,29 +38,76 @@ def main(args: argparse.Namespace) -> int:
             prepare(settings, path)  # exported here: the tokens are needed
         else:
             configure_logging(settings.daemon.log_format, settings.daemon.log_level)
-        job, windows = _windows(settings, path, args)
-        job = _of_types(job, args.type)
-        if args.dry_run:
-            return asyncio.run(_dry_run(settings, job, windows))
-        if not _confirmed(job, windows, args.yes):
-            print("nothing queued", file=sys.stderr)
-            return ExitCode.OK
-        again = asyncio.run(_requeue(settings, job, windows))
-        print(f"{counted(again, 'done window')} queued as the next revision", file=sys.stderr)
-        return asyncio.run(_backfill(settings, path, job, windows))
+        job = _of_types(_job(settings, path, args.job), args.type)
+        snapshots = job.model_copy(update={"types": job.snapshot_types})
+        code: int = ExitCode.OK
+        if job.window_types:
+            in_windows = job.model_copy(update={"types": job.window_types})
+            code = _windows_again(settings, path, in_windows, args)
+        if snapshots.types and not args.dry_run and code == ExitCode.OK:
+            code = asyncio.run(_snapshot_now(settings, path, snapshots))
+        elif snapshots.types:
+            print(f"  and a new snapshot of {', '.join(snapshots.types)} now")
+        return code
 
     return exit_code_of("reexport", body)
 
 
+def _windows_again(
+    settings: Settings, path: Path, job: JobSettings, args: argparse.Namespace
+) -> int:
+    """The windows in the range: done ones queued as their next revision, the rest as a
+    backfill's; exported by the running daemon, or here."""
+    job, windows = windows_of(settings, job, args)
+    if args.dry_run:
+        return asyncio.run(_dry_run(settings, job, windows))
+    if not _confirmed(job, windows, args.yes):
+        print("nothing queued", file=sys.stderr)
+        return ExitCode.FAILED
+    again = asyncio.run(_requeue(settings, job, windows))
+    print(f"{counted(again, 'done window')} queued as the next revision", file=sys.stderr)
+    return asyncio.run(_backfill(settings, path, job, windows))
+
+
+async def _snapshot_now(settings: Settings, path: Path, job: JobSettings) -> int:
+    """A new snapshot of each of the job's snapshot types, taken now: queued for the
+    running daemon, or taken here (the look finds it queued and exports it)."""
+    from ..daemon import Daemon
+
+    ledger = await Ledger.open(ledger_path(settings.daemon.state_dir))
+    try:
+        async with AsyncExitStack() as stack:
+            output = open_store(settings, settings.daemon.state_dir / "tmp")
+            await output.start(stack)
+            planner = Planner(ledger, output, lambda: settings, utc_now)
+            zone = settings.workspaces[job.workspace].zone
+            window = ExportWindow(
+                await planner.snapshot_start(job.workspace), utc_now().replace(microsecond=0), zone
+            )
+            for type_ in job.types:
+                await ledger.plan_snapshot(job.name, job.workspace, type_, window)
+    finally:
+        await ledger.close()
+    holder = lock_holder(settings.daemon.state_dir)
+    if holder is not None:
+        print(
+            f"a new snapshot of {', '.join(job.types)} queued for the running daemon (pid {holder})"
+        )
+        return ExitCode.OK
+    async with Daemon(settings, path, resume=False) as daemon:
+        ok = await daemon.run_once([job])
+    print(f"a new snapshot of {', '.join(job.types)} taken", file=sys.stderr)
+    return ExitCode.OK if ok and daemon.fatal_error is None else ExitCode.FAILED
+
+
 def _of_types(job: JobSettings, types: list[str] | None) -> JobSettings:
-    """The job, narrowed to ``--type`` (of its windowed types)."""
+    """The job, narrowed to ``--type``."""
     if not types:
         return job
-    stray = sorted(set(types) - {str(t) for t in job.window_types})
+    stray = sorted(set(types) - {str(t) for t in job.types})
     if stray:
         raise UsageError(
-            f"--type {', '.join(stray)}: job {job.name!r} exports in windows only "
-            f"{', '.join(job.window_types)}"
+            f"--type {', '.join(stray)}: job {job.name!r} exports {', '.join(job.types)}"
         )
     return job.model_copy(update={"types": [t for t in job.types if str(t) in types]})
 
