@@ -3,8 +3,10 @@ their next revision, unchanged bytes too; queued for a running daemon or run her
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -40,6 +42,7 @@ async def test_reexport_while_the_daemon_runs_replaces_each_window_once(
         await daemon.wait_for(lambda: len(manifests(tmp_path / "exports")) == 3)
         first = by_date(tmp_path / "exports")
         dates = sorted(first)
+        asked = len((await emu.jobs())["jobs"])
         code, out, err = await run_cli(
             "reexport", "--config", str(config), "--job", "d",
             "--from", dates[0][:10], "--to", dates[-1][:10],
@@ -63,6 +66,10 @@ async def test_reexport_while_the_daemon_runs_replaces_each_window_once(
         assert await daemon.wait() == 0
     now = by_date(tmp_path / "exports")
     assert sorted(now) == dates
+    # Coalesced like a backfill: the three windows in one AC request (AC's engine
+    # answered it with the export it made for that range, within its 24 hours).
+    assert {m["request_windows"] for m in now.values()} == {3}
+    assert len((await emu.jobs())["jobs"]) == asked
     for date, manifest in now.items():
         assert manifest["previous_sha256"] == first[date]["file_sha256"]
         assert manifest.get("unchanged") is True, json.dumps([manifest, first[date]])
@@ -123,6 +130,13 @@ async def test_reexport_of_an_entity_type_takes_a_new_snapshot_now(
     assert await daemon.wait(60) == 0
     before = [m for m in manifests(tmp_path / "exports") if m["type"] == "individual"]
     assert len(before) == 1
+    # As-of times are whole seconds: the next second's snapshot is another file.
+    as_of = datetime.fromisoformat(before[0]["toDate"].replace("Z", "+00:00"))
+    async with asyncio.timeout(5):
+        while True:
+            if datetime.now(UTC) >= as_of + timedelta(seconds=1):
+                break
+            await asyncio.sleep(0.05)
     code, _, err = await run_cli(
         "reexport", "--config", str(config), "--job", "d", "--type", "individual",
         "--from", "2022-01-01", "--to", "2022-01-01",

@@ -124,7 +124,12 @@ async def store(spec: ExportSpec, state: Attempt, sink: Sink, timing: Timing) ->
         state.writer,
         [key for _, key in files],
         lambda index, summary: _manifest(
-            _refuse_shrunk(spec, summary), *files[index], summary, created_date, sink.compression
+            _refuse_shrunk(spec, summary),
+            *files[index],
+            summary,
+            created_date,
+            sink.compression,
+            spec.revision_of(index),
         ),
         stored_sha256=None if spec.reexport else spec.previous_sha256,
     )
@@ -186,6 +191,7 @@ def _manifest(
     summary: PayloadSummary,
     created_date: str | None,
     compression: str,
+    revision: tuple[int, str | None],
 ) -> Manifest:
     typed = summary.typed
     return Manifest(
@@ -197,8 +203,8 @@ def _manifest(
         toDate=window.to_date,
         createdDate=created_date,
         downloadedAt=iso_ms(datetime.now(UTC)),
-        revision=spec.revision,
-        previous_sha256=spec.previous_sha256,
+        revision=revision[0],
+        previous_sha256=revision[1],
         payload_bytes=summary.payload_bytes,
         payload_sha256=summary.payload_sha256,
         payload_format=summary.served_format,
@@ -215,5 +221,5 @@ def _manifest(
         request_fromDate=spec.window.from_date if spec.parts else None,
         request_toDate=spec.window.to_date if spec.parts else None,
         request_windows=len(spec.parts) if spec.parts else None,
-        unchanged=(spec.reexport and summary.file_sha256 == spec.previous_sha256) or None,
+        unchanged=(spec.reexport and summary.file_sha256 == revision[1]) or None,
     )

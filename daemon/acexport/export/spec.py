@@ -46,6 +46,8 @@ class PlannedExport(Protocol):
     def request_start(self) -> datetime | None: ...  # a coalesced request's range
     @property
     def request_end(self) -> datetime | None: ...
+    @property
+    def reexport(self) -> bool: ...  # asked for by the operator: committed whatever
 
     def window(self, zone: Any = ...) -> ExportWindow: ...
 
@@ -65,6 +67,9 @@ class ExportSpec:
     # Asked for by the operator (acexport reexport): committed as the next revision
     # even when its bytes are the previous revision's (then marked unchanged).
     reexport: bool = False
+    # A coalesced request's parts' (revision, previous_sha256), when any is not a first
+    # revision (re-exported windows); empty: every part is revision 1.
+    part_revisions: tuple[tuple[int, str | None], ...] = ()
     # A replacement with fewer records than this keeps the previous revision (a
     # restatement's guard against an empty or truncated export; None: no guard).
     min_records: int | None = None
@@ -112,7 +117,18 @@ class ExportSpec:
             for record in records
         )
         span = ExportWindow(start, end, zone, through_end=True)
-        return cls(first.workspace, first.type, span, parts[0][1], first.job, parts=parts)
+        # Re-exported windows (acexport reexport) ride along as their next revision.
+        revisions = tuple((r.revision, r.file_sha256 if r.revision > 1 else None) for r in records)
+        return cls(
+            first.workspace,
+            first.type,
+            span,
+            parts[0][1],
+            first.job,
+            parts=parts,
+            reexport=any(r.reexport for r in records),
+            part_revisions=revisions if any(n > 1 for n, _ in revisions) else (),
+        )
 
     def split_exactly(self) -> ExportSpec:
         """A window of a time series, asked for through its end and cut locally at
@@ -121,6 +137,12 @@ class ExportSpec:
             return self
         request = replace(self.window, through_end=True)
         return replace(self, window=request, parts=((self.window, self.key),))
+
+    def revision_of(self, index: int) -> tuple[int, str | None]:
+        """The revision the ``index``-th file is written as, and the sha it replaces."""
+        if self.part_revisions:
+            return self.part_revisions[index]
+        return self.revision, self.previous_sha256
 
     @property
     def files(self) -> tuple[tuple[ExportWindow, PurePosixPath], ...]:

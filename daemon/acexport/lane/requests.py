@@ -32,7 +32,7 @@ async def coalesce(
     if (
         record.type not in TIME_SERIES
         or record.mode is not ExportMode.WINDOWS
-        or record.revision != 1
+        or (record.revision != 1 and not record.reexport)  # a restatement goes alone
         or job is None
     ):
         return [record]  # an entity table in windows is asked for a window at a time

@@ -43,7 +43,8 @@ class Coalescing(LedgerConnection):
             return [leader]
         following = await self._all(
             "SELECT * FROM exports WHERE job = ? AND workspace = ? AND type = ? AND "
-            "mode = 'windows' AND revision = 1 AND state = 'queued' AND request_start IS NULL "
+            "mode = 'windows' AND (revision = 1 OR reexport = 1) AND state = 'queued' "
+            "AND request_start IS NULL "
             "AND window_start >= ? AND window_start < ? ORDER BY window_start LIMIT ?",
             leader.job,
             leader.workspace,
