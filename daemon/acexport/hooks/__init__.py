@@ -58,7 +58,6 @@ class HookDispatcher(LaneObserver):
         self._output_root = output.describe()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
-        self._busy: set[str] = set()  # hooks with an attempt in flight
         self._gauges_at = 0.0
 
     async def start(self, stack: AsyncExitStack) -> None:
@@ -122,24 +121,21 @@ class HookDispatcher(LaneObserver):
         return next((hook for hook in self._settings().hooks if hook.name == name), None)
 
     async def _serve(self, name: str) -> None:
-        try:
-            while (hook := self._hook(name)) is not None:
+        while (hook := self._hook(name)) is not None:
+            try:
                 head = await self._ledger.next_delivery(name)
                 now = time.time()
                 if head is None or head.next_at > now:
                     wait = _IDLE_LOOK_S if head is None else min(head.next_at - now, _IDLE_LOOK_S)
                     await self._sleep(name, wait)
                     continue
-                self._busy.add(name)
-                try:
-                    await self._attempt(hook, head)
-                finally:
-                    self._busy.discard(name)
+                await self._attempt(hook, head)
                 await self.refresh()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the ledger failed: the exports will say so too
-            log.error("hook_dispatch_stopped", hook=name, error=str(exc), kind=type(exc).__name__)
+            except Exception as exc:
+                # Nobody expected it (the ledger failing says so to the exports too):
+                # said, and the hook tries again later rather than stopping for good.
+                log.exception("hook_dispatch_failed", hook=name, kind=type(exc).__name__)
+                await self._sleep(name, _IDLE_LOOK_S)
 
     async def _sleep(self, name: str, seconds: float) -> None:
         wake = self._wake[name]
@@ -182,7 +178,10 @@ class HookDispatcher(LaneObserver):
             return await run_command(hook, body, event, self._hidden_variables())
         if hook.url is not None:
             headers = {"X-Acexport-Event": str(event["id"])}
-            secret = hook.read_secret()
+            try:
+                secret = hook.read_secret()  # re-read: it may have been rotated
+            except ValueError as exc:  # gone since the start: retried, and said
+                return Attempt.failed(str(exc))
             if secret is not None:
                 headers["X-Acexport-Signature"] = signature(secret, body)
             return await post(self._session, hook.url, body, timeout_s, headers)
