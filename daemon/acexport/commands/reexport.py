@@ -43,7 +43,10 @@ def main(args: argparse.Namespace) -> int:
         code: int = ExitCode.OK
         if job.window_types:
             in_windows = job.model_copy(update={"types": job.window_types})
-            code = _windows_again(settings, path, in_windows, args)
+            done = _windows_again(settings, path, in_windows, args)
+            if done is None:
+                return ExitCode.OK  # declined: nothing queued, no snapshot either
+            code = done
         if snapshots.types and not args.dry_run and code == ExitCode.OK:
             code = asyncio.run(_snapshot_now(settings, path, snapshots))
         elif snapshots.types:
@@ -55,15 +58,15 @@ def main(args: argparse.Namespace) -> int:
 
 def _windows_again(
     settings: Settings, path: Path, job: JobSettings, args: argparse.Namespace
-) -> int:
+) -> int | None:
     """The windows in the range: done ones queued as their next revision, the rest as a
-    backfill's; exported by the running daemon, or here."""
+    backfill's; exported by the running daemon, or here. None: the operator said no."""
     job, windows = windows_of(settings, job, args)
     if args.dry_run:
         return asyncio.run(_dry_run(settings, job, windows))
     if not _confirmed(job, windows, args.yes):
         print("nothing queued", file=sys.stderr)
-        return ExitCode.FAILED
+        return None
     again = asyncio.run(_requeue(settings, job, windows))
     print(f"{counted(again, 'done window')} queued as the next revision", file=sys.stderr)
     return asyncio.run(_backfill(settings, path, job, windows))
