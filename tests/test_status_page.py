@@ -327,3 +327,27 @@ async def test_hourly_columns_newest_first_letters_banner_at_1280_px(
         seen.feed(dom)
         assert seen.states == cells.states
         assert screenshot.stat().st_size > 10_000
+
+
+def test_the_snapshot_next_column_is_the_jobs_next_look_as_status_says(tmp_path: Path) -> None:
+    """Issue 38 item 10: the page's snapshot "next" column said "none" while `status`
+    named the next look; both now name the same moment, in the workspace's zone."""
+    from datetime import UTC, datetime
+
+    from acexport.ops.statuspage import build_view, render
+    from acexport.triggers import next_looks
+
+    config = tmp_path / "acexport.toml"
+    config.write_text(
+        '[workspaces.acme]\ntoken = "t"\ntimezone = "Europe/Berlin"\n'
+        '[[jobs]]\nname = "n"\nworkspace = "acme"\ntypes = ["individual"]\n'
+        'schedule = "30 2 * * *"\n'
+    )
+    settings = load_settings(config)
+    now = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
+    page = render(build_view(settings, [], [], now))
+    (job,) = settings.jobs
+    zone = settings.workspaces["acme"].zone
+    (look,) = next_looks(job.trigger(zone), now, 1)
+    assert look.isoformat(timespec="seconds") == "2026-12-07T02:30:00+01:00"
+    assert f"<td class='next'>{look.isoformat(timespec='seconds')}</td>" in page

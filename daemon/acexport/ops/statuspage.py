@@ -20,7 +20,7 @@ import html
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import NamedTuple
 
@@ -30,6 +30,7 @@ from ..events import ExportEnded, LaneObserver
 from ..ledger import ACTIVE, ExportRecord, HookBacklog, LedgerState
 from ..planner import due_windows
 from ..protocol import ExportMode
+from ..triggers import next_looks
 from ..windows import iso_ms
 
 _REFRESH_S = 30
@@ -64,6 +65,7 @@ class SnapshotView:
     type: str
     newest: str | None  # as-of time, in the workspace's zone
     current: Cell | None  # in flight or failed, if any
+    next_look: str = "never"  # when the next is taken: the job's next look, as `status`
 
 
 @dataclass(frozen=True)
@@ -155,8 +157,11 @@ def _job_view(
         for type_ in job.window_types
     }
     headings = [w.local_start.isoformat() for w in windows]
+    looks = next_looks(job.trigger(zone), now, 1) if job.snapshot_types else []
+    upcoming = looks[0].astimezone(zone).isoformat(timespec="seconds") if looks else "never"
     snapshots = [
-        _snapshot_view(str(t), snapshot_rows[(job.name, str(t))], zone) for t in job.snapshot_types
+        replace(_snapshot_view(str(t), snapshot_rows[(job.name, str(t))], zone), next_look=upcoming)
+        for t in job.snapshot_types
     ]
     sub_day = job.window < timedelta(days=1)
     waiting = [
@@ -324,7 +329,7 @@ def _snapshot_table(snapshots: list[SnapshotView]) -> str:
     rows = "".join(
         f"<tr data-type='{_e(s.type)}'><th>{_e(s.type)}</th>"
         f"<td class='newest'>{_e(s.newest or 'none yet')}</td>"
-        + (_cell_html(s.current) if s.current else "<td>none</td>")
+        + (_cell_html(s.current) if s.current else f"<td class='next'>{_e(s.next_look)}</td>")
         + "</tr>"
         for s in snapshots
     )
