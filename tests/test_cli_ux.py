@@ -310,3 +310,25 @@ def test_check_config_says_when_parquet_lacks_duckdb(tmp_path: Path) -> None:
     )
     assert done.returncode == 78, done.stdout + done.stderr
     assert "pip install 'acexport[parquet]'" in done.stderr
+
+
+async def test_check_config_online_proves_tokens_and_the_store(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Issue 38 item 6: --online asks AC once per token (a range its retention refuses:
+    no export made) and writes a probe object; each problem is one line, exit 78."""
+    # (AC's controllers answer a bad token 401; its engine a 500, said as such.)
+    emu = await emulator(tokens={"acme": "acme-token"}, retention_months=13, auth_failure=401)
+    config = write_config(tmp_path, emu, job("a", "acme", types=["page"]))
+    config.write_text(config.read_text().replace("retention = 1200", "retention = 13"))
+    code, stdout, stderr = await run_cli("check-config", "--online", "--config", str(config))
+    assert code == 0, stderr
+    assert "workspace acme: the token was accepted by http://127.0.0.1:" in stdout.decode()
+    assert "a probe object was written and deleted" in stdout.decode()
+    assert (await emu.jobs())["jobs"] == []  # AC made no export
+    assert not any(p.name.startswith(".acexport-probe") for p in (tmp_path / "exports").iterdir())
+    config.write_text(config.read_text().replace('token = "acme-token"', 'token = "wrong-token"'))
+    code, _, stderr = await run_cli("check-config", "--online", "--config", str(config))
+    assert code == 78, stderr
+    assert "workspaces.acme: the token was rejected" in stderr
+    assert "wrong-token" not in stderr

@@ -249,13 +249,21 @@ def build_parser() -> argparse.ArgumentParser:
         "validate the config; show next looks",
         "acexport check-config --config /etc/acexport/config.toml",
         "acexport check-config --offline    # in CI: secrets exist only where it runs",
+        "acexport check-config --online     # on the host: tokens, store, engine",
     )
     _add_config_argument(check)
-    check.add_argument(
+    reach = check.add_mutually_exclusive_group()
+    reach.add_argument(
         "--offline",
         action="store_true",
         help="check all but the secrets (token files, S3 credentials: they may exist only "
         "where the service runs, e.g. /run/credentials): for CI and image builds",
+    )
+    reach.add_argument(
+        "--online",
+        action="store_true",
+        help="also prove each token with one request AC answers without making an export, "
+        "and write and delete a probe object in the output store",
     )
     export = _command(
         commands,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -24,6 +25,7 @@ from ..retention import (
 from ..triggers import next_looks
 from . import ExitCode
 from .common import exit_code_of, human_duration, load
+from .online import online_problems
 
 
 def main(args: argparse.Namespace) -> int:
@@ -32,13 +34,19 @@ def main(args: argparse.Namespace) -> int:
         if settings.output.format is OutputFormat.PARQUET:
             require_engine()  # DuckDB installed, or 78 here rather than at `run`
         if not args.offline:
-            resolve_tokens(settings, str(path))  # the hooks' secrets and programs too
-            # The output's credential files are read (a missing one is an error), no
-            # request made.
+            tokens = resolve_tokens(settings, str(path))  # the hooks' secrets, programs too
+            # The output's credential files are read (a missing one is an error); no
+            # request made but with --online.
             open_store(settings, settings.daemon.state_dir / "tmp")
         _report(settings, path)
         if args.offline:
             print("\n(offline: token files and output credentials were not read)")
+        if args.online:
+            print("\nonline:")
+            problems = asyncio.run(online_problems(settings, tokens))
+            for problem in problems:
+                print(f"acexport check-config: {problem}", file=sys.stderr)
+            return ExitCode.CONFIG if problems else ExitCode.OK
         return ExitCode.OK
 
     return exit_code_of("check-config", body)
