@@ -83,6 +83,8 @@ async def _read_only(state_dir: Path, read: Callable[[Ledger], Awaitable[T]], no
         raise StateError(f"cannot read the state database {path}: {exc.strerror}") from None
     ledger = await Ledger.open(path, readonly=True)
     try:
+        if not await ledger.has_schema():
+            return none  # a first run is creating it this moment
         return await read(ledger)
     finally:
         await ledger.close()

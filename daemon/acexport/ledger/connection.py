@@ -145,6 +145,12 @@ class LedgerConnection:
     async def close(self) -> None:
         await self._db.close()
 
+    @state_errors
+    async def has_schema(self) -> bool:
+        """Whether the schema is there (a database a first start is creating has none)."""
+        rows = await self._rows("PRAGMA user_version")
+        return bool(rows and rows[0][0])
+
     async def _rows(self, sql: str, *args: Any) -> list[aiosqlite.Row]:
         """Run one statement to its end: one hop to aiosqlite's thread, not three."""
         return list(await self._db.execute_fetchall(sql, args))
