@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
@@ -150,20 +151,27 @@ def windows_of(
     return job, windows
 
 
-async def _queue_for_daemon(
-    settings: Settings, job: JobSettings, windows: list[ExportWindow], holder: int
-) -> int:
-    """A daemon holds the state directory: the windows are recorded for it to export."""
+@contextlib.asynccontextmanager
+async def planner_beside(settings: Settings) -> AsyncIterator[tuple[Ledger, Planner]]:
+    """The ledger and a planner over the output store, for a command that records work
+    without running a daemon (a running one may hold the state directory)."""
     ledger = await Ledger.open(ledger_path(settings.daemon.state_dir))
     try:
         async with AsyncExitStack() as stack:
             # Only listed, never written: it needs no temp dir of its own.
             output = open_store(settings, settings.daemon.state_dir / "tmp")
             await output.start(stack)
-            planner = Planner(ledger, output, lambda: settings, utc_now)
-            look = await planner.plan(job, windows)
+            yield ledger, Planner(ledger, output, lambda: settings, utc_now)
     finally:
         await ledger.close()
+
+
+async def _queue_for_daemon(
+    settings: Settings, job: JobSettings, windows: list[ExportWindow], holder: int
+) -> int:
+    """A daemon holds the state directory: the windows are recorded for it to export."""
+    async with planner_beside(settings) as (_, planner):
+        look = await planner.plan(job, windows)
     _say_beyond_retention(look)
     print(
         f"queued {counted(len(look.records), 'export')} of job {job.name}; the running daemon "

@@ -13,19 +13,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 from ..config import JobSettings, Settings
 from ..ledger import Ledger, ledger_path
 from ..lock import lock_holder
 from ..ops.logging import configure_logging
-from ..output.open import open_store
-from ..planner import Planner, ac_requests
+from ..planner import ac_requests
 from ..scheduler import utc_now
 from ..windows import ExportWindow
 from . import ExitCode
-from .backfill import _backfill, _confirmed, _job, dry_run_counts, windows_of
+from .backfill import _backfill, _confirmed, _job, dry_run_counts, planner_beside, windows_of
 from .common import UsageError, counted, exit_code_of, load, prepare, remember_early_signals
 
 
@@ -77,20 +75,13 @@ async def _snapshot_now(settings: Settings, path: Path, job: JobSettings) -> int
     running daemon, or taken here (the look finds it queued and exports it)."""
     from ..daemon import Daemon
 
-    ledger = await Ledger.open(ledger_path(settings.daemon.state_dir))
-    try:
-        async with AsyncExitStack() as stack:
-            output = open_store(settings, settings.daemon.state_dir / "tmp")
-            await output.start(stack)
-            planner = Planner(ledger, output, lambda: settings, utc_now)
-            zone = settings.workspaces[job.workspace].zone
-            window = ExportWindow(
-                await planner.snapshot_start(job.workspace), utc_now().replace(microsecond=0), zone
-            )
-            for type_ in job.types:
-                await ledger.plan_snapshot(job.name, job.workspace, type_, window)
-    finally:
-        await ledger.close()
+    async with planner_beside(settings) as (ledger, planner):
+        zone = settings.workspaces[job.workspace].zone
+        window = ExportWindow(
+            await planner.snapshot_start(job.workspace), utc_now().replace(microsecond=0), zone
+        )
+        for type_ in job.types:
+            await ledger.plan_snapshot(job.name, job.workspace, type_, window)
     holder = lock_holder(settings.daemon.state_dir)
     if holder is not None:
         print(
