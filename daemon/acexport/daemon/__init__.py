@@ -103,7 +103,8 @@ class Daemon:
         self.health_url: str | None = None
         self.fatal_error: BaseException | None = None
         self.loop_lag_max_s = 0.0
-        self._status_page = StatusPage(self._page_input)
+        # Rendered anew whenever the ledger changed, whoever changed it.
+        self._status_page = StatusPage(self._page_input, version=lambda: self._ledger.changes)
 
     @property
     def settings(self) -> Settings:
@@ -181,9 +182,7 @@ class Daemon:
             sink=sink,
             settings=lambda: self._settings,
             timing=lambda: Timing.from_settings(self._settings.http),
-            observer=Observers(
-                self.metrics, self.health, self.tally, self._status_page, self.hooks
-            ),
+            observer=Observers(self.metrics, self.health, self.tally, self.hooks),
             fatal=self.fail,
             server_clock=self._server_clock,
             retention_start=self._planner.retention_start,

@@ -85,6 +85,11 @@ class LedgerConnection:
         self._db = db
         self.path = path
 
+    @property
+    def changes(self) -> int:
+        """Rows this connection has changed since it opened: moves with every write."""
+        return self._db.total_changes
+
     @classmethod
     async def start(cls, path: Path, stack: AsyncExitStack) -> Self:
         """Open the ledger for the daemon; it is closed when ``stack`` closes."""

@@ -26,7 +26,6 @@ from typing import NamedTuple
 
 from .. import __version__
 from ..config import JobSettings, Settings
-from ..events import ExportEnded, LaneObserver
 from ..ledger import ACTIVE, ExportRecord, HookBacklog, LedgerState
 from ..planner import due_windows
 from ..protocol import ExportMode
@@ -420,29 +419,32 @@ class PageInput(NamedTuple):
     expired: dict[str, int]
 
 
-class StatusPage(LaneObserver):
+class StatusPage:
     """The page as served: read from the ledger on the loop, built and rendered in a
     worker thread, at most once per ``CACHE_S`` however often it is fetched, and anew
-    after an export ends (a failure must not wait 5 s to show: /healthz says it at once)."""
+    as soon as ``version`` (the ledger's count of changes) moves: a failure must not
+    wait 5 s to show, whichever path recorded it (/healthz says it at once)."""
 
     def __init__(
         self,
         read: Callable[[], Awaitable[PageInput]],
         clock: Callable[[], float] = time.monotonic,
+        version: Callable[[], object] = lambda: None,
     ) -> None:
         self._read = read
         self._clock = clock
+        self._version = version
         self._lock = asyncio.Lock()
-        self._page: tuple[float, str] | None = None
-
-    def export_ended(self, event: ExportEnded) -> None:
-        self._page = None
+        self._page: tuple[float, object, str] | None = None
 
     async def html(self) -> str:
         async with self._lock:  # concurrent fetches share one rendering
-            if self._page is not None and self._clock() - self._page[0] < CACHE_S:
-                return self._page[1]
+            version = self._version()
+            if self._page is not None:
+                rendered_at, rendered_version, page = self._page
+                if rendered_version == version and self._clock() - rendered_at < CACHE_S:
+                    return page
             read = await self._read()
             page = await asyncio.to_thread(lambda: render(build_view(*read)))
-            self._page = (self._clock(), page)
+            self._page = (self._clock(), version, page)
             return page
