@@ -1,6 +1,6 @@
 # acexport in a container: config at /etc/acexport/config.toml, state and exports in
 # /var/lib/acexport, tokens as files (Docker/Kubernetes secrets) via token_file.
-# With compose: README, "Deploying". With docker alone, from the repository's root
+# With compose: docs/deploying.md, "Compose". With docker alone, from the repository's root
 # (deploy/image-test.sh runs these lines with podman):
 #
 #   docker build -t acexport --build-arg VERSION="$(sed -n 's/^__version__ = "\(.*\)"/\1/p' daemon/acexport/__init__.py)" .

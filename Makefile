@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RUNTIME := $(VENV)/.runtime
 
-.PHONY: test lint format demo bench clean image-test host-test dist
+.PHONY: test lint format demo bench clean image-test host-test dist docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,12 +24,12 @@ $(RUNTIME): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2
 
-# The container image built with podman and run as the README says (needs root; it
+# The container image built with podman and run as docs/deploying.md says (needs root; it
 # installs podman, runc and debootstrap from Debian when they are missing).
 image-test:
 	bash deploy/image-test.sh
 
-# The README's host install and systemd recipes, run as written in a private mount
+# The host install and systemd recipes of docs/deploying.md, run as written in a private mount
 # namespace (needs root; the machine's /opt, /usr/local and /etc are left alone).
 host-test:
 	bash deploy/host-test.sh
@@ -45,6 +45,10 @@ format: $(STAMP)
 
 demo: $(RUNTIME)
 	$(VENV)/bin/acexport demo
+
+# The settings reference of docs/configuration.md, from the models' docstrings.
+docs: $(STAMP)
+	$(PY) -m acexport.config.reference --write docs/configuration.md
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py $(if $(QUICK),--quick)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make host-test`: the README's host install and systemd recipes, run as written (as
+# `make host-test`: docs/deploying.md's host install and systemd recipes, run as written (as
 # root) inside a private mount namespace whose /opt, /usr/local, /usr/share/doc and
 # /etc are throwaway overlays, so the machine itself is left as it was. Then what the
 # recipes promise: the installed command runs, the S3 and Parquet extras are in its
@@ -31,25 +31,25 @@ recipe() {  # the indented lines after the marker $1 in file $2, unindented
         on && seen && NF {exit}' "$2"
 }
 
-host_lines=$(recipe '<!-- host recipe' README.md)
-[ -n "$host_lines" ] || fail "the README has no host install recipe"
+host_lines=$(recipe '<!-- host recipe' docs/deploying.md)
+[ -n "$host_lines" ] || fail "docs/deploying.md has no host install recipe"
 bash -euo pipefail -c "$host_lines" >"$WORK/host.out" 2>&1 \
-    || { tail -30 "$WORK/host.out" >&2; fail "the README's host install recipe failed"; }
+    || { tail -30 "$WORK/host.out" >&2; fail "docs/deploying.md's host install recipe failed"; }
 [ "$(tail -1 "$WORK/host.out")" = "acexport $(sed -n 's/^__version__ = "\(.*\)"/\1/p' daemon/acexport/__init__.py)" ] \
     || fail "the installed acexport says '$(tail -1 "$WORK/host.out")'"
 /opt/acexport/bin/python -c "import aiobotocore, duckdb, acexport.output.s3, acexport.payload.parquet" \
     || fail "the host install lacks the S3 or Parquet extra"
 [ "$(readlink -f "$(command -v acexport)")" = "$(readlink -f /opt/acexport/bin/acexport)" ] \
     || fail "acexport on PATH is $(command -v acexport), not the venv's"
-echo "host-test: the README's host install works ($(tail -1 "$WORK/host.out"), S3 and Parquet extras)"
+echo "host-test: docs/deploying.md's host install works ($(tail -1 "$WORK/host.out"), S3 and Parquet extras)"
 
 # The systemd recipe, but for `systemctl` (no systemd runs here).
-unit_lines=$(recipe '<!-- systemd recipe' README.md | grep -v '^systemctl ')
-[ "$(echo "$unit_lines" | wc -l)" = 4 ] || fail "the README's systemd recipe is not the 4 install lines and systemctl"
+unit_lines=$(recipe '<!-- systemd recipe' docs/deploying.md | grep -v '^systemctl ')
+[ "$(echo "$unit_lines" | wc -l)" = 4 ] || fail "docs/deploying.md's systemd recipe is not the 4 install lines and systemctl"
 [ "$unit_lines" = "$(sed -n 's/^#   \(install .*\)/\1/p' systemd/acexport.service)" ] \
-    || fail "the README's systemd install lines are not the unit header's"
+    || fail "docs/deploying.md's systemd install lines are not the unit header's"
 ACME_TOKEN=host-test-token bash -euo pipefail -c "$unit_lines" \
-    || fail "the README's systemd install lines failed"
+    || fail "docs/deploying.md's systemd install lines failed"
 verify=$(systemd-analyze verify /etc/systemd/system/acexport.service 2>&1) || true
 [ -z "$verify" ] || fail "systemd-analyze verify on the installed unit: $verify"
 doc=$(sed -n 's#^Documentation=file://##p' /etc/systemd/system/acexport.service)
@@ -71,12 +71,12 @@ CREDENTIALS_DIRECTORY="$WORK/credentials" ACEXPORT_DEFAULTS="$defaults" \
 grep -q 'state dir: /var/lib/acexport' "$WORK/check.out" || fail "the unit's defaults are not in force: $(cat "$WORK/check.out")"
 echo "host-test: the service's user reads the installed config and its credential"
 
-# A second workspace: the README's drop-in as written (but for systemctl), the unit
+# A second workspace: docs/deploying.md's drop-in as written (but for systemctl), the unit
 # with it verified, and its credential read beside the first one's.
-beta_lines=$(recipe '<!-- systemd second workspace recipe' README.md | grep -v '^systemctl ')
-[ -n "$beta_lines" ] || fail "the README has no second-workspace recipe"
+beta_lines=$(recipe '<!-- systemd second workspace recipe' docs/deploying.md | grep -v '^systemctl ')
+[ -n "$beta_lines" ] || fail "docs/deploying.md has no second-workspace recipe"
 BETA_TOKEN=host-test-beta bash -euo pipefail -c "$beta_lines" \
-    || fail "the README's second-workspace lines failed"
+    || fail "docs/deploying.md's second-workspace lines failed"
 verify=$(systemd-analyze verify /etc/systemd/system/acexport.service 2>&1) || true
 [ -z "$verify" ] || fail "systemd-analyze verify with the drop-in: $verify"
 grep -qx 'LoadCredential=beta:/etc/acexport/credentials/beta' \

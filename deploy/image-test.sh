@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make image-test`: validate compose.yaml, build the Dockerfile with podman and run
-# the image as the README tells users to, then check what a user relies on:
+# the image as docs/deploying.md tells users to, then check what a user relies on:
 #   the mounted config's values win over the image's defaults; /healthz and /metrics
 #   answer through a published port; exports land in the data volume, owned by the
 #   non-root user; SIGHUP reloads; `podman stop` exits 0 in the grace with nothing
@@ -184,8 +184,8 @@ partial=$(find "$WORK/data" \( -name '*.part' -o -name '*.tmp' -o -name '*.spool
 [ "$partial" = 0 ] || fail "$partial partial files left"
 echo "image-test: podman stop exits 0 in $(($(date +%s) - started)) s, nothing partial"
 
-# From a fresh clone, as the README and the Dockerfile say: a copy of the repository's
-# tracked files, the token written by the README's compose recipe, the lines run as
+# From a fresh clone, as docs/deploying.md and the Dockerfile say: a copy of the repository's
+# tracked files, the token written by docs/deploying.md's compose recipe, the lines run as
 # written with podman as the engine (docker-compose speaks to podman's Docker API
 # socket; `docker run` is `podman run`). The operator's one edit to
 # deploy/compose/config.toml: the workspace's address is an emulator, started inside
@@ -239,8 +239,8 @@ wait_caught_up() {  # $1: container; until `acexport status` inside exits 0 (not
     echo "$n"
 }
 
-compose_lines=$(recipe '<!-- compose recipe' README.md)
-[ -n "$compose_lines" ] || fail "the README has no compose recipe"
+compose_lines=$(recipe '<!-- compose recipe' docs/deploying.md)
+[ -n "$compose_lines" ] || fail "docs/deploying.md has no compose recipe"
 (cd "$CLONE" && ACME_TOKEN=image-test-token bash -euo pipefail -c "$compose_lines") >"$WORK/compose.out" 2>&1 &
 RECIPE=$!
 for _ in $(seq 120); do
@@ -251,7 +251,7 @@ done
 [ -n "$container" ] || { cat "$WORK/compose.out" >&2; fail "docker compose up started no container"; }
 "${PODMAN[@]}" exec -d "$container" acexport emulator --port 8080 --processing-time 0.2 \
     --records 20 --token acme=image-test-token >/dev/null
-wait "$RECIPE" || { cat "$WORK/compose.out" >&2; fail "the README's compose recipe failed"; }
+wait "$RECIPE" || { cat "$WORK/compose.out" >&2; fail "docs/deploying.md's compose recipe failed"; }
 grep -q '"ok"' "$WORK/compose.out" || { cat "$WORK/compose.out" >&2; fail "the recipe's /healthz did not say ok"; }
 [ "$(stat -c '%u %a' "$CLONE/deploy/compose/acme.token")" = "10001 400" ] \
     || fail "the recipe's token file is not uid 10001, mode 0400"
@@ -260,7 +260,7 @@ n=$(wait_caught_up "$container")
     || { cat "$WORK/status.out" >&2; fail "acexport status in the compose service failed"; }
 grep -q nightly "$WORK/status.out" || fail "status names no job nightly: $(cat "$WORK/status.out")"
 (cd "$CLONE" && docker compose down -v) >/dev/null 2>&1 || fail "docker compose down failed"
-echo "image-test: the README's compose recipe works from a fresh clone ($n exports, status clean)"
+echo "image-test: docs/deploying.md's compose recipe works from a fresh clone ($n exports, status clean)"
 
 run_lines=$(sed -n 's/^#   //p' Dockerfile | sed -n '/^docker run/,/[^\\]$/p')
 [ -n "$run_lines" ] || fail "the Dockerfile's header shows no docker run"

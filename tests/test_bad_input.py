@@ -375,7 +375,7 @@ def test_a_misspelt_environment_variable_exits_78_naming_it(
 def test_the_environment_wins_over_the_file_whichever_spelling_each_uses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Item 20: ACEXPORT_DAEMON__OUTPUT_DIR (the README's systemd advice) was silently
+    """Item 20: ACEXPORT_DAEMON__OUTPUT_DIR (the systemd advice of docs/deploying.md) was silently
     shadowed by the file's [output] url; the higher source wins (design section 4)."""
     from acexport.config import load_settings
 

@@ -464,7 +464,7 @@ def test_every_subcommand_help_has_a_description_option_texts_and_examples() -> 
     parser = build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, sub in subcommands.choices.items():
-        if name == "emulator":  # its own module's parser, documented in the README
+        if name == "emulator":  # its own module's parser, documented in docs/development.md
             continue
         assert sub.description, name
         assert sub.epilog, name

@@ -1,10 +1,14 @@
-"""The README's DuckDB queries, run against what `run --once` really wrote."""
+"""The README and docs/: every query and recipe run as written, the settings reference
+as the models say, every link resolving, and the README a landing page."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -13,18 +17,22 @@ from zoneinfo import ZoneInfo
 import duckdb
 import pytest
 
+from acexport.config import reference
 from tests.conftest import EmulatorFactory
 from tests.daemon_helpers import DaemonProcess, job, manifests, write_config
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def readme_queries(reader: str = "read_json(") -> list[str]:
-    """Every indented SQL block of the README that reads the local exports/ directory
-    with ``reader``.
+def doc_queries(reader: str = "read_json(") -> list[str]:
+    """Every indented SQL block of the README and docs/ that reads the local exports/
+    directory with ``reader``.
 
-    (The S3 section's query is run against a real bucket by tests/test_s3.py.)"""
-    blocks = re.findall(r"(?:\n {4}[^\n]*)+", README.read_text())
+    (docs/s3.md's query is run against a real bucket by tests/test_s3.py.)"""
+    text = "\n".join(page.read_text() for page in PAGES)
+    blocks = re.findall(r"(?:\n {4}[^\n]*)+", text)
     queries = [
         "\n".join(line[4:] for line in block.strip("\n").splitlines())
         for block in blocks
@@ -33,17 +41,29 @@ def readme_queries(reader: str = "read_json(") -> list[str]:
     return [query.strip().rstrip(";") for query in queries]
 
 
-def test_the_readme_has_queries() -> None:
-    """The README shows the queries this module runs, and the two on Parquet that
+def recipe(page: Path, marker: str) -> str:
+    """The indented lines after each HTML comment starting with ``marker``, unindented,
+    in order: what a user copies from the page."""
+    lines: list[str] = []
+    for block in re.findall(
+        r"<!-- " + re.escape(marker) + r"[^\n]*-->\n\n((?: {4}[^\n]*\n|\n)+)", page.read_text()
+    ):
+        lines += [line[4:] for line in block.rstrip("\n").splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+def test_the_docs_have_queries() -> None:
+    """docs/ shows the queries this module runs, and the two on Parquet that
     tests/test_parquet.py runs on typed output."""
-    assert len(readme_queries()) == 4
-    assert len(readme_queries("read_parquet(")) == 2
+    assert len(doc_queries()) == 4
+    assert len(doc_queries("read_parquet(")) == 2
 
 
-async def test_readme_queries_read_the_hive_layout(
+@pytest.mark.slow
+async def test_doc_queries_read_the_hive_layout(
     emulator: EmulatorFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each README query runs on real output, and its counts match the manifests."""
+    """Each query of docs/ runs on real output, and its counts match the manifests."""
     tokens = {"acme": "acme-token", "beta": "beta-token"}
     emu = await emulator(tokens=tokens, records=25)
     jobs = job("a", "acme", catch_up="2d", lag="0s") + job(  # every type, snapshots too
@@ -55,7 +75,7 @@ async def test_readme_queries_read_the_hive_layout(
     assert await daemon.wait(60) == 0
     written = manifests(tmp_path / "exports")
     monkeypatch.chdir(tmp_path)  # the queries read exports/ relative to where they run
-    results = {query: duckdb.sql(query).fetchall() for query in readme_queries()}
+    results = {query: duckdb.sql(query).fetchall() for query in doc_queries()}
     (latest,) = [rows for query, rows in results.items() if "type=individual" in query]
     (by_type_and_date,) = [rows for query, rows in results.items() if "date, count" in query]
     (per_workspace,) = [rows for query, rows in results.items() if "visitors" in query]
@@ -84,3 +104,68 @@ async def test_readme_queries_read_the_hive_layout(
             instant = datetime.fromisoformat(stamp).replace(tzinfo=UTC)
             by_day[instant.astimezone(berlin).date()] += 1
     assert dict(local_days) == dict(by_day)
+
+
+def test_the_readme_is_a_landing_page() -> None:
+    """Issue 33 item 3: the README is at most 20 KB and links to every page of docs/."""
+    text = README.read_text()
+    assert len(text.encode()) <= 20_000
+    for page in PAGES[1:]:
+        assert f"(docs/{page.name})" in text, f"the README does not link to {page.name}"
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces
+    as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def test_every_link_of_the_docs_resolves() -> None:
+    """A relative link names a file of the repository, and its #anchor a heading there."""
+    for page in PAGES:
+        text = re.sub(r"(?m)^ {4}.*$", "", page.read_text())  # code blocks hold no links
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = (page.parent / path).resolve() if path else page
+            assert resolved.exists(), f"{page.name} links to {target}: no such file"
+            if anchor:
+                assert anchor in _anchors(resolved), f"{page.name} links to {target}: no heading"
+
+
+def test_the_settings_reference_is_what_the_models_say() -> None:
+    """Issue 33 item 3: docs/configuration.md lists every setting with its type, default
+    and meaning, generated from the models (`make docs`); this fails when it is behind."""
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    assert reference.with_reference(page) == page, "run `make docs`"
+    for heading, model, _ in reference.SECTIONS:
+        for name, field in model.model_fields.items():
+            assert field.description, f"{heading} {name} has no docstring"
+            assert f"| `{name}` |" in page or name == "s3"  # [output.s3] is a section
+
+
+@pytest.mark.slow  # about 45 s: three exports, each polled as AC's would be (poll_initial)
+def test_the_first_config_runs_as_written(tmp_path: Path) -> None:
+    """The README's "first config, step by step", every line as written, in a shell with
+    a fresh home: the emulator started, the config written, checked, run once, status
+    and verify clean, the files there, the emulator stopped."""
+    script = recipe(README, "first config, step")
+    assert script.count("\n") > 20, script
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ACEXPORT_")},
+        "HOME": str(tmp_path),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    first = tmp_path / "acexport-first"
+    written = manifests(first / "exports")
+    assert {m["type"] for m in written} == {"page", "event", "individual"}
+    assert len([m for m in written if m["mode"] == "windows"]) == 6  # 3 days x 2 types
+    assert "manifest.json" in done.stdout
+    assert "secret" not in done.stdout + done.stderr

@@ -385,12 +385,12 @@ async def test_an_event_is_committed_with_its_row_and_each_revision_has_its_own_
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "hooks"
 
 
-def test_the_readme_shows_the_hook_recipes_as_they_are() -> None:
-    readme = (EXAMPLES.parent.parent / "README.md").read_text()
+def test_the_docs_show_the_hook_recipes_as_they_are() -> None:
+    page = (EXAMPLES.parent.parent / "docs" / "hooks.md").read_text()
     for recipe in sorted(EXAMPLES.glob("*.py")):
         lines = recipe.read_text().rstrip("\n").splitlines()
         shown = "\n".join(f"    {line}" if line else "" for line in lines)
-        assert shown in readme, f"the README does not show {recipe.name} as it is"
+        assert shown in page, f"docs/hooks.md does not show {recipe.name} as it is"
 
 
 async def test_the_readme_recipes_load_duckdb_tell_airflow_and_dagster_and_verify_webhooks(

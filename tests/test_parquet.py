@@ -31,7 +31,7 @@ from acexport.payload.parquet import ndjson_to_parquet, output_columns
 from acexport.tables import TABLES, UNPARSED, Kind, json_schema, parquet_schema
 from tests.conftest import EmulatorFactory, RunningEmulator
 from tests.daemon_helpers import DaemonProcess, job, manifests, run_cli, write_config
-from tests.test_readme import readme_queries
+from tests.test_docs import doc_queries
 
 ROOT = Path(__file__).resolve().parent.parent
 PARQUET = '[output]\nformat = "parquet"\n'
@@ -278,8 +278,8 @@ async def test_every_type_in_both_modes_typed_as_ac_served_it(
     assert frame.height == sum(m["rows"] for m in written if m["type"] == "page")
     assert frame.schema["views"] == polars.Int64
 
-    # The README's Parquet queries, on this output: typed sums, titles from the map.
-    top_titles, per_workspace = (duckdb.sql(q).fetchall() for q in readme_queries("read_parquet("))
+    # The Parquet queries of docs/data.md, on this output: typed sums, titles from the map.
+    top_titles, per_workspace = (duckdb.sql(q).fetchall() for q in doc_queries("read_parquet("))
     pages = sum(m["rows"] for m in written if m["type"] == "page")
     assert [row[0] for row in per_workspace] == ["acme"]
     assert per_workspace[0][1] >= pages  # views are integers, at least one per row

@@ -2,7 +2,7 @@
 
 ``due_windows`` is pure arithmetic on a job's settings and the time. A
 ``Planner`` turns a look at a job into ledger rows: it asks the output store
-once per job (the truth: README, "Output") which due windows are already
+once per job (the truth: docs/data.md, "Output") which due windows are already
 there, marks those its manifests prove done, queues again the ones the ledger
 calls done but the store lacks, records windows before AC's retention as such
 (never asked for), and queues the rest; then the windows now ``restate`` old,

@@ -24,15 +24,26 @@ EVENT_KINDS: tuple[EventKind, ...] = ("window", "snapshot")
 
 
 class HookSettings(Section):
+    """``[[hooks]]``: one receiver told of every committed file it filters for."""
+
     name: str
+    """The hook's name: in the ledger, status and metrics."""
     command: list[str] | None = None
+    """A program and its arguments (no shell), the event on stdin; exit 0: delivered."""
     url: str | None = None
+    """A webhook: the event POSTed; a 2xx answer is delivered."""
     openlineage: str | None = None
+    """An OpenLineage endpoint: a COMPLETE RunEvent POSTed to its /api/v1/lineage."""
     on: list[EventKind] = Field(default_factory=lambda: list(EVENT_KINDS))
-    jobs: list[str] | None = None  # None: every job
+    """Which events: window, snapshot."""
+    jobs: list[str] | None = None
+    """Which jobs' events; none: every job."""
     secret_file: Path | None = None
+    """For url: a file whose secret signs each body (X-Acexport-Signature: sha256=...)."""
     timeout: Duration = timedelta(seconds=30)
+    """One attempt's limit."""
     max_age: Duration = timedelta(hours=24)
+    """An event is retried until it is this old, then marked failed."""
 
     @field_validator("name")
     @classmethod

@@ -33,17 +33,24 @@ from .values import (
 
 
 class WorkspaceSettings(Section):
+    """``[workspaces.NAME]``: where one workspace's AC is, its token, zone and retention."""
+
     base_url: str = "https://analytics.liferay.com"
+    """AC's origin for this workspace; https except on loopback."""
     token: SecretStr | None = None
+    """The access token inline (the file is then reported if others can read it)."""
     token_file: Path | None = None
+    """A file holding the token (under $CREDENTIALS_DIRECTORY when relative and set)."""
     token_env: str | None = None
+    """The environment variable holding the token."""
     timezone: str = "UTC"
-    # AC's data retention for this workspace: windows starting before it are never
-    # asked for (AC refuses them); a shorter retention AC names is learned.
+    """The zone of its windows, schedules, dates on the command line and date= folders."""
     retention: Months = DEFAULT_MONTHS
-    # Where entity snapshots start (a date in the workspace's zone); default: the
-    # retention's start, i.e. everything AC still holds.
+    """AC's data retention ("13 months"): windows starting before it are never asked for
+    (AC refuses them); a shorter retention AC names is learned."""
     snapshot_from: date | None = None
+    """Where entity snapshots start (a date in the zone); none: the retention's start,
+    i.e. everything AC still holds."""
 
     @field_validator("base_url")
     @classmethod
@@ -105,29 +112,37 @@ class JobSettings(Section):
     """A recurring export: which types of which workspace, in what windows, when."""
 
     name: str
+    """The job's name: in the ledger, manifests, metrics and commands (--job)."""
     workspace: str
+    """The workspace (a [workspaces.NAME] key) it exports from."""
     types: list[ExportType] = list(ExportType)  # noqa: RUF012 - a pydantic field, copied
+    """The export types; default: all six."""
     schedule: str = "30 2 * * *"
+    """When it looks: a 5-field cron expression or "every 6h", in the workspace's zone."""
     window: Duration = timedelta(days=1)
+    """Each window's length: a divisor of a day, or whole days."""
     lag: Duration = timedelta(hours=2)
+    """How long after its end a window is due (late events reach AC)."""
     catch_up: Duration = timedelta(days=7)
+    """How far back each look finds windows not exported yet."""
     start: datetime | None = None
-    # A type's mode, if not the one its nature gives (event and page: windows; the
-    # entity tables: snapshot).
+    """No window before this is due (a date or datetime in the workspace's zone)."""
     modes: dict[ExportType, ExportMode] = {}  # noqa: RUF012 - a pydantic field, copied
+    """A type's mode, if not the one its nature gives (event and page: windows; the
+    entity tables: snapshot)."""
     keep_snapshots: Count = Field(default=7, ge=1, le=10000)
-    # Export each window once more when it is this old (page aggregates and late
-    # events settle); off by default.
+    """The newest snapshots of each type kept; older ones are deleted."""
     restate: Duration | None = None
-    # A restatement serving fewer records than this share of the revision it replaces
-    # (an empty export from a hiccup at AC) keeps that revision and is reported; 0 off.
+    """Export each window once more when it is this old (page aggregates and late events
+    settle); off by default."""
     restate_min_records: float = Field(default=0.5, ge=0.0, le=1.0)
-    # Consecutive windows of a time series that are due together (a catch-up, a
-    # backfill) are asked of AC in one request of up to this span, then split locally:
-    # AC works through one export per tick of its worker (5 minutes). 0 turns it off.
+    """A restatement serving fewer records than this share of the revision it replaces
+    (an empty export from a hiccup at AC) keeps that revision and is reported; 0: off."""
     coalesce_max: Duration = timedelta(days=31)
-    # Delete window files whose window ended longer ago than this (default: keep all).
+    """Consecutive due windows of event or page are asked for in one AC request of up to
+    this span, then split locally (AC starts one export per 5-minute tick); 0: off."""
     keep: Duration | None = None
+    """Delete window files whose window ended longer ago than this; none: keep all."""
 
     def mode_of(self, type_: str) -> ExportMode:
         return self.modes.get(ExportType(type_), default_mode(type_))

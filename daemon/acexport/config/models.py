@@ -42,16 +42,25 @@ from .values import (
 
 
 class DaemonSettings(Section):
+    """``[daemon]``: the process, its state and where it reports."""
+
     state_dir: Path = Path("/var/lib/acexport")
+    """The ledger (state.sqlite3) and private temp files; one daemon per directory."""
     output_dir: Path = Path("/var/lib/acexport/exports")
+    """Where files go when output.url is not set (its older spelling)."""
     log_format: Literal["auto", "console", "json"] = "auto"
+    """auto: readable lines on a terminal, JSON lines elsewhere."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """The least severe log line written."""
     listen: str = "127.0.0.1:9464"
+    """HOST:PORT of /healthz, /metrics and the status page; empty: no listener."""
     stop_grace: Duration = timedelta(seconds=30)
+    """At SIGTERM, how long running downloads and commits (and run --once's hooks) get."""
     pickup_interval: Duration = timedelta(seconds=5)
-    # At start, object-storage uploads a crashed run left (under the layout's keys) are
-    # aborted once this old: a live writer's upload is younger.
+    """How often windows another command queued in the ledger (backfill) are picked up."""
     stale_upload_age: Duration = timedelta(hours=1)
+    """At start, S3 uploads a crashed run left (under the layout's keys) are aborted once
+    this old: a live writer's upload is younger."""
 
     @field_validator("state_dir", "output_dir", mode="before")
     @classmethod
@@ -84,26 +93,33 @@ class DaemonSettings(Section):
 
 
 class HttpSettings(Section):
+    """``[http]``: how AC (and the output store) is asked, polled and retried."""
+
     poll_initial: Duration = timedelta(seconds=15)
+    """The shortest wait between two polls of an export."""
     poll_max: Duration = timedelta(minutes=5)
+    """The longest wait between two polls of an export."""
     timeout: Duration = timedelta(seconds=60)
+    """One request's limit for connecting and for each read."""
     retry_initial: Duration = timedelta(seconds=1)
+    """The first wait after a failed request (429, 5xx, a cut connection); it doubles."""
     retry_max: Duration = timedelta(minutes=1)
+    """The longest wait between retries, and the most of a Retry-After honoured."""
     max_attempts: Count = Field(default=10, ge=1, le=1000)
-    # An export whose every request found nothing listening (a wrong port, a host that
-    # is down) fails after this long, naming host and port: `run --once` from cron gave
-    # up after 3 min 49 s of backoff. The next look asks again.
+    """Failed requests in a row before an export (or an upload) gives up."""
     unreachable_after: Duration = timedelta(seconds=60)
-    # AC reporting ERROR (its export failed; it starts again) this many times in a row
-    # for one window ends the export.
+    """An export whose every request found nothing listening (a wrong port, a host that
+    is down) fails after this long, naming host and port; the next look asks again."""
     max_ac_failures: Count = Field(default=5, ge=1, le=1000)
-    # Decoded bytes one export may have (``500MB``, ``1GiB`` or a byte count), and how
-    # much a gzip or ZIP body may expand: beyond either, the export fails, nothing kept.
+    """AC reporting ERROR (its export failed; it starts again) this many times in a row
+    for one window ends the export."""
     max_payload: Size = ByteSize(50 * 1024**3)
+    """Decoded bytes one export may have; beyond, it fails and nothing is kept."""
     max_inflate_ratio: Count = Field(default=DEFAULT_INFLATE_RATIO, ge=1)
-    # How long AC keeps ready data. A ready export older than this (the daemon was
-    # down) will be created anew by the next request, so it must hold the lane's slot.
+    """How many times a gzip body or ZIP member may expand (64 KiB of slack)."""
     download_window: Duration = timedelta(hours=24)
+    """How long AC keeps ready data: an export ready longer ago (the daemon was down)
+    is created anew by the next request, so it holds the lane's slot."""
 
     def payload_limits(self) -> PayloadLimits:
         """The caps on one payload, for the sink."""
@@ -124,17 +140,25 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 class S3Settings(Section):
-    """How to reach an ``s3://`` output. Credentials: the two files, or else the
-    standard AWS chain (environment, shared credentials file, instance role)."""
+    """``[output.s3]``: how to reach an ``s3://`` output. Credentials: the two files, or
+    else the standard AWS chain (environment, shared credentials file, instance role)."""
 
-    endpoint_url: str | None = None  # for S3-compatible stores (MinIO, SeaweedFS, R2, ...)
+    endpoint_url: str | None = None
+    """The store's URL for S3-compatible stores (MinIO, SeaweedFS, R2, ...); none: AWS."""
     region: str | None = None
-    path_style: bool = False  # bucket in the path, not the host name (most non-AWS stores)
+    """The bucket's region; none: the AWS chain's."""
+    path_style: bool = False
+    """The bucket in the path, not the host name (most non-AWS stores)."""
     access_key_id_file: Path | None = None
+    """A file holding the access key id (with secret_access_key_file)."""
     secret_access_key_file: Path | None = None
+    """A file holding the secret access key."""
     session_token_file: Path | None = None
+    """A file holding a session token, for temporary credentials."""
     part_size: Size = Field(default=ByteSize(8 * 1024**2), ge=5 * 1024**2, le=5 * 1024**3)
-    concurrency: Count = Field(default=4, ge=1, le=64)  # parts uploaded at once
+    """Files larger than this are uploaded in parts of this size."""
+    concurrency: Count = Field(default=4, ge=1, le=64)
+    """Parts uploaded at once."""
 
     @field_validator("endpoint_url")
     @classmethod
@@ -160,27 +184,31 @@ class S3Settings(Section):
 
 
 class OutputSettings(Section):
-    # Where committed data goes: a directory (a path or file://...) or s3://bucket/prefix.
-    # When set, it replaces daemon.output_dir (which a container's defaults may set).
+    """``[output]``: where committed files go, named how, in what format."""
+
     url: str | None = None
+    """A directory (a path or file://...) or s3://bucket/prefix; replaces
+    daemon.output_dir (which a container's defaults may set)."""
     path: str = (
         "workspace={workspace}/type={type}/date={from:%Y-%m-%d}/"
         "{type}_{from:%Y%m%dT%H%M}_{to:%Y%m%dT%H%M}.jsonl"
     )
-    # A snapshot's file: ``to`` is its as-of time (the look), ``from`` where it starts,
-    # both in UTC (``Z``: sortable whatever the zone, and across DST changes).
+    """A window's file under the output: {workspace}, {type}, {job}, {from:...}, {to:...}
+    (strftime, the workspace's zone); the compression's suffix is added."""
     snapshot_path: str = (
         "workspace={workspace}/type={type}/snapshot={to:%Y%m%dT%H%M%SZ}/"
         "{type}_{to:%Y%m%dT%H%M%SZ}.jsonl"
     )
-    # ndjson: the records as AC served them; parquet: typed, one schema per type (the
-    # path's .jsonl becomes .parquet).
+    """A snapshot's file: {to} is its as-of time (the look) in UTC (Z: sortable whatever
+    the zone, and across DST changes)."""
     format: OutputFormat = OutputFormat.NDJSON
-    # gzip stays the default: every reader has it, and keys (.gz) and readers' globs of
-    # existing deployments keep working; zstd is 3x smaller at the same speed. For
-    # parquet it is the columns' codec, zstd unless set (``file_compression``).
+    """ndjson: the records as AC served them; parquet: typed, one schema per type (the
+    path's .jsonl becomes .parquet)."""
     compression: Compression = Compression.GZIP
+    """gzip (every reader has it), zstd (3x smaller, as fast) or none; for parquet the
+    columns' codec, zstd unless set."""
     s3: S3Settings = S3Settings()
+    """``[output.s3]``: how to reach an s3:// url."""
 
     _check_path = field_validator("path", "snapshot_path")(
         classmethod(lambda cls, v: check_path_template(v))

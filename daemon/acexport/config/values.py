@@ -93,4 +93,5 @@ def is_loopback_host(host: str) -> bool:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Each field's docstring is its description: docs/configuration.md is made of them.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)

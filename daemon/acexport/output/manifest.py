@@ -40,7 +40,7 @@ def manifest_key(key: PurePosixPath) -> PurePosixPath:
 
 @dataclass(frozen=True, kw_only=True)
 class Manifest:
-    """The completion marker written beside each data file (README, "Output").
+    """The completion marker written beside each data file (docs/data.md, "Output").
 
     Its camelCase field names are AC's, and the contract with readers of the output.
     The version fields come first: a reader knows what it reads from line one.

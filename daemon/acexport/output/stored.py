@@ -1,6 +1,6 @@
 """Which windows the output store already holds: the truth of what is done.
 
-The output store is the truth of what is done (README, "Output"): a lost or
+The output store is the truth of what is done (docs/data.md, "Output"): a lost or
 fresh state directory, a replacement host, a container without a state volume
 all resume without asking AC again for data they already delivered. One
 prefix listing per job type covers the windows asked about (with the files'
