@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from collections import Counter
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -169,3 +170,23 @@ def test_the_first_config_runs_as_written(tmp_path: Path) -> None:
     assert len([m for m in written if m["mode"] == "windows"]) == 6  # 3 days x 2 types
     assert "manifest.json" in done.stdout
     assert "secret" not in done.stdout + done.stderr
+
+
+def test_every_settings_snippet_of_the_docs_is_valid() -> None:
+    """A user copies `[output]` or `[[hooks]]` from a page into their file: each snippet
+    parses and validates beside a workspace and a job (no field misspelt, no value a
+    release no longer takes)."""
+    from acexport.config import Settings
+
+    base = {
+        "workspaces": {"acme": {"token": "t"}},
+        "jobs": [{"name": "nightly", "workspace": "acme"}],
+    }
+    snippets = 0
+    for page in PAGES[1:]:
+        for block in re.findall(r"(?:\n {4}[^\n]*)+", page.read_text()):
+            lines = [line[4:] for line in block.strip("\n").splitlines()]
+            if lines[0].startswith("[") and any(" = " in line for line in lines):
+                Settings.model_validate({**base, **tomllib.loads("\n".join(lines))})
+                snippets += 1
+    assert snippets >= 5  # [output] twice (Parquet, S3), [[hooks]] three times
