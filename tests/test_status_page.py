@@ -341,7 +341,8 @@ def test_the_snapshot_next_column_is_the_jobs_next_look_as_status_says(tmp_path:
     named the next look; both now name the same moment, in the workspace's zone."""
     from datetime import UTC, datetime
 
-    from acexport.ops.statuspage import build_view, render
+    from acexport.ops.statuspage import render
+    from acexport.ops.statusview import build_view
     from acexport.triggers import next_looks
 
     config = tmp_path / "acexport.toml"

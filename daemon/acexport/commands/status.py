@@ -31,7 +31,7 @@ from ..ledger import (
     read_rows,
 )
 from ..lock import lock_holder
-from ..ops.statuspage import JobView, build_view, counted_state, failure_text
+from ..ops.statusview import JobView, build_view, counted_state, failure_text
 from ..planner import due_windows
 from ..protocol import ExportMode
 from ..retention import describe_retention, effective_months

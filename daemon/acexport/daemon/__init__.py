@@ -42,7 +42,8 @@ from ..ops.logging import register_secret
 from ..ops.metrics import Metrics
 from ..ops.notify import SystemdNotifier
 from ..ops.server import HealthServer
-from ..ops.statuspage import LaneView, PageInput, StatusPage, build_view, horizon_start
+from ..ops.statuspage import PageInput, StatusPage
+from ..ops.statusview import LaneView, build_view, horizon_start
 from ..output.open import open_store
 from ..output.owner import OutputClaim
 from ..output.sink import Sink

@@ -24,10 +24,10 @@ from prometheus_client.registry import Collector
 
 from .. import __version__
 from ..events import ExportEnded, LaneObserver
-from .statuspage import WINDOW_STATES, counted_state
+from .statusview import WINDOW_STATES, counted_state
 
 if TYPE_CHECKING:
-    from .statuspage import StatusView
+    from .statusview import StatusView
 
 
 class Metrics(LaneObserver):
