@@ -10,7 +10,7 @@ import re
 import signal
 import subprocess
 import sys
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -118,6 +118,11 @@ async def test_status_reports_done_and_failed_windows(
     assert "revoked AC token" in failed["reason"]  # AC answered the bad token with a 500 page
     assert (failed["failures"], failed["last_error"]) == (1, failed["reason"])
     assert by_name["b"]["horizon"]["failed"] == 1
+    # Every time with its offset (issue 38 item 10); the label as the text report says it.
+    start = datetime.fromisoformat(failed["start"])
+    assert start.utcoffset() is not None
+    assert failed["window"] == start.date().isoformat()
+    assert datetime.fromisoformat(failed["end"]) - start == timedelta(days=1)
     assert b"bad-token" not in stdout
     assert report["daemon_pid"] is None
 

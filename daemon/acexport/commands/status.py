@@ -159,7 +159,10 @@ def _in_flight(rows: list[ExportRecord], zone: Any) -> list[dict[str, Any]]:
 def _row(record: ExportRecord, zone: Any) -> dict[str, Any]:
     return {
         "type": record.type,
-        "window": record.label(zone),
+        "window": record.label(zone),  # as the text report names it
+        # For programs, with the offset (issue 38 item 10: a label names no zone).
+        "start": record.start.astimezone(zone).isoformat(timespec="seconds"),
+        "end": record.end.astimezone(zone).isoformat(timespec="seconds"),
         "failures": record.failures,
         "last_error": record.last_error or record.reason,
         "detail": failure_text(record),
