@@ -15,6 +15,10 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+# One generator for every jitter: ``random.Random()`` seeds itself with 2.5 KB from
+# the kernel, which for 6,000 exports was 0.5 s of the event loop (bench/scale.py).
+JITTER = random.Random()
+
 
 @dataclass(frozen=True)
 class Backoff:
@@ -26,7 +30,7 @@ class Backoff:
     jitter: float = 0.2
 
     def delays(self, rng: random.Random | None = None) -> Iterator[float]:
-        rng = rng or random.Random()
+        rng = rng or JITTER
         delay = self.initial_s
         while True:
             # Jitter spreads lanes that started together, so they do not poll in lockstep.
@@ -55,7 +59,7 @@ class PollPlan:
     max_s: float
     expected_s: float | None = None  # this kind of export's usual time
     guess_s: float | None = None  # without that: what similar exports took (used if short)
-    rng: random.Random = field(default_factory=random.Random)
+    rng: random.Random = field(default_factory=lambda: JITTER)
 
     def next_delay(self, elapsed_s: float) -> float:
         """Never more than ``max_s``, whatever history says."""
