@@ -101,6 +101,7 @@ async def test_a_backfill_past_the_configured_retention_asks_for_nothing_before_
     assert len((await emu.jobs())["jobs"]) == 2  # a coalesced request of each type
 
 
+@pytest.mark.slow
 async def test_entity_snapshots_end_to_end_with_pruning(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
@@ -202,6 +203,7 @@ async def test_restatement_replaces_a_changed_window_once_and_keeps_an_unchanged
     assert manifests(tmp_path / "exports").count(page) == 1
 
 
+@pytest.mark.slow
 async def test_ten_nightly_runs_of_every_type_against_acs_engine(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
@@ -285,6 +287,7 @@ async def test_ten_nightly_runs_of_every_type_against_acs_engine(
     assert len(changed) > len(people) // 10
 
 
+@pytest.mark.slow
 async def test_acs_worker_tick_is_honoured_with_few_requests(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:

@@ -79,6 +79,7 @@ def test_commands_that_need_no_token_read_none(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_the_demo_says_how_to_watch_it_and_that_command_works(tmp_path: Path) -> None:
     """Issue 38 item 2 (reproduced): while `make demo` ran, `acexport status` said "no
     config file given or found"; with the demo's config it read /var/lib/acexport. The
@@ -133,6 +134,7 @@ def test_the_image_build_context_leaves_out_state_wheels_and_secrets() -> None:
         assert not ignored(path), path
 
 
+@pytest.mark.slow
 def test_run_once_gives_up_on_an_unreachable_ac_within_the_bound(tmp_path: Path) -> None:
     """Issue 38 item 7 (reproduced): `run --once` took 3 min 49 s to give up on AC at a
     wrong port, where `export` failed at once. Nothing listening for
@@ -251,6 +253,7 @@ def test_zsh_completion_is_the_bash_function_through_bashcompinit() -> None:
 # -- item 4: a foreground backfill runs only its own windows ------------------------
 
 
+@pytest.mark.slow
 async def test_a_foreground_backfill_runs_only_its_own_windows(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:

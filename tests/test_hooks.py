@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from acexport.config import load_settings
@@ -100,6 +101,7 @@ async def run_once(config: Path) -> bool:
         return await daemon.run_once()
 
 
+@pytest.mark.slow
 async def test_a_webhook_gets_every_window_once_signed_after_failures_and_throttling(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
@@ -292,6 +294,7 @@ async def test_an_event_older_than_max_age_fails_and_nothing_blocks_the_exports(
     assert "max_age" in (backlogs["loader"].last_error or "")
 
 
+@pytest.mark.slow
 def test_check_config_lists_hooks_and_refuses_a_missing_secret_or_program(
     tmp_path: Path,
 ) -> None:
@@ -523,6 +526,7 @@ async def test_an_openlineage_hook_posts_a_complete_run_event_per_file(
     assert len({event["run"]["runId"] for event, _, _ in receiver.received}) == 3
 
 
+@pytest.mark.slow
 async def test_a_dead_receiver_delays_no_export_and_its_events_wait_in_the_ledger(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
