@@ -248,7 +248,12 @@ for _ in $(seq 120); do
     [ -n "$container" ] && break
     sleep 0.5
 done
-[ -n "$container" ] || { cat "$WORK/compose.out" >&2; fail "docker compose up started no container"; }
+[ -n "$container" ] || {
+    cat "$WORK/compose.out" >&2
+    # The recipe publishes 9464: say who holds it, if anyone does (once seen in CI).
+    ss -ltnp 2>/dev/null | grep ':9464 ' >&2
+    fail "docker compose up started no container"
+}
 "${PODMAN[@]}" exec -d "$container" acexport emulator --port 8080 --processing-time 0.2 \
     --records 20 --token acme=image-test-token >/dev/null
 wait "$RECIPE" || { cat "$WORK/compose.out" >&2; fail "docs/deploying.md's compose recipe failed"; }
