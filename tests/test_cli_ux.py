@@ -195,19 +195,25 @@ async def test_a_dry_run_counts_what_the_store_holds_as_the_real_run_does(
 # -- item 14: shell completion ------------------------------------------------------
 
 
-def _complete(words: list[str], shell: str = "bash") -> list[str]:
-    """What the generated script completes for ``words`` (the last one being typed)."""
-    import shlex
-    import shutil
+def _completion_script(shell: str) -> str:
     import subprocess
     import sys
 
-    script = subprocess.run(
-        [sys.executable, "-m", "acexport", "completion", "bash"],
+    return subprocess.run(
+        [sys.executable, "-m", "acexport", "completion", shell],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+
+
+def _complete(words: list[str]) -> list[str]:
+    """What the generated bash script completes for ``words`` (the last one being typed)."""
+    import shlex
+    import shutil
+    import subprocess
+
+    script = _completion_script("bash")
     program = (
         f"{script}\nCOMP_WORDS=({' '.join(shlex.quote(w) for w in words)})\n"
         f"COMP_CWORD={len(words) - 1}\n_acexport\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n"
@@ -235,14 +241,8 @@ def test_bash_completes_commands_options_choices_and_files(tmp_path: Path) -> No
 def test_zsh_completion_is_the_bash_function_through_bashcompinit() -> None:
     import shutil
     import subprocess
-    import sys
 
-    script = subprocess.run(
-        [sys.executable, "-m", "acexport", "completion", "zsh"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    script = _completion_script("zsh")
     assert script.startswith("autoload -U +X bashcompinit && bashcompinit\n")
     assert "complete -o default -F _acexport acexport" in script
     zsh = shutil.which("zsh")

@@ -11,8 +11,9 @@ import pytest
 from aioresponses import aioresponses
 from pydantic import SecretStr
 
-from acexport.ac.client import ExportClient, ExportStatus, Payload, parse_retry_after
+from acexport.ac.client import ExportClient, ExportStatus, Payload
 from acexport.errors import AuthError, RateLimited, RemoteRejected, TransientError
+from acexport.protocol import parse_retry_after
 from acexport.windows import ExportWindow
 
 BASE = "https://ac.example.com"

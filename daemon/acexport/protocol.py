@@ -1,4 +1,5 @@
-"""AC's export vocabulary: the export types, and what a status answer looks like.
+"""AC's export vocabulary: the export types, what a status answer looks like, and
+how long a Retry-After asks to wait.
 
 AC answers a request that has no data yet with a small JSON object
 (``createdDate``, ``fromDate``, ``toDate``, ``status``, ``message``, ``type``,
@@ -11,6 +12,8 @@ is still a status (an unknown one, retried), never a one-record export.
 from __future__ import annotations
 
 import enum
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 
@@ -71,3 +74,22 @@ def is_status_shaped(value: Any) -> bool:
         and bool(keys & {"createdDate", "message"})
         and not keys & {"id", "segmentId", "individualId", "identityId"}
     )
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """``Retry-After`` in seconds (a number, or an HTTP date), never negative; None if
+    absent or unreadable. AC's answers and hook receivers' are read alike."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())

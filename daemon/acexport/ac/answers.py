@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -22,7 +21,7 @@ from ..errors import (
     TransientError,
     printable,
 )
-from ..protocol import is_status_shaped
+from ..protocol import is_status_shaped, parse_retry_after
 from ..retention import months_in
 from ..windows import ExportWindow
 
@@ -55,22 +54,6 @@ def origin_text(url: URL) -> str:
     """``scheme://host`` with its port unless the scheme's own: errors name the origin
     that answered ("http://127.0.0.1 answered 500" hid which of several it was)."""
     return str(url.origin())
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Retry-After as seconds: an integer, or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def _excerpt(body: bytes, limit: int = 200) -> str:

@@ -29,7 +29,6 @@ from .answers import (
     ExportStatus,
     describe,
     origin_text,
-    parse_retry_after,
     raise_for_error,
     read_up_to,
     status_in,
@@ -43,7 +42,6 @@ __all__ = [
     "TokenTrust",
     "new_session",
     "origin",
-    "parse_retry_after",
 ]
 
 _MAX_REDIRECTS = 5

@@ -16,8 +16,6 @@ import signal
 import subprocess
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -26,6 +24,7 @@ from pydantic import SecretStr
 from .. import __version__
 from ..config.hooks import HookSettings
 from ..ops.logging import remote_text
+from ..protocol import parse_retry_after
 
 OUTPUT_KEPT = 2000  # of a command's output or an answer's body, for status
 RETRY_AFTER_MAX_S = 3600.0  # a receiver's Retry-After is honoured up to this
@@ -140,7 +139,8 @@ async def post(
             answer = (await response.content.read(OUTPUT_KEPT)).decode("utf-8", "replace")
             detail = f"HTTP {response.status}: {answer.strip()}".rstrip(": ")
             if response.status in _RETRIED or response.status >= 500:
-                wait = retry_after_s(response.headers.get("Retry-After"))
+                asked = parse_retry_after(response.headers.get("Retry-After"))
+                wait = None if asked is None else min(asked, RETRY_AFTER_MAX_S)
                 return Attempt.failed(detail, retry_after_s=wait)
             if 300 <= response.status < 400:
                 detail += " (redirects are not followed: set the hook's url to the target)"
@@ -149,23 +149,6 @@ async def post(
         return Attempt.failed(f"no answer within {timeout_s:g}s")
     except aiohttp.ClientError as exc:
         return Attempt.failed(f"{type(exc).__name__}: {exc}")
-
-
-def retry_after_s(value: str | None) -> float | None:
-    """Retry-After in seconds or as an HTTP date, bounded; None if absent or unreadable."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)
 
 
 def lineage_event(event: dict[str, Any], output_root: str) -> str:
