@@ -201,16 +201,20 @@ class Planner:
             return 0
         layout = OutputLayout.from_settings(self._settings().output)
         zone = self._settings().workspaces[job.workspace].zone
+        deleted: list[int] = []
         try:
             for row in rows:
                 key = layout.key_for(job.workspace, row.type, job.name, row.window(zone))
                 for stored in {key, *_key_of(self._store, row.destination)}:
                     await self._store.delete(manifest_key(stored))
                     await self._store.delete(stored)
+                deleted.append(row.id)
         except (StoreRejected, StoreUnavailable, OSError) as exc:
+            # Those deleted so far are expired; the rest are retried at the next look.
             log.warning("keep_delete_failed", job=job.name, error=str(exc), detail="retried")
+        if not deleted:
             return 0
-        expired = await self._ledger.mark_expired(row.id for row in rows)
+        expired = await self._ledger.mark_expired(deleted)
         log.info("windows_expired", job=job.name, count=expired, keep=str(job.keep))
         return expired
 

@@ -71,7 +71,10 @@ class HookDispatcher(LaneObserver):
         """Start a task for each configured hook, stop those of removed ones; their
         secrets are never logged."""
         for hook in self._settings().hooks:
-            secret = hook.read_secret()
+            try:
+                secret = hook.read_secret()
+            except ValueError:  # gone since the config was loaded: each send says so
+                continue
             if secret is not None:
                 register_secret(secret.get_secret_value())
         hooks = {hook.name for hook in self._settings().hooks}
