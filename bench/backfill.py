@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,7 @@ def backfill(base: str, days: int, coalesce_max: str) -> tuple[int, float, float
         raise SystemExit(f"the backfill failed; its log: {work / 'log'}")
     exports = len(EmulatorClient(base).jobs()) - before
     files = len(list((work / "out").rglob("*.manifest.json")))
+    shutil.rmtree(work, ignore_errors=True)  # kept above when the backfill failed: its log
     return exports, wall, usage.ru_maxrss / 1024, files
 
 

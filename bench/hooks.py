@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,6 +97,7 @@ def run(base: str, windows: int, hooks: str, grace: str = "10m") -> dict[str, fl
     log = process.stderr.read().decode().splitlines()
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.time() - started
+    shutil.rmtree(work, ignore_errors=True)
     lines = [json.loads(line) for line in log if line.startswith("{")]
 
     def at(line: dict[str, object]) -> float:

@@ -10,7 +10,9 @@ daemon's own start-up CPU for scale. Target: under 0.2 CPU seconds per minute.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +44,7 @@ def main() -> int:
     if args.quick:
         args.seconds = 20
     work = Path(tempfile.mkdtemp(prefix="acexport-idle-"))
+    atexit.register(shutil.rmtree, work, True)
     lines = [
         "[daemon]",
         f'state_dir = "{work / "state"}"',

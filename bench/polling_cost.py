@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -102,6 +104,7 @@ def main() -> int:
     for real in processing_times:
         processing = real * args.scale
         work = Path(tempfile.mkdtemp(prefix="acexport-polling-"))
+        atexit.register(shutil.rmtree, work, True)
         tokens = ["--token", "ours=ours-token", "--token", "base=base-token"]
         with running_emulator(
             "--processing-time", str(processing), "--records", "50", *tokens, *tick_args

@@ -13,8 +13,10 @@ loop lag < 100 ms.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +35,7 @@ def main() -> int:
     if args.quick:
         args.workspaces = 100
     work = Path(tempfile.mkdtemp(prefix="acexport-scale-"))
+    atexit.register(shutil.rmtree, work, True)
     names = [f"w{i:04d}" for i in range(args.workspaces)]
     lines = [
         "[daemon]",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,6 +75,7 @@ def backfill(base: str, compression: str) -> tuple[float, float, int, int]:
         raise SystemExit(f"the backfill failed; its log: {work / 'log'}")
     files = len(list((work / "out").rglob("*.manifest.json")))
     size = sum(p.stat().st_size for p in (work / "out").rglob("*_*") if "manifest" not in p.name)
+    shutil.rmtree(work, ignore_errors=True)  # kept above when the backfill failed: its log
     return usage.ru_maxrss / 1024, wall, size, files
 
 

@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -126,6 +127,8 @@ class DaemonModel(RuleBasedStateMachine):
         if self.runner is not None:
             self._run(self.runner.cleanup())
         self.loop.close()
+        # One directory per example: CI runs hundreds, and /tmp outlives the run.
+        shutil.rmtree(self.work, ignore_errors=True)
 
     # -- rules ---------------------------------------------------------------------
     @rule(hours=st.sampled_from([1, 3, 7, 26]))
