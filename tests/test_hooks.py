@@ -592,3 +592,65 @@ async def test_a_restated_window_is_told_again_as_revision_2_with_its_own_id(
         assert manifest["revision"] == 2
         assert manifest["previous_sha256"] == first[key]["file_sha256"]
         assert event["file_sha256"] == manifest["file_sha256"] != first[key]["file_sha256"]
+
+
+def _command_hook(command: list[str], timeout: str = "10s") -> Any:
+    from acexport.config.hooks import HookSettings
+
+    return HookSettings.model_validate({"name": "c", "command": command, "timeout": timeout})
+
+
+async def test_a_chatty_command_keeps_only_its_outputs_tail_in_memory(tmp_path: Path) -> None:
+    """A loader that prints 50 MB and fails: its last words are the error, and the
+    daemon held no more of its output than it keeps (it read it all into memory)."""
+    import tracemalloc
+
+    from acexport.hooks.senders import OUTPUT_KEPT, run_command
+
+    chatty = script(
+        tmp_path / "chatty.py",
+        """
+        import sys
+        sys.stdin.read()
+        for _ in range(50):
+            sys.stdout.write("row " * 262144)
+        sys.stdout.write("the last words")
+        sys.exit(3)
+        """,
+    )
+    tracemalloc.start()
+    try:
+        attempt = await run_command(_command_hook([str(chatty)]), b"{}", {}, frozenset())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not attempt.delivered
+    assert attempt.detail.startswith("exit 3: …")
+    assert attempt.detail.endswith("row the last words")
+    assert len(attempt.detail) < OUTPUT_KEPT
+    assert peak < 4 << 20, peak
+
+
+async def test_a_child_holding_a_commands_output_is_not_waited_for_beyond_the_timeout(
+    tmp_path: Path,
+) -> None:
+    """Exit 0 is delivered even when a child it started still holds the output open:
+    that child is stopped at the hook's timeout, not waited for for ever."""
+    from acexport.hooks.senders import run_command
+
+    forking = script(
+        tmp_path / "forking.py",
+        """
+        import subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        print("loaded")
+        """,
+    )
+    started = asyncio.get_running_loop().time()
+    attempt = await run_command(_command_hook([str(forking)], "1s"), b"{}", {}, frozenset())
+    assert attempt.delivered
+    assert asyncio.get_running_loop().time() - started < 10
+    hanging = script(tmp_path / "hanging.py", "import time\ntime.sleep(60)\n")
+    attempt = await run_command(_command_hook([str(hanging)], "300ms"), b"{}", {}, frozenset())
+    assert not attempt.delivered
+    assert attempt.detail == "timed out after 0.3s"

@@ -14,19 +14,23 @@ import hmac
 import os
 import signal
 import subprocess
+import threading
+import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 from pydantic import SecretStr
 
 from .. import __version__
 from ..config.hooks import HookSettings
-from ..ops.logging import remote_text
+from ..errors import printable
+from ..ops.logging import redact, remote_text
 from ..protocol import parse_retry_after
 
 OUTPUT_KEPT = 2000  # of a command's output or an answer's body, for status
+_LAST_WORDS = 400  # of a failed command's output, in its error (remote_text caps at 500)
 RETRY_AFTER_MAX_S = 3600.0  # a receiver's Retry-After is honoured up to this
 _RETRIED = {408, 429}
 # The event's fields a command also gets as variables (design section 4).
@@ -54,7 +58,7 @@ class Attempt:
     def failed(
         cls, detail: str, *, final: bool = False, retry_after_s: float | None = None
     ) -> Attempt:
-        return cls(False, final, retry_after_s, remote_text(detail[-OUTPUT_KEPT:]))
+        return cls(False, final, retry_after_s, remote_text(detail))
 
 
 def command_environment(event: dict[str, Any], hidden: frozenset[str]) -> dict[str, str]:
@@ -81,6 +85,7 @@ async def run_command(
 def _run_command(hook: HookSettings, body: bytes, env: dict[str, str]) -> Attempt:
     assert hook.command is not None
     timeout_s = hook.timeout.total_seconds()
+    deadline = time.monotonic() + timeout_s
     try:
         process = subprocess.Popen(  # noqa: S603 - the operator's program, no shell
             hook.command,
@@ -92,17 +97,52 @@ def _run_command(hook: HookSettings, body: bytes, env: dict[str, str]) -> Attemp
         )
     except OSError as exc:
         return Attempt.failed(f"cannot run {hook.command[0]!r}: {exc.strerror or exc}")
+    assert process.stdin is not None
+    assert process.stdout is not None
+    # Only the output's tail is kept: a loader printing its rows must not fill memory.
+    tail = _OutputTail(process.stdout)
+    reader = threading.Thread(target=tail.drain, name="acexport-hook-output", daemon=True)
+    reader.start()
+    with contextlib.suppress(BrokenPipeError):  # a command may ignore its stdin
+        process.stdin.write(body)
+    with contextlib.suppress(BrokenPipeError):
+        process.stdin.close()
     try:
-        output, _ = process.communicate(body, timeout=timeout_s)
+        process.wait(timeout=timeout_s)
+        # A child it left running may hold the output open: the same deadline.
+        reader.join(max(0.0, deadline - time.monotonic()))
+        timed_out = reader.is_alive()
     except subprocess.TimeoutExpired:
+        timed_out = True
+    if timed_out:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        return Attempt.failed(f"timed out after {timeout_s:g}s")
+        process.wait()
+        reader.join()
+        if process.returncode < 0:
+            return Attempt.failed(f"timed out after {timeout_s:g}s")
     if process.returncode == 0:
         return Attempt(True)
-    text = output.decode("utf-8", "replace").strip()
-    return Attempt.failed(f"exit {process.returncode}: {text}".rstrip(": "))
+    return Attempt.failed(f"exit {process.returncode}: {tail.last_words()}".rstrip(": "))
+
+
+class _OutputTail:
+    """Reads a command's output to its end, keeping the last ``OUTPUT_KEPT`` bytes."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._kept = b""
+
+    def drain(self) -> None:
+        with self._stream:
+            while chunk := os.read(self._stream.fileno(), 65536):
+                self._kept = (self._kept + chunk)[-OUTPUT_KEPT:]
+
+    def last_words(self) -> str:
+        """The end of the output, where a program says why it failed; redacted before
+        it is cut, so no part of a token shows."""
+        words = printable(redact(self._kept.decode("utf-8", "replace"))).strip()
+        return words if len(words) <= _LAST_WORDS else "…" + words[-_LAST_WORDS:]
 
 
 def signature(secret: SecretStr, body: bytes) -> str:
