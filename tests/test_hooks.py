@@ -140,6 +140,7 @@ async def test_a_webhook_gets_every_window_once_signed_after_failures_and_thrott
             manifest["records"],
         )
         assert event["fromDate"] == manifest["fromDate"]
+        assert event["format"] == manifest["format"] == "ndjson"
     # Commit order: the windows in the order their files were committed.
     committed = [event["committedAt"] for event, _, _ in receiver.received]
     assert committed == sorted(committed)
@@ -654,3 +655,33 @@ async def test_a_child_holding_a_commands_output_is_not_waited_for_beyond_the_ti
     attempt = await run_command(_command_hook([str(hanging)], "300ms"), b"{}", {}, frozenset())
     assert not attempt.delivered
     assert attempt.detail == "timed out after 0.3s"
+
+
+async def test_an_event_names_its_files_format_after_the_config_changed_it(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Parquet files committed while a receiver was down are told as parquet after the
+    output switched to JSON Lines (the event said the config's format at sending)."""
+    pytest.importorskip("pyarrow")
+    emu = await emulator(processing_s=0.05)
+    seen = tmp_path / "seen.jsonl"
+    down = tmp_path / "down"
+    down.touch()
+    program = script(
+        tmp_path / "load.py",
+        f"""
+        import os, sys
+        if os.path.exists({str(down)!r}):
+            sys.exit(1)
+        open({str(seen)!r}, "a").write(sys.stdin.read() + "\\n")
+        """,
+    )
+    jobs = job("daily", "acme", **WINDOWS) + hook("load", command=[str(program)])
+    config = write_config(tmp_path, emu, jobs, extra='[output]\nformat = "parquet"\n')
+    assert await run_once(config)
+    down.unlink()
+    config.write_text(config.read_text().replace('format = "parquet"', 'format = "ndjson"'))
+    assert await run_once(config)
+    events = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert len(events) == 3
+    assert {(e["format"], Path(e["url"]).suffix) for e in events} == {("parquet", ".parquet")}

@@ -24,6 +24,7 @@ import structlog
 from ..config import Settings
 from ..config.hooks import HookSettings
 from ..events import ExportEnded, LaneObserver
+from ..formats import OutputFormat
 from ..ledger import Delivery, HookBacklog, Ledger
 from ..ops.health import Health
 from ..ops.logging import register_secret
@@ -149,7 +150,9 @@ class HookDispatcher(LaneObserver):
     async def _attempt(self, hook: HookSettings, head: Delivery) -> None:
         event = json.loads(head.body)
         event["manifest"] = f"{event.get('url')}.manifest.json"
-        event["format"] = self._settings().output.format.value
+        # The file's own: the config may have changed format since it was committed.
+        named = OutputFormat.of_name(str(event.get("url")))
+        event["format"] = (named or OutputFormat.NDJSON).value
         if time.time() - head.committed_at > hook.max_age.total_seconds():
             why = f"not delivered within max_age ({hook.max_age}) in {head.attempts} attempts"
             await self._ledger.delivery_failed(hook.name, head.seq, why)
