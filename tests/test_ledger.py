@@ -362,3 +362,17 @@ async def test_a_windows_failures_survive_its_retries_until_it_is_done(ledger: L
                            payload_sha256="s", requests=1, created_date=None)  # fmt: skip
     (done,) = await ledger.all_rows()
     assert (done.failures, done.last_error, done.retrying) == (0, None, False)
+
+
+async def test_keep_ends_queued_windows_too_but_not_those_at_ac(ledger: Ledger) -> None:
+    """A window queued (left by a stop) and older than keep is expired, not asked of AC
+    only to be deleted at the next look; one submitted to AC is left to finish."""
+    queued, submitted, newer = await ledger.plan("j", "acme", ["page"], [DAY1, DAY2, DAY3])
+    await ledger.claim(submitted.id, time.time())
+    edge = DAY2.end
+    expirable = await ledger.expirable("j", "acme", edge, 10)
+    assert [r.id for r in expirable] == [queued.id]
+    assert await ledger.mark_expired([queued.id, submitted.id]) == 1  # a lane has that one
+    states = {r.id: r.state for r in await ledger.all_rows()}
+    assert states == {queued.id: "expired", submitted.id: "submitted", newer.id: "queued"}
+    assert [r.id for r in await ledger.plan("j", "acme", ["page"], [DAY1])] == []

@@ -5,7 +5,8 @@ sink, the local output store) in this process against the emulator on 127.0.0.1,
 with AC's time and the daemon's planning time on one fake clock. Rules: time
 passes, jobs are looked at (`run --once`'s path), the daemon restarts, AC answers
 with faults, with an absurd retention refusal, with empty exports, and the config
-changes (restatement, coalescing, a second job on the workspace, keep_snapshots).
+changes (restatement, coalescing, a second job on the workspace, keep_snapshots,
+keep). A command hook is told of every committed file throughout.
 After every step the invariants below hold; a failure prints the steps that led
 to it and hypothesis's seed (rerun with ``--hypothesis-seed``).
 
@@ -22,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +41,7 @@ from acexport.daemon import Daemon
 from acexport.emulator.app import _EMULATOR, EmulatorSettings, FaultSettings, make_app
 from acexport.emulator.jobs import QueueSettings
 from acexport.ledger import ACTIVE, LedgerState, read_rows
+from acexport.ledger.connection import ledger_path
 from tests.conftest import FakeClock
 
 TOKEN = "model-token"
@@ -63,6 +66,7 @@ class DaemonModel(RuleBasedStateMachine):
             "second_job": False,
             "keep_snapshots": 2,
             "max_payload": None,
+            "keep": "27h",  # config_changes may drop it
         }
         self.write_config()
         self.stack = contextlib.AsyncExitStack()
@@ -73,6 +77,9 @@ class DaemonModel(RuleBasedStateMachine):
         self.crash_next_look = False
         self.downloads: dict[str, int] = {}  # emulator job id -> completed downloads
         self.grown: list[tuple[str, int]] = []  # jobs downloaded more than once in a look
+        self.looked_at = 0.0  # the clock at the last look
+        self.resumed = False  # the last look began with windows at AC
+        self.expired: set[tuple[str, str, datetime]] = set()  # (job, type, start) ever expired
 
     # -- plumbing ------------------------------------------------------------------
     def _run(self, coroutine: Any) -> Any:
@@ -98,7 +105,9 @@ class DaemonModel(RuleBasedStateMachine):
     def write_config(self) -> None:
         o = self.options
         jobs = _job("hourly", "page", o) + (
-            _job("snap", "identity", {**o, "restate": None}) if o["second_job"] else ""
+            _job("snap", "identity", {**o, "restate": None, "keep": None})
+            if o["second_job"]
+            else ""
         )
         (self.work / "acexport.toml").write_text(
             f'[daemon]\nstate_dir = "{self.work / "state"}"\n'
@@ -107,7 +116,12 @@ class DaemonModel(RuleBasedStateMachine):
             'retry_max = "20ms"\nmax_attempts = 4\n'
             + (f"max_payload = {o['max_payload']}\n" if o["max_payload"] else "")
             + f'[workspaces.acme]\nbase_url = "{self.base}"\ntoken = "{TOKEN}"\n'
-            'retention = 1200\nsnapshot_from = "2020-01-01"\n' + jobs
+            'retention = 1200\nsnapshot_from = "2020-01-01"\n'
+            + jobs
+            # A program, no shell of ours: one JSON event a line, as a loader would read it.
+            + '[[hooks]]\nname = "told"\n'
+            f'command = ["sh", "-c", "cat >> {self.work / "told.jsonl"}; echo >> '
+            f'{self.work / "told.jsonl"}"]\n'
         )
         (self.work / "acexport.toml").chmod(0o600)
 
@@ -135,16 +149,27 @@ class DaemonModel(RuleBasedStateMachine):
     def time_passes(self, hours: int) -> None:
         self.clock.advance(hours * HOUR)
 
+    @rule(hours=st.sampled_from([1, 7, 26]))
+    def a_later_look(self, hours: int) -> None:
+        """Time passes, then a look: the daemon's life, drawn as one step so an example
+        of a dozen steps reaches windows old enough to restate and to expire."""
+        self.time_passes(hours)
+        self.look()
+
     @rule()
     def look(self) -> None:
         assert self.daemon is not None
         failed = self.daemon.tally.failed
+        # Windows at AC when the look starts are finished first, and expired next look.
+        self.resumed = any(r.state in (LedgerState.SUBMITTED, LedgerState.READY)
+                           for r in self.rows())  # fmt: skip
         with contextlib.ExitStack() as patches:
             if self.crash_next_look:
                 patches.enter_context(mock.patch("acexport.lane.run_export", _crash))
             self._run(asyncio.wait_for(self.daemon.run_once(), 60))
         self.crash_next_look = False
         self.looked = True
+        self.looked_at = self.clock.now
         jobs = self.emu.queue.describe()["jobs"]
         # A failed export may ask AC again for the same range in one look (a resumed
         # window fails, the look re-plans it): counted only in looks where all worked.
@@ -223,7 +248,7 @@ class DaemonModel(RuleBasedStateMachine):
 
     @rule(
         option=st.sampled_from(
-            ["restate", "coalesce_max", "second_job", "keep_snapshots", "max_payload"]
+            ["restate", "coalesce_max", "second_job", "keep_snapshots", "max_payload", "keep"]
         ),
         data=st.data(),
     )
@@ -234,6 +259,7 @@ class DaemonModel(RuleBasedStateMachine):
             "second_job": [False, True],
             "keep_snapshots": [1, 2],
             "max_payload": [None, 500],  # 500 bytes: one window's payload, not six
+            "keep": [None, "27h"],  # longer than restate (25h) and catch_up (6h), plus a window
         }[option]
         self.options[option] = data.draw(st.sampled_from(choices))
         self.write_config()
@@ -312,6 +338,54 @@ class DaemonModel(RuleBasedStateMachine):
         destinations = [r.destination for r in rows]
         assert len(destinations) == len(set(destinations))
 
+    @invariant()
+    def keep_leaves_no_old_window_and_expired_is_final(self) -> None:
+        """After a look, no window that ended longer than keep ago is done; an expired
+        window's file and manifest are gone, and it is never exported again."""
+        rows = self.rows()
+        for row in rows:
+            key = (row.job, row.type, row.start)
+            if row.state is LedgerState.EXPIRED:
+                self.expired.add(key)
+                if row.destination is not None:
+                    assert not Path(row.destination).exists(), row
+                    assert not Path(f"{row.destination}.manifest.json").exists(), row
+            else:
+                assert key not in self.expired, (row.label(), row.state)
+        keep = self.options["keep"]
+        if self.looked and keep and not self.resumed:
+            edge = self.looked_at - int(keep[:-1]) * HOUR
+            old = [r.label() for r in rows if r.job == "hourly" and r.state is LedgerState.DONE
+                   and r.end.timestamp() < edge]  # fmt: skip
+            assert not old, old
+
+    @invariant()
+    def every_committed_file_is_told_under_one_id(self) -> None:
+        """Each done row's revision has its event committed in the ledger with it (so a
+        kill before delivery loses nothing), and each event id delivered names one file."""
+        if not self.looked:
+            return
+        with contextlib.closing(sqlite3.connect(ledger_path(self.work / "state"))) as db:
+            committed = set(
+                db.execute("SELECT export_id, revision FROM hook_events WHERE body IS NOT NULL")
+            )
+        untold = [
+            (r.label(), r.type, r.revision)
+            for r in self.rows()
+            if r.state is LedgerState.DONE
+            and r.destination is not None
+            and (r.id, r.revision) not in committed
+        ]
+        assert not untold, untold
+        told = self.work / "told.jsonl"
+        files: dict[str, tuple[object, ...]] = {}
+        for line in told.read_text().splitlines() if told.exists() else []:
+            if line.strip():
+                event = json.loads(line)
+                what = (event["job"], event["type"], event["fromDate"], event["revision"],
+                        event["file_sha256"])  # fmt: skip
+                assert files.setdefault(event["id"], what) == what, (event, files[event["id"]])
+
 
 async def _crash(*_: object, **__: object) -> None:
     raise ZeroDivisionError("a bug nobody foresaw")
@@ -329,6 +403,8 @@ def _job(name: str, type_: str, options: dict[str, Any]) -> str:
         f'coalesce_max = "{options["coalesce_max"]}"',
         f"keep_snapshots = {options['keep_snapshots']}",
     ]
+    if options.get("keep"):
+        lines.append(f'keep = "{options["keep"]}"')
     if options.get("restate"):
         lines.append(f'restate = "{options["restate"]}"')
     return "\n" + "\n".join(lines) + "\n"

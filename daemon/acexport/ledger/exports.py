@@ -317,11 +317,14 @@ class ExportRows(LedgerConnection):
     async def expirable(
         self, job: str, workspace: str, ended_by: datetime, limit: int
     ) -> list[ExportRecord]:
-        """The job's windows, done or failed, that ended by ``ended_by`` (its ``keep``),
-        oldest first, at most ``limit``: in flight ones end first."""
+        """The job's windows, done, failed or queued, that ended by ``ended_by`` (its
+        ``keep``), oldest first, at most ``limit``. A queued one (left by a stop, or a
+        restatement due) is not asked of AC only to be deleted at the next look; one
+        at AC already ends first (a lane may be committing it)."""
         return await self._all(
             "SELECT * FROM exports WHERE job = ? AND workspace = ? AND mode = 'windows' "
-            "AND state IN ('done', 'failed') AND window_end <= ? ORDER BY window_end LIMIT ?",
+            "AND state IN ('done', 'failed', 'queued') AND window_end <= ? "
+            "ORDER BY window_end LIMIT ?",
             job,
             workspace,
             iso_ms(ended_by),
@@ -341,7 +344,7 @@ class ExportRows(LedgerConnection):
         """Final: the windows' files are deleted; never exported or adopted again."""
         return await self._many(
             "UPDATE exports SET state = 'expired', reason = 'deleted by keep', updated_at = ? "
-            "WHERE id = ? AND state IN ('done', 'failed')",
+            "WHERE id = ? AND state IN ('done', 'failed', 'queued')",  # not those at AC
             [(time.time(), export_id) for export_id in export_ids],
         )
 
