@@ -151,8 +151,11 @@ async def store(spec: ExportSpec, state: Attempt, sink: Sink, timing: Timing) ->
                 location = await _commit(sink, done, key, timing)
             stored.append(StoredFile(window, key, done.manifest, location, kept=done.kept))
     finally:
+        # A file the sink's thread committed was renamed away: no syscall on the loop
+        # for it (each costs a GIL round trip there, with the sink threads busy).
         for done in finished:
-            done.summary.path.unlink(missing_ok=True)
+            if done.location is None:
+                done.summary.path.unlink(missing_ok=True)
     return stored
 
 
