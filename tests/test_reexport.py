@@ -84,14 +84,27 @@ async def test_reexport_while_the_daemon_runs_replaces_each_window_once(
 async def test_reexport_in_the_foreground_with_a_dry_run_first(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
-    """No daemon: the dry run counts done and new windows without queuing; the real
-    run replaces the done one as revision 2 and exports the missing one."""
+    """No daemon: the dry run counts done and new windows, and the AC requests they
+    share, without queuing; the real run replaces the done one as revision 2 and
+    exports the missing one, and tells the hook before it exits."""
     emu = await emulator(records_per_day=40)
-    config = write_config(tmp_path, emu, JOBS)
+    told = tmp_path / "told.jsonl"
+    # A slow loader: its deliveries lag behind the exports they tell of.
+    hook = (
+        f'\n[[hooks]]\nname = "log"\n'
+        f'command = ["sh", "-c", "sleep 0.5; cat >> {told}; echo >> {told}"]\n'
+    )
+    config = write_config(tmp_path, emu, JOBS + hook)
     daemon = await DaemonProcess.start(config, "--once")
     assert await daemon.wait(60) == 0
     first = by_date(tmp_path / "exports")
     newest = max(first)
+    code, out, err = await run_cli(
+        "reexport", "--config", str(config), "--job", "d",
+        "--from", min(first)[:10], "--to", newest[:10], "--dry-run",
+    )  # fmt: skip
+    assert "3 done: asked again" in out.decode(), out.decode()
+    assert "  1 AC request (up to 31 consecutive windows" in out.decode(), out.decode()
     # One window never exported: a day before the catch-up.
     code, out, err = await run_cli(
         "reexport", "--config", str(config), "--job", "d", "--type", "page",
@@ -116,6 +129,11 @@ async def test_reexport_in_the_foreground_with_a_dry_run_first(
     assert after[newest]["previous_sha256"] == first[newest]["file_sha256"]
     assert all(after[d]["revision"] == 1 for d in after if d != newest)
     assert json.loads(json.dumps(after[newest]))["unchanged"] is True
+    lines = [line for line in told.read_text().splitlines() if line.strip()]
+    assert sorted(json.loads(line)["revision"] for line in lines) == [1, 1, 1, 2]
+    code, out, _ = await run_cli("status", "--json", "--config", str(config))
+    (hook_status,) = json.loads(out)["hooks"]
+    assert (hook_status["pending"], hook_status["delivered"]) == (0, 4)  # none told twice
 
 
 async def test_reexport_of_an_entity_type_takes_a_new_snapshot_now(

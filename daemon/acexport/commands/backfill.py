@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..config import JobSettings, Settings
 from ..errors import StoreRejected, StoreUnavailable
@@ -199,11 +199,20 @@ async def _backfill(
         progress.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await progress
+        # The hooks are told of what it committed, as by `run --once`: a re-export's
+        # event is how a downstream loader learns its windows were replaced.
+        untold = await daemon.hooks.settle(settings.daemon.stop_grace.total_seconds())
     tally = daemon.tally
     print(
         f"\n{tally.succeeded} exported, {tally.failed} failed in {time.monotonic() - started:.0f}s",
         file=sys.stderr,
     )
+    if untold:
+        print(
+            f"{counted(untold, 'hook event')} not delivered within daemon.stop_grace: "
+            "kept in the state directory, told by the next run (`acexport status` shows them)",
+            file=sys.stderr,
+        )
     mine = {r.id for r in look.records}
     if await _say_what_is_left(settings, mine):
         return ExitCode.INTERRUPTED
@@ -282,41 +291,54 @@ async def _in_store(
     }
 
 
+class DryRun(NamedTuple):
+    """What a dry run says of a range: each (type, window) counted as beyond retention,
+    done, pending or new (``counts``); the new and the done windows by type; AC's
+    retention edge; the workspace's ledger rows."""
+
+    counts: Counter[str]
+    new: dict[str, list[ExportWindow]]
+    done: dict[str, list[ExportWindow]]
+    earliest: datetime
+    rows: list[ExportRecord]
+
+
 def _classify(
     job: JobSettings,
     windows: list[ExportWindow],
     by_key: dict[tuple[str, datetime], ExportRecord],
     earliest: datetime,
     stored: set[tuple[str, datetime]] | None,
-) -> tuple[Counter[str], dict[str, list[ExportWindow]]]:
+) -> tuple[Counter[str], dict[str, list[ExportWindow]], dict[str, list[ExportWindow]]]:
     """Each (type, window) counted as beyond retention, done, pending or new; the new
-    ones by type. Done is what the output store holds (``stored``), as the real run
-    judges it; None: the store could not be listed, the ledger is believed."""
+    and the done ones by type. Done is what the output store holds (``stored``), as the
+    real run judges it; None: the store could not be listed, the ledger is believed."""
     counts: Counter[str] = Counter()
     new: dict[str, list[ExportWindow]] = {str(t): [] for t in job.window_types}
+    done: dict[str, list[ExportWindow]] = {str(t): [] for t in job.window_types}
     for window in windows:
         for type_ in job.window_types:
             row = by_key.get((str(type_), window.start))
             held = stored is None or (str(type_), window.start) in stored
             if window.start < earliest:
                 counts["beyond"] += 1
-            elif row is not None and row.state is LedgerState.DONE and held:
+            elif (row is not None and row.state is LedgerState.DONE and held) or (
+                (row is None or row.state is not LedgerState.DONE) and stored and held
+            ):  # done, or found in the store: adopted, not asked for
                 counts["done"] += 1
-            elif (row is None or row.state is not LedgerState.DONE) and stored and held:
-                counts["done"] += 1  # found in the store: adopted, not asked for
+                done[str(type_)].append(window)
             elif row is not None and row.state in ACTIVE:
                 counts["pending"] += 1
             else:
                 counts["new"] += 1
                 new[str(type_)].append(window)
-    return counts, new
+    return counts, new, done
 
 
 async def dry_run_counts(
     settings: Settings, job: JobSettings, windows: list[ExportWindow]
-) -> tuple[Counter[str], dict[str, list[ExportWindow]], datetime, list[ExportRecord]]:
-    """What a dry run says of ``windows``: their counts (``_classify``), the new ones by
-    type, AC's retention edge, and the workspace's ledger rows."""
+) -> DryRun:
+    """What a dry run says of ``windows``."""
     ws = settings.workspaces[job.workspace]
     state_dir = settings.daemon.state_dir
     learned = (await read_learned_retention(state_dir, [job.workspace])).get(job.workspace)
@@ -324,14 +346,14 @@ async def dry_run_counts(
     rows = [r for r in await read_rows(state_dir) if r.workspace == job.workspace]
     by_key = {(r.type, r.start): r for r in rows if r.mode is ExportMode.WINDOWS}
     stored = await _in_store(settings, job, windows, by_key)
-    counts, new = _classify(job, windows, by_key, earliest, stored)
-    return counts, new, earliest, rows
+    counts, new, done = _classify(job, windows, by_key, earliest, stored)
+    return DryRun(counts, new, done, earliest, rows)
 
 
 async def _dry_run(settings: Settings, job: JobSettings, windows: list[ExportWindow]) -> int:
     """What the backfill would queue, without queuing it: how many exports, how many
     before AC's retention or done already, and roughly how long at the times seen."""
-    counts, new, earliest, rows = await dry_run_counts(settings, job, windows)
+    counts, new, _, earliest, rows = await dry_run_counts(settings, job, windows)
     requests = sum(ac_requests(job, type_, found) for type_, found in new.items())
     spans = sorted(
         r.ready_at - r.submitted_at

@@ -23,7 +23,15 @@ from ..planner import ac_requests
 from ..scheduler import utc_now
 from ..windows import ExportWindow
 from . import ExitCode
-from .backfill import _backfill, _confirmed, _job, dry_run_counts, planner_beside, windows_of
+from .backfill import (
+    _backfill,
+    _coalesced_note,
+    _confirmed,
+    _job,
+    dry_run_counts,
+    planner_beside,
+    windows_of,
+)
 from .common import UsageError, counted, exit_code_of, load, prepare, remember_early_signals
 
 
@@ -119,26 +127,24 @@ async def _requeue(settings: Settings, job: JobSettings, windows: list[ExportWin
 
 async def _dry_run(settings: Settings, job: JobSettings, windows: list[ExportWindow]) -> int:
     """What the re-export would ask of AC, without queuing it."""
-    counts, new, earliest, _ = await dry_run_counts(settings, job, windows)
-    requests = sum(ac_requests(job, type_, found) for type_, found in new.items())
+    counts, new, done, earliest, _ = await dry_run_counts(settings, job, windows)
+    # Done and new windows are claimed together: consecutive ones share a request.
+    asked = {type_: sorted(done[type_] + new[type_]) for type_ in new}
+    requests = sum(ac_requests(job, type_, found) for type_, found in asked.items())
     exports = len(windows) * len(job.window_types)
     print(
         f"reexport {job.name} would cover {counted(exports, 'export')} "
         f"({counted(len(windows), 'window')} x {counted(len(job.window_types), 'type')}: "
         f"{', '.join(job.window_types)}):"
     )
-    print(
-        f"  {counts['done']} done: asked again, one AC request each, replaced as their next "
-        "revision (unchanged bytes too)"
-    )
-    print(f"  {counts['new']} not exported yet: asked for in {counted(requests, 'AC request')}")
+    print(f"  {counts['done']} done: asked again, replaced as their next revision (unchanged too)")
+    print(f"  {counts['new']} not exported yet: asked for as new")
     print(f"  {counts['pending']} already queued or in flight: left as they are")
     print(f"  {counts['beyond']} before AC's data retention ({earliest.date()}): not asked for")
-    total = counts["done"] + requests
-    if total:
+    if requests:
         print(
-            f"  {counted(total, 'AC request')}: at AC's 5-minute worker tick, "
-            f"{total * 5} minutes or more"
+            f"  {counted(requests, 'AC request')}{_coalesced_note(job)}: at AC's 5-minute "
+            f"worker tick, {requests * 5} minutes or more"
         )
     print("nothing was queued (--dry-run)")
     return ExitCode.OK

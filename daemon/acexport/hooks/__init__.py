@@ -106,13 +106,13 @@ class HookDispatcher(LaneObserver):
 
     async def settle(self, timeout_s: float) -> int:
         """Deliver what was committed (``run --once``), retries included, for at most
-        ``timeout_s``; how many events are still pending (they wait in the ledger for
-        the next run)."""
+        ``timeout_s``, or until a signal stops the process; how many events are still
+        pending (they wait in the ledger for the next run)."""
         deadline = time.monotonic() + timeout_s
         self.wake()
         while True:
             pending = sum(b.pending for b in (await self._backlogs()).values())
-            if not pending or time.monotonic() >= deadline:
+            if not pending or time.monotonic() >= deadline or self._health.stopping:
                 return pending
             await asyncio.sleep(0.05)
 
