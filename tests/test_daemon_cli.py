@@ -72,6 +72,16 @@ def test_check_config_shows_next_looks_and_due_windows(tmp_path: Path) -> None:
     assert "page        windows: a time series, AC filters it by eventDate" in result.stdout
     assert "individual  snapshot: an entity table AC filters by createDate" in result.stdout
     assert "snapshots: the newest 7 kept of each type" in result.stdout
+    assert "  keep " not in result.stdout
+    assert "once more" not in result.stdout
+
+    # What keep and restate will do, with the edge keep deletes before.
+    config.write_text(config.read_text() + 'keep = "400d"\nrestate = "3d"\n')
+    result = acexport("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "  each window exported once more when it is 3d old" in result.stdout
+    assert re.search(r"  keep 400d: files of windows that ended before \d{4}-\d\d-\d\d "
+                     r"\d\d:\d\d are deleted at each look", result.stdout)  # fmt: skip
 
     config.write_text(config.read_text().replace('catch_up = "3d"', 'catch_up = "60d"')
                       .replace('timezone = "Europe/Berlin"', 'timezone = "Europe/Berlin"\n'

@@ -98,6 +98,14 @@ def _report_windows(
         print(f"    {window.label}")
     if len(windows) > 10:
         print(f"    ... and {len(windows) - 10} more")
+    if job.restate is not None:
+        print(f"  each window exported once more when it is {duration_text(job.restate)} old")
+    if job.keep is not None:
+        edge = (now - job.keep).astimezone(zone)
+        print(
+            f"  keep {duration_text(job.keep)}: files of windows that ended before "
+            f"{edge:%Y-%m-%d %H:%M} are deleted at each look"
+        )
 
 
 def _report(settings: Settings, path: Path) -> None:
