@@ -121,6 +121,7 @@ async def test_a_one_off_export_never_damages_the_daemons_dataset(
         code, _, stderr = await run_cli(*export_args(config, "2022-03-01", "2022-03-01", *force))
         assert code == 2, stderr
         assert "never replaces a job's window file" in stderr
+        assert "acexport reexport --job daily --from 2022-03-01 --to 2022-03-01 --type" in stderr
     assert data.read_bytes() == before
     assert len((await emu.jobs())["jobs"]) == 1
     # Elsewhere, anything goes.
@@ -448,3 +449,29 @@ async def test_an_existing_output_file_is_replaced_only_with_force(
     code, _, err = await run_cli(*args, "--force")
     assert code == 0, err
     assert target.read_text().count("\n") == 3
+
+
+@pytest.mark.parametrize(
+    ("length", "start"),
+    [("1d", "2026-03-29T00:00"), ("1h", "2026-03-29T03:00"), ("7d", "2026-03-23T00:00")],
+)
+def test_the_reexport_a_refusal_suggests_names_exactly_the_window(length: str, start: str) -> None:
+    """What a one-off export's refusal tells to run asks for that window and no other,
+    a DST day included (Berlin, 2026-03-29 has 23 hours)."""
+    from datetime import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from acexport.commands.export import _range_args
+    from acexport.config.values import parse_duration
+    from acexport.windows import aligned_windows, parse_bound
+
+    zone = ZoneInfo("Europe/Berlin")
+    size = parse_duration(length)
+    first = dt.fromisoformat(start).replace(tzinfo=zone)
+    window = aligned_windows(zone, size, first, first + 2 * size)[0]
+    words = _range_args(window).split()
+    assert (words[0], words[2]) == ("--from", "--to")
+    asked = aligned_windows(
+        zone, size, parse_bound(words[1], zone, end=False), parse_bound(words[3], zone, end=True)
+    )
+    assert asked == [window]

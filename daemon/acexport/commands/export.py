@@ -16,6 +16,7 @@ import tempfile
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
@@ -182,10 +183,11 @@ def _destination(
     job = _job_of_window(settings, workspace, args.type, window)
     if job is None:
         raise UsageError(
-            f"{args.type} {window.label} is not one window of a job of {config_path} "
-            f"for {workspace}: written into the daemon's output it would overlap the "
-            "windows' files (their rows counted twice). Give --output FILE to export "
-            "any range elsewhere"
+            f"{args.type} --from {args.from_} --to {args.to} is not one window of a job "
+            f"of {config_path} for {workspace}: written into the daemon's output it would "
+            "overlap the windows' files (their rows counted twice). Give --output FILE to "
+            "export any range elsewhere, or use `acexport reexport --job J --from --to` to "
+            "replace a job's windows"
         )
     if (named or output.format) != output.format or (
         chosen or output.file_compression
@@ -346,8 +348,19 @@ async def _refuse_a_stored_window(plan: _Plan, store: OutputStore) -> None:
         raise UsageError(
             f"the daemon's output holds {spec.type} {spec.window.label} already "
             f"({found[0].key}): a one-off export never replaces a job's window file. "
-            "Give --output FILE to export it elsewhere"
+            f"To replace it: acexport reexport --job {spec.job} {_range_args(spec.window)} "
+            f"--type {spec.type}; or give --output FILE to export it elsewhere"
         )
+
+
+def _range_args(window: ExportWindow) -> str:
+    """``--from``/``--to`` naming exactly ``window``: a date when it is one whole day
+    (``--to`` a date is inclusive), else its bounds (``--to`` a time is exclusive)."""
+    start, end = window.local_start, window.local_end
+    midnights = all(t == t.replace(hour=0, minute=0, second=0, microsecond=0) for t in (start, end))
+    if midnights and end.date() == start.date() + timedelta(days=1):
+        return f"--from {start:%Y-%m-%d} --to {start:%Y-%m-%d}"
+    return f"--from {start:%Y-%m-%dT%H:%M} --to {end:%Y-%m-%dT%H:%M}"
 
 
 def main(args: argparse.Namespace) -> int:
