@@ -685,3 +685,42 @@ async def test_an_event_names_its_files_format_after_the_config_changed_it(
     events = [json.loads(line) for line in seen.read_text().splitlines()]
     assert len(events) == 3
     assert {(e["format"], Path(e["url"]).suffix) for e in events} == {("parquet", ".parquet")}
+
+
+async def test_a_daemon_stopped_past_max_age_still_tries_its_events_once(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Committed while the loader failed, then the daemon stopped for two days: on its
+    return the loader works, and it is told (each event was failed unsent before)."""
+    import sqlite3
+
+    from acexport.ledger.connection import ledger_path
+
+    emu = await emulator(processing_s=0.05)
+    seen = tmp_path / "seen.jsonl"
+    broken = tmp_path / "broken"
+    broken.touch()
+    program = script(
+        tmp_path / "load.py",
+        f"""
+        import os, sys
+        if os.path.exists({str(broken)!r}):
+            sys.exit(1)
+        open({str(seen)!r}, "a").write(sys.stdin.read() + "\\n")
+        """,
+    )
+    jobs = job("daily", "acme", **WINDOWS) + hook("load", command=[str(program)], max_age="1h")
+    config = write_config(tmp_path, emu, jobs)
+    assert await run_once(config)
+    two_days = 2 * 86400
+    with sqlite3.connect(ledger_path(tmp_path / "state")) as db:
+        db.execute("UPDATE hook_events SET committed_at = committed_at - ?", (two_days,))
+        db.execute("UPDATE hook_deliveries SET committed_at = committed_at - ?, next_at = 0",
+                   (two_days,))  # fmt: skip
+    db.close()
+    broken.unlink()
+    async with Daemon(load_settings(config), config) as daemon:
+        assert await daemon.run_once()
+        backlogs = await daemon.hooks.refresh(force=True)
+    assert len(seen.read_text().split()) == 3
+    assert (backlogs["load"].delivered, backlogs["load"].failed) == (3, 0)

@@ -43,7 +43,8 @@ class HookSettings(Section):
     timeout: Duration = timedelta(seconds=30)
     """One attempt's limit."""
     max_age: Duration = timedelta(hours=24)
-    """An event is retried until it is this old, then marked failed."""
+    """An event is retried until it is this old, then marked failed (tried once at
+    least, however long the daemon was stopped)."""
 
     @field_validator("name")
     @classmethod

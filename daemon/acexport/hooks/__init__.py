@@ -153,18 +153,23 @@ class HookDispatcher(LaneObserver):
         # The file's own: the config may have changed format since it was committed.
         named = OutputFormat.of_name(str(event.get("url")))
         event["format"] = (named or OutputFormat.NDJSON).value
-        if time.time() - head.committed_at > hook.max_age.total_seconds():
-            why = f"not delivered within max_age ({hook.max_age}) in {head.attempts} attempts"
-            await self._ledger.delivery_failed(hook.name, head.seq, why)
-            self._ended(hook, event, "failed", why)
-            return
         attempt = await self._send(hook, event)
+        # Tried once at least: a daemon stopped for longer than max_age still tells a
+        # receiver that is up what it committed before the stop.
+        too_old = time.time() - head.committed_at > hook.max_age.total_seconds()
         if attempt.delivered:
             await self._ledger.delivered(hook.name, head.seq)
             self._ended(hook, event, "delivered")
         elif attempt.final:
             await self._ledger.delivery_failed(hook.name, head.seq, attempt.detail)
             self._ended(hook, event, "failed", attempt.detail)
+        elif too_old:
+            why = (
+                f"not delivered within max_age ({hook.max_age}) in {head.attempts + 1} "
+                f"attempts; the last: {attempt.detail}"
+            )
+            await self._ledger.delivery_failed(hook.name, head.seq, why)
+            self._ended(hook, event, "failed", why)
         else:
             http = self._settings().http
             backoff = min(
