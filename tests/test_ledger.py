@@ -376,3 +376,29 @@ async def test_keep_ends_queued_windows_too_but_not_those_at_ac(ledger: Ledger) 
     states = {r.id: r.state for r in await ledger.all_rows()}
     assert states == {queued.id: "expired", submitted.id: "submitted", newer.id: "queued"}
     assert [r.id for r in await ledger.plan("j", "acme", ["page"], [DAY1])] == []
+
+
+def test_a_released_state_dir_is_free_while_a_forked_child_holds_its_descriptor(
+    tmp_path: Path,
+) -> None:
+    """A hook's command is forked from a worker thread; until it runs its program the
+    child holds a copy of the lock's descriptor. The daemon's release unlocks it, so a
+    daemon started at once finds the directory free (the model test hit 'another
+    acexport is running' on a restart)."""
+    import os
+    import signal
+
+    from acexport.lock import lock_holder, release_lock, take_lock
+
+    handle = take_lock(tmp_path / "state")
+    child = os.fork()
+    if child == 0:  # a child between fork and exec: it only waits
+        signal.pause()
+        os._exit(0)
+    try:
+        release_lock(handle)
+        assert lock_holder(tmp_path / "state") is None
+        release_lock(take_lock(tmp_path / "state"))
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)

@@ -84,3 +84,13 @@ def take_lock(state_dir: Path) -> IO[str]:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def release_lock(handle: IO[str]) -> None:
+    """Let the state directory go. Unlocked before it is closed: a child forked for a
+    hook's command shares the lock until it runs its program (its copy of the
+    descriptor closes then), and a daemon started meanwhile found the directory held."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()

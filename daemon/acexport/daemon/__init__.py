@@ -36,7 +36,7 @@ from ..export import Timing
 from ..hooks import HookDispatcher
 from ..lane import Lane, LaneContext
 from ..ledger import ExportRecord, Ledger, LedgerState, ledger_path
-from ..lock import take_lock
+from ..lock import release_lock, take_lock
 from ..ops.health import Health
 from ..ops.logging import register_secret
 from ..ops.metrics import Metrics
@@ -194,7 +194,7 @@ class Daemon:
         """The state lock, the ledger, this process's temp dir and the output store,
         claimed as this daemon's; returns the temp dir."""
         state_dir = self._settings.daemon.state_dir
-        stack.callback(take_lock(state_dir).close)
+        stack.callback(release_lock, take_lock(state_dir))
         self._ledger = await Ledger.start(ledger_path(state_dir), stack)
         temp_dir = await claim_temp_dir(self._settings, stack)
         self._output = open_store(self._settings, temp_dir)
