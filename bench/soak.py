@@ -12,7 +12,8 @@ few seconds, keeping three. At the end it exports what is left and checks,
 against the emulator's own record of what it served: every window exactly
 once, right sha256 and record count, every snapshot one AC served whole and
 at most one more than kept per table, no partial, orphaned or temp file,
-never two unready exports per workspace, and no token in any log. One
+never two unready exports per workspace, no token in any log, and every stored
+file told to a command hook (no event id naming two files). One
 summary line; exit 0 only if nothing was lost.
 
     python bench/soak.py            # 12 workspaces x 6 types x 14 days = 1,008 windows
@@ -100,6 +101,14 @@ def write_config(work: Path, base: str, tokens: dict[str, str], output_format: s
             f'schedule = "every {SNAPSHOT_EVERY_S}s"',
             f"keep_snapshots = {KEEP_SNAPSHOTS}",
         ]
+    # A loader told of every committed file: one file per delivery attempt that got
+    # the whole event (a killed or disk-full attempt is retried), named by its id.
+    (work / "told").mkdir()
+    lines += [
+        "[[hooks]]",
+        'name = "told"',
+        f'command = ["sh", "-c", "cat > \\"$0/$ACEXPORT_EVENT_ID.$$\\"", "{work / "told"}"]',
+    ]
     config = work / "acexport.toml"
     config.write_text("\n".join(lines) + "\n")
     return config
@@ -338,6 +347,7 @@ def main() -> int:
     temp_left = (
         list((work / "state" / "tmp").glob("*")) if (work / "state" / "tmp").exists() else []
     )
+    untold, told_twice_apart = _untold(work / "told", manifests + snapshots)
     logs = log.read_text(errors="replace")
     leaks = sum(logs.count(token) for token in tokens.values())
     max_unready = max(ws["max_unready"] for ws in report["workspaces"].values())
@@ -354,6 +364,8 @@ def main() -> int:
         or temp_left
         or max_unready > 1
         or snapshots_wrong
+        or untold
+        or told_twice_apart
     )
     print(
         f"soak: windows={len(expected)} exports={len(manifests)} "
@@ -361,7 +373,8 @@ def main() -> int:
         f"restarts={injected['restarts']} lost={lost} duplicated={duplicated} "
         f"corrupted={corrupted} leaks={leaks} partial={len(partial) + len(orphans)} "
         f"temp_left={len(temp_left)} max_unready={max_unready} snapshots={len(snapshots)} "
-        f"snapshots_wrong={snapshots_wrong} seconds={elapsed:.0f} "
+        f"snapshots_wrong={snapshots_wrong} untold={untold} "
+        f"id_conflicts={told_twice_apart} seconds={elapsed:.0f} "
         f"{'OK' if ok else 'FAILED'}"
     )
     if not ok or args.keep:
@@ -383,6 +396,27 @@ def _served_whole(manifest: dict[str, Any], jobs: list[dict[str, Any]] | None) -
         (manifest["payload_sha256"], manifest["records"]) == (job["sha256"], job["records"])
         for job in jobs or []
     )
+
+
+def _untold(told: Path, committed: list[dict[str, Any]]) -> tuple[int, int]:
+    """How many stored files (each manifest) the hook was never told of, and how many
+    event ids were told of two different files (an id names one revision's file)."""
+    events: dict[str, tuple[Any, ...]] = {}
+    conflicts = 0
+    for path in told.iterdir():
+        try:
+            event = json.loads(path.read_text())
+        except ValueError:
+            continue  # an attempt cut short: retried, so told by another file
+        what = (event["job"], event["type"], event["fromDate"], event["revision"],
+                event["file_sha256"])  # fmt: skip
+        conflicts += events.setdefault(event["id"], what) != what
+    heard = set(events.values())
+    untold = sum(
+        (m["job"], m["type"], m["fromDate"], m["revision"], m["file_sha256"]) not in heard
+        for m in committed
+    )
+    return untold, conflicts
 
 
 def _berlin_midnight_utc(day: int) -> str:
