@@ -120,8 +120,10 @@ class DaemonModel(RuleBasedStateMachine):
             + jobs
             # A program, no shell of ours: one JSON event a line, as a loader would read it.
             + '[[hooks]]\nname = "told"\n'
-            f'command = ["sh", "-c", "cat >> {self.work / "told.jsonl"}; echo >> '
-            f'{self.work / "told.jsonl"}"]\n'
+            # One write per event: a delivery a stopped daemon left running may append
+            # beside the next daemon's.
+            f'command = ["sh", "-c", "printf \'%s\\\\n\' \\"$(cat)\\" >> $0", '
+            f'"{self.work / "told.jsonl"}"]\n'
         )
         (self.work / "acexport.toml").chmod(0o600)
 
