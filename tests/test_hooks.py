@@ -724,3 +724,42 @@ async def test_a_daemon_stopped_past_max_age_still_tries_its_events_once(
         backlogs = await daemon.hooks.refresh(force=True)
     assert len(seen.read_text().split()) == 3
     assert (backlogs["load"].delivered, backlogs["load"].failed) == (3, 0)
+
+
+async def test_a_stopping_daemon_kills_a_running_command_and_tells_its_event_later(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """A loader that takes minutes: the daemon leaves within its stop grace, not the
+    hook's timeout (it waited for the command), and the next run tells the event
+    again, under the same id."""
+    import sqlite3
+
+    from acexport.ledger.connection import ledger_path
+
+    emu = await emulator(processing_s=0.05)
+    seen = tmp_path / "seen.jsonl"
+    slow = tmp_path / "slow"
+    slow.touch()
+    program = script(
+        tmp_path / "load.py",
+        f"""
+        import os, sys, time
+        event = sys.stdin.read()
+        if os.path.exists({str(slow)!r}):
+            time.sleep(120)
+        open({str(seen)!r}, "a").write(event + "\\n")
+        """,
+    )
+    one_day = {**WINDOWS, "catch_up": "1d"}
+    jobs = job("daily", "acme", **one_day) + hook("load", command=[str(program)], timeout="5m")
+    config = configure(tmp_path, emu, jobs, grace="300ms")
+    daemon = await DaemonProcess.start(config, "--once")
+    assert await daemon.wait(20) == 0  # it waited 120 s for the command
+    assert not seen.exists()
+    with sqlite3.connect(ledger_path(tmp_path / "state")) as db:
+        (staged,) = db.execute("SELECT event_id FROM hook_events").fetchone()
+    db.close()
+    slow.unlink()
+    assert await run_once(config)
+    (told,) = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert told["id"] == staged

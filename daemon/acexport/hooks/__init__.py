@@ -30,7 +30,15 @@ from ..ops.health import Health
 from ..ops.logging import register_secret
 from ..ops.metrics import Metrics
 from ..output.store import OutputStore
-from .senders import Attempt, lineage_event, post, run_command, signature
+from .senders import (
+    Attempt,
+    Running,
+    kill_running,
+    lineage_event,
+    post,
+    run_command,
+    signature,
+)
 
 log = structlog.get_logger("acexport.hooks")
 
@@ -60,6 +68,7 @@ class HookDispatcher(LaneObserver):
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._gauges_at = 0.0
+        self._running: Running = set()  # commands' processes while they run
 
     async def start(self, stack: AsyncExitStack) -> None:
         stack.push_async_callback(self.stop)
@@ -90,6 +99,7 @@ class HookDispatcher(LaneObserver):
     async def stop(self) -> None:
         for task in self._tasks.values():
             task.cancel()
+        kill_running(self._running)  # else the exit waits up to a command's timeout
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
 
@@ -186,7 +196,7 @@ class HookDispatcher(LaneObserver):
         body = json.dumps(event, separators=(",", ":")).encode()
         timeout_s = hook.timeout.total_seconds()
         if hook.command is not None:
-            return await run_command(hook, body, event, self._hidden_variables())
+            return await run_command(hook, body, event, self._hidden_variables(), self._running)
         if hook.url is not None:
             headers = {"X-Acexport-Event": str(event["id"])}
             try:
