@@ -125,7 +125,6 @@ def _run_command(hook: HookSettings, body: bytes, env: dict[str, str], running: 
 def _tell(
     hook: HookSettings, process: subprocess.Popen[bytes], body: bytes, deadline: float
 ) -> Attempt:
-    timeout_s = hook.timeout.total_seconds()
     assert process.stdin is not None
     assert process.stdout is not None
     # Only the output's tail is kept: a loader printing its rows must not fill memory.
@@ -137,7 +136,7 @@ def _tell(
     with contextlib.suppress(BrokenPipeError):
         process.stdin.close()
     try:
-        process.wait(timeout=timeout_s)
+        process.wait(timeout=max(0.0, deadline - time.monotonic()))
         # A child it left running may hold the output open: the same deadline.
         reader.join(max(0.0, deadline - time.monotonic()))
         timed_out = reader.is_alive()
@@ -149,7 +148,7 @@ def _tell(
         process.wait()
         reader.join()
         if process.returncode < 0:
-            return Attempt.failed(f"timed out after {timeout_s:g}s")
+            return Attempt.failed(f"timed out after {hook.timeout.total_seconds():g}s")
     if process.returncode == 0:
         return Attempt(True)
     return Attempt.failed(f"exit {process.returncode}: {tail.last_words()}".rstrip(": "))
