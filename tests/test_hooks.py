@@ -89,6 +89,29 @@ def script(path: Path, body: str) -> Path:
     return path
 
 
+def loader(
+    tmp_path: Path, *, fails_while: Path | None = None, hangs_while: Path | None = None
+) -> Path:
+    """A loader command that appends each event to seen.jsonl: exit 1 while
+    ``fails_while`` exists, two minutes of work while ``hangs_while`` does."""
+
+    def exists(flag: Path | None) -> str:
+        return "False" if flag is None else f"os.path.exists({str(flag)!r})"
+
+    return script(
+        tmp_path / "load.py",
+        f"""
+        import os, sys, time
+        event = sys.stdin.read()
+        if {exists(fails_while)}:
+            sys.exit(1)
+        if {exists(hangs_while)}:
+            time.sleep(120)
+        open({str(tmp_path / "seen.jsonl")!r}, "a").write(event + "\\n")
+        """,
+    )
+
+
 def configure(tmp_path: Path, emu: Any, jobs_and_hooks: str, grace: str = "6s") -> Path:
     """A config of the jobs and hooks; run --once tells the hooks within ``grace``."""
     config = write_config(tmp_path, emu, jobs_and_hooks)
@@ -667,15 +690,7 @@ async def test_an_event_names_its_files_format_after_the_config_changed_it(
     seen = tmp_path / "seen.jsonl"
     down = tmp_path / "down"
     down.touch()
-    program = script(
-        tmp_path / "load.py",
-        f"""
-        import os, sys
-        if os.path.exists({str(down)!r}):
-            sys.exit(1)
-        open({str(seen)!r}, "a").write(sys.stdin.read() + "\\n")
-        """,
-    )
+    program = loader(tmp_path, fails_while=down)
     jobs = job("daily", "acme", **WINDOWS) + hook("load", command=[str(program)])
     config = write_config(tmp_path, emu, jobs, extra='[output]\nformat = "parquet"\n')
     assert await run_once(config)
@@ -700,15 +715,7 @@ async def test_a_daemon_stopped_past_max_age_still_tries_its_events_once(
     seen = tmp_path / "seen.jsonl"
     broken = tmp_path / "broken"
     broken.touch()
-    program = script(
-        tmp_path / "load.py",
-        f"""
-        import os, sys
-        if os.path.exists({str(broken)!r}):
-            sys.exit(1)
-        open({str(seen)!r}, "a").write(sys.stdin.read() + "\\n")
-        """,
-    )
+    program = loader(tmp_path, fails_while=broken)
     jobs = job("daily", "acme", **WINDOWS) + hook("load", command=[str(program)], max_age="1h")
     config = write_config(tmp_path, emu, jobs)
     assert await run_once(config)
@@ -740,16 +747,7 @@ async def test_a_stopping_daemon_kills_a_running_command_and_tells_its_event_lat
     seen = tmp_path / "seen.jsonl"
     slow = tmp_path / "slow"
     slow.touch()
-    program = script(
-        tmp_path / "load.py",
-        f"""
-        import os, sys, time
-        event = sys.stdin.read()
-        if os.path.exists({str(slow)!r}):
-            time.sleep(120)
-        open({str(seen)!r}, "a").write(event + "\\n")
-        """,
-    )
+    program = loader(tmp_path, hangs_while=slow)
     one_day = {**WINDOWS, "catch_up": "1d"}
     jobs = job("daily", "acme", **one_day) + hook("load", command=[str(program)], timeout="5m")
     config = configure(tmp_path, emu, jobs, grace="300ms")
