@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from acexport.config import JobSettings, Settings
-from acexport.errors import StoreUnavailable
+from acexport.errors import StoreRejected, StoreUnavailable
 from acexport.ledger import ExportRecord, Ledger, LedgerState
 from acexport.output.layout import OutputLayout
 from acexport.output.manifest import Manifest, manifest_key
@@ -171,6 +172,8 @@ class MemoryStore:
         self.objects: dict[PurePosixPath, bytes] = {}
         self.listings = 0
         self.down = False
+        self.batches = 0  # delete_many calls
+        self.refuse_batch: int | None = None  # the delete_many call that is refused
 
     def location(self, key: PurePosixPath) -> str:
         return f"mem://{key}"
@@ -203,6 +206,13 @@ class MemoryStore:
 
     async def delete(self, key: PurePosixPath) -> None:
         self.objects.pop(key, None)
+
+    async def delete_many(self, keys: Sequence[PurePosixPath]) -> None:
+        self.batches += 1
+        if self.batches == self.refuse_batch:
+            raise StoreRejected("deleting: AccessDenied")
+        for key in keys:
+            await self.delete(key)
 
 
 NOW = datetime(2022, 6, 10, 12, tzinfo=UTC)
@@ -565,3 +575,39 @@ async def test_a_restatement_is_never_done_by_the_file_it_replaces(
     assert done is not None
     assert (done.state, done.revision) == (LedgerState.DONE, 2)
     assert done.file_sha256 == "sha-of-revision-2"
+
+
+async def test_keep_deletes_in_batches_and_a_refusal_leaves_the_rest_for_the_next_look(
+    ledger: Ledger,
+) -> None:
+    """150 windows older than keep: manifests then files, 100 windows a batch (S3: a
+    request each, not one per object); the store refuses the second batch: the first
+    100 are expired, the other 50 stay done with their files, and the next look
+    expires them."""
+    store = MemoryStore()
+    settings = Settings(
+        workspaces={"acme": {"token": "t", "base_url": "https://ac.example"}},
+        jobs=[{"name": "daily", "workspace": "acme", "types": ["page"], "catch_up": "3d",
+               "lag": "0s", "keep": "30d"}],
+    )  # fmt: skip
+    planner = Planner(ledger, store, lambda: settings, lambda: NOW)
+    job, layout = settings.jobs[0], OutputLayout.from_settings(settings.output)
+    first = datetime(2021, 1, 1, tzinfo=UTC)
+    windows = [ExportWindow(first + timedelta(days=d), first + timedelta(days=d + 1))
+               for d in range(150)]  # fmt: skip
+    found = []
+    for window in windows:
+        key = layout.key_for("acme", "page", "daily", window)
+        store_window(store, key, window)
+        found.append(("page", window, store.location(key), 12, 1, "sha-of-revision-1"))
+    assert await ledger.adopt_stored("daily", "acme", found) == 150
+    store.refuse_batch = 3  # the second batch's manifests
+    look = await planner.look(job)
+    assert look.expired == 100
+    states = Counter(r.state for r in await ledger.all_rows() if r.start.year == 2021)
+    assert states == {LedgerState.EXPIRED: 100, LedgerState.DONE: 50}
+    assert len([k for k in store.objects if "2021" in str(k)]) == 100  # 50 files, 50 manifests
+    store.refuse_batch = None
+    assert (await planner.look(job)).expired == 50
+    assert not [k for k in store.objects if "2021" in str(k)]
+    assert store.batches == 5  # 2, 1 refused, then 2: never one request a file

@@ -506,10 +506,11 @@ async def _cli(*args: str) -> tuple[int, str, str]:
 
 
 async def test_keep_deletes_old_windows_from_the_bucket_manifest_first(
-    emulator: EmulatorFactory, seaweed: Seaweed, tmp_path: Path
+    emulator: EmulatorFactory, seaweed: Seaweed, proxy: S3Proxy, tmp_path: Path
 ) -> None:
     """Issue 37 item 1 on S3: the windows older than keep go (data and manifest), the
-    newer ones and an object of the user's stay."""
+    newer ones and an object of the user's stay; in two DeleteObjects requests, the
+    manifests' first, not a DELETE per object."""
 
     from tests.conftest import FakeClock
 
@@ -517,7 +518,7 @@ async def test_keep_deletes_old_windows_from_the_bucket_manifest_first(
     emu = await emulator(clock=clock, tokens={"alpha": "alpha-token"}, records=5, format="ndjson")
     jobs = job("daily", "alpha", types=["page"], catch_up="2d", lag="0s", keep="4d")
     name = bucket(seaweed)
-    config = s3_config(tmp_path, emu, jobs, seaweed.endpoint, name)
+    config = s3_config(tmp_path, emu, jobs, proxy.url, name)
 
     async def run_once() -> None:
         await run_once_at(config, clock)
@@ -526,7 +527,14 @@ async def test_keep_deletes_old_windows_from_the_bucket_manifest_first(
     _, first = data_and_manifests(seaweed.objects(name, "acexport/workspace="))
     seaweed.client().put_object(Bucket=name, Key="acexport/workspace=alpha/notes.txt", Body=b"x")
     clock.advance(4 * 86400)
+    proxy.seen.clear()
     await run_once()
+    deletes = [
+        (s.method, s.status)
+        for s in proxy.seen
+        if "?delete" in s.path or (s.method == "DELETE" and "owner" not in s.path)
+    ]
+    assert deletes == [("POST", 200), ("POST", 200)]
     data, manifests = data_and_manifests(seaweed.objects(name, "acexport/workspace="))
     assert set(first).isdisjoint(manifests)  # the first windows' manifests are gone
     assert set(first).isdisjoint(data)  # and their data

@@ -40,6 +40,8 @@ log = structlog.get_logger("acexport.planner")
 
 
 _EXPIRED_PER_LOOK = 500  # windows whose files one look deletes: bounded work per look
+# Windows whose manifests, then files, go in one batch (S3: a request for each).
+_EXPIRED_PER_BATCH = 100
 
 
 def _key_of(store: OutputStore, location: str | None) -> list[PurePosixPath]:
@@ -187,11 +189,11 @@ class Planner:
         )
 
     async def _expire(self, job: JobSettings) -> int:
-        """Delete the files of the job's windows older than its ``keep``, manifest first
-        (a reader never sees a manifest whose file is gone; a crash between the two
-        leaves a file the next look deletes, as its row is not yet expired), then mark
-        them expired. At most _EXPIRED_PER_LOOK a look; a store that refuses is retried
-        at the next look, never fatal to exports."""
+        """Delete the files of the job's windows older than its ``keep``, in batches:
+        the manifests first (a reader never sees a manifest whose file is gone; a crash
+        between the two leaves files the next look deletes, as their rows are not yet
+        expired), then the files; then mark them expired. At most _EXPIRED_PER_LOOK a
+        look; a store that refuses is retried at the next look, never fatal to exports."""
         if job.keep is None or not job.window_types:
             return 0
         rows = await self._ledger.expirable(
@@ -203,14 +205,21 @@ class Planner:
         zone = self._settings().workspaces[job.workspace].zone
         deleted: list[int] = []
         try:
-            for row in rows:
-                key = layout.key_for(job.workspace, row.type, job.name, row.window(zone))
-                for stored in {key, *_key_of(self._store, row.destination)}:
-                    await self._store.delete(manifest_key(stored))
-                    await self._store.delete(stored)
-                deleted.append(row.id)
+            for start in range(0, len(rows), _EXPIRED_PER_BATCH):
+                batch = rows[start : start + _EXPIRED_PER_BATCH]
+                keys = [
+                    stored
+                    for row in batch
+                    for stored in {
+                        layout.key_for(job.workspace, row.type, job.name, row.window(zone)),
+                        *_key_of(self._store, row.destination),
+                    }
+                ]
+                await self._store.delete_many([manifest_key(key) for key in keys])
+                await self._store.delete_many(keys)
+                deleted += [row.id for row in batch]
         except (StoreRejected, StoreUnavailable, OSError) as exc:
-            # Those deleted so far are expired; the rest are retried at the next look.
+            # The batches deleted so far are expired; the rest are retried at the next look.
             log.warning("keep_delete_failed", job=job.name, error=str(exc), detail="retried")
         if not deleted:
             return 0

@@ -18,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import os
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,6 +38,8 @@ from .store import SMALL_MAX, with_manifests
 log = structlog.get_logger("acexport.s3")
 
 # Error codes retrying cannot fix: the bucket, the credentials or the policy are wrong.
+# DeleteObjects takes at most this many keys.
+_DELETES_PER_REQUEST = 1000
 _REJECTED = {
     "AccessDenied",
     "AllAccessDisabled",
@@ -173,8 +176,11 @@ class S3Store:
         error = response.get("Error", {})
         code = str(error.get("Code", "")) or type(exc).__name__
         message = error.get("Message") or str(exc)
-        text = f"{action} {self.target.describe()} failed: {code}: {message}"
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return self._failed(action, code, message, status)
+
+    def _failed(self, action: str, code: str, message: str, status: int) -> Exception:
+        text = f"{action} {self.target.describe()} failed: {code}: {message}"
         # A 4xx says this request cannot succeed as it is (KeyTooLongError, EntityTooLarge,
         # InvalidArgument, BadDigest, MalformedXML...): retrying it forever kept `run
         # --once` running and /healthz ok. Only timeouts and throttling are worth waiting.
@@ -366,6 +372,20 @@ class S3Store:
             f"deleting {self._key(key)} in",
             lambda: self._client.delete_object(Bucket=self.target.bucket, Key=self._key(key)),
         )
+
+    async def delete_many(self, keys: Sequence[PurePosixPath]) -> None:
+        for start in range(0, len(keys), _DELETES_PER_REQUEST):
+            batch = [{"Key": self._key(key)} for key in keys[start : start + _DELETES_PER_REQUEST]]
+            request = functools.partial(
+                self._client.delete_objects,
+                Bucket=self.target.bucket,
+                Delete={"Objects": batch, "Quiet": True},
+            )
+            answer = await self._call(f"deleting {len(batch)} objects in", request)
+            # The request succeeds when some keys fail: each says why.
+            for failed in answer.get("Errors", [])[:1]:
+                code, message = str(failed.get("Code", "")), str(failed.get("Message", ""))
+                raise self._failed(f"deleting {failed.get('Key')} in", code, message, 0)
 
 
 def read_secret_file(path: Path, what: str) -> str:

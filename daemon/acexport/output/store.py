@@ -9,7 +9,7 @@ the ledger says.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -78,6 +78,11 @@ class OutputStore(Protocol):
     async def delete(self, key: PurePosixPath) -> None:
         """Remove an object (a pruned snapshot's file or manifest, the owner marker),
         if it is there; a directory left empty goes too."""
+        ...
+
+    async def delete_many(self, keys: Sequence[PurePosixPath]) -> None:
+        """``delete`` for each key, batched (S3: one request per thousand keys); a key
+        not there is no error. After a failure, which keys went is not known."""
         ...
 
 
