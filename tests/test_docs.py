@@ -190,3 +190,41 @@ def test_every_settings_snippet_of_the_docs_is_valid() -> None:
                 Settings.model_validate({**base, **tomllib.loads("\n".join(lines))})
                 snippets += 1
     assert snippets >= 5  # [output] twice (Parquet, S3), [[hooks]] three times
+
+
+# The IAM action each S3 call of the output store needs (AWS's service authorization
+# reference): a call missing here fails the test below until it is mapped.
+_IAM_ACTIONS = {
+    "head_bucket": "s3:ListBucket",
+    "list_objects_v2": "s3:ListBucket",
+    "list_multipart_uploads": "s3:ListBucketMultipartUploads",
+    "put_object": "s3:PutObject",
+    "create_multipart_upload": "s3:PutObject",
+    "upload_part": "s3:PutObject",
+    "complete_multipart_upload": "s3:PutObject",
+    "abort_multipart_upload": "s3:AbortMultipartUpload",
+    "list_parts": "s3:ListMultipartUploadParts",
+    "get_object": "s3:GetObject",
+    "head_object": "s3:GetObject",
+    "delete_object": "s3:DeleteObject",
+    "delete_objects": "s3:DeleteObject",
+}
+
+
+def test_the_least_privilege_policy_allows_every_call_the_s3_store_makes() -> None:
+    """docs/s3.md's policy, as a user would paste it: every S3 operation the store
+    calls is allowed (it lacked GetObject and DeleteObject, which reading manifests,
+    pruning snapshots and keep need)."""
+    source = (ROOT / "daemon/acexport/output/s3.py").read_text()
+    calls = set(re.findall(r"_client\.(\w+)\(", source))
+    calls |= set(re.findall(r"_client\.(\w+),", source))  # handed to functools.partial
+    calls |= set(re.findall(r'get_paginator\("(\w+)"\)', source))
+    calls -= {"get_paginator"}
+    unmapped = calls - set(_IAM_ACTIONS)
+    assert not unmapped, f"map these S3 calls to their IAM action: {unmapped}"
+    page = (ROOT / "docs/s3.md").read_text()
+    policy_text = page.split("Least privilege", 1)[1].split("\n\n")[1]
+    policy = json.loads(policy_text)
+    allowed = {action for statement in policy["Statement"] for action in statement["Action"]}
+    needed = {_IAM_ACTIONS[call] for call in calls}
+    assert needed <= allowed, f"the policy lacks {sorted(needed - allowed)}"
