@@ -118,10 +118,9 @@ class DaemonModel(RuleBasedStateMachine):
             + f'[workspaces.acme]\nbase_url = "{self.base}"\ntoken = "{TOKEN}"\n'
             'retention = 1200\nsnapshot_from = "2020-01-01"\n'
             + jobs
-            # A program, no shell of ours: one JSON event a line, as a loader would read it.
+            # One JSON event a line, as a loader would read them, in one write each: a
+            # delivery a stopped daemon left running may append beside the next one's.
             + '[[hooks]]\nname = "told"\n'
-            # One write per event: a delivery a stopped daemon left running may append
-            # beside the next daemon's.
             f'command = ["sh", "-c", "printf \'%s\\\\n\' \\"$(cat)\\" >> $0", '
             f'"{self.work / "told.jsonl"}"]\n'
         )
