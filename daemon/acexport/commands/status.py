@@ -21,6 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..config import JobSettings, Settings
+from ..config.hooks import counted_since
 from ..ledger import (
     ACTIVE,
     ExportRecord,
@@ -280,8 +281,8 @@ async def _status_report(settings: Settings) -> dict[str, Any]:
 
 async def _hooks_report(settings: Settings, now: datetime) -> list[dict[str, Any]]:
     """Each hook's queue: pending (and how old the oldest is), delivered and failed
-    within its max_age, the newest error."""
-    since = now.timestamp() - max((h.max_age.total_seconds() for h in settings.hooks), default=0)
+    within the hooks' longest max_age (``counted_since``), the newest error."""
+    since = counted_since(settings.hooks, now.timestamp())
     backlogs = await read_hook_backlogs(settings.daemon.state_dir, since)
     report = []
     for hook in settings.hooks:

@@ -140,3 +140,9 @@ class HookSettings(Section):
             if job not in jobs:
                 found.append(f"hook {self.name!r}: unknown job {job!r}")
         return found
+
+
+def counted_since(hooks: list[HookSettings], now: float) -> float:
+    """Since when deliveries and failures are counted (status, the page, /healthz,
+    the metrics alike): the longest ``max_age`` of the hooks."""
+    return now - max((hook.max_age.total_seconds() for hook in hooks), default=0.0)

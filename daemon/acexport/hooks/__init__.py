@@ -22,7 +22,7 @@ import aiohttp
 import structlog
 
 from ..config import Settings
-from ..config.hooks import HookSettings
+from ..config.hooks import HookSettings, counted_since
 from ..events import ExportEnded, LaneObserver
 from ..formats import OutputFormat
 from ..ledger import Delivery, HookBacklog, Ledger
@@ -240,8 +240,7 @@ class HookDispatcher(LaneObserver):
             return {}
         self._gauges_at = now
         hooks = self._settings().hooks
-        since = now - max((h.max_age.total_seconds() for h in hooks), default=0.0)
-        found = await self._ledger.hook_backlogs(since)
+        found = await self._ledger.hook_backlogs(counted_since(hooks, now))
         backlogs = {hook.name: found.get(hook.name, HookBacklog()) for hook in hooks}
         for hook in hooks:
             backlog = backlogs[hook.name]

@@ -103,10 +103,11 @@ class Utf8Check:
         # A view cannot say whether it is ASCII, so the split's views were all decoded,
         # holding the GIL (ASCII lines: 0.30 s a GiB): the inflated piece they are cut
         # from is asked once instead (0.07 s); if it is ASCII, so is every view of it.
+        # Only immutable pieces are remembered: a bytearray may change after it was asked.
         base = data.obj
         if base is self._ascii_base:
             return True
-        if isinstance(base, bytes | bytearray) and base.isascii():
+        if isinstance(base, bytes) and base.isascii():
             self._ascii_base = base
             return True
         return False
