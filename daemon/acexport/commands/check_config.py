@@ -13,6 +13,7 @@ from ..config import JobSettings, Settings, resolve_tokens, secret_warnings
 from ..formats import OutputFormat
 from ..ledger import LedgerState, read_learned_retention, read_rows
 from ..output.open import open_store
+from ..payload import linescan
 from ..payload.parquet import require_engine
 from ..planner import ac_requests, due_windows
 from ..protocol import ExportMode
@@ -114,6 +115,12 @@ def _report(settings: Settings, path: Path) -> None:
         print(f"warning: {warning}")
     if not settings.jobs:
         print("warning: no [[jobs]]: the daemon would start and export nothing")
+    if not linescan.COMPILED:
+        print(
+            "warning: acexport was installed without its compiled line scans (no C compiler "
+            "was found): exports work, but use about twice the CPU; reinstall with gcc and "
+            "the Python headers present to build them"
+        )
     for shared in settings.shared_snapshot_prefixes():
         print(f"warning: {shared}")
     # What is in force, wherever it was set (file, environment, a defaults file).

@@ -21,10 +21,10 @@ from typing import Any
 
 from ..errors import PayloadError
 from ..protocol import is_status_shaped
+from .linescan import line_breaks, utf8_reason, utf8_rest
 
 Write = Callable[[list[bytes]], None]
 MAX_RECORD_BYTES = 64 * 1024 * 1024  # one record bigger than this is not AC data
-_UTF8_SLICE = 256 * 1024
 
 
 def _parse_record(line: bytes, which: str) -> Any:
@@ -50,8 +50,8 @@ def _joins(data: bytes) -> int:
 class _LineShape:
     """Counts line breaks that do not sit between ``}`` and ``{`` (``}\r\n{`` too).
 
-    One scan for ``}\n{`` per chunk (``}\r\n{`` only where a CR occurs), plus the
-    few pairs that straddle two chunks.
+    One scan per chunk (``linescan.line_breaks``), plus the few pairs that straddle
+    two chunks.
     """
 
     def __init__(self) -> None:
@@ -60,12 +60,9 @@ class _LineShape:
         self._last = b""  # the stream's last three bytes so far
 
     def feed(self, data: bytes) -> int:
-        breaks = data.count(b"\n")
-        if breaks:
-            self.breaks += breaks
-            self.joined += data.count(b"}\n{")
-            if b"\r" in data:
-                self.joined += data.count(b"}\r\n{")
+        breaks, joined = line_breaks(data)
+        self.breaks += breaks
+        self.joined += joined
         if self._last:
             # Around the seam: what the joined bytes hold, less what each side held.
             head = data[:3]
@@ -80,43 +77,25 @@ class _LineShape:
 
 
 class Utf8Check:
-    """That a byte stream is UTF-8, fed in pieces (a character may straddle two)."""
+    """That a byte stream is UTF-8, fed in pieces (a character may straddle two).
+
+    The check runs without the GIL where linescan's C module is built.
+    """
 
     def __init__(self) -> None:
-        self._utf8 = codecs.getincrementaldecoder("utf-8")()
-        self._ascii_base: object = None  # the last object whose views need no decoding
+        self._carried = b""  # an unfinished character at the last piece's end
 
     def feed(self, data: bytes | memoryview) -> None:
-        # ASCII is UTF-8; only other chunks (or one finishing a split character) decode,
-        # in slices, so the decoded text (up to 4 bytes a character) stays small.
-        if self._utf8.getstate()[0] or not self._ascii(data):
-            view = memoryview(data)
-            try:
-                for start in range(0, len(view), _UTF8_SLICE):
-                    self._utf8.decode(view[start : start + _UTF8_SLICE])
-            except UnicodeDecodeError as exc:
-                raise PayloadError(f"the data is not valid UTF-8 ({exc.reason})") from None
-
-    def _ascii(self, data: bytes | memoryview) -> bool:
-        if not isinstance(data, memoryview):
-            return data.isascii()
-        # A view cannot say whether it is ASCII, so the split's views were all decoded,
-        # holding the GIL (ASCII lines: 0.30 s a GiB): the inflated piece they are cut
-        # from is asked once instead (0.07 s); if it is ASCII, so is every view of it.
-        # Only immutable pieces are remembered: a bytearray may change after it was asked.
-        base = data.obj
-        if base is self._ascii_base:
-            return True
-        if isinstance(base, bytes) and base.isascii():
-            self._ascii_base = base
-            return True
-        return False
+        rest = utf8_rest(data, self._carried)
+        if rest is None:
+            raise PayloadError(
+                f"the data is not valid UTF-8 ({utf8_reason(data, self._carried)})"
+            ) from None
+        self._carried = rest
 
     def finish(self) -> None:
-        try:
-            self._utf8.decode(b"", True)
-        except UnicodeDecodeError as exc:
-            raise PayloadError(f"the data is not valid UTF-8 ({exc.reason})") from None
+        if self._carried:
+            raise PayloadError(f"the data is not valid UTF-8 ({utf8_reason(self._carried)})")
 
 
 class LineChecks(Utf8Check):

@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 from ..errors import ExportFailed
 from ..protocol import FILTER_COLUMNS
+from .linescan import first_values, line_values
 
 # Windows one request may be split into: each has its file (and compressor) open
 # until the payload ends, since AC's records come in no order.
@@ -46,7 +47,6 @@ _TIMESTAMP = re.compile(
 # ``Z`` is read as a space: a batch whose values all have one of them is placed by
 # comparing text with bounds written in it, no Python step per record. Offsets other
 # than UTC's take the record-by-record path, which converts each.
-_ZEROED = bytes.maketrans(b"123456789", b"000000000")
 _FRACTIONS = (b"", *(b"." + b"0" * digits for digits in range(1, 10)))
 
 
@@ -169,11 +169,7 @@ class RecordSplit:
     def __init__(self, span: SplitPlan, writers: Sequence[Callable[[list[Lines]], None]]) -> None:
         column = FILTER_COLUMNS[span.type]
         self._value = re.compile(rb'"' + column.encode() + rb'"\s*:\s*"([^"]*)"')
-        # Each line's first such value, for a whole batch of lines at C speed: the regex
-        # engine finds the key, takes the value and skips the rest of the line, so a
-        # batch gives one value per line that has the column.
-        key = rb'"' + column.encode() + rb'"\s*:\s*"([^"\n]*)"'
-        self._first_values = re.compile(key + rb"[^\n]*\n")
+        self._key = b'"' + column.encode() + b'"'
         self._column = column
         self._span = span
         self._low = instant_key(span.first)
@@ -212,16 +208,16 @@ class RecordSplit:
 
     def _route(self, batch: _Batch, routed: list[list[Lines]]) -> None:
         data, start, end = batch
-        count = data.count(b"\n", start, end)
+        # The batch's lines read in one scan, without the GIL (linescan): their count,
+        # and, if every line has the column, its values' shapes and least and greatest.
+        count, shapes, low, high = first_values(data, start, end, self._key)
         self.lines += count
-        values = self._first_values.findall(data, start, end)
-        if len(values) == count:  # every line has the column (else one is blank or lacks it)
-            shapes = set(map(bytes.translate, values, itertools.repeat(_ZEROED)))
+        if shapes is not None and low is not None and high is not None:
             forms = {_FORM_OF_SHAPE.get(shape) for shape in shapes}
             if len(forms) == 1 and None not in forms:
                 (form,) = forms
                 assert form is not None
-                if self._route_by_text(form, batch, values, routed):
+                if self._route_by_text(form, batch, count, low, high, routed):
                     return
         self._route_each(data[start:end], routed)
 
@@ -238,30 +234,45 @@ class RecordSplit:
         return bounds
 
     def _route_by_text(
-        self, form: _TextForm, batch: _Batch, values: list[bytes], routed: list[list[Lines]]
+        self,
+        form: _TextForm,
+        batch: _Batch,
+        count: int,
+        low: bytes,
+        high: bytes,
+        routed: list[list[Lines]],
     ) -> bool:
-        """The common case without a Python step per record: every line's value in one
-        sortable form, inside the range. A batch wholly inside one window goes there
-        as it is (nearly every batch of a one-window request, and of a span whose
-        records come in time order); else lines are grouped by window at C speed.
-        False (nothing routed) for a value outside the range: ``_route_each`` names it."""
+        """The common case without a Python step per record: every one of the ``count``
+        lines' values in one sortable form (``low`` and ``high`` the least and
+        greatest), inside the range. A batch wholly inside one window goes there as it
+        is (nearly every batch of a one-window request, and of a span whose records
+        come in time order); else its lines are grouped by window. False (nothing
+        routed) for a value outside the range: ``_route_each`` names it."""
         if form.sortable is not None:
-            values = list(map(bytes.translate, values, itertools.repeat(form.sortable)))
+            low, high = low.translate(form.sortable), high.translate(form.sortable)
         bounds = self._text_bounds(form)
-        low, high = min(values), max(values)
         if low < bounds.low or high >= bounds.high:
             return False
-        edges, slots, rows = bounds.edges, bounds.slots, self.rows
-        first = bisect.bisect_right(edges, low)
-        if first == bisect.bisect_right(edges, high):
-            window = slots[first]
+        first = bisect.bisect_right(bounds.edges, low)
+        if first == bisect.bisect_right(bounds.edges, high):
+            window = bounds.slots[first]
             if window is None:
-                self.skipped += len(values)
+                self.skipped += count
             else:
                 routed[window].append(batch.view())
-                rows[window] += len(values)
-            return True
-        places = list(map(functools.partial(bisect.bisect_right, edges), values))
+                self.rows[window] += count
+        else:
+            self._group_by_window(form, bounds, batch, routed)
+        return True
+
+    def _group_by_window(
+        self, form: _TextForm, bounds: _TextBounds, batch: _Batch, routed: list[list[Lines]]
+    ) -> None:
+        """A batch across windows: each line's value read, lines grouped at C speed."""
+        values = line_values(batch.data, batch.start, batch.end, self._key)
+        if form.sortable is not None:
+            values = list(map(bytes.translate, values, itertools.repeat(form.sortable)))
+        places = list(map(functools.partial(bisect.bisect_right, bounds.edges), values))
         order = sorted(range(len(places)), key=places.__getitem__)  # stable: lines keep order
         pieces = batch.data[batch.start : batch.end].split(b"\n")
         ordered = (
@@ -271,14 +282,13 @@ class RecordSplit:
         )
         at = 0
         for place, taken in sorted(collections.Counter(places).items()):
-            window = slots[place]
+            window = bounds.slots[place]
             if window is None:
                 self.skipped += taken
             else:
                 routed[window].append(b"\n".join(ordered[at : at + taken]) + b"\n")
-                rows[window] += taken
+                self.rows[window] += taken
             at += taken
-        return True
 
     def _route_each(self, lines: bytes, routed: list[list[Lines]]) -> None:
         starts, ends, rows = self._starts, self._ends, self.rows

@@ -1,0 +1,20 @@
+"""The compiled part of the build; everything else is in pyproject.toml.
+
+The hot path's per-byte scans in C, run without the GIL (daemon/acexport/payload/
+linescan.py says what they do). Optional: where no compiler is found the install
+still succeeds, linescan.py's own Python runs instead, slower, and
+`acexport check-config` says so.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "acexport.payload._linescan",
+            ["daemon/acexport/payload/_linescan.c"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        )
+    ]
+)
