@@ -31,7 +31,7 @@ from pathlib import Path
 from acexport.cli import tune_malloc
 from acexport.emulator.data import PayloadSpec, iter_blocks
 from acexport.formats import Compression
-from acexport.payload import codec
+from acexport.payload import codec, linescan
 from acexport.payload.split import RecordSplit, SplitPlan
 from acexport.payload.writer import PayloadWriter
 
@@ -95,6 +95,13 @@ def stage_times(
             for at in range(0, len(view), 256 << 10):
                 decoder.decode(view[at : at + (256 << 10)])
 
+    def utf8_scan() -> None:
+        carried = b""
+        for piece in pieces:
+            rest = linescan.utf8_rest(piece, carried)
+            assert rest is not None
+            carried = rest
+
     def split(days: int) -> Callable[[], None]:
         def run() -> None:
             sink = RecordSplit(plan(days, type_), [lambda lines: None] * days)
@@ -125,14 +132,21 @@ def stage_times(
 
     zip_pieces = [archive[at : at + PIECE] for at in range(0, len(archive), PIECE)]
     released, holds = "GIL released", "holds the GIL"
+    scans = released if linescan.COMPILED else holds
     stages = [
         ("inflate (zlib: unzip's)", lambda: inflate(lambda: zlib.decompressobj(-15)), "-"),
         (f"inflate ({codec.LIBRARY}: acexport's)", lambda: inflate(codec.raw_inflater), released),
         ("CRC-32 of the member", lambda: [codec.crc32(p) for p in pieces], released),
         ("SHA-256 of the payload as served", sha256(zip_pieces), f"hash, {released}"),
-        ("count lines", lambda: [p.count(b"\n") for p in pieces], f"split or write, {holds}"),
-        ("split, one window (with its count)", split(1), f"convert, {holds}"),
-        ("UTF-8 check", utf8, f"write, {holds}"),
+        ("count lines, in Python", lambda: [p.count(b"\n") for p in pieces], holds),
+        (
+            "line breaks and shape (linescan)",
+            lambda: [linescan.line_breaks(p) for p in pieces],
+            f"hash (raw bodies), {scans}",
+        ),
+        ("split, one window (with its count)", split(1), f"convert, {scans}"),
+        ("UTF-8 check, in Python", utf8, holds),
+        ("UTF-8 check (linescan)", utf8_scan, f"write, {scans}"),
         ("SHA-256 of the file", sha256(pieces), f"write, {released}"),
         ("gzip level 1", gzip, f"write, {released}"),
         ("zstd level 3", zstd, f"write, {released}"),

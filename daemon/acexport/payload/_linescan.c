@@ -302,10 +302,143 @@ first_values(PyObject *module, PyObject *args)
     return result;
 }
 
+/* How many of the sorted edges are at or before value (bisect_right). */
+static Py_ssize_t
+place_of(Span value, const Span *edges, Py_ssize_t count)
+{
+    Py_ssize_t low = 0, high = count;
+    while (low < high) {
+        Py_ssize_t mid = (low + high) / 2;
+        if (compare_sortable(value, edges[mid]) < 0) high = mid;
+        else low = mid + 1;
+    }
+    return low;
+}
+
+typedef struct {
+    Py_ssize_t place, start, len;  /* a line: its place and where it is, '\n' included */
+} Line;
+
+PyDoc_STRVAR(group_lines_doc,
+"group_lines(data, start, end, key, edges) -> [(place, count, lines), ...]\n\n"
+"The whole lines of data[start:end] grouped by the place of their first value of\n"
+"key among the sorted edges (bisect_right, 'Z' as a space), in order of place;\n"
+"each group's lines joined in their order. Every line must have such a value.");
+
+static PyObject *
+group_lines(PyObject *module, PyObject *args)
+{
+    (void)module;
+    Py_buffer data, key;
+    Py_ssize_t start, stop;
+    PyObject *edge_list;
+    if (!PyArg_ParseTuple(args, "y*nny*O", &data, &start, &stop, &key, &edge_list)) return NULL;
+    /* Our own tuple of the edges: nobody can change it while the GIL is released. */
+    PyObject *edge_tuple = PySequence_Tuple(edge_list);
+    if (edge_tuple == NULL) {
+        PyBuffer_Release(&key);
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Line *lines = NULL;
+    Py_ssize_t *sizes = NULL, *counts = NULL, *filled = NULL;
+    PyObject **groups = NULL;
+    Py_ssize_t edge_count = PyTuple_GET_SIZE(edge_tuple), places = edge_count + 1;
+    Span *edges = PyMem_Calloc(edge_count ? edge_count : 1, sizeof(Span));
+    if (start < 0 || stop > data.len || start > stop || key.len == 0) {
+        PyErr_SetString(PyExc_ValueError, "group_lines: bad range or empty key");
+        goto done;
+    }
+    if (edges == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < edge_count; i++) {
+        PyObject *edge = PyTuple_GET_ITEM(edge_tuple, i);
+        if (!PyBytes_Check(edge)) {
+            PyErr_SetString(PyExc_TypeError, "group_lines: edges must be bytes");
+            goto done;
+        }
+        edges[i].at = (const unsigned char *)PyBytes_AS_STRING(edge);
+        edges[i].len = PyBytes_GET_SIZE(edge);
+    }
+    const unsigned char *s = data.buf, *end = s + stop;
+    Py_ssize_t most = 0;
+    for (const unsigned char *p = s + start; p < end && (p = memchr(p, '\n', end - p)); p++) most++;
+    lines = PyMem_Malloc((most ? most : 1) * sizeof(Line));
+    sizes = PyMem_Calloc(places, sizeof(Py_ssize_t));
+    counts = PyMem_Calloc(places, sizeof(Py_ssize_t));
+    filled = PyMem_Calloc(places, sizeof(Py_ssize_t));
+    groups = PyMem_Calloc(places, sizeof(PyObject *));
+    if (lines == NULL || sizes == NULL || counts == NULL || filled == NULL || groups == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t count = 0;
+    int every = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (const unsigned char *p = s + start; p < end;) {
+        const unsigned char *nl = memchr(p, '\n', end - p);
+        if (nl == NULL) break;
+        Span value;
+        if (!first_value(p, nl, key.buf, key.len, &value)) {
+            every = 0;
+            break;
+        }
+        Line *line = &lines[count++];
+        line->place = place_of(value, edges, edge_count);
+        line->start = p - s;
+        line->len = nl + 1 - p;
+        sizes[line->place] += line->len;
+        counts[line->place]++;
+        p = nl + 1;
+    }
+    Py_END_ALLOW_THREADS
+    if (!every) {
+        PyErr_SetString(PyExc_ValueError, "group_lines: a line has no value of the key");
+        goto done;
+    }
+    for (Py_ssize_t place = 0; place < places; place++) {
+        if (counts[place] == 0) continue;
+        groups[place] = PyBytes_FromStringAndSize(NULL, sizes[place]);
+        if (groups[place] == NULL) goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Line *line = &lines[i];
+        char *out = PyBytes_AS_STRING(groups[line->place]) + filled[line->place];
+        memcpy(out, s + line->start, line->len);
+        filled[line->place] += line->len;
+    }
+    Py_END_ALLOW_THREADS
+    result = PyList_New(0);
+    for (Py_ssize_t place = 0; result != NULL && place < places; place++) {
+        if (groups[place] == NULL) continue;
+        PyObject *item = Py_BuildValue("nnO", place, counts[place], groups[place]);
+        if (item == NULL || PyList_Append(result, item) < 0) Py_CLEAR(result);
+        Py_XDECREF(item);
+    }
+done:
+    if (groups != NULL)
+        for (Py_ssize_t place = 0; place < places; place++) Py_XDECREF(groups[place]);
+    PyMem_Free(groups);
+    PyMem_Free(filled);
+    PyMem_Free(counts);
+    PyMem_Free(sizes);
+    PyMem_Free(lines);
+    PyMem_Free(edges);
+    Py_DECREF(edge_tuple);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&data);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"utf8_rest", utf8_rest, METH_VARARGS, utf8_rest_doc},
     {"line_breaks", line_breaks, METH_VARARGS, line_breaks_doc},
     {"first_values", first_values, METH_VARARGS, first_values_doc},
+    {"group_lines", group_lines, METH_VARARGS, group_lines_doc},
     {NULL, NULL, 0, NULL},
 };
 

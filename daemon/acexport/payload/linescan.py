@@ -2,19 +2,22 @@
 
 Three scans touch every byte of a plain export: the UTF-8 check, the line-break
 count with its shape check (raw bodies), and the split's reading of each line's
-timestamp. In Python each holds the GIL, so they took turns with each other and
-with the loop (bench/README.md, "The hot path"). ``_linescan.c`` does the same
-three with the GIL released, so they run beside inflating and beside each other.
+timestamp (with, for a batch across windows, the grouping of its lines by window).
+In Python each holds the GIL, so they took turns with each other and with the
+loop (bench/README.md, "The hot path"). ``_linescan.c`` does the same with the
+GIL released, so they run beside inflating and beside each other.
 It is built at install where a C compiler is found; elsewhere the Python below
 runs, with the same answers (tests/test_linescan.py compares them), only slower.
 """
 
 from __future__ import annotations
 
+import bisect
 import codecs
+import collections
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 # A line's value may be found by the split's text routing: at most this many shapes.
 MAX_SHAPES = 32
@@ -23,7 +26,7 @@ ZEROED = bytes.maketrans(b"123456789", b"000000000")
 _SORTABLE = bytes.maketrans(b"Z", b" ")
 _UTF8_SLICE = 256 * 1024
 
-# (lines, shapes, low, high); see first_values.
+# (lines, shapes, low, high); see py_first_values.
 FirstValues = tuple[int, tuple[bytes, ...] | None, bytes | None, bytes | None]
 
 
@@ -84,6 +87,30 @@ def py_first_values(data: bytes, start: int, end: int, key: bytes) -> FirstValue
     return lines, shapes if len(shapes) <= MAX_SHAPES else None, low, high
 
 
+def py_group_lines(
+    data: bytes, start: int, end: int, key: bytes, edges: Sequence[bytes]
+) -> list[tuple[int, int, bytes]]:
+    """The whole lines of ``data[start:end]`` grouped by the place of their first
+    value of ``key`` among the sorted ``edges`` (``bisect_right``, ``Z`` as a space),
+    in order of place: ``(place, count, lines)``, each group's lines joined in their
+    order. Every line must have such a value (``first_values`` said so)."""
+    stop = data.rfind(b"\n", start, end) + 1
+    if stop <= start:
+        return []
+    values = [value.translate(_SORTABLE) for value in line_values(data, start, stop, key)]
+    pieces = data[start:stop].split(b"\n")[:-1]
+    if len(values) != len(pieces):
+        raise ValueError("group_lines: a line has no value of the key")
+    places = list(map(functools.partial(bisect.bisect_right, edges), values))
+    order = sorted(range(len(places)), key=places.__getitem__)  # stable: lines keep order
+    ordered = [pieces[index] for index in order]
+    groups, at = [], 0
+    for place, taken in sorted(collections.Counter(places).items()):
+        groups.append((place, taken, b"\n".join(ordered[at : at + taken]) + b"\n"))
+        at += taken
+    return groups
+
+
 try:
     from . import _linescan
 except ImportError:  # built without a compiler: the same scans, in Python
@@ -98,6 +125,9 @@ line_breaks: Callable[[bytes], tuple[int, int]] = (
 )
 utf8_rest: Callable[[bytes | memoryview, bytes], bytes | None] = (
     _linescan.utf8_rest if COMPILED else py_utf8_rest
+)
+group_lines: Callable[[bytes, int, int, bytes, Sequence[bytes]], list[tuple[int, int, bytes]]] = (
+    _linescan.group_lines if COMPILED else py_group_lines
 )
 
 

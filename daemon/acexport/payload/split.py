@@ -18,10 +18,6 @@ file is already in the store) is counted as skipped.
 from __future__ import annotations
 
 import bisect
-import collections
-import functools
-import itertools
-import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,7 +26,7 @@ from typing import NamedTuple
 
 from ..errors import ExportFailed
 from ..protocol import FILTER_COLUMNS
-from .linescan import first_values, line_values
+from .linescan import first_values, group_lines
 
 # Windows one request may be split into: each has its file (and compressor) open
 # until the payload ends, since AC's records come in no order.
@@ -268,27 +264,15 @@ class RecordSplit:
     def _group_by_window(
         self, form: _TextForm, bounds: _TextBounds, batch: _Batch, routed: list[list[Lines]]
     ) -> None:
-        """A batch across windows: each line's value read, lines grouped at C speed."""
-        values = line_values(batch.data, batch.start, batch.end, self._key)
-        if form.sortable is not None:
-            values = list(map(bytes.translate, values, itertools.repeat(form.sortable)))
-        places = list(map(functools.partial(bisect.bisect_right, bounds.edges), values))
-        order = sorted(range(len(places)), key=places.__getitem__)  # stable: lines keep order
-        pieces = batch.data[batch.start : batch.end].split(b"\n")
-        ordered = (
-            [pieces[index] for index in order]
-            if len(order) < 2
-            else list(operator.itemgetter(*order)(pieces))
-        )
-        at = 0
-        for place, taken in sorted(collections.Counter(places).items()):
+        """A batch across windows: its lines grouped by window in one scan (linescan)."""
+        groups = group_lines(batch.data, batch.start, batch.end, self._key, bounds.edges)
+        for place, taken, lines in groups:
             window = bounds.slots[place]
             if window is None:
                 self.skipped += taken
             else:
-                routed[window].append(b"\n".join(ordered[at : at + taken]) + b"\n")
+                routed[window].append(lines)
                 self.rows[window] += taken
-            at += taken
 
     def _route_each(self, lines: bytes, routed: list[list[Lines]]) -> None:
         starts, ends, rows = self._starts, self._ends, self.rows
