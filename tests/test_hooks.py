@@ -26,6 +26,7 @@ from aiohttp import web
 
 from acexport.config import load_settings
 from acexport.daemon import Daemon
+from acexport.hooks import woken_within
 from tests.conftest import EmulatorFactory
 from tests.daemon_helpers import DaemonProcess, job, manifests, run_cli, run_once_at, write_config
 
@@ -761,3 +762,22 @@ async def test_a_stopping_daemon_kills_a_running_command_and_tells_its_event_lat
     assert await run_once(config)
     (told,) = [json.loads(line) for line in seen.read_text().splitlines()]
     assert told["id"] == staged
+
+
+async def test_a_hooks_stop_is_never_lost_when_a_wake_comes_with_it() -> None:
+    """A hook's task sleeps until woken; an export's wake and the daemon's stop in the
+    same turn left it running (Python 3.11's wait_for returned the wake, swallowing
+    the cancellation), so the daemon's exit waited for it for ever."""
+    wake = asyncio.Event()
+    sleeping = asyncio.create_task(woken_within(wake, 30))
+    await asyncio.sleep(0)  # asleep now
+    wake.set()
+    sleeping.cancel()
+    async with asyncio.timeout(5):
+        with pytest.raises(asyncio.CancelledError):
+            await sleeping
+    # Woken alone, it returns at once and is ready to sleep again.
+    wake.set()
+    async with asyncio.timeout(5):
+        await woken_within(wake, 30)
+    assert not wake.is_set()

@@ -47,6 +47,20 @@ _GAUGES_EVERY_S = 2.0
 _KEPT_S = 7 * 86400.0  # deliveries that ended, and events never committed, kept this long
 
 
+async def woken_within(wake: asyncio.Event, seconds: float) -> None:
+    """Wait until ``wake`` is set or ``seconds`` have passed, then clear it.
+
+    Never loses a cancellation: Python 3.11's ``asyncio.wait_for`` returns the inner
+    result when the event is set in the same turn as the task is cancelled
+    (gh-86296), and a hook's task that swallowed its stop so slept and looked
+    again for ever: the daemon's exit hung (the model test's restart caught it).
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(seconds, 0.0)):
+            await wake.wait()
+    wake.clear()
+
+
 class HookDispatcher(LaneObserver):
     """Delivers each configured hook's committed events in a task of its own."""
 
@@ -152,10 +166,7 @@ class HookDispatcher(LaneObserver):
                 await self._sleep(name, _IDLE_LOOK_S)
 
     async def _sleep(self, name: str, seconds: float) -> None:
-        wake = self._wake[name]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), max(seconds, 0.0))
-        wake.clear()
+        await woken_within(self._wake[name], seconds)
 
     async def _attempt(self, hook: HookSettings, head: Delivery) -> None:
         event = json.loads(head.body)
