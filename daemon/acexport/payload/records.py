@@ -88,9 +88,7 @@ class Utf8Check:
     def feed(self, data: bytes | memoryview) -> None:
         rest = utf8_rest(data, self._carried)
         if rest is None:
-            raise PayloadError(
-                f"the data is not valid UTF-8 ({utf8_reason(data, self._carried)})"
-            ) from None
+            raise PayloadError(f"the data is not valid UTF-8 ({utf8_reason(data, self._carried)})")
         self._carried = rest
 
     def finish(self) -> None:

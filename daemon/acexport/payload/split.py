@@ -258,11 +258,11 @@ class RecordSplit:
                 routed[window].append(batch.view())
                 self.rows[window] += count
         else:
-            self._group_by_window(form, bounds, batch, routed)
+            self._group_by_window(bounds, batch, routed)
         return True
 
     def _group_by_window(
-        self, form: _TextForm, bounds: _TextBounds, batch: _Batch, routed: list[list[Lines]]
+        self, bounds: _TextBounds, batch: _Batch, routed: list[list[Lines]]
     ) -> None:
         """A batch across windows: its lines grouped by window in one scan (linescan)."""
         groups = group_lines(batch.data, batch.start, batch.end, self._key, bounds.edges)
