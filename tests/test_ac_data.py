@@ -357,7 +357,7 @@ async def test_pruning_removes_what_a_crash_mid_prune_left_but_not_a_commit_unde
     from acexport.output.layout import OutputLayout
     from acexport.output.local import LocalStore
     from acexport.output.manifest import manifest_key
-    from acexport.output.snapshots import prune_snapshots, stored_snapshots
+    from acexport.output.snapshots import nothing_to_prune, prune_snapshots, stored_snapshots
     from acexport.protocol import ExportMode
     from acexport.windows import ExportWindow
 
@@ -388,8 +388,17 @@ async def test_pruning_removes_what_a_crash_mid_prune_left_but_not_a_commit_unde
     listed = await store.listed_under(prefix)
     pruned, leftovers = await prune_snapshots(store, layout, prefix, stored, keep=2, listed=listed)
 
+    assert not nothing_to_prune(layout, listed, keep=9)  # a file without its manifest
     assert [p.key.name for p in pruned] == [oldest.name]
     assert leftovers == 1
     gone = [leftover, leftover.parent, oldest, oldest.parent]
     assert [p for p in gone if p.exists()] == []
     assert all(p.exists() for p in (kept_a, kept_b, under_way))
+
+    # The shortcut after a commit (no manifest read): only with no more snapshots than
+    # kept, each with its manifest; a user's file in the tree does not count.
+    under_way.unlink()
+    (kept_a.parent / "notes.txt").write_text("mine")
+    listed = await store.listed_under(prefix)
+    assert nothing_to_prune(layout, listed, keep=2)
+    assert not nothing_to_prune(layout, listed, keep=1)

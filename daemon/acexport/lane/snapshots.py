@@ -9,7 +9,7 @@ import structlog
 from ..errors import SinkError, StoreRejected, StoreUnavailable
 from ..ledger import ExportRecord
 from ..output.layout import OutputLayout
-from ..output.snapshots import prune_snapshots, stored_snapshots
+from ..output.snapshots import nothing_to_prune, prune_snapshots, stored_snapshots
 from .context import LaneContext
 
 log = structlog.get_logger("acexport.lane")
@@ -26,6 +26,8 @@ async def prune_snapshots_after(ctx: LaneContext, record: ExportRecord, zone: Zo
     prefix = layout.snapshot_prefix(record.workspace, record.type, record.job)
     try:
         listed = await store.listed_under(prefix)  # one listing for both steps
+        if nothing_to_prune(layout, listed, job.keep_snapshots):
+            return
         stored = await stored_snapshots(
             store, layout, record.workspace, record.type, record.job, zone, listed
         )

@@ -84,14 +84,21 @@ class OutputLayout:
 
     def snapshot_prefix(self, workspace: str, type_: str, job: str) -> str:
         """A prefix under which every snapshot of (workspace, type, job) lies."""
-        early = datetime(2000, 1, 1, tzinfo=UTC)
-        late = datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
-        return common_prefix(
-            [
-                render_path(self.snapshot_template, workspace, type_, job, start, end)
-                for start, end in ((early, early), (late, late), (early, late), (late, early))
-            ]
-        )
+        return _snapshot_prefix(self.snapshot_template, workspace, type_, job)
+
+
+# Asked after every snapshot export and at every look: rendering the template four
+# times each was the daemon's top function at a thousand workspaces (bench/scale.py).
+@functools.lru_cache(maxsize=8192)
+def _snapshot_prefix(template: str, workspace: str, type_: str, job: str) -> str:
+    early = datetime(2000, 1, 1, tzinfo=UTC)
+    late = datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    return common_prefix(
+        [
+            render_path(template, workspace, type_, job, start, end)
+            for start, end in ((early, early), (late, late), (early, late), (late, early))
+        ]
+    )
 
 
 @functools.lru_cache(maxsize=64)

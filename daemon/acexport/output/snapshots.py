@@ -98,6 +98,18 @@ def _snapshot_window(text: bytes | None, zone: ZoneInfo) -> ExportWindow | None:
         return None
 
 
+def nothing_to_prune(layout: OutputLayout, listed: dict[str, int], keep: int) -> bool:
+    """Whether a snapshot prefix's listing leaves nothing for ``prune_snapshots``: at
+    most ``keep`` snapshot files, each with its manifest (so no prune left one half
+    done). The common case after a commit, told without reading a manifest."""
+    files = [
+        name
+        for name in listed
+        if not name.endswith(MANIFEST_SUFFIX) and layout.could_be_key(name, ExportMode.SNAPSHOT)
+    ]
+    return len(files) <= keep and all(name + MANIFEST_SUFFIX in listed for name in files)
+
+
 async def prune_snapshots(
     store: OutputStore,
     layout: OutputLayout,
