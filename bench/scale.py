@@ -4,8 +4,9 @@ Figure: `acexport run --once` over W workspaces x 6 types, one window each,
 1 s of processing per export: wall time, peak RSS, CPU seconds and the
 longest event-loop lag the daemon saw. Baseline: the ideal, 6 exports one
 after another per lane = 6 x 1 s, plus start-up measured in the same run
-(`acexport check-config`). Targets: within 3x the ideal, RSS < 300 MB,
-loop lag < 100 ms.
+(`acexport check-config`). Targets (issue 35): within 2x the ideal, <= 3 ms of
+daemon CPU per export, RSS < 200 MB, loop lag < 100 ms. The emulator runs on
+the same two cores; its CPU is printed beside the daemon's.
 
     python bench/scale.py [--workspaces 1000] [--quick]
 """
@@ -129,10 +130,10 @@ def main() -> int:
     )
     print(
         f"  wall {wall:6.1f} s  vs ideal {ideal:.1f} s (6 x {args.processing:g} s + start-up "
-        f"{startup:.1f} s): {wall / ideal:.1f}x  (target <= 3x)"
+        f"{startup:.1f} s): {wall / ideal:.1f}x  (target <= 2x)"
     )
     print(
-        f"  peak RSS {rss_mb:.0f} MB (target < 300), CPU {cpu:.1f} s, "
+        f"  peak RSS {rss_mb:.0f} MB (target < 200), CPU {cpu:.1f} s, "
         f"event-loop lag max {lag_ms:.0f} ms (target < 100)"
     )
     per_export_ms = 1000 * (cpu - startup_cpu) / max(exports, 1)
@@ -145,7 +146,13 @@ def main() -> int:
         f"  daemon CPU per export {per_export_ms:.1f} ms (less start-up; target < 3 ms); "
         f"user {usage.ru_utime:.1f} s, system {usage.ru_stime:.1f} s"
     )
-    ok = exports == 6 * args.workspaces and wall <= 3 * ideal and rss_mb < 300 and lag_ms < 100
+    ok = (
+        exports == 6 * args.workspaces
+        and wall <= 2 * ideal
+        and per_export_ms <= 3
+        and rss_mb < 200
+        and lag_ms < 100
+    )
     return 0 if ok else 1
 
 
