@@ -33,7 +33,10 @@ FirstValues = tuple[int, tuple[bytes, ...] | None, bytes | None, bytes | None]
 def py_utf8_rest(data: bytes | memoryview, carried: bytes = b"") -> bytes | None:
     """The unfinished character at the end of ``carried + data`` (to carry into the
     next piece), or None if the bytes are not UTF-8."""
-    if not carried and isinstance(data, bytes) and data.isascii():
+    # ASCII is UTF-8: a view of the split's is ASCII if the piece it is cut from is
+    # (asked of an immutable piece only; a bytearray may change after it was asked).
+    base = data.obj if isinstance(data, memoryview) else data
+    if not carried and isinstance(base, bytes) and base.isascii():
         return b""
     decoder = codecs.getincrementaldecoder("utf-8")()
     view = memoryview(data)
