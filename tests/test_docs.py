@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -170,6 +171,41 @@ def test_the_first_config_runs_as_written(tmp_path: Path) -> None:
     assert len([m for m in written if m["mode"] == "windows"]) == 6  # 3 days x 2 types
     assert "manifest.json" in done.stdout
     assert "secret" not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_the_install_from_the_checkout_runs_as_written(tmp_path: Path) -> None:
+    """The README's install line, as written, in a copy of the checkout with a fresh
+    home: the venv made, acexport built (its C line scans compiled) and on the PATH."""
+    script = recipe(README, "install from the checkout")
+    assert "pip install ." in script, script
+    checkout = tmp_path / "acexport"
+    checkout.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, checkout / name)
+    shutil.copytree(
+        ROOT / "daemon", checkout / "daemon",
+        ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.egg-info"),
+    )  # fmt: skip
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("ACEXPORT_", "VIRTUAL_ENV"))},
+        "HOME": str(tmp_path / "home"),
+        # The runner's own cache: the same packages, not downloaded again for each run.
+        "PIP_CACHE_DIR": str(Path.home() / ".cache" / "pip"),
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        env=env, capture_output=True, text=True, timeout=300, cwd=checkout,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1].startswith("acexport "), done.stdout
+    venv_python = tmp_path / "home" / "venv" / "bin" / "python"
+    compiled = subprocess.run(
+        [str(venv_python), "-c", "import acexport.payload._linescan"],
+        capture_output=True, text=True, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert compiled.returncode == 0, compiled.stderr
 
 
 def test_every_settings_snippet_of_the_docs_is_valid() -> None:

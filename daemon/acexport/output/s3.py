@@ -382,8 +382,9 @@ class S3Store:
                 Delete={"Objects": batch, "Quiet": True},
             )
             answer = await self._call(f"deleting {len(batch)} objects in", request)
-            # The request succeeds when some keys fail: each says why.
-            for failed in answer.get("Errors", [])[:1]:
+            # The request succeeds when some keys fail: the first says why.
+            if errors := answer.get("Errors"):
+                failed = errors[0]
                 code, message = str(failed.get("Code", "")), str(failed.get("Message", ""))
                 raise self._failed(f"deleting {failed.get('Key')} in", code, message, 0)
 

@@ -44,7 +44,7 @@ def _refuse_lone_status(records: int, first: Any) -> None:
 
 
 def _joins(data: bytes) -> int:
-    return data.count(b"}\n{") + data.count(b"}\r\n{")
+    return line_breaks(data)[1]
 
 
 class _LineShape:
