@@ -50,7 +50,10 @@ def main() -> int:
     if args.quick:
         args.workspaces = 100
     work = Path(tempfile.mkdtemp(prefix="acexport-scale-"))
-    atexit.register(shutil.rmtree, work, True)
+    if not os.environ.get("BENCH_KEEP"):  # keep the state and log to look into
+        atexit.register(shutil.rmtree, work, True)
+    else:
+        print(f"keeping {work}", file=sys.stderr)
     names = [f"w{i:04d}" for i in range(args.workspaces)]
     lines = [
         "[daemon]",

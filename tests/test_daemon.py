@@ -91,6 +91,50 @@ async def test_lane_submits_the_next_export_as_soon_as_data_is_ready(
     assert (await emu.jobs())["workspaces"]["alpha"]["max_unready"] == 1
 
 
+async def test_the_learned_processing_time_is_acs_not_the_lanes_own_delays(
+    emulator: EmulatorFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AC's time is learned from when requests were sent, not from when the ledger
+    was written: with each claim and each ready mark 0.3 s late (a busy ledger), the
+    learned spans stay AC's (they grew by those delays, export after export, at a
+    thousand lanes: bench/scale.py)."""
+    from acexport.config import load_settings
+    from acexport.daemon import Daemon
+    from acexport.ledger import Ledger
+
+    emu = await emulator(tokens={"alpha": "alpha-token"}, processing_s=0.4, records=5)
+    jobs = job("hourly", "alpha", types=["page"], window="1h", catch_up="4h", lag="0s",
+               coalesce_max=0)  # fmt: skip
+    config = write_config(tmp_path, emu, jobs)
+    claim, mark_ready = Ledger.claim, Ledger.mark_ready
+
+    async def late_claim(self: Ledger, *args: object, **kwargs: object) -> object:
+        claimed = await claim(self, *args, **kwargs)  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)
+        return claimed
+
+    async def late_mark_ready(self: Ledger, *args: object, **kwargs: object) -> None:
+        await asyncio.sleep(0.3)
+        await mark_ready(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Ledger, "claim", late_claim)
+    monkeypatch.setattr(Ledger, "mark_ready", late_mark_ready)
+    async with Daemon(load_settings(config), config) as daemon:
+        assert await daemon.run_once()
+
+    truth = sorted(
+        j["timeline"]["ready"] - j["timeline"]["created"] for j in (await emu.jobs())["jobs"]
+    )
+    with sqlite3.connect(tmp_path / "state" / "state.sqlite3") as db:
+        spans = db.execute("SELECT ready_at - submitted_at FROM exports").fetchall()
+    learned = sorted(span for (span,) in spans)
+    assert len(learned) == len(truth) == 4
+    for ours, acs in zip(learned, truth, strict=True):
+        # Sent before AC's clock starts and after it stops: a few ms shorter at most,
+        # and longer by at most a poll (poll_max 150 ms), never by the 0.6 s of delays.
+        assert acs - 0.05 <= ours <= acs + 0.2, (learned, truth)
+
+
 async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:

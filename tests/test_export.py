@@ -256,7 +256,7 @@ async def test_expiring_data_takes_the_slot_back_before_asking_again(
     events: list[str] = []
 
     class Recorder(ExportObserver):
-        async def ready(self) -> None:
+        async def ready(self, processing_s: float) -> None:
             events.append("ready")
 
         async def may_resubmit(self) -> None:

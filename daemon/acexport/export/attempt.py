@@ -16,8 +16,9 @@ class ExportObserver:
     async def status(self, answer: ExportStatus, next_poll_s: float) -> None:
         """AC answered a status; the next poll is in ``next_poll_s``."""
 
-    async def ready(self) -> None:
-        """Data is ready: AC's slot for this workspace is free again."""
+    async def ready(self, processing_s: float) -> None:
+        """Data is ready, ``processing_s`` after it was asked for: AC's slot for this
+        workspace is free again."""
 
     async def downloaded(self, received_bytes: int, total_bytes: int | None) -> None:
         """Called as the download progresses."""
@@ -41,7 +42,10 @@ class Attempt:
     writer: PayloadWriter | None = None
     offset: int = 0
     resumable: bool = False
-    submitted_at: float | None = None  # monotonic time of the first status answer
+    # Monotonic times the requests were sent (not answered: the answer waits on this
+    # process too, and an export's time learned from it grew with the daemon's load).
+    asked_at: float = 0.0  # the latest request to AC
+    submitted_at: float | None = None  # the request AC first answered with a status
     started_at: float = field(default_factory=time.monotonic)
     said_waiting: bool = False  # export_waiting_at_ac was logged (at most once)
 

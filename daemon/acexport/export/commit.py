@@ -5,7 +5,6 @@ while it is unavailable, from the verified temp file), and say what landed."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,15 +77,15 @@ async def download(
 ) -> None:
     state.ac_failures = 0
     if state.ready_at is None:
-        state.ready_at = time.monotonic()
+        state.ready_at = state.asked_at  # ready by the time this request was sent
         waited = None if state.submitted_at is None else state.ready_at - state.submitted_at
         (log.info if state.said_waiting else log.debug)(
             "export_ready",
             requests=state.requests,
             **({"waited_s": round(waited)} if waited is not None else {}),
         )
-        if state.submitted_at is not None:
-            await observer.ready()
+        if waited is not None:
+            await observer.ready(waited)
         # Else this process never saw AC working on it (resumed while submitted, or
         # AC had it ready already): the data may have been ready for most of AC's
         # download window, and expire during the download. It is not announced as

@@ -103,6 +103,7 @@ async def _ask(
     polls: PollPlan,
 ) -> ExportOutcome | float:
     """One request: the finished export, or how long to wait before the next."""
+    state.asked_at = time.monotonic()
     async with client.request(spec.type, spec.window, range_start=state.offset) as answer:
         state.unreachable_since = None  # something answered
         if isinstance(answer, ExportStatus):
@@ -223,7 +224,7 @@ async def _on_status(
         if state.ready_at is not None and answer.status == "PENDING":
             state.expired += 1
             state.ready_at = None
-            state.submitted_at = time.monotonic()  # a new export: its clock starts again
+            state.submitted_at = state.asked_at  # a new export: its clock starts again
             log.warning(
                 "export_expired_resubmitted",
                 created_date=answer.created_date,
@@ -236,7 +237,7 @@ async def _on_status(
             log.debug("export_submitted", created_date=answer.created_date, status=answer.status)
         state.created_date = answer.created_date or state.created_date
         if state.submitted_at is None:
-            state.submitted_at = time.monotonic()
+            state.submitted_at = state.asked_at
         waited = time.monotonic() - state.submitted_at
         if waited >= LONG_WAIT_S and not state.said_waiting:
             # Quick exports stay quiet at info; one that takes AC a while says so once.

@@ -295,11 +295,13 @@ class Lane:
         )
         timing = await timing_for(self.ctx, record)
 
-        async def record_ready(created_date: str | None) -> None:
+        async def record_ready(created_date: str | None, processing_s: float) -> None:
             # Durable before the slot goes to the next export: after a crash, the
             # ledger must not show two exports waiting on AC at once.
             for member in group:
-                await asyncio.shield(self.ctx.ledger.mark_ready(member.id, created_date))
+                await asyncio.shield(
+                    self.ctx.ledger.mark_ready(member.id, created_date, processing_s)
+                )
 
         keeper = SlotKeeper(record.created_date, hold, record_ready)
         return await run_export(

@@ -37,7 +37,7 @@ class SlotKeeper(ExportObserver):
         self,
         created_date: str | None,
         hold: SlotHold,
-        on_ready: Callable[[str | None], Awaitable[None]],
+        on_ready: Callable[[str | None, float], Awaitable[None]],
     ) -> None:
         self.created_date = created_date
         self._hold = hold
@@ -46,8 +46,8 @@ class SlotKeeper(ExportObserver):
     async def status(self, answer: ExportStatus, next_poll_s: float) -> None:
         self.created_date = answer.created_date or self.created_date
 
-    async def ready(self) -> None:
-        await self._on_ready(self.created_date)
+    async def ready(self, processing_s: float) -> None:
+        await self._on_ready(self.created_date, processing_s)
         self._hold.give_back()
 
     async def may_resubmit(self) -> None:

@@ -86,13 +86,21 @@ class ExportRows(LedgerConnection):
         )
 
     @state_errors
-    async def mark_ready(self, export_id: int, created_date: str | None) -> None:
+    async def mark_ready(
+        self, export_id: int, created_date: str | None, processing_s: float | None = None
+    ) -> None:
+        """Ready data; ``processing_s`` is AC's time as the export measured it, from the
+        request that submitted to the one that found the data (the row's submitted_at,
+        set when it was claimed, is earlier: by the lane's own statements and waits)."""
+        now = time.time()
+        submitted = {} if processing_s is None else {"submitted_at": now - processing_s}
         rows = await self._update(
             export_id,
             "workspace, type, ready_at - submitted_at, attempts",
             state=LedgerState.READY,
-            ready_at=time.time(),
+            ready_at=now,
             created_date=created_date,
+            **submitted,
         )
         for workspace, type_, span, attempts in rows:
             if attempts == 1 and span is not None:  # a resubmitted export's span is not one
