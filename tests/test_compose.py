@@ -307,7 +307,9 @@ async def test_a_ready_coalesced_request_is_downloaded_once_after_a_restart(
         planned = await ledger.plan("p", "acme", ["page"], windows)
         leader = await ledger.claim(planned[0].id, 0.0)
         assert leader is not None
-        group = await ledger.coalesce(leader, timedelta(days=8), 5)
+        group = await ledger.claim_together(
+            leader, await ledger.coalescable(leader, timedelta(days=8), 5)
+        )
         assert len(group) == 5
         for row in group:
             await ledger.mark_ready(row.id, created)

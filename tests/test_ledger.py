@@ -324,6 +324,51 @@ async def test_a_thousand_jobs_planned_at_once_share_the_ledger(ledger: Ledger) 
     assert len(await ledger.active()) == 3000
 
 
+async def test_a_jobs_snapshots_come_in_one_statement_newest_done_and_failed_per_type(
+    ledger: Ledger,
+) -> None:
+    """``snapshots`` answers for every type of a job at once (a look made three
+    statements per type): the active rows, the newest done and the newest failed one
+    of each type, no older ones. ``plan_snapshot`` turns that failed one into the new
+    snapshot, or inserts one if it is failed no longer."""
+    edge = DAY1.start - timedelta(days=400)
+    as_of = [ExportWindow(edge, day.end) for day in (DAY1, DAY2, DAY3)]
+    rows = {}
+    for type_ in ("individual", "segment"):
+        planned = [await ledger.plan_snapshot("s", "acme", type_, w) for w in as_of]
+        await ledger.claim(planned[0].id, time.time())
+        await ledger.mark_done(
+            planned[0].id, destination="x", records=1, payload_bytes=1, payload_sha256="0",
+            requests=1, created_date=None,
+        )  # fmt: skip
+        for failed in planned[1:]:
+            await ledger.mark_failed(failed.id, "AuthError: no")
+        rows[type_] = planned
+    active = await ledger.plan_snapshot(
+        "s", "acme", "individual", ExportWindow(edge, DAY3.end + timedelta(hours=1))
+    )
+    other = ExportWindow(edge, DAY1.end + timedelta(hours=1))
+    await ledger.plan_snapshot("other-job", "acme", "individual", other)  # not the job's
+
+    found = await ledger.snapshots("s", "acme")
+    assert sorted(found) == ["individual", "segment"]
+    assert [r.id for r in found["segment"]] == [r.id for r in rows["segment"][::2]]
+    assert [r.id for r in found["individual"]] == [
+        rows["individual"][0].id, rows["individual"][2].id, active.id
+    ]  # fmt: skip
+
+    window = ExportWindow(edge, DAY3.end + timedelta(days=1))
+    reused = await ledger.plan_snapshot("s", "acme", "segment", window, found["segment"])
+    assert reused.id == rows["segment"][2].id
+    assert (reused.state, reused.end) == ("queued", window.end)
+    assert reused.reason == "the snapshot before failed: AuthError: no"
+    # What was found is stale now (that row is queued): a new row, not the queued one moved.
+    later = ExportWindow(edge, window.end + timedelta(days=1))
+    fresh = await ledger.plan_snapshot("s", "acme", "segment", later, found["segment"])
+    assert fresh.id not in {r.id for r in rows["segment"]}
+    assert (await ledger.snapshots("s", "acme"))["segment"][-2:] == [reused, fresh]
+
+
 async def test_a_snapshot_waits_behind_the_windows_queued_before_it(ledger: Ledger) -> None:
     """A snapshot starts where every snapshot starts (the retention's edge): sorted by
     its start it went before every window at each restart, and snapshots every few

@@ -109,10 +109,15 @@ class PlanLedger(Protocol):
     ) -> Awaitable[int]: ...
 
     def plan_snapshot(
-        self, job: str, workspace: str, type_: str, window: ExportWindow
+        self,
+        job: str,
+        workspace: str,
+        type_: str,
+        window: ExportWindow,
+        found: Sequence[ExportRecord] = (),
     ) -> Awaitable[ExportRecord]: ...
 
-    def snapshots(self, job: str, workspace: str, type_: str) -> Awaitable[list[ExportRecord]]: ...
+    def snapshots(self, job: str, workspace: str) -> Awaitable[dict[str, list[ExportRecord]]]: ...
 
     def retry_failed(self, job: str, workspace: str) -> Awaitable[list[ExportRecord]]: ...
 
@@ -292,8 +297,9 @@ class Planner:
         period = schedule_period(job.trigger(zone), now)
         records = []
         listed = True
+        by_type = await self._ledger.snapshots(job.name, job.workspace)
         for type_ in job.snapshot_types:
-            rows = await self._ledger.snapshots(job.name, job.workspace, type_)
+            rows = by_type.get(type_, [])
             active = [r for r in rows if r.state in ACTIVE]
             if active:
                 records += active
@@ -308,7 +314,7 @@ class Planner:
             if newest is None or snapshot_due(newest, as_of, period):
                 window = ExportWindow(start, as_of, zone)
                 records.append(
-                    await self._ledger.plan_snapshot(job.name, job.workspace, type_, window)
+                    await self._ledger.plan_snapshot(job.name, job.workspace, type_, window, rows)
                 )
         if look_in_store and listed:
             self._snapshots_listed.add(_key(job))

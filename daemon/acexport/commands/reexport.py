@@ -88,8 +88,11 @@ async def _snapshot_now(settings: Settings, path: Path, job: JobSettings) -> int
         window = ExportWindow(
             await planner.snapshot_start(job.workspace), utc_now().replace(microsecond=0), zone
         )
+        by_type = await ledger.snapshots(job.name, job.workspace)
         for type_ in job.types:
-            await ledger.plan_snapshot(job.name, job.workspace, type_, window)
+            await ledger.plan_snapshot(
+                job.name, job.workspace, type_, window, by_type.get(type_, [])
+            )
     holder = lock_holder(settings.daemon.state_dir)
     if holder is not None:
         print(

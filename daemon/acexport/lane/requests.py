@@ -37,9 +37,13 @@ async def coalesce(
     ):
         return [record]  # an entity table in windows is asked for a window at a time
     most = job.windows_per_request(MAX_WINDOWS) if was_queued else 1
-    if most > 1:
-        most = await _within_payload(ctx, record, most, int(settings.http.max_payload))
-    group = await ctx.ledger.coalesce(record, job.coalesce_max, most)
+    group = await ctx.ledger.coalescable(record, job.coalesce_max, most)
+    if len(group) > 1 and record.request_start is None:
+        # Sized once there is more than one window to size (a lone window is the
+        # common case: its statement was half of what coalescing cost).
+        limit = int(settings.http.max_payload)
+        group = group[: await _within_payload(ctx, record, len(group), limit)]
+    group = await ctx.ledger.claim_together(record, group)
     if len(group) > 1:
         zone = settings.workspaces[record.workspace].zone
         log.info("export_coalesced", windows=len(group), last=group[-1].label(zone))

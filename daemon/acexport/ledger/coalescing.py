@@ -17,16 +17,17 @@ class Coalescing(LedgerConnection):
     """Windows grouped into one AC request."""
 
     @state_errors
-    async def coalesce(
+    async def coalescable(
         self, leader: ExportRecord, max_span: timedelta, max_windows: int
     ) -> list[ExportRecord]:
-        """The windows one AC request serves, oldest first, ``leader`` (claimed) among them.
+        """The windows one AC request could serve, oldest first, ``leader`` (claimed)
+        among them; ``claim_together`` claims them.
 
         A leader already in a coalesced request (a restart resuming it) gets that
         request's active rows. Otherwise the leader (the caller says it was queued: no
         AC export of its own outstanding) takes the queued windows of its job and type
         that follow it without a gap, up to ``max_span`` from its start and
-        ``max_windows`` in all; they are claimed with it and share its request's range.
+        ``max_windows`` in all.
         """
         if leader.request_start is not None and leader.request_end is not None:
             return await self._all(
@@ -53,16 +54,17 @@ class Coalescing(LedgerConnection):
             iso_ms(leader.start + max_span),
             max_windows - 1,
         )
-        group = _within_caps(one_request_each([leader, *following], max_span, max_windows)[0])
-        if len(group) == 1:
-            return group
-        return await self._claim_together(leader, group)
+        return _within_caps(one_request_each([leader, *following], max_span, max_windows)[0])
 
-    async def _claim_together(
+    @state_errors
+    async def claim_together(
         self, leader: ExportRecord, group: list[ExportRecord]
     ) -> list[ExportRecord]:
         """The group claimed as one request: its range on every row, the queued ones
-        submitted with the (already claimed) leader."""
+        submitted with the (already claimed) leader. A lone window, or a resumed
+        request's rows (claimed when it began), need no statement."""
+        if len(group) < 2 or leader.request_start is not None:
+            return group
         now = time.time()
         start, end = iso_ms(leader.start), iso_ms(group[-1].end)
         ids = ", ".join(str(record.id) for record in group)
