@@ -13,6 +13,7 @@ rows into lanes is the daemon's business.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
@@ -294,7 +295,13 @@ class Planner:
         if start >= as_of:
             log.warning("snapshot_from_in_future", job=job.name, snapshot_from=start.isoformat())
             return []
-        period = schedule_period(job.trigger(zone), now)
+
+        @functools.cache
+        def period() -> timedelta | None:
+            # Only once a snapshot was taken: a cron's arithmetic was a third of a
+            # first look's time (a thousand jobs at start).
+            return schedule_period(job.trigger(zone), now)
+
         records = []
         listed = True
         by_type = await self._ledger.snapshots(job.name, job.workspace)
@@ -311,7 +318,7 @@ class Planner:
                 except (StoreRejected, StoreUnavailable) as exc:
                     log.warning("output_store_not_listed", job=job.name, error=str(exc))
                     listed = False
-            if newest is None or snapshot_due(newest, as_of, period):
+            if newest is None or snapshot_due(newest, as_of, period()):
                 window = ExportWindow(start, as_of, zone)
                 records.append(
                     await self._ledger.plan_snapshot(job.name, job.workspace, type_, window, rows)
