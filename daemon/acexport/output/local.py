@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from ..errors import SinkError
-from ..payload.tempfiles import create_new, temp_stem
+from ..payload.tempfiles import create_new, temp_stem, write_new
 from .manifest import Manifest, manifest_key
 from .store import SMALL_MAX, with_manifests
 
@@ -114,10 +114,7 @@ class LocalStore:
         try:
             self.temp_dir.mkdir(parents=True, exist_ok=True)
             dir_fd = _open_directory(self.root, key.parent)
-            with create_new(staged) as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            write_new(staged, data)
             _place(staged, key.name, dir_fd)
             os.fsync(dir_fd)
         except OSError as exc:
@@ -157,29 +154,42 @@ class _LinkInOutputTree(OSError):
 
 
 def _open_directory(root: Path, relative: PurePosixPath) -> int:
-    """A descriptor of ``root/relative``, created as needed, reached without links."""
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    """A descriptor of ``root/relative``, created as needed, reached without links.
+
+    Each directory is opened first and made only if missing: it exists for all but
+    the first file of a day, and each system call is a turn at the GIL."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    try:
+        fd = os.open(root, flags)
+    except FileNotFoundError:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root, flags)
     try:
         for part in relative.parts:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(part, 0o777, dir_fd=fd)
             try:
-                child = os.open(
-                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
-                )
-            except OSError as exc:
-                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                    raise
-                raise _LinkInOutputTree(
-                    exc.errno, f"refusing {part!r} in the output tree: a link or not a directory"
-                ) from None
+                child = _open_child(part, fd)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):  # made meanwhile: as good
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                child = _open_child(part, fd)
             os.close(fd)
             fd = child
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _open_child(part: str, dir_fd: int) -> int:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(part, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        raise _LinkInOutputTree(
+            exc.errno, f"refusing {part!r} in the output tree: a link or not a directory"
+        ) from None
 
 
 def _place(source: Path, name: str, dir_fd: int) -> None:
@@ -211,10 +221,7 @@ def _commit(data: Path, root: Path, key: PurePosixPath, manifest: Manifest, temp
         dir_fd = _open_directory(root, key.parent)
         _place(data, key.name, dir_fd)
         os.fsync(dir_fd)  # the data's name is durable before a manifest claims it
-        with create_new(staged) as handle:
-            handle.write(manifest.to_json())
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_new(staged, manifest.to_json())
         _place(staged, manifest_key(key).name, dir_fd)
         os.fsync(dir_fd)
     except OSError as exc:
