@@ -131,8 +131,9 @@ async def test_the_learned_processing_time_is_acs_not_the_lanes_own_delays(
     assert len(learned) == len(truth) == 4
     for ours, acs in zip(learned, truth, strict=True):
         # Sent before AC's clock starts and after it stops: a few ms shorter at most,
-        # and longer by at most a poll (poll_max 150 ms), never by the 0.6 s of delays.
-        assert acs - 0.05 <= ours <= acs + 0.2, (learned, truth)
+        # and longer by a poll (poll_max 150 ms) and a busy machine's timer lateness,
+        # never by the 0.6 s of delays (before: 1.06 s learned for AC's 0.4 s).
+        assert acs - 0.05 <= ours <= acs + 0.35, (learned, truth)
 
 
 async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
