@@ -9,6 +9,7 @@ import io
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -301,6 +302,30 @@ async def test_symlinked_directory_inside_the_output_tree_is_refused(tmp_path: P
         await _commit(sink, "acme/page.jsonl")
     sink.close()
     assert list(elsewhere.iterdir()) == []
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+async def test_directories_are_made_when_missing_and_a_file_in_their_place_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A commit opens each directory of its key first and makes it only if missing: the
+    root, a day removed since (by ``keep``, by hand), or every level, are made again;
+    a plain file where a directory should be is refused, as a link is."""
+    root = tmp_path / "out"  # not there yet
+    sink = _sink(root, tmp_path / "tmp")
+    await _commit(sink, "acme/type=page/date=1/page.jsonl")
+    shutil.rmtree(root / "acme" / "type=page")
+    await _commit(sink, "acme/type=page/date=2/page.jsonl")
+    shutil.rmtree(root)
+    await _commit(sink, "acme/type=page/date=3/page.jsonl")
+    (root / "acme" / "type=event").write_text("not a directory")
+    with pytest.raises(SinkError, match="not a directory"):
+        await _commit(sink, "acme/type=event/date=1/event.jsonl")
+    sink.close()
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*.jsonl")) == [
+        "acme/type=page/date=3/page.jsonl"
+    ]
+    assert (root / "acme/type=page/date=3/page.jsonl").read_bytes() == ndjson(RECORDS)
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
