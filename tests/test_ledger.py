@@ -218,7 +218,7 @@ async def test_claim_submits_or_keeps_fresh_ready_data_and_skips_finished_rows(
 
 async def _submitted_ago(ledger: Ledger, export_id: int, seconds: float) -> None:
     """A processing span of a known length, not of however long the test took."""
-    await ledger._db.execute(
+    await ledger._db.rows(
         "UPDATE exports SET submitted_at = ? WHERE id = ?", (time.time() - seconds, export_id)
     )
 
@@ -235,7 +235,7 @@ async def test_the_expected_time_follows_new_ready_rows_without_asking_the_ledge
     assert await ledger.expected_processing_s("acme", "page") == pytest.approx(30.0, abs=1)
     assert await ledger.similar_processing_s("acme", "event") == pytest.approx(30.0, abs=1)
     statements: list[str] = []
-    await ledger._db.set_trace_callback(statements.append)
+    await ledger._db.run(lambda db: db.set_trace_callback(statements.append))
     await ledger.claim(third.id, time.time())
     await _submitted_ago(ledger, third.id, 20.0)
     await ledger.mark_ready(third.id, None)
@@ -310,7 +310,7 @@ async def test_a_thousand_jobs_planned_at_once_share_the_ledger(ledger: Ledger) 
     """Concurrent looks (the scheduler starts every job at once) never misuse the connection.
 
     A statement's cursor released on the event loop's thread reset a cached statement
-    that aiosqlite's thread was running: 'bad parameter or other API misuse'.
+    that the ledger's thread was running: 'bad parameter or other API misuse'.
     """
     import asyncio
 

@@ -7,9 +7,9 @@ served data, ``done`` after the file and manifest are committed, ``failed``
 the next look. A window with a ``done`` row is never exported again (unless
 restated); one ``beyond_retention`` (before AC's data retention) is never asked for.
 
-WAL mode lets ``acexport status`` read while the daemon writes. aiosqlite keeps
-every query off the event loop. The schema carries ``PRAGMA user_version``
-and is migrated forward on open.
+WAL mode lets ``acexport status`` read while the daemon writes. Every statement
+runs in the ledger's own thread, committed in groups (``sqlthread``). The schema
+carries ``PRAGMA user_version`` and is migrated forward on open.
 """
 
 from __future__ import annotations

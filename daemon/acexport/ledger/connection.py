@@ -12,11 +12,10 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
-import aiosqlite
-
 from ..errors import StateError
 from .rows import ExportRecord
 from .schema import _MIGRATIONS
+from .sqlthread import SqlThread
 
 if TYPE_CHECKING:  # timings.py builds on this module
     from .timings import ProcessingTimes
@@ -81,7 +80,7 @@ class LedgerConnection:
 
     times: ProcessingTimes  # set by ProcessingHistory; mark_ready adds to it
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: SqlThread, path: Path) -> None:
         self._db = db
         self.path = path
 
@@ -107,24 +106,18 @@ class LedgerConnection:
 
     @classmethod
     async def _open(cls, path: Path, readonly: bool) -> Self:
-        if readonly:
-            db = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
-        else:
+        if not readonly:
             _create_private(path)
-            # Autocommit: a change commits itself, with no second round trip through
-            # aiosqlite's thread. (Batches commit row by row: in WAL mode with
-            # synchronous = NORMAL that is an append each, and any prefix is consistent.)
-            db = await aiosqlite.connect(path, isolation_level=None)
+        db = await SqlThread.connect(path, readonly=readonly)
         try:
-            db.row_factory = aiosqlite.Row
-            await db.execute_fetchall("PRAGMA busy_timeout = 5000")
+            await db.rows("PRAGMA busy_timeout = 5000", ())
             if not readonly:
-                await db.execute_fetchall("PRAGMA journal_mode = WAL")
+                await db.rows("PRAGMA journal_mode = WAL", ())
                 # NORMAL (in WAL mode) survives crashes; a power cut may lose the last
                 # commits, which only means a window is exported again, to the same path:
                 # files are fsynced before their row says done. FULL cost an fsync per
                 # update and made the ledger the bottleneck at 1,000 lanes.
-                await db.execute_fetchall("PRAGMA synchronous = NORMAL")
+                await db.rows("PRAGMA synchronous = NORMAL", ())
                 await cls._migrate(db, path)
         except BaseException:
             await db.close()
@@ -132,20 +125,16 @@ class LedgerConnection:
         return cls(db, path)
 
     @staticmethod
-    async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
-        async with db.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
-        version = int(row[0]) if row else 0
+    async def _migrate(db: SqlThread, path: Path) -> None:
+        rows = await db.rows("PRAGMA user_version", ())
+        version = int(rows[0][0]) if rows else 0
         if version > len(_MIGRATIONS):
             raise StateError(
                 f"the state database {path} is schema version {version}, newer than this "
                 f"acexport understands ({len(_MIGRATIONS)}); upgrade acexport"
             )
         for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-            async with db.executescript(
-                f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;"
-            ):
-                pass
+            await db.script(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
 
     async def close(self) -> None:
         await self._db.close()
@@ -156,19 +145,14 @@ class LedgerConnection:
         rows = await self._rows("PRAGMA user_version")
         return bool(rows and rows[0][0])
 
-    async def _rows(self, sql: str, *args: Any) -> list[aiosqlite.Row]:
-        """Run one statement to its end: one hop to aiosqlite's thread, not three."""
-        return list(await self._db.execute_fetchall(sql, args))
+    async def _rows(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        """Run one statement to its end, in the ledger's thread (see ``SqlThread``)."""
+        return await self._db.rows(sql, args)
 
     async def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
         """Run ``sql`` for each of ``rows``; how many rows it changed (this statement's
         count: other statements share the connection meanwhile)."""
-        # Closed in aiosqlite's thread: a cursor released on the event loop's thread
-        # resets its cached statement there, which the next executemany of the same SQL
-        # may be running in aiosqlite's thread ("bad parameter or other API misuse",
-        # seen with a thousand jobs looked at at once).
-        async with self._db.executemany(sql, rows) as cursor:
-            return int(cursor.rowcount)
+        return await self._db.many(sql, rows)
 
     async def _one(self, sql: str, *args: Any) -> ExportRecord | None:
         rows = await self._rows(sql, *args)  # all: an UPDATE ... RETURNING ends, commits

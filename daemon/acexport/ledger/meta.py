@@ -9,18 +9,17 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-import aiosqlite
-
 from ..retention import LearnedRetention
 from ..windows import ExportWindow, iso_ms
 from .connection import LedgerConnection, state_errors
 from .rows import LedgerState
+from .sqlthread import SqlThread
 
 
 class Meta(LedgerConnection):
     """The meta table, and retention."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: SqlThread, path: Path) -> None:
         super().__init__(db, path)
         self._retention: dict[str, LearnedRetention | None] = {}  # learned, by workspace
 

@@ -4,11 +4,10 @@ states a row moves through."""
 from __future__ import annotations
 
 import enum
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-
-import aiosqlite
 
 from ..protocol import ExportMode
 from ..windows import ExportWindow
@@ -34,7 +33,7 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
 
-def _column(row: aiosqlite.Row, name: str, default: Any = None) -> Any:
+def _column(row: sqlite3.Row, name: str, default: Any = None) -> Any:
     """A column a later schema added: its default in a ledger of an older schema (read
     by ``status`` or ``check-config`` after an upgrade, before a daemon migrated it)."""
     try:
@@ -98,7 +97,7 @@ class ExportRecord:
         return window.label
 
     @classmethod
-    def from_row(cls, row: aiosqlite.Row) -> ExportRecord:
+    def from_row(cls, row: sqlite3.Row) -> ExportRecord:
         return cls(
             id=row["id"],
             job=row["job"],

@@ -14,10 +14,9 @@ from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 
-import aiosqlite
-
 from .connection import LedgerConnection, state_errors
 from .rows import parse_time
+from .sqlthread import SqlThread
 
 LAST = 5  # the median of this many newest spans
 # Spans are wall-clock: one that a clock jump made negative or longer than AC keeps
@@ -79,7 +78,7 @@ _CLEAN_SPAN = (
 class ProcessingHistory(LedgerConnection):
     """The processing times the ledger's rows record, read through ``times``."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: SqlThread, path: Path) -> None:
         super().__init__(db, path)
         self.times = ProcessingTimes()
 
