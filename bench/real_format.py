@@ -263,18 +263,17 @@ def worktree(rev: str, path: Path) -> Path:
 
 
 def build_scans(checkout: Path) -> None:
-    """Compile a checkout's C scans in place, as installing it would: without them its
-    Python fallback runs, twice as slow, and the comparison says nothing."""
-    source = checkout / "daemon" / "acexport" / "payload" / "_linescan.c"
-    if not source.exists():  # a revision from before the C scans
-        return
-    target = source.with_name("_linescan" + sysconfig.get_config_var("EXT_SUFFIX"))
+    """Compile a checkout's C modules in place, as installing it would: without them its
+    Python fallback runs, twice as slow, and the comparison says nothing. (A revision
+    from before the C scans has none.)"""
     include = sysconfig.get_paths()["include"]
     compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    subprocess.run(
-        [compiler, "-O2", "-shared", "-fPIC", f"-I{include}", str(source), "-o", str(target)],
-        check=True,
-    )
+    for source in sorted((checkout / "daemon" / "acexport").glob("*/_*.c")):
+        target = source.with_name(source.stem + sysconfig.get_config_var("EXT_SUFFIX"))
+        subprocess.run(
+            [compiler, "-O2", "-shared", "-fPIC", f"-I{include}", str(source), "-o", str(target)],
+            check=True,
+        )
 
 
 @dataclass(frozen=True)

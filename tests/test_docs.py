@@ -202,7 +202,7 @@ def test_the_install_from_the_checkout_runs_as_written(tmp_path: Path) -> None:
     assert done.stdout.strip().splitlines()[-1].startswith("acexport "), done.stdout
     venv_python = tmp_path / "home" / "venv" / "bin" / "python"
     compiled = subprocess.run(
-        [str(venv_python), "-c", "import acexport.payload._linescan"],
+        [str(venv_python), "-c", "import acexport.payload._linescan, acexport.output._localcommit"],
         capture_output=True, text=True, check=False, cwd=tmp_path,
     )  # fmt: skip
     assert compiled.returncode == 0, compiled.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -12,8 +13,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -22,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from acexport.errors import PayloadError, SinkError
+from acexport.output import local
 from acexport.output.local import LocalStore
 from acexport.output.manifest import Manifest
 from acexport.output.sink import Sink
@@ -206,7 +209,9 @@ def test_manifest_is_indented_json_as_readers_know_it() -> None:
     assert confirmed.to_json() == expected.encode()
 
 
-async def test_commit_places_file_then_manifest_and_leaves_no_temp(tmp_path: Path) -> None:
+async def test_commit_places_file_then_manifest_and_leaves_no_temp(
+    tmp_path: Path, commit_steps: str
+) -> None:
     """A committed export is the data file plus its manifest; the temp dir is empty."""
     sink = _sink(tmp_path / "out", tmp_path / "state" / "tmp")
     writer = sink.new_writer("event")
@@ -283,6 +288,18 @@ def _sink(root: Path, temp: Path) -> Sink:
     return Sink(temp, "none", LocalStore(root, temp))
 
 
+@pytest.fixture(params=["in one call", "step by step"])
+def commit_steps(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A local commit in C (one GIL release, ``_localcommit.c``) and in Python (an
+    install without a compiler, and the C's fallbacks): the same files, the same
+    refusals."""
+    if request.param == "step by step":
+        monkeypatch.setattr(local, "_compiled", None)
+    else:
+        assert local._compiled is not None, "built at install (setup.py): not built here"
+    return str(request.param)
+
+
 async def _commit(sink: Sink, key: str) -> str | None:
     writer = sink.new_writer("event")
     await sink.receive(writer, _chunks(ndjson(RECORDS), 10))
@@ -291,7 +308,9 @@ async def _commit(sink: Sink, key: str) -> str | None:
     return finished.location
 
 
-async def test_symlinked_directory_inside_the_output_tree_is_refused(tmp_path: Path) -> None:
+async def test_symlinked_directory_inside_the_output_tree_is_refused(
+    tmp_path: Path, commit_steps: str
+) -> None:
     """A link planted below the output root is not followed: nothing lands at its target."""
     root, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     root.mkdir()
@@ -306,7 +325,7 @@ async def test_symlinked_directory_inside_the_output_tree_is_refused(tmp_path: P
 
 
 async def test_directories_are_made_when_missing_and_a_file_in_their_place_is_refused(
-    tmp_path: Path,
+    tmp_path: Path, commit_steps: str
 ) -> None:
     """A commit opens each directory of its key first and makes it only if missing: the
     root, a day removed since (by ``keep``, by hand), or every level, are made again;
@@ -329,7 +348,7 @@ async def test_directories_are_made_when_missing_and_a_file_in_their_place_is_re
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
-async def test_a_linked_output_root_itself_is_allowed(tmp_path: Path) -> None:
+async def test_a_linked_output_root_itself_is_allowed(tmp_path: Path, commit_steps: str) -> None:
     """The configured root may be a link (e.g. /var/lib/acexport/exports -> /data)."""
     real, root = tmp_path / "data", tmp_path / "out"
     real.mkdir()
@@ -362,6 +381,7 @@ async def test_staging_across_filesystems_never_writes_through_a_planted_link(
         real_replace(src, dst, **kwargs)
 
     monkeypatch.setattr(os, "replace", cross_device_first)
+    monkeypatch.setattr(local, "_compiled", None)  # the steps in Python, os.replace's
     sink = _sink(root, tmp_path / "tmp")
     destination = root / "page.jsonl"
     await _commit(sink, "page.jsonl")
@@ -370,6 +390,45 @@ async def test_staging_across_filesystems_never_writes_through_a_planted_link(
     assert not destination.is_symlink()
     assert destination.read_bytes() == ndjson(RECORDS)
     assert calls >= 2
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs a tmpfs at /dev/shm")
+async def test_a_temp_dir_on_another_filesystem_is_copied_in_by_either_commit(
+    tmp_path: Path, commit_steps: str
+) -> None:
+    """A state dir on another filesystem than the output (two container volumes):
+    rename fails with EXDEV, and the file is copied beside its name and renamed in."""
+    with tempfile_in_shm() as temp:
+        sink = _sink(tmp_path / "out", temp)
+        await _commit(sink, "acme/page.jsonl")
+        sink.close()
+        assert list(temp.iterdir()) == []
+    assert (tmp_path / "out/acme/page.jsonl").read_bytes() == ndjson(RECORDS)
+    assert (tmp_path / "out/acme/page.jsonl.manifest.json").is_file()
+    assert [p.name for p in (tmp_path / "out/acme").iterdir() if p.name.startswith(".")] == []
+
+
+async def test_a_failed_commit_names_the_file_and_leaves_no_temp(
+    tmp_path: Path, commit_steps: str
+) -> None:
+    """A step that fails after the data file is in place (here the manifest's rename,
+    onto a directory) is a SinkError naming the file, with no temp file left."""
+    root = tmp_path / "out"
+    (root / "acme" / "page.jsonl.manifest.json").mkdir(parents=True)
+    sink = _sink(root, tmp_path / "tmp")
+    with pytest.raises(SinkError, match=r"committing .*acme/page\.jsonl failed: Is a directory"):
+        await _commit(sink, "acme/page.jsonl")
+    sink.close()
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@contextlib.contextmanager
+def tempfile_in_shm() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _writer_result(tmp_path: Path, payload: bytes, **limits: int) -> PayloadSummary:

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 from ..config import JobSettings, Settings, resolve_tokens, secret_warnings
 from ..formats import OutputFormat
 from ..ledger import LedgerState, read_learned_retention, read_rows
+from ..output import local
 from ..output.open import open_store
 from ..payload import linescan
 from ..payload.parquet import require_engine
@@ -115,9 +116,9 @@ def _report(settings: Settings, path: Path) -> None:
         print(f"warning: {warning}")
     if not settings.jobs:
         print("warning: no [[jobs]]: the daemon would start and export nothing")
-    if not linescan.COMPILED:
+    if not (linescan.COMPILED and local.COMPILED):
         print(
-            "warning: acexport was installed without its compiled line scans (no C compiler "
+            "warning: acexport was installed without its compiled parts (no C compiler "
             "was found): exports work, but use about twice the CPU; reinstall with gcc and "
             "the Python headers present to build them"
         )

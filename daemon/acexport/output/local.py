@@ -185,11 +185,18 @@ def _open_child(part: str, dir_fd: int) -> int:
     try:
         return os.open(part, flags, dir_fd=dir_fd)
     except OSError as exc:
-        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+        if exc.errno not in _NOT_A_DIRECTORY:
             raise
-        raise _LinkInOutputTree(
-            exc.errno, f"refusing {part!r} in the output tree: a link or not a directory"
-        ) from None
+        raise _link_refused(exc.errno, part) from None
+
+
+_NOT_A_DIRECTORY = (errno.ELOOP, errno.ENOTDIR)  # opened with O_NOFOLLOW|O_DIRECTORY
+
+
+def _link_refused(err: int, part: str) -> _LinkInOutputTree:
+    return _LinkInOutputTree(
+        err, f"refusing {part!r} in the output tree: a link or not a directory"
+    )
 
 
 def _place(source: Path, name: str, dir_fd: int) -> None:
@@ -216,19 +223,55 @@ def _place(source: Path, name: str, dir_fd: int) -> None:
 def _commit(data: Path, root: Path, key: PurePosixPath, manifest: Manifest, temp_dir: Path) -> Path:
     destination = root / key
     staged = temp_dir / f"{temp_stem()}.manifest"
-    dir_fd: int | None = None
     try:
-        dir_fd = _open_directory(root, key.parent)
+        if _compiled is None or not _commit_in_one_call(data, root, key, manifest, staged):
+            _commit_step_by_step(data, root, key, manifest, staged)
+    except OSError as exc:
+        staged.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
+        raise disk_error("committing", destination, exc) from None
+    return root / manifest_key(key)
+
+
+def _commit_step_by_step(
+    data: Path, root: Path, key: PurePosixPath, manifest: Manifest, staged: Path
+) -> None:
+    dir_fd = _open_directory(root, key.parent)
+    try:
         _place(data, key.name, dir_fd)
         os.fsync(dir_fd)  # the data's name is durable before a manifest claims it
         write_new(staged, manifest.to_json())
         _place(staged, manifest_key(key).name, dir_fd)
         os.fsync(dir_fd)
-    except OSError as exc:
-        staged.unlink(missing_ok=True)
-        data.unlink(missing_ok=True)
-        raise disk_error("committing", destination, exc) from None
     finally:
-        if dir_fd is not None:
-            os.close(dir_fd)
-    return root / manifest_key(key)
+        os.close(dir_fd)
+
+
+def _commit_in_one_call(
+    data: Path, root: Path, key: PurePosixPath, manifest: Manifest, staged: Path
+) -> bool:
+    """``_commit_step_by_step`` in C, with the GIL released once (``_localcommit.c``);
+    False where only the Python steps can (a root to make, another filesystem)."""
+    assert _compiled is not None
+    parts = key.parent.parts
+    failed = _compiled.commit(
+        root, parts, data, key.name, staged, manifest.to_json(), manifest_key(key).name
+    )
+    if failed is None:
+        return True
+    err, step, index = failed
+    if step == _compiled.STEP_ROOT and err == errno.ENOENT:
+        return False  # made by the steps in Python, as exist_ok as ever
+    if step == _compiled.STEP_PLACE and err == errno.EXDEV:
+        return False  # copied beside it by the steps in Python
+    if step == _compiled.STEP_PART and err in _NOT_A_DIRECTORY:
+        raise _link_refused(err, parts[index])
+    raise OSError(err, os.strerror(err))
+
+
+try:  # built at install where a C compiler is found (setup.py)
+    from . import _localcommit as _compiled
+except ImportError:  # pragma: no cover - the Python steps do the same, GIL turn by turn
+    _compiled = None  # type: ignore[assignment]
+
+COMPILED = _compiled is not None
