@@ -92,7 +92,7 @@ CONFIRM_ABOVE = 100
 
 
 def _job(settings: Settings, path: Path, name: str) -> JobSettings:
-    job = next((j for j in settings.jobs if j.name == name), None)
+    job = settings.jobs_by_name.get(name)
     if job is None:
         known = ", ".join(j.name for j in settings.jobs) or "none"
         raise UsageError(f"no job {name!r} in {path} (known: {known})")

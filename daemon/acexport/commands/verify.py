@@ -55,7 +55,7 @@ def _selection(args: argparse.Namespace, settings: Settings) -> Manifests:
         raise UsageError("give --from and --to together")
     zone = None
     if args.job is not None:
-        job = next((j for j in settings.jobs if j.name == args.job), None)
+        job = settings.jobs_by_name.get(args.job)
         if job is None:
             known = ", ".join(j.name for j in settings.jobs) or "none"
             raise UsageError(f"no job {args.job!r} (known: {known})")

@@ -28,7 +28,7 @@ async def coalesce(
 ) -> list[ExportRecord]:
     """The windows one request serves with ``record``: consecutive windows of a time
     series due together (or the coalesced request a restart resumes)."""
-    job = next((j for j in settings.jobs if j.name == record.job), None)
+    job = settings.jobs_by_name.get(record.job)
     if (
         record.type not in TIME_SERIES
         or record.mode is not ExportMode.WINDOWS

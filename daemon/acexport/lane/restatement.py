@@ -23,7 +23,7 @@ def guarded(spec: ExportSpec, record: ExportRecord, settings: Settings) -> Expor
     re-export the operator asked for replaces it whatever it serves."""
     if record.reexport:
         return replace(spec, reexport=True)
-    job = next((j for j in settings.jobs if j.name == record.job), None)
+    job = settings.jobs_by_name.get(record.job)
     if record.revision < 2 or not record.records or job is None or not job.restate_min_records:
         return spec
     least = max(1, math.ceil(record.records * job.restate_min_records))

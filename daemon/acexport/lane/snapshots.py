@@ -18,7 +18,7 @@ log = structlog.get_logger("acexport.lane")
 async def prune_snapshots_after(ctx: LaneContext, record: ExportRecord, zone: ZoneInfo) -> None:
     """Keep the newest ``keep_snapshots`` of the type, now that a new one is in."""
     settings = ctx.settings()
-    job = next((j for j in settings.jobs if j.name == record.job), None)
+    job = settings.jobs_by_name.get(record.job)
     if job is None:
         return
     store = ctx.sink.store
