@@ -21,8 +21,18 @@ from zoneinfo import ZoneInfo
 ONE_MS = timedelta(milliseconds=1)
 
 
+@functools.lru_cache(maxsize=8192)  # window edges: a few days', named thousands of times
 def iso_ms(when: datetime) -> str:
     """``2022-01-01T00:00:00.000Z``: UTC, milliseconds, as AC's docs write dates."""
+    return _format_ms(when)
+
+
+def now_iso_ms() -> str:
+    """``iso_ms`` of now (never asked for twice: not cached)."""
+    return _format_ms(datetime.now(UTC))
+
+
+def _format_ms(when: datetime) -> str:
     utc = when.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 

@@ -10,6 +10,7 @@ only delays planning, which the lag does anyway). A difference of more than
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -25,6 +26,15 @@ TOLERANCE_S = 5.0
 WARN_AFTER_S = 120.0
 
 
+@functools.lru_cache(maxsize=16)  # whole seconds: most answers share the last one's
+def _parse_date(header: str) -> datetime | None:
+    try:
+        at_ac = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    return at_ac if at_ac.tzinfo is not None else at_ac.replace(tzinfo=UTC)
+
+
 class ServerClock:
     """The local clock, held back to AC's time when it runs ahead."""
 
@@ -37,12 +47,9 @@ class ServerClock:
         """An answer from AC arrived now, with this ``Date``."""
         if not date_header:
             return
-        try:
-            at_ac = parsedate_to_datetime(date_header)
-        except (TypeError, ValueError):
+        at_ac = _parse_date(date_header)
+        if at_ac is None:
             return
-        if at_ac.tzinfo is None:
-            at_ac = at_ac.replace(tzinfo=UTC)
         self.ahead_s = (self._local() - at_ac).total_seconds()
         self._warn()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
 import structlog
@@ -17,7 +16,7 @@ from ..errors import PayloadError, RestatementShrank, StoreUnavailable
 from ..output.manifest import Manifest
 from ..output.sink import Finished, Sink
 from ..payload.writer import PayloadSummary
-from ..windows import ExportWindow, iso_ms
+from ..windows import ExportWindow, now_iso_ms
 from .attempt import Attempt, ExportObserver, drop_partial
 from .spec import ExportSpec
 from .timing import Timing
@@ -204,7 +203,7 @@ def _manifest(
         fromDate=window.from_date,
         toDate=window.to_date,
         createdDate=created_date,
-        downloadedAt=iso_ms(datetime.now(UTC)),
+        downloadedAt=now_iso_ms(),
         revision=revision[0],
         previous_sha256=revision[1],
         payload_bytes=summary.payload_bytes,

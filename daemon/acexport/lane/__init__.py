@@ -143,27 +143,31 @@ class Lane:
 
     async def _execute(self, record: ExportRecord, holds_slot: bool) -> None:
         hold = SlotHold(self._slot, holds_slot)
+        # Every event about this export names it, the failure too (design section 7).
+        # A snapshot's start is every snapshot's: its as-of time says which one. The
+        # task's context is its own (create_task copied it): nothing to restore after,
+        # which structlog's bound_contextvars reads the whole context to do.
+        snapshot = {"as_of": iso_ms(record.end)} if record.mode is ExportMode.SNAPSHOT else {}
+        names = structlog.contextvars.bind_contextvars(
+            job=record.job,
+            lane=self.key,
+            workspace=record.workspace,
+            type=record.type,
+            window=iso_ms(record.start),
+            when=self._when(record),
+            **snapshot,
+        )
         try:
-            # Every event about this export names it, the failure too (design section 7).
-            # A snapshot's start is every snapshot's: its as-of time says which one.
-            snapshot = {"as_of": iso_ms(record.end)} if record.mode is ExportMode.SNAPSHOT else {}
-            with structlog.contextvars.bound_contextvars(
-                job=record.job,
-                lane=self.key,
-                workspace=record.workspace,
-                type=record.type,
-                window=iso_ms(record.start),
-                when=self._when(record),
-                **snapshot,
-            ):
-                try:
-                    await self._export(record, hold)
-                except StateError:
-                    raise
-                except Exception as exc:
-                    # A bug or an input nobody foresaw: still a recorded, visible failure.
-                    log.exception("export_crashed", kind=type(exc).__name__)
-                    await self._failed([record], f"unexpected {type(exc).__name__}: {exc}")
+            try:
+                await self._export(record, hold)
+            except StateError:
+                raise
+            except Exception as exc:
+                # A bug or an input nobody foresaw: still a recorded, visible failure.
+                log.exception("export_crashed", kind=type(exc).__name__)
+                await self._failed([record], f"unexpected {type(exc).__name__}: {exc}")
+            finally:
+                structlog.contextvars.unbind_contextvars(*names)
         except StateError as exc:
             self.ctx.fatal(exc)
         finally:

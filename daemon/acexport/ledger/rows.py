@@ -4,6 +4,7 @@ states a row moves through."""
 from __future__ import annotations
 
 import enum
+import functools
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ class LedgerState(enum.StrEnum):
 ACTIVE = frozenset({LedgerState.QUEUED, LedgerState.SUBMITTED, LedgerState.READY})
 
 
+@functools.lru_cache(maxsize=8192)  # every row has its window's two, the same for many
 def parse_time(text: str) -> datetime:
     """A time the ledger stored (ISO 8601), in UTC."""
     return datetime.fromisoformat(text).astimezone(UTC)
