@@ -306,3 +306,35 @@ async def test_errors_name_the_origin_with_its_port(status: int, body: bytes) ->
             await answer(client)
     assert base in str(raised.value)
     assert base.rsplit(":", 1)[1] not in ("80", "443")
+
+
+async def test_a_cookie_set_by_the_server_is_never_sent_back() -> None:
+    """The daemon's session keeps no cookies (real sockets): AC authenticates by token,
+    and a cookie from AC or a host it redirects to must not travel with later requests."""
+    from aiohttp import web
+
+    from acexport.ac.client import new_session
+
+    seen: list[str | None] = []
+
+    async def export(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        response = web.json_response(STATUS)
+        response.set_cookie("session", "from-ac")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/api/reports/export/page", export)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with new_session(5.0) as session:
+            client = ExportClient(session, f"http://127.0.0.1:{port}", SecretStr(TOKEN))
+            for _ in range(2):
+                assert isinstance(await answer(client), ExportStatus)
+    finally:
+        await runner.cleanup()
+    assert seen == [None, None]

@@ -282,7 +282,10 @@ def client_timeout(timeout_s: float) -> aiohttp.ClientTimeout:
 def new_session(timeout_s: float) -> aiohttp.ClientSession:
     # A 1 MiB buffer: big enough that the sink gets few, large batches, small enough
     # to keep peak RSS near 60 MB (4 MiB cost 30 MB more for no speed).
+    # No cookie jar: AC's API authenticates by token, and a cookie set by AC or a host
+    # it redirects to is neither kept nor sent back (nor filtered for every request).
     return aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(),
         timeout=client_timeout(timeout_s),
         read_bufsize=_READ_BUFFER_BYTES,
         max_line_size=16 * 1024,
