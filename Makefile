@@ -7,14 +7,14 @@ RUNTIME := $(VENV)/.runtime
 
 .PHONY: test lint format demo bench clean image-test host-test dist docs
 
-$(STAMP): pyproject.toml setup.py daemon/acexport/payload/_linescan.c daemon/acexport/output/_localcommit.c
+$(STAMP): pyproject.toml setup.py daemon/acexport/payload/_linescan.c daemon/acexport/output/_localcommit.c daemon/acexport/payload/_newfile.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
 # The demo needs only the daemon's own dependencies, no test or lint tools.
-$(RUNTIME): pyproject.toml setup.py daemon/acexport/payload/_linescan.c daemon/acexport/output/_localcommit.c
+$(RUNTIME): pyproject.toml setup.py daemon/acexport/payload/_linescan.c daemon/acexport/output/_localcommit.c daemon/acexport/payload/_newfile.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e .

@@ -202,6 +202,7 @@ _WITHOUT_C = (
     "import sys\n"
     'sys.modules["acexport.payload._linescan"] = None\n'
     'sys.modules["acexport.output._localcommit"] = None\n'
+    'sys.modules["acexport.payload._newfile"] = None\n'
 )
 
 

@@ -544,3 +544,52 @@ def test_line_checks_do_not_depend_on_chunking(
     else:
         assert bad is None
         assert b"".join(written).count(b"\n") == len(lines)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["in one call", "step by step"])
+def test_a_small_new_file_is_written_whole_never_over_a_file_or_through_a_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compiled: bool
+) -> None:
+    """``write_new`` (the held small output files, the manifests): created new, whole;
+    a file already there or a link at its name is refused and left as it was."""
+    from acexport.payload import tempfiles
+
+    if not compiled:
+        monkeypatch.setattr(tempfiles, "_compiled", None)
+    else:
+        assert tempfiles.COMPILED, "built at install (setup.py): not built here"
+    path = tmp_path / "new"
+    tempfiles.write_new(path, b"x" * 300_000)
+    assert path.read_bytes() == b"x" * 300_000
+    with pytest.raises(FileExistsError):
+        tempfiles.write_new(path, b"other")
+    assert path.read_bytes() == b"x" * 300_000
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "link").symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        tempfiles.write_new(tmp_path / "link", b"other")
+    assert victim.read_text() == "precious"
+    tempfiles.write_new(tmp_path / "unsynced", b"", sync=False)
+    assert (tmp_path / "unsynced").read_bytes() == b""
+
+
+@pytest.mark.parametrize("size", [100, 128 << 10, (128 << 10) + 200, 3 << 20])
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_a_file_held_in_memory_or_written_through_is_the_same_file(
+    tmp_path: Path, size: int, compression: str
+) -> None:
+    """Output under 128 KiB is held and written at close in one call, larger output
+    is written as it comes: on both sides of the edge the file, its size and its
+    hash are what was converted, and no temp file is left behind but the output."""
+    line = b'{"id": 1, "pad": "' + b"p" * 90 + b'"}\n'
+    payload = line * max(1, size // len(line))  # about ``size``, in whole lines
+    writer = PayloadWriter(tmp_path, compression)
+    for start in range(0, len(payload), 7001):
+        writer.feed_many([payload[start : start + 7001]])
+    summary = writer.finish()
+    data = summary.path.read_bytes()
+    assert (gzip.decompress(data) if compression == "gzip" else data) == payload
+    assert summary.file_bytes == len(data)
+    assert summary.file_sha256 == hashlib.sha256(data).hexdigest()
+    assert [p.name for p in tmp_path.iterdir()] == [summary.path.name]

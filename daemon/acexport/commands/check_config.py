@@ -14,7 +14,7 @@ from ..formats import OutputFormat
 from ..ledger import LedgerState, read_learned_retention, read_rows
 from ..output import local
 from ..output.open import open_store
-from ..payload import linescan
+from ..payload import linescan, tempfiles
 from ..payload.parquet import require_engine
 from ..planner import ac_requests, due_windows
 from ..protocol import ExportMode
@@ -116,7 +116,7 @@ def _report(settings: Settings, path: Path) -> None:
         print(f"warning: {warning}")
     if not settings.jobs:
         print("warning: no [[jobs]]: the daemon would start and export nothing")
-    if not (linescan.COMPILED and local.COMPILED):
+    if not (linescan.COMPILED and local.COMPILED and tempfiles.COMPILED):
         print(
             "warning: acexport was installed without its compiled parts (no C compiler "
             "was found): exports work, but use about twice the CPU; reinstall with gcc and "

@@ -7,13 +7,13 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, TypeVar, cast
 
 from ..formats import Compression
 from . import codec
 from .records import Utf8Check
 from .stage import HANDOFF_BYTES, THREAD_AFTER_BYTES, Chunk, Handoff, Stage
-from .tempfiles import create_new
+from .tempfiles import create_new, write_new
 
 # A split's zstd windows compress their lines a frame at a time with one shared
 # context: this much buffered per window (100 windows: 25 MB, where a zstd context
@@ -44,6 +44,12 @@ _SYNC_FILE_RANGE_WRITE = 2
 # is one more call (a turn at the GIL, for a worker thread) that gains nothing.
 _WRITEBACK_AFTER_BYTES = 1 << 20
 _IOV_MAX = 1024
+
+T = TypeVar("T")
+# A file this small is held in memory and written at close in one call (write_new):
+# most of a thousand lanes' exports are, and each system call a worker thread makes
+# is a turn at the GIL.
+_HELD_BYTES = 128 << 10
 
 
 class OutputFile:
@@ -83,7 +89,8 @@ class OutputFile:
         # from): no manifest names its hash, and a crash discards it, so it is neither
         # hashed nor synced.
         self._intermediate = intermediate
-        self._file: IO[bytes] | None = None  # created by ``open``, in a worker thread
+        self._file: IO[bytes] | None = None  # created once past _HELD_BYTES, or by ``open``
+        self._held: list[bytes] | None = []  # the file's bytes until it is created
         self._compressor: codec.Compressor | None = None
         # zstd in frames through a shared context (a split's windows), lines buffered.
         self._frames = frames if compression == Compression.ZSTD else None
@@ -94,18 +101,27 @@ class OutputFile:
             self._compressor = codec.gzip_compressor()
         elif compression == Compression.ZSTD and self._frames is None:
             self._compressor = codec.zstd_compressor()
-        self._written = 0
+        self._written = 0  # the file's size, held bytes included
+        self._in_file = 0  # of which written to it
         # The file as written (the manifest's file_sha256): hashed in the writer thread.
         self._sha = hashlib.sha256()
 
     def open(self) -> None:
-        """Create the temp file (and its directory, if someone removed it)."""
+        """Create the temp file (and its directory, if someone removed it), with what
+        was held so far."""
         if self._file is None:
-            try:
-                self._file = create_new(self.path, buffering=0)
-            except FileNotFoundError:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = create_new(self.path, buffering=0)
+            self._file = self._in_its_directory(lambda: create_new(self.path, buffering=0))
+            held, self._held = self._held, None
+            if held:
+                self._write_out(held)
+
+    def _in_its_directory(self, create: Callable[[], T]) -> T:
+        """``create()`` the file; if someone removed its directory, made again first."""
+        try:
+            return create()
+        except FileNotFoundError:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return create()
 
     def write_many(self, chunks: Sequence[Chunk]) -> None:
         """Hand the chunks (in order) to the writer thread; memory stays bounded."""
@@ -129,15 +145,25 @@ class OutputFile:
         self._emit(chunks)
 
     def _emit(self, chunks: Sequence[Chunk]) -> None:
-        """Write what is to be in the file, as it is."""
+        """Write what is to be in the file, as it is (held while the file is small)."""
         chunks = [chunk for chunk in chunks if chunk]
         if not chunks:
             return
-        assert self._file is not None, "open() comes first"
-        fd = self._file.fileno()
         if not self._intermediate:
             for chunk in chunks:
                 self._sha.update(chunk)
+        total = sum(map(len, chunks))
+        self._written += total
+        if self._held is not None and self._written <= _HELD_BYTES:
+            self._held += map(bytes, chunks)  # a copy: a chunk may be a view of a buffer
+            return
+        self.open()
+        self._write_out(chunks)
+
+    def _write_out(self, chunks: Sequence[Chunk]) -> None:
+        """Append the chunks to the file."""
+        assert self._file is not None
+        fd = self._file.fileno()
         total = sum(map(len, chunks))
         done = 0
         for start in range(0, len(chunks), _IOV_MAX):
@@ -146,9 +172,9 @@ class OutputFile:
             # A short write (file size limit, full disk): write the rest plainly, so
             # the error, if any, is raised with its errno.
             self._file.write(b"".join(chunks)[done:])
-        if _sync_file_range is not None and self._written + total >= _WRITEBACK_AFTER_BYTES:
-            _sync_file_range(fd, self._written, total, _SYNC_FILE_RANGE_WRITE)
-        self._written += total
+        if _sync_file_range is not None and self._in_file + total >= _WRITEBACK_AFTER_BYTES:
+            _sync_file_range(fd, self._in_file, total, _SYNC_FILE_RANGE_WRITE)
+        self._in_file += total
 
     def _framed(self, chunks: Sequence[Chunk], last: bool = False) -> Sequence[Chunk]:
         """The chunks buffered into whole zstd frames of about FRAME_BYTES."""
@@ -162,19 +188,20 @@ class OutputFile:
         return [frame]
 
     def close(self) -> None:
-        self.open()  # an export with no records is an empty file
         self._handoff.drain(self._write)
         if self._utf8 is not None:
             self._utf8.finish()
         if self._frames is not None:
             self._emit(self._framed([], last=True))  # the last frame (an empty one at least)
-        assert self._file is not None
         if self._compressor is not None:
-            tail = self._compressor.flush()
-            self._file.write(tail)
-            self._sha.update(tail)
-            self._written += len(tail)
+            self._emit([self._compressor.flush()])
             self._compressor = None
+        if self._held is not None:
+            # Small (an export with no records too: an empty file): in one call.
+            data, self._held = b"".join(self._held), None
+            self._in_its_directory(lambda: write_new(self.path, data, not self._intermediate))
+            return
+        assert self._file is not None
         if not self._intermediate:
             os.fsync(self._file.fileno())
         self._file.close()
@@ -190,6 +217,7 @@ class OutputFile:
 
     def discard(self) -> None:
         self._handoff.discard()  # what is gathered is not worth writing now
+        self._held = None
         self._framing, self._framing_bytes = [], 0
         if self._file is not None:
             self._file.close()

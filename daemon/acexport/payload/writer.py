@@ -135,8 +135,6 @@ class PayloadWriter:
             return
 
     def convert(self, chunks: list[bytes]) -> None:
-        for part in self._parts:
-            part.open()
         index = 0
         while self._converter is None and index < len(chunks):
             self._head += chunks[index]
