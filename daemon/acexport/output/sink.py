@@ -84,7 +84,8 @@ class Sink:
 
     def new_writer(self, type_: str, split: SplitPlan | None = None) -> PayloadWriter:
         """A writer for records of ``type_`` (one file per window of ``split``, if
-        given), whose temp files are created with its first batch, in a worker thread."""
+        given), whose temp files are created in a worker thread once past 128 KiB, or
+        written whole at the end (payload/outfile.py)."""
         typed_as = type_ if self.format is OutputFormat.PARQUET else None
         return PayloadWriter(
             self.temp_dir, self.compression, self.limits, typed_as=typed_as, split=split
