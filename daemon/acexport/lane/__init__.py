@@ -148,14 +148,16 @@ class Lane:
         # task's context is its own (create_task copied it): nothing to restore after,
         # which structlog's bound_contextvars reads the whole context to do.
         snapshot = {"as_of": iso_ms(record.end)} if record.mode is ExportMode.SNAPSHOT else {}
-        names = structlog.contextvars.bind_contextvars(
-            job=record.job,
-            lane=self.key,
-            workspace=record.workspace,
-            type=record.type,
-            window=iso_ms(record.start),
-            when=self._when(record),
-            **snapshot,
+        names = tuple(  # the names only: their tokens would live as long as the export
+            structlog.contextvars.bind_contextvars(
+                job=record.job,
+                lane=self.key,
+                workspace=record.workspace,
+                type=record.type,
+                window=iso_ms(record.start),
+                when=self._when(record),
+                **snapshot,
+            )
         )
         try:
             try:
