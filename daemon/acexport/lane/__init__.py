@@ -143,23 +143,24 @@ class Lane:
 
     async def _execute(self, record: ExportRecord, holds_slot: bool) -> None:
         hold = SlotHold(self._slot, holds_slot)
-        # Every event about this export names it, the failure too (design section 7).
-        # A snapshot's start is every snapshot's: its as-of time says which one. The
-        # task's context is its own (create_task copied it): nothing to restore after,
-        # which structlog's bound_contextvars reads the whole context to do.
-        snapshot = {"as_of": iso_ms(record.end)} if record.mode is ExportMode.SNAPSHOT else {}
-        names = tuple(  # the names only: their tokens would live as long as the export
-            structlog.contextvars.bind_contextvars(
-                job=record.job,
-                lane=self.key,
-                workspace=record.workspace,
-                type=record.type,
-                window=iso_ms(record.start),
-                when=self._when(record),
-                **snapshot,
-            )
-        )
+        names: tuple[str, ...] = ()
         try:
+            # Every event about this export names it, the failure too (design section 7).
+            # A snapshot's start is every snapshot's: its as-of time says which one. The
+            # task's context is its own (create_task copied it): nothing to restore
+            # after, which structlog's bound_contextvars reads the whole context to do.
+            snapshot = {"as_of": iso_ms(record.end)} if record.mode is ExportMode.SNAPSHOT else {}
+            names = tuple(  # the names only: their tokens would live as long as the export
+                structlog.contextvars.bind_contextvars(
+                    job=record.job,
+                    lane=self.key,
+                    workspace=record.workspace,
+                    type=record.type,
+                    window=iso_ms(record.start),
+                    when=self._when(record),
+                    **snapshot,
+                )
+            )
             try:
                 await self._export(record, hold)
             except StateError:
@@ -168,11 +169,10 @@ class Lane:
                 # A bug or an input nobody foresaw: still a recorded, visible failure.
                 log.exception("export_crashed", kind=type(exc).__name__)
                 await self._failed([record], f"unexpected {type(exc).__name__}: {exc}")
-            finally:
-                structlog.contextvars.unbind_contextvars(*names)
         except StateError as exc:
             self.ctx.fatal(exc)
         finally:
+            structlog.contextvars.unbind_contextvars(*names)
             hold.give_back()
             self._capacity.release()
             self._tasks.pop(record.id, None)
