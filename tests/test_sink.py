@@ -593,3 +593,73 @@ def test_a_file_held_in_memory_or_written_through_is_the_same_file(
     assert summary.file_bytes == len(data)
     assert summary.file_sha256 == hashlib.sha256(data).hexdigest()
     assert [p.name for p in tmp_path.iterdir()] == [summary.path.name]
+
+
+def _listing_by_walking(root: Path, prefix: str) -> dict[str, int]:
+    """Every file or link under ``root`` (links to directories neither followed nor
+    listed) whose name starts with ``prefix``: what a listing must answer."""
+    sizes = {}
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = Path(directory) / name
+            relative = path.relative_to(root).as_posix()
+            if relative.startswith(prefix):
+                sizes[relative] = path.lstat().st_size
+    return sizes
+
+
+async def test_a_local_listing_reads_only_what_the_prefix_can_name(tmp_path: Path) -> None:
+    root = tmp_path / "out"
+    for name, size in {
+        "a/b/x.jsonl": 3,
+        "a/b/x.jsonl.manifest.json": 5,
+        "a/bc/y.jsonl": 7,  # shares the text "a/b", not the directory
+        "a/b/deeper/z.jsonl": 11,
+        "other/w.jsonl": 13,
+    }.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x" * size)
+    (root / "a/b/linked").symlink_to(root / "other")  # not followed, not listed
+    (root / "a/b/file-link").symlink_to(root / "other/w.jsonl")  # listed, as a link
+    store = LocalStore(root, tmp_path / "state")
+
+    assert await store.listed_under("a/b/") == {
+        "a/b/x.jsonl": 3,
+        "a/b/x.jsonl.manifest.json": 5,
+        "a/b/deeper/z.jsonl": 11,
+        "a/b/file-link": len(str(root / "other/w.jsonl")),
+    }
+    assert await store.listed_under("a/b") == {
+        **await store.listed_under("a/b/"),
+        "a/bc/y.jsonl": 7,
+    }
+    assert await store.listed_under("a/b/x") == {
+        "a/b/x.jsonl": 3,
+        "a/b/x.jsonl.manifest.json": 5,
+    }
+    assert await store.listed_under("") == _listing_by_walking(root, "")
+    assert await store.listed_under("nothing/here/") == {}
+    assert await LocalStore(tmp_path / "never-made", tmp_path).listed_under("") == {}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    names=st.lists(
+        st.lists(st.sampled_from(["a", "ab", "b", "a.x"]), min_size=1, max_size=4),
+        max_size=12,
+    ),
+    prefix=st.text(alphabet="ab./x", max_size=8),
+)
+def test_a_local_listing_answers_as_walking_the_whole_tree_would(
+    names: list[list[str]], prefix: str
+) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory) / "out"
+        root.mkdir()
+        for parts in names:
+            path = root.joinpath(*parts)
+            with contextlib.suppress(OSError):  # a name already made a directory, or so
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(b"x" * len(parts))
+        store = LocalStore(root, Path(directory))
+        assert store._listed_under(prefix) == _listing_by_walking(root, prefix)
