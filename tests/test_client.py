@@ -63,6 +63,22 @@ async def test_request_carries_bearer_token_and_ms_dates(client: ExportClient) -
     assert url.query["toDate"] == "2022-01-01T23:59:59.999Z"
 
 
+async def test_each_request_asks_for_its_own_type_and_window(client: ExportClient) -> None:
+    """The URL an export polls with is built once; another window or type gets its own."""
+    later = ExportWindow(datetime(2022, 1, 2, tzinfo=UTC), datetime(2022, 1, 3, tzinfo=UTC))
+    asked = [
+        client.url(type_, window)
+        for type_, window in (("page", WINDOW), ("page", later), ("event", later), ("page", WINDOW))
+    ]
+    assert [(url.path.rsplit("/", 1)[1], url.query["fromDate"]) for url in asked] == [
+        ("page", "2022-01-01T00:00:00.000Z"),
+        ("page", "2022-01-02T00:00:00.000Z"),
+        ("event", "2022-01-02T00:00:00.000Z"),
+        ("page", "2022-01-01T00:00:00.000Z"),
+    ]
+    assert asked[1].query["toDate"] == "2022-01-02T23:59:59.999Z"  # AC's inclusive end
+
+
 async def test_one_record_membership_payload_is_data_not_status(client: ExportClient) -> None:
     """A small payload whose record has a 'status' field is still data."""
     record = b'{"segmentId": "1", "individualId": "2", "status": "ACTIVE"}\n'
