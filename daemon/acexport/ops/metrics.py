@@ -36,7 +36,6 @@ class Metrics(LaneObserver):
     def __init__(self) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series add noise
         self.registry = CollectorRegistry()
-        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}  # see _child
         r = self.registry
         # The process's own: RSS, CPU, open descriptors, start time; Python's version, GC.
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
@@ -161,33 +160,23 @@ class Metrics(LaneObserver):
 
     def export_ended(self, event: ExportEnded) -> None:
         outcome = "done" if event.ok else "failed"
-        kind = (event.workspace, event.type)
-        self._child(self.exports, *kind, outcome).inc()
+        self.exports.labels(event.workspace, event.type, outcome).inc()
         if event.ok:
-            self._child(self.payload_bytes, *kind).inc(event.payload_bytes)
+            self.payload_bytes.labels(event.workspace, event.type).inc(event.payload_bytes)
             if event.windows_served:
-                self._child(self.ac_exports, *kind).inc()
-            self._child(self.poll_requests, *kind).inc(event.requests)
-            self._child(self.last_success, event.job).set_to_current_time()
+                self.ac_exports.labels(event.workspace, event.type).inc()
+            self.poll_requests.labels(event.workspace, event.type).inc(event.requests)
+            self.last_success.labels(event.job).set_to_current_time()
             if event.processing_s is not None:
-                self._child(self.processing, event.type).observe(event.processing_s)
+                self.processing.labels(event.type).observe(event.processing_s)
             if event.download_s is not None:
-                self._child(self.download, event.type).observe(event.download_s)
+                self.download.labels(event.type).observe(event.download_s)
             for column in event.new_columns:
                 self.new_columns.labels(event.type, column).inc()
             if event.unparsed_values:
                 self.unparsed_values.labels(event.type).inc(event.unparsed_values)
             if event.restatement_kept:
-                self.restatements_kept.labels(*kind).inc()
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(*labels)``, kept: prometheus_client checks the values and
-        takes a lock at every call (3% of the loop at a thousand workspaces)."""
-        key = (metric, labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+                self.restatements_kept.labels(event.workspace, event.type).inc()
 
     def expect(self, exports: Iterable[tuple[str, str]]) -> None:
         """The (workspace, type) pairs the jobs export: their counters exist from the
@@ -197,7 +186,7 @@ class Metrics(LaneObserver):
                 self.exports.labels(workspace, type_, outcome)
 
     def answered(self, workspace: str, code: int) -> None:
-        self._child(self.responses, workspace, str(code)).inc()
+        self.responses.labels(workspace, str(code)).inc()
 
     def count_windows(self, view: StatusView) -> None:
         """Each job's due windows (x types) by state: gaps show as missing or failed."""
