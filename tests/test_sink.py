@@ -639,6 +639,8 @@ async def test_a_local_listing_reads_only_what_the_prefix_can_name(tmp_path: Pat
     }
     assert await store.listed_under("") == _listing_by_walking(root, "")
     assert await store.listed_under("nothing/here/") == {}
+    for outside in ("../", "../out/a/", "/", str(root / "a") + "/"):  # nothing beyond the root
+        assert await store.listed_under(outside) == {}
     assert await LocalStore(tmp_path / "never-made", tmp_path).listed_under("") == {}
 
 
@@ -648,7 +650,7 @@ async def test_a_local_listing_reads_only_what_the_prefix_can_name(tmp_path: Pat
         st.lists(st.sampled_from(["a", "ab", "b", "a.x"]), min_size=1, max_size=4),
         max_size=12,
     ),
-    prefix=st.text(alphabet="ab./x", max_size=8),
+    prefix=st.one_of(st.text(alphabet="ab./x", max_size=8), st.sampled_from(["../", "/", "a/../"])),
 )
 def test_a_local_listing_answers_as_walking_the_whole_tree_would(
     names: list[list[str]], prefix: str

@@ -80,7 +80,10 @@ class LocalStore:
         # system call of this thread was a turn at the GIL the event loop waited for:
         # a job's look and every snapshot's prune list, ten listings a job).
         sizes: dict[str, int] = {}
-        pending = [prefix.rpartition("/")[0]]
+        top = prefix.rpartition("/")[0]
+        if top.startswith("/") or ".." in top.split("/"):
+            return sizes  # no key is absolute or climbs (``render_path`` refuses both)
+        pending = [top]
         while pending:
             relative = pending.pop()
             try:
