@@ -65,15 +65,27 @@ class PollPlan:
         """Never more than ``max_s``, whatever history says."""
         return min(self.max_s, self._wanted(elapsed_s))
 
-    def _wanted(self, elapsed_s: float) -> float:
-        floor = min(self.initial_s, 1.0)  # no two checks closer than this
-        expected = self.expected_s
-        short = max(SHORT_EXPORT_S, SHORT_EXPORT_FLOORS * floor)
-        if not expected and self.guess_s and self.guess_s <= short:
+    def expected_ready_s(self) -> float | None:
+        """When the data should be ready, after submission, by what history says."""
+        if self.expected_s:
+            return self.expected_s
+        if self.guess_s and self.guess_s <= self._short_s():
             # Another kind's time says little about this one, but trusting a short guess
             # costs at most a few floors of delay, and saves the backoff's requests.
-            expected = self.guess_s
+            return self.guess_s
+        return None
+
+    def _short_s(self) -> float:
+        return max(SHORT_EXPORT_S, SHORT_EXPORT_FLOORS * self._floor_s())
+
+    def _floor_s(self) -> float:
+        return min(self.initial_s, 1.0)  # no two checks closer than this
+
+    def _wanted(self, elapsed_s: float) -> float:
+        floor = self._floor_s()
+        expected = self.expected_ready_s()
         if expected:
+            short = self._short_s()
             # A short export is checked once, when it should be ready: the early marks
             # would cost requests and gain little.
             marks = SPARSE_MARKS if expected > short else (1.0,)

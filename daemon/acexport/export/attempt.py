@@ -45,7 +45,13 @@ class Attempt:
     # Monotonic times the requests were sent (not answered: the answer waits on this
     # process too, and an export's time learned from it grew with the daemon's load).
     asked_at: float = 0.0  # the latest request to AC
+    # When the latest request was due (the end of the wait before it): a timer that
+    # fires late or a connection pool that holds a request is not AC's time either.
+    due_at: float = field(default_factory=time.monotonic)
     submitted_at: float | None = None  # the request AC first answered with a status
+    not_ready_at: float | None = None  # the latest request AC answered "not yet"
+    expected_s: float | None = None  # when history says the data is ready, after submitting
+    processing_s: float | None = None  # submitted to ready, as far as the requests tell
     started_at: float = field(default_factory=time.monotonic)
     said_waiting: bool = False  # export_waiting_at_ac was logged (at most once)
 

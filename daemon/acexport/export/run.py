@@ -60,6 +60,7 @@ async def run_export(
         state.ready_at = time.monotonic() - timing.ready_age_s
     state.created_date = timing.created_date
     polls = timing.plan()
+    state.expected_s = polls.expected_ready_s()
     retries = timing.retry.delays()
     with structlog.contextvars.bound_contextvars(
         workspace=spec.workspace, type=spec.type, window=spec.window.from_date, request=0
@@ -86,6 +87,7 @@ async def run_export(
                         _suspect_token(exc, state, timing, client.trust.proven, delay)
                     delay = _count_failure(exc, state, timing, delay)
                     await _after_transient(exc, state, sink)
+                state.due_at = time.monotonic() + delay
                 await sleep(delay)
         finally:
             if state.writer is not None:
@@ -129,12 +131,12 @@ async def _ask(
             **({"unparsed_values": manifest.unparsed_values} if manifest.unparsed_values else {}),
         )
         report_new_columns(spec.type, manifest.new_columns or [])
-    submitted, ready = state.submitted_at, state.ready_at
+    ready = state.ready_at
     return ExportOutcome(
         files=files,
         requests=state.requests,
         expired_resubmits=state.expired,
-        processing_s=None if submitted is None or ready is None else ready - submitted,
+        processing_s=state.processing_s,
         download_s=None if ready is None else time.monotonic() - ready,
     )
 
@@ -238,6 +240,7 @@ async def _on_status(
         state.created_date = answer.created_date or state.created_date
         if state.submitted_at is None:
             state.submitted_at = state.asked_at
+        state.not_ready_at = state.asked_at
         waited = time.monotonic() - state.submitted_at
         if waited >= LONG_WAIT_S and not state.said_waiting:
             # Quick exports stay quiet at info; one that takes AC a while says so once.
