@@ -10,6 +10,7 @@ import io
 import itertools
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -572,6 +573,15 @@ def test_a_small_new_file_is_written_whole_never_over_a_file_or_through_a_link(
     assert victim.read_text() == "precious"
     tempfiles.write_new(tmp_path / "unsynced", b"", sync=False)
     assert (tmp_path / "unsynced").read_bytes() == b""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))  # a full disk, mid-write
+    try:
+        with pytest.raises(OSError, match="too large") as failed:
+            tempfiles.write_new(tmp_path / "cut", b"x" * 300_000)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert failed.value.errno == errno.EFBIG
+    assert not (tmp_path / "cut").exists()  # nothing half written left behind
 
 
 @pytest.mark.parametrize("size", [100, 128 << 10, (128 << 10) + 200, 3 << 20])

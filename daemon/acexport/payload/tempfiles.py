@@ -67,6 +67,9 @@ def write_new(path: Path, data: bytes, sync: bool = True) -> None:
             view = view[os.write(fd, view) :]
         if sync:
             os.fsync(fd)
+    except BaseException:
+        path.unlink(missing_ok=True)  # no half file left behind, as in C
+        raise
     finally:
         os.close(fd)
 
