@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from acexport.windows import ExportWindow, parse_bound
+from acexport.windows import ExportWindow, iso_ms, parse_bound
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -17,6 +17,18 @@ def test_dates_sent_to_ac_are_utc_with_milliseconds() -> None:
     window = ExportWindow(datetime(2022, 1, 1, tzinfo=UTC), datetime(2022, 1, 2, tzinfo=UTC))
     assert window.from_date == "2022-01-01T00:00:00.000Z"
     assert window.to_date == "2022-01-01T23:59:59.999Z"
+
+
+@pytest.mark.parametrize("first_fold", [0, 1])
+def test_the_repeated_hour_of_a_dst_change_names_two_instants(first_fold: int) -> None:
+    """1:30 in New York on 2026-11-01 happens twice (fold 0 and 1): each is its own
+    instant to AC, whichever was named first (the two compare and hash alike)."""
+    ny = ZoneInfo("America/New_York")
+    first = datetime(2026, 11, 1, 1, 30, tzinfo=ny, fold=first_fold)
+    second = first.replace(fold=1 - first_fold)
+    named = {first.fold: iso_ms(first), second.fold: iso_ms(second)}
+    assert named == {0: "2026-11-01T05:30:00.000Z", 1: "2026-11-01T06:30:00.000Z"}
+    assert iso_ms(second.astimezone(UTC)) == named[second.fold]
 
 
 def test_a_dst_day_in_berlin_is_23_hours_and_contiguous() -> None:

@@ -21,9 +21,17 @@ from zoneinfo import ZoneInfo
 ONE_MS = timedelta(milliseconds=1)
 
 
-@functools.lru_cache(maxsize=8192)  # window edges: a few days', named thousands of times
 def iso_ms(when: datetime) -> str:
     """``2022-01-01T00:00:00.000Z``: UTC, milliseconds, as AC's docs write dates."""
+    if when.tzinfo is UTC:
+        return _utc_iso_ms(when)
+    # Not cached: a zone's wall time in its repeated hour names two instants (fold 0
+    # and 1) that compare and hash alike, and the cache answered one for the other.
+    return _format_ms(when)
+
+
+@functools.lru_cache(maxsize=8192)  # window edges: a few days', named thousands of times
+def _utc_iso_ms(when: datetime) -> str:
     return _format_ms(when)
 
 
