@@ -25,10 +25,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from acexport.errors import PayloadError, SinkError
+from acexport.formats import Compression
 from acexport.output import local
 from acexport.output.local import LocalStore
 from acexport.output.manifest import Manifest
 from acexport.output.sink import Sink
+from acexport.payload.outfile import OutputFile
 from acexport.payload.tempfiles import claim_temp_dir, clean_abandoned
 from acexport.payload.writer import PayloadSummary, PayloadWriter
 
@@ -603,6 +605,42 @@ def test_a_file_held_in_memory_or_written_through_is_the_same_file(
     assert summary.file_bytes == len(data)
     assert summary.file_sha256 == hashlib.sha256(data).hexdigest()
     assert [p.name for p in tmp_path.iterdir()] == [summary.path.name]
+
+
+@pytest.mark.parametrize("batch", [100_000, 400_000, 3 << 20])
+def test_a_written_file_asks_for_writeback_once_per_mib_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """The kernel is asked to start writing back every MiB as it is written (so the
+    final fsync finds little left), once: in batches of any size the asks cover the
+    file in order, each at least a MiB, none twice; a small file never asks."""
+    from acexport.payload import outfile
+
+    asks: list[tuple[int, int]] = []
+
+    def recorded(fd: int, offset: int, count: int, flags: int) -> int:
+        asks.append((offset, count))
+        return 0
+
+    monkeypatch.setattr(outfile, "_sync_file_range", recorded)
+    size = (9 << 20) + 12345
+    out = OutputFile(tmp_path / "out.part", Compression.NONE)
+    for start in range(0, size, batch):
+        out.write_many([b"x" * min(batch, size - start)])
+    out.close()
+    assert (tmp_path / "out.part").stat().st_size == size
+    assert asks, "a 9 MiB file asks for writeback"
+    assert all(count >= 1 << 20 for _, count in asks)
+    assert [offset for offset, _ in asks] == list(
+        itertools.accumulate([0] + [count for _, count in asks[:-1]])
+    )
+    assert size - sum(count for _, count in asks) < max(batch, 1 << 20)
+
+    asks.clear()
+    small = OutputFile(tmp_path / "small.part", Compression.NONE)
+    small.write_many([b"x" * 900_000])
+    small.close()
+    assert asks == []
 
 
 def _listing_by_walking(root: Path, prefix: str) -> dict[str, int]:
