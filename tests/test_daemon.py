@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -179,6 +180,39 @@ async def test_the_learned_processing_time_leaves_out_the_polls_own_lateness(
     # (before: 0.51, 0.71, 0.91, 0.91 s).
     assert max(learned[1:]) <= learned[0] + 0.05, (learned, truth)
     assert min(learned) >= max(truth) - 0.05, (learned, truth)
+
+
+async def test_the_next_export_reaches_ac_only_once_the_ready_mark_is_durable(
+    emulator: EmulatorFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lane's slot goes to the next export as the ready mark is asked for, not
+    once it is written (a round trip of the ledger less per export): the next export's
+    first request still waits for it. A mark made slow here (0.3 s before its
+    statement) is in the ledger before AC sees the next export, every time."""
+    from acexport.config import load_settings
+    from acexport.daemon import Daemon
+    from acexport.ledger import Ledger
+
+    emu = await emulator(tokens={"alpha": "alpha-token"}, processing_s=0.1, records=5)
+    jobs = job("hourly", "alpha", types=["page"], window="1h", catch_up="5h", lag="0s",
+               coalesce_max=0)  # fmt: skip
+    config = write_config(tmp_path, emu, jobs)
+    mark_ready = Ledger.mark_ready
+    marked: list[float] = []
+
+    async def slow_mark(self: Ledger, *args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(0.3)
+        await mark_ready(self, *args, **kwargs)
+        marked.append(time.time())
+
+    monkeypatch.setattr(Ledger, "mark_ready", slow_mark)
+    async with Daemon(load_settings(config), config) as daemon:
+        assert await daemon.run_once()
+
+    created = sorted(j["timeline"]["created"] for j in (await emu.jobs())["jobs"])
+    assert len(created) == len(marked) == 5
+    for mark, next_created in zip(marked, created[1:], strict=False):
+        assert next_created >= mark, (marked, created)
 
 
 async def test_sigkill_at_random_points_loses_and_duplicates_nothing(
