@@ -45,7 +45,7 @@ from .context import LaneContext, hooks_for, timing_for
 from .requests import coalesce, request_of
 from .restatement import guarded, keep_previous_revision
 from .retention import before_retention, refused_as_beyond_retention
-from .slot import Slot, SlotHold, SlotKeeper
+from .slot import SlotHold, SlotKeeper
 from .snapshots import prune_snapshots_after
 
 __all__ = ["Lane", "LaneContext"]
@@ -64,7 +64,7 @@ class Lane:
         self.use_token(token)
         self._queue: asyncio.Queue[ExportRecord | None] = asyncio.Queue()
         self._queued_ids: set[int] = set()
-        self._slot = Slot()
+        self._slot = asyncio.Semaphore(1)
         self._capacity = asyncio.Semaphore(max_in_flight)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._sleeping: set[int] = set()  # exports waiting between two requests to AC
@@ -212,8 +212,6 @@ class Lane:
         was_queued = record.state is LedgerState.QUEUED
         if current.id in self._grouped or request_of(current) not in (None, request_of(record)):
             return  # another task's coalesced request took it meanwhile
-        if hold.held:
-            await hold.settled()  # the previous export's ready mark, asked for before the claim
         await self._export_claimed(current, was_queued, settings, hold)
 
     async def _export_claimed(
@@ -304,14 +302,12 @@ class Lane:
         timing = await timing_for(self.ctx, record)
 
         async def record_ready(created_date: str | None, processing_s: float) -> None:
-            # Every window's mark asked for at once, before the next export's claim, and
-            # durable before its first request (slot.Slot): after a crash, the ledger
-            # must not show two exports waiting on AC at once. (The keeper runs this
-            # in a task of its own: a cancelled export still records its data ready.)
-            ledger = self.ctx.ledger
-            await asyncio.gather(
-                *(ledger.mark_ready(member.id, created_date, processing_s) for member in group)
-            )
+            # Durable before the slot goes to the next export: after a crash, the
+            # ledger must not show two exports waiting on AC at once.
+            for member in group:
+                await asyncio.shield(
+                    self.ctx.ledger.mark_ready(member.id, created_date, processing_s)
+                )
 
         keeper = SlotKeeper(record.created_date, hold, record_ready)
         return await run_export(
