@@ -170,7 +170,8 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.objects: dict[PurePosixPath, bytes] = {}
-        self.listings = 0
+        self.listings = 0  # prefixes listed
+        self.asked = 0  # times the store was asked for listings
         self.down = False
         self.batches = 0  # delete_many calls
         self.refuse_batch: int | None = None  # the delete_many call that is refused
@@ -193,10 +194,17 @@ class MemoryStore:
         return None
 
     async def stored_under(self, prefix: str) -> dict[PurePosixPath, int]:
+        return with_manifests(await self.listed_under(prefix), prefix)
+
+    async def listed_under(self, prefix: str) -> dict[str, int]:
         self.listings += 1
         if self.down:
             raise StoreUnavailable("the store is down")
-        return with_manifests({str(k): len(v) for k, v in self.objects.items()}, prefix)
+        return {str(k): len(v) for k, v in self.objects.items() if str(k).startswith(prefix)}
+
+    async def listed_under_each(self, prefixes: Sequence[str]) -> list[dict[str, int]]:
+        self.asked += 1
+        return [await self.listed_under(prefix) for prefix in prefixes]
 
     async def read_small(self, key: PurePosixPath) -> bytes | None:
         return self.objects.get(key)
@@ -488,6 +496,23 @@ async def test_entity_types_are_snapshots_once_per_schedule_period(ledger: Ledge
     override = {"name": "w", "types": ["individual"], "modes": {"individual": "windows"}}
     windowed, job2 = snapshot_planner(ledger, MemoryStore(), clock, **override)
     assert {r.mode for r in (await windowed.look(job2)).records} == {"windows"}
+
+
+async def test_a_first_look_asks_the_store_once_for_windows_and_once_for_snapshots(
+    ledger: Ledger,
+) -> None:
+    """A job of all six types: its first look lists a prefix per type, in two requests
+    of the store (the windows', the snapshots'), not six: each was a thread hop, and
+    a thousand jobs look at start. Later looks list nothing."""
+    clock = [datetime(2026, 12, 1, 1, 30, tzinfo=UTC)]
+    store = MemoryStore()
+    planner, job = snapshot_planner(ledger, store, clock)
+
+    look = await planner.look(job)
+    assert len(look.records) == 2 + 4
+    assert (store.asked, store.listings) == (2, 6)
+    await planner.look(job)
+    assert (store.asked, store.listings) == (2, 6)
 
 
 async def test_a_snapshot_in_the_store_is_adopted_not_taken_again(ledger: Ledger) -> None:

@@ -28,7 +28,7 @@ from .errors import StoreRejected, StoreUnavailable
 from .ledger import ACTIVE, ExportRecord, LedgerState
 from .output.layout import OutputLayout
 from .output.manifest import manifest_key
-from .output.snapshots import stored_snapshots
+from .output.snapshots import StoredSnapshot, stored_snapshots
 from .output.store import OutputStore
 from .output.stored import StoredFile, prove, stored_files
 from .payload.split import MAX_WINDOWS
@@ -303,37 +303,57 @@ class Planner:
             return schedule_period(job.trigger(zone), now)
 
         records = []
-        listed = True
         by_type = await self._ledger.snapshots(job.name, job.workspace)
+        idle = [
+            type_
+            for type_ in job.snapshot_types
+            if not any(r.state in ACTIVE for r in by_type.get(type_, []))
+        ]
+        stored: dict[str, list[StoredSnapshot]] | None = {}
+        if look_in_store and idle:
+            stored = await self._stored_snapshots(job, idle, zone)
         for type_ in job.snapshot_types:
             rows = by_type.get(type_, [])
-            active = [r for r in rows if r.state in ACTIVE]
-            if active:
-                records += active
+            if type_ not in idle:
+                records += [r for r in rows if r.state in ACTIVE]
                 continue
             newest = max((r.end for r in rows if r.state is LedgerState.DONE), default=None)
-            if look_in_store:
-                try:
-                    newest = await self._adopt_newest_snapshot(job, type_, zone, newest)
-                except (StoreRejected, StoreUnavailable) as exc:
-                    log.warning("output_store_not_listed", job=job.name, error=str(exc))
-                    listed = False
+            if stored:
+                newest = await self._adopt_newest_snapshot(job, type_, stored[type_], newest)
             if newest is None or snapshot_due(newest, as_of, period()):
                 window = ExportWindow(start, as_of, zone)
                 records.append(
                     await self._ledger.plan_snapshot(job.name, job.workspace, type_, window, rows)
                 )
-        if look_in_store and listed:
+        if look_in_store and stored is not None:
             self._snapshots_listed.add(_key(job))
         return records
 
-    async def _adopt_newest_snapshot(
-        self, job: JobSettings, type_: str, zone: ZoneInfo, newest: datetime | None
-    ) -> datetime | None:
-        """The newest snapshot's as-of time, the store's if it is newer than the
-        ledger's (then recorded done: a lost state dir takes no extra snapshot)."""
+    async def _stored_snapshots(
+        self, job: JobSettings, types: Sequence[str], zone: ZoneInfo
+    ) -> dict[str, list[StoredSnapshot]] | None:
+        """The proven snapshots of each of ``types`` in the store (their prefixes listed
+        at once); None if the store cannot be listed now (the next look lists again)."""
         layout = OutputLayout.from_settings(self._settings().output)
-        stored = await stored_snapshots(self._store, layout, job.workspace, type_, job.name, zone)
+        prefixes = [layout.snapshot_prefix(job.workspace, type_, job.name) for type_ in types]
+        try:
+            listings = await self._store.listed_under_each(prefixes)
+            return {
+                type_: await stored_snapshots(
+                    self._store, layout, job.workspace, type_, job.name, zone, listed
+                )
+                for type_, listed in zip(types, listings, strict=True)
+            }
+        except (StoreRejected, StoreUnavailable) as exc:
+            log.warning("output_store_not_listed", job=job.name, error=str(exc))
+            return None
+
+    async def _adopt_newest_snapshot(
+        self, job: JobSettings, type_: str, stored: list[StoredSnapshot], newest: datetime | None
+    ) -> datetime | None:
+        """The newest snapshot's as-of time, the store's (``stored``, oldest first) if it
+        is newer than the ledger's (then recorded done: a lost state dir takes no extra
+        snapshot)."""
         if not stored or (newest is not None and stored[-1].as_of <= newest):
             return newest
         last = stored[-1]

@@ -74,6 +74,9 @@ class LocalStore:
     async def listed_under(self, prefix: str) -> dict[str, int]:
         return await asyncio.to_thread(self._listed_under, prefix)
 
+    async def listed_under_each(self, prefixes: Sequence[str]) -> list[dict[str, int]]:
+        return await asyncio.to_thread(lambda: [self._listed_under(p) for p in prefixes])
+
     def _listed_under(self, prefix: str) -> dict[str, int]:
         # Only the directories that can hold a name starting with ``prefix`` are read,
         # by ``scandir``: no ``Path`` per file, no extra ``lstat`` per directory (each

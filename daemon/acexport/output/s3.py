@@ -314,6 +314,9 @@ class S3Store:
     async def stored_under(self, prefix: str) -> dict[PurePosixPath, int]:
         return with_manifests(await self.listed_under(prefix), prefix)
 
+    async def listed_under_each(self, prefixes: Sequence[str]) -> list[dict[str, int]]:
+        return list(await asyncio.gather(*(self.listed_under(p) for p in prefixes)))
+
     async def listed_under(self, prefix: str) -> dict[str, int]:
         t, sizes = self.target, dict[str, int]()
         paginator = self._client.get_paginator("list_objects_v2")

@@ -62,6 +62,11 @@ class OutputStore(Protocol):
         """Every key under ``prefix`` (data, manifests, leftovers), with its size."""
         ...
 
+    async def listed_under_each(self, prefixes: Sequence[str]) -> list[dict[str, int]]:
+        """``listed_under`` of each prefix, asked for at once (a directory's in one thread
+        hop: a look lists a prefix per type, and a thousand jobs look at start)."""
+        ...
+
     async def read_small(self, key: PurePosixPath) -> bytes | None:
         """A small object (a manifest, the owner marker); None if there is none."""
         ...

@@ -19,7 +19,7 @@ from pathlib import PurePosixPath
 from ..windows import ExportWindow
 from .layout import OutputLayout
 from .manifest import check_stored, manifest_key, read_fields
-from .store import OutputStore, common_prefix
+from .store import OutputStore, common_prefix, with_manifests
 
 _READS_AT_ONCE = 16  # manifest reads in flight while checking a job's stored windows
 
@@ -47,16 +47,19 @@ async def stored_files(
     types: Iterable[str],
     windows: list[ExportWindow],
 ) -> list[StoredFile]:
-    """The files of ``windows`` that ``store`` holds with a manifest beside them."""
+    """The files of ``windows`` that ``store`` holds with a manifest beside them: a
+    listing per type, all asked for at once."""
+    if not windows:
+        return []
+    keys = {t: {w: layout.key_for(workspace, t, job, w) for w in windows} for t in types}
+    prefixes = [common_prefix(list(of_type.values())) for of_type in keys.values()]
+    listings = await store.listed_under_each(prefixes)
     found: list[StoredFile] = []
-    for type_ in types:
-        keys = {w: layout.key_for(workspace, type_, job, w) for w in windows}
-        if not keys:
-            continue
-        present = await store.stored_under(common_prefix(list(keys.values())))
+    for (type_, of_type), prefix, listed in zip(keys.items(), prefixes, listings, strict=True):
+        present = with_manifests(listed, prefix)
         found += [
             StoredFile(type_, w, key, present[key], store.location(key))
-            for w, key in keys.items()
+            for w, key in of_type.items()
             if key in present
         ]
     return found
