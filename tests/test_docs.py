@@ -148,6 +148,19 @@ def test_the_settings_reference_is_what_the_models_say() -> None:
             assert f"| `{name}` |" in page or name == "s3"  # [output.s3] is a section
 
 
+def test_the_guide_to_a_new_output_store_names_every_method_it_needs() -> None:
+    """docs/development.md tells how to add a store: it names the protocol's methods,
+    all of them (it had fallen behind by four, and named one that does not exist)."""
+    from acexport.output.store import OutputStore
+
+    page = (ROOT / "docs" / "development.md").read_text()
+    (bullet,) = re.findall(r"- \*\*A new output store\*\*.*?(?=\n- \*\*)", page, re.S)
+    named = set(re.findall(r"`([a-z_]+)`", bullet)) - {"output", "url"}
+    methods = {name for name in vars(OutputStore) if not name.startswith("_")}
+    assert methods <= named, f"not named: {sorted(methods - named)}"
+    assert {n for n in named if "_" in n} <= methods  # none that the protocol lacks
+
+
 @pytest.mark.slow  # about 45 s: three exports, each polled as AC's would be (poll_initial)
 def test_the_first_config_runs_as_written(tmp_path: Path) -> None:
     """The README's "first config, step by step", every line as written, in a shell with
