@@ -498,19 +498,29 @@ async def test_entity_types_are_snapshots_once_per_schedule_period(ledger: Ledge
     assert {r.mode for r in (await windowed.look(job2)).records} == {"windows"}
 
 
-async def test_a_first_look_asks_the_store_once_for_windows_and_once_for_snapshots(
+async def test_a_first_look_asks_the_store_and_the_ledger_together(
     ledger: Ledger,
 ) -> None:
     """A job of all six types: its first look lists a prefix per type, in two requests
     of the store (the windows', the snapshots'), not six: each was a thread hop, and
-    a thousand jobs look at start. Later looks list nothing."""
+    a thousand jobs look at start; its four snapshots are planned in one round trip
+    of the ledger, not four. Later looks list nothing."""
     clock = [datetime(2026, 12, 1, 1, 30, tzinfo=UTC)]
     store = MemoryStore()
     planner, job = snapshot_planner(ledger, store, clock)
 
+    statements: list[str] = []
+    await ledger._db.run(lambda conn: conn.set_trace_callback(statements.append))
+
     look = await planner.look(job)
     assert len(look.records) == 2 + 4
     assert (store.asked, store.listings) == (2, 6)
+    # The four snapshots' rows are asked for together: the first runs at once, alone
+    # (the ledger is idle), the three asked for meanwhile in one transaction.
+    inserts = [i for i, sql in enumerate(statements) if "'snapshot', 'queued'" in sql]
+    assert len(inserts) == 4
+    between = statements[inserts[0] : inserts[-1]]
+    assert between.count("BEGIN IMMEDIATE") == 1, between
     await planner.look(job)
     assert (store.asked, store.listings) == (2, 6)
 

@@ -13,6 +13,7 @@ rows into lanes is the daemon's business.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -312,6 +313,7 @@ class Planner:
         stored: dict[str, list[StoredSnapshot]] | None = {}
         if look_in_store and idle:
             stored = await self._stored_snapshots(job, idle, zone)
+        planned: list[Awaitable[ExportRecord]] = []
         for type_ in job.snapshot_types:
             rows = by_type.get(type_, [])
             if type_ not in idle:
@@ -322,9 +324,12 @@ class Planner:
                 newest = await self._adopt_newest_snapshot(job, type_, stored[type_], newest)
             if newest is None or snapshot_due(newest, as_of, period()):
                 window = ExportWindow(start, as_of, zone)
-                records.append(
-                    await self._ledger.plan_snapshot(job.name, job.workspace, type_, window, rows)
+                planned.append(
+                    self._ledger.plan_snapshot(job.name, job.workspace, type_, window, rows)
                 )
+        # Each type's row is its own: asked for together, they share the ledger's next
+        # transaction (one round trip of a busy ledger, not one a type, at a first look).
+        records += await asyncio.gather(*planned)
         if look_in_store and stored is not None:
             self._snapshots_listed.add(_key(job))
         return records
