@@ -48,7 +48,12 @@ class Attempt:
     # When the latest request was due (the end of the wait before it): a timer that
     # fires late or a connection pool that holds a request is not AC's time either.
     due_at: float = field(default_factory=time.monotonic)
-    submitted_at: float | None = None  # the request AC first answered with a status
+    # When AC's first status answer arrived: AC had created the export by then. (When
+    # that request was sent, it still had the connection pool and AC's own queue ahead:
+    # at a thousand lanes those took 0.3-1 s for a fifth of the exports, whose single
+    # check, due by the time learned, then came too early, 70-97% of them.)
+    submitted_at: float | None = None
+    answered_at: float = 0.0  # monotonic: the latest answer from AC arrived
     not_ready_at: float | None = None  # the latest request AC answered "not yet"
     expected_s: float | None = None  # when history says the data is ready, after submitting
     processing_s: float | None = None  # submitted to ready, as far as the requests tell

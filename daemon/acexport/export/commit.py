@@ -72,7 +72,8 @@ def report_new_columns(type_: str, columns: list[str]) -> None:
 
 
 def _processing_s(state: Attempt) -> float | None:
-    """AC's time from the submitting request to ready data, as the requests tell it.
+    """AC's time from its answer to the submitting request to ready data, as the
+    requests tell it.
 
     A check due when history said the data would be ready, that found it, tells no
     more than that it was ready by the time the check was due (and not before the

@@ -107,6 +107,7 @@ async def _ask(
     """One request: the finished export, or how long to wait before the next."""
     state.asked_at = time.monotonic()
     async with client.request(spec.type, spec.window, range_start=state.offset) as answer:
+        state.answered_at = time.monotonic()
         state.unreachable_since = None  # something answered
         if isinstance(answer, ExportStatus):
             delay = await _on_status(answer, state, sink, timing, polls)
@@ -226,7 +227,7 @@ async def _on_status(
         if state.ready_at is not None and answer.status == "PENDING":
             state.expired += 1
             state.ready_at = None
-            state.submitted_at = state.asked_at  # a new export: its clock starts again
+            state.submitted_at = state.answered_at  # a new export: its clock starts again
             log.warning(
                 "export_expired_resubmitted",
                 created_date=answer.created_date,
@@ -239,7 +240,7 @@ async def _on_status(
             log.debug("export_submitted", created_date=answer.created_date, status=answer.status)
         state.created_date = answer.created_date or state.created_date
         if state.submitted_at is None:
-            state.submitted_at = state.asked_at
+            state.submitted_at = state.answered_at
         state.not_ready_at = state.asked_at
         waited = time.monotonic() - state.submitted_at
         if waited >= LONG_WAIT_S and not state.said_waiting:
