@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from acexport.emulator import FaultSettings
-from tests.conftest import EmulatorFactory, FakeClock
+from tests.conftest import EmulatorFactory, FakeClock, RunningEmulator
 from tests.daemon_helpers import (
     ALL_IN_WINDOWS,
     DaemonProcess,
@@ -139,6 +139,19 @@ async def test_the_learned_processing_time_is_acs_not_the_lanes_own_delays(
         assert acs - 0.05 <= ours <= acs + 0.35, (learned, truth)
 
 
+async def _short_exports(
+    emulator: EmulatorFactory, tmp_path: Path, hours: int
+) -> tuple[RunningEmulator, Path]:
+    """One lane's ``hours`` hourly page exports, 0.4 s each at AC, checked as far apart
+    as history says: one check for a short export."""
+    emu = await emulator(tokens={"alpha": "alpha-token"}, processing_s=0.4, records=5)
+    jobs = job("hourly", "alpha", types=["page"], window="1h", catch_up=f"{hours}h", lag="0s",
+               coalesce_max=0)  # fmt: skip
+    config = write_config(tmp_path, emu, jobs)
+    config.write_text(config.read_text().replace('poll_max = "150ms"', 'poll_max = "5s"'))
+    return emu, config
+
+
 async def test_the_learned_processing_time_leaves_out_the_polls_own_lateness(
     emulator: EmulatorFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -151,12 +164,7 @@ async def test_the_learned_processing_time_leaves_out_the_polls_own_lateness(
     from acexport.daemon import Daemon
     from acexport.lane import Lane
 
-    emu = await emulator(tokens={"alpha": "alpha-token"}, processing_s=0.4, records=5)
-    jobs = job("hourly", "alpha", types=["page"], window="1h", catch_up="4h", lag="0s",
-               coalesce_max=0)  # fmt: skip
-    config = write_config(tmp_path, emu, jobs)
-    # Checks as far apart as history says: one check for a short export.
-    config.write_text(config.read_text().replace('poll_max = "150ms"', 'poll_max = "5s"'))
+    emu, config = await _short_exports(emulator, tmp_path, hours=4)
     sleeper = Lane._sleeper
 
     def late_sleeper(self: Lane, export_id: int) -> Callable[[float], Awaitable[None]]:
@@ -197,12 +205,7 @@ async def test_a_submission_held_on_its_way_to_ac_does_not_make_its_check_early(
     from acexport.config import load_settings
     from acexport.daemon import Daemon
 
-    emu = await emulator(tokens={"alpha": "alpha-token"}, processing_s=0.4, records=5)
-    jobs = job("hourly", "alpha", types=["page"], window="1h", catch_up="6h", lag="0s",
-               coalesce_max=0)  # fmt: skip
-    config = write_config(tmp_path, emu, jobs)
-    # Checks as far apart as history says: one check for a short export.
-    config.write_text(config.read_text().replace('poll_max = "150ms"', 'poll_max = "5s"'))
+    emu, config = await _short_exports(emulator, tmp_path, hours=6)
     request = ExportClient.request
     submissions = itertools.count()
 
