@@ -42,8 +42,9 @@ class Attempt:
     writer: PayloadWriter | None = None
     offset: int = 0
     resumable: bool = False
-    # Monotonic times the requests were sent (not answered: the answer waits on this
-    # process too, and an export's time learned from it grew with the daemon's load).
+    # Monotonic. A check's time is when it was sent (its answer waits on this process
+    # too, and an export's time learned from it grew with the daemon's load); the
+    # submission's, when AC answered it (``submitted_at``, below).
     asked_at: float = 0.0  # the latest request to AC
     # When the latest request was due (the end of the wait before it): a timer that
     # fires late or a connection pool that holds a request is not AC's time either.
