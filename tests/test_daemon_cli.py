@@ -496,7 +496,7 @@ async def test_log_flags_outrank_the_config(emulator: EmulatorFactory, tmp_path:
     from acexport.cli import build_parser, logging_overrides
 
     emu = await emulator(tokens={"alpha": "alpha-token"}, records=2)
-    config = write_config(tmp_path, emu, job("a", "alpha", types=["page"], catch_up="1d"))
+    config = write_config(tmp_path, emu, job("a", "alpha", types=["page"], catch_up="1d", lag="0s"))
     _, _, shown = await run_cli("run", "--once", "--config", str(config), "-v",
                                 "--log-format", "console")  # fmt: skip
     assert "[debug" in shown
