@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from acexport.ledger.sqlthread import SqlThread
+from acexport.ledger.sqlthread import ANSWERS_PER_TURN, SqlThread
 
 
 @pytest.fixture
@@ -42,6 +43,36 @@ async def test_statements_asked_for_meanwhile_commit_in_one_transaction(db: SqlT
     assert len(begun) == 1, statements[:5]
     assert statements.count("COMMIT") == 1
     assert await _stored(db) == list(range(100))
+
+
+async def test_a_groups_answers_resume_a_few_tasks_a_turn_in_the_order_asked(
+    db: SqlThread,
+) -> None:
+    """Issue 35: a group's forty answers resumed forty tasks in one turn of the event
+    loop, and every timer waited for all of their steps."""
+    loop = asyncio.get_running_loop()
+    turn = 0
+
+    def count_turns() -> None:  # runs once a turn: each call puts the next in the next turn
+        nonlocal turn, ticking
+        turn += 1
+        ticking = loop.call_soon(count_turns)
+
+    ticking = loop.call_soon(count_turns)
+    resumed: list[tuple[int, int]] = []
+
+    async def insert(n: int) -> None:
+        rows = await db.rows("INSERT INTO t (n) VALUES (?) RETURNING n", (n,))
+        resumed.append((turn, rows[0][0]))
+
+    try:
+        await asyncio.gather(*(insert(n) for n in range(40)))
+    finally:
+        ticking.cancel()
+    assert [n for _, n in resumed] == list(range(40))  # in the order asked
+    by_turn = Counter(at for at, _ in resumed)
+    assert max(by_turn.values()) == ANSWERS_PER_TURN, by_turn  # the 39 of one group
+    assert await _stored(db) == list(range(40))
 
 
 async def test_an_error_is_its_own_statements_the_rest_of_the_group_commits(
