@@ -45,13 +45,23 @@ def _free(port: int) -> bool:
 
 
 def _ports(count: int) -> list[int]:
-    """Free ports whose gRPC twins (port + 10000, weed's convention) are free too."""
+    """Free ports whose gRPC twins (port + 10000, weed's convention) are free too, all
+    below the kernel's ephemeral range: a port in it can be taken by any outgoing
+    connection between this check and weed's bind (CI: "bind: address already in use")."""
+    top = _ephemeral_start() - 10000 - 1
     chosen: list[int] = []
     while len(chosen) < count:
-        port = random.randint(20000, 45000)
+        port = random.randint(10000, top)
         if port not in chosen and _free(port) and _free(port + 10000):
             chosen.append(port)
     return chosen
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 @dataclass
@@ -191,7 +201,15 @@ class Seaweed:
 @contextlib.contextmanager
 def running_seaweed(directory: Path) -> Iterator[Seaweed]:
     store = Seaweed(directory)
-    store.start()
+    for attempt in range(3):  # another process may still bind a port first: others then
+        try:
+            store.start()
+            break
+        except RuntimeError as exc:
+            store.kill()
+            if "address already in use" not in str(exc) or attempt == 2:
+                raise
+            store.ports = _ports(4)
     try:
         yield store
     finally:
