@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +24,8 @@ from urllib.parse import unquote
 import aiohttp
 from aiohttp import web
 
+from tests.ports import free_port
+
 ACCESS_KEY = "AKIDACEXPORTTEST"
 SECRET_KEY = "acexport-test-secret-key-0123456789"
 
@@ -35,33 +35,14 @@ def weed_binary() -> str | None:
     return str(beside) if beside.exists() else shutil.which("weed")
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _ports(count: int) -> list[int]:
-    """Free ports whose gRPC twins (port + 10000, weed's convention) are free too, all
-    below the kernel's ephemeral range: a port in it can be taken by any outgoing
-    connection between this check and weed's bind (CI: "bind: address already in use")."""
-    top = _ephemeral_start() - 10000 - 1
+    """Free ports whose gRPC twins (port + 10000, weed's convention) are free too."""
     chosen: list[int] = []
     while len(chosen) < count:
-        port = random.randint(10000, top)
-        if port not in chosen and _free(port) and _free(port + 10000):
+        port = free_port(twin_offset=10000)
+        if port not in chosen:
             chosen.append(port)
     return chosen
-
-
-def _ephemeral_start() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
 
 
 @dataclass

@@ -659,13 +659,13 @@ async def test_a_reload_that_fixes_the_token_retries_the_failed_windows_at_once(
     failed windows at once, and /healthz recovers with them."""
     import aiohttp
 
-    from tests.test_s3 import _free_port
+    from tests.ports import free_port
 
     emu = await emulator(tokens={"alpha": "alpha-token"})
     nightly = job("pages", "alpha", types=["page"], catch_up="2d", lag="0s",
                   schedule="30 2 * * *")  # fmt: skip
     config = write_config(tmp_path, emu, nightly, tokens={"alpha": "wrong-token"})
-    port = _free_port()
+    port = free_port()
     config.write_text(config.read_text().replace('listen = ""', f'listen = "127.0.0.1:{port}"'))
     daemon = await DaemonProcess.start(config)
     await daemon.wait_for(lambda: bool(daemon.events("lane_token_rejected")))

@@ -29,6 +29,7 @@ from acexport.daemon import Daemon
 from acexport.hooks import woken_within
 from tests.conftest import EmulatorFactory
 from tests.daemon_helpers import DaemonProcess, job, manifests, run_cli, run_once_at, write_config
+from tests.ports import free_port
 
 WINDOWS = {"types": ["page"], "window": "1d", "catch_up": "3d", "lag": "0s"}
 
@@ -448,7 +449,7 @@ async def test_the_readme_recipes_load_duckdb_tell_airflow_and_dagster_and_verif
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     stack_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     (tmp_path / "hook-secret").write_text("a-shared-secret\n")
-    port = _free_port()
+    port = free_port()
     receiver = await asyncio.create_subprocess_exec(
         sys.executable, str(EXAMPLES / "webhook_receiver.py"), str(port),
         stdout=asyncio.subprocess.PIPE,
@@ -495,14 +496,6 @@ async def test_the_readme_recipes_load_duckdb_tell_airflow_and_dagster_and_verif
     lines = printed.decode().splitlines()
     assert len(lines) == 3  # every signature checked: a bad one would be a 401, failed
     assert all(line.split()[1] == "page" for line in lines)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def _wait_listening(port: int) -> None:

@@ -359,15 +359,12 @@ async def test_healthcheck_command_asks_where_the_config_listens(
 ) -> None:
     """`acexport healthcheck` exits 0 while the daemon is healthy, 1 once it is gone,
     asking the port the config names (a wildcard host is asked on loopback)."""
-    import socket as socket_module
-
     from acexport.commands.healthcheck import health_url
+    from tests.ports import free_port
 
     assert health_url("0.0.0.0:9464") == "http://127.0.0.1:9464/healthz"
     assert health_url("[::]:9464") == "http://[::1]:9464/healthz"
-    with socket_module.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     emu = await emulator(tokens={"alpha": "alpha-token"})
     text = write_config(tmp_path, emu, "", extra=f'listen = "0.0.0.0:{port}"').read_text()
     path = tmp_path / "hc.toml"

@@ -14,7 +14,6 @@ import hashlib
 import json
 import shutil
 import signal
-import socket
 import sys
 import threading
 import time
@@ -30,6 +29,7 @@ from aiohttp import web
 from tests.conftest import EmulatorFactory, RunningEmulator
 from tests.daemon_helpers import DaemonProcess, asked, emulator_sha, job, run_once_at, write_config
 from tests.daemon_helpers import manifests as local_manifests
+from tests.ports import free_port
 from tests.seaweed import ACCESS_KEY, SECRET_KEY, Fault, S3Proxy, Seaweed
 
 # Every test here runs processes (or a real store) for seconds: not in the quick loop.
@@ -350,7 +350,7 @@ async def test_access_denied_mid_run_fails_exports_named_in_healthz_and_status(
     """Access revoked after start: exports fail, /healthz and status name the store."""
     emu = await emulator(tokens={"alpha": "alpha-token"}, records=10)
     name = bucket(seaweed)
-    port = _free_port()
+    port = free_port()
     config = one_window(tmp_path, emu, proxy, name, catch_up="2d")
     config.write_text(config.read_text().replace('listen = ""', f'listen = "127.0.0.1:{port}"'))
     proxy.faults = [Fault("PUT", 403, "AccessDenied", times=100, path_contains=".jsonl")]
@@ -377,12 +377,6 @@ async def test_access_denied_mid_run_fails_exports_named_in_healthz_and_status(
     out, _ = await status.communicate()
     assert "AccessDenied" in out.decode()
     assert SECRET_KEY not in out.decode()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_duckdb_reads_the_bucket_hive_partitioned(
