@@ -48,8 +48,8 @@ async def test_statements_asked_for_meanwhile_commit_in_one_transaction(db: SqlT
 async def test_a_groups_answers_resume_a_few_tasks_a_turn_in_the_order_asked(
     db: SqlThread,
 ) -> None:
-    """Issue 35: a group's forty answers resumed forty tasks in one turn of the event
-    loop, and every timer waited for all of their steps."""
+    """Issue 35: a group's 39 answers (the first statement runs alone) resumed 39 tasks
+    in one turn of the event loop, and every timer waited for all of their steps."""
     loop = asyncio.get_running_loop()
     turn = 0
 
