@@ -12,7 +12,7 @@ A group's answers resume their tasks a few at a turn of the event loop
 (``ANSWERS_PER_TURN``), in the order asked: a hundred tasks resumed in one turn
 made that turn as long as all their steps, and every timer and socket waited for
 it (issue 35: at a thousand lanes the loop's lag max fell from a median of 126 ms
-to 85 ms, bench/README.md).
+to 81 ms, bench/README.md).
 
 A statement's error is its own: it reaches the task that asked for it. An error
 that rolls the whole transaction back (a full disk, say) fails every statement
