@@ -8,7 +8,11 @@ after another per lane = 6 x 1 s, plus start-up measured in the same run
 daemon CPU per export, RSS < 200 MB, loop lag < 100 ms. The emulator runs on
 the same two cores; its CPU is printed beside the daemon's.
 
-    python bench/scale.py [--workspaces 1000] [--quick]
+    python bench/scale.py [--workspaces 1000] [--quick] [--rounds N] [--against REV]
+
+The machine's speed moves every figure (the same code took 13-17 s one day and
+30-40 s on a slower machine another): `--against REV` runs that revision's daemon
+in the same session, alternating with this one, for a comparison that holds.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from acexport.emulator.process import EmulatorClient, running_emulator
+from real_format import worktree
 
 
 def children_cpu_s() -> float:
@@ -48,6 +54,8 @@ def children_cpu_s() -> float:
 def lane_steps(ledger: Path) -> str:
     """Medians, from the ledger's own times, of where a lane's time goes: less noisy
     than the wall, and what a change to the lane's chain moves (issue 35)."""
+    if not ledger.exists():  # an older revision's ledger, elsewhere (PYTHONPATH runs)
+        return "  no ledger at " + str(ledger)
     with contextlib.closing(sqlite3.connect(ledger)) as db:
         rows = db.execute(
             "SELECT workspace, planned_at, submitted_at, ready_at, finished_at FROM exports"
@@ -75,20 +83,61 @@ def lane_steps(ledger: Path) -> str:
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workspaces", type=int, default=1000)
-    parser.add_argument("--processing", type=float, default=1.0)
-    parser.add_argument("--quick", action="store_true", help="100 workspaces")
-    args = parser.parse_args()
-    if args.quick:
-        args.workspaces = 100
-    work = Path(tempfile.mkdtemp(prefix="acexport-scale-"))
-    if not os.environ.get("BENCH_KEEP"):  # keep the state and log to look into
-        atexit.register(shutil.rmtree, work, True)
-    else:
-        print(f"keeping {work}", file=sys.stderr)
-    names = [f"w{i:04d}" for i in range(args.workspaces)]
+@dataclass(frozen=True)
+class Figures:
+    """One run of one tree's daemon."""
+
+    exports: int
+    exit_code: int
+    wall: float
+    ideal: float
+    startup: float
+    rss_mb: float
+    cpu: float
+    user: float
+    system: float
+    lag_ms: float
+    requests: int
+    emulator_cpu: float
+    per_export_ms: float
+    steps: str
+
+    def print(self, workspaces: int, processing: float, tree: str) -> None:
+        print(
+            f"{tree}: {workspaces} workspaces x 6 types, 1 window, {processing:g} s "
+            f"processing: {self.exports} exports (exit {self.exit_code})"
+        )
+        print(
+            f"  wall {self.wall:6.1f} s  vs ideal {self.ideal:.1f} s (6 x {processing:g} s + "
+            f"start-up {self.startup:.1f} s): {self.wall / self.ideal:.1f}x  (target <= 2x)"
+        )
+        print(
+            f"  peak RSS {self.rss_mb:.0f} MB (target < 200), CPU {self.cpu:.1f} s, "
+            f"event-loop lag max {self.lag_ms:.0f} ms (target < 100)"
+        )
+        print(f"  requests to AC per export {self.requests / max(self.exports, 1):.2f}")
+        print(
+            f"  the emulator's CPU meanwhile {self.emulator_cpu:.1f} s: with the daemon's, "
+            f"{(self.cpu + self.emulator_cpu) / self.wall:.2f} of the 2 cores"
+        )
+        print(
+            f"  daemon CPU per export {self.per_export_ms:.1f} ms (less start-up; target < 3 ms);"
+            f" user {self.user:.1f} s, system {self.system:.1f} s"
+        )
+        print(self.steps)
+
+    def met(self, workspaces: int) -> bool:
+        return (
+            self.exports == 6 * workspaces
+            and self.wall <= 2 * self.ideal
+            and self.per_export_ms <= 3
+            and self.rss_mb < 200
+            and self.lag_ms < 100
+        )
+
+
+def config_text(work: Path, workspaces: int) -> str:
+    names = [f"w{i:04d}" for i in range(workspaces)]
     lines = [
         "[daemon]",
         f'state_dir = "{work / "state"}"',
@@ -112,14 +161,20 @@ def main() -> int:
             'catch_up = "1d"',
             'lag = "0s"',
         ]
-    tokens = [arg for name in names for arg in ("--token", f"{name}={name}-token")]
-    with running_emulator(
-        "--processing-time", str(args.processing), "--records", "20", *tokens
-    ) as base:
+    return "\n".join(lines) + "\n"
+
+
+def one_run(work: Path, workspaces: int, processing: float, pythonpath: str | None) -> Figures:
+    """``acexport run --once`` of the tree on ``pythonpath`` (None: this one), with its
+    own emulator and directories under ``work``."""
+    tokens = [arg for i in range(workspaces) for arg in ("--token", f"w{i:04d}=w{i:04d}-token")]
+    env = {**os.environ, "ACEXPORT_CONFIG": ""}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    with running_emulator("--processing-time", str(processing), "--records", "20", *tokens) as base:
         config = work / "scale.toml"
-        config.write_text("\n".join(lines).replace("BASE", base) + "\n")
+        config.write_text(config_text(work, workspaces).replace("BASE", base))
         config.chmod(0o600)
-        env = {**os.environ, "ACEXPORT_CONFIG": ""}
         started = time.perf_counter()
         check = subprocess.Popen(
             [sys.executable, "-m", "acexport", "check-config", "--config", str(config)],
@@ -134,65 +189,90 @@ def main() -> int:
         with log.open("wb") as out:
             started = time.perf_counter()
             profiler = os.environ.get("BENCH_PROFILE", "").split()  # e.g. "py-spy record -o x --"
+            command = [sys.executable, "-m", "acexport", "run", "--once", "--config", str(config)]
             process = subprocess.Popen(
-                [
-                    *profiler,
-                    sys.executable,
-                    "-m",
-                    "acexport",
-                    "run",
-                    "--once",
-                    "--config",
-                    str(config),
-                ],
+                [*profiler, *command],
                 stderr=out,
                 env=env,
             )
             _, status, usage = os.wait4(process.pid, 0)
             wall = time.perf_counter() - started
         emulator_cpu = children_cpu_s() - emulator_began
-        workspaces = EmulatorClient(base).report()["workspaces"]
-        requests = sum(w["requests"] for w in workspaces.values())
+        reported = EmulatorClient(base).report()["workspaces"]
+        requests = sum(w["requests"] for w in reported.values())
     exports = len(list((work / "out").rglob("*.manifest.json")))
-    steps = lane_steps(work / "state" / "state.sqlite3")
     stopped = [
         json.loads(line) for line in log.read_text().splitlines() if '"daemon_stopped"' in line
     ]
-    lag_ms = stopped[-1]["loop_lag_max_ms"] if stopped else float("nan")
-    ideal = 6 * args.processing + startup
-    rss_mb = usage.ru_maxrss / 1024
     cpu = usage.ru_utime + usage.ru_stime
-    print(
-        f"{args.workspaces} workspaces x 6 types, 1 window, {args.processing:g} s processing: "
-        f"{exports} exports (exit {os.waitstatus_to_exitcode(status)})"
+    return Figures(
+        exports=exports,
+        exit_code=os.waitstatus_to_exitcode(status),
+        wall=wall,
+        ideal=6 * processing + startup,
+        startup=startup,
+        rss_mb=usage.ru_maxrss / 1024,
+        cpu=cpu,
+        user=usage.ru_utime,
+        system=usage.ru_stime,
+        lag_ms=stopped[-1]["loop_lag_max_ms"] if stopped else float("nan"),
+        requests=requests,
+        emulator_cpu=emulator_cpu,
+        per_export_ms=1000 * (cpu - startup_cpu) / max(exports, 1),
+        steps=lane_steps(work / "state" / "state.sqlite3"),
     )
-    print(
-        f"  wall {wall:6.1f} s  vs ideal {ideal:.1f} s (6 x {args.processing:g} s + start-up "
-        f"{startup:.1f} s): {wall / ideal:.1f}x  (target <= 2x)"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspaces", type=int, default=1000)
+    parser.add_argument("--processing", type=float, default=1.0)
+    parser.add_argument("--quick", action="store_true", help="100 workspaces")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each tree, alternating")
+    parser.add_argument(
+        "--against", metavar="REV", help="also run the acexport of this git revision, same rounds"
     )
-    print(
-        f"  peak RSS {rss_mb:.0f} MB (target < 200), CPU {cpu:.1f} s, "
-        f"event-loop lag max {lag_ms:.0f} ms (target < 100)"
-    )
-    per_export_ms = 1000 * (cpu - startup_cpu) / max(exports, 1)
-    print(f"  requests to AC per export {requests / max(exports, 1):.2f}")
-    print(
-        f"  the emulator's CPU meanwhile {emulator_cpu:.1f} s: with the daemon's, "
-        f"{(cpu + emulator_cpu) / wall:.2f} of the 2 cores"
-    )
-    print(
-        f"  daemon CPU per export {per_export_ms:.1f} ms (less start-up; target < 3 ms); "
-        f"user {usage.ru_utime:.1f} s, system {usage.ru_stime:.1f} s"
-    )
-    print(steps)
-    ok = (
-        exports == 6 * args.workspaces
-        and wall <= 2 * ideal
-        and per_export_ms <= 3
-        and rss_mb < 200
-        and lag_ms < 100
-    )
-    return 0 if ok else 1
+    args = parser.parse_args()
+    if args.quick:
+        args.workspaces = 100
+    work = Path(tempfile.mkdtemp(prefix="acexport-scale-"))
+    if not os.environ.get("BENCH_KEEP"):  # keep the state and log to look into
+        # Every run's files go at the end: ext4 makes a file created soon after many
+        # were deleted slower, and a run would pay for the one before it.
+        atexit.register(shutil.rmtree, work, True)
+    else:
+        print(f"keeping {work}", file=sys.stderr)
+    trees: dict[str, str | None] = {"acexport": None}
+    if args.against is not None:
+        trees[f"@{args.against}"] = str(worktree(args.against, work / "against"))
+        atexit.register(
+            subprocess.run,
+            ["git", "worktree", "remove", "--force", str(work / "against")],
+            check=False,
+            capture_output=True,
+        )
+    runs: dict[str, list[Figures]] = {tree: [] for tree in trees}
+    for round_ in range(args.rounds):
+        for tree, pythonpath in trees.items():
+            run_dir = work / f"{tree.strip('@')}-{round_}"
+            run_dir.mkdir()
+            figures = one_run(run_dir, args.workspaces, args.processing, pythonpath)
+            figures.print(args.workspaces, args.processing, tree)
+            runs[tree].append(figures)
+    if args.rounds > 1 or len(trees) > 1:
+        print(f"medians of {args.rounds} alternating round(s):")
+        for tree, figures in runs.items():
+            print(
+                f"  {tree}: wall {median(figures, 'wall'):.1f} s "
+                f"({statistics.median(f.wall / f.ideal for f in figures):.1f}x the ideal), "
+                f"{median(figures, 'per_export_ms'):.1f} ms CPU per export, "
+                f"lag {median(figures, 'lag_ms'):.0f} ms, RSS {median(figures, 'rss_mb'):.0f} MB"
+            )
+    return 0 if all(f.met(args.workspaces) for f in runs["acexport"]) else 1
+
+
+def median(figures: list[Figures], name: str) -> float:
+    return statistics.median(getattr(f, name) for f in figures)
 
 
 if __name__ == "__main__":
