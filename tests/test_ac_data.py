@@ -289,6 +289,86 @@ async def test_ten_nightly_runs_of_every_type_against_acs_engine(
     assert len(changed) > len(people) // 10
 
 
+async def test_a_snapshot_is_pruned_without_listing_the_store_once_its_series_is_known(
+    tmp_path: Path,
+) -> None:
+    """Issue 35 item 6: every snapshot's prune listed its prefix and read its manifests
+    (12% of the daemon's CPU at a thousand workspaces). The planner's first listing
+    is learned (``KnownSnapshots``) and each commit adds to it: later prunes keep the
+    newest ``keep_snapshots`` on real files without a listing. A series whose listing
+    showed a prune stopped half way is not learned: its next prune lists, removes
+    what was left, and from then on needs no listing either."""
+    from types import SimpleNamespace
+
+    from acexport.config import OutputSettings
+    from acexport.lane.snapshots import prune_snapshots_after
+    from acexport.output.layout import OutputLayout
+    from acexport.output.local import LocalStore
+    from acexport.output.manifest import manifest_key
+    from acexport.output.snapshots import KnownSnapshots, listed_snapshots
+    from acexport.protocol import ExportMode
+    from acexport.windows import ExportWindow
+
+    store = LocalStore(tmp_path / "out", tmp_path / "tmp")
+    layout = OutputLayout.from_settings(OutputSettings())
+    start, zone = datetime(2025, 1, 1, tzinfo=UTC), ZoneInfo("UTC")
+    listings: list[str] = []
+    listed_under = store.listed_under
+
+    async def counted(prefix: str) -> dict[str, int]:
+        listings.append(prefix)
+        return await listed_under(prefix)
+
+    store.listed_under = counted  # type: ignore[method-assign]
+
+    def put(type_: str, day: int, *, with_manifest: bool = True) -> SimpleNamespace:
+        """A snapshot committed as the sink does: its file, then its manifest."""
+        window = ExportWindow(start, datetime(2026, 1, day, tzinfo=UTC))
+        key = layout.key_for("acme", type_, "j", window, mode=ExportMode.SNAPSHOT)
+        path = tmp_path / "out" / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * day)
+        if with_manifest:
+            (tmp_path / "out" / manifest_key(key)).write_text(json.dumps({
+                "manifest_version": 2, "job": "j", "workspace": "acme", "type": type_,
+                "mode": "snapshot", "fromDate": window.from_date, "toDate": window.to_date,
+                "file_bytes": day}))  # fmt: skip
+        manifest = SimpleNamespace(file_bytes=day)
+        return SimpleNamespace(key=key, window=window, manifest=manifest, location=str(path))
+
+    def days_stored(type_: str) -> list[int]:
+        return sorted(p.stat().st_size for p in (tmp_path / "out").rglob(f"{type_}_*[!n]"))
+
+    put("individual", 1)
+    put("segment", 1, with_manifest=False)  # a prune stopped between its two deletes
+    put("segment", 2)
+    known = KnownSnapshots()
+    await listed_snapshots(store, layout, "j", "acme", ["individual", "segment"], zone, known)
+    settings = SimpleNamespace(
+        jobs_by_name={"j": SimpleNamespace(keep_snapshots=2)}, output=OutputSettings()
+    )
+    ctx = SimpleNamespace(settings=lambda: settings, sink=SimpleNamespace(store=store),
+                          snapshots=known)  # fmt: skip
+
+    async def commit(type_: str, day: int) -> None:
+        committed = put(type_, day)
+        record = SimpleNamespace(job="j", workspace="acme", type=type_)
+        await prune_snapshots_after(ctx, record, zone, committed)
+
+    for day in range(2, 7):
+        await commit("individual", day)
+        assert days_stored("individual") == [max(1, day - 1), day]
+    assert listings == []  # learned from the planner's listing, kept by the commits
+
+    await commit("segment", 3)  # not learned: listed once, the leftover removed
+    assert days_stored("segment") == [2, 3]
+    assert len(listings) == 1
+    for day in (4, 5):
+        await commit("segment", day)
+    assert days_stored("segment") == [4, 5]
+    assert len(listings) == 1
+
+
 @pytest.mark.slow
 async def test_acs_worker_tick_is_honoured_with_few_requests(
     emulator: EmulatorFactory, tmp_path: Path

@@ -29,7 +29,7 @@ from .errors import StoreRejected, StoreUnavailable
 from .ledger import ACTIVE, ExportRecord, LedgerState
 from .output.layout import OutputLayout
 from .output.manifest import manifest_key
-from .output.snapshots import StoredSnapshot, stored_snapshots
+from .output.snapshots import KnownSnapshots, StoredSnapshot, listed_snapshots
 from .output.store import OutputStore
 from .output.stored import StoredFile, prove, stored_files
 from .payload.split import MAX_WINDOWS
@@ -173,6 +173,7 @@ class Planner:
         self._clock = clock
         self._listed: set[str] = set()  # jobs whose windows were looked for in the store
         self._snapshots_listed: set[str] = set()  # ... and whose snapshots were
+        self.snapshots = KnownSnapshots()  # those, for the lanes' prunes
 
     def due(self, job: JobSettings) -> list[ExportWindow]:
         """The job's windows due now."""
@@ -340,15 +341,10 @@ class Planner:
         """The proven snapshots of each of ``types`` in the store (their prefixes listed
         at once); None if the store cannot be listed now (the next look lists again)."""
         layout = OutputLayout.from_settings(self._settings().output)
-        prefixes = [layout.snapshot_prefix(job.workspace, type_, job.name) for type_ in types]
         try:
-            listings = await self._store.listed_under_each(prefixes)
-            return {
-                type_: await stored_snapshots(
-                    self._store, layout, job.workspace, type_, job.name, zone, listed
-                )
-                for type_, listed in zip(types, listings, strict=True)
-            }
+            return await listed_snapshots(
+                self._store, layout, job.name, job.workspace, types, zone, self.snapshots
+            )
         except (StoreRejected, StoreUnavailable) as exc:
             log.warning("output_store_not_listed", job=job.name, error=str(exc))
             return None

@@ -187,6 +187,7 @@ class Daemon:
             fatal=self.fail,
             server_clock=self._server_clock,
             retention_start=self._planner.retention_start,
+            snapshots=self._planner.snapshots,
         )
         return session
 

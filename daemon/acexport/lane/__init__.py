@@ -230,17 +230,17 @@ class Lane:
         members = {member.id for member in group} - {record.id}
         self._grouped |= members
         try:
-            done = await self._export_group(group, ws.zone, settings, hold)
+            outcome = await self._export_group(group, ws.zone, settings, hold)
         finally:
             self._grouped -= members
-        if done and record.mode is ExportMode.SNAPSHOT:
-            await prune_snapshots_after(self.ctx, record, ws.zone)
+        if outcome is not None and record.mode is ExportMode.SNAPSHOT:
+            await prune_snapshots_after(self.ctx, record, ws.zone, outcome.files[0])
 
     async def _export_group(
         self, group: list[ExportRecord], zone: ZoneInfo, settings: Settings, hold: SlotHold
-    ) -> bool:
+    ) -> ExportOutcome | None:
         """Run the export serving ``group`` (one window, or a coalesced request's) and
-        record its end on every window of it; whether it succeeded."""
+        record its end on every window of it; what it wrote, if it wrote."""
         leader = group[0]
         if leader.request_start is not None:
             spec = ExportSpec.coalesced(group, zone, settings.output)
@@ -255,31 +255,31 @@ class Lane:
             configured = settings.workspaces[leader.workspace].retention
             if not await refused_as_beyond_retention(self.ctx, leader, exc, configured):
                 await self._failed(group, f"RemoteRejected: {exc}")
-                return False
+                return None
             # The rest of a coalesced request lies after it: asked again, on their own.
             await asyncio.shield(self.ctx.ledger.release([m.id for m in group[1:]]))
-            return False
+            return None
         except RestatementShrank as exc:
-            await self._kept_previous(leader, exc)
-            return True
+            await self._kept_previous(leader, exc)  # no new file: nothing to prune
+            return None
         except AuthError as exc:
             self.auth_failure = remote_text(f"AuthError: {exc}")
             log.error("lane_token_rejected", workspace=leader.workspace, error=str(exc))
             await self._failed(group, self.auth_failure, token_rejected=True)
-            return False
+            return None
         except AcexportError as exc:
             log.error("export_failed", error=str(exc), kind=type(exc).__name__)
             rejected = isinstance(exc, StoreRejected)
             await self._failed(group, f"{type(exc).__name__}: {exc}", store_rejected=rejected)
-            return False
+            return None
         except Exception as exc:
             # A bug or an input nobody foresaw: a recorded, visible failure of every
             # window the request serves (the others stayed "ready" for ever).
             log.exception("export_crashed", kind=type(exc).__name__)
             await self._failed(group, f"unexpected {type(exc).__name__}: {exc}")
-            return False
+            return None
         await self._succeeded(group, outcome)
-        return True
+        return outcome
 
     async def _run_export(
         self,

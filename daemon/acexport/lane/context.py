@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import aiohttp
@@ -16,6 +16,7 @@ from ..events import LaneObserver
 from ..export import Timing
 from ..ledger import ExportRecord, Ledger
 from ..output.sink import Sink
+from ..output.snapshots import KnownSnapshots
 from ..protocol import ExportMode
 
 
@@ -33,6 +34,8 @@ class LaneContext:
     server_clock: ServerClock | None = None  # told AC's time by every answer
     # The earliest window start AC holds data for, by workspace (the planner's).
     retention_start: Callable[[str], Awaitable[datetime]] | None = None
+    # The snapshots the store holds, as the planner listed them: pruned without a listing.
+    snapshots: KnownSnapshots = field(default_factory=KnownSnapshots)
 
 
 async def timing_for(ctx: LaneContext, record: ExportRecord) -> Timing:
