@@ -469,6 +469,17 @@ async def test_full_disk_under_the_ledger_is_a_clear_error(
     assert data_files(tmp_path / "exports") == []
 
 
+def windows_done_once(tmp_path: Path) -> int:
+    """How many windows the ledger planned, each done with one file. Counted, not
+    assumed: two runs of an hour-windowed job that straddle the hour's turn plan one
+    window more (a run of make test at 03:00 failed so)."""
+    with sqlite3.connect(tmp_path / "state" / "state.sqlite3") as db:
+        states = [state for (state,) in db.execute("SELECT state FROM exports")]
+    assert set(states) == {"done"}, states
+    assert len(manifests(tmp_path / "exports")) == len(states)
+    return len(states)
+
+
 async def test_ready_data_that_expired_while_down_is_resubmitted_holding_the_slot(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
@@ -493,7 +504,7 @@ async def test_ready_data_that_expired_while_down_is_resubmitted_holding_the_slo
     await emu.control("faults", {"slow_bytes_per_s": None})
     again = await DaemonProcess.start(config, "--once")
     assert await again.wait(60) == 0
-    assert len(manifests(tmp_path / "exports")) == 2
+    assert windows_done_once(tmp_path) >= 2
     report = await emu.jobs()
     assert report["workspaces"]["alpha"]["max_unready"] == 1
 
@@ -590,7 +601,7 @@ async def test_data_found_ready_after_a_restart_keeps_the_slot_until_downloaded(
             clock.advance(1.0)
             await asyncio.sleep(0.05)
     assert await again.wait() == 0
-    assert len(manifests(tmp_path / "exports")) == 2
+    assert windows_done_once(tmp_path) >= 2
     assert (await emu.jobs())["workspaces"]["alpha"]["max_unready"] == 1
 
 
