@@ -12,7 +12,7 @@ import sqlite3
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,32 @@ async def test_run_once_exports_every_window_once_and_reports_a_bad_token(
     after = await emu.jobs()
     assert {ws: after["workspaces"][ws]["requests"] for ws in requests_before} == requests_before
     assert len(manifests(tmp_path / "exports")) == 84
+
+
+@pytest.mark.parametrize("seats", [2, None])
+async def test_every_lane_shares_a_bound_on_the_requests_made_to_ac_at_once(
+    emulator: EmulatorFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seats: int | None
+) -> None:
+    """Issue 35 item 6: a thousand lanes' polls falling due together sent hundreds of
+    requests in one turn of the event loop (its lag 200-290 ms). The lanes share
+    ``REQUESTS_AT_ONCE`` seats, a request holding one until its data is committed:
+    with 2, AC never answers more than 2 at once, and every export is still done.
+    Without the bound (None: the default of 64) the same six lanes ask more at once."""
+    from acexport.config import load_settings
+    from acexport.daemon import Daemon
+
+    if seats is not None:
+        monkeypatch.setattr("acexport.lane.seats.REQUESTS_AT_ONCE", seats)
+    tokens = {f"ws{i}": f"ws{i}-token" for i in range(6)}
+    emu = await emulator(tokens=tokens, processing_s=0.05, records=2000,
+                         faults=FaultSettings(slow_bytes_per_s=400_000))  # fmt: skip
+    jobs = "".join(job(ws, ws, types=["page"], catch_up="1d", lag="0s") for ws in tokens)
+    config = write_config(tmp_path, emu, jobs)
+    async with Daemon(load_settings(config), config) as daemon:
+        assert await daemon.run_once()
+    assert len(manifests(tmp_path / "exports")) == 6
+    at_once = (await emu.jobs())["most_requests_at_once"]
+    assert at_once <= 2 if seats else at_once > 2, at_once
 
 
 async def test_lane_submits_the_next_export_as_soon_as_data_is_ready(
@@ -165,17 +191,12 @@ async def test_the_learned_processing_time_leaves_out_the_polls_own_lateness(
     from acexport.lane import Lane
 
     emu, config = await _short_exports(emulator, tmp_path, hours=4)
-    sleeper = Lane._sleeper
+    sleep = Lane._sleep
 
-    def late_sleeper(self: Lane, export_id: int) -> Callable[[float], Awaitable[None]]:
-        sleep = sleeper(self, export_id)
+    async def late_sleep(self: Lane, export_id: int, delay_s: float) -> None:
+        await sleep(self, export_id, delay_s + 0.2)
 
-        async def late(delay_s: float) -> None:
-            await sleep(delay_s + 0.2)
-
-        return late
-
-    monkeypatch.setattr(Lane, "_sleeper", late_sleeper)
+    monkeypatch.setattr(Lane, "_sleep", late_sleep)
     async with Daemon(load_settings(config), config) as daemon:
         assert await daemon.run_once()
 

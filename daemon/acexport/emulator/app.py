@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .data import RECORD_TYPES
 from .jobs import ExportQueue, Job, JobState, QueueSettings, Storage, iso_ms
@@ -99,6 +100,8 @@ class _Emulator:
     by_token: dict[str, str]
     rng: random.Random
     signing_key: bytes
+    serving: int = 0  # requests being answered (a download until its last byte)
+    most_serving: int = 0
 
 
 _EMULATOR = web.AppKey("emulator", _Emulator)
@@ -353,7 +356,22 @@ async def jobs_route(request: web.Request) -> web.Response:
     emu = request.app[_EMULATOR]
     body = emu.queue.describe()
     body["faults"] = asdict(emu.faults)
+    body["most_requests_at_once"] = emu.most_serving
     return web.json_response(body)
+
+
+@web.middleware
+async def _count_serving(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """How many of AC's requests are answered at once (the daemon bounds it)."""
+    emu = request.app[_EMULATOR]
+    if request.path.startswith("/_emulator/"):
+        return await handler(request)
+    emu.serving += 1
+    emu.most_serving = max(emu.most_serving, emu.serving)
+    try:
+        return await handler(request)
+    finally:
+        emu.serving -= 1
 
 
 async def workspace_route(request: web.Request) -> web.Response:
@@ -389,7 +407,7 @@ def make_app(settings: EmulatorSettings, clock: Callable[[], float] = time.time)
         by_token[token] = name
     storage = Storage(settings.storage_dir, gzip_copies=settings.gzip)
     queue = ExportQueue(list(settings.tokens), settings.queue, storage, clock)
-    app = web.Application()
+    app = web.Application(middlewares=[_count_serving])
     app[_EMULATOR] = _Emulator(
         settings=settings,
         queue=queue,

@@ -13,6 +13,7 @@ unavailable is retried from the verified local temp file without asking AC again
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -45,6 +46,10 @@ SUSPECT_TOKEN_S = 60.0
 LONG_WAIT_S = 60.0
 
 
+def _no_seat(_: bool) -> contextlib.AbstractAsyncContextManager[object]:
+    return contextlib.nullcontext()
+
+
 async def run_export(
     spec: ExportSpec,
     client: ExportClient,
@@ -52,13 +57,13 @@ async def run_export(
     timing: Timing,
     observer: ExportObserver | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    seat: Callable[[bool], contextlib.AbstractAsyncContextManager[object]] = _no_seat,
 ) -> ExportOutcome:
-    """Export one window of one type; raises the error that ended it."""
+    """Export one window of one type; raises the error that ended it. Each request to
+    AC (with the download and commit of its data) is made in a ``seat``: the daemon's
+    bound how many exports ask at once."""
     observer = observer or ExportObserver()
-    state = Attempt()
-    if timing.ready_age_s is not None:
-        state.ready_at = time.monotonic() - timing.ready_age_s
-    state.created_date = timing.created_date
+    state = _attempt(timing)
     polls = timing.plan()
     state.expected_s = polls.expected_ready_s()
     retries = timing.retry.delays()
@@ -73,7 +78,8 @@ async def run_export(
                 if _data_may_have_expired(state, timing):
                     await observer.may_resubmit()
                 try:
-                    outcome = await _ask(spec, client, sink, timing, observer, state, polls)
+                    async with seat(state.submitted_at is None and state.ready_at is None):
+                        outcome = await _ask(spec, client, sink, timing, observer, state, polls)
                     if isinstance(outcome, ExportOutcome):
                         return outcome
                     delay = outcome
@@ -93,6 +99,12 @@ async def run_export(
             if state.writer is not None:
                 # Shielded: a cancelled export must still leave no temp file behind.
                 await asyncio.shield(sink.discard(state.writer))
+
+
+def _attempt(timing: Timing) -> Attempt:
+    """A new attempt, knowing what the ledger knew: AC's export, and data ready since."""
+    ready_at = None if timing.ready_age_s is None else time.monotonic() - timing.ready_age_s
+    return Attempt(ready_at=ready_at, created_date=timing.created_date)
 
 
 async def _ask(

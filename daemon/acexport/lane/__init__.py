@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -310,24 +311,34 @@ class Lane:
                 )
 
         keeper = SlotKeeper(record.created_date, hold, record_ready)
-        return await run_export(
-            spec, client, self.ctx.sink, timing, keeper, sleep=self._sleeper(record.id)
-        )
+        sleep, seat = partial(self._sleep, record.id), partial(self._seat, record.id)
+        return await run_export(spec, client, self.ctx.sink, timing, keeper, sleep=sleep, seat=seat)
 
-    def _sleeper(self, export_id: int) -> Callable[[float], Awaitable[None]]:
-        """The export's wait between requests, which a stop ends at once: nothing is lost
-        (the ledger resumes it), and the grace is left to downloads and commits."""
+    @contextlib.contextmanager
+    def _between_requests(self, export_id: int) -> Iterator[None]:
+        """A wait between two requests to AC, which a stop ends at once: nothing is lost
+        (the ledger resumes the export), and the grace is left to downloads and commits."""
+        if self._stopping:
+            raise asyncio.CancelledError
+        self._sleeping.add(export_id)
+        try:
+            yield
+        finally:
+            self._sleeping.discard(export_id)
 
-        async def sleep(delay_s: float) -> None:
-            if self._stopping:
-                raise asyncio.CancelledError
-            self._sleeping.add(export_id)
-            try:
-                await asyncio.sleep(delay_s)
-            finally:
-                self._sleeping.discard(export_id)
+    async def _sleep(self, export_id: int, delay_s: float) -> None:
+        with self._between_requests(export_id):
+            await asyncio.sleep(delay_s)
 
-        return sleep
+    @contextlib.asynccontextmanager
+    async def _seat(self, export_id: int, submission: bool) -> AsyncIterator[None]:
+        """One of the seats every lane shares to ask AC (``LaneContext.seats``)."""
+        with self._between_requests(export_id):
+            await self.ctx.seats.take(submission)
+        try:
+            yield
+        finally:
+            self.ctx.seats.give_back()
 
     async def _succeeded(self, group: list[ExportRecord], outcome: ExportOutcome) -> None:
         """Each window done with its file; the request's cost (requests, bytes, time)

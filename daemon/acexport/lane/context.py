@@ -18,6 +18,7 @@ from ..ledger import ExportRecord, Ledger
 from ..output.sink import Sink
 from ..output.snapshots import KnownSnapshots
 from ..protocol import ExportMode
+from .seats import Seats
 
 
 @dataclass
@@ -36,6 +37,7 @@ class LaneContext:
     retention_start: Callable[[str], Awaitable[datetime]] | None = None
     # The snapshots the store holds, as the planner listed them: pruned without a listing.
     snapshots: KnownSnapshots = field(default_factory=KnownSnapshots)
+    seats: Seats = field(default_factory=Seats)  # every lane's, to ask AC
 
 
 async def timing_for(ctx: LaneContext, record: ExportRecord) -> Timing:
