@@ -7,9 +7,10 @@ from collections import deque
 
 # How many exports of all lanes ask AC at once, each request with the download and
 # commit of its data. A thousand lanes' polls falling due together made one turn of
-# the event loop send hundreds of requests: its lag reached 200-290 ms, and those
-# past the connection pool's 100 had built their request for nothing (issue 35: 64
-# took the lag under 100 ms at 1,000 workspaces; 32 made the run slower).
+# the event loop send hundreds of requests: its lag reached 220-345 ms, and those
+# past the connection pool's 100 had built their request for nothing. With 64 seats:
+# 84-111 ms at 1,000 workspaces, the wall unchanged; 32 made the run slower (issue
+# 35, bench/README.md).
 REQUESTS_AT_ONCE = 64
 
 
