@@ -35,11 +35,11 @@ async def prune_snapshots_after(
         return
     store = ctx.sink.store
     series = (record.job, record.workspace, record.type)
-    size, location = committed.manifest.file_bytes or 0, store.location(committed.key)
-    snapshot = StoredSnapshot(committed.key, size, committed.window, location)
-    known = ctx.snapshots.committed(series, snapshot)
     leftovers = 0
-    try:
+    try:  # all of it: the snapshot is done whatever happens here
+        size, location = committed.manifest.file_bytes or 0, store.location(committed.key)
+        snapshot = StoredSnapshot(committed.key, size, committed.window, location)
+        known = ctx.snapshots.committed(series, snapshot)
         if known is None:
             layout = OutputLayout.from_settings(settings.output)
             known, pruned, leftovers = await _list_and_prune(

@@ -97,7 +97,7 @@ async def listed_snapshots(
     found = {}
     for type_, listed in zip(types, listings, strict=True):
         found[type_] = await stored_snapshots(store, layout, workspace, type_, job, zone, listed)
-        known.listed((job, workspace, type_), found[type_], layout, listed)
+        known.learn_listing((job, workspace, type_), found[type_], layout, listed)
     return found
 
 
@@ -138,7 +138,7 @@ class KnownSnapshots:
     def __init__(self) -> None:
         self._known: dict[SnapshotSeries, list[StoredSnapshot]] = {}
 
-    def listed(
+    def learn_listing(
         self,
         series: SnapshotSeries,
         snapshots: list[StoredSnapshot],
