@@ -16,6 +16,7 @@ import signal
 import stat
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -725,6 +726,49 @@ async def test_a_daemon_stopped_past_max_age_still_tries_its_events_once(
         backlogs = await daemon.hooks.refresh(force=True)
     assert len(seen.read_text().split()) == 3
     assert (backlogs["load"].delivered, backlogs["load"].failed) == (3, 0)
+
+
+async def test_a_command_starting_as_the_daemon_stops_is_killed_and_none_starts_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker thread inside Popen when the daemon kills its commands: the kill waits
+    for the start and kills it, and no command starts after (one that did told its
+    event after the stop, and the next start told it again)."""
+    import subprocess
+    import threading
+
+    from acexport.config.hooks import HookSettings
+    from acexport.hooks import senders
+
+    told = tmp_path / "told"
+    program = script(
+        tmp_path / "tell.py",
+        f"""
+        import sys, time
+        event = sys.stdin.read()
+        time.sleep(1)
+        open({str(told)!r}, "w").write(event)
+        """,
+    )
+    spawning = threading.Event()
+    real_popen = subprocess.Popen
+
+    def slow_popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        spawning.set()
+        time.sleep(0.3)  # widens the window the kill must not slip through
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(senders.subprocess, "Popen", slow_popen)
+    hook = HookSettings(name="load", command=[str(program)], timeout="10s")
+    running = senders.RunningCommands()
+    sending = asyncio.create_task(senders.run_command(hook, b"{}", {}, frozenset(), running))
+    assert await asyncio.to_thread(spawning.wait, 5)
+    running.kill_all()
+    attempt = await asyncio.wait_for(sending, 10)
+    assert not attempt.delivered
+    after = await senders.run_command(hook, b"{}", {}, frozenset(), running)
+    assert (after.delivered, after.detail) == (False, "not run: the daemon is stopping")
+    assert not told.exists()
 
 
 async def test_a_stopping_daemon_kills_a_running_command_and_tells_its_event_later(

@@ -32,8 +32,7 @@ from ..ops.metrics import Metrics
 from ..output.store import OutputStore
 from .senders import (
     Attempt,
-    Running,
-    kill_running,
+    RunningCommands,
     lineage_event,
     post,
     run_command,
@@ -82,7 +81,7 @@ class HookDispatcher(LaneObserver):
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._gauges_at = 0.0
-        self._running: Running = set()  # commands' processes while they run
+        self._running = RunningCommands()
 
     async def start(self, stack: AsyncExitStack) -> None:
         stack.push_async_callback(self.stop)
@@ -113,7 +112,7 @@ class HookDispatcher(LaneObserver):
     async def stop(self) -> None:
         for task in self._tasks.values():
             task.cancel()
-        kill_running(self._running)  # else the exit waits up to a command's timeout
+        self._running.kill_all()  # else the exit waits up to a command's timeout
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
 

@@ -73,9 +73,45 @@ def command_environment(event: dict[str, Any], hidden: frozenset[str]) -> dict[s
     return env
 
 
-# A command's process while it runs: a stopping daemon kills them (their events stay
-# pending, told again at the next start) rather than wait up to each hook's timeout.
-Running = set[subprocess.Popen[bytes]]
+class RunningCommands:
+    """The hooks' commands while they run. A stopping daemon kills them (their events
+    stay pending, told again at the next start) rather than wait up to each hook's
+    timeout; and once it has, none starts: a worker thread about to start one as the
+    daemon stopped would run it after the stop, and the event would be told twice."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # a start and the kill never interleave
+        self._processes: set[subprocess.Popen[bytes]] = set()
+        self._stopped = False
+
+    def start(self, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes] | None:
+        """The command started, or None once the daemon is stopping."""
+        with self._lock:
+            if self._stopped:
+                return None
+            process = subprocess.Popen(  # noqa: S603 - the operator's program, no shell
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # its children too are killed at the timeout
+            )
+            self._processes.add(process)
+            return process
+
+    def ended(self, process: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._processes.discard(process)
+
+    def kill_all(self) -> None:
+        """Kill every command still running, with the children it started, and start
+        no other."""
+        with self._lock:
+            self._stopped = True
+            for process in self._processes:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
 
 
 async def run_command(
@@ -83,43 +119,32 @@ async def run_command(
     body: bytes,
     event: dict[str, Any],
     hidden: frozenset[str],
-    running: Running | None = None,
+    running: RunningCommands | None = None,
 ) -> Attempt:
     """The event on the command's stdin; exit 0 is delivered. No shell. Run from a
     worker thread (asyncio's child watcher in Python 3.11 starts a thread per child,
     and with it 1,000 commands took the export of 1,000 windows from 1.8 to 3.2 s)."""
     env = command_environment(event, hidden)
     return await asyncio.to_thread(
-        _run_command, hook, body, env, set() if running is None else running
+        _run_command, hook, body, env, RunningCommands() if running is None else running
     )
 
 
-def kill_running(running: Running) -> None:
-    """Kill every command still running, with the children it started."""
-    for process in list(running):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-
-
-def _run_command(hook: HookSettings, body: bytes, env: dict[str, str], running: Running) -> Attempt:
+def _run_command(
+    hook: HookSettings, body: bytes, env: dict[str, str], running: RunningCommands
+) -> Attempt:
     assert hook.command is not None
     deadline = time.monotonic() + hook.timeout.total_seconds()
     try:
-        process = subprocess.Popen(  # noqa: S603 - the operator's program, no shell
-            hook.command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # its children too are killed at the timeout
-        )
+        process = running.start(hook.command, env)
     except OSError as exc:
         return Attempt.failed(f"cannot run {hook.command[0]!r}: {exc.strerror or exc}")
-    running.add(process)
+    if process is None:
+        return Attempt.failed("not run: the daemon is stopping")
     try:
         return _tell(hook, process, body, deadline)
     finally:
-        running.discard(process)
+        running.ended(process)
 
 
 def _tell(
