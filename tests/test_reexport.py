@@ -164,3 +164,50 @@ async def test_reexport_of_an_entity_type_takes_a_new_snapshot_now(
     after = [m for m in manifests(tmp_path / "exports") if m["type"] == "individual"]
     assert len(after) == 2
     assert max(m["toDate"] for m in after) > before[0]["toDate"]
+
+
+def data_files(out: Path) -> list[str]:
+    return sorted(p.name for p in out.rglob("page_*") if not p.name.endswith(".json"))
+
+
+async def test_a_compression_change_exports_nothing_again_and_a_reexport_replaces_the_file(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """gzip, then zstd: the done windows stay as they are (their manifests prove them;
+    they had been exported again beside their .gz files, which nothing ever deleted
+    since the ledger named the new ones), and a reexport of one replaces its .gz file
+    with a .zst one: every window is one file, whatever the output was when it came."""
+    emu = await emulator(records_per_day=40)
+    config = write_config(tmp_path, emu, JOBS, extra='[output]\ncompression = "gzip"\n')
+    out = tmp_path / "exports"
+    code, _, err = await run_cli("run", "--once", "--config", str(config))
+    assert code == 0, err
+    first = by_date(out)
+    assert len(first) == 3
+    assert all(name.endswith(".jsonl.gz") for name in data_files(out))
+    downloads = sum(j["downloads_completed"] for j in (await emu.jobs())["jobs"])
+
+    config.write_text(config.read_text().replace('"gzip"', '"zstd"'))
+    code, _, err = await run_cli("run", "--once", "--config", str(config))
+    assert code == 0, err
+    assert sum(j["downloads_completed"] for j in (await emu.jobs())["jobs"]) == downloads
+    assert by_date(out) == first
+    assert len(manifests(out)) == 3
+    assert "exports_missing_from_store" not in err
+
+    newest = max(first)
+    code, _, err = await run_cli(
+        "reexport", "--config", str(config), "--job", "d",
+        "--from", newest[:10], "--to", newest[:10],
+    )  # fmt: skip
+    assert code == 0, err
+    after = by_date(out)
+    assert sorted(after) == sorted(first)
+    assert len(manifests(out)) == 3
+    assert after[newest]["compression"] == "zstd"
+    assert after[newest]["revision"] == 2
+    names = data_files(out)
+    assert len(names) == 3, names
+    assert sum(name.endswith(".jsonl.zst") for name in names) == 1, names
+    code, report, err = await run_cli("verify", "--config", str(config))
+    assert code == 0, report.decode() + err

@@ -18,7 +18,6 @@ import functools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
-from pathlib import PurePosixPath
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -26,11 +25,11 @@ import structlog
 
 from .config import JobSettings, Settings
 from .errors import StoreRejected, StoreUnavailable
-from .ledger import ACTIVE, ExportRecord, LedgerState
+from .ledger import ACTIVE, DoneFile, ExportRecord, LedgerState
 from .output.layout import OutputLayout
 from .output.manifest import manifest_key
 from .output.snapshots import KnownSnapshots, StoredSnapshot, listed_snapshots
-from .output.store import OutputStore
+from .output.store import OutputStore, key_at
 from .output.stored import StoredFile, prove, stored_files
 from .payload.split import MAX_WINDOWS
 from .protocol import TIME_SERIES, ExportMode
@@ -44,15 +43,6 @@ log = structlog.get_logger("acexport.planner")
 _EXPIRED_PER_LOOK = 500  # windows whose files one look deletes: bounded work per look
 # Windows whose manifests, then files, go in one batch (S3: a request for each).
 _EXPIRED_PER_BATCH = 100
-
-
-def _key_of(store: OutputStore, location: str | None) -> list[PurePosixPath]:
-    """The key a row's recorded location names in ``store`` (its file may predate a
-    change of compression), if it names one there."""
-    root = store.location(PurePosixPath("x"))[:-1]
-    if location is None or not location.startswith(root) or len(location) == len(root):
-        return []
-    return [PurePosixPath(location[len(root) :])]
 
 
 def ac_requests(job: JobSettings, type_: str, windows: list[ExportWindow]) -> int:
@@ -135,7 +125,7 @@ class PlanLedger(Protocol):
 
     def done_files(
         self, workspace: str, types: Iterable[str], windows: Sequence[ExportWindow]
-    ) -> Awaitable[dict[tuple[str, ExportWindow], tuple[int, int | None]]]: ...
+    ) -> Awaitable[dict[tuple[str, ExportWindow], DoneFile]]: ...
 
     def requeue(self, export_ids: Iterable[int], reason: str) -> Awaitable[int]: ...
 
@@ -220,7 +210,7 @@ class Planner:
                     for row in batch
                     for stored in {
                         layout.key_for(job.workspace, row.type, job.name, row.window(zone)),
-                        *_key_of(self._store, row.destination),
+                        *filter(None, [key_at(self._store, row.destination)]),
                     }
                 ]
                 await self._store.delete_many([manifest_key(key) for key in keys])
@@ -375,10 +365,15 @@ class Planner:
         """
         layout = OutputLayout.from_settings(self._settings().output)
         try:
-            files = await stored_files(
-                self._store, layout, job.workspace, job.name, job.window_types, windows
-            )
             done = await self._ledger.done_files(job.workspace, job.window_types, windows)
+            recorded = {
+                slot: key
+                for slot, row in done.items()
+                if (key := key_at(self._store, row.destination)) is not None
+            }
+            files = await stored_files(
+                self._store, layout, job.workspace, job.name, job.window_types, windows, recorded
+            )
             fresh = [f for f in files if (f.type, f.window) not in done]
             proven, refused = await prove(self._store, job.workspace, fresh)
         except (StoreRejected, StoreUnavailable) as exc:
@@ -409,13 +404,13 @@ class Planner:
         self,
         job: JobSettings,
         files: list[StoredFile],
-        done: dict[tuple[str, ExportWindow], tuple[int, int | None]],
+        done: dict[tuple[str, ExportWindow], DoneFile],
     ) -> int:
         sizes = {(f.type, f.window): f.size for f in files}
         missing = [
-            export_id
-            for slot, (export_id, size) in done.items()
-            if slot not in sizes or (size is not None and sizes[slot] != size)
+            row.export_id
+            for slot, row in done.items()
+            if slot not in sizes or (row.file_bytes is not None and sizes[slot] != row.file_bytes)
         ]
         if not missing:
             return 0

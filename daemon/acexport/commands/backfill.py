@@ -36,6 +36,7 @@ from ..lock import lock_holder
 from ..ops.logging import configure_logging
 from ..output.layout import OutputLayout
 from ..output.open import open_store
+from ..output.store import key_at
 from ..output.stored import prove, stored_files
 from ..payload.split import MAX_WINDOWS
 from ..planner import Look, Planner, ac_requests
@@ -276,10 +277,17 @@ async def _in_store(
         try:
             async with AsyncExitStack() as stack:
                 await store.start(stack)
-                files = await stored_files(
-                    store, layout, job.workspace, job.name, job.window_types, windows
-                )
                 done = {key for key, row in by_key.items() if row.state is LedgerState.DONE}
+                starts = {window.start: window for window in windows}
+                recorded = {
+                    (type_, starts[start]): key
+                    for type_, start in done
+                    if start in starts
+                    and (key := key_at(store, by_key[(type_, start)].destination)) is not None
+                }
+                files = await stored_files(
+                    store, layout, job.workspace, job.name, job.window_types, windows, recorded
+                )
                 proven, _ = await prove(
                     store, job.workspace, [f for f in files if (f.type, f.window.start) not in done]
                 )

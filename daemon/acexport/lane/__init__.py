@@ -44,7 +44,7 @@ from ..protocol import ExportMode
 from ..windows import iso_ms
 from .context import LaneContext, hooks_for, timing_for
 from .requests import coalesce, request_of
-from .restatement import guarded, keep_previous_revision
+from .restatement import drop_replaced_file, guarded, keep_previous_revision
 from .retention import before_retention, refused_as_beyond_retention
 from .slot import SlotHold, SlotKeeper
 from .snapshots import prune_snapshots_after
@@ -69,8 +69,7 @@ class Lane:
         self._capacity = asyncio.Semaphore(max_in_flight)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._sleeping: set[int] = set()  # exports waiting between two requests to AC
-        # Windows served by a coalesced request running now (its leader's task): when
-        # dequeued or enqueued again, they are skipped.
+        # Windows a coalesced request running now serves: skipped if dequeued or enqueued.
         self._grouped: set[int] = set()
         # The coalesced AC requests being exported now: (job, type, start, end).
         self._requests: set[tuple[str, str, datetime, datetime]] = set()
@@ -350,10 +349,11 @@ class Lane:
             first = index == 0
             if stored.kept and record.revision > 1:  # no new file: nothing to announce
                 await asyncio.shield(self.ctx.ledger.unstage_events(record.id, record.revision))
+            location = self.ctx.sink.store.location(stored.key)
             await asyncio.shield(
                 self.ctx.ledger.mark_done(
                     record.id,
-                    destination=self.ctx.sink.store.location(stored.key),
+                    destination=location,
                     records=manifest.records,
                     payload_bytes=manifest.payload_bytes,
                     payload_sha256=manifest.payload_sha256,
@@ -363,6 +363,8 @@ class Lane:
                     file_sha256=manifest.file_sha256,
                 )
             )
+            if not stored.kept:
+                await asyncio.shield(drop_replaced_file(self.ctx, record, location))
             if stored.kept and record.revision > 1:
                 # The stored file and its manifest stay those of the previous revision:
                 # so does the row (it said revision 2 of a revision-1 file: found by

@@ -1,5 +1,6 @@
-"""Restatements that must not shrink a window: the guard a restatement carries, and
-what happens when AC serves far fewer records than the file it would replace."""
+"""A window's next revision: the guard a restatement carries, what happens when AC
+serves far fewer records than the file it would replace, and the replaced file
+removed when the new one has another name."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from dataclasses import replace
 import structlog
 
 from ..config import Settings
-from ..errors import RestatementShrank
+from ..errors import RestatementShrank, StoreRejected, StoreUnavailable
 from ..export import ExportSpec
 from ..ledger import ExportRecord
+from ..output.manifest import manifest_key
+from ..output.store import key_at
 from .context import LaneContext
 
 log = structlog.get_logger("acexport.lane")
@@ -41,3 +44,19 @@ async def keep_previous_revision(
     )
     await asyncio.shield(ctx.ledger.keep_previous_revision(record.id, reason))
     log.warning("restatement_kept_previous", served=exc.served, previous=record.records)
+
+
+async def drop_replaced_file(ctx: LaneContext, record: ExportRecord, location: str) -> None:
+    """The file a window's new revision replaced, when the two have other names (the
+    output's format or compression changed between them): deleted once the new one is
+    committed and recorded, manifest first as ``keep`` deletes, so the window is one
+    file. A delete that fails leaves an extra file, said, and fails no export."""
+    store = ctx.sink.store
+    replaced = key_at(store, record.destination)
+    if replaced is None or store.location(replaced) == location:
+        return
+    try:
+        await store.delete_many([manifest_key(replaced)])
+        await store.delete_many([replaced])
+    except (StoreRejected, StoreUnavailable, OSError) as exc:
+        log.warning("replaced_file_not_deleted", file=record.destination, error=str(exc))

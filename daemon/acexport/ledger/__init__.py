@@ -25,7 +25,7 @@ from .connection import ledger_path
 from .exports import REEXPORT_REASON, ExportRows
 from .hooks import Delivery, HookBacklog, HookQueue, event_id
 from .meta import Meta
-from .rows import ACTIVE, ExportRecord, LedgerState, parse_time
+from .rows import ACTIVE, DoneFile, ExportRecord, LedgerState, parse_time
 from .snapshots import Snapshots
 from .timings import ProcessingHistory
 
@@ -33,6 +33,7 @@ __all__ = [
     "ACTIVE",
     "REEXPORT_REASON",
     "Delivery",
+    "DoneFile",
     "ExportRecord",
     "HookBacklog",
     "Ledger",

@@ -11,7 +11,7 @@ from datetime import datetime
 from ..protocol import ExportMode
 from ..windows import ExportWindow, iso_ms
 from .connection import LedgerConnection, state_errors
-from .rows import ExportRecord, LedgerState, parse_time
+from .rows import DoneFile, ExportRecord, LedgerState, parse_time
 
 REEXPORT_REASON = "re-export asked for"  # a queued row's reason: its next revision, whatever
 
@@ -265,23 +265,23 @@ class ExportRows(LedgerConnection):
     @state_errors
     async def done_files(
         self, workspace: str, types: Iterable[str], windows: Sequence[ExportWindow]
-    ) -> dict[tuple[str, ExportWindow], tuple[int, int | None]]:
-        """(type, window) -> (row id, file bytes if known) of the windows recorded done."""
+    ) -> dict[tuple[str, ExportWindow], DoneFile]:
+        """(type, window) -> its row and file, of the windows recorded done."""
         if not windows:
             return {}
         wanted = {(t, iso_ms(w.start), iso_ms(w.end)): w for t in types for w in windows}
         rows = await self._rows(
-            "SELECT id, type, window_start, window_end, file_bytes FROM exports "
+            "SELECT id, type, window_start, window_end, file_bytes, destination FROM exports "
             "WHERE workspace = ? AND state = 'done' AND window_start >= ? AND window_start <= ?",
             workspace,
             iso_ms(min(w.start for w in windows)),
             iso_ms(max(w.start for w in windows)),
         )
-        found: dict[tuple[str, ExportWindow], tuple[int, int | None]] = {}
-        for export_id, type_, start, end, size in rows:
+        found: dict[tuple[str, ExportWindow], DoneFile] = {}
+        for export_id, type_, start, end, size, destination in rows:
             window = wanted.get((type_, start, end))
             if window is not None:
-                found[(type_, window)] = (export_id, size)
+                found[(type_, window)] = DoneFile(export_id, size, destination)
         return found
 
     @state_errors

@@ -49,6 +49,16 @@ def _time_or_none(text: str | None) -> datetime | None:
 
 
 @dataclass(frozen=True)
+class DoneFile:
+    """A window recorded done, and the file it was recorded with (whose name may
+    predate a change of format or compression)."""
+
+    export_id: int
+    file_bytes: int | None
+    destination: str | None
+
+
+@dataclass(frozen=True)
 class ExportRecord:
     """One row of the ledger."""
 

@@ -94,6 +94,15 @@ class OutputStore(Protocol):
 SMALL_MAX = 1 << 20  # a manifest or marker bigger than this is not one of ours
 
 
+def key_at(store: OutputStore, location: str | None) -> PurePosixPath | None:
+    """The key a recorded location (``store.location(key)``) names in ``store``, if it
+    names one there: a row's file may predate a change of format or compression."""
+    root = store.location(PurePosixPath("x"))[:-1]
+    if location is None or not location.startswith(root) or len(location) == len(root):
+        return None
+    return PurePosixPath(location[len(root) :])
+
+
 def common_prefix(keys: list[PurePosixPath]) -> str:
     """The longest string every key starts with: one listing covers them all."""
     # Characters, not path components: an S3 prefix need not end at a "/".

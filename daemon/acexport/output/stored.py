@@ -12,7 +12,7 @@ claims. What to do with the answer (the ledger) is the planner's business.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
@@ -46,22 +46,26 @@ async def stored_files(
     job: str,
     types: Iterable[str],
     windows: list[ExportWindow],
+    recorded: Mapping[tuple[str, ExportWindow], PurePosixPath] | None = None,
 ) -> list[StoredFile]:
     """The files of ``windows`` that ``store`` holds with a manifest beside them: a
-    listing per type, all asked for at once."""
+    listing per type, all asked for at once. A window whose file is not at the key
+    the layout gives it now is looked for at its ``recorded`` key (written before a
+    change of format or compression, in the same folders): found there, it is that."""
     if not windows:
         return []
     keys = {t: {w: layout.key_for(workspace, t, job, w) for w in windows} for t in types}
     prefixes = [common_prefix(list(of_type.values())) for of_type in keys.values()]
     listings = await store.listed_under_each(prefixes)
+    recorded = recorded or {}
     found: list[StoredFile] = []
     for (type_, of_type), prefix, listed in zip(keys.items(), prefixes, listings, strict=True):
         present = with_manifests(listed, prefix)
-        found += [
-            StoredFile(type_, w, key, present[key], store.location(key))
-            for w, key in of_type.items()
-            if key in present
-        ]
+        for window, key in of_type.items():
+            if key not in present:
+                key = recorded.get((type_, window), key)
+            if key in present:
+                found.append(StoredFile(type_, window, key, present[key], store.location(key)))
     return found
 
 
