@@ -286,11 +286,13 @@ class ExportRows(LedgerConnection):
 
     @state_errors
     async def requeue(self, export_ids: Iterable[int], reason: str) -> int:
-        """Done rows back to queued (their file is gone from the output store)."""
+        """Done rows back to queued (their file is gone from the output store, so the
+        ledger no longer names one: the next file replaces nothing)."""
         now = time.time()
         return await self._many(
             "UPDATE exports SET state = 'queued', reason = ?, updated_at = ?, "
-            "request_start = NULL, request_end = NULL WHERE id = ? AND state = 'done'",
+            "request_start = NULL, request_end = NULL, destination = NULL "
+            "WHERE id = ? AND state = 'done'",
             [(reason, now, export_id) for export_id in export_ids],
         )
 
