@@ -363,7 +363,7 @@ class Lane:
                     file_sha256=manifest.file_sha256,
                 )
             )
-            if not stored.kept:
+            if record.destination is not None and not stored.kept:  # no task otherwise
                 await asyncio.shield(drop_replaced_file(self.ctx, record, location))
             if stored.kept and record.revision > 1:
                 # The stored file and its manifest stay those of the previous revision:

@@ -97,8 +97,10 @@ SMALL_MAX = 1 << 20  # a manifest or marker bigger than this is not one of ours
 def key_at(store: OutputStore, location: str | None) -> PurePosixPath | None:
     """The key a recorded location (``store.location(key)``) names in ``store``, if it
     names one there: a row's file may predate a change of format or compression."""
+    if location is None:  # checked first: every export asks (a new window names none)
+        return None
     root = store.location(PurePosixPath("x"))[:-1]
-    if location is None or not location.startswith(root) or len(location) == len(root):
+    if not location.startswith(root) or len(location) == len(root):
         return None
     return PurePosixPath(location[len(root) :])
 
