@@ -194,8 +194,16 @@ async def test_a_compression_change_exports_nothing_again_and_a_reexport_replace
     assert by_date(out) == first
     assert len(manifests(out)) == 3
     assert "exports_missing_from_store" not in err
-
     newest = max(first)
+    # A one-off export into the output adds no .zst file beside a window's .gz one.
+    code, _, err = await run_cli(
+        "export", "--config", str(config), "--workspace", "acme", "--type", "page",
+        "--from", newest[:10], "--to", newest[:10],
+    )  # fmt: skip
+    assert code == 2, err
+    assert "never replaces a job's window file" in err
+    assert len(manifests(out)) == 3
+
     code, _, err = await run_cli(
         "reexport", "--config", str(config), "--job", "d",
         "--from", newest[:10], "--to", newest[:10],

@@ -41,8 +41,7 @@ from ..output.layout import OutputLayout
 from ..output.local import LocalStore
 from ..output.open import open_store
 from ..output.sink import Sink
-from ..output.store import OutputStore
-from ..output.stored import stored_files
+from ..output.store import OutputStore, common_prefix, with_manifests
 from ..payload.tempfiles import claim_temp_dir, clean_abandoned
 from ..windows import ExportWindow, aligned_windows, parse_bound
 from . import ExitCode
@@ -339,15 +338,27 @@ async def _export(plan: _Plan, progress: _Progress | None) -> str:
 
 
 async def _refuse_a_stored_window(plan: _Plan, store: OutputStore) -> None:
-    """A one-off export never replaces a job's window file, with or without --force."""
+    """A one-off export never replaces a job's window file, with or without --force,
+    nor adds one beside it in a format or compression the output had before."""
     spec = plan.spec
     assert spec.job is not None
-    layout = OutputLayout.from_settings(plan.settings.output)
-    found = await stored_files(store, layout, spec.workspace, spec.job, [spec.type], [spec.window])
+    output = plan.settings.output
+    keys = sorted(
+        {
+            OutputLayout(output.path, compression, output.snapshot_path, format_).key_for(
+                spec.workspace, spec.type, spec.job, spec.window
+            )
+            for format_ in OutputFormat
+            for compression in Compression
+        }
+    )
+    prefix = common_prefix(keys)
+    present = with_manifests(await store.listed_under(prefix), prefix)
+    found = [key for key in keys if key in present]
     if found:
         raise UsageError(
             f"the daemon's output holds {spec.type} {spec.window.label} already "
-            f"({found[0].key}): a one-off export never replaces a job's window file. "
+            f"({found[0]}): a one-off export never replaces a job's window file. "
             f"To replace it: acexport reexport --job {spec.job} {_range_args(spec.window)} "
             f"--type {spec.type}; or give --output FILE to export it elsewhere"
         )
