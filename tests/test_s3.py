@@ -534,3 +534,37 @@ async def test_keep_deletes_old_windows_from_the_bucket_manifest_first(
     assert set(first).isdisjoint(data)  # and their data
     assert len(manifests) == 2
     assert set(data) == set(manifests) | {"acexport/workspace=alpha/notes.txt"}
+
+
+async def test_a_compression_change_in_the_bucket_keeps_each_window_one_object(
+    emulator: EmulatorFactory, seaweed: Seaweed, tmp_path: Path
+) -> None:
+    """gzip, then zstd, into a bucket: the done windows are found at the keys the ledger
+    recorded (nothing uploaded again), and a reexport's new .zst object replaces its
+    window's .gz one (both deleted there only once the new one is recorded)."""
+    emu = await emulator(tokens={"alpha": "alpha-token"}, records=5)
+    name = bucket(seaweed)
+    jobs = job("daily", "alpha", types=["page"], catch_up="3d", lag="0s")
+    config = s3_config(tmp_path, emu, jobs, seaweed.endpoint, name, compression="gzip")
+    assert (await run_once(config)).process.returncode == 0
+    before = seaweed.objects(name)
+    assert len([k for k in before if k.endswith(".jsonl.gz")]) == 3
+    config.write_text(config.read_text().replace('"gzip"', '"zstd"'))
+    assert (await run_once(config)).process.returncode == 0
+    assert seaweed.objects(name) == before
+    newest = max(k for k in before if k.endswith(".jsonl.gz"))
+    day = newest.split("date=")[1][:10]
+    reexport = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "acexport", "reexport", "--config", str(config)),
+        *("--job", "daily", "--from", day, "--to", day),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await reexport.communicate()
+    assert reexport.returncode == 0, err.decode()[-2000:]
+    after = seaweed.objects(name)
+    data = sorted(k for k in after if k.endswith((".gz", ".zst")))
+    assert len(data) == 3, data
+    assert newest not in after
+    assert f"{newest}.manifest.json" not in after
+    assert newest.removesuffix(".gz") + ".zst" in after
