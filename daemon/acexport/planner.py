@@ -27,10 +27,9 @@ from .config import JobSettings, Settings
 from .errors import StoreRejected, StoreUnavailable
 from .ledger import ACTIVE, DoneFile, ExportRecord, LedgerState
 from .output.layout import OutputLayout
-from .output.manifest import manifest_key
 from .output.snapshots import KnownSnapshots, StoredSnapshot, listed_snapshots
 from .output.store import OutputStore, key_at
-from .output.stored import StoredFile, prove, stored_files
+from .output.stored import StoredFile, delete_stored, prove, stored_files
 from .payload.split import MAX_WINDOWS
 from .protocol import TIME_SERIES, ExportMode
 from .retention import LearnedRetention, beyond_reason, effective_months, retention_start
@@ -213,8 +212,7 @@ class Planner:
                         *filter(None, [key_at(self._store, row.destination)]),
                     }
                 ]
-                await self._store.delete_many([manifest_key(key) for key in keys])
-                await self._store.delete_many(keys)
+                await delete_stored(self._store, keys)
                 deleted += [row.id for row in batch]
         except (StoreRejected, StoreUnavailable, OSError) as exc:
             # The batches deleted so far are expired; the rest are retried at the next look.
@@ -366,11 +364,7 @@ class Planner:
         layout = OutputLayout.from_settings(self._settings().output)
         try:
             done = await self._ledger.done_files(job.workspace, job.window_types, windows)
-            recorded = {
-                slot: key
-                for slot, row in done.items()
-                if (key := key_at(self._store, row.destination)) is not None
-            }
+            recorded = {slot: row.destination for slot, row in done.items()}
             files = await stored_files(
                 self._store, layout, job.workspace, job.name, job.window_types, windows, recorded
             )

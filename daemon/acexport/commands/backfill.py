@@ -36,7 +36,6 @@ from ..lock import lock_holder
 from ..ops.logging import configure_logging
 from ..output.layout import OutputLayout
 from ..output.open import open_store
-from ..output.store import key_at
 from ..output.stored import prove, stored_files
 from ..payload.split import MAX_WINDOWS
 from ..planner import Look, Planner, ac_requests
@@ -280,10 +279,9 @@ async def _in_store(
                 done = {key for key, row in by_key.items() if row.state is LedgerState.DONE}
                 starts = {window.start: window for window in windows}
                 recorded = {
-                    (type_, starts[start]): key
+                    (type_, starts[start]): by_key[(type_, start)].destination
                     for type_, start in done
                     if start in starts
-                    and (key := key_at(store, by_key[(type_, start)].destination)) is not None
                 }
                 files = await stored_files(
                     store, layout, job.workspace, job.name, job.window_types, windows, recorded

@@ -14,8 +14,8 @@ from ..config import Settings
 from ..errors import RestatementShrank, StoreRejected, StoreUnavailable
 from ..export import ExportSpec
 from ..ledger import ExportRecord
-from ..output.manifest import manifest_key
 from ..output.store import key_at
+from ..output.stored import delete_stored
 from .context import LaneContext
 
 log = structlog.get_logger("acexport.lane")
@@ -50,13 +50,15 @@ async def drop_replaced_file(ctx: LaneContext, record: ExportRecord, location: s
     """The file a window's new revision replaced, when the two have other names (the
     output's format or compression changed between them): deleted once the new one is
     committed and recorded, manifest first as ``keep`` deletes, so the window is one
-    file. A delete that fails leaves an extra file, said, and fails no export."""
+    file. A delete that fails leaves an extra file, said, and fails no export (the
+    window is committed and recorded done: a bug here must not make it failed)."""
     store = ctx.sink.store
     replaced = key_at(store, record.destination)
     if replaced is None or store.location(replaced) == location:
         return
     try:
-        await store.delete_many([manifest_key(replaced)])
-        await store.delete_many([replaced])
+        await delete_stored(store, [replaced])
     except (StoreRejected, StoreUnavailable, OSError) as exc:
         log.warning("replaced_file_not_deleted", file=record.destination, error=str(exc))
+    except Exception as exc:
+        log.exception("replaced_file_not_deleted", file=record.destination, kind=type(exc).__name__)

@@ -19,7 +19,7 @@ from pathlib import PurePosixPath
 from ..windows import ExportWindow
 from .layout import OutputLayout
 from .manifest import check_stored, manifest_key, read_fields
-from .store import OutputStore, common_prefix, with_manifests
+from .store import OutputStore, common_prefix, key_at, with_manifests
 
 _READS_AT_ONCE = 16  # manifest reads in flight while checking a job's stored windows
 
@@ -46,12 +46,12 @@ async def stored_files(
     job: str,
     types: Iterable[str],
     windows: list[ExportWindow],
-    recorded: Mapping[tuple[str, ExportWindow], PurePosixPath] | None = None,
+    recorded: Mapping[tuple[str, ExportWindow], str | None] | None = None,
 ) -> list[StoredFile]:
     """The files of ``windows`` that ``store`` holds with a manifest beside them: a
     listing per type, all asked for at once. A window whose file is not at the key
-    the layout gives it now is looked for at its ``recorded`` key (written before a
-    change of format or compression, in the same folders): found there, it is that."""
+    the layout gives it now is looked for at its ``recorded`` location (the ledger's:
+    written before a change of format or compression, in the same folders)."""
     if not windows:
         return []
     keys = {t: {w: layout.key_for(workspace, t, job, w) for w in windows} for t in types}
@@ -63,7 +63,7 @@ async def stored_files(
         present = with_manifests(listed, prefix)
         for window, key in of_type.items():
             if key not in present:
-                key = recorded.get((type_, window), key)
+                key = key_at(store, recorded.get((type_, window))) or key
             if key in present:
                 found.append(StoredFile(type_, window, key, present[key], store.location(key)))
     return found
@@ -107,3 +107,10 @@ async def prove(
         if isinstance(answer, str)
     ]
     return proven, refused
+
+
+async def delete_stored(store: OutputStore, keys: list[PurePosixPath]) -> None:
+    """Delete data files with their manifests, the manifests first: a stop between the
+    two leaves a file no longer believed done, not a manifest without its file."""
+    await store.delete_many([manifest_key(key) for key in keys])
+    await store.delete_many(keys)
