@@ -37,6 +37,7 @@ class Metrics(LaneObserver):
         disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series add noise
         self.registry = CollectorRegistry()
         r = self.registry
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # The process's own: RSS, CPU, open descriptors, start time; Python's version, GC.
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             r.register(collector)
@@ -158,19 +159,28 @@ class Metrics(LaneObserver):
             registry=r,
         )
 
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, looked up once: ``labels`` validates and locks on
+        every call, and an export made nine of them (bench/instructions.py)."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def export_ended(self, event: ExportEnded) -> None:
         outcome = "done" if event.ok else "failed"
-        self.exports.labels(event.workspace, event.type, outcome).inc()
+        self._child(self.exports, event.workspace, event.type, outcome).inc()
         if event.ok:
-            self.payload_bytes.labels(event.workspace, event.type).inc(event.payload_bytes)
+            self._child(self.payload_bytes, event.workspace, event.type).inc(event.payload_bytes)
             if event.windows_served:
-                self.ac_exports.labels(event.workspace, event.type).inc()
-            self.poll_requests.labels(event.workspace, event.type).inc(event.requests)
-            self.last_success.labels(event.job).set_to_current_time()
+                self._child(self.ac_exports, event.workspace, event.type).inc()
+            self._child(self.poll_requests, event.workspace, event.type).inc(event.requests)
+            self._child(self.last_success, event.job).set_to_current_time()
             if event.processing_s is not None:
-                self.processing.labels(event.type).observe(event.processing_s)
+                self._child(self.processing, event.type).observe(event.processing_s)
             if event.download_s is not None:
-                self.download.labels(event.type).observe(event.download_s)
+                self._child(self.download, event.type).observe(event.download_s)
             for column in event.new_columns:
                 self.new_columns.labels(event.type, column).inc()
             if event.unparsed_values:
@@ -186,7 +196,7 @@ class Metrics(LaneObserver):
                 self.exports.labels(workspace, type_, outcome)
 
     def answered(self, workspace: str, code: int) -> None:
-        self.responses.labels(workspace, str(code)).inc()
+        self._child(self.responses, workspace, str(code)).inc()
 
     def count_windows(self, view: StatusView) -> None:
         """Each job's due windows (x types) by state: gaps show as missing or failed."""
