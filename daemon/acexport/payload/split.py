@@ -18,6 +18,7 @@ file is already in the store) is counted as skipped.
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,10 +64,23 @@ class _TextForm:
         return None if self.zone == self.sortable_zone else bytes.maketrans(b"Z", b" ")
 
     def text(self, when: datetime) -> bytes:
-        utc = when.astimezone(UTC)
-        fraction = f".{utc.microsecond:06d}".rstrip("0") if utc.microsecond else ""
-        clock = f"{utc:%Y-%m-%d}{self.separator.decode()}{utc:%H:%M:%S}{fraction}"
-        return clock.encode() + self.sortable_zone
+        return _form_text(self, when.astimezone(UTC))
+
+
+# Each export's split writes its window's edges in the data's form, and its range as
+# keys: strftime took ~15 of those an export (4% of a small export's instructions,
+# bench/instructions.py), for the same few days' edges at every workspace. Keyed in
+# UTC, where an instant has one text whatever zone it came in.
+@functools.lru_cache(maxsize=4096)
+def _form_text(form: _TextForm, utc: datetime) -> bytes:
+    fraction = f".{utc.microsecond:06d}".rstrip("0") if utc.microsecond else ""
+    clock = f"{utc:%Y-%m-%d}{form.separator.decode()}{utc:%H:%M:%S}{fraction}"
+    return clock.encode() + form.sortable_zone
+
+
+@functools.lru_cache(maxsize=4096)
+def _edge_key(utc: datetime) -> bytes:
+    return instant_key(utc)
 
 
 _FORMS = (
@@ -168,11 +182,11 @@ class RecordSplit:
         self._key = b'"' + column.encode() + b'"'
         self._column = column
         self._span = span
-        self._low = instant_key(span.first)
+        self._low = _edge_key(span.first.astimezone(UTC))
         # AC's inclusive last millisecond: every microsecond of it is in the range.
-        self._high = instant_key(span.last)[:-3] + b"999"
-        self._starts = [instant_key(start) for start, _ in span.windows]
-        self._ends = [instant_key(end) for _, end in span.windows]
+        self._high = _edge_key(span.last.astimezone(UTC))[:-3] + b"999"
+        self._starts = [_edge_key(start.astimezone(UTC)) for start, _ in span.windows]
+        self._ends = [_edge_key(end.astimezone(UTC)) for _, end in span.windows]
         self._bounds: dict[_TextForm, _TextBounds] = {}  # per form, when first seen
         self._writers = list(writers)
         self.rows = [0] * len(span.windows)

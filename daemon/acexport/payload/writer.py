@@ -77,9 +77,8 @@ class PayloadWriter:
         self._write_lines = (
             self._parts[0].write_many if self._split is None else self._split.write_many
         )
-        self._parquet_paths = [p.path.with_name(p.path.stem + ".parquet.part") for p in self._parts]
-        self._engine_dir = temp_dir / f"{stem}.engine"
-        self._spool_path = temp_dir / f"{stem}.spool"
+        # Paths that most exports never use are made when needed (a path is ~5 us).
+        self._temp_dir, self._stem = temp_dir, stem
         self._sha = hashlib.sha256()
         self.payload_bytes = 0
         self._head = b""
@@ -164,7 +163,7 @@ class PayloadWriter:
             # thread when it has one), as a raw body's are checked beside hashing.
             for part in self._parts:
                 part.check_utf8()
-            return StreamedZip(self._write_lines, self._spool_path, self._limits)
+            return StreamedZip(self._write_lines, self._spool_path(), self._limits)
         if served == "json":
             return ArrayToLines(self._write_lines)
         return NdjsonLines(self._write_lines)  # checked by ``digest``
@@ -203,11 +202,9 @@ class PayloadWriter:
             part.close()  # an export with no records still has its (empty) files
         counts = [self._parts[0].lines] if self._split is None else self._split.rows
         summaries = []
-        for part, parquet_path, records in zip(
-            self._parts, self._parquet_paths, counts, strict=True
-        ):
+        for part, records in zip(self._parts, counts, strict=True):
             if self._typed_as is not None:
-                summaries.append(self._typed(part.path, parquet_path, records))
+                summaries.append(self._typed(part.path, _parquet_path(part), records))
                 continue
             summaries.append(
                 PayloadSummary(
@@ -231,11 +228,11 @@ class PayloadWriter:
         assert self._typed_as is not None
         try:
             typed = ndjson_to_parquet(
-                ndjson, parquet_path, self._typed_as, records, self._compression, self._engine_dir
+                ndjson, parquet_path, self._typed_as, records, self._compression, self._engine_dir()
             )
         finally:
             ndjson.unlink(missing_ok=True)
-            shutil.rmtree(self._engine_dir, ignore_errors=True)
+            shutil.rmtree(self._engine_dir(), ignore_errors=True)
         return PayloadSummary(
             parquet_path,
             records,
@@ -250,11 +247,21 @@ class PayloadWriter:
     def discard(self) -> None:
         if isinstance(self._converter, StreamedZip):
             self._converter.discard()
-        for part, parquet_path in zip(self._parts, self._parquet_paths, strict=True):
+        for part in self._parts:
             part.discard()
-            parquet_path.unlink(missing_ok=True)
-        self._spool_path.unlink(missing_ok=True)
-        shutil.rmtree(self._engine_dir, ignore_errors=True)
+            _parquet_path(part).unlink(missing_ok=True)
+        self._spool_path().unlink(missing_ok=True)
+        shutil.rmtree(self._engine_dir(), ignore_errors=True)
+
+    def _spool_path(self) -> Path:
+        return self._temp_dir / f"{self._stem}.spool"
+
+    def _engine_dir(self) -> Path:
+        return self._temp_dir / f"{self._stem}.engine"
+
+
+def _parquet_path(part: OutputFile) -> Path:
+    return part.path.with_name(part.path.stem + ".parquet.part")
 
 
 def _output_files(
