@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-from pathlib import Path
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path, PurePosixPath
+from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from acexport.config import (
     load_settings,
@@ -190,6 +194,41 @@ def test_default_path_template_is_hive_partitioned() -> None:
     assert str(path) == (
         "workspace=acme/type=page/date=2022-03-27/page_20220327T0000_20220328T0000.jsonl"
     )
+
+
+_ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    when=st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from([ZoneInfo(name) for name in _ZONES]),
+        allow_imaginary=False,
+    ),
+    spec=st.lists(
+        st.sampled_from(
+            ["%Y", "%m", "%d", "%H", "%M", "%S", "%z", "%Z", "%j", "%%", "-", "T", "%"]
+        ),
+        max_size=6,
+    ).map("".join),
+)
+def test_a_template_renders_dates_as_strftime_does(when: datetime, spec: str) -> None:
+    """render_path writes the usual fields without strftime (bench/instructions.py):
+    the same text as ``format(when, spec)``, for every zone, fold and directive."""
+    template = "{workspace}/{from:" + spec + "}/{to}"
+    assert _outcome(lambda: str(render_path(template, "w", "t", "j", when, when))) == _outcome(
+        lambda: str(PurePosixPath(f"w/{format(when, spec)}/{when}"))
+    )
+
+
+def _outcome(render: Callable[[], str]) -> str:
+    """The text, or the error's type (a lone ``%`` is strftime's to refuse or keep)."""
+    try:
+        return render()
+    except ValueError as exc:
+        return type(exc).__name__
 
 
 def test_image_defaults_sit_beneath_the_config_file(
