@@ -212,6 +212,30 @@ def test_manifest_is_indented_json_as_readers_know_it() -> None:
     assert confirmed.to_json() == expected.encode()
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.text(max_size=40),
+    number=st.integers(min_value=-(2**63), max_value=2**63),
+    unchanged=st.sampled_from([None, True, False]),
+)
+def test_a_manifest_of_any_text_and_numbers_is_json_dumps_indent_2(
+    text: str, number: int, unchanged: bool | None
+) -> None:
+    """to_json writes values without json.dumps (bench/instructions.py): the bytes stay
+    json.dumps(indent=2)'s for any text (quotes, controls, non-ASCII) and integer."""
+    from dataclasses import asdict, replace
+
+    manifest = replace(
+        _manifest(text), workspace=text, records=number, createdDate=None, unchanged=unchanged
+    )
+    left_out = {"rows", "schema_fingerprint", "new_columns", "unparsed_values"}
+    left_out |= {"request_fromDate", "request_toDate", "request_windows"}
+    left_out |= {"unchanged"} if unchanged is None else set()
+    fields = {k: v for k, v in asdict(manifest).items() if k not in left_out}
+    expected = json.dumps(fields, indent=2, ensure_ascii=False) + "\n"
+    assert manifest.to_json() == expected.encode()
+
+
 async def test_commit_places_file_then_manifest_and_leaves_no_temp(
     tmp_path: Path, commit_steps: str
 ) -> None:
