@@ -100,6 +100,7 @@ class Figures:
     requests: int
     emulator_cpu: float
     per_export_ms: float
+    switches: int  # the daemon's context switches, voluntary and not: GIL hand-offs
     steps: str
 
     def print(self, workspaces: int, processing: float, tree: str) -> None:
@@ -122,7 +123,8 @@ class Figures:
         )
         print(
             f"  daemon CPU per export {self.per_export_ms:.1f} ms (less start-up; target < 3 ms);"
-            f" user {self.user:.1f} s, system {self.system:.1f} s"
+            f" user {self.user:.1f} s, system {self.system:.1f} s,"
+            f" {self.switches / max(self.exports, 1):.0f} context switches"
         )
         print(self.steps)
 
@@ -219,6 +221,7 @@ def one_run(work: Path, workspaces: int, processing: float, pythonpath: str | No
         requests=requests,
         emulator_cpu=emulator_cpu,
         per_export_ms=1000 * (cpu - startup_cpu) / max(exports, 1),
+        switches=usage.ru_nvcsw + usage.ru_nivcsw,
         steps=lane_steps(work / "state" / "state.sqlite3"),
     )
 
