@@ -28,7 +28,6 @@ import argparse
 import atexit
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -77,12 +76,6 @@ def main() -> int:
     trees: dict[str, str | None] = {"acexport": None}
     if args.against is not None:
         trees[f"@{args.against}"] = str(worktree(args.against, work / "against"))
-        atexit.register(
-            subprocess.run,
-            ["git", "worktree", "remove", "--force", str(work / "against")],
-            check=False,
-            capture_output=True,
-        )
     for tree, pythonpath in trees.items():
         counts = []
         for workspaces in (args.small, args.large):

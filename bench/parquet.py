@@ -27,7 +27,6 @@ import os
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -73,11 +72,6 @@ def main() -> int:
         ) as base:
             return compare(base, work, args.rounds, trees)
     finally:
-        if args.against is not None:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(work / "against")],
-                capture_output=True,
-            )
         shutil.rmtree(work, ignore_errors=True)
 
 

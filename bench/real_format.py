@@ -32,6 +32,7 @@ and zstd levels 1 and 3, on 200 MB of the same records, in one thread.
 from __future__ import annotations
 
 import argparse
+import atexit
 import io
 import json
 import os
@@ -234,11 +235,6 @@ def main() -> int:
         ) as base:
             return compare(Run(base, work, args.rounds, args.type, against, args.against))
     finally:
-        if args.against is not None:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(work / "against")],
-                capture_output=True,
-            )
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -251,11 +247,18 @@ def record_bytes(type_: str, iso: bool) -> int:
 
 
 def worktree(rev: str, path: Path) -> Path:
-    """A checkout of ``rev`` of this repository; its daemon/ is what --against runs."""
+    """A checkout of ``rev`` of this repository, removed at exit; its daemon/ is what
+    --against runs."""
     root = Path(__file__).resolve().parent.parent
     subprocess.run(
         ["git", "-C", str(root), "worktree", "add", "--detach", "--force", str(path), rev],
         check=True,
+        capture_output=True,
+    )
+    atexit.register(
+        subprocess.run,
+        ["git", "-C", str(root), "worktree", "remove", "--force", str(path)],
+        check=False,
         capture_output=True,
     )
     build_scans(path)

@@ -248,12 +248,6 @@ def main() -> int:
     trees: dict[str, str | None] = {"acexport": None}
     if args.against is not None:
         trees[f"@{args.against}"] = str(worktree(args.against, work / "against"))
-        atexit.register(
-            subprocess.run,
-            ["git", "worktree", "remove", "--force", str(work / "against")],
-            check=False,
-            capture_output=True,
-        )
     runs: dict[str, list[Figures]] = {tree: [] for tree in trees}
     for round_ in range(args.rounds):
         for tree, pythonpath in trees.items():
