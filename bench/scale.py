@@ -9,10 +9,13 @@ daemon CPU per export, RSS < 200 MB, loop lag < 100 ms. The emulator runs on
 the same two cores; its CPU is printed beside the daemon's.
 
     python bench/scale.py [--workspaces 1000] [--quick] [--rounds N] [--against REV]
+                          [--pinned CPUS]
 
 The machine's speed moves every figure (the same code took 13-17 s one day and
 30-40 s on a slower machine another): `--against REV` runs that revision's daemon
 in the same session, alternating with this one, for a comparison that holds.
+`--pinned 1` also runs this tree's daemon confined to CPU 1, alternating: what
+its threads' hand-offs of the GIL across the two cores cost (issue 35).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from acexport.emulator.process import EmulatorClient, running_emulator
@@ -166,13 +170,20 @@ def config_text(work: Path, workspaces: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def one_run(work: Path, workspaces: int, processing: float, pythonpath: str | None) -> Figures:
+def one_run(
+    work: Path,
+    workspaces: int,
+    processing: float,
+    pythonpath: str | None,
+    cpus: set[int] | None = None,
+) -> Figures:
     """``acexport run --once`` of the tree on ``pythonpath`` (None: this one), with its
-    own emulator and directories under ``work``."""
+    own emulator and directories under ``work``; the daemon on ``cpus`` if given."""
     tokens = [arg for i in range(workspaces) for arg in ("--token", f"w{i:04d}=w{i:04d}-token")]
     env = {**os.environ, "ACEXPORT_CONFIG": ""}
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
+    confine = None if cpus is None else partial(os.sched_setaffinity, 0, cpus)
     with running_emulator("--processing-time", str(processing), "--records", "20", *tokens) as base:
         config = work / "scale.toml"
         config.write_text(config_text(work, workspaces).replace("BASE", base))
@@ -182,6 +193,7 @@ def one_run(work: Path, workspaces: int, processing: float, pythonpath: str | No
             [sys.executable, "-m", "acexport", "check-config", "--config", str(config)],
             stdout=subprocess.DEVNULL,
             env=env,
+            preexec_fn=confine,
         )
         _, _, check_usage = os.wait4(check.pid, 0)
         startup = time.perf_counter() - started
@@ -196,6 +208,7 @@ def one_run(work: Path, workspaces: int, processing: float, pythonpath: str | No
                 [*profiler, *command],
                 stderr=out,
                 env=env,
+                preexec_fn=confine,
             )
             _, status, usage = os.wait4(process.pid, 0)
             wall = time.perf_counter() - started
@@ -235,6 +248,11 @@ def main() -> int:
     parser.add_argument(
         "--against", metavar="REV", help="also run the acexport of this git revision, same rounds"
     )
+    parser.add_argument(
+        "--pinned",
+        metavar="CPUS",
+        help="also run this tree's daemon confined to these CPUs (e.g. 1 or 0,1), same rounds",
+    )
     args = parser.parse_args()
     if args.quick:
         args.workspaces = 100
@@ -245,15 +263,18 @@ def main() -> int:
         atexit.register(shutil.rmtree, work, True)
     else:
         print(f"keeping {work}", file=sys.stderr)
-    trees: dict[str, str | None] = {"acexport": None}
+    trees: dict[str, tuple[str | None, set[int] | None]] = {"acexport": (None, None)}
     if args.against is not None:
-        trees[f"@{args.against}"] = str(worktree(args.against, work / "against"))
+        trees[f"@{args.against}"] = (str(worktree(args.against, work / "against")), None)
+    if args.pinned is not None:
+        cpus = {int(cpu) for cpu in args.pinned.split(",")}
+        trees[f"acexport on CPU {args.pinned}"] = (None, cpus)
     runs: dict[str, list[Figures]] = {tree: [] for tree in trees}
     for round_ in range(args.rounds):
-        for tree, pythonpath in trees.items():
-            run_dir = work / f"{tree.strip('@')}-{round_}"
+        for number, (tree, (pythonpath, cpus)) in enumerate(trees.items()):
+            run_dir = work / f"{number}-{round_}"
             run_dir.mkdir()
-            figures = one_run(run_dir, args.workspaces, args.processing, pythonpath)
+            figures = one_run(run_dir, args.workspaces, args.processing, pythonpath, cpus)
             figures.print(args.workspaces, args.processing, tree)
             runs[tree].append(figures)
     if args.rounds > 1 or len(trees) > 1:
