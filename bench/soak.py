@@ -268,7 +268,9 @@ def main() -> int:
             if daemon.exited_before:
                 injected[f"had_exited_{code}"] += 1
             elif action == "sigterm" and code != 0:
-                injected["sigterm_nonzero_exit"] += 1
+                # By its code: -15 is a daemon stopped while still importing, before
+                # it listens for signals; 1 a stop that failed.
+                injected[f"sigterm_exit_{code}"] += 1
             injected[action if action != "diskfull" else "sigkill"] += 1
             limit = None
             if action == "diskfull":
