@@ -271,8 +271,8 @@ def main() -> int:
         trees[f"acexport on CPU {args.pinned}"] = (None, cpus)
     runs: dict[str, list[Figures]] = {tree: [] for tree in trees}
     for round_ in range(args.rounds):
-        for number, (tree, (pythonpath, cpus)) in enumerate(trees.items()):
-            run_dir = work / f"{number}-{round_}"
+        for tree, (pythonpath, cpus) in trees.items():
+            run_dir = work / f"{tree.strip('@').replace(' ', '-')}-{round_}"
             run_dir.mkdir()
             figures = one_run(run_dir, args.workspaces, args.processing, pythonpath, cpus)
             figures.print(args.workspaces, args.processing, tree)
