@@ -9,13 +9,15 @@ daemon CPU per export, RSS < 200 MB, loop lag < 100 ms. The emulator runs on
 the same two cores; its CPU is printed beside the daemon's.
 
     python bench/scale.py [--workspaces 1000] [--quick] [--rounds N] [--against REV]
-                          [--pinned CPUS]
+                          [--pinned CPUS] [--processes N]
 
 The machine's speed moves every figure (the same code took 13-17 s one day and
 30-40 s on a slower machine another): `--against REV` runs that revision's daemon
 in the same session, alternating with this one, for a comparison that holds.
 `--pinned 1` also runs this tree's daemon confined to CPU 1, alternating: what
-its threads' hand-offs of the GIL across the two cores cost (issue 35).
+its threads' hand-offs of the GIL across the two cores cost (issue 35);
+`--processes 2` runs it as two daemons, each with half of the workspaces and a
+state directory of its own: what lanes over two GILs would gain.
 """
 
 from __future__ import annotations
@@ -55,16 +57,18 @@ def children_cpu_s() -> float:
     return total
 
 
-def lane_steps(ledger: Path) -> str:
-    """Medians, from the ledger's own times, of where a lane's time goes: less noisy
+def lane_steps(ledgers: list[Path]) -> str:
+    """Medians, from the ledgers' own times, of where a lane's time goes: less noisy
     than the wall, and what a change to the lane's chain moves (issue 35)."""
-    if not ledger.exists():  # an older revision's ledger, elsewhere (PYTHONPATH runs)
-        return "  no ledger at " + str(ledger)
-    with contextlib.closing(sqlite3.connect(ledger)) as db:
-        rows = db.execute(
-            "SELECT workspace, planned_at, submitted_at, ready_at, finished_at FROM exports"
-            " WHERE state = 'done' ORDER BY workspace, submitted_at"
-        ).fetchall()
+    rows = []
+    for ledger in ledgers:
+        if not ledger.exists():  # an older revision's ledger, elsewhere (PYTHONPATH runs)
+            return "  no ledger at " + str(ledger)
+        with contextlib.closing(sqlite3.connect(ledger)) as db:
+            rows += db.execute(
+                "SELECT workspace, planned_at, submitted_at, ready_at, finished_at FROM exports"
+                " WHERE state = 'done' ORDER BY workspace, submitted_at"
+            ).fetchall()
     if not rows:
         return "  no export done"
     began = min(row[1] for row in rows)
@@ -142,8 +146,7 @@ class Figures:
         )
 
 
-def config_text(work: Path, workspaces: int) -> str:
-    names = [f"w{i:04d}" for i in range(workspaces)]
+def config_text(work: Path, names: list[str]) -> str:
     lines = [
         "[daemon]",
         f'state_dir = "{work / "state"}"',
@@ -170,24 +173,41 @@ def config_text(work: Path, workspaces: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def one_run(
-    work: Path,
-    workspaces: int,
-    processing: float,
-    pythonpath: str | None,
-    cpus: set[int] | None = None,
-) -> Figures:
-    """``acexport run --once`` of the tree on ``pythonpath`` (None: this one), with its
-    own emulator and directories under ``work``; the daemon on ``cpus`` if given."""
-    tokens = [arg for i in range(workspaces) for arg in ("--token", f"w{i:04d}=w{i:04d}-token")]
+@dataclass(frozen=True)
+class Variant:
+    """How a tree's daemon runs: which tree, on which CPUs, as how many processes."""
+
+    pythonpath: str | None = None  # None: this tree
+    cpus: set[int] | None = None
+    processes: int = 1  # each with every n-th workspace and a state directory of its own
+
+
+def write_config(work: Path, names: list[str], base: str) -> Path:
+    config = work / "scale.toml"
+    work.mkdir(exist_ok=True)
+    config.write_text(config_text(work, names).replace("BASE", base))
+    config.chmod(0o600)
+    return config
+
+
+def one_run(work: Path, workspaces: int, processing: float, variant: Variant) -> Figures:
+    """``acexport run --once`` as ``variant`` says, with its own emulator and directories
+    under ``work``. Start-up is one daemon's over every workspace, for every variant."""
+    names = [f"w{i:04d}" for i in range(workspaces)]
+    tokens = [arg for name in names for arg in ("--token", f"{name}={name}-token")]
     env = {**os.environ, "ACEXPORT_CONFIG": ""}
-    if pythonpath is not None:
-        env["PYTHONPATH"] = pythonpath
+    if variant.pythonpath is not None:
+        env["PYTHONPATH"] = variant.pythonpath
+    cpus = variant.cpus
     confine = None if cpus is None else partial(os.sched_setaffinity, 0, cpus)
     with running_emulator("--processing-time", str(processing), "--records", "20", *tokens) as base:
-        config = work / "scale.toml"
-        config.write_text(config_text(work, workspaces).replace("BASE", base))
-        config.chmod(0o600)
+        config = write_config(work, names, base)
+        count = variant.processes
+        configs = (
+            [write_config(work / f"part{k}", names[k::count], base) for k in range(count)]
+            if count > 1
+            else [config]
+        )
         started = time.perf_counter()
         check = subprocess.Popen(
             [sys.executable, "-m", "acexport", "check-config", "--config", str(config)],
@@ -198,44 +218,54 @@ def one_run(
         _, _, check_usage = os.wait4(check.pid, 0)
         startup = time.perf_counter() - started
         startup_cpu = check_usage.ru_utime + check_usage.ru_stime
-        log = work / "daemon.log"
+        logs = [path.parent / "daemon.log" for path in configs]
         emulator_began = children_cpu_s()
-        with log.open("wb") as out:
+        with contextlib.ExitStack() as files:
             started = time.perf_counter()
             profiler = os.environ.get("BENCH_PROFILE", "").split()  # e.g. "py-spy record -o x --"
-            command = [sys.executable, "-m", "acexport", "run", "--once", "--config", str(config)]
-            process = subprocess.Popen(
-                [*profiler, *command],
-                stderr=out,
-                env=env,
-                preexec_fn=confine,
-            )
-            _, status, usage = os.wait4(process.pid, 0)
+            run = [sys.executable, "-m", "acexport", "run", "--once", "--config"]
+            processes = [
+                subprocess.Popen(
+                    [*profiler, *run, str(path)],
+                    stderr=files.enter_context(log.open("wb")),
+                    env=env,
+                    preexec_fn=confine,
+                )
+                for path, log in zip(configs, logs, strict=True)
+            ]
+            ended = [os.wait4(process.pid, 0) for process in processes]
             wall = time.perf_counter() - started
         emulator_cpu = children_cpu_s() - emulator_began
         reported = EmulatorClient(base).report()["workspaces"]
         requests = sum(w["requests"] for w in reported.values())
-    exports = len(list((work / "out").rglob("*.manifest.json")))
-    stopped = [
-        json.loads(line) for line in log.read_text().splitlines() if '"daemon_stopped"' in line
+    exports = sum(len(list((path.parent / "out").rglob("*.manifest.json"))) for path in configs)
+    lags = [
+        json.loads(line)["loop_lag_max_ms"]
+        for log in logs
+        for line in log.read_text().splitlines()
+        if '"daemon_stopped"' in line
     ]
-    cpu = usage.ru_utime + usage.ru_stime
+    usages = [usage for _, _, usage in ended]
+    user = sum(usage.ru_utime for usage in usages)
+    system = sum(usage.ru_stime for usage in usages)
+    codes = [os.waitstatus_to_exitcode(status) for _, status, _ in ended]
     return Figures(
         exports=exports,
-        exit_code=os.waitstatus_to_exitcode(status),
+        exit_code=next((code for code in codes if code), 0),
         wall=wall,
         ideal=6 * processing + startup,
         startup=startup,
-        rss_mb=usage.ru_maxrss / 1024,
-        cpu=cpu,
-        user=usage.ru_utime,
-        system=usage.ru_stime,
-        lag_ms=stopped[-1]["loop_lag_max_ms"] if stopped else float("nan"),
+        rss_mb=sum(usage.ru_maxrss for usage in usages) / 1024,  # the peaks, added up
+        cpu=user + system,
+        user=user,
+        system=system,
+        lag_ms=max(lags) if len(lags) == len(logs) else float("nan"),
         requests=requests,
         emulator_cpu=emulator_cpu,
-        per_export_ms=1000 * (cpu - startup_cpu) / max(exports, 1),
-        switches=usage.ru_nvcsw + usage.ru_nivcsw,
-        steps=lane_steps(work / "state" / "state.sqlite3"),
+        # Less one start-up: a daemon of N pays N-1 more, counted as the exports' cost.
+        per_export_ms=1000 * (user + system - startup_cpu) / max(exports, 1),
+        switches=sum(usage.ru_nvcsw + usage.ru_nivcsw for usage in usages),
+        steps=lane_steps([path.parent / "state" / "state.sqlite3" for path in configs]),
     )
 
 
@@ -253,6 +283,12 @@ def main() -> int:
         metavar="CPUS",
         help="also run this tree's daemon confined to these CPUs (e.g. 1 or 0,1), same rounds",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="also run this tree as N daemons at once, each with every N-th workspace",
+    )
     args = parser.parse_args()
     if args.quick:
         args.workspaces = 100
@@ -263,18 +299,20 @@ def main() -> int:
         atexit.register(shutil.rmtree, work, True)
     else:
         print(f"keeping {work}", file=sys.stderr)
-    trees: dict[str, tuple[str | None, set[int] | None]] = {"acexport": (None, None)}
+    trees: dict[str, Variant] = {"acexport": Variant()}
     if args.against is not None:
-        trees[f"@{args.against}"] = (str(worktree(args.against, work / "against")), None)
+        trees[f"@{args.against}"] = Variant(str(worktree(args.against, work / "against")))
     if args.pinned is not None:
         cpus = {int(cpu) for cpu in args.pinned.split(",")}
-        trees[f"acexport on CPU {args.pinned}"] = (None, cpus)
+        trees[f"acexport on CPU {args.pinned}"] = Variant(cpus=cpus)
+    if args.processes is not None:
+        trees[f"acexport in {args.processes} processes"] = Variant(processes=args.processes)
     runs: dict[str, list[Figures]] = {tree: [] for tree in trees}
     for round_ in range(args.rounds):
-        for tree, (pythonpath, cpus) in trees.items():
+        for tree, variant in trees.items():
             run_dir = work / f"{tree.strip('@').replace(' ', '-')}-{round_}"
             run_dir.mkdir()
-            figures = one_run(run_dir, args.workspaces, args.processing, pythonpath, cpus)
+            figures = one_run(run_dir, args.workspaces, args.processing, variant)
             figures.print(args.workspaces, args.processing, tree)
             runs[tree].append(figures)
     if args.rounds > 1 or len(trees) > 1:
