@@ -17,7 +17,7 @@ in the same session, alternating with this one, for a comparison that holds.
 `--pinned 1` also runs this tree's daemon confined to CPU 1, alternating: what
 its threads' hand-offs of the GIL across the two cores cost (issue 35);
 `--processes 2` runs it as two daemons, each with half of the workspaces and a
-state and output directories of its own: what lanes over two GILs would gain.
+state and output directory of its own: what lanes over two GILs would gain.
 """
 
 from __future__ import annotations
