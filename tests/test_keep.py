@@ -115,3 +115,36 @@ async def test_backfill_and_reexport_refuse_windows_keep_would_delete(tmp_path: 
         )  # fmt: skip
         assert code == 2, stderr
         assert "3 windows of that range ended before the job's keep (30d:" in stderr
+
+
+async def test_a_queued_window_keep_deletes_is_never_asked_of_ac_after_a_restart(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Windows left queued by a stop, older than keep when the daemon starts again, are
+    expired by the first look, not exported by a lane that resumed them first (found by
+    tests/test_model.py: a lane claimed them before the look reached keep, so AC was
+    asked for windows deleted at the next look, and hooks told of files about to go)."""
+    clock = FakeClock(time.time())
+    emu = await emulator(clock=clock, records=5)
+    jobs = job("d", "acme", types=["page"], catch_up="1d", lag="0s", keep="3d")
+    config = write_config(tmp_path, emu, jobs)
+    settings = load_settings(config)
+    now = lambda: datetime.fromtimestamp(clock(), UTC)  # noqa: E731
+    async with Daemon(settings, config, clock=now) as daemon:
+        # Planned, then stopped before any lane asked AC: the row stays queued.
+        look = await daemon._planner.look(settings.jobs[0])
+    (old,) = look.records
+    assert old.state is LedgerState.QUEUED
+    clock.advance(5 * DAY)  # that window now ended more than keep ago
+    async with Daemon(settings, config, clock=now) as daemon:
+        assert await daemon.run_once()
+    asked = {j["fromDate"] for j in (await emu.jobs())["jobs"]}
+    assert not any(f.startswith(old.start.strftime("%Y-%m-%d")) for f in asked), asked
+    ledger = await Ledger.open(ledger_path(tmp_path / "state"))
+    try:
+        rows = {r.id: r for r in await ledger.all_rows()}
+    finally:
+        await ledger.close()
+    assert rows[old.id].state is LedgerState.EXPIRED
+    stored = {m["fromDate"][:10] for m in manifests(tmp_path / "exports")}
+    assert old.start.strftime("%Y-%m-%d") not in stored

@@ -206,6 +206,7 @@ class Daemon:
 
     async def _resume_leftovers(self) -> None:
         resumed = await self._ledger.active() if self._resume else []
+        resumed = self._planner.not_to_expire(resumed)  # the first look expires those
         self._enqueue(resumed)
         if resumed:
             log.info("exports_resumed", count=len(resumed))
@@ -316,7 +317,7 @@ class Daemon:
 
     async def _pick_up(self) -> None:
         """Adopt rows queued by someone else (``acexport backfill``)."""
-        self._enqueue(await self._ledger.active())
+        self._enqueue(self._planner.not_to_expire(await self._ledger.active()))
 
     # -- running ---------------------------------------------------------------
     def _scheduled_jobs(self) -> list[tuple[JobSettings, ZoneInfo]]:
