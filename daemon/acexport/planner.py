@@ -187,23 +187,18 @@ class Planner:
 
     def not_to_expire(self, records: list[ExportRecord]) -> list[ExportRecord]:
         """``records`` less the queued windows their job's keep deletes at its next look:
-        given to a lane (resumed at start, picked up), one was asked of AC before that
-        look could expire it, and told to the hooks as a file about to go. Windows at
-        AC are kept: they finish first, as ``expirable`` says."""
-        jobs = {job.name: job for job in self._settings().jobs}
+        a lane given one (resumed, picked up) asked AC for it before that look expired
+        it. Windows at AC are kept: they finish first, as ``expirable`` says."""
+        keeps = {job.name: job.keep for job in self._settings().jobs if job.keep}
         now = self._clock()
-
-        def expiring(record: ExportRecord) -> bool:
-            job = jobs.get(record.job)
-            return (
-                job is not None
-                and job.keep is not None
-                and record.mode is ExportMode.WINDOWS
-                and record.state is LedgerState.QUEUED
-                and record.end <= now - job.keep
-            )
-
-        return [record for record in records if not expiring(record)]
+        return [
+            r
+            for r in records
+            if r.job not in keeps
+            or r.mode is not ExportMode.WINDOWS
+            or r.state is not LedgerState.QUEUED
+            or r.end > now - keeps[r.job]
+        ]
 
     async def _expire(self, job: JobSettings) -> int:
         """Delete the files of the job's windows older than its ``keep``, in batches:
