@@ -82,6 +82,7 @@ class DaemonModel(RuleBasedStateMachine):
         self.downloads: dict[str, int] = {}  # emulator job id -> completed downloads
         self.grown: list[tuple[str, int]] = []  # jobs downloaded more than once in a look
         self.looked_at = 0.0  # the clock at the last look
+        self.kept_at_look: str | None = None  # the keep that look ran with
         self.resumed = False  # the last look began with windows at AC
         self.expired: set[tuple[str, str, datetime]] = set()  # (job, type, start) ever expired
 
@@ -177,6 +178,7 @@ class DaemonModel(RuleBasedStateMachine):
         self.crash_next_look = False
         self.looked = True
         self.looked_at = self.clock.now
+        self.kept_at_look = self.options["keep"]
         jobs = self.emu.queue.describe()["jobs"]
         # A failed export may ask AC again for the same range in one look (a resumed
         # window fails, the look re-plans it): counted only in looks where all worked.
@@ -379,7 +381,9 @@ class DaemonModel(RuleBasedStateMachine):
                     assert not Path(f"{row.destination}.manifest.json").exists(), row
             else:
                 assert key not in self.expired, (row.label(), row.state)
-        keep = self.options["keep"]
+        # The keep the last look ran with: one set since (a config change) acts at the
+        # next look (found by MODEL_RANDOM: keep set again after looks without it).
+        keep = self.kept_at_look
         if self.looked and keep and not self.resumed:
             edge = self.looked_at - int(keep[:-1]) * HOUR
             old = [r.label() for r in rows if r.job == "hourly" and r.state is LedgerState.DONE
