@@ -612,6 +612,42 @@ async def test_a_restatement_is_never_done_by_the_file_it_replaces(
     assert done.file_sha256 == "sha-of-revision-2"
 
 
+@pytest.mark.parametrize(
+    "reason",
+    ["restated unchanged: revision 1 kept", "restatement kept revision 1: AC served 1 records"],
+)
+async def test_a_kept_restatement_is_not_restated_again_whatever_the_clocks(
+    ledger: Ledger, reason: str
+) -> None:
+    """A restatement that kept revision 1 (unchanged, or shrunk past the guard) is never
+    restated again. The ledger stamps finished_at with its own clock; the rule held only
+    while that clock was ahead of the planner's. With the planner's ahead (the model
+    test's fake clock, modelled here by a restate span of ten years), the window was
+    young again and restated at every look, its export downloaded each time."""
+    window = ExportWindow(datetime(2022, 1, 1, tzinfo=UTC), datetime(2022, 1, 2, tzinfo=UTC))
+    (row,) = await ledger.plan("daily", "acme", ["page"], [window])
+    await ledger.mark_done(
+        row.id, destination="k", records=1, payload_bytes=1, payload_sha256="p",
+        requests=1, created_date=None, file_bytes=12, file_sha256="sha-of-revision-1",
+    )  # fmt: skip
+    ten_years = 10 * 365 * 86400.0
+    (restated,) = await ledger.restate(
+        "daily", "acme", ["page"], ten_years, NOW, NOW - timedelta(days=2000)
+    )
+    await ledger.keep_previous_revision(restated.id, reason)
+
+    again = await ledger.restate(
+        "daily", "acme", ["page"], ten_years, NOW, NOW - timedelta(days=2000)
+    )
+
+    assert again == []
+    kept = await ledger.get(row.id)
+    assert kept is not None
+    assert (kept.state, kept.revision, kept.reason) == (LedgerState.DONE, 1, reason)
+    with pytest.raises(ValueError, match="starts with"):
+        await ledger.keep_previous_revision(row.id, "kept for no reason")
+
+
 async def test_keep_deletes_in_batches_and_a_refusal_leaves_the_rest_for_the_next_look(
     ledger: Ledger,
 ) -> None:

@@ -14,6 +14,9 @@ from .connection import LedgerConnection, state_errors
 from .rows import DoneFile, ExportRecord, LedgerState, parse_time
 
 REEXPORT_REASON = "re-export asked for"  # a queued row's reason: its next revision, whatever
+# How the reason of a restatement that kept the previous revision starts (both kinds:
+# "restated unchanged", "restatement kept"), so that ``restate`` never picks it again.
+KEPT_PREVIOUS = "restate"
 
 
 class ExportRows(LedgerConnection):
@@ -204,7 +207,10 @@ class ExportRows(LedgerConnection):
         """Queue once more (revision 2) the job's done windows that were exported
         while younger than ``restate_s`` and have since become that old (ending in
         ``(ended_after, ended_before]``). A window restated, found in the store (no
-        known sha) or first exported when already old is not restated."""
+        known sha) or first exported when already old is not restated. A restatement
+        that kept the previous revision is told by its reason, not by when it ended:
+        a clock behind the planner's (the model test's, or a stepped one) made it
+        young again, restated at every look."""
         kinds = list(types)
         if not kinds:
             return []
@@ -218,6 +224,7 @@ class ExportRows(LedgerConnection):
             "AND state = 'done' AND revision = 1 AND file_sha256 IS NOT NULL "
             "AND window_end <= ? AND window_end > ? "
             "AND finished_at < CAST(strftime('%s', window_end) AS REAL) + ? "
+            f"AND COALESCE(reason, '') NOT LIKE '{KEPT_PREVIOUS}%' "
             "RETURNING *",
             now,
             job,
@@ -231,7 +238,10 @@ class ExportRows(LedgerConnection):
     @state_errors
     async def keep_previous_revision(self, export_id: int, reason: str) -> None:
         """A restatement refused: the row done again at the revision its file is (its
-        sha and records unchanged), finished now, so it is not restated again."""
+        sha and records unchanged), never restated again (``reason`` starts with
+        ``KEPT_PREVIOUS``, which ``restate`` skips)."""
+        if not reason.startswith(KEPT_PREVIOUS):
+            raise ValueError(f"a kept restatement's reason starts with {KEPT_PREVIOUS!r}")
         now = time.time()
         await self._rows(
             "UPDATE exports SET state = 'done', revision = max(revision - 1, 1), reason = ?, "
