@@ -9,7 +9,7 @@ daemon CPU per export, RSS < 200 MB, loop lag < 100 ms. The emulator runs on
 the same two cores; its CPU is printed beside the daemon's.
 
     python bench/scale.py [--workspaces 1000] [--quick] [--rounds N] [--against REV]
-                          [--pinned CPUS] [--processes N]
+                          [--pinned CPUS] [--processes N] [--spread N]
 
 The machine's speed moves every figure (the same code took 13-17 s one day and
 30-40 s on a slower machine another): `--against REV` runs that revision's daemon
@@ -17,7 +17,9 @@ in the same session, alternating with this one, for a comparison that holds.
 `--pinned 1` also runs this tree's daemon confined to CPU 1, alternating: what
 its threads' hand-offs of the GIL across the two cores cost (issue 35);
 `--processes 2` runs it as two daemons, each with half of the workspaces and a
-state and output directory of its own: what lanes over two GILs would gain.
+state and output directory of its own: what lanes over two GILs would gain;
+`--spread 2` the same with daemon k alone on CPU k: two GILs, no hand-off across
+cores within a daemon.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -180,6 +183,12 @@ class Variant:
     pythonpath: str | None = None  # None: this tree
     cpus: set[int] | None = None
     processes: int = 1  # each with every n-th workspace and its own state and output directories
+    spread: bool = False  # daemon k of ``processes`` on CPU k (mod the CPUs) alone
+
+    def confine(self, k: int) -> Callable[[], None] | None:
+        """What daemon ``k`` runs under: its CPUs, set in the child before exec."""
+        cpus = {k % (os.cpu_count() or 1)} if self.spread else self.cpus
+        return None if cpus is None else partial(os.sched_setaffinity, 0, cpus)
 
 
 def write_config(work: Path, names: list[str], base: str) -> Path:
@@ -198,8 +207,6 @@ def one_run(work: Path, workspaces: int, processing: float, variant: Variant) ->
     env = {**os.environ, "ACEXPORT_CONFIG": ""}
     if variant.pythonpath is not None:
         env["PYTHONPATH"] = variant.pythonpath
-    cpus = variant.cpus
-    confine = None if cpus is None else partial(os.sched_setaffinity, 0, cpus)
     with running_emulator("--processing-time", str(processing), "--records", "20", *tokens) as base:
         config = write_config(work, names, base)
         count = variant.processes
@@ -213,7 +220,7 @@ def one_run(work: Path, workspaces: int, processing: float, variant: Variant) ->
             [sys.executable, "-m", "acexport", "check-config", "--config", str(config)],
             stdout=subprocess.DEVNULL,
             env=env,
-            preexec_fn=confine,
+            preexec_fn=variant.confine(0),
         )
         _, _, check_usage = os.wait4(check.pid, 0)
         startup = time.perf_counter() - started
@@ -229,9 +236,9 @@ def one_run(work: Path, workspaces: int, processing: float, variant: Variant) ->
                     [*profiler, *run, str(path)],
                     stderr=files.enter_context(log.open("wb")),
                     env=env,
-                    preexec_fn=confine,
+                    preexec_fn=variant.confine(k),
                 )
-                for path, log in zip(configs, logs, strict=True)
+                for k, (path, log) in enumerate(zip(configs, logs, strict=True))
             ]
             ended = [os.wait4(process.pid, 0) for process in processes]
             wall = time.perf_counter() - started
@@ -289,6 +296,12 @@ def main() -> int:
         metavar="N",
         help="also run this tree as N daemons at once, each with every N-th workspace",
     )
+    parser.add_argument(
+        "--spread",
+        type=int,
+        metavar="N",
+        help="also run this tree as N daemons at once, daemon k alone on CPU k",
+    )
     args = parser.parse_args()
     if args.quick:
         args.workspaces = 100
@@ -307,6 +320,10 @@ def main() -> int:
         trees[f"acexport on CPU {args.pinned}"] = Variant(cpus=cpus)
     if args.processes is not None:
         trees[f"acexport in {args.processes} processes"] = Variant(processes=args.processes)
+    if args.spread is not None:
+        trees[f"acexport in {args.spread} processes, a CPU each"] = Variant(
+            processes=args.spread, spread=True
+        )
     runs: dict[str, list[Figures]] = {tree: [] for tree in trees}
     for round_ in range(args.rounds):
         for tree, variant in trees.items():
