@@ -148,3 +148,35 @@ async def test_a_queued_window_keep_deletes_is_never_asked_of_ac_after_a_restart
     assert rows[old.id].state is LedgerState.EXPIRED
     stored = {m["fromDate"][:10] for m in manifests(tmp_path / "exports")}
     assert old.start.strftime("%Y-%m-%d") not in stored
+
+
+async def test_a_window_that_waits_in_its_lane_past_keep_is_expired_not_asked_of_ac(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """A queued window handed to its lane young, which the lane reaches only after its
+    job's keep has passed (a long backlog; the model test's clock, moved while the lane
+    waited), is expired there, never asked of AC: docs/data.md's promise for a window
+    "still waiting in the queue". Before, the lane asked AC for it, stored it and told
+    the hooks, and the next look deleted it (found by MODEL_RANDOM)."""
+    clock = FakeClock(time.time())
+    emu = await emulator(clock=clock, records=5)
+    jobs = job("d", "acme", types=["page"], catch_up="1d", lag="0s", keep="3d")
+    config = write_config(tmp_path, emu, jobs)
+    settings = load_settings(config)
+    now = lambda: datetime.fromtimestamp(clock(), UTC)  # noqa: E731
+    async with Daemon(settings, config, clock=now) as daemon:
+        look = await daemon._planner.look(settings.jobs[0])
+        (waiting,) = look.records
+        assert daemon._enqueue(look.records) == 1  # in its lane, not yet claimed
+        clock.advance(5 * DAY)  # the lane reaches it only now
+        assert await daemon.drain()
+        expired = daemon.metrics.windows_expired.labels("d")._value.get()
+    assert (await emu.jobs())["jobs"] == []  # AC was never asked
+    ledger = await Ledger.open(ledger_path(tmp_path / "state"))
+    try:
+        rows = {r.id: r for r in await ledger.all_rows()}
+    finally:
+        await ledger.close()
+    assert rows[waiting.id].state is LedgerState.EXPIRED
+    assert manifests(tmp_path / "exports") == []
+    assert expired == 1  # counted as the looks' expiries are

@@ -386,7 +386,9 @@ class DaemonModel(RuleBasedStateMachine):
         keep = self.kept_at_look
         if self.looked and keep and not self.resumed:
             edge = self.looked_at - int(keep[:-1]) * HOUR
-            old = [r.label() for r in rows if r.job == "hourly" and r.state is LedgerState.DONE
+            # Each with what tells how it got there, for a failure hypothesis cannot replay.
+            old = [(r.label(), r.revision, r.reason, r.attempts) for r in rows
+                   if r.job == "hourly" and r.state is LedgerState.DONE
                    and r.end.timestamp() < edge]  # fmt: skip
             assert not old, old
 

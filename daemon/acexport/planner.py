@@ -25,11 +25,12 @@ import structlog
 
 from .config import JobSettings, Settings
 from .errors import StoreRejected, StoreUnavailable
+from .keep import Keep, KeepLedger
 from .ledger import ACTIVE, DoneFile, ExportRecord, LedgerState
 from .output.layout import OutputLayout
 from .output.snapshots import KnownSnapshots, StoredSnapshot, listed_snapshots
-from .output.store import OutputStore, key_at
-from .output.stored import StoredFile, delete_stored, prove, stored_files
+from .output.store import OutputStore
+from .output.stored import StoredFile, prove, stored_files
 from .payload.split import MAX_WINDOWS
 from .protocol import TIME_SERIES, ExportMode
 from .retention import LearnedRetention, beyond_reason, effective_months, retention_start
@@ -37,11 +38,6 @@ from .triggers import schedule_period
 from .windows import ExportWindow, aligned_windows, one_request_each
 
 log = structlog.get_logger("acexport.planner")
-
-
-_EXPIRED_PER_LOOK = 500  # windows whose files one look deletes: bounded work per look
-# Windows whose manifests, then files, go in one batch (S3: a request for each).
-_EXPIRED_PER_BATCH = 100
 
 
 def ac_requests(job: JobSettings, type_: str, windows: list[ExportWindow]) -> int:
@@ -84,7 +80,7 @@ class Look:
     expired: int = 0  # windows whose files this look deleted (the job's keep)
 
 
-class PlanLedger(Protocol):
+class PlanLedger(KeepLedger, Protocol):
     """What the planner needs of the ledger (``ledger.Ledger``)."""
 
     def plan(
@@ -128,12 +124,6 @@ class PlanLedger(Protocol):
 
     def requeue(self, export_ids: Iterable[int], reason: str) -> Awaitable[int]: ...
 
-    def expirable(
-        self, job: str, workspace: str, ended_by: datetime, limit: int
-    ) -> Awaitable[list[ExportRecord]]: ...
-
-    def mark_expired(self, export_ids: Iterable[int]) -> Awaitable[int]: ...
-
     def mark_beyond_retention(
         self,
         job: str,
@@ -155,6 +145,7 @@ class Planner:
         store: OutputStore,
         settings: Callable[[], Settings],
         clock: Callable[[], datetime],
+        on_expired: Callable[[str, int], None] | None = None,
     ) -> None:
         self._ledger = ledger
         self._store = store
@@ -163,6 +154,7 @@ class Planner:
         self._listed: set[str] = set()  # jobs whose windows were looked for in the store
         self._snapshots_listed: set[str] = set()  # ... and whose snapshots were
         self.snapshots = KnownSnapshots()  # those, for the lanes' prunes
+        self.keep = Keep(ledger, store, settings, clock, on_expired)
 
     def due(self, job: JobSettings) -> list[ExportWindow]:
         """The job's windows due now."""
@@ -178,65 +170,12 @@ class Planner:
         # others, not left failed until someone runs the backfill again.
         retried = await self._ledger.retry_failed(job.name, job.workspace)
         restated = await self._restate(job)
-        expired = await self._expire(job)
+        expired = await self.keep.expire(job)
         snapshots = await self._plan_snapshots(job, look_in_store=key not in self._snapshots_listed)
         extra = retried + restated + snapshots
         return replace(
             look, due=look.due + len(extra), records=look.records + extra, expired=expired
         )
-
-    def not_to_expire(self, records: list[ExportRecord]) -> list[ExportRecord]:
-        """``records`` less the queued windows their job's keep deletes at its next look:
-        a lane given one (resumed, picked up) asked AC for it before that look expired
-        it. Windows at AC are kept: they finish first, as ``expirable`` says."""
-        keeps = {job.name: job.keep for job in self._settings().jobs if job.keep}
-        now = self._clock()
-        return [
-            r
-            for r in records
-            if r.job not in keeps
-            or r.mode is not ExportMode.WINDOWS
-            or r.state is not LedgerState.QUEUED
-            or r.end > now - keeps[r.job]
-        ]
-
-    async def _expire(self, job: JobSettings) -> int:
-        """Delete the files of the job's windows older than its ``keep``, in batches:
-        the manifests first (a reader never sees a manifest whose file is gone; a crash
-        between the two leaves files the next look deletes, as their rows are not yet
-        expired), then the files; then mark them expired. At most _EXPIRED_PER_LOOK a
-        look; a store that refuses is retried at the next look, never fatal to exports."""
-        if job.keep is None or not job.window_types:
-            return 0
-        rows = await self._ledger.expirable(
-            job.name, job.workspace, self._clock() - job.keep, _EXPIRED_PER_LOOK
-        )
-        if not rows:
-            return 0
-        layout = OutputLayout.from_settings(self._settings().output)
-        zone = self._settings().workspaces[job.workspace].zone
-        deleted: list[int] = []
-        try:
-            for start in range(0, len(rows), _EXPIRED_PER_BATCH):
-                batch = rows[start : start + _EXPIRED_PER_BATCH]
-                keys = [
-                    stored
-                    for row in batch
-                    for stored in {
-                        layout.key_for(job.workspace, row.type, job.name, row.window(zone)),
-                        *filter(None, [key_at(self._store, row.destination)]),
-                    }
-                ]
-                await delete_stored(self._store, keys)
-                deleted += [row.id for row in batch]
-        except (StoreRejected, StoreUnavailable, OSError) as exc:
-            # The batches deleted so far are expired; the rest are retried at the next look.
-            log.warning("keep_delete_failed", job=job.name, error=str(exc), detail="retried")
-        if not deleted:
-            return 0
-        expired = await self._ledger.mark_expired(deleted)
-        log.info("windows_expired", job=job.name, count=expired, keep=str(job.keep))
-        return expired
 
     async def _restate(self, job: JobSettings) -> list[ExportRecord]:
         """The job's windows now ``restate`` old, queued once more (if it restates)."""

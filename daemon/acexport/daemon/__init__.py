@@ -129,8 +129,9 @@ class Daemon:
         daemon, stack = self._settings.daemon, self._stack
         temp_dir = await self._start_storage(stack)
         self._planner = Planner(
-            self._ledger, self._output, lambda: self._settings, self._server_clock.now
-        )
+            self._ledger, self._output, lambda: self._settings, self._server_clock.now,
+            lambda job, count: self.metrics.windows_expired.labels(job).inc(count),
+        )  # fmt: skip
         session = await self._start_lane_context(stack, temp_dir)
         base_urls = {ws.base_url for ws in self._settings.workspaces.values()}
         await ask_ac_the_time(session, base_urls, self._server_clock)
@@ -187,6 +188,7 @@ class Daemon:
             fatal=self.fail,
             server_clock=self._server_clock,
             retention_start=self._planner.retention_start,
+            expire_waiting=self._planner.keep.expire_waiting,
             snapshots=self._planner.snapshots,
         )
         return session
@@ -206,7 +208,7 @@ class Daemon:
 
     async def _resume_leftovers(self) -> None:
         resumed = await self._ledger.active() if self._resume else []
-        resumed = self._planner.not_to_expire(resumed)  # the first look expires those
+        resumed = self._planner.keep.not_to_expire(resumed)  # the first look expires those
         self._enqueue(resumed)
         if resumed:
             log.info("exports_resumed", count=len(resumed))
@@ -290,7 +292,6 @@ class Daemon:
         except StateError as exc:
             self.fail(exc)
             return
-        self.metrics.windows_expired.labels(job.name).inc(look.expired)
         self._queue(job, look)
 
     async def plan(self, job: JobSettings, windows: list[ExportWindow]) -> Look:
@@ -304,8 +305,7 @@ class Daemon:
         if lane.auth_failure and any(r.state is LedgerState.QUEUED for r in look.records):
             lane.clear_auth_failure()  # a new look tries the token again
         added = self._enqueue(look.records)
-        # A look that finds nothing to do says so only at debug: a minutely schedule
-        # wrote a line a minute with nothing in it.
+        # Nothing to do says so only at debug: a minutely schedule wrote a line a minute.
         (log.info if added else log.debug)("job_looked", job=job.name, due=look.due, queued=added)
         if look.newly_beyond_retention:
             log.warning(
@@ -317,7 +317,7 @@ class Daemon:
 
     async def _pick_up(self) -> None:
         """Adopt rows queued by someone else (``acexport backfill``)."""
-        self._enqueue(self._planner.not_to_expire(await self._ledger.active()))
+        self._enqueue(self._planner.keep.not_to_expire(await self._ledger.active()))
 
     # -- running ---------------------------------------------------------------
     def _scheduled_jobs(self) -> list[tuple[JobSettings, ZoneInfo]]:

@@ -145,10 +145,9 @@ class Lane:
         hold = SlotHold(self._slot, holds_slot)
         names: tuple[str, ...] = ()
         try:
-            # Every event about this export names it, the failure too (design section 7).
-            # A snapshot's start is every snapshot's: its as-of time says which one. The
-            # task's context is its own (create_task copied it): nothing to restore
-            # after, which structlog's bound_contextvars reads the whole context to do.
+            # Every event about this export names it (design section 7); a snapshot by its
+            # as-of time. The task's context is its own (create_task copied it): nothing to
+            # restore after, which structlog's bound_contextvars reads the whole context for.
             snapshot = {"as_of": iso_ms(record.end)} if record.mode is ExportMode.SNAPSHOT else {}
             names = tuple(  # the names only: their tokens would live as long as the export
                 structlog.contextvars.bind_contextvars(
@@ -186,10 +185,9 @@ class Lane:
         return record.label(ws.zone if ws else UTC)
 
     async def _export(self, record: ExportRecord, hold: SlotHold) -> None:
-        # A resumed row names the coalesced AC request it is served by: one task of the
-        # lane serves that request, holding it across the claim (a second task that
-        # claimed first and looked later saw the request its first had failed, and
-        # downloaded it again: found by tests/test_model.py).
+        # A resumed row names the coalesced AC request it is served by: one task serves
+        # that request, held across the claim (a second task that claimed first and
+        # looked later saw its first had failed, and downloaded it again: test_model.py).
         request = request_of(record)
         if record.id in self._grouped or (request is not None and request in self._requests):
             return  # a coalesced request running now serves this window
@@ -201,6 +199,8 @@ class Lane:
             self._requests.discard(request)
 
     async def _claim_and_export(self, record: ExportRecord, hold: SlotHold) -> None:
+        if self.ctx.expire_waiting is not None and await self.ctx.expire_waiting(record):
+            return  # it waited here past its job's keep: never asked of AC
         settings = self.ctx.settings()
         # Still active, and submitted unless its ready data is still downloadable: one
         # statement (the ledger's round trips were most of an export's CPU).

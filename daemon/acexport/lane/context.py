@@ -35,6 +35,9 @@ class LaneContext:
     server_clock: ServerClock | None = None  # told AC's time by every answer
     # The earliest window start AC holds data for, by workspace (the planner's).
     retention_start: Callable[[str], Awaitable[datetime]] | None = None
+    # A queued window its job's keep deletes, expired (True) instead of asked for: it
+    # waited in the lane past its keep (the planner's).
+    expire_waiting: Callable[[ExportRecord], Awaitable[bool]] | None = None
     # The snapshots the store holds, as the planner listed them: pruned without a listing.
     snapshots: KnownSnapshots = field(default_factory=KnownSnapshots)
     seats: Seats = field(default_factory=Seats)  # every lane's, to ask AC
