@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 from real_format import worktree
-from scale import one_run
+from scale import Variant, one_run
 
 _PROCESSING_S = 0.2  # AC's time per export: the daemon's is what is counted here
 
@@ -43,7 +43,7 @@ def instructions(work: Path, workspaces: int, pythonpath: str | None) -> tuple[i
     out = work / "callgrind.out"
     os.environ["BENCH_PROFILE"] = f"valgrind --tool=callgrind --callgrind-out-file={out}"
     try:
-        figures = one_run(work, workspaces, _PROCESSING_S, pythonpath)
+        figures = one_run(work, workspaces, _PROCESSING_S, Variant(pythonpath))
     finally:
         del os.environ["BENCH_PROFILE"]
     if figures.exit_code != 0 or figures.exports != 6 * workspaces:
