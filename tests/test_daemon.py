@@ -530,6 +530,53 @@ async def test_ready_data_that_expired_while_down_is_resubmitted_holding_the_slo
     assert report["workspaces"]["alpha"]["max_unready"] == 1
 
 
+async def test_a_restart_gives_the_slot_to_the_export_at_ac_before_expired_ready_data(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Found by the soak (seed 41, max_unready 2): a daemon stopped while downloading
+    one export (ready) with the next one submitted. By the next start the first's data
+    had expired at AC while the second was still being prepared; resumed ready first,
+    the expired one took the slot and was asked of AC again beside the second. The
+    export AC holds its slot for goes first. AC's time is a FakeClock, moved here."""
+    clock = FakeClock()
+    emu = await emulator(
+        tokens={"alpha": "alpha-token"},
+        processing_s=4.0,
+        expiry_s=2.0,
+        records=3000,
+        clock=clock,
+        faults=FaultSettings(slow_bytes_per_s=20_000),
+    )
+    jobs = job("p", "alpha", types=["page"], window="1h", catch_up="2h", lag="0s",
+               coalesce_max=0)  # fmt: skip
+    config = write_config(tmp_path, emu, jobs, extra='log_level = "debug"')  # export_submitted
+    # Ready data is asked for through the slot at once: only AC's expiry decides.
+    config.write_text(config.read_text().replace("[http]\n", '[http]\ndownload_window = "1s"\n'))
+    daemon = await DaemonProcess.start(config)
+    await daemon.wait_for(lambda: bool(daemon.events("export_submitted")))
+    clock.advance(4.5)  # the first is ready (at 4 s, until 6 s); its download is slow
+    await daemon.wait_for(lambda: len(daemon.events("export_submitted")) == 2)
+    daemon.send(signal.SIGTERM)
+    assert await daemon.wait(10) == 0
+    with sqlite3.connect(tmp_path / "state" / "state.sqlite3") as db:
+        states = sorted(state for (state,) in db.execute("SELECT state FROM exports"))
+    assert states == ["ready", "submitted"], states
+    clock.advance(2.0)  # the first's data expired; the second is ready at 8.5 s
+    await emu.control("faults", {"slow_bytes_per_s": None})
+    asked = (await emu.jobs())["workspaces"]["alpha"]["requests"]
+    again = await DaemonProcess.start(config, "--once")
+    # AC's time stands still until the restarted daemon's first request has reached AC.
+    await emu.wait_for(lambda report: report["workspaces"]["alpha"]["requests"] > asked)
+    async with asyncio.timeout(60):
+        while again.process.returncode is None:  # AC's processing, in its time
+            clock.advance(0.5)
+            await asyncio.sleep(0.05)
+    assert await again.wait() == 0
+    assert windows_done_once(tmp_path) >= 2
+    report = await emu.jobs()
+    assert report["workspaces"]["alpha"]["max_unready"] == 1
+
+
 async def test_two_daemons_on_one_output_the_second_is_refused_naming_the_first(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:

@@ -273,7 +273,7 @@ class Daemon:
                 self._lanes[key].use_token(self._tokens[workspace])
 
     def _enqueue(self, records: list[ExportRecord]) -> int:
-        added = 0
+        by_lane: dict[str, list[ExportRecord]] = {}  # a lane orders its own (in_slot_order)
         for record in records:
             self._taken_on.add(record.id)
             key = self._lane_of.get(record.workspace)
@@ -282,8 +282,8 @@ class Daemon:
                     "export_for_unknown_workspace", workspace=record.workspace, export_id=record.id
                 )
                 continue
-            added += self._lanes[key].enqueue([record])
-        return added
+            by_lane.setdefault(key, []).append(record)
+        return sum(self._lanes[key].enqueue(batch) for key, batch in by_lane.items())
 
     # -- planning --------------------------------------------------------------
     async def _look(self, job: JobSettings) -> None:

@@ -46,7 +46,7 @@ from .context import LaneContext, hooks_for, timing_for
 from .requests import coalesce, request_of
 from .restatement import drop_replaced_file, guarded, keep_previous_revision
 from .retention import before_retention, refused_as_beyond_retention
-from .slot import SlotHold, SlotKeeper
+from .slot import SlotHold, SlotKeeper, in_slot_order, still_downloadable
 from .snapshots import prune_snapshots_after
 
 __all__ = ["Lane", "LaneContext"]
@@ -83,10 +83,9 @@ class Lane:
     def enqueue(self, records: list[ExportRecord]) -> int:
         """Add records not already queued or running here; returns how many were new."""
         added = 0
-        for record in records:
-            if record.id in self._queued_ids or record.id in self._tasks or self._stopping:
-                continue
-            if record.id in self._grouped:
+        for record in in_slot_order(records, self._download_window_s()):
+            taken = record.id in self._queued_ids or record.id in self._tasks
+            if taken or record.id in self._grouped or self._stopping:
                 continue
             self._queued_ids.add(record.id)
             self._queue.put_nowait(record)
@@ -126,7 +125,7 @@ class Lane:
             if record is None or self._stopping:
                 return
             await self._capacity.acquire()
-            needs_slot = not self._still_downloadable(record)
+            needs_slot = not still_downloadable(record, self._download_window_s())
             if needs_slot:
                 await self._slot.acquire()
             self._queued_ids.discard(record.id)
@@ -134,12 +133,8 @@ class Lane:
                 self._execute(record, needs_slot), name=f"export-{record.id}"
             )
 
-    def _still_downloadable(self, record: ExportRecord) -> bool:
-        """Ready data AC still keeps is fetched without the slot; anything else needs it."""
-        if record.state is not LedgerState.READY or record.ready_at is None:
-            return False
-        window = self.ctx.settings().http.download_window.total_seconds()
-        return time.time() - record.ready_at < ready_lifetime_s(window)
+    def _download_window_s(self) -> float:
+        return self.ctx.settings().http.download_window.total_seconds()
 
     async def _execute(self, record: ExportRecord, holds_slot: bool) -> None:
         hold = SlotHold(self._slot, holds_slot)

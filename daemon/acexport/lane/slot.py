@@ -4,10 +4,34 @@ back the moment data is ready, taken again before a request that may resubmit.""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 from ..ac.client import ExportStatus
-from ..export import ExportObserver
+from ..export import ExportObserver, ready_lifetime_s
+from ..ledger import ExportRecord, LedgerState
+
+
+def still_downloadable(record: ExportRecord, download_window_s: float) -> bool:
+    """Ready data AC still keeps is fetched without the slot; anything else needs it."""
+    if record.state is not LedgerState.READY or record.ready_at is None:
+        return False
+    return time.time() - record.ready_at < ready_lifetime_s(download_window_s)
+
+
+def in_slot_order(records: list[ExportRecord], download_window_s: float) -> list[ExportRecord]:
+    """``records`` in the order they take the slot, each kind in the order given: ready
+    data AC still keeps (it needs none), then an export AC is preparing, then those
+    that ask AC anew. After a restart AC's slot is still held by what the last process
+    submitted: expired ready data asked for first was a second export at AC beside it
+    (found by the soak: max_unready 2)."""
+
+    def rank(record: ExportRecord) -> int:
+        if still_downloadable(record, download_window_s):
+            return 0
+        return 1 if record.state is LedgerState.SUBMITTED else 2
+
+    return sorted(records, key=rank)
 
 
 class SlotHold:
