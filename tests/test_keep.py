@@ -4,18 +4,48 @@ each look, manifest first, recorded expired, never exported or adopted again."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from acexport.config import load_settings
+from acexport.config import Settings, load_settings
 from acexport.daemon import Daemon
-from acexport.ledger import Ledger, LedgerState, ledger_path
-from tests.conftest import EmulatorFactory, FakeClock
+from acexport.ledger import ExportRecord, Ledger, LedgerState, ledger_path
+from tests.conftest import EmulatorFactory, FakeClock, RunningEmulator
 from tests.daemon_helpers import job, manifests, run_cli, write_config
 
 DAY = 86400
+
+
+@dataclass
+class DailyKeep3d:
+    """One daily job of ``page`` that keeps 3 days, on AC's FakeClock."""
+
+    clock: FakeClock
+    emu: RunningEmulator
+    config: Path
+    settings: Settings
+
+    @classmethod
+    async def start(cls, emulator: EmulatorFactory, tmp_path: Path) -> DailyKeep3d:
+        clock = FakeClock(time.time())
+        emu = await emulator(clock=clock, records=5)
+        jobs = job("d", "acme", types=["page"], catch_up="1d", lag="0s", keep="3d")
+        config = write_config(tmp_path, emu, jobs)
+        return cls(clock, emu, config, load_settings(config))
+
+    def daemon(self) -> Daemon:
+        now = lambda: datetime.fromtimestamp(self.clock(), UTC)  # noqa: E731
+        return Daemon(self.settings, self.config, clock=now)
+
+    async def rows(self) -> dict[int, ExportRecord]:
+        ledger = await Ledger.open(ledger_path(self.config.parent / "state"))
+        try:
+            return {r.id: r for r in await ledger.all_rows()}
+        finally:
+            await ledger.close()
 
 
 async def test_keep_deletes_exactly_the_old_windows_and_nothing_else(
@@ -124,28 +154,18 @@ async def test_a_queued_window_keep_deletes_is_never_asked_of_ac_after_a_restart
     expired by the first look, not exported by a lane that resumed them first (found by
     tests/test_model.py: a lane claimed them before the look reached keep, so AC was
     asked for windows deleted at the next look, and hooks told of files about to go)."""
-    clock = FakeClock(time.time())
-    emu = await emulator(clock=clock, records=5)
-    jobs = job("d", "acme", types=["page"], catch_up="1d", lag="0s", keep="3d")
-    config = write_config(tmp_path, emu, jobs)
-    settings = load_settings(config)
-    now = lambda: datetime.fromtimestamp(clock(), UTC)  # noqa: E731
-    async with Daemon(settings, config, clock=now) as daemon:
+    kept = await DailyKeep3d.start(emulator, tmp_path)
+    async with kept.daemon() as daemon:
         # Planned, then stopped before any lane asked AC: the row stays queued.
-        look = await daemon._planner.look(settings.jobs[0])
+        look = await daemon._planner.look(kept.settings.jobs[0])
     (old,) = look.records
     assert old.state is LedgerState.QUEUED
-    clock.advance(5 * DAY)  # that window now ended more than keep ago
-    async with Daemon(settings, config, clock=now) as daemon:
+    kept.clock.advance(5 * DAY)  # that window now ended more than keep ago
+    async with kept.daemon() as daemon:
         assert await daemon.run_once()
-    asked = {j["fromDate"] for j in (await emu.jobs())["jobs"]}
+    asked = {j["fromDate"] for j in (await kept.emu.jobs())["jobs"]}
     assert not any(f.startswith(old.start.strftime("%Y-%m-%d")) for f in asked), asked
-    ledger = await Ledger.open(ledger_path(tmp_path / "state"))
-    try:
-        rows = {r.id: r for r in await ledger.all_rows()}
-    finally:
-        await ledger.close()
-    assert rows[old.id].state is LedgerState.EXPIRED
+    assert (await kept.rows())[old.id].state is LedgerState.EXPIRED
     stored = {m["fromDate"][:10] for m in manifests(tmp_path / "exports")}
     assert old.start.strftime("%Y-%m-%d") not in stored
 
@@ -158,25 +178,15 @@ async def test_a_window_that_waits_in_its_lane_past_keep_is_expired_not_asked_of
     waited), is expired there, never asked of AC: docs/data.md's promise for a window
     "still waiting in the queue". Before, the lane asked AC for it, stored it and told
     the hooks, and the next look deleted it (found by MODEL_RANDOM)."""
-    clock = FakeClock(time.time())
-    emu = await emulator(clock=clock, records=5)
-    jobs = job("d", "acme", types=["page"], catch_up="1d", lag="0s", keep="3d")
-    config = write_config(tmp_path, emu, jobs)
-    settings = load_settings(config)
-    now = lambda: datetime.fromtimestamp(clock(), UTC)  # noqa: E731
-    async with Daemon(settings, config, clock=now) as daemon:
-        look = await daemon._planner.look(settings.jobs[0])
+    kept = await DailyKeep3d.start(emulator, tmp_path)
+    async with kept.daemon() as daemon:
+        look = await daemon._planner.look(kept.settings.jobs[0])
         (waiting,) = look.records
         assert daemon._enqueue(look.records) == 1  # in its lane, not yet claimed
-        clock.advance(5 * DAY)  # the lane reaches it only now
+        kept.clock.advance(5 * DAY)  # the lane reaches it only now
         assert await daemon.drain()
         expired = daemon.metrics.windows_expired.labels("d")._value.get()
-    assert (await emu.jobs())["jobs"] == []  # AC was never asked
-    ledger = await Ledger.open(ledger_path(tmp_path / "state"))
-    try:
-        rows = {r.id: r for r in await ledger.all_rows()}
-    finally:
-        await ledger.close()
-    assert rows[waiting.id].state is LedgerState.EXPIRED
+    assert (await kept.emu.jobs())["jobs"] == []  # AC was never asked
+    assert (await kept.rows())[waiting.id].state is LedgerState.EXPIRED
     assert manifests(tmp_path / "exports") == []
     assert expired == 1  # counted as the looks' expiries are
