@@ -682,3 +682,38 @@ async def test_keep_deletes_in_batches_and_a_refusal_leaves_the_rest_for_the_nex
     assert (await planner.look(job)).expired == 50
     assert not [k for k in store.objects if "2021" in str(k)]
     assert store.batches == 5  # 2, 1 refused, then 2: never one request a file
+
+
+async def test_keep_expires_a_waiting_window_only_while_the_ledger_still_has_it_queued(
+    ledger: Ledger,
+) -> None:
+    """A lane asks keep about the window it was handed queued. If a coalesced request
+    of the lane took the window since, keep leaves it and its files alone (the check
+    deleted the files of a window at AC, and logged an expiry of none: found by
+    MODEL_RANDOM); queued again, it is expired, its previous file deleted."""
+    store = MemoryStore()
+    settings = Settings(
+        workspaces={"acme": {"token": "t", "base_url": "https://ac.example"}},
+        jobs=[{"name": "daily", "workspace": "acme", "types": ["page"], "catch_up": "3d",
+               "lag": "0s", "keep": "30d"}],
+    )  # fmt: skip
+    keep = Planner(ledger, store, lambda: settings, lambda: NOW).keep
+    layout = OutputLayout.from_settings(settings.output)
+    window = ExportWindow(NOW - timedelta(days=40), NOW - timedelta(days=39))
+    key = layout.key_for("acme", "page", "daily", window)
+    store_window(store, key, window)  # its previous revision's file
+    (handed,) = await ledger.plan("daily", "acme", ["page"], [window])
+    assert await ledger.claim(handed.id, 0.0) is not None  # taken since, now at AC
+
+    assert not await keep.expire_waiting(handed)
+    taken = await ledger.get(handed.id)
+    assert taken is not None
+    assert taken.state is LedgerState.SUBMITTED
+    assert key in store.objects
+
+    assert await ledger.release([handed.id]) == 1  # queued again
+    assert await keep.expire_waiting(handed)
+    expired = await ledger.get(handed.id)
+    assert expired is not None
+    assert expired.state is LedgerState.EXPIRED
+    assert key not in store.objects

@@ -39,6 +39,8 @@ class KeepLedger(Protocol):
 
     def mark_expired(self, export_ids: Iterable[int]) -> Awaitable[int]: ...
 
+    def get(self, export_id: int) -> Awaitable[ExportRecord | None]: ...
+
 
 class Keep:
     """Every job's ``keep``, applied to its windows in the output store and the ledger."""
@@ -88,7 +90,12 @@ class Keep:
         expired now, as the next look would: True if it was (its lane drops it)."""
         if not self.deletes_waiting(record):
             return False
-        return await self._delete(self._settings().jobs_by_name[record.job], [record]) == 1
+        # As the ledger has it now: a coalesced request of the lane may have taken it
+        # since it was handed over (its files are then not this check's to delete).
+        current = await self._ledger.get(record.id)
+        if current is None or not self.deletes_waiting(current):
+            return False
+        return await self._delete(self._settings().jobs_by_name[record.job], [current]) == 1
 
     async def _delete(self, job: JobSettings, rows: list[ExportRecord]) -> int:
         if not rows:
