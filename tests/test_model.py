@@ -8,7 +8,9 @@ with faults, with an absurd retention refusal, with empty exports, and the confi
 changes (restatement, coalescing, a second job on the workspace, keep_snapshots,
 keep). A command hook is told of every committed file throughout.
 After every step the invariants below hold; a failure prints the steps that led
-to it and hypothesis's seed (rerun with ``--hypothesis-seed``).
+to it and hypothesis's seed (rerun with ``--hypothesis-seed``). One hypothesis
+cannot replay (FlakyFailure) prints no steps: the invariants that timing can fail
+name the last steps themselves (``story``).
 
 Examples: 50 in the quick suite, 100 longer ones more with ``-m slow`` (``make test``,
 which must stay under six minutes on two slow cores), the same at every run;
@@ -21,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import shutil
 import sqlite3
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +52,18 @@ from tests.conftest import FakeClock
 
 TOKEN = "model-token"
 HOUR = 3600.0
+
+
+def noted(method: Callable[..., None]) -> Callable[..., None]:
+    """A rule that writes itself into the model's ``story`` before it runs."""
+
+    @functools.wraps(method)
+    def step(self: DaemonModel, *args: Any, **kwargs: Any) -> None:
+        said = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+        self.story.append(" ".join([method.__name__, *said]))
+        method(self, *args, **kwargs)
+
+    return step
 
 
 class DaemonModel(RuleBasedStateMachine):
@@ -85,6 +101,7 @@ class DaemonModel(RuleBasedStateMachine):
         self.kept_at_look: str | None = None  # the keep that look ran with
         self.resumed = False  # the last look began with windows at AC
         self.expired: set[tuple[str, str, datetime]] = set()  # (job, type, start) ever expired
+        self.story: list[str] = []  # the steps so far, as @noted wrote them
 
     # -- plumbing ------------------------------------------------------------------
     def _run(self, coroutine: Any) -> Any:
@@ -154,10 +171,12 @@ class DaemonModel(RuleBasedStateMachine):
 
     # -- rules ---------------------------------------------------------------------
     @rule(hours=st.sampled_from([1, 3, 7, 26]))
+    @noted
     def time_passes(self, hours: int) -> None:
         self.clock.advance(hours * HOUR)
 
     @rule(hours=st.sampled_from([1, 7, 26]))
+    @noted
     def a_later_look(self, hours: int) -> None:
         """Time passes, then a look: the daemon's life, drawn as one step so an example
         of a dozen steps reaches windows old enough to restate and to expire."""
@@ -165,12 +184,15 @@ class DaemonModel(RuleBasedStateMachine):
         self.look()
 
     @rule()
+    @noted
     def look(self) -> None:
         assert self.daemon is not None
         failed = self.daemon.tally.failed
         # Windows at AC when the look starts are finished first, and expired next look.
         self.resumed = any(r.state in (LedgerState.SUBMITTED, LedgerState.READY)
                            for r in self.rows())  # fmt: skip
+        active = [(r.label(), r.state.value) for r in self.rows() if r.state in ACTIVE]
+        self.story.append(f"  active at its start: {active}")
         with contextlib.ExitStack() as patches:
             if self.crash_next_look:
                 patches.enter_context(mock.patch("acexport.lane.run_export", _crash))
@@ -191,6 +213,7 @@ class DaemonModel(RuleBasedStateMachine):
         self.downloads = {job["id"]: job["downloads_completed"] for job in jobs}
 
     @rule()
+    @noted
     def a_look_cut_short(self) -> None:
         """The daemon stops while it downloads (AC streams slowly, the stop's grace runs
         out): what it had submitted or had ready stays in the ledger, and the next
@@ -216,11 +239,13 @@ class DaemonModel(RuleBasedStateMachine):
         await self._close_daemon()
 
     @rule()
+    @noted
     def a_bug_bites_the_next_look(self) -> None:
         """An exception nobody foresaw, in every export of the next look."""
         self.crash_next_look = True
 
     @rule()
+    @noted
     def restart(self) -> None:
         self._run(self._close_daemon())
         self._run(self._open_daemon())
@@ -237,10 +262,12 @@ class DaemonModel(RuleBasedStateMachine):
             ]
         )
     )
+    @noted
     def ac_answers(self, faults: FaultSettings) -> None:
         self.emu.faults = faults
 
     @rule(absurd=st.booleans())
+    @noted
     def retention_refusals(self, absurd: bool) -> None:
         """AC refuses every range "for 0 months" (a controller's nonsense), or not."""
         settings = self.emu.settings
@@ -250,6 +277,7 @@ class DaemonModel(RuleBasedStateMachine):
         self.absurd_refusals = self.absurd_refusals or absurd
 
     @rule(records=st.sampled_from([0, 4, 9]))
+    @noted
     def ac_serves(self, records: int) -> None:
         """How many records AC's new exports hold (0: an empty export)."""
         queue = self.emu.queue
@@ -269,6 +297,7 @@ class DaemonModel(RuleBasedStateMachine):
         ),
         data=st.data(),
     )
+    @noted
     def config_changes(self, option: str, data: st.DataObject) -> None:
         choices = {
             "restate": [None, "25h"],
@@ -280,6 +309,7 @@ class DaemonModel(RuleBasedStateMachine):
             "compression": ["gzip", "zstd", "none"],  # done windows keep their files' names
         }[option]
         self.options[option] = data.draw(st.sampled_from(choices))
+        self.story.append(f"  {option} = {self.options[option]!r}")
         self.write_config()
         self.restart()  # a reload's effect, as the next start reads it
 
@@ -351,7 +381,7 @@ class DaemonModel(RuleBasedStateMachine):
     def one_ac_export_is_downloaded_once_a_look(self) -> None:
         """With AC answering cleanly, no AC export is downloaded twice in one look (after
         a restart, each resumed row of a coalesced request downloaded it again)."""
-        assert not self.grown, self.grown
+        assert not self.grown, (self.grown, self.story[-16:])
 
     @precondition(lambda self: self.looked)
     @invariant()
@@ -390,7 +420,7 @@ class DaemonModel(RuleBasedStateMachine):
             old = [(r.label(), r.revision, r.reason, r.attempts) for r in rows
                    if r.job == "hourly" and r.state is LedgerState.DONE
                    and r.end.timestamp() < edge]  # fmt: skip
-            assert not old, old
+            assert not old, (old, self.story[-16:])
 
     @invariant()
     def every_committed_file_is_told_under_one_id(self) -> None:
