@@ -216,6 +216,29 @@ async def test_claim_submits_or_keeps_fresh_ready_data_and_skips_finished_rows(
     assert await ledger.claim(finished.id, time.time()) is None
 
 
+async def test_claim_refuses_a_queued_window_past_its_keep_but_not_one_at_ac(
+    ledger: Ledger,
+) -> None:
+    """The keep edge is part of the claim: a queued window that ended by ``kept_from``
+    stays queued for keep to expire (checked first, then claimed, it could pass the
+    check and be claimed after its keep had passed); one at AC is claimed, to finish."""
+    old_queued, old_submitted = await ledger.plan("j", "acme", ["page", "event"], [DAY1])
+    (young,) = await ledger.plan(
+        "j", "acme", ["page"], [ExportWindow(DAY2.end, DAY2.end + timedelta(days=1))]
+    )
+    assert await ledger.claim(old_submitted.id, time.time()) is not None  # at AC
+    kept_from = iso_ms(DAY2.end)  # DAY1 ended by then, the young window after
+
+    assert await ledger.claim(old_queued.id, time.time(), kept_from) is None
+    assert await ledger.claim(old_submitted.id, time.time(), kept_from) is not None
+    claimed = await ledger.claim(young.id, time.time(), kept_from)
+    assert claimed is not None
+    assert claimed.state == "submitted"
+    left = await ledger.get(old_queued.id)
+    assert left is not None
+    assert left.state == "queued"
+
+
 async def _submitted_ago(ledger: Ledger, export_id: int, seconds: float) -> None:
     """A processing span of a known length, not of however long the test took."""
     await ledger._db.rows(

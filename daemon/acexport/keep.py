@@ -22,6 +22,7 @@ from .output.layout import OutputLayout
 from .output.store import OutputStore, key_at
 from .output.stored import delete_stored
 from .protocol import ExportMode
+from .windows import iso_ms
 
 log = structlog.get_logger("acexport.planner")
 
@@ -67,6 +68,14 @@ class Keep:
         job = self._settings().jobs_by_name.get(record.job)
         return job is not None and job.keep is not None and record.end <= self._clock() - job.keep
 
+    def kept_from(self, record: ExportRecord) -> str:
+        """The end (ledger text) by which a queued window of ``record``'s job is too old
+        to ask AC for: its lane's claim refuses it (``Ledger.claim``); "" if none is."""
+        job = self._settings().jobs_by_name.get(record.job)
+        if job is None or job.keep is None or record.mode is not ExportMode.WINDOWS:
+            return ""
+        return iso_ms(self._clock() - job.keep)
+
     def not_to_expire(self, records: list[ExportRecord]) -> list[ExportRecord]:
         """``records`` less the queued windows their job's keep deletes (resumed at a
         start, picked up later): the job's next look expires them."""
@@ -87,7 +96,7 @@ class Keep:
 
     async def expire_waiting(self, record: ExportRecord) -> bool:
         """A window that became older than its job's keep while it waited in its lane
-        expired now, as the next look would: True if it was (its lane drops it)."""
+        (its claim refused it) expired now, as the next look would: True if it was."""
         if not self.deletes_waiting(record):
             return False
         # As the ledger has it now: a coalesced request of the lane may have taken it

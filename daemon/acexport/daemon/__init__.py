@@ -188,7 +188,7 @@ class Daemon:
             fatal=self.fail,
             server_clock=self._server_clock,
             retention_start=self._planner.retention_start,
-            expire_waiting=self._planner.keep.expire_waiting,
+            keep=self._planner.keep,
             snapshots=self._planner.snapshots,
         )
         return session

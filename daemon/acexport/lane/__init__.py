@@ -194,15 +194,17 @@ class Lane:
             self._requests.discard(request)
 
     async def _claim_and_export(self, record: ExportRecord, hold: SlotHold) -> None:
-        if self.ctx.expire_waiting is not None and await self.ctx.expire_waiting(record):
-            return  # it waited here past its job's keep: never asked of AC
-        settings = self.ctx.settings()
-        # Still active, and submitted unless its ready data is still downloadable: one
-        # statement (the ledger's round trips were most of an export's CPU).
-        window_s = settings.http.download_window.total_seconds()
-        current = await self.ctx.ledger.claim(record.id, time.time() - ready_lifetime_s(window_s))
+        settings, keep = self.ctx.settings(), self.ctx.keep
+        # Still active, not past its keep, and submitted unless its ready data is still
+        # downloadable: one statement (the ledger's round trips were an export's CPU).
+        ready_since = time.time() - ready_lifetime_s(self._download_window_s())
+        kept_from = keep.kept_from(record) if keep else ""
+        current = await self.ctx.ledger.claim(record.id, ready_since, kept_from)
         if current is None:
-            # Picked up from the ledger just as this process finished it: nothing to do.
+            # Picked up from the ledger just as this process finished it, or it waited
+            # here past its job's keep: expired, never asked of AC.
+            if keep is not None:
+                await keep.expire_waiting(record)
             return
         was_queued = record.state is LedgerState.QUEUED
         if current.id in self._grouped or request_of(current) not in (None, request_of(record)):

@@ -6,6 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Protocol
 
 import aiohttp
 
@@ -19,6 +20,15 @@ from ..output.sink import Sink
 from ..output.snapshots import KnownSnapshots
 from ..protocol import ExportMode
 from .seats import Seats
+
+
+class WaitingKeep(Protocol):
+    """A job's keep as a lane meets it (``keep.Keep``, the planner's): a queued window
+    that waited in the lane past its keep is expired there, never asked of AC."""
+
+    def kept_from(self, record: ExportRecord) -> str: ...
+
+    def expire_waiting(self, record: ExportRecord) -> Awaitable[bool]: ...
 
 
 @dataclass
@@ -35,9 +45,7 @@ class LaneContext:
     server_clock: ServerClock | None = None  # told AC's time by every answer
     # The earliest window start AC holds data for, by workspace (the planner's).
     retention_start: Callable[[str], Awaitable[datetime]] | None = None
-    # A queued window its job's keep deletes, expired (True) instead of asked for: it
-    # waited in the lane past its keep (the planner's).
-    expire_waiting: Callable[[ExportRecord], Awaitable[bool]] | None = None
+    keep: WaitingKeep | None = None  # the jobs' keep, for windows waiting in a lane
     # The snapshots the store holds, as the planner listed them: pruned without a listing.
     snapshots: KnownSnapshots = field(default_factory=KnownSnapshots)
     seats: Seats = field(default_factory=Seats)  # every lane's, to ask AC

@@ -68,8 +68,11 @@ class ExportRows(LedgerConnection):
         return await self._one("SELECT * FROM exports WHERE id = ?", export_id)
 
     @state_errors
-    async def claim(self, export_id: int, ready_since: float) -> ExportRecord | None:
-        """Start working on a row, in one statement: None if it is no longer active.
+    async def claim(
+        self, export_id: int, ready_since: float, kept_from: str = ""
+    ) -> ExportRecord | None:
+        """Start working on a row, in one statement: None if it is no longer active, or
+        is a queued window that ended by ``kept_from`` (its job's keep deletes it).
 
         Ready data younger than ``ready_since`` (epoch seconds) is downloaded as it
         is; anything else is (re)submitted: state submitted, one attempt more.
@@ -80,12 +83,14 @@ class ExportRows(LedgerConnection):
             f"UPDATE exports SET state = CASE WHEN {fresh} THEN 'ready' ELSE 'submitted' END, "  # noqa: S608
             f"attempts = attempts + CASE WHEN {fresh} THEN 0 ELSE 1 END, "
             f"reason = NULL, submitted_at = COALESCE(submitted_at, ?), updated_at = ? "
-            "WHERE id = ? AND state IN ('queued', 'submitted', 'ready') RETURNING *",
+            "WHERE id = ? AND state IN ('queued', 'submitted', 'ready') "
+            "AND NOT (state = 'queued' AND mode = 'windows' AND window_end <= ?) RETURNING *",
             ready_since,
             ready_since,
             now,
             now,
             export_id,
+            kept_from,  # "": before every window
         )
 
     @state_errors
