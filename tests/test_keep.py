@@ -3,6 +3,7 @@ each look, manifest first, recorded expired, never exported or adopted again."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ import pytest
 
 from acexport.config import Settings, load_settings
 from acexport.daemon import Daemon
+from acexport.errors import StoreRejected
 from acexport.ledger import ExportRecord, Ledger, LedgerState, ledger_path
 from tests.conftest import EmulatorFactory, FakeClock, RunningEmulator
 from tests.daemon_helpers import job, manifests, run_cli, write_config
@@ -190,3 +192,27 @@ async def test_a_window_that_waits_in_its_lane_past_keep_is_expired_not_asked_of
     assert (await kept.rows())[waiting.id].state is LedgerState.EXPIRED
     assert manifests(tmp_path / "exports") == []
     assert expired == 1  # counted as the looks' expiries are
+
+
+async def test_a_window_past_keep_the_store_will_not_delete_is_exported_not_spun_on(
+    emulator: EmulatorFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lane's claim refuses a window past its keep, and keep cannot expire it: the
+    store refuses deletes (an S3 role without DeleteObject). The window is exported, as
+    before the claim knew keep, for a later look to expire; ``run --once``'s drain does
+    not re-queue it for ever."""
+
+    async def refused(store: object, keys: object) -> None:
+        raise StoreRejected("deleting: AccessDenied")
+
+    monkeypatch.setattr("acexport.keep.delete_stored", refused)
+    kept = await DailyKeep3d.start(emulator, tmp_path)
+    async with kept.daemon() as daemon:
+        look = await daemon._planner.look(kept.settings.jobs[0])
+        (waiting,) = look.records
+        assert daemon._enqueue(look.records) == 1
+        kept.clock.advance(5 * DAY)
+        async with asyncio.timeout(30):
+            assert await daemon.drain()
+    assert len((await kept.emu.jobs())["jobs"]) == 1  # asked once
+    assert (await kept.rows())[waiting.id].state is LedgerState.DONE

@@ -200,11 +200,12 @@ class Lane:
         ready_since = time.time() - ready_lifetime_s(self._download_window_s())
         kept_from = keep.kept_from(record) if keep else ""
         current = await self.ctx.ledger.claim(record.id, ready_since, kept_from)
+        if current is None and kept_from and keep and not await keep.expire_waiting(record):
+            # Past its keep, not expired (the store refused the delete): exported, as a
+            # later look expires it (never a drain spinning on it); or finished meanwhile.
+            current = await self.ctx.ledger.claim(record.id, ready_since)
         if current is None:
-            # Picked up from the ledger just as this process finished it, or it waited
-            # here past its job's keep: expired, never asked of AC.
-            if keep is not None:
-                await keep.expire_waiting(record)
+            # Finished by this process just as it was picked up, or expired here.
             return
         was_queued = record.state is LedgerState.QUEUED
         if current.id in self._grouped or request_of(current) not in (None, request_of(record)):
