@@ -338,3 +338,50 @@ async def test_check_config_online_proves_tokens_and_the_store(
     assert code == 78, stderr
     assert "workspaces.acme: the token was rejected" in stderr
     assert "wrong-token" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "noted"), [("run", True), ("backfill", True), ("status", False)]
+)
+def test_a_daemon_command_notes_early_signals_before_its_module_is_imported(
+    monkeypatch: pytest.MonkeyPatch, command: str, noted: bool
+) -> None:
+    """A SIGHUP (a reload) or SIGTERM that reached a starting daemon while its command's
+    module was still importing ended it by the signal: the soak saw it in every run
+    (`had_exited_-1`). The CLI notes them before that import, for the commands that
+    start a daemon; a report like `status` keeps the default."""
+    import signal
+
+    from acexport import cli
+    from acexport.commands import early
+
+    seen: dict[str, object] = {}
+
+    class Imported(Exception):
+        pass
+
+    def importing(name: str, package: str | None = None) -> None:
+        seen[name] = signal.getsignal(signal.SIGHUP)
+        raise Imported
+
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+    monkeypatch.setattr(cli.importlib, "import_module", importing)
+    argv = (
+        [command, "--job", "j", "--from", "2026-01-01", "--to", "2026-01-02"]
+        if command == "backfill"
+        else [command]
+    )
+    try:
+        with pytest.raises(Imported):
+            cli.main(argv)
+        (handler,) = seen.values()
+        if not noted:
+            assert handler == kept[signal.SIGHUP]
+            return
+        assert callable(handler)
+        handler(signal.SIGHUP, None)
+        assert signal.SIGHUP in early.noted
+    finally:
+        for sig, previous in kept.items():
+            signal.signal(sig, previous)
+        early.noted.clear()

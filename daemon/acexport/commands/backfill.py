@@ -54,8 +54,8 @@ from .common import (
     interrupted,
     load,
     prepare,
-    remember_early_signals,
 )
+from .early import remember_early_signals
 
 if TYPE_CHECKING:
     from ..daemon import Daemon

@@ -15,6 +15,7 @@ from ..config import Settings, find_config, load_settings, resolve_tokens, secre
 from ..errors import AcexportError, ConfigError, StoreRejected, TemporaryFailure
 from ..ops.logging import configure_logging, register_secret
 from . import ExitCode
+from .early import noted as noted_early
 
 if TYPE_CHECKING:
     from ..daemon import Daemon
@@ -78,15 +79,6 @@ def exit_code_of(command: str, body: Callable[[], int]) -> int:
         return ExitCode.FAILED
 
 
-_early_signals: set[int] = set()
-
-
-def remember_early_signals() -> None:
-    """Until the daemon is up, note SIGTERM/SIGINT/SIGHUP instead of dying half-started."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda number, _: _early_signals.add(number))
-
-
 _stop_signals: set[int] = set()
 
 
@@ -110,12 +102,12 @@ def handle_signals(daemon: Daemon) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
     loop.add_signal_handler(signal.SIGINT, stop, signal.SIGINT)
     loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
-    if _early_signals & {signal.SIGTERM, signal.SIGINT}:
-        _stop_signals.update(_early_signals & {signal.SIGTERM, signal.SIGINT})
+    if noted_early & {signal.SIGTERM, signal.SIGINT}:
+        _stop_signals.update(noted_early & {signal.SIGTERM, signal.SIGINT})
         daemon.request_stop()
-    elif signal.SIGHUP in _early_signals:
+    elif signal.SIGHUP in noted_early:
         daemon.request_reload()
-    _early_signals.clear()
+    noted_early.clear()
 
 
 def counted(count: int, noun: str) -> str:

@@ -19,7 +19,8 @@ import structlog
 from pydantic import SecretStr
 
 from ..config import Settings, WorkspaceSettings, load_settings
-from .common import exit_code_of, load, prepare, remember_early_signals
+from .common import exit_code_of, load, prepare
+from .early import remember_early_signals
 from .run import run_daemon
 
 log = structlog.get_logger("acexport.cli")

@@ -32,7 +32,8 @@ from .backfill import (
     planner_beside,
     windows_of,
 )
-from .common import UsageError, counted, exit_code_of, load, prepare, remember_early_signals
+from .common import UsageError, counted, exit_code_of, load, prepare
+from .early import remember_early_signals
 
 
 def main(args: argparse.Namespace) -> int:

@@ -18,8 +18,8 @@ from .common import (
     interrupted_by_ctrl_c,
     load,
     prepare,
-    remember_early_signals,
 )
+from .early import remember_early_signals
 
 log = structlog.get_logger("acexport.cli")
 
