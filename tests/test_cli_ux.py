@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from acexport import cli
+from acexport.commands import early
 from tests.conftest import EmulatorFactory
 from tests.daemon_helpers import job, run_cli, write_config
 
@@ -350,11 +353,6 @@ def test_a_daemon_command_notes_early_signals_before_its_module_is_imported(
     module was still importing ended it by the signal: the soak saw it in every run
     (`had_exited_-1`). The CLI notes them before that import, for the commands that
     start a daemon; a report like `status` keeps the default."""
-    import signal
-
-    from acexport import cli
-    from acexport.commands import early
-
     seen: dict[str, object] = {}
 
     class Imported(Exception):

@@ -501,6 +501,16 @@ def windows_done_once(tmp_path: Path) -> int:
     return len(states)
 
 
+async def exit_code_in_ac_time(daemon: DaemonProcess, clock: FakeClock, step_s: float) -> int:
+    """``daemon``'s exit code, AC's FakeClock moved ``step_s`` every 50 ms meanwhile: AC's
+    processing, in its own time, until the daemon is done."""
+    async with asyncio.timeout(60):
+        while daemon.process.returncode is None:
+            clock.advance(step_s)
+            await asyncio.sleep(0.05)
+    return await daemon.wait()
+
+
 async def test_ready_data_that_expired_while_down_is_resubmitted_holding_the_slot(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
@@ -567,11 +577,7 @@ async def test_a_restart_gives_the_slot_to_the_export_at_ac_before_expired_ready
     again = await DaemonProcess.start(config, "--once")
     # AC's time stands still until the restarted daemon's first request has reached AC.
     await emu.wait_for(lambda report: report["workspaces"]["alpha"]["requests"] > asked)
-    async with asyncio.timeout(60):
-        while again.process.returncode is None:  # AC's processing, in its time
-            clock.advance(0.5)
-            await asyncio.sleep(0.05)
-    assert await again.wait() == 0
+    assert await exit_code_in_ac_time(again, clock, step_s=0.5) == 0
     assert windows_done_once(tmp_path) >= 2
     report = await emu.jobs()
     assert report["workspaces"]["alpha"]["max_unready"] == 1
@@ -664,11 +670,7 @@ async def test_data_found_ready_after_a_restart_keeps_the_slot_until_downloaded(
     clock.advance(3.0)  # its data expires at AC while the download is retried
     await again.wait_for(lambda: bool(again.events("export_expired_resubmitted")))
     await emu.control("faults", {"truncate_rate": 0.0})
-    async with asyncio.timeout(60):
-        while again.process.returncode is None:  # AC's processing, in its time
-            clock.advance(1.0)
-            await asyncio.sleep(0.05)
-    assert await again.wait() == 0
+    assert await exit_code_in_ac_time(again, clock, step_s=1.0) == 0
     assert windows_done_once(tmp_path) >= 2
     assert (await emu.jobs())["workspaces"]["alpha"]["max_unready"] == 1
 

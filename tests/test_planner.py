@@ -648,6 +648,15 @@ async def test_a_kept_restatement_is_not_restated_again_whatever_the_clocks(
         await ledger.keep_previous_revision(row.id, "kept for no reason")
 
 
+def daily_keeping_30d() -> Settings:
+    """One daily job of ``page`` on acme that keeps 30 days."""
+    return Settings(
+        workspaces={"acme": {"token": "t", "base_url": "https://ac.example"}},
+        jobs=[{"name": "daily", "workspace": "acme", "types": ["page"], "catch_up": "3d",
+               "lag": "0s", "keep": "30d"}],
+    )  # fmt: skip
+
+
 async def test_keep_deletes_in_batches_and_a_refusal_leaves_the_rest_for_the_next_look(
     ledger: Ledger,
 ) -> None:
@@ -656,11 +665,7 @@ async def test_keep_deletes_in_batches_and_a_refusal_leaves_the_rest_for_the_nex
     100 are expired, the other 50 stay done with their files, and the next look
     expires them."""
     store = MemoryStore()
-    settings = Settings(
-        workspaces={"acme": {"token": "t", "base_url": "https://ac.example"}},
-        jobs=[{"name": "daily", "workspace": "acme", "types": ["page"], "catch_up": "3d",
-               "lag": "0s", "keep": "30d"}],
-    )  # fmt: skip
+    settings = daily_keeping_30d()
     planner = Planner(ledger, store, lambda: settings, lambda: NOW)
     job, layout = settings.jobs[0], OutputLayout.from_settings(settings.output)
     first = datetime(2021, 1, 1, tzinfo=UTC)
@@ -692,11 +697,7 @@ async def test_keep_expires_a_waiting_window_only_while_the_ledger_still_has_it_
     deleted the files of a window at AC, and logged an expiry of none: found by
     MODEL_RANDOM); queued again, it is expired, its previous file deleted."""
     store = MemoryStore()
-    settings = Settings(
-        workspaces={"acme": {"token": "t", "base_url": "https://ac.example"}},
-        jobs=[{"name": "daily", "workspace": "acme", "types": ["page"], "catch_up": "3d",
-               "lag": "0s", "keep": "30d"}],
-    )  # fmt: skip
+    settings = daily_keeping_30d()
     keep = Planner(ledger, store, lambda: settings, lambda: NOW).keep
     layout = OutputLayout.from_settings(settings.output)
     window = ExportWindow(NOW - timedelta(days=40), NOW - timedelta(days=39))

@@ -60,21 +60,25 @@ class Keep:
         self._clock = clock
         self._on_expired = on_expired  # (job, windows): the daemon's metric
 
+    def _edge(self, record: ExportRecord) -> datetime | None:
+        """The end by which a window of ``record``'s job is too old to hold; None if its
+        job keeps everything, or ``record`` is a snapshot (snapshots keep a count)."""
+        job = self._settings().jobs_by_name.get(record.job)
+        if job is None or job.keep is None or record.mode is not ExportMode.WINDOWS:
+            return None
+        return self._clock() - job.keep
+
     def deletes_waiting(self, record: ExportRecord) -> bool:
         """Whether ``record`` is a queued window its job's keep deletes: asked of AC,
         it would be exported only to be deleted at the next look."""
-        if record.mode is not ExportMode.WINDOWS or record.state is not LedgerState.QUEUED:
-            return False
-        job = self._settings().jobs_by_name.get(record.job)
-        return job is not None and job.keep is not None and record.end <= self._clock() - job.keep
+        edge = self._edge(record)
+        return edge is not None and record.state is LedgerState.QUEUED and record.end <= edge
 
     def kept_from(self, record: ExportRecord) -> str:
-        """The end (ledger text) by which a queued window of ``record``'s job is too old
-        to ask AC for: its lane's claim refuses it (``Ledger.claim``); "" if none is."""
-        job = self._settings().jobs_by_name.get(record.job)
-        if job is None or job.keep is None or record.mode is not ExportMode.WINDOWS:
-            return ""
-        return iso_ms(self._clock() - job.keep)
+        """``_edge`` as ledger text, for the lane's claim to refuse a queued window
+        that ended by then (``Ledger.claim``); "" if none is."""
+        edge = self._edge(record)
+        return "" if edge is None else iso_ms(edge)
 
     def not_to_expire(self, records: list[ExportRecord]) -> list[ExportRecord]:
         """``records`` less the queued windows their job's keep deletes (resumed at a
