@@ -10,6 +10,7 @@ import json
 import time
 import zipfile
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,6 +18,7 @@ import pytest
 
 from acexport.emulator import FaultSettings
 from acexport.emulator.data import RECORD_TYPES
+from acexport.emulator.storage import IN_MEMORY_BYTES
 from tests.conftest import EmulatorFactory, FakeClock, RunningEmulator
 
 DAY = {"fromDate": "2022-01-01T00:00:00.000Z", "toDate": "2022-01-01T23:59:59.999Z"}
@@ -506,6 +508,45 @@ async def test_gzip_when_the_client_accepts_it(
         session, emu, "event", headers={"Accept-Encoding": "identity"}
     )
     assert "Content-Encoding" not in identity_headers
+
+
+@pytest.mark.parametrize(("records", "on_disk"), [(20, False), (20000, True)])
+async def test_a_payload_is_served_alike_from_memory_or_from_its_file(
+    emulator: EmulatorFactory,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    records: int,
+    on_disk: bool,
+) -> None:
+    """A small payload stays in memory, one over IN_MEMORY_BYTES goes to a file (and
+    its gzip copy beside it): both answer a Range, gzip and the digest the same way."""
+    emu = await emulator(
+        records=records, format="ndjson", ranges=True, gzip=True, storage_dir=tmp_path
+    )
+    await ask(session, emu, "event")
+    plain = await wait_ready_raw(session, emu, "event")
+    assert (len(plain) > IN_MEMORY_BYTES) is on_disk
+    assert sorted(p.name for p in tmp_path.iterdir()) == (
+        [
+            f"{job['id']}.json{suffix}"
+            for job in (await emu.jobs())["jobs"]
+            for suffix in ("", ".gz")
+        ]
+        if on_disk
+        else []
+    )
+    identity = {"Range": "bytes=10-", "Accept-Encoding": "identity"}
+    status, headers, tail = await ask(session, emu, "event", headers=identity)
+    assert (status, tail) == (206, plain[10:])
+    assert headers["Content-Range"] == f"bytes 10-{len(plain) - 1}/{len(plain)}"
+    status, headers, raw = await ask(
+        session, emu, "event", headers={"Accept-Encoding": "gzip"}, auto_decompress=False
+    )
+    assert (status, headers["Content-Encoding"]) == (200, "gzip")
+    assert gzip.decompress(raw) == plain
+    (job,) = (await emu.jobs())["jobs"]
+    assert job["sha256"] == hashlib.sha256(plain).hexdigest()
+    assert job["bytes"] == len(plain)
 
 
 async def test_redirect_to_signed_storage_on_another_origin(

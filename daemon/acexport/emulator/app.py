@@ -56,7 +56,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from .data import RECORD_TYPES
-from .jobs import ExportQueue, Job, JobState, QueueSettings, Storage, iso_ms
+from .jobs import ExportQueue, Job, JobState, QueueSettings, iso_ms
+from .storage import Storage
 from .streaming import send_payload
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

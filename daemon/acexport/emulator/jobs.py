@@ -3,37 +3,29 @@
 Job states are derived lazily from the clock (``Workspace.advance``) instead of
 timers: a job starts when it was created or when the job before it became
 ready, whichever is later, and is ready once its processing time has passed
-and its payload file exists. Nothing runs between requests, so the model is
+and its payload is rendered. Nothing runs between requests, so the model is
 exact whatever the request rate, and tests can drive it with any clock.
 
-Payloads are rendered once, when the job is created, into a storage directory
-(as AC writes an export file to storage), by a single worker thread; serving
-is then a ``sendfile`` from disk, which keeps the emulator far faster than any
-client it serves.
+Payloads are rendered once, when the job is created, into storage (as AC writes
+an export file to storage; ``storage.py``), which keeps the emulator far faster
+than any client it serves.
 """
 
 from __future__ import annotations
 
 import enum
-import gzip
-import hashlib
-import io
 import math
 import random
-import shutil
-import tempfile
-import threading
 import uuid
-import zipfile
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from .data import ZIP_MEMBER, PayloadSpec, Rendered, iter_blocks
+from .data import PayloadSpec
+from .storage import Artifact, Storage
 
 
 class JobState(enum.StrEnum):
@@ -48,17 +40,6 @@ def iso_ms(epoch_s: float) -> str:
     """AC's timestamp style: UTC, milliseconds, ``Z``."""
     when = datetime.fromtimestamp(epoch_s, UTC)
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """A rendered payload in storage."""
-
-    path: Path
-    gzip_path: Path | None
-    bytes: int
-    sha256: str
-    records: int
 
 
 @dataclass
@@ -197,79 +178,6 @@ class Workspace:
         }
 
 
-class Storage:
-    """Renders payloads to files, one at a time, off the event loop."""
-
-    def __init__(self, directory: Path | None, gzip_copies: bool) -> None:
-        self._owned = directory is None
-        self.directory = directory or Path(tempfile.mkdtemp(prefix="acexport-emulator-"))
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._gzip = gzip_copies
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="emulator-render")
-        self._lock = threading.Lock()
-
-    def render(
-        self, job_id: str, spec: PayloadSpec, on_done: Callable[[], None]
-    ) -> Future[Artifact]:
-        future = self._executor.submit(self._render, job_id, spec)
-        future.add_done_callback(lambda _: on_done())
-        return future
-
-    def _render(self, job_id: str, spec: PayloadSpec) -> Artifact:
-        if spec.format == "zip":
-            return self._render_zip(job_id, spec)
-        path = self.directory / f"{job_id}.json"
-        digest = hashlib.sha256()
-        size = 0
-        gz_path = path.with_name(path.name + ".gz") if self._gzip else None
-        # Level 1: AC's storage gzip is not what we measure, rendering speed is.
-        compressor = gzip.GzipFile(gz_path, "wb", compresslevel=1) if gz_path else None
-        counted = Rendered()
-        try:
-            with path.open("wb") as out:
-                for block in iter_blocks(spec, counted):
-                    out.write(block)
-                    digest.update(block)
-                    size += len(block)
-                    if compressor:
-                        compressor.write(block)
-        finally:
-            if compressor:
-                compressor.close()
-        return Artifact(path, gz_path, size, digest.hexdigest(), counted.records)
-
-    def _render_zip(self, job_id: str, spec: PayloadSpec) -> Artifact:
-        path = self.directory / f"{job_id}.zip"
-        counted = Rendered()
-        # Written as a stream (as Java's ZipOutputStream writes AC's): no seeking back,
-        # so the member's CRC-32 and sizes follow its data in a data descriptor.
-        with (
-            path.open("wb") as file,
-            zipfile.ZipFile(
-                _Unseekable(file), "w", zipfile.ZIP_DEFLATED, compresslevel=1
-            ) as archive,
-            archive.open(ZIP_MEMBER, "w", force_zip64=True) as member,
-        ):
-            for block in iter_blocks(spec, counted):
-                member.write(block)
-        digest = hashlib.sha256()
-        with path.open("rb") as stored:
-            while chunk := stored.read(1 << 20):
-                digest.update(chunk)
-        # Already compressed: no gzip sibling.
-        return Artifact(path, None, path.stat().st_size, digest.hexdigest(), counted.records)
-
-    def discard(self, artifact: Artifact) -> None:
-        for path in (artifact.path, artifact.gzip_path):
-            if path is not None:
-                path.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        if self._owned:
-            shutil.rmtree(self.directory, ignore_errors=True)
-
-
 @dataclass(frozen=True)
 class QueueSettings:
     processing_s: float = 5.0
@@ -402,16 +310,3 @@ class ExportQueue:
             "workspaces": {name: ws.describe(now) for name, ws in self.workspaces.items()},
             "jobs": [job.describe(now) for ws in self.workspaces.values() for job in ws.jobs],
         }
-
-
-class _Unseekable(io.RawIOBase):
-    """A file seen as a write-only stream, like an HTTP response body."""
-
-    def __init__(self, file: IO[bytes]) -> None:
-        self._file = file
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        return self._file.write(data)
