@@ -188,9 +188,15 @@ class DaemonModel(RuleBasedStateMachine):
     def look(self) -> None:
         assert self.daemon is not None
         failed = self.daemon.tally.failed
-        # Windows at AC when the look starts are finished first, and expired next look.
-        self.resumed = any(r.state in (LedgerState.SUBMITTED, LedgerState.READY)
-                           for r in self.rows())  # fmt: skip
+        # Windows at AC when the look starts are finished first, and expired next look:
+        # those the ledger says are, and those a lane took before the clock moved. The
+        # lanes run whenever the loop does (an invariant's read is enough): a window
+        # claimed while the rows were read stayed "queued" in them, and the keep
+        # invariant blamed its export (found by MODEL_RANDOM: done after a look, past keep).
+        taken = any(lane.in_flight for lane in self.daemon.lanes.values())
+        self._rows = None
+        self.resumed = taken or any(r.state in (LedgerState.SUBMITTED, LedgerState.READY)
+                                    for r in self.rows())  # fmt: skip
         active = [(r.label(), r.state.value) for r in self.rows() if r.state in ACTIVE]
         self.story.append(f"  active at its start: {active}")
         with contextlib.ExitStack() as patches:
