@@ -16,9 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from acexport.emulator import FaultSettings
-from acexport.emulator.data import RECORD_TYPES
-from acexport.emulator.storage import IN_MEMORY_BYTES
+from acexport.emulator import FaultSettings, storage
+from acexport.emulator.data import RECORD_TYPES, PayloadSpec
+from acexport.emulator.storage import IN_MEMORY_BYTES, MEMORY_BUDGET_BYTES, Storage
 from tests.conftest import EmulatorFactory, FakeClock, RunningEmulator
 
 DAY = {"fromDate": "2022-01-01T00:00:00.000Z", "toDate": "2022-01-01T23:59:59.999Z"}
@@ -510,22 +510,29 @@ async def test_gzip_when_the_client_accepts_it(
     assert "Content-Encoding" not in identity_headers
 
 
-@pytest.mark.parametrize(("records", "on_disk"), [(20, False), (20000, True)])
+@pytest.mark.parametrize(
+    ("records", "budget", "on_disk"),
+    [(20, MEMORY_BUDGET_BYTES, False), (20000, MEMORY_BUDGET_BYTES, True), (20, 0, True)],
+)
 async def test_a_payload_is_served_alike_from_memory_or_from_its_file(
     emulator: EmulatorFactory,
     session: aiohttp.ClientSession,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     records: int,
+    budget: int,
     on_disk: bool,
 ) -> None:
-    """A small payload stays in memory, one over IN_MEMORY_BYTES goes to a file (and
-    its gzip copy beside it): both answer a Range, gzip and the digest the same way."""
+    """A small payload stays in memory; one over IN_MEMORY_BYTES, or past the memory
+    budget, goes to a file (its gzip copy beside it): all answer a Range, gzip and the
+    digest the same way."""
+    monkeypatch.setattr(storage, "MEMORY_BUDGET_BYTES", budget)
     emu = await emulator(
         records=records, format="ndjson", ranges=True, gzip=True, storage_dir=tmp_path
     )
     await ask(session, emu, "event")
     plain = await wait_ready_raw(session, emu, "event")
-    assert (len(plain) > IN_MEMORY_BYTES) is on_disk
+    assert len(plain) > IN_MEMORY_BYTES or budget < len(plain) or not on_disk
     assert sorted(p.name for p in tmp_path.iterdir()) == (
         [
             f"{job['id']}.json{suffix}"
@@ -547,6 +554,35 @@ async def test_a_payload_is_served_alike_from_memory_or_from_its_file(
     (job,) = (await emu.jobs())["jobs"]
     assert job["sha256"] == hashlib.sha256(plain).hexdigest()
     assert job["bytes"] == len(plain)
+
+
+def test_the_memory_budget_is_given_back_when_a_payload_is_discarded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AC keeps an export until its range is asked again: an emulator left running
+    holds at most MEMORY_BUDGET_BYTES in memory, the rest in files, and a payload
+    discarded (replaced by a new export of its range) frees its share."""
+    spec = PayloadSpec("acme", "page", 0, 3_600_000 - 1, records=20, seed=0, format="zip")
+    probe = Storage(tmp_path, gzip_copies=False)
+    small = probe.render("probe", spec, lambda: None).result()
+    probe.close()
+    assert small.stored.body is not None
+    monkeypatch.setattr(storage, "MEMORY_BUDGET_BYTES", len(small.stored.body) + 10)
+    kept = Storage(tmp_path, gzip_copies=False)
+    try:
+        first = kept.render("first", spec, lambda: None).result()
+        second = kept.render("second", spec, lambda: None).result()
+        assert first.stored.path is None
+        assert first.stored.body == small.stored.body
+        assert second.stored.path == tmp_path / "second.zip"  # no room left in memory
+        assert second.stored.path.read_bytes() == small.stored.body
+        kept.discard(first)
+        third = kept.render("third", spec, lambda: None).result()
+        assert third.stored.path is None  # the first's room, given back
+        kept.discard(second)
+        assert not second.stored.path.exists()
+    finally:
+        kept.close()
 
 
 async def test_redirect_to_signed_storage_on_another_origin(

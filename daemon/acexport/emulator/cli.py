@@ -147,7 +147,9 @@ def _add_processing_arguments(parser: argparse.ArgumentParser) -> None:
         "exports, one after another (default: at once)",
     )
     queue.add_argument("--seed", type=int, default=0)
-    queue.add_argument("--storage-dir", type=Path, help="where payloads are rendered (temp dir)")
+    queue.add_argument(
+        "--storage-dir", type=Path, help="where payloads over 1 MiB are rendered (temp dir)"
+    )
 
 
 def _add_fault_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,8 +1,10 @@
 """Where the emulator keeps rendered payloads, as AC keeps export files in storage.
 
 A payload is rendered once, when its job is created, by a single worker thread.
-One up to ``IN_MEMORY_BYTES`` stays in memory; a larger one goes to a file in the
-storage directory, from which it is served with ``sendfile`` (``--range``) or
+One up to ``IN_MEMORY_BYTES`` stays in memory while all those held there stay
+under ``MEMORY_BUDGET_BYTES`` (AC keeps every export until its range is asked
+again: an emulator left running for days must not grow without bound); the rest
+go to files in the storage directory, served with ``sendfile`` (``--range``) or
 read chunk by chunk. At a thousand workspaces of small exports, a file each
 (created, written, read back for its hash, stat'ed and opened per download) was
 half of the emulator's CPU, and the emulator shares its cores with the daemon
@@ -16,6 +18,7 @@ import hashlib
 import io
 import shutil
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +29,7 @@ from typing import IO, Any
 from .data import ZIP_MEMBER, PayloadSpec, Rendered, iter_blocks
 
 IN_MEMORY_BYTES = 1 << 20
+MEMORY_BUDGET_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,9 @@ class Storage:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._gzip = gzip_copies
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="emulator-render")
+        # The budget is taken in the render thread and given back in the loop's.
+        self._lock = threading.Lock()
+        self._memory_left = MEMORY_BUDGET_BYTES
 
     def render(
         self, job_id: str, spec: PayloadSpec, on_done: Callable[[], None]
@@ -77,7 +84,7 @@ class Storage:
     def _render(self, job_id: str, spec: PayloadSpec) -> Artifact:
         counted = Rendered()
         if spec.format == "zip":
-            out = _Spill(self.directory / f"{job_id}.zip")
+            out = self._spill(f"{job_id}.zip")
             # Written as a stream (as Java's ZipOutputStream writes AC's): no seeking
             # back, so the member's CRC-32 and sizes follow its data in a data descriptor.
             with (
@@ -86,9 +93,9 @@ class Storage:
             ):
                 for block in iter_blocks(spec, counted):
                     member.write(block)
-            return Artifact(out.finish(), None, out.size, out.sha256(), counted.records)  # no gzip
-        out = _Spill(self.directory / f"{job_id}.json")
-        gz = _Spill(self.directory / f"{job_id}.json.gz") if self._gzip else None
+            return Artifact(self._kept(out), None, out.size, out.sha256(), counted.records)
+        out = self._spill(f"{job_id}.json")
+        gz = self._spill(f"{job_id}.json.gz") if self._gzip else None
         # Level 1: AC's storage gzip is not what we measure, rendering speed is.
         compressor = gzip.GzipFile(fileobj=gz, mode="wb", compresslevel=1) if gz else None
         for block in iter_blocks(spec, counted):
@@ -97,13 +104,27 @@ class Storage:
                 compressor.write(block)
         if compressor:
             compressor.close()
-        gzipped = gz.finish() if gz else None
-        return Artifact(out.finish(), gzipped, out.size, out.sha256(), counted.records)
+        gzipped = self._kept(gz) if gz else None
+        return Artifact(self._kept(out), gzipped, out.size, out.sha256(), counted.records)
+
+    def _spill(self, name: str) -> _Spill:
+        with self._lock:
+            room = min(IN_MEMORY_BYTES, self._memory_left)
+        return _Spill(self.directory / name, room)
+
+    def _kept(self, out: _Spill) -> Stored:
+        stored = out.finish()
+        if stored.body is not None:
+            with self._lock:
+                self._memory_left -= len(stored.body)
+        return stored
 
     def discard(self, artifact: Artifact) -> None:
-        artifact.stored.discard()
-        if artifact.gzipped is not None:
-            artifact.gzipped.discard()
+        for stored in filter(None, (artifact.stored, artifact.gzipped)):
+            stored.discard()
+            if stored.body is not None:
+                with self._lock:
+                    self._memory_left += len(stored.body)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -113,10 +134,11 @@ class Storage:
 
 class _Spill(io.RawIOBase):
     """A write-only stream, like an HTTP response body, hashed as it is written: in
-    memory up to ``IN_MEMORY_BYTES``, then in ``path`` (what memory held first)."""
+    memory up to ``room`` bytes, then in ``path`` (what memory held first)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, room: int) -> None:
         self._path = path
+        self._room = room
         self._memory: io.BytesIO | None = io.BytesIO()
         self._file: IO[bytes] | None = None
         self._digest = hashlib.sha256()
@@ -129,7 +151,7 @@ class _Spill(io.RawIOBase):
         view = memoryview(data)
         self._digest.update(view)
         self.size += len(view)
-        if self._memory is not None and self.size > IN_MEMORY_BYTES:
+        if self._memory is not None and self.size > self._room:
             self._file = self._path.open("wb")
             self._file.write(self._memory.getbuffer())
             self._memory = None
