@@ -239,6 +239,26 @@ async def test_claim_refuses_a_queued_window_past_its_keep_but_not_one_at_ac(
     assert left.state == "queued"
 
 
+async def test_a_released_window_is_asked_for_anew_not_as_ready_data(ledger: Ledger) -> None:
+    """A window put back from a coalesced request (``release``) forgets AC's export
+    and ready time of its rows: its next claim submits it, and its lane does not take
+    it for ready data AC let expire (a misleading warning, an expiry counted)."""
+    first, second = await ledger.plan("j", "acme", ["page"], [DAY1, DAY2])
+    for record in (first, second):
+        await ledger.claim(record.id, time.time())
+        await ledger.mark_ready(record.id, "2022-01-03T00:00:00.000Z")
+    assert await ledger.release([second.id]) == 1
+    released = await ledger.get(second.id)
+    assert released is not None
+    assert (released.state, released.ready_at, released.created_date) == ("queued", None, None)
+    claimed = await ledger.claim(second.id, 0.0)
+    assert claimed is not None
+    assert (claimed.state, claimed.ready_at) == ("submitted", None)
+    kept = await ledger.get(first.id)
+    assert kept is not None
+    assert kept.created_date == "2022-01-03T00:00:00.000Z"
+
+
 async def _submitted_ago(ledger: Ledger, export_id: int, seconds: float) -> None:
     """A processing span of a known length, not of however long the test took."""
     await ledger._db.rows(

@@ -87,11 +87,14 @@ class Coalescing(LedgerConnection):
     @state_errors
     async def release(self, export_ids: Iterable[int]) -> int:
         """Windows of a coalesced request that ended without them back to queued, to be
-        asked for again (their attempt not counted)."""
+        asked for again (their attempt not counted): in a request of their own, so AC's
+        export and ready data the rows named are no longer theirs (kept, the lane took
+        them for ready data and said AC had let it expire)."""
         now = time.time()
         return await self._many(
             "UPDATE exports SET state = 'queued', attempts = max(attempts - 1, 0), "
-            "request_start = NULL, request_end = NULL, updated_at = ? "
+            "request_start = NULL, request_end = NULL, created_date = NULL, ready_at = NULL, "
+            "updated_at = ? "
             "WHERE id = ? AND state IN ('queued', 'submitted', 'ready')",
             [(now, export_id) for export_id in export_ids],
         )
