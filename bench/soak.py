@@ -124,6 +124,7 @@ class Daemon:
 
         self._log = log.open("ab")
         self.exited_before = False
+        self.disk_full = fsize_limit is not None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "acexport", "run", "--config", str(config)],
             stdout=self._log,
@@ -269,8 +270,10 @@ def main() -> int:
                 injected[f"had_exited_{code}"] += 1
             elif action == "sigterm" and code != 0:
                 # By its code: -15 is a daemon stopped while still importing, before
-                # it listens for signals; 1 a stop that failed.
-                injected[f"sigterm_exit_{code}"] += 1
+                # it listens for signals; 1 a stop that failed, which on a full disk
+                # is by design (counted apart, so one that is not shows).
+                full = "_disk_full" if daemon.disk_full else ""
+                injected[f"sigterm_exit_{code}{full}"] += 1
             injected[action if action != "diskfull" else "sigkill"] += 1
             limit = None
             if action == "diskfull":
