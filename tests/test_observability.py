@@ -7,7 +7,13 @@ import json
 
 import structlog
 
-from acexport.ops.logging import REDACTED, configure_logging, redact, register_secret
+from acexport.ops.logging import (
+    REDACTED,
+    configure_logging,
+    redact,
+    register_secret,
+    register_secrets,
+)
 
 
 def test_redaction_covers_short_long_and_late_secrets() -> None:
@@ -21,6 +27,19 @@ def test_redaction_covers_short_long_and_late_secrets() -> None:
     assert redact(seen_before) == seen_before  # not a secret yet: cached as is
     register_secret("later-secret-token")
     assert redact(seen_before) == f"Bearer {REDACTED}"  # the cache was cleared
+
+
+def test_many_secrets_registered_at_once_are_each_redacted() -> None:
+    """A thousand workspaces' tokens, registered in one call (the tables are built
+    once, not once a token), are each replaced; a shorter one registered later
+    still is, and a value too short to be a token is never registered."""
+    tokens = [f"bulk-token-{i:04d}-value" for i in range(1000)]
+    register_secrets([*tokens, "abc"])
+    assert all(redact(f"Bearer {token}.") == f"Bearer {REDACTED}." for token in tokens)
+    assert redact("abc and bulk-token-") == "abc and bulk-token-"
+    register_secrets(["bulk-short"])
+    assert redact("x bulk-short y") == f"x {REDACTED} y"
+    assert redact(f"{tokens[7]}") == REDACTED
 
 
 def test_log_lines_and_exceptions_are_redacted() -> None:

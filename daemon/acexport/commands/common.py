@@ -13,7 +13,7 @@ import structlog
 
 from ..config import Settings, find_config, load_settings, resolve_tokens, secret_warnings
 from ..errors import AcexportError, ConfigError, StoreRejected, TemporaryFailure
-from ..ops.logging import configure_logging, register_secret
+from ..ops.logging import configure_logging, register_secrets
 from . import ExitCode
 from .early import noted as noted_early
 
@@ -40,8 +40,8 @@ def load(config: str | None) -> tuple[Settings, Path]:
 
 def prepare(settings: Settings, path: Path | None) -> None:
     """Tokens read and registered for redaction, logging set up, warnings logged."""
-    for token in resolve_tokens(settings, str(path or "environment")).values():
-        register_secret(token.get_secret_value())
+    tokens = resolve_tokens(settings, str(path or "environment")).values()
+    register_secrets(token.get_secret_value() for token in tokens)
     configure_logging(settings.daemon.log_format, settings.daemon.log_level)
     for warning in secret_warnings(path, settings):
         log.warning("config_token_readable", detail=warning)

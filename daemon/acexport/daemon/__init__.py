@@ -38,7 +38,7 @@ from ..lane import Lane, LaneContext
 from ..ledger import ExportRecord, Ledger, LedgerState, ledger_path
 from ..lock import release_lock, take_lock
 from ..ops.health import Health
-from ..ops.logging import register_secret
+from ..ops.logging import register_secrets
 from ..ops.metrics import Metrics
 from ..ops.notify import SystemdNotifier
 from ..ops.server import HealthServer
@@ -79,8 +79,8 @@ class Daemon:
         self._reload_settings = reload_settings or (lambda: load_settings(config_path))
         self._clock = clock
         self._tokens = resolve_tokens(settings, str(config_path or "environment"))
-        for token in self._tokens.values():
-            register_secret(token.get_secret_value())  # embedders need not remember to
+        # Embedders need not remember to.
+        register_secrets(token.get_secret_value() for token in self._tokens.values())
         self._stack = AsyncExitStack()
         self._lanes: dict[str, Lane] = {}
         self._lane_of: dict[str, str] = {}
@@ -358,8 +358,7 @@ class Daemon:
         try:
             settings = self._reload_settings()
             tokens = resolve_tokens(settings, str(self._config_path or "environment"))
-            for token in tokens.values():
-                register_secret(token.get_secret_value())  # rotated tokens too
+            register_secrets(token.get_secret_value() for token in tokens.values())  # rotated
             if settings.daemon.state_dir != self._settings.daemon.state_dir:
                 raise ConfigError("daemon.state_dir cannot change on reload; restart instead")
         except ConfigError as exc:

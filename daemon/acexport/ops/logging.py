@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -28,12 +28,21 @@ _heads: frozenset[str] = frozenset()
 
 def register_secret(value: str) -> None:
     """Never print ``value``; short values are ignored (they would redact everything)."""
+    register_secrets([value])
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """``register_secret`` for many at once: the lookup tables are rebuilt once (one at
+    a time, a thousand workspaces' tokens took 0.09 s at start, ten thousand 9 s)."""
     global _shortest, _heads
-    if len(value) >= 4 and value not in _secrets:
-        _secrets.add(value)
-        _shortest = min(map(len, _secrets))
-        _heads = frozenset(secret[:_shortest] for secret in _secrets)
-        _redact_cached.cache_clear()
+    new = {value for value in values if len(value) >= 4} - _secrets
+    if not new:
+        return
+    _secrets.update(new)
+    _shortest = min(map(len, _secrets))
+    # Replaced whole, never changed in place: another thread may be redacting with it.
+    _heads = frozenset(secret[:_shortest] for secret in _secrets)
+    _redact_cached.cache_clear()
 
 
 def redact(text: str) -> str:
