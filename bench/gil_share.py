@@ -9,7 +9,7 @@ whole. Baseline: what 2x the ideal allows, (2 x ideal - start-up) / exports, in 
 same run: at a thousand lanes the wall is this GIL-held work in series (issue 35,
 bench/README.md, fourteenth and sixteenth stops).
 
-    python bench/gil_share.py [--workspaces 1000] [--rate 100]
+    python bench/gil_share.py [--workspaces 1000] [--rate 100] [--quick]
 
 Needs py-spy (`pip install py-spy`). Sampling slows the daemon: read the shares, not the wall.
 """
@@ -77,7 +77,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspaces", type=int, default=1000)
     parser.add_argument("--rate", type=int, default=100, help="samples a second")
+    parser.add_argument("--quick", action="store_true", help="100 workspaces")
     args = parser.parse_args()
+    if args.quick:
+        args.workspaces = 100
     with tempfile.TemporaryDirectory(prefix="acexport-gil-") as temp:
         work, raw = Path(temp), Path(temp) / "gil.raw"
         os.environ["BENCH_PROFILE"] = (
