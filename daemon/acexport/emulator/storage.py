@@ -7,8 +7,8 @@ again: an emulator left running for days must not grow without bound); the rest
 go to files in the storage directory, served with ``sendfile`` (``--range``) or
 read chunk by chunk. At a thousand workspaces of small exports, a file each
 (created, written, read back for its hash, stat'ed and opened per download) was
-half of the emulator's CPU, and the emulator shares its cores with the daemon
-that ``bench/scale.py`` measures (issue 35).
+a quarter of the emulator's CPU, and the emulator shares its cores with the
+daemon that ``bench/scale.py`` measures (issue 35).
 """
 
 from __future__ import annotations
