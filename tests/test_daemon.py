@@ -511,6 +511,16 @@ async def exit_code_in_ac_time(daemon: DaemonProcess, clock: FakeClock, step_s: 
     return await daemon.wait()
 
 
+def hourly_pages_ready_for_1s(tmp_path: Path, emu: RunningEmulator) -> Path:
+    """Workspace alpha's hourly pages, one AC request each, logged at debug (the tests
+    count export_submitted), with ready data held downloadable for 1 s."""
+    jobs = job("p", "alpha", types=["page"], window="1h", catch_up="2h", lag="0s",
+               coalesce_max=0)  # fmt: skip
+    config = write_config(tmp_path, emu, jobs, extra='log_level = "debug"')
+    config.write_text(config.read_text().replace("[http]\n", '[http]\ndownload_window = "1s"\n'))
+    return config
+
+
 async def test_ready_data_that_expired_while_down_is_resubmitted_holding_the_slot(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
@@ -522,10 +532,7 @@ async def test_ready_data_that_expired_while_down_is_resubmitted_holding_the_slo
         expiry_s=1.0,
         faults=FaultSettings(slow_bytes_per_s=300_000),
     )
-    jobs = job("p", "alpha", types=["page"], window="1h", catch_up="2h", lag="0s",
-               coalesce_max=0)  # fmt: skip
-    config = write_config(tmp_path, emu, jobs, extra='log_level = "debug"')  # export_submitted
-    config.write_text(config.read_text().replace("[http]\n", '[http]\ndownload_window = "1s"\n'))
+    config = hourly_pages_ready_for_1s(tmp_path, emu)
     daemon = await DaemonProcess.start(config)
     # The first export is downloading (ready), the second has been submitted.
     await daemon.wait_for(lambda: len(daemon.events("export_submitted")) == 2)
@@ -557,11 +564,8 @@ async def test_a_restart_gives_the_slot_to_the_export_at_ac_before_expired_ready
         clock=clock,
         faults=FaultSettings(slow_bytes_per_s=20_000),
     )
-    jobs = job("p", "alpha", types=["page"], window="1h", catch_up="2h", lag="0s",
-               coalesce_max=0)  # fmt: skip
-    config = write_config(tmp_path, emu, jobs, extra='log_level = "debug"')  # export_submitted
     # Ready data is asked for through the slot at once: only AC's expiry decides.
-    config.write_text(config.read_text().replace("[http]\n", '[http]\ndownload_window = "1s"\n'))
+    config = hourly_pages_ready_for_1s(tmp_path, emu)
     daemon = await DaemonProcess.start(config)
     await daemon.wait_for(lambda: bool(daemon.events("export_submitted")))
     clock.advance(4.5)  # the first is ready (at 4 s, until 6 s); its download is slow

@@ -31,8 +31,8 @@ async def send_payload(emu: Emulator, request: web.Request, job: Job) -> web.Str
         job.spec.format, "application/x-ndjson"
     )
     wants_gzip = "gzip" in request.headers.get("Accept-Encoding", "").lower()
-    gzipped = artifact.gzipped is not None and wants_gzip
-    stored = artifact.gzipped if gzipped and artifact.gzipped else artifact.stored
+    stored = artifact.gzipped if wants_gzip and artifact.gzipped else artifact.stored
+    gzipped = stored is artifact.gzipped
     rng = emu.rng
     ending = _Ending(
         cut=rng.random() < emu.faults.cut_rate,
