@@ -54,6 +54,7 @@ from .common import (
     interrupted,
     load,
     prepare,
+    run_daemon_loop,
 )
 from .early import remember_early_signals
 
@@ -81,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
         if not _confirmed(job, windows, args.yes):
             print("nothing queued", file=sys.stderr)
             return ExitCode.OK
-        return asyncio.run(_backfill(settings, path, job, windows))
+        return run_daemon_loop(_backfill(settings, path, job, windows))
 
     return exit_code_of("backfill", body)
 

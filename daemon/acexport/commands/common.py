@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from ..daemon import Daemon
 
 log = structlog.get_logger("acexport.cli")
+
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -108,6 +110,29 @@ def handle_signals(daemon: Daemon) -> None:
     elif signal.SIGHUP in noted_early:
         daemon.request_reload()
     noted_early.clear()
+
+
+def run_daemon_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` for a command that runs a daemon: once ``main`` is done, the
+    daemon's signal handlers come off while the loop still runs, and SIGHUP is ignored.
+
+    asyncio takes them off only as the loop closes, after closing the socket that
+    carries a signal to the loop: a signal between was written to a closed socket,
+    and the process ended 255 instead of 0. It also gives SIGHUP back its default
+    action, so a reload asked for as the daemon ended, its work done, ended the
+    process by the signal (-1, the soak's `had_exited_-1`), up to the interpreter's
+    very exit. There is nothing to reload then; a late SIGTERM still ends it."""
+
+    async def main_then_signals_off() -> T:
+        try:
+            return await main
+        finally:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    return asyncio.run(main_then_signals_off())
 
 
 def counted(count: int, noun: str) -> str:

@@ -9,7 +9,6 @@ ordinary workspaces whose ``base_url`` and token point there. A reload
 from __future__ import annotations
 
 import argparse
-import asyncio
 import secrets
 import shlex
 import sys
@@ -19,7 +18,7 @@ import structlog
 from pydantic import SecretStr
 
 from ..config import Settings, WorkspaceSettings, load_settings
-from .common import exit_code_of, load, prepare
+from .common import exit_code_of, load, prepare, run_daemon_loop
 from .early import remember_early_signals
 from .run import run_daemon
 
@@ -36,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
         settings, path = load(args.config or str(SHIPPED_CONFIG))
         if args.config is None:
             settings = _in_working_directory(settings)
-        return asyncio.run(_demo(settings, path, args.once))
+        return run_daemon_loop(_demo(settings, path, args.once))
 
     return exit_code_of("demo", body)
 

@@ -32,7 +32,7 @@ from .backfill import (
     planner_beside,
     windows_of,
 )
-from .common import UsageError, counted, exit_code_of, load, prepare
+from .common import UsageError, counted, exit_code_of, load, prepare, run_daemon_loop
 from .early import remember_early_signals
 
 
@@ -76,7 +76,7 @@ def _windows_again(
         return None
     again = asyncio.run(_requeue(settings, job, windows))
     print(f"{counted(again, 'done window')} queued as the next revision", file=sys.stderr)
-    return asyncio.run(_backfill(settings, path, job, windows))
+    return run_daemon_loop(_backfill(settings, path, job, windows))
 
 
 async def _snapshot_now(settings: Settings, path: Path, job: JobSettings) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ from .common import (
     interrupted_by_ctrl_c,
     load,
     prepare,
+    run_daemon_loop,
 )
 from .early import remember_early_signals
 
@@ -30,7 +30,7 @@ def main(args: argparse.Namespace) -> int:
     def body() -> int:
         settings, path = load(args.config)
         prepare(settings, path)
-        return asyncio.run(run_daemon(settings, path, args.once))
+        return run_daemon_loop(run_daemon(settings, path, args.once))
 
     return exit_code_of("run", body)
 
