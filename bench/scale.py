@@ -138,6 +138,22 @@ class Figures:
             f" {self.switches / max(self.exports, 1):.0f} context switches"
         )
         print(self.steps)
+        self.print_throughput(processing)
+
+    def print_throughput(self, processing: float) -> None:
+        """The rate of exports 2x the ideal needs, this run's, and the most that the
+        machine's cores could do at this run's CPU per export (the daemon's and the
+        emulator's, on the same cores), however the work were spread (issue 35).
+        The exports run from the first one's end (start-up and one processing time)."""
+        needed = self.exports / max(2 * self.ideal - self.startup - processing, 1e-9)
+        done = self.exports / max(self.wall - self.startup - processing, 1e-9)
+        cores = os.cpu_count() or 1
+        cpu_ms = self.per_export_ms + 1000 * self.emulator_cpu / max(self.exports, 1)
+        print(
+            f"  throughput: 2x the ideal needs {needed:.0f} exports/s, this run {done:.0f}/s;"
+            f" at its {cpu_ms:.1f} ms of CPU an export (daemon and emulator), {cores} cores"
+            f" can do at most {1000 * cores / cpu_ms:.0f}/s"
+        )
 
     def met(self, workspaces: int) -> bool:
         return (
