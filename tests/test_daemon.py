@@ -368,8 +368,8 @@ async def test_a_reload_asked_for_as_a_run_once_ends_does_not_end_it_by_the_sign
     exits 0, printing nothing but its log. asyncio gives SIGHUP its default action back
     as the loop closes, after closing the socket a signal wakes the loop through: one
     that came then, or while the interpreter exited, ended the process by the signal
-    (-1; the soak's `had_exited_-1`), or wrote "Exception ignored" to the closed socket
-    (8 runs of 8 of this test exited -1 before the fix)."""
+    (-1; the soak's `had_exited_-1`), or printed "Exception ignored when trying to write
+    to the signal wakeup fd" (8 runs of 8 of this test exited -1 before the fix)."""
     emu = await emulator(tokens={"alpha": "alpha-token"}, processing_s=0.2, records=5)
     config = write_config(tmp_path, emu, job("pages", "alpha", types=["page"], catch_up="2d"))
     daemon = await DaemonProcess.start(config, "--once")

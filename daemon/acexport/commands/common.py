@@ -117,11 +117,12 @@ def run_daemon_loop(main: Coroutine[Any, Any, T]) -> T:
     daemon's signal handlers come off while the loop still runs, and SIGHUP is ignored.
 
     asyncio takes them off only as the loop closes, after closing the socket that
-    carries a signal to the loop: a signal between was written to a closed socket,
-    and the process ended 255 instead of 0. It also gives SIGHUP back its default
-    action, so a reload asked for as the daemon ended, its work done, ended the
-    process by the signal (-1, the soak's `had_exited_-1`), up to the interpreter's
-    very exit. There is nothing to reload then; a late SIGTERM still ends it."""
+    carries a signal to the loop: a signal between was written to the closed socket
+    ("Exception ignored when trying to write to the signal wakeup fd" on stderr). It
+    also gives SIGHUP back its default action, so a reload asked for as the daemon
+    ended, its work done, ended the process by the signal (-1, the soak's
+    `had_exited_-1`), up to the interpreter's very exit. There is nothing to reload
+    then; a late SIGTERM still ends it."""
 
     async def main_then_signals_off() -> T:
         try:
