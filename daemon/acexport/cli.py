@@ -19,7 +19,7 @@ from pathlib import Path
 from . import __version__
 from .commands import ExitCode
 from .commands.completion import script as completion_script
-from .commands.early import remember_early_signals
+from .commands.early import remember_early_signals_of
 from .formats import Compression, OutputFormat
 from .protocol import ExportType
 
@@ -327,9 +327,10 @@ _MALLOC_OPTIONS = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    remember_early_signals_of(argv)  # before the parser, a tenth of a second
     tune_malloc()
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
     _suggest_command(parser, argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -374,9 +375,6 @@ def _suggest_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     parser.error(f"unknown command {first!r}{hint} (commands: {', '.join(sorted(known))})")
 
 
-# The commands that start a daemon: their early signals are noted from before their
-# module's imports (each also notes them itself, when called without the CLI).
-_DAEMON_COMMANDS = frozenset({"run", "demo", "backfill", "reexport"})
 _COMMAND_MODULES = {
     "run": "run",
     "demo": "demo",
@@ -398,8 +396,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .emulator.cli import main as emulator_main
 
         return emulator_main(args)
-    if args.command in _DAEMON_COMMANDS:
-        remember_early_signals()  # before the command's imports, most of its start
     module = importlib.import_module(f".commands.{_COMMAND_MODULES[args.command]}", __package__)
     code: int = module.main(args)
     return code
