@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -420,3 +421,27 @@ def test_a_daemon_notes_its_signals_before_the_cli_is_imported(
 
     (script,) = entry_points(group="console_scripts", name="acexport")
     assert script.value == "acexport.__main__:main"
+
+
+def test_a_reload_as_a_daemon_command_fails_does_not_end_it_by_the_signal(
+    tmp_path: Path,
+) -> None:
+    """A daemon command that fails before its daemon starts (here its config is missing,
+    exit 78; in the soak its first log line on a full disk, exit 1): SIGHUPs from its
+    error line to its exit leave its exit code as it is. The interpreter's exit gave
+    SIGHUP its default action back, and a reload then ended it by the signal (-1, in
+    10 runs of 10): systemd's RestartPreventExitStatus=78 never saw the 78."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "acexport", "run", "--config", str(tmp_path / "none.toml")],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stderr is not None
+    assert "configuration error" in process.stderr.readline()
+    while True:  # a SIGHUP each millisecond until it has exited
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGHUP)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            code = process.wait(timeout=0.001)
+            break
+    process.stderr.close()
+    assert code == 78

@@ -1,16 +1,22 @@
-"""``acexport`` and ``python -m acexport``: the CLI, with a starting daemon's signals
-noted before its imports (see commands/early.py)."""
+"""``acexport`` and ``python -m acexport``: the CLI, with a daemon command's signals
+noted before its imports and ignored after its end (see commands/early.py)."""
 
 import sys
 
-from .commands.early import remember_early_signals_of
+from .commands.early import ignore_reloads, remember_early_signals, starts_daemon
 
 
 def main() -> int:
-    remember_early_signals_of(sys.argv[1:])
+    daemon = starts_daemon(sys.argv[1:])
+    if daemon:
+        remember_early_signals()
     from .cli import main as cli_main  # most of a start: after the signals are noted
 
-    return cli_main()
+    try:
+        return cli_main()
+    finally:
+        if daemon:
+            ignore_reloads()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import __version__
 from .commands import ExitCode
 from .commands.completion import script as completion_script
-from .commands.early import remember_early_signals_of
+from .commands.early import remember_early_signals, starts_daemon
 from .formats import Compression, OutputFormat
 from .protocol import ExportType
 
@@ -328,7 +328,8 @@ _MALLOC_OPTIONS = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    remember_early_signals_of(argv)  # before the parser, a tenth of a second
+    if starts_daemon(argv):
+        remember_early_signals()  # before the parser, a tenth of a second
     tune_malloc()
     parser = build_parser()
     _suggest_command(parser, argv)

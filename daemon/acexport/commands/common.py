@@ -15,6 +15,7 @@ from ..config import Settings, find_config, load_settings, resolve_tokens, secre
 from ..errors import AcexportError, ConfigError, StoreRejected, TemporaryFailure
 from ..ops.logging import configure_logging, register_secrets
 from . import ExitCode
+from .early import ignore_reloads
 from .early import noted as noted_early
 
 if TYPE_CHECKING:
@@ -120,9 +121,8 @@ def run_daemon_loop(main: Coroutine[Any, Any, T]) -> T:
     carries a signal to the loop: a signal between was written to the closed socket
     ("Exception ignored when trying to write to the signal wakeup fd" on stderr). It
     also gives SIGHUP back its default action, so a reload asked for as the daemon
-    ended, its work done, ended the process by the signal (-1, the soak's
-    `had_exited_-1`), up to the interpreter's very exit. There is nothing to reload
-    then; a late SIGTERM still ends it."""
+    ended, its work done, ended the process by the signal (see ``ignore_reloads``).
+    A late SIGTERM still ends it."""
 
     async def main_then_signals_off() -> T:
         try:
@@ -131,7 +131,7 @@ def run_daemon_loop(main: Coroutine[Any, Any, T]) -> T:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            ignore_reloads()
 
     return asyncio.run(main_then_signals_off())
 

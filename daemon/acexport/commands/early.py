@@ -19,12 +19,22 @@ DAEMON_COMMANDS = frozenset({"run", "demo", "backfill", "reexport"})
 noted: set[int] = set()
 
 
-def remember_early_signals_of(argv: Sequence[str]) -> None:
-    """``remember_early_signals`` if ``argv`` (without the program) starts a daemon.
+def starts_daemon(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` (without the program) runs a daemon's command.
 
     Only ``--version`` and ``--help`` come before the command: it is the first word."""
-    if argv[:1] and argv[0] in DAEMON_COMMANDS:
-        remember_early_signals()
+    return bool(argv[:1]) and argv[0] in DAEMON_COMMANDS
+
+
+def ignore_reloads() -> None:
+    """A daemon's command is ending: a SIGHUP (a reload) is ignored from now on.
+
+    There is nothing left to reload, and an ignored signal stays ignored through the
+    interpreter's exit, which gives every signal with a Python handler back its
+    default action: to end the process. A reload sent then ended a daemon that was
+    exiting 0, 1 or 78 (a config error, which systemd's RestartPreventExitStatus=78
+    must see) by the signal instead (the soak's `had_exited_-1`)."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def remember_early_signals() -> None:
