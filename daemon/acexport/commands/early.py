@@ -1,10 +1,11 @@
-"""Signals that reach a daemon's command while it is still starting: noted, not fatal.
+"""Signals that reach a daemon's command before its daemon is up, or after its end.
 
-The entry point (``__main__``) installs this first, before the CLI's imports and
-parser and the command's module: most of a start (0.15 s of it came before the
-parser was built). A SIGHUP (a reload) or SIGTERM sent then ended the daemon by the
-signal (the soak saw it every run). ``handle_signals`` acts on what was noted once
-the daemon is up. Nothing heavier than ``signal`` is imported before it.
+Before: noted, not fatal. The entry point (``__main__``) notes them first, before
+the CLI's imports and parser and the command's module: most of a start (0.15 s of
+it came before the parser was built). A SIGHUP (a reload) or SIGTERM sent then ended
+the daemon by the signal (the soak saw it every run). ``handle_signals`` acts on
+what was noted once the daemon is up. Nothing heavier than ``signal`` is imported
+before it. After: a SIGHUP is ignored (``ignore_reloads``).
 """
 
 from __future__ import annotations
