@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -437,11 +438,15 @@ def test_a_reload_as_a_daemon_command_fails_does_not_end_it_by_the_signal(
     )  # fmt: skip
     assert process.stderr is not None
     assert "configuration error" in process.stderr.readline()
-    while True:  # a SIGHUP each millisecond until it has exited
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # a SIGHUP each millisecond until it has exited
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signal.SIGHUP)
         with contextlib.suppress(subprocess.TimeoutExpired):
             code = process.wait(timeout=0.001)
             break
+    else:
+        process.kill()
+        raise AssertionError("it did not exit within 30 s")
     process.stderr.close()
     assert code == 78

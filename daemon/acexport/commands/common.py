@@ -15,7 +15,7 @@ from ..config import Settings, find_config, load_settings, resolve_tokens, secre
 from ..errors import AcexportError, ConfigError, StoreRejected, TemporaryFailure
 from ..ops.logging import configure_logging, register_secrets
 from . import ExitCode
-from .early import ignore_reloads
+from .early import SIGNALS, ignore_reloads
 from .early import noted as noted_early
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ def run_daemon_loop(main: Coroutine[Any, Any, T]) -> T:
             return await main
         finally:
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in SIGNALS:  # what handle_signals listens for
                 loop.remove_signal_handler(sig)
             ignore_reloads()
 

@@ -17,6 +17,9 @@ from collections.abc import Sequence
 # without the CLI); a report like `status` keeps the default: a signal ends it.
 DAEMON_COMMANDS = frozenset({"run", "demo", "backfill", "reexport"})
 
+# What a daemon listens for: a stop (SIGTERM, SIGINT) and a reload (SIGHUP).
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
 noted: set[int] = set()
 
 
@@ -40,5 +43,5 @@ def ignore_reloads() -> None:
 
 def remember_early_signals() -> None:
     """Until the daemon is up, note SIGTERM/SIGINT/SIGHUP instead of dying half-started."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in SIGNALS:
         signal.signal(sig, lambda number, _: noted.add(number))

@@ -20,7 +20,7 @@ from ..ac.answers import origin_text
 from ..ac.client import ExportClient, new_session
 from ..config import Settings
 from ..errors import AcexportError, AuthError, BeyondRetention
-from ..ops.logging import register_secret
+from ..ops.logging import register_secrets
 from ..output.open import open_store
 from ..windows import ExportWindow
 
@@ -30,8 +30,8 @@ _PROBE_DAY = datetime(2000, 1, 1, tzinfo=UTC)  # before any retention AC has
 async def online_problems(settings: Settings, tokens: dict[str, SecretStr]) -> list[str]:
     """One line per problem: a token AC refused or could not be asked with, a store
     that cannot be written."""
-    for token in tokens.values():
-        register_secret(token.get_secret_value())  # never in an error line
+    # Never in an error line; in one call, not a rebuild of the tables per token.
+    register_secrets(token.get_secret_value() for token in tokens.values())
     problems = []
     async with new_session(settings.http.timeout.total_seconds()) as session:
         for name, ws in sorted(settings.workspaces.items()):
