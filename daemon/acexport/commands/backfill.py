@@ -202,6 +202,7 @@ async def _backfill(
             await progress
         # The hooks are told of what it committed, as by `run --once`: a re-export's
         # event is how a downstream loader learns its windows were replaced.
+        assert daemon.hooks is not None  # only a worker of run's has none
         untold = await daemon.hooks.settle(settings.daemon.stop_grace.total_seconds())
     tally = daemon.tally
     print(

@@ -6,6 +6,7 @@ import argparse
 import gc
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -21,6 +22,9 @@ from .common import (
 )
 from .early import remember_early_signals
 
+if TYPE_CHECKING:
+    from ..daemon.shard import WorkerSeat
+
 log = structlog.get_logger("acexport.cli")
 
 
@@ -28,9 +32,15 @@ def main(args: argparse.Namespace) -> int:
     remember_early_signals()
 
     def body() -> int:
+        from ..daemon.shard import WorkerSeat, end_with_parent
+
+        seat = WorkerSeat.from_env()  # a worker of another run (daemon.processes)
+        if seat:
+            end_with_parent(seat.parent_pid)
+            structlog.contextvars.bind_contextvars(worker=seat.shard.index)
         settings, path = load(args.config)
         prepare(settings, path)
-        return run_daemon_loop(run_daemon(settings, path, args.once))
+        return run_daemon_loop(run_daemon(settings, path, args.once, seat=seat, spread=True))
 
     return exit_code_of("run", body)
 
@@ -40,11 +50,18 @@ async def run_daemon(
     path: Path,
     once: bool,
     reload_settings: Callable[[], Settings] | None = None,
+    *,
+    spread: bool = False,
+    seat: WorkerSeat | None = None,
 ) -> int:
-    """The daemon until stopped (or ``once``); ``reload_settings`` is what SIGHUP reads."""
+    """The daemon until stopped (or ``once``); ``reload_settings`` is what SIGHUP reads;
+    ``spread``: its lanes over daemon.processes; ``seat``: a worker's."""
     from ..daemon import Daemon  # the daemon's imports (aiohttp, ...) only when it runs
 
-    async with Daemon(settings, path, reload_settings=reload_settings) as daemon:
+    daemon = Daemon(
+        settings, path, reload_settings=reload_settings, spread=spread, once=once, seat=seat
+    )
+    async with daemon:
         _collect_less()
         handle_signals(daemon)
         if daemon.health_url:

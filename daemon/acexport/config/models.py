@@ -62,6 +62,9 @@ class DaemonSettings(Section):
     stale_upload_age: Duration = timedelta(hours=1)
     """At start, S3 uploads a crashed run left (under the layout's keys) are aborted once
     this old: a live writer's upload is younger."""
+    processes: Count = Field(default=1, ge=1, le=16)
+    """Lanes spread over this many processes (this one and processes-1 workers), each
+    workspace's in one: for thousands of workspaces, up to one per core. Not on reload."""
 
     @field_validator("state_dir", "output_dir", mode="before")
     @classmethod

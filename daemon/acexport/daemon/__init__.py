@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -43,7 +45,6 @@ from ..ops.metrics import Metrics
 from ..ops.notify import SystemdNotifier
 from ..ops.server import HealthServer
 from ..ops.statuspage import PageInput, StatusPage
-from ..ops.statusview import LaneView, build_view, horizon_start
 from ..output.open import open_store
 from ..output.owner import OutputClaim
 from ..output.sink import Sink
@@ -51,9 +52,12 @@ from ..output.store import OutputStore
 from ..planner import Look, Planner
 from ..scheduler import Scheduler, utc_now
 from ..windows import ExportWindow
-from .loops import all_idle, measure_loop_lag, ping_watchdog, status_line
-from .reload import changed_workspaces, forget_failures
+from .loops import all_idle, measure_loop_lag, ping_watchdog, report_lanes, status_line
+from .reload import changed_workspaces, forget_failures, refuse_what_needs_a_restart
+from .shard import RemoteLane, Shard, WorkerLink, WorkerSeat
 from .startup import abort_stale_uploads, claim_output, claim_temp_dir, lane_keys
+from .views import page_input, refresh_backlog
+from .workers import Workers
 
 __all__ = ["Daemon", "lane_keys"]
 
@@ -69,12 +73,21 @@ class Daemon:
         reload_settings: Callable[[], Settings] | None = None,
         *,
         resume: bool = True,
+        spread: bool = False,
+        once: bool = False,
+        seat: WorkerSeat | None = None,
     ) -> None:
         self._settings = settings
         # False (a foreground backfill): none of the ledger's leftovers is resumed, only
         # what its own plan queues (its windows' rows at AC too): the rest waits for run.
         self._resume = resume
         self._config_path = config_path
+        # Spread (``run``): its lanes over daemon.processes; a worker has its seat.
+        processes = settings.daemon.processes if spread else 1
+        self._shard = seat.shard if seat else Shard(0, processes)
+        self._seat, self._once = seat, once
+        self._workers: Workers | None = None
+        self._link: WorkerLink | None = None
         # What SIGHUP reads: the config file again, unless the command layer says otherwise.
         self._reload_settings = reload_settings or (lambda: load_settings(config_path))
         self._clock = clock
@@ -90,14 +103,16 @@ class Daemon:
         self._wake = asyncio.Event()  # a stop or a reload was asked for
         self._ledger: Ledger
         self._output: OutputStore
-        self._claim: OutputClaim
+        self._claim: OutputClaim | None = None
+        self.hooks: HookDispatcher | None = None  # process 0's: a worker's go there
         self._planner: Planner
         self._ctx: LaneContext
+        self._observers: Observers
         self._scheduler = Scheduler(self._look, clock)
         # Windows are planned by AC's time when the local clock runs ahead of it.
         self._server_clock = ServerClock(clock)
         self.metrics = Metrics()
-        self.metrics.watch_lanes(lambda: list(self._lanes.values()))
+        self.metrics.watch_lanes(self._all_lanes)
         self.health = Health()
         self.tally = Tally()  # exports finished and failed since start
         self._notifier = SystemdNotifier()
@@ -130,12 +145,13 @@ class Daemon:
         temp_dir = await self._start_storage(stack)
         self._planner = Planner(
             self._ledger, self._output, lambda: self._settings, self._server_clock.now,
-            lambda job, count: self.metrics.windows_expired.labels(job).inc(count),
+            self._expired,
         )  # fmt: skip
         session = await self._start_lane_context(stack, temp_dir)
+        await self._start_workers(stack)  # stopped first: its events have somewhere to go
         base_urls = {ws.base_url for ws in self._settings.workspaces.values()}
         await ask_ac_the_time(session, base_urls, self._server_clock)
-        if daemon.listen:
+        if daemon.listen and not self._shard.is_worker:
             server = HealthServer(
                 self.health, self.metrics, daemon.listen, self.status_page, self._refresh_backlog
             )
@@ -143,10 +159,14 @@ class Daemon:
         stack.push_async_callback(self._stop_lanes)
         self._scheduler.start(stack)  # stopped before the lanes: no look after that
         self._apply_lanes()
-        for job in self._settings.jobs:  # before resuming: what is stored needs no export
+        for job in self._owned_jobs():  # before resuming: what is stored needs no export
             await self._planner.adopt(job, self._planner.due(job))
         await self._resume_leftovers()
         await self._start_loops(stack)
+        if self._link:
+            self._link.ready()
+        if self._workers:
+            await self._workers.ready()
         self._notifier.notify(ready=1, status=self._status_line())
         log.info(
             "daemon_started",
@@ -155,7 +175,7 @@ class Daemon:
             output=self._output.describe(),
             listen=daemon.listen or None,
             pid=os.getpid(),
-            jobs=[job.name for job in self._settings.jobs],
+            jobs=[job.name for job in self._owned_jobs()],
             lanes=sorted(self._lanes),
         )
 
@@ -174,17 +194,30 @@ class Daemon:
         session = await stack.enter_async_context(
             new_session(self._settings.http.timeout.total_seconds())
         )
-        self.hooks = HookDispatcher(
-            self._ledger, lambda: self._settings, session, self.metrics, self.health, self._output
-        )
-        await self.hooks.start(stack)
+        if self._seat:  # its lanes' events go to process 0, which tells the hooks
+            self._link = WorkerLink(self._seat.events_fd, self.fail)
+            stack.callback(self._link.flush)
+            observer = Observers(self._link, self.tally)
+        else:
+            self.hooks = HookDispatcher(
+                self._ledger,
+                lambda: self._settings,
+                session,
+                self.metrics,
+                self.health,
+                self._output,
+            )
+            await self.hooks.start(stack)
+            observer = self._observers = Observers(
+                self.metrics, self.health, self.tally, self.hooks
+            )
         self._ctx = LaneContext(
             session=session,
             ledger=self._ledger,
             sink=sink,
             settings=lambda: self._settings,
             timing=lambda: Timing.from_settings(self._settings.http),
-            observer=Observers(self.metrics, self.health, self.tally, self.hooks),
+            observer=observer,
             fatal=self.fail,
             server_clock=self._server_clock,
             retention_start=self._planner.retention_start,
@@ -196,15 +229,30 @@ class Daemon:
     async def _start_storage(self, stack: AsyncExitStack) -> Path:
         """The state lock, the ledger, this process's temp dir and the output store,
         claimed as this daemon's; returns the temp dir."""
-        state_dir = self._settings.daemon.state_dir
-        stack.callback(release_lock, take_lock(state_dir))
+        state_dir, worker = self._settings.daemon.state_dir, self._shard.is_worker
+        if not worker:  # a worker's process 0 holds it, the worker its descriptor too
+            self._lock = take_lock(state_dir)
+            stack.callback(release_lock, self._lock)
         self._ledger = await Ledger.start(ledger_path(state_dir), stack)
         temp_dir = await claim_temp_dir(self._settings, stack)
         self._output = open_store(self._settings, temp_dir)
         await self._output.start(stack)
-        self._claim = await claim_output(self._settings, self._ledger, self._output, stack)
-        await abort_stale_uploads(self._settings, self._output, self._clock())
+        if not worker:
+            self._claim = await claim_output(self._settings, self._ledger, self._output, stack)
+            await abort_stale_uploads(self._settings, self._output, self._clock())
         return temp_dir
+
+    async def _start_workers(self, stack: AsyncExitStack) -> None:
+        """Process 0 of several starts the others, once the state is its own."""
+        if self._shard.count == 1 or self._shard.is_worker:
+            return
+        if self._config_path is None:
+            raise ConfigError("daemon.processes > 1 needs a config file the workers read")
+        self._workers = Workers(
+            self._shard.count, self._config_path, self._once,
+            self._settings.daemon.stop_grace.total_seconds(), self._heard, self.fail,
+        )  # fmt: skip
+        await self._workers.start(stack, self._lock)
 
     async def _resume_leftovers(self) -> None:
         resumed = await self._ledger.active() if self._resume else []
@@ -216,10 +264,14 @@ class Daemon:
     async def _start_loops(self, stack: AsyncExitStack) -> None:
         """Background loops live in a task group: cancelled, then awaited, on stop."""
         loops = await stack.enter_async_context(asyncio.TaskGroup())
-        tasks = [
-            loops.create_task(measure_loop_lag(self._lagged), name="loop-lag"),
-            loops.create_task(self._claim.keep(self.fail), name="output-owner"),
-        ]
+        tasks = [loops.create_task(measure_loop_lag(self._lagged), name="loop-lag")]
+        if self._claim:
+            tasks.append(loops.create_task(self._claim.keep(self.fail), name="output-owner"))
+        if self._link:
+            lanes = report_lanes(
+                self._link, lambda: self._lanes.values(), lambda: self.loop_lag_max_s
+            )
+            tasks.append(loops.create_task(lanes, name="lanes-to-process-0"))
         if self._notifier.watchdog_interval_s:
             watchdog = ping_watchdog(self._notifier, self._notifier.watchdog_interval_s)
             tasks.append(loops.create_task(watchdog, name="watchdog"))
@@ -244,10 +296,14 @@ class Daemon:
         self._notifier.notify(stopping=1, status="stopping: finishing running downloads")
         self._stop.set()
         self._wake.set()
+        if self._workers:
+            self._workers.signal(signal.SIGTERM)
 
     def request_reload(self) -> None:
         self._reload.set()
         self._wake.set()
+        if self._workers:
+            self._workers.signal(signal.SIGHUP)
 
     def fail(self, exc: BaseException) -> None:
         """Something the daemon cannot work around (the ledger failed): stop, exit 1."""
@@ -261,6 +317,8 @@ class Daemon:
         self.metrics.expect((job.workspace, t) for job in self._settings.jobs for t in job.types)
         self._lane_of = lane_keys(self._settings, self._tokens)
         for workspace, key in self._lane_of.items():
+            if not self._shard.owns(key):
+                continue  # another process's
             if key not in self._lanes:
                 lane = Lane(key, self._tokens[workspace], self._ctx)
                 lane.start()
@@ -275,8 +333,10 @@ class Daemon:
     def _enqueue(self, records: list[ExportRecord]) -> int:
         by_lane: dict[str, list[ExportRecord]] = {}  # a lane orders its own (in_slot_order)
         for record in records:
-            self._taken_on.add(record.id)
             key = self._lane_of.get(record.workspace)
+            if key is not None and not self._shard.owns(key):
+                continue  # another process's
+            self._taken_on.add(record.id)
             if key is None:
                 log.warning(
                     "export_for_unknown_workspace", workspace=record.workspace, export_id=record.id
@@ -320,8 +380,13 @@ class Daemon:
         self._enqueue(self._planner.keep.not_to_expire(await self._ledger.active()))
 
     # -- running ---------------------------------------------------------------
+    def _owned_jobs(self) -> list[JobSettings]:
+        """The jobs whose lane is this process's (all, but with daemon.processes > 1)."""
+        owns, lane_of = self._shard.owns, self._lane_of
+        return [job for job in self._settings.jobs if owns(lane_of[job.workspace])]
+
     def _scheduled_jobs(self) -> list[tuple[JobSettings, ZoneInfo]]:
-        return [(job, self._settings.workspaces[job.workspace].zone) for job in self._settings.jobs]
+        return [(job, self._settings.workspaces[job.workspace].zone) for job in self._owned_jobs()]
 
     async def run_until_stopped(self) -> None:
         self._scheduler.set_jobs(self._scheduled_jobs())
@@ -339,8 +404,9 @@ class Daemon:
             if not self._stop.is_set():
                 try:
                     await self._pick_up()
-                    await self._refresh_backlog()
-                    await self.hooks.refresh()
+                    if self.hooks:  # process 0 shows every process's backlog
+                        await self._refresh_backlog()
+                        await self.hooks.refresh()
                 except StateError as exc:
                     self.fail(exc)
                 self._notifier.notify(status=self._status_line())
@@ -359,8 +425,9 @@ class Daemon:
             settings = self._reload_settings()
             tokens = resolve_tokens(settings, str(self._config_path or "environment"))
             register_secrets(token.get_secret_value() for token in tokens.values())  # rotated
-            if settings.daemon.state_dir != self._settings.daemon.state_dir:
-                raise ConfigError("daemon.state_dir cannot change on reload; restart instead")
+            refuse_what_needs_a_restart(
+                self._settings, self._lane_of, settings, tokens, self._shard.count
+            )
         except ConfigError as exc:
             log.error(
                 "config_reload_rejected",
@@ -371,7 +438,8 @@ class Daemon:
         changed = changed_workspaces(self._settings, self._tokens, settings, tokens)
         self._settings, self._tokens = settings, tokens
         self._apply_lanes()
-        self.hooks.apply()
+        if self.hooks:
+            self.hooks.apply()
         self._scheduler.set_jobs(self._scheduled_jobs())
         log.info("config_reloaded", jobs=[job.name for job in settings.jobs])
         return changed
@@ -380,7 +448,8 @@ class Daemon:
         """A reload that changed a workspace's token or settings: its failed windows are
         retried at once (reload.py says why)."""
         jobs = forget_failures(self._lanes, self._lane_of, self.health, workspaces, self._settings)
-        await asyncio.gather(*(self._look(job) for job in jobs))
+        owned = self._owned_jobs()
+        await asyncio.gather(*(self._look(job) for job in jobs if job in owned))
 
     # -- health, systemd ---------------------------------------------------------
     def _lagged(self, lag: float) -> None:
@@ -389,49 +458,59 @@ class Daemon:
             self.metrics.loop_lag_max.set(lag)
 
     def _status_line(self) -> str:
-        return status_line(self._settings, self._lanes.values())
+        return status_line(self._settings, self._all_lanes())
+
+    def _all_lanes(self) -> list[Lane | RemoteLane]:
+        """This process's lanes and, in process 0, its workers' as they last said."""
+        return [*self._lanes.values(), *(self._workers.lanes if self._workers else [])]
+
+    def _heard(self, message: tuple[Any, ...]) -> None:
+        """What a worker said (shard.WorkerLink): its lanes' events are this process's."""
+        match message:
+            case ("ended", event):
+                self._observers.export_ended(event)
+            case ("answered", workspace, code):
+                self._observers.answered(workspace, code)
+            case ("expired", job, count):
+                self._expired(job, count)
+            case ("lanes", _, lag_s):
+                self._lagged(lag_s)
+
+    def _expired(self, job: str, count: int) -> None:
+        if self._link:
+            self._link.expired(job, count)
+        else:
+            self.metrics.windows_expired.labels(job).inc(count)
 
     async def _refresh_backlog(self) -> None:
-        now = self._clock()
-        oldest = await self._ledger.oldest_unfinished_by_job()
-        for job in self._settings.jobs:
-            end = oldest.get(job.name)
-            age = max(0.0, now.timestamp() - end) if end else 0
-            self.metrics.oldest_missing.labels(job.name).set(age)
-        settings, rows = self._settings, await self._horizon_rows()
-        # Tens of thousands of cells for many hourly jobs: counted off the loop.
-        await asyncio.to_thread(
-            lambda: self.metrics.count_windows(build_view(settings, rows, [], now))
-        )
-
-    async def _horizon_rows(self) -> list[ExportRecord]:
-        """Ledger rows of the windows the jobs can still have due (not years of history)."""
-        return await self._ledger.rows_ending_after(horizon_start(self._settings, self._clock()))
+        await refresh_backlog(self._settings, self._ledger, self.metrics, self._clock())
 
     async def status_page(self) -> str:
         """The status page (cached for a few seconds, rendered off the loop)."""
         return await self._status_page.html()
 
     async def _page_input(self) -> PageInput:
-        """The ledger and the lanes as they are now, for the status page."""
-        rows = await self._horizon_rows()
-        seen = {r.id for r in rows}
-        rows += [r for r in await self._ledger.troubled() if r.id not in seen]
-        lanes = [LaneView(lane.key, lane.depth, lane.in_flight) for lane in self._lanes.values()]
-        problems = self.health.report()[1].get("problems", {})
-        hooks, expired = await self.hooks.refresh(force=True), await self._ledger.expired_by_job()
-        return PageInput(self._settings, rows, lanes, self._clock(), problems, hooks, expired)
+        lanes, hooks = self._all_lanes(), self.hooks
+        assert hooks is not None  # served by process 0 only
+        return await page_input(
+            self._settings, self._ledger, lanes, self.health, hooks, self._clock()
+        )
 
     async def run_once(self, jobs: list[JobSettings] | None = None) -> bool:
         """Plan every job once (catch-up included), export all that is due, tell the hooks
         within the stop grace; True if all exports worked."""
         # All at once, as the scheduler looks at start: one after another, the last of
         # a thousand jobs waited 10 s behind the exports of the first ones.
-        todo = jobs if jobs is not None else self._settings.jobs
+        todo = jobs if jobs is not None else self._owned_jobs()
         await asyncio.gather(*(self._look(job) for job in todo))
         ok = await self.drain()
-        await self.hooks.settle(self._settings.daemon.stop_grace.total_seconds())  # the rest waits
-        return ok
+        if self._workers:  # theirs told, as they ended, before the hooks settle
+            ok = await self._workers.finished() and ok
+        if self.hooks:
+            await self.hooks.settle(
+                self._settings.daemon.stop_grace.total_seconds()
+            )  # the rest waits
+        return ok and self.tally.failed == 0
 
     async def drain(self) -> bool:
         """Wait until every lane is idle and nothing this process took on is left

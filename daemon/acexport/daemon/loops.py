@@ -10,6 +10,8 @@ from typing import Any
 from ..config import Settings
 from ..lane import Lane
 from ..ops.notify import SystemdNotifier
+from .shard import WorkerLink
+from .views import ShownLane
 
 
 async def measure_loop_lag(record: Callable[[float], None], period_s: float = 0.25) -> None:
@@ -29,6 +31,16 @@ async def ping_watchdog(notifier: SystemdNotifier, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
 
 
+async def report_lanes(
+    link: WorkerLink, lanes: Callable[[], Iterable[Lane]], lag_s: Callable[[], float]
+) -> None:
+    """A worker's lanes and loop lag, told to process 0 each second, for its metrics,
+    status line and page."""
+    while True:
+        link.lanes(((lane.key, lane.depth, lane.in_flight) for lane in lanes()), lag_s())
+        await asyncio.sleep(1.0)
+
+
 async def all_idle(lanes: Iterable[Lane], stop: asyncio.Event) -> bool:
     """Every lane idle (True), or a stop asked for first (False)."""
     stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
@@ -45,7 +57,7 @@ async def all_idle(lanes: Iterable[Lane], stop: asyncio.Event) -> bool:
     return True
 
 
-def status_line(settings: Settings, lanes: Iterable[Lane]) -> str:
+def status_line(settings: Settings, lanes: Iterable[ShownLane]) -> str:
     """What systemd's status shows: the jobs, and each lane's queue."""
     text = "; ".join(f"{lane.key}: {lane.depth} queued, {lane.in_flight} running" for lane in lanes)
     return f"{len(settings.jobs)} jobs; {text or 'no lanes'}"

@@ -13,10 +13,35 @@ import structlog
 from pydantic import SecretStr
 
 from ..config import JobSettings, Settings
+from ..errors import ConfigError
 from ..lane import Lane
 from ..ops.health import Health
+from .shard import moved_workspaces
+from .startup import lane_keys
 
 log = structlog.get_logger("acexport.service")
+
+
+def refuse_what_needs_a_restart(
+    old: Settings,
+    lane_of: dict[str, str],
+    new: Settings,
+    tokens: dict[str, SecretStr],
+    processes: int,
+) -> None:
+    """A ConfigError for a change a running daemon (its lanes over ``processes``) cannot
+    make."""
+    if new.daemon.state_dir != old.daemon.state_dir:
+        raise ConfigError("daemon.state_dir cannot change on reload; restart instead")
+    if new.daemon.processes != old.daemon.processes:
+        raise ConfigError("daemon.processes cannot change on reload; restart instead")
+    moved = moved_workspaces(processes, lane_of, lane_keys(new, tokens))
+    if moved:
+        # Tokens now shared (or no longer): their lane may still be exporting where it was.
+        raise ConfigError(
+            f"workspaces {', '.join(moved)} would move to another of the daemon's processes"
+            " (their lane changed with their tokens); restart instead"
+        )
 
 
 def changed_workspaces(
@@ -44,7 +69,8 @@ def forget_failures(
     for name in workspaces:
         key = lane_of.get(name)
         if key is not None:
-            lanes[key].clear_auth_failure()
+            if key in lanes:  # not another process's (daemon.processes)
+                lanes[key].clear_auth_failure()
             health.forget(key)
     jobs = [job for job in settings.jobs if job.workspace in workspaces]
     if jobs:

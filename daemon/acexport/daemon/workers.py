@@ -1,0 +1,153 @@
+"""Process 0's workers (``daemon.processes``, shard.py says why): started after the
+state lock and the ledger, told its stop and reload signals, heard over a pipe each
+until it exits. A worker that exits on its own while process 0 runs is a failure of
+the daemon: it stops, exits 1, and its supervisor starts it again (nothing is lost:
+the ledger resumes what was running)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+from ..errors import StateError
+from .shard import WORKER_ENV, LinkReader, RemoteLane, Shard, WorkerSeat
+
+log = structlog.get_logger("acexport.service")
+
+# After the stop grace, how long a worker gets to write its last lines and exit.
+EXIT_MARGIN_S = 10.0
+
+
+@dataclass
+class Worker:
+    index: int
+    process: asyncio.subprocess.Process
+    reader: LinkReader
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    lanes: list[RemoteLane] = field(default_factory=list)
+    exit_code: int | None = None
+
+
+class Workers:
+    """Workers 1 to count-1 of a ``run`` (``once``: each exits when its lanes are done)."""
+
+    def __init__(
+        self,
+        count: int,
+        config_path: Path,
+        once: bool,
+        stop_grace_s: float,
+        take: Callable[[tuple[Any, ...]], None],
+        fail: Callable[[BaseException], None],
+    ) -> None:
+        self._count = count
+        self._once = once
+        self._stop_within_s = stop_grace_s + EXIT_MARGIN_S
+        self._argv = [sys.executable, "-m", "acexport", "run", "--config", str(config_path)]
+        self._argv += ["--once"] if once else []
+        self._take = take  # what a worker's message means is the daemon's business
+        self._fail = fail
+        self._workers: list[Worker] = []
+        self._stopping = False
+        self._watchers: list[asyncio.Task[None]] = []
+
+    async def start(self, stack: AsyncExitStack, lock: IO[str]) -> None:
+        """Start every worker; stopped (SIGTERM, then waited for) when ``stack`` closes."""
+        stack.push_async_callback(self._stop_all)
+        for index in range(1, self._count):
+            self._workers.append(await self._spawn(index, lock))
+        self._watchers = [
+            asyncio.create_task(self._watch(worker), name=f"worker-{worker.index}")
+            for worker in self._workers
+        ]
+
+    async def _spawn(self, index: int, lock: IO[str]) -> Worker:
+        read_fd, write_fd = os.pipe()
+        seat = WorkerSeat(Shard(index, self._count), write_fd, os.getpid())
+        loop = asyncio.get_running_loop()
+        worker: Worker | None = None
+
+        def take(message: tuple[Any, ...]) -> None:
+            assert worker is not None
+            if message[0] == "ready":
+                worker.ready.set()
+            elif message[0] == "lanes":
+                worker.lanes = [RemoteLane(*view) for view in message[1]]
+                self._take(message)
+            else:
+                self._take(message)
+
+        try:
+            # The lock's descriptor goes along: the state stays locked while any
+            # process of this daemon lives, a worker outliving process 0 too.
+            process = await asyncio.create_subprocess_exec(
+                *self._argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                pass_fds=(write_fd, lock.fileno()),
+                env={**os.environ, WORKER_ENV: seat.to_env()},
+            )
+        finally:
+            os.close(write_fd)
+        reader = LinkReader(take)
+        await loop.connect_read_pipe(lambda: reader, os.fdopen(read_fd, "rb", buffering=0))
+        worker = Worker(index, process, reader)
+        log.info("worker_started", worker=index, pid=process.pid)
+        return worker
+
+    async def ready(self) -> None:
+        """Every worker started its lanes; a StateError if one exited first."""
+        for worker in self._workers:
+            ended = asyncio.ensure_future(worker.process.wait())
+            started = asyncio.ensure_future(worker.ready.wait())
+            await asyncio.wait([ended, started], return_when=asyncio.FIRST_COMPLETED)
+            started.cancel()
+            if not worker.ready.is_set():
+                raise StateError(
+                    f"worker process {worker.index} exited with {worker.process.returncode}"
+                    " as it started (its error is logged above)"
+                )
+            ended.cancel()
+
+    @property
+    def lanes(self) -> list[RemoteLane]:
+        return [view for worker in self._workers for view in worker.lanes]
+
+    def signal(self, number: int) -> None:
+        if number != signal.SIGHUP:
+            self._stopping = True
+        for worker in self._workers:
+            if worker.process.returncode is None:
+                worker.process.send_signal(number)
+
+    async def finished(self) -> bool:
+        """``run --once``: every worker exited, all their events read; True if all
+        exited 0."""
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+        return all(worker.exit_code == 0 for worker in self._workers)
+
+    async def _watch(self, worker: Worker) -> None:
+        code = await worker.process.wait()
+        await worker.reader.closed  # its last events read
+        worker.exit_code = code
+        if self._stopping or self._once:
+            log.info("worker_exited", worker=worker.index, exit_code=code)
+            return
+        self._fail(StateError(f"worker process {worker.index} exited with {code}"))
+
+    async def _stop_all(self) -> None:
+        self.signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(self._stop_within_s):
+                await asyncio.gather(*self._watchers, return_exceptions=True)
+        except TimeoutError:
+            self.signal(signal.SIGKILL)
+            await asyncio.gather(*self._watchers, return_exceptions=True)
