@@ -5,10 +5,10 @@ health server, lanes, scheduler and background loops.
         await daemon.run_until_stopped()
 
 Each component starts itself and registers its cleanup on one AsyncExitStack, so
-they stop in reverse order whatever happens; background loops run in a task group
-and are awaited. Lanes publish events to the metrics, health and a tally. Signals
-are the command layer's business: it calls ``request_stop`` and ``request_reload``;
-the daemon itself is embeddable and testable.
+they stop in reverse order; background loops run in a task group and are awaited.
+Lanes publish events to the metrics, health and a tally (``run``'s workers, shard.py,
+to this process's). Signals are the command layer's business: it calls
+``request_stop`` and ``request_reload``; the daemon is embeddable and testable.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -32,12 +31,12 @@ import structlog
 from ..ac.client import new_session
 from ..ac.serverclock import ServerClock, ask_ac_the_time
 from ..config import JobSettings, Settings, load_settings, resolve_tokens
-from ..errors import ConfigError, StateError
+from ..errors import StateError
 from ..events import Observers, Tally
 from ..export import Timing
 from ..hooks import HookDispatcher
 from ..lane import Lane, LaneContext
-from ..ledger import ExportRecord, Ledger, LedgerState, ledger_path
+from ..ledger import Ledger, ledger_path
 from ..lock import release_lock, take_lock
 from ..ops.health import Health
 from ..ops.logging import register_secrets
@@ -52,12 +51,13 @@ from ..output.store import OutputStore
 from ..planner import Look, Planner
 from ..scheduler import Scheduler, utc_now
 from ..windows import ExportWindow
+from .lanes import Lanes
 from .loops import all_idle, measure_loop_lag, ping_watchdog, report_lanes, status_line
-from .reload import changed_workspaces, forget_failures, refuse_what_needs_a_restart
+from .reload import changed_workspaces, forget_failures, read_new_config
 from .shard import RemoteLane, Shard, WorkerLink, WorkerSeat
 from .startup import abort_stale_uploads, claim_output, claim_temp_dir, lane_keys
 from .views import page_input, refresh_backlog
-from .workers import Workers
+from .workers import Heard, Workers
 
 __all__ = ["Daemon", "lane_keys"]
 
@@ -80,14 +80,12 @@ class Daemon:
         self._settings = settings
         # False (a foreground backfill): none of the ledger's leftovers is resumed, only
         # what its own plan queues (its windows' rows at AC too): the rest waits for run.
-        self._resume = resume
-        self._config_path = config_path
-        # Spread (``run``): its lanes over daemon.processes; a worker has its seat.
-        processes = settings.daemon.processes if spread else 1
-        self._shard = seat.shard if seat else Shard(0, processes)
-        self._seat, self._once = seat, once
+        self._resume, self._config_path = resume, config_path
+        # ``run``'s lanes go over daemon.processes (shard.py); a worker has its seat.
+        self._shard = seat.shard if seat else Shard(0, settings.daemon.processes if spread else 1)
+        self._once = once
         self._workers: Workers | None = None
-        self._link: WorkerLink | None = None
+        self._link = WorkerLink(seat.events_fd, self.fail) if seat else None
         # What SIGHUP reads: the config file again, unless the command layer says otherwise.
         self._reload_settings = reload_settings or (lambda: load_settings(config_path))
         self._clock = clock
@@ -95,11 +93,8 @@ class Daemon:
         # Embedders need not remember to.
         register_secrets(token.get_secret_value() for token in self._tokens.values())
         self._stack = AsyncExitStack()
-        self._lanes: dict[str, Lane] = {}
-        self._lane_of: dict[str, str] = {}
-        self._taken_on: set[int] = set()  # ledger rows this process enqueued
-        self._stop = asyncio.Event()
-        self._reload = asyncio.Event()
+        self._lanes = Lanes(self._shard)
+        self._stop, self._reload = asyncio.Event(), asyncio.Event()
         self._wake = asyncio.Event()  # a stop or a reload was asked for
         self._ledger: Ledger
         self._output: OutputStore
@@ -107,7 +102,6 @@ class Daemon:
         self.hooks: HookDispatcher | None = None  # process 0's: a worker's go there
         self._planner: Planner
         self._ctx: LaneContext
-        self._observers: Observers
         self._scheduler = Scheduler(self._look, clock)
         # Windows are planned by AC's time when the local clock runs ahead of it.
         self._server_clock = ServerClock(clock)
@@ -128,7 +122,7 @@ class Daemon:
 
     @property
     def lanes(self) -> dict[str, Lane]:
-        return self._lanes
+        return self._lanes.by_key
 
     # -- lifecycle -------------------------------------------------------------
     async def __aenter__(self) -> Daemon:
@@ -156,7 +150,8 @@ class Daemon:
                 self.health, self.metrics, daemon.listen, self.status_page, self._refresh_backlog
             )
             self.health_url = await server.start(stack)
-        stack.push_async_callback(self._stop_lanes)
+        grace = daemon.stop_grace.total_seconds()
+        stack.push_async_callback(self._lanes.stop, grace)
         self._scheduler.start(stack)  # stopped before the lanes: no look after that
         self._apply_lanes()
         for job in self._owned_jobs():  # before resuming: what is stored needs no export
@@ -176,7 +171,7 @@ class Daemon:
             listen=daemon.listen or None,
             pid=os.getpid(),
             jobs=[job.name for job in self._owned_jobs()],
-            lanes=sorted(self._lanes),
+            lanes=sorted(self._lanes.by_key),
         )
 
     async def _start_lane_context(
@@ -194,23 +189,16 @@ class Daemon:
         session = await stack.enter_async_context(
             new_session(self._settings.http.timeout.total_seconds())
         )
-        if self._seat:  # its lanes' events go to process 0, which tells the hooks
-            self._link = WorkerLink(self._seat.events_fd, self.fail)
+        if self._link:  # its lanes' events go to process 0, which tells the hooks
             stack.callback(self._link.flush)
             observer = Observers(self._link, self.tally)
         else:
-            self.hooks = HookDispatcher(
-                self._ledger,
-                lambda: self._settings,
-                session,
-                self.metrics,
-                self.health,
+            hooks = self.hooks = HookDispatcher(
+                self._ledger, lambda: self._settings, session, self.metrics, self.health,
                 self._output,
-            )
-            await self.hooks.start(stack)
-            observer = self._observers = Observers(
-                self.metrics, self.health, self.tally, self.hooks
-            )
+            )  # fmt: skip
+            await hooks.start(stack)
+            observer = self._observers = Observers(self.metrics, self.health, self.tally, hooks)
         self._ctx = LaneContext(
             session=session,
             ledger=self._ledger,
@@ -244,20 +232,16 @@ class Daemon:
 
     async def _start_workers(self, stack: AsyncExitStack) -> None:
         """Process 0 of several starts the others, once the state is its own."""
-        if self._shard.count == 1 or self._shard.is_worker:
-            return
-        if self._config_path is None:
-            raise ConfigError("daemon.processes > 1 needs a config file the workers read")
-        self._workers = Workers(
-            self._shard.count, self._config_path, self._once,
-            self._settings.daemon.stop_grace.total_seconds(), self._heard, self.fail,
-        )  # fmt: skip
-        await self._workers.start(stack, self._lock)
+        if self._shard.count > 1 and not self._shard.is_worker:
+            heard = Heard(self._observers, self._expired, self._lagged, self.fail)
+            grace = self._settings.daemon.stop_grace.total_seconds()
+            self._workers = Workers(self._shard.count, self._config_path, self._once, grace, heard)
+            await self._workers.start(stack, self._lock)
 
     async def _resume_leftovers(self) -> None:
         resumed = await self._ledger.active() if self._resume else []
         resumed = self._planner.keep.not_to_expire(resumed)  # the first look expires those
-        self._enqueue(resumed)
+        self._lanes.enqueue(resumed)
         if resumed:
             log.info("exports_resumed", count=len(resumed))
 
@@ -268,10 +252,10 @@ class Daemon:
         if self._claim:
             tasks.append(loops.create_task(self._claim.keep(self.fail), name="output-owner"))
         if self._link:
-            lanes = report_lanes(
-                self._link, lambda: self._lanes.values(), lambda: self.loop_lag_max_s
+            report = report_lanes(
+                self._link, self._lanes.by_key.values, lambda: self.loop_lag_max_s
             )
-            tasks.append(loops.create_task(lanes, name="lanes-to-process-0"))
+            tasks.append(loops.create_task(report, name="lanes-to-process-0"))
         if self._notifier.watchdog_interval_s:
             watchdog = ping_watchdog(self._notifier, self._notifier.watchdog_interval_s)
             tasks.append(loops.create_task(watchdog, name="watchdog"))
@@ -285,10 +269,6 @@ class Daemon:
     ) -> None:
         await self._stack.aclose()
         log.info("daemon_stopped", loop_lag_max_ms=round(1000 * self.loop_lag_max_s, 1))
-
-    async def _stop_lanes(self) -> None:
-        grace = self._settings.daemon.stop_grace.total_seconds()
-        await asyncio.gather(*(lane.stop(grace) for lane in self._lanes.values()))
 
     def request_stop(self) -> None:
         """Stop taking work; ``run_until_stopped`` returns after the grace period."""
@@ -315,35 +295,7 @@ class Daemon:
     # -- lanes -----------------------------------------------------------------
     def _apply_lanes(self) -> None:
         self.metrics.expect((job.workspace, t) for job in self._settings.jobs for t in job.types)
-        self._lane_of = lane_keys(self._settings, self._tokens)
-        for workspace, key in self._lane_of.items():
-            if not self._shard.owns(key):
-                continue  # another process's
-            if key not in self._lanes:
-                lane = Lane(key, self._tokens[workspace], self._ctx)
-                lane.start()
-                self._lanes[key] = lane
-            elif (
-                self._lanes[key].token.get_secret_value()
-                != self._tokens[workspace].get_secret_value()
-            ):
-                log.info("lane_token_changed", lane=key)
-                self._lanes[key].use_token(self._tokens[workspace])
-
-    def _enqueue(self, records: list[ExportRecord]) -> int:
-        by_lane: dict[str, list[ExportRecord]] = {}  # a lane orders its own (in_slot_order)
-        for record in records:
-            key = self._lane_of.get(record.workspace)
-            if key is not None and not self._shard.owns(key):
-                continue  # another process's
-            self._taken_on.add(record.id)
-            if key is None:
-                log.warning(
-                    "export_for_unknown_workspace", workspace=record.workspace, export_id=record.id
-                )
-                continue
-            by_lane.setdefault(key, []).append(record)
-        return sum(self._lanes[key].enqueue(batch) for key, batch in by_lane.items())
+        self._lanes.apply(self._settings, self._tokens, self._ctx)
 
     # -- planning --------------------------------------------------------------
     async def _look(self, job: JobSettings) -> None:
@@ -361,29 +313,11 @@ class Daemon:
         return look
 
     def _queue(self, job: JobSettings, look: Look) -> None:
-        lane = self._lanes[self._lane_of[job.workspace]]
-        if lane.auth_failure and any(r.state is LedgerState.QUEUED for r in look.records):
-            lane.clear_auth_failure()  # a new look tries the token again
-        added = self._enqueue(look.records)
-        # Nothing to do says so only at debug: a minutely schedule wrote a line a minute.
-        (log.info if added else log.debug)("job_looked", job=job.name, due=look.due, queued=added)
-        if look.newly_beyond_retention:
-            log.warning(
-                "windows_beyond_retention",
-                job=job.name,
-                count=look.newly_beyond_retention,
-                detail="they start before AC's data retention: recorded, never asked for",
-            )
-
-    async def _pick_up(self) -> None:
-        """Adopt rows queued by someone else (``acexport backfill``)."""
-        self._enqueue(self._planner.keep.not_to_expire(await self._ledger.active()))
+        self._lanes.queue(job, look)
 
     # -- running ---------------------------------------------------------------
     def _owned_jobs(self) -> list[JobSettings]:
-        """The jobs whose lane is this process's (all, but with daemon.processes > 1)."""
-        owns, lane_of = self._shard.owns, self._lane_of
-        return [job for job in self._settings.jobs if owns(lane_of[job.workspace])]
+        return self._lanes.owned_jobs(self._settings)
 
     def _scheduled_jobs(self) -> list[tuple[JobSettings, ZoneInfo]]:
         return [(job, self._settings.workspaces[job.workspace].zone) for job in self._owned_jobs()]
@@ -403,7 +337,10 @@ class Daemon:
                 await self._retry_now(fixed)
             if not self._stop.is_set():
                 try:
-                    await self._pick_up()
+                    # Rows queued by someone else (``acexport backfill``).
+                    self._lanes.enqueue(
+                        self._planner.keep.not_to_expire(await self._ledger.active())
+                    )
                     if self.hooks:  # process 0 shows every process's backlog
                         await self._refresh_backlog()
                         await self.hooks.refresh()
@@ -421,20 +358,13 @@ class Daemon:
             self._notifier.notify(ready=1, status=self._status_line())
 
     def _load_new_config(self) -> set[str]:
-        try:
-            settings = self._reload_settings()
-            tokens = resolve_tokens(settings, str(self._config_path or "environment"))
-            register_secrets(token.get_secret_value() for token in tokens.values())  # rotated
-            refuse_what_needs_a_restart(
-                self._settings, self._lane_of, settings, tokens, self._shard.count
-            )
-        except ConfigError as exc:
-            log.error(
-                "config_reload_rejected",
-                error=str(exc),
-                detail="the previous configuration stays in force",
-            )
+        source, key_of = str(self._config_path or "environment"), self._lanes.key_of
+        new = read_new_config(
+            self._reload_settings, source, self._settings, key_of, self._shard.count
+        )
+        if new is None:
             return set()
+        settings, tokens = new
         changed = changed_workspaces(self._settings, self._tokens, settings, tokens)
         self._settings, self._tokens = settings, tokens
         self._apply_lanes()
@@ -447,9 +377,8 @@ class Daemon:
     async def _retry_now(self, workspaces: set[str]) -> None:
         """A reload that changed a workspace's token or settings: its failed windows are
         retried at once (reload.py says why)."""
-        jobs = forget_failures(self._lanes, self._lane_of, self.health, workspaces, self._settings)
-        owned = self._owned_jobs()
-        await asyncio.gather(*(self._look(job) for job in jobs if job in owned))
+        jobs = forget_failures(self._lanes, self.health, workspaces, self._settings)
+        await asyncio.gather(*(self._look(job) for job in jobs))
 
     # -- health, systemd ---------------------------------------------------------
     def _lagged(self, lag: float) -> None:
@@ -462,19 +391,7 @@ class Daemon:
 
     def _all_lanes(self) -> list[Lane | RemoteLane]:
         """This process's lanes and, in process 0, its workers' as they last said."""
-        return [*self._lanes.values(), *(self._workers.lanes if self._workers else [])]
-
-    def _heard(self, message: tuple[Any, ...]) -> None:
-        """What a worker said (shard.WorkerLink): its lanes' events are this process's."""
-        match message:
-            case ("ended", event):
-                self._observers.export_ended(event)
-            case ("answered", workspace, code):
-                self._observers.answered(workspace, code)
-            case ("expired", job, count):
-                self._expired(job, count)
-            case ("lanes", _, lag_s):
-                self._lagged(lag_s)
+        return [*self._lanes.by_key.values(), *(self._workers.lanes if self._workers else [])]
 
     def _expired(self, job: str, count: int) -> None:
         if self._link:
@@ -521,8 +438,8 @@ class Daemon:
         skips it then, so it is enqueued again here (it was left queued after run
         --once: found by tests/test_model.py)."""
         while True:
-            if not await all_idle(self._lanes.values(), self._stop):
+            if not await all_idle(self._lanes.by_key.values(), self._stop):
                 return False
-            stranded = [r for r in await self._ledger.active() if r.id in self._taken_on]
-            if not stranded or not self._enqueue(stranded):
+            stranded = [r for r in await self._ledger.active() if r.id in self._lanes.taken_on]
+            if not stranded or not self._lanes.enqueue(stranded):
                 return self.tally.failed == 0

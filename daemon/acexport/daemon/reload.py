@@ -9,28 +9,54 @@ until then).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import structlog
 from pydantic import SecretStr
 
-from ..config import JobSettings, Settings
+from ..config import JobSettings, Settings, resolve_tokens
 from ..errors import ConfigError
-from ..lane import Lane
 from ..ops.health import Health
+from ..ops.logging import register_secrets
+from .lanes import Lanes
 from .shard import moved_workspaces
 from .startup import lane_keys
 
 log = structlog.get_logger("acexport.service")
 
 
-def refuse_what_needs_a_restart(
+def read_new_config(
+    read: Callable[[], Settings],
+    source: str,
+    old: Settings,
+    lane_of: dict[str, str],
+    processes: int,
+) -> tuple[Settings, dict[str, SecretStr]] | None:
+    """The config ``read`` now and its tokens (registered for redaction: rotated); None,
+    logged, if the daemon (its lanes ``lane_of`` over ``processes``) cannot use it: the
+    previous one stays in force."""
+    try:
+        new = read()
+        tokens = resolve_tokens(new, source)
+        register_secrets(token.get_secret_value() for token in tokens.values())
+        _refuse_what_needs_a_restart(old, lane_of, new, tokens, processes)
+    except ConfigError as exc:
+        log.error(
+            "config_reload_rejected",
+            error=str(exc),
+            detail="the previous configuration stays in force",
+        )
+        return None
+    return new, tokens
+
+
+def _refuse_what_needs_a_restart(
     old: Settings,
     lane_of: dict[str, str],
     new: Settings,
     tokens: dict[str, SecretStr],
     processes: int,
 ) -> None:
-    """A ConfigError for a change a running daemon (its lanes over ``processes``) cannot
-    make."""
     if new.daemon.state_dir != old.daemon.state_dir:
         raise ConfigError("daemon.state_dir cannot change on reload; restart instead")
     if new.daemon.processes != old.daemon.processes:
@@ -58,21 +84,17 @@ def changed_workspaces(
 
 
 def forget_failures(
-    lanes: dict[str, Lane],
-    lane_of: dict[str, str],
-    health: Health,
-    workspaces: set[str],
-    settings: Settings,
+    lanes: Lanes, health: Health, workspaces: set[str], settings: Settings
 ) -> list[JobSettings]:
     """The changed workspaces' lanes may try their token again, and are healthy until
-    their exports fail again; their jobs, to look at again now."""
+    their exports fail again; their jobs this process runs, to look at again now."""
     for name in workspaces:
-        key = lane_of.get(name)
+        key = lanes.key_of.get(name)
         if key is not None:
-            if key in lanes:  # not another process's (daemon.processes)
-                lanes[key].clear_auth_failure()
+            if key in lanes.by_key:  # not another process's (daemon.processes)
+                lanes.by_key[key].clear_auth_failure()
             health.forget(key)
-    jobs = [job for job in settings.jobs if job.workspace in workspaces]
+    jobs = [job for job in lanes.owned_jobs(settings) if job.workspace in workspaces]
     if jobs:
         log.info("failed_windows_retried", workspaces=sorted(workspaces))
     return jobs

@@ -18,13 +18,24 @@ from typing import IO, Any
 
 import structlog
 
-from ..errors import StateError
+from ..errors import ConfigError, StateError
+from ..events import LaneObserver
 from .shard import WORKER_ENV, LinkReader, RemoteLane, Shard, WorkerSeat
 
 log = structlog.get_logger("acexport.service")
 
 # After the stop grace, how long a worker gets to write its last lines and exit.
 EXIT_MARGIN_S = 10.0
+
+
+@dataclass(frozen=True)
+class Heard:
+    """Where process 0 puts what its workers say (shard.WorkerLink)."""
+
+    observer: LaneObserver  # their lanes' events are process 0's
+    expired: Callable[[str, int], None]  # windows expired, by job
+    lagged: Callable[[float], None]  # a worker's event-loop lag
+    fail: Callable[[BaseException], None]  # a worker ended while it should run
 
 
 @dataclass
@@ -43,19 +54,19 @@ class Workers:
     def __init__(
         self,
         count: int,
-        config_path: Path,
+        config_path: Path | None,
         once: bool,
         stop_grace_s: float,
-        take: Callable[[tuple[Any, ...]], None],
-        fail: Callable[[BaseException], None],
+        heard: Heard,
     ) -> None:
+        if config_path is None:
+            raise ConfigError("daemon.processes > 1 needs a config file, which workers read")
         self._count = count
         self._once = once
         self._stop_within_s = stop_grace_s + EXIT_MARGIN_S
         self._argv = [sys.executable, "-m", "acexport", "run", "--config", str(config_path)]
         self._argv += ["--once"] if once else []
-        self._take = take  # what a worker's message means is the daemon's business
-        self._fail = fail
+        self._heard = heard
         self._workers: list[Worker] = []
         self._stopping = False
         self._watchers: list[asyncio.Task[None]] = []
@@ -78,13 +89,19 @@ class Workers:
 
         def take(message: tuple[Any, ...]) -> None:
             assert worker is not None
-            if message[0] == "ready":
-                worker.ready.set()
-            elif message[0] == "lanes":
-                worker.lanes = [RemoteLane(*view) for view in message[1]]
-                self._take(message)
-            else:
-                self._take(message)
+            heard = self._heard
+            match message:
+                case ("ended", event):
+                    heard.observer.export_ended(event)
+                case ("answered", workspace, code):
+                    heard.observer.answered(workspace, code)
+                case ("expired", job, count):
+                    heard.expired(job, count)
+                case ("lanes", views, lag_s):
+                    worker.lanes = [RemoteLane(*view) for view in views]
+                    heard.lagged(lag_s)
+                case ("ready",):
+                    worker.ready.set()
 
         try:
             # The lock's descriptor goes along: the state stays locked while any
@@ -141,7 +158,7 @@ class Workers:
         if self._stopping or self._once:
             log.info("worker_exited", worker=worker.index, exit_code=code)
             return
-        self._fail(StateError(f"worker process {worker.index} exited with {code}"))
+        self._heard.fail(StateError(f"worker process {worker.index} exited with {code}"))
 
     async def _stop_all(self) -> None:
         self.signal(signal.SIGTERM)
