@@ -184,7 +184,7 @@ async def test_a_window_that_waits_in_its_lane_past_keep_is_expired_not_asked_of
     async with kept.daemon() as daemon:
         look = await daemon._planner.look(kept.settings.jobs[0])
         (waiting,) = look.records
-        assert daemon._enqueue(look.records) == 1  # in its lane, not yet claimed
+        assert daemon._lanes.enqueue(look.records) == 1  # in its lane, not yet claimed
         kept.clock.advance(5 * DAY)  # the lane reaches it only now
         assert await daemon.drain()
         expired = daemon.metrics.windows_expired.labels("d")._value.get()
@@ -210,7 +210,7 @@ async def test_a_window_past_keep_the_store_will_not_delete_is_exported_not_spun
     async with kept.daemon() as daemon:
         look = await daemon._planner.look(kept.settings.jobs[0])
         (waiting,) = look.records
-        assert daemon._enqueue(look.records) == 1
+        assert daemon._lanes.enqueue(look.records) == 1
         kept.clock.advance(5 * DAY)
         async with asyncio.timeout(30):
             assert await daemon.drain()

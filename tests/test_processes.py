@@ -9,10 +9,11 @@ import asyncio
 import signal
 import sqlite3
 from collections import Counter
+from collections.abc import Awaitable, Callable
+from os import kill as os_kill
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from acexport.daemon.shard import Shard, moved_workspaces, owner_of
 from tests.conftest import EmulatorFactory
@@ -42,7 +43,8 @@ def test_a_lane_has_one_owner_whatever_asks() -> None:
     moves a workspace's lane (a token now shared) is named."""
     lanes = [f"ws{i}" for i in range(200)]
     owners = Counter(owner_of(lane, 2) for lane in lanes)
-    assert set(owners) == {0, 1} and min(owners.values()) > 70  # spread, not lopsided
+    assert set(owners) == {0, 1}
+    assert min(owners.values()) > 70  # spread, not lopsided
     for lane in lanes:
         assert [Shard(i, 3).owns(lane) for i in range(3)].count(True) == 1
         assert Shard().owns(lane)
@@ -74,7 +76,8 @@ async def test_run_once_over_two_processes_exports_every_window_once(
     )
     # Both processes exported, and process 0 counted the worker's too.
     started = daemon.events("daemon_started")
-    assert len(started) == 2 and {line.get("worker") for line in started} == {None, 1}
+    assert len(started) == 2
+    assert {line.get("worker") for line in started} == {None, 1}
     assert sorted(lane for line in started for lane in line["lanes"]) == sorted(TOKENS)
     finished = {line.get("worker"): line["exported"] for line in daemon.events("run_once_finished")}
     worker_lanes = [len(line["lanes"]) for line in started if line.get("worker") == 1]
@@ -82,3 +85,174 @@ async def test_run_once_over_two_processes_exports_every_window_once(
     with sqlite3.connect(tmp_path / "state" / "state.sqlite3") as db:
         states = dict(db.execute("SELECT state, count(*) FROM exports GROUP BY state"))
     assert states == {"done": 108}
+
+
+def _listening(config: Path) -> str:
+    port = free_port()
+    config.write_text(config.read_text().replace('listen = ""', f'listen = "127.0.0.1:{port}"'))
+    return f"http://127.0.0.1:{port}"
+
+
+async def _done_exports(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """Windows exported, by workspace, as process 0's /metrics counts them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with session.get(f"{url}/metrics") as response:
+        text = await response.text()
+    done: dict[str, float] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "acexport_exports_total" and sample.labels["outcome"] == "done":
+                done[sample.labels["workspace"]] += sample.value
+    return done
+
+
+def _gone(pid: int) -> bool:
+    """Ended (a zombie of an ended parent counts: it runs nothing)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 60) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_a_daemon_over_two_processes_counts_every_lane_reloads_and_stops(
+    emulator: EmulatorFactory, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """/metrics, /healthz and the status page are process 0's, with the worker's lanes
+    in them; a reload reaches the worker (new workspaces on both); SIGTERM ends both."""
+    later = {f"ws{i}": f"token-{i}" for i in range(6, 40)}
+    # Two new workspaces, one for each process.
+    first_of = {owner: next(ws for ws in later if owner_of(ws, 2) == owner) for owner in (0, 1)}
+    added = {ws: later[ws] for ws in first_of.values()}
+    emu = await emulator(tokens={**TOKENS, **added}, processing_s=0.03, records=20)
+    config = write_config(tmp_path, emu, _jobs(TOKENS), tokens=TOKENS, extra="processes = 2")
+    url = _listening(config)
+    daemon = await DaemonProcess.start(config)
+    await daemon.wait_for(lambda: len(daemon.events("daemon_started")) == 2)
+    worker_pid = daemon.events("worker_started")[0]["pid"]
+
+    async def all_done(expected: dict[str, str]) -> bool:
+        done = await _done_exports(session, url)
+        return all(done.get(ws) == 18 for ws in expected)
+
+    await _until(lambda: all_done(TOKENS))
+    async with session.get(f"{url}/healthz") as response:
+        assert response.status == 200
+    async with session.get(f"{url}/metrics") as response:
+        lanes = {
+            line.split('lane="')[1].split('"')[0]
+            for line in (await response.text()).splitlines()
+            if line.startswith("acexport_lane_queue_depth{")
+        }
+    assert lanes == set(TOKENS)  # the worker's lanes too
+    async with session.get(f"{url}/") as response:
+        page = await response.text()
+    assert all(ws in page for ws in TOKENS)
+
+    config.write_text(
+        write_config(
+            tmp_path, emu, _jobs({**TOKENS, **added}), tokens={**TOKENS, **added},
+            extra="processes = 2",
+        ).read_text().replace('listen = ""', f'listen = "{url.removeprefix("http://")}"')
+    )  # fmt: skip
+    daemon.send(signal.SIGHUP)
+    await _until(lambda: all_done({**TOKENS, **added}))
+    reloaded = daemon.events("config_reloaded")
+    assert {line.get("worker") for line in reloaded} == {None, 1}
+
+    daemon.send(signal.SIGTERM)
+    assert await daemon.wait(30) == 0
+    assert _gone(worker_pid)
+    assert {line.get("worker") for line in daemon.events("daemon_stopped")} == {None, 1}
+    windows = Counter(
+        (m["workspace"], m["type"], m["fromDate"]) for m in manifests(tmp_path / "exports")
+    )
+    assert len(windows) == 8 * 18
+    assert set(windows.values()) == {1}
+
+
+async def test_a_reload_that_would_move_a_lane_to_another_process_is_refused(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Two workspaces that now share a token share a lane, owned by one process: the
+    other's lane may still be exporting. The reload is refused in both, as is a change
+    of daemon.processes; the daemon goes on with the config it has."""
+    pair = next(
+        (a, b) for a in TOKENS for b in TOKENS if a < b and owner_of(a, 2) != owner_of(b, 2)
+    )
+    emu = await emulator(tokens=TOKENS, processing_s=0.03, records=5)
+    config = write_config(tmp_path, emu, _jobs(TOKENS), extra="processes = 2")
+    daemon = await DaemonProcess.start(config)
+    await daemon.wait_for(lambda: len(daemon.events("daemon_started")) == 2)
+    shared = {**TOKENS, pair[1]: TOKENS[pair[0]]}
+    text = config.read_text()
+    config.write_text(text.replace(f'token = "{TOKENS[pair[1]]}"', f'token = "{shared[pair[1]]}"'))
+    daemon.send(signal.SIGHUP)
+    await daemon.wait_for(lambda: len(daemon.events("config_reload_rejected")) == 2)
+    moved = {line["error"] for line in daemon.events("config_reload_rejected")}
+    assert len(moved) == 1
+    assert "would move to another of the daemon's processes" in moved.pop()
+    config.write_text(text.replace("processes = 2", "processes = 3"))
+    daemon.send(signal.SIGHUP)
+    await daemon.wait_for(lambda: len(daemon.events("config_reload_rejected")) == 4)
+    assert "daemon.processes cannot change" in daemon.events("config_reload_rejected")[-1]["error"]
+    assert not daemon.events("config_reloaded")
+    daemon.send(signal.SIGTERM)
+    assert await daemon.wait(30) == 0
+
+
+async def test_a_worker_that_dies_stops_the_daemon_and_a_restart_loses_nothing(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    emu = await emulator(tokens=TOKENS, processing_s=0.3, records=20)
+    config = write_config(tmp_path, emu, _jobs(TOKENS), extra="processes = 2")
+    daemon = await DaemonProcess.start(config)
+    await daemon.wait_for(lambda: len(daemon.events("daemon_started")) == 2)
+    worker_pid = daemon.events("worker_started")[0]["pid"]
+    os_kill(worker_pid, signal.SIGKILL)
+    assert await daemon.wait(30) == 1
+    failing = [line["error"] for line in daemon.events("daemon_failing")]
+    assert failing == ["worker process 1 exited with -9"]
+
+    again = await DaemonProcess.start(config, "--once")
+    assert await again.wait(120) == 0, "\n".join(again.raw[-20:])
+    windows = Counter(
+        (m["workspace"], m["type"], m["fromDate"]) for m in manifests(tmp_path / "exports")
+    )
+    assert len(windows) == 108
+    assert set(windows.values()) == {1}
+
+
+async def test_a_worker_ends_with_its_daemon_however_it_ends(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Process 0 killed (SIGKILL): its worker stops too (it holds the state's lock
+    until then: no second daemon exports beside it), and a restart loses nothing."""
+    emu = await emulator(tokens=TOKENS, processing_s=0.3, records=20)
+    config = write_config(tmp_path, emu, _jobs(TOKENS), extra="processes = 2")
+    daemon = await DaemonProcess.start(config)
+    await daemon.wait_for(lambda: len(daemon.events("daemon_started")) == 2)
+    worker_pid = daemon.events("worker_started")[0]["pid"]
+    daemon.send(signal.SIGKILL)
+    await daemon.wait(30)
+
+    async def gone() -> bool:
+        return _gone(worker_pid)
+
+    await _until(gone, 30)
+    again = await DaemonProcess.start(config, "--once")
+    assert await again.wait(120) == 0, "\n".join(again.raw[-20:])
+    windows = Counter(
+        (m["workspace"], m["type"], m["fromDate"]) for m in manifests(tmp_path / "exports")
+    )
+    assert len(windows) == 108
+    assert set(windows.values()) == {1}
