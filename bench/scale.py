@@ -10,6 +10,7 @@ the same two cores; its CPU is printed beside the daemon's.
 
     python bench/scale.py [--workspaces 1000] [--quick] [--rounds N] [--against REV]
                           [--pinned CPUS] [--processes N] [--spread N]
+                          [--daemon-processes N]
 
 The machine's speed moves every figure (the same code took 13-17 s one day and
 30-40 s on a slower machine another): `--against REV` runs that revision's daemon
@@ -19,7 +20,8 @@ its threads' hand-offs of the GIL across the two cores cost (issue 35);
 `--processes 2` runs it as two daemons, each with half of the workspaces and a
 state and output directory of its own: what lanes over two GILs would gain;
 `--spread 2` the same with daemon k alone on CPU k: two GILs, no hand-off across
-cores within a daemon.
+cores within a daemon. `--daemon-processes 2` runs one daemon whose lanes go over
+two processes (`daemon.processes = 2`): what an operator gets.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -58,6 +61,38 @@ def children_cpu_s() -> float:
         if int(fields[1]) == os.getpid():  # the parent's pid, fields counted after ")"
             total += (int(fields[11]) + int(fields[12])) / ticks
     return total
+
+
+@contextlib.contextmanager
+def tree_rss_sampler(pids: list[int], period_s: float = 0.05) -> Iterator[Callable[[], float]]:
+    """The largest RSS (MB) that ``pids`` and their children had together, sampled."""
+    peak = [0.0]
+    stop = threading.Event()
+
+    def rss_kb(pid: int) -> int:
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def children(pid: int) -> list[int]:
+        with contextlib.suppress(OSError):
+            return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return []
+
+    def sample() -> None:
+        while not stop.wait(period_s):
+            tree = [*pids, *(child for pid in pids for child in children(pid))]
+            peak[0] = max(peak[0], sum(rss_kb(pid) for pid in tree) / 1024)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield lambda: peak[0]
+    finally:
+        stop.set()
+        sampler.join()
 
 
 def lane_steps(ledgers: list[Path]) -> str:
@@ -165,9 +200,10 @@ class Figures:
         )
 
 
-def config_text(work: Path, names: list[str]) -> str:
+def config_text(work: Path, names: list[str], daemon_processes: int = 1) -> str:
     lines = [
         "[daemon]",
+        f"processes = {daemon_processes}",
         f'state_dir = "{work / "state"}"',
         f'output_dir = "{work / "out"}"',
         'log_format = "json"',
@@ -200,6 +236,7 @@ class Variant:
     cpus: set[int] | None = None
     processes: int = 1  # each with every n-th workspace and its own state and output directories
     spread: bool = False  # daemon k of ``processes`` on CPU k (mod the CPUs) alone
+    daemon_processes: int = 1  # one daemon, its lanes over this many (daemon.processes)
 
     def confine(self, k: int) -> Callable[[], None] | None:
         """What daemon ``k`` runs under: its CPUs, set in the child before exec."""
@@ -207,10 +244,10 @@ class Variant:
         return None if cpus is None else partial(os.sched_setaffinity, 0, cpus)
 
 
-def write_config(work: Path, names: list[str], base: str) -> Path:
+def write_config(work: Path, names: list[str], base: str, daemon_processes: int = 1) -> Path:
     config = work / "scale.toml"
     work.mkdir(exist_ok=True)
-    config.write_text(config_text(work, names).replace("BASE", base))
+    config.write_text(config_text(work, names, daemon_processes).replace("BASE", base))
     config.chmod(0o600)
     return config
 
@@ -224,7 +261,7 @@ def one_run(work: Path, workspaces: int, processing: float, variant: Variant) ->
     if variant.pythonpath is not None:
         env["PYTHONPATH"] = variant.pythonpath
     with running_emulator("--processing-time", str(processing), "--records", "20", *tokens) as base:
-        config = write_config(work, names, base)
+        config = write_config(work, names, base, variant.daemon_processes)
         count = variant.processes
         configs = (
             [write_config(work / f"part{k}", names[k::count], base) for k in range(count)]
@@ -256,7 +293,8 @@ def one_run(work: Path, workspaces: int, processing: float, variant: Variant) ->
                 )
                 for k, (path, log) in enumerate(zip(configs, logs, strict=True))
             ]
-            ended = [os.wait4(process.pid, 0) for process in processes]
+            with tree_rss_sampler([process.pid for process in processes]) as tree_peak:
+                ended = [os.wait4(process.pid, 0) for process in processes]
             wall = time.perf_counter() - started
         emulator_cpu = children_cpu_s() - emulator_began
         reported = EmulatorClient(base).report()["workspaces"]
@@ -278,7 +316,8 @@ def one_run(work: Path, workspaces: int, processing: float, variant: Variant) ->
         wall=wall,
         ideal=6 * processing + startup,
         startup=startup,
-        rss_mb=sum(usage.ru_maxrss for usage in usages) / 1024,  # the peaks, added up
+        # The peaks added up; a daemon's workers' are its own (wait4 gives their largest).
+        rss_mb=max(sum(usage.ru_maxrss for usage in usages) / 1024, tree_peak()),
         cpu=user + system,
         user=user,
         system=system,
@@ -313,6 +352,12 @@ def main() -> int:
         help="also run this tree as N daemons at once, each with every N-th workspace",
     )
     parser.add_argument(
+        "--daemon-processes",
+        type=int,
+        metavar="N",
+        help="also run this tree as one daemon with daemon.processes = N (its lanes over N)",
+    )
+    parser.add_argument(
         "--spread",
         type=int,
         metavar="N",
@@ -336,6 +381,10 @@ def main() -> int:
         trees[f"acexport on CPU {args.pinned}"] = Variant(cpus=cpus)
     if args.processes is not None:
         trees[f"acexport in {args.processes} processes"] = Variant(processes=args.processes)
+    if args.daemon_processes is not None:
+        trees[f"acexport, daemon.processes = {args.daemon_processes}"] = Variant(
+            daemon_processes=args.daemon_processes
+        )
     if args.spread is not None:
         trees[f"acexport in {args.spread} processes, a CPU each"] = Variant(
             processes=args.spread, spread=True

@@ -10,7 +10,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +110,7 @@ class Workers:
                 *self._argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 pass_fds=(write_fd, lock.fileno()),
-                env={**os.environ, WORKER_ENV: seat.to_env()},
+                env={**_without_systemd(os.environ), WORKER_ENV: seat.to_env()},
             )
         finally:
             os.close(write_fd)
@@ -168,3 +168,11 @@ class Workers:
         except TimeoutError:
             self.signal(signal.SIGKILL)
             await asyncio.gather(*self._watchers, return_exceptions=True)
+
+
+def _without_systemd(env: Mapping[str, str]) -> dict[str, str]:
+    """A worker does not speak to systemd: process 0 is the service's main process, and
+    systemd logs a warning for each message from another."""
+    return {
+        k: v for k, v in env.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+    }

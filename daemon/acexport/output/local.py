@@ -86,8 +86,10 @@ class LocalStore:
         # a job's look and every snapshot's prune list, ten listings a job).
         sizes: dict[str, int] = {}
         top = prefix.rpartition("/")[0]
-        if top.startswith("/") or ".." in top.split("/"):
-            return sizes  # no key is absolute or climbs (``render_path`` refuses both)
+        if top and {"", ".", ".."} & set(top.split("/")):
+            # No key is absolute, climbs, or has an empty or "." part (``render_path``
+            # refuses or normalises each): scanning "./" listed "./a" (hypothesis).
+            return sizes
         pending = [top]
         while pending:
             relative = pending.pop()
