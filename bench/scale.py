@@ -321,7 +321,7 @@ def one_run(work: Path, workspaces: int, processing: float, variant: Variant) ->
         cpu=user + system,
         user=user,
         system=system,
-        lag_ms=max(lags) if len(lags) == len(logs) else float("nan"),
+        lag_ms=max(lags) if len(lags) >= len(logs) else float("nan"),  # workers' lines too
         requests=requests,
         emulator_cpu=emulator_cpu,
         # Less one start-up: a daemon of N pays N-1 more, counted as the exports' cost.

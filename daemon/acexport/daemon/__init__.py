@@ -137,12 +137,14 @@ class Daemon:
         """Start each component in order; each registers its own cleanup on the stack."""
         daemon, stack = self._settings.daemon, self._stack
         temp_dir = await self._start_storage(stack)
+        await self._start_workers(stack)  # they start as this one does
         self._planner = Planner(
             self._ledger, self._output, lambda: self._settings, self._server_clock.now,
             self._expired,
         )  # fmt: skip
         session = await self._start_lane_context(stack, temp_dir)
-        await self._start_workers(stack)  # stopped first: its events have somewhere to go
+        if self._workers:  # what they said waited for these
+            self._workers.listen(Heard(self._observers, self._expired, self._lagged))
         base_urls = {ws.base_url for ws in self._settings.workspaces.values()}
         await ask_ac_the_time(session, base_urls, self._server_clock)
         if daemon.listen and not self._shard.is_worker:
@@ -233,9 +235,9 @@ class Daemon:
     async def _start_workers(self, stack: AsyncExitStack) -> None:
         """Process 0 of several starts the others, once the state is its own."""
         if self._shard.count > 1 and not self._shard.is_worker:
-            heard = Heard(self._observers, self._expired, self._lagged, self.fail)
             grace = self._settings.daemon.stop_grace.total_seconds()
-            self._workers = Workers(self._shard.count, self._config_path, self._once, grace, heard)
+            path, count = self._config_path, self._shard.count
+            self._workers = Workers(count, path, self._once, grace, self.fail)
             await self._workers.start(stack, self._lock)
 
     async def _resume_leftovers(self) -> None:
@@ -294,7 +296,8 @@ class Daemon:
 
     # -- lanes -----------------------------------------------------------------
     def _apply_lanes(self) -> None:
-        self.metrics.expect((job.workspace, t) for job in self._settings.jobs for t in job.types)
+        if not self._link:  # a worker's metrics are process 0's
+            self.metrics.expect((j.workspace, t) for j in self._settings.jobs for t in j.types)
         self._lanes.apply(self._settings, self._tokens, self._ctx)
 
     # -- planning --------------------------------------------------------------

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import dataclasses
 import json
 import os
 import signal
 import struct
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -119,13 +119,15 @@ class WorkerLink(LaneObserver):
         self._fd = fd
         self._broken = broken
         self._pending: list[tuple[Any, ...]] = []
+        self._answered: Counter[tuple[str, int]] = Counter()  # a few requests an export
         self._flush_at: asyncio.TimerHandle | None = None
 
     def export_ended(self, event: ExportEnded) -> None:
-        self._send(("ended", dataclasses.asdict(event)))
+        self._send(("ended", vars(event)))
 
     def answered(self, workspace: str, code: int) -> None:
-        self._send(("answered", workspace, code))
+        self._answered[workspace, code] += 1
+        self._send(None)
 
     def expired(self, job: str, count: int) -> None:
         self._send(("expired", job, count))
@@ -137,8 +139,9 @@ class WorkerLink(LaneObserver):
         self._send(("ready",))
         self.flush()
 
-    def _send(self, message: tuple[Any, ...]) -> None:
-        self._pending.append(message)
+    def _send(self, message: tuple[Any, ...] | None) -> None:
+        if message is not None:
+            self._pending.append(message)
         if self._flush_at is None:
             self._flush_at = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
 
@@ -147,6 +150,8 @@ class WorkerLink(LaneObserver):
         if self._flush_at is not None:
             self._flush_at.cancel()
             self._flush_at = None
+        self._pending += [("answered", *kind, n) for kind, n in self._answered.items()]
+        self._answered.clear()
         if not self._pending or self._fd < 0:
             return
         body = json.dumps(self._pending, separators=(",", ":")).encode()
@@ -163,7 +168,7 @@ class WorkerLink(LaneObserver):
 class LinkReader(asyncio.Protocol):
     """Process 0's side of one worker's pipe: each message handed to ``take``."""
 
-    def __init__(self, take: Callable[[tuple[Any, ...]], None]) -> None:
+    def __init__(self, take: Callable[[list[Any]], None]) -> None:
         self._take = take
         self._buffer = bytearray()
         self.closed = asyncio.get_running_loop().create_future()
@@ -177,11 +182,7 @@ class LinkReader(asyncio.Protocol):
             body = bytes(self._buffer[FRAME.size : FRAME.size + size])
             del self._buffer[: FRAME.size + size]
             for message in json.loads(body):
-                if message[0] == "ended":
-                    fields = message[1]
-                    fields["new_columns"] = tuple(fields["new_columns"])
-                    message[1] = ExportEnded(**fields)
-                self._take(tuple(message))
+                self._take(message)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():

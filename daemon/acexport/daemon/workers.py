@@ -19,7 +19,7 @@ from typing import IO, Any
 import structlog
 
 from ..errors import ConfigError, StateError
-from ..events import LaneObserver
+from ..events import ExportEnded, LaneObserver
 from .shard import WORKER_ENV, LinkReader, RemoteLane, Shard, WorkerSeat
 
 log = structlog.get_logger("acexport.service")
@@ -35,7 +35,6 @@ class Heard:
     observer: LaneObserver  # their lanes' events are process 0's
     expired: Callable[[str, int], None]  # windows expired, by job
     lagged: Callable[[float], None]  # a worker's event-loop lag
-    fail: Callable[[BaseException], None]  # a worker ended while it should run
 
 
 @dataclass
@@ -57,7 +56,7 @@ class Workers:
         config_path: Path | None,
         once: bool,
         stop_grace_s: float,
-        heard: Heard,
+        fail: Callable[[BaseException], None],
     ) -> None:
         if config_path is None:
             raise ConfigError("daemon.processes > 1 needs a config file, which workers read")
@@ -66,7 +65,10 @@ class Workers:
         self._stop_within_s = stop_grace_s + EXIT_MARGIN_S
         self._argv = [sys.executable, "-m", "acexport", "run", "--config", str(config_path)]
         self._argv += ["--once"] if once else []
-        self._heard = heard
+        self._fail = fail  # a worker ended while it should run
+        # Where what they say goes, once process 0 has it: said before, it waits here.
+        self._heard: Heard | None = None
+        self._unheard: list[tuple[Worker, list[Any]]] = []
         self._workers: list[Worker] = []
         self._stopping = False
         self._watchers: list[asyncio.Task[None]] = []
@@ -85,24 +87,6 @@ class Workers:
         read_fd, write_fd = os.pipe()
         seat = WorkerSeat(Shard(index, self._count), write_fd, os.getpid())
         loop = asyncio.get_running_loop()
-        worker: Worker | None = None
-
-        def take(message: tuple[Any, ...]) -> None:
-            assert worker is not None
-            heard = self._heard
-            match message:
-                case ("ended", event):
-                    heard.observer.export_ended(event)
-                case ("answered", workspace, code):
-                    heard.observer.answered(workspace, code)
-                case ("expired", job, count):
-                    heard.expired(job, count)
-                case ("lanes", views, lag_s):
-                    worker.lanes = [RemoteLane(*view) for view in views]
-                    heard.lagged(lag_s)
-                case ("ready",):
-                    worker.ready.set()
-
         try:
             # The lock's descriptor goes along: the state stays locked while any
             # process of this daemon lives, a worker outliving process 0 too.
@@ -114,11 +98,38 @@ class Workers:
             )
         finally:
             os.close(write_fd)
-        reader = LinkReader(take)
-        await loop.connect_read_pipe(lambda: reader, os.fdopen(read_fd, "rb", buffering=0))
-        worker = Worker(index, process, reader)
+        worker = Worker(index, process, LinkReader(lambda message: self._take(worker, message)))
+        await loop.connect_read_pipe(lambda: worker.reader, os.fdopen(read_fd, "rb", buffering=0))
         log.info("worker_started", worker=index, pid=process.pid)
         return worker
+
+    def listen(self, heard: Heard) -> None:
+        """What workers say goes to ``heard`` from now on (what they said, at once)."""
+        self._heard = heard
+        for worker, message in self._unheard:
+            self._take(worker, message)
+        self._unheard.clear()
+
+    def _take(self, worker: Worker, message: list[Any]) -> None:
+        heard = self._heard
+        if message[0] == "ready":
+            worker.ready.set()
+            return
+        if heard is None:
+            self._unheard.append((worker, message))
+            return
+        match message:
+            case ["ended", fields]:
+                fields["new_columns"] = tuple(fields["new_columns"])
+                heard.observer.export_ended(ExportEnded(**fields))
+            case ["answered", workspace, code, count]:
+                for _ in range(count):
+                    heard.observer.answered(workspace, code)
+            case ["expired", job, count]:
+                heard.expired(job, count)
+            case ["lanes", views, lag_s]:
+                worker.lanes = [RemoteLane(*view) for view in views]
+                heard.lagged(lag_s)
 
     async def ready(self) -> None:
         """Every worker started its lanes; a StateError if one exited first."""
@@ -158,7 +169,7 @@ class Workers:
         if self._stopping or self._once:
             log.info("worker_exited", worker=worker.index, exit_code=code)
             return
-        self._heard.fail(StateError(f"worker process {worker.index} exited with {code}"))
+        self._fail(StateError(f"worker process {worker.index} exited with {code}"))
 
     async def _stop_all(self) -> None:
         self.signal(signal.SIGTERM)
