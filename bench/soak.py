@@ -19,6 +19,7 @@ summary line; exit 0 only if nothing was lost.
     python bench/soak.py            # 12 workspaces x 6 types x 14 days = 1,008 windows
     python bench/soak.py --quick    # ~1 minute, run by the test suite
     python bench/soak.py --format parquet   # the same, every file typed Parquet
+    python bench/soak.py --processes 2      # the same, the lanes over two processes
 """
 
 from __future__ import annotations
@@ -54,9 +55,12 @@ def jobs_report(base: str) -> dict[str, Any]:
     return EmulatorClient(base).report()
 
 
-def write_config(work: Path, base: str, tokens: dict[str, str], output_format: str) -> Path:
+def write_config(
+    work: Path, base: str, tokens: dict[str, str], output_format: str, processes: int = 1
+) -> Path:
     lines = [
         "[daemon]",
+        f"processes = {processes}",
         f'state_dir = "{work / "state"}"',
         f'output_dir = "{work / "exports"}"',
         'log_format = "json"',
@@ -190,6 +194,9 @@ def main() -> int:
     parser.add_argument("--chaos-seconds", type=float, default=900, help="at most")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--format", choices=["ndjson", "parquet"], default="ndjson")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="daemon.processes: lanes over N processes"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
         "--processing-time", default="2", help="AC's time per export: long enough for chaos"
@@ -235,7 +242,7 @@ def main() -> int:
     injected: Counter[str] = Counter()
     started = time.monotonic()
     with running_emulator(*emulator_args) as base:
-        config = write_config(work, base, tokens, args.format)
+        config = write_config(work, base, tokens, args.format, args.processes)
         daemon = Daemon(config, log)
         time.sleep(1.5)  # the daemon holds the lock: backfill only queues
         codes = backfill_every_job(config, tokens, args.days, log)

@@ -6,6 +6,7 @@ death as with one process. Driven against the emulator, each daemon a real proce
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sqlite3
 from collections import Counter
@@ -235,8 +236,9 @@ async def test_a_worker_that_dies_stops_the_daemon_and_a_restart_loses_nothing(
 async def test_a_worker_ends_with_its_daemon_however_it_ends(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
-    """Process 0 killed (SIGKILL): its worker stops too (it holds the state's lock
-    until then: no second daemon exports beside it), and a restart loses nothing."""
+    """Process 0 killed (SIGKILL): its worker is killed with it, so a daemon started
+    at once takes the state (no worker of the last one exports beside it) and loses
+    nothing."""
     emu = await emulator(tokens=TOKENS, processing_s=0.3, records=20)
     config = write_config(tmp_path, emu, _jobs(TOKENS), extra="processes = 2")
     daemon = await DaemonProcess.start(config)
@@ -248,7 +250,7 @@ async def test_a_worker_ends_with_its_daemon_however_it_ends(
     async def gone() -> bool:
         return _gone(worker_pid)
 
-    await _until(gone, 30)
+    await _until(gone, 5)  # killed, not stopped within its grace
     again = await DaemonProcess.start(config, "--once")
     assert await again.wait(120) == 0, "\n".join(again.raw[-20:])
     windows = Counter(
@@ -256,3 +258,23 @@ async def test_a_worker_ends_with_its_daemon_however_it_ends(
     )
     assert len(windows) == 108
     assert set(windows.values()) == {1}
+
+
+async def test_the_hooks_hear_of_every_processs_files_once(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Process 0 alone tells the hooks, of the worker's files as of its own: one event a
+    file, each told once, before run --once exits."""
+    told = tmp_path / "told"
+    told.mkdir()
+    hook = (
+        '\n[[hooks]]\nname = "told"\n'
+        f'command = ["sh", "-c", "cat > \\"$0/$ACEXPORT_EVENT_ID.$$\\"", "{told}"]\n'
+    )
+    emu = await emulator(tokens=TOKENS, processing_s=0.03, records=5)
+    config = write_config(tmp_path, emu, _jobs(TOKENS) + hook, extra="processes = 2")
+    daemon = await DaemonProcess.start(config, "--once")
+    assert await daemon.wait(120) == 0, "\n".join(daemon.raw[-30:])
+    events = [json.loads(path.read_text()) for path in told.iterdir()]  # one a delivery
+    assert len({path.name.split(".")[0] for path in told.iterdir()}) == len(events) == 108
+    assert Counter(event["workspace"] for event in events) == dict.fromkeys(TOKENS, 18)

@@ -100,16 +100,18 @@ class WorkerSeat:
 
 
 def end_with_parent(parent_pid: int) -> None:
-    """SIGTERM this worker when process 0 ends, however it ends (a SIGKILL too): a
-    worker left running would export beside the next daemon's. Linux only; the state
-    lock, which a worker holds with process 0, keeps that next daemon out meanwhile."""
+    """End this worker as process 0 ends, however it ends: a worker left running would
+    export beside the next daemon's. Killed, as process 0 was (its stop, by a signal,
+    stops the worker first): the ledger resumes both, and the next daemon starts at once
+    (a worker holds the state lock with process 0). Linux only; elsewhere the lock keeps
+    the next daemon out until the worker is done."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # pragma: no cover - not Linux
         pass
     if os.getppid() != parent_pid:  # it ended before the line above
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class WorkerLink(LaneObserver):
