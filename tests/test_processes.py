@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sqlite3
 from collections import Counter
@@ -15,6 +16,7 @@ from os import kill as os_kill
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from acexport.daemon.shard import Shard, moved_workspaces, owner_of
 from tests.conftest import EmulatorFactory
@@ -278,3 +280,36 @@ async def test_the_hooks_hear_of_every_processs_files_once(
     events = [json.loads(path.read_text()) for path in told.iterdir()]  # one a delivery
     assert len({path.name.split(".")[0] for path in told.iterdir()}) == len(events) == 108
     assert Counter(event["workspace"] for event in events) == dict.fromkeys(TOKENS, 18)
+
+
+def test_a_lock_held_by_an_ending_worker_is_waited_for_briefly(tmp_path: Path) -> None:
+    """The lock file names a daemon that is gone while another process still holds the
+    lock (a worker killed with it, still ending): the next daemon waits for it, where
+    a lock whose daemon runs is refused at once."""
+    import subprocess
+    import sys
+    import time
+
+    from acexport.lock import StateDirLocked, release_lock, take_lock
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # reaped: its pid names no process now
+    holder = take_lock(tmp_path)
+    (tmp_path / "acexport.lock").write_text(f"{ended.pid}\n")
+    # A child holds the lock (its copy of the descriptor) a little longer, as a worker.
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(0.5)"], pass_fds=(holder.fileno(),)
+    )
+    holder.close()
+    started = time.monotonic()
+    taken = take_lock(tmp_path)
+    assert 0.2 < time.monotonic() - started < 5
+    child.wait()
+    release_lock(taken)
+
+    running = take_lock(tmp_path)  # names this process, which runs
+    started = time.monotonic()
+    with pytest.raises(StateDirLocked, match=f"pid {os.getpid()}"):
+        take_lock(tmp_path)
+    assert time.monotonic() - started < 0.5
+    release_lock(running)

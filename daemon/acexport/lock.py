@@ -5,10 +5,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 from pathlib import Path
 from typing import IO
 
 from .errors import AcexportError, StateError
+
+# How long a lock whose daemon is gone is waited for: the time its workers take to end.
+ENDING_WORKER_S = 5.0
 
 
 def make_state_dir(state_dir: Path) -> None:
@@ -72,18 +76,38 @@ def take_lock(state_dir: Path) -> IO[str]:
         handle = _open_lock(path, os.O_RDWR | os.O_CREAT)
     except OSError as exc:
         raise StateError(f"cannot open the lock file {path}: {exc.strerror or exc}") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise StateDirLocked(f"another acexport (pid {holder}) is running on {state_dir}") from None
+    deadline = time.monotonic() + ENDING_WORKER_S
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            # Held, its daemon gone: by a worker (daemon.processes) killed with it,
+            # which lets go as it ends. A supervisor restarting at once waits for it.
+            if _ended(holder) and time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
+            handle.close()
+            raise StateDirLocked(
+                f"another acexport (pid {holder}) is running on {state_dir}"
+            ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def _ended(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, PermissionError):
+        return False  # not a pid, or another user's process: it runs
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def release_lock(handle: IO[str]) -> None:

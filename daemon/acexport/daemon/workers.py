@@ -89,7 +89,8 @@ class Workers:
         loop = asyncio.get_running_loop()
         try:
             # The lock's descriptor goes along: the state stays locked while any
-            # process of this daemon lives, a worker outliving process 0 too.
+            # process of this daemon lives (a worker is killed with process 0, on
+            # Linux: elsewhere it may outlive it).
             process = await asyncio.create_subprocess_exec(
                 *self._argv,
                 stdin=asyncio.subprocess.DEVNULL,
