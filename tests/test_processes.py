@@ -213,46 +213,33 @@ async def test_a_reload_that_would_move_a_lane_to_another_process_is_refused(
     assert await daemon.wait(30) == 0
 
 
-async def test_a_worker_that_dies_stops_the_daemon_and_a_restart_loses_nothing(
-    emulator: EmulatorFactory, tmp_path: Path
+@pytest.mark.parametrize("killed", ["worker", "process 0"])
+async def test_a_killed_process_ends_the_other_and_a_restart_loses_nothing(
+    emulator: EmulatorFactory, tmp_path: Path, killed: str
 ) -> None:
+    """The worker killed: process 0 stops, exit 1, naming it. Process 0 killed: its
+    worker is killed with it (not stopped within its grace), so a daemon started at
+    once takes the state, with no worker of the last one exporting beside it. Either
+    way a restart exports every window once."""
     emu = await emulator(tokens=TOKENS, processing_s=0.3, records=20)
     config = write_config(tmp_path, emu, _jobs(TOKENS), extra="processes = 2")
     daemon = await DaemonProcess.start(config)
     await daemon.wait_for(lambda: len(daemon.events("daemon_started")) == 2)
     worker_pid = daemon.events("worker_started")[0]["pid"]
-    os_kill(worker_pid, signal.SIGKILL)
-    assert await daemon.wait(30) == 1
-    failing = [line["error"] for line in daemon.events("daemon_failing")]
-    assert failing == ["worker process 1 exited with -9"]
+    if killed == "worker":
+        os_kill(worker_pid, signal.SIGKILL)
+        assert await daemon.wait(30) == 1
+        failing = [line["error"] for line in daemon.events("daemon_failing")]
+        assert failing == ["worker process 1 exited with -9"]
+    else:
+        daemon.send(signal.SIGKILL)
+        await daemon.wait(30)
 
-    again = await DaemonProcess.start(config, "--once")
-    assert await again.wait(120) == 0, "\n".join(again.raw[-20:])
-    windows = Counter(
-        (m["workspace"], m["type"], m["fromDate"]) for m in manifests(tmp_path / "exports")
-    )
-    assert len(windows) == 108
-    assert set(windows.values()) == {1}
+        async def gone() -> bool:
+            return _gone(worker_pid)
 
+        await _until(gone, 5)
 
-async def test_a_worker_ends_with_its_daemon_however_it_ends(
-    emulator: EmulatorFactory, tmp_path: Path
-) -> None:
-    """Process 0 killed (SIGKILL): its worker is killed with it, so a daemon started
-    at once takes the state (no worker of the last one exports beside it) and loses
-    nothing."""
-    emu = await emulator(tokens=TOKENS, processing_s=0.3, records=20)
-    config = write_config(tmp_path, emu, _jobs(TOKENS), extra="processes = 2")
-    daemon = await DaemonProcess.start(config)
-    await daemon.wait_for(lambda: len(daemon.events("daemon_started")) == 2)
-    worker_pid = daemon.events("worker_started")[0]["pid"]
-    daemon.send(signal.SIGKILL)
-    await daemon.wait(30)
-
-    async def gone() -> bool:
-        return _gone(worker_pid)
-
-    await _until(gone, 5)  # killed, not stopped within its grace
     again = await DaemonProcess.start(config, "--once")
     assert await again.wait(120) == 0, "\n".join(again.raw[-20:])
     windows = Counter(

@@ -44,6 +44,7 @@ from ..ops.metrics import Metrics
 from ..ops.notify import SystemdNotifier
 from ..ops.server import HealthServer
 from ..ops.statuspage import PageInput, StatusPage
+from ..ops.statusview import LaneView
 from ..output.open import open_store
 from ..output.owner import OutputClaim
 from ..output.sink import Sink
@@ -54,7 +55,7 @@ from ..windows import ExportWindow
 from .lanes import Lanes
 from .loops import all_idle, measure_loop_lag, ping_watchdog, report_lanes, status_line
 from .reload import changed_workspaces, forget_failures, read_new_config
-from .shard import RemoteLane, Shard, WorkerLink, WorkerSeat
+from .shard import Shard, WorkerLink, WorkerSeat
 from .startup import abort_stale_uploads, claim_output, claim_temp_dir, lane_keys
 from .views import page_input, refresh_backlog
 from .workers import Heard, Workers
@@ -254,9 +255,7 @@ class Daemon:
         if self._claim:
             tasks.append(loops.create_task(self._claim.keep(self.fail), name="output-owner"))
         if self._link:
-            report = report_lanes(
-                self._link, self._lanes.by_key.values, lambda: self.loop_lag_max_s
-            )
+            report = report_lanes(self._link, self._lanes.views, lambda: self.loop_lag_max_s)
             tasks.append(loops.create_task(report, name="lanes-to-process-0"))
         if self._notifier.watchdog_interval_s:
             watchdog = ping_watchdog(self._notifier, self._notifier.watchdog_interval_s)
@@ -392,9 +391,9 @@ class Daemon:
     def _status_line(self) -> str:
         return status_line(self._settings, self._all_lanes())
 
-    def _all_lanes(self) -> list[Lane | RemoteLane]:
+    def _all_lanes(self) -> list[LaneView]:
         """This process's lanes and, in process 0, its workers' as they last said."""
-        return [*self._lanes.by_key.values(), *(self._workers.lanes if self._workers else [])]
+        return self._lanes.views() + (self._workers.lanes if self._workers else [])
 
     def _expired(self, job: str, count: int) -> None:
         if self._link:

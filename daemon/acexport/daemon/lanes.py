@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from ..config import JobSettings, Settings
 from ..lane import Lane, LaneContext
 from ..ledger import ExportRecord, LedgerState
+from ..ops.statusview import LaneView
 from ..planner import Look
 from .shard import Shard
 from .startup import lane_keys
@@ -79,6 +80,9 @@ class Lanes:
                 count=look.newly_beyond_retention,
                 detail="they start before AC's data retention: recorded, never asked for",
             )
+
+    def views(self) -> list[LaneView]:
+        return [LaneView(lane.key, lane.depth, lane.in_flight) for lane in self.by_key.values()]
 
     async def stop(self, grace_s: float) -> None:
         await asyncio.gather(*(lane.stop(grace_s) for lane in self.by_key.values()))

@@ -10,8 +10,8 @@ from typing import Any
 from ..config import Settings
 from ..lane import Lane
 from ..ops.notify import SystemdNotifier
+from ..ops.statusview import LaneView
 from .shard import WorkerLink
-from .views import ShownLane
 
 
 async def measure_loop_lag(record: Callable[[float], None], period_s: float = 0.25) -> None:
@@ -32,12 +32,12 @@ async def ping_watchdog(notifier: SystemdNotifier, interval_s: float) -> None:
 
 
 async def report_lanes(
-    link: WorkerLink, lanes: Callable[[], Iterable[Lane]], lag_s: Callable[[], float]
+    link: WorkerLink, lanes: Callable[[], list[LaneView]], lag_s: Callable[[], float]
 ) -> None:
     """A worker's lanes and loop lag, told to process 0 each second, for its metrics,
     status line and page."""
     while True:
-        link.lanes(((lane.key, lane.depth, lane.in_flight) for lane in lanes()), lag_s())
+        link.lanes(lanes(), lag_s())
         await asyncio.sleep(1.0)
 
 
@@ -57,7 +57,9 @@ async def all_idle(lanes: Iterable[Lane], stop: asyncio.Event) -> bool:
     return True
 
 
-def status_line(settings: Settings, lanes: Iterable[ShownLane]) -> str:
+def status_line(settings: Settings, lanes: Iterable[LaneView]) -> str:
     """What systemd's status shows: the jobs, and each lane's queue."""
-    text = "; ".join(f"{lane.key}: {lane.depth} queued, {lane.in_flight} running" for lane in lanes)
+    text = "; ".join(
+        f"{lane.key}: {lane.queued} queued, {lane.in_flight} running" for lane in lanes
+    )
     return f"{len(settings.jobs)} jobs; {text or 'no lanes'}"

@@ -24,13 +24,14 @@ import signal
 import struct
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from ..events import ExportEnded, LaneObserver
+from ..ops.statusview import LaneView
 
 log = structlog.get_logger("acexport.service")
 
@@ -68,15 +69,6 @@ def moved_workspaces(count: int, before: dict[str, str], after: dict[str, str]) 
         for name, lane in after.items()
         if name in before and owner_of(before[name], count) != owner_of(lane, count)
     )
-
-
-@dataclass(frozen=True)
-class RemoteLane:
-    """A worker's lane as process 0 shows it (metrics, status): as a ``Lane`` reads."""
-
-    key: str
-    depth: int
-    in_flight: int
 
 
 @dataclass(frozen=True)
@@ -134,8 +126,8 @@ class WorkerLink(LaneObserver):
     def expired(self, job: str, count: int) -> None:
         self._send(("expired", job, count))
 
-    def lanes(self, views: Iterable[tuple[str, int, int]], lag_s: float) -> None:
-        self._send(("lanes", list(views), lag_s))
+    def lanes(self, views: list[LaneView], lag_s: float) -> None:
+        self._send(("lanes", [(v.key, v.queued, v.in_flight) for v in views], lag_s))
 
     def ready(self) -> None:
         self._send(("ready",))

@@ -4,9 +4,7 @@ input, read on the event loop, counted off it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 from datetime import datetime
-from typing import Protocol
 
 from ..config import Settings
 from ..hooks import HookDispatcher
@@ -15,19 +13,6 @@ from ..ops.health import Health
 from ..ops.metrics import Metrics
 from ..ops.statuspage import PageInput
 from ..ops.statusview import LaneView, build_view, horizon_start
-
-
-class ShownLane(Protocol):
-    """A lane of this process or a worker's, as metrics and the status page read it."""
-
-    @property
-    def key(self) -> str: ...
-
-    @property
-    def depth(self) -> int: ...
-
-    @property
-    def in_flight(self) -> int: ...
 
 
 async def refresh_backlog(
@@ -52,7 +37,7 @@ async def horizon_rows(settings: Settings, ledger: Ledger, now: datetime) -> lis
 async def page_input(
     settings: Settings,
     ledger: Ledger,
-    lanes: Iterable[ShownLane],
+    lanes: list[LaneView],
     health: Health,
     hooks: HookDispatcher,
     now: datetime,
@@ -61,7 +46,6 @@ async def page_input(
     rows = await horizon_rows(settings, ledger, now)
     seen = {r.id for r in rows}
     rows += [r for r in await ledger.troubled() if r.id not in seen]
-    views = [LaneView(lane.key, lane.depth, lane.in_flight) for lane in lanes]
     problems = health.report()[1].get("problems", {})
     backlog, expired = await hooks.refresh(force=True), await ledger.expired_by_job()
-    return PageInput(settings, rows, views, now, problems, backlog, expired)
+    return PageInput(settings, rows, lanes, now, problems, backlog, expired)

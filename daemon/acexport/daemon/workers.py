@@ -20,7 +20,8 @@ import structlog
 
 from ..errors import ConfigError, StateError
 from ..events import ExportEnded, LaneObserver
-from .shard import WORKER_ENV, LinkReader, RemoteLane, Shard, WorkerSeat
+from ..ops.statusview import LaneView
+from .shard import WORKER_ENV, LinkReader, Shard, WorkerSeat
 
 log = structlog.get_logger("acexport.service")
 
@@ -43,7 +44,7 @@ class Worker:
     process: asyncio.subprocess.Process
     reader: LinkReader
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    lanes: list[RemoteLane] = field(default_factory=list)
+    lanes: list[LaneView] = field(default_factory=list)
     exit_code: int | None = None
 
 
@@ -129,7 +130,7 @@ class Workers:
             case ["expired", job, count]:
                 heard.expired(job, count)
             case ["lanes", views, lag_s]:
-                worker.lanes = [RemoteLane(*view) for view in views]
+                worker.lanes = [LaneView(*view) for view in views]
                 heard.lagged(lag_s)
 
     async def ready(self) -> None:
@@ -147,7 +148,7 @@ class Workers:
             ended.cancel()
 
     @property
-    def lanes(self) -> list[RemoteLane]:
+    def lanes(self) -> list[LaneView]:
         return [view for worker in self._workers for view in worker.lanes]
 
     def signal(self, number: int) -> None:

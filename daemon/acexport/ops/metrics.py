@@ -229,6 +229,6 @@ class _LaneCollector(Collector):
             labels=["lane"],
         )
         for lane in self._lanes():
-            depth.add_metric([lane.key], lane.depth)
+            depth.add_metric([lane.key], lane.queued)
             in_flight.add_metric([lane.key], lane.in_flight)
         return [depth, in_flight]
