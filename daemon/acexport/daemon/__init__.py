@@ -171,7 +171,7 @@ class Daemon:
             state_dir=str(daemon.state_dir),
             # What is in force, wherever it was set (file, environment, a defaults file).
             output=self._output.describe(),
-            listen=daemon.listen or None,
+            listen=None if self._shard.is_worker else daemon.listen or None,
             pid=os.getpid(),
             jobs=[job.name for job in self._owned_jobs()],
             lanes=sorted(self._lanes.by_key),
@@ -244,9 +244,8 @@ class Daemon:
     async def _resume_leftovers(self) -> None:
         resumed = await self._ledger.active() if self._resume else []
         resumed = self._planner.keep.not_to_expire(resumed)  # the first look expires those
-        self._lanes.enqueue(resumed)
-        if resumed:
-            log.info("exports_resumed", count=len(resumed))
+        if count := self._lanes.enqueue(resumed):  # this process's (daemon.processes)
+            log.info("exports_resumed", count=count)
 
     async def _start_loops(self, stack: AsyncExitStack) -> None:
         """Background loops live in a task group: cancelled, then awaited, on stop."""
