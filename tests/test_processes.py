@@ -221,7 +221,7 @@ async def test_a_killed_process_ends_the_other_and_a_restart_loses_nothing(
     worker is killed with it (not stopped within its grace), so a daemon started at
     once takes the state, with no worker of the last one exporting beside it. Either
     way a restart exports every window once."""
-    emu = await emulator(tokens=TOKENS, processing_s=0.3, records=20)
+    emu = await emulator(tokens=TOKENS, processing_s=0.15, records=5)
     config = write_config(tmp_path, emu, _jobs(TOKENS), extra="processes = 2")
     daemon = await DaemonProcess.start(config)
     await daemon.wait_for(lambda: len(daemon.events("daemon_started")) == 2)
