@@ -297,7 +297,10 @@ def one_run(work: Path, workspaces: int, processing: float, variant: Variant) ->
                 )
                 for k, (path, log) in enumerate(zip(configs, logs, strict=True))
             ]
-            with tree_pss_sampler([process.pid for process in processes]) as pss_peak:
+            several = len(processes) > 1 or variant.daemon_processes > 1
+            # Sampled only for several: reading smaps is kernel work on the same cores.
+            pids = [process.pid for process in processes] if several else []
+            with tree_pss_sampler(pids) as pss_peak:
                 ended = [os.wait4(process.pid, 0) for process in processes]
             wall = time.perf_counter() - started
         emulator_cpu = children_cpu_s() - emulator_began
@@ -322,9 +325,7 @@ def one_run(work: Path, workspaces: int, processing: float, variant: Variant) ->
         startup=startup,
         # One process: its peak RSS, as ever. Several: their PSS together (wait4's
         # figure for a daemon is the largest of its own and its workers' RSS).
-        rss_mb=pss_peak()
-        if len(processes) > 1 or variant.daemon_processes > 1
-        else usages[0].ru_maxrss / 1024,
+        rss_mb=pss_peak() if several else usages[0].ru_maxrss / 1024,
         cpu=user + system,
         user=user,
         system=system,
@@ -335,7 +336,7 @@ def one_run(work: Path, workspaces: int, processing: float, variant: Variant) ->
         per_export_ms=1000 * (user + system - startup_cpu) / max(exports, 1),
         switches=sum(usage.ru_nvcsw + usage.ru_nivcsw for usage in usages),
         steps=lane_steps([path.parent / "state" / "state.sqlite3" for path in configs]),
-        memory="RSS" if len(processes) == 1 and variant.daemon_processes == 1 else "PSS, added up",
+        memory="PSS, added up" if several else "RSS",
     )
 
 

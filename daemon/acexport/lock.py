@@ -69,7 +69,8 @@ def lock_holder(state_dir: Path) -> int | None:
 
 
 def take_lock(state_dir: Path) -> IO[str]:
-    """Hold the state directory for this process; raises StateDirLocked naming the holder."""
+    """Hold the state directory for this process; raises StateDirLocked naming the holder
+    (one that is gone is waited for first, up to ``ENDING_WORKER_S``)."""
     make_state_dir(state_dir)
     path = lock_path(state_dir)
     try:

@@ -77,12 +77,12 @@ class Workers:
     async def start(self, stack: AsyncExitStack, lock: IO[str]) -> None:
         """Start every worker; stopped (SIGTERM, then waited for) when ``stack`` closes."""
         stack.push_async_callback(self._stop_all)
-        for index in range(1, self._count):
-            self._workers.append(await self._spawn(index, lock))
-        self._watchers = [
-            asyncio.create_task(self._watch(worker), name=f"worker-{worker.index}")
-            for worker in self._workers
-        ]
+        for index in range(1, self._count):  # each watched at once: a later one may fail
+            worker = await self._spawn(index, lock)
+            self._workers.append(worker)
+            self._watchers.append(
+                asyncio.create_task(self._watch(worker), name=f"worker-{worker.index}")
+            )
 
     async def _spawn(self, index: int, lock: IO[str]) -> Worker:
         read_fd, write_fd = os.pipe()
@@ -100,7 +100,7 @@ class Workers:
             )
         finally:
             os.close(write_fd)
-        worker = Worker(index, process, LinkReader(lambda message: self._take(worker, message)))
+        worker = Worker(index, process, LinkReader(lambda message: self._hear(worker, message)))
         await loop.connect_read_pipe(lambda: worker.reader, os.fdopen(read_fd, "rb", buffering=0))
         log.info("worker_started", worker=index, pid=process.pid)
         return worker
@@ -109,8 +109,16 @@ class Workers:
         """What workers say goes to ``heard`` from now on (what they said, at once)."""
         self._heard = heard
         for worker, message in self._unheard:
-            self._take(worker, message)
+            self._hear(worker, message)
         self._unheard.clear()
+
+    def _hear(self, worker: Worker, message: list[Any]) -> None:
+        """A message that cannot be taken (a bug: both sides are this acexport) is a
+        failure of the daemon, not an error asyncio logs and the pipe goes on after."""
+        try:
+            self._take(worker, message)
+        except Exception as exc:
+            self._fail(StateError(f"worker process {worker.index} said {message!r:.200}: {exc}"))
 
     def _take(self, worker: Worker, message: list[Any]) -> None:
         heard = self._heard
