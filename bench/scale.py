@@ -204,10 +204,13 @@ class Figures:
         )
 
 
-def config_text(work: Path, names: list[str], daemon_processes: int = 1) -> str:
+def config_text(
+    work: Path, names: list[str], daemon_processes: int = 1, pin_cpus: bool = False
+) -> str:
     lines = [
         "[daemon]",
         f"processes = {daemon_processes}",
+        *(["pin_cpus = true"] if pin_cpus else []),  # older trees know no such key
         f'state_dir = "{work / "state"}"',
         f'output_dir = "{work / "out"}"',
         'log_format = "json"',
@@ -241,6 +244,7 @@ class Variant:
     processes: int = 1  # each with every n-th workspace and its own state and output directories
     spread: bool = False  # daemon k of ``processes`` on CPU k (mod the CPUs) alone
     daemon_processes: int = 1  # one daemon, its lanes over this many (daemon.processes)
+    pin_cpus: bool = False  # daemon.pin_cpus: each of its processes on one CPU
 
     def confine(self, k: int) -> Callable[[], None] | None:
         """What daemon ``k`` runs under: its CPUs, set in the child before exec."""
@@ -248,10 +252,13 @@ class Variant:
         return None if cpus is None else partial(os.sched_setaffinity, 0, cpus)
 
 
-def write_config(work: Path, names: list[str], base: str, daemon_processes: int = 1) -> Path:
+def write_config(
+    work: Path, names: list[str], base: str, daemon_processes: int = 1, pin_cpus: bool = False
+) -> Path:
     config = work / "scale.toml"
     work.mkdir(exist_ok=True)
-    config.write_text(config_text(work, names, daemon_processes).replace("BASE", base))
+    text = config_text(work, names, daemon_processes, pin_cpus)
+    config.write_text(text.replace("BASE", base))
     config.chmod(0o600)
     return config
 
@@ -265,7 +272,7 @@ def one_run(work: Path, workspaces: int, processing: float, variant: Variant) ->
     if variant.pythonpath is not None:
         env["PYTHONPATH"] = variant.pythonpath
     with running_emulator("--processing-time", str(processing), "--records", "20", *tokens) as base:
-        config = write_config(work, names, base, variant.daemon_processes)
+        config = write_config(work, names, base, variant.daemon_processes, variant.pin_cpus)
         count = variant.processes
         configs = (
             [write_config(work / f"part{k}", names[k::count], base) for k in range(count)]
@@ -367,6 +374,12 @@ def main() -> int:
         help="also run this tree as one daemon with daemon.processes = N (its lanes over N)",
     )
     parser.add_argument(
+        "--pin-cpus",
+        action="store_true",
+        help="also run this tree with daemon.pin_cpus = true (its processes: "
+        "--daemon-processes, else 1)",
+    )
+    parser.add_argument(
         "--spread",
         type=int,
         metavar="N",
@@ -393,6 +406,11 @@ def main() -> int:
     if args.daemon_processes is not None:
         trees[f"acexport, daemon.processes = {args.daemon_processes}"] = Variant(
             daemon_processes=args.daemon_processes
+        )
+    if args.pin_cpus:
+        count = args.daemon_processes or 1
+        trees[f"acexport, daemon.processes = {count}, pin_cpus"] = Variant(
+            daemon_processes=count, pin_cpus=True
         )
     if args.spread is not None:
         trees[f"acexport in {args.spread} processes, a CPU each"] = Variant(

@@ -6,6 +6,7 @@ death as with one process. Driven against the emulator, each daemon a real proce
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -208,6 +209,49 @@ async def test_a_reload_that_would_move_a_lane_to_another_process_is_refused(
     await daemon.wait_for(lambda: len(daemon.events("config_reload_rejected")) == 4)
     assert "daemon.processes cannot change" in daemon.events("config_reload_rejected")[-1]["error"]
     assert not daemon.events("config_reloaded")
+    daemon.send(signal.SIGTERM)
+    assert await daemon.wait(30) == 0
+
+
+def _cpus_of_threads(pid: int) -> dict[str, str]:
+    """Each thread of ``pid``: the CPUs it may run on, as the kernel lists them."""
+    allowed = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            status = (task / "status").read_text()
+            allowed[task.name] = next(
+                line.split(":", 1)[1].strip()
+                for line in status.splitlines()
+                if line.startswith("Cpus_allowed_list:")
+            )
+    return allowed
+
+
+async def test_pinned_processes_each_run_every_thread_on_one_cpu(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """daemon.pin_cpus: process k's threads (the loop's, the ledger's, the sink's made
+    later) all on the k-th CPU it was allowed; the windows are exported as ever; a
+    reload that changes the setting is refused."""
+    emu = await emulator(tokens=TOKENS, processing_s=0.03, records=20)
+    extra = "processes = 2\npin_cpus = true"
+    config = write_config(tmp_path, emu, _jobs(TOKENS), extra=extra)
+    daemon = await DaemonProcess.start(config)
+    await daemon.wait_for(lambda: len(daemon.events("export_done")) >= 30, timeout=120)
+    cpus = sorted(os.sched_getaffinity(0))
+    expected = {None: cpus[0], 1: cpus[1 % len(cpus)]}
+    said = {line.get("worker"): line["cpu"] for line in daemon.events("process_pinned")}
+    assert said == expected
+    (worker,) = daemon.events("worker_started")
+    for pid, cpu in ((daemon.process.pid, expected[None]), (worker["pid"], expected[1])):
+        threads = _cpus_of_threads(pid)
+        assert len(threads) > 3  # the loop's, the ledger's and the sink's at least
+        assert set(threads.values()) == {str(cpu)}, (pid, threads)
+    config.write_text(config.read_text().replace("pin_cpus = true", "pin_cpus = false"))
+    daemon.send(signal.SIGHUP)
+    await daemon.wait_for(lambda: len(daemon.events("config_reload_rejected")) == 2)
+    assert "daemon.pin_cpus cannot change" in daemon.events("config_reload_rejected")[-1]["error"]
+    await daemon.wait_for(lambda: len(manifests(tmp_path / "exports")) == 108, timeout=120)
     daemon.send(signal.SIGTERM)
     assert await daemon.wait(30) == 0
 

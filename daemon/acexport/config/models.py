@@ -65,6 +65,10 @@ class DaemonSettings(Section):
     processes: Count = Field(default=1, ge=1, le=16)
     """Lanes spread over this many processes (this one and processes-1 workers), each
     workspace's in one: for thousands of workspaces, up to one per core. Not on reload."""
+    pin_cpus: bool = False
+    """Each process on one CPU of those it may use (process k on the k-th): a quarter
+    less CPU for many small exports, one core for a big payload's stages. For a daemon
+    with CPUs of its own (a cpuset, systemd's CPUAffinity=). Not on reload."""
 
     @field_validator("state_dir", "output_dir", mode="before")
     @classmethod

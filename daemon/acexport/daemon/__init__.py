@@ -55,7 +55,7 @@ from ..windows import ExportWindow
 from .lanes import Lanes
 from .loops import all_idle, measure_loop_lag, ping_watchdog, report_lanes, status_line
 from .reload import changed_workspaces, forget_failures, read_new_config
-from .shard import Shard, WorkerLink, WorkerSeat
+from .shard import Shard, WorkerLink, WorkerSeat, pin_to_one_cpu
 from .startup import abort_stale_uploads, claim_output, claim_temp_dir, lane_keys
 from .views import page_input, refresh_backlog
 from .workers import Heard, Workers
@@ -139,6 +139,8 @@ class Daemon:
         daemon, stack = self._settings.daemon, self._stack
         temp_dir = await self._start_storage(stack)
         await self._start_workers(stack)  # they start as this one does
+        if daemon.pin_cpus:
+            log.info("process_pinned", cpu=pin_to_one_cpu(self._shard))
         self._planner = Planner(
             self._ledger, self._output, lambda: self._settings, self._server_clock.now,
             self._expired,

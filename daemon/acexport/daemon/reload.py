@@ -59,8 +59,9 @@ def _refuse_what_needs_a_restart(
 ) -> None:
     if new.daemon.state_dir != old.daemon.state_dir:
         raise ConfigError("daemon.state_dir cannot change on reload; restart instead")
-    if new.daemon.processes != old.daemon.processes:
-        raise ConfigError("daemon.processes cannot change on reload; restart instead")
+    for setting in ("processes", "pin_cpus"):
+        if getattr(new.daemon, setting) != getattr(old.daemon, setting):
+            raise ConfigError(f"daemon.{setting} cannot change on reload; restart instead")
     moved = moved_workspaces(processes, lane_of, lane_keys(new, tokens))
     if moved:
         # Tokens now shared (or no longer): their lane may still be exporting where it was.
