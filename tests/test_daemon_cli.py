@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 from datetime import date, datetime, timedelta
@@ -547,3 +549,41 @@ def test_cron_nicknames_and_a_config_without_jobs(tmp_path: Path) -> None:
     result = acexport("check-config", "--config", str(config), "--offline")
     assert result.returncode == 0
     assert "warning: no [[jobs]]" in result.stdout
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+async def test_a_log_nobody_reads_any_more_loses_no_export(
+    emulator: EmulatorFactory, tmp_path: Path, log_format: str
+) -> None:
+    """`acexport run 2>&1 | tee x.log`, and tee killed (or a log on a full disk): every
+    line written from then on fails. The lines are dropped; the exports go on and end
+    as ever (each lane's task died of the first one, and the loop logged that, in vain,
+    over and over)."""
+    tokens = {f"ws{i}": f"token-{i}" for i in range(4)}
+    emu = await emulator(tokens=tokens, processing_s=0.2, records=5)
+    jobs = "".join(job(f"daily-{ws}", ws, catch_up="3d", lag="0s") for ws in tokens)
+    config = write_config(tmp_path, emu, jobs)
+    config.write_text(config.read_text().replace('"json"', f'"{log_format}"'))
+    read_end, write_end = os.pipe()
+    daemon = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "acexport", "run", "--once", "--config", str(config)),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=write_end,
+        env={**os.environ, "ACEXPORT_CONFIG": ""},
+    )
+    os.close(write_end)
+    try:
+        said = b""
+        async with asyncio.timeout(30):
+            while b"daemon_started" not in said:
+                said += await asyncio.to_thread(os.read, read_end, 65536)
+        os.close(read_end)  # the reader goes away: each write now fails (EPIPE)
+        assert await asyncio.wait_for(daemon.wait(), 60) == 0
+    finally:
+        if daemon.returncode is None:
+            daemon.kill()
+            await daemon.wait()
+    with sqlite3.connect(tmp_path / "state" / "state.sqlite3") as db:
+        states = dict(db.execute("SELECT state, count(*) FROM exports GROUP BY state"))
+    assert set(states) == {"done"}
+    assert states["done"] == len(list((tmp_path / "exports").rglob("*.manifest.json"))) > 4 * 6

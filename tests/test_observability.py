@@ -101,3 +101,38 @@ def test_redaction_with_many_tokens_of_several_lengths() -> None:
     assert redact(f"a {tokens[7]}-longer b") == f"a {REDACTED} b"
     clean = "/out/w0456/page/2026/11/29/page-2026-11-29T00-00.jsonl.gz"
     assert redact(clean) == clean
+
+
+class _RefusingStream(io.StringIO):
+    """A log whose reader is gone: every write fails as a broken pipe does."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_log_that_refuses_lines_drops_them_and_counts_them() -> None:
+    """Neither our lines nor a library's raise to the code that logged (a lane's task
+    died of that); each is counted in acexport_log_lines_dropped_total."""
+    import logging
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from acexport.ops.metrics import Metrics
+
+    def dropped() -> float:
+        families = text_string_to_metric_families(Metrics().render().decode())
+        return next(
+            sample.value
+            for family in families
+            for sample in family.samples
+            if sample.name == "acexport_log_lines_dropped_total"
+        )
+
+    before = dropped()
+    configure_logging("json", "info", _RefusingStream())
+    structlog.get_logger().info("export_done", records=3)
+    structlog.get_logger().warning("lane_token_rejected")
+    logging.getLogger("aiohttp.client").error("connection lost")
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
+    assert dropped() == before + 3

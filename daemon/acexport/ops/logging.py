@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import threading
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
@@ -117,11 +118,57 @@ def _redact_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
+class DroppedLines:
+    """Log lines that could not be written: a log nobody reads any more (the pipe to
+    a killed ``tee``, a log file on a full disk) drops them and the exports go on.
+    Written, each failure reached the code that logged, and each lane's task died of
+    the first one (a ``run --once`` never ended)."""
+
+    count = 0
+
+    @classmethod
+    def drop(cls) -> None:
+        cls.count += 1
+
+
+class _LineWriter:
+    """structlog's ``WriteLogger``: one write and a flush a line, under the stream's
+    lock; a line the stream refuses is dropped (``DroppedLines``)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._write = stream.write
+        self._flush = stream.flush
+        self._lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            try:
+                self._write(message + "\n")
+                self._flush()
+            except (OSError, ValueError):  # ValueError: the stream was closed
+                DroppedLines.drop()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The standard library's records on the same stream, dropped the same way (its
+    own handling printed a traceback, to the stream that had just failed)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], (OSError, ValueError)):
+            DroppedLines.drop()
+        else:
+            super().handleError(record)
+
+
 def configure_logging(
     log_format: str = "auto", level: str = "info", stream: TextIO | None = None
 ) -> None:
     """Set up structlog (and route the standard library's logging through it)."""
     stream = stream or sys.stderr
+    writer = _LineWriter(stream)
     console = log_format == "console" or (log_format == "auto" and stream.isatty())
     renderer: Any = (
         ConsoleRenderer(terminal=stream.isatty())
@@ -144,10 +191,10 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         # One write per line (print() made two: the line, then its newline), each a
         # turn at the GIL for the loop's thread.
-        logger_factory=structlog.WriteLoggerFactory(stream),
+        logger_factory=lambda *_: writer,
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(stream)
+    handler = _LineHandler(stream)
     # Records from aiohttp, asyncio and other libraries take the same road: their
     # traceback becomes text, is redacted, and is rendered like our own lines.
     handler.setFormatter(

@@ -19,11 +19,12 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .. import __version__
 from ..events import ExportEnded, LaneObserver
+from .logging import DroppedLines
 from .statusview import WINDOW_STATES, counted_state
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class Metrics(LaneObserver):
         # The process's own: RSS, CPU, open descriptors, start time; Python's version, GC.
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             r.register(collector)
+        r.register(_DroppedLogLines())
         self.exports = Counter(
             "acexport_exports",
             "Exports finished (windows and snapshots; each window of a coalesced AC "
@@ -232,3 +234,13 @@ class _LaneCollector(Collector):
             depth.add_metric([lane.key], lane.queued)
             in_flight.add_metric([lane.key], lane.in_flight)
         return [depth, in_flight]
+
+
+class _DroppedLogLines(Collector):
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "acexport_log_lines_dropped",
+            "Log lines that could not be written (a log nobody reads any more, a full "
+            "disk): dropped, the exports going on.",
+            value=DroppedLines.count,
+        )
