@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import AsyncIterator
@@ -120,6 +121,36 @@ async def test_an_unexpected_exception_is_a_recorded_failure(
     assert [entry["event"] for entry in logs].count("export_crashed") == 1
     assert 'acexport_exports_total{outcome="failed",type="page",workspace="acme"} 6.0' in metrics
     assert "RecursionError" in problems["acme"]
+
+
+async def test_a_failure_that_cannot_be_recorded_stops_the_daemon_visibly(
+    echo_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording the crash fails too (a bug there, or a log that raised): the export's
+    task ended with an error nobody retrieved, and its window stayed in flight, unsaid.
+    Now the daemon fails (daemon_failing, exit 1) and the next start resumes it."""
+    import acexport.lane
+    from acexport.daemon import Daemon
+
+    async def crash(*args: object, **kwargs: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    async def cannot_record(*args: object, **kwargs: object) -> None:
+        raise TypeError("a bug in recording the failure")
+
+    monkeypatch.setattr(acexport.lane, "run_export", crash)
+    monkeypatch.setattr(acexport.lane.Lane, "_failed", cannot_record)
+    token_file = tmp_path / "token"
+    token_file.write_text("some-token-value\n")
+    token_file.chmod(0o600)
+    path = _config(tmp_path, echo_server, token_file)
+    async with Daemon(load_settings(path), path) as daemon:
+        with structlog.testing.capture_logs() as logs:
+            await asyncio.wait_for(daemon.run_once(), 30)
+    assert isinstance(daemon.fatal_error, TypeError)
+    (failing,) = [entry for entry in logs if entry["event"] == "daemon_failing"]
+    assert "a bug in recording the failure" in failing["error"]
+    assert {row.state for row in await read_rows(tmp_path / "state")} <= {"queued", "submitted"}
 
 
 async def test_gzip_bomb_over_http_is_refused_with_nothing_kept(tmp_path: Path) -> None:

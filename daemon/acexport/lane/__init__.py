@@ -163,7 +163,7 @@ class Lane:
                 # A bug or an input nobody foresaw: still a recorded, visible failure.
                 log.exception("export_crashed", kind=type(exc).__name__)
                 await self._failed([record], f"unexpected {type(exc).__name__}: {exc}")
-        except StateError as exc:
+        except Exception as exc:  # the ledger, or recording a failure failed: it stops
             self.ctx.fatal(exc)
         finally:
             structlog.contextvars.unbind_contextvars(*names)
