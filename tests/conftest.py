@@ -81,6 +81,14 @@ class RunningEmulator:
 EmulatorFactory = Callable[..., Awaitable[RunningEmulator]]
 
 
+@pytest.fixture(autouse=True)
+def _no_daemon_left_running() -> Iterator[None]:
+    yield
+    from tests.daemon_helpers import DaemonProcess  # it imports this module
+
+    DaemonProcess.kill_left_running()
+
+
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     """An HTTP client session for the test, closed after it."""

@@ -74,7 +74,10 @@ def _toml(value: object) -> str:
 
 
 class DaemonProcess:
-    """`acexport run` in a subprocess; its stderr (JSON log lines) is collected."""
+    """`acexport run` in a subprocess; its stderr (JSON log lines) is collected.
+    One a failed test leaves running is killed after it (``kill_left_running``)."""
+
+    started: list[DaemonProcess] = []  # noqa: RUF012 - every test's, until killed
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
@@ -100,7 +103,20 @@ class DaemonProcess:
             env={**os.environ, "ACEXPORT_CONFIG": ""},
             preexec_fn=preexec_fn,
         )
-        return cls(process)
+        daemon = cls(process)
+        cls.started.append(daemon)
+        return daemon
+
+    @classmethod
+    def kill_left_running(cls) -> None:
+        """A daemon whose test failed before stopping it went on exporting, and retrying
+        once the emulator was gone, for as long as the session ran (and took the CPU
+        that later tests and benchmarks measured)."""
+        for daemon in cls.started:
+            if daemon.process.returncode is None:  # not reaped: the pid is still its own
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(daemon.process.pid, signal.SIGKILL)
+        cls.started.clear()
 
     async def _read(self, stream: asyncio.StreamReader) -> None:
         async for raw in stream:
