@@ -11,7 +11,7 @@ the same two cores; its CPU is printed beside the daemon's.
 
     python bench/scale.py [--workspaces 1000] [--quick] [--rounds N] [--against REV]
                           [--pinned CPUS] [--processes N] [--spread N]
-                          [--daemon-processes N]
+                          [--daemon-processes N] [--pin-cpus]
 
 The machine's speed moves every figure (the same code took 13-17 s one day and
 30-40 s on a slower machine another): `--against REV` runs that revision's daemon
@@ -22,7 +22,9 @@ its threads' hand-offs of the GIL across the two cores cost (issue 35);
 state and output directory of its own: what lanes over two GILs would gain;
 `--spread 2` the same with daemon k alone on CPU k: two GILs, no hand-off across
 cores within a daemon. `--daemon-processes 2` runs one daemon whose lanes go over
-two processes (`daemon.processes = 2`): what an operator gets.
+two processes (`daemon.processes = 2`): what an operator gets. `--pin-cpus` runs
+one with `daemon.pin_cpus = true` (over `--daemon-processes N`, else one process):
+each process, every thread of it, on a CPU of its own.
 """
 
 from __future__ import annotations
