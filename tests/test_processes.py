@@ -17,8 +17,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
 
-from acexport.daemon.shard import Shard, moved_workspaces, owner_of
+from acexport.daemon.shard import Shard, moved_workspaces, owner_of, pin_to_one_cpu
 from tests.conftest import EmulatorFactory
 from tests.daemon_helpers import (
     ALL_IN_WINDOWS,
@@ -254,6 +255,23 @@ async def test_pinned_processes_each_run_every_thread_on_one_cpu(
     await daemon.wait_for(lambda: len(manifests(tmp_path / "exports")) == 108, timeout=120)
     daemon.send(signal.SIGTERM)
     assert await daemon.wait(30) == 0
+
+
+def test_a_process_that_cannot_be_pinned_says_so_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cpuset that changed under it (or no affinity at all): a warning, not a stop."""
+
+    def refuse(*_: object) -> None:
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
+    with structlog.testing.capture_logs() as logs:
+        pin_to_one_cpu(Shard(1, 2))
+    (said,) = logs
+    assert said["event"] == "process_not_pinned"
+    assert said["log_level"] == "warning"
+    assert said["error"] == "[Errno 22] Invalid argument"
 
 
 @pytest.mark.parametrize("killed", ["worker", "process 0"])

@@ -140,7 +140,7 @@ class Daemon:
         temp_dir = await self._start_storage(stack)
         await self._start_workers(stack)  # they start as this one does
         if daemon.pin_cpus:
-            log.info("process_pinned", cpu=pin_to_one_cpu(self._shard))
+            pin_to_one_cpu(self._shard)
         self._planner = Planner(
             self._ledger, self._output, lambda: self._settings, self._server_clock.now,
             self._expired,

@@ -108,10 +108,9 @@ def end_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def pin_to_one_cpu(shard: Shard) -> int | None:
+def pin_to_one_cpu(shard: Shard) -> None:
     """``daemon.pin_cpus``: every thread of this process on one CPU of those it may
-    use, process k on the k-th; threads made later inherit it. Which CPU; None where
-    the platform pins nothing.
+    use, process k on the k-th; threads made later inherit it. Logged either way.
 
     Process 0 pins itself once its workers are started (they inherit its CPUs as
     it had them), each worker as it starts. Why: a small export hands the GIL between
@@ -126,9 +125,10 @@ def pin_to_one_cpu(shard: Shard) -> int | None:
         for task in Path("/proc/self/task").iterdir():
             with contextlib.suppress(ProcessLookupError):  # a thread that just ended
                 os.sched_setaffinity(int(task.name), {cpu})
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return None
-    return cpu
+    except (AttributeError, OSError) as exc:  # not Linux; a cpuset changed meanwhile
+        log.warning("process_not_pinned", error=str(exc) or type(exc).__name__)
+        return
+    log.info("process_pinned", cpu=cpu)
 
 
 class WorkerLink(LaneObserver):
