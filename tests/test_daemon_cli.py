@@ -569,7 +569,8 @@ async def test_a_log_nobody_reads_any_more_loses_no_export(
         *(sys.executable, "-m", "acexport", "run", "--once", "--config", str(config)),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=write_end,
-        env={**os.environ, "ACEXPORT_CONFIG": ""},
+        # Buffered, as outside a terminal: what the stream refused is still pending at exit.
+        env={**os.environ, "ACEXPORT_CONFIG": "", "PYTHONUNBUFFERED": ""},
     )
     os.close(write_end)
     try:
