@@ -20,6 +20,7 @@ summary line; exit 0 only if nothing was lost.
     python bench/soak.py --quick    # ~1 minute, run by the test suite
     python bench/soak.py --format parquet   # the same, every file typed Parquet
     python bench/soak.py --processes 2      # the same, the lanes over two processes
+    python bench/soak.py --processes 2 --pin-cpus   # ... each process on one CPU
 """
 
 from __future__ import annotations
@@ -56,11 +57,17 @@ def jobs_report(base: str) -> dict[str, Any]:
 
 
 def write_config(
-    work: Path, base: str, tokens: dict[str, str], output_format: str, processes: int = 1
+    work: Path,
+    base: str,
+    tokens: dict[str, str],
+    output_format: str,
+    processes: int = 1,
+    pin_cpus: bool = False,
 ) -> Path:
     lines = [
         "[daemon]",
         f"processes = {processes}",
+        f"pin_cpus = {str(pin_cpus).lower()}",
         f'state_dir = "{work / "state"}"',
         f'output_dir = "{work / "exports"}"',
         'log_format = "json"',
@@ -197,6 +204,9 @@ def main() -> int:
     parser.add_argument(
         "--processes", type=int, default=1, help="daemon.processes: lanes over N processes"
     )
+    parser.add_argument(
+        "--pin-cpus", action="store_true", help="daemon.pin_cpus: each process on one CPU"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
         "--processing-time", default="2", help="AC's time per export: long enough for chaos"
@@ -242,7 +252,7 @@ def main() -> int:
     injected: Counter[str] = Counter()
     started = time.monotonic()
     with running_emulator(*emulator_args) as base:
-        config = write_config(work, base, tokens, args.format, args.processes)
+        config = write_config(work, base, tokens, args.format, args.processes, args.pin_cpus)
         daemon = Daemon(config, log)
         time.sleep(1.5)  # the daemon holds the lock: backfill only queues
         codes = backfill_every_job(config, tokens, args.days, log)
