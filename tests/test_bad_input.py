@@ -95,6 +95,12 @@ BAD_CONFIGS = [
     # Item 20: one output, spelt one way per source.
     ('[daemon]\noutput_dir = "/a"\n[output]\nurl = "/b"\n', "not both"),
     (WS + JOB + '[output]\npath = "{type}_' + "x" * 250 + '.jsonl"\n', "output.path renders"),
+    # Only the job's longest types (individual, membership: 10 letters) are too long,
+    # by one byte (with ".zst.manifest.json"): the check is by the longest type.
+    (
+        WS + JOB + '[output]\npath = "{type}{from:%Y%m%d}' + "x" * 214 + '.jsonl"\n',
+        "jobs[0] (nightly): output.path renders a name of 256 bytes",
+    ),
 ]
 
 

@@ -314,12 +314,14 @@ class Settings(BaseSettings):
                     f"{where}.workspace: unknown workspace {job.workspace!r} (known: {known})"
                 )
             s3 = self.output.s3_location()
-            for type_ in job.types:
-                problem = name_too_long(
-                    self.output.path, job.workspace, type_, job.name, s3[1] if s3 else None
-                )
-                if problem:
-                    raise ValueError(f"{where}: output.path {problem}")
+            # Each name's length grows with the type's, and only with it: the longest
+            # type is the one to check (six renders a job were half of a thousand jobs' load).
+            longest = max(job.types, key=len)
+            problem = name_too_long(
+                self.output.path, job.workspace, longest, job.name, s3[1] if s3 else None
+            )
+            if problem:
+                raise ValueError(f"{where}: output.path {problem}")
             zone = self.workspaces[job.workspace].zone
             collision = first_collision(self.output.path, zone, job.window)
             if collision:
