@@ -283,13 +283,13 @@ def main() -> int:
                 injected["revoke"] += 1
                 continue
             code = daemon.signal(signal.SIGKILL if action == "sigkill" else signal.SIGTERM)
+            # A failure on a full disk is by design (counted apart, so one that is not shows).
+            full = "_disk_full" if daemon.disk_full else ""
             if daemon.exited_before:
-                injected[f"had_exited_{code}"] += 1
+                injected[f"had_exited_{code}{full}"] += 1
             elif action == "sigterm" and code != 0:
                 # By its code: -15 is a daemon stopped while still importing, before
-                # it listens for signals; 1 a stop that failed, which on a full disk
-                # is by design (counted apart, so one that is not shows).
-                full = "_disk_full" if daemon.disk_full else ""
+                # it listens for signals; 1 a stop that failed.
                 injected[f"sigterm_exit_{code}{full}"] += 1
             injected[action if action != "diskfull" else "sigkill"] += 1
             limit = None
