@@ -274,6 +274,28 @@ def test_a_process_that_cannot_be_pinned_says_so_and_goes_on(
     assert said["error"] == "[Errno 22] Invalid argument"
 
 
+async def test_what_a_worker_says_that_process_0_cannot_read_fails_the_daemon(
+    tmp_path: Path,
+) -> None:
+    """A frame that is not JSON, or a message of no known kind (a bug: both sides are
+    this acexport), fails the daemon, naming the worker; neither ends quietly."""
+    from acexport.daemon.shard import FRAME, LinkReader
+    from acexport.daemon.workers import Heard, Worker, Workers
+
+    failures: list[BaseException] = []
+    workers = Workers(2, tmp_path / "acexport.toml", False, 1.0, failures.append)
+    broken: list[Exception] = []
+    reader = LinkReader(lambda message: None, broken.append)
+    reader.data_received(FRAME.pack(5) + b"[oops")
+    assert len(broken) == 1
+    worker = Worker(1, None, reader)  # type: ignore[arg-type]
+    workers.listen(Heard(None, lambda job, count: None, lambda lag: None))  # type: ignore[arg-type]
+    workers._hear(worker, ["gossip", 1])
+    (failure,) = failures
+    assert "worker process 1" in str(failure)
+    assert "not a message this acexport sends" in str(failure)
+
+
 @pytest.mark.parametrize("killed", ["worker", "process 0"])
 async def test_a_killed_process_ends_the_other_and_a_restart_loses_nothing(
     emulator: EmulatorFactory, tmp_path: Path, killed: str

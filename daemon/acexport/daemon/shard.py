@@ -185,10 +185,14 @@ class WorkerLink(LaneObserver):
 
 
 class LinkReader(asyncio.Protocol):
-    """Process 0's side of one worker's pipe: each message handed to ``take``."""
+    """Process 0's side of one worker's pipe: each message handed to ``take``; a frame
+    that is not JSON to ``broken`` (asyncio only logged it and closed the pipe)."""
 
-    def __init__(self, take: Callable[[list[Any]], None]) -> None:
+    def __init__(
+        self, take: Callable[[list[Any]], None], broken: Callable[[Exception], None]
+    ) -> None:
         self._take = take
+        self._broken = broken
         self._buffer = bytearray()
         self.closed = asyncio.get_running_loop().create_future()
 
@@ -200,7 +204,12 @@ class LinkReader(asyncio.Protocol):
                 return
             body = bytes(self._buffer[FRAME.size : FRAME.size + size])
             del self._buffer[: FRAME.size + size]
-            for message in json.loads(body):
+            try:
+                messages = json.loads(body)
+            except ValueError as exc:
+                self._broken(exc)
+                return
+            for message in messages:
                 self._take(message)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -100,7 +100,11 @@ class Workers:
             )
         finally:
             os.close(write_fd)
-        worker = Worker(index, process, LinkReader(lambda message: self._hear(worker, message)))
+        reader = LinkReader(
+            lambda message: self._hear(worker, message),
+            lambda exc: self._fail(StateError(f"worker process {index} sent no message: {exc}")),
+        )
+        worker = Worker(index, process, reader)
         await loop.connect_read_pipe(lambda: worker.reader, os.fdopen(read_fd, "rb", buffering=0))
         log.info("worker_started", worker=index, pid=process.pid)
         return worker
@@ -140,6 +144,8 @@ class Workers:
             case ["lanes", views, lag_s]:
                 worker.lanes = [LaneView(*view) for view in views]
                 heard.lagged(lag_s)
+            case _:
+                raise ValueError("not a message this acexport sends")
 
     async def ready(self) -> None:
         """Every worker started its lanes; a StateError if one exited first."""
