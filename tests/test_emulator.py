@@ -54,6 +54,11 @@ async def wait_ready_raw(
             await asyncio.sleep(0.02)
 
 
+def all_ready(report: dict[str, Any]) -> bool:
+    """Every export is READY and its data rendered (for ``emu.wait_for``)."""
+    return all(j["state"] == "READY" and j["bytes"] is not None for j in report["jobs"])
+
+
 def unzip(body: bytes) -> bytes:
     """The JSON Lines of a ZIP payload holding one member."""
     with zipfile.ZipFile(io.BytesIO(body)) as archive:
@@ -148,8 +153,8 @@ async def test_truncate_rate_ends_the_body_cleanly_but_early(
 ) -> None:
     """--truncate-rate 1 ends a chunked ZIP cleanly before its central directory."""
     emu = await emulator(records=5000, faults=FaultSettings(truncate_rate=1.0))
-    status, _, body = await ask(session, emu)
-    await asyncio.sleep(0.1)
+    await ask(session, emu)
+    await emu.wait_for(all_ready)
     status, _, body = await ask(session, emu)  # no exception: the end is clean
     assert status == 200
     (job,) = (await emu.jobs())["jobs"]
@@ -591,7 +596,7 @@ async def test_redirect_to_signed_storage_on_another_origin(
     """--redirect answers 302 to another origin whose signed URL needs and refuses a token."""
     emu = await emulator(redirect=True)
     await ask(session, emu, "page")
-    await asyncio.sleep(0.05)
+    await emu.wait_for(all_ready)
     status, headers, _ = await ask(session, emu, "page", allow_redirects=False)
     assert status == 302
     location = headers["Location"]
@@ -661,7 +666,7 @@ async def test_cut_rate_closes_the_connection_mid_download(
     """--cut-rate 1 sends fewer bytes than Content-Length and closes; --range resumes."""
     emu = await emulator(records=20000, format="ndjson", ranges=True)
     await ask(session, emu, "page")
-    await asyncio.sleep(0.3)
+    await emu.wait_for(all_ready)
     await emu.control("faults", {"cut_rate": 1.0})
     received = b""
     cuts = 0
@@ -690,7 +695,7 @@ async def test_slow_caps_the_download_rate(
     """--slow streams at roughly the configured bytes per second."""
     emu = await emulator(records=100, faults=FaultSettings(slow_bytes_per_s=200_000))
     await ask(session, emu, "page")
-    await asyncio.sleep(0.2)
+    await emu.wait_for(all_ready)
     started = time.monotonic()
     status, _, body = await ask(session, emu, "page")
     elapsed = time.monotonic() - started
