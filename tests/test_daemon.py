@@ -371,7 +371,9 @@ async def test_a_reload_asked_for_as_a_run_once_ends_does_not_end_it_by_the_sign
     (-1; the soak's `had_exited_-1`), or printed "Exception ignored when trying to write
     to the signal wakeup fd" (8 runs of 8 of this test exited -1 before the fix)."""
     emu = await emulator(tokens={"alpha": "alpha-token"}, processing_s=0.2, records=5)
-    config = write_config(tmp_path, emu, job("pages", "alpha", types=["page"], catch_up="2d"))
+    # lag 0: two days are whole at any hour (with the default 2 h, one from 00:00 to 02:00)
+    jobs = job("pages", "alpha", types=["page"], catch_up="2d", lag="0s")
+    config = write_config(tmp_path, emu, jobs)
     daemon = await DaemonProcess.start(config, "--once")
     await daemon.wait_for(lambda: bool(daemon.events("daemon_started")))
     exited = asyncio.ensure_future(daemon.process.wait())
