@@ -11,7 +11,7 @@ the same two cores; its CPU is printed beside the daemon's.
 
     python bench/scale.py [--workspaces 1000] [--quick] [--rounds N] [--against REV]
                           [--pinned CPUS] [--processes N] [--spread N]
-                          [--daemon-processes N] [--pin-cpus]
+                          [--daemon-processes N] [--pin-cpus] [--tmpfs]
 
 The machine's speed moves every figure (the same code took 13-17 s one day and
 30-40 s on a slower machine another): `--against REV` runs that revision's daemon
@@ -24,7 +24,10 @@ state and output directory of its own: what lanes over two GILs would gain;
 cores within a daemon. `--daemon-processes 2` runs one daemon whose lanes go over
 two processes (`daemon.processes = 2`): what an operator gets. `--pin-cpus` runs
 one with `daemon.pin_cpus = true` (over `--daemon-processes N`, else one process):
-each process, every thread of it, on a CPU of its own.
+each process, every thread of it, on a CPU of its own. `--tmpfs` runs each of
+these a second time with its state and output directories on tmpfs (/dev/shm),
+where an fsync costs nothing: the daemon's own work apart from what the disk's
+flushes cost it (four an export, each a round trip to this VM's virtual disk).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -247,6 +250,7 @@ class Variant:
     spread: bool = False  # daemon k of ``processes`` on CPU k (mod the CPUs) alone
     daemon_processes: int = 1  # one daemon, its lanes over this many (daemon.processes)
     pin_cpus: bool = False  # daemon.pin_cpus: each of its processes on one CPU
+    tmpfs: bool = False  # its state and output directories on tmpfs: no flush costs a thing
 
     def confine(self, k: int) -> Callable[[], None] | None:
         """What daemon ``k`` runs under: its CPUs, set in the child before exec."""
@@ -382,6 +386,12 @@ def main() -> int:
         "--daemon-processes, else 1)",
     )
     parser.add_argument(
+        "--tmpfs",
+        action="store_true",
+        help="also run each of these with its state and output on tmpfs (/dev/shm): "
+        "the daemon's cost without the disk's flushes",
+    )
+    parser.add_argument(
         "--spread",
         type=int,
         metavar="N",
@@ -418,10 +428,16 @@ def main() -> int:
         trees[f"acexport in {args.spread} processes, a CPU each"] = Variant(
             processes=args.spread, spread=True
         )
+    if args.tmpfs:
+        shm = Path(tempfile.mkdtemp(prefix="acexport-scale-", dir="/dev/shm"))
+        atexit.register(shutil.rmtree, shm, True)  # memory: never kept
+        for tree, variant in list(trees.items()):
+            trees[f"{tree}, on tmpfs"] = replace(variant, tmpfs=True)
     runs: dict[str, list[Figures]] = {tree: [] for tree in trees}
     for round_ in range(args.rounds):
         for tree, variant in trees.items():
-            run_dir = work / f"{tree.strip('@').replace(' ', '-')}-{round_}"
+            base = shm if variant.tmpfs else work
+            run_dir = base / f"{tree.strip('@').replace(' ', '-')}-{round_}"
             run_dir.mkdir()
             figures = one_run(run_dir, args.workspaces, args.processing, variant)
             figures.print(args.workspaces, args.processing, tree)
