@@ -50,6 +50,10 @@ def _no_seat(_: bool) -> contextlib.AbstractAsyncContextManager[object]:
     return contextlib.nullcontext()
 
 
+def _no_store_seat() -> contextlib.AbstractAsyncContextManager[object]:
+    return contextlib.nullcontext()
+
+
 async def run_export(
     spec: ExportSpec,
     client: ExportClient,
@@ -58,10 +62,12 @@ async def run_export(
     observer: ExportObserver | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     seat: Callable[[bool], contextlib.AbstractAsyncContextManager[object]] = _no_seat,
+    store_seat: Callable[[], contextlib.AbstractAsyncContextManager[object]] = _no_store_seat,
 ) -> ExportOutcome:
     """Export one window of one type; raises the error that ended it. Each request to
-    AC (with the download and commit of its data) is made in a ``seat``: the daemon's
-    bound how many exports ask at once."""
+    AC (with the download of its data) is made in a ``seat``: the daemon's bound on
+    how many exports ask at once. The data is stored in a ``store_seat``, a bound of
+    its own: a poll or a submission does not wait for other exports' fsyncs."""
     observer = observer or ExportObserver()
     state = _attempt(timing)
     polls = timing.plan()
@@ -79,10 +85,11 @@ async def run_export(
                     await observer.may_resubmit()
                 try:
                     async with seat(state.submitted_at is None and state.ready_at is None):
-                        outcome = await _ask(spec, client, sink, timing, observer, state, polls)
-                    if isinstance(outcome, ExportOutcome):
-                        return outcome
-                    delay = outcome
+                        wait = await _ask(spec, client, sink, timing, observer, state, polls)
+                    if wait is None:  # downloaded
+                        async with store_seat():
+                            return await _stored(spec, state, sink, timing)
+                    delay = wait
                 except RateLimited as exc:
                     delay = _count_failure(exc, state, timing, _bounded_wait(exc, timing))
                 except TransientError as exc:
@@ -115,8 +122,9 @@ async def _ask(
     observer: ExportObserver,
     state: Attempt,
     polls: PollPlan,
-) -> ExportOutcome | float:
-    """One request: the finished export, or how long to wait before the next."""
+) -> float | None:
+    """One request: how long to wait before the next, or None once the data is
+    downloaded (to ``state.writer``)."""
     state.asked_at = time.monotonic()
     async with client.request(spec.type, spec.window, range_start=state.offset) as answer:
         state.answered_at = time.monotonic()
@@ -126,7 +134,11 @@ async def _ask(
             await observer.status(answer, delay)
             return delay
         await download(answer, state, sink, observer, spec)
-    # The response is closed: syncing and a slow output store hold no connection to AC.
+    return None  # the response is closed: storing holds no connection to AC
+
+
+async def _stored(spec: ExportSpec, state: Attempt, sink: Sink, timing: Timing) -> ExportOutcome:
+    """The downloaded data stored (its files and manifests committed), and logged."""
     files = await store(spec, state, sink, timing)
     coalesced = {"request_windows": len(spec.parts)} if len(spec.parts) > 1 else {}
     for (window, key), stored in zip(spec.files, files, strict=True):

@@ -307,9 +307,11 @@ class Lane:
                     self.ctx.ledger.mark_ready(member.id, created_date, processing_s)
                 )
 
-        keeper = SlotKeeper(record.created_date, hold, record_ready)
-        sleep, seat = partial(self._sleep, record.id), partial(self._seat, record.id)
-        return await run_export(spec, client, self.ctx.sink, timing, keeper, sleep=sleep, seat=seat)
+        keeper, stores = SlotKeeper(record.created_date, hold, record_ready), self.ctx.stores.held
+        sleep, asks = partial(self._sleep, record.id), partial(self._seat, record.id)
+        return await run_export(
+            spec, client, self.ctx.sink, timing, keeper, sleep=sleep, seat=asks, store_seat=stores
+        )
 
     @contextlib.contextmanager
     def _between_requests(self, export_id: int) -> Iterator[None]:

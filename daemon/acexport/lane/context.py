@@ -19,7 +19,7 @@ from ..ledger import ExportRecord, Ledger
 from ..output.sink import Sink
 from ..output.snapshots import KnownSnapshots
 from ..protocol import ExportMode
-from .seats import Seats
+from .seats import STORES_AT_ONCE, Seats
 
 
 class WaitingKeep(Protocol):
@@ -49,6 +49,7 @@ class LaneContext:
     # The snapshots the store holds, as the planner listed them: pruned without a listing.
     snapshots: KnownSnapshots = field(default_factory=KnownSnapshots)
     seats: Seats = field(default_factory=Seats)  # every lane's, to ask AC
+    stores: Seats = field(default_factory=lambda: Seats(STORES_AT_ONCE))  # to store data
 
 
 async def timing_for(ctx: LaneContext, record: ExportRecord) -> Timing:

@@ -1,9 +1,12 @@
-"""The seats every lane shares to ask AC: how many requests are made at once."""
+"""The seats every lane shares: how many requests are made to AC at once, and how
+many exports store their data at once."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
+from collections.abc import AsyncIterator
 
 # How many exports of all lanes ask AC at once, each request with the download and
 # commit of its data. A thousand lanes' polls falling due together made one turn of
@@ -12,6 +15,11 @@ from collections import deque
 # 84-111 ms at 1,000 workspaces, the wall unchanged; 32 made the run slower (issue
 # 35, bench/README.md).
 REQUESTS_AT_ONCE = 64
+# How many exports store downloaded data at once (finish, fsync, commit; an upload to
+# S3): a bound of its own. Stored in a seat to ask AC, a thousand lanes' commits held
+# those seats through their fsyncs, and polls and submissions waited 0.1-1.1 s for
+# one (issue 35, bench/README.md).
+STORES_AT_ONCE = 64
 
 
 class Seats:
@@ -39,6 +47,15 @@ class Seats:
             elif seat in queue:
                 queue.remove(seat)
             raise
+
+    @contextlib.asynccontextmanager
+    async def held(self, submission: bool = False) -> AsyncIterator[None]:
+        """A seat for the block's length."""
+        await self.take(submission)
+        try:
+            yield
+        finally:
+            self.give_back()
 
     def give_back(self) -> None:
         for queue in (self._submissions, self._others):
