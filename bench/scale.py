@@ -360,7 +360,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="100 workspaces")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each tree, alternating")
     parser.add_argument(
-        "--against", metavar="REV", help="also run the acexport of this git revision, same rounds"
+        "--against",
+        metavar="REV",
+        help="also run the acexport of this git revision, same rounds (in each arrangement "
+        "asked for: --daemon-processes, --pin-cpus, ...)",
     )
     parser.add_argument(
         "--pinned",
@@ -428,6 +431,13 @@ def main() -> int:
         trees[f"acexport in {args.spread} processes, a CPU each"] = Variant(
             processes=args.spread, spread=True
         )
+    if args.against is not None:  # each arrangement of this tree's daemon, with that one's
+        against = trees[f"@{args.against}"].pythonpath
+        for tree, variant in list(trees.items()):
+            if tree.startswith("acexport") and tree != "acexport":
+                trees[f"@{args.against}{tree.removeprefix('acexport')}"] = replace(
+                    variant, pythonpath=against
+                )
     if args.tmpfs:
         shm = Path(tempfile.mkdtemp(prefix="acexport-scale-", dir="/dev/shm"))
         atexit.register(shutil.rmtree, shm, True)  # memory: never kept
