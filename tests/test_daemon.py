@@ -82,7 +82,7 @@ async def test_every_lane_shares_a_bound_on_the_requests_made_to_ac_at_once(
 ) -> None:
     """Issue 35 item 6: a thousand lanes' polls falling due together sent hundreds of
     requests in one turn of the event loop (its lag 200-290 ms). The lanes share
-    ``REQUESTS_AT_ONCE`` seats, a request holding one until its data is committed:
+    ``REQUESTS_AT_ONCE`` seats, a request holding one until its data is downloaded:
     with 2, AC never answers more than 2 at once, and every export is still done.
     Without the bound (None: the default of 64) the same six lanes ask more at once."""
     from acexport.config import load_settings

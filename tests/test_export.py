@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import io
 import json
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -151,6 +153,37 @@ async def test_ndjson_output_holds_the_records_served(
     assert manifest["toDate"] == "2022-01-01T23:59:59.999Z"
     assert manifest["createdDate"].endswith("Z")
     assert manifest["file"] == "individual.jsonl"
+
+
+async def test_the_data_is_stored_after_the_seat_it_was_asked_in_is_given_back(
+    emulator: EmulatorFactory, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A seat to ask AC is held for a request and its download, not while the data is
+    stored: at 1,000 lanes, commits held those seats through their fsyncs, and polls
+    and submissions waited 0.1-1.1 s for one (issue 35). Storing has a seat of its own,
+    taken once the last seat to ask was given back."""
+    manifest = tmp_path / "out" / "page.jsonl.manifest.json"
+    held: list[tuple[str, bool]] = []  # (what, whether the manifest was there)
+
+    @contextlib.asynccontextmanager
+    async def seat(_: bool) -> AsyncIterator[None]:
+        held.append(("ask", manifest.exists()))
+        yield
+        held.append(("asked", manifest.exists()))
+
+    @contextlib.asynccontextmanager
+    async def store_seat() -> AsyncIterator[None]:
+        held.append(("store", manifest.exists()))
+        yield
+        held.append(("stored", manifest.exists()))
+
+    emu = await emulator(records=500, processing_s=0.05)
+    outcome = await export(emu, session, tmp_path, seat=seat, store_seat=store_seat)
+    asking, storing = held[:-2], held[-2:]
+    assert len(asking) >= 4  # submitted, then polled at least once
+    assert asking == [("ask", False), ("asked", False)] * (len(asking) // 2)
+    assert storing == [("store", False), ("stored", True)]
+    assert Path(outcome.manifest_location) == manifest
 
 
 async def test_cut_download_resumes_with_range(
