@@ -8,8 +8,8 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
 
-# How many exports of all lanes ask AC at once, each request with the download and
-# commit of its data. A thousand lanes' polls falling due together made one turn of
+# How many exports of all lanes ask AC at once, each request with the download of
+# its data. A thousand lanes' polls falling due together made one turn of
 # the event loop send hundreds of requests: its lag reached 220-345 ms, and those
 # past the connection pool's 100 had built their request for nothing. With 64 seats:
 # 84-111 ms at 1,000 workspaces, the wall unchanged; 32 made the run slower (issue
