@@ -64,10 +64,8 @@ async def run_export(
     seat: Callable[[bool], contextlib.AbstractAsyncContextManager[object]] = _no_seat,
     store_seat: Callable[[], contextlib.AbstractAsyncContextManager[object]] = _no_store_seat,
 ) -> ExportOutcome:
-    """Export one window of one type; raises the error that ended it. Each request to
-    AC (with the download of its data) is made in a ``seat``: the daemon's bound on
-    how many exports ask at once. The data is stored in a ``store_seat``, a bound of
-    its own: a poll or a submission does not wait for other exports' fsyncs."""
+    """Export one window of one type; raises the error that ended it. A request to AC
+    (and its download) is made in a ``seat``; the data is stored in a ``store_seat``."""
     observer = observer or ExportObserver()
     state = _attempt(timing)
     polls = timing.plan()
